@@ -1,0 +1,91 @@
+"""The app factory of the reference sync server."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import APIRouter, FastAPI
+
+from omnisdk._version import __version__
+from server_stub.auth import KeyCache
+from server_stub.errors import install_error_handlers
+from server_stub.limits import BodySizeLimit
+from server_stub.observability import Metrics, RequestContext, configure_logging
+from server_stub.routers import health, keys, system
+from server_stub.runtime import Runtime
+from server_stub.services import idempotency
+from server_stub.settings import Settings, settings_from_environment
+from server_stub.storage.database import Database
+from server_stub.storage.migrate import current_revision, head_revision
+
+log = logging.getLogger("omnisdk.server")
+PURGE_INTERVAL_SECONDS = 600.0
+
+
+class SchemaNotMigrated(RuntimeError):
+    pass
+
+
+# Everything under /v1, one router per domain. Each router carries its full prefix so the
+# route template (logged and used as a metrics label) is the path a client sees.
+API_ROUTERS: tuple[APIRouter, ...] = (system.router, keys.router)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """A server over `settings` (read from the environment when not given).
+
+    The database must already be migrated (`omnisdk-server migrate`, which `serve` runs).
+    """
+    settings = settings or settings_from_environment()
+    configure_logging(settings.log_level)
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        revision = await current_revision(settings.database_url)
+        if revision != head_revision():
+            raise SchemaNotMigrated(
+                f"the database schema is at {revision or 'nothing'}, not {head_revision()}: "
+                "run `omnisdk-server migrate` first"
+            )
+        database = Database(settings.database_url, settings.database_pool_size)
+        app.state.runtime = Runtime(settings, database, KeyCache(settings.auth_cache_seconds), metrics)
+        app.state.schema_revision = revision
+        purger = asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds))
+        try:
+            yield
+        finally:
+            purger.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await purger
+            await database.dispose()
+
+    app = FastAPI(
+        title="omnisdk reference sync server",
+        version=__version__,
+        summary="One customer, one cart, one consent state across a shop's channels.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(health.router)
+    for router in API_ROUTERS:
+        app.include_router(router)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    app.add_middleware(RequestContext, metrics=metrics)
+    return app
+
+
+async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:
+    while True:
+        try:
+            async with database.transaction(write=True) as conn:
+                removed = await idempotency.purge_expired(conn, ttl_seconds)
+            if removed:
+                log.info("purged expired idempotency records", extra={"count": removed})
+        except Exception as exc:
+            log.warning("idempotency purge failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(PURGE_INTERVAL_SECONDS)

@@ -1,0 +1,209 @@
+"""`omnisdk-server`: run, migrate and administer the reference sync server.
+
+    omnisdk-server serve [--host H] [--port P] [--workers N]
+    omnisdk-server migrate
+    omnisdk-server tenant create NAME | tenant list
+    omnisdk-server key create --tenant T --channel web|app|pos|admin [--name N] [--scope S ...]
+    omnisdk-server key list --tenant T | key revoke --tenant T KEY_ID
+
+Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core.channels import Channel, Scope
+from server_stub.services import audit, tenants
+from server_stub.services import keys as key_store
+from server_stub.settings import settings_from_environment
+from server_stub.storage.database import Database
+from server_stub.storage.migrate import upgrade
+
+T = TypeVar("T")
+
+
+class CommandError(Exception):
+    """A problem the operator can fix; printed without a traceback."""
+
+
+def _database_url(args: argparse.Namespace) -> str:
+    if args.database_url:
+        # Also for the worker processes `serve` starts: they read the environment.
+        os.environ["OMNISDK_DATABASE_URL"] = args.database_url
+        settings_from_environment.cache_clear()
+    return settings_from_environment().database_url
+
+
+async def _with_database(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
+    await upgrade(url)
+    database = Database(url)
+    try:
+        return await work(database)
+    finally:
+        await database.dispose()
+
+
+def cmd_migrate(args: argparse.Namespace) -> None:
+    revision = asyncio.run(upgrade(_database_url(args)))
+    print(f"database schema at revision {revision}")
+
+
+def cmd_serve(args: argparse.Namespace) -> None:
+    import uvicorn
+
+    url = _database_url(args)
+    revision = asyncio.run(upgrade(url))
+    print(f"database schema at revision {revision}", file=sys.stderr)
+    uvicorn.run(
+        "server_stub.app:create_app",
+        factory=True,
+        host=args.host,
+        port=args.port,
+        workers=args.workers,
+        access_log=False,
+        log_config=None,
+        server_header=False,
+    )
+
+
+def cmd_tenant_create(args: argparse.Namespace) -> None:
+    async def work(database: Database) -> tenants.Tenant:
+        async with database.transaction(write=True) as conn:
+            return await tenants.create(conn, args.name)
+
+    try:
+        tenant = asyncio.run(_with_database(_database_url(args), work))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    print(tenant.id)
+    print(f"created tenant {tenant.name!r}", file=sys.stderr)
+
+
+def cmd_tenant_list(args: argparse.Namespace) -> None:
+    async def work(database: Database) -> list[tenants.Tenant]:
+        async with database.transaction(write=False) as conn:
+            return await tenants.list_all(conn)
+
+    for tenant in asyncio.run(_with_database(_database_url(args), work)):
+        print(f"{tenant.id}\t{tenant.created_at:%Y-%m-%d}\t{tenant.name}")
+
+
+async def _require_tenant(conn: AsyncConnection, tenant_id: str) -> None:
+    if await tenants.get(conn, tenant_id) is None:
+        raise CommandError(f"no tenant {tenant_id!r}: see `omnisdk-server tenant list`")
+
+
+def cmd_key_create(args: argparse.Namespace) -> None:
+    scopes = frozenset(Scope(s) for s in args.scope) if args.scope else None
+
+    async def work(database: Database) -> tuple[key_store.StoredKey, str]:
+        async with database.transaction(write=True) as conn:
+            await _require_tenant(conn, args.tenant)
+            created = await key_store.create(conn, args.tenant, Channel(args.channel), args.name, scopes)
+            await audit.record(conn, args.tenant, None, "key.create", created[0].key_id, "cli")
+            return created
+
+    try:
+        key, secret = asyncio.run(_with_database(_database_url(args), work))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from exc
+    print(secret)
+    print(
+        f"created {key.channel.value} key {key.key_id}; this is the only time the key is shown",
+        file=sys.stderr,
+    )
+
+
+def cmd_key_list(args: argparse.Namespace) -> None:
+    async def work(database: Database) -> list[key_store.StoredKey]:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            return await key_store.list_for_tenant(conn, args.tenant)
+
+    for key in asyncio.run(_with_database(_database_url(args), work)):
+        state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+        print(f"{key.key_id}\t{key.channel.value}\t{state}\t{key.name}")
+
+
+def cmd_key_revoke(args: argparse.Namespace) -> None:
+    async def work(database: Database) -> key_store.StoredKey | None:
+        async with database.transaction(write=True) as conn:
+            key = await key_store.revoke(conn, args.tenant, args.key_id)
+            if key is not None:
+                await audit.record(conn, args.tenant, None, "key.revoke", args.key_id, "cli")
+            return key
+
+    if asyncio.run(_with_database(_database_url(args), work)) is None:
+        raise CommandError(f"tenant {args.tenant!r} has no key {args.key_id!r}")
+    print(f"revoked {args.key_id}")
+
+
+def parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--database-url", help="default: $OMNISDK_DATABASE_URL or ./omnisdk.sqlite3")
+    top = argparse.ArgumentParser(prog="omnisdk-server", description=__doc__.split("\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", parents=[common], help="migrate, then serve HTTP")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=8000)
+    serve.add_argument("--workers", type=int, default=1)
+    serve.set_defaults(run=cmd_serve)
+
+    migrate = commands.add_parser("migrate", parents=[common], help="apply database migrations")
+    migrate.set_defaults(run=cmd_migrate)
+
+    tenant = commands.add_parser("tenant", help="manage tenants (shops)")
+    tenant_commands = tenant.add_subparsers(dest="action", required=True)
+    create = tenant_commands.add_parser("create", parents=[common], help="create a tenant")
+    create.add_argument("name")
+    create.set_defaults(run=cmd_tenant_create)
+    tenant_commands.add_parser("list", parents=[common]).set_defaults(run=cmd_tenant_list)
+
+    key = commands.add_parser("key", help="manage API keys")
+    key_commands = key.add_subparsers(dest="action", required=True)
+    key_create = key_commands.add_parser("create", parents=[common], help="create a key, print it once")
+    key_create.add_argument("--tenant", required=True)
+    key_create.add_argument("--channel", required=True, choices=[c.value for c in Channel])
+    key_create.add_argument("--name", default="")
+    key_create.add_argument(
+        "--scope", action="append", choices=[s.value for s in Scope],
+        help="limit the key to these scopes (repeat); default: all of the channel's",
+    )
+    key_create.set_defaults(run=cmd_key_create)
+    key_list = key_commands.add_parser("list", parents=[common])
+    key_list.add_argument("--tenant", required=True)
+    key_list.set_defaults(run=cmd_key_list)
+    key_revoke = key_commands.add_parser("revoke", parents=[common])
+    key_revoke.add_argument("--tenant", required=True)
+    key_revoke.add_argument("key_id")
+    key_revoke.set_defaults(run=cmd_key_revoke)
+    return top
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CommandError as exc:
+        print(f"omnisdk-server: {exc}", file=sys.stderr)
+        return 2
+    except OperationalError as exc:
+        print(f"omnisdk-server: cannot use the database: {exc.orig}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

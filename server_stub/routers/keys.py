@@ -1,0 +1,72 @@
+"""API keys of the calling tenant. Admin keys only; every change is audited."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core.channels import Scope
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import ApiKey, ApiKeyCreate, ApiKeyList, CreatedApiKey, Principal
+from server_stub.auth import requires
+from server_stub.errors import Problem
+from server_stub.routing import ApiRoute, connection
+from server_stub.runtime import runtime_of
+from server_stub.services import audit
+from server_stub.services import keys as key_store
+
+router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ApiRoute)
+
+Admin = Annotated[Principal, Depends(requires(Scope.KEYS_MANAGE))]
+Connection = Annotated[AsyncConnection, Depends(connection)]
+
+
+def _public(key: key_store.StoredKey) -> ApiKey:
+    return ApiKey(
+        key_id=key.key_id,
+        tenant_id=key.tenant_id,
+        channel=key.channel,
+        name=key.name,
+        scopes=sorted(key.scopes),
+        created_at=key.created_at,
+        revoked_at=key.revoked_at,
+    )
+
+
+@router.post("", status_code=201, summary="Create a key; its secret is shown this once")
+async def create_key(body: ApiKeyCreate, principal: Admin, conn: Connection) -> CreatedApiKey:
+    requested = frozenset(body.scopes) if body.scopes is not None else None
+    try:
+        key, secret = await key_store.create(
+            conn, principal.tenant_id, body.channel, body.name, requested
+        )
+    except ValueError as exc:
+        raise Problem(ProblemType.VALIDATION_ERROR, str(exc)) from exc
+    await audit.record(conn, principal.tenant_id, principal.key_id, "key.create", key.key_id,
+                       f"channel={key.channel.value}")
+    return CreatedApiKey(**_public(key).model_dump(), secret=secret)
+
+
+@router.get("", summary="List the tenant's keys (never their secrets)")
+async def list_keys(principal: Admin, conn: Connection) -> ApiKeyList:
+    return ApiKeyList(items=[_public(k) for k in await key_store.list_for_tenant(conn, principal.tenant_id)])
+
+
+@router.get("/{key_id}", summary="One key of the tenant")
+async def get_key(key_id: str, principal: Admin, conn: Connection) -> ApiKey:
+    key = await key_store.get(conn, key_id, principal.tenant_id)
+    if key is None:
+        raise Problem(ProblemType.NOT_FOUND, f"this tenant has no API key {key_id!r}")
+    return _public(key)
+
+
+@router.delete("/{key_id}", summary="Revoke a key")
+async def revoke_key(key_id: str, principal: Admin, conn: Connection, request: Request) -> ApiKey:
+    key = await key_store.revoke(conn, principal.tenant_id, key_id)
+    if key is None:
+        raise Problem(ProblemType.NOT_FOUND, f"this tenant has no API key {key_id!r}")
+    await audit.record(conn, principal.tenant_id, principal.key_id, "key.revoke", key_id)
+    runtime_of(request).key_cache.forget(key_id)
+    return _public(key)

@@ -1,0 +1,149 @@
+"""`ApiRoute`: every /v1 route authenticates, runs in one transaction, and honours
+`Idempotency-Key`.
+
+The transaction opens lazily, on the first use of the connection, so a request that touches
+no table takes no database lock. It commits when the endpoint returns and rolls back when it
+raises: a failed request leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
+from types import TracebackType
+
+from fastapi import Request
+from fastapi.routing import APIRoute
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.responses import Response
+
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import Principal
+from server_stub.auth import authenticate
+from server_stub.errors import Problem
+from server_stub.runtime import Runtime, runtime_of
+from server_stub.services import idempotency
+from server_stub.storage.database import Database
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+IDEMPOTENCY_HEADER = "idempotency-key"
+REPLAY_HEADER = "Idempotent-Replayed"
+Endpoint = Callable[[Request], Awaitable[Response]]
+
+
+class UnitOfWork:
+    """The request's transaction, begun on first use."""
+
+    def __init__(self, database: Database, *, write: bool) -> None:
+        self._database = database
+        self._write = write
+        self._stack = AsyncExitStack()
+        self._connection: AsyncConnection | None = None
+
+    async def connection(self) -> AsyncConnection:
+        if self._connection is None:
+            transaction = self._database.transaction(write=self._write)
+            self._connection = await self._stack.enter_async_context(transaction)
+        return self._connection
+
+    async def __aenter__(self) -> UnitOfWork:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self._stack.__aexit__(exc_type, exc, tb)
+
+
+async def connection(request: Request) -> AsyncConnection:
+    """Dependency: the connection of the request's transaction."""
+    unit: UnitOfWork = request.state.unit
+    return await unit.connection()
+
+
+class ApiRoute(APIRoute):
+    def get_route_handler(self) -> Endpoint:
+        endpoint = super().get_route_handler()
+
+        async def handle(request: Request) -> Response:
+            runtime = runtime_of(request)
+            principal = await authenticate(request, runtime.database, runtime.key_cache)
+            request.state.principal = principal
+            write = request.method in MUTATING_METHODS
+            key = _idempotency_key(request) if write else None
+            if key is not None:
+                return await _idempotent(request, endpoint, runtime, principal, key)
+            async with UnitOfWork(runtime.database, write=write) as unit:
+                request.state.unit = unit
+                return await endpoint(request)
+
+        return handle
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get(IDEMPOTENCY_HEADER)
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isprintable() or not key.isascii():
+        raise Problem(
+            ProblemType.INVALID_IDEMPOTENCY_KEY,
+            "Idempotency-Key must be 1 to 255 printable ASCII characters (a UUID is ideal)",
+        )
+    return key
+
+
+async def _idempotent(
+    request: Request, endpoint: Endpoint, runtime: Runtime, principal: Principal, key: str
+) -> Response:
+    body = await request.body()
+    fingerprint = idempotency.fingerprint(
+        request.method, request.url.path, request.url.query, body
+    )
+    ttl = runtime.settings.idempotency_ttl_seconds
+    for attempt in range(2):
+        try:
+            async with UnitOfWork(runtime.database, write=True) as unit:
+                request.state.unit = unit
+                conn = await unit.connection()
+                prior = await idempotency.find(conn, principal.tenant_id, key, ttl)
+                if prior is not None:
+                    runtime.metrics.idempotent_replays.inc()
+                    return _replay(prior, fingerprint)
+                response = await endpoint(request)
+                outcome = _outcome(response, fingerprint)
+                if outcome is not None:
+                    await idempotency.store(conn, principal.tenant_id, key, outcome, ttl)
+                return response
+        except IntegrityError:
+            # A twin request with the same key committed first (PostgreSQL lets both run and
+            # stops the second at the unique key): this transaction is undone; replay the twin.
+            if attempt:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _outcome(response: Response, fingerprint: str) -> idempotency.StoredOutcome | None:
+    body = getattr(response, "body", None)
+    if not 200 <= response.status_code < 300 or not isinstance(body, bytes):
+        return None
+    headers = {
+        name: response.headers[name]
+        for name in idempotency.REPLAYED_HEADERS
+        if name in response.headers
+    }
+    return idempotency.StoredOutcome(fingerprint, response.status_code, headers, body)
+
+
+def _replay(prior: idempotency.StoredOutcome, fingerprint: str) -> Response:
+    if prior.fingerprint != fingerprint:
+        raise Problem(
+            ProblemType.IDEMPOTENCY_KEY_REUSED,
+            "this Idempotency-Key was already used for a different request; "
+            "use a new key for a new request",
+        )
+    headers = {**prior.headers, REPLAY_HEADER: "true"}
+    return Response(prior.body, status_code=prior.status_code, headers=headers)

@@ -1,0 +1,85 @@
+"""Stored outcomes of mutating requests, replayed when the same Idempotency-Key comes again.
+
+Only successful (2xx) outcomes are stored, in the same transaction as the request's own
+writes: they commit together or not at all. A failed request changed nothing, so a retry of
+it simply runs again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server_stub.ids import utcnow
+from server_stub.storage.tables import idempotency_records
+
+REPLAYED_HEADERS = ("content-type", "etag", "location")
+
+
+@dataclass(frozen=True)
+class StoredOutcome:
+    fingerprint: str
+    status_code: int
+    headers: dict[str, str]
+    body: bytes
+
+
+def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query.encode()):
+        digest.update(part + b"\n")
+    digest.update(body)
+    return digest.hexdigest()
+
+
+async def find(
+    conn: AsyncConnection, tenant_id: str, key: str, ttl_seconds: int
+) -> StoredOutcome | None:
+    row = (
+        await conn.execute(
+            select(idempotency_records).where(
+                idempotency_records.c.tenant_id == tenant_id,
+                idempotency_records.c.idempotency_key == key,
+                idempotency_records.c.created_at > utcnow() - timedelta(seconds=ttl_seconds),
+            )
+        )
+    ).first()
+    if row is None:
+        return None
+    return StoredOutcome(row.fingerprint, row.status_code, dict(row.headers), bytes(row.body))
+
+
+async def store(
+    conn: AsyncConnection, tenant_id: str, key: str, outcome: StoredOutcome, ttl_seconds: int
+) -> None:
+    # An expired record of the same key may still be there: it no longer counts.
+    await conn.execute(
+        delete(idempotency_records).where(
+            idempotency_records.c.tenant_id == tenant_id,
+            idempotency_records.c.idempotency_key == key,
+            idempotency_records.c.created_at <= utcnow() - timedelta(seconds=ttl_seconds),
+        )
+    )
+    await conn.execute(
+        insert(idempotency_records).values(
+            tenant_id=tenant_id,
+            idempotency_key=key,
+            fingerprint=outcome.fingerprint,
+            status_code=outcome.status_code,
+            headers=outcome.headers,
+            body=outcome.body,
+            created_at=utcnow(),
+        )
+    )
+
+
+async def purge_expired(conn: AsyncConnection, ttl_seconds: int, now: datetime | None = None) -> int:
+    cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
+    result = await conn.execute(
+        delete(idempotency_records).where(idempotency_records.c.created_at <= cutoff)
+    )
+    return result.rowcount or 0

@@ -1,0 +1,38 @@
+"""Tenants: the shops a server holds. Created by an operator, never through the HTTP API."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server_stub.ids import new_id, utcnow
+from server_stub.storage.tables import tenants
+
+
+@dataclass(frozen=True)
+class Tenant:
+    id: str
+    name: str
+    created_at: datetime
+
+
+async def create(conn: AsyncConnection, name: str) -> Tenant:
+    name = name.strip()
+    if not name or len(name) > 200:
+        raise ValueError("a tenant needs a name of 1 to 200 characters")
+    tenant = Tenant(id=new_id("ten", 8), name=name, created_at=utcnow())
+    await conn.execute(insert(tenants).values(id=tenant.id, name=tenant.name, created_at=tenant.created_at))
+    return tenant
+
+
+async def get(conn: AsyncConnection, tenant_id: str) -> Tenant | None:
+    row = (await conn.execute(select(tenants).where(tenants.c.id == tenant_id))).first()
+    return Tenant(row.id, row.name, row.created_at) if row else None
+
+
+async def list_all(conn: AsyncConnection) -> list[Tenant]:
+    rows = await conn.execute(select(tenants).order_by(tenants.c.created_at))
+    return [Tenant(row.id, row.name, row.created_at) for row in rows]

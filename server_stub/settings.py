@@ -1,0 +1,41 @@
+"""Server settings, read from the environment (prefix `OMNISDK_`)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./omnisdk.sqlite3"
+
+
+class Settings(BaseSettings):
+    """Everything an operator can set. Each field is `OMNISDK_<NAME>` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="OMNISDK_", extra="ignore")
+
+    database_url: str = Field(
+        default=DEFAULT_DATABASE_URL,
+        description="SQLAlchemy URL; sqlite:// and postgresql:// are given their async drivers.",
+    )
+    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Largest request body.")
+    idempotency_ttl_seconds: int = Field(
+        default=86_400, gt=0, description="How long a stored answer replays an idempotency key."
+    )
+    auth_cache_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long a process trusts a looked-up key; a revocation made through "
+        "another process takes effect within this time (at once in the revoking process).",
+    )
+    metrics_token: SecretStr | None = Field(
+        default=None, description="If set, /metrics requires `Authorization: Bearer <token>`."
+    )
+    log_level: str = Field(default="INFO")
+    database_pool_size: int = Field(default=10, gt=0)
+
+
+@lru_cache(maxsize=1)
+def settings_from_environment() -> Settings:
+    return Settings()

@@ -1,0 +1,42 @@
+"""omnisdk: one customer, one cart, one consent state across a shop's web, app and tills."""
+
+from omnisdk._async import AsyncClient
+from omnisdk._base import RetryPolicy
+from omnisdk._sync import Client
+from omnisdk._version import __version__
+from omnisdk.core.channels import Channel, Scope
+from omnisdk.errors import (
+    APIConnectionError,
+    APIError,
+    APITimeoutError,
+    AuthenticationError,
+    ConflictError,
+    IdempotencyError,
+    NotFoundError,
+    OmnisdkError,
+    PermissionDeniedError,
+    RateLimitedError,
+    ServerError,
+    ValidationError,
+)
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AsyncClient",
+    "AuthenticationError",
+    "Channel",
+    "Client",
+    "ConflictError",
+    "IdempotencyError",
+    "NotFoundError",
+    "OmnisdkError",
+    "PermissionDeniedError",
+    "RateLimitedError",
+    "RetryPolicy",
+    "Scope",
+    "ServerError",
+    "ValidationError",
+    "__version__",
+]

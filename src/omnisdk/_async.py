@@ -1,0 +1,84 @@
+"""`AsyncClient`: the asyncio shell over httpx.AsyncClient that drives the shared call flow."""
+
+from __future__ import annotations
+
+import asyncio
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from omnisdk._base import Answer, BaseClient, Call, Outcome, PreparedRequest, Sleep, connection_error
+from omnisdk.resources.keys import AsyncKeys
+from omnisdk.resources.system import AsyncSystem
+
+T = TypeVar("T")
+
+
+class AsyncClient(BaseClient):
+    """The omnisdk client for asyncio code (FastAPI, aiohttp, Starlette backends).
+
+    >>> async with omnisdk.AsyncClient(url, api_key="osk_...", channel="app") as client:
+    ...     principal = await client.system.whoami()
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        http_client: httpx.AsyncClient | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, api_key, **options)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self.system = AsyncSystem(self)
+        self.keys = AsyncKeys(self)
+
+    async def execute(self, call: Call[T]) -> T:
+        """Run one call with retries; raise the typed error if it finally fails."""
+        flow = self.flow(call)
+        step = next(flow)
+        try:
+            while True:
+                if isinstance(step, Sleep):
+                    await asyncio.sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(await self._send(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    async def _send(self, request: PreparedRequest) -> Outcome:
+        try:
+            response = await self._http.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                content=request.content,
+                params=request.params,
+                timeout=self.timeout,
+            )
+        except httpx.TimeoutException as exc:
+            return connection_error(exc, timeout=True)
+        except httpx.TransportError as exc:
+            return connection_error(exc, timeout=False)
+        return Answer(response.status_code, response.headers, response.content)
+
+    async def aclose(self) -> None:
+        """Release the connection pool (if the client created it)."""
+        if self._owns_http:
+            await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()

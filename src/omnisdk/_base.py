@@ -1,0 +1,208 @@
+"""Request building, retry policy and response reading, shared by `Client` and `AsyncClient`.
+
+Nothing here does I/O. A call is a generator (`BaseClient.flow`) that yields what to do next —
+send this request, or sleep this long — and receives what happened; the sync and async shells
+only drive it, so their behaviour cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field
+from email.utils import parsedate_to_datetime
+from typing import Any, Generic, TypeVar
+
+from omnisdk._version import __version__
+from omnisdk.core.channels import Channel
+from omnisdk.errors import APIConnectionError, APITimeoutError, error_for
+
+T = TypeVar("T")
+
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
+DEFAULT_TIMEOUT = 10.0
+DEFAULT_MAX_RETRIES = 3
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API operation: what to send, and how to turn the answer's JSON into a `T`."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    json: Any = None
+    params: Mapping[str, str] | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    idempotency_key: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter, honouring the server's `Retry-After`."""
+
+    max_retries: int = DEFAULT_MAX_RETRIES
+    initial_delay: float = 0.25
+    max_delay: float = 8.0
+    jitter: Callable[[], float] = field(default=random.random, repr=False)
+
+    def delay(self, attempt: int, retry_after: float | None) -> float:
+        """Seconds to wait before retry number `attempt + 1` (attempt counts from 0)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay * 4)
+        ceiling = min(self.max_delay, self.initial_delay * (2**attempt))
+        return ceiling * (0.5 + self.jitter() / 2)
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready for the wire: both shells hand it to httpx unchanged."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    content: bytes | None
+    params: Mapping[str, str] | None
+
+
+@dataclass(frozen=True)
+class Answer:
+    """What came back: the parts of an httpx response the core needs."""
+
+    status_code: int
+    headers: Mapping[str, str]
+    content: bytes
+
+
+@dataclass(frozen=True)
+class Sleep:
+    seconds: float
+
+
+Outcome = Answer | Exception
+Step = PreparedRequest | Sleep
+
+
+class BaseClient:
+    """Configuration and the call flow; subclasses add the I/O."""
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        channel: Channel | str | None = None,
+        timeout: float = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        retry_policy: RetryPolicy | None = None,
+    ) -> None:
+        if not api_key or not api_key.strip():
+            raise ValueError("api_key is required: create one with `omnisdk-server key create`")
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        self.base_url = base_url.rstrip("/")
+        self.channel = Channel(channel) if channel is not None else None
+        self.timeout = timeout
+        self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
+        self._api_key = api_key.strip()
+        self._default_headers = {
+            "Authorization": f"Bearer {self._api_key}",
+            "Accept": "application/json",
+            "User-Agent": f"omnisdk-python/{__version__}",
+        }
+        if self.channel is not None:
+            self._default_headers["X-Omnisdk-Channel"] = self.channel.value
+
+    def __repr__(self) -> str:
+        # Never show the key: reprs end up in logs.
+        return f"{type(self).__name__}(base_url={self.base_url!r}, channel={self.channel})"
+
+    def prepare(self, call: Call[Any]) -> PreparedRequest:
+        """The wire form of `call`; a mutating call always gets an idempotency key."""
+        headers = dict(self._default_headers)
+        headers.update(call.headers)
+        content: bytes | None = None
+        if call.json is not None:
+            content = json.dumps(call.json, separators=(",", ":")).encode()
+            headers["Content-Type"] = "application/json"
+        if call.method in MUTATING_METHODS:
+            # Generated once per call, reused by every retry: a retry never applies twice.
+            headers["Idempotency-Key"] = call.idempotency_key or str(uuid.uuid4())
+        return PreparedRequest(call.method, self.base_url + call.path, headers, content, call.params)
+
+    def flow(self, call: Call[T]) -> Generator[Step, Outcome | None, T]:
+        """Send `call`, retrying what is safe to retry, and return its parsed result."""
+        request = self.prepare(call)
+        policy = self.retry_policy
+        attempt = 0
+        while True:
+            outcome = yield request
+            assert outcome is not None, "a shell must answer a request with its outcome"
+            retry_after = _retry_after(outcome) if isinstance(outcome, Answer) else None
+            if attempt < policy.max_retries and _retryable(outcome):
+                yield Sleep(policy.delay(attempt, retry_after))
+                attempt += 1
+                continue
+            return call.parse(read_answer(outcome))
+
+
+def _retryable(outcome: Outcome) -> bool:
+    if isinstance(outcome, Answer):
+        return outcome.status_code in RETRYABLE_STATUS
+    return isinstance(outcome, APIConnectionError)
+
+
+def _retry_after(answer: Answer) -> float | None:
+    value = answer.headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        from datetime import UTC, datetime
+
+        return (parsedate_to_datetime(value) - datetime.now(UTC)).total_seconds()
+    except (TypeError, ValueError):
+        return None
+
+
+def read_answer(outcome: Outcome) -> Any:
+    """The JSON body of a successful answer; raise the typed error for anything else."""
+    if isinstance(outcome, Exception):
+        raise outcome
+    request_id = outcome.headers.get("x-request-id")
+    if 200 <= outcome.status_code < 300:
+        if not outcome.content:
+            return None
+        try:
+            return json.loads(outcome.content)
+        except ValueError as exc:
+            raise APIConnectionError(
+                f"the server answered {outcome.status_code} with a body that is not JSON"
+            ) from exc
+    problem = _problem(outcome)
+    raise error_for(outcome.status_code, problem, request_id, _retry_after(outcome))
+
+
+def _problem(answer: Answer) -> dict[str, Any]:
+    try:
+        body = json.loads(answer.content) if answer.content else {}
+    except ValueError:
+        body = {}
+    if not isinstance(body, dict):
+        body = {}
+    body.setdefault("status", answer.status_code)
+    return body
+
+
+def connection_error(exc: Exception, timeout: bool) -> APIConnectionError:
+    """Our exception for a transport failure of httpx (kept as the cause)."""
+    cls = APITimeoutError if timeout else APIConnectionError
+    err = cls(f"could not reach the omnisdk server: {exc}")
+    err.__cause__ = exc
+    return err

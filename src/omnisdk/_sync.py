@@ -1,0 +1,84 @@
+"""`Client`: the blocking shell over httpx.Client that drives the shared call flow."""
+
+from __future__ import annotations
+
+import time
+from types import TracebackType
+from typing import Any, TypeVar
+
+import httpx
+
+from omnisdk._base import Answer, BaseClient, Call, Outcome, PreparedRequest, Sleep, connection_error
+from omnisdk.resources.keys import Keys
+from omnisdk.resources.system import System
+
+T = TypeVar("T")
+
+
+class Client(BaseClient):
+    """The omnisdk client for synchronous code (Django, Flask, a POS backend, scripts).
+
+    >>> client = omnisdk.Client("http://127.0.0.1:8000", api_key="osk_...", channel="web")
+    >>> client.system.whoami().tenant_id
+    """
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str,
+        *,
+        http_client: httpx.Client | None = None,
+        **options: Any,
+    ) -> None:
+        super().__init__(base_url, api_key, **options)
+        self._owns_http = http_client is None
+        self._http = http_client or httpx.Client(timeout=self.timeout)
+        self.system = System(self)
+        self.keys = Keys(self)
+
+    def execute(self, call: Call[T]) -> T:
+        """Run one call with retries; raise the typed error if it finally fails."""
+        flow = self.flow(call)
+        step = next(flow)
+        try:
+            while True:
+                if isinstance(step, Sleep):
+                    time.sleep(step.seconds)
+                    step = flow.send(None)
+                else:
+                    step = flow.send(self._send(step))
+        except StopIteration as done:
+            result: T = done.value
+            return result
+
+    def _send(self, request: PreparedRequest) -> Outcome:
+        try:
+            response = self._http.request(
+                request.method,
+                request.url,
+                headers=request.headers,
+                content=request.content,
+                params=request.params,
+                timeout=self.timeout,
+            )
+        except httpx.TimeoutException as exc:
+            return connection_error(exc, timeout=True)
+        except httpx.TransportError as exc:
+            return connection_error(exc, timeout=False)
+        return Answer(response.status_code, response.headers, response.content)
+
+    def close(self) -> None:
+        """Release the connection pool (if the client created it)."""
+        if self._owns_http:
+            self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

@@ -1,0 +1,74 @@
+"""Channels and the scopes each channel's API keys carry (DESIGN: tenancy and auth)."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Channel(StrEnum):
+    """Where a request comes from: a shop backend of one kind, or the shop's administration."""
+
+    WEB = "web"
+    APP = "app"
+    POS = "pos"
+    ADMIN = "admin"
+
+
+class Scope(StrEnum):
+    """What an API key may do. Each endpoint of the server requires exactly one scope."""
+
+    SYSTEM_READ = "system:read"
+    SYSTEM_WRITE = "system:write"
+    KEYS_MANAGE = "keys:manage"
+    IDENTITY_WRITE = "identity:write"
+    PROFILE_READ = "profile:read"
+    EVENTS_WRITE = "events:write"
+    CARTS_READ = "carts:read"
+    CARTS_WRITE = "carts:write"
+    CONSENT_READ = "consent:read"
+    CONSENT_WRITE = "consent:write"
+    CONTENT_READ = "content:read"
+    CONTENT_WRITE = "content:write"
+    RETURNS_ISSUE = "returns:issue"
+    RETURNS_REDEEM = "returns:redeem"
+    RETURNS_REVOKE = "returns:revoke"
+    PRIVACY_EXPORT = "privacy:export"
+    PRIVACY_ERASE = "privacy:erase"
+
+
+_SHOP_BACKEND = frozenset(
+    {
+        Scope.SYSTEM_READ,
+        Scope.SYSTEM_WRITE,
+        Scope.IDENTITY_WRITE,
+        Scope.PROFILE_READ,
+        Scope.EVENTS_WRITE,
+        Scope.CARTS_READ,
+        Scope.CARTS_WRITE,
+        Scope.CONSENT_READ,
+        Scope.CONSENT_WRITE,
+        Scope.CONTENT_READ,
+    }
+)
+
+# A web or app backend sells and issues return codes; only a till takes goods back
+# (DESIGN: "a web key cannot redeem returns"); only admin keys author content, manage keys,
+# export or erase.
+DEFAULT_SCOPES: dict[Channel, frozenset[Scope]] = {
+    Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
+    Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
+    Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM},
+    Channel.ADMIN: frozenset(Scope),
+}
+
+
+def scopes_for(channel: Channel, requested: frozenset[Scope] | None = None) -> frozenset[Scope]:
+    """The scopes a new key gets: the channel's defaults, or a subset of them when asked."""
+    allowed = DEFAULT_SCOPES[channel]
+    if requested is None:
+        return allowed
+    extra = requested - allowed
+    if extra:
+        names = ", ".join(sorted(extra))
+        raise ValueError(f"a {channel.value} key cannot carry the scopes {names}")
+    return requested

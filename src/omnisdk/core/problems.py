@@ -1,0 +1,81 @@
+"""The stable `type` URIs of the server's problem+json errors (RFC 9457).
+
+Defined once here so the server that emits them and the SDK that maps them to exceptions
+cannot disagree. A URI never changes meaning once published; new kinds get new URIs.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+PROBLEM_BASE = "https://omnisdk.dev/problems/"
+PROBLEM_CONTENT_TYPE = "application/problem+json"
+
+
+class ProblemType(StrEnum):
+    """Every kind of error the server can answer with, and the HTTP status it goes with."""
+
+    AUTHENTICATION_REQUIRED = PROBLEM_BASE + "authentication-required"
+    INVALID_API_KEY = PROBLEM_BASE + "invalid-api-key"
+    INSUFFICIENT_SCOPE = PROBLEM_BASE + "insufficient-scope"
+    NOT_FOUND = PROBLEM_BASE + "not-found"
+    METHOD_NOT_ALLOWED = PROBLEM_BASE + "method-not-allowed"
+    MALFORMED_JSON = PROBLEM_BASE + "malformed-json"
+    UNSUPPORTED_MEDIA_TYPE = PROBLEM_BASE + "unsupported-media-type"
+    VALIDATION_ERROR = PROBLEM_BASE + "validation-error"
+    PAYLOAD_TOO_LARGE = PROBLEM_BASE + "payload-too-large"
+    CONFLICT = PROBLEM_BASE + "conflict"
+    IDEMPOTENCY_KEY_REUSED = PROBLEM_BASE + "idempotency-key-reused"
+    INVALID_IDEMPOTENCY_KEY = PROBLEM_BASE + "invalid-idempotency-key"
+    RATE_LIMITED = PROBLEM_BASE + "rate-limited"
+    SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
+    INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
+
+    @property
+    def slug(self) -> str:
+        return self.value.removeprefix(PROBLEM_BASE)
+
+    @property
+    def status(self) -> int:
+        return _STATUS[self]
+
+    @property
+    def title(self) -> str:
+        return _TITLE[self]
+
+
+_STATUS: dict[ProblemType, int] = {
+    ProblemType.AUTHENTICATION_REQUIRED: 401,
+    ProblemType.INVALID_API_KEY: 401,
+    ProblemType.INSUFFICIENT_SCOPE: 403,
+    ProblemType.NOT_FOUND: 404,
+    ProblemType.METHOD_NOT_ALLOWED: 405,
+    ProblemType.MALFORMED_JSON: 400,
+    ProblemType.UNSUPPORTED_MEDIA_TYPE: 415,
+    ProblemType.VALIDATION_ERROR: 422,
+    ProblemType.PAYLOAD_TOO_LARGE: 413,
+    ProblemType.CONFLICT: 409,
+    ProblemType.IDEMPOTENCY_KEY_REUSED: 409,
+    ProblemType.INVALID_IDEMPOTENCY_KEY: 400,
+    ProblemType.RATE_LIMITED: 429,
+    ProblemType.SERVICE_UNAVAILABLE: 503,
+    ProblemType.INTERNAL_ERROR: 500,
+}
+
+_TITLE: dict[ProblemType, str] = {
+    ProblemType.AUTHENTICATION_REQUIRED: "Authentication required",
+    ProblemType.INVALID_API_KEY: "Invalid API key",
+    ProblemType.INSUFFICIENT_SCOPE: "The API key lacks the scope this operation needs",
+    ProblemType.NOT_FOUND: "Not found",
+    ProblemType.METHOD_NOT_ALLOWED: "Method not allowed",
+    ProblemType.MALFORMED_JSON: "The request body is not valid JSON",
+    ProblemType.UNSUPPORTED_MEDIA_TYPE: "Unsupported media type",
+    ProblemType.VALIDATION_ERROR: "The request is not valid",
+    ProblemType.PAYLOAD_TOO_LARGE: "The request body is too large",
+    ProblemType.CONFLICT: "Conflict with the current state",
+    ProblemType.IDEMPOTENCY_KEY_REUSED: "Idempotency key reused with a different request",
+    ProblemType.INVALID_IDEMPOTENCY_KEY: "Invalid idempotency key",
+    ProblemType.RATE_LIMITED: "Too many requests",
+    ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
+    ProblemType.INTERNAL_ERROR: "Internal error",
+}
