@@ -1,0 +1,111 @@
+"""Shared fixtures: the databases every server test runs on.
+
+SQLite always runs. PostgreSQL runs when OMNISDK_TEST_POSTGRES_URL names a server (CI sets it,
+see .ci/run); each test session then works in a database of its own, created and dropped here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+POSTGRES_ENV = "OMNISDK_TEST_POSTGRES_URL"
+POSTGRES_SKIP_REASON = (
+    f"PostgreSQL tests skipped: set {POSTGRES_ENV}=postgresql://postgres@127.0.0.1:5432/test "
+    "to run them (CI does)"
+)
+
+
+def postgres_admin_url() -> str | None:
+    return os.environ.get(POSTGRES_ENV) or None
+
+
+async def _create_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    url = make_url(admin_url)
+    conn = await asyncpg.connect(
+        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
+        password=url.password, database=url.database or "postgres",
+    )
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+
+
+async def _drop_database(admin_url: str, name: str) -> None:
+    import asyncpg
+
+    url = make_url(admin_url)
+    conn = await asyncpg.connect(
+        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
+        password=url.password, database=url.database or "postgres",
+    )
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+class PostgresDatabases:
+    """Fresh, empty PostgreSQL databases for one test session; all dropped at its end."""
+
+    def __init__(self, admin_url: str) -> None:
+        self.admin_url = admin_url
+        self.created: list[str] = []
+
+    def new(self) -> str:
+        name = f"omnisdk_test_{secrets.token_hex(6)}"
+        asyncio.run(_create_database(self.admin_url, name))
+        self.created.append(name)
+        url = make_url(self.admin_url).set(drivername="postgresql+asyncpg", database=name)
+        return url.render_as_string(hide_password=False)
+
+    def drop_all(self) -> None:
+        for name in self.created:
+            asyncio.run(_drop_database(self.admin_url, name))
+
+
+@pytest.fixture(scope="session")
+def postgres_databases() -> Iterator[PostgresDatabases | None]:
+    admin_url = postgres_admin_url()
+    if admin_url is None:
+        yield None
+        return
+    # Set but unreachable is an error, not a skip: CI must never silently skip PostgreSQL.
+    databases = PostgresDatabases(admin_url)
+    yield databases
+    databases.drop_all()
+
+
+def new_database_url(kind: str, tmp_path: Path, postgres: PostgresDatabases | None) -> str:
+    """A new, empty database of `kind` ("sqlite" or "postgres")."""
+    if kind == "sqlite":
+        return f"sqlite+aiosqlite:///{tmp_path / f'omnisdk-{secrets.token_hex(4)}.sqlite3'}"
+    if postgres is None:
+        pytest.skip(POSTGRES_SKIP_REASON)
+    return postgres.new()
+
+
+DATABASES = [pytest.param("sqlite"), pytest.param("postgres", marks=pytest.mark.postgres)]
+
+
+@pytest.fixture(scope="session", params=DATABASES)
+def migrated_database_url(
+    request: pytest.FixtureRequest,
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_databases: PostgresDatabases | None,
+) -> str:
+    """One migrated database per kind, shared by the session (tests use fresh tenants)."""
+    from server_stub.storage.migrate import upgrade
+
+    url = new_database_url(request.param, tmp_path_factory.mktemp("db"), postgres_databases)
+    asyncio.run(upgrade(url))
+    return url
