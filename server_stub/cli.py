@@ -36,11 +36,8 @@ class CommandError(Exception):
 
 
 def _database_url(args: argparse.Namespace) -> str:
-    if args.database_url:
-        # Also for the worker processes `serve` starts: they read the environment.
-        os.environ["OMNISDK_DATABASE_URL"] = args.database_url
-        settings_from_environment.cache_clear()
-    return settings_from_environment().database_url
+    url: str = args.database_url or settings_from_environment().database_url
+    return url
 
 
 async def _with_database(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
@@ -61,6 +58,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
     url = _database_url(args)
+    # The app (in this process or in worker processes) reads its settings from the environment.
+    os.environ["OMNISDK_DATABASE_URL"] = url
+    settings_from_environment.cache_clear()
     revision = asyncio.run(upgrade(url))
     print(f"database schema at revision {revision}", file=sys.stderr)
     uvicorn.run(

@@ -22,6 +22,17 @@ POSTGRES_SKIP_REASON = (
 )
 
 
+def pytest_report_header() -> str:
+    if postgres_admin_url():
+        return f"postgresql: tests run against {POSTGRES_ENV}"
+    return POSTGRES_SKIP_REASON
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if not postgres_admin_url():
+        terminalreporter.write_line(POSTGRES_SKIP_REASON, yellow=True)
+
+
 def postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 

@@ -1,0 +1,55 @@
+"""Migrations build the schema from nothing on both databases, and match the tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Connection, inspect
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from server_stub.app import SchemaNotMigrated, create_app
+from server_stub.settings import Settings
+from server_stub.storage.migrate import current_revision, head_revision, upgrade
+from server_stub.storage.tables import metadata
+from tests.conftest import DATABASES, PostgresDatabases, new_database_url
+
+
+@pytest.fixture(params=DATABASES)
+def empty_database_url(
+    request: pytest.FixtureRequest, tmp_path: Path, postgres_databases: PostgresDatabases | None
+) -> str:
+    return new_database_url(request.param, tmp_path, postgres_databases)
+
+
+def _schema(connection: Connection) -> tuple[set[str], list[object]]:
+    tables = set(inspect(connection).get_table_names())
+    diff = compare_metadata(MigrationContext.configure(connection), metadata)
+    return tables, diff
+
+
+async def test_migrations_from_empty_reach_head_and_match_the_tables(empty_database_url: str) -> None:
+    assert await current_revision(empty_database_url) is None
+    assert await upgrade(empty_database_url) == head_revision()
+    engine = create_async_engine(empty_database_url)
+    try:
+        async with engine.connect() as connection:
+            tables, diff = await connection.run_sync(_schema)
+    finally:
+        await engine.dispose()
+    assert set(metadata.tables) <= tables
+    assert diff == []
+
+
+async def test_migrating_twice_is_harmless(empty_database_url: str) -> None:
+    await upgrade(empty_database_url)
+    assert await upgrade(empty_database_url) == head_revision()
+
+
+async def test_server_refuses_to_start_on_an_unmigrated_database(empty_database_url: str) -> None:
+    app = create_app(Settings(database_url=empty_database_url))
+    with pytest.raises(SchemaNotMigrated, match="omnisdk-server migrate"):
+        async with app.router.lifespan_context(app):
+            pass

@@ -1,0 +1,52 @@
+"""Health, readiness, metrics and logs, as an operator sees them."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from omnisdk.core.problems import ProblemType
+from tests.server.conftest import Harness, ShopForTest, start_harness
+
+
+async def test_healthz_and_readyz_report_ok(server: Harness) -> None:
+    assert (await server.http.get("/healthz")).json() == {"status": "ok"}
+    ready = await server.http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["database"] == "ok"
+
+
+async def test_metrics_count_requests_by_route_template(server: Harness, shop: ShopForTest) -> None:
+    await shop.request("GET", "/v1/keys/key_0123456789abcdef")
+    text = (await server.http.get("/metrics")).text
+    assert 'omnisdk_http_requests_total{method="GET",route="/v1/keys/{key_id}",status="404"}' in text
+    assert "key_0123456789abcdef" not in text
+
+
+async def test_metrics_token_is_enforced_when_set(migrated_database_url: str) -> None:
+    async for server in start_harness(migrated_database_url, metrics_token="scrape-me"):
+        refused = await server.http.get("/metrics")
+        assert refused.status_code == 401
+        assert refused.json()["type"] == ProblemType.AUTHENTICATION_REQUIRED
+        allowed = await server.http.get("/metrics", headers={"Authorization": "Bearer scrape-me"})
+        assert allowed.status_code == 200
+
+
+async def test_logs_are_json_with_request_id_and_no_secrets(
+    server: Harness, shop: ShopForTest, capsys: pytest.CaptureFixture[str]
+) -> None:
+    capsys.readouterr()
+    response = await shop.request(
+        "POST", "/v1/system/ping", json={"message": "amy@example.com"},
+        headers={"Idempotency-Key": "idem-secret-0001"},
+    )
+    assert response.status_code == 200
+    logged = capsys.readouterr().err
+    lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
+    access = [entry for entry in lines if entry.get("route") == "/v1/system/ping"]
+    assert access, logged
+    assert access[-1]["request_id"] == response.headers["x-request-id"]
+    assert access[-1]["tenant_id"] == shop.id
+    for secret in (shop.keys["admin"], shop.keys["admin"].split("_")[-1], "amy@example.com"):
+        assert secret not in logged
