@@ -53,7 +53,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "run `omnisdk-server migrate` first"
             )
         database = Database(settings.database_url, settings.database_pool_size)
-        app.state.runtime = Runtime(settings, database, KeyCache(settings.auth_cache_seconds), metrics)
+        app.state.runtime = Runtime(
+            settings, database, KeyCache(settings.auth_cache_seconds), metrics
+        )
         app.state.schema_revision = revision
         purger = asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds))
         try:

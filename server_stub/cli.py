@@ -108,7 +108,9 @@ def cmd_key_create(args: argparse.Namespace) -> None:
     async def work(database: Database) -> tuple[key_store.StoredKey, str]:
         async with database.transaction(write=True) as conn:
             await _require_tenant(conn, args.tenant)
-            created = await key_store.create(conn, args.tenant, Channel(args.channel), args.name, scopes)
+            created = await key_store.create(
+                conn, args.tenant, Channel(args.channel), args.name, scopes
+            )
             await audit.record(conn, args.tenant, None, "key.create", created[0].key_id, "cli")
             return created
 
@@ -149,7 +151,9 @@ def cmd_key_revoke(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--database-url", help="default: $OMNISDK_DATABASE_URL or ./omnisdk.sqlite3")
+    common.add_argument(
+        "--database-url", help="default: $OMNISDK_DATABASE_URL or ./omnisdk.sqlite3"
+    )
     top = argparse.ArgumentParser(prog="omnisdk-server", description=__doc__.split("\n")[0])
     commands = top.add_subparsers(dest="command", required=True)
 
@@ -171,12 +175,16 @@ def parser() -> argparse.ArgumentParser:
 
     key = commands.add_parser("key", help="manage API keys")
     key_commands = key.add_subparsers(dest="action", required=True)
-    key_create = key_commands.add_parser("create", parents=[common], help="create a key, print it once")
+    key_create = key_commands.add_parser(
+        "create", parents=[common], help="create a key, print it once"
+    )
     key_create.add_argument("--tenant", required=True)
     key_create.add_argument("--channel", required=True, choices=[c.value for c in Channel])
     key_create.add_argument("--name", default="")
     key_create.add_argument(
-        "--scope", action="append", choices=[s.value for s in Scope],
+        "--scope",
+        action="append",
+        choices=[s.value for s in Scope],
         help="limit the key to these scopes (repeat); default: all of the channel's",
     )
     key_create.set_defaults(run=cmd_key_create)

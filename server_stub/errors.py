@@ -21,7 +21,7 @@ from server_stub.observability import current_request_id
 log = logging.getLogger("omnisdk.server")
 
 
-class Problem(Exception):  # noqa: N818 - it is an RFC 9457 problem, raised
+class Problem(Exception):
     """Raise to answer with a problem of `type`; `extra` members go into the body."""
 
     def __init__(
@@ -49,7 +49,7 @@ def problem_response(
 ) -> Response:
     body: dict[str, Any] = {
         "type": type.value,
-        "title": type.title,
+        "title": type.default_title,
         "status": type.status,
         "detail": detail,
     }
@@ -59,7 +59,9 @@ def problem_response(
     if request_id:
         body["request_id"] = request_id
     body.update(extra)
-    return JSONResponse(body, status_code=type.status, headers=headers, media_type=PROBLEM_CONTENT_TYPE)
+    return JSONResponse(
+        body, status_code=type.status, headers=headers, media_type=PROBLEM_CONTENT_TYPE
+    )
 
 
 async def _on_problem(request: Request, exc: Exception) -> Response:
@@ -71,8 +73,11 @@ async def _on_problem(request: Request, exc: Exception) -> Response:
 
 def _field_errors(errors: Any) -> list[dict[str, Any]]:
     return [
-        {"loc": [str(part) for part in error.get("loc", ())], "msg": error.get("msg", ""),
-         "type": error.get("type", "")}
+        {
+            "loc": [str(part) for part in error.get("loc", ())],
+            "msg": error.get("msg", ""),
+            "type": error.get("type", ""),
+        }
         for error in errors
     ]
 
@@ -119,10 +124,11 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     type = _HTTP_STATUS_TYPES.get(exc.status_code)
     if type is None:
         type = ProblemType.VALIDATION_ERROR if exc.status_code < 500 else ProblemType.INTERNAL_ERROR
-    detail = exc.detail if isinstance(exc.detail, str) else type.title
+    detail = exc.detail if isinstance(exc.detail, str) else type.default_title
     if type is ProblemType.NOT_FOUND and detail == "Not Found":
         detail = f"there is no resource at {request.url.path}"
-    return problem_response(type, detail, instance=request.url.path, headers=exc.headers)
+    headers = dict(exc.headers) if exc.headers else None
+    return problem_response(type, detail, instance=request.url.path, headers=headers)
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

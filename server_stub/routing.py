@@ -8,9 +8,10 @@ raises: a failed request leaves nothing half-written.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
+from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
@@ -29,7 +30,7 @@ from server_stub.storage.database import Database
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 IDEMPOTENCY_HEADER = "idempotency-key"
 REPLAY_HEADER = "Idempotent-Replayed"
-Endpoint = Callable[[Request], Awaitable[Response]]
+Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 
 
 class UnitOfWork:
@@ -100,9 +101,7 @@ async def _idempotent(
     request: Request, endpoint: Endpoint, runtime: Runtime, principal: Principal, key: str
 ) -> Response:
     body = await request.body()
-    fingerprint = idempotency.fingerprint(
-        request.method, request.url.path, request.url.query, body
-    )
+    fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
     ttl = runtime.settings.idempotency_ttl_seconds
     for attempt in range(2):
         try:

@@ -42,8 +42,11 @@ async def _create_database(admin_url: str, name: str) -> None:
 
     url = make_url(admin_url)
     conn = await asyncpg.connect(
-        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-        password=url.password, database=url.database or "postgres",
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        database=url.database or "postgres",
     )
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -56,8 +59,11 @@ async def _drop_database(admin_url: str, name: str) -> None:
 
     url = make_url(admin_url)
     conn = await asyncpg.connect(
-        host=url.host or "127.0.0.1", port=url.port or 5432, user=url.username or "postgres",
-        password=url.password, database=url.database or "postgres",
+        host=url.host or "127.0.0.1",
+        port=url.port or 5432,
+        user=url.username or "postgres",
+        password=url.password,
+        database=url.database or "postgres",
     )
     try:
         await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

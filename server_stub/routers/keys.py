@@ -44,14 +44,22 @@ async def create_key(body: ApiKeyCreate, principal: Admin, conn: Connection) -> 
         )
     except ValueError as exc:
         raise Problem(ProblemType.VALIDATION_ERROR, str(exc)) from exc
-    await audit.record(conn, principal.tenant_id, principal.key_id, "key.create", key.key_id,
-                       f"channel={key.channel.value}")
+    await audit.record(
+        conn,
+        principal.tenant_id,
+        principal.key_id,
+        "key.create",
+        key.key_id,
+        f"channel={key.channel.value}",
+    )
     return CreatedApiKey(**_public(key).model_dump(), secret=secret)
 
 
 @router.get("", summary="List the tenant's keys (never their secrets)")
 async def list_keys(principal: Admin, conn: Connection) -> ApiKeyList:
-    return ApiKeyList(items=[_public(k) for k in await key_store.list_for_tenant(conn, principal.tenant_id)])
+    return ApiKeyList(
+        items=[_public(k) for k in await key_store.list_for_tenant(conn, principal.tenant_id)]
+    )
 
 
 @router.get("/{key_id}", summary="One key of the tenant")

@@ -16,7 +16,9 @@ router = APIRouter(prefix="/v1/system", tags=["system"], route_class=ApiRoute)
 
 
 @router.get("/whoami", summary="The tenant, channel and scopes of the calling key")
-async def whoami(principal: Annotated[Principal, Depends(requires(Scope.SYSTEM_READ))]) -> Principal:
+async def whoami(
+    principal: Annotated[Principal, Depends(requires(Scope.SYSTEM_READ))],
+) -> Principal:
     return principal
 
 

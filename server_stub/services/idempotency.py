@@ -77,7 +77,9 @@ async def store(
     )
 
 
-async def purge_expired(conn: AsyncConnection, ttl_seconds: int, now: datetime | None = None) -> int:
+async def purge_expired(
+    conn: AsyncConnection, ttl_seconds: int, now: datetime | None = None
+) -> int:
     cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
     result = await conn.execute(
         delete(idempotency_records).where(idempotency_records.c.created_at <= cutoff)

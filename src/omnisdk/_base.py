@@ -54,7 +54,7 @@ class RetryPolicy:
         if retry_after is not None:
             return min(max(retry_after, 0.0), self.max_delay * 4)
         ceiling = min(self.max_delay, self.initial_delay * (2**attempt))
-        return ceiling * (0.5 + self.jitter() / 2)
+        return float(ceiling * (0.5 + self.jitter() / 2))
 
 
 @dataclass(frozen=True)
@@ -131,7 +131,9 @@ class BaseClient:
         if call.method in MUTATING_METHODS:
             # Generated once per call, reused by every retry: a retry never applies twice.
             headers["Idempotency-Key"] = call.idempotency_key or str(uuid.uuid4())
-        return PreparedRequest(call.method, self.base_url + call.path, headers, content, call.params)
+        return PreparedRequest(
+            call.method, self.base_url + call.path, headers, content, call.params
+        )
 
     def flow(self, call: Call[T]) -> Generator[Step, Outcome | None, T]:
         """Send `call`, retrying what is safe to retry, and return its parsed result."""

@@ -8,7 +8,15 @@ from typing import Any, TypeVar
 
 import httpx
 
-from omnisdk._base import Answer, BaseClient, Call, Outcome, PreparedRequest, Sleep, connection_error
+from omnisdk._base import (
+    Answer,
+    BaseClient,
+    Call,
+    Outcome,
+    PreparedRequest,
+    Sleep,
+    connection_error,
+)
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.system import System
 

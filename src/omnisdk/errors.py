@@ -1,17 +1,17 @@
 """The exceptions the SDK raises. Catch precisely; every API error carries the problem details.
 
-    OmnisdkError
-    ├── APIConnectionError          the server could not be reached (after retries)
-    │   └── APITimeoutError         ... or did not answer in time
-    └── APIError                    the server answered with an error (status, problem, request id)
-        ├── ValidationError         400, 413, 415, 422: the request is wrong; do not retry it
-        ├── AuthenticationError     401: no key, or a key the server does not know
-        ├── PermissionDeniedError   403: the key lacks the scope for this operation
-        ├── NotFoundError           404: nothing of that id for this tenant
-        ├── ConflictError           409: the current state forbids it (carries the problem)
-        │   └── IdempotencyError    409: idempotency key reused with a different request
-        ├── RateLimitedError        429: slow down (retried automatically first)
-        └── ServerError             5xx: the server failed (retried automatically first)
+OmnisdkError
+├── APIConnectionError          the server could not be reached (after retries)
+│   └── APITimeoutError         ... or did not answer in time
+└── APIError                    the server answered with an error (status, problem, request id)
+    ├── ValidationError         400, 413, 415, 422: the request is wrong; do not retry it
+    ├── AuthenticationError     401: no key, or a key the server does not know
+    ├── PermissionDeniedError   403: the key lacks the scope for this operation
+    ├── NotFoundError           404: nothing of that id for this tenant
+    ├── ConflictError           409: the current state forbids it (carries the problem)
+    │   └── IdempotencyError    409: idempotency key reused with a different request
+    ├── RateLimitedError        429: slow down (retried automatically first)
+    └── ServerError             5xx: the server failed (retried automatically first)
 """
 
 from __future__ import annotations

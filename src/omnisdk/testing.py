@@ -65,7 +65,9 @@ class TestTenant:
     id: str
     name: str
     server: _ServerBase = field(repr=False)
-    _keys: dict[tuple[Channel, frozenset[Scope] | None], str] = field(default_factory=dict, repr=False)
+    _keys: dict[tuple[Channel, frozenset[Scope] | None], str] = field(
+        default_factory=dict, repr=False
+    )
 
     def key(self, channel: Channel | str, scopes: list[Scope] | None = None) -> str:
         """An API key of this tenant for `channel` (one per channel and scope set, reused)."""
@@ -222,8 +224,16 @@ class ServerProcess(_ServerBase):
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, **self._env, "OMNISDK_DATABASE_URL": self.database_url}
         command = [
-            sys.executable, "-m", "server_stub.cli", "serve",
-            "--host", "127.0.0.1", "--port", str(port), "--workers", str(self.workers),
+            sys.executable,
+            "-m",
+            "server_stub.cli",
+            "serve",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            str(self.workers),
         ]
         self._log = open(self._log_path, "ab") if self._log_path else subprocess.DEVNULL  # noqa: SIM115
         self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=self._log)

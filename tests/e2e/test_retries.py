@@ -47,8 +47,13 @@ class LoseAnswers:
         if self.mode == "timeout":
             await asyncio.sleep(3)
         body = b'{"type":"about:blank","title":"Service Unavailable","status":503}'
-        await send({"type": "http.response.start", "status": 503,
-                    "headers": [(b"content-type", b"application/problem+json")]})
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 503,
+                "headers": [(b"content-type", b"application/problem+json")],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
 
@@ -78,7 +83,9 @@ def test_write_failing_twice_then_succeeding_is_applied_once(
     assert created.key_id in {k.key_id for k in keys}
 
 
-async def test_async_client_retries_alike(faulty_server: tuple[ReferenceServer, LoseAnswers]) -> None:
+async def test_async_client_retries_alike(
+    faulty_server: tuple[ReferenceServer, LoseAnswers],
+) -> None:
     server, fault = faulty_server
     shop = server.create_tenant()
     async with shop.async_client("admin", retry_policy=FAST, timeout=0.5) as admin:

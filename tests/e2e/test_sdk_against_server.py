@@ -15,7 +15,10 @@ from omnisdk.testing import ServerProcess
 def _cli(*args: str, database_url: str) -> str:
     result = subprocess.run(
         [sys.executable, "-m", "server_stub.cli", *args, "--database-url", database_url],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     )
     return result.stdout.strip()
 

@@ -51,9 +51,11 @@ async def test_non_bearer_authorization_is_refused(server: Harness) -> None:
     assert response.json()["type"] == ProblemType.AUTHENTICATION_REQUIRED
 
 
-async def test_unknown_and_malformed_keys_are_refused_alike(server: Harness, shop: ShopForTest) -> None:
+async def test_unknown_and_malformed_keys_are_refused_alike(
+    server: Harness, shop: ShopForTest
+) -> None:
     real = shop.keys[Channel.WEB]
-    forged = real[: -4] + ("AAAA" if not real.endswith("AAAA") else "BBBB")
+    forged = real[:-4] + ("AAAA" if not real.endswith("AAAA") else "BBBB")
     for key in ("nonsense", "osk_web_0000000000000000_" + "x" * 43, forged):
         response = await server.http.get(
             "/v1/system/whoami", headers={"Authorization": f"Bearer {key}"}

@@ -14,7 +14,9 @@ def database_args(tmp_path: Path) -> list[str]:
     return ["--database-url", f"sqlite:///{tmp_path / 'cli.sqlite3'}"]
 
 
-def test_tenant_and_key_lifecycle(database_args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_tenant_and_key_lifecycle(
+    database_args: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["migrate", *database_args]) == 0
     assert "revision" in capsys.readouterr().out
     assert main(["tenant", "create", "Amy's Shoes", *database_args]) == 0
@@ -58,7 +60,18 @@ def test_scope_outside_the_channel_is_refused(
 ) -> None:
     main(["tenant", "create", "shop", *database_args])
     tenant_id = capsys.readouterr().out.strip()
-    code = main(["key", "create", "--tenant", tenant_id, "--channel", "web",
-                 "--scope", "returns:redeem", *database_args])
+    code = main(
+        [
+            "key",
+            "create",
+            "--tenant",
+            tenant_id,
+            "--channel",
+            "web",
+            "--scope",
+            "returns:redeem",
+            *database_args,
+        ]
+    )
     assert code == 2
     assert "cannot carry" in capsys.readouterr().err

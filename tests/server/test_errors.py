@@ -17,7 +17,10 @@ async def _key_count(shop: ShopForTest) -> int:
 async def test_malformed_json_is_400_and_stores_nothing(shop: ShopForTest) -> None:
     before = await _key_count(shop)
     response = await shop.request(
-        "POST", "/v1/keys", content=b'{"channel": "pos"', headers={"Content-Type": "application/json"}
+        "POST",
+        "/v1/keys",
+        content=b'{"channel": "pos"',
+        headers={"Content-Type": "application/json"},
     )
     assert response.status_code == 400
     assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
@@ -35,9 +38,7 @@ async def test_body_that_is_not_json_is_415(shop: ShopForTest) -> None:
 
 async def test_invalid_fields_are_listed_without_echoing_values(shop: ShopForTest) -> None:
     secret_looking = "amy@example.com"
-    response = await shop.request(
-        "POST", "/v1/keys", json={"channel": secret_looking, "name": 5}
-    )
+    response = await shop.request("POST", "/v1/keys", json={"channel": secret_looking, "name": 5})
     assert response.status_code == 422
     body = response.json()
     assert body["type"] == ProblemType.VALIDATION_ERROR
@@ -73,7 +74,9 @@ async def test_streamed_oversized_body_is_413(migrated_database_url: str) -> Non
         assert response.json()["type"] == ProblemType.PAYLOAD_TOO_LARGE
 
 
-async def test_unknown_path_and_wrong_method_are_problems(server: Harness, shop: ShopForTest) -> None:
+async def test_unknown_path_and_wrong_method_are_problems(
+    server: Harness, shop: ShopForTest
+) -> None:
     missing = await server.http.get("/v1/nothing-here")
     assert missing.status_code == 404
     assert missing.json()["type"] == ProblemType.NOT_FOUND
@@ -89,8 +92,18 @@ async def test_unknown_key_id_is_404_problem(shop: ShopForTest) -> None:
 
 
 async def test_garbage_inputs_never_get_a_5xx(shop: ShopForTest) -> None:
-    bodies: list[bytes] = [b"", b"null", b"[]", b'"x"', b"{}", b'{"channel": null}', b"\xff\xfe",
-                           b'{"channel": "pos", "scopes": "all"}', b"1e999", b'{"a":' * 50]
+    bodies: list[bytes] = [
+        b"",
+        b"null",
+        b"[]",
+        b'"x"',
+        b"{}",
+        b'{"channel": null}',
+        b"\xff\xfe",
+        b'{"channel": "pos", "scopes": "all"}',
+        b"1e999",
+        b'{"a":' * 50,
+    ]
     for path in ("/v1/keys", "/v1/system/ping"):
         for body in bodies:
             response = await shop.request(
@@ -113,11 +126,11 @@ def test_problem_types_are_unique_and_well_formed() -> None:
     assert len(slugs) == len(set(slugs))
     for problem in ProblemType:
         assert 400 <= problem.status < 600
-        assert problem.title
+        assert problem.default_title
         assert problem.value.startswith("https://")
 
 
 async def test_httpx_sees_json_problem(server: Harness) -> None:
     response = await server.http.get("/v1/system/whoami")
     assert isinstance(response, httpx.Response)
-    assert response.json()["title"] == ProblemType.AUTHENTICATION_REQUIRED.title
+    assert response.json()["title"] == ProblemType.AUTHENTICATION_REQUIRED.default_title

@@ -39,7 +39,9 @@ async def test_same_key_with_different_body_is_a_conflict_and_changes_nothing(
 
 async def test_same_key_on_another_endpoint_is_a_conflict(shop: ShopForTest) -> None:
     headers = {"Idempotency-Key": "reused-across-endpoints"}
-    assert (await shop.request("POST", "/v1/system/ping", json={}, headers=headers)).status_code == 200
+    assert (
+        await shop.request("POST", "/v1/system/ping", json={}, headers=headers)
+    ).status_code == 200
     response = await shop.request("POST", "/v1/keys", json={"channel": "pos"}, headers=headers)
     assert response.status_code == 409
     assert response.json()["type"] == ProblemType.IDEMPOTENCY_KEY_REUSED
@@ -65,7 +67,9 @@ async def test_keys_are_scoped_per_tenant(server, shop: ShopForTest) -> None:  #
 
 async def test_invalid_idempotency_key_is_refused(shop: ShopForTest) -> None:
     for key in ("x" * 256, "tab\there"):
-        response = await shop.request("POST", "/v1/system/ping", json={}, headers={"Idempotency-Key": key})
+        response = await shop.request(
+            "POST", "/v1/system/ping", json={}, headers={"Idempotency-Key": key}
+        )
         assert response.status_code == 400
         assert response.json()["type"] == ProblemType.INVALID_IDEMPOTENCY_KEY
 
@@ -74,7 +78,10 @@ async def test_concurrent_twins_apply_once_and_answer_alike(shop: ShopForTest) -
     before = await _key_count(shop)
     headers = {"Idempotency-Key": str(uuid.uuid4())}
     answers = await asyncio.gather(
-        *(shop.request("POST", "/v1/keys", json={"channel": "app"}, headers=headers) for _ in range(6))
+        *(
+            shop.request("POST", "/v1/keys", json={"channel": "app"}, headers=headers)
+            for _ in range(6)
+        )
     )
     assert {a.status_code for a in answers} == {201}
     assert len({a.content for a in answers}) == 1

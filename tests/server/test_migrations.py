@@ -30,7 +30,9 @@ def _schema(connection: Connection) -> tuple[set[str], list[object]]:
     return tables, diff
 
 
-async def test_migrations_from_empty_reach_head_and_match_the_tables(empty_database_url: str) -> None:
+async def test_migrations_from_empty_reach_head_and_match_the_tables(
+    empty_database_url: str,
+) -> None:
     assert await current_revision(empty_database_url) is None
     assert await upgrade(empty_database_url) == head_revision()
     engine = create_async_engine(empty_database_url)

@@ -20,7 +20,9 @@ async def test_healthz_and_readyz_report_ok(server: Harness) -> None:
 async def test_metrics_count_requests_by_route_template(server: Harness, shop: ShopForTest) -> None:
     await shop.request("GET", "/v1/keys/key_0123456789abcdef")
     text = (await server.http.get("/metrics")).text
-    assert 'omnisdk_http_requests_total{method="GET",route="/v1/keys/{key_id}",status="404"}' in text
+    assert (
+        'omnisdk_http_requests_total{method="GET",route="/v1/keys/{key_id}",status="404"}' in text
+    )
     assert "key_0123456789abcdef" not in text
 
 
@@ -38,7 +40,9 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
 ) -> None:
     capsys.readouterr()
     response = await shop.request(
-        "POST", "/v1/system/ping", json={"message": "amy@example.com"},
+        "POST",
+        "/v1/system/ping",
+        json={"message": "amy@example.com"},
         headers={"Idempotency-Key": "idem-secret-0001"},
     )
     assert response.status_code == 200

@@ -40,7 +40,7 @@ class ProblemType(StrEnum):
         return _STATUS[self]
 
     @property
-    def title(self) -> str:
+    def default_title(self) -> str:
         return _TITLE[self]
 
 

@@ -20,7 +20,9 @@ class System(SyncResource):
         """The tenant, channel and scopes of this client's API key."""
         return self._client.execute(whoami_call())
 
-    def ping(self, message: str = "ping", sequence: int = 0, *, idempotency_key: str | None = None) -> Pong:
+    def ping(
+        self, message: str = "ping", sequence: int = 0, *, idempotency_key: str | None = None
+    ) -> Pong:
         """A write that changes nothing: proves the key may write and the server answers."""
         return self._client.execute(ping_call(message, sequence, idempotency_key))
 

@@ -1,0 +1,65 @@
+"""`make demo`: set up a shop on a fresh reference server, walk the journey, stop the server.
+
+Everything an operator would type is shown and run for real: `omnisdk-server tenant create`,
+`omnisdk-server key create`, `omnisdk-server serve` (on SQLite, on a free port).
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from omnisdk.testing import ServerProcess
+
+HERE = Path(__file__).parent
+CHANNELS = ("web", "app", "pos", "admin")
+
+
+def operator(*args: str, database_url: str) -> str:
+    print(f"  $ omnisdk-server {shlex.join(args)}")
+    result = subprocess.run(
+        [sys.executable, "-m", "server_stub.cli", *args, "--database-url", database_url],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return result.stdout.strip()
+
+
+def main() -> int:
+    with tempfile.TemporaryDirectory(prefix="omnisdk-demo-") as directory:
+        database_url = f"sqlite:///{Path(directory) / 'omnisdk.sqlite3'}"
+        print("== Operator: set up the shop")
+        tenant = operator(
+            "tenant", "create", "Amy's favourite shoe shop", database_url=database_url
+        )
+        keys = {}
+        for channel in CHANNELS:
+            keys[channel] = operator(
+                "key",
+                "create",
+                "--tenant",
+                tenant,
+                "--channel",
+                channel,
+                "--name",
+                f"demo {channel}",
+                database_url=database_url,
+            )
+        print(f"  tenant {tenant}, one key per channel: {', '.join(CHANNELS)}")
+        print("  $ omnisdk-server serve --port <free port>")
+        with ServerProcess(database_url, log_path=Path(directory) / "server.log") as server:
+            print(f"  the reference server is ready at {server.url}\n")
+            env = {**os.environ, "OMNISDK_URL": server.url}
+            env.update({f"OMNISDK_{c.upper()}_KEY": keys[c] for c in CHANNELS})
+            journey = subprocess.run([sys.executable, str(HERE / "journey.py")], env=env)
+        print("\n== The reference server has stopped.")
+        return journey.returncode
+
+
+if __name__ == "__main__":
+    sys.exit(main())
