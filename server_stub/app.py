@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -57,6 +58,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             settings, database, KeyCache(settings.auth_cache_seconds), metrics
         )
         app.state.schema_revision = revision
+        # Start-up objects live as long as the process: keep them out of every GC pass.
+        gc.freeze()
         purger = asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds))
         try:
             yield
@@ -73,9 +76,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     install_error_handlers(app)
-    app.include_router(health.router)
     for router in API_ROUTERS:
         app.include_router(router)
+    app.include_router(health.router)
     app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestContext, metrics=metrics)
     return app

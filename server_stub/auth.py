@@ -1,14 +1,14 @@
 """API-key authentication and scope checks.
 
 Every route under /v1 authenticates (see `routing.ApiRoute`), and every route declares the one
-scope it needs with `Depends(requires(Scope.X))`; a test walks the routes to keep it so.
+scope it needs with `openapi_extra=needs(Scope.X)`; `ApiRoute` refuses a route without one.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Request
 
@@ -25,7 +25,17 @@ CHANNEL_HEADER = "x-omnisdk-channel"
 @dataclass
 class _Cached:
     key: key_store.StoredKey
+    principal: Principal
     until: float
+
+
+def _principal(key: key_store.StoredKey) -> Principal:
+    return Principal(
+        tenant_id=key.tenant_id,
+        key_id=key.key_id,
+        channel=key.channel,
+        scopes=sorted(key.scopes),
+    )
 
 
 class KeyCache:
@@ -35,17 +45,19 @@ class KeyCache:
         self.ttl = ttl
         self._entries: dict[str, _Cached] = {}
 
-    def get(self, key_id: str) -> key_store.StoredKey | None:
+    def get(self, key_id: str) -> _Cached | None:
         entry = self._entries.get(key_id)
         if entry is None or entry.until < time.monotonic():
             return None
-        return entry.key
+        return entry
 
-    def put(self, key: key_store.StoredKey) -> None:
+    def put(self, key: key_store.StoredKey) -> _Cached:
+        entry = _Cached(key, _principal(key), time.monotonic() + self.ttl)
         if self.ttl > 0:
             if len(self._entries) > 10_000:
                 self._entries.clear()
-            self._entries[key.key_id] = _Cached(key, time.monotonic() + self.ttl)
+            self._entries[key.key_id] = entry
+        return entry
 
     def forget(self, key_id: str) -> None:
         self._entries.pop(key_id, None)
@@ -69,25 +81,29 @@ def _presented_key(request: Request) -> str:
     return value.strip()
 
 
-async def authenticate(request: Request, database: Database, cache: KeyCache) -> Principal:
-    """The principal of the request's API key, or a 401 problem."""
-    parsed = key_store.parse(_presented_key(request))
-    invalid = Problem(
+def _invalid_key() -> Problem:
+    return Problem(
         ProblemType.INVALID_API_KEY,
         "the API key is not valid for this server (mistyped, revoked or from another server)",
         headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
     )
+
+
+async def authenticate(request: Request, database: Database, cache: KeyCache) -> Principal:
+    """The principal of the request's API key, or a 401 problem."""
+    parsed = key_store.parse(_presented_key(request))
     if parsed is None:
-        raise invalid
-    key = cache.get(parsed.key_id)
-    if key is None:
+        raise _invalid_key()
+    entry = cache.get(parsed.key_id)
+    if entry is None:
         async with database.transaction(write=False) as conn:
-            key = await key_store.get(conn, parsed.key_id)
-        if key is None:
-            raise invalid
-        cache.put(key)
+            stored = await key_store.get(conn, parsed.key_id)
+        if stored is None:
+            raise _invalid_key()
+        entry = cache.put(stored)
+    key = entry.key
     if key.revoked_at is not None or not key.matches(parsed.secret):
-        raise invalid
+        raise _invalid_key()
     declared = request.headers.get(CHANNEL_HEADER)
     if declared is not None and declared != key.channel.value:
         raise Problem(
@@ -95,12 +111,7 @@ async def authenticate(request: Request, database: Database, cache: KeyCache) ->
             f"this is a {key.channel.value} key but the client says it is the {declared} "
             f"channel; use a key made for {declared}",
         )
-    return Principal(
-        tenant_id=key.tenant_id,
-        key_id=key.key_id,
-        channel=key.channel,
-        scopes=sorted(key.scopes),
-    )
+    return entry.principal
 
 
 def principal_of(request: Request) -> Principal:
@@ -110,23 +121,20 @@ def principal_of(request: Request) -> Principal:
     return principal
 
 
-class Requires:
-    """A dependency that checks the principal holds `scope`, and returns the principal."""
-
-    def __init__(self, scope: Scope) -> None:
-        self.scope = scope
-
-    def __call__(self, request: Request) -> Principal:
-        principal = principal_of(request)
-        if self.scope not in principal.scopes:
-            raise Problem(
-                ProblemType.INSUFFICIENT_SCOPE,
-                f"this operation needs the scope {self.scope.value!r}, which "
-                f"{principal.channel.value} keys do not have",
-                required_scope=self.scope.value,
-            )
-        return principal
+SCOPE_EXTENSION = "x-required-scope"
 
 
-def requires(scope: Scope) -> Callable[[Request], Principal]:
-    return Requires(scope)
+def needs(scope: Scope) -> dict[str, Any]:
+    """A route's `openapi_extra`: the one scope it requires. `ApiRoute` checks it before the
+    body is read, and the OpenAPI document shows it to client authors."""
+    return {SCOPE_EXTENSION: scope.value}
+
+
+def check_scope(principal: Principal, scope: Scope) -> None:
+    if scope not in principal.scopes:
+        raise Problem(
+            ProblemType.INSUFFICIENT_SCOPE,
+            f"this operation needs the scope {scope.value!r}, which "
+            f"{principal.channel.value} keys do not have",
+            required_scope=scope.value,
+        )

@@ -19,9 +19,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
+from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
-from server_stub.auth import authenticate
+from server_stub.auth import SCOPE_EXTENSION, authenticate, check_scope
 from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
@@ -67,12 +68,23 @@ async def connection(request: Request) -> AsyncConnection:
 
 
 class ApiRoute(APIRoute):
+    """A /v1 route: it requires the scope named by `openapi_extra=needs(Scope.X)`."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        declared = (kwargs.get("openapi_extra") or {}).get(SCOPE_EXTENSION)
+        if declared is None:
+            raise TypeError(f"{path} declares no scope: add openapi_extra=needs(Scope.X)")
+        self.required_scope = Scope(declared)
+        super().__init__(path, endpoint, **kwargs)
+
     def get_route_handler(self) -> Endpoint:
         endpoint = super().get_route_handler()
+        required_scope = self.required_scope
 
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
             principal = await authenticate(request, runtime.database, runtime.key_cache)
+            check_scope(principal, required_scope)
             request.state.principal = principal
             write = request.method in MUTATING_METHODS
             key = _idempotency_key(request) if write else None
@@ -109,13 +121,15 @@ async def _idempotent(
                 request.state.unit = unit
                 conn = await unit.connection()
                 prior = await idempotency.find(conn, principal.tenant_id, key, ttl)
-                if prior is not None:
+                if prior is not None and not prior.expired:
                     runtime.metrics.idempotent_replays.inc()
                     return _replay(prior, fingerprint)
                 response = await endpoint(request)
                 outcome = _outcome(response, fingerprint)
                 if outcome is not None:
-                    await idempotency.store(conn, principal.tenant_id, key, outcome, ttl)
+                    await idempotency.store(
+                        conn, principal.tenant_id, key, outcome, replaces_expired=prior is not None
+                    )
                 return response
         except IntegrityError:
             # A twin request with the same key committed first (PostgreSQL lets both run and

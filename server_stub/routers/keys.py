@@ -9,8 +9,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import ApiKey, ApiKeyCreate, ApiKeyList, CreatedApiKey, Principal
-from server_stub.auth import requires
+from omnisdk.models import ApiKey, ApiKeyCreate, ApiKeyList, CreatedApiKey
+from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.routing import ApiRoute, connection
 from server_stub.runtime import runtime_of
@@ -19,7 +19,7 @@ from server_stub.services import keys as key_store
 
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ApiRoute)
 
-Admin = Annotated[Principal, Depends(requires(Scope.KEYS_MANAGE))]
+MANAGE = needs(Scope.KEYS_MANAGE)
 Connection = Annotated[AsyncConnection, Depends(connection)]
 
 
@@ -35,8 +35,14 @@ def _public(key: key_store.StoredKey) -> ApiKey:
     )
 
 
-@router.post("", status_code=201, summary="Create a key; its secret is shown this once")
-async def create_key(body: ApiKeyCreate, principal: Admin, conn: Connection) -> CreatedApiKey:
+@router.post(
+    "",
+    status_code=201,
+    summary="Create a key; its secret is shown this once",
+    openapi_extra=MANAGE,
+)
+async def create_key(body: ApiKeyCreate, request: Request, conn: Connection) -> CreatedApiKey:
+    principal = principal_of(request)
     requested = frozenset(body.scopes) if body.scopes is not None else None
     try:
         key, secret = await key_store.create(
@@ -55,23 +61,26 @@ async def create_key(body: ApiKeyCreate, principal: Admin, conn: Connection) -> 
     return CreatedApiKey(**_public(key).model_dump(), secret=secret)
 
 
-@router.get("", summary="List the tenant's keys (never their secrets)")
-async def list_keys(principal: Admin, conn: Connection) -> ApiKeyList:
+@router.get("", summary="List the tenant's keys (never their secrets)", openapi_extra=MANAGE)
+async def list_keys(request: Request, conn: Connection) -> ApiKeyList:
+    principal = principal_of(request)
     return ApiKeyList(
         items=[_public(k) for k in await key_store.list_for_tenant(conn, principal.tenant_id)]
     )
 
 
-@router.get("/{key_id}", summary="One key of the tenant")
-async def get_key(key_id: str, principal: Admin, conn: Connection) -> ApiKey:
+@router.get("/{key_id}", summary="One key of the tenant", openapi_extra=MANAGE)
+async def get_key(key_id: str, request: Request, conn: Connection) -> ApiKey:
+    principal = principal_of(request)
     key = await key_store.get(conn, key_id, principal.tenant_id)
     if key is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no API key {key_id!r}")
     return _public(key)
 
 
-@router.delete("/{key_id}", summary="Revoke a key")
-async def revoke_key(key_id: str, principal: Admin, conn: Connection, request: Request) -> ApiKey:
+@router.delete("/{key_id}", summary="Revoke a key", openapi_extra=MANAGE)
+async def revoke_key(key_id: str, request: Request, conn: Connection) -> ApiKey:
+    principal = principal_of(request)
     key = await key_store.revoke(conn, principal.tenant_id, key_id)
     if key is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no API key {key_id!r}")

@@ -26,6 +26,7 @@ class StoredOutcome:
     status_code: int
     headers: dict[str, str]
     body: bytes
+    expired: bool = False
 
 
 def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
@@ -39,31 +40,37 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 async def find(
     conn: AsyncConnection, tenant_id: str, key: str, ttl_seconds: int
 ) -> StoredOutcome | None:
+    """The stored outcome for `key`; an expired one (not yet purged) is marked so."""
     row = (
         await conn.execute(
             select(idempotency_records).where(
                 idempotency_records.c.tenant_id == tenant_id,
                 idempotency_records.c.idempotency_key == key,
-                idempotency_records.c.created_at > utcnow() - timedelta(seconds=ttl_seconds),
             )
         )
     ).first()
     if row is None:
         return None
-    return StoredOutcome(row.fingerprint, row.status_code, dict(row.headers), bytes(row.body))
+    expired = row.created_at <= utcnow() - timedelta(seconds=ttl_seconds)
+    return StoredOutcome(
+        row.fingerprint, row.status_code, dict(row.headers), bytes(row.body), expired
+    )
 
 
 async def store(
-    conn: AsyncConnection, tenant_id: str, key: str, outcome: StoredOutcome, ttl_seconds: int
+    conn: AsyncConnection,
+    tenant_id: str,
+    key: str,
+    outcome: StoredOutcome,
+    replaces_expired: bool = False,
 ) -> None:
-    # An expired record of the same key may still be there: it no longer counts.
-    await conn.execute(
-        delete(idempotency_records).where(
-            idempotency_records.c.tenant_id == tenant_id,
-            idempotency_records.c.idempotency_key == key,
-            idempotency_records.c.created_at <= utcnow() - timedelta(seconds=ttl_seconds),
+    if replaces_expired:
+        await conn.execute(
+            delete(idempotency_records).where(
+                idempotency_records.c.tenant_id == tenant_id,
+                idempotency_records.c.idempotency_key == key,
+            )
         )
-    )
     await conn.execute(
         insert(idempotency_records).values(
             tenant_id=tenant_id,

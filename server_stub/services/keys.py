@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime
@@ -45,15 +46,16 @@ def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
+_CHANNELS = "|".join(c.value for c in Channel)
+_KEY_SHAPE = re.compile(rf"{KEY_PREFIX}_(?:{_CHANNELS})_([0-9a-f]{{16}})_([A-Za-z0-9_-]{{32,128}})")
+
+
 def parse(presented: str) -> ParsedKey | None:
     """The key id and secret of a presented key, or None if it is not shaped like one."""
-    parts = presented.split("_", 3)
-    if len(parts) != 4 or parts[0] != KEY_PREFIX or parts[1] not in Channel.__members__.values():
+    match = _KEY_SHAPE.fullmatch(presented)
+    if match is None:
         return None
-    key_hex, secret = parts[2], parts[3]
-    if len(key_hex) != 16 or len(secret) < 32 or not all(c in "0123456789abcdef" for c in key_hex):
-        return None
-    return ParsedKey(key_id=f"key_{key_hex}", secret=secret)
+    return ParsedKey(key_id=f"key_{match[1]}", secret=match[2])
 
 
 def _row_to_key(row: Row[Any]) -> StoredKey:

@@ -8,6 +8,7 @@ to be upgraded; readers use WAL snapshots and never wait.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -58,6 +59,7 @@ class Database:
     def __init__(self, url: str, pool_size: int = 10) -> None:
         self.url = async_url(url)
         self.sqlite = is_sqlite(self.url)
+        self._sqlite_writer = asyncio.Lock()
         if self.sqlite:
             self.read_engine = create_async_engine(self.url)
             self.write_engine = create_async_engine(self.url)
@@ -72,6 +74,12 @@ class Database:
     @asynccontextmanager
     async def transaction(self, *, write: bool) -> AsyncIterator[AsyncConnection]:
         """One transaction: committed if the block ends normally, rolled back if it raises."""
+        if write and self.sqlite:
+            # SQLite has one writer at a time. Queue this process's writers here, in the event
+            # loop, rather than in SQLite's busy handler, which waits by sleeping up to 100 ms.
+            async with self._sqlite_writer, self.write_engine.begin() as connection:
+                yield connection
+            return
         engine = self.write_engine if write else self.read_engine
         async with engine.begin() as connection:
             yield connection

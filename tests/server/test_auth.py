@@ -2,36 +2,46 @@
 
 from __future__ import annotations
 
-from fastapi.routing import APIRoute
+from typing import Any
+
+import pytest
+from fastapi import APIRouter
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
-from server_stub.app import API_ROUTERS
-from server_stub.auth import Requires
+from server_stub.app import API_ROUTERS, create_app
+from server_stub.auth import SCOPE_EXTENSION
 from server_stub.routing import ApiRoute
+from server_stub.settings import Settings
 from tests.server.conftest import Harness, ShopForTest
 
 
-def _scopes_required(route: APIRoute) -> list[Scope]:
-    found: list[Scope] = []
-
-    def walk(dependant: object) -> None:
-        for sub in getattr(dependant, "dependencies", []):
-            if isinstance(sub.call, Requires):
-                found.append(sub.call.scope)
-            walk(sub)
-
-    walk(route.dependant)
-    return found
+@pytest.fixture(scope="module")
+def server_app_openapi() -> dict[str, Any]:
+    return create_app(Settings(database_url="sqlite:///unused.sqlite3")).openapi()
 
 
-def test_every_v1_route_authenticates_and_requires_exactly_one_scope() -> None:
+def test_every_v1_route_authenticates_and_declares_its_scope() -> None:
     routes = [route for router in API_ROUTERS for route in router.routes]
     assert routes
     for route in routes:
         assert isinstance(route, ApiRoute), f"{route.path} does not authenticate"
         assert route.path.startswith("/v1/"), route.path
-        assert len(_scopes_required(route)) == 1, f"{route.path} must require exactly one scope"
+        assert route.openapi_extra == {SCOPE_EXTENSION: route.required_scope.value}
+
+
+def test_a_route_without_a_scope_cannot_be_declared() -> None:
+    router = APIRouter(route_class=ApiRoute)
+    with pytest.raises(TypeError, match="declares no scope"):
+
+        @router.get("/v1/forgotten")
+        async def forgotten() -> None:
+            return None
+
+
+def test_openapi_shows_each_operations_scope(server_app_openapi: dict[str, Any]) -> None:
+    ping = server_app_openapi["paths"]["/v1/system/ping"]["post"]
+    assert ping[SCOPE_EXTENSION] == Scope.SYSTEM_WRITE
 
 
 async def test_request_without_key_is_refused_with_problem(server: Harness) -> None:

@@ -20,9 +20,8 @@ async def test_healthz_and_readyz_report_ok(server: Harness) -> None:
 async def test_metrics_count_requests_by_route_template(server: Harness, shop: ShopForTest) -> None:
     await shop.request("GET", "/v1/keys/key_0123456789abcdef")
     text = (await server.http.get("/metrics")).text
-    assert (
-        'omnisdk_http_requests_total{method="GET",route="/v1/keys/{key_id}",status="404"}' in text
-    )
+    series = "omnisdk_http_request_duration_seconds_count"
+    assert f'{series}{{method="GET",route="/v1/keys/{{key_id}}",status="404"}}' in text
     assert "key_0123456789abcdef" not in text
 
 

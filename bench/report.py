@@ -1,0 +1,54 @@
+"""A measured figure, side by side with its peer or ceiling, and the page that lists them."""
+
+from __future__ import annotations
+
+import os
+import platform
+import sys
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+
+@dataclass(frozen=True)
+class Figure:
+    name: str
+    ours: float
+    peer: float
+    peer_name: str
+    unit: str
+    ratio: float
+    goal: str
+    met: bool
+    note: str = ""
+
+    def row(self) -> str:
+        verdict = "yes" if self.met else "**no**"
+        return (
+            f"| {self.name} | {self.ours:,.1f} {self.unit} | {self.peer_name}: "
+            f"{self.peer:,.1f} {self.unit} | {self.ratio:.2f} | {self.goal} | {verdict} |"
+        )
+
+
+def page(sections: dict[str, list[Figure]], command: str) -> str:
+    lines = [
+        "# Benchmarks",
+        "",
+        "Every figure is measured side by side with its peer or ceiling in the same run, and",
+        "reported as a ratio. Written by `make bench` (" + f"`{command}`); do not edit by hand.",
+        "",
+        f"- Run: {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        f"- Machine: {platform.machine()}, {os.cpu_count()} cores, "
+        f"Python {sys.version.split()[0]}, {platform.system()} {platform.release()}",
+        "",
+    ]
+    for title, figures in sections.items():
+        lines += [
+            f"## {title}",
+            "",
+            "| figure | omnisdk | peer / ceiling | ratio | goal | met |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [figure.row() for figure in figures]
+        notes = [f"- {figure.name}: {figure.note}" for figure in figures if figure.note]
+        lines += ["", *notes, ""] if notes else [""]
+    return "\n".join(lines)

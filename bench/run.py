@@ -1,0 +1,38 @@
+"""`make bench`: run every benchmark and write docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from bench import bench_sdk_overhead, bench_server_write
+from bench.report import Figure, page
+
+OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
+
+SUITES = {
+    "Server stack (issue 2)": bench_server_write.run,
+    "SDK client overhead (issue 2)": bench_sdk_overhead.run,
+}
+
+
+def main(argv: list[str]) -> int:
+    """Run every suite (or those whose title contains one of `argv`) and write the page."""
+    sections: dict[str, list[Figure]] = {}
+    for title, suite in SUITES.items():
+        if argv and not any(word.lower() in title.lower() for word in argv):
+            continue
+        print(f"== {title}", flush=True)
+        sections[title] = suite()
+        for figure in sections[title]:
+            print("  " + figure.row(), flush=True)
+    if argv:
+        print("a partial run: docs/benchmarks.md left as it was")
+        return 0
+    OUTPUT.write_text(page(sections, "python -m bench.run"))
+    print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
