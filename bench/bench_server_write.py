@@ -101,8 +101,8 @@ def run() -> list[Figure]:
             peer_name="bare FastAPI, same pydantic body",
             unit="req/s",
             ratio=keyed.per_second / ceiling.per_second,
-            goal="(reported)",
-            met=True,
+            goal="—",
+            met=None,
             note="every request also writes its outcome to SQLite in its transaction, as every "
             "SDK write does; this is a database write, not a no-op",
         ),

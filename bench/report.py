@@ -18,11 +18,11 @@ class Figure:
     unit: str
     ratio: float
     goal: str
-    met: bool
+    met: bool | None  # None: reported for information, no goal set
     note: str = ""
 
     def row(self) -> str:
-        verdict = "yes" if self.met else "**no**"
+        verdict = "—" if self.met is None else "yes" if self.met else "**no**"
         return (
             f"| {self.name} | {self.ours:,.1f} {self.unit} | {self.peer_name}: "
             f"{self.peer:,.1f} {self.unit} | {self.ratio:.2f} | {self.goal} | {verdict} |"

@@ -137,3 +137,11 @@ def test_bad_configuration_is_refused_early() -> None:
         BaseClient("shop.test", "osk_x")
     with pytest.raises(ValueError):
         BaseClient("http://shop.test", "osk_x", channel="kiosk")
+
+
+def test_every_problem_type_is_documented() -> None:
+    from pathlib import Path
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
+    for problem_type in ProblemType:
+        assert f"`{problem_type.slug}`" in page, problem_type.slug
