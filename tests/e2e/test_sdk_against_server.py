@@ -11,10 +11,12 @@ import pytest
 import omnisdk
 from omnisdk.testing import ServerProcess
 
+OMNISDK_SERVER = str(Path(sys.executable).parent / "omnisdk-server")  # the console script
+
 
 def _cli(*args: str, database_url: str) -> str:
     result = subprocess.run(
-        [sys.executable, "-m", "server_stub.cli", *args, "--database-url", database_url],
+        [OMNISDK_SERVER, *args, "--database-url", database_url],
         capture_output=True,
         text=True,
         check=True,

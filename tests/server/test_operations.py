@@ -53,3 +53,11 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
     assert access[-1]["tenant_id"] == shop.id
     for secret in (shop.keys["admin"], shop.keys["admin"].split("_")[-1], "amy@example.com"):
         assert secret not in logged
+
+
+async def test_openapi_and_docs_are_served(server: Harness) -> None:
+    spec = (await server.http.get("/openapi.json")).json()
+    assert "/v1/system/ping" in spec["paths"]
+    docs = await server.http.get("/docs")
+    assert docs.status_code == 200
+    assert "swagger" in docs.text.lower()
