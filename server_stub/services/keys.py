@@ -64,7 +64,11 @@ def _row_to_key(row: Row[Any]) -> StoredKey:
         tenant_id=row.tenant_id,
         channel=Channel(row.channel),
         name=row.name,
-        scopes=frozenset(Scope(s) for s in row.scopes),
+        scopes=scopes_for(
+            Channel(row.channel),
+            None if row.scopes is None else frozenset(Scope(s) for s in row.scopes),
+            strict=False,
+        ),
         secret_sha256=row.secret_sha256,
         created_at=row.created_at,
         revoked_at=row.revoked_at,
@@ -98,7 +102,7 @@ async def create(
             tenant_id=tenant_id,
             channel=channel.value,
             name=name,
-            scopes=sorted(s.value for s in granted),
+            scopes=None if scopes is None else sorted(s.value for s in granted),
             secret_sha256=key.secret_sha256,
             created_at=key.created_at,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,7 +26,13 @@ async def create(conn: AsyncConnection, name: str) -> Tenant:
         raise ValueError("a tenant needs a name of 1 to 200 characters")
     tenant = Tenant(id=new_id("ten", 8), name=name, created_at=utcnow())
     await conn.execute(
-        insert(tenants).values(id=tenant.id, name=tenant.name, created_at=tenant.created_at)
+        insert(tenants).values(
+            id=tenant.id,
+            name=tenant.name,
+            created_at=tenant.created_at,
+            identifier_secret=os.urandom(32),
+            settings={},
+        )
     )
     return tenant
 

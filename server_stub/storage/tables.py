@@ -7,9 +7,12 @@ from typing import Any
 
 from sqlalchemy import (
     JSON,
+    BigInteger,
+    Boolean,
     Column,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -19,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     TypeDecorator,
+    UniqueConstraint,
 )
 
 
@@ -58,6 +62,9 @@ tenants = Table(
     Column("id", String(40), primary_key=True),
     Column("name", String(200), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # Key of the HMAC that e-mail addresses and phone numbers are stored as.
+    Column("identifier_secret", LargeBinary, nullable=False),
+    Column("settings", JSON, nullable=False),
 )
 
 api_keys = Table(
@@ -68,7 +75,8 @@ api_keys = Table(
     Column("tenant_id", String(40), ForeignKey("tenants.id"), nullable=False),
     Column("channel", String(16), nullable=False),
     Column("name", String(100), nullable=False, default=""),
-    Column("scopes", JSON, nullable=False),
+    # None: the channel's default scopes, as they are at the time of each request.
+    Column("scopes", JSON, nullable=True),
     Column("secret_sha256", String(64), nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime(), nullable=True),
@@ -99,4 +107,84 @@ audit_log = Table(
     Column("detail", Text, nullable=False, default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_audit_log_tenant", "tenant_id", "created_at"),
+)
+
+# An autoincrementing 64-bit key (SQLite's INTEGER PRIMARY KEY is 64-bit already).
+Sequence64 = BigInteger().with_variant(Integer(), "sqlite")
+
+customers = Table(
+    "customers",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("traits", JSON, nullable=False),
+    # Set when merged into another customer: the old id keeps resolving through it.
+    Column("merged_into", String(40), nullable=True),
+    Column("merged_at", UtcDateTime(), nullable=True),
+    Index("ix_customers_merged_into", "tenant_id", "merged_into"),
+)
+
+identifiers = Table(
+    "identifiers",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("type", String(16), primary_key=True),
+    # Normalised value; for e-mail and phone the keyed hash (never the address or number).
+    Column("value", String(300), primary_key=True),
+    Column("customer_id", String(40), nullable=True),
+    Column("shared", Boolean, nullable=False),
+    Column("linked_at", UtcDateTime(), nullable=False),
+    Index("ix_identifiers_customer", "tenant_id", "customer_id"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("event_id", String(64), nullable=False),
+    Column("customer_id", String(40), nullable=False),
+    # The customer the event was recorded for: a split gives events back by it.
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("name", String(64), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("occurred_at", UtcDateTime(), nullable=False),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Column("properties", JSON, nullable=False),
+    Column("category", String(100), nullable=True),
+    Column("value", Float, nullable=True),
+    UniqueConstraint("tenant_id", "event_id", name="uq_events_tenant_event"),
+    Index("ix_events_customer_time", "tenant_id", "customer_id", "occurred_at"),
+)
+
+merges = Table(
+    "merges",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("survivor_id", String(40), nullable=False),
+    Column("loser_id", String(40), nullable=False),
+    Column("cause", String(100), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("split_at", UtcDateTime(), nullable=True),
+    # What the loser held at the merge, so that a split can give it back.
+    Column("snapshot", JSON, nullable=False),
+    Index("ix_merges_survivor", "tenant_id", "survivor_id"),
+    Index("ix_merges_loser", "tenant_id", "loser_id"),
+)
+
+annotations = Table(
+    "annotations",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("department", String(32), nullable=False),
+    Column("author", String(100), nullable=False),
+    Column("text", Text, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_annotations_customer", "tenant_id", "customer_id"),
 )

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnisdk.core.channels import Channel, Scope
+from omnisdk.core.events import MAX_BATCH
+from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
+from omnisdk.core.profile import BuyerType, Lifecycle
 
 
 class WireModel(BaseModel):
@@ -63,3 +67,208 @@ class CreatedApiKey(ApiKey):
 
 class ApiKeyList(WireModel):
     items: list[ApiKey]
+
+
+# --- identity -------------------------------------------------------------------------------
+
+IdentifierValue = Annotated[str, Field(max_length=MAX_VALUE_LENGTH + 64)]
+
+
+class IdentifierIn(WireModel):
+    """An identifier as a shop sends it; `shared` marks a device many people use."""
+
+    type: IdentifierType
+    value: IdentifierValue
+    shared: bool = False
+
+
+class IdentifyRequest(WireModel):
+    """Link these identifiers to one customer (merging customers if they belong to several)."""
+
+    anonymous_id: IdentifierValue | None = None
+    customer_ref: IdentifierValue | None = None
+    email: IdentifierValue | None = None
+    phone: IdentifierValue | None = None
+    loyalty_card: IdentifierValue | None = None
+    identifiers: list[IdentifierIn] = Field(default_factory=list, max_length=20)
+    traits: dict[str, Any] = Field(default_factory=dict)
+
+    def all_identifiers(self) -> list[IdentifierIn]:
+        named = [
+            IdentifierIn(type=IdentifierType(name), value=value)
+            for name, value in (
+                ("anonymous", self.anonymous_id),
+                ("customer_ref", self.customer_ref),
+                ("email", self.email),
+                ("phone", self.phone),
+                ("loyalty_card", self.loyalty_card),
+            )
+            if value is not None
+        ]
+        return named + list(self.identifiers)
+
+
+class IdentifyResult(WireModel):
+    customer_id: str
+    created: bool = Field(description="A new customer was created for these identifiers.")
+    merged: bool = Field(description="Customers that were separate are now this one.")
+    merged_customer_ids: list[str] = Field(default_factory=list)
+    merge_ids: list[str] = Field(default_factory=list)
+    dropped_identifiers: list[str] = Field(
+        default_factory=list, description="Links dropped by the per-type limits (masked)."
+    )
+
+
+class ResolveRequest(WireModel):
+    type: IdentifierType
+    value: IdentifierValue
+
+
+class Resolution(WireModel):
+    customer_id: str
+
+
+class SharedIdentifierRequest(WireModel):
+    type: IdentifierType
+    value: IdentifierValue
+    shared: bool = True
+
+
+class IdentifierView(WireModel):
+    type: IdentifierType
+    value: str = Field(description="The value; for e-mail and phone only a hash prefix.")
+    shared: bool
+    linked_at: datetime
+
+
+class Merge(WireModel):
+    merge_id: str
+    survivor_id: str
+    loser_id: str
+    cause: str = Field(description="The identifier that joined them (masked).")
+    channel: Channel
+    created_at: datetime
+    split_at: datetime | None = None
+
+
+class MergeList(WireModel):
+    items: list[Merge]
+
+
+# --- events and profile ---------------------------------------------------------------------
+
+
+class EventIn(WireModel):
+    """One event. Name the customer by `customer_id`, `anonymous_id` or an `identifier`."""
+
+    name: str = Field(max_length=64)
+    event_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="Makes delivery idempotent."
+    )
+    customer_id: str | None = Field(default=None, max_length=40)
+    anonymous_id: IdentifierValue | None = None
+    identifier: IdentifierIn | None = None
+    properties: dict[str, Any] = Field(default_factory=dict)
+    channel: Channel | None = Field(default=None, description="Defaults to the key's channel.")
+    timestamp: datetime | None = Field(default=None, description="Defaults to now.")
+
+
+class TrackResult(WireModel):
+    event_id: str
+    customer_id: str
+    duplicate: bool
+
+
+class EventBatch(WireModel):
+    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+
+
+class EventRejection(WireModel):
+    index: int
+    event_id: str | None
+    type: str
+    detail: str
+
+
+class BatchResult(WireModel):
+    accepted: int
+    duplicates: int
+    rejected: list[EventRejection] = Field(default_factory=list)
+
+
+class EventView(WireModel):
+    event_id: str
+    name: str
+    channel: Channel
+    occurred_at: datetime
+    properties: dict[str, Any]
+
+
+class TimelinePage(WireModel):
+    items: list[EventView]
+    next_cursor: str | None = None
+
+
+class AnnotationIn(WireModel):
+    department: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", examples=["service"])
+    author: str = Field(min_length=1, max_length=100)
+    text: str = Field(min_length=1, max_length=2000)
+
+
+class Annotation(AnnotationIn):
+    annotation_id: str
+    created_at: datetime
+
+
+class OrderSummary(WireModel):
+    count: int
+    total_value: float
+
+
+class Profile(WireModel):
+    """The single customer view."""
+
+    customer_id: str
+    created_at: datetime
+    previous_ids: list[str] = Field(description="Ids of customers merged into this one.")
+    identifiers: list[IdentifierView]
+    traits: dict[str, Any]
+    interests: dict[str, float] = Field(description="Category -> time-decayed score, best first.")
+    first_seen: datetime | None
+    last_seen: dict[Channel, datetime]
+    orders: OrderSummary
+    lifecycle: Lifecycle
+    buyer_type: BuyerType
+    annotations: list[Annotation]
+    recent_events: list[EventView]
+
+
+# --- tenant settings ------------------------------------------------------------------------
+
+
+class IdentitySettings(WireModel):
+    limits: dict[IdentifierType, int] = Field(
+        default_factory=lambda: {
+            IdentifierType.ANONYMOUS: 50,
+            IdentifierType.EMAIL: 5,
+            IdentifierType.PHONE: 3,
+            IdentifierType.LOYALTY_CARD: 3,
+        },
+        description="Most identifiers of a type per customer; customer_ref is always 1.",
+    )
+    junk_patterns: list[str] = Field(
+        default_factory=list, max_length=50, description="Regular expressions of junk values."
+    )
+    default_country_code: str | None = Field(default=None, pattern=r"^[1-9][0-9]{0,2}$")
+
+
+class ProfileSettings(WireModel):
+    new_days: int = Field(default=30, ge=1)
+    active_days: int = Field(default=90, ge=1)
+    lapsing_days: int = Field(default=180, ge=1)
+    interest_half_life_days: float = Field(default=30.0, gt=0)
+
+
+class TenantSettings(WireModel):
+    identity: IdentitySettings = Field(default_factory=IdentitySettings)
+    profile: ProfileSettings = Field(default_factory=ProfileSettings)

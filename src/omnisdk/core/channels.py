@@ -21,7 +21,9 @@ class Scope(StrEnum):
     SYSTEM_WRITE = "system:write"
     KEYS_MANAGE = "keys:manage"
     IDENTITY_WRITE = "identity:write"
+    IDENTITY_ADMIN = "identity:admin"
     PROFILE_READ = "profile:read"
+    PROFILE_ANNOTATE = "profile:annotate"
     EVENTS_WRITE = "events:write"
     CARTS_READ = "carts:read"
     CARTS_WRITE = "carts:write"
@@ -34,6 +36,7 @@ class Scope(StrEnum):
     RETURNS_REVOKE = "returns:revoke"
     PRIVACY_EXPORT = "privacy:export"
     PRIVACY_ERASE = "privacy:erase"
+    SETTINGS_MANAGE = "settings:manage"
 
 
 _SHOP_BACKEND = frozenset(
@@ -42,6 +45,7 @@ _SHOP_BACKEND = frozenset(
         Scope.SYSTEM_WRITE,
         Scope.IDENTITY_WRITE,
         Scope.PROFILE_READ,
+        Scope.PROFILE_ANNOTATE,
         Scope.EVENTS_WRITE,
         Scope.CARTS_READ,
         Scope.CARTS_WRITE,
@@ -62,12 +66,20 @@ DEFAULT_SCOPES: dict[Channel, frozenset[Scope]] = {
 }
 
 
-def scopes_for(channel: Channel, requested: frozenset[Scope] | None = None) -> frozenset[Scope]:
-    """The scopes a new key gets: the channel's defaults, or a subset of them when asked."""
+def scopes_for(
+    channel: Channel, requested: frozenset[Scope] | None = None, *, strict: bool = True
+) -> frozenset[Scope]:
+    """The scopes of a key: its channel's defaults, or the requested subset of them.
+
+    With `strict`, asking for a scope the channel may not have is an error; without, such a
+    scope is just not granted (a stored key whose channel lost a scope loses it too).
+    """
     allowed = DEFAULT_SCOPES[channel]
     if requested is None:
         return allowed
     extra = requested - allowed
+    if extra and not strict:
+        return requested & allowed
     if extra:
         names = ", ".join(sorted(extra))
         raise ValueError(f"a {channel.value} key cannot carry the scopes {names}")

@@ -1,0 +1,111 @@
+"""Event rules: names, the standard commerce events and their properties, and limits.
+
+Custom events are welcome; standard events have documented properties whose types are checked
+when present, so the profile can rely on them (an order's `value` is a number, say).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+MAX_PROPERTIES_BYTES = 16_384
+MAX_FUTURE_SKEW = timedelta(minutes=10)
+MAX_AGE = timedelta(days=3 * 365)
+MAX_BATCH = 500
+_NAME = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
+
+# name -> {property: (type or types, what it means)}
+STANDARD_EVENTS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
+    "product_viewed": {
+        "sku": (str, "the product's stock keeping unit"),
+        "category": (str, "the product's category; feeds interests"),
+        "price": ((int, float), "unit price"),
+    },
+    "product_added": {
+        "sku": (str, "the product added to the cart"),
+        "category": (str, "feeds interests"),
+        "quantity": (int, "units added"),
+        "price": ((int, float), "unit price"),
+    },
+    "cart_viewed": {"cart_id": (str, "the cart")},
+    "order_completed": {
+        "order_id": (str, "the shop's order reference"),
+        "value": ((int, float), "order total; feeds order value"),
+        "currency": (str, "ISO 4217 code"),
+        "category": (str, "main category of the order; feeds interests"),
+        "skus": (list, "the products bought"),
+        "gift": (bool, "bought as a gift; feeds gift buyer"),
+        "shipping_differs_from_billing": (bool, "shipped elsewhere; feeds gift buyer"),
+    },
+    "campaign_scanned": {
+        "campaign": (str, "the campaign id of the scanned QR code"),
+        "utm_source": (str, "UTM source"),
+        "utm_medium": (str, "UTM medium"),
+        "utm_campaign": (str, "UTM campaign"),
+    },
+    "chat_started": {"thread_id": (str, "the chat thread")},
+    "email_opened": {"campaign": (str, "the e-mail campaign")},
+    "email_clicked": {"campaign": (str, "the e-mail campaign"), "url": (str, "the link")},
+    "store_visit": {"store_id": (str, "the store")},
+    "return_completed": {
+        "order_id": (str, "the order returned from"),
+        "value": ((int, float), "refunded value"),
+        "store_id": (str, "where"),
+        "refund_method": (str, "how the money went back"),
+    },
+}
+
+INTEREST_EVENTS = {"product_viewed": 1.0, "product_added": 3.0, "order_completed": 5.0}
+
+
+class InvalidEvent(ValueError):  # noqa: N818 - reads as "invalid event" where raised
+    """An event the server will not store; the message says what to fix."""
+
+
+@dataclass(frozen=True)
+class Extracted:
+    """The few properties the server indexes for the profile."""
+
+    category: str | None
+    value: float | None
+
+
+def check_event(
+    name: str, properties: dict[str, Any], occurred_at: datetime, now: datetime
+) -> Extracted:
+    """Raise InvalidEvent if the event breaks a rule; otherwise what the profile indexes."""
+    if not _NAME.fullmatch(name):
+        raise InvalidEvent(
+            "event names are 1-64 characters: lower-case letters, digits and _ . : - "
+            "starting with a letter"
+        )
+    size = len(json.dumps(properties, separators=(",", ":"), default=str))
+    if size > MAX_PROPERTIES_BYTES:
+        raise InvalidEvent(f"properties take {size} bytes; the limit is {MAX_PROPERTIES_BYTES}")
+    if occurred_at.tzinfo is None:
+        raise InvalidEvent("the timestamp needs a time zone (e.g. 2026-11-24T09:30:00Z)")
+    if occurred_at > now + MAX_FUTURE_SKEW:
+        raise InvalidEvent("the timestamp is in the future; check the sender's clock")
+    if occurred_at < now - MAX_AGE:
+        raise InvalidEvent("the timestamp is more than three years old")
+    for prop, (kind, _meaning) in STANDARD_EVENTS.get(name, {}).items():
+        value = properties.get(prop)
+        if value is None:
+            continue
+        if isinstance(value, bool) and kind in (int, (int, float)):
+            raise InvalidEvent(f"{name}.{prop} must be a number, not true/false")
+        if not isinstance(value, kind):
+            expected = kind.__name__ if isinstance(kind, type) else "number"
+            raise InvalidEvent(f"{name}.{prop} must be of type {expected}")
+    category = properties.get("category")
+    value = properties.get("value")
+    return Extracted(
+        category=category if isinstance(category, str) and category else None,
+        value=float(value)
+        if isinstance(value, int | float) and not isinstance(value, bool)
+        else None,
+    )

@@ -1,0 +1,158 @@
+"""Identifier rules shared by the SDK and the server (DESIGN: identity).
+
+An identifier is `(type, value)`. Values are normalised here, junk values are refused here,
+and e-mail addresses and phone numbers are turned into keyed hashes here, so that the SDK and
+the server agree on what "the same identifier" means. Nothing in this module does I/O.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class IdentifierType(StrEnum):
+    ANONYMOUS = "anonymous"  # a device or browser id
+    CUSTOMER_REF = "customer_ref"  # the shop's own account id
+    EMAIL = "email"
+    PHONE = "phone"
+    LOYALTY_CARD = "loyalty_card"
+
+
+# Stored only as keyed hashes: the server can match them, never show them.
+HASHED_TYPES = frozenset({IdentifierType.EMAIL, IdentifierType.PHONE})
+
+# Values shops send by mistake that would glue strangers together (compared case-insensitively
+# after trimming). Tenants add their own patterns in their identity settings.
+JUNK_VALUES = frozenset(
+    {
+        "",
+        "0",
+        "-1",
+        "null",
+        "nil",
+        "none",
+        "undefined",
+        "nan",
+        "anonymous",
+        "unknown",
+        "guest",
+        "n/a",
+        "na",
+        "test",
+        "[object object]",
+        "00000000-0000-0000-0000-000000000000",
+    }
+)
+
+MAX_VALUE_LENGTH = 256
+_EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
+_PHONE_SEPARATORS = re.compile(r"[\s().\-/]")
+_DIGITS = re.compile(r"\d+")
+
+
+class InvalidIdentifier(ValueError):  # noqa: N818 - reads as "invalid identifier" where raised
+    """A value that cannot identify a customer; the message says why and what to send."""
+
+    def __init__(self, type: IdentifierType | str, reason: str) -> None:
+        super().__init__(f"{type}: {reason}")
+        self.identifier_type = str(type)
+        self.reason = reason
+
+
+@dataclass(frozen=True, order=True)
+class IdentifierKey:
+    """How an identifier is stored and matched: its type and normalised (or hashed) value."""
+
+    type: IdentifierType
+    value: str
+
+    def masked(self) -> str:
+        """A form safe to show and log: hashed types show only a hash prefix."""
+        if self.type in HASHED_TYPES:
+            return f"{self.type.value}:#{self.value[:8]}"
+        return f"{self.type.value}:{self.value}"
+
+
+def normalise_email(value: str) -> str:
+    address = value.strip().lower()
+    if len(address) > 254 or not _EMAIL.fullmatch(address):
+        raise InvalidIdentifier(IdentifierType.EMAIL, "not an e-mail address (name@domain.tld)")
+    return address
+
+
+def normalise_phone(value: str, default_country_code: str | None = None) -> str:
+    """E.164: `+` and 8 to 15 digits. A national number (leading 0) needs a country code."""
+    raw = _PHONE_SEPARATORS.sub("", value.strip())
+    if raw.startswith("00"):
+        raw = "+" + raw[2:]
+    elif raw.startswith("0") and default_country_code:
+        raw = f"+{default_country_code}{raw[1:]}"
+    if not raw.startswith("+"):
+        raise InvalidIdentifier(
+            IdentifierType.PHONE,
+            "not an international number: send it as +<country code><number>",
+        )
+    digits = raw[1:]
+    if not _DIGITS.fullmatch(digits) or not 8 <= len(digits) <= 15 or digits[0] == "0":
+        raise InvalidIdentifier(IdentifierType.PHONE, "not a phone number in E.164 form")
+    return "+" + digits
+
+
+def normalise(
+    type: IdentifierType | str,
+    value: str,
+    *,
+    junk_patterns: Iterable[re.Pattern[str]] = (),
+    default_country_code: str | None = None,
+) -> str:
+    """The canonical form of `value`, or InvalidIdentifier if it cannot identify anyone."""
+    try:
+        kind = IdentifierType(type)
+    except ValueError:
+        known = ", ".join(t.value for t in IdentifierType)
+        raise InvalidIdentifier(str(type), f"unknown identifier type; use one of {known}") from None
+    if not isinstance(value, str):
+        raise InvalidIdentifier(kind, "the value must be a string")
+    trimmed = value.strip()
+    if trimmed.lower() in JUNK_VALUES:
+        raise InvalidIdentifier(kind, "a placeholder value, not an identifier")
+    if len(trimmed) > MAX_VALUE_LENGTH:
+        raise InvalidIdentifier(kind, f"longer than {MAX_VALUE_LENGTH} characters")
+    if not trimmed.isprintable():
+        raise InvalidIdentifier(kind, "contains control characters")
+    for pattern in junk_patterns:
+        if pattern.fullmatch(trimmed):
+            raise InvalidIdentifier(kind, "matches one of the shop's junk identifier patterns")
+    if kind is IdentifierType.EMAIL:
+        return normalise_email(trimmed)
+    if kind is IdentifierType.PHONE:
+        return normalise_phone(trimmed, default_country_code)
+    return trimmed
+
+
+def keyed_hash(secret: bytes, type: IdentifierType, normalised: str) -> str:
+    """HMAC-SHA-256 of a normalised value under the tenant's secret, as hex."""
+    message = f"{type.value}\x00{normalised}".encode()
+    return hmac.new(secret, message, hashlib.sha256).hexdigest()
+
+
+def identifier_key(
+    secret: bytes,
+    type: IdentifierType | str,
+    value: str,
+    *,
+    junk_patterns: Iterable[re.Pattern[str]] = (),
+    default_country_code: str | None = None,
+) -> IdentifierKey:
+    """The stored key of an identifier: normalised, and hashed for e-mail and phone."""
+    normalised = normalise(
+        type, value, junk_patterns=junk_patterns, default_country_code=default_country_code
+    )
+    kind = IdentifierType(type)
+    stored = keyed_hash(secret, kind, normalised) if kind in HASHED_TYPES else normalised
+    return IdentifierKey(kind, stored)
