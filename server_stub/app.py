@@ -16,9 +16,10 @@ from server_stub.auth import KeyCache
 from server_stub.errors import install_error_handlers
 from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging
-from server_stub.routers import health, keys, system
+from server_stub.routers import customers, events, health, identity, keys, system, tenant
 from server_stub.runtime import Runtime
 from server_stub.services import idempotency
+from server_stub.services.tenant_context import TenantContexts
 from server_stub.settings import Settings, settings_from_environment
 from server_stub.storage.database import Database
 from server_stub.storage.migrate import current_revision, head_revision
@@ -33,7 +34,15 @@ class SchemaNotMigrated(RuntimeError):
 
 # Everything under /v1, one router per domain. Each router carries its full prefix so the
 # route template (logged and used as a metrics label) is the path a client sees.
-API_ROUTERS: tuple[APIRouter, ...] = (system.router, keys.router)
+API_ROUTERS: tuple[APIRouter, ...] = (
+    events.router,
+    identity.router,
+    customers.router,
+    identity.merges_router,
+    system.router,
+    keys.router,
+    tenant.router,
+)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -55,7 +64,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         database = Database(settings.database_url, settings.database_pool_size)
         app.state.runtime = Runtime(
-            settings, database, KeyCache(settings.auth_cache_seconds), metrics
+            settings,
+            database,
+            KeyCache(settings.auth_cache_seconds),
+            metrics,
+            TenantContexts(settings.auth_cache_seconds),
         )
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.

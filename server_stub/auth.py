@@ -122,12 +122,17 @@ def principal_of(request: Request) -> Principal:
 
 
 SCOPE_EXTENSION = "x-required-scope"
+READ_ONLY_EXTENSION = "x-read-only"
 
 
-def needs(scope: Scope) -> dict[str, Any]:
+def needs(scope: Scope, *, read_only: bool = False) -> dict[str, Any]:
     """A route's `openapi_extra`: the one scope it requires. `ApiRoute` checks it before the
-    body is read, and the OpenAPI document shows it to client authors."""
-    return {SCOPE_EXTENSION: scope.value}
+    body is read, and the OpenAPI document shows it to client authors. `read_only` marks a
+    POST that changes nothing (a lookup whose input must not appear in a URL)."""
+    extra: dict[str, Any] = {SCOPE_EXTENSION: scope.value}
+    if read_only:
+        extra[READ_ONLY_EXTENSION] = True
+    return extra
 
 
 def check_scope(principal: Principal, scope: Scope) -> None:

@@ -22,7 +22,7 @@ from starlette.responses import Response
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
-from server_stub.auth import SCOPE_EXTENSION, authenticate, check_scope
+from server_stub.auth import READ_ONLY_EXTENSION, SCOPE_EXTENSION, authenticate, check_scope
 from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
@@ -71,22 +71,25 @@ class ApiRoute(APIRoute):
     """A /v1 route: it requires the scope named by `openapi_extra=needs(Scope.X)`."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
-        declared = (kwargs.get("openapi_extra") or {}).get(SCOPE_EXTENSION)
+        extra = kwargs.get("openapi_extra") or {}
+        declared = extra.get(SCOPE_EXTENSION)
         if declared is None:
             raise TypeError(f"{path} declares no scope: add openapi_extra=needs(Scope.X)")
         self.required_scope = Scope(declared)
+        self.read_only = bool(extra.get(READ_ONLY_EXTENSION))
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Endpoint:
         endpoint = super().get_route_handler()
         required_scope = self.required_scope
+        read_only = self.read_only
 
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
             principal = await authenticate(request, runtime.database, runtime.key_cache)
             check_scope(principal, required_scope)
             request.state.principal = principal
-            write = request.method in MUTATING_METHODS
+            write = request.method in MUTATING_METHODS and not read_only
             key = _idempotency_key(request) if write else None
             if key is not None:
                 return await _idempotent(request, endpoint, runtime, principal, key)

@@ -5,9 +5,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.auth import KeyCache
 from server_stub.observability import Metrics
+from server_stub.services.tenant_context import TenantContext, TenantContexts
 from server_stub.settings import Settings
 from server_stub.storage.database import Database
 
@@ -18,8 +20,14 @@ class Runtime:
     database: Database
     key_cache: KeyCache
     metrics: Metrics
+    tenants: TenantContexts
 
 
 def runtime_of(request: Request) -> Runtime:
     runtime: Runtime = request.app.state.runtime
     return runtime
+
+
+async def tenant_context(request: Request, conn: AsyncConnection) -> TenantContext:
+    """The calling tenant's identity context (secret and settings)."""
+    return await runtime_of(request).tenants.get(conn, request.state.principal.tenant_id)

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
+from fastapi import APIRouter, Request
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import ApiKey, ApiKeyCreate, ApiKeyList, CreatedApiKey
 from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
-from server_stub.routing import ApiRoute, connection
+from server_stub.routers.dependencies import Connection
+from server_stub.routing import ApiRoute
 from server_stub.runtime import runtime_of
 from server_stub.services import audit
 from server_stub.services import keys as key_store
@@ -20,7 +18,6 @@ from server_stub.services import keys as key_store
 router = APIRouter(prefix="/v1/keys", tags=["keys"], route_class=ApiRoute)
 
 MANAGE = needs(Scope.KEYS_MANAGE)
-Connection = Annotated[AsyncConnection, Depends(connection)]
 
 
 def _public(key: key_store.StoredKey) -> ApiKey:

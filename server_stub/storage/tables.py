@@ -175,7 +175,7 @@ merges = Table(
     Index("ix_merges_loser", "tenant_id", "loser_id"),
 )
 
-annotations = Table(
+annotations_table = Table(
     "annotations",
     metadata,
     Column("tenant_id", String(40), primary_key=True),

@@ -27,7 +27,8 @@ def test_every_v1_route_authenticates_and_declares_its_scope() -> None:
     for route in routes:
         assert isinstance(route, ApiRoute), f"{route.path} does not authenticate"
         assert route.path.startswith("/v1/"), route.path
-        assert route.openapi_extra == {SCOPE_EXTENSION: route.required_scope.value}
+        assert route.openapi_extra is not None
+        assert route.openapi_extra[SCOPE_EXTENSION] == route.required_scope.value
 
 
 def test_a_route_without_a_scope_cannot_be_declared() -> None:

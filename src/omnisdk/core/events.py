@@ -62,7 +62,7 @@ STANDARD_EVENTS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 INTEREST_EVENTS = {"product_viewed": 1.0, "product_added": 3.0, "order_completed": 5.0}
 
 
-class InvalidEvent(ValueError):  # noqa: N818 - reads as "invalid event" where raised
+class InvalidEvent(ValueError):
     """An event the server will not store; the message says what to fix."""
 
 

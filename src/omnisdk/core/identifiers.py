@@ -55,7 +55,7 @@ _PHONE_SEPARATORS = re.compile(r"[\s().\-/]")
 _DIGITS = re.compile(r"\d+")
 
 
-class InvalidIdentifier(ValueError):  # noqa: N818 - reads as "invalid identifier" where raised
+class InvalidIdentifier(ValueError):
     """A value that cannot identify a customer; the message says why and what to send."""
 
     def __init__(self, type: IdentifierType | str, reason: str) -> None:

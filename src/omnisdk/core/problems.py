@@ -25,6 +25,9 @@ class ProblemType(StrEnum):
     VALIDATION_ERROR = PROBLEM_BASE + "validation-error"
     PAYLOAD_TOO_LARGE = PROBLEM_BASE + "payload-too-large"
     CONFLICT = PROBLEM_BASE + "conflict"
+    IDENTITY_CONFLICT = PROBLEM_BASE + "identity-conflict"
+    INVALID_IDENTIFIER = PROBLEM_BASE + "invalid-identifier"
+    INVALID_EVENT = PROBLEM_BASE + "invalid-event"
     IDEMPOTENCY_KEY_REUSED = PROBLEM_BASE + "idempotency-key-reused"
     INVALID_IDEMPOTENCY_KEY = PROBLEM_BASE + "invalid-idempotency-key"
     RATE_LIMITED = PROBLEM_BASE + "rate-limited"
@@ -55,6 +58,9 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.VALIDATION_ERROR: 422,
     ProblemType.PAYLOAD_TOO_LARGE: 413,
     ProblemType.CONFLICT: 409,
+    ProblemType.IDENTITY_CONFLICT: 409,
+    ProblemType.INVALID_IDENTIFIER: 422,
+    ProblemType.INVALID_EVENT: 422,
     ProblemType.IDEMPOTENCY_KEY_REUSED: 409,
     ProblemType.INVALID_IDEMPOTENCY_KEY: 400,
     ProblemType.RATE_LIMITED: 429,
@@ -73,6 +79,9 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.VALIDATION_ERROR: "The request is not valid",
     ProblemType.PAYLOAD_TOO_LARGE: "The request body is too large",
     ProblemType.CONFLICT: "Conflict with the current state",
+    ProblemType.IDENTITY_CONFLICT: "These identifiers belong to different customers for good",
+    ProblemType.INVALID_IDENTIFIER: "The identifier cannot identify a customer",
+    ProblemType.INVALID_EVENT: "The event breaks an event rule",
     ProblemType.IDEMPOTENCY_KEY_REUSED: "Idempotency key reused with a different request",
     ProblemType.INVALID_IDEMPOTENCY_KEY: "Invalid idempotency key",
     ProblemType.RATE_LIMITED: "Too many requests",

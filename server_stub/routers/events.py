@@ -1,0 +1,38 @@
+"""Events: one at a time, or in batches of up to 500 (each event stored at most once)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+
+from omnisdk.core.channels import Scope
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import BatchResult, EventBatch, EventIn, TrackResult
+from server_stub.auth import needs, principal_of
+from server_stub.errors import Problem
+from server_stub.routers.dependencies import Connection, Context
+from server_stub.routing import ApiRoute
+from server_stub.services import events
+
+router = APIRouter(prefix="/v1/events", tags=["events"], route_class=ApiRoute)
+
+
+@router.post("", summary="Record one event", openapi_extra=needs(Scope.EVENTS_WRITE))
+async def track(body: EventIn, request: Request, conn: Connection, context: Context) -> TrackResult:
+    outcome = await events.ingest(conn, context, principal_of(request).channel, [body])
+    if outcome.rejected:
+        rejection = outcome.rejected[0]
+        raise Problem(ProblemType(rejection.type), rejection.detail)
+    _, event_id, customer_id = (outcome.accepted or outcome.duplicates)[0]
+    return TrackResult(event_id=event_id, customer_id=customer_id, duplicate=not outcome.accepted)
+
+
+@router.post(
+    "/batch",
+    summary="Record up to 500 events; each is accepted, a duplicate, or rejected with a reason",
+    openapi_extra=needs(Scope.EVENTS_WRITE),
+)
+async def track_batch(
+    body: EventBatch, request: Request, conn: Connection, context: Context
+) -> BatchResult:
+    outcome = await events.ingest(conn, context, principal_of(request).channel, body.events)
+    return outcome.summary()

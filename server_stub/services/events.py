@@ -1,0 +1,235 @@
+"""Event ingestion: validate, attribute to a customer, store once per event id.
+
+A batch is taken event by event: a bad event is rejected with its reason and the rest are
+stored, so a sender can set the bad one aside (the outbox's dead letters) without losing the
+others. An event names its customer by `customer_id`, `anonymous_id` or `identifier`; an
+identifier never seen before creates a customer, exactly as `identify` with it alone would.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core.channels import Channel
+from omnisdk.core.events import Extracted, InvalidEvent, check_event
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import BatchResult, EventIn, EventRejection
+from server_stub.ids import utcnow
+from server_stub.services import identity
+from server_stub.services.tenant_context import TenantContext
+from server_stub.storage.tables import events, identifiers
+
+
+class Rejected(Exception):  # an event refused, and why
+    def __init__(self, type: ProblemType, detail: str) -> None:
+        super().__init__(detail)
+        self.type = type
+        self.detail = detail
+
+
+@dataclass
+class _Pending:
+    index: int
+    event_id: str
+    event: EventIn
+    occurred_at: datetime
+    extracted: Extracted
+    customer_id: str | None = None
+    key: IdentifierKey | None = None
+    refusal: Rejected | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    accepted: list[tuple[int, str, str]]  # index, event id, customer id
+    duplicates: list[tuple[int, str, str]]
+    rejected: list[EventRejection]
+
+    def summary(self) -> BatchResult:
+        return BatchResult(
+            accepted=len(self.accepted), duplicates=len(self.duplicates), rejected=self.rejected
+        )
+
+
+def _identity_of(context: TenantContext, event: EventIn) -> tuple[str | None, IdentifierKey | None]:
+    named = [x for x in (event.customer_id, event.anonymous_id, event.identifier) if x is not None]
+    if len(named) != 1:
+        raise Rejected(
+            ProblemType.INVALID_EVENT,
+            "name the customer by exactly one of customer_id, anonymous_id or identifier",
+        )
+    if event.customer_id is not None:
+        return event.customer_id, None
+    item = event.identifier
+    if item is not None and item.shared:
+        raise Rejected(
+            ProblemType.INVALID_IDENTIFIER,
+            "a shared identifier cannot name the customer of an event; send customer_id",
+        )
+    kind, value = (
+        (item.type, item.value)
+        if item is not None
+        else (IdentifierType.ANONYMOUS, event.anonymous_id)
+    )
+    try:
+        return None, context.key(kind, value or "")
+    except InvalidIdentifier as error:
+        raise Rejected(
+            ProblemType.INVALID_IDENTIFIER,
+            f"{error.identifier_type} identifier refused: {error.reason}",
+        ) from error
+
+
+async def ingest(
+    conn: AsyncConnection, context: TenantContext, channel: Channel, batch: list[EventIn]
+) -> Outcome:
+    """Store the valid events of `batch` (each at most once) and say what became of each."""
+    now = utcnow()
+    tenant_id = context.tenant_id
+    rejected: list[EventRejection] = []
+    pending: list[_Pending] = []
+    for index, event in enumerate(batch):
+        event_id = event.event_id or uuid.uuid4().hex
+        try:
+            occurred_at = event.timestamp or now
+            extracted = check_event(event.name, event.properties, occurred_at, now)
+            customer_id, key = _identity_of(context, event)
+        except InvalidEvent as error:
+            rejected.append(_rejection(index, event_id, ProblemType.INVALID_EVENT, str(error)))
+            continue
+        except Rejected as error:
+            rejected.append(_rejection(index, event_id, error.type, error.detail))
+            continue
+        pending.append(_Pending(index, event_id, event, occurred_at, extracted, customer_id, key))
+
+    unknown = await _unknown_keys(conn, tenant_id, pending)
+    await identity.lock_identity(conn, tenant_id, exclusive=bool(unknown))
+    await _attribute(conn, context, pending, now)
+    for item in pending:
+        if item.refusal is not None:
+            rejected.append(
+                _rejection(item.index, item.event_id, item.refusal.type, item.refusal.detail)
+            )
+    attributed = [p for p in pending if p.refusal is None]
+    accepted, duplicates = await _store(conn, tenant_id, channel, attributed, now)
+    rejected.sort(key=lambda r: r.index)
+    return Outcome(accepted, duplicates, rejected)
+
+
+def _rejection(index: int, event_id: str, type: ProblemType, detail: str) -> EventRejection:
+    return EventRejection(index=index, event_id=event_id, type=type.value, detail=detail)
+
+
+async def _unknown_keys(conn: AsyncConnection, tenant_id: str, pending: list[_Pending]) -> bool:
+    keys = list({p.key for p in pending if p.key is not None})
+    if not keys:
+        return False
+    return len(await identity.owners(conn, tenant_id, keys)) < len(keys)
+
+
+async def _attribute(
+    conn: AsyncConnection, context: TenantContext, pending: list[_Pending], now: datetime
+) -> None:
+    """Set each pending event's live customer id, or its refusal."""
+    tenant_id = context.tenant_id
+    keys = list({p.key for p in pending if p.key is not None})
+    stored = await identity.owners(conn, tenant_id, keys)
+    shared = {key for key, row in stored.items() if row.shared or row.customer_id is None}
+    created: dict[IdentifierKey, str] = {}
+    for key in keys:
+        if key not in stored:
+            created[key] = await identity.create_customer(conn, tenant_id, now)
+    if created:
+        await conn.execute(
+            identifiers.insert(),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "type": k.type.value,
+                    "value": k.value,
+                    "customer_id": customer_id,
+                    "shared": False,
+                    "linked_at": now,
+                }
+                for k, customer_id in created.items()
+            ],
+        )
+    owner_ids = {key: row.customer_id for key, row in stored.items() if row.customer_id}
+    named = {p.customer_id for p in pending if p.customer_id is not None}
+    live = await identity.live_ids(conn, tenant_id, [*owner_ids.values(), *named])
+    for item in pending:
+        if item.key in shared:
+            item.refusal = Rejected(
+                ProblemType.INVALID_IDENTIFIER,
+                "this identifier is marked shared and names no customer; send customer_id",
+            )
+        elif item.key is not None:
+            item.customer_id = created.get(item.key) or live.get(owner_ids.get(item.key, ""))
+        else:
+            named_id = item.customer_id or ""
+            item.customer_id = live.get(named_id)
+            if item.customer_id is None:
+                item.refusal = Rejected(
+                    ProblemType.NOT_FOUND, f"this tenant has no customer {named_id!r}"
+                )
+
+
+async def _store(
+    conn: AsyncConnection,
+    tenant_id: str,
+    channel: Channel,
+    items: list[_Pending],
+    now: datetime,
+) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
+    seen: set[str] = set()
+    if items:
+        rows = await conn.execute(
+            select(events.c.event_id).where(
+                events.c.tenant_id == tenant_id,
+                events.c.event_id.in_({item.event_id for item in items}),
+            )
+        )
+        seen = {row.event_id for row in rows}
+    accepted: list[tuple[int, str, str]] = []
+    duplicates: list[tuple[int, str, str]] = []
+    values: list[dict[str, Any]] = []
+    for item in items:
+        assert item.customer_id is not None
+        outcome = (item.index, item.event_id, item.customer_id)
+        if item.event_id in seen:
+            duplicates.append(outcome)
+            continue
+        seen.add(item.event_id)
+        accepted.append(outcome)
+        values.append(
+            {
+                "tenant_id": tenant_id,
+                "event_id": item.event_id,
+                "customer_id": item.customer_id,
+                "origin_customer_id": item.customer_id,
+                "name": item.event.name,
+                "channel": (item.event.channel or channel).value,
+                "occurred_at": item.occurred_at,
+                "received_at": now,
+                "properties": item.event.properties,
+                "category": item.extracted.category,
+                "value": item.extracted.value,
+            }
+        )
+    if values:
+        await conn.execute(_insert_ignoring_duplicates(conn), values)
+    return accepted, duplicates
+
+
+def _insert_ignoring_duplicates(conn: AsyncConnection) -> Any:
+    # A concurrent request may store the same event id between our check and our insert.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(events).on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])

@@ -1,0 +1,612 @@
+"""The identity graph: link identifiers to customers, merge customers, split merges.
+
+Rules (DESIGN: identity):
+- The survivor of a merge is the older customer; the loser keeps a redirect (`merged_into`,
+  kept pointing at the live customer) so its id still resolves.
+- A customer holds at most one `customer_ref`; a link or merge that would give it a second is
+  refused (`identity-conflict`) and nothing changes.
+- Shared identifiers (a POS terminal, a family tablet) belong to no customer and never merge.
+- Per-type limits: when a customer would hold more identifiers of a type than its limit, the
+  links of that type that were made longest ago are dropped (the identifiers named in the
+  current request are kept). A merge records the dropped links, and a split restores them.
+- Every merge records what the loser held, so that an admin can split it: the loser gets back
+  its identifiers, events, annotations and traits as they were at the merge. What happened
+  after the merge (events recorded for the survivor, identifiers linked later) stays with
+  the survivor.
+
+Concurrency: `identify` and `split` take the tenant's identity lock exclusively; event ingestion
+takes it shared (PostgreSQL advisory locks). On SQLite, writers are serialised anyway.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core.channels import Channel
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import IdentifierIn, IdentifyRequest, IdentifyResult, Merge
+from server_stub.errors import Problem
+from server_stub.ids import new_id, utcnow
+from server_stub.services.tenant_context import TenantContext
+from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
+
+# Keys a shop might use to smuggle contact data into traits; they go in as identifiers.
+RESERVED_TRAITS = frozenset({"email", "e-mail", "e_mail", "phone", "mobile", "telephone"})
+MAX_TRAITS_KEYS = 100
+
+
+async def lock_identity(conn: AsyncConnection, tenant_id: str, *, exclusive: bool) -> None:
+    """Serialise identity changes of a tenant against each other and against ingestion."""
+    if conn.dialect.name != "postgresql":
+        return
+    function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+    await conn.execute(text(f"SELECT {function}(hashtext(:key))"), {"key": f"identity:{tenant_id}"})
+
+
+def invalid_identifier(error: InvalidIdentifier) -> Problem:
+    return Problem(
+        ProblemType.INVALID_IDENTIFIER,
+        f"{error.identifier_type} identifier refused: {error.reason}",
+        identifier_type=error.identifier_type,
+    )
+
+
+def keys_of(
+    context: TenantContext, items: Iterable[IdentifierIn]
+) -> list[tuple[IdentifierKey, bool]]:
+    """Stored keys of the given identifiers (deduplicated, in order), each with its shared flag."""
+    seen: dict[IdentifierKey, bool] = {}
+    for item in items:
+        try:
+            key = context.key(item.type, item.value)
+        except InvalidIdentifier as error:
+            raise invalid_identifier(error) from error
+        seen[key] = seen.get(key, False) or item.shared
+    return list(seen.items())
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
+async def live_id(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str | None:
+    """The live customer a (possibly merged) customer id stands for, or None if unknown."""
+    for _ in range(64):
+        row = (
+            await conn.execute(
+                select(customers.c.merged_into).where(
+                    customers.c.tenant_id == tenant_id, customers.c.id == customer_id
+                )
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.merged_into is None:
+            return customer_id
+        customer_id = row.merged_into
+    raise RuntimeError("merge redirects form a cycle")
+
+
+async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) -> dict[str, str]:
+    """Live customer for each known id (merged ids point at their live customer directly)."""
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    rows = await conn.execute(
+        select(customers.c.id, customers.c.merged_into).where(
+            customers.c.tenant_id == tenant_id, customers.c.id.in_(wanted)
+        )
+    )
+    return {row.id: row.merged_into or row.id for row in rows}
+
+
+async def owners(
+    conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey]
+) -> dict[IdentifierKey, Row[Any]]:
+    """The stored rows of these identifier keys (absent keys are unknown)."""
+    if not keys:
+        return {}
+    rows = await conn.execute(
+        select(identifiers).where(
+            identifiers.c.tenant_id == tenant_id,
+            tuple_(identifiers.c.type, identifiers.c.value).in_(
+                [(key.type.value, key.value) for key in keys]
+            ),
+        )
+    )
+    return {IdentifierKey(IdentifierType(row.type), row.value): row for row in rows}
+
+
+async def resolve(conn: AsyncConnection, context: TenantContext, key: IdentifierKey) -> str | None:
+    row = (await owners(conn, context.tenant_id, [key])).get(key)
+    if row is None or row.shared or row.customer_id is None:
+        return None
+    return await live_id(conn, context.tenant_id, row.customer_id)
+
+
+# --- creating and linking ------------------------------------------------------------------
+
+
+async def create_customer(conn: AsyncConnection, tenant_id: str, now: datetime) -> str:
+    customer_id = new_id("cus", 10)
+    await conn.execute(
+        insert(customers).values(tenant_id=tenant_id, id=customer_id, created_at=now, traits={})
+    )
+    return customer_id
+
+
+async def _link(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_id: str,
+    keys: Iterable[IdentifierKey],
+    now: datetime,
+) -> None:
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "type": k.type.value,
+            "value": k.value,
+            "customer_id": customer_id,
+            "shared": False,
+            "linked_at": now,
+        }
+        for k in keys
+    ]
+    if rows:
+        await conn.execute(insert(identifiers), rows)
+
+
+async def _held(conn: AsyncConnection, tenant_id: str, customer_id: str) -> list[Row[Any]]:
+    rows = await conn.execute(
+        select(identifiers)
+        .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == customer_id)
+        .order_by(identifiers.c.linked_at, identifiers.c.type, identifiers.c.value)
+    )
+    return list(rows)
+
+
+async def _enforce_limits(
+    conn: AsyncConnection, context: TenantContext, customer_id: str, keep: set[IdentifierKey]
+) -> list[Row[Any]]:
+    """Drop the oldest links of each type beyond its limit; return the dropped rows."""
+    held = await _held(conn, context.tenant_id, customer_id)
+    dropped: list[Row[Any]] = []
+    for type in IdentifierType:
+        of_type = [row for row in held if row.type == type.value]
+        excess = len(of_type) - context.limit(type)
+        if excess <= 0:
+            continue
+        candidates = [r for r in of_type if IdentifierKey(type, r.value) not in keep]
+        dropped.extend(candidates[:excess])
+    if dropped:
+        await conn.execute(
+            delete(identifiers).where(
+                identifiers.c.tenant_id == context.tenant_id,
+                tuple_(identifiers.c.type, identifiers.c.value).in_(
+                    [(row.type, row.value) for row in dropped]
+                ),
+            )
+        )
+    return dropped
+
+
+def _row_json(row: Row[Any]) -> list[Any]:
+    return [row.type, row.value, row.linked_at.isoformat()]
+
+
+def _check_traits(traits: dict[str, Any]) -> None:
+    reserved = RESERVED_TRAITS & {key.lower() for key in traits}
+    if reserved:
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"traits may not hold {', '.join(sorted(reserved))}: send contact details as "
+            "identifiers (email=..., phone=...), which are stored only as keyed hashes",
+        )
+    if len(traits) > MAX_TRAITS_KEYS:
+        raise Problem(ProblemType.VALIDATION_ERROR, f"at most {MAX_TRAITS_KEYS} traits")
+
+
+# --- merging -------------------------------------------------------------------------------
+
+
+@dataclass
+class _Customer:
+    id: str
+    created_at: datetime
+    traits: dict[str, Any]
+    merged_into: str | None
+
+
+async def _customers(
+    conn: AsyncConnection, tenant_id: str, ids: Iterable[str]
+) -> dict[str, _Customer]:
+    rows = await conn.execute(
+        select(customers).where(customers.c.tenant_id == tenant_id, customers.c.id.in_(set(ids)))
+    )
+    return {
+        row.id: _Customer(row.id, row.created_at, dict(row.traits), row.merged_into) for row in rows
+    }
+
+
+async def _customer_refs(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) -> set[str]:
+    rows = await conn.execute(
+        select(identifiers.c.value).where(
+            identifiers.c.tenant_id == tenant_id,
+            identifiers.c.customer_id.in_(set(ids)),
+            identifiers.c.type == IdentifierType.CUSTOMER_REF.value,
+        )
+    )
+    return {row.value for row in rows}
+
+
+@dataclass
+class _MergeOutcome:
+    merge_id: str
+    dropped: list[Row[Any]] = field(default_factory=list)
+
+
+async def _merge(
+    conn: AsyncConnection,
+    context: TenantContext,
+    survivor: _Customer,
+    loser: _Customer,
+    cause: IdentifierKey,
+    channel: Channel,
+    keep: set[IdentifierKey],
+    now: datetime,
+) -> _MergeOutcome:
+    tenant_id = context.tenant_id
+    absorbed = [
+        row.id
+        for row in await conn.execute(
+            select(customers.c.id).where(
+                customers.c.tenant_id == tenant_id, customers.c.merged_into == loser.id
+            )
+        )
+    ]
+    snapshot: dict[str, Any] = {
+        "loser_identifiers": [_row_json(row) for row in await _held(conn, tenant_id, loser.id)],
+        "loser_traits": loser.traits,
+        "survivor_traits": survivor.traits,
+        "absorbed": absorbed,
+        "dropped": [],
+    }
+    await conn.execute(
+        update(identifiers)
+        .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
+        .values(customer_id=survivor.id)
+    )
+    for table in (events, annotations_table):
+        await conn.execute(
+            update(table)
+            .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
+            .values(customer_id=survivor.id)
+        )
+    await conn.execute(
+        update(customers)
+        .where(customers.c.tenant_id == tenant_id, customers.c.merged_into == loser.id)
+        .values(merged_into=survivor.id)
+    )
+    await conn.execute(
+        update(customers)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id == loser.id)
+        .values(merged_into=survivor.id, merged_at=now)
+    )
+    survivor.traits = {**loser.traits, **survivor.traits}
+    await conn.execute(
+        update(customers)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id == survivor.id)
+        .values(traits=survivor.traits)
+    )
+    dropped = await _enforce_limits(conn, context, survivor.id, keep)
+    snapshot["dropped"] = [_row_json(row) for row in dropped]
+    merge_id = new_id("mrg", 10)
+    await conn.execute(
+        insert(merges).values(
+            tenant_id=tenant_id,
+            id=merge_id,
+            survivor_id=survivor.id,
+            loser_id=loser.id,
+            cause=cause.masked(),
+            channel=channel.value,
+            created_at=now,
+            snapshot=snapshot,
+        )
+    )
+    loser.merged_into = survivor.id
+    return _MergeOutcome(merge_id, dropped)
+
+
+async def identify(
+    conn: AsyncConnection, context: TenantContext, request: IdentifyRequest, channel: Channel
+) -> IdentifyResult:
+    """Link the request's identifiers to one customer, merging customers where needed."""
+    items = request.all_identifiers()
+    if not items:
+        raise Problem(ProblemType.VALIDATION_ERROR, "name at least one identifier")
+    _check_traits(request.traits)
+    keyed = keys_of(context, items)
+    await lock_identity(conn, context.tenant_id, exclusive=True)
+    now = utcnow()
+    tenant_id = context.tenant_id
+    stored = await owners(conn, tenant_id, [key for key, _ in keyed])
+    shared = {key for key, flag in keyed if flag or (key in stored and stored[key].shared)}
+    linkable = [key for key, _ in keyed if key not in shared]
+    await _record_shared(conn, tenant_id, [k for k in shared if k not in stored], now)
+    if not linkable:
+        raise Problem(
+            ProblemType.INVALID_IDENTIFIER,
+            "only shared identifiers were given; a shared device cannot identify a customer",
+        )
+    found = {key: stored[key].customer_id for key in linkable if key in stored}
+    live = await live_ids(conn, tenant_id, found.values())
+    owner_of = {key: live[customer_id] for key, customer_id in found.items()}
+    candidates = await _customers(conn, tenant_id, set(owner_of.values()))
+
+    refs = await _customer_refs(conn, tenant_id, candidates)
+    refs |= {key.value for key in linkable if key.type is IdentifierType.CUSTOMER_REF}
+    if len(refs) > 1:
+        raise Problem(
+            ProblemType.IDENTITY_CONFLICT,
+            "these identifiers would give one customer two customer_ref values; a customer "
+            "has one shop account. Nothing was linked.",
+        )
+
+    created = not candidates
+    if created:
+        survivor = _Customer(await create_customer(conn, tenant_id, now), now, {}, None)
+    else:
+        ordered = sorted(candidates.values(), key=lambda c: (c.created_at, c.id))
+        survivor = ordered[0]
+    keep = set(linkable)
+    merge_ids: list[str] = []
+    merged_ids: list[str] = []
+    dropped: list[Row[Any]] = []
+    for loser in sorted(candidates.values(), key=lambda c: (c.created_at, c.id)):
+        if loser.id == survivor.id:
+            continue
+        cause = next(key for key, owner in owner_of.items() if owner == loser.id)
+        outcome = await _merge(conn, context, survivor, loser, cause, channel, keep, now)
+        merge_ids.append(outcome.merge_id)
+        merged_ids.append(loser.id)
+        dropped.extend(outcome.dropped)
+
+    await _link(conn, tenant_id, survivor.id, [key for key in linkable if key not in owner_of], now)
+    dropped.extend(await _enforce_limits(conn, context, survivor.id, keep))
+    if request.traits:
+        traits = {k: v for k, v in {**survivor.traits, **request.traits}.items() if v is not None}
+        await conn.execute(
+            update(customers)
+            .where(customers.c.tenant_id == tenant_id, customers.c.id == survivor.id)
+            .values(traits=traits)
+        )
+    return IdentifyResult(
+        customer_id=survivor.id,
+        created=created,
+        merged=bool(merged_ids),
+        merged_customer_ids=merged_ids,
+        merge_ids=merge_ids,
+        dropped_identifiers=[
+            IdentifierKey(IdentifierType(row.type), row.value).masked() for row in dropped
+        ],
+    )
+
+
+async def _record_shared(
+    conn: AsyncConnection, tenant_id: str, keys: Iterable[IdentifierKey], now: datetime
+) -> None:
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "type": k.type.value,
+            "value": k.value,
+            "customer_id": None,
+            "shared": True,
+            "linked_at": now,
+        }
+        for k in keys
+    ]
+    if rows:
+        await conn.execute(insert(identifiers), rows)
+
+
+async def mark_shared(
+    conn: AsyncConnection, context: TenantContext, key: IdentifierKey, shared: bool
+) -> None:
+    """Mark an identifier shared (detached from any customer, never merging) or not."""
+    await lock_identity(conn, context.tenant_id, exclusive=True)
+    row = (await owners(conn, context.tenant_id, [key])).get(key)
+    if row is None:
+        if shared:
+            await _record_shared(conn, context.tenant_id, [key], utcnow())
+        return
+    if shared:
+        await conn.execute(
+            update(identifiers)
+            .where(*_key_clause(context.tenant_id, key))
+            .values(shared=True, customer_id=None)
+        )
+    elif row.customer_id is None:
+        # No longer shared and owned by nobody: forget it; the next identify links it afresh.
+        await conn.execute(delete(identifiers).where(*_key_clause(context.tenant_id, key)))
+
+
+def _key_clause(tenant_id: str, key: IdentifierKey) -> tuple[Any, ...]:
+    return (
+        identifiers.c.tenant_id == tenant_id,
+        identifiers.c.type == key.type.value,
+        identifiers.c.value == key.value,
+    )
+
+
+# --- merges and splits ---------------------------------------------------------------------
+
+
+def merge_view(row: Row[Any]) -> Merge:
+    return Merge(
+        merge_id=row.id,
+        survivor_id=row.survivor_id,
+        loser_id=row.loser_id,
+        cause=row.cause,
+        channel=Channel(row.channel),
+        created_at=row.created_at,
+        split_at=row.split_at,
+    )
+
+
+async def merges_of(conn: AsyncConnection, tenant_id: str, customer_id: str) -> list[Merge]:
+    """Every merge this customer (or a customer merged into it) took part in, oldest first."""
+    live = await live_id(conn, tenant_id, customer_id)
+    if live is None:
+        return []
+    ids = {live} | {
+        row.id
+        for row in await conn.execute(
+            select(customers.c.id).where(
+                customers.c.tenant_id == tenant_id, customers.c.merged_into == live
+            )
+        )
+    }
+    rows = await conn.execute(
+        select(merges)
+        .where(
+            merges.c.tenant_id == tenant_id,
+            or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids)),
+        )
+        .order_by(merges.c.created_at, merges.c.id)
+    )
+    return [merge_view(row) for row in rows]
+
+
+async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) -> Merge:
+    """Undo a merge: the loser gets back what it held at the merge (see module docstring)."""
+    tenant_id = context.tenant_id
+    await lock_identity(conn, tenant_id, exclusive=True)
+    row = (
+        await conn.execute(
+            select(merges).where(merges.c.tenant_id == tenant_id, merges.c.id == merge_id)
+        )
+    ).first()
+    if row is None:
+        raise Problem(ProblemType.NOT_FOUND, f"this tenant has no merge {merge_id!r}")
+    if row.split_at is not None:
+        raise Problem(ProblemType.CONFLICT, f"merge {merge_id} was already split")
+    people = await _customers(conn, tenant_id, [row.survivor_id, row.loser_id])
+    survivor, loser = people[row.survivor_id], people[row.loser_id]
+    if survivor.merged_into is not None:
+        later = await _merge_absorbing(conn, tenant_id, survivor.id)
+        raise Problem(
+            ProblemType.CONFLICT,
+            f"customer {survivor.id} was merged into {survivor.merged_into} after this merge; "
+            f"split merge {later} first",
+        )
+    snapshot: dict[str, Any] = row.snapshot
+    now = utcnow()
+    await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
+    origins = [loser.id, *snapshot["absorbed"]]
+    for table in (events, annotations_table):
+        await conn.execute(
+            update(table)
+            .where(
+                table.c.tenant_id == tenant_id,
+                table.c.customer_id == survivor.id,
+                table.c.origin_customer_id.in_(origins),
+            )
+            .values(customer_id=loser.id)
+        )
+    if snapshot["absorbed"]:
+        await conn.execute(
+            update(customers)
+            .where(customers.c.tenant_id == tenant_id, customers.c.id.in_(snapshot["absorbed"]))
+            .values(merged_into=loser.id)
+        )
+    await conn.execute(
+        update(customers)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id == loser.id)
+        .values(merged_into=None, merged_at=None, traits=snapshot["loser_traits"])
+    )
+    await conn.execute(
+        update(customers)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id == survivor.id)
+        .values(traits=_traits_without_merged(survivor.traits, snapshot))
+    )
+    await conn.execute(
+        update(merges)
+        .where(merges.c.tenant_id == tenant_id, merges.c.id == merge_id)
+        .values(split_at=now)
+    )
+    return merge_view(row).model_copy(update={"split_at": now})
+
+
+async def _merge_absorbing(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str:
+    row = (
+        await conn.execute(
+            select(merges.c.id)
+            .where(
+                merges.c.tenant_id == tenant_id,
+                merges.c.loser_id == customer_id,
+                merges.c.split_at.is_(None),
+            )
+            .order_by(merges.c.created_at.desc())
+        )
+    ).first()
+    return row.id if row else "?"
+
+
+async def _give_back_identifiers(
+    conn: AsyncConnection,
+    tenant_id: str,
+    survivor_id: str,
+    loser_id: str,
+    snapshot: dict[str, Any],
+    now: datetime,
+) -> None:
+    held = snapshot["loser_identifiers"] + snapshot["dropped"]
+    keys = [IdentifierKey(IdentifierType(type), value) for type, value, _ in held]
+    present = await owners(conn, tenant_id, keys)
+    linked_at = {(type, value): datetime.fromisoformat(when) for type, value, when in held}
+    back = [key for key in keys if key in present and present[key].customer_id == survivor_id]
+    if back:
+        await conn.execute(
+            update(identifiers)
+            .where(
+                identifiers.c.tenant_id == tenant_id,
+                tuple_(identifiers.c.type, identifiers.c.value).in_(
+                    [(k.type.value, k.value) for k in back]
+                ),
+            )
+            .values(customer_id=loser_id)
+        )
+    missing = [key for key in keys if key not in present]
+    if missing:
+        await conn.execute(
+            insert(identifiers),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "type": k.type.value,
+                    "value": k.value,
+                    "customer_id": loser_id,
+                    "shared": False,
+                    "linked_at": linked_at.get((k.type.value, k.value), now),
+                }
+                for k in missing
+            ],
+        )
+
+
+def _traits_without_merged(current: dict[str, Any], snapshot: dict[str, Any]) -> dict[str, Any]:
+    """The survivor's traits minus what the merge brought in and nobody changed since."""
+    brought = {
+        key: value
+        for key, value in snapshot["loser_traits"].items()
+        if key not in snapshot["survivor_traits"]
+    }
+    return {k: v for k, v in current.items() if not (k in brought and brought[k] == v)}

@@ -1,0 +1,97 @@
+"""What identity rules need of a tenant: its identifier secret and its settings, cached."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType, identifier_key
+from omnisdk.core.profile import LifecycleThresholds
+from omnisdk.models import TenantSettings
+from server_stub.storage.tables import tenants
+
+
+@dataclass(frozen=True)
+class TenantContext:
+    tenant_id: str
+    secret: bytes
+    settings: TenantSettings
+    junk_patterns: tuple[re.Pattern[str], ...]
+
+    def key(self, type: IdentifierType | str, value: str) -> IdentifierKey:
+        """The stored key of an identifier; raises InvalidIdentifier."""
+        return identifier_key(
+            self.secret,
+            type,
+            value,
+            junk_patterns=self.junk_patterns,
+            default_country_code=self.settings.identity.default_country_code,
+        )
+
+    def limit(self, type: IdentifierType) -> int:
+        if type is IdentifierType.CUSTOMER_REF:
+            return 1
+        return self.settings.identity.limits.get(type, 50)
+
+    @property
+    def lifecycle(self) -> LifecycleThresholds:
+        profile = self.settings.profile
+        return LifecycleThresholds(profile.new_days, profile.active_days, profile.lapsing_days)
+
+
+def compile_patterns(patterns: list[str]) -> tuple[re.Pattern[str], ...]:
+    """Compile junk patterns; raises ValueError naming the bad one."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern, re.IGNORECASE))
+        except re.error as exc:
+            raise ValueError(
+                f"junk pattern {pattern!r} is not a regular expression: {exc}"
+            ) from exc
+    return tuple(compiled)
+
+
+class TenantContexts:
+    """Tenant contexts, trusted for `ttl` seconds (a settings change here is seen at once)."""
+
+    def __init__(self, ttl: float) -> None:
+        self.ttl = ttl
+        self._entries: dict[str, tuple[TenantContext, float]] = {}
+
+    async def get(self, conn: AsyncConnection, tenant_id: str) -> TenantContext:
+        cached = self._entries.get(tenant_id)
+        if cached is not None and cached[1] > time.monotonic():
+            return cached[0]
+        row = (
+            await conn.execute(
+                select(tenants.c.identifier_secret, tenants.c.settings).where(
+                    tenants.c.id == tenant_id
+                )
+            )
+        ).one()
+        settings = TenantSettings.model_validate(row.settings or {})
+        context = TenantContext(
+            tenant_id,
+            bytes(row.identifier_secret),
+            settings,
+            compile_patterns(settings.identity.junk_patterns),
+        )
+        self._entries[tenant_id] = (context, time.monotonic() + self.ttl)
+        return context
+
+    async def save_settings(
+        self, conn: AsyncConnection, tenant_id: str, settings: TenantSettings
+    ) -> TenantSettings:
+        compile_patterns(settings.identity.junk_patterns)
+        await conn.execute(
+            update(tenants)
+            .where(tenants.c.id == tenant_id)
+            .values(settings=settings.model_dump(mode="json"))
+        )
+        self._entries.pop(tenant_id, None)
+        return settings
