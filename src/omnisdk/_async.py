@@ -17,6 +17,9 @@ from omnisdk._base import (
     Sleep,
     connection_error,
 )
+from omnisdk._sender import AsyncEventSender
+from omnisdk.resources.events import AsyncEvents
+from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
 from omnisdk.resources.system import AsyncSystem
 
@@ -36,13 +39,18 @@ class AsyncClient(BaseClient):
         api_key: str,
         *,
         http_client: httpx.AsyncClient | None = None,
+        close_timeout: float = 10.0,
         **options: Any,
     ) -> None:
         super().__init__(base_url, api_key, **options)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self.close_timeout = close_timeout
+        self.event_sender = AsyncEventSender(self)
         self.system = AsyncSystem(self)
         self.keys = AsyncKeys(self)
+        self.identity = AsyncIdentity(self)
+        self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -76,7 +84,8 @@ class AsyncClient(BaseClient):
         return Answer(response.status_code, response.headers, response.content)
 
     async def aclose(self) -> None:
-        """Release the connection pool (if the client created it)."""
+        """Deliver queued events (up to `close_timeout`), then release the connection pool."""
+        await self.event_sender.close(self.close_timeout)
         if self._owns_http:
             await self._http.aclose()
 

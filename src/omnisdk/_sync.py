@@ -17,6 +17,9 @@ from omnisdk._base import (
     Sleep,
     connection_error,
 )
+from omnisdk._sender import EventSender
+from omnisdk.resources.events import Events
+from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.system import System
 
@@ -36,13 +39,18 @@ class Client(BaseClient):
         api_key: str,
         *,
         http_client: httpx.Client | None = None,
+        close_timeout: float = 10.0,
         **options: Any,
     ) -> None:
         super().__init__(base_url, api_key, **options)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout)
+        self.close_timeout = close_timeout
+        self.event_sender = EventSender(self)
         self.system = System(self)
         self.keys = Keys(self)
+        self.identity = Identity(self)
+        self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -76,7 +84,8 @@ class Client(BaseClient):
         return Answer(response.status_code, response.headers, response.content)
 
     def close(self) -> None:
-        """Release the connection pool (if the client created it)."""
+        """Deliver queued events (up to `close_timeout`), then release the connection pool."""
+        self.event_sender.close(self.close_timeout)
         if self._owns_http:
             self._http.close()
 

@@ -1,0 +1,133 @@
+"""Events: `track` queues and returns at once (a background sender delivers in batches);
+`send` and `send_batch` deliver now and return the server's answer."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from omnisdk.core.channels import Channel
+from omnisdk.core.events import check_event
+from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, TrackResult
+from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+
+if TYPE_CHECKING:
+    from omnisdk._async import AsyncClient
+    from omnisdk._sync import Client
+
+
+def make_event(
+    name: str,
+    *,
+    customer_id: str | None = None,
+    anonymous_id: str | None = None,
+    identifier: IdentifierIn | None = None,
+    properties: dict[str, Any] | None = None,
+    channel: Channel | str | None = None,
+    timestamp: datetime | None = None,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """The wire form of an event, checked here by the same rules the server applies.
+
+    The event id and the time are fixed now, when the event happens, not when it is sent:
+    retries and replays then carry the same id and time.
+    """
+    if sum(x is not None for x in (customer_id, anonymous_id, identifier)) != 1:
+        raise ValueError(
+            "name the customer by exactly one of customer_id, anonymous_id, identifier"
+        )
+    when = timestamp or datetime.now(UTC)
+    props = properties or {}
+    check_event(name, props, when, datetime.now(UTC))
+    event: dict[str, Any] = {
+        "name": name,
+        "event_id": event_id or uuid.uuid4().hex,
+        "properties": props,
+        "timestamp": when.isoformat(),
+    }
+    if customer_id is not None:
+        event["customer_id"] = customer_id
+    elif anonymous_id is not None:
+        event["anonymous_id"] = anonymous_id
+    elif identifier is not None:
+        event["identifier"] = identifier.model_dump(mode="json")
+    if channel is not None:
+        event["channel"] = Channel(channel).value
+    return event
+
+
+def send_call(event: dict[str, Any]) -> Call[TrackResult]:
+    # The event id makes the write idempotent; use it as the request's key too.
+    return Call(
+        "POST", "/v1/events", model(TrackResult), json=event, idempotency_key=event["event_id"]
+    )
+
+
+def batch_call(
+    events: list[dict[str, Any]], idempotency_key: str | None = None
+) -> Call[BatchResult]:
+    EventBatch.model_validate({"events": events})
+    return Call(
+        "POST",
+        "/v1/events/batch",
+        model(BatchResult),
+        json={"events": events},
+        idempotency_key=idempotency_key,
+    )
+
+
+def event_from(event: EventIn | dict[str, Any]) -> dict[str, Any]:
+    if isinstance(event, EventIn):
+        return event.model_dump(mode="json", exclude_none=True)
+    return event
+
+
+class Events(SyncResource):
+    def __init__(self, client: Client) -> None:
+        super().__init__(client)
+
+    def track(self, name: str, **fields: Any) -> str:
+        """Queue an event and return its id at once; it is delivered in the background.
+
+        Fields: customer_id | anonymous_id | identifier, properties, channel, timestamp,
+        event_id. Raises ValueError at once for an event the server would refuse.
+        """
+        event = make_event(name, **fields)
+        self._client.event_sender.put(event)
+        return str(event["event_id"])
+
+    def send(self, name: str, **fields: Any) -> TrackResult:
+        """Deliver one event now and return the server's answer."""
+        return self._client.execute(send_call(make_event(name, **fields)))
+
+    def send_batch(self, events: list[EventIn | dict[str, Any]]) -> BatchResult:
+        """Deliver up to 500 events now; each is accepted, a duplicate, or rejected."""
+        return self._client.execute(batch_call([event_from(e) for e in events]))
+
+    def flush(self, timeout: float | None = None) -> int:
+        """Wait until queued events are delivered (or `timeout`); return how many are left."""
+        return self._client.event_sender.flush(timeout)
+
+
+class AsyncEvents(AsyncResource):
+    def __init__(self, client: AsyncClient) -> None:
+        super().__init__(client)
+
+    async def track(self, name: str, **fields: Any) -> str:
+        """Queue an event and return its id; it is delivered by a background task."""
+        event = make_event(name, **fields)
+        await self._client.event_sender.put(event)
+        return str(event["event_id"])
+
+    async def send(self, name: str, **fields: Any) -> TrackResult:
+        """Deliver one event now and return the server's answer."""
+        return await self._client.execute(send_call(make_event(name, **fields)))
+
+    async def send_batch(self, events: list[EventIn | dict[str, Any]]) -> BatchResult:
+        """Deliver up to 500 events now; each is accepted, a duplicate, or rejected."""
+        return await self._client.execute(batch_call([event_from(e) for e in events]))
+
+    async def flush(self, timeout: float | None = None) -> int:
+        """Wait until queued events are delivered (or `timeout`); return how many are left."""
+        return await self._client.event_sender.flush(timeout)
