@@ -211,16 +211,18 @@ class ServerProcess(_ServerBase):
         workers: int = 1,
         env: dict[str, str] | None = None,
         log_path: str | Path | None = None,
+        port: int | None = None,
     ) -> None:
         super().__init__(database_url)
         self.workers = workers
+        self.port = port
         self._env = env or {}
         self._log_path = log_path
         self._process: subprocess.Popen[bytes] | None = None
         self._log: Any = None
 
     def start(self) -> ServerProcess:
-        port = free_port()
+        port = self.port or free_port()
         self.url = f"http://127.0.0.1:{port}"
         env = {**os.environ, **self._env, "OMNISDK_DATABASE_URL": self.database_url}
         command = [
