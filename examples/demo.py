@@ -34,9 +34,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="omnisdk-demo-") as directory:
         database_url = f"sqlite:///{Path(directory) / 'omnisdk.sqlite3'}"
         print("== Operator: set up the shop")
-        tenant = operator(
-            "tenant", "create", "Amy's favourite shoe shop", database_url=database_url
-        )
+        tenant = operator("tenant", "create", "Shoe Shop Berlin", database_url=database_url)
         keys = {}
         for channel in CHANNELS:
             keys[channel] = operator(

@@ -27,19 +27,48 @@ def main() -> None:
     step("Each of the shop's backends connects with its own channel's key")
     for name, client in (("web shop", web), ("app backend", app), ("store till", pos)):
         me = client.system.whoami()
-        print(
-            f"   {name:12} -> tenant {me.tenant_id}, channel {me.channel.value}, "
-            f"{len(me.scopes)} scopes"
-        )
+        print(f"   {name:12} -> tenant {me.tenant_id}, channel {me.channel.value}")
 
-    step("The app backend writes; a retry of the same write is answered, not applied again")
-    key = f"journey-{uuid.uuid4()}"
-    first = app.system.ping("Amy opened the campaign page", 1, idempotency_key=key)
-    again = app.system.ping("Amy opened the campaign page", 1, idempotency_key=key)
-    print(
-        f"   first answer at {first.received_at:%H:%M:%S.%f}, "
-        f"retry answer at {again.received_at:%H:%M:%S.%f} (the same: replayed)"
+    phone, laptop = f"phone-{uuid.uuid4().hex[:8]}", f"laptop-{uuid.uuid4().hex[:8]}"
+    step("Amy scans the billboard's QR code with her phone: an anonymous visitor")
+    app.events.track(
+        "campaign_scanned",
+        anonymous_id=phone,
+        properties={"campaign": "billboard-berlin-7", "utm_source": "billboard"},
     )
+    app.events.track("chat_started", anonymous_id=phone, properties={"thread_id": "chat-1"})
+    app.events.flush(10)
+    print(f"   phone {phone} is customer {app.identity.resolve('anonymous', phone)}")
+
+    step("In the site chat she leaves her e-mail: the phone becomes a known customer")
+    amy = app.identity.identify(
+        anonymous_id=phone, email="amy@example.com", traits={"first_name": "Amy"}
+    )
+    print(
+        f"   customer {amy.customer_id} (created: {amy.created}); "
+        "the e-mail is stored only as a keyed hash"
+    )
+
+    step("At home her laptop is a stranger, until she clicks the link in the e-mail")
+    web.events.track("email_clicked", anonymous_id=laptop, properties={"campaign": "welcome"})
+    web.events.flush(10)
+    stranger = web.identity.resolve("anonymous", laptop)
+    linked = web.identity.identify(anonymous_id=laptop, email="amy@example.com")
+    print(
+        f"   laptop was customer {stranger}; now merged into {linked.customer_id} "
+        f"(merged: {linked.merged}, merge {linked.merge_ids[0]})"
+    )
+
+    step("One customer, both devices, one timeline across channels")
+    profile = web.identity.get_profile(stranger or linked.customer_id)
+    devices = sorted(i.value for i in profile.identifiers if i.type == "anonymous")
+    print(
+        f"   devices: {', '.join(devices)}; e-mail shown as "
+        f"{next(i.value for i in profile.identifiers if i.type == 'email')}"
+    )
+    for event in reversed(web.identity.timeline(linked.customer_id).items):
+        print(f"   {event.occurred_at:%H:%M:%S}  {event.channel.value:4} {event.name}")
+    print(f"   lifecycle {profile.lifecycle.value}, previous ids {profile.previous_ids}")
 
     step("Only the till may take goods back; the web shop's key may not manage keys")
     print(
@@ -52,10 +81,6 @@ def main() -> None:
         web.keys.list()
     except omnisdk.PermissionDeniedError as error:
         print(f"   web key listing keys -> {type(error).__name__}: {error.detail}")
-
-    step("The shop's admin sees its keys (never their secrets)")
-    for api_key in admin.keys.list():
-        print(f"   {api_key.key_id}  {api_key.channel.value:5}  {api_key.name}")
 
     for client in (web, app, pos, admin):
         client.close()

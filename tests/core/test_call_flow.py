@@ -145,3 +145,15 @@ def test_every_problem_type_is_documented() -> None:
     page = (Path(__file__).resolve().parents[2] / "docs" / "errors.md").read_text()
     for problem_type in ProblemType:
         assert f"`{problem_type.slug}`" in page, problem_type.slug
+
+
+def test_every_standard_event_is_documented() -> None:
+    from pathlib import Path
+
+    from omnisdk.core.events import STANDARD_EVENTS
+
+    page = (Path(__file__).resolve().parents[2] / "docs" / "events.md").read_text()
+    for name, properties in STANDARD_EVENTS.items():
+        assert f"`{name}`" in page
+        for prop in properties:
+            assert f"`{prop}`" in page

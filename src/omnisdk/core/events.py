@@ -59,6 +59,7 @@ STANDARD_EVENTS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
     },
 }
 
+_JSON_NAMES: dict[Any, str] = {str: "string", int: "integer", bool: "boolean", list: "array"}
 INTEREST_EVENTS = {"product_viewed": 1.0, "product_added": 3.0, "order_completed": 5.0}
 
 
@@ -99,8 +100,7 @@ def check_event(
         if isinstance(value, bool) and kind in (int, (int, float)):
             raise InvalidEvent(f"{name}.{prop} must be a number, not true/false")
         if not isinstance(value, kind):
-            expected = kind.__name__ if isinstance(kind, type) else "number"
-            raise InvalidEvent(f"{name}.{prop} must be of type {expected}")
+            raise InvalidEvent(f"{name}.{prop} must be a JSON {_JSON_NAMES.get(kind, 'number')}")
     category = properties.get("category")
     value = properties.get("value")
     return Extracted(
