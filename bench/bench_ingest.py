@@ -1,0 +1,204 @@
+"""Server ingestion through the batch endpoint, and identify with a merge, on SQLite.
+
+Ingestion: 40 batches of 500 events (20,000, each with its own id, 100 known customers) sent
+by 4 concurrent senders to one worker; the figure is events stored per second, checked by
+counting them in the database afterwards. The ceiling is SQLite itself inserting the same rows
+(same columns and indexes, 500 per transaction) with the standard library's sqlite3.
+
+Merge: two customers holding 1,000 events each; `identify` names an identifier of each, so
+one absorbs the other (identifiers, events and traits move; the merge is recorded). Timed
+through the SDK over HTTP, ten times; the ceiling is SQLite moving the same 1,000 events with
+one UPDATE.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import sqlite3
+import statistics
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+import omnisdk
+from bench.report import Figure
+from omnisdk.testing import ServerProcess
+
+BATCHES = 40
+BATCH = 500
+SENDERS = 4
+CUSTOMERS = 100
+MERGES = 10
+
+
+def _batch(number: int) -> list[dict[str, Any]]:
+    return [
+        {
+            "anonymous_id": f"visitor-{n % CUSTOMERS}",
+            "name": "product_viewed",
+            "event_id": f"b{number}-{n}",
+            "properties": {"sku": f"sku-{n % 37}", "category": "running", "price": 99.5},
+        }
+        for n in range(BATCH)
+    ]
+
+
+async def _send_all(url: str, key: str, batches: list[list[dict[str, Any]]]) -> float:
+    headers = {"Authorization": f"Bearer {key}"}
+    work = iter(batches)
+
+    async def sender(http: httpx.AsyncClient) -> None:
+        for batch in work:
+            response = await http.post("/v1/events/batch", json={"events": batch}, headers=headers)
+            response.raise_for_status()
+            assert response.json()["accepted"] == len(batch), response.text
+
+    async with httpx.AsyncClient(base_url=url, timeout=60) as http:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(http) for _ in range(SENDERS)))
+        return time.perf_counter() - started
+
+
+def _ceiling(rows: list[list[dict[str, Any]]], directory: Path) -> float:
+    """SQLite alone storing the same rows into a table like ours, 500 per transaction."""
+    db = sqlite3.connect(directory / "ceiling.sqlite3", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    db.execute(
+        "CREATE TABLE events (seq INTEGER PRIMARY KEY, tenant_id TEXT, event_id TEXT, "
+        "customer_id TEXT, origin_customer_id TEXT, name TEXT, channel TEXT, occurred_at TEXT, "
+        "received_at TEXT, properties TEXT, category TEXT, value REAL, UNIQUE (tenant_id, event_id))"
+    )
+    db.execute("CREATE INDEX ix ON events (tenant_id, customer_id, occurred_at)")
+    import json
+
+    started = time.perf_counter()
+    for batch in rows:
+        db.execute("BEGIN IMMEDIATE")
+        db.executemany(
+            "INSERT INTO events (tenant_id, event_id, customer_id, origin_customer_id, name, "
+            "channel, occurred_at, received_at, properties, category, value) "
+            "VALUES ('t', ?, ?, ?, ?, 'web', datetime('now'), datetime('now'), ?, ?, NULL)",
+            [
+                (
+                    e["event_id"],
+                    e["anonymous_id"],
+                    e["anonymous_id"],
+                    e["name"],
+                    json.dumps(e["properties"]),
+                    e["properties"]["category"],
+                )
+                for e in batch
+            ],
+        )
+        db.execute("COMMIT")
+    elapsed = time.perf_counter() - started
+    db.close()
+    return sum(len(b) for b in rows) / elapsed
+
+
+def _ingestion(directory: Path) -> Figure:
+    path = directory / "ingest.sqlite3"
+    batches = [_batch(n) for n in range(BATCHES)]
+    with ServerProcess(f"sqlite+aiosqlite:///{path}") as server:
+        key = server.create_tenant("bench").key("web")
+        warm = [dict(e, event_id=f"warm-{n}") for n, e in enumerate(_batch(0)[:CUSTOMERS])]
+        asyncio.run(_send_all(server.url, key, [warm]))
+        elapsed = asyncio.run(_send_all(server.url, key, batches))
+    with sqlite3.connect(path) as db:
+        stored = db.execute("SELECT count(*) FROM events WHERE event_id LIKE 'b%'").fetchone()[0]
+    if stored != BATCHES * BATCH:
+        raise RuntimeError(f"only {stored} of {BATCHES * BATCH} events were stored")
+    ours = stored / elapsed
+    ceiling = _ceiling(batches, directory)
+    return Figure(
+        name="events stored through POST /v1/events/batch, SQLite, 1 worker",
+        ours=ours,
+        peer=ceiling,
+        peer_name="sqlite3 inserting the same rows",
+        unit="events/s",
+        ratio=ours / ceiling,
+        goal="≥ 10,000 events/s",
+        met=ours >= 10_000,
+        note=f"{BATCHES} batches of {BATCH} from {SENDERS} concurrent senders; "
+        f"all {stored:,} counted in the database afterwards",
+    )
+
+
+def _merges(directory: Path) -> Figure:
+    path = directory / "merge.sqlite3"
+    timings: list[float] = []
+    with ServerProcess(f"sqlite+aiosqlite:///{path}") as server:
+        shop = server.create_tenant("bench")
+        with shop.client("web") as client:
+            for round_ in range(MERGES):
+                tag = uuid.uuid4().hex[:8]
+                for side in ("a", "b"):
+                    client.identity.identify(anonymous_id=f"{side}-{tag}")
+                    for start in range(0, 1000, 500):
+                        client.events.send_batch(
+                            [
+                                {
+                                    "anonymous_id": f"{side}-{tag}",
+                                    "name": "product_viewed",
+                                    "event_id": f"{side}-{tag}-{n}",
+                                }
+                                for n in range(start, start + 500)
+                            ]
+                        )
+                started = time.perf_counter()
+                result = client.identity.identify(
+                    identifiers=[
+                        omnisdk.models.IdentifierIn(type="anonymous", value=f"a-{tag}"),
+                        omnisdk.models.IdentifierIn(type="anonymous", value=f"b-{tag}"),
+                    ]
+                )
+                timings.append(time.perf_counter() - started)
+                assert result.merged, round_
+    ours = statistics.median(timings) * 1000
+    ceiling = _raw_update(directory) * 1000
+    return Figure(
+        name="identify merging two customers of 1,000 events each (SDK → HTTP → SQLite)",
+        ours=ours,
+        peer=ceiling,
+        peer_name="sqlite3 moving the 1,000 events with one UPDATE",
+        unit="ms",
+        ratio=ours / ceiling,
+        goal="< 50 ms",
+        met=ours < 50,
+        note=f"median of {MERGES} merges (slowest {max(timings) * 1000:.1f} ms); ratio here is "
+        "time over the ceiling's time (lower is better)",
+    )
+
+
+def _raw_update(directory: Path) -> float:
+    db = sqlite3.connect(directory / "update.sqlite3", isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("CREATE TABLE events (seq INTEGER PRIMARY KEY, customer_id TEXT, name TEXT)")
+    db.execute("CREATE INDEX ix ON events (customer_id)")
+    counter = itertools.count()
+    db.executemany(
+        "INSERT INTO events (customer_id, name) VALUES (?, 'x')",
+        [(f"c{n % 2}",) for n in range(2000)],
+    )
+    timings = []
+    for _ in range(MERGES):
+        source, target = (f"c{next(counter) % 2}", "moved")
+        started = time.perf_counter()
+        db.execute("BEGIN IMMEDIATE")
+        db.execute("UPDATE events SET customer_id = ? WHERE customer_id = ?", (target, source))
+        db.execute("COMMIT")
+        timings.append(time.perf_counter() - started)
+        db.execute("UPDATE events SET customer_id = ? WHERE customer_id = ?", (source, target))
+    db.close()
+    return statistics.median(timings)
+
+
+def run() -> list[Figure]:
+    with tempfile.TemporaryDirectory() as directory:
+        return [_ingestion(Path(directory)), _merges(Path(directory))]
