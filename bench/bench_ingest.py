@@ -71,8 +71,9 @@ def _ceiling(rows: list[list[dict[str, Any]]], directory: Path) -> float:
     db.execute("PRAGMA synchronous=NORMAL")
     db.execute(
         "CREATE TABLE events (seq INTEGER PRIMARY KEY, tenant_id TEXT, event_id TEXT, "
-        "customer_id TEXT, origin_customer_id TEXT, name TEXT, channel TEXT, occurred_at TEXT, "
-        "received_at TEXT, properties TEXT, category TEXT, value REAL, UNIQUE (tenant_id, event_id))"
+        "customer_id TEXT, origin_customer_id TEXT, name TEXT, channel TEXT, "
+        "occurred_at TEXT, received_at TEXT, properties TEXT, category TEXT, value REAL, "
+        "UNIQUE (tenant_id, event_id))"
     )
     db.execute("CREATE INDEX ix ON events (tenant_id, customer_id, occurred_at)")
     import json
