@@ -92,7 +92,8 @@ def run() -> list[Figure]:
             goal="≥ 0.60",
             met=plain.per_second / ceiling.per_second >= 0.6,
             note=f"{CONCURRENCY} connections, {SECONDS:.0f} s; auth, request id, JSON access "
-            f"log, metrics, body limit, transaction; {p99}",
+            f"log, metrics, body limit, transaction; {p99}. FastAPI matches routers in order, "
+            "at about 4 µs per router passed; /v1/system is the first",
         ),
         Figure(
             name="same write with a fresh Idempotency-Key each time (stored outcome)",

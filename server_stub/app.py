@@ -33,13 +33,15 @@ class SchemaNotMigrated(RuntimeError):
 
 
 # Everything under /v1, one router per domain. Each router carries its full prefix so the
-# route template (logged and used as a metrics label) is the path a client sees.
+# route template (logged and used as a metrics label) is the path a client sees. FastAPI
+# matches routers in this order, at a few microseconds per router passed: the cheap,
+# frequent calls come first (system: connectivity checks; events: every page view).
 API_ROUTERS: tuple[APIRouter, ...] = (
+    system.router,
     events.router,
     identity.router,
     customers.router,
     identity.merges_router,
-    system.router,
     keys.router,
     tenant.router,
 )
