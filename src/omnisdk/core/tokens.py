@@ -1,0 +1,327 @@
+"""Return tokens: `RT1:` + Base45 (RFC 9285) of a COSE_Sign1 (RFC 9052) signed with EdDSA.
+
+    COSE_Sign1 = #6.18([ protected: bstr .cbor {1: -8 (EdDSA), 4: kid (8 bytes)},
+                         unprotected: {},
+                         payload: bstr .cbor claims,
+                         signature: bstr (Ed25519 over Sig_structure) ])
+    claims = {1: iss (tenant id), 6: iat, 4: exp, 7: cti (16-byte token id)   ; CWT, RFC 8392
+              "o": order reference, "l": [[line id, sku, quantity], ...],
+              "r": [refund method, ...]}
+
+No personal data is in a token. Verification needs only the tenant's published public keys,
+so a till verifies offline. Decoding is strict: a token is accepted only if re-encoding what
+was decoded gives back exactly the bytes that were read, so nothing outside the signature
+(the unprotected header, trailing bytes, another encoding of the same values) can be altered.
+It is lenient only about what keyboard-wedge scanners do: surrounding whitespace, a trailing
+newline, lower-cased letters (the Base45 alphabet has no lower case, so upper-casing loses
+nothing).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from enum import StrEnum
+from typing import Any
+
+import cbor2
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from omnisdk.core import base45
+
+PREFIX = "RT1:"
+COSE_SIGN1_TAG = 18
+ALG_EDDSA = -8
+HEADER_ALG, HEADER_KID = 1, 4
+CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_CTI = 1, 4, 6, 7
+CLAIM_ORDER, CLAIM_LINES, CLAIM_REFUNDS = "o", "l", "r"
+KID_BYTES = 8
+TOKEN_ID_BYTES = 16
+DEFAULT_SKEW = timedelta(minutes=5)
+_CLAIM_KEYS = {CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_CTI, CLAIM_ORDER, CLAIM_LINES, CLAIM_REFUNDS}
+
+
+@dataclass(frozen=True)
+class ReturnLine:
+    line_id: str
+    sku: str
+    quantity: int
+
+
+@dataclass(frozen=True)
+class ReturnClaims:
+    issuer: str
+    issued_at: datetime
+    expires_at: datetime
+    token_id: bytes
+    order_ref: str
+    lines: tuple[ReturnLine, ...]
+    refund_methods: tuple[str, ...]
+
+    @property
+    def token_id_hex(self) -> str:
+        return self.token_id.hex()
+
+
+@dataclass(frozen=True)
+class VerificationKey:
+    """A published public key: valid from `not_before`, no longer once `retires_at` passed."""
+
+    kid: bytes
+    public_key: bytes
+    not_before: datetime
+    retires_at: datetime | None = None
+
+    def retired(self, now: datetime) -> bool:
+        return self.retires_at is not None and self.retires_at <= now
+
+
+class Status(StrEnum):
+    VALID = "valid"
+    EXPIRED = "expired"
+    NOT_YET_VALID = "not_yet_valid"
+    BAD_SIGNATURE = "bad_signature"
+    UNKNOWN_KEY = "unknown_key"
+    RETIRED_KEY = "retired_key"
+    WRONG_SHOP = "wrong_shop"
+    MALFORMED = "malformed"
+
+
+@dataclass(frozen=True)
+class Verification:
+    """The outcome of checking a token, with a message a store clerk can act on."""
+
+    status: Status
+    message: str
+    claims: ReturnClaims | None = None
+
+    @property
+    def valid(self) -> bool:
+        return self.status is Status.VALID
+
+
+class TokenError(ValueError):
+    """The text is not a well-formed return token."""
+
+
+def key_id(public_key: bytes) -> bytes:
+    """The 8-byte key id of a raw Ed25519 public key."""
+    return hashlib.sha256(public_key).digest()[:KID_BYTES]
+
+
+def raw_public_key(private_key: Ed25519PrivateKey) -> bytes:
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    return private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+
+def sig_structure(protected: bytes, payload: bytes) -> bytes:
+    """RFC 9052 §4.4: what is signed, with empty external additional data."""
+    return cbor2.dumps(["Signature1", protected, b"", payload])
+
+
+def _encode_claims(claims: ReturnClaims) -> bytes:
+    return cbor2.dumps(
+        {
+            CLAIM_ISS: claims.issuer,
+            CLAIM_IAT: int(claims.issued_at.timestamp()),
+            CLAIM_EXP: int(claims.expires_at.timestamp()),
+            CLAIM_CTI: claims.token_id,
+            CLAIM_ORDER: claims.order_ref,
+            CLAIM_LINES: [[line.line_id, line.sku, line.quantity] for line in claims.lines],
+            CLAIM_REFUNDS: list(claims.refund_methods),
+        },
+        canonical=True,
+    )
+
+
+def sign(claims: ReturnClaims, private_key: Ed25519PrivateKey, kid: bytes) -> str:
+    """The token text for `claims`, signed with `private_key` (whose key id is `kid`)."""
+    if len(kid) != KID_BYTES or len(claims.token_id) != TOKEN_ID_BYTES:
+        raise ValueError("a key id has 8 bytes and a token id 16")
+    protected = cbor2.dumps({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid}, canonical=True)
+    payload = _encode_claims(claims)
+    signature = private_key.sign(sig_structure(protected, payload))
+    message = cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature])
+    return PREFIX + base45.encode(cbor2.dumps(message, canonical=True))
+
+
+@dataclass(frozen=True)
+class _Parts:
+    protected: bytes
+    payload: bytes
+    signature: bytes
+    kid: bytes
+
+
+def _loads(data: bytes) -> Any:
+    try:
+        return cbor2.loads(data, allow_duplicate_keys=False, allow_indefinite=False)
+    except (cbor2.CBORError, ValueError, TypeError, OverflowError) as exc:
+        raise TokenError(f"unreadable CBOR: {exc}") from exc
+
+
+def _parts(token: str) -> _Parts:
+    text = token.strip().upper()
+    if not text.startswith(PREFIX):
+        raise TokenError("not a return code (no RT1: prefix)")
+    try:
+        raw = base45.decode(text[len(PREFIX) :])
+    except base45.Base45Error as exc:
+        raise TokenError(f"unreadable: {exc}") from exc
+    message = _loads(raw)
+    if not (
+        isinstance(message, cbor2.CBORTag)
+        and message.tag == COSE_SIGN1_TAG
+        and isinstance(message.value, tuple | list)
+        and len(message.value) == 4
+    ):
+        raise TokenError("not a COSE_Sign1 message")
+    protected, unprotected, payload, signature = message.value
+    if not (
+        isinstance(protected, bytes)
+        and unprotected == {}
+        and isinstance(payload, bytes)
+        and isinstance(signature, bytes)
+        and len(signature) == 64
+    ):
+        raise TokenError("not a COSE_Sign1 message with an Ed25519 signature")
+    again = cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature])
+    if cbor2.dumps(again, canonical=True) != raw:
+        raise TokenError("not in the one encoding this token format allows")
+    header = _loads(protected)
+    if (
+        not isinstance(header, Mapping)
+        or set(header) != {HEADER_ALG, HEADER_KID}
+        or header[HEADER_ALG] != ALG_EDDSA
+        or not isinstance(header[HEADER_KID], bytes)
+        or len(header[HEADER_KID]) != KID_BYTES
+        or cbor2.dumps(dict(header), canonical=True) != protected
+    ):
+        raise TokenError("the protected header is not {alg: EdDSA, kid: 8 bytes}")
+    return _Parts(protected, payload, signature, header[HEADER_KID])
+
+
+def _claims(payload: bytes) -> ReturnClaims:
+    data = _loads(payload)
+    if not isinstance(data, Mapping) or set(data) != _CLAIM_KEYS:
+        raise TokenError("the claims are not those of a return token")
+    issuer, iat, exp, cti = data[CLAIM_ISS], data[CLAIM_IAT], data[CLAIM_EXP], data[CLAIM_CTI]
+    order, lines, refunds = data[CLAIM_ORDER], data[CLAIM_LINES], data[CLAIM_REFUNDS]
+    if not (
+        isinstance(issuer, str)
+        and isinstance(iat, int)
+        and isinstance(exp, int)
+        and isinstance(cti, bytes)
+        and len(cti) == TOKEN_ID_BYTES
+        and isinstance(order, str)
+        and isinstance(lines, tuple | list)
+        and isinstance(refunds, tuple | list)
+        and all(isinstance(method, str) for method in refunds)
+    ):
+        raise TokenError("the claims have the wrong types")
+    parsed = []
+    for line in lines:
+        if not (
+            isinstance(line, tuple | list)
+            and len(line) == 3
+            and isinstance(line[0], str)
+            and isinstance(line[1], str)
+            and isinstance(line[2], int)
+            and line[2] > 0
+        ):
+            raise TokenError("a returnable line is not [line id, sku, quantity]")
+        parsed.append(ReturnLine(line[0], line[1], line[2]))
+    return ReturnClaims(
+        issuer=issuer,
+        issued_at=datetime.fromtimestamp(iat, UTC),
+        expires_at=datetime.fromtimestamp(exp, UTC),
+        token_id=cti,
+        order_ref=order,
+        lines=tuple(parsed),
+        refund_methods=tuple(refunds),
+    )
+
+
+def decode_unverified(token: str) -> ReturnClaims:
+    """The claims of a well-formed token, WITHOUT checking its signature (for display only)."""
+    return _claims(_parts(token).payload)
+
+
+def verify(
+    token: str,
+    keys: Mapping[bytes, VerificationKey],
+    *,
+    issuer: str,
+    now: datetime,
+    skew: timedelta = DEFAULT_SKEW,
+) -> Verification:
+    """Check `token` offline against the shop `issuer`'s published keys at time `now`."""
+    try:
+        parts = _parts(token)
+        claims = _claims(parts.payload)
+    except TokenError:
+        return _outcome(Status.MALFORMED)
+    if claims.issuer != issuer:
+        return _outcome(Status.WRONG_SHOP)
+    key = keys.get(parts.kid)
+    if key is None:
+        return _outcome(Status.UNKNOWN_KEY)
+    if key.retired(now):
+        return _outcome(Status.RETIRED_KEY)
+    try:
+        Ed25519PublicKey.from_public_bytes(key.public_key).verify(
+            parts.signature, sig_structure(parts.protected, parts.payload)
+        )
+    except InvalidSignature:
+        return _outcome(Status.BAD_SIGNATURE)
+    if claims.issued_at > now + skew:
+        return _outcome(Status.NOT_YET_VALID, claims)
+    if claims.expires_at < now - skew:
+        return _outcome(Status.EXPIRED, claims)
+    return _outcome(Status.VALID, claims)
+
+
+def _outcome(status: Status, claims: ReturnClaims | None = None) -> Verification:
+    return Verification(status, clerk_message(status, claims), claims if status is Status.VALID else None)
+
+
+def clerk_message(status: Status, claims: ReturnClaims | None = None) -> str:
+    """What to tell the person at the till, in plain words."""
+    if status is Status.VALID and claims is not None:
+        return f"Valid return code for order {claims.order_ref}."
+    if status is Status.EXPIRED and claims is not None:
+        return (
+            f"This return code expired on {claims.expires_at:%d %B %Y}. "
+            "The return period for this order is over."
+        )
+    if status is Status.NOT_YET_VALID and claims is not None:
+        return (
+            f"This return code is dated {claims.issued_at:%d %B %Y %H:%M} UTC, later than "
+            "the till's clock. Check the till's date and time, then scan again."
+        )
+    return _MESSAGES[status]
+
+
+_MESSAGES = {
+    Status.VALID: "Valid return code.",
+    Status.EXPIRED: "This return code has expired. The return period is over.",
+    Status.NOT_YET_VALID: "This return code is not valid yet. Check the till's date and time.",
+    Status.BAD_SIGNATURE: "This code has been altered or is not genuine. Do not accept the return.",
+    Status.UNKNOWN_KEY: (
+        "This till does not know the key this code was signed with. Connect the till to the "
+        "network so it can update its keys, then scan again."
+    ),
+    Status.RETIRED_KEY: (
+        "This code was signed with a key that is no longer valid. Do not accept it; the "
+        "customer can get a new return code from the shop."
+    ),
+    Status.WRONG_SHOP: "This is not a return code of this shop.",
+    Status.MALFORMED: (
+        "This is not a readable return code. Scan it again; if it keeps failing, the code is "
+        "damaged: the customer can show it again or ask the shop for a new one."
+    ),
+}
