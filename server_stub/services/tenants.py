@@ -24,7 +24,7 @@ async def create(conn: AsyncConnection, name: str) -> Tenant:
     name = name.strip()
     if not name or len(name) > 200:
         raise ValueError("a tenant needs a name of 1 to 200 characters")
-    tenant = Tenant(id=new_id("ten", 8), name=name, created_at=utcnow())
+    tenant = Tenant(id=new_id("ten", 4), name=name, created_at=utcnow())
     await conn.execute(
         insert(tenants).values(
             id=tenant.id,

@@ -5,8 +5,13 @@
                          payload: bstr .cbor claims,
                          signature: bstr (Ed25519 over Sig_structure) ])
     claims = {1: iss (tenant id), 6: iat, 4: exp, 7: cti (16-byte token id)   ; CWT, RFC 8392
-              "o": order reference, "l": [[line id, sku, quantity], ...],
-              "r": [refund method, ...]}
+              "o": order reference, "l": [line id, sku, quantity, line id, sku, ...],
+              "r": [refund method code, ...]}
+
+A QR code of version 10 at error correction M holds 311 characters, so every byte counts:
+refund methods travel as small integers (REFUND_METHODS), a line id made of digits as an
+integer, and the lines as one flat list of triples. A 5-line order with SKUs and an order
+reference of up to 8 characters each fits version 10-M.
 
 No personal data is in a token. Verification needs only the tenant's published public keys,
 so a till verifies offline. Decoding is strict: a token is accepted only if re-encoding what
@@ -38,6 +43,8 @@ ALG_EDDSA = -8
 HEADER_ALG, HEADER_KID = 1, 4
 CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_CTI = 1, 4, 6, 7
 CLAIM_ORDER, CLAIM_LINES, CLAIM_REFUNDS = "o", "l", "r"
+# Refund methods a token may allow, by their code in the token. Append only: codes never change.
+REFUND_METHODS = ("original_payment", "card", "cash", "store_credit", "voucher", "exchange")
 KID_BYTES = 8
 TOKEN_ID_BYTES = 16
 DEFAULT_SKEW = timedelta(minutes=5)
@@ -131,17 +138,28 @@ def _encode_claims(claims: ReturnClaims) -> bytes:
             CLAIM_EXP: int(claims.expires_at.timestamp()),
             CLAIM_CTI: claims.token_id,
             CLAIM_ORDER: claims.order_ref,
-            CLAIM_LINES: [[line.line_id, line.sku, line.quantity] for line in claims.lines],
-            CLAIM_REFUNDS: list(claims.refund_methods),
+            CLAIM_LINES: [
+                part
+                for line in claims.lines
+                for part in (_compact_line_id(line.line_id), line.sku, line.quantity)
+            ],
+            CLAIM_REFUNDS: [REFUND_METHODS.index(method) for method in claims.refund_methods],
         },
         canonical=True,
     )
+
+
+def _compact_line_id(line_id: str) -> str | int:
+    return int(line_id) if line_id.isdigit() and str(int(line_id)) == line_id else line_id
 
 
 def sign(claims: ReturnClaims, private_key: Ed25519PrivateKey, kid: bytes) -> str:
     """The token text for `claims`, signed with `private_key` (whose key id is `kid`)."""
     if len(kid) != KID_BYTES or len(claims.token_id) != TOKEN_ID_BYTES:
         raise ValueError("a key id has 8 bytes and a token id 16")
+    unknown = set(claims.refund_methods) - set(REFUND_METHODS)
+    if unknown:
+        raise ValueError(f"unknown refund methods {sorted(unknown)}; use {REFUND_METHODS}")
     protected = cbor2.dumps({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid}, canonical=True)
     payload = _encode_claims(claims)
     signature = private_key.sign(sig_structure(protected, payload))
@@ -220,21 +238,22 @@ def _claims(payload: bytes) -> ReturnClaims:
         and isinstance(order, str)
         and isinstance(lines, tuple | list)
         and isinstance(refunds, tuple | list)
-        and all(isinstance(method, str) for method in refunds)
+        and all(isinstance(code, int) and 0 <= code < len(REFUND_METHODS) for code in refunds)
     ):
         raise TokenError("the claims have the wrong types")
+    if len(lines) % 3:
+        raise TokenError("the returnable lines are not triples of line id, sku, quantity")
     parsed = []
-    for line in lines:
+    for line in zip(lines[0::3], lines[1::3], lines[2::3], strict=True):
         if not (
-            isinstance(line, tuple | list)
-            and len(line) == 3
-            and isinstance(line[0], str)
+            isinstance(line[0], str | int)
+            and not isinstance(line[0], bool)
             and isinstance(line[1], str)
             and isinstance(line[2], int)
             and line[2] > 0
         ):
             raise TokenError("a returnable line is not [line id, sku, quantity]")
-        parsed.append(ReturnLine(line[0], line[1], line[2]))
+        parsed.append(ReturnLine(str(line[0]), line[1], line[2]))
     return ReturnClaims(
         issuer=issuer,
         issued_at=datetime.fromtimestamp(iat, UTC),
@@ -242,7 +261,7 @@ def _claims(payload: bytes) -> ReturnClaims:
         token_id=cti,
         order_ref=order,
         lines=tuple(parsed),
-        refund_methods=tuple(refunds),
+        refund_methods=tuple(REFUND_METHODS[code] for code in refunds),
     )
 
 
