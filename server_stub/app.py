@@ -16,9 +16,20 @@ from server_stub.auth import KeyCache
 from server_stub.errors import install_error_handlers
 from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging
-from server_stub.routers import customers, events, health, identity, keys, system, tenant
+from server_stub.routers import (
+    customers,
+    events,
+    health,
+    identity,
+    keys,
+    returns,
+    system,
+    tenant,
+)
 from server_stub.runtime import Runtime
+from server_stub.sealing import sealer_from
 from server_stub.services import idempotency
+from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.settings import Settings, settings_from_environment
 from server_stub.storage.database import Database
@@ -42,6 +53,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     identity.router,
     customers.router,
     identity.merges_router,
+    returns.router,
     keys.router,
     tenant.router,
 )
@@ -71,6 +83,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             KeyCache(settings.auth_cache_seconds),
             metrics,
             TenantContexts(settings.auth_cache_seconds),
+            SigningKeys(sealer_from(settings)),
         )
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.

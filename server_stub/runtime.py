@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.auth import KeyCache
 from server_stub.observability import Metrics
+from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContext, TenantContexts
 from server_stub.settings import Settings
 from server_stub.storage.database import Database
@@ -21,6 +22,8 @@ class Runtime:
     key_cache: KeyCache
     metrics: Metrics
     tenants: TenantContexts
+    signing_keys: SigningKeys
+    qr_images: dict[tuple[str, str, str, str], bytes] = field(default_factory=dict)
 
 
 def runtime_of(request: Request) -> Runtime:

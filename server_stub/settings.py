@@ -32,6 +32,18 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="If set, /metrics requires `Authorization: Bearer <token>`."
     )
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="Base64 of 32 random bytes that seals the tenants' signing keys at rest. "
+        "If unset, the key is read from (or, the first time, written to) `secret_key_file`.",
+    )
+    secret_key_file: str = Field(default="omnisdk-secret.key")
+    return_key_grace_days: int = Field(
+        default=400,
+        gt=0,
+        description="After a rotation, how long the previous signing key keeps verifying "
+        "(longer than the longest return window, so issued codes stay valid).",
+    )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)
 

@@ -188,3 +188,70 @@ annotations_table = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_annotations_customer", "tenant_id", "customer_id"),
 )
+
+signing_keys = Table(
+    "signing_keys",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("kid", String(16), primary_key=True),  # hex of the 8-byte key id
+    Column("public_key", LargeBinary, nullable=False),
+    # The private key, sealed with the server's secret key (AES-GCM): never stored in the clear.
+    Column("sealed_private_key", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("retires_at", UtcDateTime(), nullable=True),
+)
+
+return_orders = Table(
+    "return_orders",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("order_ref", String(64), primary_key=True),
+    Column("customer_id", String(40), nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+)
+
+return_lines = Table(
+    "return_lines",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("order_ref", String(64), primary_key=True),
+    Column("line_id", String(32), primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("name", String(200), nullable=True),
+    Column("quantity", Integer, nullable=False),
+    Column("returned", Integer, nullable=False),
+    Column("unit_price", Float, nullable=True),
+)
+
+return_tokens = Table(
+    "return_tokens",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("token_id", String(32), primary_key=True),
+    Column("order_ref", String(64), nullable=False),
+    Column("kid", String(16), nullable=False),
+    Column("token", Text, nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Column("revoked_at", UtcDateTime(), nullable=True),
+    Index("ix_return_tokens_order", "tenant_id", "order_ref"),
+)
+
+redemptions = Table(
+    "redemptions",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("token_id", String(32), nullable=False),
+    Column("order_ref", String(64), nullable=False),
+    Column("till_transaction_id", String(100), nullable=False),
+    Column("store_id", String(64), nullable=False),
+    Column("refund_method", String(32), nullable=False),
+    Column("lines", JSON, nullable=False),
+    Column("value", Float, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("tenant_id", "till_transaction_id", name="uq_redemptions_till_transaction"),
+    Index("ix_redemptions_order", "tenant_id", "order_ref"),
+)

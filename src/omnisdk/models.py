@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -272,3 +272,112 @@ class ProfileSettings(WireModel):
 class TenantSettings(WireModel):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
+
+
+# --- returns --------------------------------------------------------------------------------
+
+RefundMethod = Literal["original_payment", "card", "cash", "store_credit", "voucher", "exchange"]
+LineId = Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[A-Za-z0-9._:-]+$")]
+
+
+def _original_payment() -> list[RefundMethod]:
+    return ["original_payment"]
+
+
+class OrderLineIn(WireModel):
+    line_id: LineId
+    sku: str = Field(min_length=1, max_length=64)
+    quantity: int = Field(ge=1, le=999)
+    name: str | None = Field(default=None, max_length=200)
+    unit_price: float | None = Field(default=None, ge=0)
+
+
+class IssueReturnRequest(WireModel):
+    """Register an order's returnable lines and get a signed return code for it."""
+
+    order_ref: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")
+    lines: list[OrderLineIn] = Field(min_length=1, max_length=50)
+    return_window_days: int = Field(default=30, ge=1, le=365)
+    refund_methods: list[RefundMethod] = Field(default_factory=_original_payment, min_length=1)
+    customer_id: str | None = Field(default=None, max_length=40)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+
+
+class IssuedReturn(WireModel):
+    token: str = Field(description="RT1:… — the text of the QR code.")
+    token_id: str
+    order_ref: str
+    issued_at: datetime
+    expires_at: datetime
+    qr_png_path: str
+    qr_svg_path: str
+
+
+class RedeemLine(WireModel):
+    line_id: LineId
+    quantity: int = Field(ge=1, le=999)
+
+
+class RedeemRequest(WireModel):
+    token: str = Field(min_length=4, max_length=2000)
+    lines: list[RedeemLine] = Field(min_length=1, max_length=50)
+    till_transaction_id: str = Field(min_length=1, max_length=100)
+    store_id: str = Field(min_length=1, max_length=64)
+    refund_method: RefundMethod
+
+
+class ReturnedLine(WireModel):
+    line_id: str
+    sku: str
+    quantity: int
+
+
+class Redemption(WireModel):
+    redemption_id: str
+    token_id: str
+    order_ref: str
+    till_transaction_id: str
+    store_id: str
+    refund_method: RefundMethod
+    lines: list[ReturnedLine]
+    value: float | None
+    created_at: datetime
+    status: Literal["confirmed", "pending"] = "confirmed"
+
+
+class ReturnLineStatus(WireModel):
+    line_id: str
+    sku: str
+    name: str | None
+    quantity: int
+    returned: int
+    remaining: int
+    unit_price: float | None
+
+
+class ReturnStatus(WireModel):
+    """What the till shows after a scan: lines with what remains, and what was returned where."""
+
+    token_id: str
+    order_ref: str
+    issued_at: datetime
+    expires_at: datetime
+    revoked: bool
+    refund_methods: list[RefundMethod]
+    currency: str | None
+    lines: list[ReturnLineStatus]
+    redemptions: list[Redemption]
+
+
+class PublishedKey(WireModel):
+    kid: str = Field(description="Hex of the 8-byte key id in the token's protected header.")
+    alg: Literal["EdDSA"] = "EdDSA"
+    crv: Literal["Ed25519"] = "Ed25519"
+    x: str = Field(description="The raw public key, base64url without padding (as in a JWK).")
+    not_before: datetime
+    retires_at: datetime | None
+
+
+class PublishedKeys(WireModel):
+    issuer: str
+    keys: list[PublishedKey]

@@ -30,7 +30,7 @@ _CORRECTION = {
 }
 
 
-def qr_code(token: str, medium: Medium = Medium.SCREEN) -> qrcode.QRCode:  # type: ignore[type-arg]
+def qr_code(token: str, medium: Medium = Medium.SCREEN) -> qrcode.QRCode:
     code = qrcode.QRCode(error_correction=_CORRECTION[medium], border=QUIET_ZONE, box_size=8)
     code.add_data(qrcode.util.QRData(token.encode(), mode=qrcode.util.MODE_ALPHA_NUM))
     code.make(fit=True)

@@ -16,6 +16,7 @@ server extra: `pip install "omnisdk[server]"`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import concurrent.futures
 import os
 import shutil
@@ -87,7 +88,9 @@ class _ServerBase:
     url: str
     database_url: str
 
-    def __init__(self, database_url: str | None) -> None:
+    def __init__(self, database_url: str | None, secret_key: str | None = None) -> None:
+        # The key that seals signing keys at rest; the same one must serve a database later.
+        self.secret_key = secret_key or base64.b64encode(os.urandom(32)).decode()
         self._tmpdir: str | None = None
         if database_url is None:
             self._tmpdir = tempfile.mkdtemp(prefix="omnisdk-test-")
@@ -159,7 +162,8 @@ class ReferenceServer(_ServerBase):
         from server_stub.settings import Settings
 
         self._migrate()
-        app = create_app(Settings(database_url=self.database_url, **self._settings))
+        settings = {"secret_key": self.secret_key, **self._settings}
+        app = create_app(Settings(database_url=self.database_url, **settings))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", 0))
@@ -212,8 +216,9 @@ class ServerProcess(_ServerBase):
         env: dict[str, str] | None = None,
         log_path: str | Path | None = None,
         port: int | None = None,
+        secret_key: str | None = None,
     ) -> None:
-        super().__init__(database_url)
+        super().__init__(database_url, secret_key)
         self.workers = workers
         self.port = port
         self._env = env or {}
@@ -224,7 +229,12 @@ class ServerProcess(_ServerBase):
     def start(self) -> ServerProcess:
         port = self.port or free_port()
         self.url = f"http://127.0.0.1:{port}"
-        env = {**os.environ, **self._env, "OMNISDK_DATABASE_URL": self.database_url}
+        env = {
+            **os.environ,
+            "OMNISDK_SECRET_KEY": self.secret_key,
+            **self._env,
+            "OMNISDK_DATABASE_URL": self.database_url,
+        }
         command = [
             sys.executable,
             "-m",

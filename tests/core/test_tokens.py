@@ -98,7 +98,9 @@ def test_every_single_character_change_is_rejected() -> None:
 
 def test_dropped_or_added_characters_are_rejected() -> None:
     for position in range(len(TOKEN)):
-        assert not tokens.verify(TOKEN[:position] + TOKEN[position + 1 :], KEYS, issuer=SHOP, now=NOW).valid
+        assert not tokens.verify(
+            TOKEN[:position] + TOKEN[position + 1 :], KEYS, issuer=SHOP, now=NOW
+        ).valid
     assert not tokens.verify(TOKEN + "0", KEYS, issuer=SHOP, now=NOW).valid
     assert not tokens.verify(TOKEN + "000", KEYS, issuer=SHOP, now=NOW).valid
 
@@ -139,7 +141,9 @@ def test_rotation_old_keys_verify_until_they_retire() -> None:
     new_public = tokens.raw_public_key(new_private)
     new_kid = tokens.key_id(new_public)
     keys = {
-        KID: VerificationKey(KID, PUBLIC, NOW - timedelta(days=30), retires_at=NOW + timedelta(days=60)),
+        KID: VerificationKey(
+            KID, PUBLIC, NOW - timedelta(days=30), retires_at=NOW + timedelta(days=60)
+        ),
         new_kid: VerificationKey(new_kid, new_public, NOW),
     }
     fresh = tokens.sign(claims(), new_private, new_kid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,11 @@ class Harness:
             return (await keys.create(conn, shop.id, channel, "", frozenset(scopes)))[1]
 
 
+TEST_SECRET_KEY = base64.b64encode(b"test-secret-key-of-32-bytes-long").decode()
+
+
 async def start_harness(database_url: str, **settings: Any) -> AsyncIterator[Harness]:
+    settings.setdefault("secret_key", TEST_SECRET_KEY)
     app = create_app(Settings(database_url=database_url, **settings))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)

@@ -32,6 +32,7 @@ class Scope(StrEnum):
     CONTENT_READ = "content:read"
     CONTENT_WRITE = "content:write"
     RETURNS_ISSUE = "returns:issue"
+    RETURNS_VERIFY = "returns:verify"
     RETURNS_REDEEM = "returns:redeem"
     RETURNS_REVOKE = "returns:revoke"
     PRIVACY_EXPORT = "privacy:export"
@@ -52,6 +53,7 @@ _SHOP_BACKEND = frozenset(
         Scope.CONSENT_READ,
         Scope.CONSENT_WRITE,
         Scope.CONTENT_READ,
+        Scope.RETURNS_VERIFY,
     }
 )
 

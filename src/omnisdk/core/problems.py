@@ -28,6 +28,9 @@ class ProblemType(StrEnum):
     IDENTITY_CONFLICT = PROBLEM_BASE + "identity-conflict"
     INVALID_IDENTIFIER = PROBLEM_BASE + "invalid-identifier"
     INVALID_EVENT = PROBLEM_BASE + "invalid-event"
+    RETURN_CODE_INVALID = PROBLEM_BASE + "return-code-invalid"
+    RETURN_REVOKED = PROBLEM_BASE + "return-revoked"
+    ALREADY_RETURNED = PROBLEM_BASE + "already-returned"
     IDEMPOTENCY_KEY_REUSED = PROBLEM_BASE + "idempotency-key-reused"
     INVALID_IDEMPOTENCY_KEY = PROBLEM_BASE + "invalid-idempotency-key"
     RATE_LIMITED = PROBLEM_BASE + "rate-limited"
@@ -61,6 +64,9 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.IDENTITY_CONFLICT: 409,
     ProblemType.INVALID_IDENTIFIER: 422,
     ProblemType.INVALID_EVENT: 422,
+    ProblemType.RETURN_CODE_INVALID: 422,
+    ProblemType.RETURN_REVOKED: 409,
+    ProblemType.ALREADY_RETURNED: 409,
     ProblemType.IDEMPOTENCY_KEY_REUSED: 409,
     ProblemType.INVALID_IDEMPOTENCY_KEY: 400,
     ProblemType.RATE_LIMITED: 429,
@@ -82,6 +88,9 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.IDENTITY_CONFLICT: "These identifiers belong to different customers for good",
     ProblemType.INVALID_IDENTIFIER: "The identifier cannot identify a customer",
     ProblemType.INVALID_EVENT: "The event breaks an event rule",
+    ProblemType.RETURN_CODE_INVALID: "The return code cannot be accepted",
+    ProblemType.RETURN_REVOKED: "The shop withdrew this return code",
+    ProblemType.ALREADY_RETURNED: "These units were already returned",
     ProblemType.IDEMPOTENCY_KEY_REUSED: "Idempotency key reused with a different request",
     ProblemType.INVALID_IDEMPOTENCY_KEY: "Invalid idempotency key",
     ProblemType.RATE_LIMITED: "Too many requests",

@@ -305,7 +305,9 @@ def verify(
 
 
 def _outcome(status: Status, claims: ReturnClaims | None = None) -> Verification:
-    return Verification(status, clerk_message(status, claims), claims if status is Status.VALID else None)
+    return Verification(
+        status, clerk_message(status, claims), claims if status is Status.VALID else None
+    )
 
 
 def clerk_message(status: Status, claims: ReturnClaims | None = None) -> str:
