@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from omnisdk._sender import AsyncEventSender
 from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
+from omnisdk.resources.returns import AsyncReturns, TillState
 from omnisdk.resources.system import AsyncSystem
 
 T = TypeVar("T")
@@ -40,6 +42,8 @@ class AsyncClient(BaseClient):
         *,
         http_client: httpx.AsyncClient | None = None,
         close_timeout: float = 10.0,
+        data_dir: str | Path | None = None,
+        offline_cap: float = 250.0,
         **options: Any,
     ) -> None:
         super().__init__(base_url, api_key, **options)
@@ -50,6 +54,7 @@ class AsyncClient(BaseClient):
         self.system = AsyncSystem(self)
         self.keys = AsyncKeys(self)
         self.identity = AsyncIdentity(self)
+        self.returns = AsyncReturns(self, TillState(data_dir, offline_cap))
         self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:

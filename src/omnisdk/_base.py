@@ -38,6 +38,7 @@ class Call(Generic[T]):
     params: Mapping[str, str] | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
+    binary: bool = False  # the answer is bytes (an image), not JSON
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class BaseClient:
                 yield Sleep(policy.delay(attempt, retry_after))
                 attempt += 1
                 continue
-            return call.parse(read_answer(outcome))
+            return call.parse(read_answer(outcome, binary=call.binary))
 
 
 def _retryable(outcome: Outcome) -> bool:
@@ -173,11 +174,13 @@ def _retry_after(answer: Answer) -> float | None:
         return None
 
 
-def read_answer(outcome: Outcome) -> Any:
+def read_answer(outcome: Outcome, binary: bool = False) -> Any:
     """The JSON body of a successful answer; raise the typed error for anything else."""
     if isinstance(outcome, Exception):
         raise outcome
     request_id = outcome.headers.get("x-request-id")
+    if binary and 200 <= outcome.status_code < 300:
+        return outcome.content
     if 200 <= outcome.status_code < 300:
         if not outcome.content:
             return None

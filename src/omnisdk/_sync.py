@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from omnisdk._sender import EventSender
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.system import System
 
 T = TypeVar("T")
@@ -40,6 +42,8 @@ class Client(BaseClient):
         *,
         http_client: httpx.Client | None = None,
         close_timeout: float = 10.0,
+        data_dir: str | Path | None = None,
+        offline_cap: float = 250.0,
         **options: Any,
     ) -> None:
         super().__init__(base_url, api_key, **options)
@@ -50,6 +54,7 @@ class Client(BaseClient):
         self.system = System(self)
         self.keys = Keys(self)
         self.identity = Identity(self)
+        self.returns = Returns(self, TillState(data_dir, offline_cap))
         self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:

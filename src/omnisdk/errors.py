@@ -1,6 +1,8 @@
 """The exceptions the SDK raises. Catch precisely; every API error carries the problem details.
 
 OmnisdkError
+├── ReturnRefused               a return code failed offline checks (`verification` says why)
+├── OfflineLimitReached         an offline redemption would exceed the till's value cap
 ├── APIConnectionError          the server could not be reached (after retries)
 │   └── APITimeoutError         ... or did not answer in time
 └── APIError                    the server answered with an error (status, problem, request id)
@@ -23,6 +25,18 @@ from omnisdk.core.problems import ProblemType
 
 class OmnisdkError(Exception):
     """Base of every exception the SDK raises."""
+
+
+class ReturnRefused(OmnisdkError):
+    """A return cannot be taken: `verification.message` is what to tell the clerk."""
+
+    def __init__(self, message: str, verification: Any = None) -> None:
+        super().__init__(message)
+        self.verification = verification
+
+
+class OfflineLimitReached(OmnisdkError):
+    """The till is offline and this return would take its queued refunds over the cap."""
 
 
 class APIConnectionError(OmnisdkError):

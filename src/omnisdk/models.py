@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
@@ -11,6 +12,7 @@ from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.events import MAX_BATCH
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
+from omnisdk.core.tokens import VerificationKey
 
 
 class WireModel(BaseModel):
@@ -381,3 +383,12 @@ class PublishedKey(WireModel):
 class PublishedKeys(WireModel):
     issuer: str
     keys: list[PublishedKey]
+
+    def verification_keys(self) -> dict[bytes, VerificationKey]:
+        """The keys as the token codec takes them."""
+        result = {}
+        for key in self.keys:
+            kid = bytes.fromhex(key.kid)
+            raw = base64.urlsafe_b64decode(key.x + "=" * (-len(key.x) % 4))
+            result[kid] = VerificationKey(kid, raw, key.not_before, key.retires_at)
+        return result

@@ -1,0 +1,404 @@
+"""Returns: issue signed return codes, verify them offline at a till, redeem them online.
+
+A till verifies from the shop's published keys, cached by the client (and on disk, when the
+client has a `data_dir`, so a till that restarts offline still verifies). When the network is
+gone, `redeem(..., queue_if_offline=True)` takes the return after an offline check and queues
+the redemption on disk, up to the till's value cap (`offline_cap`): the one place where
+omnisdk trades safety for service. Queued redemptions are sent by `sync_pending()`; one that
+the server refuses then (the same units were returned elsewhere meanwhile) becomes a dead
+letter to settle by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from omnisdk.core import tokens
+from omnisdk.errors import APIConnectionError, APIError, OfflineLimitReached, ReturnRefused
+from omnisdk.models import (
+    IssuedReturn,
+    IssueReturnRequest,
+    OrderLineIn,
+    PublishedKeys,
+    RedeemLine,
+    RedeemRequest,
+    Redemption,
+    RefundMethod,
+    ReturnedLine,
+    ReturnStatus,
+)
+from omnisdk.outbox import DeadLetter, Outbox
+from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+
+if TYPE_CHECKING:
+    from omnisdk._async import AsyncClient
+    from omnisdk._sync import Client
+
+REDEMPTION = "redemption"
+
+
+def issue_call(request: IssueReturnRequest, idempotency_key: str | None) -> Call[IssuedReturn]:
+    return Call(
+        "POST",
+        "/v1/returns",
+        model(IssuedReturn),
+        json=request.model_dump(mode="json", exclude_none=True),
+        idempotency_key=idempotency_key,
+    )
+
+
+def keys_call() -> Call[PublishedKeys]:
+    return Call("GET", "/v1/returns/keys", model(PublishedKeys))
+
+
+def status_call(token: str) -> Call[ReturnStatus]:
+    return Call("POST", "/v1/returns/status", model(ReturnStatus), json={"token": token})
+
+
+def redeem_call(request: RedeemRequest) -> Call[Redemption]:
+    return Call(
+        "POST",
+        "/v1/returns/redeem",
+        model(Redemption),
+        json=request.model_dump(mode="json"),
+        idempotency_key=f"redeem-{request.till_transaction_id}",
+    )
+
+
+def image_call(token_id: str, kind: str, medium: str) -> Call[bytes]:
+    return Call(
+        "GET",
+        f"/v1/returns/{token_id}/qr.{kind}",
+        lambda data: data,
+        params={"medium": medium},
+        binary=True,
+    )
+
+
+def revoke_call(token_id: str) -> Call[dict[str, str]]:
+    return Call("POST", f"/v1/returns/{token_id}/revoke", lambda data: data)
+
+
+def revoke_order_call(order_ref: str) -> Call[dict[str, str]]:
+    return Call("POST", f"/v1/returns/orders/{order_ref}/revoke", lambda data: data)
+
+
+def rotate_call() -> Call[PublishedKeys]:
+    return Call("POST", "/v1/returns/keys/rotate", model(PublishedKeys))
+
+
+def redeem_request(
+    token: str,
+    lines: dict[str, int] | Iterable[RedeemLine],
+    till_transaction_id: str,
+    store_id: str,
+    refund_method: RefundMethod,
+) -> RedeemRequest:
+    items = (
+        [RedeemLine(line_id=k, quantity=v) for k, v in lines.items()]
+        if isinstance(lines, dict)
+        else list(lines)
+    )
+    return RedeemRequest(
+        token=token.strip(),
+        lines=items,
+        till_transaction_id=till_transaction_id,
+        store_id=store_id,
+        refund_method=refund_method,
+    )
+
+
+class TillState:
+    """What a till keeps for offline work: the shop's keys, and the queue of redemptions."""
+
+    def __init__(self, data_dir: str | Path | None, offline_cap: float) -> None:
+        self.offline_cap = offline_cap
+        self._keys_file = Path(data_dir) / "return-keys.json" if data_dir else None
+        self.outbox = Outbox(Path(data_dir) / "outbox.sqlite3") if data_dir else None
+        self.keys: PublishedKeys | None = None
+        if self._keys_file is not None and self._keys_file.exists():
+            self.keys = PublishedKeys.model_validate_json(self._keys_file.read_text())
+
+    def remember_keys(self, keys: PublishedKeys) -> None:
+        self.keys = keys
+        if self._keys_file is not None:
+            self._keys_file.write_text(keys.model_dump_json())
+
+    def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
+        if self.keys is None:
+            return tokens.Verification(
+                tokens.Status.UNKNOWN_KEY, tokens.clerk_message(tokens.Status.UNKNOWN_KEY)
+            )
+        return tokens.verify(
+            token,
+            self.keys.verification_keys(),
+            issuer=self.keys.issuer,
+            now=now or datetime.now(UTC),
+        )
+
+    def queue(self, request: RedeemRequest, value: float | None) -> Redemption:
+        """Check a redemption offline and queue it durably; raise if it must not be taken."""
+        if self.outbox is None:
+            raise OfflineLimitReached("offline returns need a client with a data_dir")
+        verification = self.verify(request.token)
+        if not verification.valid or verification.claims is None:
+            raise ReturnRefused(verification.message, verification)
+        claims = verification.claims
+        if request.refund_method not in claims.refund_methods:
+            raise ReturnRefused(
+                f"This code allows refunds by {', '.join(claims.refund_methods)} only."
+            )
+        pending = self.outbox.items(REDEMPTION)
+        on_token = {line.line_id: line for line in claims.lines}
+        for wanted in request.lines:
+            line = on_token.get(wanted.line_id)
+            if line is None:
+                raise ReturnRefused(f"Line {wanted.line_id} is not on this return code.")
+            queued = sum(
+                q["quantity"]
+                for item in pending
+                if item.payload["token_id"] == claims.token_id_hex
+                for q in item.payload["request"]["lines"]
+                if q["line_id"] == wanted.line_id
+            )
+            if queued + wanted.quantity > line.quantity:
+                raise ReturnRefused(
+                    f"Only {line.quantity - queued} of {line.sku} can still be returned "
+                    "with this code (some are already waiting to be sent)."
+                )
+        if value is None:
+            raise OfflineLimitReached("an offline return needs its refund value for the till's cap")
+        total = sum(float(item.payload["value"]) for item in pending) + value
+        if total > self.offline_cap:
+            raise OfflineLimitReached(
+                f"This till may hold at most {self.offline_cap:.2f} of refunds while offline; "
+                f"this return would make it {total:.2f}. Wait for the network."
+            )
+        payload = {
+            "request": request.model_dump(mode="json"),
+            "value": value,
+            "token_id": claims.token_id_hex,
+            "order_ref": claims.order_ref,
+            "queued_at": datetime.now(UTC).isoformat(),
+        }
+        self.outbox.append(REDEMPTION, request.till_transaction_id, payload)
+        skus = {line.line_id: line.sku for line in claims.lines}
+        return Redemption(
+            redemption_id=f"pending-{request.till_transaction_id}",
+            token_id=claims.token_id_hex,
+            order_ref=claims.order_ref,
+            till_transaction_id=request.till_transaction_id,
+            store_id=request.store_id,
+            refund_method=request.refund_method,
+            lines=[
+                ReturnedLine(line_id=line.line_id, sku=skus[line.line_id], quantity=line.quantity)
+                for line in request.lines
+            ],
+            value=value,
+            created_at=datetime.now(UTC),
+            status="pending",
+        )
+
+    def pending(self) -> list[dict[str, Any]]:
+        return [] if self.outbox is None else [i.payload for i in self.outbox.items(REDEMPTION)]
+
+    def refused(self) -> list[DeadLetter]:
+        return [] if self.outbox is None else self.outbox.dead_letters(REDEMPTION)
+
+
+class SyncOutcome(dict[str, Any]):
+    """confirmed: redemptions the server took; refused: dead letters; left: still queued."""
+
+
+class Returns(SyncResource):
+    def __init__(self, client: Client, till: TillState) -> None:
+        super().__init__(client)
+        self.till = till
+
+    def issue(
+        self,
+        order_ref: str,
+        lines: list[OrderLineIn] | list[dict[str, Any]],
+        *,
+        return_window_days: int = 30,
+        refund_methods: list[RefundMethod] | None = None,
+        customer_id: str | None = None,
+        currency: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> IssuedReturn:
+        """Register an order's returnable lines and get its signed return code."""
+        request = IssueReturnRequest.model_validate(
+            {
+                "order_ref": order_ref,
+                "lines": lines,
+                "return_window_days": return_window_days,
+                "refund_methods": refund_methods or ["original_payment"],
+                "customer_id": customer_id,
+                "currency": currency,
+            }
+        )
+        return self._client.execute(issue_call(request, idempotency_key))
+
+    def qr_png(self, token_id: str, medium: str = "screen") -> bytes:
+        """The code as a PNG rendered (once, then cached) by the server."""
+        return self._client.execute(image_call(token_id, "png", medium))
+
+    def qr_svg(self, token_id: str, medium: str = "screen") -> bytes:
+        return self._client.execute(image_call(token_id, "svg", medium))
+
+    def keys(self, refresh: bool = False) -> PublishedKeys:
+        """The shop's published verification keys (cached; fetched when asked or missing)."""
+        if refresh or self.till.keys is None:
+            self.till.remember_keys(self._client.execute(keys_call()))
+        assert self.till.keys is not None
+        return self.till.keys
+
+    def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
+        """Check a scanned code with no network, from the cached keys."""
+        if self.till.keys is None:
+            with contextlib.suppress(APIConnectionError):
+                self.keys()
+        result = self.till.verify(token, now)
+        if result.status is tokens.Status.UNKNOWN_KEY:
+            # A key made after our cache: look once more if the network allows.
+            try:
+                self.keys(refresh=True)
+                result = self.till.verify(token, now)
+            except APIConnectionError:
+                pass
+        return result
+
+    def status(self, token: str) -> ReturnStatus:
+        """What may still be returned with this code, and what was returned where (online)."""
+        return self._client.execute(status_call(token.strip()))
+
+    def redeem(
+        self,
+        token: str,
+        lines: dict[str, int] | list[RedeemLine],
+        till_transaction_id: str,
+        store_id: str,
+        refund_method: RefundMethod,
+        *,
+        queue_if_offline: bool = False,
+        value: float | None = None,
+    ) -> Redemption:
+        """Take back units of lines; with `queue_if_offline`, queue it when the server is away."""
+        request = redeem_request(token, lines, till_transaction_id, store_id, refund_method)
+        try:
+            return self._client.execute(redeem_call(request))
+        except APIConnectionError:
+            if not queue_if_offline:
+                raise
+            return self.till.queue(request, value)
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Redemptions queued offline and not yet confirmed by the server."""
+        return self.till.pending()
+
+    def refused(self) -> list[DeadLetter]:
+        """Queued redemptions the server refused when they were sent: settle them by hand."""
+        return self.till.refused()
+
+    def sync_pending(self) -> SyncOutcome:
+        """Send queued redemptions; stop at the first network failure (they stay queued)."""
+        outcome = SyncOutcome(confirmed=[], refused=[], left=0)
+        outbox = self.till.outbox
+        for item in [] if outbox is None else outbox.items(REDEMPTION):
+            request = RedeemRequest.model_validate(item.payload["request"])
+            try:
+                outcome["confirmed"].append(self._client.execute(redeem_call(request)))
+                outbox.remove(item.key)  # type: ignore[union-attr]
+            except APIConnectionError:
+                break
+            except APIError as error:
+                if error.status_code >= 500 or error.status_code == 429:
+                    break
+                outbox.bury(item.key, json.dumps(error.problem))  # type: ignore[union-attr]
+                outcome["refused"].append(error)
+        outcome["left"] = len(self.till.pending())
+        return outcome
+
+    def revoke(self, token_id: str) -> dict[str, str]:
+        return self._client.execute(revoke_call(token_id))
+
+    def revoke_order(self, order_ref: str) -> dict[str, str]:
+        return self._client.execute(revoke_order_call(order_ref))
+
+    def rotate_keys(self) -> PublishedKeys:
+        """Start signing with a new key (admin keys); the old one verifies until its grace ends."""
+        keys = self._client.execute(rotate_call())
+        self.till.remember_keys(keys)
+        return keys
+
+
+class AsyncReturns(AsyncResource):
+    def __init__(self, client: AsyncClient, till: TillState) -> None:
+        super().__init__(client)
+        self.till = till
+
+    async def issue(
+        self,
+        order_ref: str,
+        lines: list[OrderLineIn] | list[dict[str, Any]],
+        *,
+        return_window_days: int = 30,
+        refund_methods: list[RefundMethod] | None = None,
+        customer_id: str | None = None,
+        currency: str | None = None,
+        idempotency_key: str | None = None,
+    ) -> IssuedReturn:
+        """Register an order's returnable lines and get its signed return code."""
+        request = IssueReturnRequest.model_validate(
+            {
+                "order_ref": order_ref,
+                "lines": lines,
+                "return_window_days": return_window_days,
+                "refund_methods": refund_methods or ["original_payment"],
+                "customer_id": customer_id,
+                "currency": currency,
+            }
+        )
+        return await self._client.execute(issue_call(request, idempotency_key))
+
+    async def keys(self, refresh: bool = False) -> PublishedKeys:
+        if refresh or self.till.keys is None:
+            self.till.remember_keys(await self._client.execute(keys_call()))
+        assert self.till.keys is not None
+        return self.till.keys
+
+    async def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
+        """Check a scanned code with no network, from the cached keys."""
+        if self.till.keys is None:
+            with contextlib.suppress(APIConnectionError):
+                await self.keys()
+        return self.till.verify(token, now)
+
+    async def status(self, token: str) -> ReturnStatus:
+        return await self._client.execute(status_call(token.strip()))
+
+    async def redeem(
+        self,
+        token: str,
+        lines: dict[str, int] | list[RedeemLine],
+        till_transaction_id: str,
+        store_id: str,
+        refund_method: RefundMethod,
+        *,
+        queue_if_offline: bool = False,
+        value: float | None = None,
+    ) -> Redemption:
+        """Take back units of lines; with `queue_if_offline`, queue it when the server is away."""
+        request = redeem_request(token, lines, till_transaction_id, store_id, refund_method)
+        try:
+            return await self._client.execute(redeem_call(request))
+        except APIConnectionError:
+            if not queue_if_offline:
+                raise
+            return await asyncio.to_thread(self.till.queue, request, value)
