@@ -18,7 +18,8 @@ def read_png(data: bytes) -> list[str]:
     pixels = bytearray()
     for row in rows:
         pixels.extend(value * scale for value in row[::planes])
-    view = zxingcpp.ImageView(bytes(pixels), width, height, zxingcpp.ImageFormat.Lum)
+    buffer = bytes(pixels)  # the view borrows this memory: keep it alive while reading
+    view = zxingcpp.ImageView(buffer, width, height, zxingcpp.ImageFormat.Lum)
     return [barcode.text for barcode in zxingcpp.read_barcodes(view)]
 
 
