@@ -177,3 +177,8 @@ def test_decoding_without_verifying_is_for_display_only() -> None:
 def test_token_ids_are_random_and_sizes_checked() -> None:
     with pytest.raises(ValueError):
         tokens.sign(claims(token_id=os.urandom(8)), PRIVATE, KID)
+
+
+def test_claims_encoding_is_the_deterministic_cbor_one() -> None:
+    payload = tokens._encode_claims(claims(lines=5))
+    assert payload == cbor2.dumps(cbor2.loads(payload), canonical=True)

@@ -1,47 +1,70 @@
-"""Base45 (RFC 9285): bytes as text in the QR alphanumeric alphabet, 3 characters per 2 bytes."""
+"""Base45 (RFC 9285): bytes as text in the QR alphanumeric alphabet, 3 characters per 2 bytes.
+
+Table-driven, because a return code is encoded on every issue and decoded on every scan: a
+two-byte group maps to its three characters by one lookup in a table built on first use.
+"""
 
 from __future__ import annotations
 
+import operator
+import struct
+from functools import cache
+
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
-_VALUE = {char: index for index, char in enumerate(ALPHABET)}
+_INVALID = 255
+# Byte value of a character -> its Base45 value, or 255 for a character not in the alphabet.
+_VALUES = bytes(ALPHABET.find(chr(c)) if chr(c) in ALPHABET else _INVALID for c in range(256))
+_TIMES_45 = [v * 45 for v in range(256)]
+_TIMES_2025 = [v * 2025 for v in range(256)]
 
 
 class Base45Error(ValueError):
     """The text is not Base45."""
 
 
+@cache
+def _triples() -> tuple[str, ...]:
+    return tuple(
+        ALPHABET[n % 45] + ALPHABET[n // 45 % 45] + ALPHABET[n // 2025] for n in range(65536)
+    )
+
+
 def encode(data: bytes) -> str:
-    out: list[str] = []
-    for i in range(0, len(data) - 1, 2):
-        n = data[i] * 256 + data[i + 1]
-        e, rest = divmod(n, 45 * 45)
-        d, c = divmod(rest, 45)
-        out += (ALPHABET[c], ALPHABET[d], ALPHABET[e])
+    pairs = len(data) // 2
+    table = _triples()
+    text = "".join([table[n] for n in struct.unpack_from(f">{pairs}H", data)])
     if len(data) % 2:
-        d, c = divmod(data[-1], 45)
-        out += (ALPHABET[c], ALPHABET[d])
-    return "".join(out)
+        last = data[-1]
+        text += ALPHABET[last % 45] + ALPHABET[last // 45]
+    return text
 
 
 def decode(text: str) -> bytes:
     """Decode strictly: RFC 9285 §4 — a group whose value overflows is an error."""
     try:
-        values = [_VALUE[char] for char in text]
-    except KeyError as exc:
-        raise Base45Error(f"{exc.args[0]!r} is not a Base45 character") from None
-    if len(values) % 3 == 1:
+        values = text.encode("ascii").translate(_VALUES)
+    except UnicodeEncodeError:
+        raise Base45Error("Base45 text is ASCII") from None
+    if _INVALID in values:
+        bad = text[values.index(_INVALID)]
+        raise Base45Error(f"{bad!r} is not a Base45 character")
+    full, rest = divmod(len(values), 3)
+    if rest == 1:
         raise Base45Error("Base45 text cannot have a length of 3n+1")
-    out = bytearray()
-    for i in range(0, len(values), 3):
-        group = values[i : i + 3]
-        if len(group) == 3:
-            n = group[0] + group[1] * 45 + group[2] * 45 * 45
-            if n > 0xFFFF:
-                raise Base45Error("a Base45 group overflows two bytes")
-            out += bytes(divmod(n, 256))
-        else:
-            n = group[0] + group[1] * 45
-            if n > 0xFF:
-                raise Base45Error("the last Base45 group overflows a byte")
-            out.append(n)
-    return bytes(out)
+    digits = values[: full * 3]
+    groups = list(
+        map(
+            operator.add,
+            map(operator.add, digits[0::3], map(_TIMES_45.__getitem__, digits[1::3])),
+            map(_TIMES_2025.__getitem__, digits[2::3]),
+        )
+    )
+    if groups and max(groups) > 0xFFFF:
+        raise Base45Error("a Base45 group overflows two bytes")
+    out = struct.pack(f">{full}H", *groups)
+    if rest == 2:
+        last = values[-2] + values[-1] * 45
+        if last > 0xFF:
+            raise Base45Error("the last Base45 group overflows a byte")
+        out += bytes((last,))
+    return out

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
@@ -49,6 +50,10 @@ KID_BYTES = 8
 TOKEN_ID_BYTES = 16
 DEFAULT_SKEW = timedelta(minutes=5)
 _CLAIM_KEYS = {CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_CTI, CLAIM_ORDER, CLAIM_LINES, CLAIM_REFUNDS}
+# Exact types, checked with `type(x) in`: a bool is not a quantity, whatever isinstance says.
+_MAPS = (dict, cbor2.frozendict)
+_ARRAYS = (list, tuple)
+_LINE_IDS = (str, int)
 
 
 @dataclass(frozen=True)
@@ -84,6 +89,10 @@ class VerificationKey:
 
     def retired(self, now: datetime) -> bool:
         return self.retires_at is not None and self.retires_at <= now
+
+    @cached_property
+    def verifier(self) -> Ed25519PublicKey:
+        return Ed25519PublicKey.from_public_bytes(self.public_key)
 
 
 class Status(StrEnum):
@@ -125,27 +134,57 @@ def raw_public_key(private_key: Ed25519PrivateKey) -> bytes:
     return private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
+def _bstr(data: bytes) -> bytes:
+    """A CBOR byte string (major type 2) with its length in the shortest form (RFC 8949 §3)."""
+    size = len(data)
+    if size < 24:
+        return bytes((0x40 | size,)) + data
+    if size < 0x100:
+        return bytes((0x58, size)) + data
+    if size < 0x10000:
+        return b"\x59" + size.to_bytes(2, "big") + data
+    return b"\x5a" + size.to_bytes(4, "big") + data
+
+
+# The constant parts of the two structures below, encoded once.
+_SIG_STRUCTURE_HEAD = b"\x84" + cbor2.dumps("Signature1")  # array(4), "Signature1"
+_EMPTY_AAD = b"\x40"
+_COSE_SIGN1_HEAD = b"\xd2\x84"  # tag(18), array(4)
+_EMPTY_MAP = b"\xa0"
+
+
 def sig_structure(protected: bytes, payload: bytes) -> bytes:
-    """RFC 9052 §4.4: what is signed, with empty external additional data."""
-    return cbor2.dumps(["Signature1", protected, b"", payload])
+    """RFC 9052 §4.4: ["Signature1", protected, external_aad = h'', payload], as CBOR."""
+    return _SIG_STRUCTURE_HEAD + _bstr(protected) + _EMPTY_AAD + _bstr(payload)
+
+
+def _cose_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
+    """#6.18([protected, {}, payload, signature]) in its one deterministic encoding."""
+    return _COSE_SIGN1_HEAD + _bstr(protected) + _EMPTY_MAP + _bstr(payload) + _bstr(signature)
+
+
+@lru_cache(maxsize=64)
+def _protected_header(kid: bytes) -> bytes:
+    return cbor2.dumps({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
 
 
 def _encode_claims(claims: ReturnClaims) -> bytes:
+    """The claims map in deterministic CBOR (RFC 8949 §4.2.1): cbor2 keeps insertion order,
+    and the keys are inserted in the order their encodings sort in."""
     return cbor2.dumps(
         {
             CLAIM_ISS: claims.issuer,
-            CLAIM_IAT: int(claims.issued_at.timestamp()),
             CLAIM_EXP: int(claims.expires_at.timestamp()),
+            CLAIM_IAT: int(claims.issued_at.timestamp()),
             CLAIM_CTI: claims.token_id,
-            CLAIM_ORDER: claims.order_ref,
             CLAIM_LINES: [
                 part
                 for line in claims.lines
                 for part in (_compact_line_id(line.line_id), line.sku, line.quantity)
             ],
+            CLAIM_ORDER: claims.order_ref,
             CLAIM_REFUNDS: [REFUND_METHODS.index(method) for method in claims.refund_methods],
-        },
-        canonical=True,
+        }
     )
 
 
@@ -160,11 +199,10 @@ def sign(claims: ReturnClaims, private_key: Ed25519PrivateKey, kid: bytes) -> st
     unknown = set(claims.refund_methods) - set(REFUND_METHODS)
     if unknown:
         raise ValueError(f"unknown refund methods {sorted(unknown)}; use {REFUND_METHODS}")
-    protected = cbor2.dumps({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid}, canonical=True)
+    protected = _protected_header(kid)
     payload = _encode_claims(claims)
     signature = private_key.sign(sig_structure(protected, payload))
-    message = cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature])
-    return PREFIX + base45.encode(cbor2.dumps(message, canonical=True))
+    return PREFIX + base45.encode(_cose_sign1(protected, payload, signature))
 
 
 @dataclass(frozen=True)
@@ -207,53 +245,49 @@ def _parts(token: str) -> _Parts:
         and len(signature) == 64
     ):
         raise TokenError("not a COSE_Sign1 message with an Ed25519 signature")
-    again = cbor2.CBORTag(COSE_SIGN1_TAG, [protected, {}, payload, signature])
-    if cbor2.dumps(again, canonical=True) != raw:
+    if _cose_sign1(protected, payload, signature) != raw:
         raise TokenError("not in the one encoding this token format allows")
-    header = _loads(protected)
-    if (
-        not isinstance(header, Mapping)
-        or set(header) != {HEADER_ALG, HEADER_KID}
-        or header[HEADER_ALG] != ALG_EDDSA
-        or not isinstance(header[HEADER_KID], bytes)
-        or len(header[HEADER_KID]) != KID_BYTES
-        or cbor2.dumps(dict(header), canonical=True) != protected
-    ):
+    # The only protected header we write: {1: -8, 4: h'<8 bytes>'} = a2 01 27 04 48 <kid>.
+    if len(protected) != 5 + KID_BYTES or protected[:5] != b"\xa2\x01\x27\x04\x48":
         raise TokenError("the protected header is not {alg: EdDSA, kid: 8 bytes}")
-    return _Parts(protected, payload, signature, header[HEADER_KID])
+    return _Parts(protected, payload, signature, protected[5:])
 
 
 def _claims(payload: bytes) -> ReturnClaims:
     data = _loads(payload)
-    if not isinstance(data, Mapping) or set(data) != _CLAIM_KEYS:
+    if type(data) not in _MAPS or len(data) != len(_CLAIM_KEYS):
         raise TokenError("the claims are not those of a return token")
-    issuer, iat, exp, cti = data[CLAIM_ISS], data[CLAIM_IAT], data[CLAIM_EXP], data[CLAIM_CTI]
-    order, lines, refunds = data[CLAIM_ORDER], data[CLAIM_LINES], data[CLAIM_REFUNDS]
+    try:
+        issuer, iat, exp, cti = data[CLAIM_ISS], data[CLAIM_IAT], data[CLAIM_EXP], data[CLAIM_CTI]
+        order, lines, refunds = data[CLAIM_ORDER], data[CLAIM_LINES], data[CLAIM_REFUNDS]
+    except KeyError:
+        raise TokenError("the claims are not those of a return token") from None
     if not (
-        isinstance(issuer, str)
-        and isinstance(iat, int)
-        and isinstance(exp, int)
-        and isinstance(cti, bytes)
+        type(issuer) is str
+        and type(iat) is int
+        and type(exp) is int
+        and type(cti) is bytes
         and len(cti) == TOKEN_ID_BYTES
-        and isinstance(order, str)
-        and isinstance(lines, tuple | list)
-        and isinstance(refunds, tuple | list)
-        and all(isinstance(code, int) and 0 <= code < len(REFUND_METHODS) for code in refunds)
+        and type(order) is str
+        and type(lines) in _ARRAYS
+        and type(refunds) in _ARRAYS
+        and len(lines) % 3 == 0
     ):
         raise TokenError("the claims have the wrong types")
-    if len(lines) % 3:
-        raise TokenError("the returnable lines are not triples of line id, sku, quantity")
+    try:
+        methods = tuple(REFUND_METHODS[code] for code in refunds)
+    except (IndexError, TypeError):
+        raise TokenError("unknown refund method code") from None
     parsed = []
-    for line in zip(lines[0::3], lines[1::3], lines[2::3], strict=True):
-        if not (
-            isinstance(line[0], str | int)
-            and not isinstance(line[0], bool)
-            and isinstance(line[1], str)
-            and isinstance(line[2], int)
-            and line[2] > 0
+    for line_id, sku, quantity in zip(lines[0::3], lines[1::3], lines[2::3], strict=True):
+        if (
+            type(line_id) not in _LINE_IDS
+            or type(sku) is not str
+            or type(quantity) is not int
+            or quantity <= 0
         ):
             raise TokenError("a returnable line is not [line id, sku, quantity]")
-        parsed.append(ReturnLine(str(line[0]), line[1], line[2]))
+        parsed.append(ReturnLine(str(line_id), sku, quantity))
     return ReturnClaims(
         issuer=issuer,
         issued_at=datetime.fromtimestamp(iat, UTC),
@@ -261,7 +295,7 @@ def _claims(payload: bytes) -> ReturnClaims:
         token_id=cti,
         order_ref=order,
         lines=tuple(parsed),
-        refund_methods=tuple(REFUND_METHODS[code] for code in refunds),
+        refund_methods=methods,
     )
 
 
@@ -292,9 +326,7 @@ def verify(
     if key.retired(now):
         return _outcome(Status.RETIRED_KEY)
     try:
-        Ed25519PublicKey.from_public_bytes(key.public_key).verify(
-            parts.signature, sig_structure(parts.protected, parts.payload)
-        )
+        key.verifier.verify(parts.signature, sig_structure(parts.protected, parts.payload))
     except InvalidSignature:
         return _outcome(Status.BAD_SIGNATURE)
     if claims.issued_at > now + skew:
