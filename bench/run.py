@@ -5,7 +5,13 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from bench import bench_ingest, bench_sdk_overhead, bench_server_write, bench_track
+from bench import (
+    bench_ingest,
+    bench_sdk_overhead,
+    bench_server_write,
+    bench_tokens,
+    bench_track,
+)
 from bench.report import Figure, page
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
@@ -15,6 +21,7 @@ SUITES = {
     "SDK client overhead (issue 2)": bench_sdk_overhead.run,
     "Event tracking in the SDK (issue 8)": bench_track.run,
     "Event ingestion and identity merges on the server (issue 8)": bench_ingest.run,
+    "Return codes: tokens and QR images (issue 5)": bench_tokens.run,
 }
 
 

@@ -51,7 +51,9 @@ def test_a_till_verifies_with_cached_keys_when_the_network_is_gone(tmp_path: Pat
     server.stop()
     # A new process on the same till, network down: the keys come from its data_dir.
     retry = omnisdk.RetryPolicy(max_retries=0)
-    with omnisdk.Client(address, pos_key, channel="pos", data_dir=tmp_path / "till", retry_policy=retry) as till:
+    with omnisdk.Client(
+        address, pos_key, channel="pos", data_dir=tmp_path / "till", retry_policy=retry
+    ) as till:
         assert till.returns.verify(token).valid
         late = till.returns.verify(token, now=datetime.now(UTC) + timedelta(days=40))
         assert late.status is Status.EXPIRED and "expired on" in late.message
@@ -67,20 +69,38 @@ def test_offline_return_is_queued_within_the_cap_and_confirmed_later(tmp_path: P
     pos_key, address, secret = shop.key("pos"), server.url, server.secret_key
     till_dir = tmp_path / "till"
     retry = omnisdk.RetryPolicy(max_retries=0)
-    with omnisdk.Client(address, pos_key, channel="pos", data_dir=till_dir, offline_cap=100.0,
-                        retry_policy=retry) as till:
+    with omnisdk.Client(
+        address, pos_key, channel="pos", data_dir=till_dir, offline_cap=100.0, retry_policy=retry
+    ) as till:
         till.returns.keys()
         server.stop()
-        queued = till.returns.redeem(token, {"1": 1}, "till-5:0001", "hamburg-2", "cash",
-                                     queue_if_offline=True, value=89.0)
+        queued = till.returns.redeem(
+            token, {"1": 1}, "till-5:0001", "hamburg-2", "cash", queue_if_offline=True, value=89.0
+        )
         assert queued.status == "pending"
         with pytest.raises(omnisdk.OfflineLimitReached):
-            till.returns.redeem(token, {"2": 1}, "till-5:0002", "hamburg-2", "cash",
-                                queue_if_offline=True, value=12.5)
+            till.returns.redeem(
+                token,
+                {"2": 1},
+                "till-5:0002",
+                "hamburg-2",
+                "cash",
+                queue_if_offline=True,
+                value=12.5,
+            )
         with pytest.raises(omnisdk.ReturnRefused):
-            till.returns.redeem(token[:-2] + "ZZ", {"1": 1}, "till-5:0003", "hamburg-2", "cash",
-                                queue_if_offline=True, value=1.0)
-        assert [p["request"]["till_transaction_id"] for p in till.returns.pending()] == ["till-5:0001"]
+            till.returns.redeem(
+                token[:-2] + "ZZ",
+                {"1": 1},
+                "till-5:0003",
+                "hamburg-2",
+                "cash",
+                queue_if_offline=True,
+                value=1.0,
+            )
+        assert [p["request"]["till_transaction_id"] for p in till.returns.pending()] == [
+            "till-5:0001"
+        ]
 
     port = int(address.rsplit(":", 1)[1])
     with ServerProcess(url, port=port, secret_key=secret):

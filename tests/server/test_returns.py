@@ -17,36 +17,61 @@ from server_stub.storage.tables import signing_keys
 from tests.server.conftest import TEST_SECRET_KEY, Harness, ShopForTest
 
 SHOES = [
-    {"line_id": "1", "sku": "TR2-38", "quantity": 2, "name": "Trail runner, size 38", "unit_price": 89.0},
+    {
+        "line_id": "1",
+        "sku": "TR2-38",
+        "quantity": 2,
+        "name": "Trail runner, size 38",
+        "unit_price": 89.0,
+    },
     {"line_id": "2", "sku": "SOCK-3P", "quantity": 1, "name": "Socks, 3 pairs", "unit_price": 12.5},
 ]
 
 
 async def issue(shop: ShopForTest, order_ref: str = "1042", **extra: Any) -> dict[str, Any]:
-    body = {"order_ref": order_ref, "lines": SHOES, "return_window_days": 30,
-            "refund_methods": ["card", "voucher"], "currency": "EUR", **extra}
+    body = {
+        "order_ref": order_ref,
+        "lines": SHOES,
+        "return_window_days": 30,
+        "refund_methods": ["card", "voucher"],
+        "currency": "EUR",
+        **extra,
+    }
     response = await shop.request("POST", "/v1/returns", "web", json=body)
     assert response.status_code == 201, response.text
     return response.json()  # type: ignore[no-any-return]
 
 
-async def redeem(shop: ShopForTest, token: str, lines: dict[str, int], tx: str, **extra: Any) -> Any:
-    body = {"token": token, "lines": [{"line_id": k, "quantity": v} for k, v in lines.items()],
-            "till_transaction_id": tx, "store_id": "berlin-1", "refund_method": "card", **extra}
+async def redeem(
+    shop: ShopForTest, token: str, lines: dict[str, int], tx: str, **extra: Any
+) -> Any:
+    body = {
+        "token": token,
+        "lines": [{"line_id": k, "quantity": v} for k, v in lines.items()],
+        "till_transaction_id": tx,
+        "store_id": "berlin-1",
+        "refund_method": "card",
+        **extra,
+    }
     return await shop.request("POST", "/v1/returns/redeem", "pos", json=body)
 
 
 async def published(shop: ShopForTest) -> PublishedKeys:
-    return PublishedKeys.model_validate((await shop.request("GET", "/v1/returns/keys", "pos")).json())
+    return PublishedKeys.model_validate(
+        (await shop.request("GET", "/v1/returns/keys", "pos")).json()
+    )
 
 
 async def test_an_issued_code_verifies_offline_with_the_published_keys(shop: ShopForTest) -> None:
     issued = await issue(shop)
     keys = await published(shop)
-    result = tokens.verify(issued["token"], keys.verification_keys(), issuer=shop.id, now=datetime.now(UTC))
+    result = tokens.verify(
+        issued["token"], keys.verification_keys(), issuer=shop.id, now=datetime.now(UTC)
+    )
     assert result.valid and result.claims is not None
     assert [(line.line_id, line.sku, line.quantity) for line in result.claims.lines] == [
-        ("1", "TR2-38", 2), ("2", "SOCK-3P", 1)
+        ("1", "TR2-38", 2),
+        ("2", "SOCK-3P", 1),
     ]
     assert result.claims.refund_methods == ("card", "voucher")
     assert "1042" in result.message
@@ -141,14 +166,18 @@ async def test_another_shops_code_is_not_a_code_of_this_shop(server: Harness) ->
 
 async def test_revoked_codes_and_orders_are_refused(shop: ShopForTest) -> None:
     issued = await issue(shop, order_ref="rev-1")
-    assert (await shop.request("POST", f"/v1/returns/{issued['token_id']}/revoke")).status_code == 200
+    assert (
+        await shop.request("POST", f"/v1/returns/{issued['token_id']}/revoke")
+    ).status_code == 200
     refused = await redeem(shop, issued["token"], {"1": 1}, "r1")
     assert refused.status_code == 409 and refused.json()["type"] == ProblemType.RETURN_REVOKED
     fresh = await issue(shop, order_ref="rev-1")  # a new code for the same order works
     assert (await redeem(shop, fresh["token"], {"1": 1}, "r2")).status_code == 200
     assert (await shop.request("POST", "/v1/returns/orders/rev-1/revoke")).status_code == 200
     assert (await redeem(shop, fresh["token"], {"2": 1}, "r3")).status_code == 409
-    again = await shop.request("POST", "/v1/returns", "web", json={"order_ref": "rev-1", "lines": SHOES})
+    again = await shop.request(
+        "POST", "/v1/returns", "web", json={"order_ref": "rev-1", "lines": SHOES}
+    )
     assert again.status_code == 409
 
 
@@ -158,8 +187,9 @@ async def test_a_reissued_code_carries_only_what_remains(shop: ShopForTest) -> N
     second = await issue(shop, order_ref="re-1")
     claims = tokens.decode_unverified(second["token"])
     assert [(line.line_id, line.quantity) for line in claims.lines] == [("2", 1)]
-    changed = await shop.request("POST", "/v1/returns", "web",
-                                 json={"order_ref": "re-1", "lines": [SHOES[0]]})
+    changed = await shop.request(
+        "POST", "/v1/returns", "web", json={"order_ref": "re-1", "lines": [SHOES[0]]}
+    )
     assert changed.status_code == 409
 
 
@@ -181,15 +211,22 @@ async def test_rotation_keeps_old_codes_until_their_key_is_retired(shop: ShopFor
 
 async def test_channels_may_only_do_their_part(shop: ShopForTest) -> None:
     token = (await issue(shop))["token"]
-    body = {"token": token, "lines": [{"line_id": "1", "quantity": 1}], "till_transaction_id": "w",
-            "store_id": "web", "refund_method": "card"}
+    body = {
+        "token": token,
+        "lines": [{"line_id": "1", "quantity": 1}],
+        "till_transaction_id": "w",
+        "store_id": "web",
+        "refund_method": "card",
+    }
     assert (await shop.request("POST", "/v1/returns/redeem", "web", json=body)).status_code == 403
     issue_body = {"order_ref": "pos-1", "lines": SHOES}
     assert (await shop.request("POST", "/v1/returns", "pos", json=issue_body)).status_code == 403
 
 
 async def test_a_redemption_shows_on_the_customers_profile(shop: ShopForTest) -> None:
-    customer = (await shop.request("POST", "/v1/identity/identify", json={"email": "amy@example.com"})).json()
+    customer = (
+        await shop.request("POST", "/v1/identity/identify", json={"email": "amy@example.com"})
+    ).json()
     token = (await issue(shop, order_ref="amy-1", customer_id=customer["customer_id"]))["token"]
     assert (await redeem(shop, token, {"1": 1}, "amy:1")).status_code == 200
     profile = (await shop.request("GET", f"/v1/customers/{customer['customer_id']}/profile")).json()
@@ -201,7 +238,9 @@ async def test_a_redemption_shows_on_the_customers_profile(shop: ShopForTest) ->
 async def test_signing_keys_are_sealed_at_rest(server: Harness, shop: ShopForTest) -> None:
     await issue(shop)
     async with server.database.transaction(write=False) as conn:
-        row = (await conn.execute(select(signing_keys).where(signing_keys.c.tenant_id == shop.id))).one()
+        row = (
+            await conn.execute(select(signing_keys).where(signing_keys.c.tenant_id == shop.id))
+        ).one()
     sealer = Sealer(base64.b64decode(TEST_SECRET_KEY))
     raw = sealer.unseal(row.sealed_private_key, f"signing-key:{shop.id}:{row.kid}")
     assert len(raw) == 32 and raw not in bytes(row.sealed_private_key)
@@ -220,8 +259,12 @@ async def test_issue_validates_its_input(shop: ShopForTest) -> None:
     for body in bad:
         response = await shop.request("POST", "/v1/returns", "web", json=body)
         assert response.status_code == 422, body
-    missing = await shop.request("POST", "/v1/returns", "web",
-                                 json={"order_ref": "x", "lines": SHOES, "customer_id": "cus_nobody"})
+    missing = await shop.request(
+        "POST",
+        "/v1/returns",
+        "web",
+        json={"order_ref": "x", "lines": SHOES, "customer_id": "cus_nobody"},
+    )
     assert missing.status_code == 404
 
 

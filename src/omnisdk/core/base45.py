@@ -6,8 +6,10 @@ two-byte group maps to its three characters by one lookup in a table built on fi
 
 from __future__ import annotations
 
+import array
 import operator
 import struct
+import sys
 from functools import cache
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
@@ -30,9 +32,11 @@ def _triples() -> tuple[str, ...]:
 
 
 def encode(data: bytes) -> str:
-    pairs = len(data) // 2
+    pairs = array.array("H", data[: len(data) // 2 * 2])
+    if sys.byteorder == "little":
+        pairs.byteswap()  # RFC 9285 reads each pair of bytes big-endian
     table = _triples()
-    text = "".join([table[n] for n in struct.unpack_from(f">{pairs}H", data)])
+    text = "".join([table[n] for n in pairs])
     if len(data) % 2:
         last = data[-1]
         text += ALPHABET[last % 45] + ALPHABET[last // 45]
