@@ -70,6 +70,54 @@ def main() -> None:
         print(f"   {event.occurred_at:%H:%M:%S}  {event.channel.value:4} {event.name}")
     print(f"   lifecycle {profile.lifecycle.value}, previous ids {profile.previous_ids}")
 
+    step("Amy buys two pairs of shoes; the web shop issues her return QR code")
+    order = f"A{uuid.uuid4().hex[:6].upper()}"
+    web.events.track(
+        "order_completed",
+        customer_id=linked.customer_id,
+        properties={"order_id": order, "value": 178.0, "currency": "EUR"},
+    )
+    issued = web.returns.issue(
+        order,
+        [
+            {
+                "line_id": "1",
+                "sku": "TR2-38",
+                "quantity": 2,
+                "unit_price": 89.0,
+                "name": "Trail runner, size 38",
+            }
+        ],
+        refund_methods=["card", "voucher"],
+        customer_id=linked.customer_id,
+        currency="EUR",
+    )
+    png = web.returns.qr_png(issued.token_id)
+    print(
+        f"   {issued.token[:36]}… ({len(issued.token)} characters, QR PNG {len(png)} bytes, "
+        f"valid until {issued.expires_at:%d %b %Y})"
+    )
+
+    step("Two weeks later a clerk scans it at a till in Berlin: checked offline, then redeemed")
+    pos.returns.keys()  # the till caches the shop's public keys
+    check = pos.returns.verify(issued.token + "\n")  # as a keyboard-wedge scanner types it
+    print(f"   offline check: {check.status.value} - {check.message}")
+    done = pos.returns.redeem(
+        issued.token, {"1": 1}, f"berlin-1:{uuid.uuid4().hex[:6]}", "berlin-1", "card"
+    )
+    print(
+        f"   returned {done.lines[0].quantity} x {done.lines[0].sku}, refund {done.value} EUR "
+        f"by {done.refund_method}"
+    )
+    try:
+        pos.returns.redeem(
+            issued.token, {"1": 2}, f"hamburg-2:{uuid.uuid4().hex[:6]}", "hamburg-2", "card"
+        )
+    except omnisdk.ConflictError as refused:
+        print(f"   the same code for both pairs again: refused - {refused.detail}")
+    status = pos.returns.status(issued.token)
+    print(f"   still returnable: {status.lines[0].remaining} of {status.lines[0].quantity}")
+
     step("Only the till may take goods back; the web shop's key may not manage keys")
     print(
         f"   till can redeem returns: {omnisdk.Scope.RETURNS_REDEEM in pos.system.whoami().scopes}"

@@ -182,3 +182,11 @@ def test_token_ids_are_random_and_sizes_checked() -> None:
 def test_claims_encoding_is_the_deterministic_cbor_one() -> None:
     payload = tokens._encode_claims(claims(lines=5))
     assert payload == cbor2.dumps(cbor2.loads(payload), canonical=True)
+
+
+def test_the_wire_models_refund_methods_are_the_codecs() -> None:
+    from typing import get_args
+
+    from omnisdk.models import RefundMethod
+
+    assert set(get_args(RefundMethod)) == set(tokens.REFUND_METHODS)
