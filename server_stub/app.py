@@ -9,6 +9,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import APIRouter, FastAPI
 
 from omnisdk._version import __version__
@@ -16,6 +17,7 @@ from server_stub.auth import KeyCache
 from server_stub.errors import install_error_handlers
 from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging
+from server_stub.pos import StationConfig, create_station
 from server_stub.routers import (
     customers,
     events,
@@ -107,7 +109,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     for router in API_ROUTERS:
         app.include_router(router)
     app.include_router(health.router)
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+    # The till's page, talking to this very app in process (no network hop).
+    station = create_station(StationConfig(transport=httpx.ASGITransport(app=app)))
+    app.mount("/pos", station, name="pos")
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_body_bytes,
+        larger={"/pos/returns/photo": settings.pos_photo_max_bytes},
+    )
     app.add_middleware(RequestContext, metrics=metrics)
     return app
 

@@ -20,6 +20,9 @@ class Settings(BaseSettings):
         description="SQLAlchemy URL; sqlite:// and postgresql:// are given their async drivers.",
     )
     max_body_bytes: int = Field(default=1_048_576, gt=0, description="Largest request body.")
+    pos_photo_max_bytes: int = Field(
+        default=8_388_608, gt=0, description="Largest photo of a QR code the till page accepts."
+    )
     idempotency_ttl_seconds: int = Field(
         default=86_400, gt=0, description="How long a stored answer replays an idempotency key."
     )

@@ -381,7 +381,36 @@ class AsyncReturns(AsyncResource):
         return self.till.verify(token, now)
 
     async def status(self, token: str) -> ReturnStatus:
+        """What may still be returned with this code, and what was returned where (online)."""
         return await self._client.execute(status_call(token.strip()))
+
+    def pending(self) -> list[dict[str, Any]]:
+        """Redemptions queued offline and not yet confirmed by the server."""
+        return self.till.pending()
+
+    def refused(self) -> list[DeadLetter]:
+        """Queued redemptions the server refused when they were sent: settle them by hand."""
+        return self.till.refused()
+
+    async def sync_pending(self) -> SyncOutcome:
+        """Send queued redemptions; stop at the first network failure (they stay queued)."""
+        outcome = SyncOutcome(confirmed=[], refused=[], left=0)
+        outbox = self.till.outbox
+        items = [] if outbox is None else await asyncio.to_thread(outbox.items, REDEMPTION)
+        for item in items:
+            request = RedeemRequest.model_validate(item.payload["request"])
+            try:
+                outcome["confirmed"].append(await self._client.execute(redeem_call(request)))
+                await asyncio.to_thread(outbox.remove, item.key)  # type: ignore[union-attr]
+            except APIConnectionError:
+                break
+            except APIError as error:
+                if error.status_code >= 500 or error.status_code == 429:
+                    break
+                await asyncio.to_thread(outbox.bury, item.key, json.dumps(error.problem))  # type: ignore[union-attr]
+                outcome["refused"].append(error)
+        outcome["left"] = len(self.till.pending())
+        return outcome
 
     async def redeem(
         self,
