@@ -157,31 +157,10 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
         till_id: str = Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
     ) -> Response:
         client = new_client(api_key.strip(), till_id)
-        try:
-            me = await client.system.whoami()
-            await client.returns.keys(refresh=True)
-        except omnisdk.AuthenticationError:
+        refusal = await _sign_in_refusal(client)
+        if refusal is not None:
             await client.aclose()
-            return page(
-                request, "login.html", 401, error="That key is not valid. Check it and try again."
-            )
-        except omnisdk.APIConnectionError:
-            await client.aclose()
-            return page(
-                request,
-                "login.html",
-                503,
-                error="The shop's server cannot be reached. "
-                "Sign in again when the network is back.",
-            )
-        if me.channel is not omnisdk.Channel.POS:
-            await client.aclose()
-            return page(
-                request,
-                "login.html",
-                403,
-                error="This is not a till key. Use the key made for this store's tills.",
-            )
+            return page(request, "login.html", refusal[0], error=refusal[1])
         token = secrets.token_urlsafe(32)
         sessions[token] = TillSession(
             client, store_id, till_id, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS
@@ -346,6 +325,23 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
         return await scan_page(request, session)
 
     return app
+
+
+async def _sign_in_refusal(client: omnisdk.AsyncClient) -> tuple[int, str] | None:
+    """Why this key cannot sign a till in (status, words for the clerk), or None if it can."""
+    not_a_till = (403, "This is not a till key. Use the key made for this store's tills.")
+    try:
+        me = await client.system.whoami()
+        await client.returns.keys(refresh=True)
+    except omnisdk.AuthenticationError:
+        return 401, "That key is not valid. Check it and try again."
+    except omnisdk.PermissionDeniedError:
+        return not_a_till
+    except omnisdk.APIConnectionError:
+        return 503, "The shop's server cannot be reached. Sign in again when the network is back."
+    except omnisdk.APIError as error:
+        return 502, f"The shop's server refused the sign-in: {error.detail}"
+    return None if me.channel is omnisdk.Channel.POS else not_a_till
 
 
 async def _sync(session: TillSession) -> list[Redemption]:

@@ -1,0 +1,53 @@
+"""Headless Chromium (Debian's) driven by Playwright, against real servers on free ports.
+
+Without /usr/bin/chromium these tests skip with a reason, unless OMNISDK_REQUIRE_BROWSER is
+set (CI sets it, and installs chromium first), in which case they fail.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = [
+    "--no-sandbox",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-gpu",
+]
+
+
+@pytest.fixture(scope="session")
+def browser() -> Iterator[object]:
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("OMNISDK_REQUIRE_BROWSER"):
+            pytest.fail(f"{CHROMIUM} is missing and OMNISDK_REQUIRE_BROWSER is set")
+        pytest.skip(
+            f"browser tests skipped: {CHROMIUM} is not installed (apt-get install chromium)"
+        )
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        yield chromium
+        chromium.close()
+
+
+@pytest.fixture
+def shots(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """Where a test saves its screenshots (also copied to test-output/ for a human to look)."""
+    keep = Path(__file__).resolve().parents[2] / "test-output" / "browser" / request.node.name
+    shutil.rmtree(keep, ignore_errors=True)
+    keep.mkdir(parents=True)
+    return keep
+
+
+def run(coroutine: object) -> object:
+    return asyncio.run(coroutine)  # type: ignore[arg-type]
