@@ -24,7 +24,9 @@ FLAGS = [
 ]
 
 
-@pytest.fixture(scope="session")
+# Module scope: Playwright's sync API marks an event loop as running in this thread while it is
+# open, which would stop the asyncio-based tests that run after the browser tests.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if not Path(CHROMIUM).exists():
         if os.environ.get("OMNISDK_REQUIRE_BROWSER"):
