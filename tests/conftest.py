@@ -16,6 +16,21 @@ import pytest
 from sqlalchemy.engine import make_url
 
 POSTGRES_ENV = "OMNISDK_TEST_POSTGRES_URL"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def sdk_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Clients made by the tests keep their outboxes here, not in the home directory."""
+    directory = tmp_path_factory.mktemp("sdk-data")
+    previous = os.environ.get("OMNISDK_DATA_DIR")
+    os.environ["OMNISDK_DATA_DIR"] = str(directory)
+    yield directory
+    if previous is None:
+        os.environ.pop("OMNISDK_DATA_DIR", None)
+    else:
+        os.environ["OMNISDK_DATA_DIR"] = previous
+
+
 POSTGRES_SKIP_REASON = (
     f"PostgreSQL tests skipped: set {POSTGRES_ENV}=postgresql://postgres@127.0.0.1:5432/test "
     "to run them (CI does)"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ from omnisdk._base import (
     Sleep,
     connection_error,
 )
-from omnisdk._sender import AsyncEventSender
+from omnisdk._delivery import AsyncDelivery
 from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
@@ -42,19 +41,19 @@ class AsyncClient(BaseClient):
         *,
         http_client: httpx.AsyncClient | None = None,
         close_timeout: float = 10.0,
-        data_dir: str | Path | None = None,
-        offline_cap: float = 250.0,
         **options: Any,
     ) -> None:
         super().__init__(base_url, api_key, **options)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
         self.close_timeout = close_timeout
-        self.event_sender = AsyncEventSender(self)
+        self._delivery: AsyncDelivery | None = None
         self.system = AsyncSystem(self)
         self.keys = AsyncKeys(self)
         self.identity = AsyncIdentity(self)
-        self.returns = AsyncReturns(self, TillState(data_dir, offline_cap))
+        self.returns = AsyncReturns(
+            self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
+        )
         self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:
@@ -88,9 +87,20 @@ class AsyncClient(BaseClient):
             return connection_error(exc, timeout=False)
         return Answer(response.status_code, response.headers, response.content)
 
+    @property
+    def delivery(self) -> AsyncDelivery:
+        """The background courier of the outbox (started on the first deferred write)."""
+        if self._delivery is None:
+            self._delivery = AsyncDelivery(self, self.outbox)
+        return self._delivery
+
     async def aclose(self) -> None:
-        """Deliver queued events (up to `close_timeout`), then release the connection pool."""
-        await self.event_sender.close(self.close_timeout)
+        """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
+        release the connection pool."""
+        if self._delivery is not None:
+            await self._delivery.close(self.close_timeout)
+        if self._outbox is not None:
+            await asyncio.to_thread(self._outbox.close)
         if self._owns_http:
             await self._http.aclose()
 

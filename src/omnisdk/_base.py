@@ -7,17 +7,21 @@ only drive it, so their behaviour cannot drift apart.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import random
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from omnisdk._version import __version__
 from omnisdk.core.channels import Channel
 from omnisdk.errors import APIConnectionError, APITimeoutError, error_for
+from omnisdk.outbox import Durability, FullPolicy, Outbox
 
 T = TypeVar("T")
 
@@ -25,6 +29,15 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 3
+
+
+def default_data_dir(api_key: str) -> Path:
+    """Where a client keeps its outbox and cached keys: $OMNISDK_DATA_DIR (else
+    ~/.cache/omnisdk), one folder per API key, so the processes of one backend share it."""
+    root = Path(os.environ.get("OMNISDK_DATA_DIR") or Path.home() / ".cache" / "omnisdk")
+    parts = api_key.split("_")
+    name = "-".join(parts[1:3]) if len(parts) >= 4 and parts[0] == "osk" else ""
+    return root / (name or hashlib.sha256(api_key.encode()).hexdigest()[:16])
 
 
 @dataclass(frozen=True)
@@ -99,6 +112,14 @@ class BaseClient:
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
+        data_dir: str | Path | None = None,
+        durability: Durability = "group",
+        commit_window: float = 0.005,
+        max_group: int = 2_000,
+        outbox_max_items: int = 1_000_000,
+        full_policy: FullPolicy = "block",
+        block_timeout: float = 30.0,
+        offline_cap: float = 250.0,
     ) -> None:
         if not api_key or not api_key.strip():
             raise ValueError("api_key is required: create one with `omnisdk-server key create`")
@@ -116,6 +137,24 @@ class BaseClient:
         }
         if self.channel is not None:
             self._default_headers["X-Omnisdk-Channel"] = self.channel.value
+        self.data_dir = Path(data_dir) if data_dir is not None else default_data_dir(self._api_key)
+        self.offline_cap = offline_cap
+        self._outbox_options: dict[str, Any] = {
+            "durability": durability,
+            "commit_window": commit_window,
+            "max_group": max_group,
+            "max_items": outbox_max_items,
+            "full_policy": full_policy,
+            "block_timeout": block_timeout,
+        }
+        self._outbox: Outbox | None = None
+
+    @property
+    def outbox(self) -> Outbox:
+        """The durable queue of deferred writes (opened on first use, in `data_dir`)."""
+        if self._outbox is None:
+            self._outbox = Outbox(self.data_dir / "outbox.sqlite3", **self._outbox_options)
+        return self._outbox
 
     def __repr__(self) -> str:
         # Never show the key: reprs end up in logs.

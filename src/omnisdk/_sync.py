@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -18,7 +17,7 @@ from omnisdk._base import (
     Sleep,
     connection_error,
 )
-from omnisdk._sender import EventSender
+from omnisdk._delivery import Delivery
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
@@ -42,19 +41,19 @@ class Client(BaseClient):
         *,
         http_client: httpx.Client | None = None,
         close_timeout: float = 10.0,
-        data_dir: str | Path | None = None,
-        offline_cap: float = 250.0,
         **options: Any,
     ) -> None:
         super().__init__(base_url, api_key, **options)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout)
         self.close_timeout = close_timeout
-        self.event_sender = EventSender(self)
+        self._delivery: Delivery | None = None
         self.system = System(self)
         self.keys = Keys(self)
         self.identity = Identity(self)
-        self.returns = Returns(self, TillState(data_dir, offline_cap))
+        self.returns = Returns(
+            self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
+        )
         self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:
@@ -88,9 +87,20 @@ class Client(BaseClient):
             return connection_error(exc, timeout=False)
         return Answer(response.status_code, response.headers, response.content)
 
+    @property
+    def delivery(self) -> Delivery:
+        """The background courier of the outbox (started on the first deferred write)."""
+        if self._delivery is None:
+            self._delivery = Delivery(self, self.outbox)
+        return self._delivery
+
     def close(self) -> None:
-        """Deliver queued events (up to `close_timeout`), then release the connection pool."""
-        self.event_sender.close(self.close_timeout)
+        """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
+        release the connection pool."""
+        if self._delivery is not None:
+            self._delivery.close(self.close_timeout)
+        if self._outbox is not None:
+            self._outbox.close()
         if self._owns_http:
             self._http.close()
 

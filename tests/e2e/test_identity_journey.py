@@ -59,7 +59,7 @@ async def test_async_client_tracks_and_identifies(server_process: ServerProcess)
                 properties={"store_id": "berlin-1"},
             )
         assert await till.events.flush(10) == 0
-        assert till.event_sender.status.delivered == 120
+        assert till.delivery.status.delivered == 120
         result = await till.identity.identify(loyalty_card="LC-991", anonymous_id="card-reader-0")
         profile = await till.identity.get_profile(result.customer_id)
         assert profile.last_seen.keys() == {omnisdk.Channel.POS}

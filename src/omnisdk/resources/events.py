@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -11,6 +12,8 @@ from omnisdk.core.channels import Channel
 from omnisdk.core.events import check_event
 from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, TrackResult
 from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+
+EVENT = "event"  # the outbox kind of a tracked event
 
 if TYPE_CHECKING:
     from omnisdk._async import AsyncClient
@@ -88,13 +91,13 @@ class Events(SyncResource):
         super().__init__(client)
 
     def track(self, name: str, **fields: Any) -> str:
-        """Queue an event and return its id at once; it is delivered in the background.
-
-        Fields: customer_id | anonymous_id | identifier, properties, channel, timestamp,
-        event_id. Raises ValueError at once for an event the server would refuse.
+        """Queue an event in the durable outbox and return its id; it is delivered in the
+        background. Fields: customer_id | anonymous_id | identifier, properties, channel,
+        timestamp, event_id. Raises ValueError at once for an event the server would refuse.
         """
         event = make_event(name, **fields)
-        self._client.event_sender.put(event)
+        self._client.outbox.append(EVENT, event["event_id"], event)
+        self._client.delivery.nudge()
         return str(event["event_id"])
 
     def send(self, name: str, **fields: Any) -> TrackResult:
@@ -106,8 +109,9 @@ class Events(SyncResource):
         return self._client.execute(batch_call([event_from(e) for e in events]))
 
     def flush(self, timeout: float | None = None) -> int:
-        """Wait until queued events are delivered (or `timeout`); return how many are left."""
-        return self._client.event_sender.flush(timeout)
+        """Wait until the outbox is delivered (or `timeout`); return how many items are left
+        (they stay safe on disk)."""
+        return self._client.delivery.flush(timeout)
 
 
 class AsyncEvents(AsyncResource):
@@ -115,9 +119,15 @@ class AsyncEvents(AsyncResource):
         super().__init__(client)
 
     async def track(self, name: str, **fields: Any) -> str:
-        """Queue an event and return its id; it is delivered by a background task."""
+        """Queue an event in the durable outbox and return its id; a background task delivers
+        it. Disk writes and waits (durability "sync", a full outbox) happen off the loop."""
         event = make_event(name, **fields)
-        await self._client.event_sender.put(event)
+        outbox = self._client.outbox
+        if outbox.durability == "sync" or outbox.nearly_full:
+            await asyncio.to_thread(outbox.append, EVENT, event["event_id"], event)
+        else:
+            outbox.append(EVENT, event["event_id"], event)  # a queue push: no I/O, no wait
+        self._client.delivery.nudge()
         return str(event["event_id"])
 
     async def send(self, name: str, **fields: Any) -> TrackResult:
@@ -129,5 +139,5 @@ class AsyncEvents(AsyncResource):
         return await self._client.execute(batch_call([event_from(e) for e in events]))
 
     async def flush(self, timeout: float | None = None) -> int:
-        """Wait until queued events are delivered (or `timeout`); return how many are left."""
-        return await self._client.event_sender.flush(timeout)
+        """Wait until the outbox is delivered (or `timeout`); return how many items are left."""
+        return await self._client.delivery.flush(timeout)

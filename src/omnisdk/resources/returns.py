@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -115,20 +115,25 @@ def redeem_request(
 
 
 class TillState:
-    """What a till keeps for offline work: the shop's keys, and the queue of redemptions."""
+    """What a till keeps for offline work: the shop's keys (in its data_dir) and, in the
+    client's outbox, the redemptions it took while offline."""
 
-    def __init__(self, data_dir: str | Path | None, offline_cap: float) -> None:
+    def __init__(self, data_dir: Path, offline_cap: float, outbox: Callable[[], Outbox]) -> None:
         self.offline_cap = offline_cap
-        self._keys_file = Path(data_dir) / "return-keys.json" if data_dir else None
-        self.outbox = Outbox(Path(data_dir) / "outbox.sqlite3") if data_dir else None
+        self._keys_file = data_dir / "return-keys.json"
+        self._outbox = outbox
         self.keys: PublishedKeys | None = None
-        if self._keys_file is not None and self._keys_file.exists():
+        if self._keys_file.exists():
             self.keys = PublishedKeys.model_validate_json(self._keys_file.read_text())
+
+    @property
+    def outbox(self) -> Outbox:
+        return self._outbox()
 
     def remember_keys(self, keys: PublishedKeys) -> None:
         self.keys = keys
-        if self._keys_file is not None:
-            self._keys_file.write_text(keys.model_dump_json())
+        self._keys_file.parent.mkdir(parents=True, exist_ok=True)
+        self._keys_file.write_text(keys.model_dump_json())
 
     def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
         if self.keys is None:
@@ -144,8 +149,6 @@ class TillState:
 
     def queue(self, request: RedeemRequest, value: float | None) -> Redemption:
         """Check a redemption offline and queue it durably; raise if it must not be taken."""
-        if self.outbox is None:
-            raise OfflineLimitReached("offline returns need a client with a data_dir")
         verification = self.verify(request.token)
         if not verification.valid or verification.claims is None:
             raise ReturnRefused(verification.message, verification)
@@ -188,6 +191,7 @@ class TillState:
             "queued_at": datetime.now(UTC).isoformat(),
         }
         self.outbox.append(REDEMPTION, request.till_transaction_id, payload)
+        self.outbox.sync()  # money: on disk before the clerk hands anything back
         skus = {line.line_id: line.sku for line in claims.lines}
         return Redemption(
             redemption_id=f"pending-{request.till_transaction_id}",
@@ -206,10 +210,10 @@ class TillState:
         )
 
     def pending(self) -> list[dict[str, Any]]:
-        return [] if self.outbox is None else [i.payload for i in self.outbox.items(REDEMPTION)]
+        return [item.payload for item in self.outbox.items(REDEMPTION)]
 
     def refused(self) -> list[DeadLetter]:
-        return [] if self.outbox is None else self.outbox.dead_letters(REDEMPTION)
+        return self.outbox.dead_letters(REDEMPTION)
 
 
 class SyncOutcome(dict[str, Any]):
@@ -310,17 +314,17 @@ class Returns(SyncResource):
         """Send queued redemptions; stop at the first network failure (they stay queued)."""
         outcome = SyncOutcome(confirmed=[], refused=[], left=0)
         outbox = self.till.outbox
-        for item in [] if outbox is None else outbox.items(REDEMPTION):
+        for item in outbox.items(REDEMPTION):
             request = RedeemRequest.model_validate(item.payload["request"])
             try:
                 outcome["confirmed"].append(self._client.execute(redeem_call(request)))
-                outbox.remove(item.key)  # type: ignore[union-attr]
+                outbox.remove(item.key)
             except APIConnectionError:
                 break
             except APIError as error:
                 if error.status_code >= 500 or error.status_code == 429:
                     break
-                outbox.bury(item.key, json.dumps(error.problem))  # type: ignore[union-attr]
+                outbox.bury(item.key, json.dumps(error.problem))
                 outcome["refused"].append(error)
         outcome["left"] = len(self.till.pending())
         return outcome
@@ -396,18 +400,17 @@ class AsyncReturns(AsyncResource):
         """Send queued redemptions; stop at the first network failure (they stay queued)."""
         outcome = SyncOutcome(confirmed=[], refused=[], left=0)
         outbox = self.till.outbox
-        items = [] if outbox is None else await asyncio.to_thread(outbox.items, REDEMPTION)
-        for item in items:
+        for item in await asyncio.to_thread(outbox.items, REDEMPTION):
             request = RedeemRequest.model_validate(item.payload["request"])
             try:
                 outcome["confirmed"].append(await self._client.execute(redeem_call(request)))
-                await asyncio.to_thread(outbox.remove, item.key)  # type: ignore[union-attr]
+                await asyncio.to_thread(outbox.remove, item.key)
             except APIConnectionError:
                 break
             except APIError as error:
                 if error.status_code >= 500 or error.status_code == 429:
                     break
-                await asyncio.to_thread(outbox.bury, item.key, json.dumps(error.problem))  # type: ignore[union-attr]
+                await asyncio.to_thread(outbox.bury, item.key, json.dumps(error.problem))
                 outcome["refused"].append(error)
         outcome["left"] = len(self.till.pending())
         return outcome

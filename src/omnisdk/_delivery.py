@@ -1,0 +1,310 @@
+"""Delivery of the outbox to the server: a thread for `Client`, a task for `AsyncClient`.
+
+What to send and what to do with each answer is decided once (`Courier`, no I/O); the two
+drivers only execute it. Items go out in append order (so in order per customer): a run of
+events as one batch request, a queued redemption as its own request. An item the server
+refuses for good becomes a dead letter; when the server is away, the courier backs off
+(0.1 s up to 30 s) — a circuit breaker whose next attempt is the half-open probe — and picks up
+by itself when the server answers again, or after a restart from what is on disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import os
+import socket
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from omnisdk._base import Call
+from omnisdk.errors import APIConnectionError, APIError, RateLimitedError, ServerError
+from omnisdk.models import BatchResult, RedeemRequest, Redemption
+from omnisdk.outbox import Item, Outbox
+from omnisdk.resources.events import EVENT, batch_call
+from omnisdk.resources.returns import REDEMPTION, redeem_call
+
+if TYPE_CHECKING:
+    from omnisdk._async import AsyncClient
+    from omnisdk._sync import Client
+
+log = logging.getLogger("omnisdk.delivery")
+
+KINDS = (EVENT, REDEMPTION)
+MAX_EVENTS_PER_REQUEST = 500
+BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
+IDLE_WAIT = 0.5
+
+
+@dataclass
+class DeliveryStatus:
+    delivered: int = 0
+    duplicates: int = 0
+    refused: int = 0
+    failed_attempts: int = 0
+    consecutive_failures: int = 0
+    last_error: str | None = None
+    confirmed_redemptions: list[Redemption] = field(default_factory=list)
+
+    @property
+    def breaker(self) -> str:
+        """closed: sending; open: the server failed and the courier is waiting to retry."""
+        return "open" if self.consecutive_failures else "closed"
+
+
+def _batch_key(items: list[Item]) -> str:
+    digest = hashlib.sha256("\n".join(item.key for item in items).encode())
+    return f"outbox-{digest.hexdigest()[:40]}"
+
+
+def _retryable(error: Exception) -> bool:
+    return isinstance(error, APIConnectionError | ServerError | RateLimitedError)
+
+
+@dataclass(frozen=True)
+class Shipment:
+    """One request to make for a run of outbox items."""
+
+    items: list[Item]
+    call: Call[Any]
+
+
+class Courier:
+    """The delivery rules, without I/O: what to send next, and what an answer means."""
+
+    def __init__(self, outbox: Outbox, batch_size: int = MAX_EVENTS_PER_REQUEST) -> None:
+        self.outbox = outbox
+        self.batch_size = min(batch_size, MAX_EVENTS_PER_REQUEST)
+        self.status = DeliveryStatus()
+        self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
+
+    def next_shipment(self, head: list[Item]) -> Shipment | None:
+        if not head:
+            return None
+        first = head[0]
+        if first.kind == EVENT:
+            run: list[Item] = []
+            for item in head:
+                if item.kind != EVENT or len(run) == self.batch_size:
+                    break
+                run.append(item)
+            return Shipment(run, batch_call([i.payload for i in run], _batch_key(run)))
+        if first.kind == REDEMPTION:
+            request = RedeemRequest.model_validate(first.payload["request"])
+            return Shipment([first], redeem_call(request))
+        raise ValueError(f"no courier for outbox items of kind {first.kind!r}")
+
+    def delivered(self, shipment: Shipment, answer: Any) -> tuple[list[int], list[tuple[str, str]]]:
+        """(seqs to acknowledge, (key, error) to bury) after a successful request."""
+        self.status.consecutive_failures = 0
+        if isinstance(answer, BatchResult):
+            refused = {r.index: r for r in answer.rejected}
+            self.status.delivered += answer.accepted
+            self.status.duplicates += answer.duplicates
+            self.status.refused += len(refused)
+            bury = [
+                (shipment.items[i].key, json.dumps({"type": r.type, "detail": r.detail}))
+                for i, r in refused.items()
+            ]
+            ack = [item.seq for i, item in enumerate(shipment.items) if i not in refused]
+            return ack, bury
+        if isinstance(answer, Redemption):
+            self.status.confirmed_redemptions.append(answer)
+        self.status.delivered += len(shipment.items)
+        return [item.seq for item in shipment.items], []
+
+    def failed(self, shipment: Shipment, error: Exception) -> tuple[list[tuple[str, str]], float]:
+        """(key, error) to bury if the refusal is final, and how long to wait before trying on."""
+        self.status.failed_attempts += 1
+        self.status.last_error = f"{type(error).__name__}: {error}"
+        if isinstance(error, APIError) and not _retryable(error):
+            self.status.refused += len(shipment.items)
+            problem = json.dumps(error.problem)
+            log.warning("the server refused queued items", extra={"items": len(shipment.items)})
+            return [(item.key, problem) for item in shipment.items], 0.0
+        self.status.consecutive_failures += 1
+        delay = BACKOFF[min(self.status.consecutive_failures - 1, len(BACKOFF) - 1)]
+        if isinstance(error, RateLimitedError) and error.retry_after:
+            delay = max(delay, error.retry_after)
+        return [], delay
+
+
+class Delivery:
+    """The sync client's courier: a daemon thread; restarted in a child after fork()."""
+
+    def __init__(self, client: Client, outbox: Outbox) -> None:
+        self._client = client
+        self.outbox = outbox
+        self._courier = Courier(outbox)
+        self._wake = threading.Event()  # something was appended
+        self._probe = threading.Event()  # someone waits (flush): try now, even while backing off
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+
+    @property
+    def status(self) -> DeliveryStatus:
+        return self._courier.status
+
+    def nudge(self) -> None:
+        """Something was appended: make sure the thread runs, and let it look soon."""
+        if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+            self._start()
+        self._wake.set()
+
+    def _start(self) -> None:
+        self._pid = os.getpid()
+        self._courier = Courier(self.outbox)  # a new holder id in a forked child
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._run, name="omnisdk-delivery", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        courier = self._courier
+        while not self._stop.is_set():
+            if not self.outbox.take_lease(courier.holder):
+                self._wait(1.0)  # another process of this backend is sending
+                continue
+            shipment = courier.next_shipment(self.outbox.head(courier.batch_size, KINDS))
+            if shipment is None:
+                self._wait(IDLE_WAIT)
+                continue
+            try:
+                answer = self._client.execute(shipment.call)
+            except (APIError, APIConnectionError) as error:
+                bury, delay = courier.failed(shipment, error)
+                for key, problem in bury:
+                    self.outbox.bury(key, problem)
+                if delay:
+                    self._probe.wait(delay)
+                    self._probe.clear()
+                continue
+            ack, bury = courier.delivered(shipment, answer)
+            for key, problem in bury:
+                self.outbox.bury(key, problem)
+            self.outbox.ack(ack)
+        self.outbox.release_lease(courier.holder)
+
+    def _wait(self, seconds: float) -> None:
+        self._wake.wait(seconds)
+        self._wake.clear()
+
+    def flush(self, timeout: float | None) -> int:
+        """Wait until the outbox is empty or `timeout` passes; return how many items are left."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        self.outbox.sync(timeout)
+        if self.outbox.status().depth:
+            self.nudge()
+            self._probe.set()
+        while True:
+            left = self.outbox.status().depth
+            if left == 0 or (deadline is not None and time.monotonic() >= deadline):
+                return left
+            time.sleep(0.01)
+
+    def close(self, timeout: float) -> int:
+        left = self.flush(timeout) if self._thread is not None else self.outbox.status().depth
+        self._stop.set()
+        self._wake.set()
+        self._probe.set()
+        if self._thread is not None and self._pid == os.getpid():
+            self._thread.join(timeout=5)
+        if left:
+            log.warning(
+                "closing with items not yet delivered; they stay on disk", extra={"items": left}
+            )
+        return left
+
+
+class AsyncDelivery:
+    """The async client's courier: a task; every disk operation runs off the event loop."""
+
+    def __init__(self, client: AsyncClient, outbox: Outbox) -> None:
+        self._client = client
+        self.outbox = outbox
+        self._courier = Courier(outbox)
+        self._task: asyncio.Task[None] | None = None
+        self._wake: asyncio.Event | None = None
+        self._probe: asyncio.Event | None = None
+        self._stopping = False
+
+    @property
+    def status(self) -> DeliveryStatus:
+        return self._courier.status
+
+    def nudge(self) -> None:
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._probe = asyncio.Event()
+            self._stopping = False
+            self._task = asyncio.create_task(self._run(), name="omnisdk-delivery")
+        assert self._wake is not None
+        self._wake.set()
+
+    async def _wait(self, seconds: float) -> None:
+        assert self._wake is not None
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._wake.wait(), seconds)
+        self._wake.clear()
+
+    async def _run(self) -> None:
+        courier = self._courier
+        outbox = self.outbox
+        while not self._stopping:
+            if not await asyncio.to_thread(outbox.take_lease, courier.holder):
+                await self._wait(1.0)
+                continue
+            head = await asyncio.to_thread(outbox.head, courier.batch_size, KINDS)
+            shipment = courier.next_shipment(head)
+            if shipment is None:
+                await self._wait(IDLE_WAIT)
+                continue
+            try:
+                answer = await self._client.execute(shipment.call)
+            except (APIError, APIConnectionError) as error:
+                bury, delay = courier.failed(shipment, error)
+                for key, problem in bury:
+                    await asyncio.to_thread(outbox.bury, key, problem)
+                if delay:
+                    assert self._probe is not None
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._probe.wait(), delay)
+                    self._probe.clear()
+                continue
+            ack, bury = courier.delivered(shipment, answer)
+            for key, problem in bury:
+                await asyncio.to_thread(outbox.bury, key, problem)
+            await asyncio.to_thread(outbox.ack, ack)
+
+    async def flush(self, timeout: float | None) -> int:
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout
+        await asyncio.to_thread(self.outbox.sync, timeout)
+        if (await asyncio.to_thread(self.outbox.status)).depth:
+            self.nudge()
+            assert self._probe is not None
+            self._probe.set()
+        while True:
+            left = (await asyncio.to_thread(self.outbox.status)).depth
+            if left == 0 or (deadline is not None and loop.time() >= deadline):
+                return left
+            await asyncio.sleep(0.01)
+
+    async def close(self, timeout: float) -> int:
+        left = await self.flush(timeout)
+        self._stopping = True
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await asyncio.to_thread(self.outbox.release_lease, self._courier.holder)
+        if left:
+            log.warning(
+                "closing with items not yet delivered; they stay on disk", extra={"items": left}
+            )
+        return left
