@@ -52,6 +52,7 @@ class Call(Generic[T]):
     headers: Mapping[str, str] = field(default_factory=dict)
     idempotency_key: str | None = None
     binary: bool = False  # the answer is bytes (an image), not JSON
+    body: bytes | None = None  # a JSON body already encoded (sent as it is, instead of `json`)
 
 
 @dataclass(frozen=True)
@@ -164,9 +165,10 @@ class BaseClient:
         """The wire form of `call`; a mutating call always gets an idempotency key."""
         headers = dict(self._default_headers)
         headers.update(call.headers)
-        content: bytes | None = None
-        if call.json is not None:
+        content: bytes | None = call.body
+        if content is None and call.json is not None:
             content = json.dumps(call.json, separators=(",", ":")).encode()
+        if content is not None:
             headers["Content-Type"] = "application/json"
         if call.method in MUTATING_METHODS:
             # Generated once per call, reused by every retry: a retry never applies twice.

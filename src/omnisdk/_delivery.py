@@ -26,7 +26,7 @@ from omnisdk._base import Call
 from omnisdk.errors import APIConnectionError, APIError, RateLimitedError, ServerError
 from omnisdk.models import BatchResult, RedeemRequest, Redemption
 from omnisdk.outbox import Item, Outbox
-from omnisdk.resources.events import EVENT, batch_call
+from omnisdk.resources.events import EVENT, raw_batch_call
 from omnisdk.resources.returns import REDEMPTION, redeem_call
 
 if TYPE_CHECKING:
@@ -93,7 +93,7 @@ class Courier:
                 if item.kind != EVENT or len(run) == self.batch_size:
                     break
                 run.append(item)
-            return Shipment(run, batch_call([i.payload for i in run], _batch_key(run)))
+            return Shipment(run, raw_batch_call([i.raw for i in run], _batch_key(run)))
         if first.kind == REDEMPTION:
             request = RedeemRequest.model_validate(first.payload["request"])
             return Shipment([first], redeem_call(request))
@@ -155,7 +155,8 @@ class Delivery:
         """Something was appended: make sure the thread runs, and let it look soon."""
         if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
             self._start()
-        self._wake.set()
+        if not self._wake.is_set():
+            self._wake.set()
 
     def _start(self) -> None:
         self._pid = os.getpid()

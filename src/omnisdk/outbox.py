@@ -28,7 +28,8 @@ import sqlite3
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
@@ -37,6 +38,7 @@ log = logging.getLogger("omnisdk.outbox")
 Durability = Literal["group", "sync"]
 FullPolicy = Literal["block", "raise", "drop_oldest"]
 LEASE_SECONDS = 15.0
+_encode = json.JSONEncoder(separators=(",", ":")).encode
 
 
 class OutboxFull(Exception):  # the outbox is full; reads as such where raised
@@ -48,8 +50,13 @@ class Item:
     seq: int
     kind: str
     key: str
-    payload: dict[str, Any]
+    raw: str  # the payload as stored: JSON text, sent on as it is where it can be
     created_at: float
+
+    @cached_property
+    def payload(self) -> dict[str, Any]:
+        value: dict[str, Any] = json.loads(self.raw)
+        return value
 
 
 @dataclass(frozen=True)
@@ -79,7 +86,7 @@ class _Pending:
     key: str
     payload: str
     created_at: float
-    done: threading.Event = field(default_factory=threading.Event)
+    done: threading.Event | None = None  # only when the caller waits for the disk
     error: BaseException | None = None
 
 
@@ -148,6 +155,8 @@ class Outbox:
         self._pending: deque[_Pending] = deque()
         self._closed = False
         self._in_flight = 0  # items taken from the queue and being written
+        self._lease: tuple[str, int] | None = None
+        self._lease_renew_at = 0.0
         self._db = self._connect()
         self._count = self._db.execute("SELECT count(*) FROM items").fetchone()[0]
         self._committer = threading.Thread(
@@ -179,10 +188,13 @@ class Outbox:
 
     # --- appending --------------------------------------------------------------------------
 
-    def append(self, kind: str, key: str, payload: dict[str, Any]) -> None:
-        """Queue an item; with durability "sync", return once it is on disk."""
+    def append(self, kind: str, key: str, payload: dict[str, Any] | str) -> None:
+        """Queue an item (a dict, or its JSON text); with durability "sync", return once it
+        is on disk."""
         self._check_fork()
-        pending = _Pending(kind, key, json.dumps(payload, separators=(",", ":")), time.time())
+        text = payload if isinstance(payload, str) else _encode(payload)
+        waits = self.durability == "sync"
+        pending = _Pending(kind, key, text, time.time(), threading.Event() if waits else None)
         with self._changed:
             self._make_room()
             # Back-pressure: at most one group waits while another is written, which bounds
@@ -191,8 +203,9 @@ class Outbox:
                 self._changed.wait()
             self._pending.append(pending)
             self._count += 1
-            self._changed.notify_all()
-        if self.durability == "sync":
+            if len(self._pending) == 1:
+                self._changed.notify_all()  # the committer sleeps only on an empty queue
+        if pending.done is not None:
             pending.done.wait()
             if pending.error is not None:
                 raise pending.error
@@ -233,7 +246,8 @@ class Outbox:
             dropped = {"kind": row[1], "key": row[2]}
         elif self._pending:
             oldest = self._pending.popleft()
-            oldest.done.set()
+            if oldest.done is not None:
+                oldest.done.set()
             dropped = {"kind": oldest.kind, "key": oldest.key}
             with self._db_lock:
                 self._bump("dropped")
@@ -284,8 +298,9 @@ class Outbox:
             self._in_flight = 0
             self._changed.notify_all()
         for pending in group:
-            pending.error = error
-            pending.done.set()
+            if pending.done is not None:
+                pending.error = error
+                pending.done.set()
 
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until every item appended so far is on disk."""
@@ -304,6 +319,8 @@ class Outbox:
         """Become (or stay) the sender of this file; False if another live process is."""
         self._check_fork()
         now = time.time()
+        if self._lease == (holder, self._pid) and now < self._lease_renew_at:
+            return True  # ours, and far from running out: no need to write
         with self._db_lock:
             self._db.execute("BEGIN IMMEDIATE")
             row = self._db.execute("SELECT holder, until FROM sender_lease WHERE id = 1").fetchone()
@@ -316,9 +333,13 @@ class Outbox:
                     (holder, now + LEASE_SECONDS),
                 )
             self._db.execute("COMMIT")
+        if mine:
+            self._lease = (holder, self._pid)
+            self._lease_renew_at = now + LEASE_SECONDS / 3
         return mine
 
     def release_lease(self, holder: str) -> None:
+        self._lease = None
         with self._db_lock:
             self._db.execute("DELETE FROM sender_lease WHERE id = 1 AND holder = ?", (holder,))
 
@@ -332,9 +353,7 @@ class Outbox:
             params = kinds
         with self._db_lock:
             rows = self._db.execute(query + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
-        return [
-            Item(seq, kind, key, json.loads(payload), at) for seq, kind, key, payload, at in rows
-        ]
+        return [Item(seq, kind, key, payload, at) for seq, kind, key, payload, at in rows]
 
     def items(self, kind: str) -> list[Item]:
         return self.head(1_000_000, (kind,))

@@ -75,6 +75,27 @@ class Extracted:
     value: float | None
 
 
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _json_size(properties: dict[str, Any]) -> int:
+    """The size of the properties as compact JSON; exact when it matters.
+
+    A flat object of scalars is bounded without encoding it (a character of a string is at most
+    6 bytes of JSON): only an object that might be near the limit is encoded to measure it.
+    """
+    bound = 2
+    for key, value in properties.items():
+        if type(value) not in _SCALARS or type(key) is not str:
+            bound = MAX_PROPERTIES_BYTES + 1
+            break
+        text = value if type(value) is str else "null" if value is None else str(value)
+        bound += 6 * (len(key) + len(text)) + 6
+    if bound <= MAX_PROPERTIES_BYTES:
+        return bound
+    return len(json.dumps(properties, separators=(",", ":"), default=str))
+
+
 def check_event(
     name: str, properties: dict[str, Any], occurred_at: datetime, now: datetime
 ) -> Extracted:
@@ -84,7 +105,7 @@ def check_event(
             "event names are 1-64 characters: lower-case letters, digits and _ . : - "
             "starting with a letter"
         )
-    size = len(json.dumps(properties, separators=(",", ":"), default=str))
+    size = _json_size(properties)
     if size > MAX_PROPERTIES_BYTES:
         raise InvalidEvent(f"properties take {size} bytes; the limit is {MAX_PROPERTIES_BYTES}")
     if occurred_at.tzinfo is None:

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
+import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -40,12 +40,13 @@ def make_event(
         raise ValueError(
             "name the customer by exactly one of customer_id, anonymous_id, identifier"
         )
-    when = timestamp or datetime.now(UTC)
+    now = datetime.now(UTC)
+    when = timestamp or now
     props = properties or {}
-    check_event(name, props, when, datetime.now(UTC))
+    check_event(name, props, when, now)
     event: dict[str, Any] = {
         "name": name,
-        "event_id": event_id or uuid.uuid4().hex,
+        "event_id": event_id or os.urandom(16).hex(),  # 128 random bits, like a UUID4
         "properties": props,
         "timestamp": when.isoformat(),
     }
@@ -64,6 +65,14 @@ def send_call(event: dict[str, Any]) -> Call[TrackResult]:
     # The event id makes the write idempotent; use it as the request's key too.
     return Call(
         "POST", "/v1/events", model(TrackResult), json=event, idempotency_key=event["event_id"]
+    )
+
+
+def raw_batch_call(events_json: list[str], idempotency_key: str) -> Call[BatchResult]:
+    """A batch of events already encoded as JSON (as the outbox stores them)."""
+    body = ('{"events":[' + ",".join(events_json) + "]}").encode()
+    return Call(
+        "POST", "/v1/events/batch", model(BatchResult), body=body, idempotency_key=idempotency_key
     )
 
 
