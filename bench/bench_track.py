@@ -93,7 +93,7 @@ def _delivered(url: str, before: int) -> int:
     return last
 
 
-def _segment() -> TrackRun:
+def segment_run() -> TrackRun:
     from segment.analytics import Client
 
     process, url = _sink()
@@ -135,7 +135,7 @@ def _posthog() -> TrackRun:
 
 
 def run() -> list[Figure]:
-    ours, segment, posthog = _ours(), _segment(), _posthog()
+    ours, segment, posthog = _ours(), segment_run(), _posthog()
     faster = max(segment, posthog, key=lambda r: r.calls_per_second)
     drops = "; ".join(
         f"{r.name}: {r.delivered:,} of {EVENTS:,} delivered ({r.dropped:,} dropped)"

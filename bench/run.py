@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench import (
     bench_ingest,
+    bench_outbox,
     bench_sdk_overhead,
     bench_server_write,
     bench_tokens,
@@ -22,6 +23,7 @@ SUITES = {
     "Event tracking in the SDK (issue 8)": bench_track.run,
     "Event ingestion and identity merges on the server (issue 8)": bench_ingest.run,
     "Return codes: tokens and QR images (issue 5)": bench_tokens.run,
+    "Durable outbox (issue 9)": bench_outbox.run,
 }
 
 

@@ -131,6 +131,8 @@ class AsyncEvents(AsyncResource):
         """Queue an event in the durable outbox and return its id; a background task delivers
         it. Disk writes and waits (durability "sync", a full outbox) happen off the loop."""
         event = make_event(name, **fields)
+        if self._client._outbox is None:  # opening the file touches the disk: not on the loop
+            await asyncio.to_thread(lambda: self._client.outbox)
         outbox = self._client.outbox
         if outbox.durability == "sync" or outbox.nearly_full:
             await asyncio.to_thread(outbox.append, EVENT, event["event_id"], event)
