@@ -8,7 +8,9 @@ your own server with OMNISDK_URL and OMNISDK_{WEB,APP,POS,ADMIN}_KEY set.
 from __future__ import annotations
 
 import os
+import tempfile
 import uuid
+from pathlib import Path
 
 import omnisdk
 
@@ -117,6 +119,45 @@ def main() -> None:
         print(f"   the same code for both pairs again: refused - {refused.detail}")
     status = pos.returns.status(issued.token)
     print(f"   still returnable: {status.lines[0].remaining} of {status.lines[0].quantity}")
+
+    step("A till in Hamburg loses its network in the middle of a return, and catches up")
+    till_dir = Path(tempfile.mkdtemp(prefix="till-"))
+    offline = omnisdk.Client(
+        "http://127.0.0.1:9",
+        os.environ["OMNISDK_POS_KEY"],
+        channel="pos",
+        data_dir=till_dir,
+        retry_policy=omnisdk.RetryPolicy(max_retries=0),
+        close_timeout=0.1,
+    )
+    offline.returns.till.remember_keys(pos.returns.keys())  # keys it cached while online
+    offline.events.track(
+        "store_visit", customer_id=linked.customer_id, properties={"store_id": "hamburg-2"}
+    )
+    pending = offline.returns.redeem(
+        issued.token,
+        {"1": 1},
+        f"hamburg-2:{uuid.uuid4().hex[:6]}",
+        "hamburg-2",
+        "card",
+        queue_if_offline=True,
+        value=89.0,
+    )
+    print(
+        f"   network down: return {pending.status}, outbox holds {offline.outbox.status().depth} "
+        "writes, safe on disk"
+    )
+    offline.close()
+    back = omnisdk.Client(url, os.environ["OMNISDK_POS_KEY"], channel="pos", data_dir=till_dir)
+    caught_up = back.returns.sync_pending()
+    left = back.events.flush(10)
+    remaining = back.returns.status(issued.token).lines[0].remaining
+    print(
+        f"   network back: {len(caught_up['confirmed'])} return confirmed, "
+        f"{len(caught_up['refused'])} refused, {left} writes left; "
+        f"pairs still returnable: {remaining}"
+    )
+    back.close()
 
     step("Only the till may take goods back; the web shop's key may not manage keys")
     print(

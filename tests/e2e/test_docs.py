@@ -16,7 +16,9 @@ def python_blocks(page: Path) -> list[str]:
     return re.findall(r"```python\n(.*?)```", page.read_text(), flags=re.S)
 
 
-@pytest.mark.parametrize(("page", "at_least"), [("sdk.md", 8), ("returns.md", 2), ("pos.md", 1)])
+@pytest.mark.parametrize(
+    ("page", "at_least"), [("sdk.md", 8), ("returns.md", 2), ("pos.md", 1), ("outbox.md", 1)]
+)
 def test_guide_examples_run(monkeypatch: pytest.MonkeyPatch, page: str, at_least: int) -> None:
     # A block with a line of just "..." is an illustration with gaps; the rest must run.
     blocks = [b for b in python_blocks(DOCS / page) if "\n...\n" not in f"\n{b}"]
