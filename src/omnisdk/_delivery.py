@@ -39,6 +39,7 @@ KINDS = (EVENT, REDEMPTION)
 MAX_EVENTS_PER_REQUEST = 500
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 IDLE_WAIT = 0.5
+LINGER = 0.05  # a short wait for a fuller batch: fewer, larger requests while a burst lasts
 
 
 @dataclass
@@ -175,6 +176,10 @@ class Delivery:
             if shipment is None:
                 self._wait(IDLE_WAIT)
                 continue
+            if len(shipment.items) < courier.batch_size and not self._probe.is_set():
+                self._probe.wait(LINGER)
+                shipment = courier.next_shipment(self.outbox.head(courier.batch_size, KINDS))
+                assert shipment is not None
             try:
                 answer = self._client.execute(shipment.call)
             except (APIError, APIConnectionError) as error:
