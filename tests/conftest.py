@@ -52,7 +52,8 @@ def postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 
 
-async def _create_database(admin_url: str, name: str) -> None:
+async def _admin(admin_url: str, statement: str) -> None:
+    """Run one statement (CREATE or DROP DATABASE) on the PostgreSQL server."""
     import asyncpg
 
     url = make_url(admin_url)
@@ -64,24 +65,7 @@ async def _create_database(admin_url: str, name: str) -> None:
         database=url.database or "postgres",
     )
     try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-
-
-async def _drop_database(admin_url: str, name: str) -> None:
-    import asyncpg
-
-    url = make_url(admin_url)
-    conn = await asyncpg.connect(
-        host=url.host or "127.0.0.1",
-        port=url.port or 5432,
-        user=url.username or "postgres",
-        password=url.password,
-        database=url.database or "postgres",
-    )
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await conn.execute(statement)
     finally:
         await conn.close()
 
@@ -95,14 +79,14 @@ class PostgresDatabases:
 
     def new(self) -> str:
         name = f"omnisdk_test_{secrets.token_hex(6)}"
-        asyncio.run(_create_database(self.admin_url, name))
+        asyncio.run(_admin(self.admin_url, f'CREATE DATABASE "{name}"'))
         self.created.append(name)
         url = make_url(self.admin_url).set(drivername="postgresql+asyncpg", database=name)
         return url.render_as_string(hide_password=False)
 
     def drop_all(self) -> None:
         for name in self.created:
-            asyncio.run(_drop_database(self.admin_url, name))
+            asyncio.run(_admin(self.admin_url, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
 
 
 @pytest.fixture(scope="session")

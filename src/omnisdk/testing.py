@@ -97,33 +97,35 @@ class _ServerBase:
             database_url = f"sqlite+aiosqlite:///{Path(self._tmpdir) / 'omnisdk.sqlite3'}"
         self.database_url = database_url
 
-    def create_tenant(self, name: str = "test shop") -> TestTenant:
-        from server_stub.services import tenants
+    def _write(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
+        """Run `work(connection)` in one write transaction on the server's database."""
         from server_stub.storage.database import Database
 
-        async def work() -> str:
+        async def run() -> T:
             database = Database(self.database_url)
             try:
                 async with database.transaction(write=True) as conn:
-                    return (await tenants.create(conn, name)).id
+                    return await work(conn)
             finally:
                 await database.dispose()
 
-        return TestTenant(id=_run(work()), name=name, server=self)
+        return _run(run())
+
+    def create_tenant(self, name: str = "test shop") -> TestTenant:
+        from server_stub.services import tenants
+
+        async def work(conn: Any) -> str:
+            return (await tenants.create(conn, name)).id
+
+        return TestTenant(id=self._write(work), name=name, server=self)
 
     def create_key(self, tenant_id: str, channel: Channel, scopes: frozenset[Scope] | None) -> str:
         from server_stub.services import keys
-        from server_stub.storage.database import Database
 
-        async def work() -> str:
-            database = Database(self.database_url)
-            try:
-                async with database.transaction(write=True) as conn:
-                    return (await keys.create(conn, tenant_id, channel, "test", scopes))[1]
-            finally:
-                await database.dispose()
+        async def work(conn: Any) -> str:
+            return (await keys.create(conn, tenant_id, channel, "test", scopes))[1]
 
-        return _run(work())
+        return self._write(work)
 
     def _migrate(self) -> None:
         from server_stub.storage.migrate import upgrade

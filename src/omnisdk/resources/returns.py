@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Generator, Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -215,6 +215,40 @@ class TillState:
     def refused(self) -> list[DeadLetter]:
         return self.outbox.dead_letters(REDEMPTION)
 
+    def settle(self) -> Generator[RedeemRequest, Redemption | Exception, SyncOutcome]:
+        """Send each queued redemption (the caller does the sending) and record its fate:
+        confirmed ones leave the queue, final refusals become dead letters, and a network
+        failure or a server error stops the round with the rest still queued."""
+        outcome = SyncOutcome(confirmed=[], refused=[], left=0)
+        for item in self.outbox.items(REDEMPTION):
+            answer = yield RedeemRequest.model_validate(item.payload["request"])
+            if isinstance(answer, Redemption):
+                outcome["confirmed"].append(answer)
+                self.outbox.remove(item.key)
+            elif (
+                isinstance(answer, APIError)
+                and answer.status_code < 500
+                and answer.status_code != 429
+            ):
+                self.outbox.bury(item.key, json.dumps(answer.problem))
+                outcome["refused"].append(answer)
+            else:
+                break
+        outcome["left"] = len(self.pending())
+        return outcome
+
+
+def _advance(
+    flow: Generator[RedeemRequest, Redemption | Exception, SyncOutcome],
+    answer: Redemption | Exception | None,
+) -> tuple[bool, RedeemRequest | SyncOutcome]:
+    """One step of a settle() flow: (finished, next request or the outcome). StopIteration
+    cannot cross a thread's future, so it is turned into a value here."""
+    try:
+        return False, flow.send(answer)  # type: ignore[arg-type]
+    except StopIteration as finished:
+        return True, finished.value
+
 
 class SyncOutcome(dict[str, Any]):
     """confirmed: redemptions the server took; refused: dead letters; left: still queued."""
@@ -312,22 +346,18 @@ class Returns(SyncResource):
 
     def sync_pending(self) -> SyncOutcome:
         """Send queued redemptions; stop at the first network failure (they stay queued)."""
-        outcome = SyncOutcome(confirmed=[], refused=[], left=0)
-        outbox = self.till.outbox
-        for item in outbox.items(REDEMPTION):
-            request = RedeemRequest.model_validate(item.payload["request"])
-            try:
-                outcome["confirmed"].append(self._client.execute(redeem_call(request)))
-                outbox.remove(item.key)
-            except APIConnectionError:
-                break
-            except APIError as error:
-                if error.status_code >= 500 or error.status_code == 429:
-                    break
-                outbox.bury(item.key, json.dumps(error.problem))
-                outcome["refused"].append(error)
-        outcome["left"] = len(self.till.pending())
-        return outcome
+        flow = self.till.settle()
+        try:
+            request = next(flow)
+            while True:
+                try:
+                    answer: Redemption | Exception = self._client.execute(redeem_call(request))
+                except (APIError, APIConnectionError) as error:
+                    answer = error
+                request = flow.send(answer)
+        except StopIteration as done:
+            outcome: SyncOutcome = done.value
+            return outcome
 
     def revoke(self, token_id: str) -> dict[str, str]:
         return self._client.execute(revoke_call(token_id))
@@ -398,22 +428,17 @@ class AsyncReturns(AsyncResource):
 
     async def sync_pending(self) -> SyncOutcome:
         """Send queued redemptions; stop at the first network failure (they stay queued)."""
-        outcome = SyncOutcome(confirmed=[], refused=[], left=0)
-        outbox = self.till.outbox
-        for item in await asyncio.to_thread(outbox.items, REDEMPTION):
-            request = RedeemRequest.model_validate(item.payload["request"])
+        flow = self.till.settle()  # its steps touch the disk: run them off the loop
+        done, step = await asyncio.to_thread(_advance, flow, None)
+        while not done:
+            assert isinstance(step, RedeemRequest)
             try:
-                outcome["confirmed"].append(await self._client.execute(redeem_call(request)))
-                await asyncio.to_thread(outbox.remove, item.key)
-            except APIConnectionError:
-                break
-            except APIError as error:
-                if error.status_code >= 500 or error.status_code == 429:
-                    break
-                await asyncio.to_thread(outbox.bury, item.key, json.dumps(error.problem))
-                outcome["refused"].append(error)
-        outcome["left"] = len(self.till.pending())
-        return outcome
+                answer: Redemption | Exception = await self._client.execute(redeem_call(step))
+            except (APIError, APIConnectionError) as error:
+                answer = error
+            done, step = await asyncio.to_thread(_advance, flow, answer)
+        assert isinstance(step, SyncOutcome)
+        return step
 
     async def redeem(
         self,
