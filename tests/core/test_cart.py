@@ -1,0 +1,221 @@
+"""The cart CRDT: its laws (hypothesis) and the rules users rely on."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from omnisdk.core.cart import (
+    Add,
+    Attributes,
+    Cart,
+    CartError,
+    Clear,
+    MergePolicy,
+    OpId,
+    Remove,
+    apply_all,
+    copy,
+    line_key,
+    merge_plan,
+)
+
+SHOES = line_key("TR2", {"size": "38"})
+SOCKS = line_key("SOCK-3P")
+
+
+def test_line_keys_are_the_sku_and_its_options_in_a_fixed_order() -> None:
+    assert line_key("TR2", {"size": "38", "colour": "red"}) == "TR2|colour=red;size=38"
+    assert line_key("TR2", {"colour": "red", "size": "38"}) == line_key(
+        "TR2", {"size": "38", "colour": "red"}
+    )
+    with pytest.raises(CartError):
+        line_key("")
+
+
+def test_an_operation_is_applied_at_most_once() -> None:
+    cart = Cart()
+    add = Add(OpId("laptop", 1), SHOES, 1)
+    assert cart.apply(add) and not cart.apply(add)
+    assert cart.quantity(SHOES) == 1
+
+
+def test_a_concurrent_add_survives_a_remove_that_did_not_see_it() -> None:
+    laptop, phone = Cart(), Cart()
+    first = Add(OpId("laptop", 1), SHOES, 1)
+    laptop.apply(first)
+    phone.apply(first)
+    phone.apply(Add(OpId("phone", 1), SHOES, 1))  # the phone adds another pair
+    laptop.apply(
+        Remove(OpId("laptop", 2), SHOES, laptop.observed(SHOES))
+    )  # laptop removes what it saw
+    joined = laptop.join(phone)
+    assert joined.quantity(SHOES) == 1
+    assert joined.quantities() == {SHOES: 1}
+
+
+def test_set_quantity_is_a_delta_from_what_the_client_saw() -> None:
+    cart = apply_all(Cart(), [Add(OpId("web", 1), SHOES, 1)])
+    seen = cart.quantity(SHOES)
+    apply_all(cart, [Add(OpId("web", 2), SHOES, 3 - seen)])
+    assert cart.quantity(SHOES) == 3
+    apply_all(cart, [Add(OpId("web", 3), SHOES, 1 - cart.quantity(SHOES))])
+    assert cart.quantity(SHOES) == 1
+
+
+def test_clear_cancels_what_was_seen_only() -> None:
+    cart = apply_all(Cart(), [Add(OpId("a", 1), SHOES, 2), Add(OpId("a", 2), SOCKS, 1)])
+    seen = cart.observed()
+    late = Add(OpId("b", 1), SOCKS, 1)  # from another device, not yet seen
+    apply_all(cart, [Clear(OpId("a", 3), seen), late])
+    assert cart.quantities() == {SOCKS: 1}
+
+
+def test_attributes_are_last_writer_wins_and_prices_are_snapshots() -> None:
+    cart = Cart()
+    cart.apply(Add(OpId("a", 1), SHOES, 1, Attributes("Trail runner", 89.0, "EUR"), at=10.0))
+    cart.apply(Add(OpId("b", 1), SHOES, 1, Attributes("Trail runner 2", 79.0, "EUR"), at=5.0))
+    assert cart.lines[SHOES].attributes.unit_price == 89.0  # the older write loses
+    cart.apply(Add(OpId("b", 2), SHOES, 1, Attributes("Trail runner", 99.0, "EUR"), at=11.0))
+    assert cart.lines[SHOES].attributes.unit_price == 99.0
+
+
+@pytest.mark.parametrize(
+    ("op", "words"),
+    [
+        (Add(OpId("a", 1), SHOES, 0), "not 0"),
+        (Add(OpId("a", 1), SHOES, 5000), "999"),
+        (Add(OpId("a", 1), SHOES, 1, Attributes(unit_price=-1.0)), "non-negative"),
+        (Remove(OpId("a", 1), "NOPE", frozenset()), "no line"),
+    ],
+)
+def test_bad_operations_are_refused_and_change_nothing(op: Add | Remove, words: str) -> None:
+    cart = Cart()
+    with pytest.raises(CartError, match=words):
+        apply_all(cart, [op])
+    assert cart.to_dict() == Cart().to_dict()
+
+
+def test_limits_on_lines_and_units() -> None:
+    cart = apply_all(Cart(), [Add(OpId("a", n), line_key(f"S{n}"), 1) for n in range(100)])
+    with pytest.raises(CartError, match="100 lines"):
+        apply_all(cart, [Add(OpId("a", 100), line_key("ONE-MORE"), 1)])
+    with pytest.raises(CartError, match="999 units"):
+        apply_all(cart, [Add(OpId("a", 101), line_key("S0"), 999)])
+    with pytest.raises(CartError):
+        OpId("", 1)
+    with pytest.raises(CartError):
+        OpId.parse("no-sequence")
+
+
+def test_the_state_round_trips_through_its_stored_form() -> None:
+    cart = apply_all(Cart(), [Add(OpId("a", 1), SHOES, 2, Attributes("Trail", 89.0, "EUR"), 1.0)])
+    cart.apply(Remove(OpId("a", 2), SOCKS, frozenset({OpId("x", 9)})))
+    assert Cart.from_dict(cart.to_dict()).to_dict() == cart.to_dict()
+
+
+# --- laws -----------------------------------------------------------------------------------
+
+replicas = st.sampled_from(["laptop", "phone", "till"])
+keys = st.sampled_from([SHOES, SOCKS, line_key("CAP")])
+
+
+@st.composite
+def histories(draw: st.DrawFn) -> list[Cart]:
+    """Three replicas that each saw a random mix of their own and each other's operations."""
+    carts = {name: Cart() for name in ("laptop", "phone", "till")}
+    for seq in range(1, draw(st.integers(1, 25)) + 1):
+        name = draw(replicas)
+        cart = carts[name]
+        kind = draw(st.sampled_from(["add", "add", "remove", "clear", "sync"]))
+        if kind == "add":
+            cart.apply(
+                Add(
+                    OpId(name, seq),
+                    draw(keys),
+                    draw(st.integers(-3, 4).filter(bool)),
+                    Attributes(unit_price=float(draw(st.integers(1, 99)))),
+                    float(seq),
+                )
+            )
+        elif kind == "remove":
+            key = draw(keys)
+            cart.apply(Remove(OpId(name, seq), key, cart.observed(key)))
+        elif kind == "clear":
+            cart.apply(Clear(OpId(name, seq), cart.observed()))
+        else:
+            other = carts[draw(replicas)]
+            carts[name] = cart.join(other)
+    return list(carts.values())
+
+
+def same(a: Cart, b: Cart) -> bool:
+    return a.to_dict() == b.to_dict()
+
+
+@settings(max_examples=200)
+@given(histories())
+def test_join_is_commutative_associative_and_idempotent(carts: list[Cart]) -> None:
+    a, b, c = carts
+    assert same(a.join(b), b.join(a))
+    assert same(a.join(b).join(c), a.join(b.join(c)))
+    assert same(a.join(a), a)
+
+
+@settings(max_examples=200)
+@given(
+    st.lists(st.tuples(replicas, keys, st.integers(1, 5)), min_size=1, max_size=20), st.randoms()
+)
+def test_replicas_that_saw_the_same_operations_agree_whatever_the_order(
+    adds: list[tuple[str, str, int]], shuffle: random.Random
+) -> None:
+    ops = [Add(OpId(r, n), k, d) for n, (r, k, d) in enumerate(adds)]
+    first = apply_all(Cart(), ops)
+    shuffled = list(ops)
+    shuffle.shuffle(shuffled)
+    second = apply_all(Cart(), shuffled + shuffled[:3])  # with some replays
+    assert first.quantities() == second.quantities()
+
+
+@settings(max_examples=200)
+@given(histories(), st.sampled_from(list(MergePolicy)))
+def test_a_guest_merge_applied_twice_is_applied_once(
+    carts: list[Cart], policy: MergePolicy
+) -> None:
+    customer, guest = copy(carts[0]), carts[1]
+    plan = merge_plan(customer, guest, policy, "m-1", 100.0)
+    once = apply_all(copy(customer), plan)
+    twice = apply_all(apply_all(copy(customer), plan), plan)
+    assert same(once, twice)
+
+
+@settings(max_examples=200)
+@given(histories())
+def test_max_and_sum_merges_are_symmetric_in_quantities(carts: list[Cart]) -> None:
+    a, b = carts[0], carts[1]
+    for policy in (MergePolicy.MAX, MergePolicy.SUM):
+        ab = apply_all(copy(a), merge_plan(a, b, policy, "ab", 1.0)).quantities()
+        ba = apply_all(copy(b), merge_plan(b, a, policy, "ba", 1.0)).quantities()
+        assert ab == ba
+
+
+def test_merge_policies_decide_each_lines_quantity() -> None:
+    customer = apply_all(Cart(), [Add(OpId("c", 1), SHOES, 1), Add(OpId("c", 2), SOCKS, 3)])
+    guest = apply_all(
+        Cart(),
+        [Add(OpId("g", 1), SHOES, 2, Attributes("Trail", 89.0)), Add(OpId("g", 2), SOCKS, 1)],
+    )
+    expected = {
+        MergePolicy.MAX: {SHOES: 2, SOCKS: 3},
+        MergePolicy.SUM: {SHOES: 3, SOCKS: 4},
+        MergePolicy.GUEST_WINS: {SHOES: 2, SOCKS: 1},
+        MergePolicy.CUSTOMER_WINS: {SHOES: 1, SOCKS: 3},
+    }
+    for policy, quantities in expected.items():
+        merged = apply_all(copy(customer), merge_plan(customer, guest, policy, "m", 1.0))
+        assert merged.quantities() == quantities, policy
+    new_line = apply_all(Cart(), merge_plan(Cart(), guest, MergePolicy.MAX, "m", 1.0))
+    assert new_line.lines[SHOES].attributes.unit_price == 89.0
