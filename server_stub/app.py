@@ -19,6 +19,7 @@ from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging
 from server_stub.pos import StationConfig, create_station
 from server_stub.routers import (
+    carts,
     customers,
     events,
     health,
@@ -52,6 +53,7 @@ class SchemaNotMigrated(RuntimeError):
 API_ROUTERS: tuple[APIRouter, ...] = (
     system.router,
     events.router,
+    carts.router,
     identity.router,
     customers.router,
     identity.merges_router,

@@ -28,12 +28,14 @@ from typing import Any
 from sqlalchemy import Row, delete, insert, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from omnisdk.core.cart import MergePolicy
 from omnisdk.core.channels import Channel
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import IdentifierIn, IdentifyRequest, IdentifyResult, Merge
+from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
+from server_stub.services import carts
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
 
@@ -250,6 +252,7 @@ async def _customer_refs(conn: AsyncConnection, tenant_id: str, ids: Iterable[st
 class _MergeOutcome:
     merge_id: str
     dropped: list[Row[Any]] = field(default_factory=list)
+    cart: CartMergeReport | None = None
 
 
 async def _merge(
@@ -308,6 +311,19 @@ async def _merge(
     dropped = await _enforce_limits(conn, context, survivor.id, keep)
     snapshot["dropped"] = [_row_json(row) for row in dropped]
     merge_id = new_id("mrg", 10)
+    policy = MergePolicy(context.settings.carts.merge_policy)
+    folded = await carts.merge(conn, tenant_id, survivor.id, loser.id, policy, merge_id)
+    snapshot["loser_cart"] = folded["loser_state"] if folded else None
+    report = (
+        CartMergeReport(
+            from_customer_id=loser.id,
+            policy=policy.value,
+            from_lines=folded["lines"],
+            result=folded["result"],
+        )
+        if folded
+        else None
+    )
     await conn.execute(
         insert(merges).values(
             tenant_id=tenant_id,
@@ -321,7 +337,7 @@ async def _merge(
         )
     )
     loser.merged_into = survivor.id
-    return _MergeOutcome(merge_id, dropped)
+    return _MergeOutcome(merge_id, dropped, report)
 
 
 async def identify(
@@ -369,6 +385,7 @@ async def identify(
     merge_ids: list[str] = []
     merged_ids: list[str] = []
     dropped: list[Row[Any]] = []
+    cart_merges: list[CartMergeReport] = []
     for loser in sorted(candidates.values(), key=lambda c: (c.created_at, c.id)):
         if loser.id == survivor.id:
             continue
@@ -377,6 +394,8 @@ async def identify(
         merge_ids.append(outcome.merge_id)
         merged_ids.append(loser.id)
         dropped.extend(outcome.dropped)
+        if outcome.cart is not None:
+            cart_merges.append(outcome.cart)
 
     await _link(conn, tenant_id, survivor.id, [key for key in linkable if key not in owner_of], now)
     dropped.extend(await _enforce_limits(conn, context, survivor.id, keep))
@@ -396,6 +415,7 @@ async def identify(
         dropped_identifiers=[
             IdentifierKey(IdentifierType(row.type), row.value).masked() for row in dropped
         ],
+        cart_merges=cart_merges,
     )
 
 
@@ -521,6 +541,9 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
             )
             .values(customer_id=loser.id)
         )
+    if snapshot.get("loser_cart"):
+        # The split-off customer gets its cart back as it was; the survivor keeps its cart.
+        await carts.restore(conn, tenant_id, loser.id, snapshot["loser_cart"])
     if snapshot["absorbed"]:
         await conn.execute(
             update(customers)

@@ -255,3 +255,27 @@ redemptions = Table(
     UniqueConstraint("tenant_id", "till_transaction_id", name="uq_redemptions_till_transaction"),
     Index("ix_redemptions_order", "tenant_id", "order_ref"),
 )
+
+carts = Table(
+    "carts",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    # omnisdk.core.cart.Cart.to_dict(): contributions, cancellations, applied operation ids.
+    Column("state", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+ordered_carts = Table(
+    "ordered_carts",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("order_ref", String(64), nullable=False),
+    Column("lines", JSON, nullable=False),
+    Column("version", Integer, nullable=False),
+    Column("ordered_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("tenant_id", "order_ref", name="uq_ordered_carts_order"),
+)

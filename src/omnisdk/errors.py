@@ -125,6 +125,7 @@ _BY_STATUS: dict[int, type[APIError]] = {
     413: ValidationError,
     415: ValidationError,
     422: ValidationError,
+    428: ValidationError,
 }
 
 _IDEMPOTENCY_TYPES = {ProblemType.IDEMPOTENCY_KEY_REUSED}

@@ -110,6 +110,15 @@ class IdentifyRequest(WireModel):
         return named + list(self.identifiers)
 
 
+class CartMergeReport(WireModel):
+    """How a merged customer's cart was folded into the survivor's."""
+
+    from_customer_id: str
+    policy: str
+    from_lines: dict[str, int] = Field(description="Line key -> quantity in the merged-in cart.")
+    result: dict[str, int] = Field(description="Line key -> quantity in the cart now.")
+
+
 class IdentifyResult(WireModel):
     customer_id: str
     created: bool = Field(description="A new customer was created for these identifiers.")
@@ -119,6 +128,7 @@ class IdentifyResult(WireModel):
     dropped_identifiers: list[str] = Field(
         default_factory=list, description="Links dropped by the per-type limits (masked)."
     )
+    cart_merges: list[CartMergeReport] = Field(default_factory=list)
 
 
 class ResolveRequest(WireModel):
@@ -274,6 +284,7 @@ class ProfileSettings(WireModel):
 class TenantSettings(WireModel):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
+    carts: CartSettings = Field(default_factory=lambda: CartSettings())
 
 
 # --- returns --------------------------------------------------------------------------------
@@ -392,3 +403,72 @@ class PublishedKeys(WireModel):
             raw = base64.urlsafe_b64decode(key.x + "=" * (-len(key.x) % 4))
             result[kid] = VerificationKey(kid, raw, key.not_before, key.retires_at)
         return result
+
+
+# --- carts ----------------------------------------------------------------------------------
+
+CartMergePolicy = Literal["max", "sum", "guest_wins", "customer_wins"]
+
+
+class LineRef(WireModel):
+    sku: str = Field(min_length=1, max_length=64, pattern=r"^[^|]+$")
+    options: dict[str, str] = Field(default_factory=dict, max_length=10)
+
+
+class LineAttributes(WireModel):
+    name: str | None = Field(default=None, max_length=200)
+    unit_price: float | None = Field(default=None, ge=0, lt=1e9)
+    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    image_url: str | None = Field(default=None, max_length=500)
+
+
+class CartOpIn(WireModel):
+    """One cart operation. `op_id` is "replica:seq", unique per operation (it is applied once)."""
+
+    op_id: str = Field(pattern=r"^[^\s:][^\s]{0,63}:[0-9]{1,15}$")
+    type: Literal["add", "remove", "clear"]
+    line: LineRef | None = None
+    delta: int = Field(default=0, ge=-999, le=999)
+    attributes: LineAttributes | None = None
+    observed: list[str] = Field(
+        default_factory=list,
+        max_length=10_000,
+        description="For remove and clear: the operation ids of the adds the client saw.",
+    )
+
+
+class CartOps(WireModel):
+    ops: list[CartOpIn] = Field(min_length=1, max_length=100)
+
+
+class CartLineView(WireModel):
+    key: str
+    sku: str
+    options: dict[str, str]
+    quantity: int
+    name: str | None
+    unit_price: float | None
+    currency: str | None
+    image_url: str | None
+    observed: list[str] = Field(description="Send these with a remove of this line.")
+
+
+class CartView(WireModel):
+    customer_id: str
+    version: int
+    lines: list[CartLineView]
+    updated_at: datetime | None
+    applied: list[str] = Field(default_factory=list, description="Op ids applied by this call.")
+    duplicates: list[str] = Field(default_factory=list, description="Op ids applied before.")
+
+
+class MarkOrdered(WireModel):
+    order_ref: str = Field(min_length=1, max_length=64)
+
+
+class CartSettings(WireModel):
+    merge_policy: CartMergePolicy = "max"
+    abandoned_after_hours: float = Field(default=24.0, gt=0)
+
+
+TenantSettings.model_rebuild()

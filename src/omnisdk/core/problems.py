@@ -31,6 +31,9 @@ class ProblemType(StrEnum):
     RETURN_CODE_INVALID = PROBLEM_BASE + "return-code-invalid"
     RETURN_REVOKED = PROBLEM_BASE + "return-revoked"
     ALREADY_RETURNED = PROBLEM_BASE + "already-returned"
+    INVALID_CART_OPERATION = PROBLEM_BASE + "invalid-cart-operation"
+    VERSION_CONFLICT = PROBLEM_BASE + "version-conflict"
+    PRECONDITION_REQUIRED = PROBLEM_BASE + "precondition-required"
     IDEMPOTENCY_KEY_REUSED = PROBLEM_BASE + "idempotency-key-reused"
     INVALID_IDEMPOTENCY_KEY = PROBLEM_BASE + "invalid-idempotency-key"
     RATE_LIMITED = PROBLEM_BASE + "rate-limited"
@@ -67,6 +70,9 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.RETURN_CODE_INVALID: 422,
     ProblemType.RETURN_REVOKED: 409,
     ProblemType.ALREADY_RETURNED: 409,
+    ProblemType.INVALID_CART_OPERATION: 422,
+    ProblemType.VERSION_CONFLICT: 409,
+    ProblemType.PRECONDITION_REQUIRED: 428,
     ProblemType.IDEMPOTENCY_KEY_REUSED: 409,
     ProblemType.INVALID_IDEMPOTENCY_KEY: 400,
     ProblemType.RATE_LIMITED: 429,
@@ -91,6 +97,9 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.RETURN_CODE_INVALID: "The return code cannot be accepted",
     ProblemType.RETURN_REVOKED: "The shop withdrew this return code",
     ProblemType.ALREADY_RETURNED: "These units were already returned",
+    ProblemType.INVALID_CART_OPERATION: "The cart operation breaks a cart rule",
+    ProblemType.VERSION_CONFLICT: "The cart changed since the version you sent",
+    ProblemType.PRECONDITION_REQUIRED: "This step needs the version you saw (If-Match)",
     ProblemType.IDEMPOTENCY_KEY_REUSED: "Idempotency key reused with a different request",
     ProblemType.INVALID_IDEMPOTENCY_KEY: "Invalid idempotency key",
     ProblemType.RATE_LIMITED: "Too many requests",
