@@ -18,6 +18,7 @@ from omnisdk._base import (
     connection_error,
 )
 from omnisdk._delivery import AsyncDelivery
+from omnisdk.resources.carts import AsyncCarts
 from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
@@ -54,6 +55,7 @@ class AsyncClient(BaseClient):
         self.returns = AsyncReturns(
             self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
         )
+        self.carts = AsyncCarts(self)
         self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:

@@ -18,6 +18,7 @@ from omnisdk._base import (
     connection_error,
 )
 from omnisdk._delivery import Delivery
+from omnisdk.resources.carts import Carts
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
@@ -54,6 +55,7 @@ class Client(BaseClient):
         self.returns = Returns(
             self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
         )
+        self.carts = Carts(self)
         self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:
