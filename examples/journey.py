@@ -72,8 +72,30 @@ def main() -> None:
         print(f"   {event.occurred_at:%H:%M:%S}  {event.channel.value:4} {event.name}")
     print(f"   lifecycle {profile.lifecycle.value}, previous ids {profile.previous_ids}")
 
-    step("Amy buys two pairs of shoes; the web shop issues her return QR code")
+    step("On the laptop she adds shoes to the cart; her phone's backend sees the same cart")
+    laptop_cart = web.carts.add(
+        linked.customer_id,
+        "TR2",
+        2,
+        {"size": "38"},
+        name="Trail runner, size 38",
+        unit_price=89.0,
+        currency="EUR",
+    )
+    phone_cart = app.carts.get(stranger or linked.customer_id)  # any of her ids works
+    for line in phone_cart.lines:
+        print(
+            f"   phone sees: {line.quantity} x {line.name} at {line.unit_price} {line.currency} "
+            f"(cart version {phone_cart.version})"
+        )
     order = f"A{uuid.uuid4().hex[:6].upper()}"
+    ordered = web.carts.mark_ordered(linked.customer_id, order, laptop_cart.version)
+    print(
+        f"   checkout with version {laptop_cart.version}: the cart is now empty "
+        f"({len(ordered.lines)} lines)"
+    )
+
+    step("Amy buys two pairs of shoes; the web shop issues her return QR code")
     web.events.track(
         "order_completed",
         customer_id=linked.customer_id,

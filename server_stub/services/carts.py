@@ -168,6 +168,15 @@ async def mark_ordered(
             f"the cart is at version {version}, not {if_match}: show the customer the current cart",
             cart=current.model_dump(mode="json"),
         )
+    placed = (
+        await conn.execute(
+            select(ordered_carts.c.customer_id).where(
+                ordered_carts.c.tenant_id == tenant_id, ordered_carts.c.order_ref == order_ref
+            )
+        )
+    ).first()
+    if placed is not None:
+        raise Problem(ProblemType.CONFLICT, f"order {order_ref!r} was already placed")
     now = utcnow()
     lines = view(customer_id, cart, version, updated_at).model_dump(mode="json")["lines"]
     await conn.execute(

@@ -12,9 +12,13 @@ def test_laptop_adds_shoes_and_the_phone_sees_them(server_process: ServerProcess
     shop = server_process.create_tenant()
     with shop.client("web") as laptop, shop.client("app") as phone:
         amy = laptop.identity.identify(anonymous_id="laptop", email="amy@example.com").customer_id
-        laptop.carts.add(amy, "TR2", 1, {"size": "38"}, name="Trail runner", unit_price=89.0, currency="EUR")
+        laptop.carts.add(
+            amy, "TR2", 1, {"size": "38"}, name="Trail runner", unit_price=89.0, currency="EUR"
+        )
         seen_on_phone = phone.carts.get(amy)
-        assert [(x.sku, x.quantity, x.unit_price) for x in seen_on_phone.lines] == [("TR2", 1, 89.0)]
+        assert [(x.sku, x.quantity, x.unit_price) for x in seen_on_phone.lines] == [
+            ("TR2", 1, 89.0)
+        ]
         phone.carts.set_quantity(amy, seen_on_phone, "TR2", 2, {"size": "38"})
         laptop.carts.add(amy, "SOCK", 1)  # meanwhile on the laptop
         cart = laptop.carts.get(amy)

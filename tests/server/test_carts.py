@@ -103,6 +103,9 @@ async def test_checkout_needs_the_version_the_customer_saw(shop: ShopForTest) ->
     done = await shop.request("POST", path, json=body, headers={"If-Match": '"1"'})
     assert done.status_code == 200
     assert done.json()["lines"] == [] and done.json()["version"] == 2
+    await ops(shop, amy, add("a:2", 1))
+    twice = await shop.request("POST", path, json=body, headers={"If-Match": '"3"'})
+    assert twice.status_code == 409 and "already placed" in twice.json()["detail"]
 
 
 async def test_a_guest_cart_merges_into_the_customers_on_login(shop: ShopForTest) -> None:
