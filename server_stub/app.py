@@ -32,6 +32,7 @@ from server_stub.routers import (
 from server_stub.runtime import Runtime
 from server_stub.sealing import sealer_from
 from server_stub.services import idempotency
+from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.settings import Settings, settings_from_environment
@@ -88,6 +89,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             TenantContexts(settings.auth_cache_seconds),
             SigningKeys(sealer_from(settings)),
+            ChangeHub(database),
         )
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.
@@ -99,6 +101,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             purger.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await purger
+            await app.state.runtime.changes.close()
             await database.dispose()
 
     app = FastAPI(

@@ -72,6 +72,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         access_log=False,
         log_config=None,
         server_header=False,
+        # Live change feeds never finish by themselves: give them a moment, then close them.
+        timeout_graceful_shutdown=3,
     )
 
 

@@ -26,6 +26,7 @@ from server_stub.auth import READ_ONLY_EXTENSION, SCOPE_EXTENSION, authenticate,
 from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
+from server_stub.services.changes import AFTER_COMMIT
 from server_stub.storage.database import Database
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
@@ -37,9 +38,12 @@ Endpoint = Callable[[Request], Coroutine[Any, Any, Response]]
 class UnitOfWork:
     """The request's transaction, begun on first use."""
 
-    def __init__(self, database: Database, *, write: bool) -> None:
+    def __init__(
+        self, database: Database, *, write: bool, on_commit: Callable[[str], None] | None = None
+    ) -> None:
         self._database = database
         self._write = write
+        self._on_commit = on_commit
         self._stack = AsyncExitStack()
         self._connection: AsyncConnection | None = None
 
@@ -58,7 +62,14 @@ class UnitOfWork:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        # Topics of changes made in this transaction: announced only once it has committed.
+        topics: set[str] = set()
+        if self._connection is not None:
+            topics = self._connection.info.pop(AFTER_COMMIT, set())
         await self._stack.__aexit__(exc_type, exc, tb)
+        if exc_type is None and self._on_commit is not None:
+            for topic in topics:
+                self._on_commit(topic)
 
 
 async def connection(request: Request) -> AsyncConnection:
@@ -93,7 +104,9 @@ class ApiRoute(APIRoute):
             key = _idempotency_key(request) if write else None
             if key is not None:
                 return await _idempotent(request, endpoint, runtime, principal, key)
-            async with UnitOfWork(runtime.database, write=write) as unit:
+            async with UnitOfWork(
+                runtime.database, write=write, on_commit=runtime.changes.wake
+            ) as unit:
                 request.state.unit = unit
                 return await endpoint(request)
 
@@ -120,7 +133,9 @@ async def _idempotent(
     ttl = runtime.settings.idempotency_ttl_seconds
     for attempt in range(2):
         try:
-            async with UnitOfWork(runtime.database, write=True) as unit:
+            async with UnitOfWork(
+                runtime.database, write=True, on_commit=runtime.changes.wake
+            ) as unit:
                 request.state.unit = unit
                 conn = await unit.connection()
                 prior = await idempotency.find(conn, principal.tenant_id, key, ttl)

@@ -9,6 +9,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.auth import KeyCache
 from server_stub.observability import Metrics
+from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContext, TenantContexts
 from server_stub.settings import Settings
@@ -23,6 +24,7 @@ class Runtime:
     metrics: Metrics
     tenants: TenantContexts
     signing_keys: SigningKeys
+    changes: ChangeHub
     qr_images: dict[tuple[str, str, str, str], bytes] = field(default_factory=dict)
 
 

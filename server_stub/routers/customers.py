@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
 from typing import Annotated
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Header, Query, Request
+from starlette.responses import StreamingResponse
 
 from omnisdk.core.channels import Scope
 from omnisdk.models import Annotation, AnnotationIn, MergeList, Profile, TimelinePage
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
-from server_stub.services import identity, profile
+from server_stub.runtime import runtime_of
+from server_stub.services import changes, identity, profile
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=ApiRoute)
 
@@ -63,3 +67,45 @@ async def merges(customer_id: str, request: Request, conn: Connection) -> MergeL
     tenant_id = principal_of(request).tenant_id
     await profile.require_customer(conn, tenant_id, customer_id)
     return MergeList(items=await identity.merges_of(conn, tenant_id, customer_id))
+
+
+KEEPALIVE_SECONDS = 15.0
+
+
+@router.get(
+    "/{customer_id}/changes",
+    summary="Server-Sent Events: the customer's cart (and later session, consent) changes, live",
+    response_class=StreamingResponse,
+    openapi_extra=needs(Scope.CARTS_READ),
+)
+async def watch_changes(
+    customer_id: str,
+    request: Request,
+    conn: Connection,
+    last_event_id: Annotated[str | None, Header()] = None,
+) -> StreamingResponse:
+    runtime = runtime_of(request)
+    tenant_id = principal_of(request).tenant_id
+    live = await profile.require_customer(conn, tenant_id, customer_id)
+    if last_event_id is not None and last_event_id.isdigit():
+        after = int(last_event_id)
+    else:  # a new watcher starts from now
+        after = await changes.last_seq(conn, tenant_id, live)
+    topic = f"{tenant_id}:{live}"
+
+    async def stream() -> AsyncIterator[str]:
+        position = after
+        yield ": watching\n\n"
+        while not await request.is_disconnected():
+            async with runtime.database.transaction(write=False) as reader:
+                rows = await changes.since(reader, tenant_id, live, position)
+            for row in rows:
+                position = row.seq
+                yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.payload)}\n\n"
+            if not rows:
+                await runtime.changes.wait(topic, KEEPALIVE_SECONDS)
+                yield ": keepalive\n\n"
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )

@@ -19,6 +19,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartLineView, CartOpIn, CartView
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
+from server_stub.services import changes
 from server_stub.storage.tables import carts, ordered_carts
 
 
@@ -144,11 +145,17 @@ async def apply_ops(
             ) from error
         cart.apply(op)
         applied.append(op_in.op_id)
+    result = view(customer_id, cart, version, updated_at, applied, duplicates)
     if applied:
-        version += 1
-        updated_at = now
-        await _save(conn, tenant_id, customer_id, cart, version, now)
-    return view(customer_id, cart, version, updated_at, applied, duplicates)
+        result = view(customer_id, cart, version + 1, now, applied, duplicates)
+        await _save(conn, tenant_id, customer_id, cart, version + 1, now)
+        await _announce(conn, tenant_id, result)
+    return result
+
+
+async def _announce(conn: AsyncConnection, tenant_id: str, cart: CartView) -> None:
+    payload = cart.model_dump(mode="json", exclude={"applied", "duplicates"})
+    await changes.publish(conn, tenant_id, cart.customer_id, "cart", payload)
 
 
 async def mark_ordered(
@@ -192,7 +199,9 @@ async def mark_ordered(
     )
     cart.apply(rules.Clear(rules.OpId("server", version + 1), cart.observed()))
     await _save(conn, tenant_id, customer_id, cart, version + 1, now)
-    return view(customer_id, cart, version + 1, now)
+    result = view(customer_id, cart, version + 1, now)
+    await _announce(conn, tenant_id, result)
+    return result
 
 
 async def merge(
@@ -220,6 +229,7 @@ async def merge(
         customer.apply(op)
     if plan:
         await _save(conn, tenant_id, survivor_id, customer, version + 1, now)
+        await _announce(conn, tenant_id, view(survivor_id, customer, version + 1, now))
     await conn.execute(
         carts.delete().where(carts.c.tenant_id == tenant_id, carts.c.customer_id == loser_id)
     )

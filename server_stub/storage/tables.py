@@ -279,3 +279,15 @@ ordered_carts = Table(
     Column("ordered_at", UtcDateTime(), nullable=False),
     UniqueConstraint("tenant_id", "order_ref", name="uq_ordered_carts_order"),
 )
+
+changes = Table(
+    "changes",
+    metadata,
+    Column("seq", Sequence64, primary_key=True, autoincrement=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("customer_id", String(40), nullable=False),
+    Column("kind", String(32), nullable=False),
+    Column("payload", JSON, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_changes_customer", "tenant_id", "customer_id", "seq"),
+)

@@ -19,6 +19,7 @@ from omnisdk._base import (
 )
 from omnisdk._delivery import AsyncDelivery
 from omnisdk.resources.carts import AsyncCarts
+from omnisdk.resources.changes import AsyncChanges
 from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
@@ -56,6 +57,7 @@ class AsyncClient(BaseClient):
             self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
         )
         self.carts = AsyncCarts(self)
+        self.changes = AsyncChanges(self)
         self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:

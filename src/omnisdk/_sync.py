@@ -19,6 +19,7 @@ from omnisdk._base import (
 )
 from omnisdk._delivery import Delivery
 from omnisdk.resources.carts import Carts
+from omnisdk.resources.changes import Changes
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
@@ -56,6 +57,7 @@ class Client(BaseClient):
             self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
         )
         self.carts = Carts(self)
+        self.changes = Changes(self)
         self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:
