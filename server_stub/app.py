@@ -26,6 +26,7 @@ from server_stub.routers import (
     identity,
     keys,
     returns,
+    sessions,
     system,
     tenant,
 )
@@ -55,6 +56,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     system.router,
     events.router,
     carts.router,
+    sessions.router,
     identity.router,
     customers.router,
     identity.merges_router,

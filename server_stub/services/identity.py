@@ -35,7 +35,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import carts
+from server_stub.services import carts, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
 
@@ -314,6 +314,7 @@ async def _merge(
     policy = MergePolicy(context.settings.carts.merge_policy)
     folded = await carts.merge(conn, tenant_id, survivor.id, loser.id, policy, merge_id)
     snapshot["loser_cart"] = folded["loser_state"] if folded else None
+    snapshot["loser_session"] = await sessions.merge(conn, tenant_id, survivor.id, loser.id)
     report = (
         CartMergeReport(
             from_customer_id=loser.id,
@@ -544,6 +545,8 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     if snapshot.get("loser_cart"):
         # The split-off customer gets its cart back as it was; the survivor keeps its cart.
         await carts.restore(conn, tenant_id, loser.id, snapshot["loser_cart"])
+    if snapshot.get("loser_session"):
+        await sessions.restore(conn, tenant_id, loser.id, snapshot["loser_session"])
     if snapshot["absorbed"]:
         await conn.execute(
             update(customers)

@@ -291,3 +291,12 @@ changes = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_changes_customer", "tenant_id", "customer_id", "seq"),
 )
+
+sessions = Table(
+    "sessions",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("document", JSON, nullable=False),  # omnisdk.core.session.to_json
+    Column("updated_at", UtcDateTime(), nullable=False),
+)

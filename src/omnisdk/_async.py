@@ -24,6 +24,7 @@ from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
 from omnisdk.resources.returns import AsyncReturns, TillState
+from omnisdk.resources.sessions import AsyncSessions
 from omnisdk.resources.system import AsyncSystem
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ class AsyncClient(BaseClient):
         )
         self.carts = AsyncCarts(self)
         self.changes = AsyncChanges(self)
+        self.sessions = AsyncSessions(self)
         self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:

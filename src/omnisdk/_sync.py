@@ -24,6 +24,7 @@ from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
 
 T = TypeVar("T")
@@ -58,6 +59,7 @@ class Client(BaseClient):
         )
         self.carts = Carts(self)
         self.changes = Changes(self)
+        self.sessions = Sessions(self)
         self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:

@@ -472,3 +472,25 @@ class CartSettings(WireModel):
 
 
 TenantSettings.model_rebuild()
+
+
+# --- sessions -------------------------------------------------------------------------------
+
+
+class SessionWrite(WireModel):
+    """Keys to set (a null value deletes the key), and how long they live."""
+
+    entries: dict[str, Any] = Field(min_length=1, max_length=50)
+    ttl_seconds: int = Field(default=30 * 86_400, ge=60, le=365 * 86_400)
+
+
+class SessionEntryView(WireModel):
+    value: Any
+    channel: str
+    written_at: datetime
+    expires_at: datetime
+
+
+class SessionView(WireModel):
+    customer_id: str
+    entries: dict[str, SessionEntryView]
