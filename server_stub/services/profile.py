@@ -17,6 +17,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import (
     Annotation,
     AnnotationIn,
+    CartSummary,
     EventView,
     IdentifierView,
     OrderSummary,
@@ -25,6 +26,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
+from server_stub.services import carts
 from server_stub.services.identity import live_id
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import annotations_table, customers, events, identifiers
@@ -95,6 +97,30 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         buyer_type=await _buyer_type(conn, tenant_id, live),
         annotations=await _annotations(conn, tenant_id, live),
         recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None)).items,
+        cart=await _cart(conn, context, live, now),
+    )
+
+
+async def _cart(
+    conn: AsyncConnection, context: TenantContext, live: str, now: datetime
+) -> CartSummary | None:
+    """The active cart in brief; abandoned if untouched for the tenant's threshold."""
+    cart = await carts.read(conn, context.tenant_id, live)
+    if not cart.lines or cart.updated_at is None:
+        return None
+    priced = [(line.unit_price, line.quantity) for line in cart.lines]
+    value = (
+        None
+        if any(price is None for price, _ in priced)
+        else sum(float(price or 0) * quantity for price, quantity in priced)
+    )
+    idle_hours = (now - cart.updated_at).total_seconds() / 3600
+    return CartSummary(
+        lines=len(cart.lines),
+        units=sum(line.quantity for line in cart.lines),
+        value=value,
+        updated_at=cart.updated_at,
+        abandoned=idle_hours >= context.settings.carts.abandoned_after_hours,
     )
 
 

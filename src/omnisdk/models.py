@@ -237,6 +237,14 @@ class OrderSummary(WireModel):
     total_value: float
 
 
+class CartSummary(WireModel):
+    lines: int
+    units: int
+    value: float | None = Field(description="From the shop's price snapshots, if all have one.")
+    updated_at: datetime
+    abandoned: bool = Field(description="Untouched for the tenant's abandoned_after_hours.")
+
+
 class Profile(WireModel):
     """The single customer view."""
 
@@ -253,6 +261,7 @@ class Profile(WireModel):
     buyer_type: BuyerType
     annotations: list[Annotation]
     recent_events: list[EventView]
+    cart: CartSummary | None = None
 
 
 # --- tenant settings ------------------------------------------------------------------------

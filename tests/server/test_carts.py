@@ -179,3 +179,14 @@ async def test_concurrent_devices_with_retries_lose_and_double_nothing(shop: Sho
     await asyncio.gather(*(device(n) for n in range(16)))
     cart = (await shop.request("GET", f"/v1/carts/{amy}")).json()
     assert cart["lines"][0]["quantity"] == max(sum(acknowledged.values()), 0)
+
+
+async def test_the_profile_reports_an_abandoned_cart(shop: ShopForTest) -> None:
+    amy = await customer(shop)
+    await ops(shop, amy, add("a:1", 2, attributes={"unit_price": 89.0}))
+    fresh = (await shop.request("GET", f"/v1/customers/{amy}/profile")).json()["cart"]
+    assert fresh == {**fresh, "lines": 1, "units": 2, "value": 178.0, "abandoned": False}
+    settings = (await shop.request("GET", "/v1/tenant/settings")).json()
+    settings["carts"]["abandoned_after_hours"] = 0.0000001
+    await shop.request("PUT", "/v1/tenant/settings", json=settings)
+    assert (await shop.request("GET", f"/v1/customers/{amy}/profile")).json()["cart"]["abandoned"]
