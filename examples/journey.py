@@ -8,11 +8,15 @@ your own server with OMNISDK_URL and OMNISDK_{WEB,APP,POS,ADMIN}_KEY set.
 from __future__ import annotations
 
 import os
+import queue
 import tempfile
+import threading
+import time
 import uuid
 from pathlib import Path
 
 import omnisdk
+import omnisdk.resources.changes
 
 
 def step(text: str) -> None:
@@ -72,7 +76,21 @@ def main() -> None:
         print(f"   {event.occurred_at:%H:%M:%S}  {event.channel.value:4} {event.name}")
     print(f"   lifecycle {profile.lifecycle.value}, previous ids {profile.previous_ids}")
 
-    step("On the laptop she adds shoes to the cart; her phone's backend sees the same cart")
+    step("On the phone she filled half the questionnaire; the laptop continues where she stopped")
+    app.sessions.set(linked.customer_id, {"questionnaire": {"step": 3, "size": 38}})
+    form = web.sessions.get(linked.customer_id).entries["questionnaire"]
+    print(f"   laptop reads: step {form.value['step']} (written by the {form.channel} channel)")
+
+    step("On the laptop she adds shoes to the cart; her phone's backend sees it live")
+    changes: queue.Queue[omnisdk.resources.changes.Change] = queue.Queue()
+
+    def phone_backend_watches() -> None:
+        with omnisdk.Client(url, os.environ["OMNISDK_APP_KEY"], channel="app") as watcher:
+            for change in watcher.changes.watch(linked.customer_id):
+                changes.put(change)
+
+    threading.Thread(target=phone_backend_watches, daemon=True).start()
+    time.sleep(0.5)  # a demo's pause: let the phone's backend connect before the laptop adds
     laptop_cart = web.carts.add(
         linked.customer_id,
         "TR2",
@@ -82,12 +100,14 @@ def main() -> None:
         unit_price=89.0,
         currency="EUR",
     )
-    phone_cart = app.carts.get(stranger or linked.customer_id)  # any of her ids works
-    for line in phone_cart.lines:
+    live = changes.get(timeout=10)
+    for line in live.data["lines"]:
         print(
-            f"   phone sees: {line.quantity} x {line.name} at {line.unit_price} {line.currency} "
-            f"(cart version {phone_cart.version})"
+            f"   phone's feed, change {live.id}: {line['quantity']} x {line['name']} at "
+            f"{line['unit_price']} {line['currency']} (cart version {live.data['version']})"
         )
+    phone_cart = app.carts.get(stranger or linked.customer_id)  # any of her ids works
+    print(f"   phone reads the cart: {sum(x.quantity for x in phone_cart.lines)} units")
     order = f"A{uuid.uuid4().hex[:6].upper()}"
     ordered = web.carts.mark_ordered(linked.customer_id, order, laptop_cart.version)
     print(
