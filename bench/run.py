@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from bench import (
+    bench_carts,
     bench_ingest,
     bench_outbox,
     bench_sdk_overhead,
@@ -24,6 +25,7 @@ SUITES = {
     "Event ingestion and identity merges on the server (issue 8)": bench_ingest.run,
     "Return codes: tokens and QR images (issue 5)": bench_tokens.run,
     "Durable outbox (issue 9)": bench_outbox.run,
+    "Shared cart and change feed (issue 3)": bench_carts.run,
 }
 
 
