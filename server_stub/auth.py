@@ -123,15 +123,22 @@ def principal_of(request: Request) -> Principal:
 
 SCOPE_EXTENSION = "x-required-scope"
 READ_ONLY_EXTENSION = "x-read-only"
+OWN_IDEMPOTENCY_EXTENSION = "x-idempotent-by-operation-ids"
 
 
-def needs(scope: Scope, *, read_only: bool = False) -> dict[str, Any]:
+def needs(
+    scope: Scope, *, read_only: bool = False, own_idempotency: bool = False
+) -> dict[str, Any]:
     """A route's `openapi_extra`: the one scope it requires. `ApiRoute` checks it before the
     body is read, and the OpenAPI document shows it to client authors. `read_only` marks a
     POST that changes nothing (a lookup whose input must not appear in a URL)."""
     extra: dict[str, Any] = {SCOPE_EXTENSION: scope.value}
     if read_only:
         extra[READ_ONLY_EXTENSION] = True
+    if own_idempotency:
+        # Each operation carries its own id and is applied once: a repeated request is
+        # harmless without storing its answer under the Idempotency-Key.
+        extra[OWN_IDEMPOTENCY_EXTENSION] = True
     return extra
 
 

@@ -22,7 +22,13 @@ from starlette.responses import Response
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
-from server_stub.auth import READ_ONLY_EXTENSION, SCOPE_EXTENSION, authenticate, check_scope
+from server_stub.auth import (
+    OWN_IDEMPOTENCY_EXTENSION,
+    READ_ONLY_EXTENSION,
+    SCOPE_EXTENSION,
+    authenticate,
+    check_scope,
+)
 from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
@@ -88,12 +94,14 @@ class ApiRoute(APIRoute):
             raise TypeError(f"{path} declares no scope: add openapi_extra=needs(Scope.X)")
         self.required_scope = Scope(declared)
         self.read_only = bool(extra.get(READ_ONLY_EXTENSION))
+        self.own_idempotency = bool(extra.get(OWN_IDEMPOTENCY_EXTENSION))
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Endpoint:
         endpoint = super().get_route_handler()
         required_scope = self.required_scope
         read_only = self.read_only
+        own_idempotency = self.own_idempotency
 
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
@@ -101,7 +109,7 @@ class ApiRoute(APIRoute):
             check_scope(principal, required_scope)
             request.state.principal = principal
             write = request.method in MUTATING_METHODS and not read_only
-            key = _idempotency_key(request) if write else None
+            key = _idempotency_key(request) if write and not own_idempotency else None
             if key is not None:
                 return await _idempotent(request, endpoint, runtime, principal, key)
             async with UnitOfWork(

@@ -38,7 +38,7 @@ async def get_cart(customer_id: str, request: Request, conn: Connection) -> Resp
     "/{customer_id}/ops",
     summary="Apply cart operations (all or none; each operation id at most once)",
     response_model=CartView,
-    openapi_extra=needs(Scope.CARTS_WRITE),
+    openapi_extra=needs(Scope.CARTS_WRITE, own_idempotency=True),
 )
 async def apply_ops(
     customer_id: str, body: CartOps, request: Request, conn: Connection
