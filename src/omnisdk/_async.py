@@ -26,6 +26,7 @@ from omnisdk.resources.keys import AsyncKeys
 from omnisdk.resources.returns import AsyncReturns, TillState
 from omnisdk.resources.sessions import AsyncSessions
 from omnisdk.resources.system import AsyncSystem
+from omnisdk.resources.tenant import AsyncTenant
 
 T = TypeVar("T")
 
@@ -60,6 +61,7 @@ class AsyncClient(BaseClient):
         self.carts = AsyncCarts(self)
         self.changes = AsyncChanges(self)
         self.sessions = AsyncSessions(self)
+        self.tenant = AsyncTenant(self)
         self.events = AsyncEvents(self)
 
     async def execute(self, call: Call[T]) -> T:

@@ -26,6 +26,7 @@ from omnisdk.resources.keys import Keys
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
+from omnisdk.resources.tenant import Tenant
 
 T = TypeVar("T")
 
@@ -60,6 +61,7 @@ class Client(BaseClient):
         self.carts = Carts(self)
         self.changes = Changes(self)
         self.sessions = Sessions(self)
+        self.tenant = Tenant(self)
         self.events = Events(self)
 
     def execute(self, call: Call[T]) -> T:

@@ -27,8 +27,23 @@ def test_laptop_adds_shoes_and_the_phone_sees_them(server_process: ServerProcess
         assert {x.sku: x.quantity for x in phone.carts.get(amy).lines} == {"TR2": 1, "SOCK": 1}
 
 
-def test_guest_cart_on_the_phone_merges_on_login(server_process: ServerProcess) -> None:
+@pytest.mark.parametrize(
+    ("policy", "expected"),
+    [
+        ("max", {"CAP": 1, "TR2": 2}),
+        ("sum", {"CAP": 1, "TR2": 3}),
+        ("guest_wins", {"CAP": 1, "TR2": 2}),
+        ("customer_wins", {"CAP": 1, "TR2": 1}),
+    ],
+)
+def test_guest_cart_on_the_phone_merges_on_login_by_each_policy(
+    server_process: ServerProcess, policy: str, expected: dict[str, int]
+) -> None:
     shop = server_process.create_tenant()
+    with shop.client("admin") as admin:
+        settings = admin.tenant.settings()
+        carts = settings.carts.model_copy(update={"merge_policy": policy})
+        admin.tenant.update_settings(settings.model_copy(update={"carts": carts}))
     with shop.client("web") as web, shop.client("app") as app:
         amy = web.identity.identify(email="amy@example.com", anonymous_id="laptop").customer_id
         web.carts.add(amy, "TR2", 1)
@@ -37,9 +52,10 @@ def test_guest_cart_on_the_phone_merges_on_login(server_process: ServerProcess) 
         app.carts.add(guest, "CAP", 1, unit_price=15.0)
         login = app.identity.identify(anonymous_id="phone", email="amy@example.com")
         assert login.customer_id == amy
-        assert login.cart_merges[0].result == {"CAP": 1, "TR2": 2}
+        assert login.cart_merges[0].policy == policy
+        assert login.cart_merges[0].result == expected
         cart = web.carts.get(amy)
-        assert cart.version >= 2 and {x.sku: x.quantity for x in cart.lines} == {"CAP": 1, "TR2": 2}
+        assert cart.version >= 2 and {x.sku: x.quantity for x in cart.lines} == expected
         with pytest.raises(omnisdk.ConflictError) as stale:
             web.carts.mark_ordered(amy, "A1042", cart.version - 1)
         assert stale.value.problem["cart"]["version"] == cart.version
