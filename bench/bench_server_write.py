@@ -66,17 +66,28 @@ def _ceiling() -> LoadResult:
         process.wait()
 
 
+ROUNDS = 3
+
+
 def run() -> list[Figure]:
-    ceiling_before = _ceiling()
+    # Alternating rounds, the best of each side: a busy moment of the machine counts for
+    # neither.
+    ceilings, ours = [], []
     with tempfile.TemporaryDirectory() as directory:
         database = f"sqlite+aiosqlite:///{Path(directory) / 'bench.sqlite3'}"
+        for _ in range(ROUNDS):
+            ceilings.append(_ceiling())
+            with ServerProcess(database) as server:
+                key = server.create_tenant("bench").key("web")
+                auth = {"Authorization": f"Bearer {key}"}
+                ours.append(_load(server.url, auth))
         with ServerProcess(database) as server:
             key = server.create_tenant("bench").key("web")
-            auth = {"Authorization": f"Bearer {key}"}
-            plain = _load(server.url, auth)
-            keyed = _load(server.url, auth, unique_idempotency_key=True)
-    ceiling_after = _ceiling()
-    ceiling = max(ceiling_before, ceiling_after, key=lambda r: r.per_second)
+            keyed = _load(
+                server.url, {"Authorization": f"Bearer {key}"}, unique_idempotency_key=True
+            )
+    ceiling = max(ceilings, key=lambda r: r.per_second)
+    plain = max(ours, key=lambda r: r.per_second)
     for result in (plain, keyed, ceiling):
         if result.errors:
             raise RuntimeError(f"{result.errors} requests failed during the benchmark")
@@ -91,7 +102,8 @@ def run() -> list[Figure]:
             ratio=plain.per_second / ceiling.per_second,
             goal="≥ 0.60",
             met=plain.per_second / ceiling.per_second >= 0.6,
-            note=f"{CONCURRENCY} connections, {SECONDS:.0f} s; auth, request id, JSON access "
+            note=f"{CONCURRENCY} connections, best of {ROUNDS} alternating {SECONDS:.0f} s rounds "
+            "each; auth, request id, JSON access "
             f"log, metrics, body limit, transaction; {p99}. FastAPI matches routers in order, "
             "at about 4 µs per router passed; /v1/system is the first",
         ),
