@@ -43,6 +43,26 @@ if TYPE_CHECKING:
 REDEMPTION = "redemption"
 
 
+def issue_request(
+    order_ref: str,
+    lines: list[OrderLineIn] | list[dict[str, Any]],
+    return_window_days: int,
+    refund_methods: list[RefundMethod] | None,
+    customer_id: str | None,
+    currency: str | None,
+) -> IssueReturnRequest:
+    return IssueReturnRequest.model_validate(
+        {
+            "order_ref": order_ref,
+            "lines": lines,
+            "return_window_days": return_window_days,
+            "refund_methods": refund_methods or ["original_payment"],
+            "customer_id": customer_id,
+            "currency": currency,
+        }
+    )
+
+
 def issue_call(request: IssueReturnRequest, idempotency_key: str | None) -> Call[IssuedReturn]:
     return Call(
         "POST",
@@ -271,15 +291,8 @@ class Returns(SyncResource):
         idempotency_key: str | None = None,
     ) -> IssuedReturn:
         """Register an order's returnable lines and get its signed return code."""
-        request = IssueReturnRequest.model_validate(
-            {
-                "order_ref": order_ref,
-                "lines": lines,
-                "return_window_days": return_window_days,
-                "refund_methods": refund_methods or ["original_payment"],
-                "customer_id": customer_id,
-                "currency": currency,
-            }
+        request = issue_request(
+            order_ref, lines, return_window_days, refund_methods, customer_id, currency
         )
         return self._client.execute(issue_call(request, idempotency_key))
 
@@ -389,15 +402,8 @@ class AsyncReturns(AsyncResource):
         idempotency_key: str | None = None,
     ) -> IssuedReturn:
         """Register an order's returnable lines and get its signed return code."""
-        request = IssueReturnRequest.model_validate(
-            {
-                "order_ref": order_ref,
-                "lines": lines,
-                "return_window_days": return_window_days,
-                "refund_methods": refund_methods or ["original_payment"],
-                "customer_id": customer_id,
-                "currency": currency,
-            }
+        request = issue_request(
+            order_ref, lines, return_window_days, refund_methods, customer_id, currency
         )
         return await self._client.execute(issue_call(request, idempotency_key))
 
