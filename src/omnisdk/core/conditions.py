@@ -283,3 +283,157 @@ _ORDER: dict[str, Callable[[int], bool]] = {
     "$gt": lambda o: o > 0,
     "$gte": lambda o: o >= 0,
 }
+
+
+# --- compiling ----------------------------------------------------------------------------------
+
+
+def compile_condition(condition: Condition) -> Test:
+    """The condition as a tree of closures: paths split, regexes compiled, versions padded and
+    sets built once, so that a decision only runs comparisons."""
+    clauses = [_compile_clause(key, value) for key, value in condition.items()]
+    if len(clauses) == 1:
+        return clauses[0]
+    return lambda attributes, groups: all(clause(attributes, groups) for clause in clauses)
+
+
+def _compile_clause(key: str, value: Any) -> Test:
+    if key in ("$or", "$nor"):
+        options = [compile_condition(c) for c in value]
+        negate = key == "$nor"
+        return lambda a, g: (not options or any(o(a, g) for o in options)) != negate
+    if key == "$and":
+        parts = [compile_condition(c) for c in value]
+        return lambda a, g: all(p(a, g) for p in parts)
+    if key == "$not":
+        inner = compile_condition(value)
+        return lambda a, g: not inner(a, g)
+    path = key.split(".")
+    matches = _compile_value(value)
+
+    def clause(attributes: Attributes, groups: SavedGroups) -> bool:
+        current: Any = attributes
+        for segment in path:
+            if isinstance(current, dict) and segment in current:
+                current = current[segment]
+            else:
+                current = None
+                break
+        return matches(current, groups)
+
+    return clause
+
+
+ValueTest = Callable[[Any, SavedGroups], bool]
+
+
+def _compile_value(expected: Any) -> ValueTest:
+    if is_operator_object(expected):
+        tests = [_compile_operator(op, arg) for op, arg in expected.items()]
+        if len(tests) == 1:
+            return tests[0]
+        return lambda actual, groups: all(t(actual, groups) for t in tests)
+    return lambda actual, groups: same(expected, actual)
+
+
+def _compile_operator(op: str, arg: Any) -> ValueTest:
+    if op in ("$lt", "$lte", "$gt", "$gte"):
+        accept = _ORDER[op]
+
+        def ordered(actual: Any, groups: SavedGroups) -> bool:
+            order = compare(actual, arg)
+            return order is not None and accept(order)
+
+        return ordered
+    if op in ("$veq", "$vne", "$vlt", "$vlte", "$vgt", "$vgte"):
+        right = _version_of(arg)
+        if op in ("$veq", "$vne"):
+            want = op == "$veq"
+            return lambda actual, groups: (_version_of(actual) == right) == want
+        accept = _ORDER["$" + op[2:]]
+        return lambda actual, groups: accept(
+            (_version_of(actual) > right) - (_version_of(actual) < right)
+        )
+    if op in ("$in", "$ini", "$nin", "$nini"):
+        if not isinstance(arg, list):
+            return lambda actual, groups: False
+        fold = op.endswith("i") and op != "$in"
+        keep = op in ("$in", "$ini")
+        return lambda actual, groups: is_in(arg, actual, fold=fold) == keep
+    if op in ("$regex", "$regexi", "$notRegex", "$notRegexi"):
+        pattern = _regex(arg, re.IGNORECASE if op.endswith("i") else 0)
+        if pattern is None:
+            return lambda actual, groups: False
+        want = op in ("$regex", "$regexi")
+        return lambda actual, groups: (
+            isinstance(actual, str) and bool(pattern.search(actual)) == want
+        )
+    if op == "$elemMatch":
+        if is_operator_object(arg):
+            item_test = _compile_value(arg)
+            return lambda actual, groups: (
+                isinstance(actual, list) and any(item_test(item, groups) for item in actual)
+            )
+        nested = compile_condition(arg)
+        return lambda actual, groups: (
+            isinstance(actual, list)
+            and any(isinstance(item, dict) and nested(item, groups) for item in actual)
+        )
+    if op == "$size":
+        size_test = _compile_value(arg)
+        return lambda actual, groups: isinstance(actual, list) and size_test(len(actual), groups)
+    if op == "$not":
+        inner = _compile_value(arg)
+        return lambda actual, groups: not inner(actual, groups)
+    if op == "$all":
+        if not isinstance(arg, list):
+            return lambda actual, groups: False
+        each = [_compile_value(c) for c in arg]
+        return lambda actual, groups: (
+            isinstance(actual, list) and all(any(t(item, groups) for item in actual) for t in each)
+        )
+    # The rest need no preparation: share the interpreter's rules.
+    return lambda actual, groups: _operator(op, actual, arg, groups)
+
+
+# --- validating ---------------------------------------------------------------------------------
+
+
+def validate(condition: Any, where: str = "condition") -> None:
+    """Raise InvalidCondition for anything a ruleset must not be saved with: unknown
+    operators, logical operators without a list, regular expressions that do not compile."""
+    if not isinstance(condition, dict):
+        raise InvalidCondition(f"{where} must be an object")
+    for key, value in condition.items():
+        if key in ("$or", "$nor", "$and"):
+            if not isinstance(value, list):
+                raise InvalidCondition(f"{where}.{key} must be a list of conditions")
+            for n, item in enumerate(value):
+                validate(item, f"{where}.{key}[{n}]")
+        elif key == "$not":
+            validate(value, f"{where}.$not")
+        elif key.startswith("$"):
+            raise InvalidCondition(
+                f"{where}: {key} is not a logical operator ($or, $nor, $and, $not)"
+            )
+        else:
+            _validate_value(value, f"{where}.{key}")
+
+
+def _validate_value(value: Any, where: str) -> None:
+    if not is_operator_object(value):
+        return
+    for op, arg in value.items():
+        if op not in OPERATORS:
+            raise InvalidCondition(f"{where}: unknown operator {op}")
+        if op in ("$regex", "$regexi", "$notRegex", "$notRegexi") and _regex(arg) is None:
+            raise InvalidCondition(f"{where}: {op} is not a valid regular expression")
+        if op in ("$in", "$nin", "$ini", "$nini", "$all", "$alli") and not isinstance(arg, list):
+            raise InvalidCondition(f"{where}: {op} takes a list")
+        if op in ("$not", "$size"):
+            _validate_value(arg, f"{where}.{op}")
+        if op == "$elemMatch":
+            if is_operator_object(arg):
+                _validate_value(arg, f"{where}.$elemMatch")
+            else:
+                validate(arg, f"{where}.$elemMatch")
