@@ -20,11 +20,13 @@ from server_stub.observability import Metrics, RequestContext, configure_logging
 from server_stub.pos import StationConfig, create_station
 from server_stub.routers import (
     carts,
+    consent,
     customers,
     events,
     health,
     identity,
     keys,
+    privacy,
     returns,
     sessions,
     system,
@@ -57,12 +59,14 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     events.router,
     carts.router,
     sessions.router,
+    consent.router,
     identity.router,
     customers.router,
     identity.merges_router,
     returns.router,
     keys.router,
     tenant.router,
+    privacy.router,
 )
 
 

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import StreamingResponse
 
 from omnisdk.core.channels import Scope
@@ -14,8 +13,8 @@ from omnisdk.models import Annotation, AnnotationIn, MergeList, Profile, Timelin
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
-from server_stub.runtime import runtime_of
 from server_stub.services import changes, identity, profile
+from server_stub.sse import sse_stream
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=ApiRoute)
 
@@ -69,12 +68,9 @@ async def merges(customer_id: str, request: Request, conn: Connection) -> MergeL
     return MergeList(items=await identity.merges_of(conn, tenant_id, customer_id))
 
 
-KEEPALIVE_SECONDS = 15.0
-
-
 @router.get(
     "/{customer_id}/changes",
-    summary="Server-Sent Events: the customer's cart (and later session, consent) changes, live",
+    summary="Server-Sent Events: the customer's cart, session and consent changes, live",
     response_class=StreamingResponse,
     openapi_extra=needs(Scope.CARTS_READ),
 )
@@ -84,28 +80,14 @@ async def watch_changes(
     conn: Connection,
     last_event_id: Annotated[str | None, Header()] = None,
 ) -> StreamingResponse:
-    runtime = runtime_of(request)
     tenant_id = principal_of(request).tenant_id
     live = await profile.require_customer(conn, tenant_id, customer_id)
     if last_event_id is not None and last_event_id.isdigit():
         after = int(last_event_id)
     else:  # a new watcher starts from now
         after = await changes.last_seq(conn, tenant_id, live)
-    topic = f"{tenant_id}:{live}"
 
-    async def stream() -> AsyncIterator[str]:
-        position = after
-        yield ": watching\n\n"
-        while not await request.is_disconnected():
-            async with runtime.database.transaction(write=False) as reader:
-                rows = await changes.since(reader, tenant_id, live, position)
-            for row in rows:
-                position = row.seq
-                yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.payload)}\n\n"
-            if not rows:
-                await runtime.changes.wait(topic, KEEPALIVE_SECONDS)
-                yield ": keepalive\n\n"
+    async def read(reader: AsyncConnection, position: int) -> list[Any]:
+        return await changes.since(reader, tenant_id, live, position)
 
-    return StreamingResponse(
-        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
-    )
+    return sse_stream(request, f"{tenant_id}:{live}", after, read)

@@ -65,15 +65,31 @@ async def since(
     return list(rows)
 
 
-async def last_seq(conn: AsyncConnection, tenant_id: str, customer_id: str) -> int:
-    value = (
-        await conn.execute(
-            select(func.max(changes.c.seq)).where(
-                changes.c.tenant_id == tenant_id, changes.c.customer_id == customer_id
-            )
-        )
-    ).scalar()
+async def of_tenant(
+    conn: AsyncConnection, tenant_id: str, kind: str, after: int, limit: int = 100
+) -> list[Any]:
+    """The tenant's changes of one kind after `after` (every customer's)."""
+    rows = await conn.execute(
+        select(changes)
+        .where(changes.c.tenant_id == tenant_id, changes.c.seq > after, changes.c.kind == kind)
+        .order_by(changes.c.seq)
+        .limit(limit)
+    )
+    return list(rows)
+
+
+async def last_seq(conn: AsyncConnection, tenant_id: str, customer_id: str | None = None) -> int:
+    """The newest change of the customer (of the whole tenant when None)."""
+    query = select(func.max(changes.c.seq)).where(changes.c.tenant_id == tenant_id)
+    if customer_id is not None:
+        query = query.where(changes.c.customer_id == customer_id)
+    value = (await conn.execute(query)).scalar()
     return int(value or 0)
+
+
+def tenant_topic(tenant_id: str) -> str:
+    """The topic a tenant-wide watcher waits on; every change of the tenant wakes it."""
+    return f"{tenant_id}:*"
 
 
 class ChangeHub:
@@ -106,7 +122,8 @@ class ChangeHub:
             self._listener = connection
 
     def wake(self, topic: str) -> None:
-        for event in list(self._waiting.get(topic, ())):
+        tenant = tenant_topic(topic.split(":", 1)[0])
+        for event in [*self._waiting.get(topic, ()), *self._waiting.get(tenant, ())]:
             event.set()
 
     async def wait(self, topic: str, timeout: float) -> None:

@@ -35,7 +35,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import carts, sessions
+from server_stub.services import carts, consent, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
 
@@ -315,6 +315,9 @@ async def _merge(
     folded = await carts.merge(conn, tenant_id, survivor.id, loser.id, policy, merge_id)
     snapshot["loser_cart"] = folded["loser_state"] if folded else None
     snapshot["loser_session"] = await sessions.merge(conn, tenant_id, survivor.id, loser.id)
+    await consent.merge(conn, tenant_id, survivor.id, loser.id)
+    # Caches keyed by either id must re-read: the survivor's consent now comes from both.
+    await consent.publish(conn, tenant_id, survivor.id, None, also=[loser.id, *absorbed])
     report = (
         CartMergeReport(
             from_customer_id=loser.id,
@@ -547,6 +550,10 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
         await carts.restore(conn, tenant_id, loser.id, snapshot["loser_cart"])
     if snapshot.get("loser_session"):
         await sessions.restore(conn, tenant_id, loser.id, snapshot["loser_session"])
+    await consent.split(conn, tenant_id, survivor.id, loser.id, origins)
+    await consent.publish(
+        conn, tenant_id, survivor.id, None, also=[loser.id, *snapshot["absorbed"]]
+    )
     if snapshot["absorbed"]:
         await conn.execute(
             update(customers)

@@ -290,6 +290,7 @@ changes = Table(
     Column("payload", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_changes_customer", "tenant_id", "customer_id", "seq"),
+    Index("ix_changes_tenant_seq", "tenant_id", "seq"),
 )
 
 sessions = Table(
@@ -299,4 +300,29 @@ sessions = Table(
     Column("customer_id", String(40), primary_key=True),
     Column("document", JSON, nullable=False),  # omnisdk.core.session.to_json
     Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+consent_decisions = Table(
+    "consent_decisions",
+    metadata,
+    # Append-only: rows are never updated except to follow their customer through a merge
+    # (customer_id) and, at erasure, to anonymise the proof of a refusal.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("purpose", String(64), nullable=False),
+    Column("status", String(16), nullable=False),
+    Column("scope", String(8), nullable=False),
+    Column("device_id", String(300), nullable=True),
+    Column("channel", String(16), nullable=False),
+    Column("source", String(32), nullable=False),
+    Column("method", String(40), nullable=False),
+    Column("notice_id", String(100), nullable=True),
+    Column("notice_version", Integer, nullable=False),
+    Column("notice_sha256", String(64), nullable=True),
+    Column("client_time", UtcDateTime(), nullable=True),
+    Column("recorded_at", UtcDateTime(), nullable=False),
+    Column("confirms", String(40), nullable=True),
+    Index("ix_consent_decisions_customer", "tenant_id", "customer_id"),
 )

@@ -7,11 +7,14 @@ OmnisdkError
 │   └── APITimeoutError         ... or did not answer in time
 └── APIError                    the server answered with an error (status, problem, request id)
     ├── ValidationError         400, 413, 415, 422: the request is wrong; do not retry it
+    │   ├── UnknownPurposeError 422: a consent purpose the shop has not declared
+    │   └── ConfirmationTokenError  422: a forged, damaged or expired double opt-in token
     ├── AuthenticationError     401: no key, or a key the server does not know
     ├── PermissionDeniedError   403: the key lacks the scope for this operation
     ├── NotFoundError           404: nothing of that id for this tenant
     ├── ConflictError           409: the current state forbids it (carries the problem)
-    │   └── IdempotencyError    409: idempotency key reused with a different request
+    │   ├── IdempotencyError    409: idempotency key reused with a different request
+    │   └── ConsentTransitionError  409: e.g. withdrawing what was never granted
     ├── RateLimitedError        429: slow down (retried automatically first)
     └── ServerError             5xx: the server failed (retried automatically first)
 """
@@ -77,6 +80,14 @@ class ValidationError(APIError):
     """The request is malformed or invalid; retrying it unchanged will fail again."""
 
 
+class UnknownPurposeError(ValidationError):
+    """The consent purpose is neither standard nor one of the tenant's own."""
+
+
+class ConfirmationTokenError(ValidationError):
+    """A double opt-in confirmation token that is forged, damaged, expired or superseded."""
+
+
 class AuthenticationError(APIError):
     """No API key was sent, or the server does not know it (revoked, mistyped)."""
 
@@ -95,6 +106,10 @@ class ConflictError(APIError):
 
 class IdempotencyError(ConflictError):
     """The idempotency key was already used for a different request."""
+
+
+class ConsentTransitionError(ConflictError):
+    """The decision cannot follow the standing one (e.g. withdrawing what was never granted)."""
 
 
 class RateLimitedError(APIError):
@@ -128,7 +143,12 @@ _BY_STATUS: dict[int, type[APIError]] = {
     428: ValidationError,
 }
 
-_IDEMPOTENCY_TYPES = {ProblemType.IDEMPOTENCY_KEY_REUSED}
+_BY_TYPE: dict[str, type[APIError]] = {
+    ProblemType.IDEMPOTENCY_KEY_REUSED: IdempotencyError,
+    ProblemType.UNKNOWN_PURPOSE: UnknownPurposeError,
+    ProblemType.CONFIRMATION_TOKEN_INVALID: ConfirmationTokenError,
+    ProblemType.INVALID_CONSENT_TRANSITION: ConsentTransitionError,
+}
 
 
 def error_for(
@@ -140,8 +160,9 @@ def error_for(
     """The exception that stands for an error answer of the server."""
     if status_code == 429:
         return RateLimitedError(status_code, problem, request_id, retry_after)
-    if problem.get("type") in _IDEMPOTENCY_TYPES:
-        return IdempotencyError(status_code, problem, request_id)
+    by_type = _BY_TYPE.get(problem.get("type", ""))
+    if by_type is not None and status_code < 500:
+        return by_type(status_code, problem, request_id)
     if status_code >= 500:
         return ServerError(status_code, problem, request_id)
     cls = _BY_STATUS.get(status_code, ValidationError if status_code < 500 else ServerError)

@@ -9,6 +9,13 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from omnisdk.core.channels import Channel, Scope
+from omnisdk.core.consent import (
+    CUSTOM_PURPOSE,
+    DEFAULT_SKEW_SECONDS,
+    DOUBLE_OPT_IN_DEFAULT,
+    ConsentScope,
+    Status,
+)
 from omnisdk.core.events import MAX_BATCH
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
@@ -294,6 +301,7 @@ class TenantSettings(WireModel):
     identity: IdentitySettings = Field(default_factory=IdentitySettings)
     profile: ProfileSettings = Field(default_factory=ProfileSettings)
     carts: CartSettings = Field(default_factory=lambda: CartSettings())
+    consent: ConsentSettings = Field(default_factory=lambda: ConsentSettings())
 
 
 # --- returns --------------------------------------------------------------------------------
@@ -480,6 +488,33 @@ class CartSettings(WireModel):
     abandoned_after_hours: float = Field(default=24.0, gt=0)
 
 
+class ConsentSettings(WireModel):
+    purposes: list[Annotated[str, Field(pattern=CUSTOM_PURPOSE.pattern)]] = Field(
+        default_factory=list,
+        max_length=50,
+        description="The shop's own purposes, besides the standard ones (e.g. 'loyalty:scoring').",
+    )
+    double_opt_in: list[str] = Field(
+        default_factory=lambda: list(DOUBLE_OPT_IN_DEFAULT),
+        description="Purposes whose grant stays pending until its confirmation token returns.",
+    )
+    confirmation_ttl_hours: float = Field(default=168.0, gt=0, le=24 * 90)
+    skew_seconds: float = Field(
+        default=DEFAULT_SKEW_SECONDS,
+        ge=0,
+        le=3600,
+        description="Decisions of merged customers this close together: deny wins, re-prompt.",
+    )
+    analytics: Literal["opt_in", "legitimate_interest"] = Field(
+        default="opt_in",
+        description=(
+            "opt_in: behavioural events of a customer without `analytics` consent are stored "
+            "without identifiers. legitimate_interest: they are attributed (where the law lets "
+            "the shop rely on it); a refusal (denied/withdrawn) is still obeyed."
+        ),
+    )
+
+
 TenantSettings.model_rebuild()
 
 
@@ -503,3 +538,135 @@ class SessionEntryView(WireModel):
 class SessionView(WireModel):
     customer_id: str
     entries: dict[str, SessionEntryView]
+
+
+# --- consent --------------------------------------------------------------------------------
+
+ConsentSource = Literal[
+    "web_banner",
+    "app_settings",
+    "pos_signature_pad",
+    "email_double_opt_in",
+    "call_centre",
+    "account_settings",
+    "checkout",
+    "other",
+]
+
+
+class NoticeIn(WireModel):
+    """The notice the customer saw: its id, version and a SHA-256 of its exact text."""
+
+    id: str = Field(min_length=1, max_length=100)
+    version: int = Field(default=0, ge=0)
+    text_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ConsentDecisionIn(WireModel):
+    purpose: str = Field(min_length=1, max_length=64)
+    status: Status
+    scope: ConsentScope = ConsentScope.PERSON
+    device_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=MAX_VALUE_LENGTH,
+        description="Required for device scope: the device's anonymous id.",
+    )
+    source: ConsentSource = "other"
+    method: str = Field(default="", max_length=40, description="e.g. click, checkbox, signature")
+    notice: NoticeIn | None = None
+    client_time: datetime | None = Field(
+        default=None, description="When the customer decided, by the device's clock."
+    )
+
+
+class RecordConsentRequest(WireModel):
+    decisions: list[ConsentDecisionIn] = Field(min_length=1, max_length=20)
+
+
+class ConsentDecisionView(WireModel):
+    id: str
+    purpose: str
+    status: Status
+    scope: ConsentScope
+    device_id: str | None
+    channel: Channel
+    source: str
+    method: str
+    notice_id: str | None
+    notice_version: int
+    notice_sha256: str | None
+    client_time: datetime | None
+    recorded_at: datetime
+    confirms: str | None = Field(default=None, description="The pending decision confirmed.")
+
+
+class PurposeStateView(WireModel):
+    granted: bool
+    status: Status | None
+    decided_at: datetime | None
+    reprompt: bool = Field(description="Merged decisions too close to order: ask again.")
+
+
+class ConsentState(WireModel):
+    customer_id: str
+    device_id: str | None = None
+    purposes: dict[str, PurposeStateView]
+    consent_mode: dict[str, Literal["granted", "denied"]] = Field(
+        description="Google Consent Mode v2 signals for gtag('consent', 'update', ...)."
+    )
+
+
+class Confirmation(WireModel):
+    """Put `token` in the confirmation link of the opt-in e-mail; `confirm` it when clicked."""
+
+    purpose: str
+    decision_id: str
+    token: str
+    expires_at: datetime
+
+
+class RecordConsentResult(WireModel):
+    state: ConsentState
+    recorded: list[ConsentDecisionView]
+    confirmations: list[Confirmation] = Field(default_factory=list)
+
+
+class ConfirmConsentRequest(WireModel):
+    token: str = Field(min_length=1, max_length=2000)
+
+
+class ConsentHistory(WireModel):
+    customer_id: str
+    items: list[ConsentDecisionView]
+
+
+# --- privacy --------------------------------------------------------------------------------
+
+
+class CustomerExport(WireModel):
+    """Everything held about a customer, across every id merged into it."""
+
+    customer_id: str
+    exported_at: datetime
+    customer_ids: list[str]
+    traits: dict[str, Any]
+    identifiers: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    annotations: list[dict[str, Any]]
+    cart: dict[str, Any] | None
+    orders: list[dict[str, Any]]
+    session: dict[str, Any] | None
+    consent: list[ConsentDecisionView]
+    returns: list[dict[str, Any]]
+    merges: list[dict[str, Any]]
+
+
+class ErasureReceipt(WireModel):
+    erasure_id: str
+    erased_at: datetime
+    customers: int = Field(description="Customer records removed (the live one and merged ids).")
+    removed: dict[str, int]
+    kept_anonymised: dict[str, int] = Field(
+        description="Kept for the law, with nothing linking them to the person."
+    )

@@ -13,9 +13,16 @@ computed from it.
 
 from __future__ import annotations
 
+import base64
+import binascii
+import hashlib
+import hmac
+import json
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any
 
 DEFAULT_SKEW_SECONDS = 120.0
 
@@ -132,13 +139,17 @@ def state(
     decisions: Iterable[Decision],
     device_id: str | None = None,
     reprompt: frozenset[str] = frozenset(),
+    skew: float = DEFAULT_SKEW_SECONDS,
 ) -> dict[str, PurposeState]:
     """The current state per purpose: person-scoped decisions, overridden for `device_id` by
     that device's own decisions."""
     ledger = list(decisions)
-    person = standing(d for d in ledger if d.scope is ConsentScope.PERSON)
+    person = standing((d for d in ledger if d.scope is ConsentScope.PERSON), skew)
     device = (
-        standing(d for d in ledger if d.scope is ConsentScope.DEVICE and d.device_id == device_id)
+        standing(
+            (d for d in ledger if d.scope is ConsentScope.DEVICE and d.device_id == device_id),
+            skew,
+        )
         if device_id
         else {}
     )
@@ -176,3 +187,100 @@ def consent_mode(states: dict[str, PurposeState]) -> dict[str, str]:
         current = states.get(signal) or states.get(CONSENT_MODE_FALLBACK.get(signal, ""))
         signals[signal] = "granted" if current is not None and current.granted else "denied"
     return signals
+
+
+# --- recording rules -------------------------------------------------------------------------
+
+MARKETING_CHANNELS = {"email": "marketing:email", "sms": "marketing:sms", "push": "marketing:push"}
+DOUBLE_OPT_IN_DEFAULT = ("marketing:email",)
+CUSTOM_PURPOSE = re.compile(r"^[a-z][a-z0-9_]{0,30}(:[a-z0-9_]{1,31})?$")
+
+
+class ConsentError(ValueError):
+    """A decision that may not be recorded. `kind` is `unknown-purpose` or `transition`."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+def check_purpose(purpose: str, custom: Iterable[str] = ()) -> None:
+    if purpose not in STANDARD_PURPOSES and purpose not in set(custom):
+        raise ConsentError(
+            "unknown-purpose",
+            f"unknown purpose {purpose!r}: use one of {', '.join(STANDARD_PURPOSES)} "
+            "or add it to the tenant's consent purposes",
+        )
+
+
+def check_transition(current: PurposeState | None, status: Status) -> None:
+    """What may be recorded given the standing state of the same purpose and scope.
+
+    `pending` is never recorded directly: a grant of a double opt-in purpose becomes pending
+    until confirmed. Withdrawing needs something granted (or pending) to withdraw; a first
+    refusal is `denied`.
+    """
+    if status is Status.PENDING:
+        raise ConsentError(
+            "transition",
+            "pending cannot be recorded: record granted, and a double opt-in purpose stays "
+            "pending until its confirmation token comes back",
+        )
+    if status is Status.WITHDRAWN and (
+        current is None or current.status not in (Status.GRANTED, Status.PENDING)
+    ):
+        was = "nothing" if current is None or current.status is None else current.status.value
+        raise ConsentError(
+            "transition", f"nothing to withdraw (the standing decision is {was}); record denied"
+        )
+
+
+def can_contact(states: dict[str, PurposeState], channel: str) -> bool:
+    """Whether a marketing message may go out on `channel` (email, sms or push)."""
+    purpose = MARKETING_CHANNELS.get(channel)
+    if purpose is None:
+        raise ValueError(f"unknown marketing channel {channel!r}: use email, sms or push")
+    current = states.get(purpose)
+    return current is not None and current.granted
+
+
+# --- double opt-in confirmation tokens -------------------------------------------------------
+# `oc1.` + base64url(JSON claims) + `.` + base64url(HMAC-SHA-256 of the claims), keyed per tenant.
+
+
+class ConfirmationInvalid(ValueError):
+    pass
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+def issue_confirmation(key: bytes, claims: dict[str, str | int]) -> str:
+    body = json.dumps(claims, separators=(",", ":"), sort_keys=True).encode()
+    return f"oc1.{_b64(body)}.{_b64(hmac.new(key, body, hashlib.sha256).digest())}"
+
+
+def read_confirmation(key: bytes, token: str, now: float) -> dict[str, Any]:
+    """The claims of a genuine, unexpired token; raises ConfirmationInvalid saying why."""
+    parts = token.strip().split(".")
+    if len(parts) != 3 or parts[0] != "oc1":
+        raise ConfirmationInvalid("this is not a consent confirmation token")
+    try:
+        body, signature = _unb64(parts[1]), _unb64(parts[2])
+    except (ValueError, binascii.Error) as exc:
+        raise ConfirmationInvalid("the token is damaged") from exc
+    if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), signature):
+        raise ConfirmationInvalid("the token's signature does not match: it was not issued here")
+    try:
+        claims: dict[str, Any] = json.loads(body)
+        expires = float(claims["exp"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfirmationInvalid("the token is damaged") from exc
+    if now > expires:
+        raise ConfirmationInvalid("the token has expired: ask the customer to opt in again")
+    return claims

@@ -36,6 +36,10 @@ class ProblemType(StrEnum):
     PRECONDITION_REQUIRED = PROBLEM_BASE + "precondition-required"
     IDEMPOTENCY_KEY_REUSED = PROBLEM_BASE + "idempotency-key-reused"
     INVALID_IDEMPOTENCY_KEY = PROBLEM_BASE + "invalid-idempotency-key"
+    UNKNOWN_PURPOSE = PROBLEM_BASE + "unknown-purpose"
+    INVALID_CONSENT_TRANSITION = PROBLEM_BASE + "invalid-consent-transition"
+    CONFIRMATION_TOKEN_INVALID = PROBLEM_BASE + "confirmation-token-invalid"
+    INVALID_RULESET = PROBLEM_BASE + "invalid-ruleset"
     RATE_LIMITED = PROBLEM_BASE + "rate-limited"
     SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
     INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
@@ -75,6 +79,10 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.PRECONDITION_REQUIRED: 428,
     ProblemType.IDEMPOTENCY_KEY_REUSED: 409,
     ProblemType.INVALID_IDEMPOTENCY_KEY: 400,
+    ProblemType.UNKNOWN_PURPOSE: 422,
+    ProblemType.INVALID_CONSENT_TRANSITION: 409,
+    ProblemType.CONFIRMATION_TOKEN_INVALID: 422,
+    ProblemType.INVALID_RULESET: 422,
     ProblemType.RATE_LIMITED: 429,
     ProblemType.SERVICE_UNAVAILABLE: 503,
     ProblemType.INTERNAL_ERROR: 500,
@@ -102,6 +110,10 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.PRECONDITION_REQUIRED: "This step needs the version you saw (If-Match)",
     ProblemType.IDEMPOTENCY_KEY_REUSED: "Idempotency key reused with a different request",
     ProblemType.INVALID_IDEMPOTENCY_KEY: "Invalid idempotency key",
+    ProblemType.UNKNOWN_PURPOSE: "The consent purpose is not one this shop knows",
+    ProblemType.INVALID_CONSENT_TRANSITION: "This consent decision cannot follow the current one",
+    ProblemType.CONFIRMATION_TOKEN_INVALID: "The opt-in confirmation token cannot be accepted",
+    ProblemType.INVALID_RULESET: "The content ruleset is not valid",
     ProblemType.RATE_LIMITED: "Too many requests",
     ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
     ProblemType.INTERNAL_ERROR: "Internal error",

@@ -1,0 +1,98 @@
+"""The consent ledger: record decisions, read the state, confirm double opt-ins, follow changes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Query, Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.responses import StreamingResponse
+
+from omnisdk.core.channels import Scope
+from omnisdk.models import (
+    ConfirmConsentRequest,
+    ConsentHistory,
+    ConsentState,
+    RecordConsentRequest,
+    RecordConsentResult,
+)
+from server_stub.auth import needs, principal_of
+from server_stub.routers.dependencies import Connection, Context
+from server_stub.routing import ApiRoute
+from server_stub.services import changes, consent
+from server_stub.services.profile import require_customer
+from server_stub.sse import sse_stream
+
+router = APIRouter(prefix="/v1/consent", tags=["consent"], route_class=ApiRoute)
+
+DeviceId = Annotated[str | None, Query(min_length=1, max_length=300)]
+
+
+@router.post(
+    "/confirmations",
+    summary="Confirm a double opt-in with the token from the confirmation e-mail",
+    openapi_extra=needs(Scope.CONSENT_WRITE),
+)
+async def confirm(
+    body: ConfirmConsentRequest, request: Request, conn: Connection, context: Context
+) -> RecordConsentResult:
+    return await consent.confirm(conn, context, body.token, principal_of(request).channel)
+
+
+@router.get(
+    "/changes",
+    summary="Server-Sent Events: every customer's consent changes, live (for SDK caches)",
+    response_class=StreamingResponse,
+    openapi_extra=needs(Scope.CONSENT_READ),
+)
+async def watch_consent(
+    request: Request, conn: Connection, last_event_id: Annotated[str | None, Header()] = None
+) -> StreamingResponse:
+    tenant_id = principal_of(request).tenant_id
+    if last_event_id is not None and last_event_id.isdigit():
+        after = int(last_event_id)
+    else:
+        after = await changes.last_seq(conn, tenant_id)
+
+    async def read(reader: AsyncConnection, position: int) -> list[Any]:
+        return await changes.of_tenant(reader, tenant_id, "consent", position)
+
+    return sse_stream(request, changes.tenant_topic(tenant_id), after, read)
+
+
+@router.get(
+    "/{customer_id}",
+    summary="The customer's consent state (with a device's own decisions, if named)",
+    openapi_extra=needs(Scope.CONSENT_READ),
+)
+async def get_state(
+    customer_id: str, conn: Connection, context: Context, device_id: DeviceId = None
+) -> ConsentState:
+    live = await require_customer(conn, context.tenant_id, customer_id)
+    return await consent.read_state(conn, context, live, device_id)
+
+
+@router.post(
+    "/{customer_id}",
+    summary="Record consent decisions (append-only); grants of double opt-in purposes pend",
+    openapi_extra=needs(Scope.CONSENT_WRITE),
+)
+async def record(
+    customer_id: str,
+    body: RecordConsentRequest,
+    request: Request,
+    conn: Connection,
+    context: Context,
+) -> RecordConsentResult:
+    live = await require_customer(conn, context.tenant_id, customer_id)
+    return await consent.record(conn, context, live, body.decisions, principal_of(request).channel)
+
+
+@router.get(
+    "/{customer_id}/history",
+    summary="Every consent decision on record for the customer, oldest first",
+    openapi_extra=needs(Scope.CONSENT_READ),
+)
+async def history(customer_id: str, conn: Connection, context: Context) -> ConsentHistory:
+    live = await require_customer(conn, context.tenant_id, customer_id)
+    return await consent.history(conn, context.tenant_id, live)

@@ -1,0 +1,261 @@
+"""The customer's rights of access and erasure (DESIGN: consent).
+
+Both work on the whole person: the live customer and every customer id merged into it.
+Erasure runs in the request's one transaction: it all happens or none of it does. What the law
+makes the shop keep stays, with nothing left that links it to the person:
+- return and refund records (accounting): the order loses its customer id;
+- the proof of a refusal (denied and withdrawn decisions): re-keyed to the erasure's id,
+  without the device id.
+Everything else that names the customer (identifiers and their keyed hashes, events, carts,
+sessions, merges with their snapshots, annotations, the change feed, stored idempotent answers
+and audit entries naming the customer) is deleted or re-keyed to the erasure id.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Row, Table, delete, func, or_, select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core.consent import Status
+from omnisdk.models import CustomerExport, ErasureReceipt
+from server_stub.ids import new_id, utcnow
+from server_stub.services import consent, identity
+from server_stub.storage.tables import (
+    annotations_table,
+    audit_log,
+    carts,
+    changes,
+    consent_decisions,
+    customers,
+    events,
+    idempotency_records,
+    identifiers,
+    merges,
+    ordered_carts,
+    redemptions,
+    return_lines,
+    return_orders,
+    sessions,
+)
+
+REFUSALS = (Status.DENIED.value, Status.WITHDRAWN.value)
+
+
+async def person_ids(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:
+    """The live customer and every id merged into it (redirects point at the live id)."""
+    rows = await conn.execute(
+        select(customers.c.id).where(
+            customers.c.tenant_id == tenant_id, customers.c.merged_into == live
+        )
+    )
+    return [live, *sorted(row.id for row in rows)]
+
+
+def _plain(row: Row[Any], *drop: str) -> dict[str, Any]:
+    return {
+        key: (value.isoformat() if hasattr(value, "isoformat") else value)
+        for key, value in row._mapping.items()
+        if key not in ("tenant_id", *drop)
+    }
+
+
+async def _rows(conn: AsyncConnection, table: Table, *where: Any) -> list[Row[Any]]:
+    return list(await conn.execute(select(table).where(*where)))
+
+
+async def export(conn: AsyncConnection, tenant_id: str, live: str) -> CustomerExport:
+    ids = await person_ids(conn, tenant_id, live)
+    person = (
+        await _rows(conn, customers, customers.c.tenant_id == tenant_id, customers.c.id == live)
+    )[0]
+    orders = await _rows(
+        conn,
+        return_orders,
+        return_orders.c.tenant_id == tenant_id,
+        return_orders.c.customer_id.in_(ids),
+    )
+    returns = []
+    for order in orders:
+        of_order = (
+            return_lines.c.tenant_id == tenant_id,
+            return_lines.c.order_ref == order.order_ref,
+        )
+        returns.append(
+            {
+                **_plain(order),
+                "lines": [
+                    _plain(r, "order_ref") for r in await _rows(conn, return_lines, *of_order)
+                ],
+                "redemptions": [
+                    _plain(r, "order_ref")
+                    for r in await _rows(
+                        conn,
+                        redemptions,
+                        redemptions.c.tenant_id == tenant_id,
+                        redemptions.c.order_ref == order.order_ref,
+                    )
+                ],
+            }
+        )
+    cart = await _rows(conn, carts, carts.c.tenant_id == tenant_id, carts.c.customer_id == live)
+    session = await _rows(
+        conn, sessions, sessions.c.tenant_id == tenant_id, sessions.c.customer_id == live
+    )
+    involved = or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids))
+    return CustomerExport(
+        customer_id=live,
+        exported_at=utcnow(),
+        customer_ids=ids,
+        traits=person.traits,
+        identifiers=[
+            _plain(r)
+            for r in await _rows(
+                conn,
+                identifiers,
+                identifiers.c.tenant_id == tenant_id,
+                identifiers.c.customer_id.in_(ids),
+            )
+        ],
+        events=[
+            _plain(r, "seq")
+            for r in await _rows(
+                conn, events, events.c.tenant_id == tenant_id, events.c.customer_id.in_(ids)
+            )
+        ],
+        annotations=[
+            _plain(r)
+            for r in await _rows(
+                conn,
+                annotations_table,
+                annotations_table.c.tenant_id == tenant_id,
+                annotations_table.c.customer_id.in_(ids),
+            )
+        ],
+        cart=_plain(cart[0]) if cart else None,
+        orders=[
+            _plain(r)
+            for r in await _rows(
+                conn,
+                ordered_carts,
+                ordered_carts.c.tenant_id == tenant_id,
+                ordered_carts.c.customer_id.in_(ids),
+            )
+        ],
+        session=_plain(session[0]) if session else None,
+        consent=[consent.view(r) for r in await consent.ledger(conn, tenant_id, ids)],
+        returns=returns,
+        merges=[
+            _plain(r, "snapshot")
+            for r in await _rows(conn, merges, merges.c.tenant_id == tenant_id, involved)
+        ],
+    )
+
+
+async def _delete(conn: AsyncConnection, table: Table, *where: Any) -> int:
+    result = await conn.execute(delete(table).where(*where))
+    return int(result.rowcount or 0)
+
+
+async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:
+    await identity.lock_identity(conn, tenant_id, exclusive=True)
+    ids = await person_ids(conn, tenant_id, live)
+    erasure_id = new_id("era", 10)
+    now = utcnow()
+    t = tenant_id
+    removed: dict[str, int] = {}
+    kept: dict[str, int] = {}
+
+    kept["consent_refusals"] = int(
+        (
+            await conn.execute(
+                update(consent_decisions)
+                .where(
+                    consent_decisions.c.tenant_id == t,
+                    consent_decisions.c.customer_id.in_(ids),
+                    consent_decisions.c.status.in_(REFUSALS),
+                )
+                .values(customer_id=erasure_id, origin_customer_id=erasure_id, device_id=None)
+            )
+        ).rowcount
+        or 0
+    )
+    removed["consent_decisions"] = await _delete(
+        conn,
+        consent_decisions,
+        consent_decisions.c.tenant_id == t,
+        consent_decisions.c.customer_id.in_(ids),
+    )
+    kept["return_orders"] = int(
+        (
+            await conn.execute(
+                update(return_orders)
+                .where(return_orders.c.tenant_id == t, return_orders.c.customer_id.in_(ids))
+                .values(customer_id=None)
+            )
+        ).rowcount
+        or 0
+    )
+    removed["identifiers"] = await _delete(
+        conn, identifiers, identifiers.c.tenant_id == t, identifiers.c.customer_id.in_(ids)
+    )
+    removed["events"] = await _delete(
+        conn,
+        events,
+        events.c.tenant_id == t,
+        or_(events.c.customer_id.in_(ids), events.c.origin_customer_id.in_(ids)),
+    )
+    removed["annotations"] = await _delete(
+        conn,
+        annotations_table,
+        annotations_table.c.tenant_id == t,
+        or_(
+            annotations_table.c.customer_id.in_(ids),
+            annotations_table.c.origin_customer_id.in_(ids),
+        ),
+    )
+    removed["merges"] = await _delete(
+        conn,
+        merges,
+        merges.c.tenant_id == t,
+        or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids)),
+    )
+    for name, table in (("carts", carts), ("orders", ordered_carts), ("sessions", sessions)):
+        removed[name] = await _delete(
+            conn, table, table.c.tenant_id == t, table.c.customer_id.in_(ids)
+        )
+    removed["changes"] = await _delete(
+        conn, changes, changes.c.tenant_id == t, changes.c.customer_id.in_(ids)
+    )
+    removed["stored_answers"] = await _delete_answers_naming(conn, t, ids)
+    for column in (audit_log.c.subject, audit_log.c.detail):
+        await conn.execute(
+            update(audit_log)
+            .where(audit_log.c.tenant_id == t, column.in_(ids))
+            .values({column.name: erasure_id})
+        )
+    removed["customers"] = await _delete(
+        conn, customers, customers.c.tenant_id == t, customers.c.id.in_(ids)
+    )
+    return ErasureReceipt(
+        erasure_id=erasure_id,
+        erased_at=now,
+        customers=removed.pop("customers"),
+        removed=removed,
+        kept_anonymised=kept,
+    )
+
+
+async def _delete_answers_naming(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> int:
+    """Stored idempotent answers (response bodies) that name one of the customer's ids."""
+    total = 0
+    for customer_id in ids:
+        if conn.dialect.name == "postgresql":
+            hit = func.encode(idempotency_records.c.body, "escape").contains(customer_id)
+        else:
+            hit = func.instr(idempotency_records.c.body, customer_id.encode()) > 0
+        total += await _delete(
+            conn, idempotency_records, idempotency_records.c.tenant_id == tenant_id, hit
+        )
+    return total

@@ -1,0 +1,40 @@
+"""Server-Sent Events over the change feed: replay from a position, then follow live."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+from fastapi import Request
+from sqlalchemy.ext.asyncio import AsyncConnection
+from starlette.responses import StreamingResponse
+
+from server_stub.runtime import runtime_of
+
+KEEPALIVE_SECONDS = 15.0
+
+Reader = Callable[[AsyncConnection, int], Awaitable[list[Any]]]
+
+
+def sse_stream(request: Request, topic: str, after: int, read: Reader) -> StreamingResponse:
+    """Stream the rows `read` finds after each position as SSE (`id` is the change's seq,
+    so a watcher resumes with Last-Event-ID); wait on `topic` when there is nothing new."""
+    runtime = runtime_of(request)
+
+    async def stream() -> AsyncIterator[str]:
+        position = after
+        yield ": watching\n\n"
+        while not await request.is_disconnected():
+            async with runtime.database.transaction(write=False) as reader:
+                rows = await read(reader, position)
+            for row in rows:
+                position = row.seq
+                yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.payload)}\n\n"
+            if not rows:
+                await runtime.changes.wait(topic, KEEPALIVE_SECONDS)
+                yield ": keepalive\n\n"
+
+    return StreamingResponse(
+        stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
+    )
