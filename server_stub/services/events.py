@@ -18,14 +18,23 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel
-from omnisdk.core.events import Extracted, InvalidEvent, check_event
+from omnisdk.core.events import (
+    TRANSACTIONAL_EVENTS,
+    Extracted,
+    InvalidEvent,
+    check_event,
+    without_identifiers,
+)
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import BatchResult, EventIn, EventRejection
 from server_stub.ids import utcnow
-from server_stub.services import identity
+from server_stub.services import consent, identity
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import events, identifiers
+
+# The owner of events stored without identifiers: they count in aggregates, for no one.
+ANONYMOUS = ""
 
 
 class Rejected(Exception):  # an event refused, and why
@@ -45,6 +54,7 @@ class _Pending:
     customer_id: str | None = None
     key: IdentifierKey | None = None
     refusal: Rejected | None = None
+    anonymous: bool = False  # stored without identifiers (no analytics consent)
 
 
 @dataclass(frozen=True)
@@ -119,9 +129,24 @@ async def ingest(
                 _rejection(item.index, item.event_id, item.refusal.type, item.refusal.detail)
             )
     attributed = [p for p in pending if p.refusal is None]
+    await _apply_consent(conn, context, attributed)
     accepted, duplicates = await _store(conn, tenant_id, channel, attributed, now)
     rejected.sort(key=lambda r: r.index)
     return Outcome(accepted, duplicates, rejected)
+
+
+async def _apply_consent(
+    conn: AsyncConnection, context: TenantContext, items: list[_Pending]
+) -> None:
+    """Behavioural events of customers without analytics consent keep no identifiers."""
+    behavioural = [p for p in items if p.event.name not in TRANSACTIONAL_EVENTS]
+    if not behavioural:
+        return
+    allowed = await consent.analytics_allowed(
+        conn, context, {p.customer_id for p in behavioural if p.customer_id}
+    )
+    for item in behavioural:
+        item.anonymous = not allowed.get(item.customer_id or "", False)
 
 
 def _rejection(index: int, event_id: str, type: ProblemType, detail: str) -> EventRejection:
@@ -209,17 +234,22 @@ async def _store(
             continue
         seen.add(item.event_id)
         accepted.append(outcome)
+        owner = ANONYMOUS if item.anonymous else item.customer_id
         values.append(
             {
                 "tenant_id": tenant_id,
                 "event_id": item.event_id,
-                "customer_id": item.customer_id,
-                "origin_customer_id": item.customer_id,
+                "customer_id": owner,
+                "origin_customer_id": owner,
                 "name": item.event.name,
                 "channel": (item.event.channel or channel).value,
                 "occurred_at": item.occurred_at,
                 "received_at": now,
-                "properties": item.event.properties,
+                "properties": (
+                    without_identifiers(item.event.properties)
+                    if item.anonymous
+                    else item.event.properties
+                ),
                 "category": item.extracted.category,
                 "value": item.extracted.value,
             }

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import os
 from dataclasses import dataclass
 from datetime import datetime
@@ -20,7 +22,13 @@ class Tenant:
     created_at: datetime
 
 
-async def create(conn: AsyncConnection, name: str) -> Tenant:
+async def create(
+    conn: AsyncConnection, name: str, settings: dict[str, Any] | None = None
+) -> Tenant:
+    """A new tenant; `settings` (TenantSettings as JSON) are validated, defaults otherwise."""
+    from omnisdk.models import TenantSettings
+
+    stored = TenantSettings.model_validate(settings or {}).model_dump(mode="json")
     name = name.strip()
     if not name or len(name) > 200:
         raise ValueError("a tenant needs a name of 1 to 200 characters")
@@ -31,7 +39,7 @@ async def create(conn: AsyncConnection, name: str) -> Tenant:
             name=tenant.name,
             created_at=tenant.created_at,
             identifier_secret=os.urandom(32),
-            settings={},
+            settings=stored if settings else {},
         )
     )
     return tenant

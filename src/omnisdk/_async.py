@@ -20,9 +20,11 @@ from omnisdk._base import (
 from omnisdk._delivery import AsyncDelivery
 from omnisdk.resources.carts import AsyncCarts
 from omnisdk.resources.changes import AsyncChanges
+from omnisdk.resources.consent import AsyncConsent
 from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
+from omnisdk.resources.privacy import AsyncPrivacy
 from omnisdk.resources.returns import AsyncReturns, TillState
 from omnisdk.resources.sessions import AsyncSessions
 from omnisdk.resources.system import AsyncSystem
@@ -63,6 +65,8 @@ class AsyncClient(BaseClient):
         self.sessions = AsyncSessions(self)
         self.tenant = AsyncTenant(self)
         self.events = AsyncEvents(self)
+        self.consent = AsyncConsent(self)
+        self.privacy = AsyncPrivacy(self)
 
     async def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -109,6 +113,8 @@ class AsyncClient(BaseClient):
             await self._delivery.close(self.close_timeout)
         if self._outbox is not None:
             await asyncio.to_thread(self._outbox.close)
+        if self._consent_cache is not None:
+            await asyncio.to_thread(self._consent_cache.close)
         if self._owns_http:
             await self._http.aclose()
 

@@ -18,6 +18,7 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from omnisdk._consent_cache import ConsentCache
 from omnisdk._version import __version__
 from omnisdk.core.channels import Channel
 from omnisdk.errors import APIConnectionError, APITimeoutError, error_for
@@ -121,6 +122,9 @@ class BaseClient:
         full_policy: FullPolicy = "block",
         block_timeout: float = 30.0,
         offline_cap: float = 250.0,
+        consent_max_age: float = 300.0,
+        consent_offline_max_age: float = 5.0,
+        consent_watch: bool = True,
     ) -> None:
         if not api_key or not api_key.strip():
             raise ValueError("api_key is required: create one with `omnisdk-server key create`")
@@ -149,6 +153,21 @@ class BaseClient:
             "block_timeout": block_timeout,
         }
         self._outbox: Outbox | None = None
+        self._consent_options: dict[str, Any] = {
+            "max_age": consent_max_age,
+            "offline_max_age": consent_offline_max_age,
+            "watch": consent_watch,
+        }
+        self._consent_cache: ConsentCache | None = None
+
+    @property
+    def consent_cache(self) -> ConsentCache:
+        """What `consent.check` answers from (kept true by the consent change feed)."""
+        if self._consent_cache is None:
+            self._consent_cache = ConsentCache(
+                self.base_url, self._default_headers, **self._consent_options
+            )
+        return self._consent_cache
 
     @property
     def outbox(self) -> Outbox:

@@ -20,9 +20,11 @@ from omnisdk._base import (
 from omnisdk._delivery import Delivery
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import Changes
+from omnisdk.resources.consent import Consent
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
@@ -63,6 +65,8 @@ class Client(BaseClient):
         self.sessions = Sessions(self)
         self.tenant = Tenant(self)
         self.events = Events(self)
+        self.consent = Consent(self)
+        self.privacy = Privacy(self)
 
     def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -109,6 +113,8 @@ class Client(BaseClient):
             self._delivery.close(self.close_timeout)
         if self._outbox is not None:
             self._outbox.close()
+        if self._consent_cache is not None:
+            self._consent_cache.close()
         if self._owns_http:
             self._http.close()
 

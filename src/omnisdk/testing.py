@@ -83,6 +83,10 @@ class TestTenant:
     def async_client(self, channel: Channel | str = Channel.WEB, **options: Any) -> AsyncClient:
         return AsyncClient(self.server.url, self.key(channel), channel=channel, **options)
 
+# Tenant settings for tests about something other than consent that need events attributed to
+# their customers without recording analytics consent first (ConsentSettings.analytics).
+ATTRIBUTED_EVENTS: dict[str, Any] = {"consent": {"analytics": "legitimate_interest"}}
+
 
 class _ServerBase:
     url: str
@@ -111,11 +115,14 @@ class _ServerBase:
 
         return _run(run())
 
-    def create_tenant(self, name: str = "test shop") -> TestTenant:
+    def create_tenant(
+        self, name: str = "test shop", settings: dict[str, Any] | None = None
+    ) -> TestTenant:
+        """A tenant (with `settings`, TenantSettings as JSON, e.g. {"consent": {...}})."""
         from server_stub.services import tenants
 
         async def work(conn: Any) -> str:
-            return (await tenants.create(conn, name)).id
+            return (await tenants.create(conn, name, settings)).id
 
         return TestTenant(id=self._write(work), name=name, server=self)
 

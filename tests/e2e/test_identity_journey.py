@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 import omnisdk
-from omnisdk.testing import ServerProcess
+from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess
 
 
 def test_phone_chat_email_and_laptop_click_become_one_customer(
@@ -15,6 +15,9 @@ def test_phone_chat_email_and_laptop_click_become_one_customer(
 ) -> None:
     shop = server_process.create_tenant("Amy's shoe shop")
     with shop.client("app") as app, shop.client("web") as web:
+        # The app's first launch: Amy, still anonymous, allows analytics on her phone.
+        phone = app.identity.identify(anonymous_id="amy-phone").customer_id
+        app.consent.grant(phone, "analytics", source="app_settings", method="toggle")
         # The billboard: Amy's phone is an anonymous visitor.
         app.events.track(
             "campaign_scanned",
@@ -25,7 +28,10 @@ def test_phone_chat_email_and_laptop_click_become_one_customer(
         app.events.track("chat_started", anonymous_id="amy-phone", properties={"thread_id": "t-1"})
         assert app.events.flush(10) == 0
         known = app.identity.identify(anonymous_id="amy-phone", email="Amy@Example.com")
-        # At home: the laptop is another anonymous visitor until she clicks the e-mail link.
+        # At home: the laptop is another anonymous visitor until she clicks the e-mail link;
+        # she accepts the shop's cookie banner.
+        laptop_visitor = web.identity.identify(anonymous_id="amy-laptop").customer_id
+        web.consent.grant(laptop_visitor, "analytics", source="web_banner", method="click")
         web.events.track(
             "email_clicked", anonymous_id="amy-laptop", properties={"campaign": "welcome"}
         )
@@ -50,7 +56,7 @@ def test_phone_chat_email_and_laptop_click_become_one_customer(
 
 
 async def test_async_client_tracks_and_identifies(server_process: ServerProcess) -> None:
-    shop = server_process.create_tenant()
+    shop = server_process.create_tenant(settings=ATTRIBUTED_EVENTS)
     async with shop.async_client("pos") as till:
         for n in range(120):
             await till.events.track(
@@ -80,7 +86,7 @@ def test_track_refuses_a_bad_event_at_once(server_process: ServerProcess) -> Non
 def test_events_queued_while_the_server_is_away_arrive_when_it_is_back(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
     first = ServerProcess(url).start()
-    shop = first.create_tenant()
+    shop = first.create_tenant(settings=ATTRIBUTED_EVENTS)
     key = shop.key("web")
     address = first.url
     first.stop()

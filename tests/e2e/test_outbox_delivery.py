@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 import omnisdk
-from omnisdk.testing import ReferenceServer, ServerProcess
+from omnisdk.testing import ATTRIBUTED_EVENTS, ReferenceServer, ServerProcess
 
 FAST = omnisdk.RetryPolicy(max_retries=1, initial_delay=0.01, max_delay=0.05)
 
@@ -63,7 +63,7 @@ def test_kill_9_mid_burst_then_restart_delivers_what_returned(
 ) -> None:
     database = tmp_path / "shop.sqlite3"
     with ServerProcess(f"sqlite:///{database}") as server:
-        key = server.create_tenant().key("web")
+        key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
         data_dir = tmp_path / "backend"
         returned = kill_producer_mid_burst(server.url, key, data_dir, durability, after=400)
         # The backend restarts: a new client on the same data_dir sends what is on disk.
@@ -83,7 +83,7 @@ def test_kill_9_mid_burst_then_restart_delivers_what_returned(
 def test_server_down_for_the_whole_burst_then_everything_arrives_in_order(tmp_path: Path) -> None:
     database = tmp_path / "shop.sqlite3"
     server = ServerProcess(f"sqlite:///{database}").start()
-    key = server.create_tenant().key("web")
+    key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
     address, secret = server.url, server.secret_key
     server.stop()
     tracked: dict[str, list[str]] = {}
@@ -169,7 +169,7 @@ def test_a_flaky_server_loses_nothing_and_doubles_nothing(tmp_path: Path) -> Non
         return holder["flaky"]
 
     with ReferenceServer(wrap=wrap, log_level="WARNING") as server:
-        shop = server.create_tenant()
+        shop = server.create_tenant(settings=ATTRIBUTED_EVENTS)
         with shop.client("web", retry_policy=FAST, timeout=0.3, data_dir=tmp_path / "b") as web:
             ids = [
                 web.events.track("product_viewed", anonymous_id=f"v{n % 9}", event_id=f"fl-{n:04d}")
@@ -188,7 +188,7 @@ def test_a_flaky_server_loses_nothing_and_doubles_nothing(tmp_path: Path) -> Non
 
 def test_a_poison_event_becomes_a_dead_letter_and_the_rest_arrive(tmp_path: Path) -> None:
     with ReferenceServer(log_level="WARNING") as server:
-        shop = server.create_tenant()
+        shop = server.create_tenant(settings=ATTRIBUTED_EVENTS)
         with shop.client("web", data_dir=tmp_path / "b") as web:
             web.events.track("product_viewed", anonymous_id="amy", event_id="good-1")
             web.events.track("product_viewed", customer_id="cus_deleted", event_id="poison")
@@ -205,7 +205,7 @@ def test_a_poison_event_becomes_a_dead_letter_and_the_rest_arrive(tmp_path: Path
 def test_two_processes_share_one_outbox(tmp_path: Path) -> None:
     database = tmp_path / "shop.sqlite3"
     with ServerProcess(f"sqlite:///{database}") as server:
-        key = server.create_tenant().key("web")
+        key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
         data_dir = tmp_path / "shared"
         root = Path(__file__).resolve().parents[2]
         workers = [
@@ -235,7 +235,7 @@ def test_two_processes_share_one_outbox(tmp_path: Path) -> None:
 def test_events_tracked_in_a_forked_child_are_delivered(tmp_path: Path) -> None:
     database = tmp_path / "shop.sqlite3"
     with ServerProcess(f"sqlite:///{database}") as server:
-        key = server.create_tenant().key("web")
+        key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
         # gunicorn --preload style: the client exists (and has sent) before the fork.
         client = omnisdk.Client(server.url, key, channel="web", data_dir=tmp_path / "pre")
         client.events.track("product_viewed", anonymous_id="parent", event_id="parent-0")

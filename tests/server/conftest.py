@@ -42,9 +42,11 @@ class Harness:
     http: httpx.AsyncClient
     database: Database
 
-    async def shop(self, name: str = "test shop") -> ShopForTest:
+    async def shop(
+        self, name: str = "test shop", settings: dict[str, Any] | None = None
+    ) -> ShopForTest:
         async with self.database.transaction(write=True) as conn:
-            tenant = await tenants.create(conn, name)
+            tenant = await tenants.create(conn, name, settings)
             shop = ShopForTest(tenant.id, self.http)
             for channel in Channel:
                 shop.keys[channel] = (await keys.create(conn, tenant.id, channel))[1]

@@ -5,11 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import func, select
 
 from omnisdk.core.problems import ProblemType
+from omnisdk.testing import ATTRIBUTED_EVENTS
 from server_stub.storage.tables import events
 from tests.server.conftest import Harness, ShopForTest
+
+
+@pytest.fixture
+async def shop(server: Harness) -> ShopForTest:
+    """Events attributed without an analytics decision: this module is about what events do
+    to the profile; what consent does to events is tested in test_consent.py."""
+    return await server.shop(settings=ATTRIBUTED_EVENTS)
 
 
 def ago(**delta: float) -> str:

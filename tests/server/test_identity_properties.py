@@ -13,6 +13,7 @@ from typing import Any
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from omnisdk.testing import ATTRIBUTED_EVENTS
 from tests.server.conftest import ShopForTest, start_harness
 
 POOL = (
@@ -98,7 +99,7 @@ def test_merges_lose_and_duplicate_no_event(
 
     async def scenario() -> None:
         async for server in start_harness(migrated_database_url, log_level="WARNING"):
-            shop = await server.shop()
+            shop = await server.shop(settings=ATTRIBUTED_EVENTS)
             tracked: dict[str, tuple[str, str]] = {}
             for n, (type, value) in enumerate(used):
                 event = {

@@ -62,6 +62,33 @@ STANDARD_EVENTS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 _JSON_NAMES: dict[Any, str] = {str: "string", int: "integer", bool: "boolean", list: "array"}
 INTEREST_EVENTS = {"product_viewed": 1.0, "product_added": 3.0, "order_completed": 5.0}
 
+# Records of a contract with the customer (a purchase, a return): kept with the customer without
+# analytics consent. Every other event is behavioural and needs `analytics` to keep an identity.
+TRANSACTIONAL_EVENTS = frozenset({"order_completed", "return_completed"})
+# Properties an event loses when it is stored without identifiers.
+PERSONAL_PROPERTIES = frozenset(
+    {
+        "email",
+        "phone",
+        "name",
+        "first_name",
+        "last_name",
+        "address",
+        "ip",
+        "ip_address",
+        "user_agent",
+        "user_id",
+        "customer_id",
+        "anonymous_id",
+        "device_id",
+        "loyalty_card",
+    }
+)
+
+
+def without_identifiers(properties: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in properties.items() if k.lower() not in PERSONAL_PROPERTIES}
+
 
 class InvalidEvent(ValueError):
     """An event the server will not store; the message says what to fix."""

@@ -1,0 +1,146 @@
+"""The SDK's consent cache: `check()` answers from memory, the change feed keeps it true.
+
+A background thread follows the tenant's consent feed (`GET /v1/consent/changes`, SSE) and drops
+a customer's entry the moment a decision of theirs commits on any channel, so the next check
+reads the new state. While the feed is connected an entry lives `max_age` seconds; while it is
+not (the server restarting, a network cut) entries live only `offline_max_age` seconds, so a
+withdrawal made elsewhere is seen within that bound even without the feed. When the server
+cannot be asked, consent is not assumed: the check fails closed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from omnisdk.models import ConsentState
+from omnisdk.resources.changes import SseParser
+
+Key = tuple[str, str | None]  # customer id, device id
+
+
+@dataclass(frozen=True)
+class Entry:
+    state: ConsentState
+    granted: frozenset[str]
+    fetched_at: float
+
+
+class ConsentCache:
+    def __init__(
+        self,
+        base_url: str,
+        headers: dict[str, str],
+        *,
+        max_age: float = 300.0,
+        offline_max_age: float = 5.0,
+        watch: bool = True,
+    ) -> None:
+        self.max_age = max_age
+        self.offline_max_age = offline_max_age
+        self._entries: dict[Key, Entry] = {}
+        self._lock = threading.Lock()
+        self._url = f"{base_url}/v1/consent/changes"
+        self._headers = {**headers, "Accept": "text/event-stream"}
+        self._watch = watch
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._http: httpx.Client | None = None
+        self.connected = threading.Event()
+        self.invalidations = 0  # how many entries the feed has dropped (for tests and metrics)
+
+    # --- reading --------------------------------------------------------------------------
+
+    def get(self, customer_id: str, device_id: str | None) -> Entry | None:
+        entry = self._entries.get((customer_id, device_id))
+        if entry is None:
+            return None
+        age = time.monotonic() - entry.fetched_at
+        limit = self.max_age if self.connected.is_set() else self.offline_max_age
+        return entry if age < limit else None
+
+    def put(self, state: ConsentState, device_id: str | None, *aliases: str) -> Entry:
+        entry = Entry(
+            state,
+            frozenset(p for p, s in state.purposes.items() if s.granted),
+            time.monotonic(),
+        )
+        with self._lock:
+            for customer_id in {state.customer_id, *aliases}:
+                self._entries[(customer_id, device_id)] = entry
+        self._start()
+        return entry
+
+    def invalidate(self, customer_ids: list[str]) -> None:
+        wanted = set(customer_ids)
+        with self._lock:
+            stale = [key for key in self._entries if key[0] in wanted]
+            for key in stale:
+                del self._entries[key]
+            self.invalidations += len(stale)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    # --- following the feed ----------------------------------------------------------------
+
+    def _start(self) -> None:
+        if not self._watch or self._thread is not None:
+            return
+        with self._lock:
+            if self._thread is not None:
+                return
+            self._thread = threading.Thread(
+                target=self._follow, name="omnisdk-consent-feed", daemon=True
+            )
+            self._thread.start()
+
+    def _follow(self) -> None:
+        last: int | None = None
+        self._http = httpx.Client(timeout=httpx.Timeout(10, read=60))
+        while not self._stop.is_set():
+            headers = dict(self._headers)
+            if last is not None:
+                headers["Last-Event-ID"] = str(last)
+            try:
+                with self._http.stream("GET", self._url, headers=headers) as response:
+                    if response.status_code != 200:
+                        raise httpx.HTTPStatusError(
+                            "feed refused", request=response.request, response=response
+                        )
+                    parser = SseParser()
+                    for line in response.iter_lines():
+                        if line.startswith(": watching") and not self.connected.is_set():
+                            # Whatever changed while we were away: start again from the server.
+                            if last is None:
+                                self.clear()
+                            self.connected.set()
+                        change = parser.feed(line)
+                        if change is not None:
+                            last = change.id
+                            self._apply(change.data)
+                        if self._stop.is_set():
+                            return
+            except (httpx.HTTPError, ValueError):
+                pass
+            self.connected.clear()
+            self._stop.wait(1.0)
+
+    def _apply(self, data: dict[str, Any]) -> None:
+        customer = data.get("customer_id")
+        merged = data.get("merged_ids") or []
+        self.invalidate([c for c in [customer, *merged] if isinstance(c, str)])
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._http is not None:
+            with contextlib.suppress(Exception):
+                self._http.close()
+        if self._thread is not None:
+            self._thread.join(2.0)
