@@ -83,6 +83,7 @@ class TestTenant:
     def async_client(self, channel: Channel | str = Channel.WEB, **options: Any) -> AsyncClient:
         return AsyncClient(self.server.url, self.key(channel), channel=channel, **options)
 
+
 # Tenant settings for tests about something other than consent that need events attributed to
 # their customers without recording analytics consent first (ConsentSettings.analytics).
 ATTRIBUTED_EVENTS: dict[str, Any] = {"consent": {"analytics": "legitimate_interest"}}

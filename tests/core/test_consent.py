@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from omnisdk.core.consent import (
+    ConsentError,
     ConsentScope,
     Decision,
     Status,
@@ -117,3 +119,54 @@ def test_a_withdrawal_is_never_undone_by_an_older_grant(ledger: list[Decision], 
     )
     older = [d for d in ledger if d.at < at or d.status is not Status.GRANTED]
     assert not granted([*older, withdrawal], "personalisation")
+
+
+def test_recording_rules_name_what_is_wrong() -> None:
+    from omnisdk.core.consent import PurposeState, check_purpose, check_transition
+
+    check_purpose("marketing:email")
+    check_purpose("loyalty:scoring", custom=["loyalty:scoring"])
+    with pytest.raises(ConsentError, match="unknown purpose") as unknown:
+        check_purpose("mind_reading")
+    assert unknown.value.kind == "unknown-purpose"
+    with pytest.raises(ConsentError, match="nothing to withdraw"):
+        check_transition(None, Status.WITHDRAWN)
+    denied = PurposeState("analytics", False, Status.DENIED, 1.0)
+    with pytest.raises(ConsentError, match="standing decision is denied"):
+        check_transition(denied, Status.WITHDRAWN)
+    with pytest.raises(ConsentError, match="pending cannot be recorded"):
+        check_transition(None, Status.PENDING)
+    check_transition(PurposeState("analytics", True, Status.GRANTED, 1.0), Status.WITHDRAWN)
+    check_transition(denied, Status.GRANTED)
+
+
+def test_can_contact_needs_the_channel_s_marketing_grant() -> None:
+    from omnisdk.core.consent import can_contact
+
+    current = state([grant(1, "marketing:sms"), grant(2, "marketing:email")])
+    assert can_contact(current, "sms") and can_contact(current, "email")
+    assert not can_contact(current, "push")
+    with pytest.raises(ValueError, match="unknown marketing channel"):
+        can_contact(current, "fax")
+
+
+@given(st.binary(min_size=16, max_size=32), st.text(max_size=20), st.integers(0, 2**40))
+def test_confirmation_tokens_round_trip_and_any_altered_byte_is_refused(
+    key: bytes, decision: str, expires: int
+) -> None:
+    from omnisdk.core.consent import ConfirmationInvalid, issue_confirmation, read_confirmation
+
+    token = issue_confirmation(key, {"d": decision, "exp": expires})
+    if expires < 1_000:
+        with pytest.raises(ConfirmationInvalid, match="expired"):
+            read_confirmation(key, token, now=1_000)
+        return
+    assert read_confirmation(key, token, now=0)["d"] == decision
+    for position in range(4, len(token)):
+        altered = (
+            token[:position] + ("A" if token[position] != "A" else "B") + token[position + 1 :]
+        )
+        with pytest.raises(ConfirmationInvalid):
+            read_confirmation(key, altered, now=0)
+    with pytest.raises(ConfirmationInvalid):
+        read_confirmation(key + b"x", token, now=0)

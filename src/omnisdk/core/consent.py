@@ -274,6 +274,8 @@ def read_confirmation(key: bytes, token: str, now: float) -> dict[str, Any]:
         body, signature = _unb64(parts[1]), _unb64(parts[2])
     except (ValueError, binascii.Error) as exc:
         raise ConfirmationInvalid("the token is damaged") from exc
+    if _b64(body) != parts[1] or _b64(signature) != parts[2]:  # one spelling per token
+        raise ConfirmationInvalid("the token is damaged")
     if not hmac.compare_digest(hmac.new(key, body, hashlib.sha256).digest(), signature):
         raise ConfirmationInvalid("the token's signature does not match: it was not issued here")
     try:
