@@ -20,7 +20,9 @@ from server_stub.observability import Metrics, RequestContext, configure_logging
 from server_stub.pos import StationConfig, create_station
 from server_stub.routers import (
     carts,
+    changes,
     consent,
+    content,
     customers,
     events,
     health,
@@ -60,6 +62,8 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     carts.router,
     sessions.router,
     consent.router,
+    content.router,
+    changes.router,
     identity.router,
     customers.router,
     identity.merges_router,

@@ -5,6 +5,8 @@
     omnisdk-server tenant create NAME | tenant list
     omnisdk-server key create --tenant T --channel web|app|pos|admin [--name N] [--scope S ...]
     omnisdk-server key list --tenant T | key revoke --tenant T KEY_ID
+    omnisdk-server content import --tenant T FILE.yaml|FILE.json [--note TEXT]
+    omnisdk-server recs rebuild --tenant T
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -151,6 +153,61 @@ def cmd_key_revoke(args: argparse.Namespace) -> None:
     print(f"revoked {args.key_id}")
 
 
+def cmd_content_import(args: argparse.Namespace) -> None:
+    from pydantic import ValidationError
+
+    from omnisdk.models import RulesetIn
+    from server_stub.errors import Problem
+    from server_stub.services import content
+
+    try:
+        with open(args.file, encoding="utf-8") as handle:
+            text = handle.read()
+    except OSError as exc:
+        raise CommandError(f"cannot read {args.file}: {exc.strerror}") from exc
+    try:
+        if args.file.endswith((".yaml", ".yml")):
+            import yaml
+
+            document = yaml.safe_load(text)
+        else:
+            import json
+
+            document = json.loads(text)
+        ruleset = RulesetIn.model_validate(
+            {**(document or {}), "note": args.note or f"imported from {os.path.basename(args.file)}"}
+        )
+    except ValidationError as exc:
+        raise CommandError(f"{args.file} is not a ruleset: {exc}") from exc
+    except Exception as exc:  # JSON or YAML syntax: say where, without a traceback
+        raise CommandError(f"{args.file} cannot be parsed: {exc}") from exc
+
+    async def work(database: Database) -> int:
+        async with database.transaction(write=True) as conn:
+            await _require_tenant(conn, args.tenant)
+            return (await content.publish(conn, args.tenant, ruleset, None)).version
+
+    try:
+        version = asyncio.run(_with_database(_database_url(args), work))
+    except Problem as problem:
+        details = "\n  ".join(problem.extra.get("errors", []))
+        raise CommandError(f"{problem.detail}:\n  {details}") from problem
+    print(f"published ruleset version {version} with {len(ruleset.slots)} slot(s)")
+
+
+def cmd_recs_rebuild(args: argparse.Namespace) -> None:
+    from server_stub.services import content
+
+    async def work(database: Database) -> tuple[int, int]:
+        async with database.transaction(write=True) as conn:
+            await _require_tenant(conn, args.tenant)
+            model = await content.rebuild(conn, args.tenant)
+            return model.baskets, len(model.together)
+
+    baskets, products = asyncio.run(_with_database(_database_url(args), work))
+    print(f"recommendations rebuilt from {baskets} baskets; {products} products have partners")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -197,6 +254,24 @@ def parser() -> argparse.ArgumentParser:
     key_revoke.add_argument("--tenant", required=True)
     key_revoke.add_argument("key_id")
     key_revoke.set_defaults(run=cmd_key_revoke)
+
+    content = commands.add_parser("content", help="manage personalised content")
+    content_commands = content.add_subparsers(dest="action", required=True)
+    content_import = content_commands.add_parser(
+        "import", parents=[common], help="validate and publish a ruleset file (YAML or JSON)"
+    )
+    content_import.add_argument("--tenant", required=True)
+    content_import.add_argument("--note", default="")
+    content_import.add_argument("file")
+    content_import.set_defaults(run=cmd_content_import)
+
+    recs = commands.add_parser("recs", help="recommendations")
+    recs_commands = recs.add_subparsers(dest="action", required=True)
+    rebuild = recs_commands.add_parser(
+        "rebuild", parents=[common], help="recompute bought-together and popular products"
+    )
+    rebuild.add_argument("--tenant", required=True)
+    rebuild.set_defaults(run=cmd_recs_rebuild)
     return top
 
 

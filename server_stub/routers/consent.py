@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Header, Query, Request
-from sqlalchemy.ext.asyncio import AsyncConnection
-from starlette.responses import StreamingResponse
+from fastapi import APIRouter, Query, Request
 
 from omnisdk.core.channels import Scope
 from omnisdk.models import (
@@ -19,9 +17,8 @@ from omnisdk.models import (
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
-from server_stub.services import changes, consent
+from server_stub.services import consent
 from server_stub.services.profile import require_customer
-from server_stub.sse import sse_stream
 
 router = APIRouter(prefix="/v1/consent", tags=["consent"], route_class=ApiRoute)
 
@@ -37,27 +34,6 @@ async def confirm(
     body: ConfirmConsentRequest, request: Request, conn: Connection, context: Context
 ) -> RecordConsentResult:
     return await consent.confirm(conn, context, body.token, principal_of(request).channel)
-
-
-@router.get(
-    "/changes",
-    summary="Server-Sent Events: every customer's consent changes, live (for SDK caches)",
-    response_class=StreamingResponse,
-    openapi_extra=needs(Scope.CONSENT_READ),
-)
-async def watch_consent(
-    request: Request, conn: Connection, last_event_id: Annotated[str | None, Header()] = None
-) -> StreamingResponse:
-    tenant_id = principal_of(request).tenant_id
-    if last_event_id is not None and last_event_id.isdigit():
-        after = int(last_event_id)
-    else:
-        after = await changes.last_seq(conn, tenant_id)
-
-    async def read(reader: AsyncConnection, position: int) -> list[Any]:
-        return await changes.of_tenant(reader, tenant_id, "consent", position)
-
-    return sse_stream(request, changes.tenant_topic(tenant_id), after, read)
 
 
 @router.get(

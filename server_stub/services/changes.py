@@ -65,13 +65,16 @@ async def since(
     return list(rows)
 
 
+TENANT_WIDE = ""  # the customer id of changes that concern the whole tenant (content)
+
+
 async def of_tenant(
-    conn: AsyncConnection, tenant_id: str, kind: str, after: int, limit: int = 100
+    conn: AsyncConnection, tenant_id: str, kinds: list[str], after: int, limit: int = 100
 ) -> list[Any]:
-    """The tenant's changes of one kind after `after` (every customer's)."""
+    """The tenant's changes of these kinds after `after` (every customer's)."""
     rows = await conn.execute(
         select(changes)
-        .where(changes.c.tenant_id == tenant_id, changes.c.seq > after, changes.c.kind == kind)
+        .where(changes.c.tenant_id == tenant_id, changes.c.seq > after, changes.c.kind.in_(kinds))
         .order_by(changes.c.seq)
         .limit(limit)
     )

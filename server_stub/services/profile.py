@@ -45,6 +45,25 @@ async def require_customer(conn: AsyncConnection, tenant_id: str, customer_id: s
     return live
 
 
+MAX_PURCHASED = 200
+
+
+async def _purchased(conn: AsyncConnection, mine: Any) -> list[str]:
+    rows = await conn.execute(
+        select(events.c.properties)
+        .where(mine, events.c.name == "order_completed")
+        .order_by(events.c.occurred_at.desc())
+        .limit(MAX_PURCHASED)
+    )
+    found: dict[str, None] = {}
+    for row in rows:
+        skus = (row.properties or {}).get("skus")
+        for sku in skus if isinstance(skus, list) else ():
+            if isinstance(sku, str):
+                found.setdefault(sku)
+    return list(found)[:MAX_PURCHASED]
+
+
 def event_view(row: Row[Any]) -> EventView:
     return EventView(
         event_id=row.event_id,
@@ -96,6 +115,7 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         lifecycle=rules.lifecycle(first_seen, last, now, context.lifecycle),
         buyer_type=await _buyer_type(conn, tenant_id, live),
         annotations=await _annotations(conn, tenant_id, live),
+        purchased_skus=await _purchased(conn, mine),
         recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None)).items,
         cart=await _cart(conn, context, live, now),
     )
@@ -121,6 +141,7 @@ async def _cart(
         value=value,
         updated_at=cart.updated_at,
         abandoned=idle_hours >= context.settings.carts.abandoned_after_hours,
+        skus=list(dict.fromkeys(line.sku for line in cart.lines)),
     )
 
 

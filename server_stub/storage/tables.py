@@ -326,3 +326,25 @@ consent_decisions = Table(
     Column("confirms", String(40), nullable=True),
     Index("ix_consent_decisions_customer", "tenant_id", "customer_id"),
 )
+
+content_rulesets = Table(
+    "content_rulesets",
+    metadata,
+    # Every published version is kept: the newest is served, the others are the audit trail.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("version", Integer, primary_key=True),
+    Column("etag", String(64), nullable=False),
+    Column("document", JSON, nullable=False),
+    Column("author_key_id", String(40), nullable=True),  # None: imported by the CLI
+    Column("note", String(200), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+)
+
+recommendation_models = Table(
+    "recommendation_models",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("etag", String(64), nullable=False),
+    Column("document", JSON, nullable=False),  # omnisdk.core.recs.build
+    Column("built_at", UtcDateTime(), nullable=False),
+)

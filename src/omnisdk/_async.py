@@ -21,6 +21,7 @@ from omnisdk._delivery import AsyncDelivery
 from omnisdk.resources.carts import AsyncCarts
 from omnisdk.resources.changes import AsyncChanges
 from omnisdk.resources.consent import AsyncConsent
+from omnisdk.resources.content import AsyncContent
 from omnisdk.resources.events import AsyncEvents
 from omnisdk.resources.identity import AsyncIdentity
 from omnisdk.resources.keys import AsyncKeys
@@ -67,6 +68,7 @@ class AsyncClient(BaseClient):
         self.events = AsyncEvents(self)
         self.consent = AsyncConsent(self)
         self.privacy = AsyncPrivacy(self)
+        self.content = AsyncContent(self)
 
     async def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -113,8 +115,7 @@ class AsyncClient(BaseClient):
             await self._delivery.close(self.close_timeout)
         if self._outbox is not None:
             await asyncio.to_thread(self._outbox.close)
-        if self._consent_cache is not None:
-            await asyncio.to_thread(self._consent_cache.close)
+        await asyncio.to_thread(self._close_caches)
         if self._owns_http:
             await self._http.aclose()
 

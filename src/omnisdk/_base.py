@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar
 
 from omnisdk._consent_cache import ConsentCache
+from omnisdk._content_cache import ContentCache
 from omnisdk._version import __version__
 from omnisdk.core.channels import Channel
 from omnisdk.errors import APIConnectionError, APITimeoutError, error_for
@@ -125,6 +126,8 @@ class BaseClient:
         consent_max_age: float = 300.0,
         consent_offline_max_age: float = 5.0,
         consent_watch: bool = True,
+        content_refresh_interval: float = 30.0,
+        profile_max_age: float = 60.0,
     ) -> None:
         if not api_key or not api_key.strip():
             raise ValueError("api_key is required: create one with `omnisdk-server key create`")
@@ -159,6 +162,11 @@ class BaseClient:
             "watch": consent_watch,
         }
         self._consent_cache: ConsentCache | None = None
+        self._content_options: dict[str, Any] = {
+            "refresh_interval": content_refresh_interval,
+            "profile_max_age": profile_max_age,
+        }
+        self._content_cache: ContentCache | None = None
 
     @property
     def consent_cache(self) -> ConsentCache:
@@ -168,6 +176,25 @@ class BaseClient:
                 self.base_url, self._default_headers, **self._consent_options
             )
         return self._consent_cache
+
+    @property
+    def content_cache(self) -> ContentCache:
+        """The ruleset, recommendations and profiles `content.decide` works from."""
+        if self._content_cache is None:
+            cache = ContentCache(
+                self.base_url, self._default_headers, self.data_dir, **self._content_options
+            )
+            feed = self.consent_cache
+            feed.listeners.append(cache.on_change)
+            feed.start()  # the feed tells of new rulesets and of customers' changes
+            self._content_cache = cache
+        return self._content_cache
+
+    def _close_caches(self) -> None:
+        if self._content_cache is not None:
+            self._content_cache.close()
+        if self._consent_cache is not None:
+            self._consent_cache.close()
 
     @property
     def outbox(self) -> Outbox:

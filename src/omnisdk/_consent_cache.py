@@ -1,5 +1,7 @@
 """The SDK's consent cache: `check()` answers from memory, the change feed keeps it true.
 
+The same feed thread serves the content cache (rulesets, profiles) through `listeners`.
+
 A background thread follows the tenant's consent feed (`GET /v1/consent/changes`, SSE) and drops
 a customer's entry the moment a decision of theirs commits on any channel, so the next check
 reads the new state. While the feed is connected an entry lives `max_age` seconds; while it is
@@ -13,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,13 +48,15 @@ class ConsentCache:
         self.offline_max_age = offline_max_age
         self._entries: dict[Key, Entry] = {}
         self._lock = threading.Lock()
-        self._url = f"{base_url}/v1/consent/changes"
+        self._url = f"{base_url}/v1/changes?kinds=consent,content,cart"
         self._headers = {**headers, "Accept": "text/event-stream"}
         self._watch = watch
         self._thread: threading.Thread | None = None
         self._stop = threading.Event()
         self._http: httpx.Client | None = None
         self.connected = threading.Event()
+        # Called with (kind, data) for every change the feed brings (the content cache listens).
+        self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.invalidations = 0  # how many entries the feed has dropped (for tests and metrics)
 
     # --- reading --------------------------------------------------------------------------
@@ -124,7 +129,7 @@ class ConsentCache:
                         change = parser.feed(line)
                         if change is not None:
                             last = change.id
-                            self._apply(change.data)
+                            self._apply(change.kind, change.data)
                         if self._stop.is_set():
                             return
             except (httpx.HTTPError, ValueError):
@@ -132,10 +137,17 @@ class ConsentCache:
             self.connected.clear()
             self._stop.wait(1.0)
 
-    def _apply(self, data: dict[str, Any]) -> None:
-        customer = data.get("customer_id")
-        merged = data.get("merged_ids") or []
-        self.invalidate([c for c in [customer, *merged] if isinstance(c, str)])
+    def _apply(self, kind: str, data: dict[str, Any]) -> None:
+        if kind == "consent":
+            customer = data.get("customer_id")
+            merged = data.get("merged_ids") or []
+            self.invalidate([c for c in [customer, *merged] if isinstance(c, str)])
+        for listener in list(self.listeners):
+            listener(kind, data)
+
+    def start(self) -> None:
+        """Follow the feed now (it also starts on the first cached entry)."""
+        self._start()
 
     def close(self) -> None:
         self._stop.set()

@@ -21,6 +21,7 @@ from omnisdk._delivery import Delivery
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import Changes
 from omnisdk.resources.consent import Consent
+from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
@@ -67,6 +68,7 @@ class Client(BaseClient):
         self.events = Events(self)
         self.consent = Consent(self)
         self.privacy = Privacy(self)
+        self.content = Content(self)
 
     def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -113,8 +115,7 @@ class Client(BaseClient):
             self._delivery.close(self.close_timeout)
         if self._outbox is not None:
             self._outbox.close()
-        if self._consent_cache is not None:
-            self._consent_cache.close()
+        self._close_caches()
         if self._owns_http:
             self._http.close()
 

@@ -250,6 +250,7 @@ class CartSummary(WireModel):
     value: float | None = Field(description="From the shop's price snapshots, if all have one.")
     updated_at: datetime
     abandoned: bool = Field(description="Untouched for the tenant's abandoned_after_hours.")
+    skus: list[str] = Field(default_factory=list, description="The products in it.")
 
 
 class Profile(WireModel):
@@ -269,6 +270,9 @@ class Profile(WireModel):
     annotations: list[Annotation]
     recent_events: list[EventView]
     cart: CartSummary | None = None
+    purchased_skus: list[str] = Field(
+        default_factory=list, description="SKUs of her completed orders, newest first."
+    )
 
 
 # --- tenant settings ------------------------------------------------------------------------
@@ -670,3 +674,37 @@ class ErasureReceipt(WireModel):
     kept_anonymised: dict[str, int] = Field(
         description="Kept for the law, with nothing linking them to the person."
     )
+
+
+# --- content --------------------------------------------------------------------------------
+
+
+class RulesetIn(WireModel):
+    """A content ruleset to publish: slots with ordered variants (see docs/content.md)."""
+
+    slots: dict[str, dict[str, Any]] = Field(max_length=100)
+    note: str = Field(default="", max_length=200, description="What changed, for the audit.")
+
+
+class RulesetVersionInfo(WireModel):
+    version: int
+    etag: str
+    created_at: datetime
+    author_key_id: str | None
+    note: str
+
+
+class RulesetVersion(RulesetVersionInfo):
+    slots: dict[str, dict[str, Any]]
+
+
+class RulesetHistory(WireModel):
+    items: list[RulesetVersionInfo]
+
+
+class RecommendationModel(WireModel):
+    etag: str
+    built_at: datetime | None
+    baskets: int
+    together: dict[str, list[tuple[str, int]]]
+    popular: list[tuple[str, int]]

@@ -47,6 +47,10 @@ STANDARD_EVENTS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
         "utm_medium": (str, "UTM medium"),
         "utm_campaign": (str, "UTM campaign"),
     },
+    "experiment_viewed": {
+        "experiment": (str, "the experiment's key"),
+        "variant": (str, "the arm shown"),
+    },
     "chat_started": {"thread_id": (str, "the chat thread")},
     "email_opened": {"campaign": (str, "the e-mail campaign")},
     "email_clicked": {"campaign": (str, "the e-mail campaign"), "url": (str, "the link")},

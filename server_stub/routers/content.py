@@ -1,0 +1,100 @@
+"""Content: the ruleset SDKs decide with (ETag-cached), its versions, recommendation models."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Header, Request, Response
+
+from omnisdk.core.channels import Scope
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import RecommendationModel, RulesetHistory, RulesetIn, RulesetVersion
+from server_stub.auth import needs, principal_of
+from server_stub.errors import Problem
+from server_stub.routers.dependencies import Connection
+from server_stub.routing import ApiRoute
+from server_stub.services import content
+
+router = APIRouter(prefix="/v1/content", tags=["content"], route_class=ApiRoute)
+
+IfNoneMatch = Annotated[str | None, Header()]
+
+
+def _not_modified(etag: str, if_none_match: str | None) -> Response | None:
+    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": etag})
+    return None
+
+
+@router.get(
+    "/ruleset",
+    summary="The current content ruleset (send If-None-Match with its ETag to re-check cheaply)",
+    openapi_extra=needs(Scope.CONTENT_READ),
+    response_model=RulesetVersion,
+    responses={304: {"description": "Not modified: the ETag you sent is current"}},
+)
+async def get_ruleset(
+    request: Request, response: Response, conn: Connection, if_none_match: IfNoneMatch = None
+) -> RulesetVersion | Response:
+    ruleset = await content.current(conn, principal_of(request).tenant_id)
+    if ruleset is None:
+        raise Problem(ProblemType.NOT_FOUND, "no content ruleset has been published yet")
+    unchanged = _not_modified(ruleset.etag, if_none_match)
+    if unchanged is not None:
+        return unchanged
+    response.headers["ETag"] = ruleset.etag
+    return ruleset
+
+
+@router.put(
+    "/ruleset",
+    summary="Publish a new version of the ruleset (validated; If-Match guards concurrent edits)",
+    openapi_extra=needs(Scope.CONTENT_WRITE),
+)
+async def put_ruleset(
+    body: RulesetIn,
+    request: Request,
+    response: Response,
+    conn: Connection,
+    if_match: Annotated[str | None, Header()] = None,
+) -> RulesetVersion:
+    principal = principal_of(request)
+    published = await content.publish(conn, principal.tenant_id, body, principal.key_id, if_match)
+    response.headers["ETag"] = published.etag
+    return published
+
+
+@router.get(
+    "/ruleset/versions",
+    summary="Every published version: who published it, when, and why",
+    openapi_extra=needs(Scope.CONTENT_WRITE),
+)
+async def versions(request: Request, conn: Connection) -> RulesetHistory:
+    return await content.history(conn, principal_of(request).tenant_id)
+
+
+@router.get(
+    "/recommendations",
+    summary="The co-occurrence model the SDK recommends from (ETag-cached)",
+    openapi_extra=needs(Scope.CONTENT_READ),
+    response_model=RecommendationModel,
+    responses={304: {"description": "Not modified"}},
+)
+async def get_recommendations(
+    request: Request, response: Response, conn: Connection, if_none_match: IfNoneMatch = None
+) -> RecommendationModel | Response:
+    model = await content.recommendation_model(conn, principal_of(request).tenant_id)
+    unchanged = _not_modified(model.etag, if_none_match)
+    if unchanged is not None:
+        return unchanged
+    response.headers["ETag"] = model.etag
+    return model
+
+
+@router.post(
+    "/recommendations/rebuild",
+    summary="Recompute the recommendation model from orders and cart adds",
+    openapi_extra=needs(Scope.CONTENT_WRITE),
+)
+async def rebuild(request: Request, conn: Connection) -> RecommendationModel:
+    return await content.rebuild(conn, principal_of(request).tenant_id)

@@ -1,0 +1,351 @@
+"""Personalised content, decided locally (DESIGN: personalised content).
+
+    decision = client.content.decide(customer_id, campaign="billboard-berlin-7", device="mobile")
+    decision["landing.hero"].content      # what to show
+    decision["landing.hero"].explanation  # why
+    decision.html("landing.hero")         # an escaped HTML fragment for the page
+
+A decision reads the cached ruleset (no request), and for a known customer who granted
+`personalisation` her cached profile (traits, interests, lifecycle, cart, purchases, consent).
+Without that consent, no profile is read at all: only the request (campaign, UTM parameters, a
+scanned campaign QR, channel, device, locale, time) is used. Experiment exposures are tracked
+once per visitor and arm (`experiment_viewed`, with an id derived from both, so the server
+stores it once however many backends decide).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+from omnisdk._content_cache import ContentCache, ProfileFacts
+from omnisdk.core.content import SlotDecision
+from omnisdk.core.recs import recommend
+from omnisdk.models import Profile
+from omnisdk.resources._resource import AsyncResource, SyncResource
+from omnisdk.resources.identity import profile_call
+
+if TYPE_CHECKING:
+    from jinja2 import Environment
+
+PERSONALISATION = "personalisation"
+UTM_FIELDS = ("source", "medium", "campaign", "content", "term")
+
+
+@dataclass(frozen=True)
+class ContentDecision:
+    visitor_id: str | None
+    personalised: bool  # False: no profile was read
+    ruleset_version: int | None
+    slots: dict[str, SlotDecision]
+    items: dict[str, list[dict[str, str]]] = field(default_factory=dict)
+
+    def __getitem__(self, slot: str) -> SlotDecision:
+        return self.slots[slot]
+
+    def content(self, slot: str) -> dict[str, Any]:
+        """The slot's content, with `items` for a recommendations slot."""
+        decided = self.slots[slot]
+        body = dict(decided.content)
+        if slot in self.items:
+            body["items"] = self.items[slot]
+        return body
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "visitor_id": self.visitor_id,
+            "personalised": self.personalised,
+            "ruleset_version": self.ruleset_version,
+            "slots": {
+                name: {
+                    "variant": d.variant,
+                    "reason": d.reason,
+                    "explanation": d.explanation,
+                    "content": self.content(name),
+                    **({"experiment": list(d.experiment)} if d.experiment else {}),
+                }
+                for name, d in self.slots.items()
+            },
+        }
+
+    def html(self, slot: str, environment: Environment | None = None) -> str:
+        """The slot as an HTML fragment; every value is escaped (Jinja2 autoescape)."""
+        env = environment or templates()
+        body = self.content(slot)
+        name = "recommendations.html" if slot in self.items else "block.html"
+        decided = self.slots[slot]
+        return env.get_template(name).render(
+            slot=slot, variant=decided.variant, content=body, items=body.get("items", [])
+        )
+
+
+_ENVIRONMENT: Environment | None = None
+
+
+def templates() -> Environment:
+    """The SDK's fragment templates (autoescaped); pass your own Environment to restyle."""
+    global _ENVIRONMENT
+    if _ENVIRONMENT is None:
+        from jinja2 import Environment, PackageLoader, select_autoescape
+
+        _ENVIRONMENT = Environment(
+            loader=PackageLoader("omnisdk", "templates"),
+            autoescape=select_autoescape(default=True, default_for_string=True),
+        )
+        _ENVIRONMENT.filters["safe_url"] = safe_url
+    return _ENVIRONMENT
+
+
+def safe_url(url: Any) -> str:
+    """Links and media only to http(s), the shop's own paths, anchors or mail: escaping alone
+    would let a `javascript:` URL through."""
+    text = str(url or "").strip()
+    if text.startswith(("https://", "http://", "#", "mailto:")) or (
+        text.startswith("/") and not text.startswith("//")
+    ):
+        return text
+    return "#"
+
+
+def request_attributes(
+    visitor_id: str | None,
+    *,
+    channel: str | None,
+    campaign: str | None = None,
+    utm: Mapping[str, str] | None = None,
+    qr: str | None = None,
+    device: str | None = None,
+    locale: str | None = None,
+    now: datetime | None = None,
+    extra: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """The condition attributes a request gives (no personal data)."""
+    utm = {k.removeprefix("utm_"): v for k, v in (utm or {}).items()}
+    when = now or datetime.now(UTC)
+    attributes: dict[str, Any] = {
+        "id": visitor_id,
+        "known": False,
+        "channel": channel,
+        "device": device,
+        "locale": locale,
+        "language": locale.split("-")[0].lower() if locale else None,
+        "campaign": {
+            "id": campaign or qr or utm.get("campaign"),
+            "qr": qr,
+            **{name: utm.get(name) for name in UTM_FIELDS},
+        },
+        "time": {"hour": when.hour, "weekday": when.isoweekday(), "date": when.date().isoformat()},
+        "consent": {},
+    }
+    if extra:
+        attributes["request"] = dict(extra)
+    return attributes
+
+
+def profile_facts(profile: Profile, now: float) -> ProfileFacts:
+    cart = profile.cart
+    interests = profile.interests
+    attributes = {
+        "known": True,
+        "traits": profile.traits,
+        "interests": interests,
+        "top_interest": next(iter(interests), None),
+        "lifecycle": profile.lifecycle.value,
+        "buyer_type": profile.buyer_type.value,
+        "orders": {"count": profile.orders.count, "value": profile.orders.total_value},
+        "cart": {
+            "lines": cart.lines if cart else 0,
+            "units": cart.units if cart else 0,
+            "value": cart.value if cart else 0,
+            "abandoned": cart.abandoned if cart else False,
+            "skus": cart.skus if cart else [],
+        },
+        "purchased": profile.purchased_skus,
+    }
+    return ProfileFacts(
+        attributes,
+        tuple(cart.skus) if cart else (),
+        tuple(profile.purchased_skus),
+        now,
+    )
+
+
+def exposure_event_id(visitor_id: str, experiment: str, arm: str) -> str:
+    return hashlib.sha256(f"{visitor_id}\x1f{experiment}\x1f{arm}".encode()).hexdigest()[:32]
+
+
+def _decide(
+    cache: ContentCache,
+    attributes: dict[str, Any],
+    slots: list[str] | None,
+    facts: ProfileFacts | None,
+) -> tuple[dict[str, SlotDecision], dict[str, list[dict[str, str]]]]:
+    ruleset = cache.ready()
+    decided = ruleset.decide(attributes, slots)
+    items: dict[str, list[dict[str, str]]] = {}
+    for name, decision in decided.items():
+        if decision.source == "recommendations":
+            picks = recommend(
+                cache.recommendations,
+                facts.cart if facts else (),
+                facts.purchased if facts else (),
+                decision.limit,
+            )
+            items[name] = [{"sku": sku, "why": why} for sku, why in picks]
+    return decided, items
+
+
+def _exposures(
+    cache: ContentCache, visitor_id: str | None, decided: dict[str, SlotDecision]
+) -> list[tuple[str, str]]:
+    new: list[tuple[str, str]] = []
+    if visitor_id is None:
+        return new
+    for decision in decided.values():
+        if decision.experiment is not None:
+            key = (visitor_id, *decision.experiment)
+            if key not in cache.exposed:
+                cache.exposed.add(key)
+                new.append(decision.experiment)
+    return new
+
+
+def _who(customer_id: str | None, anonymous_id: str | None) -> dict[str, str]:
+    return {"customer_id": customer_id} if customer_id else {"anonymous_id": anonymous_id or ""}
+
+
+class Content(SyncResource):
+    def decide(
+        self,
+        customer_id: str | None = None,
+        *,
+        anonymous_id: str | None = None,
+        slots: list[str] | None = None,
+        device_id: str | None = None,
+        campaign: str | None = None,
+        utm: Mapping[str, str] | None = None,
+        qr: str | None = None,
+        device: str | None = None,
+        locale: str | None = None,
+        now: datetime | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> ContentDecision:
+        """Decide `slots` (all when None) for a known customer or an anonymous visitor."""
+        client = self._client
+        cache = client.content_cache
+        visitor = customer_id or anonymous_id
+        context = request_attributes(
+            visitor,
+            channel=client.channel.value if client.channel else None,
+            campaign=campaign,
+            utm=utm,
+            qr=qr,
+            device=device,
+            locale=locale,
+            now=now,
+            extra=attributes,
+        )
+        facts = None
+        if customer_id is not None:
+            state = client.consent.state(customer_id, device_id)
+            granted = state is not None and _granted(state.purposes, PERSONALISATION)
+            if state is not None:
+                context["consent"] = {p: s.granted for p, s in state.purposes.items()}
+            if granted:
+                facts = cache.profile(customer_id)
+                if facts is None:
+                    profile = client.execute(profile_call(customer_id))
+                    facts = _remember(cache, customer_id, profile)
+                context.update(facts.attributes)
+        decided, items = _decide(cache, context, slots, facts)
+        for experiment, arm in _exposures(cache, visitor, decided):
+            client.events.track(
+                "experiment_viewed",
+                **_who(customer_id, anonymous_id),
+                event_id=exposure_event_id(visitor or "", experiment, arm),
+                properties={"experiment": experiment, "variant": arm},
+            )
+        return ContentDecision(visitor, facts is not None, cache.ruleset_version, decided, items)
+
+    def refresh(self) -> None:
+        """Re-check the ruleset and recommendations now (normally done in the background)."""
+        self._client.content_cache.refresh()
+
+
+class AsyncContent(AsyncResource):
+    async def decide(
+        self,
+        customer_id: str | None = None,
+        *,
+        anonymous_id: str | None = None,
+        slots: list[str] | None = None,
+        device_id: str | None = None,
+        campaign: str | None = None,
+        utm: Mapping[str, str] | None = None,
+        qr: str | None = None,
+        device: str | None = None,
+        locale: str | None = None,
+        now: datetime | None = None,
+        attributes: Mapping[str, Any] | None = None,
+    ) -> ContentDecision:
+        import asyncio
+
+        client = self._client
+        cache = client.content_cache
+        if cache.ruleset is None:
+            await asyncio.to_thread(cache.ready)
+        visitor = customer_id or anonymous_id
+        context = request_attributes(
+            visitor,
+            channel=client.channel.value if client.channel else None,
+            campaign=campaign,
+            utm=utm,
+            qr=qr,
+            device=device,
+            locale=locale,
+            now=now,
+            extra=attributes,
+        )
+        facts = None
+        if customer_id is not None:
+            state = await client.consent.state(customer_id, device_id)
+            granted = state is not None and _granted(state.purposes, PERSONALISATION)
+            if state is not None:
+                context["consent"] = {p: s.granted for p, s in state.purposes.items()}
+            if granted:
+                facts = cache.profile(customer_id)
+                if facts is None:
+                    profile = await client.execute(profile_call(customer_id))
+                    facts = _remember(cache, customer_id, profile)
+                context.update(facts.attributes)
+        decided, items = _decide(cache, context, slots, facts)
+        for experiment, arm in _exposures(cache, visitor, decided):
+            await client.events.track(
+                "experiment_viewed",
+                **_who(customer_id, anonymous_id),
+                event_id=exposure_event_id(visitor or "", experiment, arm),
+                properties={"experiment": experiment, "variant": arm},
+            )
+        return ContentDecision(visitor, facts is not None, cache.ruleset_version, decided, items)
+
+    async def refresh(self) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self._client.content_cache.refresh)
+
+
+def _granted(purposes: Mapping[str, Any], purpose: str) -> bool:
+    current = purposes.get(purpose)
+    return current is not None and bool(current.granted)
+
+
+def _remember(cache: ContentCache, customer_id: str, profile: Profile) -> ProfileFacts:
+    import time
+
+    facts = profile_facts(profile, time.monotonic())
+    for known in {customer_id, profile.customer_id}:
+        cache.profiles[known] = facts
+    return facts
