@@ -96,7 +96,7 @@ async def publish(
         )
     version = (latest.version if latest else 0) + 1
     now = utcnow()
-    etag = etag_of(document)
+    etag = etag_of({"version": version, **document})  # one ETag per version
     row: dict[str, Any] = {
         "tenant_id": tenant_id,
         "version": version,
