@@ -175,7 +175,10 @@ def cmd_content_import(args: argparse.Namespace) -> None:
 
             document = json.loads(text)
         ruleset = RulesetIn.model_validate(
-            {**(document or {}), "note": args.note or f"imported from {os.path.basename(args.file)}"}
+            {
+                **(document or {}),
+                "note": args.note or f"imported from {os.path.basename(args.file)}",
+            }
         )
     except ValidationError as exc:
         raise CommandError(f"{args.file} is not a ruleset: {exc}") from exc

@@ -190,4 +190,3 @@ async def recommendation_model(conn: AsyncConnection, tenant_id: str) -> Recomme
         empty = recs.build([])
         return RecommendationModel(etag=etag_of(empty), built_at=None, **_model_parts(empty))
     return RecommendationModel(etag=row.etag, built_at=row.built_at, **_model_parts(row.document))
-

@@ -131,11 +131,13 @@ class ConsentCache:
                             last = change.id
                             self._apply(change.kind, change.data)
                         if self._stop.is_set():
-                            return
+                            break
             except (httpx.HTTPError, ValueError):
                 pass
             self.connected.clear()
             self._stop.wait(1.0)
+        with contextlib.suppress(Exception):
+            self._http.close()
 
     def _apply(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "consent":
@@ -150,9 +152,8 @@ class ConsentCache:
         self._start()
 
     def close(self) -> None:
+        """Stop following the feed. The thread (a daemon) may sit in a read until the server's
+        next keepalive; it then ends without touching anything."""
         self._stop.set()
-        if self._http is not None:
-            with contextlib.suppress(Exception):
-                self._http.close()
         if self._thread is not None:
-            self._thread.join(2.0)
+            self._thread.join(0.1)

@@ -97,10 +97,18 @@ class _ServerBase:
         # The key that seals signing keys at rest; the same one must serve a database later.
         self.secret_key = secret_key or base64.b64encode(os.urandom(32)).decode()
         self._tmpdir: str | None = None
+        self._clients_dir: str | None = None
         if database_url is None:
             self._tmpdir = tempfile.mkdtemp(prefix="omnisdk-test-")
             database_url = f"sqlite+aiosqlite:///{Path(self._tmpdir) / 'omnisdk.sqlite3'}"
         self.database_url = database_url
+
+    def data_path(self, name: str) -> Path:
+        """A directory for one test client's local data (its outbox, caches), removed with
+        the server's temporary files."""
+        if self._clients_dir is None:
+            self._clients_dir = tempfile.mkdtemp(prefix="omnisdk-clients-")
+        return Path(self._clients_dir) / name
 
     def _write(self, work: Callable[[Any], Coroutine[Any, Any, T]]) -> T:
         """Run `work(connection)` in one write transaction on the server's database."""
@@ -141,9 +149,10 @@ class _ServerBase:
         _run(upgrade(self.database_url))
 
     def _cleanup(self) -> None:
-        if self._tmpdir is not None:
-            shutil.rmtree(self._tmpdir, ignore_errors=True)
-            self._tmpdir = None
+        for directory in (self._tmpdir, self._clients_dir):
+            if directory is not None:
+                shutil.rmtree(directory, ignore_errors=True)
+        self._tmpdir = self._clients_dir = None
 
 
 class ReferenceServer(_ServerBase):
@@ -183,6 +192,7 @@ class ReferenceServer(_ServerBase):
             log_config=None,
             access_log=False,
             lifespan="on",
+            timeout_graceful_shutdown=0.5,  # open change-feed streams reconnect; see cli serve
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(

@@ -24,8 +24,14 @@ from typing import TYPE_CHECKING, Any
 from omnisdk._content_cache import ContentCache, ProfileFacts
 from omnisdk.core.content import SlotDecision
 from omnisdk.core.recs import recommend
-from omnisdk.models import Profile
-from omnisdk.resources._resource import AsyncResource, SyncResource
+from omnisdk.models import (
+    Profile,
+    RecommendationModel,
+    RulesetHistory,
+    RulesetIn,
+    RulesetVersion,
+)
+from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
 from omnisdk.resources.identity import profile_call
 
 if TYPE_CHECKING:
@@ -217,7 +223,38 @@ def _who(customer_id: str | None, anonymous_id: str | None) -> dict[str, str]:
     return {"customer_id": customer_id} if customer_id else {"anonymous_id": anonymous_id or ""}
 
 
+def publish_call(slots: Mapping[str, Any], note: str, if_match: str | None) -> Call[RulesetVersion]:
+    body = RulesetIn(slots=dict(slots), note=note)
+    return Call(
+        "PUT",
+        "/v1/content/ruleset",
+        model(RulesetVersion),
+        json=body.model_dump(mode="json"),
+        headers={"If-Match": if_match} if if_match else {},
+    )
+
+
+def versions_call() -> Call[RulesetHistory]:
+    return Call("GET", "/v1/content/ruleset/versions", model(RulesetHistory))
+
+
+def rebuild_call() -> Call[RecommendationModel]:
+    return Call("POST", "/v1/content/recommendations/rebuild", model(RecommendationModel))
+
+
 class Content(SyncResource):
+    def publish(
+        self, slots: Mapping[str, Any], note: str = "", if_match: str | None = None
+    ) -> RulesetVersion:
+        """Publish a new ruleset version (admin keys); InvalidRuleset problems list each error."""
+        return self._client.execute(publish_call(slots, note, if_match))
+
+    def versions(self) -> RulesetHistory:
+        return self._client.execute(versions_call())
+
+    def rebuild_recommendations(self) -> RecommendationModel:
+        return self._client.execute(rebuild_call())
+
     def decide(
         self,
         customer_id: str | None = None,
@@ -276,6 +313,17 @@ class Content(SyncResource):
 
 
 class AsyncContent(AsyncResource):
+    async def publish(
+        self, slots: Mapping[str, Any], note: str = "", if_match: str | None = None
+    ) -> RulesetVersion:
+        return await self._client.execute(publish_call(slots, note, if_match))
+
+    async def versions(self) -> RulesetHistory:
+        return await self._client.execute(versions_call())
+
+    async def rebuild_recommendations(self) -> RecommendationModel:
+        return await self._client.execute(rebuild_call())
+
     async def decide(
         self,
         customer_id: str | None = None,
