@@ -192,7 +192,7 @@ class ReferenceServer(_ServerBase):
             log_config=None,
             access_log=False,
             lifespan="on",
-            timeout_graceful_shutdown=0.5,  # open change-feed streams reconnect; see cli serve
+            timeout_graceful_shutdown=1,  # open change-feed streams reconnect; see cli serve
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
