@@ -7,6 +7,7 @@ from pathlib import Path
 
 from bench import (
     bench_carts,
+    bench_content,
     bench_ingest,
     bench_outbox,
     bench_sdk_overhead,
@@ -26,6 +27,7 @@ SUITES = {
     "Return codes: tokens and QR images (issue 5)": bench_tokens.run,
     "Durable outbox (issue 9)": bench_outbox.run,
     "Shared cart and change feed (issue 3)": bench_carts.run,
+    "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
 }
 
 
