@@ -49,6 +49,17 @@ def main() -> int:
                 database_url=database_url,
             )
         print(f"  tenant {tenant}, one key per channel: {', '.join(CHANNELS)}")
+        print(
+            "  "
+            + operator(
+                "content",
+                "import",
+                "--tenant",
+                tenant,
+                str(HERE / "content" / "landing.yaml"),
+                database_url=database_url,
+            )
+        )
         print("  $ omnisdk-server serve --port <free port>")
         with ServerProcess(database_url, log_path=Path(directory) / "server.log") as server:
             print(f"  the reference server is ready at {server.url}\n")

@@ -23,6 +23,10 @@ def step(text: str) -> None:
     print(f"-- {text}")
 
 
+def generic_title(client: omnisdk.Client) -> str:
+    return str(client.content.decide(anonymous_id="someone-else")["landing.hero"].content["title"])
+
+
 def main() -> None:
     url = os.environ["OMNISDK_URL"]
     web = omnisdk.Client(url, os.environ["OMNISDK_WEB_KEY"], channel="web")
@@ -36,12 +40,26 @@ def main() -> None:
         print(f"   {name:12} -> tenant {me.tenant_id}, channel {me.channel.value}")
 
     phone, laptop = f"phone-{uuid.uuid4().hex[:8]}", f"laptop-{uuid.uuid4().hex[:8]}"
-    step("Amy scans the billboard's QR code with her phone: an anonymous visitor")
+    step("Amy scans the billboard's QR code with her phone: the landing page matches the poster")
+    billboard = app.content.decide(
+        anonymous_id=phone, qr="billboard-berlin-7", device="mobile", locale="de-DE"
+    )
+    hero = billboard["landing.hero"]
+    print(f"   hero: {hero.content['title']!r}  <- {hero.explanation}")
+    print(f"   the generic page would say: {generic_title(app)!r}")
+
+    step("The app asks for consent at first launch: she allows analytics, nothing else yet")
+    visitor = app.identity.identify(anonymous_id=phone).customer_id
+    app.consent.grant(visitor, "analytics", source="app_settings", method="toggle")
     app.events.track(
         "campaign_scanned",
         anonymous_id=phone,
         properties={"campaign": "billboard-berlin-7", "utm_source": "billboard"},
     )
+    for sku in ("TR2", "TR3"):
+        app.events.track(
+            "product_viewed", anonymous_id=phone, properties={"sku": sku, "category": "running"}
+        )
     app.events.track("chat_started", anonymous_id=phone, properties={"thread_id": "chat-1"})
     app.events.flush(10)
     print(f"   phone {phone} is customer {app.identity.resolve('anonymous', phone)}")
@@ -56,6 +74,8 @@ def main() -> None:
     )
 
     step("At home her laptop is a stranger, until she clicks the link in the e-mail")
+    visitor = web.identity.identify(anonymous_id=laptop).customer_id
+    web.consent.grant(visitor, "analytics", source="web_banner", method="click")
     web.events.track("email_clicked", anonymous_id=laptop, properties={"campaign": "welcome"})
     web.events.flush(10)
     stranger = web.identity.resolve("anonymous", laptop)
@@ -64,7 +84,6 @@ def main() -> None:
         f"   laptop was customer {stranger}; now merged into {linked.customer_id} "
         f"(merged: {linked.merged}, merge {linked.merge_ids[0]})"
     )
-
     step("One customer, both devices, one timeline across channels")
     profile = web.identity.get_profile(stranger or linked.customer_id)
     devices = sorted(i.value for i in profile.identifiers if i.type == "anonymous")
@@ -75,6 +94,20 @@ def main() -> None:
     for event in reversed(web.identity.timeline(linked.customer_id).items):
         print(f"   {event.occurred_at:%H:%M:%S}  {event.channel.value:4} {event.name}")
     print(f"   lifecycle {profile.lifecycle.value}, previous ids {profile.previous_ids}")
+
+    step("Known but not consenting to personalisation: the page stays generic, no profile read")
+    page = web.content.decide(linked.customer_id, device="desktop")
+    print(f"   hero: {page['landing.hero'].content['title']!r} (personalised: {page.personalised})")
+
+    step("She accepts personalisation in the laptop's banner: the page fits her interests")
+    web.consent.grant(linked.customer_id, "personalisation", source="web_banner", method="click")
+    page = web.content.decide(linked.customer_id, device="desktop")
+    for slot in ("landing.hero", "landing.cta"):
+        decided = page[slot]
+        shown = decided.content.get("title") or decided.content["cta"]["label"]
+        print(f"   {slot}: {shown!r}  <- {decided.explanation}")
+    signals = web.consent.consent_mode(linked.customer_id)
+    print(f"   gtag('consent', 'update', {signals})")
 
     step("On the phone she filled half the questionnaire; the laptop continues where she stopped")
     app.sessions.set(linked.customer_id, {"questionnaire": {"step": 3, "size": 38}})
@@ -114,6 +147,21 @@ def main() -> None:
         f"   checkout with version {laptop_cart.version}: the cart is now empty "
         f"({len(ordered.lines)} lines)"
     )
+
+    step("Other shoppers bought the Trail 2 with socks and insoles: recommendations rebuilt")
+    for n, skus in enumerate([["TR2", "SOCK-M", "INSOLE"], ["TR2", "SOCK-M"], ["TR2", "CAP"]]):
+        web.events.track(
+            "order_completed",
+            anonymous_id=f"shopper-{uuid.uuid4().hex[:6]}",
+            properties={"order_id": f"other-{n}", "skus": skus},
+        )
+    web.events.flush(10)
+    admin.content.rebuild_recommendations()
+    web.content.refresh()
+    web.carts.add(linked.customer_id, "TR2", 1, name="Trail 2")
+    picks = web.content.decide(linked.customer_id).items["landing.recommendations"]
+    listed = ", ".join(f"{p['sku']} ({p['why']})" for p in picks)
+    print(f"   with the Trail 2 in her cart: {listed}")
 
     step("Amy buys two pairs of shoes; the web shop issues her return QR code")
     web.events.track(
@@ -212,6 +260,44 @@ def main() -> None:
         web.keys.list()
     except omnisdk.PermissionDeniedError as error:
         print(f"   web key listing keys -> {type(error).__name__}: {error.detail}")
+
+    step("She subscribes to the newsletter: pending until she clicks the confirmation e-mail")
+    pending = web.consent.grant(linked.customer_id, "marketing:email", source="checkout")
+    token = pending.confirmations[0].token
+    print(
+        f"   status {pending.state.purposes['marketing:email'].status.value}; may e-mail her: "
+        f"{web.consent.can_contact(linked.customer_id, 'email')}"
+    )
+    web.consent.confirm(token)  # the shop's confirmation link handler
+    allowed = web.consent.can_contact(linked.customer_id, "email")
+    print(f"   after the click: may e-mail her: {allowed}")
+
+    step("On her phone she withdraws personalisation; the laptop's next page is generic")
+    started = time.monotonic()
+    app.consent.withdraw(linked.customer_id, "personalisation", source="app_settings")
+    while web.consent_cache.get(linked.customer_id, None) is not None:
+        time.sleep(0.005)  # the laptop's backend hears of it over the change feed
+    heard = (time.monotonic() - started) * 1000
+    page = web.content.decide(linked.customer_id, device="desktop")
+    print(
+        f"   laptop heard in {heard:.0f} ms; hero: {page['landing.hero'].content['title']!r} "
+        f"(personalised: {page.personalised})"
+    )
+
+    step("Amy asks what the shop holds about her, then to be forgotten")
+    for client in (web, app):
+        client.events.flush(10)  # everything her devices sent is on record first
+    export = admin.privacy.export(linked.customer_id)
+    print(
+        f"   export: {len(export.customer_ids)} customer ids, "
+        f"{len(export.identifiers)} identifiers, "
+        f"{len(export.events)} events, {len(export.consent)} consent decisions, "
+        f"{len(export.returns)} return records"
+    )
+    receipt = admin.privacy.erase(linked.customer_id)
+    kept = receipt.kept_anonymised
+    print(f"   erased {receipt.customers} customer records; kept anonymised: {kept}")
+    print(f"   her e-mail now resolves to: {web.identity.resolve('email', 'amy@example.com')}")
 
     for client in (web, app, pos, admin):
         client.close()
