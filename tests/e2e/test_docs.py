@@ -18,7 +18,15 @@ def python_blocks(page: Path) -> list[str]:
 
 @pytest.mark.parametrize(
     ("page", "at_least"),
-    [("sdk.md", 8), ("returns.md", 2), ("pos.md", 1), ("outbox.md", 1), ("carts.md", 4)],
+    [
+        ("sdk.md", 8),
+        ("returns.md", 2),
+        ("pos.md", 1),
+        ("outbox.md", 1),
+        ("carts.md", 4),
+        ("consent.md", 4),
+        ("content.md", 3),
+    ],
 )
 def test_guide_examples_run(monkeypatch: pytest.MonkeyPatch, page: str, at_least: int) -> None:
     # A block with a line of just "..." is an illustration with gaps; the rest must run.
