@@ -224,3 +224,23 @@ def test_html_fragments_escape_what_content_and_context_carry(server: ReferenceS
         fragment = web.content.decide(anonymous_id="v").html("landing.hero")
     assert "<script>" not in fragment and "&lt;script&gt;" in fragment
     assert "javascript:" not in fragment
+
+
+async def test_the_async_client_gates_and_decides_the_same_way(
+    server: ReferenceServer, reads: ProfileReads
+) -> None:
+    shop = shop_with_landing(server)
+    async with shop.async_client("web", data_dir=server.data_path("async")) as web:
+        amy = (await web.identity.identify(anonymous_id="amy-async")).customer_id
+        await web.consent.grant(amy, "analytics")
+        await web.events.send("product_viewed", customer_id=amy, properties={"category": "running"})
+        generic = await web.content.decide(amy)
+        assert not generic.personalised and reads.paths == []
+        await web.consent.grant(amy, "personalisation")
+        assert await web.consent.check(amy, "personalisation")
+        personal = await web.content.decide(amy, device="mobile")
+        assert personal["landing.hero"].variant == "runner" and len(reads.paths) == 1
+        signals = await web.consent.consent_mode(amy)
+        assert signals["ad_personalization"] == "granted"
+        await web.consent.withdraw(amy, "personalisation")
+        assert (await web.content.decide(amy))["landing.hero"].variant == "default"
