@@ -117,7 +117,7 @@ def run() -> list[Figure]:
         with shop.client("web", data_dir=Path(scratch) / "web") as web:
             amy = web.identity.identify(anonymous_id="amy-laptop").customer_id
             web.consent.grant(amy, "analytics", "personalisation")
-            for n in range(3):
+            for _ in range(3):
                 web.events.send(
                     "product_viewed", customer_id=amy, properties={"category": "running"}
                 )
@@ -167,13 +167,13 @@ def run() -> list[Figure]:
     share = ours_rate / check_rate
     return [
         Figure(
-            "decision, 3 slots × 10 conditional variants + 1 experiment, warm cache",
+            "decision, 3 slots x 10 conditional variants + 1 experiment, warm cache",
             ours_rate,
             peer_rate,
             "GrowthBook Python SDK, equivalent features",
             "decisions/s",
             ours_rate / peer_rate,
-            "≥ 2×",
+            "≥ 2x",
             ours_rate / peer_rate >= 2.0,
             "omnisdk's decision includes the consent check, the cached profile merged into the "
             "context and building the request context; GrowthBook gets its attributes ready-made",
