@@ -37,6 +37,7 @@ from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import consent_decisions
 
 CONFIRMATION_CONTEXT = b"omnisdk consent confirmation v1"
+MAX_QUEUED_AGE = timedelta(days=30)
 
 
 def confirmation_key(context: TenantContext) -> bytes:
@@ -173,15 +174,21 @@ async def record(
                     ProblemType.VALIDATION_ERROR,
                     "device_id is required for device scope and only for it",
                 )
+            if decision.queued and decision.client_time is not None:
+                # Decided offline earlier: it takes its place in time, not at its arrival.
+                at = min(max(decision.client_time, now - MAX_QUEUED_AGE), now)
+                before = [d for d in known if d.at < at.timestamp()]
+            else:
+                # Strictly increasing per customer, so "the latest decision" is never a tie.
+                at = now if last is None or now > last else last + timedelta(microseconds=1)
+                last = at
+                before = known
             current = _standing_of_scope(
-                known, decision.purpose, decision.scope, decision.device_id, settings.skew_seconds
+                before, decision.purpose, decision.scope, decision.device_id, settings.skew_seconds
             )
             rules.check_transition(current, decision.status)
         except rules.ConsentError as error:
             raise _problem(error) from error
-        # Strictly increasing times per customer, so "the latest decision" is never a tie.
-        at = now if last is None or now > last else last + timedelta(microseconds=1)
-        last = at
         status = decision.status
         if (
             status is rules.Status.GRANTED

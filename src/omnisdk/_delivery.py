@@ -26,6 +26,7 @@ from omnisdk._base import Call
 from omnisdk.errors import APIConnectionError, APIError, RateLimitedError, ServerError
 from omnisdk.models import BatchResult, RedeemRequest, Redemption
 from omnisdk.outbox import Item, Outbox
+from omnisdk.resources.consent import CONSENT, delivery_call
 from omnisdk.resources.events import EVENT, raw_batch_call
 from omnisdk.resources.returns import REDEMPTION, redeem_call
 
@@ -35,7 +36,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omnisdk.delivery")
 
-KINDS = (EVENT, REDEMPTION)
+KINDS = (EVENT, REDEMPTION, CONSENT)
 MAX_EVENTS_PER_REQUEST = 500
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 IDLE_WAIT = 0.5
@@ -98,6 +99,8 @@ class Courier:
         if first.kind == REDEMPTION:
             request = RedeemRequest.model_validate(first.payload["request"])
             return Shipment([first], redeem_call(request))
+        if first.kind == CONSENT:
+            return Shipment([first], delivery_call(first.payload, first.key))
         raise ValueError(f"no courier for outbox items of kind {first.kind!r}")
 
     def delivered(self, shipment: Shipment, answer: Any) -> tuple[list[int], list[tuple[str, str]]]:

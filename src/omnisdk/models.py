@@ -582,6 +582,14 @@ class ConsentDecisionIn(WireModel):
     client_time: datetime | None = Field(
         default=None, description="When the customer decided, by the device's clock."
     )
+    queued: bool = Field(
+        default=False,
+        description=(
+            "Recorded while offline and delivered later (the SDK's outbox): ordered by "
+            "client_time (never later than its arrival, at most 30 days earlier), so a decision "
+            "made before one that arrived first does not override it."
+        ),
+    )
 
 
 class RecordConsentRequest(WireModel):

@@ -301,3 +301,34 @@ async def test_consent_needs_the_consent_scopes(server: Harness, shop: ShopForTe
     assert write.status_code == 403
     other = await server.shop("other shop")
     assert (await other.request("GET", f"/v1/consent/{amy}")).status_code == 404
+
+
+async def test_queued_decisions_are_placed_at_their_time_within_bounds(
+    shop: ShopForTest,
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    amy = await customer(shop, "phone-12")
+    now = datetime.now(UTC)
+    await decide(shop, amy, {"purpose": "analytics", "status": "granted"})
+    hour_ago = {
+        "purpose": "analytics",
+        "status": "withdrawn",
+        "queued": True,
+        "client_time": (now - timedelta(hours=1)).isoformat(),
+    }
+    # An hour ago nothing was granted yet: there was nothing to withdraw.
+    refused = await decide(shop, amy, hour_ago)
+    assert refused.status_code == 409
+    future = {**hour_ago, "client_time": (now + timedelta(days=2)).isoformat()}
+    placed = (await decide(shop, amy, future)).json()["recorded"][0]
+    assert datetime.fromisoformat(placed["recorded_at"]) < now + timedelta(minutes=1)
+    ancient = {
+        "purpose": "personalisation",
+        "status": "granted",
+        "queued": True,
+        "client_time": (now - timedelta(days=400)).isoformat(),
+    }
+    placed = (await decide(shop, amy, ancient)).json()["recorded"][0]
+    assert datetime.fromisoformat(placed["recorded_at"]) > now - timedelta(days=31)
+    assert placed["client_time"].startswith(str((now - timedelta(days=400)).year))

@@ -8,7 +8,8 @@ commits). No decision means not granted, and so does a server that cannot be ask
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime
+import uuid
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from omnisdk.core.consent import MARKETING_CHANNELS, ConsentScope, Status
@@ -75,6 +76,33 @@ def record_call(customer_id: str, decisions: list[ConsentDecisionIn]) -> Call[Re
     )
 
 
+CONSENT = "consent"  # the outbox kind of a decision recorded while offline
+
+
+def queued_item(
+    customer_id: str, purposes: str | Iterable[str], status: Status | str, **details: Any
+) -> tuple[str, dict[str, Any]]:
+    """The outbox key and payload of decisions to deliver later, stamped with the time now."""
+    wanted = [purposes] if isinstance(purposes, str) else list(purposes)
+    details.setdefault("client_time", datetime.now(UTC))
+    decisions = [
+        d.model_copy(update={"queued": True}) for d in decisions_of(wanted, status, **details)
+    ]
+    body = RecordConsentRequest(decisions=decisions).model_dump(mode="json", exclude_none=True)
+    return f"consent-{uuid.uuid4().hex}", {"customer_id": customer_id, "request": body}
+
+
+def delivery_call(payload: dict[str, Any], key: str) -> Call[RecordConsentResult]:
+    """The request that delivers a queued item (its outbox key is its Idempotency-Key)."""
+    return Call(
+        "POST",
+        f"/v1/consent/{payload['customer_id']}",
+        model(RecordConsentResult),
+        json=payload["request"],
+        idempotency_key=key,
+    )
+
+
 def confirm_call(token: str) -> Call[RecordConsentResult]:
     body = ConfirmConsentRequest(token=token)
     return Call(
@@ -124,6 +152,23 @@ class Consent(SyncResource):
 
     def withdraw(self, customer_id: str, *purposes: str, **details: Any) -> RecordConsentResult:
         return self.record(customer_id, purposes, Status.WITHDRAWN, **details)
+
+    def queue(
+        self,
+        customer_id: str,
+        purposes: str | Iterable[str],
+        status: Status | str,
+        **details: Any,
+    ) -> str:
+        """Record decisions through the durable outbox (a till or app without network): they
+        are delivered in the background, applied once, and take their place in the ledger at
+        the time they were made. Until then this client stops trusting its cached state for
+        the customer. Returns the outbox key."""
+        key, payload = queued_item(customer_id, purposes, status, **details)
+        self._client.outbox.append(CONSENT, key, payload)
+        self._client.consent_cache.invalidate([customer_id])
+        self._client.delivery.nudge()
+        return key
 
     def confirm(self, token: str) -> RecordConsentResult:
         """The customer clicked the opt-in e-mail's link: confirm the pending grant."""
@@ -203,6 +248,21 @@ class AsyncConsent(AsyncResource):
         self, customer_id: str, *purposes: str, **details: Any
     ) -> RecordConsentResult:
         return await self.record(customer_id, purposes, Status.WITHDRAWN, **details)
+
+    async def queue(
+        self,
+        customer_id: str,
+        purposes: str | Iterable[str],
+        status: Status | str,
+        **details: Any,
+    ) -> str:
+        import asyncio
+
+        key, payload = queued_item(customer_id, purposes, status, **details)
+        await asyncio.to_thread(self._client.outbox.append, CONSENT, key, payload)
+        self._client.consent_cache.invalidate([customer_id])
+        self._client.delivery.nudge()
+        return key
 
     async def confirm(self, token: str) -> RecordConsentResult:
         result = await self._client.execute(confirm_call(token))
