@@ -291,10 +291,25 @@ _ORDER: dict[str, Callable[[int], bool]] = {
 def compile_condition(condition: Condition) -> Test:
     """The condition as a tree of closures: paths split, regexes compiled, versions padded and
     sets built once, so that a decision only runs comparisons."""
-    clauses = [_compile_clause(key, value) for key, value in condition.items()]
-    if len(clauses) == 1:
-        return clauses[0]
-    return lambda attributes, groups: all(clause(attributes, groups) for clause in clauses)
+    return _all_of([_compile_clause(key, value) for key, value in condition.items()])
+
+
+def _all_of(tests: list[Test]) -> Test:
+    """A test that holds when every one of `tests` does (true for none), stopping at the first
+    that fails; small cases unrolled, since decisions run these millions of times."""
+    if len(tests) == 1:
+        return tests[0]
+    if len(tests) == 2:
+        first, second = tests
+        return lambda a, g: first(a, g) and second(a, g)
+
+    def every(attributes: Attributes, groups: SavedGroups) -> bool:
+        for test in tests:  # noqa: SIM110 - a plain loop is faster than all() over a generator
+            if not test(attributes, groups):
+                return False
+        return True
+
+    return every
 
 
 def _compile_clause(key: str, value: Any) -> Test:
@@ -303,22 +318,27 @@ def _compile_clause(key: str, value: Any) -> Test:
         negate = key == "$nor"
         return lambda a, g: (not options or any(o(a, g) for o in options)) != negate
     if key == "$and":
-        parts = [compile_condition(c) for c in value]
-        return lambda a, g: all(p(a, g) for p in parts)
+        return _all_of([compile_condition(c) for c in value])
     if key == "$not":
         inner = compile_condition(value)
         return lambda a, g: not inner(a, g)
     path = key.split(".")
     matches = _compile_value(value)
+    if len(path) == 1:
+        name = path[0]
+
+        def top_level(attributes: Attributes, groups: SavedGroups) -> bool:
+            return matches(attributes.get(name) if isinstance(attributes, dict) else None, groups)
+
+        return top_level
 
     def clause(attributes: Attributes, groups: SavedGroups) -> bool:
         current: Any = attributes
         for segment in path:
-            if isinstance(current, dict) and segment in current:
-                current = current[segment]
+            if isinstance(current, dict):
+                current = current.get(segment)
             else:
-                current = None
-                break
+                return matches(None, groups)
         return matches(current, groups)
 
     return clause
@@ -333,6 +353,21 @@ def _compile_value(expected: Any) -> ValueTest:
         if len(tests) == 1:
             return tests[0]
         return lambda actual, groups: all(t(actual, groups) for t in tests)
+    return _equals(expected)
+
+
+def _equals(expected: Any) -> ValueTest:
+    """JSON equality with `expected`, specialised for scalars (what `same` would decide)."""
+    if expected is None:
+        return lambda actual, groups: actual is None
+    if isinstance(expected, bool):
+        return lambda actual, groups: isinstance(actual, bool) and actual == expected
+    if isinstance(expected, str):
+        return lambda actual, groups: isinstance(actual, str) and actual == expected
+    if isinstance(expected, int | float):
+        return lambda actual, groups: (
+            isinstance(actual, int | float) and not isinstance(actual, bool) and actual == expected
+        )
     return lambda actual, groups: same(expected, actual)
 
 

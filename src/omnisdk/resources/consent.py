@@ -7,8 +7,8 @@ commits). No decision means not granted, and so does a server that cannot be ask
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 import uuid
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
