@@ -134,7 +134,12 @@ def run() -> list[Figure]:
             attributes = web.content.decide(amy, **request)  # warm
             context = _context_of(web, amy, request)
 
-            gb = GrowthBook(features=growthbook_features(), on_experiment_viewed=lambda *a: None)
+            exposures: list[str] = []
+
+            def tracked(*args: Any, **kwargs: Any) -> None:  # GrowthBook's exposure callback
+                exposures.append(kwargs["experiment"].key if "experiment" in kwargs else "?")
+
+            gb = GrowthBook(features=growthbook_features(), on_experiment_viewed=tracked)
             keys = ["landing.s0", "landing.s1", "landing.s2"]
 
             def peer() -> None:
@@ -145,6 +150,7 @@ def run() -> list[Figure]:
             peer()
             assert gb.get_feature_value("landing.s0", None) == "slot 0 v9"
             assert gb.get_feature_value("landing.s2", None) in ("A", "B")
+            assert exposures == ["cta-bench"]  # tracked once, as ours
             del attributes
 
             ours_rate = peer_rate = 0.0
