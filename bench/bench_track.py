@@ -5,7 +5,8 @@ Each SDK gets the same 20,000 events (50 customers, three properties) as fast as
 make them; the figure is calls per second of the caller, with the background sender running.
 Then each SDK is flushed and the events that really arrived are counted at the receiving end:
 ours at the reference server's database, the peers' at a local collector standing in for their
-ingestion API. Events that never arrived were dropped.
+ingestion API. Events that never arrived were dropped. Ours and segment run 3 alternating
+rounds; each side's best rate counts (and its worst delivery).
 """
 
 from __future__ import annotations
@@ -134,8 +135,24 @@ def _posthog() -> TrackRun:
         process.wait()
 
 
+ROUNDS = 3
+
+
+def _best(runs: list[TrackRun]) -> TrackRun:
+    """The fastest round, with the fewest delivered of any round (a drop anywhere counts)."""
+    fastest = max(runs, key=lambda r: r.calls_per_second)
+    return TrackRun(fastest.name, fastest.calls_per_second, min(r.delivered for r in runs))
+
+
 def run() -> list[Figure]:
-    ours, segment, posthog = _ours(), segment_run(), _posthog()
+    # Ours and the faster peer alternate for ROUNDS rounds; each side's best round counts, so
+    # a busy moment of this 2-core machine does not decide the ratio.
+    ours_runs: list[TrackRun] = []
+    segment_runs: list[TrackRun] = []
+    for _ in range(ROUNDS):
+        ours_runs.append(_ours())
+        segment_runs.append(segment_run())
+    ours, segment, posthog = _best(ours_runs), _best(segment_runs), _posthog()
     faster = max(segment, posthog, key=lambda r: r.calls_per_second)
     drops = "; ".join(
         f"{r.name}: {r.delivered:,} of {EVENTS:,} delivered ({r.dropped:,} dropped)"

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -14,6 +15,26 @@ from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, Track
 from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
 
 EVENT = "event"  # the outbox kind of a tracked event
+
+
+class _EventIds:
+    """Unique event ids without a system call each: 64 random bits drawn once per process
+    (again in a forked child) and a 64-bit counter. A `urandom` per event cost a fifth of
+    `track`."""
+
+    def __init__(self) -> None:
+        self._renew()
+        os.register_at_fork(after_in_child=self._renew)
+
+    def _renew(self) -> None:
+        self._prefix = os.urandom(8).hex()
+        self._counter = itertools.count(int.from_bytes(os.urandom(4), "big"))
+
+    def next(self) -> str:
+        return f"{self._prefix}{next(self._counter) & 0xFFFFFFFFFFFFFFFF:016x}"
+
+
+event_ids = _EventIds()
 
 if TYPE_CHECKING:
     from omnisdk._async import AsyncClient
@@ -46,7 +67,7 @@ def make_event(
     check_event(name, props, when, now)
     event: dict[str, Any] = {
         "name": name,
-        "event_id": event_id or os.urandom(16).hex(),  # 128 random bits, like a UUID4
+        "event_id": event_id or event_ids.next(),
         "properties": props,
         "timestamp": when.isoformat(),
     }
