@@ -21,6 +21,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core.consent import Status
 from omnisdk.models import CustomerExport, ErasureReceipt
 from server_stub.ids import new_id, utcnow
+from server_stub.services import changes as change_feed
 from server_stub.services import consent, identity
 from server_stub.storage.tables import (
     annotations_table,
@@ -225,8 +226,18 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
         removed[name] = await _delete(
             conn, table, table.c.tenant_id == t, table.c.customer_id.in_(ids)
         )
-    removed["changes"] = await _delete(
-        conn, changes, changes.c.tenant_id == t, changes.c.customer_id.in_(ids)
+    # Change-feed rows are blanked, not deleted: their sequence numbers must never be reused
+    # (SQLite would hand the newest free number out again, and a watcher past it would miss
+    # the next change).
+    removed["changes"] = int(
+        (
+            await conn.execute(
+                update(changes)
+                .where(changes.c.tenant_id == t, changes.c.customer_id.in_(ids))
+                .values(customer_id=erasure_id, payload={})
+            )
+        ).rowcount
+        or 0
     )
     removed["stored_answers"] = await _delete_answers_naming(conn, t, ids)
     for column in (audit_log.c.subject, audit_log.c.detail):
@@ -237,6 +248,10 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
         )
     removed["customers"] = await _delete(
         conn, customers, customers.c.tenant_id == t, customers.c.id.in_(ids)
+    )
+    # Every SDK cache must forget her now; the change names no one, so caches drop everything.
+    await change_feed.publish(
+        conn, t, change_feed.TENANT_WIDE, "consent", {"erasure_id": erasure_id}
     )
     return ErasureReceipt(
         erasure_id=erasure_id,

@@ -58,6 +58,7 @@ class ConsentCache:
         # Called with (kind, data) for every change the feed brings (the content cache listens).
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.invalidations = 0  # how many entries the feed has dropped (for tests and metrics)
+        self.erasures = 0  # how many erasures the feed has reported
 
     # --- reading --------------------------------------------------------------------------
 
@@ -142,8 +143,14 @@ class ConsentCache:
     def _apply(self, kind: str, data: dict[str, Any]) -> None:
         if kind == "consent":
             customer = data.get("customer_id")
-            merged = data.get("merged_ids") or []
-            self.invalidate([c for c in [customer, *merged] if isinstance(c, str)])
+            if not customer:  # names no one (an erasure): forget everyone
+                with self._lock:
+                    self.invalidations += len(self._entries)
+                    self._entries.clear()
+                    self.erasures += 1
+            else:
+                merged = data.get("merged_ids") or []
+                self.invalidate([c for c in [customer, *merged] if isinstance(c, str)])
         for listener in list(self.listeners):
             listener(kind, data)
 

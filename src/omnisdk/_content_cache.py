@@ -24,6 +24,9 @@ import httpx
 from omnisdk.core.content import CompiledRuleset, InvalidRuleset, compile_ruleset
 from omnisdk.errors import APIConnectionError, error_for
 
+MAX_EXPOSURES = 100_000
+MAX_PROFILES = 50_000
+
 
 @dataclass(frozen=True)
 class ProfileFacts:
@@ -56,6 +59,8 @@ class ContentCache:
         self.recommendations: dict[str, Any] = {"together": {}, "popular": []}
         self._recs_etag: str | None = None
         self.profiles: dict[str, ProfileFacts] = {}
+        # Exposures already tracked by this process; the server dedupes by event id anyway, so
+        # when the set grows past MAX_EXPOSURES it is simply started afresh.
         self.exposed: set[tuple[str, str, str]] = set()
         self._lock = threading.Lock()
         self._wake = threading.Event()
@@ -162,6 +167,8 @@ class ContentCache:
         """A change from the feed: a new ruleset or model, or a customer's consent or cart."""
         if kind == "content":
             self._wake.set()
+        elif kind == "consent" and not data.get("customer_id"):
+            self.profiles.clear()  # an erasure names no one: forget every profile
         elif kind in ("consent", "cart"):
             for customer in [data.get("customer_id"), *(data.get("merged_ids") or [])]:
                 if isinstance(customer, str):

@@ -244,3 +244,22 @@ async def test_the_async_client_gates_and_decides_the_same_way(
         assert signals["ad_personalization"] == "granted"
         await web.consent.withdraw(amy, "personalisation")
         assert (await web.content.decide(amy))["landing.hero"].variant == "default"
+
+
+def test_a_customer_the_server_does_not_know_gets_the_visitor_s_page(
+    server: ReferenceServer,
+) -> None:
+    shop = shop_with_landing(server)
+    with (
+        shop.client("web", data_dir=server.data_path("web")) as web,
+        shop.client("admin", data_dir=server.data_path("admin")) as admin,
+    ):
+        amy = amy_the_runner(web)
+        web.consent.grant(amy, "personalisation")
+        until(web.consent_cache.connected.is_set, "the laptop to follow the feed")
+        assert web.content.decide(amy).personalised
+        admin.privacy.erase(amy)
+        until(lambda: web.consent_cache.erasures == 1, "the erasure to be heard")
+        assert web.content_cache.profile(amy) is None
+        page = web.content.decide(amy, campaign="billboard-berlin-7")  # a stale session cookie
+        assert not page.personalised and page["landing.hero"].variant == "billboard"

@@ -15,15 +15,17 @@ stores it once however many backends decide).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from omnisdk._content_cache import ContentCache, ProfileFacts
+from omnisdk._content_cache import MAX_EXPOSURES, MAX_PROFILES, ContentCache, ProfileFacts
 from omnisdk.core.content import SlotDecision
 from omnisdk.core.recs import recommend
+from omnisdk.errors import NotFoundError
 from omnisdk.models import (
     Profile,
     RecommendationModel,
@@ -210,6 +212,8 @@ def _exposures(
     new: list[tuple[str, str]] = []
     if visitor_id is None:
         return new
+    if len(cache.exposed) > MAX_EXPOSURES:
+        cache.exposed.clear()
     for decision in decided.values():
         if decision.experiment is not None:
             key = (visitor_id, *decision.experiment)
@@ -287,16 +291,19 @@ class Content(SyncResource):
         )
         facts = None
         if customer_id is not None:
-            state = client.consent.state(customer_id, device_id)
-            granted = state is not None and _granted(state.purposes, PERSONALISATION)
-            if state is not None:
-                context["consent"] = {p: s.granted for p, s in state.purposes.items()}
-            if granted:
-                facts = cache.profile(customer_id)
-                if facts is None:
-                    profile = client.execute(profile_call(customer_id))
-                    facts = _remember(cache, customer_id, profile)
-                context.update(facts.attributes)
+            # A customer the server does not know (erased, another shop's id) gets the page of
+            # a visitor: a landing page must render, not fail.
+            with contextlib.suppress(NotFoundError):
+                state = client.consent.state(customer_id, device_id)
+                granted = state is not None and _granted(state.purposes, PERSONALISATION)
+                if state is not None:
+                    context["consent"] = {p: s.granted for p, s in state.purposes.items()}
+                if granted:
+                    facts = cache.profile(customer_id)
+                    if facts is None:
+                        profile = client.execute(profile_call(customer_id))
+                        facts = _remember(cache, customer_id, profile)
+                    context.update(facts.attributes)
         decided, items = _decide(cache, context, slots, facts)
         for experiment, arm in _exposures(cache, visitor, decided):
             client.events.track(
@@ -359,16 +366,17 @@ class AsyncContent(AsyncResource):
         )
         facts = None
         if customer_id is not None:
-            state = await client.consent.state(customer_id, device_id)
-            granted = state is not None and _granted(state.purposes, PERSONALISATION)
-            if state is not None:
-                context["consent"] = {p: s.granted for p, s in state.purposes.items()}
-            if granted:
-                facts = cache.profile(customer_id)
-                if facts is None:
-                    profile = await client.execute(profile_call(customer_id))
-                    facts = _remember(cache, customer_id, profile)
-                context.update(facts.attributes)
+            with contextlib.suppress(NotFoundError):
+                state = await client.consent.state(customer_id, device_id)
+                granted = state is not None and _granted(state.purposes, PERSONALISATION)
+                if state is not None:
+                    context["consent"] = {p: s.granted for p, s in state.purposes.items()}
+                if granted:
+                    facts = cache.profile(customer_id)
+                    if facts is None:
+                        profile = await client.execute(profile_call(customer_id))
+                        facts = _remember(cache, customer_id, profile)
+                    context.update(facts.attributes)
         decided, items = _decide(cache, context, slots, facts)
         for experiment, arm in _exposures(cache, visitor, decided):
             await client.events.track(
@@ -394,6 +402,8 @@ def _remember(cache: ContentCache, customer_id: str, profile: Profile) -> Profil
     import time
 
     facts = profile_facts(profile, time.monotonic())
+    if len(cache.profiles) > MAX_PROFILES:
+        cache.profiles.clear()  # a burst of visitors: start afresh rather than grow for ever
     for known in {customer_id, profile.customer_id}:
         cache.profiles[known] = facts
     return facts
