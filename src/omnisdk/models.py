@@ -6,7 +6,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.consent import (
@@ -16,7 +16,7 @@ from omnisdk.core.consent import (
     ConsentScope,
     Status,
 )
-from omnisdk.core.events import MAX_BATCH
+from omnisdk.core.events import MAX_BATCH, shallow
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.tokens import VerificationKey
@@ -100,7 +100,7 @@ class IdentifyRequest(WireModel):
     phone: IdentifierValue | None = None
     loyalty_card: IdentifierValue | None = None
     identifiers: list[IdentifierIn] = Field(default_factory=list, max_length=20)
-    traits: dict[str, Any] = Field(default_factory=dict)
+    traits: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(default_factory=dict)
 
     def all_identifiers(self) -> list[IdentifierIn]:
         named = [
@@ -187,7 +187,7 @@ class EventIn(WireModel):
     customer_id: str | None = Field(default=None, max_length=40)
     anonymous_id: IdentifierValue | None = None
     identifier: IdentifierIn | None = None
-    properties: dict[str, Any] = Field(default_factory=dict)
+    properties: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(default_factory=dict)
     channel: Channel | None = Field(default=None, description="Defaults to the key's channel.")
     timestamp: datetime | None = Field(default=None, description="Defaults to now.")
 
@@ -528,7 +528,7 @@ TenantSettings.model_rebuild()
 class SessionWrite(WireModel):
     """Keys to set (a null value deletes the key), and how long they live."""
 
-    entries: dict[str, Any] = Field(min_length=1, max_length=50)
+    entries: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(min_length=1, max_length=50)
     ttl_seconds: int = Field(default=30 * 86_400, ge=60, le=365 * 86_400)
 
 
@@ -690,7 +690,7 @@ class ErasureReceipt(WireModel):
 class RulesetIn(WireModel):
     """A content ruleset to publish: slots with ordered variants (see docs/content.md)."""
 
-    slots: dict[str, dict[str, Any]] = Field(max_length=100)
+    slots: Annotated[dict[str, dict[str, Any]], AfterValidator(shallow)] = Field(max_length=100)
     note: str = Field(default="", max_length=200, description="What changed, for the audit.")
 
 

@@ -134,3 +134,42 @@ async def test_httpx_sees_json_problem(server: Harness) -> None:
     response = await server.http.get("/v1/system/whoami")
     assert isinstance(response, httpx.Response)
     assert response.json()["title"] == ProblemType.AUTHENTICATION_REQUIRED.default_title
+
+
+async def test_json_nested_too_deep_is_refused_not_a_crash(shop: ShopForTest) -> None:
+    """Customer data nested hundreds of levels deep would break whatever reads it back."""
+
+    def nested(depth: int) -> str:
+        return '{"a": ' * depth + "1" + "}" * depth
+
+    customer = (
+        await shop.request(
+            "POST",
+            "/v1/identity/identify",
+            "web",
+            json={"identifiers": [{"type": "anonymous", "value": "deep"}]},
+        )
+    ).json()["customer_id"]
+    deep = nested(600)
+    bodies = [
+        ("POST", "/v1/events", "web", '{"anonymous_id": "x", "name": "e", "properties": %s}'),
+        ("POST", "/v1/identity/identify", "web", '{"anonymous_id": "x", "traits": %s}'),
+        ("POST", f"/v1/sessions/{customer}", "web", '{"entries": {"k": %s}}'),
+        ("PUT", "/v1/content/ruleset", "admin", '{"slots": {"a": {"default": %s}}}'),
+    ]
+    for method, path, channel, template in bodies:
+        response = await shop.request(
+            method,
+            path,
+            channel,
+            content=template % deep,
+            headers={"Content-Type": "application/json"},
+        )
+        assert response.status_code == 422, (path, response.text)
+        assert response.json()["type"] == ProblemType.VALIDATION_ERROR
+    fine = f'{{"anonymous_id": "x", "name": "e", "properties": {nested(5)}}}'
+    assert (
+        await shop.request(
+            "POST", "/v1/events", "web", content=fine, headers={"Content-Type": "application/json"}
+        )
+    ).is_success

@@ -107,6 +107,36 @@ class Extracted:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+MAX_DEPTH = 32  # how deep JSON a customer record may nest (deeper is refused, never stored)
+
+
+def json_depth(value: Any) -> int:
+    """How deep objects and arrays nest in `value` (a scalar is 0), without recursion: a
+    hostile body nested a thousand levels deep must not exhaust the stack."""
+    deepest = 0
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list | tuple):
+            children = item
+        else:
+            continue
+        depth += 1
+        if depth > deepest:
+            deepest = depth
+            if deepest > MAX_DEPTH:
+                return deepest
+        stack.extend((child, depth) for child in children)
+    return deepest
+
+
+def shallow(value: Any) -> Any:
+    """`value` if it nests at most MAX_DEPTH levels; else ValueError (a pydantic validator)."""
+    if json_depth(value) > MAX_DEPTH:
+        raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
+    return value
 
 
 def _json_size(properties: dict[str, Any]) -> int:
@@ -131,6 +161,8 @@ def check_event(
     name: str, properties: dict[str, Any], occurred_at: datetime, now: datetime
 ) -> Extracted:
     """Raise InvalidEvent if the event breaks a rule; otherwise what the profile indexes."""
+    if json_depth(properties) > MAX_DEPTH:
+        raise InvalidEvent(f"properties nest deeper than {MAX_DEPTH} levels")
     if not _NAME.fullmatch(name):
         raise InvalidEvent(
             "event names are 1-64 characters: lower-case letters, digits and _ . : - "
