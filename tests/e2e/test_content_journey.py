@@ -15,6 +15,7 @@ import yaml
 
 from omnisdk import Client
 from omnisdk.testing import ReferenceServer, TestTenant
+from tests.conftest import DATABASES, PostgresDatabases, new_database_url
 
 LANDING = yaml.safe_load(
     (Path(__file__).resolve().parents[2] / "examples" / "content" / "landing.yaml").read_text()
@@ -41,9 +42,16 @@ def reads() -> ProfileReads:
     return ProfileReads()
 
 
-@pytest.fixture
-def server(reads: ProfileReads, tmp_path: Path) -> Iterator[ReferenceServer]:
-    with ReferenceServer(f"sqlite:///{tmp_path / 'shop.sqlite3'}", wrap=reads.wrap) as running:
+@pytest.fixture(params=DATABASES)
+def server(
+    request: pytest.FixtureRequest,
+    reads: ProfileReads,
+    tmp_path: Path,
+    postgres_databases: PostgresDatabases | None,
+) -> Iterator[ReferenceServer]:
+    """The real server on SQLite and on PostgreSQL (where the change feed is LISTEN/NOTIFY)."""
+    url = new_database_url(request.param, tmp_path, postgres_databases)
+    with ReferenceServer(url, wrap=reads.wrap) as running:
         yield running
 
 
