@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -26,13 +28,17 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
         position = after
         yield ": watching\n\n"
         while not await request.is_disconnected():
-            async with runtime.database.transaction(write=False) as reader:
-                rows = await read(reader, position)
+            # Listen first, then read: a change committed in between still wakes us.
+            async with runtime.changes.watching(topic) as woken:
+                async with runtime.database.transaction(write=False) as reader:
+                    rows = await read(reader, position)
+                if not rows:
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(woken.wait(), KEEPALIVE_SECONDS)
             for row in rows:
                 position = row.seq
                 yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.payload)}\n\n"
             if not rows:
-                await runtime.changes.wait(topic, KEEPALIVE_SECONDS)
                 yield ": keepalive\n\n"
 
     return StreamingResponse(

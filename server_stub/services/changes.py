@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
+from collections.abc import AsyncIterator
 from typing import Any
 
 from sqlalchemy import func, insert, select, text
@@ -129,13 +130,15 @@ class ChangeHub:
         for event in [*self._waiting.get(topic, ()), *self._waiting.get(tenant, ())]:
             event.set()
 
-    async def wait(self, topic: str, timeout: float) -> None:
+    @contextlib.asynccontextmanager
+    async def watching(self, topic: str) -> AsyncIterator[asyncio.Event]:
+        """An event set when a change of `topic` commits. Register before reading what is
+        there, so that a change committing between the read and the wait is not missed."""
         await self._listen()
         event = asyncio.Event()
         self._waiting[topic].add(event)
         try:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(event.wait(), timeout)
+            yield event
         finally:
             self._waiting[topic].discard(event)
             if not self._waiting[topic]:

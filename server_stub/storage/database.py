@@ -9,15 +9,20 @@ to be upgraded; readers use WAL snapshots and never wait.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-SQLITE_BUSY_TIMEOUT_MS = 15_000
+from server_stub.storage.inline_sqlite import creator
+
+SQLITE_LOCK_WAIT_SECONDS = 15.0  # how long a writer waits for another process's write lock
+SQLITE_READER_BUSY_MS = 100  # readers wait only for the rare WAL recovery
 
 
 def async_url(url: str) -> str:
@@ -36,14 +41,14 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN is ours (SQLAlchemy's recipe).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.close()
@@ -61,10 +66,14 @@ class Database:
         self.sqlite = is_sqlite(self.url)
         self._sqlite_writer = asyncio.Lock()
         if self.sqlite:
-            self.read_engine = create_async_engine(self.url)
-            self.write_engine = create_async_engine(self.url)
-            _configure_sqlite(self.read_engine, "BEGIN")
-            _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE")
+            path = make_url(self.url).database
+            # A file runs inline on the loop (see inline_sqlite); ":memory:" keeps aiosqlite.
+            inline = {"async_creator": creator(path)} if path and path != ":memory:" else {}
+            self.read_engine = create_async_engine(self.url, **inline)
+            self.write_engine = create_async_engine(self.url, **inline)
+            _configure_sqlite(self.read_engine, "BEGIN", SQLITE_READER_BUSY_MS)
+            # No busy handler for writers: it would sleep with the event loop (see below).
+            _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE", 0 if inline else 15_000)
         else:
             engine = create_async_engine(
                 self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
@@ -77,12 +86,41 @@ class Database:
         if write and self.sqlite:
             # SQLite has one writer at a time. Queue this process's writers here, in the event
             # loop, rather than in SQLite's busy handler, which waits by sleeping up to 100 ms.
-            async with self._sqlite_writer, self.write_engine.begin() as connection:
-                yield connection
+            async with self._sqlite_writer:
+                connection = await self._begin_writer()
+                try:
+                    yield connection
+                    await connection.commit()
+                except BaseException:
+                    await connection.rollback()
+                    raise
+                finally:
+                    await connection.close()
             return
         engine = self.write_engine if write else self.read_engine
         async with engine.begin() as connection:
             yield connection
+
+    async def _begin_writer(self) -> AsyncConnection:
+        """A connection in a `BEGIN IMMEDIATE` transaction. While another process holds the
+        write lock, try again after a pause that does not block the loop."""
+        deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
+        pause = 0.001
+        while True:
+            connection = await self.write_engine.connect()
+            try:
+                await connection.begin()
+                return connection
+            except OperationalError as error:
+                await connection.close()
+                locked = "locked" in str(error.orig) or "busy" in str(error.orig)
+                if not locked or time.monotonic() > deadline:
+                    raise
+            except BaseException:
+                await connection.close()
+                raise
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.05)
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as connection:
