@@ -145,11 +145,11 @@ async def apply_ops(
             ) from error
         cart.apply(op)
         applied.append(op_in.op_id)
-    result = view(customer_id, cart, version, updated_at, applied, duplicates)
-    if applied:
-        result = view(customer_id, cart, version + 1, now, applied, duplicates)
-        await _save(conn, tenant_id, customer_id, cart, version + 1, now)
-        await _announce(conn, tenant_id, result)
+    if not applied:  # every operation was a repeat: nothing changes
+        return view(customer_id, cart, version, updated_at, applied, duplicates)
+    result = view(customer_id, cart, version + 1, now, applied, duplicates)
+    await _save(conn, tenant_id, customer_id, cart, version + 1, now)
+    await _announce(conn, tenant_id, result)
     return result
 
 
