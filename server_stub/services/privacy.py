@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Row, Table, delete, func, or_, select, update
+from sqlalchemy import Row, Table, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.consent import Status
@@ -154,9 +154,18 @@ async def export(conn: AsyncConnection, tenant_id: str, live: str) -> CustomerEx
     )
 
 
-async def _delete(conn: AsyncConnection, table: Table, *where: Any) -> int:
-    result = await conn.execute(delete(table).where(*where))
-    return int(result.rowcount or 0)
+async def _delete(conn: AsyncConnection, table: Table, tenant_id: str, *where: Any) -> int:
+    """Delete the tenant's rows of `table` matching `where`; how many."""
+    statement = delete(table).where(table.c.tenant_id == tenant_id, *where)
+    return int((await conn.execute(statement)).rowcount or 0)
+
+
+async def _rekey(
+    conn: AsyncConnection, table: Table, tenant_id: str, where: Any, **values: Any
+) -> int:
+    """Overwrite `values` in the tenant's rows of `table` matching `where`; how many."""
+    statement = update(table).where(table.c.tenant_id == tenant_id, where).values(**values)
+    return int((await conn.execute(statement)).rowcount or 0)
 
 
 async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:
@@ -168,87 +177,50 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     removed: dict[str, int] = {}
     kept: dict[str, int] = {}
 
-    kept["consent_refusals"] = int(
-        (
-            await conn.execute(
-                update(consent_decisions)
-                .where(
-                    consent_decisions.c.tenant_id == t,
-                    consent_decisions.c.customer_id.in_(ids),
-                    consent_decisions.c.status.in_(REFUSALS),
-                )
-                .values(customer_id=erasure_id, origin_customer_id=erasure_id, device_id=None)
-            )
-        ).rowcount
-        or 0
-    )
-    removed["consent_decisions"] = await _delete(
+    decisions = consent_decisions.c
+    kept["consent_refusals"] = await _rekey(
         conn,
         consent_decisions,
-        consent_decisions.c.tenant_id == t,
-        consent_decisions.c.customer_id.in_(ids),
+        t,
+        and_(decisions.customer_id.in_(ids), decisions.status.in_(REFUSALS)),
+        customer_id=erasure_id,
+        origin_customer_id=erasure_id,
+        device_id=None,
     )
-    kept["return_orders"] = int(
-        (
-            await conn.execute(
-                update(return_orders)
-                .where(return_orders.c.tenant_id == t, return_orders.c.customer_id.in_(ids))
-                .values(customer_id=None)
-            )
-        ).rowcount
-        or 0
+    removed["consent_decisions"] = await _delete(
+        conn, consent_decisions, t, decisions.customer_id.in_(ids)
     )
-    removed["identifiers"] = await _delete(
-        conn, identifiers, identifiers.c.tenant_id == t, identifiers.c.customer_id.in_(ids)
+    kept["return_orders"] = await _rekey(
+        conn, return_orders, t, return_orders.c.customer_id.in_(ids), customer_id=None
     )
-    removed["events"] = await _delete(
-        conn,
-        events,
-        events.c.tenant_id == t,
-        or_(events.c.customer_id.in_(ids), events.c.origin_customer_id.in_(ids)),
-    )
-    removed["annotations"] = await _delete(
-        conn,
-        annotations_table,
-        annotations_table.c.tenant_id == t,
-        or_(
-            annotations_table.c.customer_id.in_(ids),
-            annotations_table.c.origin_customer_id.in_(ids),
-        ),
-    )
-    removed["merges"] = await _delete(
-        conn,
-        merges,
-        merges.c.tenant_id == t,
-        or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids)),
-    )
-    for name, table in (("carts", carts), ("orders", ordered_carts), ("sessions", sessions)):
+    for name, table in (
+        ("identifiers", identifiers),
+        ("carts", carts),
+        ("orders", ordered_carts),
+        ("sessions", sessions),
+    ):
+        removed[name] = await _delete(conn, table, t, table.c.customer_id.in_(ids))
+    for name, table in (("events", events), ("annotations", annotations_table)):
+        # Also what was recorded for her before a merge moved it elsewhere.
         removed[name] = await _delete(
-            conn, table, table.c.tenant_id == t, table.c.customer_id.in_(ids)
+            conn,
+            table,
+            t,
+            or_(table.c.customer_id.in_(ids), table.c.origin_customer_id.in_(ids)),
         )
+    removed["merges"] = await _delete(
+        conn, merges, t, or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids))
+    )
     # Change-feed rows are blanked, not deleted: their sequence numbers must never be reused
     # (SQLite would hand the newest free number out again, and a watcher past it would miss
     # the next change).
-    removed["changes"] = int(
-        (
-            await conn.execute(
-                update(changes)
-                .where(changes.c.tenant_id == t, changes.c.customer_id.in_(ids))
-                .values(customer_id=erasure_id, payload={})
-            )
-        ).rowcount
-        or 0
+    removed["changes"] = await _rekey(
+        conn, changes, t, changes.c.customer_id.in_(ids), customer_id=erasure_id, payload={}
     )
     removed["stored_answers"] = await _delete_answers_naming(conn, t, ids)
     for column in (audit_log.c.subject, audit_log.c.detail):
-        await conn.execute(
-            update(audit_log)
-            .where(audit_log.c.tenant_id == t, column.in_(ids))
-            .values({column.name: erasure_id})
-        )
-    removed["customers"] = await _delete(
-        conn, customers, customers.c.tenant_id == t, customers.c.id.in_(ids)
-    )
+        await _rekey(conn, audit_log, t, column.in_(ids), **{column.name: erasure_id})
+    removed["customers"] = await _delete(conn, customers, t, customers.c.id.in_(ids))
     # Every SDK cache must forget her now; the change names no one, so caches drop everything.
     await change_feed.publish(
         conn, t, change_feed.TENANT_WIDE, "consent", {"erasure_id": erasure_id}
@@ -270,7 +242,5 @@ async def _delete_answers_naming(conn: AsyncConnection, tenant_id: str, ids: lis
             hit = func.encode(idempotency_records.c.body, "escape").contains(customer_id)
         else:
             hit = func.instr(idempotency_records.c.body, customer_id.encode()) > 0
-        total += await _delete(
-            conn, idempotency_records, idempotency_records.c.tenant_id == tenant_id, hit
-        )
+        total += await _delete(conn, idempotency_records, tenant_id, hit)
     return total
