@@ -13,6 +13,7 @@ import hashlib
 import hmac
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
+from types import SimpleNamespace
 from typing import Any
 
 from sqlalchemy import Row, func, insert, select, update
@@ -44,7 +45,8 @@ def confirmation_key(context: TenantContext) -> bytes:
     return hmac.new(context.secret, CONFIRMATION_CONTEXT, hashlib.sha256).digest()
 
 
-def _rule(row: Row[Any]) -> rules.Decision:
+def _rule(row: Any) -> rules.Decision:
+    """The rule's view of a stored decision (a row, or the values about to be inserted)."""
     return rules.Decision(
         at=row.recorded_at.timestamp(),
         purpose=row.purpose,
@@ -58,7 +60,7 @@ def _rule(row: Row[Any]) -> rules.Decision:
     )
 
 
-def view(row: Row[Any]) -> ConsentDecisionView:
+def view(row: Any) -> ConsentDecisionView:
     return ConsentDecisionView(
         id=row.id,
         purpose=row.purpose,
@@ -90,11 +92,12 @@ async def ledger(
 
 
 def state_view(
-    context: TenantContext, customer_id: str, rows: Iterable[Row[Any]], device_id: str | None
+    context: TenantContext,
+    customer_id: str,
+    decisions: Iterable[rules.Decision],
+    device_id: str | None,
 ) -> ConsentState:
-    current = rules.state(
-        [_rule(row) for row in rows], device_id, skew=context.settings.consent.skew_seconds
-    )
+    current = rules.state(decisions, device_id, skew=context.settings.consent.skew_seconds)
     return ConsentState(
         customer_id=customer_id,
         device_id=device_id,
@@ -115,7 +118,7 @@ async def read_state(
     conn: AsyncConnection, context: TenantContext, customer_id: str, device_id: str | None
 ) -> ConsentState:
     rows = await ledger(conn, context.tenant_id, [customer_id])
-    return state_view(context, customer_id, rows, device_id)
+    return state_view(context, customer_id, [_rule(row) for row in rows], device_id)
 
 
 async def history(conn: AsyncConnection, tenant_id: str, customer_id: str) -> ConsentHistory:
@@ -219,19 +222,7 @@ async def record(
                 "confirms": confirms,
             }
         )
-        known.append(
-            rules.Decision(
-                at.timestamp(),
-                decision.purpose,
-                status,
-                decision.scope,
-                decision.device_id,
-                notice.version if notice else 0,
-                channel.value,
-                decision_id,
-                customer_id,
-            )
-        )
+        known.append(_rule(SimpleNamespace(**values[-1])))
         if status is rules.Status.PENDING:
             expires = at + timedelta(hours=settings.confirmation_ttl_hours)
             token = rules.issue_confirmation(
@@ -247,13 +238,11 @@ async def record(
                 )
             )
     await conn.execute(insert(consent_decisions), values)
-    stored = await ledger(conn, tenant_id, [customer_id])
-    state = state_view(context, customer_id, stored, None)
+    state = state_view(context, customer_id, known, None)
     await publish(conn, tenant_id, customer_id, state)
-    recorded_ids = {v["id"] for v in values}
     return RecordConsentResult(
         state=state,
-        recorded=[view(row) for row in stored if row.id in recorded_ids],
+        recorded=[view(SimpleNamespace(**value)) for value in values],
         confirmations=confirmations,
     )
 
