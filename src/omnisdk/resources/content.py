@@ -27,6 +27,7 @@ from omnisdk.core.content import SlotDecision
 from omnisdk.core.recs import recommend
 from omnisdk.errors import NotFoundError
 from omnisdk.models import (
+    ConsentState,
     Profile,
     RecommendationModel,
     RulesetHistory,
@@ -227,6 +228,37 @@ def _who(customer_id: str | None, anonymous_id: str | None) -> dict[str, str]:
     return {"customer_id": customer_id} if customer_id else {"anonymous_id": anonymous_id or ""}
 
 
+def _personalised(context: dict[str, Any], state: ConsentState | None) -> bool:
+    """Put her consent into the context; whether it allows reading her profile."""
+    if state is None:
+        return False
+    context["consent"] = {p: s.granted for p, s in state.purposes.items()}
+    return _granted(state.purposes, PERSONALISATION)
+
+
+def _conclude(
+    cache: ContentCache,
+    context: dict[str, Any],
+    slots: list[str] | None,
+    facts: ProfileFacts | None,
+    customer_id: str | None,
+    anonymous_id: str | None,
+) -> tuple[ContentDecision, list[dict[str, Any]]]:
+    """The decision, and the `experiment_viewed` events still to track for it."""
+    visitor = customer_id or anonymous_id
+    decided, items = _decide(cache, context, slots, facts)
+    exposures = [
+        {
+            **_who(customer_id, anonymous_id),
+            "event_id": exposure_event_id(visitor or "", experiment, arm),
+            "properties": {"experiment": experiment, "variant": arm},
+        }
+        for experiment, arm in _exposures(cache, visitor, decided)
+    ]
+    decision = ContentDecision(visitor, facts is not None, cache.ruleset_version, decided, items)
+    return decision, exposures
+
+
 def publish_call(slots: Mapping[str, Any], note: str, if_match: str | None) -> Call[RulesetVersion]:
     body = RulesetIn(slots=dict(slots), note=note)
     return Call(
@@ -277,9 +309,8 @@ class Content(SyncResource):
         """Decide `slots` (all when None) for a known customer or an anonymous visitor."""
         client = self._client
         cache = client.content_cache
-        visitor = customer_id or anonymous_id
         context = request_attributes(
-            visitor,
+            customer_id or anonymous_id,
             channel=client.channel.value if client.channel else None,
             campaign=campaign,
             utm=utm,
@@ -290,29 +321,18 @@ class Content(SyncResource):
             extra=attributes,
         )
         facts = None
-        if customer_id is not None:
-            # A customer the server does not know (erased, another shop's id) gets the page of
-            # a visitor: a landing page must render, not fail.
-            with contextlib.suppress(NotFoundError):
-                state = client.consent.state(customer_id, device_id)
-                granted = state is not None and _granted(state.purposes, PERSONALISATION)
-                if state is not None:
-                    context["consent"] = {p: s.granted for p, s in state.purposes.items()}
-                if granted:
-                    facts = cache.profile(customer_id)
-                    if facts is None:
-                        profile = client.execute(profile_call(customer_id))
-                        facts = _remember(cache, customer_id, profile)
-                    context.update(facts.attributes)
-        decided, items = _decide(cache, context, slots, facts)
-        for experiment, arm in _exposures(cache, visitor, decided):
-            client.events.track(
-                "experiment_viewed",
-                **_who(customer_id, anonymous_id),
-                event_id=exposure_event_id(visitor or "", experiment, arm),
-                properties={"experiment": experiment, "variant": arm},
-            )
-        return ContentDecision(visitor, facts is not None, cache.ruleset_version, decided, items)
+        # A customer the server does not know (erased, another shop's id) gets the page of a
+        # visitor: a landing page must render, not fail.
+        with contextlib.suppress(NotFoundError):
+            if customer_id and _personalised(context, client.consent.state(customer_id, device_id)):
+                facts = cache.profile(customer_id) or _remember(
+                    cache, customer_id, client.execute(profile_call(customer_id))
+                )
+                context.update(facts.attributes)
+        decision, exposures = _conclude(cache, context, slots, facts, customer_id, anonymous_id)
+        for exposure in exposures:
+            client.events.track("experiment_viewed", **exposure)
+        return decision
 
     def refresh(self) -> None:
         """Re-check the ruleset and recommendations now (normally done in the background)."""
@@ -352,9 +372,8 @@ class AsyncContent(AsyncResource):
         cache = client.content_cache
         if cache.ruleset is None:
             await asyncio.to_thread(cache.ready)
-        visitor = customer_id or anonymous_id
         context = request_attributes(
-            visitor,
+            customer_id or anonymous_id,
             channel=client.channel.value if client.channel else None,
             campaign=campaign,
             utm=utm,
@@ -365,27 +384,17 @@ class AsyncContent(AsyncResource):
             extra=attributes,
         )
         facts = None
-        if customer_id is not None:
-            with contextlib.suppress(NotFoundError):
-                state = await client.consent.state(customer_id, device_id)
-                granted = state is not None and _granted(state.purposes, PERSONALISATION)
-                if state is not None:
-                    context["consent"] = {p: s.granted for p, s in state.purposes.items()}
-                if granted:
-                    facts = cache.profile(customer_id)
-                    if facts is None:
-                        profile = await client.execute(profile_call(customer_id))
-                        facts = _remember(cache, customer_id, profile)
-                    context.update(facts.attributes)
-        decided, items = _decide(cache, context, slots, facts)
-        for experiment, arm in _exposures(cache, visitor, decided):
-            await client.events.track(
-                "experiment_viewed",
-                **_who(customer_id, anonymous_id),
-                event_id=exposure_event_id(visitor or "", experiment, arm),
-                properties={"experiment": experiment, "variant": arm},
-            )
-        return ContentDecision(visitor, facts is not None, cache.ruleset_version, decided, items)
+        with contextlib.suppress(NotFoundError):
+            state = await client.consent.state(customer_id, device_id) if customer_id else None
+            if customer_id and _personalised(context, state):
+                facts = cache.profile(customer_id) or _remember(
+                    cache, customer_id, await client.execute(profile_call(customer_id))
+                )
+                context.update(facts.attributes)
+        decision, exposures = _conclude(cache, context, slots, facts, customer_id, anonymous_id)
+        for exposure in exposures:
+            await client.events.track("experiment_viewed", **exposure)
+        return decision
 
     async def refresh(self) -> None:
         import asyncio
