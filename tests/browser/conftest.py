@@ -9,10 +9,13 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+import uvicorn
 
 CHROMIUM = "/usr/bin/chromium"
 FLAGS = [
@@ -49,6 +52,30 @@ def shots(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
     shutil.rmtree(keep, ignore_errors=True)
     keep.mkdir(parents=True)
     return keep
+
+
+class ServedApp:
+    """An ASGI app served by uvicorn in a thread on a free 127.0.0.1 port, for a browser."""
+
+    def __init__(self, app: Any) -> None:
+        from omnisdk.testing import free_port
+
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self._server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
+        )
+        self._thread = threading.Thread(target=self._server.run, daemon=True)
+
+    def __enter__(self) -> ServedApp:
+        self._thread.start()
+        while not self._server.started:
+            threading.Event().wait(0.01)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.should_exit = True
+        self._thread.join(10)
 
 
 def run(coroutine: object) -> object:

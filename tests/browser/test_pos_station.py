@@ -4,23 +4,22 @@ from __future__ import annotations
 
 import base64
 import os
-import threading
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 from fastapi import FastAPI
 
 from omnisdk import qr
 from omnisdk.core import tokens
-from omnisdk.testing import ReferenceServer, ServerProcess, TestTenant, _run, free_port
+from omnisdk.testing import ReferenceServer, ServerProcess, TestTenant, _run
 from server_stub.pos import StationConfig, create_station
 from server_stub.sealing import Sealer
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.storage.database import Database
+from tests.browser.conftest import ServedApp
 
 SHOES = [
     {
@@ -218,26 +217,11 @@ def test_no_page_works_without_signing_in_and_forms_need_their_token(
     page.close()
 
 
-class PosBackend:
+def pos_backend(server_url: str, data_dir: Path) -> ServedApp:
     """A shop's POS backend that mounts the station, with a data_dir for offline work."""
-
-    def __init__(self, server_url: str, data_dir: Path) -> None:
-        app = FastAPI()
-        app.mount("/pos", create_station(StationConfig(server_url=server_url, data_dir=data_dir)))
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
-        self._server = uvicorn.Server(uvicorn.Config(app, port=port, log_config=None))
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> PosBackend:
-        self._thread.start()
-        while not self._server.started:
-            threading.Event().wait(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
+    app = FastAPI()
+    app.mount("/pos", create_station(StationConfig(server_url=server_url, data_dir=data_dir)))
+    return ServedApp(app)
 
 
 def test_offline_till_verifies_queues_shows_pending_then_confirmed(
@@ -248,7 +232,7 @@ def test_offline_till_verifies_queues_shows_pending_then_confirmed(
     shop = server.create_tenant("Shoe Shop Hamburg")
     token = issue(shop, "A4004")  # type: ignore[arg-type]
     address, secret = server.url, server.secret_key
-    with PosBackend(address, tmp_path / "tills") as backend:
+    with pos_backend(address, tmp_path / "tills") as backend:
         page = sign_in(browser, backend.url, shop.key("pos"), till="till-9")
         server.stop()  # the network is gone
         scan(page, token)

@@ -3,41 +3,18 @@ page, and Amy's personalised page (screenshots kept in test-output/browser/)."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-import uvicorn
 import yaml
 
 from examples.shop_web.app import create_shop
-from omnisdk.testing import ReferenceServer, free_port
+from omnisdk.testing import ReferenceServer
+from tests.browser.conftest import ServedApp
 
 LANDING = Path(__file__).resolve().parents[2] / "examples" / "content" / "landing.yaml"
-
-
-class Shop:
-    """The example shop app on a free port, deciding with a real SDK client."""
-
-    def __init__(self, app: Any) -> None:
-        self.url = f"http://127.0.0.1:{free_port()}"
-        port = int(self.url.rsplit(":", 1)[1])
-        self._server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None)
-        )
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-
-    def __enter__(self) -> Shop:
-        self._thread.start()
-        while not self._server.started:
-            threading.Event().wait(0.01)
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.should_exit = True
-        self._thread.join(10)
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +42,7 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]
                         properties={"sku": sku, "category": "running"},
                     )
                 web.carts.add(amy, "TR2", 1, name="Trail 2")
-                with Shop(create_shop(web)) as shop:
+                with ServedApp(create_shop(web)) as shop:
                     yield shop.url, amy
 
 
