@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Header, Request, Response
 
@@ -20,10 +20,15 @@ router = APIRouter(prefix="/v1/content", tags=["content"], route_class=ApiRoute)
 IfNoneMatch = Annotated[str | None, Header()]
 
 
-def _not_modified(etag: str, if_none_match: str | None) -> Response | None:
-    if if_none_match is not None and etag in [t.strip() for t in if_none_match.split(",")]:
-        return Response(status_code=304, headers={"ETag": etag})
-    return None
+Cached = TypeVar("Cached", RulesetVersion, RecommendationModel)
+
+
+def _cached(body: Cached, response: Response, if_none_match: str | None) -> Cached | Response:
+    """`body` with its ETag, or 304 Not Modified when the caller already holds that ETag."""
+    if if_none_match is not None and body.etag in [t.strip() for t in if_none_match.split(",")]:
+        return Response(status_code=304, headers={"ETag": body.etag})
+    response.headers["ETag"] = body.etag
+    return body
 
 
 @router.get(
@@ -39,11 +44,7 @@ async def get_ruleset(
     ruleset = await content.current(conn, principal_of(request).tenant_id)
     if ruleset is None:
         raise Problem(ProblemType.NOT_FOUND, "no content ruleset has been published yet")
-    unchanged = _not_modified(ruleset.etag, if_none_match)
-    if unchanged is not None:
-        return unchanged
-    response.headers["ETag"] = ruleset.etag
-    return ruleset
+    return _cached(ruleset, response, if_none_match)
 
 
 @router.put(
@@ -84,11 +85,7 @@ async def get_recommendations(
     request: Request, response: Response, conn: Connection, if_none_match: IfNoneMatch = None
 ) -> RecommendationModel | Response:
     model = await content.recommendation_model(conn, principal_of(request).tenant_id)
-    unchanged = _not_modified(model.etag, if_none_match)
-    if unchanged is not None:
-        return unchanged
-    response.headers["ETag"] = model.etag
-    return model
+    return _cached(model, response, if_none_match)
 
 
 @router.post(
