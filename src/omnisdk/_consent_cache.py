@@ -57,7 +57,6 @@ class ConsentCache:
         self.connected = threading.Event()
         # Called with (kind, data) for every change the feed brings (the content cache listens).
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
-        self.invalidations = 0  # how many entries the feed has dropped (for tests and metrics)
         self.erasures = 0  # how many erasures the feed has reported
 
     # --- reading --------------------------------------------------------------------------
@@ -85,10 +84,8 @@ class ConsentCache:
     def invalidate(self, customer_ids: list[str]) -> None:
         wanted = set(customer_ids)
         with self._lock:
-            stale = [key for key in self._entries if key[0] in wanted]
-            for key in stale:
+            for key in [key for key in self._entries if key[0] in wanted]:
                 del self._entries[key]
-            self.invalidations += len(stale)
 
     def clear(self) -> None:
         with self._lock:
@@ -145,7 +142,6 @@ class ConsentCache:
             customer = data.get("customer_id")
             if not customer:  # names no one (an erasure): forget everyone
                 with self._lock:
-                    self.invalidations += len(self._entries)
                     self._entries.clear()
                     self.erasures += 1
             else:

@@ -67,7 +67,6 @@ class ContentCache:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._http: httpx.Client | None = None
-        self.refreshes = 0  # conditional GETs made (for tests and metrics)
 
     # --- the ruleset ------------------------------------------------------------------------
 
@@ -129,7 +128,6 @@ class ContentCache:
         headers = dict(self._headers)
         if etag is not None:
             headers["If-None-Match"] = etag
-        self.refreshes += 1
         try:
             response = http.get(self._base_url + path, headers=headers)
         except httpx.HTTPError as exc:

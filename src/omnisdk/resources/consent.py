@@ -115,6 +115,12 @@ def _remember(cache: ConsentCache, asked: str, result: RecordConsentResult) -> N
     cache.put(result.state, None, asked)
 
 
+def granted_in(state: ConsentState | None, purpose: str) -> bool:
+    """Whether `state` grants `purpose` (no state, no decision: not granted)."""
+    current = state.purposes.get(purpose) if state is not None else None
+    return current is not None and current.granted
+
+
 def _marketing_purpose(channel: str) -> str:
     purpose = MARKETING_CHANNELS.get(channel)
     if purpose is None:
@@ -199,11 +205,7 @@ class Consent(SyncResource):
         if entry is not None:
             return purpose in entry.granted
         state = self.state(customer_id, device_id)
-        return (
-            state is not None
-            and state.purposes.get(purpose) is not None
-            and (state.purposes[purpose].granted)
-        )
+        return granted_in(state, purpose)
 
     def can_contact(self, customer_id: str, channel: str) -> bool:
         """May a marketing message go out on `channel` (email, sms or push)?"""
@@ -288,11 +290,7 @@ class AsyncConsent(AsyncResource):
         if entry is not None:
             return purpose in entry.granted
         state = await self.state(customer_id, device_id)
-        return (
-            state is not None
-            and state.purposes.get(purpose) is not None
-            and (state.purposes[purpose].granted)
-        )
+        return granted_in(state, purpose)
 
     async def can_contact(self, customer_id: str, channel: str) -> bool:
         return await self.check(customer_id, _marketing_purpose(channel))

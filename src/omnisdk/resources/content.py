@@ -35,6 +35,7 @@ from omnisdk.models import (
     RulesetVersion,
 )
 from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources.consent import granted_in
 from omnisdk.resources.identity import profile_call
 
 if TYPE_CHECKING:
@@ -233,7 +234,7 @@ def _personalised(context: dict[str, Any], state: ConsentState | None) -> bool:
     if state is None:
         return False
     context["consent"] = {p: s.granted for p, s in state.purposes.items()}
-    return _granted(state.purposes, PERSONALISATION)
+    return granted_in(state, PERSONALISATION)
 
 
 def _conclude(
@@ -400,11 +401,6 @@ class AsyncContent(AsyncResource):
         import asyncio
 
         await asyncio.to_thread(self._client.content_cache.refresh)
-
-
-def _granted(purposes: Mapping[str, Any], purpose: str) -> bool:
-    current = purposes.get(purpose)
-    return current is not None and bool(current.granted)
 
 
 def _remember(cache: ContentCache, customer_id: str, profile: Profile) -> ProfileFacts:
