@@ -7,6 +7,8 @@ from functools import lru_cache
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from omnisdk.core.events import MAX_BATCH_BYTES
+
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./omnisdk.sqlite3"
 
 
@@ -19,7 +21,7 @@ class Settings(BaseSettings):
         default=DEFAULT_DATABASE_URL,
         description="SQLAlchemy URL; sqlite:// and postgresql:// are given their async drivers.",
     )
-    max_body_bytes: int = Field(default=1_048_576, gt=0, description="Largest request body.")
+    max_body_bytes: int = Field(default=MAX_BATCH_BYTES, gt=0, description="Largest request body.")
     pos_photo_max_bytes: int = Field(
         default=8_388_608, gt=0, description="Largest photo of a QR code the till page accepts."
     )

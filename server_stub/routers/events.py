@@ -2,16 +2,32 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, Request
+from pydantic import Field
 
 from omnisdk.core.channels import Scope
+from omnisdk.core.events import MAX_BATCH
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import BatchResult, EventBatch, EventIn, TrackResult
+from omnisdk.models import BatchResult, EventIn, TrackResult, WireModel
 from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
 from server_stub.services import events
+
+
+class EventBatchBody(WireModel):
+    """A batch as the server takes it: each event is validated on its own (an `EventIn`), so
+    one bad event is rejected with its index instead of refusing the batch."""
+
+    events: list[dict[str, Any]] = Field(
+        min_length=1,
+        max_length=MAX_BATCH,
+        json_schema_extra={"items": {"$ref": "#/components/schemas/EventIn"}},
+    )
+
 
 router = APIRouter(prefix="/v1/events", tags=["events"], route_class=ApiRoute)
 
@@ -32,7 +48,7 @@ async def track(body: EventIn, request: Request, conn: Connection, context: Cont
     openapi_extra=needs(Scope.EVENTS_WRITE),
 )
 async def track_batch(
-    body: EventBatch, request: Request, conn: Connection, context: Context
+    body: EventBatchBody, request: Request, conn: Connection, context: Context
 ) -> BatchResult:
-    outcome = await events.ingest(conn, context, principal_of(request).channel, body.events)
+    outcome = await events.ingest_raw(conn, context, principal_of(request).channel, body.events)
     return outcome.summary()

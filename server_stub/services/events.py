@@ -13,12 +13,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+import pydantic
 from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel
 from omnisdk.core.events import (
+    MAX_EVENT_ID,
     TRANSACTIONAL_EVENTS,
     Extracted,
     InvalidEvent,
@@ -133,6 +135,42 @@ async def ingest(
     accepted, duplicates = await _store(conn, tenant_id, channel, attributed, now)
     rejected.sort(key=lambda r: r.index)
     return Outcome(accepted, duplicates, rejected)
+
+
+async def ingest_raw(
+    conn: AsyncConnection, context: TenantContext, channel: Channel, batch: list[dict[str, Any]]
+) -> Outcome:
+    """`ingest` for a batch whose events are validated one by one: an event that breaks the
+    schema is rejected with its index and reason, never the whole batch with it."""
+    valid: list[EventIn] = []
+    positions: list[int] = []
+    refused: list[EventRejection] = []
+    for index, raw in enumerate(batch):
+        try:
+            valid.append(EventIn.model_validate(raw))
+            positions.append(index)
+        except pydantic.ValidationError as error:
+            refused.append(_schema_rejection(index, raw, error))
+    outcome = await ingest(conn, context, channel, valid) if valid else Outcome([], [], [])
+    rejected = [r.model_copy(update={"index": positions[r.index]}) for r in outcome.rejected]
+    rejected = sorted(rejected + refused, key=lambda r: r.index)
+    accepted = [(positions[i], event_id, owner) for i, event_id, owner in outcome.accepted]
+    duplicates = [(positions[i], event_id, owner) for i, event_id, owner in outcome.duplicates]
+    return Outcome(accepted, duplicates, rejected)
+
+
+def _schema_rejection(
+    index: int, raw: dict[str, Any], error: pydantic.ValidationError
+) -> EventRejection:
+    first = error.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "event"
+    event_id = raw.get("event_id")
+    return EventRejection(
+        index=index,
+        event_id=event_id[:MAX_EVENT_ID] if isinstance(event_id, str) else None,
+        type=ProblemType.VALIDATION_ERROR.value,
+        detail=f"{where}: {first['msg']}",
+    )
 
 
 async def _apply_consent(

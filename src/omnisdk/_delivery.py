@@ -12,18 +12,25 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import os
 import socket
+import sqlite3
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from omnisdk._base import Call
-from omnisdk.errors import APIConnectionError, APIError, RateLimitedError, ServerError
+from omnisdk.core.events import MAX_BATCH_BYTES
+from omnisdk.errors import (
+    APIConnectionError,
+    APIError,
+    ConflictError,
+    OutboxWriteError,
+    ValidationError,
+)
 from omnisdk.models import BatchResult, RedeemRequest, Redemption
 from omnisdk.outbox import Item, Outbox
 from omnisdk.resources.consent import CONSENT, delivery_call
@@ -38,6 +45,9 @@ log = logging.getLogger("omnisdk.delivery")
 
 KINDS = (EVENT, REDEMPTION, CONSENT)
 MAX_EVENTS_PER_REQUEST = 500
+_ENVELOPE_BYTES = len('{"events":[]}')
+# The outbox's own disk failing (full, read-only): the sender waits and tries again.
+DISK_ERRORS = (sqlite3.Error, OSError, OutboxWriteError)
 BACKOFF = (0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0)
 IDLE_WAIT = 0.5
 LINGER = 0.05  # a short wait for a fuller batch: fewer, larger requests while a burst lasts
@@ -59,13 +69,15 @@ class DeliveryStatus:
         return "open" if self.consecutive_failures else "closed"
 
 
-def _batch_key(items: list[Item]) -> str:
-    digest = hashlib.sha256("\n".join(item.key for item in items).encode())
-    return f"outbox-{digest.hexdigest()[:40]}"
+def _final(error: Exception) -> bool:
+    """The server refused these items as they are: sending them again cannot help. Anything
+    else (no answer, 5xx, 429, a revoked or under-scoped key, 404) is waited out and retried:
+    an operator's fix must not find the queue emptied into dead letters."""
+    return isinstance(error, ValidationError | ConflictError)
 
 
-def _retryable(error: Exception) -> bool:
-    return isinstance(error, APIConnectionError | ServerError | RateLimitedError)
+def _size(item: Item) -> int:
+    return len(item.raw) if item.raw.isascii() else len(item.raw.encode())
 
 
 @dataclass(frozen=True)
@@ -79,9 +91,18 @@ class Shipment:
 class Courier:
     """The delivery rules, without I/O: what to send next, and what an answer means."""
 
-    def __init__(self, outbox: Outbox, batch_size: int = MAX_EVENTS_PER_REQUEST) -> None:
+    def __init__(
+        self,
+        outbox: Outbox,
+        batch_size: int = MAX_EVENTS_PER_REQUEST,
+        max_bytes: int = MAX_BATCH_BYTES,
+    ) -> None:
         self.outbox = outbox
         self.batch_size = min(batch_size, MAX_EVENTS_PER_REQUEST)
+        self.max_bytes = max_bytes
+        # Halved when the server refuses a whole batch, so a bad event ends up alone (and only
+        # it becomes a dead letter); doubled back after each batch that goes through.
+        self.cap = self.batch_size
         self.status = DeliveryStatus()
         self.holder = f"{socket.gethostname()}:{os.getpid()}:{id(self):x}"
 
@@ -91,11 +112,13 @@ class Courier:
         first = head[0]
         if first.kind == EVENT:
             run: list[Item] = []
+            size = _ENVELOPE_BYTES
             for item in head:
-                if item.kind != EVENT or len(run) == self.batch_size:
+                size += _size(item) + 1
+                if item.kind != EVENT or len(run) == self.cap or (run and size > self.max_bytes):
                     break
                 run.append(item)
-            return Shipment(run, raw_batch_call([i.raw for i in run], _batch_key(run)))
+            return Shipment(run, raw_batch_call([i.raw for i in run]))
         if first.kind == REDEMPTION:
             request = RedeemRequest.model_validate(first.payload["request"])
             return Shipment([first], redeem_call(request))
@@ -106,6 +129,7 @@ class Courier:
     def delivered(self, shipment: Shipment, answer: Any) -> tuple[list[int], list[tuple[str, str]]]:
         """(seqs to acknowledge, (key, error) to bury) after a successful request."""
         self.status.consecutive_failures = 0
+        self.cap = min(self.batch_size, self.cap * 2)
         if isinstance(answer, BatchResult):
             refused = {r.index: r for r in answer.rejected}
             self.status.delivered += answer.accepted
@@ -115,6 +139,13 @@ class Courier:
                 (shipment.items[i].key, json.dumps({"type": r.type, "detail": r.detail}))
                 for i, r in refused.items()
             ]
+            for rejection in refused.values():
+                log.warning(
+                    "the server refused a queued event; kept as a dead letter: %s (%s)",
+                    rejection.detail,
+                    rejection.type,
+                    extra={"event_id": rejection.event_id},
+                )
             ack = [item.seq for i, item in enumerate(shipment.items) if i not in refused]
             return ack, bury
         if isinstance(answer, Redemption):
@@ -126,16 +157,37 @@ class Courier:
         """(key, error) to bury if the refusal is final, and how long to wait before trying on."""
         self.status.failed_attempts += 1
         self.status.last_error = f"{type(error).__name__}: {error}"
-        if isinstance(error, APIError) and not _retryable(error):
-            self.status.refused += len(shipment.items)
-            problem = json.dumps(error.problem)
-            log.warning("the server refused queued items", extra={"items": len(shipment.items)})
-            return [(item.key, problem) for item in shipment.items], 0.0
+        if _final(error) and len(shipment.items) > 1:
+            self.cap = max(1, len(shipment.items) // 2)  # split the batch to find the bad ones
+            return [], 0.0
+        if _final(error):
+            assert isinstance(error, APIError)
+            (item,) = shipment.items
+            self.status.refused += 1
+            log.warning(
+                "the server refused a queued %s; kept as a dead letter: %s (%s)",
+                item.kind,
+                error.detail or error.title,
+                error.type,
+                extra={"key": item.key},
+            )
+            return [(item.key, json.dumps(error.problem))], 0.0
+        if isinstance(error, APIError):
+            log.error(
+                "the server refused queued items (%s); retrying with backoff", error, extra={}
+            )
         self.status.consecutive_failures += 1
         delay = BACKOFF[min(self.status.consecutive_failures - 1, len(BACKOFF) - 1)]
-        if isinstance(error, RateLimitedError) and error.retry_after:
-            delay = max(delay, error.retry_after)
+        retry_after = getattr(error, "retry_after", None)
+        if retry_after:
+            delay = max(delay, retry_after)
         return [], delay
+
+    def disk_failed(self, error: Exception) -> float:
+        """The outbox's own file failed (full, read-only): wait, then try again."""
+        self.status.last_error = f"{type(error).__name__}: {error}"
+        self.status.consecutive_failures += 1
+        return BACKOFF[min(self.status.consecutive_failures - 1, len(BACKOFF) - 1)]
 
 
 class Delivery:
@@ -145,11 +197,15 @@ class Delivery:
         self._client = client
         self.outbox = outbox
         self._courier = Courier(outbox)
+        self._thread: threading.Thread | None = None
+        self._pid = 0
+        self._events()
+
+    def _events(self) -> None:
+        # New in a forked child too: the parent's may have been locked at the fork.
         self._wake = threading.Event()  # something was appended
         self._probe = threading.Event()  # someone waits (flush): try now, even while backing off
         self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self._pid = 0
 
     @property
     def status(self) -> DeliveryStatus:
@@ -163,8 +219,10 @@ class Delivery:
             self._wake.set()
 
     def _start(self) -> None:
-        self._pid = os.getpid()
-        self._courier = Courier(self.outbox)  # a new holder id in a forked child
+        if self._pid != os.getpid():
+            self._courier = Courier(self.outbox)  # a new holder id in a forked child
+            self._events()
+            self._pid = os.getpid()
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="omnisdk-delivery", daemon=True)
         self._thread.start()
@@ -172,39 +230,52 @@ class Delivery:
     def _run(self) -> None:
         courier = self._courier
         while not self._stop.is_set():
-            if not self.outbox.take_lease(courier.holder):
-                self._wait(1.0)  # another process of this backend is sending
-                continue
-            shipment = courier.next_shipment(self.outbox.head(courier.batch_size, KINDS))
-            if shipment is None:
-                self._wait(IDLE_WAIT)
-                continue
-            if len(shipment.items) < courier.batch_size and not self._probe.is_set():
-                self._probe.wait(LINGER)
-                shipment = courier.next_shipment(self.outbox.head(courier.batch_size, KINDS))
-                assert shipment is not None
             try:
-                answer = self._client.execute(shipment.call)
-            except (APIError, APIConnectionError) as error:
-                bury, delay = courier.failed(shipment, error)
-                for key, problem in bury:
-                    self.outbox.bury(key, problem)
-                if delay:
-                    self._probe.wait(delay)
-                    self._probe.clear()
-                continue
-            ack, bury = courier.delivered(shipment, answer)
+                self._step(courier)
+            except DISK_ERRORS as error:
+                log.error("the outbox file failed; the sender tries again: %s", error, extra={})
+                self._backoff(courier.disk_failed(error))
+        with contextlib.suppress(*DISK_ERRORS):
+            self.outbox.release_lease(courier.holder)
+
+    def _step(self, courier: Courier) -> None:
+        if not self.outbox.take_lease(courier.holder):
+            self._wait(1.0)  # another process of this backend is sending
+            return
+        head = self.outbox.head(courier.batch_size, KINDS)
+        if not head:
+            self._wait(IDLE_WAIT)
+            return
+        if len(head) < courier.batch_size and not self._probe.is_set():
+            self._probe.wait(LINGER)  # a burst may be on its way: wait for a fuller batch
+            head = self.outbox.head(courier.batch_size, KINDS)
+        shipment = courier.next_shipment(head)
+        assert shipment is not None
+        try:
+            answer = self._client.execute(shipment.call)
+        except (APIError, APIConnectionError) as error:
+            bury, delay = courier.failed(shipment, error)
             for key, problem in bury:
                 self.outbox.bury(key, problem)
-            self.outbox.ack(ack)
-        self.outbox.release_lease(courier.holder)
+            self._backoff(delay)
+            return
+        ack, bury = courier.delivered(shipment, answer)
+        for key, problem in bury:
+            self.outbox.bury(key, problem)
+        self.outbox.ack(ack)
+
+    def _backoff(self, delay: float) -> None:
+        if delay:
+            self._probe.wait(delay)
+            self._probe.clear()
 
     def _wait(self, seconds: float) -> None:
         self._wake.wait(seconds)
         self._wake.clear()
 
     def flush(self, timeout: float | None) -> int:
-        """Wait until the outbox is empty or `timeout` passes; return how many items are left."""
+        """Wait until the outbox is empty or `timeout` passes; return how many items are left.
+        Raises OutboxWriteError if what was appended cannot be written to disk."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.outbox.sync(timeout)
         if self.outbox.status().depth:
@@ -217,15 +288,20 @@ class Delivery:
             time.sleep(0.01)
 
     def close(self, timeout: float) -> int:
-        left = self.flush(timeout) if self._thread is not None else self.outbox.status().depth
-        self._stop.set()
-        self._wake.set()
-        self._probe.set()
-        if self._thread is not None and self._pid == os.getpid():
-            self._thread.join(timeout=5)
+        try:
+            left = self.flush(timeout) if self._thread is not None else self.outbox.status().depth
+        finally:
+            self._stop.set()
+            self._wake.set()
+            self._probe.set()
+            if self._thread is not None and self._pid == os.getpid():
+                self._thread.join(timeout=5)
         if left:
             log.warning(
-                "closing with items not yet delivered; they stay on disk", extra={"items": left}
+                "closing with %d items not yet delivered; they stay on disk in %s",
+                left,
+                self.outbox.path,
+                extra={"items": left},
             )
         return left
 
@@ -263,32 +339,47 @@ class AsyncDelivery:
 
     async def _run(self) -> None:
         courier = self._courier
-        outbox = self.outbox
         while not self._stopping:
-            if not await asyncio.to_thread(outbox.take_lease, courier.holder):
-                await self._wait(1.0)
-                continue
-            head = await asyncio.to_thread(outbox.head, courier.batch_size, KINDS)
-            shipment = courier.next_shipment(head)
-            if shipment is None:
-                await self._wait(IDLE_WAIT)
-                continue
             try:
-                answer = await self._client.execute(shipment.call)
-            except (APIError, APIConnectionError) as error:
-                bury, delay = courier.failed(shipment, error)
-                for key, problem in bury:
-                    await asyncio.to_thread(outbox.bury, key, problem)
-                if delay:
-                    assert self._probe is not None
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._probe.wait(), delay)
-                    self._probe.clear()
-                continue
-            ack, bury = courier.delivered(shipment, answer)
+                await self._step(courier)
+            except DISK_ERRORS as error:
+                log.error("the outbox file failed; the sender tries again: %s", error, extra={})
+                await self._backoff(courier.disk_failed(error))
+
+    async def _step(self, courier: Courier) -> None:
+        outbox = self.outbox
+        if not await asyncio.to_thread(outbox.take_lease, courier.holder):
+            await self._wait(1.0)
+            return
+        head = await asyncio.to_thread(outbox.head, courier.batch_size, KINDS)
+        shipment = courier.next_shipment(head)
+        if shipment is None:
+            await self._wait(IDLE_WAIT)
+            return
+        try:
+            answer = await self._client.execute(shipment.call)
+        except (APIError, APIConnectionError) as error:
+            bury, delay = courier.failed(shipment, error)
             for key, problem in bury:
                 await asyncio.to_thread(outbox.bury, key, problem)
-            await asyncio.to_thread(outbox.ack, ack)
+            await self._backoff(delay)
+            return
+        ack, bury = courier.delivered(shipment, answer)
+        for key, problem in bury:
+            await asyncio.to_thread(outbox.bury, key, problem)
+        await asyncio.to_thread(outbox.ack, ack)
+
+    async def _backoff(self, delay: float) -> None:
+        if delay:
+            assert self._probe is not None
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._probe.wait(), delay)
+            self._probe.clear()
+
+    def release(self) -> None:
+        """Give up the sender lease (at exit, when the loop that ran the task is gone)."""
+        with contextlib.suppress(*DISK_ERRORS):
+            self.outbox.release_lease(self._courier.holder)
 
     async def flush(self, timeout: float | None) -> int:
         loop = asyncio.get_running_loop()

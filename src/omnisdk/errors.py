@@ -3,10 +3,13 @@
 OmnisdkError
 ├── ReturnRefused               a return code failed offline checks (`verification` says why)
 ├── OfflineLimitReached         an offline redemption would exceed the till's value cap
+├── OutboxFull                  the outbox is full and its policy says raise (or block timed out)
+├── OutboxWriteError            the outbox cannot write to its disk (what returned is retried)
 ├── APIConnectionError          the server could not be reached (after retries)
 │   └── APITimeoutError         ... or did not answer in time
 └── APIError                    the server answered with an error (status, problem, request id)
     ├── ValidationError         400, 413, 415, 422: the request is wrong; do not retry it
+    │   ├── InvalidRequestError 422 decided by the SDK before sending (also a ValueError)
     │   ├── UnknownPurposeError 422: a consent purpose the shop has not declared
     │   └── ConfirmationTokenError  422: a forged, damaged or expired double opt-in token
     ├── AuthenticationError     401: no key, or a key the server does not know
@@ -40,6 +43,16 @@ class ReturnRefused(OmnisdkError):
 
 class OfflineLimitReached(OmnisdkError):
     """The till is offline and this return would take its queued refunds over the cap."""
+
+
+class OutboxFull(OmnisdkError):
+    """The outbox holds `max_items`, and its policy is "raise" (or "block" timed out, or the
+    items that fill it are ones "drop_oldest" never drops: money, consent, carts)."""
+
+
+class OutboxWriteError(OmnisdkError):
+    """The outbox cannot write to its file (disk full, read-only, removed). Items whose `track`
+    returned stay in memory and are retried; this call's item was not queued."""
 
 
 class APIConnectionError(OmnisdkError):
@@ -78,6 +91,14 @@ class APIError(OmnisdkError):
 
 class ValidationError(APIError):
     """The request is malformed or invalid; retrying it unchanged will fail again."""
+
+
+class InvalidRequestError(ValidationError, ValueError):
+    """Refused by the SDK before anything is sent or queued, with the problem the server would
+    have answered (422): fix the input; retrying it unchanged fails again."""
+
+    def __init__(self, problem_type: str, detail: str) -> None:
+        super().__init__(422, {"type": problem_type, "title": "Invalid request", "detail": detail})
 
 
 class UnknownPurposeError(ValidationError):

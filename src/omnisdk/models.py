@@ -16,7 +16,7 @@ from omnisdk.core.consent import (
     ConsentScope,
     Status,
 )
-from omnisdk.core.events import MAX_BATCH, shallow
+from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallow
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.tokens import VerificationKey
@@ -182,9 +182,12 @@ class EventIn(WireModel):
 
     name: str = Field(max_length=64)
     event_id: str | None = Field(
-        default=None, min_length=1, max_length=64, description="Makes delivery idempotent."
+        default=None,
+        min_length=1,
+        max_length=MAX_EVENT_ID,
+        description="Makes delivery idempotent.",
     )
-    customer_id: str | None = Field(default=None, max_length=40)
+    customer_id: str | None = Field(default=None, max_length=MAX_CUSTOMER_ID)
     anonymous_id: IdentifierValue | None = None
     identifier: IdentifierIn | None = None
     properties: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(default_factory=dict)

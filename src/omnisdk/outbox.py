@@ -3,18 +3,22 @@ server has them.
 
 - Appends are group-committed: a committer thread writes everything appended within
   `commit_window` seconds (up to `max_group` items) in one transaction. With durability
-  "group" an append returns at once, and a crash (kill -9, power loss) can lose at most the
-  appends not yet committed: never more than 2 x `max_group` (one group waiting, one being
-  written; appends wait when a group is full). With durability "sync" an append returns only
-  once its group is on disk (fsync, `synchronous=FULL`), so nothing that returned is lost.
-- Bounded: at `max_items` the policy decides — "block" (wait up to `block_timeout`, then
-  OutboxFull), "raise" (OutboxFull at once), or "drop_oldest" (the oldest item goes; every drop
-  is counted in `status().dropped` and logged). Nothing is ever dropped silently.
+  "group" an append returns at once; a crash (kill -9, power loss) can lose only the appends of
+  the last `max_unsynced` seconds: an append waits when the oldest item not yet on disk is
+  older than that (and when `max_group` items already wait). With durability "sync" an append
+  returns only once its group is on disk (fsync, `synchronous=FULL`).
+- A failed write (disk full, read-only, removed) is never silent: the group stays in memory and
+  is retried with backoff, and until a write succeeds every append and `sync` raises
+  OutboxWriteError (in "sync" mode the callers of the failed group get it instead).
+- Bounded: at `max_items` the policy decides: "block" (wait up to `block_timeout`, then
+  OutboxFull), "raise" (OutboxFull at once), or "drop_oldest": the oldest *droppable* item goes
+  (analytics events; never a refund, a consent decision or a cart operation), every drop
+  counted in `status().dropped` and logged. Nothing is ever dropped silently.
 - Several processes may share one file (the processes of one backend, or a parent and the
   children it forks): SQLite's locking keeps appends safe, and a lease row makes one process at
   a time the sender, so items go out in append order (and so in order per customer). When that
-  process dies, its lease runs out and another takes over. After `fork()` the child opens its
-  own connection and committer (a SQLite connection must not cross a fork).
+  process dies, its lease runs out and another takes over. In a forked child the outbox forgets
+  the parent's threads, locks, queue and connection, and opens its own on first use.
 - Items the server refuses for good move to a dead-letter table with the error.
 """
 
@@ -27,22 +31,29 @@ import socket
 import sqlite3
 import threading
 import time
+import weakref
 from collections import deque
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
+
+from omnisdk.errors import OutboxFull, OutboxWriteError
 
 log = logging.getLogger("omnisdk.outbox")
 
 Durability = Literal["group", "sync"]
 FullPolicy = Literal["block", "raise", "drop_oldest"]
 LEASE_SECONDS = 15.0
-_encode = json.JSONEncoder(separators=(",", ":")).encode
+# The kinds "drop_oldest" may drop: behavioural analytics. Refunds, consent decisions and cart
+# operations carry money or a person's choice and are never dropped (DESIGN: offline).
+DROPPABLE_KINDS = frozenset({"event"})
+_RETRY_WRITE = (0.05, 0.1, 0.25, 0.5, 1.0)  # seconds between attempts at a failed write
+# allow_nan=False: NaN and Infinity are not JSON; the SDK refuses them before they get here.
+_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
 
-
-class OutboxFull(Exception):  # the outbox is full; reads as such where raised
-    """The outbox holds `max_items` and its policy is "raise" (or "block" timed out)."""
+__all__ = ["DROPPABLE_KINDS", "Outbox", "OutboxFull", "OutboxStatus", "OutboxWriteError"]
 
 
 @dataclass(frozen=True)
@@ -78,14 +89,17 @@ class OutboxStatus:
     dropped: int
     last_error: str | None
     path: str
+    write_failures: int = 0  # failed disk writes in this process (each retried)
+    unwritten: int = 0  # items of this process only in memory, not yet on disk
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     kind: str
     key: str
     payload: str
-    created_at: float
+    created_at: float  # wall clock, stored
+    since: float  # monotonic, for the unsynced window
     done: threading.Event | None = None  # only when the caller waits for the disk
     error: BaseException | None = None
 
@@ -116,6 +130,21 @@ def _dead_here(holder: str) -> bool:
     return False
 
 
+# Every outbox of this process, so that a forked child can make each forget its parent's state.
+_OPEN: weakref.WeakSet[Outbox] = weakref.WeakSet()
+# Connections a child inherited: never used and never closed there (closing one would let
+# SQLite act on locks and WAL files the parent still uses), only kept from the collector.
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for outbox in list(_OPEN):
+        outbox._forget_parent()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class Outbox:
     def __init__(
         self,
@@ -127,42 +156,76 @@ class Outbox:
         max_items: int = 1_000_000,
         full_policy: FullPolicy = "block",
         block_timeout: float = 30.0,
+        max_unsynced: float = 0.05,
+        droppable: Collection[str] = DROPPABLE_KINDS,
     ) -> None:
         if durability not in ("group", "sync"):
             raise ValueError("durability is 'group' or 'sync'")
         if full_policy not in ("block", "raise", "drop_oldest"):
             raise ValueError("full_policy is 'block', 'raise' or 'drop_oldest'")
+        if max_unsynced <= 0:
+            raise ValueError("max_unsynced is a number of seconds above 0")
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
         self.durability: Durability = durability
         self.commit_window = commit_window
         self.max_group = max_group
         self.max_items = max_items
         self.full_policy: FullPolicy = full_policy
         self.block_timeout = block_timeout
+        self.max_unsynced = max_unsynced
+        self.droppable = tuple(sorted(droppable))
         self.last_error: str | None = None
-        self._open()
+        self._fresh_state()
+        self._ensure_open()  # in the creating process at once: a bad path fails here
+        _OPEN.add(self)
 
-    # --- process-local state (re-made after fork) ---------------------------------------
+    # --- process-local state (new in a forked child) -------------------------------------------
 
-    def _open(self) -> None:
-        self._pid = os.getpid()
+    def _fresh_state(self) -> None:
         # _lock guards the in-memory queue and counts (held for microseconds: appends never
-        # wait for the disk); _db guards the SQLite connection (held while writing).
+        # wait for the disk while holding it); _db_lock guards the SQLite connection.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._db_lock = threading.Lock()
+        self._open_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
         self._closed = False
         self._in_flight = 0  # items taken from the queue and being written
+        self._inflight_since: float | None = None
+        self._failure: str | None = None  # the last write failed: appends raise until one works
+        self._write_failures = 0
+        self._count = 0
+        self._appended = False  # something was appended by this process
         self._lease: tuple[str, int] | None = None
         self._lease_renew_at = 0.0
-        self._db = self._connect()
-        self._count = self._db.execute("SELECT count(*) FROM items").fetchone()[0]
-        self._committer = threading.Thread(
-            target=self._commit_loop, name="omnisdk-outbox", daemon=True
-        )
-        self._committer.start()
+        self._committer: threading.Thread | None = None
+        self._db: sqlite3.Connection | None = None
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's threads do not exist here, its locks may be held
+        forever and its queue is the parent's to write."""
+        if self._db is not None:
+            _INHERITED.append(self._db)
+        self._fresh_state()
+
+    def _ensure_open(self) -> sqlite3.Connection:
+        db = self._db
+        if db is not None:
+            return db
+        with self._open_lock:
+            if self._db is None:
+                try:
+                    self.path.parent.mkdir(parents=True, exist_ok=True)
+                    db = self._connect()
+                    self._count = db.execute("SELECT count(*) FROM items").fetchone()[0]
+                except (sqlite3.Error, OSError) as exc:
+                    raise OutboxWriteError(f"cannot open the outbox at {self.path}: {exc}") from exc
+                self._committer = threading.Thread(
+                    target=self._commit_loop, name="omnisdk-outbox", daemon=True
+                )
+                self._committer.start()
+                self._db = db
+            return self._db
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -181,50 +244,88 @@ class Outbox:
         db.execute("PRAGMA synchronous=FULL")
         return db
 
-    def _check_fork(self) -> None:
-        if self._pid != os.getpid():
-            # The parent's threads and connection do not exist in this process.
-            self._open()
-
     # --- appending --------------------------------------------------------------------------
 
     def append(self, kind: str, key: str, payload: dict[str, Any] | str) -> None:
         """Queue an item (a dict, or its JSON text); with durability "sync", return once it
-        is on disk."""
-        self._check_fork()
+        is on disk. Raises OutboxFull (by the full policy) or OutboxWriteError."""
+        item = self._item(kind, key, payload)
+        self._admit(item, wait=True)
+        if item.done is not None:
+            item.done.wait()
+            if item.error is not None:
+                raise item.error
+
+    def try_append(self, kind: str, key: str, payload: dict[str, Any] | str) -> bool:
+        """Queue an item if that needs no waiting at all (for an event loop's own thread);
+        False if it would wait: then call `append` from a worker thread."""
+        if self.durability == "sync":
+            return False
+        return self._admit(self._item(kind, key, payload), wait=False)
+
+    def _item(self, kind: str, key: str, payload: dict[str, Any] | str) -> _Pending:
         text = payload if isinstance(payload, str) else _encode(payload)
-        waits = self.durability == "sync"
-        pending = _Pending(kind, key, text, time.time(), threading.Event() if waits else None)
+        done = threading.Event() if self.durability == "sync" else None
+        return _Pending(kind, key, text, time.time(), time.monotonic(), done)
+
+    def _admit(self, item: _Pending, *, wait: bool) -> bool:
+        self._ensure_open()
         with self._changed:
-            self._make_room()
-            # Back-pressure: at most one group waits while another is written, which bounds
-            # what a crash can lose to 2 x max_group appends.
-            while len(self._pending) >= self.max_group:
-                self._changed.wait()
-            self._pending.append(pending)
+            self._raise_if_failing()
+            if not wait and self._would_wait():
+                return False
+            if not self._make_room(item.kind):
+                return True  # the incoming event was the one to drop (counted and logged)
+            self._await_disk()
+            self._pending.append(item)
             self._count += 1
+            self._appended = True
             if len(self._pending) == 1:
                 self._changed.notify_all()  # the committer sleeps only on an empty queue
-        if pending.done is not None:
-            pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
+        return True
+
+    def _raise_if_failing(self) -> None:
+        if self._failure is not None:
+            raise OutboxWriteError(self._failure)
+
+    def _would_wait(self) -> bool:
+        return (
+            self._count >= self.max_items
+            or len(self._pending) >= self.max_group
+            or self._unsynced_too_long(time.monotonic())
+        )
+
+    def _unsynced_too_long(self, now: float) -> bool:
+        since = self._inflight_since
+        if since is None and self._pending:
+            since = self._pending[0].since
+        return since is not None and now - since > self.max_unsynced
+
+    def _await_disk(self) -> None:
+        """Called with the lock held. Back-pressure bounds what a crash can lose: at most
+        `max_group` items wait, and none longer than `max_unsynced` seconds."""
+        while len(self._pending) >= self.max_group or self._unsynced_too_long(time.monotonic()):
+            self._changed.wait(self.max_unsynced)
+            self._raise_if_failing()
 
     @property
     def nearly_full(self) -> bool:
-        """An append might have to wait for room (or drop); callers on an event loop should
-        then append from a thread."""
+        """An append might have to wait for room (or drop)."""
         return bool(self._count >= self.max_items - 1)
 
-    def _make_room(self) -> None:
-        """Called with the lock held: apply the full policy."""
+    def _make_room(self, kind: str) -> bool:
+        """Called with the lock held: apply the full policy. False: drop the incoming item."""
         if self._count < self.max_items:
-            return
-        if self.full_policy == "raise":
-            raise OutboxFull(f"the outbox holds {self.max_items} items")
+            return True
         if self.full_policy == "drop_oldest":
-            self._drop_oldest()
-            return
+            if self._drop_oldest():
+                return True
+            if kind in self.droppable:
+                self._count_drop({"kind": kind})
+                return False
+            # Nothing may be dropped for it: a refund or consent decision waits like "block".
+        elif self.full_policy == "raise":
+            raise OutboxFull(f"the outbox holds {self.max_items} items")
         deadline = time.monotonic() + self.block_timeout
         while self._count >= self.max_items:
             remaining = deadline - time.monotonic()
@@ -233,126 +334,218 @@ class Outbox:
                     f"the outbox stayed full ({self.max_items} items) for {self.block_timeout} s"
                 )
             self._changed.wait(remaining)
+        return True
 
-    def _drop_oldest(self) -> None:
-        with self._db_lock:
-            row = self._db.execute(
-                "SELECT seq, kind, key FROM items ORDER BY seq LIMIT 1"
-            ).fetchone()
-            if row is not None:
-                self._db.execute("DELETE FROM items WHERE seq = ?", (row[0],))
-                self._bump("dropped")
-        if row is not None:
-            dropped = {"kind": row[1], "key": row[2]}
-        elif self._pending:
-            oldest = self._pending.popleft()
-            if oldest.done is not None:
-                oldest.done.set()
-            dropped = {"kind": oldest.kind, "key": oldest.key}
+    def _drop_oldest(self) -> bool:
+        """Called with the lock held: drop the oldest droppable item, on disk or in memory."""
+        db = self._ensure_open()
+        marks = ",".join("?" * len(self.droppable))
+        try:
             with self._db_lock:
-                self._bump("dropped")
-        else:
-            return
-        self._count -= 1
-        log.warning("outbox full: dropped the oldest item", extra=dropped)
+                row = db.execute(
+                    f"SELECT seq, kind, key FROM items WHERE kind IN ({marks})"
+                    " ORDER BY seq LIMIT 1",
+                    self.droppable,
+                ).fetchone()
+                if row is not None:
+                    db.execute("DELETE FROM items WHERE seq = ?", (row[0],))
+        except sqlite3.Error as exc:
+            raise OutboxWriteError(
+                f"dropping from the outbox at {self.path} failed: {exc}"
+            ) from exc
+        if row is not None:
+            self._count -= 1
+            self._count_drop({"kind": row[1], "key": row[2]})
+            return True
+        for waiting in self._pending:
+            if waiting.kind in self.droppable:
+                self._pending.remove(waiting)
+                if waiting.done is not None:
+                    waiting.done.set()
+                self._count -= 1
+                self._count_drop({"kind": waiting.kind, "key": waiting.key})
+                return True
+        return False
+
+    def _count_drop(self, dropped: dict[str, str]) -> None:
+        try:
+            with self._db_lock:
+                self._bump(self._ensure_open(), "dropped")
+        except sqlite3.Error as exc:
+            raise OutboxWriteError(f"counting a drop in {self.path} failed: {exc}") from exc
+        log.warning("outbox full: dropped the oldest analytics event", extra=dropped)
+
+    # --- the committer ----------------------------------------------------------------------
 
     def _commit_loop(self) -> None:
+        failures = 0
         while True:
             with self._changed:
                 while not self._pending and not self._closed:
                     self._changed.wait()
-                if self._closed and not self._pending:
-                    return
-            if self.commit_window and self.durability == "group":
+                if not self._pending:
+                    return  # closed, and everything is on disk
+                closing = self._closed
+            if self.commit_window and self.durability == "group" and not (failures or closing):
                 time.sleep(self.commit_window)  # let more appends join this group
             with self._changed:
                 group = [
                     self._pending.popleft() for _ in range(min(len(self._pending), self.max_group))
                 ]
+                if not group:
+                    continue
                 self._in_flight = len(group)
-            self._write(group)
+                self._inflight_since = group[0].since
+            if self._write(group):
+                failures = 0
+                continue
+            failures += 1
+            with self._changed:
+                if self._closed:
+                    return  # close() reports what could not be written
+                self._changed.wait(_RETRY_WRITE[min(failures, len(_RETRY_WRITE)) - 1])
 
-    def _write(self, group: list[_Pending]) -> None:
-        error: BaseException | None = None
-        lost = 0
+    def _write(self, group: list[_Pending]) -> bool:
+        db = self._ensure_open()
         try:
             with self._db_lock:
-                self._db.execute("BEGIN IMMEDIATE")
-                cursor = self._db.executemany(
+                db.execute("BEGIN IMMEDIATE")
+                cursor = db.executemany(
                     "INSERT OR IGNORE INTO items (kind, key, payload, created_at) "
                     "VALUES (?, ?, ?, ?)",
                     [(p.kind, p.key, p.payload, p.created_at) for p in group],
                 )
-                self._db.execute("COMMIT")
-            lost = len(group) - cursor.rowcount  # already queued under the same key
-        except sqlite3.Error as exc:
-            error = exc
-            lost = len(group)
-            self.last_error = f"writing the outbox failed: {exc}"
-            log.error("outbox write failed", extra={"items": len(group), "error": str(exc)})
-            with self._db_lock:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                db.execute("COMMIT")
+            ignored = len(group) - cursor.rowcount  # already queued under the same key
+        except (sqlite3.Error, OSError) as exc:
+            self._rollback(db)
+            self._failed(group, exc)
+            return False
         with self._changed:
-            self._count -= max(lost, 0)
+            self._count -= max(ignored, 0)
             self._in_flight = 0
+            self._inflight_since = None
+            if self._failure is not None:
+                log.warning("the outbox writes again", extra={"path": str(self.path)})
+                self._failure = None
             self._changed.notify_all()
         for pending in group:
             if pending.done is not None:
-                pending.error = error
                 pending.done.set()
+        return True
+
+    def _rollback(self, db: sqlite3.Connection) -> None:
+        try:
+            with self._db_lock:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass  # SQLite rolls back by itself when it cannot
+
+    def _failed(self, group: list[_Pending], exc: BaseException) -> None:
+        """A group could not be written: in "group" mode it goes back to the head of the
+        queue to be retried; in "sync" mode its callers are told instead."""
+        error = f"writing the outbox at {self.path} failed: {exc}"
+        with self._changed:
+            first = self._failure is None
+            self._write_failures += 1
+            self._in_flight = 0
+            self._inflight_since = None
+            self.last_error = error
+            if self.durability == "sync":
+                self._count -= len(group)
+            else:
+                self._pending.extendleft(reversed(group))
+                self._failure = error
+            self._changed.notify_all()
+        if self.durability == "sync":
+            for pending in group:
+                pending.error = OutboxWriteError(error)
+                if pending.done is not None:
+                    pending.done.set()
+        if first:
+            log.error(
+                "outbox write failed; items are kept in memory and retried",
+                extra={"items": len(group), "error": str(exc), "path": str(self.path)},
+            )
 
     def sync(self, timeout: float | None = None) -> bool:
-        """Wait until every item appended so far is on disk."""
+        """Wait until every item appended so far by this process is on disk; False if
+        `timeout` passed first. Raises OutboxWriteError while the disk refuses writes."""
+        if self._db is None:
+            return True  # nothing was appended in this process
         deadline = None if timeout is None else time.monotonic() + timeout
-        with self._changed:
+        # A bounded acquire: an exit hook run by a signal may interrupt a thread holding it.
+        if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
+            return False
+        try:
             while self._pending or self._in_flight:
+                self._raise_if_failing()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
                     return False
-                self._changed.wait(remaining if remaining is not None else 0.05)
+                self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
+        finally:
+            self._lock.release()
         return True
+
+    def unwritten(self) -> int:
+        """Items of this process only in memory: what a crash now would lose."""
+        with self._lock:
+            return len(self._pending) + self._in_flight
+
+    @property
+    def appended_here(self) -> bool:
+        """Whether this process appended anything (what an exit hook must see to disk)."""
+        return self._appended
 
     # --- sending (one process at a time holds the lease) -------------------------------------
 
     def take_lease(self, holder: str) -> bool:
         """Become (or stay) the sender of this file; False if another live process is."""
-        self._check_fork()
+        db = self._ensure_open()
         now = time.time()
-        if self._lease == (holder, self._pid) and now < self._lease_renew_at:
+        if self._lease == (holder, os.getpid()) and now < self._lease_renew_at:
             return True  # ours, and far from running out: no need to write
         with self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            row = self._db.execute("SELECT holder, until FROM sender_lease WHERE id = 1").fetchone()
-            mine = row is None or row[0] == holder or row[1] < now or _dead_here(row[0])
-            if mine:
-                self._db.execute(
-                    "INSERT INTO sender_lease (id, holder, until) VALUES (1, ?, ?) "
-                    "ON CONFLICT (id) DO UPDATE "
-                    "SET holder = excluded.holder, until = excluded.until",
-                    (holder, now + LEASE_SECONDS),
-                )
-            self._db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                row = db.execute("SELECT holder, until FROM sender_lease WHERE id = 1").fetchone()
+                mine = row is None or row[0] == holder or row[1] < now or _dead_here(row[0])
+                if mine:
+                    db.execute(
+                        "INSERT INTO sender_lease (id, holder, until) VALUES (1, ?, ?) "
+                        "ON CONFLICT (id) DO UPDATE "
+                        "SET holder = excluded.holder, until = excluded.until",
+                        (holder, now + LEASE_SECONDS),
+                    )
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         if mine:
-            self._lease = (holder, self._pid)
+            self._lease = (holder, os.getpid())
             self._lease_renew_at = now + LEASE_SECONDS / 3
         return mine
 
     def release_lease(self, holder: str) -> None:
         self._lease = None
+        if self._db is None:
+            return
         with self._db_lock:
             self._db.execute("DELETE FROM sender_lease WHERE id = 1 AND holder = ?", (holder,))
 
     def head(self, limit: int, kinds: tuple[str, ...] | None = None) -> list[Item]:
         """The oldest committed items (of `kinds`), in append order."""
-        self._check_fork()
+        db = self._ensure_open()
         query = "SELECT seq, kind, key, payload, created_at FROM items"
         params: tuple[Any, ...] = ()
         if kinds:
             query += f" WHERE kind IN ({','.join('?' * len(kinds))})"
             params = kinds
         with self._db_lock:
-            rows = self._db.execute(query + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
+            rows = db.execute(query + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
         return [Item(seq, kind, key, payload, at) for seq, kind, key, payload, at in rows]
 
     def items(self, kind: str) -> list[Item]:
@@ -362,13 +555,15 @@ class Outbox:
         """These items reached the server: forget them."""
         if not seqs:
             return
+        db = self._ensure_open()
         with self._db_lock:
-            cursor = self._db.executemany("DELETE FROM items WHERE seq = ?", [(s,) for s in seqs])
+            cursor = db.executemany("DELETE FROM items WHERE seq = ?", [(s,) for s in seqs])
         self._forget(cursor.rowcount)
 
     def remove(self, key: str) -> None:
+        db = self._ensure_open()
         with self._db_lock:
-            cursor = self._db.execute("DELETE FROM items WHERE key = ?", (key,))
+            cursor = db.execute("DELETE FROM items WHERE key = ?", (key,))
         self._forget(cursor.rowcount)
 
     def _forget(self, removed: int) -> None:
@@ -378,50 +573,54 @@ class Outbox:
 
     def bury(self, key: str, error: str) -> None:
         """Move an item the server refused for good to the dead letters, with the error."""
+        db = self._ensure_open()
         with self._db_lock:
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "INSERT INTO dead_letters (kind, key, payload, error, created_at) "
-                "SELECT kind, key, payload, ?, ? FROM items WHERE key = ?",
-                (error, time.time(), key),
-            )
-            cursor = self._db.execute("DELETE FROM items WHERE key = ?", (key,))
-            self._db.execute("COMMIT")
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                db.execute(
+                    "INSERT INTO dead_letters (kind, key, payload, error, created_at) "
+                    "SELECT kind, key, payload, ?, ? FROM items WHERE key = ?",
+                    (error, time.time(), key),
+                )
+                cursor = db.execute("DELETE FROM items WHERE key = ?", (key,))
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         self._forget(cursor.rowcount)
-        log.warning("outbox item refused by the server, kept as a dead letter", extra={"key": key})
 
     def dead_letters(self, kind: str | None = None) -> list[DeadLetter]:
+        db = self._ensure_open()
         query = "SELECT kind, key, payload, error, created_at FROM dead_letters"
         params: tuple[str, ...] = (kind,) if kind else ()
         with self._db_lock:
-            rows = self._db.execute(
+            rows = db.execute(
                 query + (" WHERE kind = ?" if kind else "") + " ORDER BY seq", params
             ).fetchall()
         return [DeadLetter(k, key, json.loads(p), error, at) for k, key, p, error, at in rows]
 
     # --- status ---------------------------------------------------------------------------
 
-    def _bump(self, name: str) -> None:
-        self._db.execute(
+    @staticmethod
+    def _bump(db: sqlite3.Connection, name: str) -> None:
+        db.execute(
             "INSERT INTO counters (name, value) VALUES (?, 1) "
             "ON CONFLICT (name) DO UPDATE SET value = value + 1",
             (name,),
         )
 
     def status(self) -> OutboxStatus:
-        self._check_fork()
+        db = self._ensure_open()
         with self._db_lock:
-            depth, oldest = self._db.execute(
-                "SELECT count(*), min(created_at) FROM items"
-            ).fetchone()
-            dead = self._db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-            dropped = self._db.execute(
-                "SELECT value FROM counters WHERE name = 'dropped'"
-            ).fetchone()
+            depth, oldest = db.execute("SELECT count(*), min(created_at) FROM items").fetchone()
+            dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+            dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
         with self._lock:
             waiting = len(self._pending)
             if waiting:
                 oldest = min(oldest or time.time(), self._pending[0].created_at)
+            unwritten = waiting + self._in_flight
         return OutboxStatus(
             depth=depth + waiting,
             oldest_age_seconds=None if oldest is None else max(time.time() - oldest, 0.0),
@@ -429,6 +628,8 @@ class Outbox:
             dropped=dropped[0] if dropped else 0,
             last_error=self.last_error,
             path=str(self.path),
+            write_failures=self._write_failures,
+            unwritten=unwritten,
         )
 
     def metrics(self) -> str:
@@ -447,16 +648,36 @@ class Outbox:
             "# HELP omnisdk_outbox_dropped_total Items dropped by the drop_oldest policy.",
             "# TYPE omnisdk_outbox_dropped_total counter",
             f"omnisdk_outbox_dropped_total {status.dropped}",
+            "# HELP omnisdk_outbox_write_failures_total Failed disk writes (each retried).",
+            "# TYPE omnisdk_outbox_write_failures_total counter",
+            f"omnisdk_outbox_write_failures_total {status.write_failures}",
+            "# HELP omnisdk_outbox_unwritten Items held in memory, not yet on disk.",
+            "# TYPE omnisdk_outbox_unwritten gauge",
+            f"omnisdk_outbox_unwritten {status.unwritten}",
         ]
         return "\n".join(lines) + "\n"
 
     def close(self) -> None:
-        """Commit what is pending and close the file (items not yet sent stay on disk)."""
-        if self._pid != os.getpid():
-            return
+        """Commit what is pending and close the file (items not yet sent stay on disk).
+        Raises OutboxWriteError if some could not be written: they are lost, and logged."""
+        _OPEN.discard(self)
+        db = self._db
+        if db is None:
+            return  # never opened in this process (a forked child that did not use it)
         with self._changed:
             self._closed = True
             self._changed.notify_all()
-        self._committer.join(timeout=30)
+        if self._committer is not None:
+            self._committer.join(timeout=30)
+        lost = self.unwritten()
         with self._db_lock:
-            self._db.close()
+            db.close()
+        self._fresh_state()
+        if lost:
+            log.error(
+                "closing the outbox with items that could not be written: they are lost",
+                extra={"items": lost, "path": str(self.path), "error": self.last_error},
+            )
+            raise OutboxWriteError(
+                f"{lost} items could not be written to {self.path}: {self.last_error}"
+            )

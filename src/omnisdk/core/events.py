@@ -7,6 +7,7 @@ when present, so the profile can rely on them (an order's `value` is a number, s
 from __future__ import annotations
 
 import json
+import math
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -16,6 +17,10 @@ MAX_PROPERTIES_BYTES = 16_384
 MAX_FUTURE_SKEW = timedelta(minutes=10)
 MAX_AGE = timedelta(days=3 * 365)
 MAX_BATCH = 500
+MAX_BATCH_BYTES = 1_048_576  # the server's default request body limit; senders size batches by it
+MAX_EVENT_ID = 64
+MAX_CUSTOMER_ID = 40
+MAX_INTEGER = 2**63 - 1  # JSON integers are kept as 64-bit numbers
 _NAME = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 
 # name -> {property: (type or types, what it means)}
@@ -132,6 +137,55 @@ def json_depth(value: Any) -> int:
     return deepest
 
 
+def _bad_value(value: Any) -> str | None:
+    """Why `value` (a JSON leaf or key) cannot be stored, or None."""
+    kind = type(value)
+    if kind is str:
+        if value.isascii():
+            return None
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return "a string holds a lone surrogate (not valid Unicode)"
+        return None
+    if kind is float and not math.isfinite(value):
+        return "numbers must be finite (NaN and Infinity are not JSON)"
+    if kind is int and not -MAX_INTEGER <= value <= MAX_INTEGER:
+        return f"integers must lie within +-{MAX_INTEGER} (64 bits)"
+    return None
+
+
+def json_problem(value: Any) -> str | None:
+    """Why `value` is not JSON every store keeps as it is (depth, NaN, huge integers, lone
+    surrogates), or None. Walks without recursion."""
+    if json_depth(value) > MAX_DEPTH:
+        return f"nested deeper than {MAX_DEPTH} levels"
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            for key, child in item.items():
+                problem = _bad_value(key)
+                if problem is not None:
+                    return problem
+                stack.append(child)
+        elif isinstance(item, list | tuple):
+            stack.extend(item)
+        else:
+            problem = _bad_value(item)
+            if problem is not None:
+                return problem
+    return None
+
+
+def check_names(event_id: str | None, customer_id: str | None) -> None:
+    """The envelope's limits, the same in the SDK and on the server."""
+    if event_id is not None and not 1 <= len(event_id) <= MAX_EVENT_ID:
+        raise InvalidEvent(f"event_id must be 1-{MAX_EVENT_ID} characters")
+    if customer_id is not None and not 1 <= len(customer_id) <= MAX_CUSTOMER_ID:
+        raise InvalidEvent(f"customer_id must be 1-{MAX_CUSTOMER_ID} characters")
+
+
 def shallow(value: Any) -> Any:
     """`value` if it nests at most MAX_DEPTH levels; else ValueError (a pydantic validator)."""
     if json_depth(value) > MAX_DEPTH:
@@ -161,8 +215,9 @@ def check_event(
     name: str, properties: dict[str, Any], occurred_at: datetime, now: datetime
 ) -> Extracted:
     """Raise InvalidEvent if the event breaks a rule; otherwise what the profile indexes."""
-    if json_depth(properties) > MAX_DEPTH:
-        raise InvalidEvent(f"properties nest deeper than {MAX_DEPTH} levels")
+    problem = json_problem(properties)
+    if problem is not None:
+        raise InvalidEvent(f"properties: {problem}")
     if not _NAME.fullmatch(name):
         raise InvalidEvent(
             "event names are 1-64 characters: lower-case letters, digits and _ . : - "

@@ -4,13 +4,17 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import itertools
 import os
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from omnisdk.core.channels import Channel
-from omnisdk.core.events import check_event
+from omnisdk.core.events import InvalidEvent, check_event, check_names
+from omnisdk.core.identifiers import MAX_VALUE_LENGTH
+from omnisdk.core.problems import ProblemType
+from omnisdk.errors import InvalidRequestError
 from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, TrackResult
 from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
 
@@ -52,19 +56,28 @@ def make_event(
     timestamp: datetime | None = None,
     event_id: str | None = None,
 ) -> dict[str, Any]:
-    """The wire form of an event, checked here by the same rules the server applies.
+    """The wire form of an event, checked here by the same rules the server applies, so an
+    event the outbox accepts is never refused later for its form (InvalidRequestError, which is
+    also a ValueError, names what to fix).
 
     The event id and the time are fixed now, when the event happens, not when it is sent:
     retries and replays then carry the same id and time.
     """
     if sum(x is not None for x in (customer_id, anonymous_id, identifier)) != 1:
-        raise ValueError(
-            "name the customer by exactly one of customer_id, anonymous_id, identifier"
+        raise InvalidRequestError(
+            ProblemType.VALIDATION_ERROR,
+            "name the customer by exactly one of customer_id, anonymous_id, identifier",
         )
     now = datetime.now(UTC)
     when = timestamp or now
     props = properties or {}
-    check_event(name, props, when, now)
+    try:
+        check_names(event_id, customer_id)
+        if anonymous_id is not None and not 0 < len(anonymous_id.strip()) <= MAX_VALUE_LENGTH:
+            raise InvalidEvent(f"anonymous_id must be 1-{MAX_VALUE_LENGTH} characters")
+        check_event(name, props, when, now)
+    except InvalidEvent as error:
+        raise InvalidRequestError(ProblemType.INVALID_EVENT, str(error)) from None
     event: dict[str, Any] = {
         "name": name,
         "event_id": event_id or event_ids.next(),
@@ -89,12 +102,13 @@ def send_call(event: dict[str, Any]) -> Call[TrackResult]:
     )
 
 
-def raw_batch_call(events_json: list[str], idempotency_key: str) -> Call[BatchResult]:
-    """A batch of events already encoded as JSON (as the outbox stores them)."""
+def raw_batch_call(events_json: list[str]) -> Call[BatchResult]:
+    """A batch of events already encoded as JSON (as the outbox stores them). The
+    Idempotency-Key is the body's digest: a retry sends the same key, and no other body ever
+    does (two backends may queue the same event id, say an experiment exposure)."""
     body = ('{"events":[' + ",".join(events_json) + "]}").encode()
-    return Call(
-        "POST", "/v1/events/batch", model(BatchResult), body=body, idempotency_key=idempotency_key
-    )
+    key = "batch-" + hashlib.sha256(body).hexdigest()[:48]
+    return Call("POST", "/v1/events/batch", model(BatchResult), body=body, idempotency_key=key)
 
 
 def batch_call(
@@ -155,10 +169,10 @@ class AsyncEvents(AsyncResource):
         if self._client._outbox is None:  # opening the file touches the disk: not on the loop
             await asyncio.to_thread(lambda: self._client.outbox)
         outbox = self._client.outbox
-        if outbox.durability == "sync" or outbox.nearly_full:
+        # A queue push when no wait is needed; anything that waits (the disk for "sync", room
+        # in a full outbox, a group or window to be written) waits in a worker thread.
+        if not outbox.try_append(EVENT, event["event_id"], event):
             await asyncio.to_thread(outbox.append, EVENT, event["event_id"], event)
-        else:
-            outbox.append(EVENT, event["event_id"], event)  # a queue push: no I/O, no wait
         self._client.delivery.nudge()
         return str(event["event_id"])
 
