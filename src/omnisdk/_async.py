@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 
+from omnisdk import _lifecycle
 from omnisdk._base import (
     Answer,
     BaseClient,
@@ -18,6 +21,8 @@ from omnisdk._base import (
     connection_error,
 )
 from omnisdk._delivery import AsyncDelivery
+from omnisdk._sync import Client
+from omnisdk.errors import OutboxWriteError
 from omnisdk.resources.carts import AsyncCarts
 from omnisdk.resources.changes import AsyncChanges
 from omnisdk.resources.consent import AsyncConsent
@@ -53,6 +58,7 @@ class AsyncClient(BaseClient):
         super().__init__(base_url, api_key, **options)
         self._owns_http = http_client is None
         self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self._http_stale = False  # set in a forked child: the pool's sockets are the parent's
         self.close_timeout = close_timeout
         self._delivery: AsyncDelivery | None = None
         self.system = AsyncSystem(self)
@@ -69,6 +75,7 @@ class AsyncClient(BaseClient):
         self.consent = AsyncConsent(self)
         self.privacy = AsyncPrivacy(self)
         self.content = AsyncContent(self)
+        _lifecycle.register(self)
 
     async def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -86,6 +93,9 @@ class AsyncClient(BaseClient):
             return result
 
     async def _send(self, request: PreparedRequest) -> Outcome:
+        if self._http_stale:
+            self._http = httpx.AsyncClient(timeout=self.timeout)
+            self._http_stale = False
         try:
             response = await self._http.request(
                 request.method,
@@ -110,14 +120,47 @@ class AsyncClient(BaseClient):
 
     async def aclose(self) -> None:
         """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
-        release the connection pool."""
+        release the connection pool. Raises OutboxWriteError if tracked items could not be
+        written to disk (after everything else is closed)."""
+        _lifecycle.unregister(self)
+        try:
+            if self._delivery is not None:
+                await self._delivery.close(self.close_timeout)
+        finally:
+            if self._outbox is not None:
+                await asyncio.to_thread(self._outbox.close)
+            await asyncio.to_thread(self._close_caches)
+            if self._owns_http:
+                await self._http.aclose()
+
+    def _at_exit(self, deliver: bool) -> None:
+        """The process ends without `aclose()`: its event loop is gone, so a blocking twin of
+        this client (same server, key and outbox) delivers within `exit_timeout`."""
+        deadline = time.monotonic() + self.exit_timeout
+        outbox = self._outbox_to_disk(self.exit_timeout)
+        if outbox is None or not deliver:
+            return
         if self._delivery is not None:
-            await self._delivery.close(self.close_timeout)
-        if self._outbox is not None:
-            await asyncio.to_thread(self._outbox.close)
-        await asyncio.to_thread(self._close_caches)
-        if self._owns_http:
-            await self._http.aclose()
+            self._delivery.release()  # the task that held the lease ended with its loop
+        twin = Client(
+            self.base_url,
+            self._api_key,
+            channel=self.channel,
+            timeout=self.timeout,
+            retry_policy=self.retry_policy,
+            data_dir=self.data_dir,
+        )
+        _lifecycle.unregister(twin)
+        twin._outbox = outbox
+        try:
+            with contextlib.suppress(OutboxWriteError):
+                self._report_left(twin.delivery.flush(max(deadline - time.monotonic(), 0.0)))
+        finally:
+            twin.delivery.close(0)
+            twin._http.close()
+
+    def _after_fork(self) -> None:
+        self._http_stale = self._owns_http
 
     async def __aenter__(self) -> AsyncClient:
         return self

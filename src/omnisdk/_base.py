@@ -7,8 +7,10 @@ only drive it, so their behaviour cannot drift apart.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import logging
 import os
 import random
 import uuid
@@ -22,8 +24,10 @@ from omnisdk._consent_cache import ConsentCache
 from omnisdk._content_cache import ContentCache
 from omnisdk._version import __version__
 from omnisdk.core.channels import Channel
-from omnisdk.errors import APIConnectionError, APITimeoutError, error_for
+from omnisdk.errors import APIConnectionError, APITimeoutError, OutboxWriteError, error_for
 from omnisdk.outbox import Durability, FullPolicy, Outbox
+
+log = logging.getLogger("omnisdk.outbox")
 
 T = TypeVar("T")
 
@@ -122,6 +126,8 @@ class BaseClient:
         outbox_max_items: int = 1_000_000,
         full_policy: FullPolicy = "block",
         block_timeout: float = 30.0,
+        max_unsynced: float = 0.05,
+        exit_timeout: float = 5.0,
         offline_cap: float = 250.0,
         consent_max_age: float = 300.0,
         consent_offline_max_age: float = 5.0,
@@ -154,8 +160,11 @@ class BaseClient:
             "max_items": outbox_max_items,
             "full_policy": full_policy,
             "block_timeout": block_timeout,
+            "max_unsynced": max_unsynced,
         }
         self._outbox: Outbox | None = None
+        self.exit_timeout = exit_timeout  # what an exit hook may spend delivering (_lifecycle)
+        self._home_pid = os.getpid()  # the process that made the client (not a forked child)
         self._consent_options: dict[str, Any] = {
             "max_age": consent_max_age,
             "offline_max_age": consent_offline_max_age,
@@ -202,6 +211,38 @@ class BaseClient:
         if self._outbox is None:
             self._outbox = Outbox(self.data_dir / "outbox.sqlite3", **self._outbox_options)
         return self._outbox
+
+    def _outbox_to_disk(self, timeout: float) -> Outbox | None:
+        """An exit hook's first step: what this process appended, on disk. Returns the outbox
+        if there is something for this process to deliver: what it appended itself, and in
+        the process that made the client, whatever its outbox file holds (what forked workers
+        ended by SIGTERM left there, say)."""
+        outbox = self._outbox
+        home = os.getpid() == self._home_pid
+        if outbox is None and home and (self.data_dir / "outbox.sqlite3").exists():
+            outbox = self.outbox
+        if outbox is None or not (outbox.appended_here or home):
+            return None
+        with contextlib.suppress(OutboxWriteError):
+            outbox.sync(timeout)
+        unwritten = outbox.unwritten()
+        if unwritten:
+            log.error(
+                "exiting with %d items that could not be written to %s; they are lost: %s",
+                unwritten,
+                outbox.path,
+                outbox.last_error,
+            )
+        return outbox
+
+    def _report_left(self, left: int) -> None:
+        if left and self._outbox is not None:
+            log.warning(
+                "exiting with %d items not yet delivered; they stay on disk in %s and go out "
+                "with the next client on that data_dir",
+                left,
+                self._outbox.path,
+            )
 
     def __repr__(self) -> str:
         # Never show the key: reprs end up in logs.

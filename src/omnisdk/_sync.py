@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from types import TracebackType
 from typing import Any, TypeVar
 
 import httpx
 
+from omnisdk import _lifecycle
 from omnisdk._base import (
     Answer,
     BaseClient,
@@ -18,6 +20,7 @@ from omnisdk._base import (
     connection_error,
 )
 from omnisdk._delivery import Delivery
+from omnisdk.errors import OutboxWriteError
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import Changes
 from omnisdk.resources.consent import Consent
@@ -53,6 +56,7 @@ class Client(BaseClient):
         super().__init__(base_url, api_key, **options)
         self._owns_http = http_client is None
         self._http = http_client or httpx.Client(timeout=self.timeout)
+        self._http_stale = False  # set in a forked child: the pool's sockets are the parent's
         self.close_timeout = close_timeout
         self._delivery: Delivery | None = None
         self.system = System(self)
@@ -69,6 +73,7 @@ class Client(BaseClient):
         self.consent = Consent(self)
         self.privacy = Privacy(self)
         self.content = Content(self)
+        _lifecycle.register(self)
 
     def execute(self, call: Call[T]) -> T:
         """Run one call with retries; raise the typed error if it finally fails."""
@@ -86,6 +91,9 @@ class Client(BaseClient):
             return result
 
     def _send(self, request: PreparedRequest) -> Outcome:
+        if self._http_stale:
+            self._http = httpx.Client(timeout=self.timeout)
+            self._http_stale = False
         try:
             response = self._http.request(
                 request.method,
@@ -110,14 +118,29 @@ class Client(BaseClient):
 
     def close(self) -> None:
         """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
-        release the connection pool."""
-        if self._delivery is not None:
-            self._delivery.close(self.close_timeout)
-        if self._outbox is not None:
-            self._outbox.close()
-        self._close_caches()
-        if self._owns_http:
-            self._http.close()
+        release the connection pool. Raises OutboxWriteError if tracked items could not be
+        written to disk (after everything else is closed)."""
+        _lifecycle.unregister(self)
+        try:
+            if self._delivery is not None:
+                self._delivery.close(self.close_timeout)
+        finally:
+            if self._outbox is not None:
+                self._outbox.close()
+            self._close_caches()
+            if self._owns_http:
+                self._http.close()
+
+    def _at_exit(self, deliver: bool) -> None:
+        """The process ends without `close()` (see `_lifecycle`)."""
+        outbox = self._outbox_to_disk(self.exit_timeout)
+        if outbox is None or not deliver:
+            return
+        with contextlib.suppress(OutboxWriteError):
+            self._report_left(self.delivery.flush(self.exit_timeout))
+
+    def _after_fork(self) -> None:
+        self._http_stale = self._owns_http
 
     def __enter__(self) -> Client:
         return self

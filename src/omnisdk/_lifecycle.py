@@ -1,0 +1,84 @@
+"""What becomes of a client's deferred writes when its process ends or forks.
+
+- A normal exit (the script ends, `sys.exit`): an `atexit` hook writes what each client's
+  outbox still holds in memory to disk and delivers what it can within the client's
+  `exit_timeout`; what is left stays on disk (logged) for the next client on that `data_dir`.
+- `multiprocessing` children (a `Process`, `Pool` workers) leave through `os._exit`, which
+  skips `atexit`: a finaliser registered in each child does the same instead. `Pool.terminate()`
+  (and `with Pool()`) ends workers with SIGTERM: a handler in the child, installed only where
+  SIGTERM has its default action, writes the outbox to disk, then lets the signal end it.
+- `fork()`: every client forgets its parent's connections and threads (outbox, sender, HTTP
+  connection pool) and opens its own on first use, so nothing is shared across the fork.
+- kill -9, a power loss, `os._exit` in your own code: nothing runs; what is on disk survives
+  (see `max_unsynced`).
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import multiprocessing.util
+import os
+import signal
+import threading
+import weakref
+from typing import Protocol
+
+log = logging.getLogger("omnisdk.outbox")
+
+
+class Ending(Protocol):
+    def _at_exit(self, deliver: bool) -> None: ...
+
+    def _after_fork(self) -> None: ...
+
+
+_CLIENTS: weakref.WeakSet[Ending] = weakref.WeakSet()
+
+
+def register(client: Ending) -> None:
+    _CLIENTS.add(client)
+
+
+def unregister(client: Ending) -> None:
+    _CLIENTS.discard(client)
+
+
+def _end_all(deliver: bool) -> None:
+    for client in list(_CLIENTS):
+        try:
+            client._at_exit(deliver)
+        except Exception:  # one client's failure must not keep the others' writes from disk
+            log.exception("the exit hook of an omnisdk client failed")
+
+
+def _forget_parent() -> None:
+    for client in list(_CLIENTS):
+        client._after_fork()
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    _end_all(deliver=False)  # terminate() means now: to disk only; the lease holder sends
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _in_multiprocessing_child(_: object) -> None:
+    # Run by multiprocessing in each child it starts, after it has cleared the finalisers the
+    # child inherited; a high priority runs it before the finalisers of lower ones.
+    multiprocessing.util.Finalize(None, _end_all, args=(True,), exitpriority=10)
+    if (
+        threading.current_thread() is threading.main_thread()
+        and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
+    ):
+        signal.signal(signal.SIGTERM, _on_sigterm)
+
+
+class _Hook:  # multiprocessing's after-fork registry holds its objects by weak reference
+    pass
+
+
+_HOOK = _Hook()
+atexit.register(_end_all, True)
+os.register_at_fork(after_in_child=_forget_parent)
+multiprocessing.util.register_after_fork(_HOOK, _in_multiprocessing_child)

@@ -1,0 +1,80 @@
+"""A backend process that tracks events and then ends in one of the ways a process can end,
+never calling `close()`. Run by tests/e2e/test_process_endings.py, which counts what arrived.
+
+    python -m tests.e2e.ending SCENARIO URL KEY DATA_DIR COUNT
+"""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+import os
+import sys
+
+import omnisdk
+
+CONTEXT = multiprocessing.get_context("fork")
+client: omnisdk.Client  # made before any fork, as gunicorn --preload or Celery prefork do
+
+
+def track(prefix: str, start: int, count: int) -> int:
+    for n in range(start, start + count):
+        client.events.track("product_viewed", anonymous_id=f"v{n % 5}", event_id=f"{prefix}-{n}")
+    return count
+
+
+def exit_plainly(count: int) -> None:
+    track("exit", 0, count)  # and the script ends: no close(), no flush()
+
+
+def fork_and_exit(count: int) -> None:
+    track("parent", 0, 10)
+    pid = os.fork()
+    if pid == 0:
+        track("child", 0, count)
+        sys.exit(0)  # the child ends without close(): its atexit hook must see to its events
+    os.waitpid(pid, 0)
+
+
+def pool_close_join(count: int) -> None:
+    pool = CONTEXT.Pool(2)
+    results = [pool.apply_async(track, ("pool", n * 100, 100)) for n in range(count // 100)]
+    assert sum(r.get() for r in results) == count
+    pool.close()
+    pool.join()
+
+
+def pool_terminate(count: int) -> None:
+    with CONTEXT.Pool(2) as pool:  # __exit__ calls terminate(): SIGTERM to each worker
+        assert sum(pool.starmap(track, [("term", n * 100, 100) for n in range(count // 100)])) == (
+            count
+        )
+
+
+async def _async_track(url: str, key: str, data_dir: str, count: int) -> None:
+    aclient = omnisdk.AsyncClient(url, key, channel="web", data_dir=data_dir)
+    for n in range(count):
+        await aclient.events.track("product_viewed", anonymous_id=f"v{n % 5}", event_id=f"a-{n}")
+    # the loop ends and the process exits without aclose()
+
+
+SCENARIOS = {
+    "exit": exit_plainly,
+    "fork": fork_and_exit,
+    "pool": pool_close_join,
+    "terminate": pool_terminate,
+}
+
+
+def main() -> None:
+    global client
+    scenario, url, key, data_dir, count = sys.argv[1:6]
+    if scenario == "async":
+        asyncio.run(_async_track(url, key, data_dir, int(count)))
+        return
+    client = omnisdk.Client(url, key, channel="web", data_dir=data_dir)
+    SCENARIOS[scenario](int(count))
+
+
+if __name__ == "__main__":
+    main()

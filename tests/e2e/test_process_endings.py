@@ -1,0 +1,72 @@
+"""Every way a backend process can end without `close()`, and what of its tracked events
+reaches the server: all of them, counted one by one on the server's database."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess
+from tests.e2e.test_outbox_delivery import stored_event_ids
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def run_scenario(scenario: str, server: ServerProcess, key: str, data_dir: Path, count: int) -> str:
+    done = subprocess.run(
+        [sys.executable, "-m", "tests.e2e.ending", scenario, server.url, key, str(data_dir)]
+        + [str(count)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stderr
+
+
+@pytest.fixture
+def shop_server(tmp_path: Path) -> tuple[ServerProcess, str, Path]:
+    database = tmp_path / "shop.sqlite3"
+    with ServerProcess(f"sqlite:///{database}") as server:
+        yield server, server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web"), database
+
+
+def test_a_script_that_exits_without_close_delivers_everything(shop_server, tmp_path: Path) -> None:
+    server, key, database = shop_server
+    run_scenario("exit", server, key, tmp_path / "out", 3_000)
+    assert sorted(stored_event_ids(database, "exit-")) == sorted(f"exit-{n}" for n in range(3_000))
+
+
+def test_a_forked_child_that_exits_without_close_delivers_everything(
+    shop_server, tmp_path: Path
+) -> None:
+    server, key, database = shop_server
+    run_scenario("fork", server, key, tmp_path / "out", 2_000)
+    assert len(set(stored_event_ids(database, "child-"))) == 2_000
+    assert len(set(stored_event_ids(database, "parent-"))) == 10
+
+
+def test_pool_workers_ended_by_close_and_join_deliver_everything(
+    shop_server, tmp_path: Path
+) -> None:
+    server, key, database = shop_server
+    run_scenario("pool", server, key, tmp_path / "out", 2_000)
+    stored = stored_event_ids(database, "pool-")
+    assert len(stored) == len(set(stored)) == 2_000
+
+
+def test_pool_workers_ended_by_terminate_deliver_everything(shop_server, tmp_path: Path) -> None:
+    server, key, database = shop_server
+    run_scenario("terminate", server, key, tmp_path / "out", 2_000)
+    stored = stored_event_ids(database, "term-")
+    assert len(stored) == len(set(stored)) == 2_000
+
+
+def test_an_async_client_left_open_at_exit_delivers_everything(shop_server, tmp_path: Path) -> None:
+    server, key, database = shop_server
+    run_scenario("async", server, key, tmp_path / "out", 2_000)
+    assert len(set(stored_event_ids(database, "a-"))) == 2_000
