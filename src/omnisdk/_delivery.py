@@ -234,6 +234,8 @@ class Delivery:
                 self._step(courier)
             except DISK_ERRORS as error:
                 log.error("the outbox file failed; the sender tries again: %s", error, extra={})
+                with contextlib.suppress(*DISK_ERRORS):
+                    self.outbox.reclaim()
                 self._backoff(courier.disk_failed(error))
         with contextlib.suppress(*DISK_ERRORS):
             self.outbox.release_lease(courier.holder)
@@ -344,6 +346,8 @@ class AsyncDelivery:
                 await self._step(courier)
             except DISK_ERRORS as error:
                 log.error("the outbox file failed; the sender tries again: %s", error, extra={})
+                with contextlib.suppress(*DISK_ERRORS):
+                    await asyncio.to_thread(self.outbox.reclaim)
                 await self._backoff(courier.disk_failed(error))
 
     async def _step(self, courier: Courier) -> None:

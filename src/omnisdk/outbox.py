@@ -24,6 +24,7 @@ server has them.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -400,6 +401,7 @@ class Outbox:
                 failures = 0
                 continue
             failures += 1
+            self.reclaim()  # a WAL grown to fill the disk is given back before the retry
             with self._changed:
                 if self._closed:
                     return  # close() reports what could not be written
@@ -471,18 +473,23 @@ class Outbox:
 
     def sync(self, timeout: float | None = None) -> bool:
         """Wait until every item appended so far by this process is on disk; False if
-        `timeout` passed first. Raises OutboxWriteError while the disk refuses writes."""
+        `timeout` passed first. Raises OutboxWriteError if the disk refuses writes (after
+        waiting for one more attempt, or at the timeout)."""
         if self._db is None:
             return True  # nothing was appended in this process
         deadline = None if timeout is None else time.monotonic() + timeout
         # A bounded acquire: an exit hook run by a signal may interrupt a thread holding it.
         if not self._lock.acquire(timeout=-1 if timeout is None else max(timeout, 0.0)):
             return False
+        failures = self._write_failures
         try:
             while self._pending or self._in_flight:
-                self._raise_if_failing()
+                # While the disk refuses writes, wait for one more attempt, then tell.
+                if self._failure is not None and self._write_failures > failures:
+                    self._raise_if_failing()
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
+                    self._raise_if_failing()
                     return False
                 self._changed.wait(0.05 if remaining is None else min(remaining, 0.05))
         finally:
@@ -557,8 +564,22 @@ class Outbox:
             return
         db = self._ensure_open()
         with self._db_lock:
-            cursor = db.executemany("DELETE FROM items WHERE seq = ?", [(s,) for s in seqs])
+            # One transaction: one WAL append and one fsync for the whole batch.
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                cursor = db.executemany("DELETE FROM items WHERE seq = ?", [(s,) for s in seqs])
+                db.execute("COMMIT")
+            except sqlite3.Error:
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
+                raise
         self._forget(cursor.rowcount)
+
+    def reclaim(self) -> None:
+        """Give the WAL's space back to the file system (after a write failed for space)."""
+        db = self._ensure_open()
+        with contextlib.suppress(sqlite3.Error), self._db_lock:
+            db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def remove(self, key: str) -> None:
         db = self._ensure_open()

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import logging
+import os
+import sqlite3
 import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from omnisdk.outbox import Outbox, OutboxFull
+from omnisdk.outbox import Outbox, OutboxFull, OutboxWriteError
 
 
 def fill(outbox: Outbox, count: int, start: int = 0) -> None:
@@ -130,4 +135,133 @@ def test_status_reports_depth_and_oldest_age(tmp_path: Path) -> None:
     status = outbox.status()
     assert status.depth == 4 and status.oldest_age_seconds is not None
     assert "omnisdk_outbox_depth 4" in outbox.metrics()
+    outbox.close()
+
+
+class FailingDisk:
+    """A connection whose writes fail while `full` is set, as on a full or read-only disk."""
+
+    def __init__(self, real: sqlite3.Connection, error: str = "database or disk is full") -> None:
+        self.real = real
+        self.full = True
+        self.error = error
+
+    def executemany(self, sql: str, rows: Any) -> sqlite3.Cursor:
+        if self.full:
+            raise sqlite3.OperationalError(self.error)
+        return self.real.executemany(sql, rows)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.real, name)
+
+
+def wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 10
+    while not condition():
+        assert time.monotonic() < deadline, "the condition never came true"
+        time.sleep(0.005)
+
+
+@pytest.mark.parametrize(
+    "error", ["database or disk is full", "attempt to write a readonly database"]
+)
+def test_a_failed_write_keeps_the_items_retries_and_raises_until_it_works(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, error: str
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    disk = FailingDisk(outbox._ensure_open(), error)
+    outbox._db = disk  # type: ignore[assignment]
+    returned: list[str] = []
+    with caplog.at_level(logging.ERROR, logger="omnisdk.outbox"):
+        for n in range(20):
+            try:
+                outbox.append("event", f"k{n}", {"n": n})
+                returned.append(f"k{n}")
+            except OutboxWriteError:
+                pass
+            if n == 4:
+                wait_for(lambda: outbox.status().write_failures > 0)
+    assert returned == [f"k{n}" for n in range(5)]  # every append after the failure raised
+    with pytest.raises(OutboxWriteError, match=error):
+        outbox.sync(1)
+    assert outbox.status().unwritten == 5
+    assert "outbox write failed" in caplog.text
+    disk.full = False  # space again: the kept group goes to disk by itself
+    wait_for(lambda: outbox.unwritten() == 0)
+    assert outbox.sync(5)
+    assert [item.key for item in outbox.head(100)] == returned
+    outbox.append("event", "after", {})  # and appends work again
+    outbox.close()
+
+
+def test_sync_durability_tells_each_caller_of_a_failed_write(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", durability="sync")
+    disk = FailingDisk(outbox._ensure_open())
+    outbox._db = disk  # type: ignore[assignment]
+    with pytest.raises(OutboxWriteError):
+        outbox.append("event", "lost", {})
+    disk.full = False
+    outbox.append("event", "kept", {})
+    assert [item.key for item in outbox.head(10)] == ["kept"]
+    assert outbox.status().depth == 1
+    outbox.close()
+
+
+def test_drop_oldest_drops_only_analytics_events_never_money_or_consent(tmp_path: Path) -> None:
+    outbox = Outbox(
+        tmp_path / "o.sqlite3", max_items=3, full_policy="drop_oldest", block_timeout=0.1
+    )
+    outbox.append("redemption", "r1", {})
+    outbox.append("consent", "c1", {})
+    outbox.append("event", "e1", {})
+    outbox.append("event", "e2", {})  # e1 goes
+    outbox.append("redemption", "r2", {})  # e2 goes
+    outbox.append("event", "e3", {})  # nothing droppable is queued: the new event goes
+    with pytest.raises(OutboxFull):
+        outbox.append("redemption", "r3", {})  # a refund is never dropped: it waits, then raises
+    outbox.sync(5)
+    assert [item.key for item in outbox.head(10)] == ["r1", "c1", "r2"]
+    assert outbox.status().dropped == 3
+    outbox.close()
+
+
+def test_try_append_never_waits(tmp_path: Path) -> None:
+    full = Outbox(tmp_path / "o.sqlite3", max_items=2, full_policy="block")
+    assert full.try_append("event", "a", {}) and full.try_append("event", "b", {})
+    assert not full.try_append("event", "c", {})  # it would wait for room
+    synced = Outbox(tmp_path / "s.sqlite3", durability="sync")
+    assert not synced.try_append("event", "d", {})  # it would wait for the disk
+    full.sync(5)
+    assert [item.key for item in full.head(10)] == ["a", "b"]
+    full.close()
+    synced.close()
+
+
+def test_nothing_waits_in_memory_longer_than_the_unsynced_window(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", max_unsynced=0.01)
+    with outbox._db_lock:  # a disk that takes its time: "first" cannot be written meanwhile
+        outbox.append("event", "first", {})
+        time.sleep(0.02)  # now "first" has waited longer than the 10 ms window
+        assert not outbox.try_append("event", "second", {})
+    outbox.append("event", "second", {})  # waits until "first" is on disk
+    assert [item.key for item in outbox.head(10)][:1] == ["first"]
+    outbox.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_writes_its_own_items_and_not_the_parents(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3", commit_window=0.5)
+    outbox.append("event", "parent", {})  # still in the parent's memory at the fork
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            outbox.append("event", "child", {})
+            code = 0 if outbox.sync(10) and outbox.status().unwritten == 0 else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    outbox.sync(10)
+    assert sorted(item.key for item in outbox.head(10)) == ["child", "parent"]
     outbox.close()

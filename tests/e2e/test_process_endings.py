@@ -17,8 +17,16 @@ ROOT = Path(__file__).resolve().parents[2]
 
 def run_scenario(scenario: str, server: ServerProcess, key: str, data_dir: Path, count: int) -> str:
     done = subprocess.run(
-        [sys.executable, "-m", "tests.e2e.ending", scenario, server.url, key, str(data_dir)]
-        + [str(count)],
+        [
+            sys.executable,
+            "-m",
+            "tests.e2e.ending",
+            scenario,
+            server.url,
+            key,
+            str(data_dir),
+            str(count),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
