@@ -273,11 +273,11 @@ class Outbox:
         self._ensure_open()
         with self._changed:
             self._raise_if_failing()
-            if not wait and self._would_wait():
+            if not wait and self._would_wait(item.since):
                 return False
             if not self._make_room(item.kind):
                 return True  # the incoming event was the one to drop (counted and logged)
-            self._await_disk()
+            self._await_disk(item.since)
             self._pending.append(item)
             self._count += 1
             self._appended = True
@@ -289,11 +289,11 @@ class Outbox:
         if self._failure is not None:
             raise OutboxWriteError(self._failure)
 
-    def _would_wait(self) -> bool:
+    def _would_wait(self, now: float) -> bool:
         return (
             self._count >= self.max_items
             or len(self._pending) >= self.max_group
-            or self._unsynced_too_long(time.monotonic())
+            or self._unsynced_too_long(now)
         )
 
     def _unsynced_too_long(self, now: float) -> bool:
@@ -302,12 +302,13 @@ class Outbox:
             since = self._pending[0].since
         return since is not None and now - since > self.max_unsynced
 
-    def _await_disk(self) -> None:
+    def _await_disk(self, now: float) -> None:
         """Called with the lock held. Back-pressure bounds what a crash can lose: at most
         `max_group` items wait, and none longer than `max_unsynced` seconds."""
-        while len(self._pending) >= self.max_group or self._unsynced_too_long(time.monotonic()):
+        while len(self._pending) >= self.max_group or self._unsynced_too_long(now):
             self._changed.wait(self.max_unsynced)
             self._raise_if_failing()
+            now = time.monotonic()
 
     @property
     def nearly_full(self) -> bool:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -101,6 +102,40 @@ async def test_batch_takes_the_good_events_and_rejects_the_bad_with_reasons(
         "twice-named": ProblemType.INVALID_EVENT,
     }
     assert await stored_events(server, shop) == 1
+
+
+async def test_an_event_that_breaks_the_schema_is_rejected_alone_not_its_batch(
+    server: Harness, shop: ShopForTest
+) -> None:
+    good = [{"anonymous_id": "p", "name": "x", "event_id": f"good-{n}"} for n in range(5)]
+    batch = [
+        good[0],
+        {"anonymous_id": "p", "name": "x", "event_id": "e" * 65},
+        good[1],
+        {"customer_id": "c" * 41, "name": "x", "event_id": "long-customer"},
+        good[2],
+        {"anonymous_id": "p", "name": "x", "event_id": "nan", "properties": {"v": 1e400}},
+        good[3],
+        {"anonymous_id": "p", "name": "x", "event_id": "huge-int", "properties": {"v": 10**30}},
+        {"anonymous_id": "p", "event_id": "no-name"},
+        good[4],
+    ]
+    # 1e400 is not JSON: send it as Python's encoder writes it, as a hostile client would.
+    body = json.dumps({"events": batch}).encode()
+    response = await shop.request(
+        "POST", "/v1/events/batch", content=body, headers={"Content-Type": "application/json"}
+    )
+    assert response.status_code == 200
+    result = response.json()
+    assert result["accepted"] == 5 and result["duplicates"] == 0
+    assert [(r["index"], r["type"]) for r in result["rejected"]] == [
+        (1, ProblemType.VALIDATION_ERROR),
+        (3, ProblemType.VALIDATION_ERROR),
+        (5, ProblemType.INVALID_EVENT),
+        (7, ProblemType.INVALID_EVENT),
+        (8, ProblemType.VALIDATION_ERROR),
+    ]
+    assert await stored_events(server, shop) == 5
 
 
 async def test_single_bad_event_is_a_problem_and_stores_nothing(
