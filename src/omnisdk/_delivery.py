@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from omnisdk._base import Call
+from omnisdk._lifecycle import start_daemon
 from omnisdk.core.events import MAX_BATCH_BYTES
 from omnisdk.errors import (
     APIConnectionError,
@@ -224,8 +225,7 @@ class Delivery:
             self._events()
             self._pid = os.getpid()
         self._stop.clear()
-        self._thread = threading.Thread(target=self._run, name="omnisdk-delivery", daemon=True)
-        self._thread.start()
+        self._thread = start_daemon(self._run, "omnisdk-delivery")
 
     def _run(self) -> None:
         courier = self._courier
@@ -355,8 +355,9 @@ class AsyncDelivery:
         if not await asyncio.to_thread(outbox.take_lease, courier.holder):
             await self._wait(1.0)
             return
-        head = await asyncio.to_thread(outbox.head, courier.batch_size, KINDS)
-        shipment = courier.next_shipment(head)
+        # Reading the head and building the request body (joining and hashing up to 1 MiB)
+        # happen in a worker thread too: the loop only awaits the answer.
+        shipment = await asyncio.to_thread(self._next_shipment, courier)
         if shipment is None:
             await self._wait(IDLE_WAIT)
             return
@@ -372,6 +373,9 @@ class AsyncDelivery:
         for key, problem in bury:
             await asyncio.to_thread(outbox.bury, key, problem)
         await asyncio.to_thread(outbox.ack, ack)
+
+    def _next_shipment(self, courier: Courier) -> Shipment | None:
+        return courier.next_shipment(self.outbox.head(courier.batch_size, KINDS))
 
     async def _backoff(self, delay: float) -> None:
         if delay:

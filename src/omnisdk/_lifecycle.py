@@ -22,6 +22,7 @@ import os
 import signal
 import threading
 import weakref
+from collections.abc import Callable
 from typing import Protocol
 
 log = logging.getLogger("omnisdk.outbox")
@@ -34,6 +35,21 @@ class Ending(Protocol):
 
 
 _CLIENTS: weakref.WeakSet[Ending] = weakref.WeakSet()
+# A signal sent to the process goes to any thread that does not block it. Taken by a background
+# thread, SIGTERM or SIGINT would wait for the main thread to run Python code again, which a
+# main thread blocked in a lock (an idle Pool worker) never does: the process would hang.
+_MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+
+
+def start_daemon(target: Callable[[], None], name: str) -> threading.Thread:
+    """Start a daemon thread that never takes SIGTERM or SIGINT (they stay the main thread's)."""
+    thread = threading.Thread(target=target, name=name, daemon=True)
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, _MAIN_THREAD_SIGNALS)
+    try:
+        thread.start()  # a new thread inherits the mask in force when it is made
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+    return thread
 
 
 def register(client: Ending) -> None:

@@ -40,6 +40,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
+from omnisdk._lifecycle import start_daemon
 from omnisdk.errors import OutboxFull, OutboxWriteError
 
 log = logging.getLogger("omnisdk.outbox")
@@ -138,12 +139,31 @@ _OPEN: weakref.WeakSet[Outbox] = weakref.WeakSet()
 _INHERITED: list[sqlite3.Connection] = []
 
 
+_HELD: list[threading.Lock] = []
+
+
+def _before_fork() -> None:
+    # No thread of ours may be inside SQLite at the fork: the child would inherit SQLite's
+    # own mutexes locked by a thread that does not exist there.
+    for outbox in sorted(_OPEN, key=id):
+        outbox._db_lock.acquire()
+        _HELD.append(outbox._db_lock)
+
+
+def _after_fork_in_parent() -> None:
+    while _HELD:
+        _HELD.pop().release()
+
+
 def _after_fork_in_child() -> None:
+    _HELD.clear()  # the child's outboxes get new locks
     for outbox in list(_OPEN):
         outbox._forget_parent()
 
 
-os.register_at_fork(after_in_child=_after_fork_in_child)
+os.register_at_fork(
+    before=_before_fork, after_in_parent=_after_fork_in_parent, after_in_child=_after_fork_in_child
+)
 
 
 class Outbox:
@@ -221,10 +241,7 @@ class Outbox:
                     self._count = db.execute("SELECT count(*) FROM items").fetchone()[0]
                 except (sqlite3.Error, OSError) as exc:
                     raise OutboxWriteError(f"cannot open the outbox at {self.path}: {exc}") from exc
-                self._committer = threading.Thread(
-                    target=self._commit_loop, name="omnisdk-outbox", daemon=True
-                )
-                self._committer.start()
+                self._committer = start_daemon(self._commit_loop, "omnisdk-outbox")
                 self._db = db
             return self._db
 
@@ -271,7 +288,10 @@ class Outbox:
 
     def _admit(self, item: _Pending, *, wait: bool) -> bool:
         self._ensure_open()
-        with self._changed:
+        # An event loop's thread never waits even for the lock: the committer may hold it.
+        if not self._lock.acquire(blocking=wait):
+            return False
+        try:
             self._raise_if_failing()
             if not wait and self._would_wait(item.since):
                 return False
@@ -283,6 +303,8 @@ class Outbox:
             self._appended = True
             if len(self._pending) == 1:
                 self._changed.notify_all()  # the committer sleeps only on an empty queue
+        finally:
+            self._lock.release()
         return True
 
     def _raise_if_failing(self) -> None:
