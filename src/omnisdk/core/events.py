@@ -158,6 +158,8 @@ def _bad_value(value: Any) -> str | None:
 def json_problem(value: Any) -> str | None:
     """Why `value` is not JSON every store keeps as it is (depth, NaN, huge integers, lone
     surrogates), or None. Walks without recursion."""
+    if type(value) is dict and _flat(value):
+        return None  # the common case: an object of plain scalars, checked in one pass
     if json_depth(value) > MAX_DEPTH:
         return f"nested deeper than {MAX_DEPTH} levels"
     stack = [value]
@@ -176,6 +178,26 @@ def json_problem(value: Any) -> str | None:
             if problem is not None:
                 return problem
     return None
+
+
+def _flat(properties: dict[Any, Any]) -> bool:
+    """True if `properties` holds only ASCII keys and scalars that need no closer look."""
+    for key, item in properties.items():
+        if type(key) is not str or not key.isascii():
+            return False
+        kind = type(item)
+        if kind is str:
+            if not item.isascii():
+                return False
+        elif kind is float:
+            if not math.isfinite(item):
+                return False
+        elif kind is int:
+            if not -MAX_INTEGER <= item <= MAX_INTEGER:
+                return False
+        elif kind is not bool and item is not None:
+            return False
+    return True
 
 
 def check_names(event_id: str | None, customer_id: str | None) -> None:
