@@ -1,4 +1,9 @@
-"""Session documents on the server (rules in omnisdk.core.session)."""
+"""Session documents on the server (rules in omnisdk.core.session).
+
+Writes to a customer's session are serialised by the customer's lock (identity.lock_customer,
+taken before the session row even exists), so two first writes from two devices both
+survive; each key is last-writer-wins by (time, channel, value), one winner on every read.
+"""
 
 from __future__ import annotations
 

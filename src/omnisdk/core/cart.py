@@ -326,6 +326,7 @@ class Cart:
         self.cleared = _fold_max([self.cleared, dict(seen), *removes])
         for key in gone:
             del self.lines[key]
+        self.compact()
 
     @staticmethod
     def _write_attributes(line: Line, attributes: Attributes, stamp: Stamp) -> None:
@@ -346,6 +347,17 @@ class Cart:
             line.drop(_join_vectors(line.removed, joined.cleared))
             joined.lines[key] = line
         return joined
+
+    def checkout(self) -> None:
+        """Empty the cart of everything in it (an order was placed) and compact it; the
+        applied operation ids stay, so a late retry of an ordered add is still a duplicate."""
+        self._clear(self.observed())
+
+    def adopt_applied(self, other: Cart) -> None:
+        """Remember `other`'s applied operations as applied here too (a guest cart folded into
+        a customer's: a retry of a guest operation is then a duplicate, not a second add)."""
+        for replica, seen in other.applied.items():
+            self.applied[replica] = self.applied.get(replica, Applied()).join(seen)
 
     def compact(self) -> Cart:
         """The same visible cart in its smallest form: every run folded down to RECENT // 2
@@ -476,6 +488,11 @@ def merged_quantity(policy: MergePolicy, customer: int, guest: int) -> int:
     return customer if customer > 0 else guest
 
 
+def merge_replica(merge_id: str) -> str:
+    """The replica name of a merge's operations (a split takes them back by it)."""
+    return f"merge:{merge_id}"
+
+
 def merge_plan(
     customer: Cart, guest: Cart, policy: MergePolicy, merge_id: str, at: float
 ) -> list[Add]:
@@ -490,7 +507,7 @@ def merge_plan(
         if delta:
             # A line new to the customer's cart brings the guest's name and price snapshot.
             attributes = guest.lines[key].attributes if have == 0 else None
-            plan.append(Add(OpId(f"merge:{merge_id}", seq), key, delta, attributes, at))
+            plan.append(Add(OpId(merge_replica(merge_id), seq), key, delta, attributes, at))
     return plan
 
 
@@ -522,6 +539,7 @@ __all__ = [
     "copy",
     "line_key",
     "merge_plan",
+    "merge_replica",
     "merged_quantity",
     "vector",
 ]
