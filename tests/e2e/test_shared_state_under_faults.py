@@ -14,14 +14,12 @@ import os
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 import omnisdk
 from omnisdk.core.cart import MergePolicy, merged_quantity
-from omnisdk.models import CartOpIn, LineRef
 from omnisdk.testing import ServerProcess, TestTenant
 from tests.conftest import DATABASES, PostgresDatabases, new_database_url
 from tests.fault_proxy import FaultProxy, writes
@@ -141,37 +139,38 @@ def test_sixteen_clients_on_one_cart_count_every_acknowledged_add_once(cluster: 
 def test_adds_racing_a_sign_in_are_all_in_the_merged_cart(
     cluster: Cluster, policy: MergePolicy
 ) -> None:
-    customer_units, guest_units, adders, adds_each = 3, 2, 3, 3
-    for round in range(20):
-        with cluster.client(round, policy) as web:
+    customer_units, guest_units, adds_each = 3, 2, 2
+    with contextlib.ExitStack() as stack:
+        web, reader = (
+            stack.enter_context(c) for c in (cluster.client(0, policy), cluster.direct(1, policy))
+        )
+        devices = [stack.enter_context(cluster.client(n, policy)) for n in range(1, 4)]
+        for round in range(20):
             ref, anonymous = f"race-{round}", f"race-guest-{round}"
             customer = web.identity.identify(customer_ref=ref).customer_id
             web.carts.add(customer, "TR2", customer_units)
             guest = web.identity.identify(anonymous_id=anonymous).customer_id
             web.carts.add(guest, "TR2", guest_units)
 
-            def sign_in(web: omnisdk.Client = web, ref: str = ref, anon: str = anonymous) -> Any:
-                return web.identity.identify(anonymous_id=anon, customer_ref=ref)
+            def sign_in(ref: str = ref, anonymous: str = anonymous) -> Any:
+                return web.identity.identify(anonymous_id=anonymous, customer_ref=ref)
 
-            def add_as_guest(n: int, guest: str = guest) -> None:
-                with cluster.client(n, policy) as device:
-                    for _ in range(adds_each):
-                        device.carts.add(guest, "TR2", 1)
+            def add_as_guest(device: omnisdk.Client, guest: str = guest) -> None:
+                for _ in range(adds_each):
+                    device.carts.add(guest, "TR2", 1)
 
-            signed_in, *_ = together(
-                sign_in, *(lambda n=n: add_as_guest(round + n) for n in range(1, adders + 1))
-            )
-        assert signed_in.customer_id == customer and signed_in.merged_customer_ids == [guest]
-        (report,) = signed_in.cart_merges
-        folded = report.from_lines["TR2"]  # the guest's units at the merge
-        before_merge = folded - guest_units  # adds that reached the guest's own cart
-        assert 0 <= before_merge <= adders * adds_each
-        assert report.result["TR2"] == merged_quantity(policy, customer_units, folded)
-        expected = report.result["TR2"] + adders * adds_each - before_merge
-        with cluster.direct(round, policy) as reader:
+            signed_in, *_ = together(sign_in, *(lambda d=d: add_as_guest(d) for d in devices))
+            assert signed_in.customer_id == customer
+            assert signed_in.merged_customer_ids == [guest]
+            (report,) = signed_in.cart_merges
+            folded = report.from_lines["TR2"]  # the guest's units at the merge
+            before_merge = folded - guest_units  # adds that reached the guest's own cart
+            assert 0 <= before_merge <= len(devices) * adds_each
+            assert report.result["TR2"] == merged_quantity(policy, customer_units, folded)
+            expected = report.result["TR2"] + len(devices) * adds_each - before_merge
             assert units(reader.carts.get(customer)) == expected
             by_guest_id = reader.carts.get(guest)
-        assert by_guest_id.customer_id == customer and units(by_guest_id) == expected
+            assert by_guest_id.customer_id == customer and units(by_guest_id) == expected
 
 
 @pytest.mark.parametrize("policy", POLICIES)
@@ -256,41 +255,43 @@ def test_a_forked_child_adds_under_its_own_replica(cluster: Cluster) -> None:
 
 def test_first_session_writes_of_two_devices_both_survive(cluster: Cluster) -> None:
     policy = MergePolicy.MAX
-    for round in range(20):
-        with cluster.client(round, policy) as web:
-            amy = web.identity.identify(anonymous_id=f"session-{round}").customer_id
-        with cluster.client(0, policy, "web") as laptop, cluster.client(1, policy, "app") as phone:
+    with contextlib.ExitStack() as stack:
+        laptop = stack.enter_context(cluster.client(0, policy, "web"))
+        phone = stack.enter_context(cluster.client(1, policy, "app"))
+        readers = [stack.enter_context(cluster.direct(n, policy)) for n in range(2)]
+        for round in range(20):
+            amy = laptop.identity.identify(anonymous_id=f"session-{round}").customer_id
             together(
-                lambda: laptop.sessions.set(amy, {"viewed": ["TR2"]}),
-                lambda: phone.sessions.set(amy, {"landing": "/spring"}),
+                lambda amy=amy: laptop.sessions.set(amy, {"viewed": ["TR2"]}),
+                lambda amy=amy: phone.sessions.set(amy, {"landing": "/spring"}),
             )
-        for n in range(2):
-            with cluster.direct(n, policy) as reader:
+            for reader in readers:
                 entries = reader.sessions.get(amy).entries
-            assert {k: e.value for k, e in entries.items()} == {
-                "viewed": ["TR2"],
-                "landing": "/spring",
-            }
+                assert {k: e.value for k, e in entries.items()} == {
+                    "viewed": ["TR2"],
+                    "landing": "/spring",
+                }
 
 
 def test_first_session_writes_of_one_key_have_one_winner_everywhere(cluster: Cluster) -> None:
     policy = MergePolicy.MAX
-    for round in range(20):
-        with cluster.client(round, policy) as web:
-            amy = web.identity.identify(anonymous_id=f"same-key-{round}").customer_id
-        with cluster.client(0, policy, "web") as laptop, cluster.client(1, policy, "app") as phone:
+    with contextlib.ExitStack() as stack:
+        laptop = stack.enter_context(cluster.client(0, policy, "web"))
+        phone = stack.enter_context(cluster.client(1, policy, "app"))
+        readers = [stack.enter_context(cluster.direct(n, policy)) for n in range(2)]
+        for round in range(20):
+            amy = laptop.identity.identify(anonymous_id=f"same-key-{round}").customer_id
             answers = together(
-                lambda: laptop.sessions.set(amy, {"chat": "from laptop"}),
-                lambda: phone.sessions.set(amy, {"chat": "from phone"}),
+                lambda amy=amy: laptop.sessions.set(amy, {"chat": "from laptop"}),
+                lambda amy=amy: phone.sessions.set(amy, {"chat": "from phone"}),
             )
-        seen = [answer.entries["chat"] for answer in answers]
-        latest = max(seen, key=lambda e: (e.written_at, e.channel, e.value))
-        for n in range(2):
-            with cluster.direct(n, policy) as reader:
+            seen = [answer.entries["chat"] for answer in answers]
+            latest = max(seen, key=lambda e: (e.written_at, e.channel, e.value))
+            for reader in readers:
                 final = reader.sessions.get(amy).entries["chat"]
-            # The later write (time, then channel, then value) wins, on every server.
-            assert (final.value, final.channel, final.written_at) == (
-                latest.value,
-                latest.channel,
-                latest.written_at,
-            )
+                # The later write (time, then channel, then value) wins, on every server.
+                assert (final.value, final.channel, final.written_at) == (
+                    latest.value,
+                    latest.channel,
+                    latest.written_at,
+                )
