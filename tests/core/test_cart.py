@@ -329,3 +329,12 @@ def test_a_remove_that_saw_everything_empties_the_line_whatever_was_folded(
     cart.apply(late)
     cart.apply(Remove(OpId("remover", 1), SHOES, seen))
     assert cart.total(SHOES) == 2
+
+
+def test_a_late_remove_of_a_line_a_clear_forgot_changes_nothing() -> None:
+    cart = apply_all(Cart(), [Add(OpId("a", 1), SHOES, 2)])
+    seen = cart.observed(SHOES)
+    apply_all(cart, [Clear(OpId("b", 1), cart.observed())])
+    assert SHOES not in cart.lines
+    apply_all(cart, [Remove(OpId("a", 2), SHOES, seen)])
+    assert cart.quantities() == {}
