@@ -65,22 +65,24 @@ def _stored(row: Any) -> _Stored:
 
 
 async def _locked(conn: AsyncConnection, tenant_id: str, customer_id: str) -> _Stored:
-    """The customer's cart, its row locked for this transaction (created empty if missing)."""
-    await conn.execute(
-        _dialect(conn)
-        .insert(carts)
-        .values(
-            tenant_id=tenant_id,
-            customer_id=customer_id,
-            state=rules.Cart().to_dict(),
-            version=0,
-            updated_at=utcnow(),
+    """The customer's cart, its row locked for this transaction (created empty if missing).
+    The caller holds the customer's lock, so no other writer creates the row meanwhile."""
+    query = select(carts).where(*_where(tenant_id, customer_id)).with_for_update()
+    row = (await conn.execute(query)).first()
+    if row is None:
+        await conn.execute(
+            _dialect(conn)
+            .insert(carts)
+            .values(
+                tenant_id=tenant_id,
+                customer_id=customer_id,
+                state=rules.Cart().to_dict(),
+                version=0,
+                updated_at=utcnow(),
+            )
+            .on_conflict_do_nothing(index_elements=["tenant_id", "customer_id"])
         )
-        .on_conflict_do_nothing(index_elements=["tenant_id", "customer_id"])
-    )
-    row = (
-        await conn.execute(select(carts).where(*_where(tenant_id, customer_id)).with_for_update())
-    ).one()
+        row = (await conn.execute(query)).one()
     return _stored(row)
 
 
