@@ -126,13 +126,16 @@ keys = st.sampled_from([SHOES, SOCKS, line_key("CAP")])
 
 
 @st.composite
-def histories(draw: st.DrawFn) -> list[Cart]:
+def histories(draw: st.DrawFn, longest: int = 25) -> list[Cart]:
     """Three replicas that each saw a random mix of their own and each other's operations."""
     carts = {name: Cart() for name in ("laptop", "phone", "till")}
-    for seq in range(1, draw(st.integers(1, 25)) + 1):
+    for seq in range(1, draw(st.integers(1, longest)) + 1):
         name = draw(replicas)
         cart = carts[name]
-        kind = draw(st.sampled_from(["add", "add", "remove", "clear", "sync"]))
+        kinds = (
+            ["add", "add", "remove", "clear", "sync"] if longest <= 25 else ["add"] * 8 + ["sync"]
+        )
+        kind = draw(st.sampled_from(kinds))
         if kind == "add":
             cart.apply(
                 Add(
@@ -159,7 +162,7 @@ def same(a: Cart, b: Cart) -> bool:
 
 
 @settings(max_examples=200)
-@given(histories())
+@given(st.one_of(histories(), histories(longest=200)))
 def test_join_is_commutative_associative_and_idempotent(carts: list[Cart]) -> None:
     a, b, c = carts
     assert same(a.join(b), b.join(a))
@@ -338,3 +341,27 @@ def test_a_late_remove_of_a_line_a_clear_forgot_changes_nothing() -> None:
     assert SHOES not in cart.lines
     apply_all(cart, [Remove(OpId("a", 2), SHOES, seen)])
     assert cart.quantities() == {}
+
+
+@settings(max_examples=50)
+@given(
+    st.lists(
+        st.tuples(replicas, st.integers(-2, 3).filter(bool), st.sampled_from([None, *range(3)])),
+        min_size=1,
+        max_size=300,
+    )
+)
+def test_folded_replicas_join_to_the_sum_of_every_add(
+    steps: list[tuple[str, int, int | None]],
+) -> None:
+    names = ["laptop", "phone", "till"]
+    carts = {name: Cart() for name in names}
+    for seq, (name, delta, sync_with) in enumerate(steps, start=1):
+        carts[name].apply(Add(OpId(name, seq), SHOES, delta))
+        if sync_with is not None:
+            carts[name] = carts[name].join(carts[names[sync_with]])
+    everything = carts["laptop"].join(carts["phone"]).join(carts["till"])
+    assert everything.total(SHOES) == sum(delta for _, delta, _ in steps)
+    lines = [cart.lines[key] for cart in carts.values() for key in cart.lines]
+    runs = [run for line in lines for run in line.runs.values()]
+    assert all(len(run.recent) <= RECENT for run in runs)
