@@ -137,6 +137,9 @@ class Applied:
         return seq <= self.upto or seq in self.extra
 
     def add(self, seq: int) -> None:
+        if seq == self.upto + 1 and not self.extra:  # the usual case: the next in order
+            self.upto = seq
+            return
         self.extra.add(seq)
         self._normalise()
 
@@ -296,7 +299,10 @@ class Cart:
         """Apply an operation once; False if it was applied before (a retry or replay)."""
         if self.has_applied(op.op_id):
             return False
-        self.applied.setdefault(op.op_id.replica, Applied()).add(op.op_id.seq)
+        seen = self.applied.get(op.op_id.replica)
+        if seen is None:
+            seen = self.applied[op.op_id.replica] = Applied()
+        seen.add(op.op_id.seq)
         if isinstance(op, Add):
             self._add(op)
         elif isinstance(op, Remove):
@@ -306,10 +312,10 @@ class Cart:
         return True
 
     def _add(self, op: Add) -> None:
-        line = self.lines.setdefault(op.line, Line())
+        line = self.lines.get(op.line) or self.lines.setdefault(op.line, Line())
         replica, seq = op.op_id.replica, op.op_id.seq
-        if seq > max(line.removed.get(replica, 0), self.cleared.get(replica, 0)):
-            run = line.runs.setdefault(replica, Run())
+        if seq > line.removed.get(replica, 0) and seq > self.cleared.get(replica, 0):
+            run = line.runs.get(replica) or line.runs.setdefault(replica, Run())
             run.put(seq, op.delta)
             if len(run.recent) > RECENT:
                 run.fold(RECENT // 2)
