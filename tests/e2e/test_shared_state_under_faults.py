@@ -135,42 +135,69 @@ def test_sixteen_clients_on_one_cart_count_every_acknowledged_add_once(cluster: 
     assert cluster.dropped > dropped_before  # answers were lost, and retried
 
 
+@dataclass
+class Lane:
+    """The clients of one sequence of sign-in rounds: the shop, three devices, a reader."""
+
+    web: omnisdk.Client
+    devices: list[omnisdk.Client]
+    reader: omnisdk.Client
+
+
+def sign_in_racing_adds(lane: Lane, policy: MergePolicy, round: int) -> None:
+    """A customer has 3 units, a guest 2; the guest signs in while three devices add 2 units
+    each to the guest's cart. Every add counts once, before or after the merge."""
+    customer_units, guest_units, adds_each = 3, 2, 2
+    ref, anonymous = f"race-{round}", f"race-guest-{round}"
+    customer = lane.web.identity.identify(customer_ref=ref).customer_id
+    lane.web.carts.add(customer, "TR2", customer_units)
+    guest = lane.web.identity.identify(anonymous_id=anonymous).customer_id
+    lane.web.carts.add(guest, "TR2", guest_units)
+
+    def add_as_guest(device: omnisdk.Client) -> None:
+        for _ in range(adds_each):
+            device.carts.add(guest, "TR2", 1)
+
+    signed_in, *_ = together(
+        lambda: lane.web.identity.identify(anonymous_id=anonymous, customer_ref=ref),
+        *(lambda d=d: add_as_guest(d) for d in lane.devices),
+    )
+    assert signed_in.customer_id == customer
+    assert signed_in.merged_customer_ids == [guest]
+    (report,) = signed_in.cart_merges
+    folded = report.from_lines["TR2"]  # the guest's units at the merge
+    before_merge = folded - guest_units  # adds that reached the guest's own cart
+    assert 0 <= before_merge <= len(lane.devices) * adds_each
+    assert report.result["TR2"] == merged_quantity(policy, customer_units, folded)
+    expected = report.result["TR2"] + len(lane.devices) * adds_each - before_merge
+    assert units(lane.reader.carts.get(customer)) == expected
+    by_guest_id = lane.reader.carts.get(guest)
+    assert by_guest_id.customer_id == customer and units(by_guest_id) == expected
+
+
 @pytest.mark.parametrize("policy", POLICIES)
 def test_adds_racing_a_sign_in_are_all_in_the_merged_cart(
     cluster: Cluster, policy: MergePolicy
 ) -> None:
-    customer_units, guest_units, adds_each = 3, 2, 2
+    rounds, lanes = 20, 2  # two lanes of rounds at a time, on different customers
     with contextlib.ExitStack() as stack:
-        web, reader = (
-            stack.enter_context(c) for c in (cluster.client(0, policy), cluster.direct(1, policy))
+        enter = stack.enter_context
+        each = [
+            Lane(
+                enter(cluster.client(4 * n, policy)),
+                [enter(cluster.client(4 * n + d, policy)) for d in range(1, 4)],
+                enter(cluster.direct(n, policy)),
+            )
+            for n in range(lanes)
+        ]
+        together(
+            *(
+                lambda lane=lane, n=n: [
+                    sign_in_racing_adds(lane, policy, r) for r in range(n, rounds, lanes)
+                ]
+                for n, lane in enumerate(each)
+            )
         )
-        devices = [stack.enter_context(cluster.client(n, policy)) for n in range(1, 4)]
-        for round in range(20):
-            ref, anonymous = f"race-{round}", f"race-guest-{round}"
-            customer = web.identity.identify(customer_ref=ref).customer_id
-            web.carts.add(customer, "TR2", customer_units)
-            guest = web.identity.identify(anonymous_id=anonymous).customer_id
-            web.carts.add(guest, "TR2", guest_units)
-
-            def sign_in(ref: str = ref, anonymous: str = anonymous) -> Any:
-                return web.identity.identify(anonymous_id=anonymous, customer_ref=ref)
-
-            def add_as_guest(device: omnisdk.Client, guest: str = guest) -> None:
-                for _ in range(adds_each):
-                    device.carts.add(guest, "TR2", 1)
-
-            signed_in, *_ = together(sign_in, *(lambda d=d: add_as_guest(d) for d in devices))
-            assert signed_in.customer_id == customer
-            assert signed_in.merged_customer_ids == [guest]
-            (report,) = signed_in.cart_merges
-            folded = report.from_lines["TR2"]  # the guest's units at the merge
-            before_merge = folded - guest_units  # adds that reached the guest's own cart
-            assert 0 <= before_merge <= len(devices) * adds_each
-            assert report.result["TR2"] == merged_quantity(policy, customer_units, folded)
-            expected = report.result["TR2"] + len(devices) * adds_each - before_merge
-            assert units(reader.carts.get(customer)) == expected
-            by_guest_id = reader.carts.get(guest)
-            assert by_guest_id.customer_id == customer and units(by_guest_id) == expected
 
 
 @pytest.mark.parametrize("policy", POLICIES)
