@@ -581,7 +581,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     # since; the survivor's cart loses what the merge added.
     await carts.split(conn, tenant_id, survivor.id, loser.id, merge_id, origins, snapshot)
     if snapshot.get("loser_session"):
-        await sessions.restore(conn, tenant_id, loser.id, snapshot["loser_session"])
+        await sessions.split(conn, tenant_id, survivor.id, loser.id, snapshot["loser_session"])
     await consent.split(conn, tenant_id, survivor.id, loser.id, origins)
     await consent.publish(
         conn, tenant_id, survivor.id, None, also=[loser.id, *snapshot["absorbed"]]
