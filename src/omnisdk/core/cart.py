@@ -1,16 +1,23 @@
 """The shared cart as a CRDT (DESIGN: cart): an observed-remove map from line key to a
 quantity counter, with last-writer-wins line attributes.
 
-- Every operation has an id `(replica, seq)` and is applied at most once.
+- Every operation has an id `(replica, seq)` and is applied at most once. Applied ids are
+  remembered as one watermark per replica (`Applied`: every number up to `upto`, a few above).
 - An add contributes a delta (positive, or negative: "set quantity to N" is sent as the delta
   from the quantity the client saw). A line's quantity is the sum of its contributions that no
   remove has cancelled, and never below zero.
-- A remove cancels exactly the contributions it observed: an add made concurrently on another
-  device (not observed) survives it. Clear is a remove of every line the client saw.
+- A remove cancels the contributions it observed, summarised as a vector: per replica, the
+  highest sequence number seen (a replica's operations are ordered, so its earlier ones count
+  as seen). An add made concurrently on another device (not observed) survives it. Clear
+  applies the vector to every line.
+- State is bounded (docs/carts.md): per line and replica, the newest RECENT contributions are
+  kept one by one and older ones folded into a base (`Run`); a clear forgets the lines it
+  emptied. Folding and forgetting change no visible quantity.
 - Attributes (name, unit price snapshot, currency, image) are last-writer-wins by
   (time, replica): prices are the shop's snapshots; the cart never invents one.
 - `join` merges two replicas of the same cart: it is commutative, associative and idempotent
-  (a union of contributions, cancellations and attribute writes).
+  (a union of contributions, a maximum of vectors and watermarks, attribute writes by stamp).
+  A folded base is a summary of one history: of two, join keeps the later fold.
 - `merge_plan` folds a guest's cart into a customer's by a policy (max, sum, guest_wins,
   customer_wins) as operations whose ids derive from the merge id: applying the plan twice
   changes nothing.
