@@ -261,3 +261,31 @@ async def test_a_stored_cart_does_not_grow_with_its_history(
         ).scalar_one()
     assert len(str(state)) < 2_000
     assert state["applied"] == {"web": [2_000, []]}
+
+
+async def test_adds_racing_a_sign_in_leave_no_cart_behind_the_merged_away_guest(
+    server: Harness, shop: ShopForTest
+) -> None:
+    for round in range(10):
+        ref, device = f"acct-race-{round}", f"tablet-race-{round}"
+        known = (
+            await shop.request("POST", "/v1/identity/identify", json={"customer_ref": ref})
+        ).json()["customer_id"]
+        guest = await customer(shop, device)
+        await ops(shop, guest, add(f"{device}:1", 1))
+        sign_in = shop.request(
+            "POST", "/v1/identity/identify", json={"anonymous_id": device, "customer_ref": ref}
+        )
+        answers = await asyncio.gather(
+            sign_in, *(ops(shop, guest, add(f"{device}:{n}", 1)) for n in range(2, 6))
+        )
+        assert all(answer.status_code == 200 for answer in answers)
+        async with server.database.transaction(write=False) as conn:
+            rows = await conn.execute(
+                select(carts.c.customer_id).where(
+                    carts.c.tenant_id == shop.id, carts.c.customer_id.in_([known, guest])
+                )
+            )
+            assert [row.customer_id for row in rows] == [known]
+        cart = (await shop.request("GET", f"/v1/carts/{known}")).json()
+        assert cart["lines"][0]["quantity"] == 5  # max(0, guest's units) + adds after the merge
