@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import Row, delete, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.cart import MergePolicy
@@ -63,9 +63,29 @@ async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str)
     """Lock a customer for a write to its state and return the live id to write to (the
     survivor of a merge). No merge or split of it can interleave until the transaction ends."""
     await lock_identity(conn, tenant_id, exclusive=False)
-    live = await live_id(conn, tenant_id, customer_id)
-    if live is None:
+    # One statement: the row the id redirects to (merged_into points at the live customer
+    # directly), or its own, locked.
+    redirect = (
+        select(customers.c.merged_into)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id == customer_id)
+        .scalar_subquery()
+    )
+    row = (
+        await conn.execute(
+            select(customers.c.id, customers.c.merged_into)
+            .where(
+                customers.c.tenant_id == tenant_id,
+                customers.c.id == func.coalesce(redirect, customer_id),
+            )
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no customer {customer_id!r}")
+    if row.merged_into is None:
+        return str(row.id)
+    live = await live_id(conn, tenant_id, row.merged_into)  # a longer chain: follow it
+    assert live is not None
     await _lock_rows(conn, tenant_id, [live])
     return live
 
