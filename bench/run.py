@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 from bench import (
+    bench_cart_history,
+    bench_cart_load,
     bench_carts,
     bench_content,
     bench_ingest,
@@ -27,6 +29,8 @@ SUITES = {
     "Return codes: tokens and QR images (issue 5)": bench_tokens.run,
     "Durable outbox (issue 9)": bench_outbox.run,
     "Shared cart and change feed (issue 3)": bench_carts.run,
+    "Cart cost with a long history (issue 13)": bench_cart_history.run,
+    "Cart add under load (issue 13)": bench_cart_load.run,
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
 }
 

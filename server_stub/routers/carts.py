@@ -12,7 +12,7 @@ from omnisdk.models import CartOps, CartView, MarkOrdered
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection
 from server_stub.routing import ApiRoute
-from server_stub.services import carts
+from server_stub.services import carts, identity
 from server_stub.services.profile import require_customer
 
 router = APIRouter(prefix="/v1/carts", tags=["carts"], route_class=ApiRoute)
@@ -44,8 +44,8 @@ async def apply_ops(
     customer_id: str, body: CartOps, request: Request, conn: Connection
 ) -> Response:
     tenant_id = principal_of(request).tenant_id
-    live = await require_customer(conn, tenant_id, customer_id)
-    return _answer(await carts.apply_ops(conn, tenant_id, live, body.ops))
+    live = await identity.lock_customer(conn, tenant_id, customer_id)
+    return _answer(await carts.apply_ops(conn, tenant_id, live, body.ops, customer_id))
 
 
 @router.post(
@@ -62,5 +62,5 @@ async def mark_ordered(
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
     tenant_id = principal_of(request).tenant_id
-    live = await require_customer(conn, tenant_id, customer_id)
+    live = await identity.lock_customer(conn, tenant_id, customer_id)
     return _answer(await carts.mark_ordered(conn, tenant_id, live, if_match, body.order_ref))

@@ -17,7 +17,7 @@ from omnisdk.models import (
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
-from server_stub.services import consent
+from server_stub.services import consent, identity
 from server_stub.services.profile import require_customer
 
 router = APIRouter(prefix="/v1/consent", tags=["consent"], route_class=ApiRoute)
@@ -60,7 +60,7 @@ async def record(
     conn: Connection,
     context: Context,
 ) -> RecordConsentResult:
-    live = await require_customer(conn, context.tenant_id, customer_id)
+    live = await identity.lock_customer(conn, context.tenant_id, customer_id)
     return await consent.record(conn, context, live, body.decisions, principal_of(request).channel)
 
 

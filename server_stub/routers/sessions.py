@@ -9,7 +9,7 @@ from omnisdk.models import SessionView, SessionWrite
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection
 from server_stub.routing import ApiRoute
-from server_stub.services import sessions
+from server_stub.services import identity, sessions
 from server_stub.services.profile import require_customer
 
 router = APIRouter(prefix="/v1/sessions", tags=["sessions"], route_class=ApiRoute)
@@ -34,5 +34,5 @@ async def write_session(
     customer_id: str, body: SessionWrite, request: Request, conn: Connection
 ) -> SessionView:
     principal = principal_of(request)
-    live = await require_customer(conn, principal.tenant_id, customer_id)
+    live = await identity.lock_customer(conn, principal.tenant_id, customer_id)
     return await sessions.write(conn, principal.tenant_id, live, body, principal.channel.value)

@@ -265,7 +265,7 @@ async def confirm(
     conn: AsyncConnection, context: TenantContext, token: str, channel: Channel
 ) -> RecordConsentResult:
     """The customer clicked the link of the opt-in e-mail: the pending grant becomes a grant."""
-    from server_stub.services.identity import live_id
+    from server_stub.services.identity import lock_customer
 
     try:
         claims = rules.read_confirmation(confirmation_key(context), token, utcnow().timestamp())
@@ -286,8 +286,8 @@ async def confirm(
             ProblemType.CONFIRMATION_TOKEN_INVALID,
             "the opt-in this token confirms no longer exists",
         )
-    customer_id = await live_id(conn, context.tenant_id, pending.customer_id)
-    assert customer_id is not None
+    # Locked like every write to a customer, so that no merge interleaves (identity.py).
+    customer_id = await lock_customer(conn, context.tenant_id, pending.customer_id)
     already = (
         await conn.execute(
             select(func.count()).where(

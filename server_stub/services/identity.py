@@ -14,8 +14,15 @@ Rules (DESIGN: identity):
   after the merge (events recorded for the survivor, identifiers linked later) stays with
   the survivor.
 
-Concurrency: `identify` and `split` take the tenant's identity lock exclusively; event ingestion
-takes it shared (PostgreSQL advisory locks). On SQLite, writers are serialised anyway.
+Concurrency, one locking order for every write (docs/server.md, "Locking order"):
+1. the tenant's identity lock (a PostgreSQL advisory lock): exclusive for `identify`, `split`
+   and erasure, which change who is who; shared for every write to one customer's state (cart,
+   session, consent, events);
+2. the customers' rows, in id order (`lock_customer` for one; a merge locks both);
+3. that customer's state rows (cart, session), then the change feed.
+A write addressed to a merged-away id is applied to the survivor in the same transaction:
+`lock_customer` resolves the id after taking the locks, so no merge can come in between.
+On SQLite, writers are serialised anyway.
 """
 
 from __future__ import annotations
@@ -25,7 +32,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, insert, or_, select, text, tuple_, update
+from sqlalchemy import Row, delete, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.cart import MergePolicy
@@ -50,6 +57,49 @@ async def lock_identity(conn: AsyncConnection, tenant_id: str, *, exclusive: boo
         return
     function = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
     await conn.execute(text(f"SELECT {function}(hashtext(:key))"), {"key": f"identity:{tenant_id}"})
+
+
+async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str:
+    """Lock a customer for a write to its state and return the live id to write to (the
+    survivor of a merge). No merge or split of it can interleave until the transaction ends."""
+    await lock_identity(conn, tenant_id, exclusive=False)
+    # One statement: the row the id redirects to (merged_into points at the live customer
+    # directly), or its own, locked.
+    redirect = (
+        select(customers.c.merged_into)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id == customer_id)
+        .scalar_subquery()
+    )
+    row = (
+        await conn.execute(
+            select(customers.c.id, customers.c.merged_into)
+            .where(
+                customers.c.tenant_id == tenant_id,
+                customers.c.id == func.coalesce(redirect, customer_id),
+            )
+            .with_for_update()
+        )
+    ).first()
+    if row is None:
+        raise Problem(ProblemType.NOT_FOUND, f"this tenant has no customer {customer_id!r}")
+    if row.merged_into is None:
+        return str(row.id)
+    live = await live_id(conn, tenant_id, row.merged_into)  # a longer chain: follow it
+    assert live is not None
+    await _lock_rows(conn, tenant_id, [live])
+    return live
+
+
+async def _lock_rows(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) -> None:
+    """Lock customers' rows in id order (the one order every writer follows)."""
+    if conn.dialect.name != "postgresql":
+        return
+    await conn.execute(
+        select(customers.c.id)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id.in_(sorted(set(ids))))
+        .order_by(customers.c.id)
+        .with_for_update()
+    )
 
 
 def invalid_identifier(error: InvalidIdentifier) -> Problem:
@@ -266,6 +316,7 @@ async def _merge(
     now: datetime,
 ) -> _MergeOutcome:
     tenant_id = context.tenant_id
+    await _lock_rows(conn, tenant_id, [survivor.id, loser.id])
     absorbed = [
         row.id
         for row in await conn.execute(
@@ -522,6 +573,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no merge {merge_id!r}")
     if row.split_at is not None:
         raise Problem(ProblemType.CONFLICT, f"merge {merge_id} was already split")
+    await _lock_rows(conn, tenant_id, [row.survivor_id, row.loser_id])
     people = await _customers(conn, tenant_id, [row.survivor_id, row.loser_id])
     survivor, loser = people[row.survivor_id], people[row.loser_id]
     if survivor.merged_into is not None:
@@ -545,11 +597,11 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
             )
             .values(customer_id=loser.id)
         )
-    if snapshot.get("loser_cart"):
-        # The split-off customer gets its cart back as it was; the survivor keeps its cart.
-        await carts.restore(conn, tenant_id, loser.id, snapshot["loser_cart"])
+    # The split-off customer gets its cart back as it was, with the operations addressed to it
+    # since; the survivor's cart loses what the merge added.
+    await carts.split(conn, tenant_id, survivor.id, loser.id, merge_id, origins, snapshot)
     if snapshot.get("loser_session"):
-        await sessions.restore(conn, tenant_id, loser.id, snapshot["loser_session"])
+        await sessions.split(conn, tenant_id, survivor.id, loser.id, snapshot["loser_session"])
     await consent.split(conn, tenant_id, survivor.id, loser.id, origins)
     await consent.publish(
         conn, tenant_id, survivor.id, None, also=[loser.id, *snapshot["absorbed"]]

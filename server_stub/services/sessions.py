@@ -1,4 +1,9 @@
-"""Session documents on the server (rules in omnisdk.core.session)."""
+"""Session documents on the server (rules in omnisdk.core.session).
+
+Writes to a customer's session are serialised by the customer's lock (identity.lock_customer,
+taken before the session row even exists), so two first writes from two devices both
+survive; each key is last-writer-wins by (time, channel, value), one winner on every read.
+"""
 
 from __future__ import annotations
 
@@ -93,7 +98,17 @@ async def merge(
     return rules.to_json(loser)
 
 
-async def restore(
-    conn: AsyncConnection, tenant_id: str, customer_id: str, document: dict[str, Any]
+async def split(
+    conn: AsyncConnection, tenant_id: str, survivor_id: str, loser_id: str, loser: dict[str, Any]
 ) -> None:
-    await _store(conn, tenant_id, customer_id, rules.from_json(document))
+    """Undo a session merge: the loser gets its document back as it was at the merge; the
+    survivor keeps what it wrote itself, without the loser's entries nobody wrote over since."""
+    given = rules.from_json(loser)
+    kept = await _document(conn, tenant_id, survivor_id, lock=True)
+    mine = {key: entry for key, entry in kept.items() if given.get(key) != entry}
+    if mine != kept:
+        await _store(conn, tenant_id, survivor_id, mine)
+        now = utcnow().timestamp()
+        changed = view(survivor_id, mine, now).model_dump(mode="json")
+        await changes.publish(conn, tenant_id, survivor_id, "session", changed)
+    await _store(conn, tenant_id, loser_id, given)

@@ -261,10 +261,14 @@ carts = Table(
     metadata,
     Column("tenant_id", String(40), primary_key=True),
     Column("customer_id", String(40), primary_key=True),
-    # omnisdk.core.cart.Cart.to_dict(): contributions, cancellations, applied operation ids.
+    # omnisdk.core.cart.Cart.to_dict(): bounded (docs/carts.md) — live contributions by line
+    # and replica, removes as vectors, applied operation ids as per-replica watermarks.
     Column("state", JSON, nullable=False),
     Column("version", Integer, nullable=False),
     Column("updated_at", UtcDateTime(), nullable=False),
+    # Replicas whose operations were addressed to an id merged into this customer: replica →
+    # that id. A split gives those operations back to it.
+    Column("addressed", JSON, nullable=True),
 )
 
 ordered_carts = Table(

@@ -35,7 +35,7 @@ def race(urls: list[str], key: str, customer: str) -> tuple[dict[str, int], int]
         patient = omnisdk.Client(urls[n % len(urls)], key, channel="web")
         for step in range(OPS_EACH):
             op = CartOpIn(
-                op_id=f"dev{n}:{step}",
+                op_id=f"dev{n}:{step + 1}",
                 type="add",
                 line=LineRef(sku="TR2"),
                 delta=rng.choice([1, 1, 2, -1]),

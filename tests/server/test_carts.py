@@ -6,7 +6,10 @@ import asyncio
 import random
 from typing import Any
 
+from sqlalchemy import select
+
 from omnisdk.core.problems import ProblemType
+from server_stub.storage.tables import carts, changes
 from tests.server.conftest import Harness, ShopForTest
 
 SHOES = {"sku": "TR2", "options": {"size": "38"}}
@@ -168,7 +171,7 @@ async def test_concurrent_devices_with_retries_lose_and_double_nothing(shop: Sho
 
     async def device(n: int) -> None:
         for step in range(6):
-            op = add(f"dev{n}:{step}", rng.choice([1, 2, -1]) if step else 1)
+            op = add(f"dev{n}:{step + 1}", rng.choice([1, 2, -1]) if step else 1)
             for attempt in range(1 + (rng.random() < 0.4)):  # some are retried after a "timeout"
                 response = await ops(shop, amy, op)
                 assert response.status_code in (200, 422), response.text
@@ -190,3 +193,99 @@ async def test_the_profile_reports_an_abandoned_cart(shop: ShopForTest) -> None:
     settings["carts"]["abandoned_after_hours"] = 0.0000001
     await shop.request("PUT", "/v1/tenant/settings", json=settings)
     assert (await shop.request("GET", f"/v1/customers/{amy}/profile")).json()["cart"]["abandoned"]
+
+
+async def cart_changes(server: Harness, shop: ShopForTest, customer_id: str) -> list[Any]:
+    async with server.database.transaction(write=False) as conn:
+        rows = await conn.execute(
+            select(changes.c.payload).where(
+                changes.c.tenant_id == shop.id,
+                changes.c.customer_id == customer_id,
+                changes.c.kind == "cart",
+            )
+        )
+        return sorted((row.payload for row in rows), key=lambda payload: payload["version"])
+
+
+async def test_a_cart_change_carries_the_lines_it_touched_not_the_cart(
+    server: Harness, shop: ShopForTest
+) -> None:
+    amy = await customer(shop)
+    await ops(shop, amy, add("laptop:1", 2), add("laptop:2", 1, {"sku": "CAP"}))
+    seen = (await ops(shop, amy, add("laptop:3", 1, {"sku": "SOCK"}))).json()
+    cap = next(line for line in seen["lines"] if line["sku"] == "CAP")
+    remove = {"op_id": "laptop:4", "type": "remove", "line": {"sku": "CAP"}}
+    await ops(shop, amy, {**remove, "observed": cap["observed"]})
+    *_, added, removed = await cart_changes(server, shop, amy)
+    assert [(line["key"], line["quantity"]) for line in added["lines"]] == [("SOCK", 1)]
+    assert [(line["key"], line["quantity"]) for line in removed["lines"]] == [("CAP", 0)]
+    assert (added["version"], removed["version"]) == (2, 3)
+
+
+async def test_a_write_to_a_merged_guest_goes_to_the_customer_and_its_retry_is_a_duplicate(
+    shop: ShopForTest,
+) -> None:
+    known = (
+        await shop.request("POST", "/v1/identity/identify", json={"customer_ref": "acct-9"})
+    ).json()["customer_id"]
+    guest = await customer(shop, "kiosk")
+    first = await ops(shop, guest, add("kiosk:1", 2))
+    assert first.json()["applied"] == ["kiosk:1"]
+    login = await shop.request(
+        "POST", "/v1/identity/identify", json={"anonymous_id": "kiosk", "customer_ref": "acct-9"}
+    )
+    assert login.json()["customer_id"] == known
+    retried = (await ops(shop, guest, add("kiosk:1", 2))).json()  # its answer had been lost
+    assert retried["customer_id"] == known and retried["duplicates"] == ["kiosk:1"]
+    later = (await ops(shop, guest, add("kiosk:2", 1))).json()
+    assert later["customer_id"] == known and later["lines"][0]["quantity"] == 3
+
+
+async def test_a_stored_cart_does_not_grow_with_its_history(
+    server: Harness, shop: ShopForTest
+) -> None:
+    amy = await customer(shop)
+    for batch in range(20):  # 2,000 operations on 4 lines
+        batch_ops = [
+            add(f"web:{batch * 100 + n + 1}", 1 if n % 2 else -1, {"sku": f"S{n % 4}"})
+            for n in range(100)
+        ]
+        assert (await ops(shop, amy, *batch_ops)).status_code == 200
+    async with server.database.transaction(write=False) as conn:
+        state = (
+            await conn.execute(
+                select(carts.c.state).where(
+                    carts.c.tenant_id == shop.id, carts.c.customer_id == amy
+                )
+            )
+        ).scalar_one()
+    assert len(str(state)) < 2_000
+    assert state["applied"] == {"web": [2_000, []]}
+
+
+async def test_adds_racing_a_sign_in_leave_no_cart_behind_the_merged_away_guest(
+    server: Harness, shop: ShopForTest
+) -> None:
+    for round in range(10):
+        ref, device = f"acct-race-{round}", f"tablet-race-{round}"
+        known = (
+            await shop.request("POST", "/v1/identity/identify", json={"customer_ref": ref})
+        ).json()["customer_id"]
+        guest = await customer(shop, device)
+        await ops(shop, guest, add(f"{device}:1", 1))
+        sign_in = shop.request(
+            "POST", "/v1/identity/identify", json={"anonymous_id": device, "customer_ref": ref}
+        )
+        answers = await asyncio.gather(
+            sign_in, *(ops(shop, guest, add(f"{device}:{n}", 1)) for n in range(2, 6))
+        )
+        assert all(answer.status_code == 200 for answer in answers)
+        async with server.database.transaction(write=False) as conn:
+            rows = await conn.execute(
+                select(carts.c.customer_id).where(
+                    carts.c.tenant_id == shop.id, carts.c.customer_id.in_([known, guest])
+                )
+            )
+            assert [row.customer_id for row in rows] == [known]
+        cart = (await shop.request("GET", f"/v1/carts/{known}")).json()
+        assert cart["lines"][0]["quantity"] == 5  # max(0, guest's units) + adds after the merge

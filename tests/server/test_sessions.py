@@ -57,3 +57,7 @@ async def test_sessions_merge_with_identities_and_split_back(shop: ShopForTest) 
     assert set((await shop.request("GET", f"/v1/sessions/{laptop}")).json()["entries"]) == {
         "last_page"
     }
+    # The survivor keeps its own keys, not the split-off customer's.
+    assert set((await shop.request("GET", f"/v1/sessions/{phone}")).json()["entries"]) == {
+        "chat_thread"
+    }

@@ -10,21 +10,57 @@ from __future__ import annotations
 
 import itertools
 import os
+import threading
+import weakref
+from collections import OrderedDict
 from typing import Any
 
 from omnisdk.models import CartOpIn, CartOps, CartView, LineAttributes, LineRef, MarkOrdered
 from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
 
+REPLICAS_KEPT = 10_000  # customers whose operation counters a client remembers
+_LIVE: weakref.WeakSet[Replica] = weakref.WeakSet()
+
 
 class Replica:
-    """This client's name in operation ids, and its counter."""
+    """This client's names in operation ids, one per customer, and their counters.
+
+    Each customer's cart gets its own replica name (this client's name and a random part), so
+    the sequence numbers a cart sees from it run 1, 2, 3, … without gaps: the server remembers
+    them as one watermark. A forked child process takes a new name (`os.register_at_fork`), so
+    its operations are never mistaken for its parent's.
+    """
 
     def __init__(self, channel: str) -> None:
-        self.name = f"{channel}-{os.urandom(6).hex()}"
-        self._seq = itertools.count(1)
+        self.channel = channel
+        self._lock = threading.Lock()
+        self._renew()
+        _LIVE.add(self)
 
-    def next_id(self) -> str:
-        return f"{self.name}:{next(self._seq)}"
+    def _renew(self) -> None:
+        self._lock = threading.Lock()
+        self.name = f"{self.channel}-{os.urandom(6).hex()}"
+        self._carts: OrderedDict[str, tuple[str, itertools.count[int]]] = OrderedDict()
+
+    def next_id(self, customer_id: str) -> str:
+        with self._lock:
+            entry = self._carts.pop(customer_id, None)
+            if entry is None:
+                # A forgotten customer gets a new name: a counter never restarts under one.
+                entry = (f"{self.name}.{os.urandom(3).hex()}", itertools.count(1))
+            self._carts[customer_id] = entry
+            while len(self._carts) > REPLICAS_KEPT:
+                self._carts.popitem(last=False)
+        name, counter = entry
+        return f"{name}:{next(counter)}"
+
+
+def _renew_after_fork() -> None:
+    for replica in list(_LIVE):
+        replica._renew()
+
+
+os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def get_call(customer_id: str) -> Call[CartView]:
@@ -78,10 +114,15 @@ class CartOpsBuilder:
         self.replica = replica
 
     def add(
-        self, sku: str, quantity: int, options: dict[str, str] | None, **attributes: Any
+        self,
+        customer_id: str,
+        sku: str,
+        quantity: int,
+        options: dict[str, str] | None,
+        **attributes: Any,
     ) -> CartOpIn:
         return CartOpIn(
-            op_id=self.replica.next_id(),
+            op_id=self.replica.next_id(customer_id),
             type="add",
             line=_line(sku, options),
             delta=quantity,
@@ -93,12 +134,15 @@ class CartOpsBuilder:
     ) -> CartOpIn:
         delta = quantity - _quantity(seen, sku, options)
         return CartOpIn(
-            op_id=self.replica.next_id(), type="add", line=_line(sku, options), delta=delta
+            op_id=self.replica.next_id(seen.customer_id),
+            type="add",
+            line=_line(sku, options),
+            delta=delta,
         )
 
     def remove(self, seen: CartView, sku: str, options: dict[str, str] | None) -> CartOpIn:
         return CartOpIn(
-            op_id=self.replica.next_id(),
+            op_id=self.replica.next_id(seen.customer_id),
             type="remove",
             line=_line(sku, options),
             observed=_observed(seen, sku, options),
@@ -106,7 +150,9 @@ class CartOpsBuilder:
 
     def clear(self, seen: CartView) -> CartOpIn:
         return CartOpIn(
-            op_id=self.replica.next_id(), type="clear", observed=_observed(seen, None, None)
+            op_id=self.replica.next_id(seen.customer_id),
+            type="clear",
+            observed=_observed(seen, None, None),
         )
 
 
@@ -133,7 +179,9 @@ class Carts(SyncResource):
     ) -> CartView:
         """Add units of a line; attributes (name, unit_price, currency, image_url) snapshot
         the shop's data."""
-        return self.apply(customer_id, [self.ops.add(sku, quantity, options, **attributes)])
+        return self.apply(
+            customer_id, [self.ops.add(customer_id, sku, quantity, options, **attributes)]
+        )
 
     def set_quantity(
         self,
@@ -179,7 +227,9 @@ class AsyncCarts(AsyncResource):
         options: dict[str, str] | None = None,
         **attributes: Any,
     ) -> CartView:
-        return await self.apply(customer_id, [self.ops.add(sku, quantity, options, **attributes)])
+        return await self.apply(
+            customer_id, [self.ops.add(customer_id, sku, quantity, options, **attributes)]
+        )
 
     async def mark_ordered(self, customer_id: str, order_ref: str, version: int) -> CartView:
         return await self._client.execute(ordered_call(customer_id, order_ref, version))
