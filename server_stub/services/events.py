@@ -25,6 +25,7 @@ from omnisdk.core.events import (
     Extracted,
     InvalidEvent,
     check_event,
+    check_names,
     without_identifiers,
 )
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
@@ -112,6 +113,7 @@ async def ingest(
         event_id = event.event_id or uuid.uuid4().hex
         try:
             occurred_at = event.timestamp or now
+            check_names(event.event_id, event.customer_id)
             extracted = check_event(event.name, event.properties, occurred_at, now)
             customer_id, key = _identity_of(context, event)
         except InvalidEvent as error:

@@ -161,6 +161,7 @@ class AsyncClient(BaseClient):
 
     def _after_fork(self) -> None:
         self._http_stale = self._owns_http
+        self._delivery = None  # the parent's task, lease holder id and events stay behind
 
     async def __aenter__(self) -> AsyncClient:
         return self

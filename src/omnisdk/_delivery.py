@@ -19,6 +19,7 @@ import socket
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -81,12 +82,16 @@ def _size(item: Item) -> int:
     return len(item.raw) if item.raw.isascii() else len(item.raw.encode())
 
 
+Pause = Callable[[float], None]
+
+
 @dataclass(frozen=True)
 class Shipment:
-    """One request to make for a run of outbox items."""
+    """One request to make for a run of outbox items (None: an item no request can carry)."""
 
     items: list[Item]
-    call: Call[Any]
+    call: Call[Any] | None
+    problem: str | None = None
 
 
 class Courier:
@@ -121,7 +126,10 @@ class Courier:
                 run.append(item)
             return Shipment(run, raw_batch_call([i.raw for i in run]))
         if first.kind == REDEMPTION:
-            request = RedeemRequest.model_validate(first.payload["request"])
+            try:
+                request = RedeemRequest.model_validate(first.payload["request"])
+            except (ValueError, KeyError, TypeError) as error:  # stored by another SDK version
+                return Shipment([first], None, f"unreadable queued redemption: {error}")
             return Shipment([first], redeem_call(request))
         if first.kind == CONSENT:
             return Shipment([first], delivery_call(first.payload, first.key))
@@ -184,6 +192,13 @@ class Courier:
             delay = max(delay, retry_after)
         return [], delay
 
+    def unreadable(self, shipment: Shipment) -> list[tuple[str, str]]:
+        """(key, error) to bury for an item no request can carry."""
+        self.status.refused += len(shipment.items)
+        problem = shipment.problem or "unreadable"
+        log.error("a queued item cannot be sent; kept as a dead letter: %s", problem, extra={})
+        return [(item.key, json.dumps({"detail": problem})) for item in shipment.items]
+
     def disk_failed(self, error: Exception) -> float:
         """The outbox's own file failed (full, read-only): wait, then try again."""
         self.status.last_error = f"{type(error).__name__}: {error}"
@@ -230,36 +245,47 @@ class Delivery:
     def _run(self) -> None:
         courier = self._courier
         while not self._stop.is_set():
-            try:
-                self._step(courier)
-            except DISK_ERRORS as error:
-                log.error("the outbox file failed; the sender tries again: %s", error, extra={})
-                with contextlib.suppress(*DISK_ERRORS):
-                    self.outbox.reclaim()
-                self._backoff(courier.disk_failed(error))
+            self._guarded_step(courier, self._wait, self._backoff, linger=True)
         with contextlib.suppress(*DISK_ERRORS):
             self.outbox.release_lease(courier.holder)
 
-    def _step(self, courier: Courier) -> None:
+    def _guarded_step(self, courier: Courier, wait: Pause, backoff: Pause, *, linger: bool) -> None:
+        """One step; whatever fails, the sender lives on (and says why)."""
+        try:
+            self._step(courier, wait, backoff, linger=linger)
+        except DISK_ERRORS as error:
+            log.error("the outbox file failed; the sender tries again: %s", error, extra={})
+            with contextlib.suppress(*DISK_ERRORS):
+                self.outbox.reclaim()
+            backoff(courier.disk_failed(error))
+        except Exception as error:  # a bug or a surprise: logged, and retried with backoff
+            log.exception("the outbox sender failed; it tries again", extra={})
+            backoff(courier.disk_failed(error))
+
+    def _step(self, courier: Courier, wait: Pause, backoff: Pause, *, linger: bool) -> None:
         if not self.outbox.take_lease(courier.holder):
-            self._wait(1.0)  # another process of this backend is sending
+            wait(1.0)  # another process of this backend is sending
             return
         head = self.outbox.head(courier.batch_size, KINDS)
         if not head:
-            self._wait(IDLE_WAIT)
+            wait(IDLE_WAIT)
             return
-        if len(head) < courier.batch_size and not self._probe.is_set():
+        if linger and len(head) < courier.batch_size and not self._probe.is_set():
             self._probe.wait(LINGER)  # a burst may be on its way: wait for a fuller batch
             head = self.outbox.head(courier.batch_size, KINDS)
         shipment = courier.next_shipment(head)
         assert shipment is not None
+        if shipment.call is None:  # an item no request can carry: a dead letter at once
+            for key, problem in courier.unreadable(shipment):
+                self.outbox.bury(key, problem)
+            return
         try:
             answer = self._client.execute(shipment.call)
         except (APIError, APIConnectionError) as error:
             bury, delay = courier.failed(shipment, error)
             for key, problem in bury:
                 self.outbox.bury(key, problem)
-            self._backoff(delay)
+            backoff(delay)
             return
         ack, bury = courier.delivered(shipment, answer)
         for key, problem in bury:
@@ -277,21 +303,52 @@ class Delivery:
 
     def flush(self, timeout: float | None) -> int:
         """Wait until the outbox is empty or `timeout` passes; return how many items are left.
-        Raises OutboxWriteError if what was appended cannot be written to disk."""
+        Raises OutboxWriteError if what was appended cannot be written to disk. Without a
+        sender thread in this process (none started yet, or at interpreter exit, where no
+        thread may start) the calling thread delivers."""
         deadline = None if timeout is None else time.monotonic() + timeout
         self.outbox.sync(timeout)
-        if self.outbox.status().depth:
-            self.nudge()
-            self._probe.set()
+        if not self.outbox.status().depth:
+            return 0
+        running = self._pid == os.getpid() and self._thread is not None
+        if running and self._thread is not None and self._thread.is_alive():
+            self._wake.set()  # out of an idle wait ...
+            self._probe.set()  # ... and of a backoff: try now
+            return self._wait_until_empty(deadline)
+        return self._deliver_here(deadline)
+
+    def _wait_until_empty(self, deadline: float | None) -> int:
         while True:
             left = self.outbox.status().depth
             if left == 0 or (deadline is not None and time.monotonic() >= deadline):
                 return left
             time.sleep(0.01)
 
+    def _deliver_here(self, deadline: float | None) -> int:
+        if self._pid != os.getpid():
+            self._courier = Courier(self.outbox)  # a forked child's own holder id
+            self._events()
+            self._pid = os.getpid()
+        courier = self._courier
+
+        def pause(seconds: float) -> None:
+            left = seconds if deadline is None else min(seconds, deadline - time.monotonic())
+            if left > 0:
+                time.sleep(min(left, 0.1))  # short naps: another process may finish sooner
+
+        try:
+            while True:
+                left = self.outbox.status().depth
+                if left == 0 or (deadline is not None and time.monotonic() >= deadline):
+                    return left
+                self._guarded_step(courier, pause, pause, linger=False)
+        finally:
+            with contextlib.suppress(*DISK_ERRORS):
+                self.outbox.release_lease(courier.holder)
+
     def close(self, timeout: float) -> int:
         try:
-            left = self.flush(timeout) if self._thread is not None else self.outbox.status().depth
+            left = self.flush(timeout)
         finally:
             self._stop.set()
             self._wake.set()
@@ -349,6 +406,9 @@ class AsyncDelivery:
                 with contextlib.suppress(*DISK_ERRORS):
                     await asyncio.to_thread(self.outbox.reclaim)
                 await self._backoff(courier.disk_failed(error))
+            except Exception as error:  # a bug or a surprise: logged, and retried with backoff
+                log.exception("the outbox sender failed; it tries again", extra={})
+                await self._backoff(courier.disk_failed(error))
 
     async def _step(self, courier: Courier) -> None:
         outbox = self.outbox
@@ -360,6 +420,10 @@ class AsyncDelivery:
         shipment = await asyncio.to_thread(self._next_shipment, courier)
         if shipment is None:
             await self._wait(IDLE_WAIT)
+            return
+        if shipment.call is None:  # an item no request can carry: a dead letter at once
+            for key, problem in courier.unreadable(shipment):
+                await asyncio.to_thread(outbox.bury, key, problem)
             return
         try:
             answer = await self._client.execute(shipment.call)

@@ -133,11 +133,12 @@ class Client(BaseClient):
 
     def _at_exit(self, deliver: bool) -> None:
         """The process ends without `close()` (see `_lifecycle`)."""
+        deadline = time.monotonic() + self.exit_timeout
         outbox = self._outbox_to_disk(self.exit_timeout)
         if outbox is None or not deliver:
             return
         with contextlib.suppress(OutboxWriteError):
-            self._report_left(self.delivery.flush(self.exit_timeout))
+            self._report_left(self.delivery.flush(max(deadline - time.monotonic(), 0.0)))
 
     def _after_fork(self) -> None:
         self._http_stale = self._owns_http

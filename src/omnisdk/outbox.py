@@ -34,7 +34,7 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Collection
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -132,22 +132,34 @@ def _dead_here(holder: str) -> bool:
     return False
 
 
-# Every outbox of this process, so that a forked child can make each forget its parent's state.
+def _storable(text: str) -> bool:
+    """SQLite takes it as text: no NUL, no lone surrogate."""
+    if "\x00" in text:
+        return False
+    if text.isascii():
+        return True
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+# Every outbox with an open connection in this process, for the fork hooks.
 _OPEN: weakref.WeakSet[Outbox] = weakref.WeakSet()
-# Connections a child inherited: never used and never closed there (closing one would let
-# SQLite act on locks and WAL files the parent still uses), only kept from the collector.
-_INHERITED: list[sqlite3.Connection] = []
-
-
 _HELD: list[threading.Lock] = []
 
 
 def _before_fork() -> None:
-    # No thread of ours may be inside SQLite at the fork: the child would inherit SQLite's
-    # own mutexes locked by a thread that does not exist there.
+    # No SQLite connection may cross a fork (SQLite's own lock bookkeeping would be shared by
+    # two processes), and no thread of ours may be inside SQLite at the fork (the child would
+    # inherit SQLite's mutexes held by a thread it does not have). So each outbox waits for its
+    # connection to be idle, closes it, and holds it closed until the fork is done; the parent
+    # reopens on its next use.
     for outbox in sorted(_OPEN, key=id):
         outbox._db_lock.acquire()
         _HELD.append(outbox._db_lock)
+        outbox._close_connection()
 
 
 def _after_fork_in_parent() -> None:
@@ -197,25 +209,25 @@ class Outbox:
         self.droppable = tuple(sorted(droppable))
         self.last_error: str | None = None
         self._fresh_state()
-        self._ensure_open()  # in the creating process at once: a bad path fails here
-        _OPEN.add(self)
+        with self._connection():
+            pass  # opened at once in the creating process: a bad path fails here
 
     # --- process-local state (new in a forked child) -------------------------------------------
 
     def _fresh_state(self) -> None:
-        # _lock guards the in-memory queue and counts (held for microseconds: appends never
-        # wait for the disk while holding it); _db_lock guards the SQLite connection.
+        # _lock guards the in-memory queue and counts (held for microseconds on the append
+        # path); _db_lock guards the SQLite connection. Where both are taken, _lock comes first.
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
         self._db_lock = threading.Lock()
-        self._open_lock = threading.Lock()
+        self._start_lock = threading.Lock()
         self._pending: deque[_Pending] = deque()
         self._closed = False
         self._in_flight = 0  # items taken from the queue and being written
         self._inflight_since: float | None = None
         self._failure: str | None = None  # the last write failed: appends raise until one works
         self._write_failures = 0
-        self._count = 0
+        self._count = 0  # items on disk and in memory, as far as this process knows (a hint)
         self._appended = False  # something was appended by this process
         self._lease: tuple[str, int] | None = None
         self._lease_renew_at = 0.0
@@ -224,26 +236,42 @@ class Outbox:
 
     def _forget_parent(self) -> None:
         """In a forked child: the parent's threads do not exist here, its locks may be held
-        forever and its queue is the parent's to write."""
-        if self._db is not None:
-            _INHERITED.append(self._db)
+        forever, and its queue is the parent's to write (its connection was closed before the
+        fork)."""
         self._fresh_state()
 
-    def _ensure_open(self) -> sqlite3.Connection:
+    def _connection_locked(self) -> sqlite3.Connection:
+        """The connection, opened if need be; called with _db_lock held."""
         db = self._db
-        if db is not None:
-            return db
-        with self._open_lock:
-            if self._db is None:
-                try:
-                    self.path.parent.mkdir(parents=True, exist_ok=True)
-                    db = self._connect()
-                    self._count = db.execute("SELECT count(*) FROM items").fetchone()[0]
-                except (sqlite3.Error, OSError) as exc:
-                    raise OutboxWriteError(f"cannot open the outbox at {self.path}: {exc}") from exc
-                self._committer = start_daemon(self._commit_loop, "omnisdk-outbox")
-                self._db = db
-            return self._db
+        if db is None:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                db = self._connect()
+                on_disk = db.execute("SELECT count(*) FROM items").fetchone()[0]
+            except (sqlite3.Error, OSError) as exc:
+                raise OutboxWriteError(f"cannot open the outbox at {self.path}: {exc}") from exc
+            self._count = on_disk + len(self._pending) + self._in_flight
+            self._db = db
+            _OPEN.add(self)
+        return db
+
+    @contextlib.contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        with self._db_lock:
+            yield self._connection_locked()
+
+    def _close_connection(self) -> None:
+        """Called with _db_lock held; the next use opens it again."""
+        if self._db is not None:
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = None
+
+    def _ensure_committer(self) -> None:
+        if self._committer is None:
+            with self._start_lock:
+                if self._committer is None:
+                    self._committer = start_daemon(self._commit_loop, "omnisdk-outbox")
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
@@ -277,21 +305,26 @@ class Outbox:
     def try_append(self, kind: str, key: str, payload: dict[str, Any] | str) -> bool:
         """Queue an item if that needs no waiting at all (for an event loop's own thread);
         False if it would wait: then call `append` from a worker thread."""
-        if self.durability == "sync":
-            return False
+        if self.durability == "sync" or self._committer is None:
+            return False  # a wait for the disk, or a thread to start: not on an event loop
         return self._admit(self._item(kind, key, payload), wait=False)
 
     def _item(self, kind: str, key: str, payload: dict[str, Any] | str) -> _Pending:
+        if not _storable(key) or not _storable(kind):
+            raise ValueError("outbox kinds and keys are text without NUL or lone surrogates")
         text = payload if isinstance(payload, str) else _encode(payload)
         done = threading.Event() if self.durability == "sync" else None
         return _Pending(kind, key, text, time.time(), time.monotonic(), done)
 
     def _admit(self, item: _Pending, *, wait: bool) -> bool:
-        self._ensure_open()
+        if self._committer is None:
+            self._ensure_committer()
         # An event loop's thread never waits even for the lock: the committer may hold it.
         if not self._lock.acquire(blocking=wait):
             return False
         try:
+            if self._closed:
+                raise OutboxWriteError(f"the outbox at {self.path} is closed")
             self._raise_if_failing()
             if not wait and self._would_wait(item.since):
                 return False
@@ -341,6 +374,9 @@ class Outbox:
         """Called with the lock held: apply the full policy. False: drop the incoming item."""
         if self._count < self.max_items:
             return True
+        self._recount()  # other processes may have sent (or added) items meanwhile
+        if self._count < self.max_items:
+            return True
         if self.full_policy == "drop_oldest":
             if self._drop_oldest():
                 return True
@@ -360,12 +396,20 @@ class Outbox:
             self._changed.wait(remaining)
         return True
 
+    def _recount(self) -> None:
+        """Called with the lock held: the count from the file, plus what waits in memory."""
+        try:
+            with self._connection() as db:
+                on_disk = db.execute("SELECT count(*) FROM items").fetchone()[0]
+        except (sqlite3.Error, OutboxWriteError):
+            return  # keep the hint; the disk's own failure surfaces on the next write
+        self._count = on_disk + len(self._pending) + self._in_flight
+
     def _drop_oldest(self) -> bool:
         """Called with the lock held: drop the oldest droppable item, on disk or in memory."""
-        db = self._ensure_open()
         marks = ",".join("?" * len(self.droppable))
         try:
-            with self._db_lock:
+            with self._connection() as db:
                 row = db.execute(
                     f"SELECT seq, kind, key FROM items WHERE kind IN ({marks})"
                     " ORDER BY seq LIMIT 1",
@@ -382,7 +426,8 @@ class Outbox:
             self._count_drop({"kind": row[1], "key": row[2]})
             return True
         for waiting in self._pending:
-            if waiting.kind in self.droppable:
+            # A "sync" caller waiting for its item's fsync was promised the disk: not dropped.
+            if waiting.kind in self.droppable and waiting.done is None:
                 self._pending.remove(waiting)
                 if waiting.done is not None:
                     waiting.done.set()
@@ -393,8 +438,8 @@ class Outbox:
 
     def _count_drop(self, dropped: dict[str, str]) -> None:
         try:
-            with self._db_lock:
-                self._bump(self._ensure_open(), "dropped")
+            with self._connection() as db:
+                self._bump(db, "dropped")
         except sqlite3.Error as exc:
             raise OutboxWriteError(f"counting a drop in {self.path} failed: {exc}") from exc
         log.warning("outbox full: dropped the oldest analytics event", extra=dropped)
@@ -431,19 +476,23 @@ class Outbox:
                 self._changed.wait(_RETRY_WRITE[min(failures, len(_RETRY_WRITE)) - 1])
 
     def _write(self, group: list[_Pending]) -> bool:
-        db = self._ensure_open()
         try:
-            with self._db_lock:
-                db.execute("BEGIN IMMEDIATE")
-                cursor = db.executemany(
-                    "INSERT OR IGNORE INTO items (kind, key, payload, created_at) "
-                    "VALUES (?, ?, ?, ?)",
-                    [(p.kind, p.key, p.payload, p.created_at) for p in group],
-                )
-                db.execute("COMMIT")
+            with self._connection() as db:
+                try:
+                    db.execute("BEGIN IMMEDIATE")
+                    cursor = db.executemany(
+                        "INSERT OR IGNORE INTO items (kind, key, payload, created_at) "
+                        "VALUES (?, ?, ?, ?)",
+                        [(p.kind, p.key, p.payload, p.created_at) for p in group],
+                    )
+                    db.execute("COMMIT")
+                except BaseException:
+                    if db.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            db.execute("ROLLBACK")
+                    raise
             ignored = len(group) - cursor.rowcount  # already queued under the same key
-        except (sqlite3.Error, OSError) as exc:
-            self._rollback(db)
+        except Exception as exc:  # whatever it is, the group is kept or its callers told
             self._failed(group, exc)
             return False
         with self._changed:
@@ -458,14 +507,6 @@ class Outbox:
             if pending.done is not None:
                 pending.done.set()
         return True
-
-    def _rollback(self, db: sqlite3.Connection) -> None:
-        try:
-            with self._db_lock:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-        except sqlite3.Error:
-            pass  # SQLite rolls back by itself when it cannot
 
     def _failed(self, group: list[_Pending], exc: BaseException) -> None:
         """A group could not be written: in "group" mode it goes back to the head of the
@@ -498,7 +539,7 @@ class Outbox:
         """Wait until every item appended so far by this process is on disk; False if
         `timeout` passed first. Raises OutboxWriteError if the disk refuses writes (after
         waiting for one more attempt, or at the timeout)."""
-        if self._db is None:
+        if self._committer is None:
             return True  # nothing was appended in this process
         deadline = None if timeout is None else time.monotonic() + timeout
         # A bounded acquire: an exit hook run by a signal may interrupt a thread holding it.
@@ -520,9 +561,9 @@ class Outbox:
         return True
 
     def unwritten(self) -> int:
-        """Items of this process only in memory: what a crash now would lose."""
-        with self._lock:
-            return len(self._pending) + self._in_flight
+        """Items of this process only in memory: what a crash now would lose. Read without
+        the lock: an exit hook run by a signal may interrupt the thread holding it."""
+        return len(self._pending) + self._in_flight
 
     @property
     def appended_here(self) -> bool:
@@ -533,11 +574,10 @@ class Outbox:
 
     def take_lease(self, holder: str) -> bool:
         """Become (or stay) the sender of this file; False if another live process is."""
-        db = self._ensure_open()
         now = time.time()
         if self._lease == (holder, os.getpid()) and now < self._lease_renew_at:
             return True  # ours, and far from running out: no need to write
-        with self._db_lock:
+        with self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 row = db.execute("SELECT holder, until FROM sender_lease WHERE id = 1").fetchone()
@@ -561,20 +601,17 @@ class Outbox:
 
     def release_lease(self, holder: str) -> None:
         self._lease = None
-        if self._db is None:
-            return
-        with self._db_lock:
-            self._db.execute("DELETE FROM sender_lease WHERE id = 1 AND holder = ?", (holder,))
+        with self._connection() as db:
+            db.execute("DELETE FROM sender_lease WHERE id = 1 AND holder = ?", (holder,))
 
     def head(self, limit: int, kinds: tuple[str, ...] | None = None) -> list[Item]:
         """The oldest committed items (of `kinds`), in append order."""
-        db = self._ensure_open()
         query = "SELECT seq, kind, key, payload, created_at FROM items"
         params: tuple[Any, ...] = ()
         if kinds:
             query += f" WHERE kind IN ({','.join('?' * len(kinds))})"
             params = kinds
-        with self._db_lock:
+        with self._connection() as db:
             rows = db.execute(query + " ORDER BY seq LIMIT ?", (*params, limit)).fetchall()
         return [Item(seq, kind, key, payload, at) for seq, kind, key, payload, at in rows]
 
@@ -585,8 +622,7 @@ class Outbox:
         """These items reached the server: forget them."""
         if not seqs:
             return
-        db = self._ensure_open()
-        with self._db_lock:
+        with self._connection() as db:
             # One transaction: one WAL append and one fsync for the whole batch.
             db.execute("BEGIN IMMEDIATE")
             try:
@@ -600,25 +636,24 @@ class Outbox:
 
     def reclaim(self) -> None:
         """Give the WAL's space back to the file system (after a write failed for space)."""
-        db = self._ensure_open()
-        with contextlib.suppress(sqlite3.Error), self._db_lock:
+        with contextlib.suppress(sqlite3.Error, OutboxWriteError), self._connection() as db:
             db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def remove(self, key: str) -> None:
-        db = self._ensure_open()
-        with self._db_lock:
+        with self._connection() as db:
             cursor = db.execute("DELETE FROM items WHERE key = ?", (key,))
         self._forget(cursor.rowcount)
 
     def _forget(self, removed: int) -> None:
         with self._changed:
-            self._count -= removed
+            # Items other processes appended are not in this process's count: never below
+            # what this process still holds in memory.
+            self._count = max(self._count - removed, len(self._pending) + self._in_flight)
             self._changed.notify_all()
 
     def bury(self, key: str, error: str) -> None:
         """Move an item the server refused for good to the dead letters, with the error."""
-        db = self._ensure_open()
-        with self._db_lock:
+        with self._connection() as db:
             db.execute("BEGIN IMMEDIATE")
             try:
                 db.execute(
@@ -635,10 +670,9 @@ class Outbox:
         self._forget(cursor.rowcount)
 
     def dead_letters(self, kind: str | None = None) -> list[DeadLetter]:
-        db = self._ensure_open()
         query = "SELECT kind, key, payload, error, created_at FROM dead_letters"
         params: tuple[str, ...] = (kind,) if kind else ()
-        with self._db_lock:
+        with self._connection() as db:
             rows = db.execute(
                 query + (" WHERE kind = ?" if kind else "") + " ORDER BY seq", params
             ).fetchall()
@@ -655,8 +689,7 @@ class Outbox:
         )
 
     def status(self) -> OutboxStatus:
-        db = self._ensure_open()
-        with self._db_lock:
+        with self._connection() as db:
             depth, oldest = db.execute("SELECT count(*), min(created_at) FROM items").fetchone()
             dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
             dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
@@ -703,20 +736,20 @@ class Outbox:
 
     def close(self) -> None:
         """Commit what is pending and close the file (items not yet sent stay on disk).
-        Raises OutboxWriteError if some could not be written: they are lost, and logged."""
-        _OPEN.discard(self)
-        db = self._db
-        if db is None:
-            return  # never opened in this process (a forked child that did not use it)
+        Raises OutboxWriteError if some could not be written: they are lost, and logged.
+        Appends after `close()` raise OutboxWriteError; reads (status, dead letters) still work."""
         with self._changed:
-            self._closed = True
+            if self._closed:
+                return
+            self._closed = True  # from here on appends raise: nothing is accepted unwritten
             self._changed.notify_all()
-        if self._committer is not None:
-            self._committer.join(timeout=30)
+        committer = self._committer
+        if committer is not None and committer is not threading.current_thread():
+            committer.join(timeout=30)
         lost = self.unwritten()
         with self._db_lock:
-            db.close()
-        self._fresh_state()
+            self._close_connection()
+        _OPEN.discard(self)
         if lost:
             log.error(
                 "closing the outbox with items that could not be written: they are lost",

@@ -169,7 +169,7 @@ def test_a_failed_write_keeps_the_items_retries_and_raises_until_it_works(
     tmp_path: Path, caplog: pytest.LogCaptureFixture, error: str
 ) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3")
-    disk = FailingDisk(outbox._ensure_open(), error)
+    disk = FailingDisk(outbox._db, error)  # type: ignore[arg-type]
     outbox._db = disk  # type: ignore[assignment]
     returned: list[str] = []
     with caplog.at_level(logging.ERROR, logger="omnisdk.outbox"):
@@ -196,7 +196,7 @@ def test_a_failed_write_keeps_the_items_retries_and_raises_until_it_works(
 
 def test_sync_durability_tells_each_caller_of_a_failed_write(tmp_path: Path) -> None:
     outbox = Outbox(tmp_path / "o.sqlite3", durability="sync")
-    disk = FailingDisk(outbox._ensure_open())
+    disk = FailingDisk(outbox._db)  # type: ignore[arg-type]
     outbox._db = disk  # type: ignore[assignment]
     with pytest.raises(OutboxWriteError):
         outbox.append("event", "lost", {})
@@ -227,7 +227,9 @@ def test_drop_oldest_drops_only_analytics_events_never_money_or_consent(tmp_path
 
 def test_try_append_never_waits(tmp_path: Path) -> None:
     full = Outbox(tmp_path / "o.sqlite3", max_items=2, full_policy="block")
-    assert full.try_append("event", "a", {}) and full.try_append("event", "b", {})
+    assert not full.try_append("event", "a", {})  # the first starts the committer: a thread
+    full.append("event", "a", {})
+    assert full.try_append("event", "b", {})
     assert not full.try_append("event", "c", {})  # it would wait for room
     synced = Outbox(tmp_path / "s.sqlite3", durability="sync")
     assert not synced.try_append("event", "d", {})  # it would wait for the disk
@@ -265,3 +267,91 @@ def test_a_forked_child_writes_its_own_items_and_not_the_parents(tmp_path: Path)
     outbox.sync(10)
     assert sorted(item.key for item in outbox.head(10)) == ["child", "parent"]
     outbox.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_child_keeps_writing_after_the_parent_closes_the_same_file(tmp_path: Path) -> None:
+    path = tmp_path / "o.sqlite3"
+    outbox = Outbox(path)
+    outbox.append("event", "parent", {})
+    outbox.sync(5)
+    child_ready, parent_closed = os.pipe(), os.pipe()
+    pid = os.fork()
+    if pid == 0:  # no connection crossed the fork: the parent closing cannot take our WAL away
+        code = 1
+        try:
+            for n in range(20):
+                outbox.append("event", f"child-{n}", {})
+            outbox.sync(10)
+            os.write(child_ready[1], b"x")
+            os.read(parent_closed[0], 1)
+            for n in range(20, 40):
+                outbox.append("event", f"child-{n}", {})
+            code = 0 if outbox.sync(10) else 2
+            outbox.close()
+        finally:
+            os._exit(code)
+    os.read(child_ready[0], 1)
+    outbox.close()
+    os.write(parent_closed[1], b"x")
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    with sqlite3.connect(path) as db:
+        keys = {key for (key,) in db.execute("SELECT key FROM items")}
+    assert keys == {"parent", *(f"child-{n}" for n in range(40))}
+
+
+@pytest.mark.parametrize("key", ["bad\ud800", "nul\x00"])
+def test_a_key_sqlite_cannot_store_is_refused_at_append_and_the_rest_go_on(
+    tmp_path: Path, key: str
+) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    outbox.append("event", "before", {})
+    with pytest.raises(ValueError):
+        outbox.append("event", key, {})
+    outbox.append("event", "after", {})
+    assert outbox.sync(5)
+    assert [item.key for item in outbox.head(10)] == ["before", "after"]
+    outbox.close()
+
+
+def test_appends_racing_close_are_either_on_disk_or_refused(tmp_path: Path) -> None:
+    outbox = Outbox(tmp_path / "o.sqlite3")
+    returned: list[str] = []
+    refused: list[str] = []
+    started = threading.Event()
+
+    def produce() -> None:
+        for n in range(1_000_000):
+            try:
+                outbox.append("event", f"k{n}", {})
+                returned.append(f"k{n}")
+            except OutboxWriteError:
+                refused.append(f"k{n}")
+                return
+            started.set()
+
+    producer = threading.Thread(target=produce)
+    producer.start()
+    started.wait(10)
+    outbox.close()
+    producer.join(10)
+    assert len(refused) == 1  # the producer was told, once, and stopped
+    with sqlite3.connect(tmp_path / "o.sqlite3") as db:
+        stored = [key for (key,) in db.execute("SELECT key FROM items ORDER BY seq")]
+    assert stored == returned
+
+
+def test_the_bound_counts_what_other_processes_sent_meanwhile(tmp_path: Path) -> None:
+    producer = Outbox(tmp_path / "o.sqlite3", max_items=5, full_policy="raise")
+    sender = Outbox(tmp_path / "o.sqlite3")  # another process, holding the sender lease
+    fill(producer, 5)
+    producer.sync(5)
+    sender.ack([item.seq for item in sender.head(10)])
+    fill(producer, 5, start=5)  # the file is empty again: room for five more, none refused
+    producer.sync(5)
+    assert [item.payload["n"] for item in sender.head(10)] == [5, 6, 7, 8, 9]
+    with pytest.raises(OutboxFull):
+        producer.append("event", "sixth", {})
+    producer.close()
+    sender.close()

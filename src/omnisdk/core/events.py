@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from omnisdk.core.identifiers import MAX_VALUE_LENGTH
+
 MAX_PROPERTIES_BYTES = 16_384
 MAX_FUTURE_SKEW = timedelta(minutes=10)
 MAX_AGE = timedelta(days=3 * 365)
@@ -141,6 +143,8 @@ def _bad_value(value: Any) -> str | None:
     """Why `value` (a JSON leaf or key) cannot be stored, or None."""
     kind = type(value)
     if kind is str:
+        if "\x00" in value:
+            return "a string holds a NUL character"
         if value.isascii():
             return None
         try:
@@ -183,11 +187,11 @@ def json_problem(value: Any) -> str | None:
 def _flat(properties: dict[Any, Any]) -> bool:
     """True if `properties` holds only ASCII keys and scalars that need no closer look."""
     for key, item in properties.items():
-        if type(key) is not str or not key.isascii():
+        if type(key) is not str or not key.isascii() or "\x00" in key:
             return False
         kind = type(item)
         if kind is str:
-            if not item.isascii():
+            if not item.isascii() or "\x00" in item:
                 return False
         elif kind is float:
             if not math.isfinite(item):
@@ -206,6 +210,18 @@ def check_names(event_id: str | None, customer_id: str | None) -> None:
         raise InvalidEvent(f"event_id must be 1-{MAX_EVENT_ID} characters")
     if customer_id is not None and not 1 <= len(customer_id) <= MAX_CUSTOMER_ID:
         raise InvalidEvent(f"customer_id must be 1-{MAX_CUSTOMER_ID} characters")
+    for name, text in (("event_id", event_id), ("customer_id", customer_id)):
+        if text is not None and _bad_value(text) is not None:
+            raise InvalidEvent(f"{name}: {_bad_value(text)}")
+
+
+def check_identifier_value(value: str) -> None:
+    """An identifier's value as the server can take it: text, not too long."""
+    if not 0 < len(value.strip()) <= MAX_VALUE_LENGTH:
+        raise InvalidEvent(f"identifier values must be 1-{MAX_VALUE_LENGTH} characters")
+    problem = _bad_value(value)
+    if problem is not None:
+        raise InvalidEvent(f"identifier value: {problem}")
 
 
 def shallow(value: Any) -> Any:

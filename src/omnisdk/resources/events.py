@@ -11,8 +11,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from omnisdk.core.channels import Channel
-from omnisdk.core.events import InvalidEvent, check_event, check_names
-from omnisdk.core.identifiers import MAX_VALUE_LENGTH
+from omnisdk.core.events import InvalidEvent, check_event, check_identifier_value, check_names
 from omnisdk.core.problems import ProblemType
 from omnisdk.errors import InvalidRequestError
 from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, TrackResult
@@ -73,8 +72,9 @@ def make_event(
     props = properties or {}
     try:
         check_names(event_id, customer_id)
-        if anonymous_id is not None and not 0 < len(anonymous_id.strip()) <= MAX_VALUE_LENGTH:
-            raise InvalidEvent(f"anonymous_id must be 1-{MAX_VALUE_LENGTH} characters")
+        for value in (anonymous_id, identifier.value if identifier is not None else None):
+            if value is not None:
+                check_identifier_value(value)
         check_event(name, props, when, now)
     except InvalidEvent as error:
         raise InvalidRequestError(ProblemType.INVALID_EVENT, str(error)) from None
