@@ -207,3 +207,18 @@ def test_async_tracking_never_blocks_the_loop_while_the_server_comes_and_goes(
     assert len(set(stored_event_ids(database, "as-"))) == 50_000
     with contextlib.suppress(Exception):
         server.stop()
+
+
+def test_a_server_with_a_lower_body_limit_gets_every_event_in_smaller_batches(
+    tmp_path: Path,
+) -> None:
+    database = tmp_path / "shop.sqlite3"
+    # An operator lowered the limit below what the SDK's batches assume: 413s, then halving.
+    with ServerProcess(f"sqlite:///{database}", env={"OMNISDK_MAX_BODY_BYTES": "20000"}) as server:
+        key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
+        with omnisdk.Client(server.url, key, channel="web", data_dir=tmp_path / "o") as client:
+            for n in range(500):
+                client.events.track("product_viewed", anonymous_id="a", event_id=f"lim-{n}")
+            assert client.events.flush(60) == 0
+            assert client.outbox.dead_letters() == []
+    assert len(set(stored_event_ids(database, "lim-"))) == 500
