@@ -2,6 +2,11 @@
 
 `watch` yields each change as it happens and resumes after the last one it yielded when the
 connection drops (SSE `Last-Event-ID`), so a backend watching for a customer misses nothing.
+Changes arrive in commit order; `id` is the change's position in the shop's feed.
+
+If the watcher fell so far behind that the server no longer keeps the changes it missed
+(`OMNISDK_CHANGE_RETENTION_SECONDS`), `watch` yields a change of kind `resync` instead: reload
+what you hold of the customer (her cart, her session); the feed goes on from there.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ if TYPE_CHECKING:
     from omnisdk._sync import Client
 
 RECONNECT_DELAY = 1.0
+RESYNC = "resync"  # the kind of the change that says: changes were missed, reload
 
 
 @dataclass(frozen=True)
 class Change:
     id: int
-    kind: str  # "cart" (later: "session", "consent", "profile")
+    kind: str  # "cart", "session", "consent", "content", or RESYNC
     data: dict[str, Any]
 
 
