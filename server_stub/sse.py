@@ -32,7 +32,9 @@ def sse_stream(
 
     async def stream() -> AsyncIterator[str]:
         position = after
-        yield ": watching\n\n"
+        # The id alone (no data) is no event, but it is where the watcher stands: one that
+        # reconnects before any change arrived resumes here rather than at the newest.
+        yield f": watching\nid: {position}\n\n"
         while not await request.is_disconnected():
             # Listen first, then read: a change committed in between still wakes us.
             async with runtime.changes.watching(topic) as woken:

@@ -128,8 +128,9 @@ class ConsentCache:
                                 self.clear()
                             self.connected.set()
                         change = parser.feed(line)
+                        # Known from the first (empty) block on: a reconnection resumes here.
+                        last = parser.position if parser.position is not None else last
                         if change is not None:
-                            last = change.id
                             self._apply(change.kind, change.data)
                         if self._stop.is_set():
                             break
