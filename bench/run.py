@@ -29,7 +29,7 @@ SUITES = {
     "Durable outbox (issue 9)": bench_outbox.run,
     "Shared cart and change feed (issue 3)": bench_carts.run,
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
-    "Change feed in commit order across processes (issue 13)": bench_feed.run,
+    bench_feed.TITLE: bench_feed.run,
 }
 
 
