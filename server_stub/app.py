@@ -48,6 +48,7 @@ from server_stub.storage.migrate import current_revision, head_revision
 
 log = logging.getLogger("omnisdk.server")
 PURGE_INTERVAL_SECONDS = 600.0
+MIN_PRUNE_INTERVAL_SECONDS = 0.05
 
 
 class SchemaNotMigrated(RuntimeError):
@@ -106,6 +107,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.
         gc.freeze()
+        # Before serving: a watcher that reconnects to a restarted process meets the retention
+        # at once, not after the first interval.
+        await _prune_changes_once(database, settings.change_retention_seconds)
         purgers = [
             asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds)),
             asyncio.create_task(_prune_changes(database, settings.change_retention_seconds)),
@@ -143,17 +147,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 async def _prune_changes(database: Database, retention_seconds: float) -> None:
-    # Often enough that no change outlives its retention by more than a quarter of it.
-    interval = min(PURGE_INTERVAL_SECONDS, retention_seconds / 4)
+    # Often enough that no change outlives its retention by more than a quarter of it (but
+    # never a busy loop, whatever the setting).
+    interval = max(MIN_PRUNE_INTERVAL_SECONDS, min(PURGE_INTERVAL_SECONDS, retention_seconds / 4))
     while True:
         await asyncio.sleep(interval)
-        try:
-            async with database.transaction(write=True) as conn:
-                removed = await change_feed.prune(conn, retention_seconds, utcnow())
-            if removed:
-                log.info("pruned old changes", extra={"count": removed})
-        except Exception as exc:
-            log.warning("change pruning failed", extra={"error_type": type(exc).__name__})
+        await _prune_changes_once(database, retention_seconds)
+
+
+async def _prune_changes_once(database: Database, retention_seconds: float) -> None:
+    try:
+        async with database.transaction(write=True) as conn:
+            removed = await change_feed.prune(conn, retention_seconds, utcnow())
+        if removed:
+            log.info("pruned old changes", extra={"count": removed})
+    except Exception as exc:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            # Shutting down: the driver turned the cancellation into its own error.
+            raise asyncio.CancelledError from exc
+        log.warning("change pruning failed", extra={"error_type": type(exc).__name__})
 
 
 async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -246,34 +245,6 @@ def wait_until(condition: Any, what: str) -> None:
         time.sleep(0.05)
 
 
-SHORT_RETENTION = {"OMNISDK_CHANGE_RETENTION_SECONDS": "0.2"}
-
-
-def test_a_watcher_behind_the_retention_is_told_to_resync_then_continues(
-    two_processes: tuple[ServerProcess, ServerProcess], tmp_path: Path
-) -> None:
-    first, _ = two_processes
-    with ServerProcess(
-        first.database_url, secret_key=first.secret_key, env=SHORT_RETENTION
-    ) as pruning:
-        shop = pruning.create_tenant()
-        with shop.client("web") as web:
-            amy = web.identity.identify(anonymous_id="amy").customer_id
-            for n in range(3):
-                web.sessions.set(amy, {"n": n})
-            top = horizon(first.database_url, shop.id).newest
-            wait_until(lambda: horizon(first.database_url, shop.id).pruned_through == top, "pruned")
-            with on(first, shop).client("app") as app:
-                feed = app.changes.watch(amy, last_event_id=top - 2)
-                resync = next(feed)
-                web.sessions.set(amy, {"n": 3})
-                after = next(feed)
-    assert (resync.kind, resync.id) == (RESYNC, top)
-    assert resync.data["type"] == ProblemType.CHANGE_FEED_RESYNC.value
-    assert resync.data["position"] == top
-    assert (after.kind, after.id, after.data["entries"]["n"]["value"]) == ("session", top + 1, 3)
-
-
 def prune_everything(database_url: str) -> None:
     """What the retention does, at once: every change so far is pruned."""
 
@@ -291,7 +262,7 @@ def prune_everything(database_url: str) -> None:
 # --- SDK caches ---------------------------------------------------------------------------
 
 CACHES = 3
-CONSENTING = 40
+CONSENTING = 24
 
 
 def backends(
@@ -356,31 +327,41 @@ def test_withdrawals_on_one_process_reach_every_sdk_cache_on_the_other(
             client.close()
 
 
-def test_sdk_caches_reload_by_themselves_after_missing_pruned_changes(
+def test_after_missing_pruned_changes_sdk_caches_reload_and_watchers_resync(
     two_processes: tuple[ServerProcess, ServerProcess],
 ) -> None:
-    """The backend's server goes away; meanwhile a withdrawal is made elsewhere and pruned.
-    When its server is back, the feed answers `resync` and the caches drop what they held.
-    (Last in the module: it restarts the second process.)"""
+    """The backend's server process goes away; meanwhile a withdrawal is made through the
+    other one, and pruned. When its process is back, the feed answers `resync`: the SDK caches
+    drop what they held, and a watcher resuming from an old position is told to resync, then
+    continues. (Last in the module: it restarts the second process.)"""
     first, second = two_processes
     shop = first.create_tenant()
     with shop.client("web") as web:
         amy = web.identity.identify(anonymous_id="amy").customer_id
         web.consent.grant(amy, "personalisation")
         (backend,) = backends(second, shop, [amy], count=1)
-        try:
-            cache = backend.consent_cache
-            backend.content_cache.profiles[amy] = ProfileFacts({}, (), (), time.monotonic())
-            second.port = int(second.url.rsplit(":", 1)[1])  # come back on the same address
-            second.stop()
-            wait_until(lambda: not cache.connected.is_set(), "the feed noticed")
-            web.consent.withdraw(amy, "personalisation")
-            prune_everything(first.database_url)
-            assert cache.get(amy, None) is not None  # still believes she consents
-            second.start()
+        cache = backend.consent_cache
+        backend.content_cache.profiles[amy] = ProfileFacts({}, (), (), time.monotonic())
+        port = int(second.url.rsplit(":", 1)[1])
+        second.stop()
+        wait_until(lambda: not cache.connected.is_set(), "the feed noticed")
+        web.consent.withdraw(amy, "personalisation")
+        withdrawal = horizon(first.database_url, shop.id).newest
+        prune_everything(first.database_url)
+        assert cache.get(amy, None) is not None  # still believes she consents
+        back = ServerProcess(first.database_url, secret_key=first.secret_key, port=port)
+        with back, on(back, shop).client("app") as app:
             wait_until(lambda: cache.resyncs == 1, "the resync")
             assert cache.get(amy, None) is None
             assert amy not in backend.content_cache.profiles
             assert not backend.consent.check(amy, "personalisation")
-        finally:
             backend.close()
+            feed = app.changes.watch(amy, last_event_id=withdrawal - 1)
+            resync = next(feed)
+            web.sessions.set(amy, {"page": "/after"})
+            after = next(feed)
+    assert (resync.kind, resync.id) == (RESYNC, withdrawal)
+    assert resync.data["type"] == ProblemType.CHANGE_FEED_RESYNC.value
+    assert resync.data["position"] == withdrawal
+    assert (after.kind, after.id) == ("session", withdrawal + 1)
+    assert after.data["entries"]["page"]["value"] == "/after"
