@@ -162,11 +162,17 @@ async def _prune_changes_once(database: Database, retention_seconds: float) -> N
         if removed:
             log.info("pruned old changes", extra={"count": removed})
     except Exception as exc:
-        task = asyncio.current_task()
-        if task is not None and task.cancelling():
-            # Shutting down: the driver turned the cancellation into its own error.
-            raise asyncio.CancelledError from exc
+        _reraise_cancellation(exc)
         log.warning("change pruning failed", extra={"error_type": type(exc).__name__})
+
+
+def _reraise_cancellation(exc: Exception) -> None:
+    """A cancellation (shutting down) that reached the database driver mid-statement comes
+    out as the driver's error (SQLAlchemy's MissingGreenlet, say): swallowing it would leave
+    the shutdown waiting for a task that never ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
 
 
 async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:
@@ -177,5 +183,6 @@ async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:
             if removed:
                 log.info("purged expired idempotency records", extra={"count": removed})
         except Exception as exc:
+            _reraise_cancellation(exc)
             log.warning("idempotency purge failed", extra={"error_type": type(exc).__name__})
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)

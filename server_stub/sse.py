@@ -18,12 +18,10 @@ from server_stub.services import changes
 KEEPALIVE_SECONDS = 15.0
 LARGEST_POSITION = 2**63 - 1  # positions are BIGINT
 
-Reader = Callable[[AsyncConnection, int], Awaitable[list[Any]]]
+Reader = Callable[[AsyncConnection, int], Awaitable[changes.FeedPage]]
 
 
-def sse_stream(
-    request: Request, tenant_id: str, topic: str, after: int, read: Reader
-) -> StreamingResponse:
+def sse_stream(request: Request, topic: str, after: int, read: Reader) -> StreamingResponse:
     """Stream the rows `read` finds after each position as SSE (`id` is the change's feed
     position, so a watcher resumes with Last-Event-ID); wait on `topic` when there is nothing
     new. A position the feed no longer keeps gets a `resync` event, then the stream goes on
@@ -39,11 +37,10 @@ def sse_stream(
             # Listen first, then read: a change committed in between still wakes us.
             async with runtime.changes.watching(topic) as woken:
                 async with runtime.database.transaction(write=False) as reader:
-                    rows = await read(reader, position)
-                    # Read after the rows: a prune between the two reads shows here.
-                    bounds = await changes.horizon(reader, tenant_id)
-                if bounds.resync_needed(position):
-                    position = bounds.newest
+                    page = await read(reader, position)
+                rows = page.rows
+                if page.horizon.resync_needed(position):
+                    position = page.horizon.newest
                     yield _event(position, changes.RESYNC, changes.resync_event(position))
                     continue
                 if not rows:

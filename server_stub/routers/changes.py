@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -44,7 +44,7 @@ async def watch(
     tenant_id = principal_of(request).tenant_id
     after = await resume_position(conn, tenant_id, last_event_id)
 
-    async def read(reader: AsyncConnection, position: int) -> list[Any]:
-        return await changes.of_tenant(reader, tenant_id, wanted, position)
+    async def read(reader: AsyncConnection, position: int) -> changes.FeedPage:
+        return await changes.read_page(reader, tenant_id, position, kinds=wanted)
 
-    return sse_stream(request, tenant_id, changes.tenant_topic(tenant_id), after, read)
+    return sse_stream(request, changes.tenant_topic(tenant_id), after, read)

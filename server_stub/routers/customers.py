@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -84,7 +84,7 @@ async def watch_changes(
     live = await profile.require_customer(conn, tenant_id, customer_id)
     after = await resume_position(conn, tenant_id, last_event_id)
 
-    async def read(reader: AsyncConnection, position: int) -> list[Any]:
-        return await changes.since(reader, tenant_id, live, position)
+    async def read(reader: AsyncConnection, position: int) -> changes.FeedPage:
+        return await changes.read_page(reader, tenant_id, position, customer_id=live)
 
-    return sse_stream(request, tenant_id, f"{tenant_id}:{live}", after, read)
+    return sse_stream(request, f"{tenant_id}:{live}", after, read)

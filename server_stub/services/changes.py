@@ -115,34 +115,8 @@ async def since(
     conn: AsyncConnection, tenant_id: str, customer_id: str, after: int, limit: int = 100
 ) -> list[Any]:
     """The customer's changes after position `after`, in order."""
-    rows = await conn.execute(
-        select(changes)
-        .where(
-            changes.c.tenant_id == tenant_id,
-            changes.c.customer_id == customer_id,
-            changes.c.position > after,
-        )
-        .order_by(changes.c.position)
-        .limit(limit)
-    )
-    return list(rows)
-
-
-async def of_tenant(
-    conn: AsyncConnection, tenant_id: str, kinds: list[str], after: int, limit: int = 100
-) -> list[Any]:
-    """The tenant's changes of these kinds after `after` (every customer's)."""
-    rows = await conn.execute(
-        select(changes)
-        .where(
-            changes.c.tenant_id == tenant_id,
-            changes.c.position > after,
-            changes.c.kind.in_(kinds),
-        )
-        .order_by(changes.c.position)
-        .limit(limit)
-    )
-    return list(rows)
+    page = await read_page(conn, tenant_id, after, customer_id=customer_id, limit=limit)
+    return page.rows
 
 
 @dataclass(frozen=True)
@@ -167,6 +141,45 @@ async def horizon(conn: AsyncConnection, tenant_id: str) -> Horizon:
         )
     ).first()
     return Horizon(0, 0) if row is None else Horizon(int(row[0]), int(row[1]))
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    """Changes after a position, and the feed's bounds as of the same reading."""
+
+    horizon: Horizon
+    rows: list[Any]
+
+
+async def read_page(
+    conn: AsyncConnection,
+    tenant_id: str,
+    after: int,
+    *,
+    customer_id: str | None = None,
+    kinds: list[str] | None = None,
+    limit: int = 100,
+) -> FeedPage:
+    """The tenant's changes after `after` (the customer's, of these kinds), with its horizon.
+
+    The horizon comes with the rows, in one statement and so one snapshot: a prune cannot hide
+    rows without showing the raised `pruned_through` beside them. With no rows it is read
+    after them, which is as safe: a prune in between shows in the later read."""
+    counter = change_positions.c.tenant_id == tenant_id
+    newest = select(change_positions.c.position).where(counter).scalar_subquery()
+    pruned = select(change_positions.c.pruned_through).where(counter).scalar_subquery()
+    query = select(changes, newest.label("newest"), pruned.label("pruned_through")).where(
+        changes.c.tenant_id == tenant_id, changes.c.position > after
+    )
+    if customer_id is not None:
+        query = query.where(changes.c.customer_id == customer_id)
+    if kinds is not None:
+        query = query.where(changes.c.kind.in_(kinds))
+    rows = list(await conn.execute(query.order_by(changes.c.position).limit(limit)))
+    if not rows:
+        return FeedPage(await horizon(conn, tenant_id), [])
+    first = rows[0]
+    return FeedPage(Horizon(int(first.newest or 0), int(first.pruned_through or 0)), rows)
 
 
 def resync_event(newest: int) -> dict[str, Any]:
