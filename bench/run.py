@@ -10,6 +10,7 @@ from bench import (
     bench_cart_load,
     bench_carts,
     bench_content,
+    bench_feed,
     bench_ingest,
     bench_outbox,
     bench_sdk_overhead,
@@ -32,6 +33,7 @@ SUITES = {
     "Cart cost with a long history (issue 13)": bench_cart_history.run,
     "Cart add under load (issue 13)": bench_cart_load.run,
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
+    bench_feed.TITLE: bench_feed.run,
 }
 
 

@@ -15,6 +15,7 @@ from fastapi import APIRouter, FastAPI
 from omnisdk._version import __version__
 from server_stub.auth import KeyCache
 from server_stub.errors import install_error_handlers
+from server_stub.ids import utcnow
 from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging
 from server_stub.pos import StationConfig, create_station
@@ -36,6 +37,7 @@ from server_stub.routers import (
 )
 from server_stub.runtime import Runtime
 from server_stub.sealing import sealer_from
+from server_stub.services import changes as change_feed
 from server_stub.services import idempotency
 from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
@@ -46,6 +48,7 @@ from server_stub.storage.migrate import current_revision, head_revision
 
 log = logging.getLogger("omnisdk.server")
 PURGE_INTERVAL_SECONDS = 600.0
+MIN_PRUNE_INTERVAL_SECONDS = 0.05
 
 
 class SchemaNotMigrated(RuntimeError):
@@ -99,18 +102,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics,
             TenantContexts(settings.auth_cache_seconds),
             SigningKeys(sealer_from(settings)),
-            ChangeHub(database),
+            ChangeHub(database, settings.change_poll_seconds),
         )
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.
         gc.freeze()
-        purger = asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds))
+        # Before serving: a watcher that reconnects to a restarted process meets the retention
+        # at once, not after the first interval.
+        await _prune_changes_once(database, settings.change_retention_seconds)
+        purgers = [
+            asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds)),
+            asyncio.create_task(_prune_changes(database, settings.change_retention_seconds)),
+        ]
         try:
             yield
         finally:
-            purger.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await purger
+            for purger in purgers:
+                purger.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await purger
             await app.state.runtime.changes.close()
             await database.dispose()
 
@@ -136,6 +146,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
+async def _prune_changes(database: Database, retention_seconds: float) -> None:
+    # Often enough that no change outlives its retention by more than a quarter of it (but
+    # never a busy loop, whatever the setting).
+    interval = max(MIN_PRUNE_INTERVAL_SECONDS, min(PURGE_INTERVAL_SECONDS, retention_seconds / 4))
+    while True:
+        await asyncio.sleep(interval)
+        await _prune_changes_once(database, retention_seconds)
+
+
+async def _prune_changes_once(database: Database, retention_seconds: float) -> None:
+    try:
+        async with database.transaction(write=True) as conn:
+            removed = await change_feed.prune(conn, retention_seconds, utcnow())
+        if removed:
+            log.info("pruned old changes", extra={"count": removed})
+    except Exception as exc:
+        _reraise_cancellation(exc)
+        log.warning("change pruning failed", extra={"error_type": type(exc).__name__})
+
+
+def _reraise_cancellation(exc: Exception) -> None:
+    """A cancellation (shutting down) that reached the database driver mid-statement comes
+    out as the driver's error (SQLAlchemy's MissingGreenlet, say): swallowing it would leave
+    the shutdown waiting for a task that never ends."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError from exc
+
+
 async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:
     while True:
         try:
@@ -144,5 +183,6 @@ async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:
             if removed:
                 log.info("purged expired idempotency records", extra={"count": removed})
         except Exception as exc:
+            _reraise_cancellation(exc)
             log.warning("idempotency purge failed", extra={"error_type": type(exc).__name__})
         await asyncio.sleep(PURGE_INTERVAL_SECONDS)

@@ -49,6 +49,19 @@ class Settings(BaseSettings):
         description="After a rotation, how long the previous signing key keeps verifying "
         "(longer than the longest return window, so issued codes stay valid).",
     )
+    change_retention_seconds: float = Field(
+        default=7 * 86_400,
+        gt=0,
+        description="How long the change feed keeps a change. A watcher that resumes from an "
+        "older position is sent a `resync` event (the SDK then reloads its caches).",
+    )
+    change_poll_seconds: float = Field(
+        default=0.1,
+        gt=0,
+        le=1.0,
+        description="On SQLite, how often a process looks for changes committed by other "
+        "processes on the same file (PostgreSQL wakes watchers by NOTIFY instead).",
+    )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)
 

@@ -13,34 +13,57 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import StreamingResponse
 
 from server_stub.runtime import runtime_of
+from server_stub.services import changes
 
 KEEPALIVE_SECONDS = 15.0
+LARGEST_POSITION = 2**63 - 1  # positions are BIGINT
 
-Reader = Callable[[AsyncConnection, int], Awaitable[list[Any]]]
+Reader = Callable[[AsyncConnection, int], Awaitable[changes.FeedPage]]
 
 
 def sse_stream(request: Request, topic: str, after: int, read: Reader) -> StreamingResponse:
-    """Stream the rows `read` finds after each position as SSE (`id` is the change's seq,
-    so a watcher resumes with Last-Event-ID); wait on `topic` when there is nothing new."""
+    """Stream the rows `read` finds after each position as SSE (`id` is the change's feed
+    position, so a watcher resumes with Last-Event-ID); wait on `topic` when there is nothing
+    new. A position the feed no longer keeps gets a `resync` event, then the stream goes on
+    from the newest position."""
     runtime = runtime_of(request)
 
     async def stream() -> AsyncIterator[str]:
         position = after
-        yield ": watching\n\n"
+        # The id alone (no data) is no event, but it is where the watcher stands: one that
+        # reconnects before any change arrived resumes here rather than at the newest.
+        yield f": watching\nid: {position}\n\n"
         while not await request.is_disconnected():
             # Listen first, then read: a change committed in between still wakes us.
             async with runtime.changes.watching(topic) as woken:
                 async with runtime.database.transaction(write=False) as reader:
-                    rows = await read(reader, position)
+                    page = await read(reader, position)
+                rows = page.rows
+                if page.horizon.resync_needed(position):
+                    position = page.horizon.newest
+                    yield _event(position, changes.RESYNC, changes.resync_event(position))
+                    continue
                 if not rows:
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(woken.wait(), KEEPALIVE_SECONDS)
             for row in rows:
-                position = row.seq
-                yield f"id: {row.seq}\nevent: {row.kind}\ndata: {json.dumps(row.payload)}\n\n"
+                position = row.position
+                yield _event(row.position, row.kind, row.payload)
             if not rows:
                 yield ": keepalive\n\n"
 
     return StreamingResponse(
         stream(), media_type="text/event-stream", headers={"Cache-Control": "no-store"}
     )
+
+
+async def resume_position(conn: AsyncConnection, tenant_id: str, last_event_id: str | None) -> int:
+    """Where a watcher starts: after the change it saw last, or (a new one) at the newest."""
+    if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
+        # Beyond any position a tenant can reach: the stream answers with a resync.
+        return min(int(last_event_id), LARGEST_POSITION)
+    return (await changes.horizon(conn, tenant_id)).newest
+
+
+def _event(position: int, kind: str, data: Any) -> str:
+    return f"id: {position}\nevent: {kind}\ndata: {json.dumps(data)}\n\n"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -15,7 +15,7 @@ from server_stub.errors import Problem
 from server_stub.routers.dependencies import Connection
 from server_stub.routing import ApiRoute
 from server_stub.services import changes
-from server_stub.sse import sse_stream
+from server_stub.sse import resume_position, sse_stream
 
 router = APIRouter(prefix="/v1/changes", tags=["changes"], route_class=ApiRoute)
 
@@ -42,12 +42,9 @@ async def watch(
             f"kinds is a comma-separated list of {', '.join(KINDS)}; unknown: {unknown}",
         )
     tenant_id = principal_of(request).tenant_id
-    if last_event_id is not None and last_event_id.isdigit():
-        after = int(last_event_id)
-    else:
-        after = await changes.last_seq(conn, tenant_id)
+    after = await resume_position(conn, tenant_id, last_event_id)
 
-    async def read(reader: AsyncConnection, position: int) -> list[Any]:
-        return await changes.of_tenant(reader, tenant_id, wanted, position)
+    async def read(reader: AsyncConnection, position: int) -> changes.FeedPage:
+        return await changes.read_page(reader, tenant_id, position, kinds=wanted)
 
     return sse_stream(request, changes.tenant_topic(tenant_id), after, read)

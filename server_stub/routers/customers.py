@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -14,7 +14,7 @@ from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
 from server_stub.services import changes, identity, profile
-from server_stub.sse import sse_stream
+from server_stub.sse import resume_position, sse_stream
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=ApiRoute)
 
@@ -82,12 +82,9 @@ async def watch_changes(
 ) -> StreamingResponse:
     tenant_id = principal_of(request).tenant_id
     live = await profile.require_customer(conn, tenant_id, customer_id)
-    if last_event_id is not None and last_event_id.isdigit():
-        after = int(last_event_id)
-    else:  # a new watcher starts from now
-        after = await changes.last_seq(conn, tenant_id, live)
+    after = await resume_position(conn, tenant_id, last_event_id)
 
-    async def read(reader: AsyncConnection, position: int) -> list[Any]:
-        return await changes.since(reader, tenant_id, live, position)
+    async def read(reader: AsyncConnection, position: int) -> changes.FeedPage:
+        return await changes.read_page(reader, tenant_id, position, customer_id=live)
 
     return sse_stream(request, f"{tenant_id}:{live}", after, read)

@@ -1,9 +1,26 @@
-"""The change feed: what changed in a customer's shared state, in order, and live.
+"""The change feed: what changed in a customer's shared state, in commit order, and live.
 
-A change is written in the same transaction as the state it describes, so a watcher never sees
-a change that was rolled back. Watchers are woken when it commits: on PostgreSQL by NOTIFY
-(every server process LISTENs), on SQLite by this process (a single process serves SQLite).
-A watcher resumes after the last change it saw (SSE `Last-Event-ID`).
+Ordering (DESIGN: Ordering and atomicity). A change is written in the same transaction as the
+state it describes, so a watcher never sees a change that was rolled back. Its place in the
+feed, though, is handed out only when that transaction commits: the transaction's last
+statements before COMMIT bump its tenant's row in `change_positions` and insert its changes at
+the positions so taken. That row stays locked until COMMIT, so another writer of the tenant
+waits there and numbers its changes after the first has committed. Positions therefore follow
+commit order, per tenant, without gaps; a reader that sees position n has seen everything
+below n (PostgreSQL makes a commit visible before it releases the transaction's locks; SQLite
+has one writer at a time), so "everything after my last position" never skips a change. The
+price is that a tenant's committing writers queue for the length of a COMMIT; they take this
+lock last, after every other lock, so the queue can never deadlock.
+
+Positions are per tenant: a tenant learns nothing of another's activity from them.
+
+Waking. Watchers are woken when a change commits: on PostgreSQL by NOTIFY (every server
+process LISTENs); on SQLite at once in the writing process, and in other processes on the same
+file by a poll of the watched tenants' counters every `change_poll_seconds`.
+
+Retention. Changes older than `change_retention_seconds` are pruned; the tenant's row keeps
+the last pruned position. A watcher resuming below it is sent a `resync` event (its caches
+must reload) and continues from the newest position.
 """
 
 from __future__ import annotations
@@ -12,37 +29,64 @@ import asyncio
 import contextlib
 import logging
 from collections import defaultdict
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, text
+from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from omnisdk.core.problems import ProblemType
 from server_stub.ids import utcnow
-from server_stub.storage.database import Database
-from server_stub.storage.tables import changes
+from server_stub.storage.database import Database, before_commit
+from server_stub.storage.tables import change_positions, changes
 
 log = logging.getLogger("omnisdk.server")
 CHANNEL = "omnisdk_changes"
 AFTER_COMMIT = "omnisdk_after_commit"
+OUTGOING = "omnisdk_outgoing_changes"
+TENANT_WIDE = ""  # the customer id of changes that concern the whole tenant (content)
+RESYNC = "resync"  # the SSE event of a watcher whose position was pruned or is unknown
+
+
+@dataclass
+class Outgoing:
+    """The changes a transaction published, numbered and stored just before it commits."""
+
+    pending: list[dict[str, Any]] = field(default_factory=list)
+
+    async def __call__(self, conn: AsyncConnection) -> None:
+        by_tenant: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for change in self.pending:
+            by_tenant[change["tenant_id"]].append(change)
+        now = utcnow()
+        # Tenants in id order: two transactions touching the same tenants lock them alike.
+        for tenant_id in sorted(by_tenant):
+            batch = by_tenant[tenant_id]
+            last = await _take_positions(conn, tenant_id, len(batch))
+            first = last - len(batch) + 1
+            rows = [
+                {**change, "position": first + n, "created_at": now}
+                for n, change in enumerate(batch)
+            ]
+            await conn.execute(insert(changes), rows)
 
 
 async def publish(
     conn: AsyncConnection, tenant_id: str, customer_id: str, kind: str, payload: dict[str, Any]
 ) -> None:
-    """Record a change; watchers are woken once the transaction commits."""
-    await conn.execute(
-        insert(changes).values(
-            tenant_id=tenant_id,
-            customer_id=customer_id,
-            kind=kind,
-            payload=payload,
-            created_at=utcnow(),
-        )
+    """Record a change; it takes its feed position when the transaction commits, and
+    watchers are woken once it has."""
+    outgoing = before_commit(conn, OUTGOING, Outgoing)
+    outgoing.pending.append(
+        {"tenant_id": tenant_id, "customer_id": customer_id, "kind": kind, "payload": payload}
     )
     topic = f"{tenant_id}:{customer_id}"
     if conn.dialect.name == "postgresql":
+        # NOTIFY is transactional: delivered at COMMIT, never for a rollback.
         await conn.execute(
             text("SELECT pg_notify(:channel, :topic)"), {"channel": CHANNEL, "topic": topic}
         )
@@ -50,45 +94,105 @@ async def publish(
         conn.info.setdefault(AFTER_COMMIT, set()).add(topic)
 
 
+async def _take_positions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
+    """Advance the tenant's counter by `count` and return the last position taken. The row
+    stays locked until this transaction ends: that is what orders positions by commit."""
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    statement = dialect.insert(change_positions).values(
+        tenant_id=tenant_id, position=count, pruned_through=0
+    )
+    statement = statement.on_conflict_do_update(
+        index_elements=["tenant_id"],
+        set_={"position": change_positions.c.position + statement.excluded.position},
+    ).returning(change_positions.c.position)
+    return int((await conn.execute(statement)).scalar_one())
+
+
+# --- reading -------------------------------------------------------------------------------
+
+
 async def since(
     conn: AsyncConnection, tenant_id: str, customer_id: str, after: int, limit: int = 100
 ) -> list[Any]:
-    rows = await conn.execute(
-        select(changes)
-        .where(
-            changes.c.tenant_id == tenant_id,
-            changes.c.customer_id == customer_id,
-            changes.c.seq > after,
+    """The customer's changes after position `after`, in order."""
+    page = await read_page(conn, tenant_id, after, customer_id=customer_id, limit=limit)
+    return page.rows
+
+
+@dataclass(frozen=True)
+class Horizon:
+    """A tenant's feed bounds: the newest position and the last one pruned."""
+
+    newest: int
+    pruned_through: int
+
+    def resync_needed(self, after: int) -> bool:
+        """True when a watcher at `after` cannot simply continue: changes it has not seen
+        were pruned, or the position is not one this feed has handed out yet."""
+        return after < self.pruned_through or after > self.newest
+
+
+async def horizon(conn: AsyncConnection, tenant_id: str) -> Horizon:
+    row = (
+        await conn.execute(
+            select(change_positions.c.position, change_positions.c.pruned_through).where(
+                change_positions.c.tenant_id == tenant_id
+            )
         )
-        .order_by(changes.c.seq)
-        .limit(limit)
+    ).first()
+    return Horizon(0, 0) if row is None else Horizon(int(row[0]), int(row[1]))
+
+
+@dataclass(frozen=True)
+class FeedPage:
+    """Changes after a position, and the feed's bounds as of the same reading."""
+
+    horizon: Horizon
+    rows: list[Any]
+
+
+async def read_page(
+    conn: AsyncConnection,
+    tenant_id: str,
+    after: int,
+    *,
+    customer_id: str | None = None,
+    kinds: list[str] | None = None,
+    limit: int = 100,
+) -> FeedPage:
+    """The tenant's changes after `after` (the customer's, of these kinds), with its horizon.
+
+    The horizon comes with the rows, in one statement and so one snapshot: a prune cannot hide
+    rows without showing the raised `pruned_through` beside them. With no rows it is read
+    after them, which is as safe: a prune in between shows in the later read."""
+    counter = change_positions.c.tenant_id == tenant_id
+    newest = select(change_positions.c.position).where(counter).scalar_subquery()
+    pruned = select(change_positions.c.pruned_through).where(counter).scalar_subquery()
+    query = select(changes, newest.label("newest"), pruned.label("pruned_through")).where(
+        changes.c.tenant_id == tenant_id, changes.c.position > after
     )
-    return list(rows)
-
-
-TENANT_WIDE = ""  # the customer id of changes that concern the whole tenant (content)
-
-
-async def of_tenant(
-    conn: AsyncConnection, tenant_id: str, kinds: list[str], after: int, limit: int = 100
-) -> list[Any]:
-    """The tenant's changes of these kinds after `after` (every customer's)."""
-    rows = await conn.execute(
-        select(changes)
-        .where(changes.c.tenant_id == tenant_id, changes.c.seq > after, changes.c.kind.in_(kinds))
-        .order_by(changes.c.seq)
-        .limit(limit)
-    )
-    return list(rows)
-
-
-async def last_seq(conn: AsyncConnection, tenant_id: str, customer_id: str | None = None) -> int:
-    """The newest change of the customer (of the whole tenant when None)."""
-    query = select(func.max(changes.c.seq)).where(changes.c.tenant_id == tenant_id)
     if customer_id is not None:
         query = query.where(changes.c.customer_id == customer_id)
-    value = (await conn.execute(query)).scalar()
-    return int(value or 0)
+    if kinds is not None:
+        query = query.where(changes.c.kind.in_(kinds))
+    rows = list(await conn.execute(query.order_by(changes.c.position).limit(limit)))
+    if not rows:
+        return FeedPage(await horizon(conn, tenant_id), [])
+    first = rows[0]
+    return FeedPage(Horizon(int(first.newest or 0), int(first.pruned_through or 0)), rows)
+
+
+def resync_event(newest: int) -> dict[str, Any]:
+    """The body of the `resync` event (a problem document, RFC 9457 shape)."""
+    kind = ProblemType.CHANGE_FEED_RESYNC
+    return {
+        "type": kind.value,
+        "title": kind.default_title,
+        "status": kind.status,
+        "detail": "changes after your position are no longer kept (or the position is "
+        f"unknown): reload what you cache, then continue from {newest}",
+        "position": newest,
+    }
 
 
 def tenant_topic(tenant_id: str) -> str:
@@ -96,13 +200,48 @@ def tenant_topic(tenant_id: str) -> str:
     return f"{tenant_id}:*"
 
 
+# --- retention -------------------------------------------------------------------------------
+
+
+async def prune(conn: AsyncConnection, retention_seconds: float, now: datetime) -> int:
+    """Delete changes older than the retention and raise each tenant's pruned position."""
+    cutoff = now - timedelta(seconds=retention_seconds)
+    expired = await conn.execute(
+        select(changes.c.tenant_id, func.max(changes.c.position))
+        .where(changes.c.created_at < cutoff)
+        .group_by(changes.c.tenant_id)
+    )
+    removed = 0
+    for tenant_id, through in list(expired):
+        result = await conn.execute(
+            delete(changes).where(changes.c.tenant_id == tenant_id, changes.c.position <= through)
+        )
+        removed += result.rowcount
+        # Last, so the counter row (which the tenant's writers queue on) is held briefly.
+        await conn.execute(
+            update(change_positions)
+            .where(
+                change_positions.c.tenant_id == tenant_id,
+                change_positions.c.pruned_through < through,
+            )
+            .values(pruned_through=through)
+        )
+    return removed
+
+
+# --- waking ----------------------------------------------------------------------------------
+
+
 class ChangeHub:
     """Wakes this process's watchers when a change of their customer commits."""
 
-    def __init__(self, database: Database) -> None:
+    def __init__(self, database: Database, poll_seconds: float = 0.1) -> None:
         self._database = database
+        self._poll_seconds = poll_seconds
         self._waiting: dict[str, set[asyncio.Event]] = defaultdict(set)
         self._listener: Any = None
+        self._poller: asyncio.Task[None] | None = None
+        self._seen: dict[str, int] = {}  # SQLite: each watched tenant's newest position
         self._lock = asyncio.Lock()
 
     async def _listen(self) -> None:
@@ -125,6 +264,43 @@ class ChangeHub:
             await connection.add_listener(CHANNEL, lambda *args: self.wake(args[3]))
             self._listener = connection
 
+    async def _follow_sqlite(self, tenant_id: str) -> None:
+        """On SQLite: note the tenant's newest position before the watcher reads, so the poll
+        wakes it for anything committed later by any process on the file."""
+        if not self._database.sqlite:
+            return
+        if tenant_id not in self._seen:
+            async with self._database.transaction(write=False) as conn:
+                self._seen.setdefault(tenant_id, (await horizon(conn, tenant_id)).newest)
+        if self._poller is None:
+            self._poller = asyncio.create_task(self._poll())
+
+    async def _poll(self) -> None:
+        while True:
+            await asyncio.sleep(self._poll_seconds)
+            try:
+                await self._poll_once()
+            except Exception as exc:  # a busy or locked file: try again at the next tick
+                log.warning("change poll failed", extra={"error_type": type(exc).__name__})
+
+    async def _poll_once(self) -> None:
+        watched = {topic.split(":", 1)[0] for topic in self._waiting}
+        for tenant_id in [t for t in self._seen if t not in watched]:
+            del self._seen[tenant_id]
+        if not self._seen:
+            return
+        async with self._database.transaction(write=False) as conn:
+            newest = await conn.execute(
+                select(change_positions.c.tenant_id, change_positions.c.position).where(
+                    change_positions.c.tenant_id.in_(list(self._seen))
+                )
+            )
+            moved = {t: (self._seen[t], int(p)) for t, p in newest if int(p) > self._seen[t]}
+            for tenant_id, (before, now) in moved.items():
+                self._seen[tenant_id] = now
+                for customer_id in await _customers_between(conn, tenant_id, before, now):
+                    self.wake(f"{tenant_id}:{customer_id}")
+
     def wake(self, topic: str) -> None:
         tenant = tenant_topic(topic.split(":", 1)[0])
         for event in [*self._waiting.get(topic, ()), *self._waiting.get(tenant, ())]:
@@ -138,6 +314,7 @@ class ChangeHub:
         event = asyncio.Event()
         self._waiting[topic].add(event)
         try:
+            await self._follow_sqlite(topic.split(":", 1)[0])
             yield event
         finally:
             self._waiting[topic].discard(event)
@@ -145,6 +322,26 @@ class ChangeHub:
                 self._waiting.pop(topic, None)
 
     async def close(self) -> None:
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+            self._poller = None
         if self._listener is not None:
             await self._listener.close()
             self._listener = None
+
+
+async def _customers_between(
+    conn: AsyncConnection, tenant_id: str, after: int, through: int
+) -> Iterable[str]:
+    rows = await conn.execute(
+        select(changes.c.customer_id)
+        .distinct()
+        .where(
+            changes.c.tenant_id == tenant_id,
+            changes.c.position > after,
+            changes.c.position <= through,
+        )
+    )
+    return [row[0] for row in rows]

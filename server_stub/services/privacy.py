@@ -211,9 +211,8 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     removed["merges"] = await _delete(
         conn, merges, t, or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids))
     )
-    # Change-feed rows are blanked, not deleted: their sequence numbers must never be reused
-    # (SQLite would hand the newest free number out again, and a watcher past it would miss
-    # the next change).
+    # Change-feed rows are blanked, not deleted: their positions stay in the tenant's feed, so
+    # a watcher reading through them sees an empty change rather than a hole.
     removed["changes"] = await _rekey(
         conn, changes, t, changes.c.customer_id.in_(ids), customer_id=erasure_id, payload={}
     )

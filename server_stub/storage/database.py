@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -23,6 +23,37 @@ from server_stub.storage.inline_sqlite import creator
 
 SQLITE_LOCK_WAIT_SECONDS = 15.0  # how long a writer waits for another process's write lock
 SQLITE_READER_BUSY_MS = 100  # readers wait only for the rare WAL recovery
+BEFORE_COMMIT = "omnisdk_before_commit"
+
+
+class CommitStep(Protocol):
+    async def __call__(self, connection: AsyncConnection, /) -> None: ...
+
+
+Step = TypeVar("Step", bound=CommitStep)
+
+
+def before_commit(connection: AsyncConnection, key: str, make: Callable[[], Step]) -> Step:
+    """The step registered under `key` in this transaction (made by `make` the first time):
+    it runs as the transaction's last statements, just before COMMIT, and never if the
+    transaction rolls back. The change feed numbers its changes there (services/changes)."""
+    steps: dict[str, Any] = connection.info.setdefault(BEFORE_COMMIT, {})
+    if key not in steps:
+        steps[key] = make()
+    step: Step = steps[key]
+    return step
+
+
+async def _run_before_commit(connection: AsyncConnection) -> None:
+    steps: dict[str, CommitStep] = connection.info.pop(BEFORE_COMMIT, {})
+    for step in steps.values():
+        await step(connection)
+
+
+def _forget_before_commit(connection: AsyncConnection) -> None:
+    # `info` belongs to the pooled DBAPI connection and outlives the transaction: steps of a
+    # transaction that rolled back must not run in the next one on the same connection.
+    connection.info.pop(BEFORE_COMMIT, None)
 
 
 def async_url(url: str) -> str:
@@ -88,18 +119,27 @@ class Database:
             # loop, rather than in SQLite's busy handler, which waits by sleeping up to 100 ms.
             async with self._sqlite_writer:
                 connection = await self._begin_writer()
+                _forget_before_commit(connection)
                 try:
                     yield connection
+                    await _run_before_commit(connection)
                     await connection.commit()
                 except BaseException:
                     await connection.rollback()
                     raise
                 finally:
+                    _forget_before_commit(connection)
                     await connection.close()
             return
         engine = self.write_engine if write else self.read_engine
-        async with engine.begin() as connection:
-            yield connection
+        async with engine.connect() as connection:
+            _forget_before_commit(connection)
+            try:
+                async with connection.begin():
+                    yield connection
+                    await _run_before_commit(connection)
+            finally:
+                _forget_before_commit(connection)
 
     async def _begin_writer(self) -> AsyncConnection:
         """A connection in a `BEGIN IMMEDIATE` transaction. While another process holds the

@@ -287,14 +287,26 @@ ordered_carts = Table(
 changes = Table(
     "changes",
     metadata,
-    Column("seq", Sequence64, primary_key=True, autoincrement=True),
-    Column("tenant_id", String(40), nullable=False),
+    # The change's place in its tenant's feed: 1, 2, 3, ... per tenant, handed out when the
+    # writing transaction commits (services/changes.py), so positions follow commit order.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("position", BigInteger, primary_key=True, autoincrement=False),
     Column("customer_id", String(40), nullable=False),
     Column("kind", String(32), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
-    Index("ix_changes_customer", "tenant_id", "customer_id", "seq"),
-    Index("ix_changes_tenant_seq", "tenant_id", "seq"),
+    Index("ix_changes_customer", "tenant_id", "customer_id", "position"),
+    Index("ix_changes_created_at", "created_at"),
+)
+
+change_positions = Table(
+    "change_positions",
+    metadata,
+    # One row per tenant: the last position handed out (its row lock orders the commits of
+    # the tenant's changes) and the last position pruned (a watcher behind it must resync).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("position", BigInteger, nullable=False),
+    Column("pruned_through", BigInteger, nullable=False),
 )
 
 sessions = Table(

@@ -4,7 +4,9 @@ The same feed thread serves the content cache (rulesets, profiles) through `list
 
 A background thread follows the tenant's consent feed (`GET /v1/consent/changes`, SSE) and drops
 a customer's entry the moment a decision of theirs commits on any channel, so the next check
-reads the new state. While the feed is connected an entry lives `max_age` seconds; while it is
+reads the new state. When the server says the feed's position is no longer kept (a `resync`
+event, after a long disconnection), every entry is dropped and the listeners are told, so the
+content cache reloads too. While the feed is connected an entry lives `max_age` seconds; while it is
 not (the server restarting, a network cut) entries live only `offline_max_age` seconds, so a
 withdrawal made elsewhere is seen within that bound even without the feed. When the server
 cannot be asked, consent is not assumed: the check fails closed.
@@ -22,7 +24,7 @@ from typing import Any
 import httpx
 
 from omnisdk.models import ConsentState
-from omnisdk.resources.changes import SseParser
+from omnisdk.resources.changes import RESYNC, SseParser
 
 Key = tuple[str, str | None]  # customer id, device id
 
@@ -58,6 +60,7 @@ class ConsentCache:
         # Called with (kind, data) for every change the feed brings (the content cache listens).
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.erasures = 0  # how many erasures the feed has reported
+        self.resyncs = 0  # how many times the feed said changes were missed (all dropped)
 
     # --- reading --------------------------------------------------------------------------
 
@@ -125,8 +128,9 @@ class ConsentCache:
                                 self.clear()
                             self.connected.set()
                         change = parser.feed(line)
+                        # Known from the first (empty) block on: a reconnection resumes here.
+                        last = parser.position if parser.position is not None else last
                         if change is not None:
-                            last = change.id
                             self._apply(change.kind, change.data)
                         if self._stop.is_set():
                             break
@@ -138,7 +142,11 @@ class ConsentCache:
             self._http.close()
 
     def _apply(self, kind: str, data: dict[str, Any]) -> None:
-        if kind == "consent":
+        if kind == RESYNC:  # decisions were missed: nothing cached can be trusted
+            with self._lock:
+                self._entries.clear()
+                self.resyncs += 1
+        elif kind == "consent":
             customer = data.get("customer_id")
             if not customer:  # names no one (an erasure): forget everyone
                 with self._lock:

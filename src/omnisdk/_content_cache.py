@@ -7,6 +7,8 @@
   still decides. A ruleset that fails to compile is never swapped in.
 - Profiles (the context of a personalised decision) are cached per customer for
   `profile_max_age` seconds and dropped when the feed reports a change of her consent or cart.
+- When the feed reports that changes were missed (`resync`), every profile is dropped and the
+  ruleset and model are re-checked at once.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import httpx
 
 from omnisdk.core.content import CompiledRuleset, InvalidRuleset, compile_ruleset
 from omnisdk.errors import APIConnectionError, error_for
+from omnisdk.resources.changes import RESYNC
 
 MAX_EXPOSURES = 100_000
 MAX_PROFILES = 50_000
@@ -163,7 +166,10 @@ class ContentCache:
 
     def on_change(self, kind: str, data: dict[str, Any]) -> None:
         """A change from the feed: a new ruleset or model, or a customer's consent or cart."""
-        if kind == "content":
+        if kind == RESYNC:  # changes were missed: reload the ruleset, forget every profile
+            self.profiles.clear()
+            self._wake.set()
+        elif kind == "content":
             self._wake.set()
         elif kind == "consent" and not data.get("customer_id"):
             self.profiles.clear()  # an erasure names no one: forget every profile

@@ -40,6 +40,7 @@ class ProblemType(StrEnum):
     INVALID_CONSENT_TRANSITION = PROBLEM_BASE + "invalid-consent-transition"
     CONFIRMATION_TOKEN_INVALID = PROBLEM_BASE + "confirmation-token-invalid"
     INVALID_RULESET = PROBLEM_BASE + "invalid-ruleset"
+    CHANGE_FEED_RESYNC = PROBLEM_BASE + "change-feed-resync"
     RATE_LIMITED = PROBLEM_BASE + "rate-limited"
     SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
     INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
@@ -83,6 +84,7 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.INVALID_CONSENT_TRANSITION: 409,
     ProblemType.CONFIRMATION_TOKEN_INVALID: 422,
     ProblemType.INVALID_RULESET: 422,
+    ProblemType.CHANGE_FEED_RESYNC: 410,
     ProblemType.RATE_LIMITED: 429,
     ProblemType.SERVICE_UNAVAILABLE: 503,
     ProblemType.INTERNAL_ERROR: 500,
@@ -114,6 +116,7 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.INVALID_CONSENT_TRANSITION: "This consent decision cannot follow the current one",
     ProblemType.CONFIRMATION_TOKEN_INVALID: "The opt-in confirmation token cannot be accepted",
     ProblemType.INVALID_RULESET: "The content ruleset is not valid",
+    ProblemType.CHANGE_FEED_RESYNC: "The changes after this feed position are no longer kept",
     ProblemType.RATE_LIMITED: "Too many requests",
     ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
     ProblemType.INTERNAL_ERROR: "Internal error",

@@ -2,6 +2,11 @@
 
 `watch` yields each change as it happens and resumes after the last one it yielded when the
 connection drops (SSE `Last-Event-ID`), so a backend watching for a customer misses nothing.
+Changes arrive in commit order; `id` is the change's position in the shop's feed.
+
+If the watcher fell so far behind that the server no longer keeps the changes it missed
+(`OMNISDK_CHANGE_RETENTION_SECONDS`), `watch` yields a change of kind `resync` instead: reload
+what you hold of the customer (her cart, her session); the feed goes on from there.
 """
 
 from __future__ import annotations
@@ -20,12 +25,13 @@ if TYPE_CHECKING:
     from omnisdk._sync import Client
 
 RECONNECT_DELAY = 1.0
+RESYNC = "resync"  # the kind of the change that says: changes were missed, reload
 
 
 @dataclass(frozen=True)
 class Change:
     id: int
-    kind: str  # "cart" (later: "session", "consent", "profile")
+    kind: str  # "cart", "session", "consent", "content", or RESYNC
     data: dict[str, Any]
 
 
@@ -36,12 +42,17 @@ class SseParser:
         self._id: str | None = None
         self._event = "message"
         self._data: list[str] = []
+        # Where the stream stands: the last id received, even on a block without data (the
+        # server states the starting position so), as EventSource's last event ID does.
+        self.position: int | None = None
 
     def feed(self, line: str) -> Change | None:
         if not line:
             change = None
-            if self._data and self._id is not None and self._id.isdigit():
-                change = Change(int(self._id), self._event, json.loads("\n".join(self._data)))
+            if self._id is not None and self._id.isascii() and self._id.isdigit():
+                self.position = int(self._id)
+            if self._data and self.position is not None:
+                change = Change(self.position, self._event, json.loads("\n".join(self._data)))
             self._event, self._data = "message", []
             return change
         if line.startswith(":"):
@@ -84,8 +95,8 @@ class Changes:
                     parser = SseParser()
                     for line in response.iter_lines():
                         change = parser.feed(line)
+                        last = parser.position if parser.position is not None else last
                         if change is not None:
-                            last = change.id
                             yield change
             except (httpx.TransportError, httpx.HTTPStatusError):
                 time.sleep(RECONNECT_DELAY)
@@ -110,8 +121,8 @@ class AsyncChanges:
                     parser = SseParser()
                     async for line in response.aiter_lines():
                         change = parser.feed(line)
+                        last = parser.position if parser.position is not None else last
                         if change is not None:
-                            last = change.id
                             yield change
             except (httpx.TransportError, httpx.HTTPStatusError):
                 await asyncio.sleep(RECONNECT_DELAY)
