@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from omnisdk._lifecycle import start_daemon
 from omnisdk.models import ConsentState
 from omnisdk.resources.changes import RESYNC, SseParser
 
@@ -102,10 +103,7 @@ class ConsentCache:
         with self._lock:
             if self._thread is not None:
                 return
-            self._thread = threading.Thread(
-                target=self._follow, name="omnisdk-consent-feed", daemon=True
-            )
-            self._thread.start()
+            self._thread = start_daemon(self._follow, "omnisdk-consent-feed")
 
     def _follow(self) -> None:
         last: int | None = None

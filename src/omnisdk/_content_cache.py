@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from omnisdk._lifecycle import start_daemon
 from omnisdk.core.content import CompiledRuleset, InvalidRuleset, compile_ruleset
 from omnisdk.errors import APIConnectionError, error_for
 from omnisdk.resources.changes import RESYNC
@@ -150,10 +151,7 @@ class ContentCache:
 
     def _start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._refresh_loop, name="omnisdk-content", daemon=True
-            )
-            self._thread.start()
+            self._thread = start_daemon(self._refresh_loop, "omnisdk-content")
 
     def _refresh_loop(self) -> None:
         while not self._stop.is_set():

@@ -3,16 +3,16 @@
 The cart state itself changes form without a schema change: omnisdk.core.cart reads a state
 stored in the old form (every applied id) and writes it back bounded on the next change.
 
-Revision ID: 0009
-Revises: 0008
+Revision ID: 0010
+Revises: 0009
 Create Date: 2026-12-02
 """
 
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0009"
-down_revision = "0008"
+revision = "0010"
+down_revision = "0009"
 branch_labels = None
 depends_on = None
 
