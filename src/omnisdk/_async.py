@@ -127,11 +127,11 @@ class AsyncClient(BaseClient):
             if self._delivery is not None:
                 await self._delivery.close(self.close_timeout)
         finally:
-            if self._outbox is not None:
-                await asyncio.to_thread(self._outbox.close)
             await asyncio.to_thread(self._close_caches)
             if self._owns_http:
                 await self._http.aclose()
+            if self._outbox is not None:  # last: its error, if any, after everything else closed
+                await asyncio.to_thread(self._outbox.close)
 
     def _at_exit(self, deliver: bool) -> None:
         """The process ends without `aclose()`: its event loop is gone, so a blocking twin of

@@ -132,7 +132,10 @@ class Courier:
                 return Shipment([first], None, f"unreadable queued redemption: {error}")
             return Shipment([first], redeem_call(request))
         if first.kind == CONSENT:
-            return Shipment([first], delivery_call(first.payload, first.key))
+            try:
+                return Shipment([first], delivery_call(first.payload, first.key))
+            except (ValueError, KeyError, TypeError) as error:
+                return Shipment([first], None, f"unreadable queued consent decision: {error!r}")
         raise ValueError(f"no courier for outbox items of kind {first.kind!r}")
 
     def delivered(self, shipment: Shipment, answer: Any) -> tuple[list[int], list[tuple[str, str]]]:
@@ -222,6 +225,7 @@ class Delivery:
         self._wake = threading.Event()  # something was appended
         self._probe = threading.Event()  # someone waits (flush): try now, even while backing off
         self._stop = threading.Event()
+        self._sending = threading.Lock()  # one sender at a time: the thread or a flushing caller
 
     @property
     def status(self) -> DeliveryStatus:
@@ -245,14 +249,23 @@ class Delivery:
     def _run(self) -> None:
         courier = self._courier
         while not self._stop.is_set():
-            self._guarded_step(courier, self._wait, self._backoff, linger=True)
+            with self._sending:
+                self._guarded_step(courier, self._wait, self._backoff, linger=True)
         with contextlib.suppress(*DISK_ERRORS):
             self.outbox.release_lease(courier.holder)
 
-    def _guarded_step(self, courier: Courier, wait: Pause, backoff: Pause, *, linger: bool) -> None:
+    def _guarded_step(
+        self,
+        courier: Courier,
+        wait: Pause,
+        backoff: Pause,
+        *,
+        linger: bool,
+        execute: Callable[[Call[Any]], Any] | None = None,
+    ) -> None:
         """One step; whatever fails, the sender lives on (and says why)."""
         try:
-            self._step(courier, wait, backoff, linger=linger)
+            self._step(courier, wait, backoff, linger=linger, execute=execute)
         except DISK_ERRORS as error:
             log.error("the outbox file failed; the sender tries again: %s", error, extra={})
             with contextlib.suppress(*DISK_ERRORS):
@@ -262,7 +275,15 @@ class Delivery:
             log.exception("the outbox sender failed; it tries again", extra={})
             backoff(courier.disk_failed(error))
 
-    def _step(self, courier: Courier, wait: Pause, backoff: Pause, *, linger: bool) -> None:
+    def _step(
+        self,
+        courier: Courier,
+        wait: Pause,
+        backoff: Pause,
+        *,
+        linger: bool,
+        execute: Callable[[Call[Any]], Any] | None = None,
+    ) -> None:
         if not self.outbox.take_lease(courier.holder):
             wait(1.0)  # another process of this backend is sending
             return
@@ -280,7 +301,7 @@ class Delivery:
                 self.outbox.bury(key, problem)
             return
         try:
-            answer = self._client.execute(shipment.call)
+            answer = (execute or self._client.execute)(shipment.call)
         except (APIError, APIConnectionError) as error:
             bury, delay = courier.failed(shipment, error)
             for key, problem in bury:
@@ -336,15 +357,31 @@ class Delivery:
             if left > 0:
                 time.sleep(min(left, 0.1))  # short naps: another process may finish sooner
 
+        # With a deadline, requests go through a twin that tries once and waits at most the
+        # time left: retries and long timeouts must not outlast an exit hook's budget.
+        hasty = None
+        if deadline is not None:
+            hasty = self._client._hasty_twin(max(deadline - time.monotonic(), 0.1))
         try:
             while True:
                 left = self.outbox.status().depth
                 if left == 0 or (deadline is not None and time.monotonic() >= deadline):
                     return left
-                self._guarded_step(courier, pause, pause, linger=False)
+                with self._sending:
+                    self._guarded_step(
+                        courier,
+                        pause,
+                        pause,
+                        linger=False,
+                        execute=None if hasty is None else hasty.execute,
+                    )
         finally:
-            with contextlib.suppress(*DISK_ERRORS):
-                self.outbox.release_lease(courier.holder)
+            if hasty is not None:
+                hasty.discard()
+            thread = self._thread
+            if thread is None or not thread.is_alive() or self._pid != os.getpid():
+                with contextlib.suppress(*DISK_ERRORS):
+                    self.outbox.release_lease(courier.holder)
 
     def close(self, timeout: float) -> int:
         try:

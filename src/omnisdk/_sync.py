@@ -16,6 +16,7 @@ from omnisdk._base import (
     Call,
     Outcome,
     PreparedRequest,
+    RetryPolicy,
     Sleep,
     connection_error,
 )
@@ -125,11 +126,29 @@ class Client(BaseClient):
             if self._delivery is not None:
                 self._delivery.close(self.close_timeout)
         finally:
-            if self._outbox is not None:
-                self._outbox.close()
             self._close_caches()
             if self._owns_http:
                 self._http.close()
+            if self._outbox is not None:
+                self._outbox.close()  # last: its error, if any, after everything else closed
+
+    def _hasty_twin(self, seconds: float) -> Client:
+        """A twin that tries each request once and waits at most `seconds` for it."""
+        twin = Client(
+            self.base_url,
+            self._api_key,
+            channel=self.channel,
+            timeout=seconds,
+            retry_policy=RetryPolicy(max_retries=0),
+            data_dir=self.data_dir,
+        )
+        _lifecycle.unregister(twin)
+        return twin
+
+    def discard(self) -> None:
+        """Release the connection pool only (a twin's: the outbox is its original's)."""
+        if self._owns_http:
+            self._http.close()
 
     def _at_exit(self, deliver: bool) -> None:
         """The process ends without `close()` (see `_lifecycle`)."""

@@ -148,6 +148,7 @@ def _storable(text: str) -> bool:
 # Every outbox with an open connection in this process, for the fork hooks.
 _OPEN: weakref.WeakSet[Outbox] = weakref.WeakSet()
 _HELD: list[threading.Lock] = []
+_FORK_LOCK = threading.Lock()  # one fork at a time runs the hooks; no outbox is added meanwhile
 
 
 def _before_fork() -> None:
@@ -156,7 +157,8 @@ def _before_fork() -> None:
     # inherit SQLite's mutexes held by a thread it does not have). So each outbox waits for its
     # connection to be idle, closes it, and holds it closed until the fork is done; the parent
     # reopens on its next use.
-    for outbox in sorted(_OPEN, key=id):
+    _FORK_LOCK.acquire()
+    for outbox in sorted(list(_OPEN), key=id):
         outbox._db_lock.acquire()
         _HELD.append(outbox._db_lock)
         outbox._close_connection()
@@ -165,10 +167,13 @@ def _before_fork() -> None:
 def _after_fork_in_parent() -> None:
     while _HELD:
         _HELD.pop().release()
+    _FORK_LOCK.release()
 
 
 def _after_fork_in_child() -> None:
+    global _FORK_LOCK
     _HELD.clear()  # the child's outboxes get new locks
+    _FORK_LOCK = threading.Lock()
     for outbox in list(_OPEN):
         outbox._forget_parent()
 
@@ -209,6 +214,8 @@ class Outbox:
         self.droppable = tuple(sorted(droppable))
         self.last_error: str | None = None
         self._fresh_state()
+        with _FORK_LOCK:
+            _OPEN.add(self)  # for the fork hooks, for good (they only touch open connections)
         with self._connection():
             pass  # opened at once in the creating process: a bad path fails here
 
@@ -237,8 +244,10 @@ class Outbox:
     def _forget_parent(self) -> None:
         """In a forked child: the parent's threads do not exist here, its locks may be held
         forever, and its queue is the parent's to write (its connection was closed before the
-        fork)."""
+        fork). A closed outbox stays closed."""
+        closed = self._closed
         self._fresh_state()
+        self._closed = closed
 
     def _connection_locked(self) -> sqlite3.Connection:
         """The connection, opened if need be; called with _db_lock held."""
@@ -252,13 +261,20 @@ class Outbox:
                 raise OutboxWriteError(f"cannot open the outbox at {self.path}: {exc}") from exc
             self._count = on_disk + len(self._pending) + self._in_flight
             self._db = db
-            _OPEN.add(self)
         return db
 
     @contextlib.contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
         with self._db_lock:
-            yield self._connection_locked()
+            try:
+                yield self._connection_locked()
+            finally:
+                if self._closed and self._committer_done():
+                    self._close_connection()  # a read after close() leaves nothing open
+
+    def _committer_done(self) -> bool:
+        committer = self._committer
+        return committer is None or not committer.is_alive()
 
     def _close_connection(self) -> None:
         """Called with _db_lock held; the next use opens it again."""
@@ -298,7 +314,10 @@ class Outbox:
         item = self._item(kind, key, payload)
         self._admit(item, wait=True)
         if item.done is not None:
-            item.done.wait()
+            while not item.done.wait(0.25):
+                committer = self._committer
+                if committer is None or not committer.is_alive():
+                    raise OutboxWriteError(f"the outbox at {self.path} closed before the write")
             if item.error is not None:
                 raise item.error
 
@@ -313,6 +332,8 @@ class Outbox:
         if not _storable(key) or not _storable(kind):
             raise ValueError("outbox kinds and keys are text without NUL or lone surrogates")
         text = payload if isinstance(payload, str) else _encode(payload)
+        if not _storable(text):
+            raise ValueError("an outbox payload is text without NUL or lone surrogates")
         done = threading.Event() if self.durability == "sync" else None
         return _Pending(kind, key, text, time.time(), time.monotonic(), done)
 
@@ -331,6 +352,8 @@ class Outbox:
             if not self._make_room(item.kind):
                 return True  # the incoming event was the one to drop (counted and logged)
             self._await_disk(item.since)
+            if self._closed:  # closed while this append waited: the committer is gone
+                raise OutboxWriteError(f"the outbox at {self.path} is closed")
             self._pending.append(item)
             self._count += 1
             self._appended = True
@@ -393,7 +416,10 @@ class Outbox:
                 raise OutboxFull(
                     f"the outbox stayed full ({self.max_items} items) for {self.block_timeout} s"
                 )
-            self._changed.wait(remaining)
+            self._changed.wait(min(remaining, 0.25))
+            if self._closed:
+                raise OutboxWriteError(f"the outbox at {self.path} is closed")
+            self._recount()  # another process's sender may have made room
         return True
 
     def _recount(self) -> None:
@@ -749,12 +775,12 @@ class Outbox:
         lost = self.unwritten()
         with self._db_lock:
             self._close_connection()
-        _OPEN.discard(self)
         if lost:
             log.error(
                 "closing the outbox with items that could not be written: they are lost",
                 extra={"items": lost, "path": str(self.path), "error": self.last_error},
             )
             raise OutboxWriteError(
-                f"{lost} items could not be written to {self.path}: {self.last_error}"
+                f"{lost} items could not be written to {self.path}: "
+                f"{self.last_error or 'the writer stopped first'}"
             )
