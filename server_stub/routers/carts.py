@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Header, Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 
 from omnisdk.core.channels import Scope
 from omnisdk.models import CartOps, CartView, MarkOrdered
@@ -19,7 +19,9 @@ router = APIRouter(prefix="/v1/carts", tags=["carts"], route_class=ApiRoute)
 
 
 def _answer(cart: CartView) -> Response:
-    return JSONResponse(cart.model_dump(mode="json"), headers={"ETag": f'"{cart.version}"'})
+    # Serialised by pydantic straight to JSON bytes, not to a dict that is then encoded again.
+    body = cart.__pydantic_serializer__.to_json(cart)
+    return Response(body, media_type="application/json", headers={"ETag": f'"{cart.version}"'})
 
 
 @router.get(

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -35,6 +35,7 @@ class _Stored:
     # Replicas whose operations were addressed to a merged-away id: replica → that id (a split
     # gives their contributions back to it).
     addressed: dict[str, str] = field(default_factory=dict)
+    addressed_as_read: dict[str, str] | None = None  # None: the row is new, or not read
 
 
 def _op(op: CartOpIn, now: datetime) -> rules.Op:
@@ -59,16 +60,36 @@ def _where(tenant_id: str, customer_id: str) -> tuple[Any, ...]:
     return (carts.c.tenant_id == tenant_id, carts.c.customer_id == customer_id)
 
 
+# The statements of every cart operation, built once (see identity._LOCK_LIVE_CUSTOMER). The
+# update's SET clause is the columns named in its parameters, so what did not change is not
+# written (or encoded) again.
+_THE_CART = (
+    carts.c.tenant_id == bindparam("key_tenant"),
+    carts.c.customer_id == bindparam("key_customer"),
+)
+_READ = select(carts).where(*_THE_CART)
+_READ_LOCKED = _READ.with_for_update()
+_SAVE = update(carts).where(*_THE_CART)
+
+
+def _key(tenant_id: str, customer_id: str) -> dict[str, Any]:
+    return {"key_tenant": tenant_id, "key_customer": customer_id}
+
+
 def _stored(row: Any) -> _Stored:
     updated_at = row.updated_at if row.version else None
-    return _Stored(rules.Cart.from_dict(row.state), row.version, updated_at, row.addressed or {})
+    addressed = dict(row.addressed or {})
+    # Kept as read, so that `_save` writes `addressed` only when it changed.
+    return _Stored(
+        rules.Cart.from_dict(row.state), row.version, updated_at, addressed, {**addressed}
+    )
 
 
 async def _locked(conn: AsyncConnection, tenant_id: str, customer_id: str) -> _Stored:
     """The customer's cart, its row locked for this transaction (created empty if missing).
     The caller holds the customer's lock, so no other writer creates the row meanwhile."""
-    query = select(carts).where(*_where(tenant_id, customer_id)).with_for_update()
-    row = (await conn.execute(query)).first()
+    key = _key(tenant_id, customer_id)
+    row = (await conn.execute(_READ_LOCKED, key)).first()
     if row is None:
         await conn.execute(
             _dialect(conn)
@@ -82,12 +103,12 @@ async def _locked(conn: AsyncConnection, tenant_id: str, customer_id: str) -> _S
             )
             .on_conflict_do_nothing(index_elements=["tenant_id", "customer_id"])
         )
-        row = (await conn.execute(query)).one()
+        row = (await conn.execute(_READ_LOCKED, key)).one()
     return _stored(row)
 
 
 async def read(conn: AsyncConnection, tenant_id: str, customer_id: str) -> CartView:
-    row = (await conn.execute(select(carts).where(*_where(tenant_id, customer_id)))).first()
+    row = (await conn.execute(_READ, _key(tenant_id, customer_id))).first()
     if row is None:
         return view(customer_id, rules.Cart(), 0, None)
     stored = _stored(row)
@@ -97,16 +118,14 @@ async def read(conn: AsyncConnection, tenant_id: str, customer_id: str) -> CartV
 async def _save(
     conn: AsyncConnection, tenant_id: str, customer_id: str, stored: _Stored, now: datetime
 ) -> None:
-    await conn.execute(
-        update(carts)
-        .where(*_where(tenant_id, customer_id))
-        .values(
-            state=stored.cart.to_dict(),
-            version=stored.version,
-            updated_at=now,
-            addressed=stored.addressed or None,
-        )
-    )
+    values: dict[str, Any] = {
+        "state": stored.cart.to_dict(),
+        "version": stored.version,
+        "updated_at": now,
+    }
+    if stored.addressed != stored.addressed_as_read:
+        values["addressed"] = stored.addressed or None
+    await conn.execute(_SAVE, {**_key(tenant_id, customer_id), **values})
 
 
 def line_view(cart: rules.Cart, key: str) -> CartLineView:

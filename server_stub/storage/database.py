@@ -16,7 +16,7 @@ from typing import Any, Protocol, TypeVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from server_stub.storage.inline_sqlite import creator
@@ -56,6 +56,10 @@ def _forget_before_commit(connection: AsyncConnection) -> None:
     connection.info.pop(BEFORE_COMMIT, None)
 
 
+# A pooled PostgreSQL connection idle this long is pinged before use (see _ping_when_idle).
+PING_AFTER_IDLE_SECONDS = 5.0
+
+
 def async_url(url: str) -> str:
     """The URL with its async driver: `sqlite://` → aiosqlite, `postgresql://` → asyncpg."""
     parsed = make_url(url)
@@ -89,6 +93,29 @@ def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int) -> None:
         connection.exec_driver_sql(begin)
 
 
+def _ping_when_idle(engine: AsyncEngine) -> None:
+    """Ping a pooled connection before use only if it sat idle for a while, and replace it if
+    the ping fails. `pool_pre_ping` pings at every checkout: three round trips with asyncpg
+    (begin, ping, rollback) per request, for connections used milliseconds earlier. A
+    connection dropped while idle (a server restart, an idle timeout) is still never handed
+    out; one dropped while busy fails its request either way."""
+
+    @event.listens_for(engine.sync_engine, "checkin")
+    def on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get("idle_since")
+        if idle_since is None or time.monotonic() - idle_since < PING_AFTER_IDLE_SECONDS:
+            return
+        try:
+            dbapi_connection.ping()
+        except Exception as error:
+            # The pool discards this connection and checks out a new one.
+            raise DisconnectionError("the pooled connection was lost while idle") from error
+
+
 class Database:
     """The server's storage: one engine for reads and, on SQLite, one that writes."""
 
@@ -106,9 +133,8 @@ class Database:
             # No busy handler for writers: it would sleep with the event loop (see below).
             _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE", 0 if inline else 15_000)
         else:
-            engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True
-            )
+            engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
+            _ping_when_idle(engine)
             self.read_engine = self.write_engine = engine
 
     @asynccontextmanager
