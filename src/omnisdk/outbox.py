@@ -231,6 +231,7 @@ class Outbox:
         self._pending: deque[_Pending] = deque()
         self._closed = False
         self._in_flight = 0  # items taken from the queue and being written
+        self._in_flight_on_disk = False  # ... and already committed (set under _db_lock)
         self._inflight_since: float | None = None
         self._failure: str | None = None  # the last write failed: appends raise until one works
         self._write_failures = 0
@@ -512,6 +513,7 @@ class Outbox:
                         [(p.kind, p.key, p.payload, p.created_at) for p in group],
                     )
                     db.execute("COMMIT")
+                    self._in_flight_on_disk = True  # status() must not count them twice
                 except BaseException:
                     if db.in_transaction:
                         with contextlib.suppress(sqlite3.Error):
@@ -524,6 +526,7 @@ class Outbox:
         with self._changed:
             self._count -= max(ignored, 0)
             self._in_flight = 0
+            self._in_flight_on_disk = False
             self._inflight_since = None
             if self._failure is not None:
                 log.warning("the outbox writes again", extra={"path": str(self.path)})
@@ -542,6 +545,7 @@ class Outbox:
             first = self._failure is None
             self._write_failures += 1
             self._in_flight = 0
+            self._in_flight_on_disk = False
             self._inflight_since = None
             self.last_error = error
             if self.durability == "sync":
@@ -715,17 +719,20 @@ class Outbox:
         )
 
     def status(self) -> OutboxStatus:
-        with self._connection() as db:
-            depth, oldest = db.execute("SELECT count(*), min(created_at) FROM items").fetchone()
-            dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
-            dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+        # One consistent view: with _lock held the queue cannot move, and the group being
+        # written is counted once, on disk or in memory (_lock before _db_lock, as everywhere).
         with self._lock:
+            with self._connection() as db:
+                depth, oldest = db.execute("SELECT count(*), min(created_at) FROM items").fetchone()
+                dead = db.execute("SELECT count(*) FROM dead_letters").fetchone()[0]
+                dropped = db.execute("SELECT value FROM counters WHERE name = 'dropped'").fetchone()
+                in_memory = 0 if self._in_flight_on_disk else self._in_flight
             waiting = len(self._pending)
             if waiting:
                 oldest = min(oldest or time.time(), self._pending[0].created_at)
-            unwritten = waiting + self._in_flight
+            unwritten = waiting + in_memory
         return OutboxStatus(
-            depth=depth + waiting,
+            depth=depth + unwritten,
             oldest_age_seconds=None if oldest is None else max(time.time() - oldest, 0.0),
             dead_letters=dead,
             dropped=dropped[0] if dropped else 0,
