@@ -30,6 +30,11 @@ from omnisdk.resources.changes import RESYNC, SseParser
 Key = tuple[str, str | None]  # customer id, device id
 
 
+# Told to listeners when the feed first connects: changes made before it listened were not
+# seen, so whatever was loaded before is re-checked.
+CONNECTED = "connected"
+
+
 @dataclass(frozen=True)
 class Entry:
     state: ConsentState
@@ -125,6 +130,9 @@ class ConsentCache:
                             if last is None:
                                 self.clear()
                             self.connected.set()
+                            if last is None:  # what changed before we listened: re-check it
+                                for listener in list(self.listeners):
+                                    listener(CONNECTED, {})
                         change = parser.feed(line)
                         # Known from the first (empty) block on: a reconnection resumes here.
                         last = parser.position if parser.position is not None else last

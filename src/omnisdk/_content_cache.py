@@ -23,6 +23,7 @@ from typing import Any
 
 import httpx
 
+from omnisdk._consent_cache import CONNECTED
 from omnisdk._lifecycle import start_daemon
 from omnisdk.core.content import CompiledRuleset, InvalidRuleset, compile_ruleset
 from omnisdk.errors import APIConnectionError, error_for
@@ -164,7 +165,7 @@ class ContentCache:
 
     def on_change(self, kind: str, data: dict[str, Any]) -> None:
         """A change from the feed: a new ruleset or model, or a customer's consent or cart."""
-        if kind == RESYNC:  # changes were missed: reload the ruleset, forget every profile
+        if kind in (RESYNC, CONNECTED):  # changes may have been missed: reload, forget profiles
             self.profiles.clear()
             self._wake.set()
         elif kind == "content":
