@@ -1,4 +1,4 @@
-"""The GrowthBook specification's conformance cases for conditions (../shared/conformance)."""
+"""The GrowthBook specification's conformance cases for conditions (tests/conformance, copied with its licence)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,7 @@ from omnisdk.core.bucketing import bucket_hash, bucket_ranges, choose_variation
 from omnisdk.core.conditions import InvalidCondition, compile_condition, evaluate, validate
 
 CASES = json.loads(
-    (
-        Path(__file__).resolve().parents[3] / "shared" / "conformance" / "growthbook-cases.json"
-    ).read_text()
+    (Path(__file__).resolve().parents[1] / "conformance" / "growthbook-cases.json").read_text()
 )
 
 
