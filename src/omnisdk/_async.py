@@ -142,22 +142,13 @@ class AsyncClient(BaseClient):
             return
         if self._delivery is not None:
             self._delivery.release()  # the task that held the lease ended with its loop
-        twin = Client(
-            self.base_url,
-            self._api_key,
-            channel=self.channel,
-            timeout=self.timeout,
-            retry_policy=self.retry_policy,
-            data_dir=self.data_dir,
-        )
-        _lifecycle.unregister(twin)
-        twin._outbox = outbox
+        twin = Client.twin_of(self, self.timeout, self.retry_policy)
         try:
             with contextlib.suppress(OutboxWriteError):
                 self._report_left(twin.delivery.flush(max(deadline - time.monotonic(), 0.0)))
         finally:
             twin.delivery.close(0)
-            twin._http.close()
+            twin.discard()
 
     def _after_fork(self) -> None:
         self._http_stale = self._owns_http

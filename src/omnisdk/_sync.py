@@ -132,18 +132,25 @@ class Client(BaseClient):
             if self._outbox is not None:
                 self._outbox.close()  # last: its error, if any, after everything else closed
 
-    def _hasty_twin(self, seconds: float) -> Client:
-        """A twin that tries each request once and waits at most `seconds` for it."""
-        twin = Client(
-            self.base_url,
-            self._api_key,
-            channel=self.channel,
-            timeout=seconds,
-            retry_policy=RetryPolicy(max_retries=0),
-            data_dir=self.data_dir,
+    @classmethod
+    def twin_of(cls, other: BaseClient, timeout: float, retry_policy: RetryPolicy) -> Client:
+        """A blocking client for the same server, key and data_dir as `other`, that no exit
+        hook looks after (its original does): for delivering where `other` cannot."""
+        twin = cls(
+            other.base_url,
+            other._api_key,
+            channel=other.channel,
+            timeout=timeout,
+            retry_policy=retry_policy,
+            data_dir=other.data_dir,
         )
         _lifecycle.unregister(twin)
+        twin._outbox = other._outbox
         return twin
+
+    def _hasty_twin(self, seconds: float) -> Client:
+        """A twin that tries each request once and waits at most `seconds` for it."""
+        return Client.twin_of(self, seconds, RetryPolicy(max_retries=0))
 
     def discard(self) -> None:
         """Release the connection pool only (a twin's: the outbox is its original's)."""

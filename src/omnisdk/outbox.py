@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from omnisdk._lifecycle import start_daemon
+from omnisdk.core.events import storable_text
 from omnisdk.errors import OutboxFull, OutboxWriteError
 
 log = logging.getLogger("omnisdk.outbox")
@@ -130,19 +131,6 @@ def _dead_here(holder: str) -> bool:
     except PermissionError:
         return False
     return False
-
-
-def _storable(text: str) -> bool:
-    """SQLite takes it as text: no NUL, no lone surrogate."""
-    if "\x00" in text:
-        return False
-    if text.isascii():
-        return True
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 # Every outbox with an open connection in this process, for the fork hooks.
@@ -330,10 +318,10 @@ class Outbox:
         return self._admit(self._item(kind, key, payload), wait=False)
 
     def _item(self, kind: str, key: str, payload: dict[str, Any] | str) -> _Pending:
-        if not _storable(key) or not _storable(kind):
+        if not storable_text(key) or not storable_text(kind):
             raise ValueError("outbox kinds and keys are text without NUL or lone surrogates")
         text = payload if isinstance(payload, str) else _encode(payload)
-        if not _storable(text):
+        if not storable_text(text):
             raise ValueError("an outbox payload is text without NUL or lone surrogates")
         done = threading.Event() if self.durability == "sync" else None
         return _Pending(kind, key, text, time.time(), time.monotonic(), done)

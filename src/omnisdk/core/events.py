@@ -159,6 +159,11 @@ def _bad_value(value: Any) -> str | None:
     return None
 
 
+def storable_text(text: str) -> bool:
+    """Text every store keeps as it is: no NUL, no lone surrogate."""
+    return _bad_value(text) is None
+
+
 def json_problem(value: Any) -> str | None:
     """Why `value` is not JSON every store keeps as it is (depth, NaN, huge integers, lone
     surrogates), or None. Walks without recursion."""
