@@ -1,4 +1,4 @@
-"""The GrowthBook specification's conformance cases for conditions (tests/conformance, copied with its licence)."""
+"""The GrowthBook specification's conformance cases for conditions (tests/conformance)."""
 
 from __future__ import annotations
 
