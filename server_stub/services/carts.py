@@ -9,7 +9,7 @@ checkout-style steps (`mark_ordered`) compare versions (If-Match). The stored st
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -24,6 +24,7 @@ from omnisdk.models import CartLineView, CartOpIn, CartView
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import changes
+from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import carts, ordered_carts
 
 
@@ -60,28 +61,48 @@ def _where(tenant_id: str, customer_id: str) -> tuple[Any, ...]:
     return (carts.c.tenant_id == tenant_id, carts.c.customer_id == customer_id)
 
 
-# The statements of every cart operation, built once (see identity._LOCK_LIVE_CUSTOMER). The
-# update's SET clause is the columns named in its parameters, so what did not change is not
-# written (or encoded) again.
+# The statements of every cart operation, compiled once and run on the driver
+# (storage/prepared.py). `addressed` is written only when it changed.
 _THE_CART = (
     carts.c.tenant_id == bindparam("key_tenant"),
     carts.c.customer_id == bindparam("key_customer"),
 )
-_READ = select(carts).where(*_THE_CART)
-_READ_LOCKED = _READ.with_for_update()
-_SAVE = update(carts).where(*_THE_CART)
+_STATE = (carts.c.state, carts.c.version, carts.c.updated_at, carts.c.addressed)
+_READ = select(*_STATE).where(*_THE_CART)
+_READ_LOCKED = Prepared(_READ.with_for_update())
+_SAVE = Prepared(
+    update(carts)
+    .where(*_THE_CART)
+    .values(
+        state=bindparam("state"), version=bindparam("version"), updated_at=bindparam("updated_at")
+    )
+)
+_SAVE_ADDRESSED = Prepared(
+    update(carts)
+    .where(*_THE_CART)
+    .values(
+        state=bindparam("state"),
+        version=bindparam("version"),
+        updated_at=bindparam("updated_at"),
+        addressed=bindparam("addressed"),
+    )
+)
 
 
 def _key(tenant_id: str, customer_id: str) -> dict[str, Any]:
     return {"key_tenant": tenant_id, "key_customer": customer_id}
 
 
-def _stored(row: Any) -> _Stored:
-    updated_at = row.updated_at if row.version else None
-    addressed = dict(row.addressed or {})
+def _stored(row: Sequence[Any]) -> _Stored:
+    state, version, updated_at, addressed = row
+    addressed = dict(addressed or {})
     # Kept as read, so that `_save` writes `addressed` only when it changed.
     return _Stored(
-        rules.Cart.from_dict(row.state), row.version, updated_at, addressed, {**addressed}
+        rules.Cart.from_dict(state),
+        version,
+        updated_at if version else None,
+        addressed,
+        {**addressed},
     )
 
 
@@ -89,7 +110,7 @@ async def _locked(conn: AsyncConnection, tenant_id: str, customer_id: str) -> _S
     """The customer's cart, its row locked for this transaction (created empty if missing).
     The caller holds the customer's lock, so no other writer creates the row meanwhile."""
     key = _key(tenant_id, customer_id)
-    row = (await conn.execute(_READ_LOCKED, key)).first()
+    row = await _READ_LOCKED.fetchone(conn, key)
     if row is None:
         await conn.execute(
             _dialect(conn)
@@ -103,7 +124,8 @@ async def _locked(conn: AsyncConnection, tenant_id: str, customer_id: str) -> _S
             )
             .on_conflict_do_nothing(index_elements=["tenant_id", "customer_id"])
         )
-        row = (await conn.execute(_READ_LOCKED, key)).one()
+        row = await _READ_LOCKED.fetchone(conn, key)
+        assert row is not None
     return _stored(row)
 
 
@@ -119,13 +141,15 @@ async def _save(
     conn: AsyncConnection, tenant_id: str, customer_id: str, stored: _Stored, now: datetime
 ) -> None:
     values: dict[str, Any] = {
+        **_key(tenant_id, customer_id),
         "state": stored.cart.to_dict(),
         "version": stored.version,
         "updated_at": now,
     }
-    if stored.addressed != stored.addressed_as_read:
-        values["addressed"] = stored.addressed or None
-    await conn.execute(_SAVE, {**_key(tenant_id, customer_id), **values})
+    if stored.addressed == stored.addressed_as_read:
+        await _SAVE.execute(conn, values)
+    else:
+        await _SAVE_ADDRESSED.execute(conn, {**values, "addressed": stored.addressed or None})
 
 
 def line_view(cart: rules.Cart, key: str) -> CartLineView:
@@ -285,9 +309,7 @@ async def merge(
     """Fold the loser's cart into the survivor's (one idempotent set of operations) and carry
     its applied operation ids over; return what was merged and the loser's cart state (for a
     split), or None if it had no cart. Both customers are locked by the caller."""
-    row = (
-        await conn.execute(select(carts).where(*_where(tenant_id, loser_id)).with_for_update())
-    ).first()
+    row = await _READ_LOCKED.fetchone(conn, _key(tenant_id, loser_id))
     if row is None:
         return None
     guest = _stored(row).cart
@@ -307,7 +329,7 @@ async def merge(
         "policy": policy.value,
         "lines": guest.quantities(),
         "result": customer.quantities(),
-        "loser_state": row.state,
+        "loser_state": row[0],
     }
 
 

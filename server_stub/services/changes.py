@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, text, update
+from sqlalchemy import bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -42,6 +42,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core.problems import ProblemType
 from server_stub.ids import utcnow
 from server_stub.storage.database import Database, before_commit
+from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import change_positions, changes
 
 log = logging.getLogger("omnisdk.server")
@@ -72,7 +73,7 @@ class Outgoing:
                 {**change, "position": first + n, "created_at": now}
                 for n, change in enumerate(batch)
             ]
-            await conn.execute(insert(changes), rows)
+            await _INSERT_CHANGE.executemany(conn, rows)
 
 
 async def publish(
@@ -87,25 +88,36 @@ async def publish(
     topic = f"{tenant_id}:{customer_id}"
     if conn.dialect.name == "postgresql":
         # NOTIFY is transactional: delivered at COMMIT, never for a rollback.
-        await conn.execute(
-            text("SELECT pg_notify(:channel, :topic)"), {"channel": CHANNEL, "topic": topic}
-        )
+        await _NOTIFY.fetchone(conn, {"channel": CHANNEL, "topic": topic})
     else:
         conn.info.setdefault(AFTER_COMMIT, set()).add(topic)
 
 
-async def _take_positions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
-    """Advance the tenant's counter by `count` and return the last position taken. The row
-    stays locked until this transaction ends: that is what orders positions by commit."""
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+def _advance(dialect: Any) -> Prepared:
     statement = dialect.insert(change_positions).values(
-        tenant_id=tenant_id, position=count, pruned_through=0
+        tenant_id=bindparam("p_tenant"), position=bindparam("p_count"), pruned_through=0
     )
     statement = statement.on_conflict_do_update(
         index_elements=["tenant_id"],
         set_={"position": change_positions.c.position + statement.excluded.position},
     ).returning(change_positions.c.position)
-    return int((await conn.execute(statement)).scalar_one())
+    return Prepared(statement)
+
+
+# The statements of every change, compiled once and run on the driver (storage/prepared.py).
+_ADVANCE = {"postgresql": _advance(postgresql), "sqlite": _advance(sqlite)}
+_INSERT_CHANGE = Prepared(insert(changes))  # one parameter per column, named after it
+_NOTIFY = Prepared(text("SELECT pg_notify(:channel, :topic)"))
+
+
+async def _take_positions(conn: AsyncConnection, tenant_id: str, count: int) -> int:
+    """Advance the tenant's counter by `count` and return the last position taken. The row
+    stays locked until this transaction ends: that is what orders positions by commit."""
+    row = await _ADVANCE[conn.dialect.name].fetchone(
+        conn, {"p_tenant": tenant_id, "p_count": count}
+    )
+    assert row is not None
+    return int(row[0])
 
 
 # --- reading -------------------------------------------------------------------------------

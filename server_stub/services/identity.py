@@ -44,6 +44,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import carts, consent, sessions
 from server_stub.services.tenant_context import TenantContext
+from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
 
 # Keys a shop might use to smuggle contact data into traits; they go in as identifiers.
@@ -51,11 +52,10 @@ RESERVED_TRAITS = frozenset({"email", "e-mail", "e_mail", "phone", "mobile", "te
 MAX_TRAITS_KEYS = 100
 
 
-# Statements on every write's path, built once: SQLAlchemy then finds each compiled in its
-# cache by a key memoised on the statement, instead of building and hashing a new expression
-# per request (a quarter of a cart add's CPU time went there, profiled on SQLite).
+# Statements on every write's path, compiled once and run on the driver directly
+# (storage/prepared.py): SQLAlchemy's execution machinery cost more than the SQL.
 _IDENTITY_LOCK = {
-    exclusive: text(f"SELECT {function}(hashtext(:key))")
+    exclusive: Prepared(text(f"SELECT {function}(hashtext(:key))"))
     for exclusive, function in (
         (True, "pg_advisory_xact_lock"),
         (False, "pg_advisory_xact_lock_shared"),
@@ -67,7 +67,7 @@ _REDIRECT = (
     .where(customers.c.tenant_id == bindparam("tenant"), customers.c.id == bindparam("customer"))
     .scalar_subquery()
 )
-_LOCK_LIVE_CUSTOMER = (
+_LOCK_LIVE_CUSTOMER = Prepared(
     select(customers.c.id, customers.c.merged_into)
     .where(
         customers.c.tenant_id == bindparam("tenant"),
@@ -81,7 +81,7 @@ async def lock_identity(conn: AsyncConnection, tenant_id: str, *, exclusive: boo
     """Serialise identity changes of a tenant against each other and against ingestion."""
     if conn.dialect.name != "postgresql":
         return
-    await conn.execute(_IDENTITY_LOCK[exclusive], {"key": f"identity:{tenant_id}"})
+    await _IDENTITY_LOCK[exclusive].fetchone(conn, {"key": f"identity:{tenant_id}"})
 
 
 async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str:
@@ -90,12 +90,13 @@ async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str)
     await lock_identity(conn, tenant_id, exclusive=False)
     # One statement: the live customer's row, locked.
     parameters = {"tenant": tenant_id, "customer": customer_id}
-    row = (await conn.execute(_LOCK_LIVE_CUSTOMER, parameters)).first()
+    row = await _LOCK_LIVE_CUSTOMER.fetchone(conn, parameters)
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no customer {customer_id!r}")
-    if row.merged_into is None:
-        return str(row.id)
-    live = await live_id(conn, tenant_id, row.merged_into)  # a longer chain: follow it
+    live_customer, merged_into = row
+    if merged_into is None:
+        return str(live_customer)
+    live = await live_id(conn, tenant_id, merged_into)  # a longer chain: follow it
     assert live is not None
     await _lock_rows(conn, tenant_id, [live])
     return live
