@@ -9,6 +9,7 @@ to be upgraded; readers use WAL snapshots and never wait.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -76,7 +77,7 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
-def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int) -> None:
+def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int, inline: bool) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Take transaction control from the driver so BEGIN is ours (SQLAlchemy's recipe).
@@ -90,7 +91,11 @@ def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int) -> None:
 
     @event.listens_for(engine.sync_engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql(begin)
+        if inline:
+            # Straight to sqlite3: a statement through SQLAlchemy costs ten times the BEGIN.
+            connection.connection.driver_connection.raw.execute(begin)
+        else:
+            connection.exec_driver_sql(begin)
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
@@ -123,15 +128,19 @@ class Database:
         self.url = async_url(url)
         self.sqlite = is_sqlite(self.url)
         self._sqlite_writer = asyncio.Lock()
+        # SQLite: this process's one writing connection, kept open between transactions
+        # (writers take turns on `_sqlite_writer`, so a pool would only add checkout costs).
+        self._writer: AsyncConnection | None = None
         if self.sqlite:
             path = make_url(self.url).database
             # A file runs inline on the loop (see inline_sqlite); ":memory:" keeps aiosqlite.
-            inline = {"async_creator": creator(path)} if path and path != ":memory:" else {}
-            self.read_engine = create_async_engine(self.url, **inline)
-            self.write_engine = create_async_engine(self.url, **inline)
-            _configure_sqlite(self.read_engine, "BEGIN", SQLITE_READER_BUSY_MS)
+            inline = path is not None and path not in ("", ":memory:")
+            options = {"async_creator": creator(path)} if path and inline else {}
+            self.read_engine = create_async_engine(self.url, **options)
+            self.write_engine = create_async_engine(self.url, **options)
+            _configure_sqlite(self.read_engine, "BEGIN", SQLITE_READER_BUSY_MS, inline)
             # No busy handler for writers: it would sleep with the event loop (see below).
-            _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE", 0 if inline else 15_000)
+            _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE", 0 if inline else 15_000, inline)
         else:
             engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
             _ping_when_idle(engine)
@@ -151,11 +160,10 @@ class Database:
                     await _run_before_commit(connection)
                     await connection.commit()
                 except BaseException:
-                    await connection.rollback()
+                    await self._abandon_writer(connection)
                     raise
                 finally:
                     _forget_before_commit(connection)
-                    await connection.close()
             return
         engine = self.write_engine if write else self.read_engine
         async with engine.connect() as connection:
@@ -173,26 +181,45 @@ class Database:
         deadline = time.monotonic() + SQLITE_LOCK_WAIT_SECONDS
         pause = 0.001
         while True:
-            connection = await self.write_engine.connect()
+            if self._writer is None:
+                self._writer = await self.write_engine.connect()
+            connection = self._writer
             try:
                 await connection.begin()
                 return connection
-            except OperationalError as error:
-                await connection.close()
-                locked = "locked" in str(error.orig) or "busy" in str(error.orig)
+            except (OperationalError, sqlite3.OperationalError) as error:
+                # BEGIN goes to sqlite3 directly (see _configure_sqlite): its own error class.
+                await self._abandon_writer(connection)
+                reason = str(getattr(error, "orig", error))
+                locked = "locked" in reason or "busy" in reason
                 if not locked or time.monotonic() > deadline:
                     raise
             except BaseException:
-                await connection.close()
+                await self._abandon_writer(connection)
                 raise
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.05)
+
+    async def _abandon_writer(self, connection: AsyncConnection) -> None:
+        """Roll back what the writer was doing; after any failure of the connection itself,
+        close it (the next transaction opens a new one)."""
+        try:
+            await connection.rollback()
+            if not connection.invalidated:
+                return
+        except BaseException:
+            pass
+        self._writer = None
+        await connection.close()
 
     async def ping(self) -> None:
         async with self.read_engine.connect() as connection:
             await connection.execute(text("SELECT 1"))
 
     async def dispose(self) -> None:
+        if self._writer is not None:
+            writer, self._writer = self._writer, None
+            await writer.close()
         await self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             await self.write_engine.dispose()

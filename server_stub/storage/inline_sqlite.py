@@ -96,6 +96,11 @@ class InlineConnection:
         self._tx = _RunNow()
 
     @property
+    def raw(self) -> sqlite3.Connection:
+        """The `sqlite3` connection itself, for statements run without SQLAlchemy."""
+        return self._conn
+
+    @property
     def isolation_level(self) -> str | None:
         return self._conn.isolation_level
 

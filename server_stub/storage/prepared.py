@@ -16,6 +16,7 @@ SQLAlchemy): every value a statement needs is passed by name.
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +26,8 @@ from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.sql import ClauseElement
 from sqlalchemy.sql.compiler import SQLCompiler
+
+from server_stub.storage.inline_sqlite import InlineConnection
 
 Processor = Callable[[Any], Any] | None
 
@@ -59,12 +62,14 @@ class Prepared:
         """The first row (its values processed as SQLAlchemy would), or None."""
         compiled = self._compiled(conn.dialect)
         values = _values(compiled, parameters)
-        driver, sqlite = await _driver(conn)
+        driver, kind = await _driver(conn)
         try:
-            if sqlite:
+            if kind is _Kind.SQLITE:
                 row = driver.execute(compiled.sql, values).fetchone()
-            else:
+            elif kind is _Kind.ASYNCPG:
                 row = await driver.fetchrow(compiled.sql, *values)
+            else:
+                row = (await conn.exec_driver_sql(compiled.sql, values)).first()
         except Exception as error:
             raise _wrapped(conn, compiled.sql, error) from error
         if row is None:
@@ -79,24 +84,28 @@ class Prepared:
     async def execute(self, conn: AsyncConnection, parameters: Mapping[str, Any]) -> None:
         compiled = self._compiled(conn.dialect)
         values = _values(compiled, parameters)
-        driver, sqlite = await _driver(conn)
+        driver, kind = await _driver(conn)
         try:
-            if sqlite:
+            if kind is _Kind.SQLITE:
                 driver.execute(compiled.sql, values)
-            else:
+            elif kind is _Kind.ASYNCPG:
                 await driver.execute(compiled.sql, *values)
+            else:
+                await conn.exec_driver_sql(compiled.sql, values)
         except Exception as error:
             raise _wrapped(conn, compiled.sql, error) from error
 
     async def executemany(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
         compiled = self._compiled(conn.dialect)
         values = [_values(compiled, row) for row in rows]
-        driver, sqlite = await _driver(conn)
+        driver, kind = await _driver(conn)
         try:
-            if sqlite:
+            if kind is _Kind.SQLITE:
                 driver.executemany(compiled.sql, values)
-            else:
+            elif kind is _Kind.ASYNCPG:
                 await driver.executemany(compiled.sql, values)
+            else:
+                await conn.exec_driver_sql(compiled.sql, values)
         except Exception as error:
             raise _wrapped(conn, compiled.sql, error) from error
 
@@ -133,17 +142,25 @@ def _values(compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ..
     )
 
 
-async def _driver(conn: AsyncConnection) -> tuple[Any, bool]:
-    """The driver's connection under `conn`, in the transaction SQLAlchemy began; and whether
-    it is SQLite's."""
+class _Kind(enum.Enum):
+    SQLITE = "sqlite3 inline on the loop"
+    ASYNCPG = "asyncpg"
+    OTHER = "through SQLAlchemy (aiosqlite for an in-memory database)"
+
+
+async def _driver(conn: AsyncConnection) -> tuple[Any, _Kind]:
+    """The driver's connection under `conn`, in the transaction SQLAlchemy began."""
     pooled = conn.sync_connection.connection  # type: ignore[union-attr]
-    if conn.dialect.name == "sqlite":
-        return pooled.driver_connection._conn, True  # type: ignore[union-attr]
+    driver = pooled.driver_connection
+    if isinstance(driver, InlineConnection):
+        return driver.raw, _Kind.SQLITE
+    if conn.dialect.name != "postgresql":
+        return None, _Kind.OTHER
     adapter: Any = pooled.dbapi_connection
     if adapter._transaction is None and not adapter.autocommit:
         # asyncpg's BEGIN goes out with the first statement SQLAlchemy sends; this may be it.
         await adapter._start_transaction()
-    return adapter._connection, False
+    return adapter._connection, _Kind.ASYNCPG
 
 
 def _wrapped(conn: AsyncConnection, sql: str, error: Exception) -> Exception:
