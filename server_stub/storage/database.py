@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
 
+import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
@@ -121,6 +122,15 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise DisconnectionError("the pooled connection was lost while idle") from error
 
 
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+# JSON columns (carts, sessions, changes, traits, ...) are encoded and decoded by orjson: the
+# standard library's encoder was a tenth of a cart operation's CPU time.
+JSON_CODEC = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+
+
 class Database:
     """The server's storage: one engine for reads and, on SQLite, one that writes."""
 
@@ -136,13 +146,15 @@ class Database:
             # A file runs inline on the loop (see inline_sqlite); ":memory:" keeps aiosqlite.
             inline = path is not None and path not in ("", ":memory:")
             options = {"async_creator": creator(path)} if path and inline else {}
-            self.read_engine = create_async_engine(self.url, **options)
-            self.write_engine = create_async_engine(self.url, **options)
+            self.read_engine = create_async_engine(self.url, **options, **JSON_CODEC)
+            self.write_engine = create_async_engine(self.url, **options, **JSON_CODEC)
             _configure_sqlite(self.read_engine, "BEGIN", SQLITE_READER_BUSY_MS, inline)
             # No busy handler for writers: it would sleep with the event loop (see below).
             _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE", 0 if inline else 15_000, inline)
         else:
-            engine = create_async_engine(self.url, pool_size=pool_size, max_overflow=pool_size)
+            engine = create_async_engine(
+                self.url, pool_size=pool_size, max_overflow=pool_size, **JSON_CODEC
+            )
             _ping_when_idle(engine)
             self.read_engine = self.write_engine = engine
 
