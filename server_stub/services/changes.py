@@ -2,15 +2,18 @@
 
 Ordering (DESIGN: Ordering and atomicity). A change is written in the same transaction as the
 state it describes, so a watcher never sees a change that was rolled back. Its place in the
-feed, though, is handed out only when that transaction commits: the transaction's last
-statements before COMMIT bump its tenant's row in `change_positions` and insert its changes at
-the positions so taken. That row stays locked until COMMIT, so another writer of the tenant
-waits there and numbers its changes after the first has committed. Positions therefore follow
-commit order, per tenant, without gaps; a reader that sees position n has seen everything
-below n (PostgreSQL makes a commit visible before it releases the transaction's locks; SQLite
-has one writer at a time), so "everything after my last position" never skips a change. The
-price is that a tenant's committing writers queue for the length of a COMMIT; they take this
-lock last, after every other lock, so the queue can never deadlock.
+feed, though, is handed out only when that transaction commits, under its tenant's row in
+`change_positions`: on PostgreSQL a constraint trigger deferred to COMMIT numbers the changes
+the transaction inserted with provisional negative positions (migration 0011); on SQLite the
+transaction's last statements before COMMIT bump the counter and insert the changes. That row
+stays locked until the commit is done, so another writer of the tenant waits there and numbers
+its changes after the first has committed. Positions therefore follow commit order, per
+tenant, without gaps; a reader that sees position n has seen everything below n (PostgreSQL
+makes a commit visible before it releases the transaction's locks; SQLite has one writer at a
+time), so "everything after my last position" never skips a change. The price is that a
+tenant's committing writers queue for the length of PostgreSQL's own COMMIT (no client round
+trip is inside it); they take this lock last, after every other lock, so the queue can never
+deadlock.
 
 Positions are per tenant: a tenant learns nothing of another's activity from them.
 
@@ -41,7 +44,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
 from server_stub.ids import utcnow
-from server_stub.storage.database import Database, before_commit
+from server_stub.storage.database import Database, before_commit, dumps
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import change_positions, changes
 
@@ -67,6 +70,9 @@ class Outgoing:
         # Tenants in id order: two transactions touching the same tenants lock them alike.
         for tenant_id in sorted(by_tenant):
             batch = by_tenant[tenant_id]
+            if conn.dialect.name == "postgresql":
+                await _store_on_postgresql(conn, tenant_id, batch, now)
+                continue
             last = await _take_positions(conn, tenant_id, len(batch))
             first = last - len(batch) + 1
             rows = [
@@ -85,12 +91,47 @@ async def publish(
     outgoing.pending.append(
         {"tenant_id": tenant_id, "customer_id": customer_id, "kind": kind, "payload": payload}
     )
-    topic = f"{tenant_id}:{customer_id}"
-    if conn.dialect.name == "postgresql":
-        # NOTIFY is transactional: delivered at COMMIT, never for a rollback.
-        await _NOTIFY.fetchone(conn, {"channel": CHANNEL, "topic": topic})
-    else:
-        conn.info.setdefault(AFTER_COMMIT, set()).add(topic)
+    if conn.dialect.name != "postgresql":  # PostgreSQL: NOTIFY goes with the positions
+        conn.info.setdefault(AFTER_COMMIT, set()).add(f"{tenant_id}:{customer_id}")
+
+
+# PostgreSQL: the changes and their NOTIFY in one statement. Each change goes in with a
+# provisional negative position; a trigger deferred to COMMIT numbers it (migration 0011), so
+# the tenant's counter row is locked only while PostgreSQL commits. NOTIFY is transactional:
+# delivered at COMMIT, never for a rollback.
+_STORE_ON_POSTGRESQL = Prepared(
+    text(
+        """
+WITH stored AS (
+    INSERT INTO changes (tenant_id, position, customer_id, kind, payload, created_at)
+    SELECT :tenant, -nextval('change_provisional'), c.customer_id, c.kind,
+           CAST(c.payload AS json), CAST(:now AS timestamptz)
+    FROM unnest(CAST(:customers AS text[]), CAST(:kinds AS text[]), CAST(:payloads AS text[]))
+         WITH ORDINALITY AS c(customer_id, kind, payload, n)
+    ORDER BY c.n
+    RETURNING 1
+)
+SELECT count(pg_notify(:channel, topic)) FROM unnest(CAST(:topics AS text[])) AS topic
+"""
+    )
+)
+
+
+async def _store_on_postgresql(
+    conn: AsyncConnection, tenant_id: str, batch: list[dict[str, Any]], now: datetime
+) -> None:
+    await _STORE_ON_POSTGRESQL.fetchone(
+        conn,
+        {
+            "tenant": tenant_id,
+            "now": now,
+            "customers": [change["customer_id"] for change in batch],
+            "kinds": [change["kind"] for change in batch],
+            "payloads": [dumps(change["payload"]) for change in batch],
+            "channel": CHANNEL,
+            "topics": sorted({f"{tenant_id}:{change['customer_id']}" for change in batch}),
+        },
+    )
 
 
 def _advance(dialect: Any) -> Prepared:
@@ -107,7 +148,6 @@ def _advance(dialect: Any) -> Prepared:
 # The statements of every change, compiled once and run on the driver (storage/prepared.py).
 _ADVANCE = {"postgresql": _advance(postgresql), "sqlite": _advance(sqlite)}
 _INSERT_CHANGE = Prepared(insert(changes))  # one parameter per column, named after it
-_NOTIFY = Prepared(text("SELECT pg_notify(:channel, :topic)"))
 
 
 async def _take_positions(conn: AsyncConnection, tenant_id: str, count: int) -> int:

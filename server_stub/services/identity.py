@@ -67,30 +67,40 @@ _REDIRECT = (
     .where(customers.c.tenant_id == bindparam("tenant"), customers.c.id == bindparam("customer"))
     .scalar_subquery()
 )
-_LOCK_LIVE_CUSTOMER = Prepared(
-    select(customers.c.id, customers.c.merged_into)
-    .where(
-        customers.c.tenant_id == bindparam("tenant"),
-        customers.c.id == func.coalesce(_REDIRECT, bindparam("customer")),
-    )
-    .with_for_update()
+_LIVE_CUSTOMER = select(customers.c.id, customers.c.merged_into).where(
+    customers.c.tenant_id == bindparam("tenant"),
+    customers.c.id == func.coalesce(_REDIRECT, bindparam("customer")),
 )
+_LOCK_LIVE_CUSTOMER = {
+    "sqlite": Prepared(_LIVE_CUSTOMER),  # one writer at a time: nothing to lock
+    # PostgreSQL: the tenant's shared identity lock and the row lock in one round trip. The
+    # advisory lock is a filter on the row found, so it is taken before the row lock (the
+    # LockRows step runs above the scan). If a merge committed meanwhile, the row lock
+    # returns the row as the merge left it (`merged_into` set), which the caller follows.
+    "postgresql": Prepared(
+        _LIVE_CUSTOMER.where(
+            func.pg_advisory_xact_lock_shared(func.hashtext(bindparam("lock_key"))).is_not(None)
+        ).with_for_update()
+    ),
+}
 
 
 async def lock_identity(conn: AsyncConnection, tenant_id: str, *, exclusive: bool) -> None:
     """Serialise identity changes of a tenant against each other and against ingestion."""
     if conn.dialect.name != "postgresql":
         return
-    await _IDENTITY_LOCK[exclusive].fetchone(conn, {"key": f"identity:{tenant_id}"})
+    await _IDENTITY_LOCK[exclusive].fetchone(conn, {"key": _lock_key(tenant_id)})
+
+
+def _lock_key(tenant_id: str) -> str:
+    return f"identity:{tenant_id}"
 
 
 async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str:
     """Lock a customer for a write to its state and return the live id to write to (the
     survivor of a merge). No merge or split of it can interleave until the transaction ends."""
-    await lock_identity(conn, tenant_id, exclusive=False)
-    # One statement: the live customer's row, locked.
-    parameters = {"tenant": tenant_id, "customer": customer_id}
-    row = await _LOCK_LIVE_CUSTOMER.fetchone(conn, parameters)
+    parameters = {"tenant": tenant_id, "customer": customer_id, "lock_key": _lock_key(tenant_id)}
+    row = await _LOCK_LIVE_CUSTOMER[conn.dialect.name].fetchone(conn, parameters)
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no customer {customer_id!r}")
     live_customer, merged_into = row

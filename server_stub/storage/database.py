@@ -122,13 +122,14 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise DisconnectionError("the pooled connection was lost while idle") from error
 
 
-def _dumps(value: Any) -> str:
+def dumps(value: Any) -> str:
+    """JSON as the database columns store it."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
 
 
 # JSON columns (carts, sessions, changes, traits, ...) are encoded and decoded by orjson: the
 # standard library's encoder was a tenth of a cart operation's CPU time.
-JSON_CODEC = {"json_serializer": _dumps, "json_deserializer": orjson.loads}
+JSON_CODEC = {"json_serializer": dumps, "json_deserializer": orjson.loads}
 
 
 class Database:
