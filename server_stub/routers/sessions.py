@@ -35,4 +35,6 @@ async def write_session(
 ) -> SessionView:
     principal = principal_of(request)
     live = await identity.lock_customer(conn, principal.tenant_id, customer_id)
-    return await sessions.write(conn, principal.tenant_id, live, body, principal.channel.value)
+    return await sessions.write(
+        conn, principal.tenant_id, live, body, principal.channel.value, customer_id
+    )

@@ -622,8 +622,9 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     # The split-off customer gets its cart back as it was, with the operations addressed to it
     # since; the survivor's cart loses what the merge added.
     await carts.split(conn, tenant_id, survivor.id, loser.id, merge_id, origins, snapshot)
-    if snapshot.get("loser_session"):
-        await sessions.split(conn, tenant_id, survivor.id, loser.id, snapshot["loser_session"])
+    await sessions.split(
+        conn, tenant_id, survivor.id, loser.id, origins, snapshot.get("loser_session")
+    )
     await consent.split(conn, tenant_id, survivor.id, loser.id, origins)
     await consent.publish(
         conn, tenant_id, survivor.id, None, also=[loser.id, *snapshot["absorbed"]]

@@ -7,6 +7,7 @@ survive; each key is last-writer-wins by (time, channel, value), one winner on e
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -65,13 +66,21 @@ async def read(conn: AsyncConnection, tenant_id: str, customer_id: str) -> Sessi
 
 
 async def write(
-    conn: AsyncConnection, tenant_id: str, customer_id: str, body: SessionWrite, channel: str
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_id: str,
+    body: SessionWrite,
+    channel: str,
+    addressed_to: str | None = None,
 ) -> SessionView:
+    """Write to the live customer `customer_id` (locked by the caller); `addressed_to`, the
+    id the writer named, if it was merged into it (a split gives those entries back)."""
     now = utcnow().timestamp()
     document = await _document(conn, tenant_id, customer_id, lock=True)
+    addressed = addressed_to if addressed_to != customer_id else None
     try:
         document = rules.write(
-            rules.prune(document, now), body.entries, channel, now, body.ttl_seconds
+            rules.prune(document, now), body.entries, channel, now, body.ttl_seconds, addressed
         )
     except rules.SessionError as error:
         raise Problem(ProblemType.VALIDATION_ERROR, str(error)) from error
@@ -99,16 +108,25 @@ async def merge(
 
 
 async def split(
-    conn: AsyncConnection, tenant_id: str, survivor_id: str, loser_id: str, loser: dict[str, Any]
+    conn: AsyncConnection,
+    tenant_id: str,
+    survivor_id: str,
+    loser_id: str,
+    origins: Iterable[str],
+    loser: dict[str, Any] | None,
 ) -> None:
-    """Undo a session merge: the loser gets its document back as it was at the merge; the
+    """Undo a session merge: the loser gets its document back as it was at the merge, plus
+    what was written since to its id or to the ids merged into it before (`origins`); the
     survivor keeps what it wrote itself, without the loser's entries nobody wrote over since."""
-    given = rules.from_json(loser)
-    kept = await _document(conn, tenant_id, survivor_id, lock=True)
-    mine = {key: entry for key, entry in kept.items() if given.get(key) != entry}
-    if mine != kept:
+    at_merge = rules.from_json(loser or {})
+    current = await _document(conn, tenant_id, survivor_id, lock=True)
+    kept, written_since = rules.hand_back(current, set(origins))
+    given = rules.merge(at_merge, written_since)
+    mine = {key: entry for key, entry in kept.items() if at_merge.get(key) != entry}
+    if mine != current:
         await _store(conn, tenant_id, survivor_id, mine)
         now = utcnow().timestamp()
         changed = view(survivor_id, mine, now).model_dump(mode="json")
         await changes.publish(conn, tenant_id, survivor_id, "session", changed)
-    await _store(conn, tenant_id, loser_id, given)
+    if given:
+        await _store(conn, tenant_id, loser_id, given)

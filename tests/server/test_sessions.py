@@ -61,3 +61,37 @@ async def test_sessions_merge_with_identities_and_split_back(shop: ShopForTest) 
     assert set((await shop.request("GET", f"/v1/sessions/{phone}")).json()["entries"]) == {
         "chat_thread"
     }
+
+
+async def test_writes_to_the_guest_after_the_merge_go_back_with_the_split(
+    shop: ShopForTest,
+) -> None:
+    amy = await identify(shop, anonymous_id="phone", email="amy@example.com")
+    await shop.request("POST", f"/v1/sessions/{amy}", "app", json={"entries": {"chat": "t-1"}})
+    guest = await identify(shop, anonymous_id="laptop")
+    await shop.request("POST", f"/v1/sessions/{guest}", "web", json={"entries": {"page": "/a"}})
+    merged = (
+        await shop.request(
+            "POST",
+            "/v1/identity/identify",
+            json={"anonymous_id": "laptop", "email": "amy@example.com"},
+        )
+    ).json()
+    # The laptop still names the guest id: its writes land on Amy until the split...
+    await shop.request(
+        "POST", f"/v1/sessions/{guest}", "web", json={"entries": {"page": "/b", "form": 2}}
+    )
+    await shop.request("POST", f"/v1/sessions/{amy}", "app", json={"entries": {"wish": "x"}})
+    both = (await shop.request("GET", f"/v1/sessions/{amy}")).json()["entries"]
+    assert {key: entry["value"] for key, entry in both.items()} == {
+        "chat": "t-1",
+        "page": "/b",
+        "form": 2,
+        "wish": "x",
+    }
+    await shop.request("POST", f"/v1/merges/{merged['merge_ids'][0]}/split")
+    # ...and go back to it with the split: exactly what was merged plus what was written to it.
+    laptop = (await shop.request("GET", f"/v1/sessions/{guest}")).json()["entries"]
+    assert {key: entry["value"] for key, entry in laptop.items()} == {"page": "/b", "form": 2}
+    phone = (await shop.request("GET", f"/v1/sessions/{amy}")).json()["entries"]
+    assert {key: entry["value"] for key, entry in phone.items()} == {"chat": "t-1", "wish": "x"}

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from collections.abc import Set
+from dataclasses import dataclass, replace
 from typing import Any
 
 MAX_KEYS = 50
@@ -29,6 +30,9 @@ class Entry:
     channel: str
     at: float
     expires_at: float
+    # The merged-away customer id the write named, when it was applied to the survivor: a
+    # split of that merge gives the entry back to it. Not part of the entry's rank.
+    addressed: str | None = None
 
     def wins_over(self, other: Entry) -> bool:
         # Ties (same time, same channel) are broken by the value, so merging is commutative.
@@ -54,14 +58,20 @@ def check(key: str, value: Any) -> None:
 
 
 def write(
-    document: Document, entries: dict[str, Any], channel: str, at: float, ttl: float
+    document: Document,
+    entries: dict[str, Any],
+    channel: str,
+    at: float,
+    ttl: float,
+    addressed: str | None = None,
 ) -> Document:
-    """The document after writing `entries` (a None value deletes the key)."""
+    """The document after writing `entries` (a None value deletes the key); `addressed`, the
+    merged-away id the writer named, if any."""
     for key, value in entries.items():
         check(key, value)
     result = dict(document)
     for key, value in entries.items():
-        entry = Entry(value, channel, at, at + ttl)
+        entry = Entry(value, channel, at, at + ttl, addressed)
         if key not in result or entry.wins_over(result[key]):
             result[key] = entry
     if len([k for k, e in result.items() if e.value is not None]) > MAX_KEYS:
@@ -77,6 +87,18 @@ def merge(a: Document, b: Document) -> Document:
     return result
 
 
+def hand_back(document: Document, ids: Set[str]) -> tuple[Document, Document]:
+    """Split a survivor's document: (what it keeps, the entries written to one of `ids`
+    after the merge, unmarked)."""
+    kept = {key: entry for key, entry in document.items() if entry.addressed not in ids}
+    given = {
+        key: replace(entry, addressed=None)
+        for key, entry in document.items()
+        if entry.addressed in ids
+    }
+    return kept, given
+
+
 def live(document: Document, now: float) -> dict[str, Entry]:
     """The entries that hold a value and have not expired."""
     return {k: e for k, e in sorted(document.items()) if e.value is not None and e.expires_at > now}
@@ -88,8 +110,16 @@ def prune(document: Document, now: float) -> Document:
 
 
 def to_json(document: Document) -> dict[str, Any]:
-    return {k: [e.value, e.channel, e.at, e.expires_at] for k, e in sorted(document.items())}
+    return {k: _stored(e) for k, e in sorted(document.items())}
+
+
+def _stored(entry: Entry) -> list[Any]:
+    stored = [entry.value, entry.channel, entry.at, entry.expires_at]
+    return stored if entry.addressed is None else [*stored, entry.addressed]
 
 
 def from_json(data: dict[str, Any]) -> Document:
-    return {k: Entry(v[0], str(v[1]), float(v[2]), float(v[3])) for k, v in data.items()}
+    return {
+        k: Entry(v[0], str(v[1]), float(v[2]), float(v[3]), str(v[4]) if len(v) > 4 else None)
+        for k, v in data.items()
+    }
