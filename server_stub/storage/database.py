@@ -21,7 +21,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
-from server_stub.storage.inline_sqlite import creator
+from server_stub.storage.inline_sqlite import InlineConnection, creator
 
 SQLITE_LOCK_WAIT_SECONDS = 15.0  # how long a writer waits for another process's write lock
 SQLITE_READER_BUSY_MS = 100  # readers wait only for the rare WAL recovery
@@ -94,7 +94,11 @@ def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int, inline: boo
     def on_begin(connection: Any) -> None:
         if inline:
             # Straight to sqlite3: a statement through SQLAlchemy costs ten times the BEGIN.
-            connection.connection.driver_connection.raw.execute(begin)
+            # A writer's transaction is already open (begun by Database._begin_writer) when
+            # SQLAlchemy begins on its first statement.
+            raw = connection.connection.driver_connection.raw
+            if not raw.in_transaction:
+                raw.execute(begin)
         else:
             connection.exec_driver_sql(begin)
 
@@ -130,6 +134,20 @@ def dumps(value: Any) -> str:
 # JSON columns (carts, sessions, changes, traits, ...) are encoded and decoded by orjson: the
 # standard library's encoder was a tenth of a cart operation's CPU time.
 JSON_CODEC = {"json_serializer": dumps, "json_deserializer": orjson.loads}
+
+
+def _inline(connection: AsyncConnection) -> sqlite3.Connection | None:
+    """The sqlite3 connection under an inline SQLite connection (None for other drivers)."""
+    driver = connection.sync_connection.connection.driver_connection  # type: ignore[union-attr]
+    return driver.raw if isinstance(driver, InlineConnection) else None
+
+
+async def _commit_writer(connection: AsyncConnection) -> None:
+    raw = _inline(connection)
+    if connection.in_transaction() or raw is None:
+        await connection.commit()  # SQLAlchemy began too: it commits (sqlite3's transaction)
+    else:
+        raw.execute("COMMIT")
 
 
 class Database:
@@ -171,7 +189,7 @@ class Database:
                 try:
                     yield connection
                     await _run_before_commit(connection)
-                    await connection.commit()
+                    await _commit_writer(connection)
                 except BaseException:
                     await self._abandon_writer(connection)
                     raise
@@ -198,7 +216,14 @@ class Database:
                 self._writer = await self.write_engine.connect()
             connection = self._writer
             try:
-                await connection.begin()
+                raw = _inline(connection)
+                if raw is None:
+                    await connection.begin()
+                else:
+                    # The transaction is sqlite3's own; SQLAlchemy joins it on its first
+                    # statement (see `on_begin`), and a request whose statements all run on
+                    # the driver (storage/prepared.py) never pays for SQLAlchemy's.
+                    raw.execute("BEGIN IMMEDIATE")
                 return connection
             except (OperationalError, sqlite3.OperationalError) as error:
                 # BEGIN goes to sqlite3 directly (see _configure_sqlite): its own error class.
@@ -217,7 +242,11 @@ class Database:
         """Roll back what the writer was doing; after any failure of the connection itself,
         close it (the next transaction opens a new one)."""
         try:
-            await connection.rollback()
+            raw = _inline(connection)
+            if connection.in_transaction() or raw is None:
+                await connection.rollback()
+            elif raw.in_transaction:
+                raw.execute("ROLLBACK")
             if not connection.invalidated:
                 return
         except BaseException:

@@ -34,3 +34,57 @@ async def test_a_connection_lost_while_idle_is_replaced_not_handed_out(
         assert now != lost
     finally:
         await db.dispose()
+
+
+class _Failed(Exception):
+    pass
+
+
+async def test_statements_run_on_the_driver_share_the_transaction(
+    migrated_database_url: str,
+) -> None:
+    """Hot-path statements (storage/prepared.py) bypass SQLAlchemy's execution: they commit
+    and roll back with the request's transaction all the same, alone or mixed with
+    SQLAlchemy statements, and read back exactly what SQLAlchemy stores."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from server_stub.storage.prepared import Prepared
+    from server_stub.storage.tables import change_positions, sessions
+
+    store = Prepared(insert(sessions))
+    read = Prepared(
+        select(sessions.c.document, sessions.c.updated_at).where(
+            sessions.c.tenant_id == "t-prepared"
+        )
+    )
+    at = datetime(2026, 12, 3, 8, 0, 0, 123456, tzinfo=UTC)
+    row = {"tenant_id": "t-prepared", "document": {"k": ["ü", 1.5]}, "updated_at": at}
+    db = database.Database(migrated_database_url)
+    try:
+        for mixed in (False, True):
+            with pytest.raises(_Failed):
+                async with db.transaction(write=True) as conn:
+                    await store.execute(conn, {**row, "customer_id": f"c-{mixed}"})
+                    if mixed:
+                        await conn.execute(
+                            insert(change_positions).values(
+                                tenant_id="t-prepared", position=1, pruned_through=0
+                            )
+                        )
+                    raise _Failed
+        async with db.transaction(write=False) as conn:
+            assert await read.fetchone(conn, {}) is None
+            gone = select(change_positions).where(change_positions.c.tenant_id == "t-prepared")
+            assert (await conn.execute(gone)).first() is None
+        async with db.transaction(write=True) as conn:
+            await store.execute(conn, {**row, "customer_id": "c-kept"})
+        async with db.transaction(write=False) as conn:
+            assert await read.fetchone(conn, {}) == (row["document"], at)
+            by_sqlalchemy = select(sessions.c.document, sessions.c.updated_at).where(
+                sessions.c.tenant_id == "t-prepared"
+            )
+            assert tuple((await conn.execute(by_sqlalchemy)).one()) == (row["document"], at)
+    finally:
+        await db.dispose()
