@@ -17,7 +17,7 @@ from server_stub.auth import KeyCache
 from server_stub.errors import install_error_handlers
 from server_stub.ids import utcnow
 from server_stub.limits import BodySizeLimit
-from server_stub.observability import Metrics, RequestContext, configure_logging
+from server_stub.observability import Metrics, RequestContext, configure_logging, flush_logs
 from server_stub.pos import StationConfig, create_station
 from server_stub.routers import (
     carts,
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await purger
             await app.state.runtime.changes.close()
             await database.dispose()
+            flush_logs()
 
     app = FastAPI(
         title="omnisdk reference sync server",

@@ -6,12 +6,15 @@ id — never headers, bodies, query strings, raw paths (they may hold identifier
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import re
 import secrets
 import sys
+import threading
 import time
+from collections import deque
 from contextvars import ContextVar
 from typing import Any
 
@@ -48,18 +51,6 @@ class JsonFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             entry["error_type"] = record.exc_info[0].__name__
         return json.dumps(entry, default=str)
-
-
-class _StderrHandler(logging.StreamHandler[Any]):
-    """Writes to whatever `sys.stderr` is at the time (test runners swap it)."""
-
-    @property
-    def stream(self) -> Any:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: Any) -> None:
-        pass
 
 
 def configure_logging(level: str) -> None:
@@ -102,9 +93,80 @@ class Metrics:
         timed.observe(seconds)
 
 
+class LineWriter:
+    """Lines for stderr, written by a thread of its own.
+
+    A write to stderr blocks while the pipe behind it is full — a log shipper or terminal
+    reading slowly — and on the event loop's thread that would stop every request. Lines wait
+    here instead (appending is all the loop does) and the thread writes them in batches. At
+    most `MAX_PENDING` lines wait; beyond that, lines are dropped and the next batch says how
+    many were.
+    """
+
+    MAX_PENDING = 10_000
+
+    def __init__(self) -> None:
+        self._lines: deque[str] = deque()
+        self._wake = threading.Event()
+        self._flushing = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._dropped = 0
+
+    def write(self, line: str) -> None:
+        if len(self._lines) >= self.MAX_PENDING:
+            self._dropped += 1
+            return
+        self._lines.append(line)
+        if self._thread is None or not self._thread.is_alive():  # first line, or after fork
+            self._thread = threading.Thread(target=self._run, name="omnisdk-log", daemon=True)
+            self._thread.start()
+        self._wake.set()
+
+    def _run(self) -> None:
+        while True:
+            self._wake.wait()
+            self._wake.clear()
+            self.flush()
+
+    def flush(self) -> None:
+        """Write every waiting line now (at shutdown, and for tests that read the log)."""
+        with self._flushing:
+            batch: list[str] = []
+            while self._lines:
+                batch.append(self._lines.popleft())
+            if self._dropped:
+                dropped, self._dropped = self._dropped, 0
+                note = {"level": "warning", "logger": "omnisdk.server", "dropped_lines": dropped}
+                batch.append(json.dumps({**note, "message": "log lines dropped: stderr too slow"}))
+            if batch:
+                stream = sys.stderr
+                stream.write("\n".join(batch) + "\n")
+                stream.flush()
+
+
+LINES = LineWriter()
+atexit.register(LINES.flush)
+
+
+def flush_logs() -> None:
+    LINES.flush()
+
+
+class _StderrHandler(logging.Handler):
+    """Hands each formatted line to `LINES`, which writes it to whatever `sys.stderr` is at
+    the time (test runners swap it), never on the caller's thread."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            LINES.write(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+
 class AccessLog:
     """One JSON line per request, in the same shape as `JsonFormatter`'s, written directly:
-    the logging module's record machinery would cost more than the rest of a request."""
+    the logging module's record machinery would cost more than the rest of a request. The
+    line goes out through `LINES`, never written on the event loop's thread."""
 
     def __init__(self) -> None:
         self.logger = logging.getLogger("omnisdk.server.access")
@@ -121,7 +183,7 @@ class AccessLog:
                 time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(now)),
             )
         line = {"time": self._stamp, "level": "info", "logger": self.logger.name, **entry}
-        sys.stderr.write(json.dumps(line) + "\n")
+        LINES.write(json.dumps(line))
 
 
 class RequestContext:

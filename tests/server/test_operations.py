@@ -7,6 +7,7 @@ import json
 import pytest
 
 from omnisdk.core.problems import ProblemType
+from server_stub.observability import flush_logs
 from server_stub.services import keys
 from tests.server.conftest import Harness, ShopForTest, start_harness
 
@@ -46,6 +47,7 @@ async def test_logs_are_json_with_request_id_and_no_secrets(
         headers={"Idempotency-Key": "idem-secret-0001"},
     )
     assert response.status_code == 200
+    flush_logs()  # log lines are written by a thread of their own
     logged = capsys.readouterr().err
     lines = [json.loads(line) for line in logged.splitlines() if line.startswith("{")]
     access = [entry for entry in lines if entry.get("route") == "/v1/system/ping"]
