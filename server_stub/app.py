@@ -36,9 +36,9 @@ from server_stub.routers import (
     tenant,
 )
 from server_stub.runtime import Runtime
-from server_stub.sealing import sealer_from
+from server_stub.sealing import Sealer, sealer_from
 from server_stub.services import changes as change_feed
-from server_stub.services import idempotency
+from server_stub.services import idempotency, signing_keys
 from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContexts
@@ -95,13 +95,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "run `omnisdk-server migrate` first"
             )
         database = Database(settings.database_url, settings.database_pool_size)
+        sealer = await _checked_sealer(settings, database)
         app.state.runtime = Runtime(
             settings,
             database,
             KeyCache(settings.auth_cache_seconds),
             metrics,
             TenantContexts(settings.auth_cache_seconds),
-            SigningKeys(sealer_from(settings)),
+            SigningKeys(sealer),
             ChangeHub(database, settings.change_poll_seconds),
         )
         app.state.schema_revision = revision
@@ -144,6 +145,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContext, metrics=metrics)
     return app
+
+
+async def _checked_sealer(settings: Settings, database: Database) -> Sealer:
+    """The sealer of the server's secret key, refusing to start when it cannot open the
+    signing keys already stored (a wrong or lost key file would fail every issue)."""
+    try:
+        async with database.transaction(write=False) as conn:
+            sealer = sealer_from(settings, keys_stored=await signing_keys.any_sealed(conn))
+            await signing_keys.check_secret(conn, sealer)
+    except BaseException:
+        await database.dispose()
+        raise
+    return sealer
 
 
 async def _prune_changes(database: Database, retention_seconds: float) -> None:
