@@ -45,9 +45,9 @@ def kind_of(text: str) -> ScanKind:
 
 def looks_scanned(text: str) -> bool:
     """Whether a field meant for a number of units received a scan instead (the scanner typed
-    into the focused box): anything but a small number."""
-    cleaned = text.strip()
-    return bool(cleaned) and not (cleaned.isdigit() and len(cleaned) <= 4)
+    into the focused box): nobody types six characters for a number of units, and every code
+    a scanner reads (return code, product barcode, URL) is longer."""
+    return len(text.strip()) >= 6
 
 
 def not_a_return_code(words: Words, kind: ScanKind) -> str:

@@ -290,7 +290,16 @@ class Station:
         if not (0 < len(admin_key) <= 200) or not _is_id(store_id) or not _is_id(till_id):
             error = words("Fill in the admin key, the store and the till.")
             return self.page(request, None, "enrol.html", 422, error=error)
-        admin = self.tills.new_client(admin_key, f"enrol-{secrets.token_hex(4)}")
+        admin = omnisdk.AsyncClient(
+            self.config.server_url,
+            admin_key,
+            channel="admin",
+            http_client=httpx.AsyncClient(
+                transport=self.config.transport, timeout=self.config.timeout
+            ),
+            retry_policy=self.config.retry_policy,
+            timeout=self.config.timeout,
+        )
         try:
             created = await admin.keys.create("pos", f"till {store_id}/{till_id} (enrolment)")
         except omnisdk.AuthenticationError:
