@@ -45,7 +45,8 @@ pos-catalogue: $(STAMP)
 
 ## pos-screenshots: the return station's pages in English and Polish, for docs/pos.md
 pos-screenshots: $(STAMP)
-	OMNISDK_POS_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/browser/test_pos_languages.py
+	OMNISDK_POS_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/browser/test_pos_languages.py \
+		tests/browser/test_pos_station.py -k 'languages or polish or english or offline_return'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -67,7 +67,7 @@ def signing_key(server: ReferenceServer | ServerProcess, tenant_id: str) -> Any:
     return _run(active())
 
 
-def expired_token(server: ReferenceServer, tenant_id: str) -> str:
+def expired_token(server: ReferenceServer | ServerProcess, tenant_id: str) -> str:
     """A genuine code of the shop whose return period ended ten days ago."""
     key = signing_key(server, tenant_id)
     now = datetime.now(UTC).replace(microsecond=0)
@@ -335,6 +335,12 @@ def test_no_page_works_without_signing_in_and_forms_need_their_token(
     page.close()
 
 
+def docs_images(shots: Path) -> Path:
+    """docs/images when `make pos-screenshots` asks for the pictures of docs/pos.md."""
+    wanted = os.environ.get("OMNISDK_POS_SCREENSHOTS")
+    return Path(wanted) if wanted else shots
+
+
 def pos_backend(server_url: str, data_dir: Path, **options: Any) -> ServedApp:
     """A shop's POS backend that mounts the station, with a data_dir for offline work."""
     app = FastAPI()
@@ -381,7 +387,7 @@ def test_offline_return_with_the_cap_then_confirmed_with_the_shop_price_shown(
         scan(page, token)
         assert "offline" in page.inner_text("#offline")
         assert remaining(page, "1") == "unknown (offline)"
-        page.screenshot(path=shots / "1-offline-order.png", full_page=True)
+        page.screenshot(path=docs_images(shots) / "pos-offline.png", full_page=True)
         page.fill("#qty-1", "1")
         for amount in ("0", "-5", "abc"):
             page.fill("#amount", amount)
@@ -405,7 +411,7 @@ def test_offline_return_with_the_cap_then_confirmed_with_the_shop_price_shown(
         page.emulate_media(media="print")
         assert page.is_visible("#receipt-status")  # the pending mark is on paper
         assert not page.is_visible("#code") and not page.is_visible("#print")
-        page.screenshot(path=shots / "2-pending-receipt-printed.png", full_page=True)
+        page.screenshot(path=docs_images(shots) / "pos-pending-printed.png", full_page=True)
         page.emulate_media(media="screen")
 
         port = int(address.rsplit(":", 1)[1])
