@@ -43,6 +43,7 @@ from starlette.types import Scope
 import omnisdk
 from omnisdk.core import tokens
 from omnisdk.models import ReturnStatus
+from omnisdk.resources.returns import redeem_request
 from server_stub.pos import scans
 from server_stub.pos.enrolment import Enrolments, is_enrolment_code
 from server_stub.pos.gate import Gate
@@ -488,7 +489,7 @@ class Station:
         draft = _draft(words, form, verification, status, session.till_id)
         if isinstance(draft, str):
             return self.order_page(request, session, token, verification, status, draft, typed)
-        session.reviews[draft.transaction] = draft
+        session.remember_review(draft)
         return self.page(request, session, "review.html", review=draft, scan_focus=True)
 
     async def confirm(self, request: Request) -> Response:
@@ -512,8 +513,7 @@ class Station:
                 return await self.signed_out(request)
             if isinstance(outcome, str):
                 return await self.order_again(request, session, review, outcome)
-            session.receipts[transaction] = outcome
-            session.reviews.pop(transaction, None)
+            session.remember_receipt(outcome)
         if outcome.redemption.status == "pending":
             self.keep_sending(session)
         return self.go(request, f"/returns/receipt/{transaction}")
@@ -523,18 +523,28 @@ class Station:
         returns = session.client.returns
         queue = self.config.data_dir is not None and review.refund is not None
         try:
-            redemption = await self.guarded(
-                session,
-                returns.redeem(
+            if queue and session.known_offline:  # do not wait for a network known to be gone
+                request = redeem_request(
                     review.token,
                     review.units,
                     review.transaction,
                     session.store_id,
                     review.refund_method,  # type: ignore[arg-type]
-                    queue_if_offline=queue,
-                    value=review.refund,
-                ),
-            )
+                )
+                redemption = await asyncio.to_thread(returns.till.queue, request, review.refund)
+            else:
+                redemption = await self.guarded(
+                    session,
+                    returns.redeem(
+                        review.token,
+                        review.units,
+                        review.transaction,
+                        session.store_id,
+                        review.refund_method,  # type: ignore[arg-type]
+                        queue_if_offline=queue,
+                        value=review.refund,
+                    ),
+                )
         except omnisdk.ReturnRefused as error:
             verification = error.verification
             if isinstance(verification, tokens.Verification):

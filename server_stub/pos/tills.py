@@ -18,12 +18,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import omnisdk
 from omnisdk.models import Redemption
 from omnisdk.resources.returns import Repriced
 
 OFFLINE_SECONDS = 30.0  # after a network failure, pages answer from the till for this long
+KEPT_REVIEWS = 20  # reviews shown and not confirmed, per till
+KEPT_RECEIPTS = 200  # receipts a till can show again (pending ones are always kept)
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,18 @@ class TillSession:
     confirming: asyncio.Lock = field(default_factory=asyncio.Lock)
     syncing: asyncio.Task[None] | None = None
 
+    def remember_review(self, review: Review) -> None:
+        """Keep a review until it is confirmed; a till keeps its last few only."""
+        self.reviews[review.transaction] = review
+        _keep_last(self.reviews, KEPT_REVIEWS)
+
+    def remember_receipt(self, receipt: Receipt) -> None:
+        transaction = receipt.redemption.till_transaction_id
+        self.reviews.pop(transaction, None)
+        self.receipts[transaction] = receipt
+        pending = {t for t, r in self.receipts.items() if r.redemption.status == "pending"}
+        _keep_last(self.receipts, KEPT_RECEIPTS, keep=pending)
+
     @property
     def known_offline(self) -> bool:
         return self.offline_until > time.monotonic()
@@ -109,6 +124,13 @@ class TillSession:
 
     def came_online(self) -> None:
         self.offline_until = 0.0
+
+
+def _keep_last(items: dict[str, Any], count: int, keep: set[str] | None = None) -> None:
+    """Forget the oldest entries beyond `count` (dicts keep insertion order), except `keep`."""
+    for key in list(items)[: max(0, len(items) - count)]:
+        if not keep or key not in keep:
+            del items[key]
 
 
 def cookie_hash(token: str) -> str:

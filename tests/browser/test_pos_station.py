@@ -462,6 +462,17 @@ def test_a_silently_dropping_network_shows_progress_then_works_offline(
                 page.goto(f"{backend.url}/pos/returns")
                 scan(page, second)
                 assert "Order D2" in page.inner_text("h1") and page.is_visible("#offline")
+                page.keyboard.type("1")
+                page.fill("#amount", "89")
+                with page.expect_navigation():
+                    page.click("#review")
+                with page.expect_navigation():
+                    page.click("#confirm")  # queued on the till, without waiting again
+                assert page.inner_text("#receipt-status").startswith("PENDING")
+                proxy.blackhole.clear()  # the network is back
+                with page.expect_navigation():
+                    page.click("#send-now")
+                assert page.inner_text("#receipt-status") == "Confirmed by the shop."
                 page.close()
 
 
