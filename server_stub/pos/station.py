@@ -53,7 +53,9 @@ from server_stub.pos.tills import LineView, Receipt, Review, TillSession, TillSe
 
 HERE = Path(__file__).parent
 COOKIE = "omnisdk_till"
-SESSION_SECONDS = 12 * 3600
+# A till is a shop's device at a counter: it stays signed in for 30 days (across restarts of
+# the station, whose data_dir keeps the session) unless the shop revokes its key first.
+SESSION_SECONDS = 30 * 86_400
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 MAX_UNITS = 999
 MAX_AMOUNT = 1_000_000.0

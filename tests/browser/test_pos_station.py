@@ -514,3 +514,18 @@ def test_enrolment_by_qr_and_a_restart_keeps_the_till_signed_in(
             scan(till, token)
             assert "Order E1" in till.inner_text("h1")
         context.close()
+
+
+def test_a_till_whose_key_the_shop_revokes_is_signed_out(
+    browser: Any, server: ReferenceServer, shop: TestTenant
+) -> None:
+    with shop.client("admin") as admin:
+        created = admin.keys.create("pos", "till to revoke")
+        page = sign_in(browser, server.url, created.secret)
+        admin.keys.revoke(created.key_id)
+    scan(page, issue(shop, "REV-1"))
+    assert page.url.endswith("/pos/returns/scan")
+    assert "revoked" in page.inner_text("#problem")
+    page.goto(f"{server.url}/pos/returns")
+    assert page.url.endswith("/pos/login")
+    page.close()
