@@ -50,6 +50,20 @@ def looks_scanned(text: str) -> bool:
     return len(text.strip()) >= 6
 
 
+def scan_in_fields(fields: list[tuple[str, str]]) -> str | None:
+    """What the scanner typed into the order form's boxes, if it did: a units box that holds
+    more than a number of units, or an amount box that holds a code."""
+    for name, value in fields:
+        if name.startswith("qty-") and looks_scanned(value):
+            return value
+        if name == "amount" and kind_of(value) in SCANNED_KINDS:
+            return value
+    return None
+
+
+SCANNED_KINDS = frozenset({ScanKind.RETURN_CODE, ScanKind.PRODUCT_BARCODE, ScanKind.URL})
+
+
 def not_a_return_code(words: Words, kind: ScanKind) -> str:
     if kind is ScanKind.NOTHING:
         return words("Nothing was scanned. Scan the return code again.")

@@ -466,15 +466,9 @@ class Station:
         if session is None:
             return self.go(request, "/login")
         words = self.words(request, session)
-        scanned = next(
-            (
-                str(v)
-                for k, v in form.items()
-                if k.startswith("qty-") and scans.looks_scanned(str(v))
-            ),
-            None,
-        )
-        if scanned is not None:  # the scanner typed into a units box: open that code instead
+        fields = [(key, str(value)) for key, value in form.multi_items()]
+        scanned = scans.scan_in_fields(fields)
+        if scanned is not None:  # the scanner typed into a box of the form: open that code
             return await self.open_code(request, session, scanned)
         token = str(form.get("token", "")).strip()
         if scans.kind_of(token) is not scans.ScanKind.RETURN_CODE:

@@ -12,13 +12,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from axe_playwright_python.sync_playwright import Axe
 from fastapi import FastAPI
 from playwright.sync_api import expect
 
 from omnisdk.testing import ServerProcess, TestTenant
 from server_stub.pos import StationConfig, Store, create_station
-from tests.browser.conftest import ServedApp
+from tests.browser.conftest import ServedApp, accessible
 from tests.browser.test_pos_station import SHOES, expired_token
 
 STORES = {
@@ -26,7 +25,6 @@ STORES = {
     "london-1": Store("London, Regent Street", "en", "Europe/London"),
     "poznan-2": Store("Poznań, Półwiejska 2"),  # the browser's language
 }
-SERIOUS = {"serious", "critical"}
 
 
 @pytest.fixture(scope="module")
@@ -55,17 +53,6 @@ def backend(
 def screenshots(shots: Path) -> Path:
     wanted = os.environ.get("OMNISDK_POS_SCREENSHOTS")
     return Path(wanted) if wanted else shots
-
-
-def accessible(page: Any, where: str) -> None:
-    """axe-core finds nothing serious or critical on the page as it is now."""
-    results = Axe().run(page)
-    found = [
-        (v["id"], v["impact"], [n["target"] for n in v["nodes"]][:3])
-        for v in results.response["violations"]
-        if v["impact"] in SERIOUS
-    ]
-    assert found == [], (where, found)
 
 
 def touch_targets_are_large(page: Any, where: str) -> None:

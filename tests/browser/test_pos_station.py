@@ -21,7 +21,7 @@ from server_stub.pos import StationConfig, create_station
 from server_stub.sealing import Sealer
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.storage.database import Database
-from tests.browser.conftest import ServedApp
+from tests.browser.conftest import ServedApp, accessible
 from tests.fault_proxy import FaultProxy
 
 SHOES = [
@@ -387,6 +387,7 @@ def test_offline_return_with_the_cap_then_confirmed_with_the_shop_price_shown(
         scan(page, token)
         assert "offline" in page.inner_text("#offline")
         assert remaining(page, "1") == "unknown (offline)"
+        accessible(page, "offline order")
         page.screenshot(path=docs_images(shots) / "pos-offline.png", full_page=True)
         page.fill("#qty-1", "1")
         for amount in ("0", "-5", "abc"):
@@ -408,6 +409,7 @@ def test_offline_return_with_the_cap_then_confirmed_with_the_shop_price_shown(
             page.click("#confirm")
         page.wait_for_url("**/returns/receipt/**")
         assert page.inner_text("#receipt-status").startswith("PENDING")
+        accessible(page, "pending receipt")
         page.emulate_media(media="print")
         assert page.is_visible("#receipt-status")  # the pending mark is on paper
         assert not page.is_visible("#code") and not page.is_visible("#print")
@@ -494,6 +496,7 @@ def test_enrolment_by_qr_and_a_restart_keeps_the_till_signed_in(
             admin.fill("#till_id", "till-2")
             with admin.expect_navigation():
                 admin.keyboard.press("Enter")
+            accessible(admin, "enrolment code")
             admin.locator("#enrolment-code").screenshot(path=tmp_path / "enrol.png")
             admin.screenshot(path=shots / "1-enrolment-code.png", full_page=True)
             (read,) = zxingcpp.read_barcodes(Image.open(tmp_path / "enrol.png"))

@@ -1,0 +1,53 @@
+"""What the station makes of what a scanner typed, and of a review's amounts (pure rules)."""
+
+from __future__ import annotations
+
+import pytest
+
+from server_stub.pos.scans import ScanKind, kind_of, scan_in_fields
+from server_stub.pos.tills import LineView, Review
+
+
+@pytest.mark.parametrize(
+    ("typed", "kind"),
+    [
+        ("RT1:6BF$2", ScanKind.RETURN_CODE),
+        ("  rt1:6bf$2 \n", ScanKind.RETURN_CODE),  # a wedge that lower-cases and pads
+        ("5901234123457", ScanKind.PRODUCT_BARCODE),  # EAN-13
+        ("96385074", ScanKind.PRODUCT_BARCODE),  # EAN-8
+        ("https://shop.example/p/42", ScanKind.URL),
+        ("www.shop.example", ScanKind.URL),
+        ("hello", ScanKind.OTHER),
+        ("   ", ScanKind.NOTHING),
+    ],
+)
+def test_a_scan_is_told_apart_by_its_text(typed: str, kind: ScanKind) -> None:
+    assert kind_of(typed) is kind
+
+
+def test_a_scan_typed_into_the_order_form_is_found_and_numbers_are_not() -> None:
+    assert scan_in_fields([("qty-1", "2"), ("amount", "1234.56")]) is None
+    assert scan_in_fields([("qty-1", "-1"), ("qty-2", "1000")]) is None
+    assert scan_in_fields([("qty-1", "0RT1:ABC+DEF")]) == "0RT1:ABC+DEF"
+    assert scan_in_fields([("amount", "RT1:ABC")]) == "RT1:ABC"
+    assert scan_in_fields([("amount", "5901234123457")]) == "5901234123457"
+
+
+def line(line_id: str, price: float | None) -> LineView:
+    return LineView(line_id, f"SKU-{line_id}", None, 3, 3, price)
+
+
+def test_a_review_totals_the_shop_prices_unless_the_till_is_offline() -> None:
+    online = Review(
+        "t-1",
+        "RT1:X",
+        "A1",
+        {"1": 2, "2": 1},
+        "card",
+        (line("1", 89.0), line("2", 12.5)),
+        "EUR",
+        None,
+    )
+    assert online.total == 190.5 and online.refund == 190.5
+    offline = Review("t-2", "RT1:X", "A1", {"1": 1}, "cash", (line("1", None),), None, 80.0)
+    assert offline.total is None and offline.refund == 80.0
