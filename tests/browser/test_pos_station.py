@@ -22,6 +22,7 @@ from server_stub.sealing import Sealer
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.storage.database import Database
 from tests.browser.conftest import ServedApp, accessible
+from tests.e2e.test_till_keys_and_offline_cap import forged_code
 from tests.fault_proxy import FaultProxy
 
 SHOES = [
@@ -226,6 +227,7 @@ def test_each_wrong_scan_gets_its_own_answer(
         "https://shop.example/landing?c=9": "web address",
         "RT1:NOT+A+CODE": "damaged",
         tampered: "altered or is not genuine",
+        forged_code(shop.id): "forged or was not made by this shop",  # a key it never had
         old: f"expired on {(datetime.now(UTC) - timedelta(days=10)).strftime('%B')}",
     }
     for n, (scanned, words) in enumerate(answers.items()):
