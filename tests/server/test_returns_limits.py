@@ -13,6 +13,7 @@ import pytest
 from omnisdk import qr
 from omnisdk.core import tokens
 from omnisdk.core.problems import ProblemType
+from omnisdk.testing import ServerProcess
 from server_stub.sealing import SecretKeyMissing
 from server_stub.services.signing_keys import SecretKeyMismatch
 from tests.server.conftest import ShopForTest, start_harness
@@ -100,3 +101,18 @@ async def test_a_lost_secret_key_file_is_not_replaced_silently(
         ):
             pass
     assert not missing.exists()
+
+
+def test_serve_exits_with_a_clear_message_when_its_secret_cannot_open_the_keys(
+    tmp_path: Path,
+) -> None:
+    url = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
+    with ServerProcess(url) as first:
+        shop = first.create_tenant()
+        with shop.client("web") as web:
+            web.returns.issue("SEALED-3", [{"line_id": "1", "sku": "A", "quantity": 1}])
+    wrong = base64.b64encode(os.urandom(32)).decode()
+    log = tmp_path / "second.log"
+    with pytest.raises(RuntimeError, match="exited"):
+        ServerProcess(url, secret_key=wrong, log_path=log).start()
+    assert "cannot open the signing keys" in log.read_text()
