@@ -59,6 +59,11 @@ class Enrolments:
                 return self._pending.pop(code)
         return None
 
+    def restore(self, enrolment: Enrolment) -> None:
+        """Offer a taken enrolment again (its sign-in failed), until it expires as before."""
+        if enrolment.expires > time.monotonic():
+            self._pending[enrolment.code] = enrolment
+
     def _forget_expired(self) -> None:
         now = time.monotonic()
         for code, enrolment in list(self._pending.items()):

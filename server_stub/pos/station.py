@@ -252,7 +252,12 @@ class Station:
                 "new one and scan it."
             )
             return self.page(request, None, "login.html", 422, error=error)
-        return await self.sign_in(request, enrolment.api_key, enrolment.store_id, enrolment.till_id)
+        response = await self.sign_in(
+            request, enrolment.api_key, enrolment.store_id, enrolment.till_id
+        )
+        if response.status_code != 303:  # not signed in (the network, say): scan it again
+            self.enrolments.restore(enrolment)
+        return response
 
     async def sign_in(
         self, request: Request, api_key: str, store_id: str, till_id: str
@@ -435,6 +440,11 @@ class Station:
         typed: Mapping[str, str] | None = None,
     ) -> Response:
         words = self.words(request, session)
+        if status is None and self.config.data_dir is None:
+            error = words(
+                "The shop's server cannot be reached and this till cannot take returns offline."
+            )
+            return self.scan_page(request, session, error, 422)
         lines = _lines(verification, status)
         nothing_left = status is not None and all(line.most == 0 for line in lines)
         notice = (

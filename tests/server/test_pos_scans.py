@@ -51,3 +51,18 @@ def test_a_review_totals_the_shop_prices_unless_the_till_is_offline() -> None:
     assert online.total == 190.5 and online.refund == 190.5
     offline = Review("t-2", "RT1:X", "A1", {"1": 1}, "cash", (line("1", None),), None, 80.0)
     assert offline.total is None and offline.refund == 80.0
+
+
+def test_an_enrolment_code_works_once_and_not_after_it_expires() -> None:
+    from server_stub.pos.enrolment import Enrolments
+
+    enrolments = Enrolments(seconds=60)
+    offered = enrolments.offer("key", "key_1", "s-1", "t-1")
+    assert offered.code.startswith("EN1:") and len(offered.code) == 36
+    assert enrolments.take(f"  {offered.code.lower()} ") == offered  # a wedge lower-cases
+    assert enrolments.take(offered.code) is None  # used
+    enrolments.restore(offered)  # its sign-in failed: it may be scanned again
+    assert enrolments.take(offered.code) == offered
+    short_lived = Enrolments(seconds=0)
+    expired = short_lived.offer("key", "key_2", "s-1", "t-1")
+    assert short_lived.take(expired.code) is None
