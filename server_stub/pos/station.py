@@ -25,7 +25,6 @@ import hmac
 import re
 import secrets
 import time
-import uuid
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
@@ -44,12 +43,12 @@ import omnisdk
 from omnisdk.core import tokens
 from omnisdk.models import ReturnStatus
 from omnisdk.resources.returns import redeem_request
-from server_stub.pos import scans
+from server_stub.pos import orders, scans
 from server_stub.pos.enrolment import Enrolments, is_enrolment_code
 from server_stub.pos.gate import Gate
 from server_stub.pos.language import LANGUAGES, Words, negotiate
 from server_stub.pos.photos import UnreadablePhoto, read_return_code
-from server_stub.pos.tills import LineView, Receipt, Review, TillSession, TillSessions
+from server_stub.pos.tills import Receipt, Review, TillSession, TillSessions
 
 HERE = Path(__file__).parent
 COOKIE = "omnisdk_till"
@@ -57,8 +56,6 @@ COOKIE = "omnisdk_till"
 # the station, whose data_dir keeps the session) unless the shop revokes its key first.
 SESSION_SECONDS = 30 * 86_400
 ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
-MAX_UNITS = 999
-MAX_AMOUNT = 1_000_000.0
 
 
 @dataclass(frozen=True)
@@ -445,7 +442,7 @@ class Station:
                 "The shop's server cannot be reached and this till cannot take returns offline."
             )
             return self.scan_page(request, session, error, 422)
-        lines = _lines(verification, status)
+        lines = orders.lines_of(verification, status)
         nothing_left = status is not None and all(line.most == 0 for line in lines)
         notice = (
             scans.everything_returned(words, status.redemptions)
@@ -492,7 +489,7 @@ class Station:
         verification, status = looked
         typed = {k: str(v) for k, v in form.items() if k.startswith("qty-") or k == "amount"}
         typed["refund_method"] = str(form.get("refund_method", ""))
-        draft = _draft(words, form, verification, status, session.till_id)
+        draft = orders.draft(words, form, verification, status, session.till_id)
         if isinstance(draft, str):
             return self.order_page(request, session, token, verification, status, draft, typed)
         session.remember_review(draft)
@@ -684,89 +681,6 @@ async def _sign_in_refusal(client: omnisdk.AsyncClient, words: Words) -> tuple[i
     except omnisdk.APIError:
         return 502, words("The shop's server refused the sign-in. Ask the shop's support.")
     return None if me.channel is omnisdk.Channel.POS else not_a_till
-
-
-def _natural(line_id: str) -> tuple[tuple[int, int | str], ...]:
-    """Line ids in the order people count them: 1, 2, 10 (not 1, 10, 2)."""
-    return tuple(
-        (0, int(part)) if part.isdigit() else (1, part)
-        for part in re.split(r"(\d+)", line_id)
-        if part
-    )
-
-
-def _lines(verification: tokens.Verification, status: ReturnStatus | None) -> list[LineView]:
-    assert verification.claims is not None
-    known = {line.line_id: line for line in status.lines} if status else {}
-    views = []
-    for line in verification.claims.lines:
-        current = known.get(line.line_id)
-        views.append(
-            LineView(
-                line.line_id,
-                line.sku,
-                current.name if current else None,
-                line.quantity,
-                current.remaining if current else None,
-                current.unit_price if current else None,
-            )
-        )
-    return sorted(views, key=lambda view: _natural(view.line_id))
-
-
-def _draft(
-    words: Words,
-    form: FormData,
-    verification: tokens.Verification,
-    status: ReturnStatus | None,
-    till_id: str,
-) -> Review | str:
-    """The review of what the clerk typed, or what to correct."""
-    assert verification.claims is not None
-    claims = verification.claims
-    lines = _lines(verification, status)
-    units: dict[str, int] = {}
-    for line in lines:
-        typed = str(form.get(f"qty-{line.line_id}", "")).strip() or "0"
-        if not typed.isdigit():
-            return words("Type the number of units of %(item)s as a whole number.", item=line.label)
-        count = int(typed)
-        if count > line.most:
-            return words(
-                "At most %(most)s of %(item)s can be taken back.", most=line.most, item=line.label
-            )
-        if count:
-            units[line.line_id] = count
-    if not units:
-        return words("Type how many units to take back (at least one).")
-    method = str(form.get("refund_method", ""))
-    if method not in claims.refund_methods:
-        return words("Choose how the money goes back.")
-    amount = None
-    if status is None:
-        amount = _amount(str(form.get("amount", "")))
-        if amount is None:
-            return words(
-                "The till is offline: type the amount you refund, more than 0 (for example 89.00)."
-            )
-    return Review(
-        transaction=f"{till_id}-{uuid.uuid4().hex[:12]}",
-        token=str(form.get("token", "")).strip(),
-        order_ref=claims.order_ref,
-        units=units,
-        refund_method=method,
-        lines=tuple(lines),
-        currency=status.currency if status else None,
-        offline_amount=amount,
-    )
-
-
-def _amount(text: str) -> float | None:
-    try:
-        value = float(text.strip().replace(",", "."))
-    except ValueError:
-        return None
-    return value if 0 < value <= MAX_AMOUNT else None
 
 
 def _status_refusal(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 import pytest
 
 from server_stub.pos.scans import ScanKind, kind_of, scan_in_fields
@@ -66,3 +68,36 @@ def test_an_enrolment_code_works_once_and_not_after_it_expires() -> None:
     short_lived = Enrolments(seconds=0)
     expired = short_lived.offer("key", "key_2", "s-1", "t-1")
     assert short_lived.take(expired.code) is None
+
+
+def test_units_must_be_plain_whole_numbers_within_what_is_left() -> None:
+    from starlette.datastructures import FormData
+
+    from omnisdk.core import tokens
+    from server_stub.pos.language import Words
+    from server_stub.pos.orders import draft, natural
+
+    claims = tokens.ReturnClaims(
+        issuer="ten_1",
+        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+        expires_at=datetime(2026, 2, 1, tzinfo=UTC),
+        token_id=bytes(16),
+        order_ref="A1",
+        lines=(tokens.ReturnLine("10", "B", 1), tokens.ReturnLine("2", "A", 2)),
+        refund_methods=("card",),
+    )
+    valid = tokens.Verification(tokens.Status.VALID, "ok", claims)
+    words = Words("en")
+
+    def review(**fields: str) -> object:
+        form = FormData({"token": "RT1:X", "refund_method": "card", **fields})
+        return draft(words, form, valid, None, "till-1")
+
+    for bad in ("²", "1.5", "-1", " 1e3"):
+        assert "whole number" in str(review(**{"qty-2": bad, "amount": "5"}))
+    assert "At most 2 of A" in str(review(**{"qty-2": "3", "amount": "5"}))
+    assert "more than 0" in str(review(**{"qty-2": "1", "amount": "nan"}))
+    ok = review(**{"qty-2": "2", "amount": "12,50"})
+    assert isinstance(ok, Review) and ok.units == {"2": 2} and ok.refund == 12.5
+    assert [line.line_id for line in ok.lines] == ["2", "10"]
+    assert sorted(["10", "2", "1", "a2", "a10"], key=natural) == ["1", "2", "10", "a2", "a10"]
