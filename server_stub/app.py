@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, FastAPI
@@ -136,7 +137,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(health.router)
     # The till's page, talking to this very app in process (no network hop).
-    station = create_station(StationConfig(transport=httpx.ASGITransport(app=app)))
+    pos_data = Path(settings.pos_data_dir) if settings.pos_data_dir else None
+    station = create_station(
+        StationConfig(
+            transport=httpx.ASGITransport(app=app),
+            data_dir=pos_data,
+            photo_max_bytes=settings.pos_photo_max_bytes,
+        )
+    )
     app.mount("/pos", station, name="pos")
     app.add_middleware(
         BodySizeLimit,
