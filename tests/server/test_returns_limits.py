@@ -62,7 +62,7 @@ async def test_an_order_whose_code_would_not_scan_is_refused_with_how_to_split_i
 async def test_one_till_transaction_on_two_codes_at_once_is_a_conflict_not_an_error(
     shop: ShopForTest,
 ) -> None:
-    for run in range(5):
+    for run in range(20):  # main answered 500 in 11 of 20 such runs on PostgreSQL
         first = (await issue(shop, order_ref=f"twin-a-{run}"))["token"]
         second = (await issue(shop, order_ref=f"twin-b-{run}"))["token"]
         answers = await asyncio.gather(
