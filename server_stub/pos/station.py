@@ -262,14 +262,21 @@ class Station:
         words = self.words(request, None)
         client = self.tills.new_client(api_key, till_id)
         refusal = await _sign_in_refusal(client, words)
-        if refusal is not None:
+        offline = (
+            refusal is not None and refusal[0] == 503 and self.tills.known_key(till_id, api_key)
+        )
+        if refusal is not None and not offline:
             await client.aclose()
             return self.page(request, None, "login.html", refusal[0], error=refusal[1])
+        if not offline:
+            self.tills.remember_key(till_id, api_key)
         cookie = secrets.token_urlsafe(32)
         seconds = self.config.session_seconds
         session = TillSession(
             api_key, store_id, till_id, secrets.token_urlsafe(32), time.time() + seconds, client
         )
+        if offline:  # the key signed this till in before; the shop checks it when it can
+            session.went_offline()
         self.tills.add(cookie, session)
         response = self.go(request, "/returns")
         response.set_cookie(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
 import json
 import os
 import time
@@ -133,6 +134,10 @@ def _keep_last(items: dict[str, Any], count: int, keep: set[str] | None = None) 
             del items[key]
 
 
+def _key_hash(api_key: str) -> str:
+    return hashlib.sha256(b"omnisdk-till-key:" + api_key.encode()).hexdigest()
+
+
 def cookie_hash(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -144,6 +149,31 @@ class TillSessions:
         self._path = path
         self.new_client = new_client
         self._sessions: dict[str, TillSession] = self._load()
+
+    def remember_key(self, till_id: str, api_key: str) -> None:
+        """Note (as a hash) the key that signed this till in, so the same key can sign it in
+        again while the network is down."""
+        if self._path is None:
+            return
+        self._known_keys_file(till_id).parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(
+            self._known_keys_file(till_id), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600
+        )
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(_key_hash(api_key))
+
+    def known_key(self, till_id: str, api_key: str) -> bool:
+        """Whether `api_key` signed this till in before (an offline sign-in may use it: the
+        shop checks it at the first request that reaches the network, and signs the till out
+        if it was revoked meanwhile)."""
+        if self._path is None or not self._known_keys_file(till_id).exists():
+            return False
+        known = self._known_keys_file(till_id).read_text().strip()
+        return hmac.compare_digest(known, _key_hash(api_key))
+
+    def _known_keys_file(self, till_id: str) -> Path:
+        assert self._path is not None
+        return self._path.parent / till_id / "till-key.sha256"
 
     def get(self, cookie: str) -> TillSession | None:
         session = self._sessions.get(cookie_hash(cookie)) if cookie else None

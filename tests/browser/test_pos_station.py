@@ -536,3 +536,33 @@ def test_a_till_whose_key_the_shop_revokes_is_signed_out(
     page.goto(f"{server.url}/pos/returns")
     assert page.url.endswith("/pos/login")
     page.close()
+
+
+def test_a_till_signs_in_again_offline_with_the_key_that_signed_it_in_before(
+    browser: Any, tmp_path: Path
+) -> None:
+    server = ServerProcess(f"sqlite:///{tmp_path / 'shop.sqlite3'}").start()
+    shop = server.create_tenant("Shoe Shop Gdańsk")
+    token = issue(shop, "F1")  # type: ignore[arg-type]
+    key = shop.key("pos")
+    with pos_backend(server.url, tmp_path / "tills") as backend:
+        page = sign_in(browser, backend.url, key, till="till-4")
+        with page.expect_navigation():
+            page.click("text=Sign out")
+        server.stop()  # the network is gone
+        for wrong in ("omk_pos_not-the-key", shop.key("web")):
+            page.fill("#api_key", wrong)
+            page.fill("#store_id", "berlin-1")
+            page.fill("#till_id", "till-4")
+            with page.expect_navigation():
+                page.click("#key-form button")
+            assert "cannot be reached" in page.inner_text("#problem")
+        page.fill("#api_key", key)
+        page.fill("#store_id", "berlin-1")
+        page.fill("#till_id", "till-4")
+        with page.expect_navigation():
+            page.click("#key-form button")
+        assert page.url.endswith("/pos/returns")
+        scan(page, token)
+        assert "Order F1" in page.inner_text("h1") and page.is_visible("#offline")
+        page.close()
