@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck install clean
+.PHONY: demo test bench lint typecheck install clean pos-catalogue pos-screenshots
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "omnisdk needs Python 3.11 or newer (set PYTHON=python3.X)")'
@@ -34,6 +34,19 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
 	$(BIN)/python -m bench.run
+
+## pos-catalogue: extract the return station's messages and merge them into each language's .po
+POS := server_stub/pos
+pos-catalogue: $(STAMP)
+	cd $(POS) && ../../$(BIN)/pybabel extract -F babel.cfg -k words -k N_ -k UnreadablePhoto \
+		--no-location --omit-header --sort-output -o locale/pos.pot .
+	$(BIN)/pybabel update -D pos -i $(POS)/locale/pos.pot -d $(POS)/locale --no-location \
+		--omit-header --ignore-obsolete
+
+## pos-screenshots: the return station's pages in English and Polish, for docs/pos.md
+pos-screenshots: $(STAMP)
+	OMNISDK_POS_SCREENSHOTS=docs/images $(BIN)/python -m pytest -q tests/browser/test_pos_languages.py \
+		tests/browser/test_pos_station.py -k 'languages or polish or english or offline_return'
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis

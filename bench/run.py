@@ -13,6 +13,7 @@ from bench import (
     bench_feed,
     bench_ingest,
     bench_outbox,
+    bench_pos_network_loss,
     bench_sdk_overhead,
     bench_server_write,
     bench_tokens,
@@ -34,6 +35,7 @@ SUITES = {
     "Cart add under load (issue 13)": bench_cart_load.run,
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
     bench_feed.TITLE: bench_feed.run,
+    "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
 }
 
 

@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, FastAPI
@@ -36,9 +37,9 @@ from server_stub.routers import (
     tenant,
 )
 from server_stub.runtime import Runtime
-from server_stub.sealing import sealer_from
+from server_stub.sealing import Sealer, sealer_from
 from server_stub.services import changes as change_feed
-from server_stub.services import idempotency
+from server_stub.services import idempotency, signing_keys
 from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContexts
@@ -95,13 +96,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "run `omnisdk-server migrate` first"
             )
         database = Database(settings.database_url, settings.database_pool_size)
+        sealer = await _checked_sealer(settings, database)
         app.state.runtime = Runtime(
             settings,
             database,
             KeyCache(settings.auth_cache_seconds),
             metrics,
             TenantContexts(settings.auth_cache_seconds),
-            SigningKeys(sealer_from(settings)),
+            SigningKeys(sealer),
             ChangeHub(database, settings.change_poll_seconds),
         )
         app.state.schema_revision = revision
@@ -136,7 +138,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.include_router(router)
     app.include_router(health.router)
     # The till's page, talking to this very app in process (no network hop).
-    station = create_station(StationConfig(transport=httpx.ASGITransport(app=app)))
+    pos_data = Path(settings.pos_data_dir) if settings.pos_data_dir else None
+    station = create_station(
+        StationConfig(
+            transport=httpx.ASGITransport(app=app),
+            data_dir=pos_data,
+            photo_max_bytes=settings.pos_photo_max_bytes,
+        )
+    )
     app.mount("/pos", station, name="pos")
     app.add_middleware(
         BodySizeLimit,
@@ -145,6 +154,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.add_middleware(RequestContext, metrics=metrics)
     return app
+
+
+async def _checked_sealer(settings: Settings, database: Database) -> Sealer:
+    """The sealer of the server's secret key, refusing to start when it cannot open the
+    signing keys already stored (a wrong or lost key file would fail every issue)."""
+    try:
+        async with database.transaction(write=False) as conn:
+            sealer = sealer_from(settings, keys_stored=await signing_keys.any_sealed(conn))
+            await signing_keys.check_secret(conn, sealer)
+    except BaseException:
+        await database.dispose()
+        raise
+    return sealer
 
 
 async def _prune_changes(database: Database, retention_seconds: float) -> None:

@@ -34,11 +34,24 @@ class Sealer:
         return self._aead.decrypt(sealed[:12], sealed[12:], context.encode())
 
 
-def sealer_from(settings: Settings) -> Sealer:
-    """The sealer of the configured secret key, creating the key file the first time."""
+class SecretKeyMissing(RuntimeError):
+    """The secret key file is gone while the database holds keys sealed with it."""
+
+
+def sealer_from(settings: Settings, *, keys_stored: bool = False) -> Sealer:
+    """The sealer of the configured secret key, creating the key file the first time.
+
+    Never when the database already holds sealed keys (`keys_stored`): a new secret cannot
+    open them, so a missing file is an operator's mistake to report, not to paper over.
+    """
     if settings.secret_key is not None:
         return Sealer(base64.b64decode(settings.secret_key.get_secret_value()))
     path = Path(settings.secret_key_file)
+    if not path.exists() and keys_stored:
+        raise SecretKeyMissing(
+            f"the secret key file {path} is missing, but the database holds signing keys "
+            "sealed with it: restore the file from your backup (or set OMNISDK_SECRET_KEY)"
+        )
     if not path.exists():
         encoded = base64.b64encode(os.urandom(KEY_BYTES))
         descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     pos_photo_max_bytes: int = Field(
         default=8_388_608, gt=0, description="Largest photo of a QR code the till page accepts."
     )
+    pos_data_dir: str | None = Field(
+        default=None,
+        description="Where the till page at /pos keeps its tills' sessions (so a restart keeps "
+        "them signed in) and keys; unset: in memory only.",
+    )
     idempotency_ttl_seconds: int = Field(
         default=86_400, gt=0, description="How long a stored answer replays an idempotency key."
     )

@@ -36,13 +36,22 @@ def writes(rate: float, seed: int = 0) -> DropRule:
     return rule
 
 
+def nothing(_method: str, _path: str) -> bool:
+    """Lose no answer (for a proxy used only for its blackhole)."""
+    return False
+
+
 class FaultProxy:
     """`with FaultProxy(server_url, writes(0.3)) as proxy:` then send requests to `proxy.url`."""
 
-    def __init__(self, upstream: str, drop: DropRule) -> None:
+    def __init__(self, upstream: str, drop: DropRule = nothing) -> None:
         parts = urlsplit(upstream)
         self.upstream = (parts.hostname or "127.0.0.1", parts.port or 80)
         self.drop = drop
+        # Set: the network silently drops packets. Requests are taken and never answered
+        # (no refusal, no reset), until the proxy closes: what a dead Wi-Fi looks like.
+        self.blackhole = threading.Event()
+        self._closing = threading.Event()
         self.forwarded = 0
         self.dropped = 0
         self._counts = threading.Lock()
@@ -68,6 +77,10 @@ class FaultProxy:
             def _forward(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else None
+                if proxy.blackhole.is_set():
+                    proxy._closing.wait(120)
+                    self.close_connection = True
+                    return
                 headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_BY_HOP}
                 upstream = http.client.HTTPConnection(*proxy.upstream, timeout=60)
                 try:
@@ -103,6 +116,7 @@ class FaultProxy:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._closing.set()
         self._server.shutdown()
         self._server.server_close()
         self._thread.join(5)

@@ -1,100 +1,97 @@
-"""The POS return station: the page store staff use to scan a return code and take goods back.
+"""The POS return station: the web page store staff use to scan a return code and take goods back.
 
-It is a small FastAPI app of its own, rendering HTML on the server (no JavaScript, no external
-assets), so it can be mounted in the reference server (`/pos`) or in a shop's own POS backend.
-It talks to the sync server through the SDK with the till's `pos` key: in a POS backend with a
-`data_dir`, the SDK verifies codes from cached keys and queues redemptions when the network is
-gone, and the page says so (pending, then confirmed).
+A small FastAPI app rendering HTML on the server, so it can be mounted in the reference server
+(`/pos`) or in a shop's own POS backend. It talks to the sync server through the SDK with the
+till's `pos` key: in a POS backend with a `data_dir`, the SDK verifies codes from cached keys and
+queues redemptions when the network is gone, and the page says so (pending, then confirmed).
 
-Security: every page needs a till session (a sign-in with a pos-channel key); the session cookie
-is HttpOnly and SameSite=Strict; every form post carries a CSRF token; Jinja2 autoescapes all
-HTML; a strict Content-Security-Policy allows nothing but this origin's stylesheet and images.
+The clerk's path: scan (from any page: a scanner types into whatever field has the focus, and a
+scan typed into a units box opens the new code) → the order → the review (lines, prices, refund
+total; the till transaction id is made here) → confirm → the receipt. Every page works with the
+keyboard alone and without JavaScript; one small script adds a progress note while the server
+is slow and the Print button.
+
+Security: every page needs a till session (a sign-in with a pos-channel key, or the scan of a
+one-time enrolment code); the session cookie is HttpOnly and SameSite=Strict; every form post
+carries a CSRF token; posts from anyone not signed in are refused before their body is read,
+and bodies are bounded (gate.py); Jinja2 autoescapes all HTML; a strict Content-Security-Policy
+allows nothing but this origin's stylesheet, script and images.
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
+import re
 import secrets
 import time
-import uuid
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
-from fastapi import FastAPI, Form, Request, UploadFile
+from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
-from fastapi.templating import Jinja2Templates
-from starlette.responses import RedirectResponse, Response
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+from starlette.datastructures import FormData, UploadFile
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+from starlette.types import Scope
 
 import omnisdk
-from omnisdk.core.tokens import Verification
-from omnisdk.models import Redemption, ReturnStatus
+from omnisdk.core import tokens
+from omnisdk.models import ReturnStatus
+from omnisdk.resources.returns import redeem_request
+from server_stub.pos import orders, scans
+from server_stub.pos.enrolment import Enrolments, is_enrolment_code
+from server_stub.pos.gate import Gate
+from server_stub.pos.language import LANGUAGES, Words, negotiate
 from server_stub.pos.photos import UnreadablePhoto, read_return_code
+from server_stub.pos.tills import Receipt, Review, TillSession, TillSessions
 
 HERE = Path(__file__).parent
 COOKIE = "omnisdk_till"
-SESSION_SECONDS = 12 * 3600
-CSP = (
-    "default-src 'none'; style-src 'self'; img-src 'self'; form-action 'self'; "
-    "base-uri 'none'; frame-ancestors 'none'"
-)
+# A till is a shop's device at a counter: it stays signed in for 30 days (across restarts of
+# the station, whose data_dir keeps the session) unless the shop revokes its key first.
+SESSION_SECONDS = 30 * 86_400
+ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
-@dataclass
-class TillSession:
-    client: omnisdk.AsyncClient
-    store_id: str
-    till_id: str
-    csrf: str
-    expires: float
-    receipts: dict[str, Redemption] = field(default_factory=dict)
+@dataclass(frozen=True)
+class Store:
+    """How a store's tills speak: its name on receipts, its language and its time zone."""
+
+    name: str = ""
+    language: str | None = None  # None: each browser's own (Accept-Language)
+    time_zone: str = "UTC"
 
 
 @dataclass
 class StationConfig:
-    """Where the station's SDK clients go: a server URL, or an in-process ASGI transport."""
+    """Where the station's SDK clients go (a server URL, or an in-process ASGI transport) and
+    how its stores speak."""
 
     server_url: str = "http://omnisdk.local"
     transport: httpx.AsyncBaseTransport | None = None
-    data_dir: Path | None = None  # enables offline verification and queued redemptions
+    data_dir: Path | None = None  # offline verification, queued redemptions, kept sessions
     offline_cap: float = 250.0
+    # Interactive: a clerk is waiting. No retry (each write is idempotent, the clerk or the
+    # background sender tries again), and a short wait before the till works offline.
     retry_policy: omnisdk.RetryPolicy = field(
-        default_factory=lambda: omnisdk.RetryPolicy(max_retries=1, initial_delay=0.1)
+        default_factory=lambda: omnisdk.RetryPolicy(max_retries=0)
     )
-    timeout: float = 5.0
-
-
-class SecurityHeaders:
-    """Content-Security-Policy and friends on every answer of the station."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def send_with_headers(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message["headers"] = [
-                    *message.get("headers", []),
-                    (b"content-security-policy", CSP.encode()),
-                    (b"x-content-type-options", b"nosniff"),
-                    (b"referrer-policy", b"no-referrer"),
-                    (b"cache-control", b"no-store"),
-                ]
-            await send(message)
-
-        await self.app(scope, receive, send_with_headers)
+    timeout: float = 3.0
+    sync_interval: float = 15.0  # how often pending returns are sent in the background
+    shop_name: str = ""
+    stores: Mapping[str, Store] = field(default_factory=dict)
+    photo_max_bytes: int = 10 * 1024 * 1024
+    session_seconds: float = SESSION_SECONDS
 
 
 def create_station(config: StationConfig | None = None) -> FastAPI:
     """The return station as an ASGI app; mount it where staff reach it (e.g. at /pos)."""
     config = config or StationConfig()
-    sessions: dict[str, TillSession] = {}
-    templates = Jinja2Templates(directory=HERE / "templates")
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
-    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    app.add_middleware(SecurityHeaders)
 
     def new_client(api_key: str, till_id: str) -> omnisdk.AsyncClient:
         http = httpx.AsyncClient(transport=config.transport, timeout=config.timeout)
@@ -110,283 +107,618 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
             timeout=config.timeout,
         )
 
-    def session_of(request: Request) -> TillSession | None:
-        session = sessions.get(request.cookies.get(COOKIE, ""))
-        if session is None or session.expires < time.time():
-            return None
-        return session
+    sessions_file = config.data_dir / "till-sessions.json" if config.data_dir else None
+    tills = TillSessions(sessions_file, new_client)
 
-    def page(request: Request, name: str, status_code: int = 200, **context: Any) -> Response:
-        base = request.scope.get("root_path", "")
-        return templates.TemplateResponse(
-            request, name, {"base": base, **context}, status_code=status_code
-        )
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        await tills.close()
 
-    def to_login(request: Request) -> Response:
-        return RedirectResponse(f"{request.scope.get('root_path', '')}/login", status_code=303)
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
+    station = Station(config, tills, Enrolments())
+    station.route(app)
 
-    def checked(request: Request, csrf: str) -> TillSession | None:
-        session = session_of(request)
-        if session is None or not hmac.compare_digest(session.csrf, csrf):
-            return None
-        return session
+    def signed_in(scope: Scope) -> bool:
+        return tills.get(_cookie(scope)) is not None
 
-    async def scan_page(
-        request: Request, session: TillSession, error: str | None = None, code: int = 200
-    ) -> Response:
-        synced = await _sync(session)
-        return page(
-            request,
-            "scan.html",
-            code,
-            session=session,
-            error=error,
-            synced=synced,
-            pending=session.client.returns.pending(),
-        )
+    app.add_middleware(Gate, signed_in=signed_in, photo_bytes=config.photo_max_bytes)
+    return app
 
-    @app.get("/login")
-    async def login_form(request: Request) -> Response:
-        return page(request, "login.html")
 
-    @app.post("/login")
-    async def login(
+def _cookie(scope: Scope) -> str:
+    headers: list[tuple[bytes, bytes]] = scope["headers"]
+    for name, value in headers:
+        if name == b"cookie":
+            for part in value.decode("latin-1").split(";"):
+                key, _, cookie = part.strip().partition("=")
+                if key == COOKIE:
+                    return cookie
+    return ""
+
+
+class SignedOut(Exception):
+    """The shop revoked this till's key: the till must be enrolled again."""
+
+
+class Station:
+    """The pages, over the signed-in tills; each route validates and delegates."""
+
+    def __init__(self, config: StationConfig, tills: TillSessions, enrolments: Enrolments):
+        self.config = config
+        self.tills = tills
+        self.enrolments = enrolments
+        self.environments = {language: _environment(language) for language in LANGUAGES}
+
+    # -- plumbing ---------------------------------------------------------------------------
+
+    def store(self, store_id: str | None) -> Store:
+        return self.config.stores.get(store_id or "", Store())
+
+    def words(self, request: Request, session: TillSession | None) -> Words:
+        store = self.store(session.store_id if session else None)
+        language = negotiate(store.language, request.headers.get("accept-language", ""))
+        return Words(language, store.time_zone)
+
+    def page(
+        self,
         request: Request,
-        api_key: str = Form(max_length=200),
-        store_id: str = Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
-        till_id: str = Form(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._-]+$"),
+        session: TillSession | None,
+        name: str,
+        status_code: int = 200,
+        **context: Any,
     ) -> Response:
-        client = new_client(api_key.strip(), till_id)
-        refusal = await _sign_in_refusal(client)
-        if refusal is not None:
+        words = self.words(request, session)
+        template = self.environments[words.language].get_template(name)
+        store = self.store(session.store_id if session else None)
+        html = template.render(
+            base=request.scope.get("root_path", ""),
+            session=session,
+            words=words,
+            shop_name=self.config.shop_name,
+            store_name=store.name,
+            **context,
+        )
+        return HTMLResponse(html, status_code=status_code)
+
+    def go(self, request: Request, path: str) -> Response:
+        return RedirectResponse(f"{request.scope.get('root_path', '')}{path}", status_code=303)
+
+    def session_of(self, request: Request) -> TillSession | None:
+        return self.tills.get(request.cookies.get(COOKIE, ""))
+
+    async def form(self, request: Request) -> FormData:
+        return await request.form(max_files=1, max_fields=120, max_part_size=1024 * 1024)
+
+    def checked(self, request: Request, form: FormData) -> TillSession | None:
+        session = self.session_of(request)
+        if session is None or not hmac.compare_digest(session.csrf, str(form.get("csrf", ""))):
+            return None
+        return session
+
+    async def signed_out(self, request: Request) -> Response:
+        await self.tills.remove(request.cookies.get(COOKIE, ""))
+        words = self.words(request, None)
+        error = words("The shop signed this till out (its key was revoked). Enrol it again.")
+        response = self.page(request, None, "login.html", 401, error=error)
+        response.delete_cookie(COOKIE, path=request.scope.get("root_path", "") or "/")
+        return response
+
+    # -- routes -----------------------------------------------------------------------------
+
+    def route(self, app: FastAPI) -> None:
+        app.add_api_route("/login", self.login_form, methods=["GET"])
+        app.add_api_route("/login", self.login, methods=["POST"])
+        app.add_api_route("/login/enrol", self.login_by_enrolment, methods=["POST"])
+        app.add_api_route("/enrol", self.enrol_form, methods=["GET"])
+        app.add_api_route("/enrol", self.enrol, methods=["POST"])
+        app.add_api_route("/logout", self.logout, methods=["POST"])
+        app.add_api_route("/returns", self.home, methods=["GET"])
+        app.add_api_route("/returns/scan", self.scan, methods=["POST"])
+        app.add_api_route("/returns/photo", self.photo, methods=["POST"])
+        app.add_api_route("/returns/review", self.review, methods=["POST"])
+        app.add_api_route("/returns/confirm", self.confirm, methods=["POST"])
+        app.add_api_route("/returns/receipt/{transaction}", self.receipt, methods=["GET"])
+        app.add_api_route("/returns/sync", self.sync, methods=["POST"])
+
+    async def login_form(self, request: Request) -> Response:
+        return self.page(request, None, "login.html")
+
+    async def login(self, request: Request) -> Response:
+        form = await self.form(request)
+        words = self.words(request, None)
+        api_key = str(form.get("api_key", "")).strip()
+        store_id = str(form.get("store_id", "")).strip()
+        till_id = str(form.get("till_id", "")).strip()
+        if not (0 < len(api_key) <= 200) or not _is_id(store_id) or not _is_id(till_id):
+            error = words(
+                "Fill in the till key, the store and the till (letters, digits, dots, dashes)."
+            )
+            return self.page(request, None, "login.html", 422, error=error)
+        return await self.sign_in(request, api_key, store_id, till_id)
+
+    async def login_by_enrolment(self, request: Request) -> Response:
+        form = await self.form(request)
+        words = self.words(request, None)
+        code = str(form.get("code", ""))
+        enrolment = self.enrolments.take(code) if is_enrolment_code(code) else None
+        if enrolment is None:
+            error = words(
+                "This is not a valid enrolment code, or it was used or has expired. Ask for a "
+                "new one and scan it."
+            )
+            return self.page(request, None, "login.html", 422, error=error)
+        response = await self.sign_in(
+            request, enrolment.api_key, enrolment.store_id, enrolment.till_id
+        )
+        if response.status_code != 303:  # not signed in (the network, say): scan it again
+            self.enrolments.restore(enrolment)
+        return response
+
+    async def sign_in(
+        self, request: Request, api_key: str, store_id: str, till_id: str
+    ) -> Response:
+        words = self.words(request, None)
+        client = self.tills.new_client(api_key, till_id)
+        refusal = await _sign_in_refusal(client, words)
+        offline = (
+            refusal is not None and refusal[0] == 503 and self.tills.known_key(till_id, api_key)
+        )
+        if refusal is not None and not offline:
             await client.aclose()
-            return page(request, "login.html", refusal[0], error=refusal[1])
-        token = secrets.token_urlsafe(32)
-        sessions[token] = TillSession(
-            client, store_id, till_id, secrets.token_urlsafe(32), time.time() + SESSION_SECONDS
+            return self.page(request, None, "login.html", refusal[0], error=refusal[1])
+        if not offline:
+            self.tills.remember_key(till_id, api_key)
+        cookie = secrets.token_urlsafe(32)
+        seconds = self.config.session_seconds
+        session = TillSession(
+            api_key, store_id, till_id, secrets.token_urlsafe(32), time.time() + seconds, client
         )
-        response = RedirectResponse(
-            f"{request.scope.get('root_path', '')}/returns", status_code=303
-        )
+        if offline:  # the key signed this till in before; the shop checks it when it can
+            session.went_offline()
+        self.tills.add(cookie, session)
+        response = self.go(request, "/returns")
         response.set_cookie(
             COOKIE,
-            token,
+            cookie,
             httponly=True,
             samesite="strict",
-            max_age=SESSION_SECONDS,
+            max_age=int(seconds),
             path=request.scope.get("root_path", "") or "/",
         )
         return response
 
-    @app.post("/logout")
-    async def logout(request: Request, csrf: str = Form("")) -> Response:
-        session = checked(request, csrf)
-        if session is not None:
-            sessions.pop(request.cookies.get(COOKIE, ""), None)
-            await session.client.aclose()
-        return to_login(request)
+    async def enrol_form(self, request: Request) -> Response:
+        return self.page(request, None, "enrol.html")
 
-    @app.get("/returns")
-    async def returns_home(request: Request) -> Response:
-        session = session_of(request)
-        if session is None:
-            return to_login(request)
-        return await scan_page(request, session)
-
-    async def show_code(request: Request, session: TillSession, token: str) -> Response:
-        verification = await session.client.returns.verify(token)
-        if not verification.valid:
-            return await scan_page(request, session, verification.message, 422)
-        try:
-            status: ReturnStatus | None = await session.client.returns.status(token)
-        except omnisdk.APIConnectionError:
-            status = None
-        except omnisdk.APIError as error:
-            return await scan_page(request, session, error.detail, 422)
-        return page(
-            request,
-            "order.html",
-            session=session,
-            token=token.strip(),
-            verification=verification,
-            status=status,
-            lines=_lines(verification, status),
-            error=None,
+    async def enrol(self, request: Request) -> Response:
+        """An admin makes a till key and shows it as a one-time enrolment code."""
+        form = await self.form(request)
+        words = self.words(request, None)
+        admin_key = str(form.get("admin_key", "")).strip()
+        store_id = str(form.get("store_id", "")).strip()
+        till_id = str(form.get("till_id", "")).strip()
+        if not (0 < len(admin_key) <= 200) or not _is_id(store_id) or not _is_id(till_id):
+            error = words("Fill in the admin key, the store and the till.")
+            return self.page(request, None, "enrol.html", 422, error=error)
+        admin = omnisdk.AsyncClient(
+            self.config.server_url,
+            admin_key,
+            channel="admin",
+            http_client=httpx.AsyncClient(
+                transport=self.config.transport, timeout=self.config.timeout
+            ),
+            retry_policy=self.config.retry_policy,
+            timeout=self.config.timeout,
         )
-
-    @app.post("/returns/scan")
-    async def scan(
-        request: Request, code: str = Form("", max_length=2000), csrf: str = Form("")
-    ) -> Response:
-        session = checked(request, csrf)
-        if session is None:
-            return to_login(request)
-        if not code.strip():
-            return await scan_page(
-                request, session, "Nothing was scanned. Scan the code again.", 422
-            )
-        return await show_code(request, session, code)
-
-    @app.post("/returns/photo")
-    async def photo(request: Request, image: UploadFile, csrf: str = Form("")) -> Response:
-        session = checked(request, csrf)
-        if session is None:
-            return to_login(request)
         try:
-            token = read_return_code(await image.read())
-        except UnreadablePhoto as error:
-            return await scan_page(request, session, str(error), 422)
-        return await show_code(request, session, token)
-
-    @app.post("/returns/redeem")
-    async def redeem(request: Request) -> Response:
-        form = await request.form()
-        session = checked(request, str(form.get("csrf", "")))
-        if session is None:
-            return to_login(request)
-        token = str(form.get("token", ""))
-        units = {
-            key.removeprefix("qty-"): int(str(value))
-            for key, value in form.items()
-            if key.startswith("qty-") and str(value).isdigit() and int(str(value)) > 0
-        }
-        refund_method = str(form.get("refund_method", ""))
-        amount = _amount(str(form.get("amount", "")))
-        if not units:
-            return await _order_again(
-                request, session, token, "Choose at least one unit to take back."
-            )
-        transaction = f"{session.till_id}:{uuid.uuid4().hex[:12]}"
-        try:
-            redemption = await session.client.returns.redeem(
-                token,
-                units,
-                transaction,
-                session.store_id,
-                refund_method,  # type: ignore[arg-type]
-                queue_if_offline=True,
-                value=amount,
-            )
-        except (omnisdk.ReturnRefused, omnisdk.OfflineLimitReached) as error:
-            return await _order_again(request, session, token, str(error))
-        except omnisdk.APIConnectionError:
-            return await _order_again(
-                request,
-                session,
-                token,
-                "The shop's server cannot be reached and this till cannot take returns offline.",
-            )
-        except omnisdk.APIError as error:
-            return await _order_again(request, session, token, error.detail)
-        session.receipts[redemption.till_transaction_id] = redemption
-        receipt_path = f"/returns/receipt/{redemption.till_transaction_id}"
-        return RedirectResponse(request.scope.get("root_path", "") + receipt_path, status_code=303)
-
-    async def _order_again(
-        request: Request, session: TillSession, token: str, error: str
-    ) -> Response:
-        verification = await session.client.returns.verify(token)
-        if not verification.valid:
-            return await scan_page(request, session, verification.message, 422)
-        try:
-            status: ReturnStatus | None = await session.client.returns.status(token)
+            created = await admin.keys.create("pos", f"till {store_id}/{till_id} (enrolment)")
+        except omnisdk.AuthenticationError:
+            error = words("That admin key is not valid.")
+            return self.page(request, None, "enrol.html", 401, error=error)
+        except omnisdk.PermissionDeniedError:
+            error = words("That key may not make till keys. Use an admin key.")
+            return self.page(request, None, "enrol.html", 403, error=error)
         except omnisdk.OmnisdkError:
-            status = None
-        return page(
+            error = words(
+                "The shop's server cannot be reached. Try again when the network is back."
+            )
+            return self.page(request, None, "enrol.html", 503, error=error)
+        finally:
+            await admin.aclose()
+        enrolment = self.enrolments.offer(created.secret, created.key_id, store_id, till_id)
+        minutes = int(self.enrolments.seconds // 60)
+        return self.page(request, None, "enrolment.html", enrolment=enrolment, minutes=minutes)
+
+    async def logout(self, request: Request) -> Response:
+        form = await self.form(request)
+        if self.checked(request, form) is not None:
+            await self.tills.remove(request.cookies.get(COOKIE, ""))
+        return self.go(request, "/login")
+
+    async def home(self, request: Request) -> Response:
+        session = self.session_of(request)
+        if session is None:
+            return self.go(request, "/login")
+        return self.scan_page(request, session)
+
+    def scan_page(
+        self,
+        request: Request,
+        session: TillSession,
+        error: str | None = None,
+        status_code: int = 200,
+    ) -> Response:
+        assert session.client is not None
+        return self.page(
             request,
-            "order.html",
-            422,
-            session=session,
-            token=token,
-            verification=verification,
-            status=status,
-            lines=_lines(verification, status),
+            session,
+            "scan.html",
+            status_code,
             error=error,
+            pending=session.client.returns.pending(),
+            scan_focus=True,
         )
 
-    @app.get("/returns/receipt/{transaction}")
-    async def receipt(request: Request, transaction: str) -> Response:
-        session = session_of(request)
+    async def scan(self, request: Request) -> Response:
+        form = await self.form(request)
+        session = self.checked(request, form)
         if session is None:
-            return to_login(request)
-        redemption = session.receipts.get(transaction)
-        if redemption is None:
-            return await scan_page(request, session, "There is no such receipt on this till.", 404)
-        if redemption.status == "pending":
-            await _sync(session)
-            redemption = session.receipts[transaction]
-        return page(request, "receipt.html", session=session, redemption=redemption)
+            return self.go(request, "/login")
+        return await self.open_code(request, session, str(form.get("code", "")))
 
-    @app.post("/returns/sync")
-    async def sync(request: Request, csrf: str = Form("")) -> Response:
-        session = checked(request, csrf)
+    async def photo(self, request: Request) -> Response:
+        form = await self.form(request)
+        session = self.checked(request, form)
         if session is None:
-            return to_login(request)
-        return await scan_page(request, session)
+            return self.go(request, "/login")
+        words = self.words(request, session)
+        image = form.get("image")
+        data = await image.read() if isinstance(image, UploadFile) else b""
+        try:
+            token = read_return_code(data)
+        except UnreadablePhoto as error:
+            return self.scan_page(request, session, words(str(error)), 422)
+        return await self.open_code(request, session, token)
 
-    return app
+    async def open_code(self, request: Request, session: TillSession, text: str) -> Response:
+        """The order page of a scanned code, or the reason it cannot be taken back."""
+        words = self.words(request, session)
+        kind = scans.kind_of(text[: scans.MAX_SCAN_CHARS + 1])
+        if kind is not scans.ScanKind.RETURN_CODE or len(text) > scans.MAX_SCAN_CHARS:
+            return self.scan_page(request, session, scans.not_a_return_code(words, kind), 422)
+        token = text.strip()
+        try:
+            looked = await self.look_up(session, token, words)
+        except SignedOut:
+            return await self.signed_out(request)
+        if isinstance(looked, str):
+            return self.scan_page(request, session, looked, 422)
+        verification, status = looked
+        return self.order_page(request, session, token, verification, status)
+
+    async def look_up(
+        self, session: TillSession, token: str, words: Words
+    ) -> tuple[tokens.Verification, ReturnStatus | None] | str:
+        """The code's check and, online, its status; or what to tell the clerk instead."""
+        assert session.client is not None
+        returns = session.client.returns
+        if session.known_offline:
+            verification = await asyncio.to_thread(returns.till.verify, token)
+        else:
+            verification = await self.guarded(session, returns.verify(token))
+        if not verification.valid:
+            return scans.refusal(words, verification, token)
+        if session.known_offline:
+            return verification, None
+        try:
+            status = await self.guarded(session, returns.status(token))
+        except omnisdk.APIConnectionError:
+            return verification, None
+        except omnisdk.APIError as error:
+            return _status_refusal(words, error, verification, token)
+        return verification, status
+
+    async def guarded(self, session: TillSession, call: Any) -> Any:
+        """Await an SDK call, noting a lost network (pages then answer from the till for a
+        while instead of waiting for it again) and a revoked key."""
+        try:
+            result = await call
+        except omnisdk.APIConnectionError:
+            session.went_offline()
+            raise
+        except omnisdk.AuthenticationError as error:
+            raise SignedOut from error
+        session.came_online()
+        return result
+
+    def order_page(
+        self,
+        request: Request,
+        session: TillSession,
+        token: str,
+        verification: tokens.Verification,
+        status: ReturnStatus | None,
+        error: str | None = None,
+        typed: Mapping[str, str] | None = None,
+    ) -> Response:
+        words = self.words(request, session)
+        if status is None and self.config.data_dir is None:
+            error = words(
+                "The shop's server cannot be reached and this till cannot take returns offline."
+            )
+            return self.scan_page(request, session, error, 422)
+        lines = orders.lines_of(verification, status)
+        nothing_left = status is not None and all(line.most == 0 for line in lines)
+        notice = (
+            scans.everything_returned(words, status.redemptions)
+            if nothing_left and status
+            else None
+        )
+        offline_possible = self.config.data_dir is not None
+        return self.page(
+            request,
+            session,
+            "order.html",
+            422 if error else 200,
+            token=token,
+            claims=verification.claims,
+            status=status,
+            lines=lines,
+            currency=status.currency if status else None,
+            error=error,
+            notice=notice,
+            offline_possible=offline_possible,
+            typed=typed or {},
+        )
+
+    async def review(self, request: Request) -> Response:
+        """The clerk's units and refund method, checked, shown with prices and the total."""
+        form = await self.form(request)
+        session = self.checked(request, form)
+        if session is None:
+            return self.go(request, "/login")
+        words = self.words(request, session)
+        fields = [(key, str(value)) for key, value in form.multi_items()]
+        scanned = scans.scan_in_fields(fields)
+        if scanned is not None:  # the scanner typed into a box of the form: open that code
+            return await self.open_code(request, session, scanned)
+        token = str(form.get("token", "")).strip()
+        if scans.kind_of(token) is not scans.ScanKind.RETURN_CODE:
+            return self.scan_page(request, session, words("Scan the return code again."), 422)
+        try:
+            looked = await self.look_up(session, token, words)
+        except SignedOut:
+            return await self.signed_out(request)
+        if isinstance(looked, str):
+            return self.scan_page(request, session, looked, 422)
+        verification, status = looked
+        typed = {k: str(v) for k, v in form.items() if k.startswith("qty-") or k == "amount"}
+        typed["refund_method"] = str(form.get("refund_method", ""))
+        draft = orders.draft(words, form, verification, status, session.till_id)
+        if isinstance(draft, str):
+            return self.order_page(request, session, token, verification, status, draft, typed)
+        session.remember_review(draft)
+        return self.page(request, session, "review.html", review=draft, scan_focus=True)
+
+    async def confirm(self, request: Request) -> Response:
+        """Take the reviewed return back, once: a repeated confirm shows the same receipt."""
+        form = await self.form(request)
+        session = self.checked(request, form)
+        if session is None:
+            return self.go(request, "/login")
+        words = self.words(request, session)
+        transaction = str(form.get("transaction", ""))
+        async with session.confirming:
+            if transaction in session.receipts:
+                return self.go(request, f"/returns/receipt/{transaction}")
+            review = session.reviews.get(transaction)
+            if review is None:
+                error = words("This return was not reviewed on this till. Scan the code again.")
+                return self.scan_page(request, session, error, 422)
+            try:
+                outcome = await self.take_back(session, review, words)
+            except SignedOut:
+                return await self.signed_out(request)
+            if isinstance(outcome, str):
+                return await self.order_again(request, session, review, outcome)
+            session.remember_receipt(outcome)
+        if outcome.redemption.status == "pending":
+            self.keep_sending(session)
+        return self.go(request, f"/returns/receipt/{transaction}")
+
+    async def take_back(self, session: TillSession, review: Review, words: Words) -> Receipt | str:
+        assert session.client is not None
+        returns = session.client.returns
+        queue = self.config.data_dir is not None and review.refund is not None
+        try:
+            if queue and session.known_offline:  # do not wait for a network known to be gone
+                request = redeem_request(
+                    review.token,
+                    review.units,
+                    review.transaction,
+                    session.store_id,
+                    review.refund_method,  # type: ignore[arg-type]
+                )
+                redemption = await asyncio.to_thread(returns.till.queue, request, review.refund)
+            else:
+                redemption = await self.guarded(
+                    session,
+                    returns.redeem(
+                        review.token,
+                        review.units,
+                        review.transaction,
+                        session.store_id,
+                        review.refund_method,  # type: ignore[arg-type]
+                        queue_if_offline=queue,
+                        value=review.refund,
+                    ),
+                )
+        except omnisdk.ReturnRefused as error:
+            verification = error.verification
+            if isinstance(verification, tokens.Verification):
+                return scans.refusal(words, verification, review.token)
+            return words(
+                "This return cannot be taken offline: units of it are already waiting to be sent."
+            )
+        except omnisdk.OfflineLimitReached:
+            return words(
+                "The till is offline and has reached its limit of %(cap)s for refunds waiting "
+                "to be sent. Wait for the network, or ask a manager.",
+                cap=words.money(self.config.offline_cap, review.currency),
+            )
+        except omnisdk.APIConnectionError:
+            return words(
+                "The shop's server cannot be reached and this till cannot take returns offline."
+            )
+        except omnisdk.ConflictError as error:
+            return _redeem_conflict(words, error, review)
+        except omnisdk.APIError as error:
+            return _problem_words(words, error)
+        return Receipt(review, redemption)
+
+    async def order_again(
+        self, request: Request, session: TillSession, review: Review, error: str
+    ) -> Response:
+        words = self.words(request, session)
+        try:
+            looked = await self.look_up(session, review.token, words)
+        except SignedOut:
+            return await self.signed_out(request)
+        if isinstance(looked, str):
+            return self.scan_page(request, session, looked, 422)
+        verification, status = looked
+        return self.order_page(request, session, review.token, verification, status, error)
+
+    async def receipt(self, request: Request, transaction: str) -> Response:
+        session = self.session_of(request)
+        if session is None:
+            return self.go(request, "/login")
+        receipt = session.receipts.get(transaction)
+        if receipt is None:
+            words = self.words(request, session)
+            return self.scan_page(
+                request, session, words("There is no such receipt on this till."), 404
+            )
+        return self.page(request, session, "receipt.html", receipt=receipt, scan_focus=True)
+
+    async def sync(self, request: Request) -> Response:
+        """Send the waiting returns now (the clerk asked), then show where the clerk was."""
+        form = await self.form(request)
+        session = self.checked(request, form)
+        if session is None:
+            return self.go(request, "/login")
+        try:
+            await self.send_pending(session)
+        except SignedOut:
+            return await self.signed_out(request)
+        back = str(form.get("back", ""))
+        if back in session.receipts:
+            return self.go(request, f"/returns/receipt/{back}")
+        return self.go(request, "/returns")
+
+    async def send_pending(self, session: TillSession) -> None:
+        """One round of sending queued returns; confirmed ones update their receipts."""
+        assert session.client is not None
+        if not session.client.returns.pending():
+            return
+        try:
+            outcome = await self.guarded(session, session.client.returns.sync_pending())
+        except omnisdk.APIConnectionError:
+            return
+        if outcome["left"] and not outcome["confirmed"]:
+            session.went_offline()
+        repriced = {r.till_transaction_id: r for r in outcome["repriced"]}
+        for redemption in outcome["confirmed"]:
+            receipt = session.receipts.get(redemption.till_transaction_id)
+            if receipt is not None:
+                confirmed = redemption.model_copy(update={"value": receipt.review.refund})
+                receipt.redemption = confirmed
+                receipt.repriced = repriced.get(redemption.till_transaction_id)
+
+    def keep_sending(self, session: TillSession) -> None:
+        """Send this till's queued returns in the background until none are left: pages never
+        wait for a network that may be gone."""
+        if session.syncing is not None and not session.syncing.done():
+            return
+
+        async def loop() -> None:
+            assert session.client is not None
+            while session.client.returns.pending():
+                await asyncio.sleep(self.config.sync_interval)
+                try:
+                    await self.send_pending(session)
+                except SignedOut:
+                    return
+
+        session.syncing = asyncio.create_task(loop())
 
 
-async def _sign_in_refusal(client: omnisdk.AsyncClient) -> tuple[int, str] | None:
+def _environment(language: str) -> Environment:
+    from server_stub.pos.language import translations
+
+    environment = Environment(
+        loader=FileSystemLoader(HERE / "templates"),
+        autoescape=select_autoescape(default=True),
+        extensions=["jinja2.ext.i18n"],
+    )
+    environment.install_gettext_translations(translations(language), newstyle=True)  # type: ignore[attr-defined]
+    return environment
+
+
+def _is_id(text: str) -> bool:
+    return ID_PATTERN.fullmatch(text) is not None
+
+
+async def _sign_in_refusal(client: omnisdk.AsyncClient, words: Words) -> tuple[int, str] | None:
     """Why this key cannot sign a till in (status, words for the clerk), or None if it can."""
-    not_a_till = (403, "This is not a till key. Use the key made for this store's tills.")
+    not_a_till = (403, words("This is not a till key. Use the key made for this store's tills."))
     try:
         me = await client.system.whoami()
         await client.returns.keys(refresh=True)
     except omnisdk.AuthenticationError:
-        return 401, "That key is not valid. Check it and try again."
+        return 401, words("That key is not valid. Check it and try again.")
     except omnisdk.PermissionDeniedError:
         return not_a_till
     except omnisdk.APIConnectionError:
-        return 503, "The shop's server cannot be reached. Sign in again when the network is back."
-    except omnisdk.APIError as error:
-        return 502, f"The shop's server refused the sign-in: {error.detail}"
+        return 503, words(
+            "The shop's server cannot be reached. Sign in again when the network is back."
+        )
+    except omnisdk.APIError:
+        return 502, words("The shop's server refused the sign-in. Ask the shop's support.")
     return None if me.channel is omnisdk.Channel.POS else not_a_till
 
 
-async def _sync(session: TillSession) -> list[Redemption]:
-    """Send queued redemptions if there are any; mark their receipts confirmed."""
-    if not session.client.returns.pending():
-        return []
-    outcome = await session.client.returns.sync_pending()
-    confirmed: list[Redemption] = outcome["confirmed"]
-    for redemption in confirmed:
-        session.receipts[redemption.till_transaction_id] = redemption
-    return confirmed
+def _status_refusal(
+    words: Words, error: omnisdk.APIError, verification: tokens.Verification, token: str
+) -> str:
+    """The server's refusal of a code that passed the till's own check, in the clerk's words."""
+    reason = (error.problem or {}).get("reason")
+    if error.type.endswith("/return-revoked"):
+        return scans.withdrawn(words)
+    if reason == "unknown_token":
+        return scans.unknown_to_the_shop(words)
+    if reason in {status.value for status in tokens.Status}:
+        refused = replace(verification, status=tokens.Status(reason))
+        return scans.refusal(words, refused, token)
+    return _problem_words(words, error)
 
 
-@dataclass(frozen=True)
-class LineView:
-    line_id: str
-    sku: str
-    name: str | None
-    on_code: int
-    remaining: int | None  # None: offline, unknown
-    unit_price: float | None
-
-
-def _lines(verification: Verification, status: ReturnStatus | None) -> list[LineView]:
-    assert verification.claims is not None
-    known = {line.line_id: line for line in status.lines} if status else {}
-    views = []
-    for line in verification.claims.lines:
-        current = known.get(line.line_id)
-        views.append(
-            LineView(
-                line.line_id,
-                line.sku,
-                current.name if current else None,
-                line.quantity,
-                current.remaining if current else None,
-                current.unit_price if current else None,
-            )
+def _redeem_conflict(words: Words, error: omnisdk.APIError, review: Review) -> str:
+    problem = error.problem or {}
+    line_id = problem.get("line_id")
+    line = next((line for line in review.lines if line.line_id == line_id), None)
+    if line is not None and isinstance(problem.get("remaining"), int):
+        return scans.already_returned(
+            words, line.label, problem["remaining"], review.units.get(line.line_id, 0), []
         )
-    return views
+    if error.type.endswith("/return-revoked"):
+        return scans.withdrawn(words)
+    return words("This return was changed meanwhile. Scan the code again.")
 
 
-def _amount(text: str) -> float | None:
-    try:
-        value = float(text.replace(",", "."))
-    except ValueError:
-        return None
-    return value if value >= 0 else None
+def _problem_words(words: Words, error: omnisdk.APIError) -> str:
+    if error.status_code >= 500:
+        return words("The shop's server has a problem. Try again in a minute.")
+    return words("The shop's server refused this return. Scan the code again.")

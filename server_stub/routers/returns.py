@@ -7,6 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
+from qrcode.exceptions import DataOverflowError
 from starlette.responses import Response
 
 from omnisdk import qr
@@ -142,7 +143,15 @@ async def _image(
     image = runtime.qr_images.get(cache_key)
     if image is None:
         token = await returns.token_text(conn, tenant_id, token_id)
-        image = qr.png(token, medium) if kind == "png" else qr.svg(token, medium)
+        try:
+            image = qr.png(token, medium) if kind == "png" else qr.svg(token, medium)
+        except DataOverflowError:
+            # Only codes issued before the size limit (tokens.MAX_SCANNABLE_CHARS) get here.
+            raise Problem(
+                ProblemType.VALIDATION_ERROR,
+                f"return code {token_id} is too large to draw as a QR image: revoke it and "
+                "issue the order again in parts",
+            ) from None
         if len(runtime.qr_images) >= MAX_CACHED_IMAGES:
             runtime.qr_images.pop(next(iter(runtime.qr_images)))
         runtime.qr_images[cache_key] = image

@@ -9,10 +9,12 @@ once: repeating it answers the first redemption again.
 from __future__ import annotations
 
 import os
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Row, insert, select, update
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import tokens
@@ -31,7 +33,7 @@ from omnisdk.models import (
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import events, identity
-from server_stub.services.signing_keys import SigningKeys, verification_keys
+from server_stub.services.signing_keys import SigningKey, SigningKeys, verification_keys
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import redemptions, return_lines, return_orders, return_tokens
 
@@ -146,6 +148,8 @@ async def issue(
         refund_methods=tuple(request.refund_methods),
     )
     token = tokens.sign(claims, key.private_key, key.kid)
+    if len(token) > tokens.MAX_SCANNABLE_CHARS:
+        raise _too_large_to_scan(claims, key, len(token))
     await conn.execute(
         insert(return_tokens).values(
             tenant_id=tenant_id,
@@ -166,6 +170,27 @@ async def issue(
         expires_at=claims.expires_at,
         qr_png_path=png_path,
         qr_svg_path=svg_path,
+    )
+
+
+def _too_large_to_scan(claims: tokens.ReturnClaims, key: SigningKey, size: int) -> Problem:
+    """The refusal of a code no till could scan, saying how many lines one code can carry."""
+    fit = len(claims.lines) - 1
+    while fit > 1:
+        part = replace(claims, lines=claims.lines[:fit])
+        if len(tokens.sign(part, key.private_key, key.kid)) <= tokens.MAX_SCANNABLE_CHARS:
+            break
+        fit -= 1
+    return Problem(
+        ProblemType.VALIDATION_ERROR,
+        f"order {claims.order_ref} has too many lines for one return code: its code would be "
+        f"{size} characters, more than the {tokens.MAX_SCANNABLE_CHARS} a till can scan (QR "
+        f"version {tokens.SCANNABLE_QR_VERSION} at error correction Q). Split the order: issue "
+        f"codes of at most {fit} lines each, each part under its own order_ref (for example "
+        f"{claims.order_ref}-1, {claims.order_ref}-2).",
+        code_chars=size,
+        max_code_chars=tokens.MAX_SCANNABLE_CHARS,
+        lines_per_code=fit,
     )
 
 
@@ -329,6 +354,21 @@ async def redeem(
         value=value,
         created_at=now,
     )
+    try:
+        await _insert_redemption(conn, tenant_id, redemption)
+    except IntegrityError:
+        # The same till transaction id, at the same moment, on another order's code: its
+        # order lock is not ours, so the unique index is what decides (the loser rolls back).
+        raise Problem(
+            ProblemType.CONFLICT,
+            f"till transaction {request.till_transaction_id} already returned something else",
+        ) from None
+    if order.customer_id is not None:
+        await _record_event(conn, context, order.customer_id, redemption)
+    return redemption
+
+
+async def _insert_redemption(conn: AsyncConnection, tenant_id: str, redemption: Redemption) -> None:
     await conn.execute(
         insert(redemptions).values(
             tenant_id=tenant_id,
@@ -339,13 +379,10 @@ async def redeem(
             store_id=redemption.store_id,
             refund_method=redemption.refund_method,
             lines=[line.model_dump() for line in redemption.lines],
-            value=value,
-            created_at=now,
+            value=redemption.value,
+            created_at=redemption.created_at,
         )
     )
-    if order.customer_id is not None:
-        await _record_event(conn, context, order.customer_id, redemption)
-    return redemption
 
 
 def _check_request(

@@ -12,6 +12,7 @@ import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat
 from sqlalchemy import insert, or_, select, update
@@ -22,6 +23,10 @@ from omnisdk.models import PublishedKey, PublishedKeys
 from server_stub.ids import utcnow
 from server_stub.sealing import Sealer
 from server_stub.storage.tables import signing_keys
+
+
+class SecretKeyMismatch(RuntimeError):
+    """The server's secret key cannot open the signing keys stored in the database."""
 
 
 @dataclass(frozen=True)
@@ -136,3 +141,30 @@ async def published(conn: AsyncConnection, tenant_id: str) -> PublishedKeys:
             for key in sorted(keys.values(), key=lambda k: k.not_before)
         ],
     )
+
+
+async def any_sealed(conn: AsyncConnection) -> bool:
+    """Whether the database already holds sealed signing keys (of any tenant)."""
+    return (await conn.execute(select(signing_keys.c.kid).limit(1))).first() is not None
+
+
+async def check_secret(conn: AsyncConnection, sealer: Sealer) -> None:
+    """Refuse to serve with a secret key that cannot open the stored signing keys: every issue
+    would fail. The newest key is the one that signs, so it is the one tried."""
+    row = (
+        await conn.execute(
+            select(signing_keys.c.tenant_id, signing_keys.c.kid, signing_keys.c.sealed_private_key)
+            .order_by(signing_keys.c.created_at.desc())
+            .limit(1)
+        )
+    ).first()
+    if row is None:
+        return
+    try:
+        sealer.unseal(row.sealed_private_key, _context(row.tenant_id, row.kid))
+    except InvalidTag:
+        raise SecretKeyMismatch(
+            "the server's secret key cannot open the signing keys in the database: start the "
+            "server with the secret key it was set up with (OMNISDK_SECRET_KEY or the file "
+            "named by OMNISDK_SECRET_KEY_FILE), from your backup if need be"
+        ) from None

@@ -49,6 +49,11 @@ REFUND_METHODS = ("original_payment", "card", "cash", "store_credit", "voucher",
 KID_BYTES = 8
 TOKEN_ID_BYTES = 16
 DEFAULT_SKEW = timedelta(minutes=5)
+# The largest code the server issues: what fits QR version 25 (117 x 117 modules) at error
+# correction Q, the paper medium's, in alphanumeric mode. Tills and phone cameras read it from
+# a receipt or a screen (M holds more at the same size); larger orders are split (docs/returns.md).
+SCANNABLE_QR_VERSION = 25
+MAX_SCANNABLE_CHARS = 1041
 _CLAIM_KEYS = {CLAIM_ISS, CLAIM_EXP, CLAIM_IAT, CLAIM_CTI, CLAIM_ORDER, CLAIM_LINES, CLAIM_REFUNDS}
 # Exact types, checked with `type(x) in`: a bool is not a quantity, whatever isinstance says.
 _MAPS = (dict, cbor2.frozendict)

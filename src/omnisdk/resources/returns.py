@@ -14,7 +14,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import Callable, Generator, Iterable
+import math
+import threading
+from collections.abc import Callable, Generator, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -35,6 +38,11 @@ from omnisdk.models import (
 )
 from omnisdk.outbox import DeadLetter, Outbox
 from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+
+try:
+    import fcntl
+except ImportError:  # Windows: one process per till, a thread lock
+    fcntl = None  # type: ignore[assignment]
 
 if TYPE_CHECKING:
     from omnisdk._async import AsyncClient
@@ -134,6 +142,27 @@ def redeem_request(
     )
 
 
+@contextlib.contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `path`: flock excludes other open files of it, so other
+    threads of this process and other processes wait alike (a thread lock where there is no
+    flock)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:
+        with _THREAD_LOCK:
+            yield
+        return
+    with path.open("a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+_THREAD_LOCK = threading.Lock()
+
+
 class TillState:
     """What a till keeps for offline work: the shop's keys (in its data_dir) and, in the
     client's outbox, the redemptions it took while offline."""
@@ -141,6 +170,7 @@ class TillState:
     def __init__(self, data_dir: Path, offline_cap: float, outbox: Callable[[], Outbox]) -> None:
         self.offline_cap = offline_cap
         self._keys_file = data_dir / "return-keys.json"
+        self._lock_file = data_dir / "offline-refunds.lock"
         self._outbox = outbox
         self.keys: PublishedKeys | None = None
         if self._keys_file.exists():
@@ -168,7 +198,20 @@ class TillState:
         )
 
     def queue(self, request: RedeemRequest, value: float | None) -> Redemption:
-        """Check a redemption offline and queue it durably; raise if it must not be taken."""
+        """Check a redemption offline and queue it durably; raise if it must not be taken.
+
+        The cap is checked and the redemption written under one lock on the till's data_dir
+        (threads and processes alike), so simultaneous returns cannot together pass the cap.
+        """
+        if value is None or not math.isfinite(value) or value <= 0:
+            raise OfflineLimitReached(
+                "Type the amount to refund (more than 0): the till counts it against the "
+                "refunds it may hold while offline."
+            )
+        with _exclusive(self._lock_file):
+            return self._queue(request, value)
+
+    def _queue(self, request: RedeemRequest, value: float) -> Redemption:
         verification = self.verify(request.token)
         if not verification.valid or verification.claims is None:
             raise ReturnRefused(verification.message, verification)
@@ -195,8 +238,6 @@ class TillState:
                     f"Only {line.quantity - queued} of {line.sku} can still be returned "
                     "with this code (some are already waiting to be sent)."
                 )
-        if value is None:
-            raise OfflineLimitReached("an offline return needs its refund value for the till's cap")
         total = sum(float(item.payload["value"]) for item in pending) + value
         if total > self.offline_cap:
             raise OfflineLimitReached(
@@ -239,11 +280,14 @@ class TillState:
         """Send each queued redemption (the caller does the sending) and record its fate:
         confirmed ones leave the queue, final refusals become dead letters, and a network
         failure or a server error stops the round with the rest still queued."""
-        outcome = SyncOutcome(confirmed=[], refused=[], left=0)
+        outcome = SyncOutcome(confirmed=[], refused=[], repriced=[], left=0)
         for item in self.outbox.items(REDEMPTION):
             answer = yield RedeemRequest.model_validate(item.payload["request"])
             if isinstance(answer, Redemption):
                 outcome["confirmed"].append(answer)
+                repriced = _repriced(answer, float(item.payload["value"]))
+                if repriced is not None:
+                    outcome["repriced"].append(repriced)
                 self.outbox.remove(item.key)
             elif (
                 isinstance(answer, APIError)
@@ -256,6 +300,36 @@ class TillState:
                 break
         outcome["left"] = len(self.pending())
         return outcome
+
+
+def verify_flow(
+    till: TillState, token: str, now: datetime | None
+) -> Generator[Call[PublishedKeys], PublishedKeys | None, tokens.Verification]:
+    """Verify `token` from the till's keys; the one rule both clients drive (they send back the
+    keys each yielded call fetched, or None when the network is away).
+
+    Keys are fetched when none are cached, and again when the code names a key the cache does
+    not know: the shop rotated its key after this till last looked. A key id the shop's fresh
+    list does not hold was never the shop's, so such a code is reported as not genuine rather
+    than as a till that needs the network.
+    """
+    fetched = False
+    if till.keys is None:
+        keys = yield keys_call()
+        if keys is not None:
+            till.remember_keys(keys)
+            fetched = True
+    result = till.verify(token, now)
+    if result.status is tokens.Status.UNKNOWN_KEY and till.keys is not None and not fetched:
+        keys = yield keys_call()
+        if keys is not None:
+            till.remember_keys(keys)
+            fetched = True
+            result = till.verify(token, now)
+    if result.status is tokens.Status.UNKNOWN_KEY and fetched:
+        status = tokens.Status.BAD_SIGNATURE
+        return tokens.Verification(status, tokens.clerk_message(status))
+    return result
 
 
 def _advance(
@@ -271,7 +345,29 @@ def _advance(
 
 
 class SyncOutcome(dict[str, Any]):
-    """confirmed: redemptions the server took; refused: dead letters; left: still queued."""
+    """confirmed: redemptions the server took; refused: dead letters; repriced: confirmed
+    ones whose refund typed offline differs from the shop's price; left: still queued."""
+
+
+@dataclass(frozen=True)
+class Repriced:
+    """An offline return the server priced differently from the amount the clerk refunded:
+    the money already went back, so the difference is for a manager to settle, never to be
+    replaced silently."""
+
+    till_transaction_id: str
+    refunded: float
+    shop_value: float
+
+    @property
+    def difference(self) -> float:
+        return round(self.shop_value - self.refunded, 2)
+
+
+def _repriced(redemption: Redemption, refunded: float) -> Repriced | None:
+    if redemption.value is None or abs(redemption.value - refunded) < 0.005:
+        return None
+    return Repriced(redemption.till_transaction_id, refunded, redemption.value)
 
 
 class Returns(SyncResource):
@@ -311,19 +407,19 @@ class Returns(SyncResource):
         return self.till.keys
 
     def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
-        """Check a scanned code with no network, from the cached keys."""
-        if self.till.keys is None:
-            with contextlib.suppress(APIConnectionError):
-                self.keys()
-        result = self.till.verify(token, now)
-        if result.status is tokens.Status.UNKNOWN_KEY:
-            # A key made after our cache: look once more if the network allows.
-            try:
-                self.keys(refresh=True)
-                result = self.till.verify(token, now)
-            except APIConnectionError:
-                pass
-        return result
+        """Check a scanned code from the cached keys; fetch them when a code names a new key."""
+        flow = verify_flow(self.till, token, now)
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    keys: PublishedKeys | None = self._client.execute(call)
+                except APIConnectionError:
+                    keys = None
+                call = flow.send(keys)
+        except StopIteration as done:
+            result: tokens.Verification = done.value
+            return result
 
     def status(self, token: str) -> ReturnStatus:
         """What may still be returned with this code, and what was returned where (online)."""
@@ -414,11 +510,19 @@ class AsyncReturns(AsyncResource):
         return self.till.keys
 
     async def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
-        """Check a scanned code with no network, from the cached keys."""
-        if self.till.keys is None:
-            with contextlib.suppress(APIConnectionError):
-                await self.keys()
-        return self.till.verify(token, now)
+        """Check a scanned code from the cached keys; fetch them when a code names a new key."""
+        flow = verify_flow(self.till, token, now)
+        try:
+            call = next(flow)
+            while True:
+                try:
+                    keys: PublishedKeys | None = await self._client.execute(call)
+                except APIConnectionError:
+                    keys = None
+                call = flow.send(keys)
+        except StopIteration as done:
+            result: tokens.Verification = done.value
+            return result
 
     async def status(self, token: str) -> ReturnStatus:
         """What may still be returned with this code, and what was returned where (online)."""

@@ -1,0 +1,95 @@
+"""The station's door: security headers on every answer, no body read from anyone not signed
+in, and no body larger than its route allows.
+
+A form post from someone without a till session is answered (a redirect to the sign-in page)
+before a byte of its body is read, so an unauthenticated upload costs the station nothing; a
+body over its limit is refused from its Content-Length, or as soon as a chunked one passes it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from starlette.responses import HTMLResponse, RedirectResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'"
+)
+OPEN_POSTS = frozenset({"/login", "/login/enrol", "/enrol"})  # they carry their own credential
+FORM_BYTES = 64 * 1024
+PHOTO_PATH = "/returns/photo"
+
+
+class BodyTooLarge(Exception):
+    pass
+
+
+class Gate:
+    def __init__(
+        self,
+        app: ASGIApp,
+        signed_in: Callable[[Scope], bool],
+        photo_bytes: int,
+        form_bytes: int = FORM_BYTES,
+    ) -> None:
+        self.app = app
+        self.signed_in = signed_in
+        self.photo_bytes = photo_bytes
+        self.form_bytes = form_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        send = _with_headers(send)
+        path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if scope["method"] == "POST" and path not in OPEN_POSTS and not self.signed_in(scope):
+            await RedirectResponse(f"{scope.get('root_path', '')}/login", 303)(scope, receive, send)
+            return
+        limit = self.photo_bytes if path == PHOTO_PATH else self.form_bytes
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            await _too_large(limit)(scope, receive, send)
+            return
+        received = 0
+
+        async def bounded() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise BodyTooLarge
+            return message
+
+        try:
+            await self.app(scope, bounded, send)
+        except BodyTooLarge:
+            await _too_large(limit)(scope, receive, send)
+
+
+def _too_large(limit: int) -> HTMLResponse:
+    megabytes = max(1, limit // (1024 * 1024))
+    return HTMLResponse(
+        "<!doctype html><title>Too large</title><p>The file or form is too large "
+        f"(at most {megabytes} MB). Go back and try a smaller photo.</p>",
+        status_code=413,
+        headers={"Connection": "close"},
+    )
+
+
+def _with_headers(send: Send) -> Send:
+    async def send_with_headers(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [
+                *message.get("headers", []),
+                (b"content-security-policy", CSP.encode()),
+                (b"x-content-type-options", b"nosniff"),
+                (b"referrer-policy", b"no-referrer"),
+                (b"cache-control", b"no-store"),
+            ]
+        await send(message)
+
+    return send_with_headers

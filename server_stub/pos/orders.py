@@ -1,0 +1,104 @@
+"""The order a scan opens, and the review the clerk's form makes of it: pure rules, no I/O.
+
+Lines are shown in the order people count them; the units typed are checked against what is
+left (or, offline, what the code allows), the refund method against the code's, and an offline
+amount must be more than 0. The till transaction id is made here, with the review, so that a
+confirm sent twice is one return.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+
+from starlette.datastructures import FormData
+
+from omnisdk.core import tokens
+from omnisdk.models import ReturnStatus
+from server_stub.pos.language import Words
+from server_stub.pos.tills import LineView, Review
+
+MAX_AMOUNT = 1_000_000.0
+
+
+def natural(line_id: str) -> tuple[tuple[int, int | str], ...]:
+    """Line ids in the order people count them: 1, 2, 10 (not 1, 10, 2)."""
+    return tuple(
+        (0, int(part)) if part.isdigit() else (1, part)
+        for part in re.split(r"(\d+)", line_id)
+        if part
+    )
+
+
+def lines_of(verification: tokens.Verification, status: ReturnStatus | None) -> list[LineView]:
+    assert verification.claims is not None
+    known = {line.line_id: line for line in status.lines} if status else {}
+    views = []
+    for line in verification.claims.lines:
+        current = known.get(line.line_id)
+        views.append(
+            LineView(
+                line.line_id,
+                line.sku,
+                current.name if current else None,
+                line.quantity,
+                current.remaining if current else None,
+                current.unit_price if current else None,
+            )
+        )
+    return sorted(views, key=lambda view: natural(view.line_id))
+
+
+def draft(
+    words: Words,
+    form: FormData,
+    verification: tokens.Verification,
+    status: ReturnStatus | None,
+    till_id: str,
+) -> Review | str:
+    """The review of what the clerk typed, or what to correct."""
+    assert verification.claims is not None
+    claims = verification.claims
+    lines = lines_of(verification, status)
+    units: dict[str, int] = {}
+    for line in lines:
+        typed = str(form.get(f"qty-{line.line_id}", "")).strip() or "0"
+        if not (typed.isascii() and typed.isdigit()):
+            return words("Type the number of units of %(item)s as a whole number.", item=line.label)
+        count = int(typed)
+        if count > line.most:
+            return words(
+                "At most %(most)s of %(item)s can be taken back.", most=line.most, item=line.label
+            )
+        if count:
+            units[line.line_id] = count
+    if not units:
+        return words("Type how many units to take back (at least one).")
+    method = str(form.get("refund_method", ""))
+    if method not in claims.refund_methods:
+        return words("Choose how the money goes back.")
+    amount = None
+    if status is None:
+        amount = amount_of(str(form.get("amount", "")))
+        if amount is None:
+            return words(
+                "The till is offline: type the amount you refund, more than 0 (for example 89.00)."
+            )
+    return Review(
+        transaction=f"{till_id}-{uuid.uuid4().hex[:12]}",
+        token=str(form.get("token", "")).strip(),
+        order_ref=claims.order_ref,
+        units=units,
+        refund_method=method,
+        lines=tuple(lines),
+        currency=status.currency if status else None,
+        offline_amount=amount,
+    )
+
+
+def amount_of(text: str) -> float | None:
+    try:
+        value = float(text.strip().replace(",", "."))
+    except ValueError:
+        return None
+    return value if 0 < value <= MAX_AMOUNT else None

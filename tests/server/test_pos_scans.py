@@ -1,0 +1,103 @@
+"""What the station makes of what a scanner typed, and of a review's amounts (pure rules)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pytest
+
+from server_stub.pos.scans import ScanKind, kind_of, scan_in_fields
+from server_stub.pos.tills import LineView, Review
+
+
+@pytest.mark.parametrize(
+    ("typed", "kind"),
+    [
+        ("RT1:6BF$2", ScanKind.RETURN_CODE),
+        ("  rt1:6bf$2 \n", ScanKind.RETURN_CODE),  # a wedge that lower-cases and pads
+        ("5901234123457", ScanKind.PRODUCT_BARCODE),  # EAN-13
+        ("96385074", ScanKind.PRODUCT_BARCODE),  # EAN-8
+        ("https://shop.example/p/42", ScanKind.URL),
+        ("www.shop.example", ScanKind.URL),
+        ("hello", ScanKind.OTHER),
+        ("   ", ScanKind.NOTHING),
+    ],
+)
+def test_a_scan_is_told_apart_by_its_text(typed: str, kind: ScanKind) -> None:
+    assert kind_of(typed) is kind
+
+
+def test_a_scan_typed_into_the_order_form_is_found_and_numbers_are_not() -> None:
+    assert scan_in_fields([("qty-1", "2"), ("amount", "1234.56")]) is None
+    assert scan_in_fields([("qty-1", "-1"), ("qty-2", "1000")]) is None
+    assert scan_in_fields([("qty-1", "0RT1:ABC+DEF")]) == "0RT1:ABC+DEF"
+    assert scan_in_fields([("amount", "RT1:ABC")]) == "RT1:ABC"
+    assert scan_in_fields([("amount", "5901234123457")]) == "5901234123457"
+
+
+def line(line_id: str, price: float | None) -> LineView:
+    return LineView(line_id, f"SKU-{line_id}", None, 3, 3, price)
+
+
+def test_a_review_totals_the_shop_prices_unless_the_till_is_offline() -> None:
+    online = Review(
+        "t-1",
+        "RT1:X",
+        "A1",
+        {"1": 2, "2": 1},
+        "card",
+        (line("1", 89.0), line("2", 12.5)),
+        "EUR",
+        None,
+    )
+    assert online.total == 190.5 and online.refund == 190.5
+    offline = Review("t-2", "RT1:X", "A1", {"1": 1}, "cash", (line("1", None),), None, 80.0)
+    assert offline.total is None and offline.refund == 80.0
+
+
+def test_an_enrolment_code_works_once_and_not_after_it_expires() -> None:
+    from server_stub.pos.enrolment import Enrolments
+
+    enrolments = Enrolments(seconds=60)
+    offered = enrolments.offer("key", "key_1", "s-1", "t-1")
+    assert offered.code.startswith("EN1:") and len(offered.code) == 36
+    assert enrolments.take(f"  {offered.code.lower()} ") == offered  # a wedge lower-cases
+    assert enrolments.take(offered.code) is None  # used
+    enrolments.restore(offered)  # its sign-in failed: it may be scanned again
+    assert enrolments.take(offered.code) == offered
+    short_lived = Enrolments(seconds=0)
+    expired = short_lived.offer("key", "key_2", "s-1", "t-1")
+    assert short_lived.take(expired.code) is None
+
+
+def test_units_must_be_plain_whole_numbers_within_what_is_left() -> None:
+    from starlette.datastructures import FormData
+
+    from omnisdk.core import tokens
+    from server_stub.pos.language import Words
+    from server_stub.pos.orders import draft, natural
+
+    claims = tokens.ReturnClaims(
+        issuer="ten_1",
+        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
+        expires_at=datetime(2026, 2, 1, tzinfo=UTC),
+        token_id=bytes(16),
+        order_ref="A1",
+        lines=(tokens.ReturnLine("10", "B", 1), tokens.ReturnLine("2", "A", 2)),
+        refund_methods=("card",),
+    )
+    valid = tokens.Verification(tokens.Status.VALID, "ok", claims)
+    words = Words("en")
+
+    def review(**fields: str) -> object:
+        form = FormData({"token": "RT1:X", "refund_method": "card", **fields})
+        return draft(words, form, valid, None, "till-1")
+
+    for bad in ("²", "1.5", "-1", " 1e3"):
+        assert "whole number" in str(review(**{"qty-2": bad, "amount": "5"}))
+    assert "At most 2 of A" in str(review(**{"qty-2": "3", "amount": "5"}))
+    assert "more than 0" in str(review(**{"qty-2": "1", "amount": "nan"}))
+    ok = review(**{"qty-2": "2", "amount": "12,50"})
+    assert isinstance(ok, Review) and ok.units == {"2": 2} and ok.refund == 12.5
+    assert [line.line_id for line in ok.lines] == ["2", "10"]
+    assert sorted(["10", "2", "1", "a2", "a10"], key=natural) == ["1", "2", "10", "a2", "a10"]
