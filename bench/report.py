@@ -42,13 +42,32 @@ def page(sections: dict[str, list[Figure]], command: str) -> str:
         "",
     ]
     for title, figures in sections.items():
-        lines += [
-            f"## {title}",
-            "",
-            "| figure | omnisdk | peer / ceiling | ratio | goal | met |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [figure.row() for figure in figures]
-        notes = [f"- {figure.name}: {figure.note}" for figure in figures if figure.note]
-        lines += ["", *notes, ""] if notes else [""]
+        lines += section(title, figures)
     return "\n".join(lines)
+
+
+def section(title: str, figures: list[Figure], when: str | None = None) -> list[str]:
+    """A section's lines; `when`, the time of its run when it was not the page's."""
+    lines = [f"## {title}", ""]
+    if when:
+        lines += [f"Measured on its own, {when} UTC (`python -m bench.run --write`).", ""]
+    lines += [
+        "| figure | omnisdk | peer / ceiling | ratio | goal | met |",
+        "|---|---|---|---|---|---|",
+    ]
+    lines += [figure.row() for figure in figures]
+    notes = [f"- {figure.name}: {figure.note}" for figure in figures if figure.note]
+    lines += ["", *notes, ""] if notes else [""]
+    return lines
+
+
+def replace_sections(text: str, sections: dict[str, list[Figure]]) -> str:
+    """The page with the given sections measured again (the others kept as they were)."""
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
+    head, *parts = text.split("\n## ")
+    kept = {part.split("\n", 1)[0]: "## " + part for part in parts}
+    for title, figures in sections.items():
+        kept[title] = "\n".join(section(title, figures, when))
+    return "\n".join(
+        [head.rstrip("\n") + "\n", *(body.rstrip("\n") + "\n" for body in kept.values())]
+    )

@@ -19,7 +19,7 @@ from bench import (
     bench_tokens,
     bench_track,
 )
-from bench.report import Figure, page
+from bench.report import Figure, page, replace_sections
 
 OUTPUT = Path(__file__).resolve().parent.parent / "docs" / "benchmarks.md"
 
@@ -40,7 +40,10 @@ SUITES = {
 
 
 def main(argv: list[str]) -> int:
-    """Run every suite (or those whose title contains one of `argv`) and write the page."""
+    """Run every suite (or those whose title contains one of `argv`) and write the page; a
+    partial run replaces its sections in the page only with `--write`."""
+    write = "--write" in argv
+    argv = [word for word in argv if word != "--write"]
     sections: dict[str, list[Figure]] = {}
     for title, suite in SUITES.items():
         if argv and not any(word.lower() in title.lower() for word in argv):
@@ -49,8 +52,12 @@ def main(argv: list[str]) -> int:
         sections[title] = suite()
         for figure in sections[title]:
             print("  " + figure.row(), flush=True)
+    if argv and write:
+        OUTPUT.write_text(replace_sections(OUTPUT.read_text(), sections))
+        print(f"updated {len(sections)} section(s) of {OUTPUT}")
+        return 0
     if argv:
-        print("a partial run: docs/benchmarks.md left as it was")
+        print("a partial run: docs/benchmarks.md left as it was (--write replaces its sections)")
         return 0
     OUTPUT.write_text(page(sections, "python -m bench.run"))
     print(f"wrote {OUTPUT}")
