@@ -6,8 +6,11 @@ from collections import Counter
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from omnisdk.core.bucketing import bucket_hash
+from omnisdk.core.conditions import evaluate
 from omnisdk.core.content import InvalidRuleset, compile_ruleset, validate_ruleset
 from omnisdk.core.recs import build, recommend
 
@@ -150,3 +153,41 @@ def test_recommendations_cross_sell_the_cart_and_never_repeat_it_or_purchases() 
     assert recommend(model, limit=2) == [("shoe", "popular"), ("cap", "popular")]
     # Nothing in the cart: what goes with what she bought.
     assert recommend(model, purchased=["shirt"], limit=1) == [("cap", "bought together")]
+
+
+_TEXT = st.sampled_from(["a", "b", "", "1"])
+_VALUE = st.one_of(st.none(), _TEXT, st.integers(0, 2), st.booleans(), st.lists(_TEXT, max_size=2))
+_NESTED = st.one_of(_VALUE, st.dictionaries(st.sampled_from(["id", "x"]), _VALUE, max_size=2))
+_CLAUSE_VALUE = st.one_of(
+    _TEXT,
+    st.integers(0, 2),
+    st.builds(lambda v: {"$ne": v}, _TEXT),
+    st.builds(lambda v: {"$in": v}, st.lists(_TEXT, max_size=2)),
+    st.builds(lambda v: {"$exists": v}, st.booleans()),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    conditions=st.lists(
+        st.dictionaries(st.sampled_from(["c.id", "c", "d", "c.x"]), _CLAUSE_VALUE, max_size=3),
+        min_size=1,
+        max_size=6,
+    ),
+    attributes=st.dictionaries(st.sampled_from(["c", "d"]), _NESTED, max_size=2),
+)
+def test_the_first_matching_variant_wins_as_the_conditions_say(
+    conditions: list[dict[str, Any]], attributes: dict[str, Any]
+) -> None:
+    """Compiled decisions (string clauses checked first, against values looked up once per
+    decision) choose exactly the variant the plain condition evaluator picks."""
+    variants = [
+        {"id": f"v{n}", "condition": condition, "content": {"n": n}}
+        for n, condition in enumerate(conditions)
+    ]
+    compiled = compile_ruleset({"slots": {"s": {"default": {}, "variants": variants}}})
+    expected = next(
+        (f"v{n}" for n, condition in enumerate(conditions) if evaluate(condition, attributes)),
+        "default",
+    )
+    assert compiled.decide(attributes)["s"].variant == expected

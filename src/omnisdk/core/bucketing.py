@@ -4,6 +4,8 @@ a variation. The same visitor always lands in the same variation, on every chann
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 FNV_OFFSET = 0x811C9DC5
 FNV_PRIME = 0x01000193
 Range = tuple[float, float]
@@ -16,8 +18,11 @@ def fnv1a32(text: str) -> int:
     return value
 
 
+@lru_cache(maxsize=16_384)
 def bucket_hash(seed: str, value: str, version: int) -> float | None:
-    """A number in [0, 1) for this visitor and seed; None for an unknown hash version."""
+    """A number in [0, 1) for this visitor and seed; None for an unknown hash version.
+    Remembered for the visitors seen most recently: the same visitor decides again on every
+    page, and the hash is a loop over characters in Python."""
     if version == 2:
         return (fnv1a32(str(fnv1a32(seed + value))) % 10000) / 10000
     if version == 1:

@@ -81,6 +81,10 @@ class _Variant:
     test: Test | None  # None: always
     decision: SlotDecision | None  # None for an experiment variant
     experiment: _Experiment | None
+    # A string the condition requires at a path (`{"campaign.id": "poster-7", ...}`): checked
+    # first against the value looked up once per decision, so the many variants that differ
+    # only there are passed over without running their condition. None: no such clause.
+    guard: tuple[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,15 +107,26 @@ class CompiledRuleset:
     ) -> dict[str, SlotDecision]:
         """Per slot (all when `slots` is None; unknown names are skipped) the decision."""
         chosen: dict[str, SlotDecision] = {}
+        looked_up: dict[str, Any] = {}  # guard paths' values, looked up once per decision
         for name in self.slots if slots is None else slots:
             slot = self.slots.get(name)
             if slot is not None:
-                chosen[name] = _decide_slot(slot, attributes)
+                chosen[name] = _decide_slot(slot, attributes, looked_up)
         return chosen
 
 
-def _decide_slot(slot: _Slot, attributes: Mapping[str, Any]) -> SlotDecision:
+def _decide_slot(
+    slot: _Slot, attributes: Mapping[str, Any], looked_up: dict[str, Any]
+) -> SlotDecision:
     for variant in slot.variants:
+        if variant.guard is not None:
+            path, wanted = variant.guard
+            if path in looked_up:
+                value = looked_up[path]
+            else:
+                value = looked_up[path] = _value_at(attributes, path)
+            if value != wanted:  # the condition would compare the same value: it fails
+                continue
         if variant.test is not None and not variant.test(attributes, NO_GROUPS):
             continue
         if variant.experiment is None:
@@ -121,6 +136,25 @@ def _decide_slot(slot: _Slot, attributes: Mapping[str, Any]) -> SlotDecision:
         if arm is not None:
             return arm
     return slot.default
+
+
+def _value_at(attributes: Any, path: str) -> Any:
+    """The value a condition's clause on `path` compares (conditions.py walks it alike: a
+    step into anything but a dict is a missing value)."""
+    current = attributes
+    for segment in path.split("."):
+        if not isinstance(current, dict):
+            return None
+        current = current.get(segment)
+    return current
+
+
+def _guard(condition: Mapping[str, Any]) -> tuple[str, str] | None:
+    """The first clause of `condition` that requires a plain string at a path, if any."""
+    for key, value in condition.items():
+        if isinstance(value, str) and not key.startswith("$"):
+            return key, value
+    return None
 
 
 def _assign(experiment: _Experiment, attributes: Mapping[str, Any]) -> SlotDecision | None:
@@ -249,13 +283,13 @@ def _compile_slot(name: str, slot: dict[str, Any], where: str, errors: list[str]
                 source,
                 limit,
             )
-            compiled.append(_Variant(variant_id, test, decision, None))
+            compiled.append(_Variant(variant_id, test, decision, None, _guard(condition)))
         else:
             built = _compile_experiment(
                 name, variant_id, experiment, f"{place}.experiment", rule, source, limit, errors
             )
             if built is not None:
-                compiled.append(_Variant(variant_id, test, None, built))
+                compiled.append(_Variant(variant_id, test, None, built, _guard(condition)))
     return _Slot(name, tuple(compiled), default)
 
 
