@@ -7,7 +7,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 from pydantic import Field
-from qrcode.exceptions import DataOverflowError
 from starlette.responses import Response
 
 from omnisdk import qr
@@ -22,6 +21,7 @@ from omnisdk.models import (
     ReturnStatus,
     WireModel,
 )
+from server_stub import qr_images
 from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.routers.dependencies import Connection, Context
@@ -144,8 +144,8 @@ async def _image(
     if image is None:
         token = await returns.token_text(conn, tenant_id, token_id)
         try:
-            image = qr.png(token, medium) if kind == "png" else qr.svg(token, medium)
-        except DataOverflowError:
+            image = qr_images.png(token, medium) if kind == "png" else qr_images.svg(token, medium)
+        except qr_images.CodeTooLarge:
             # Only codes issued before the size limit (tokens.MAX_SCANNABLE_CHARS) get here.
             raise Problem(
                 ProblemType.VALIDATION_ERROR,
