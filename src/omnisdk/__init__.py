@@ -10,7 +10,10 @@ from omnisdk.errors import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    ConfigurationError,
+    ConfirmationTokenError,
     ConflictError,
+    ConsentTransitionError,
     IdempotencyError,
     InvalidRequestError,
     NotFoundError,
@@ -22,6 +25,7 @@ from omnisdk.errors import (
     RateLimitedError,
     ReturnRefused,
     ServerError,
+    UnknownPurposeError,
     ValidationError,
 )
 
@@ -33,7 +37,10 @@ __all__ = [
     "AuthenticationError",
     "Channel",
     "Client",
+    "ConfigurationError",
+    "ConfirmationTokenError",
     "ConflictError",
+    "ConsentTransitionError",
     "IdempotencyError",
     "InvalidRequestError",
     "NotFoundError",
@@ -47,6 +54,7 @@ __all__ = [
     "ReturnRefused",
     "Scope",
     "ServerError",
+    "UnknownPurposeError",
     "ValidationError",
     "__version__",
 ]

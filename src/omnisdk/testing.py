@@ -78,10 +78,12 @@ class TestTenant:
         return self._keys[wanted]
 
     def client(self, channel: Channel | str = Channel.WEB, **options: Any) -> Client:
-        return Client(self.server.url, self.key(channel), channel=channel, **options)
+        """A `Client` of this tenant on `channel`; `options` are those of `omnisdk.Client`."""
+        return Client(self.server.url, self.key(channel), channel=Channel(channel), **options)
 
     def async_client(self, channel: Channel | str = Channel.WEB, **options: Any) -> AsyncClient:
-        return AsyncClient(self.server.url, self.key(channel), channel=channel, **options)
+        """An `AsyncClient` of this tenant on `channel` (same options as `client`)."""
+        return AsyncClient(self.server.url, self.key(channel), channel=Channel(channel), **options)
 
 
 # Tenant settings for tests about something other than consent that need events attributed to

@@ -4,7 +4,7 @@ thresholds, the cart merge policy and the abandoned-cart threshold."""
 from __future__ import annotations
 
 from omnisdk.models import TenantSettings
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 
 def get_call() -> Call[TenantSettings]:
@@ -17,18 +17,15 @@ def put_call(settings: TenantSettings) -> Call[TenantSettings]:
     )
 
 
-class Tenant(SyncResource):
-    def settings(self) -> TenantSettings:
-        return self._client.execute(get_call())
+class Tenant(Resource[C]):
+    """The calling shop's settings (admin keys)."""
 
-    def update_settings(self, settings: TenantSettings) -> TenantSettings:
+    @operation
+    def settings(self) -> Flow[TenantSettings]:
+        """The shop's current settings."""
+        return (yield from send(get_call()))
+
+    @operation
+    def update_settings(self, settings: TenantSettings) -> Flow[TenantSettings]:
         """Replace the settings (validated: a bad junk pattern is refused, nothing changes)."""
-        return self._client.execute(put_call(settings))
-
-
-class AsyncTenant(AsyncResource):
-    async def settings(self) -> TenantSettings:
-        return await self._client.execute(get_call())
-
-    async def update_settings(self, settings: TenantSettings) -> TenantSettings:
-        return await self._client.execute(put_call(settings))
+        return (yield from send(put_call(settings)))
