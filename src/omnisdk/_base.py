@@ -328,7 +328,7 @@ class BaseClient:
         if content is None and call.json is not None:
             content = json.dumps(call.json, separators=(",", ":")).encode()
         if content is not None:
-            headers["Content-Type"] = "application/json"
+            headers.setdefault("Content-Type", "application/json")
         if call.method in MUTATING_METHODS:
             # Generated once per call, reused by every retry: a retry never applies twice.
             headers["Idempotency-Key"] = call.idempotency_key or str(uuid.uuid4())

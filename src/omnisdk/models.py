@@ -486,6 +486,16 @@ class CartView(WireModel):
     duplicates: list[str] = Field(default_factory=list, description="Op ids applied before.")
 
 
+class CartChange(WireModel):
+    """A change of the customer's cart on the feed: the new state of the lines it touched
+    (quantity 0: the line is gone), not the whole cart."""
+
+    customer_id: str = Field(description="The customer whose cart changed.")
+    version: int = Field(description="The cart's version after the change.")
+    updated_at: datetime | None = Field(default=None, description="When it changed.")
+    lines: list[CartLineView] = Field(default_factory=list, description="The lines touched.")
+
+
 class MarkOrdered(WireModel):
     order_ref: str = Field(min_length=1, max_length=64)
 
@@ -545,6 +555,31 @@ class SessionEntryView(WireModel):
 class SessionView(WireModel):
     customer_id: str
     entries: dict[str, SessionEntryView]
+
+
+class SessionChange(WireModel):
+    """A change of the customer's session document on the feed: its live keys."""
+
+    customer_id: str
+    entries: dict[str, SessionEntryView] = Field(default_factory=dict)
+
+
+class ContentChange(WireModel):
+    """The shop published a ruleset or rebuilt its recommendations (one of the two is set)."""
+
+    ruleset_version: int | None = Field(default=None, description="The new ruleset version.")
+    recommendations: str | None = Field(default=None, description="The new model's ETag.")
+
+
+class ResyncChange(WireModel):
+    """Changes were missed (the watcher fell behind what the server keeps): reload what you
+    cache about the customer; the feed goes on from `position`."""
+
+    type: str
+    title: str = ""
+    status: int = 409
+    detail: str = ""
+    position: int = Field(description="Where the feed continues from.")
 
 
 # --- consent --------------------------------------------------------------------------------
@@ -630,6 +665,15 @@ class ConsentState(WireModel):
     consent_mode: dict[str, Literal["granted", "denied"]] = Field(
         description="Google Consent Mode v2 signals for gtag('consent', 'update', ...)."
     )
+
+
+class ConsentChange(WireModel):
+    """A change of the customer's consent on the feed (`merged_ids`: customers merged into
+    her, whose cached consent is hers now)."""
+
+    customer_id: str
+    merged_ids: list[str] = Field(default_factory=list)
+    state: ConsentState | None = None
 
 
 class Confirmation(WireModel):
