@@ -21,6 +21,8 @@ feed goes on from there.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -161,6 +163,7 @@ class Watch:
         self._state.closed = True
         response = self._response
         if response is not None:
+            _wake_reader(response)
             response.close()
 
     def __enter__(self) -> Watch:
@@ -173,6 +176,16 @@ class Watch:
         tb: TracebackType | None,
     ) -> None:
         self.close()
+
+
+def _wake_reader(response: httpx.Response) -> None:
+    """Shut the connection's socket down, so a thread blocked reading it wakes now (closing
+    the response alone does not interrupt a read in progress)."""
+    stream = response.extensions.get("network_stream")
+    sock = stream.get_extra_info("socket") if stream is not None else None
+    if isinstance(sock, socket.socket):
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RDWR)
 
 
 class AsyncWatch:
