@@ -39,7 +39,9 @@ async def track(body: EventIn, request: Request, conn: Connection, context: Cont
         rejection = outcome.rejected[0]
         raise Problem(ProblemType(rejection.type), rejection.detail)
     _, event_id, customer_id = (outcome.accepted or outcome.duplicates)[0]
-    return TrackResult(event_id=event_id, customer_id=customer_id, duplicate=not outcome.accepted)
+    return TrackResult(
+        event_id=event_id, customer_id=customer_id or None, duplicate=not outcome.accepted
+    )
 
 
 @router.post(

@@ -64,7 +64,7 @@ class _Pending:
 
 @dataclass(frozen=True)
 class Outcome:
-    accepted: list[tuple[int, str, str]]  # index, event id, customer id
+    accepted: list[tuple[int, str, str]]  # index, event id, customer id ("" if stored anonymous)
     duplicates: list[tuple[int, str, str]]
     rejected: list[EventRejection]
 
@@ -271,7 +271,8 @@ async def _store(
     values: list[dict[str, Any]] = []
     for item in items:
         assert item.customer_id is not None
-        outcome = (item.index, item.event_id, item.customer_id)
+        # Whose event it is: no one's when it was stored without identifiers.
+        outcome = (item.index, item.event_id, "" if item.anonymous else item.customer_id)
         if item.event_id in seen:
             duplicates.append(outcome)
             continue

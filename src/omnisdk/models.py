@@ -196,9 +196,16 @@ class EventIn(WireModel):
 
 
 class TrackResult(WireModel):
-    event_id: str
-    customer_id: str
-    duplicate: bool
+    """What became of one event sent with `events.send`."""
+
+    event_id: str = Field(description="The event's id (yours, or the one the SDK gave it).")
+    customer_id: str | None = Field(
+        description=(
+            "The customer the event is attributed to; null when it was stored without "
+            "identifiers (no analytics consent when it happened)."
+        )
+    )
+    duplicate: bool = Field(description="True if an event with this id was already stored.")
 
 
 class EventBatch(WireModel):

@@ -386,3 +386,15 @@ async def test_an_offline_grant_counts_from_the_time_it_was_made(
         event = {**viewed, "timestamp": when.isoformat(), "event_id": f"e-{index}"}
         assert (await shop.request("POST", "/v1/events", "web", json=event)).is_success
     assert [owner for _, owner, _ in await stored(server, shop)] == ["", amy]
+
+
+async def test_an_event_stored_without_identifiers_is_answered_as_no_ones(
+    shop: ShopForTest,
+) -> None:
+    amy = await customer(shop, "phone-16")
+    viewed = {"customer_id": amy, "name": "product_viewed", "event_id": "before-consent"}
+    answer = await shop.request("POST", "/v1/events", "web", json=viewed)
+    assert answer.json()["customer_id"] is None
+    order = {"customer_id": amy, "name": "order_completed", "event_id": "a-purchase"}
+    answer = await shop.request("POST", "/v1/events", "web", json=order)
+    assert answer.json()["customer_id"] == amy

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -65,7 +66,14 @@ class ContentDecision:
             body["items"] = self.items[slot]
         return body
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> str:
+        """The decision as JSON text, for an app's API answer (see `to_dict` for the shape)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decision as plain data: `visitor_id`, `personalised`, `ruleset_version`, and
+        per slot its `variant`, `reason`, `explanation`, `content` and, for an experiment
+        arm, `experiment` ([experiment id, arm])."""
         return {
             "visitor_id": self.visitor_id,
             "personalised": self.personalised,
