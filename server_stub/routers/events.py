@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.events import MAX_BATCH
@@ -22,7 +22,21 @@ class EventBatchBody(WireModel):
     """A batch as the server takes it: each event is validated on its own (an `EventIn`), so
     one bad event is rejected with its index instead of refusing the batch."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {"name": "product_viewed", "anonymous_id": "phone-1", "event_id": "e-1"},
+                        {"name": "campaign_scanned", "anonymous_id": "phone-1", "event_id": "e-2"},
+                    ]
+                }
+            ]
+        }
+    )
+
     events: list[dict[str, Any]] = Field(
+        description="1 to 500 events (each an EventIn); each is validated on its own.",
         min_length=1,
         max_length=MAX_BATCH,
         json_schema_extra={"items": {"$ref": "#/components/schemas/EventIn"}},

@@ -307,13 +307,13 @@ class Returns(Resource[C]):
         return (yield from send(issue_call(request, idempotency_key)))
 
     @operation
-    def qr_png(self, token_id: str, medium: Literal["screen", "paper"] = "screen") -> Flow[bytes]:
-        """The code as a PNG rendered (once, then cached) by the server; "paper" uses a higher
-        error correction for printed receipts."""
+    def qr_png(self, token_id: str, medium: Literal["screen", "print"] = "screen") -> Flow[bytes]:
+        """The code as a PNG rendered (once, then cached) by the server; "print" uses a higher
+        error correction (Q) for printed receipts, "screen" M."""
         return (yield from send(image_call(token_id, "png", medium)))
 
     @operation
-    def qr_svg(self, token_id: str, medium: Literal["screen", "paper"] = "screen") -> Flow[bytes]:
+    def qr_svg(self, token_id: str, medium: Literal["screen", "print"] = "screen") -> Flow[bytes]:
         """The code as an SVG image (see `qr_png`)."""
         return (yield from send(image_call(token_id, "svg", medium)))
 
