@@ -14,6 +14,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Match
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
 from server_stub.observability import current_request_id
@@ -127,8 +128,25 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else type.default_title
     if type is ProblemType.NOT_FOUND and detail == "Not Found":
         detail = f"there is no resource at {request.url.path}"
-    headers = dict(exc.headers) if exc.headers else None
-    return problem_response(type, detail, instance=request.url.path, headers=headers)
+    headers = dict(exc.headers) if exc.headers else {}
+    if exc.status_code == 405:
+        # Starlette names the methods of the first route it tried; a path served by several
+        # routes (GET and POST /v1/sessions/{id}) allows all of theirs (RFC 9110 section 10.2.1).
+        headers["Allow"] = ", ".join(allowed_methods(request))
+    return problem_response(type, detail, instance=request.url.path, headers=headers or None)
+
+
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def allowed_methods(request: Request) -> list[str]:
+    """Every method some route of the app serves at the request's path."""
+    allowed = []
+    for method in METHODS:
+        scope = {**request.scope, "method": method}
+        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
+            allowed.append(method)
+    return allowed
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

@@ -46,8 +46,11 @@ PROBLEM_SCHEMA: dict[str, Any] = {
         },
         "errors": {
             "type": "array",
-            "description": "For validation errors: each invalid field with its place and reason.",
-            "items": {"type": "object"},
+            "description": (
+                "For validation errors: each invalid field with its place and reason (an "
+                "object), or each problem of a ruleset (a sentence)."
+            ),
+            "items": {},
         },
     },
     "additionalProperties": True,
@@ -75,8 +78,7 @@ IDEMPOTENCY_KEY: dict[str, Any] = {
         "retry with the same key and body (with `Idempotent-Replayed: true`); the same key "
         "with another body is answered 409. The SDK sends one with every write."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": 255},
-    "example": "5f0c6a3e-8d0b-4a57-9f43-1b2f0e6c9d11",
+    "schema": {"type": "string", "pattern": "^[\\x20-\\x7e]{1,255}$"},
 }
 
 STREAM = {
@@ -180,10 +182,10 @@ def _complete_operation(
 
 def _statuses(method: str, path: str, operation: dict[str, Any], writes: bool) -> set[int]:
     """The error statuses this operation can answer with."""
-    statuses = {401, 403, 422}
+    # 404: a customer, token or key named in the path or the body, or a tenant's resource
+    # that does not exist yet (no ruleset published).
+    statuses = {401, 403, 404, 422}
     has_body = "requestBody" in operation
-    if has_body or "{" in path:
-        statuses.add(404)  # a customer or token named in the path or the body
     if has_body:
         statuses |= {400, 413, 415}
     if writes:

@@ -6,7 +6,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.consent import (
@@ -20,6 +20,24 @@ from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallo
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.tokens import VerificationKey
+
+# JSON's types, not Python's conversions: `true` or "1" where a number belongs is refused (422),
+# as the OpenAPI document promises (tests/server/test_openapi_contract.py checks it).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+SkuCount = Annotated[
+    tuple[str, Int],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": "[sku, count]",
+            "prefixItems": [{"type": "string"}, {"type": "integer"}],
+            "minItems": 2,
+            "maxItems": 2,
+        }
+    ),
+]
 
 
 class WireModel(BaseModel):
@@ -41,7 +59,7 @@ class PingRequest(WireModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"message": "hello", "sequence": 1}]})
 
     message: str = Field(description="Any short text; echoed back.", default="ping", max_length=256)
-    sequence: int = Field(
+    sequence: Int = Field(
         description="A number of the caller's (echoed), to match answers to requests.",
         default=0,
         ge=0,
@@ -50,7 +68,7 @@ class PingRequest(WireModel):
 
 class Pong(WireModel):
     message: str = Field(description="The message sent (echoed).")
-    sequence: int = Field(
+    sequence: Int = Field(
         description="A number of the caller's (echoed), to match answers to requests."
     )
     tenant_id: str = Field(description="The caller's tenant.")
@@ -110,7 +128,7 @@ class IdentifierIn(WireModel):
     value: IdentifierValue = Field(
         description="The identifier's value (e-mail and phone are normalised and hashed)."
     )
-    shared: bool = Field(
+    shared: Bool = Field(
         default=False,
         description="Mark it shared (admin keys): it then never links or merges customers.",
     )
@@ -177,14 +195,14 @@ class CartMergeReport(WireModel):
     policy: str = Field(
         description="The merge policy used: `max`, `sum`, `guest_wins` or `customer_wins`."
     )
-    from_lines: dict[str, int] = Field(description="Line key -> quantity in the merged-in cart.")
-    result: dict[str, int] = Field(description="Line key -> quantity in the cart now.")
+    from_lines: dict[str, Int] = Field(description="Line key -> quantity in the merged-in cart.")
+    result: dict[str, Int] = Field(description="Line key -> quantity in the cart now.")
 
 
 class IdentifyResult(WireModel):
     customer_id: str = Field(description="The customer the identifiers belong to now.")
-    created: bool = Field(description="A new customer was created for these identifiers.")
-    merged: bool = Field(description="Customers that were separate are now this one.")
+    created: Bool = Field(description="A new customer was created for these identifiers.")
+    merged: Bool = Field(description="Customers that were separate are now this one.")
     merged_customer_ids: list[str] = Field(
         description="Customers merged into this one by this call.", default_factory=list
     )
@@ -221,7 +239,7 @@ class SharedIdentifierRequest(WireModel):
 
     type: IdentifierType = Field(description="The identifier's type.")
     value: IdentifierValue = Field(description="The identifier's value.")
-    shared: bool = Field(
+    shared: Bool = Field(
         default=True, description="True to mark it shared, false to clear the mark."
     )
 
@@ -229,7 +247,7 @@ class SharedIdentifierRequest(WireModel):
 class IdentifierView(WireModel):
     type: IdentifierType = Field(description="The identifier's type.")
     value: str = Field(description="The value; for e-mail and phone only a hash prefix.")
-    shared: bool = Field(description="Marked shared: never links or merges customers.")
+    shared: Bool = Field(description="Marked shared: never links or merges customers.")
     linked_at: datetime = Field(description="When it was linked to the customer.")
 
 
@@ -314,7 +332,7 @@ class TrackResult(WireModel):
             "identifiers (no analytics consent when it happened)."
         )
     )
-    duplicate: bool = Field(description="True if an event with this id was already stored.")
+    duplicate: Bool = Field(description="True if an event with this id was already stored.")
 
 
 class EventBatch(WireModel):
@@ -324,15 +342,15 @@ class EventBatch(WireModel):
 
 
 class EventRejection(WireModel):
-    index: int = Field(description="The position of the event in the batch (from 0).")
+    index: Int = Field(description="The position of the event in the batch (from 0).")
     event_id: str | None = Field(description="The refused event's id, if it had one.")
     type: str = Field(description="The problem type (a URI of docs/errors.md).")
     detail: str = Field(description="Why, in words a developer can act on.")
 
 
 class BatchResult(WireModel):
-    accepted: int = Field(description="How many events were stored.")
-    duplicates: int = Field(description="How many had an id already stored (not stored again).")
+    accepted: Int = Field(description="How many events were stored.")
+    duplicates: Int = Field(description="How many had an id already stored (not stored again).")
     rejected: list[EventRejection] = Field(
         description="The events refused, each with its index and reason.", default_factory=list
     )
@@ -379,16 +397,16 @@ class Annotation(AnnotationIn):
 
 
 class OrderSummary(WireModel):
-    count: int = Field(description="Number of orders (one per `order_id`).")
-    total_value: float = Field(description="Sum of the orders' `value`.")
+    count: Int = Field(description="Number of orders (one per `order_id`).")
+    total_value: Float = Field(description="Sum of the orders' `value`.")
 
 
 class CartSummary(WireModel):
-    lines: int = Field(description="Number of lines in the cart.")
-    units: int = Field(description="Number of units in the cart.")
-    value: float | None = Field(description="From the shop's price snapshots, if all have one.")
+    lines: Int = Field(description="Number of lines in the cart.")
+    units: Int = Field(description="Number of units in the cart.")
+    value: Float | None = Field(description="From the shop's price snapshots, if all have one.")
     updated_at: datetime = Field(description="When the cart last changed.")
-    abandoned: bool = Field(description="Untouched for the tenant's abandoned_after_hours.")
+    abandoned: Bool = Field(description="Untouched for the tenant's abandoned_after_hours.")
     skus: list[str] = Field(default_factory=list, description="The products in it.")
 
 
@@ -408,7 +426,7 @@ class Profile(WireModel):
     traits: dict[str, Any] = Field(
         description="The shop's facts about the customer (name, tier, ...), as it sent them."
     )
-    interests: dict[str, float] = Field(description="Category -> time-decayed score, best first.")
+    interests: dict[str, Float] = Field(description="Category -> time-decayed score, best first.")
     first_seen: datetime | None = Field(description="The time of her first event (or creation).")
     last_seen: dict[Channel, datetime] = Field(
         description="Per channel, the time of her last event there."
@@ -432,7 +450,7 @@ class Profile(WireModel):
 
 
 class IdentitySettings(WireModel):
-    limits: dict[IdentifierType, int] = Field(
+    limits: dict[IdentifierType, Int] = Field(
         default_factory=lambda: {
             IdentifierType.ANONYMOUS: 50,
             IdentifierType.EMAIL: 5,
@@ -452,18 +470,18 @@ class IdentitySettings(WireModel):
 
 
 class ProfileSettings(WireModel):
-    new_days: int = Field(
+    new_days: Int = Field(
         description="Days a customer counts as `new` after first seen.", default=30, ge=1
     )
-    active_days: int = Field(
+    active_days: Int = Field(
         description="Days since last seen within which she is `active`.", default=90, ge=1
     )
-    lapsing_days: int = Field(
+    lapsing_days: Int = Field(
         description="Days since last seen within which she is `lapsing` (then `lapsed`).",
         default=180,
         ge=1,
     )
-    interest_half_life_days: float = Field(
+    interest_half_life_days: Float = Field(
         description="Days after which an interest signal weighs half.", default=30.0, gt=0
     )
 
@@ -513,11 +531,11 @@ class OrderLineIn(WireModel):
     sku: str = Field(
         description="The product's SKU (1-64 characters, no `|`).", min_length=1, max_length=64
     )
-    quantity: int = Field(description="Units that may be returned.", ge=1, le=999)
+    quantity: Int = Field(description="Units that may be returned.", ge=1, le=999)
     name: str | None = Field(
         description="The product's name, shown to the clerk.", default=None, max_length=200
     )
-    unit_price: float | None = Field(
+    unit_price: Float | None = Field(
         description="Price of one unit, in `currency`.", default=None, ge=0
     )
 
@@ -556,7 +574,7 @@ class IssueReturnRequest(WireModel):
     lines: list[OrderLineIn] = Field(
         description="The order's returnable lines.", min_length=1, max_length=50
     )
-    return_window_days: int = Field(
+    return_window_days: Int = Field(
         description="Days the code stays valid (1-365).", default=30, ge=1, le=365
     )
     refund_methods: list[RefundMethod] = Field(
@@ -589,7 +607,7 @@ class IssuedReturn(WireModel):
 
 class RedeemLine(WireModel):
     line_id: LineId = Field(description="The order line's id, as the shop numbers its lines.")
-    quantity: int = Field(description="Units of the line to take back.", ge=1, le=999)
+    quantity: Int = Field(description="Units of the line to take back.", ge=1, le=999)
 
 
 class RedeemRequest(WireModel):
@@ -631,7 +649,7 @@ class RedeemRequest(WireModel):
 class ReturnedLine(WireModel):
     line_id: str = Field(description="The order line's id, as the shop numbers its lines.")
     sku: str = Field(description="The product's SKU (1-64 characters, no `|`).")
-    quantity: int = Field(description="Units taken back.")
+    quantity: Int = Field(description="Units taken back.")
 
 
 class Redemption(WireModel):
@@ -648,7 +666,7 @@ class Redemption(WireModel):
         description="How the refund is paid (one of the code's `refund_methods`)."
     )
     lines: list[ReturnedLine] = Field(description="What was taken back.")
-    value: float | None = Field(description="The refund's value.")
+    value: Float | None = Field(description="The refund's value.")
     created_at: datetime = Field(description="When the units were taken back.")
     status: Literal["confirmed", "pending"] = Field(
         default="confirmed",
@@ -660,10 +678,10 @@ class ReturnLineStatus(WireModel):
     line_id: str = Field(description="The order line's id, as the shop numbers its lines.")
     sku: str = Field(description="The product's SKU (1-64 characters, no `|`).")
     name: str | None = Field(description="The product's name.")
-    quantity: int = Field(description="Units on the code.")
-    returned: int = Field(description="Units already taken back.")
-    remaining: int = Field(description="Units that may still be returned.")
-    unit_price: float | None = Field(description="Price of one unit, in `currency`.")
+    quantity: Int = Field(description="Units on the code.")
+    returned: Int = Field(description="Units already taken back.")
+    remaining: Int = Field(description="Units that may still be returned.")
+    unit_price: Float | None = Field(description="Price of one unit, in `currency`.")
 
 
 class ReturnStatus(WireModel):
@@ -673,7 +691,7 @@ class ReturnStatus(WireModel):
     order_ref: str = Field(description="The shop's own order reference.")
     issued_at: datetime = Field(description="When it was issued (UTC).")
     expires_at: datetime = Field(description="When it expires (UTC).")
-    revoked: bool = Field(description="True if the shop revoked the code.")
+    revoked: Bool = Field(description="True if the shop revoked the code.")
     refund_methods: list[RefundMethod] = Field(
         description=(
             "How a refund may be paid: `original_payment`, `card`, `cash`, `store_credit`, "
@@ -732,7 +750,7 @@ class LineAttributes(WireModel):
     name: str | None = Field(
         description="The product's name to show.", default=None, max_length=200
     )
-    unit_price: float | None = Field(
+    unit_price: Float | None = Field(
         description="Price of one unit, in `currency`.", default=None, ge=0, lt=1e9
     )
     currency: str | None = Field(
@@ -760,7 +778,7 @@ class CartOpIn(WireModel):
     line: LineRef | None = Field(
         default=None, description="The line an `add` or `remove` is about."
     )
-    delta: int = Field(
+    delta: Int = Field(
         description="For `add`: units to add (negative: to take away), -999 to 999, never 0.",
         default=0,
         ge=-999,
@@ -810,9 +828,9 @@ class CartLineView(WireModel):
     options: dict[str, str] = Field(
         description="The line's options (size, colour, ...), part of the line's identity."
     )
-    quantity: int = Field(description="Units of the line in the cart.")
+    quantity: Int = Field(description="Units of the line in the cart.")
     name: str | None = Field(description="The product's name as the shop last wrote it.")
-    unit_price: float | None = Field(description="Price of one unit, in `currency`.")
+    unit_price: Float | None = Field(description="Price of one unit, in `currency`.")
     currency: str | None = Field(description="ISO 4217 currency code, such as `EUR`.")
     image_url: str | None = Field(
         description="An image of the product, for display on every channel."
@@ -826,7 +844,7 @@ class CartView(WireModel):
             "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
         )
     )
-    version: int = Field(
+    version: Int = Field(
         description="The cart's version: send it as `If-Match` to mark it ordered."
     )
     lines: list[CartLineView] = Field(description="The cart's lines.")
@@ -842,7 +860,7 @@ class CartChange(WireModel):
     (quantity 0: the line is gone), not the whole cart."""
 
     customer_id: str = Field(description="The customer whose cart changed.")
-    version: int = Field(description="The cart's version after the change.")
+    version: Int = Field(description="The cart's version after the change.")
     updated_at: datetime | None = Field(default=None, description="When it changed.")
     lines: list[CartLineView] = Field(default_factory=list, description="The lines touched.")
 
@@ -865,7 +883,7 @@ class CartSettings(WireModel):
             "`customer_wins`."
         ),
     )
-    abandoned_after_hours: float = Field(
+    abandoned_after_hours: Float = Field(
         description="Hours without change after which a cart counts as abandoned.",
         default=24.0,
         gt=0,
@@ -882,13 +900,13 @@ class ConsentSettings(WireModel):
         default_factory=lambda: list(DOUBLE_OPT_IN_DEFAULT),
         description="Purposes whose grant stays pending until its confirmation token returns.",
     )
-    confirmation_ttl_hours: float = Field(
+    confirmation_ttl_hours: Float = Field(
         description="Hours a double opt-in confirmation token stays valid.",
         default=168.0,
         gt=0,
         le=24 * 90,
     )
-    skew_seconds: float = Field(
+    skew_seconds: Float = Field(
         default=DEFAULT_SKEW_SECONDS,
         ge=0,
         le=3600,
@@ -927,7 +945,7 @@ class SessionWrite(WireModel):
     entries: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(
         description="Keys to write; null deletes a key.", min_length=1, max_length=50
     )
-    ttl_seconds: int = Field(
+    ttl_seconds: Int = Field(
         description="Seconds the keys live (default: the server's session TTL).",
         default=30 * 86_400,
         ge=60,
@@ -969,7 +987,7 @@ class SessionChange(WireModel):
 class ContentChange(WireModel):
     """The shop published a ruleset or rebuilt its recommendations (one of the two is set)."""
 
-    ruleset_version: int | None = Field(default=None, description="The new ruleset version.")
+    ruleset_version: Int | None = Field(default=None, description="The new ruleset version.")
     recommendations: str | None = Field(default=None, description="The new model's ETag.")
 
 
@@ -979,9 +997,9 @@ class ResyncChange(WireModel):
 
     type: str = Field(description="The problem type of a resync (docs/errors.md).")
     title: str = ""
-    status: int = Field(default=409, description="The HTTP status the problem stands for.")
+    status: Int = Field(default=409, description="The HTTP status the problem stands for.")
     detail: str = Field(default="", description="Why, in words a developer can act on.")
-    position: int = Field(description="Where the feed continues from.")
+    position: Int = Field(description="Where the feed continues from.")
 
 
 # --- consent --------------------------------------------------------------------------------
@@ -1004,7 +1022,7 @@ class NoticeIn(WireModel):
     id: str = Field(
         description="The notice's id in the shop's records.", min_length=1, max_length=100
     )
-    version: int = Field(description="The notice's version.", default=0, ge=0)
+    version: Int = Field(description="The notice's version.", default=0, ge=0)
     text_sha256: str | None = Field(
         description="SHA-256 (hex) of the notice's exact text.",
         default=None,
@@ -1051,7 +1069,7 @@ class ConsentDecisionIn(WireModel):
     client_time: datetime | None = Field(
         default=None, description="When the customer decided, by the device's clock."
     )
-    queued: bool = Field(
+    queued: Bool = Field(
         default=False,
         description=(
             "Recorded while offline and delivered later (the SDK's outbox): ordered by "
@@ -1110,7 +1128,7 @@ class ConsentDecisionView(WireModel):
     )
     method: str = Field(description="How the customer decided (click, checkbox, signature).")
     notice_id: str | None = Field(description="The id of the notice she saw.")
-    notice_version: int = Field(description="The version of that notice.")
+    notice_version: Int = Field(description="The version of that notice.")
     notice_sha256: str | None = Field(description="SHA-256 of the notice's exact text.")
     client_time: datetime | None = Field(
         description="When she decided, by the device's clock (if sent)."
@@ -1125,12 +1143,12 @@ class ConsentDecisionView(WireModel):
 
 
 class PurposeStateView(WireModel):
-    granted: bool = Field(description="Whether the purpose may be used now.")
+    granted: Bool = Field(description="Whether the purpose may be used now.")
     status: Status | None = Field(
         description="The standing decision's status; null without any decision."
     )
     decided_at: datetime | None = Field(description="When the standing decision was recorded.")
-    reprompt: bool = Field(description="Merged decisions too close to order: ask again.")
+    reprompt: Bool = Field(description="Merged decisions too close to order: ask again.")
 
 
 class ConsentState(WireModel):
@@ -1246,9 +1264,9 @@ class CustomerExport(WireModel):
 class ErasureReceipt(WireModel):
     erasure_id: str = Field(description="The erasure's id, kept as proof.")
     erased_at: datetime = Field(description="When she was erased.")
-    customers: int = Field(description="Customer records removed (the live one and merged ids).")
-    removed: dict[str, int] = Field(description="How many records of each kind were removed.")
-    kept_anonymised: dict[str, int] = Field(
+    customers: Int = Field(description="Customer records removed (the live one and merged ids).")
+    removed: dict[str, Int] = Field(description="How many records of each kind were removed.")
+    kept_anonymised: dict[str, Int] = Field(
         description="Kept for the law, with nothing linking them to the person."
     )
 
@@ -1291,7 +1309,7 @@ class RulesetIn(WireModel):
 
 
 class RulesetVersionInfo(WireModel):
-    version: int = Field(description="The version number (1, 2, ...).")
+    version: Int = Field(description="The version number (1, 2, ...).")
     etag: str = Field(description="The version's entity tag, for `If-Match` and `If-None-Match`.")
     created_at: datetime = Field(description="When it was published.")
     author_key_id: str | None = Field(description="The admin key that published it.")
@@ -1311,8 +1329,8 @@ class RulesetHistory(WireModel):
 class RecommendationModel(WireModel):
     etag: str = Field(description="The version's entity tag, for `If-Match` and `If-None-Match`.")
     built_at: datetime | None = Field(description="When the model was built.")
-    baskets: int = Field(description="Number of baskets (orders and carts) it was built from.")
-    together: dict[str, list[tuple[str, int]]] = Field(
+    baskets: Int = Field(description="Number of baskets (orders and carts) it was built from.")
+    together: dict[str, list[SkuCount]] = Field(
         description="Per SKU: SKUs bought together with it, best first."
     )
-    popular: list[tuple[str, int]] = Field(description="The most bought SKUs, the fallback.")
+    popular: list[SkuCount] = Field(description="The most bought SKUs, the fallback.")
