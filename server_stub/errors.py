@@ -8,13 +8,13 @@ field and the rule, never the value that was sent.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Match
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
 from server_stub.observability import current_request_id
@@ -129,24 +129,32 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     if type is ProblemType.NOT_FOUND and detail == "Not Found":
         detail = f"there is no resource at {request.url.path}"
     headers = dict(exc.headers) if exc.headers else {}
-    if exc.status_code == 405:
+    allowed = allowed_methods(request) if exc.status_code == 405 else None
+    if allowed:
         # Starlette names the methods of the first route it tried; a path served by several
         # routes (GET and POST /v1/sessions/{id}) allows all of theirs (RFC 9110 section 10.2.1).
-        headers["Allow"] = ", ".join(allowed_methods(request))
+        headers["Allow"] = ", ".join(allowed)
     return problem_response(type, detail, instance=request.url.path, headers=headers or None)
 
 
-METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+def allowed_methods(request: Request) -> list[str] | None:
+    """The methods the API documents at the request's path (None: a path it does not
+    document). A path one operation names literally (/v1/consent/confirmations) is that
+    operation's, not also a template's (/v1/consent/{customer_id})."""
+    paths: dict[str, Any] = request.app.openapi().get("paths", {})
+    path = request.url.path
+    operations = paths.get(path)
+    if operations is None:
+        operations = next(
+            (ops for template, ops in paths.items() if _template(template).fullmatch(path)),
+            None,
+        )
+    return sorted(method.upper() for method in operations) if operations else None
 
 
-def allowed_methods(request: Request) -> list[str]:
-    """Every method some route of the app serves at the request's path."""
-    allowed = []
-    for method in METHODS:
-        scope = {**request.scope, "method": method}
-        if any(route.matches(scope)[0] is Match.FULL for route in request.app.router.routes):
-            allowed.append(method)
-    return allowed
+def _template(path: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[^/{}]+\}", path)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

@@ -31,8 +31,8 @@ SkuCount = Annotated[
     WithJsonSchema(
         {
             "type": "array",
-            "description": "[sku, count]",
-            "prefixItems": [{"type": "string"}, {"type": "integer"}],
+            "description": "[sku, count]: the SKU (a string), then how often (an integer).",
+            "items": {"type": ["string", "integer"]},
             "minItems": 2,
             "maxItems": 2,
         }

@@ -4,6 +4,7 @@ of its checks (undocumented status codes and content types included)."""
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,13 @@ import httpx
 import pytest
 import schemathesis
 from hypothesis import HealthCheck, settings
+from schemathesis.core.parameters import ParameterLocation
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE
 from omnisdk.testing import ServerProcess
 from server_stub.app import create_app
 from server_stub.settings import Settings
+from tests.server.conftest import ShopForTest
 
 SECRET = "c2VjcmV0LWtleS1mb3ItdGhlLW9wZW5hcGktdGVzdHMtMDA="
 
@@ -146,13 +149,41 @@ def _contract_schema() -> Any:
 contract = _contract_schema()
 
 
+def _auth_left_out_on_purpose(case: Any) -> bool:
+    """A negative case that drops the required Authorization header: send it without."""
+    info = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
+    return (
+        info is not None
+        and info.mode is schemathesis.GenerationMode.NEGATIVE
+        and "Authorization" not in (case.headers or {})
+    )
+
+
 @contract.parametrize()
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
 def test_the_server_keeps_its_contract(case: Any, served: tuple[ServerProcess, str]) -> None:
     server, key = served
-    headers = {"Authorization": f"Bearer {key}"}
-    if case.headers and "Idempotency-Key" in case.headers:
+    headers = {}
+    if not _auth_left_out_on_purpose(case):
+        headers["Authorization"] = f"Bearer {key}"
+    key_sent = (case.headers or {}).get("Idempotency-Key")
+    if isinstance(key_sent, str) and re.fullmatch(r"[\x20-\x7e]{1,255}", key_sent):
         # A client sends a new key with each new request; generated keys repeat ("0", "0")
-        # across different requests, which the server rightly answers 409.
+        # across different requests, which the server rightly answers 409. (An invalid key,
+        # generated to be refused, is sent as it is.)
         headers["Idempotency-Key"] = str(uuid.uuid4())
     case.call_and_validate(base_url=server.url, headers=headers)
+
+
+async def test_a_wrong_method_is_answered_with_every_method_the_path_allows(
+    shop: ShopForTest,
+) -> None:
+    sessions = await shop.request("DELETE", "/v1/sessions/cus_any")
+    assert sessions.status_code == 405
+    assert sessions.headers["allow"] == "GET, POST"
+    assert sessions.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    confirmations = await shop.request("GET", "/v1/consent/confirmations")
+    # GET there reads a customer's consent (the template), so it is not a 405...
+    assert confirmations.status_code == 404
+    wrong = await shop.request("DELETE", "/v1/consent/confirmations")
+    assert wrong.headers["allow"] == "POST"  # ... but the path is documented for POST only
