@@ -116,13 +116,22 @@ class Watch:
         self._state = _FeedState(client, customer_id, last_event_id, timeout)
         self.connected = threading.Event()
         self._response: httpx.Response | None = None
+        self._changes: Iterator[Change] | None = None
 
     @property
     def last_event_id(self) -> int | None:
         """The position the watch stands at (resume a later watch from it)."""
         return self._state.last_event_id
 
-    def __iter__(self) -> Iterator[Change]:
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> Change:
+        if self._changes is None:
+            self._changes = self._follow_all()
+        return next(self._changes)
+
+    def _follow_all(self) -> Iterator[Change]:
         state = self._state
         while not state.over():
             try:
@@ -204,13 +213,22 @@ class AsyncWatch:
         self._state = _FeedState(client, customer_id, last_event_id, timeout)
         self.connected = asyncio.Event()
         self._response: httpx.Response | None = None
+        self._changes: AsyncIterator[Change] | None = None
 
     @property
     def last_event_id(self) -> int | None:
         """The position the watch stands at (resume a later watch from it)."""
         return self._state.last_event_id
 
-    async def __aiter__(self) -> AsyncIterator[Change]:
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> Change:
+        if self._changes is None:
+            self._changes = self._follow_all()
+        return await anext(self._changes)
+
+    async def _follow_all(self) -> AsyncIterator[Change]:
         state = self._state
         while not state.over():
             try:
