@@ -142,7 +142,7 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
             session=session,
             error=error,
             synced=synced,
-            pending=session.client.returns.pending(),
+            pending=await session.client.returns.pending(),
         )
 
     @app.get("/login")
@@ -346,7 +346,7 @@ async def _sign_in_refusal(client: omnisdk.AsyncClient) -> tuple[int, str] | Non
 
 async def _sync(session: TillSession) -> list[Redemption]:
     """Send queued redemptions if there are any; mark their receipts confirmed."""
-    if not session.client.returns.pending():
+    if not await session.client.returns.pending():
         return []
     outcome = await session.client.returns.sync_pending()
     confirmed: list[Redemption] = outcome["confirmed"]
