@@ -61,7 +61,7 @@ async def test_the_async_client_refuses_the_same_way(server_process: ServerProce
             await web.carts.add("cus_x", "TR2", 1, currency="euro")
         amy = (await web.identity.identify(anonymous_id="phone-t3")).customer_id
         cart = await web.carts.add(amy, "TR2", 2)
-        cart = await web.carts.set_quantity(amy, cart, "TR2", 1)
+        cart = await web.carts.set_quantity(amy, cart.model_dump(mode="json"), "TR2", 1)
         assert cart.lines[0].quantity == 1
         cart = await web.carts.clear(amy, cart)
         assert cart.lines == [] or all(line.quantity == 0 for line in cart.lines)

@@ -109,6 +109,11 @@ def _quantity(seen: CartView, sku: str, options: Mapping[str, str] | None) -> in
     return sum(x.quantity for x in seen.lines if x.sku == sku and x.options == (options or {}))
 
 
+def _seen(cart: CartView | Mapping[str, Any]) -> CartView:
+    """The cart the customer saw, as a model (a mapping of its JSON works too)."""
+    return cart if isinstance(cart, CartView) else CartView.model_validate(cart)
+
+
 class CartOpsBuilder:
     """The operations of the helpers below, built once for both clients."""
 
@@ -212,34 +217,32 @@ class Carts(Resource[C]):
     def set_quantity(
         self,
         customer_id: str,
-        seen: CartView,
+        seen: CartView | Mapping[str, Any],
         sku: str,
         quantity: int,
         options: Mapping[str, str] | None = None,
     ) -> Flow[CartView]:
-        """Make a line `quantity` relative to the cart the customer saw (`seen`): sent as the
-        difference, so units added meanwhile on another device stay."""
-        return (
-            yield from send(
-                ops_call(customer_id, [self.ops.set_quantity(seen, sku, quantity, options)])
-            )
-        )
+        """Make a line `quantity` relative to the cart the customer saw (`seen`, as `get` or a
+        write returned it): sent as the difference, so units added meanwhile elsewhere stay."""
+        op = self.ops.set_quantity(_seen(seen), sku, quantity, options)
+        return (yield from send(ops_call(customer_id, [op])))
 
     @operation
     def remove(
         self,
         customer_id: str,
-        seen: CartView,
+        seen: CartView | Mapping[str, Any],
         sku: str,
         options: Mapping[str, str] | None = None,
     ) -> Flow[CartView]:
         """Remove a line as the customer saw it; adds made meanwhile elsewhere stay."""
-        return (yield from send(ops_call(customer_id, [self.ops.remove(seen, sku, options)])))
+        op = self.ops.remove(_seen(seen), sku, options)
+        return (yield from send(ops_call(customer_id, [op])))
 
     @operation
-    def clear(self, customer_id: str, seen: CartView) -> Flow[CartView]:
+    def clear(self, customer_id: str, seen: CartView | Mapping[str, Any]) -> Flow[CartView]:
         """Empty the cart as the customer saw it; adds made meanwhile elsewhere stay."""
-        return (yield from send(ops_call(customer_id, [self.ops.clear(seen)])))
+        return (yield from send(ops_call(customer_id, [self.ops.clear(_seen(seen))])))
 
     @operation
     def mark_ordered(self, customer_id: str, order_ref: str, version: int) -> Flow[CartView]:
