@@ -271,6 +271,12 @@ class AsyncWatch:
         response = self._response
         if response is not None:
             await response.aclose()
+        changes = self._changes
+        if changes is not None and hasattr(changes, "aclose"):
+            # Finish the stream's generator here, not later in the garbage collector; one
+            # another task is iterating right now ends by itself (its response is closed).
+            with contextlib.suppress(RuntimeError):
+                await changes.aclose()
 
     async def __aenter__(self) -> AsyncWatch:
         return self
