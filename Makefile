@@ -4,13 +4,13 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck install clean pos-catalogue pos-screenshots
+.PHONY: demo test bench lint typecheck install clean pos-catalogue pos-screenshots docs docs-build
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "omnisdk needs Python 3.11 or newer (set PYTHON=python3.X)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,dev]'
+	$(BIN)/python -m pip install --quiet -e '.[server,dev,docs]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -19,9 +19,17 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
-## test: lint, type-check and run the whole test suite
-test: lint typecheck
+## test: lint, type-check, build the docs site (strict) and run the whole test suite
+test: lint typecheck docs-build
 	$(BIN)/python -m pytest
+
+## docs: serve the documentation site at http://127.0.0.1:8001 (rebuilds on change)
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs serve --dev-addr 127.0.0.1:8001
+
+## docs-build: build the documentation site into .site/; a broken link or reference fails it
+docs-build: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -49,4 +57,4 @@ pos-screenshots: $(STAMP)
 		tests/browser/test_pos_station.py -k 'languages or polish or english or offline_return'
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis .site

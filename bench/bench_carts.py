@@ -129,7 +129,7 @@ def _feed_delay(database_url: str) -> float:
                 def watch() -> None:
                     with omnisdk.Client(watcher_side.url, shop.key("app"), channel="app") as app:
                         for change in app.changes.watch(amy):
-                            arrivals.put((change.data["version"], time.perf_counter()))
+                            arrivals.put((change.raw["version"], time.perf_counter()))
 
                 threading.Thread(target=watch, daemon=True).start()
                 for _ in range(100):  # until the watcher is connected

@@ -169,7 +169,7 @@ def _watch(
                     ready.set()
                 change = parser.feed(line)
                 if change is not None:
-                    entry = change.data["entries"]["probe"]
+                    entry = change.raw["entries"]["probe"]
                     written = datetime.fromisoformat(entry["written_at"]).timestamp()
                     arrivals[entry["value"]] = (time.perf_counter(), time.time() - written)
                     if len(arrivals) == FEED_WRITES:

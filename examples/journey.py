@@ -7,6 +7,7 @@ your own server with OMNISDK_URL and OMNISDK_{WEB,APP,POS,ADMIN}_KEY set.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import tempfile
@@ -16,6 +17,7 @@ import uuid
 from pathlib import Path
 
 import omnisdk
+import omnisdk.models
 import omnisdk.resources.changes
 
 
@@ -28,6 +30,8 @@ def generic_title(client: omnisdk.Client) -> str:
 
 
 def main() -> None:
+    # Name each warning's source and level (omnisdk itself leaves logging to the application).
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     url = os.environ["OMNISDK_URL"]
     web = omnisdk.Client(url, os.environ["OMNISDK_WEB_KEY"], channel="web")
     app = omnisdk.Client(url, os.environ["OMNISDK_APP_KEY"], channel="app")
@@ -116,14 +120,15 @@ def main() -> None:
 
     step("On the laptop she adds shoes to the cart; her phone's backend sees it live")
     changes: queue.Queue[omnisdk.resources.changes.Change] = queue.Queue()
+    watcher = omnisdk.Client(url, os.environ["OMNISDK_APP_KEY"], channel="app")
+    feed = watcher.changes.watch(linked.customer_id, timeout=60)
 
     def phone_backend_watches() -> None:
-        with omnisdk.Client(url, os.environ["OMNISDK_APP_KEY"], channel="app") as watcher:
-            for change in watcher.changes.watch(linked.customer_id):
-                changes.put(change)
+        for change in feed:
+            changes.put(change)
 
     threading.Thread(target=phone_backend_watches, daemon=True).start()
-    time.sleep(0.5)  # a demo's pause: let the phone's backend connect before the laptop adds
+    feed.connected.wait(10)  # the phone's backend listens: nothing the laptop does is missed
     laptop_cart = web.carts.add(
         linked.customer_id,
         "TR2",
@@ -134,10 +139,13 @@ def main() -> None:
         currency="EUR",
     )
     live = changes.get(timeout=10)
-    for line in live.data["lines"]:
+    feed.close()
+    watcher.close()
+    assert isinstance(live.data, omnisdk.models.CartChange)
+    for line in live.data.lines:
         print(
-            f"   phone's feed, change {live.id}: {line['quantity']} x {line['name']} at "
-            f"{line['unit_price']} {line['currency']} (cart version {live.data['version']})"
+            f"   phone's feed, change {live.id}: {line.quantity} x {line.name} at "
+            f"{line.unit_price} {line.currency} (cart version {live.data.version})"
         )
     phone_cart = app.carts.get(stranger or linked.customer_id)  # any of her ids works
     print(f"   phone reads the cart: {sum(x.quantity for x in phone_cart.lines)} units")

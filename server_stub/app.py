@@ -12,8 +12,10 @@ from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from fastapi_offline import FastAPIOffline
 
 from omnisdk._version import __version__
+from server_stub import openapi
 from server_stub.auth import KeyCache
 from server_stub.errors import install_error_handlers
 from server_stub.ids import utcnow
@@ -127,13 +129,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await database.dispose()
             flush_logs()
 
-    app = FastAPI(
+    # Swagger UI and ReDoc from files shipped with fastapi-offline: /docs works without internet.
+    app = FastAPIOffline(
         title="omnisdk reference sync server",
         version=__version__,
         summary="One customer, one cart, one consent state across a shop's channels.",
         lifespan=lifespan,
     )
     install_error_handlers(app)
+    openapi.install(app)
     for router in API_ROUTERS:
         app.include_router(router)
     app.include_router(health.router)

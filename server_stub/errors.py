@@ -8,6 +8,7 @@ field and the rule, never the value that was sent.
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -127,8 +128,33 @@ async def _on_http_error(request: Request, exc: Exception) -> Response:
     detail = exc.detail if isinstance(exc.detail, str) else type.default_title
     if type is ProblemType.NOT_FOUND and detail == "Not Found":
         detail = f"there is no resource at {request.url.path}"
-    headers = dict(exc.headers) if exc.headers else None
-    return problem_response(type, detail, instance=request.url.path, headers=headers)
+    headers = dict(exc.headers) if exc.headers else {}
+    allowed = allowed_methods(request) if exc.status_code == 405 else None
+    if allowed:
+        # Starlette names the methods of the first route it tried; a path served by several
+        # routes (GET and POST /v1/sessions/{id}) allows all of theirs (RFC 9110 section 10.2.1).
+        headers["Allow"] = ", ".join(allowed)
+    return problem_response(type, detail, instance=request.url.path, headers=headers or None)
+
+
+def allowed_methods(request: Request) -> list[str] | None:
+    """The methods the API documents at the request's path (None: a path it does not
+    document). A path one operation names literally (/v1/consent/confirmations) is that
+    operation's, not also a template's (/v1/consent/{customer_id})."""
+    paths: dict[str, Any] = request.app.openapi().get("paths", {})
+    path = request.url.path
+    operations = paths.get(path)
+    if operations is None:
+        operations = next(
+            (ops for template, ops in paths.items() if _template(template).fullmatch(path)),
+            None,
+        )
+    return sorted(method.upper() for method in operations) if operations else None
+
+
+def _template(path: str) -> re.Pattern[str]:
+    parts = re.split(r"\{[^/{}]+\}", path)
+    return re.compile("[^/]+".join(re.escape(part) for part in parts))
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:

@@ -357,7 +357,7 @@ class Station:
             "scan.html",
             status_code,
             error=error,
-            pending=session.client.returns.pending(),
+            pending=session.client.returns.till.pending(),
             scan_focus=True,
         )
 
@@ -621,7 +621,7 @@ class Station:
     async def send_pending(self, session: TillSession) -> None:
         """One round of sending queued returns; confirmed ones update their receipts."""
         assert session.client is not None
-        if not session.client.returns.pending():
+        if not await session.client.returns.pending():
             return
         try:
             outcome = await self.guarded(session, session.client.returns.sync_pending())
@@ -645,7 +645,7 @@ class Station:
 
         async def loop() -> None:
             assert session.client is not None
-            while session.client.returns.pending():
+            while await session.client.returns.pending():
                 await asyncio.sleep(self.config.sync_interval)
                 try:
                     await self.send_pending(session)

@@ -63,6 +63,10 @@ async def mark_ordered(
     conn: Connection,
     if_match: Annotated[str | None, Header()] = None,
 ) -> Response:
-    tenant_id = principal_of(request).tenant_id
+    principal = principal_of(request)
+    tenant_id = principal.tenant_id
     live = await identity.lock_customer(conn, tenant_id, customer_id)
-    return _answer(await carts.mark_ordered(conn, tenant_id, live, if_match, body.order_ref))
+    ordered = await carts.mark_ordered(
+        conn, tenant_id, live, if_match, body.order_ref, principal.channel
+    )
+    return _answer(ordered)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.events import MAX_BATCH
@@ -22,10 +22,31 @@ class EventBatchBody(WireModel):
     """A batch as the server takes it: each event is validated on its own (an `EventIn`), so
     one bad event is rejected with its index instead of refusing the batch."""
 
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "events": [
+                        {"name": "product_viewed", "anonymous_id": "phone-1", "event_id": "e-1"},
+                        {"name": "campaign_scanned", "anonymous_id": "phone-1", "event_id": "e-2"},
+                    ]
+                }
+            ]
+        }
+    )
+
     events: list[dict[str, Any]] = Field(
+        description="1 to 500 events (each an EventIn); each is validated on its own.",
         min_length=1,
         max_length=MAX_BATCH,
-        json_schema_extra={"items": {"$ref": "#/components/schemas/EventIn"}},
+        # Each item is checked on its own against EventIn, and one that does not match is
+        # rejected with its index (the batch is still taken): any object is a valid item.
+        json_schema_extra={
+            "items": {
+                "type": "object",
+                "description": "An event, as EventIn; one that is not is rejected alone.",
+            }
+        },
     )
 
 
@@ -39,7 +60,9 @@ async def track(body: EventIn, request: Request, conn: Connection, context: Cont
         rejection = outcome.rejected[0]
         raise Problem(ProblemType(rejection.type), rejection.detail)
     _, event_id, customer_id = (outcome.accepted or outcome.duplicates)[0]
-    return TrackResult(event_id=event_id, customer_id=customer_id, duplicate=not outcome.accepted)
+    return TrackResult(
+        event_id=event_id, customer_id=customer_id or None, duplicate=not outcome.accepted
+    )
 
 
 @router.post(

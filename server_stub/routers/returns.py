@@ -6,7 +6,7 @@ from datetime import timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
-from pydantic import Field
+from pydantic import ConfigDict, Field
 from starlette.responses import Response
 
 from omnisdk import qr
@@ -34,7 +34,17 @@ MAX_CACHED_IMAGES = 2048
 
 
 class TokenBody(WireModel):
-    token: str = Field(min_length=4, max_length=2000)
+    """A return code to look up."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"token": "RT1:6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3"}]}
+    )
+
+    token: str = Field(
+        description="A return code as scanned: `RT1:` followed by Base45 text.",
+        min_length=4,
+        max_length=2000,
+    )
 
 
 @router.post(

@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
+import pydantic
 from fastapi import APIRouter, Request
 
+from omnisdk.core import merge_patch
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import TenantSettings
@@ -35,3 +40,58 @@ async def put_settings(body: TenantSettings, request: Request, conn: Connection)
         raise Problem(ProblemType.VALIDATION_ERROR, str(exc)) from exc
     await audit.record(conn, principal.tenant_id, principal.key_id, "settings.replace", "tenant")
     return saved
+
+
+@router.patch(
+    "/settings",
+    summary="Change some of the tenant's settings (JSON Merge Patch)",
+    description=(
+        "A partial update (RFC 7396): send only what changes, as "
+        "`application/merge-patch+json`; objects merge member by member, `null` puts a "
+        "setting back to its default, anything else replaces the value. The result is "
+        "validated whole: an invalid result changes nothing."
+    ),
+    openapi_extra=needs(Scope.SETTINGS_MANAGE)
+    | {
+        "requestBody": {
+            "required": True,
+            "content": {
+                merge_patch.MEDIA_TYPE: {
+                    "schema": {"type": "object"},
+                    "example": {"carts": {"merge_policy": "sum"}},
+                }
+            },
+        }
+    },
+)
+async def patch_settings(request: Request, context: Context, conn: Connection) -> TenantSettings:
+    patch = await _merge_patch_of(request)
+    current = context.settings.model_dump(mode="json")
+    try:
+        wanted = TenantSettings.model_validate(merge_patch.apply(current, patch))
+    except pydantic.ValidationError as exc:
+        raise Problem(ProblemType.VALIDATION_ERROR, _first_error(exc)) from None
+    principal = principal_of(request)
+    try:
+        saved = await runtime_of(request).tenants.save_settings(conn, principal.tenant_id, wanted)
+    except ValueError as exc:
+        raise Problem(ProblemType.VALIDATION_ERROR, str(exc)) from exc
+    await audit.record(conn, principal.tenant_id, principal.key_id, "settings.patch", "tenant")
+    return saved
+
+
+async def _merge_patch_of(request: Request) -> dict[str, Any]:
+    """The request's merge patch: a JSON object (a patch of the whole settings document)."""
+    try:
+        patch = json.loads(await request.body())
+    except ValueError:
+        raise Problem(ProblemType.VALIDATION_ERROR, "the body is not valid JSON") from None
+    if not isinstance(patch, dict):
+        raise Problem(ProblemType.VALIDATION_ERROR, "a settings patch is a JSON object, such as {}")
+    return patch
+
+
+def _first_error(error: pydantic.ValidationError) -> str:
+    first = error.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"]) or "settings"
+    return f"{where}: {first['msg']}"

@@ -19,11 +19,12 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import cart as rules
+from omnisdk.core.channels import Channel
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartLineView, CartOpIn, CartView
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import changes
+from server_stub.services import changes, events
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import carts, ordered_carts
 
@@ -251,9 +252,15 @@ async def _announce(
 
 
 async def mark_ordered(
-    conn: AsyncConnection, tenant_id: str, customer_id: str, if_match: str | None, order_ref: str
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_id: str,
+    if_match: str | None,
+    order_ref: str,
+    channel: Channel = Channel.WEB,
 ) -> CartView:
-    """Turn the cart into an order, if it is still the version the caller saw; empty it."""
+    """Turn the cart into an order, if it is still the version the caller saw; empty it. The
+    order is recorded as the customer's `order_completed` (see events.record_order)."""
     stored = await _locked(conn, tenant_id, customer_id)
     cart, version = stored.cart, stored.version
     if if_match is None:
@@ -290,6 +297,7 @@ async def mark_ordered(
             ordered_at=now,
         )
     )
+    await events.record_order(conn, tenant_id, customer_id, channel, order_ref, lines, now)
     touched = set(cart.lines)
     cart.checkout()
     stored.version += 1

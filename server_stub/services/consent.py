@@ -337,24 +337,28 @@ async def confirm(
 
 
 async def analytics_allowed(
-    conn: AsyncConnection, context: TenantContext, customer_ids: Iterable[str]
-) -> dict[str, bool]:
-    """Per (live) customer: may its behavioural events keep its identity? (DESIGN: consent)"""
-    wanted = set(customer_ids)
-    rows = await ledger(conn, context.tenant_id, wanted, "analytics")
-    by_customer: dict[str, list[rules.Decision]] = {customer: [] for customer in wanted}
+    conn: AsyncConnection, context: TenantContext, asked: Iterable[tuple[str, datetime]]
+) -> dict[tuple[str, datetime], bool]:
+    """Per (live) customer and time: may her behavioural event of that time keep her identity?
+    Judged by the ledger as it stood at the event's time (DESIGN: consent), so an event made
+    before her analytics grant, or after her withdrawal, stays anonymous however late it
+    arrives."""
+    wanted = set(asked)
+    rows = await ledger(conn, context.tenant_id, {customer for customer, _ in wanted}, "analytics")
+    by_customer: dict[str, list[rules.Decision]] = {customer: [] for customer, _ in wanted}
     for row in rows:
         if row.scope == rules.ConsentScope.PERSON.value:
             by_customer[row.customer_id].append(_rule(row))
     opt_in = context.settings.consent.analytics == "opt_in"
     skew = context.settings.consent.skew_seconds
     allowed = {}
-    for customer, decisions in by_customer.items():
-        current = rules.state(decisions, skew=skew).get("analytics")
+    for customer, when in wanted:
+        decisions = by_customer[customer]
+        current = rules.state_at(decisions, when.timestamp(), skew=skew).get("analytics")
         if opt_in:
-            allowed[customer] = current is not None and current.granted
+            allowed[customer, when] = current is not None and current.granted
         else:
-            allowed[customer] = current is None or current.status not in (
+            allowed[customer, when] = current is None or current.status not in (
                 rules.Status.DENIED,
                 rules.Status.WITHDRAWN,
             )

@@ -24,8 +24,10 @@ from omnisdk.core.events import (
     TRANSACTIONAL_EVENTS,
     Extracted,
     InvalidEvent,
+    cart_order_properties,
     check_event,
     check_names,
+    order_event_id,
     without_identifiers,
 )
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
@@ -62,7 +64,7 @@ class _Pending:
 
 @dataclass(frozen=True)
 class Outcome:
-    accepted: list[tuple[int, str, str]]  # index, event id, customer id
+    accepted: list[tuple[int, str, str]]  # index, event id, customer id ("" if stored anonymous)
     duplicates: list[tuple[int, str, str]]
     rejected: list[EventRejection]
 
@@ -178,15 +180,16 @@ def _schema_rejection(
 async def _apply_consent(
     conn: AsyncConnection, context: TenantContext, items: list[_Pending]
 ) -> None:
-    """Behavioural events of customers without analytics consent keep no identifiers."""
+    """Behavioural events made without analytics consent keep no identifiers: each is judged
+    by the consent that stood when it happened (`occurred_at`), not when it arrived."""
     behavioural = [p for p in items if p.event.name not in TRANSACTIONAL_EVENTS]
     if not behavioural:
         return
     allowed = await consent.analytics_allowed(
-        conn, context, {p.customer_id for p in behavioural if p.customer_id}
+        conn, context, {(p.customer_id, p.occurred_at) for p in behavioural if p.customer_id}
     )
     for item in behavioural:
-        item.anonymous = not allowed.get(item.customer_id or "", False)
+        item.anonymous = not allowed.get((item.customer_id or "", item.occurred_at), False)
 
 
 def _rejection(index: int, event_id: str, type: ProblemType, detail: str) -> EventRejection:
@@ -268,7 +271,8 @@ async def _store(
     values: list[dict[str, Any]] = []
     for item in items:
         assert item.customer_id is not None
-        outcome = (item.index, item.event_id, item.customer_id)
+        # Whose event it is: no one's when it was stored without identifiers.
+        outcome = (item.index, item.event_id, "" if item.anonymous else item.customer_id)
         if item.event_id in seen:
             duplicates.append(outcome)
             continue
@@ -297,6 +301,41 @@ async def _store(
     if values:
         await conn.execute(_insert_ignoring_duplicates(conn), values)
     return accepted, duplicates
+
+
+async def record_order(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_id: str,
+    channel: Channel,
+    order_ref: str,
+    lines: list[dict[str, Any]],
+    now: datetime,
+) -> None:
+    """Record a cart turned into an order as its `order_completed` event, in the caller's
+    transaction: the order then counts in the profile (orders, purchased skus) on every
+    channel, whether or not the shop also sends its own `order_completed` (the profile counts
+    one order per `order_id`)."""
+    properties = cart_order_properties(order_ref, lines)
+    extracted = check_event("order_completed", properties, now, now)
+    await conn.execute(
+        _insert_ignoring_duplicates(conn),
+        [
+            {
+                "tenant_id": tenant_id,
+                "event_id": order_event_id(order_ref),
+                "customer_id": customer_id,
+                "origin_customer_id": customer_id,
+                "name": "order_completed",
+                "channel": channel.value,
+                "occurred_at": now,
+                "received_at": now,
+                "properties": properties,
+                "category": extracted.category,
+                "value": extracted.value,
+            }
+        ],
+    )
 
 
 def _insert_ignoring_duplicates(conn: AsyncConnection) -> Any:

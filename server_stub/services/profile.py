@@ -64,6 +64,19 @@ async def _purchased(conn: AsyncConnection, mine: Any) -> list[str]:
     return list(found)[:MAX_PURCHASED]
 
 
+def _order_summary(mine: Any) -> Any:
+    """How many orders and their value: one per `order_id`, so an order recorded by the cart
+    (carts.mark_ordered) and sent again by the shop as its own `order_completed` counts once."""
+    order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
+    per_order = (
+        select(order.label("order"), func.max(events.c.value).label("value"))
+        .where(mine, events.c.name == "order_completed")
+        .group_by(order)
+        .subquery()
+    )
+    return select(func.count(), func.coalesce(func.sum(per_order.c.value), 0.0))
+
+
 def event_view(row: Row[Any]) -> EventView:
     return EventView(
         event_id=row.event_id,
@@ -93,13 +106,7 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         )
     }
     first_event = (await conn.execute(select(func.min(events.c.occurred_at)).where(mine))).scalar()
-    orders = (
-        await conn.execute(
-            select(func.count(), func.coalesce(func.sum(events.c.value), 0.0)).where(
-                mine, events.c.name == "order_completed"
-            )
-        )
-    ).one()
+    orders = (await conn.execute(_order_summary(mine))).one()
     first_seen = min(customer.created_at, first_event) if first_event else customer.created_at
     last = max([*last_seen.values(), customer.created_at])
     return Profile(

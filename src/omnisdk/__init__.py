@@ -1,5 +1,7 @@
 """omnisdk: one customer, one cart, one consent state across a shop's web, app and tills."""
 
+import logging as _logging
+
 from omnisdk._async import AsyncClient
 from omnisdk._base import RetryPolicy
 from omnisdk._sync import Client
@@ -10,7 +12,10 @@ from omnisdk.errors import (
     APIError,
     APITimeoutError,
     AuthenticationError,
+    ConfigurationError,
+    ConfirmationTokenError,
     ConflictError,
+    ConsentTransitionError,
     IdempotencyError,
     InvalidRequestError,
     NotFoundError,
@@ -22,8 +27,14 @@ from omnisdk.errors import (
     RateLimitedError,
     ReturnRefused,
     ServerError,
+    UnknownPurposeError,
     ValidationError,
 )
+
+# A library leaves logging to the application (the logging HOWTO's advice): without this, a
+# warning of ours would print as a bare line through logging's last-resort handler. Configure
+# the "omnisdk" logger (or the root logger) to see them, named and levelled.
+_logging.getLogger("omnisdk").addHandler(_logging.NullHandler())
 
 __all__ = [
     "APIConnectionError",
@@ -33,7 +44,10 @@ __all__ = [
     "AuthenticationError",
     "Channel",
     "Client",
+    "ConfigurationError",
+    "ConfirmationTokenError",
     "ConflictError",
+    "ConsentTransitionError",
     "IdempotencyError",
     "InvalidRequestError",
     "NotFoundError",
@@ -47,6 +61,7 @@ __all__ = [
     "ReturnRefused",
     "Scope",
     "ServerError",
+    "UnknownPurposeError",
     "ValidationError",
     "__version__",
 ]

@@ -22,19 +22,19 @@ from omnisdk._base import (
 )
 from omnisdk._delivery import AsyncDelivery
 from omnisdk._sync import Client
-from omnisdk.errors import OutboxWriteError
-from omnisdk.resources.carts import AsyncCarts
+from omnisdk.errors import ConfigurationError, OutboxWriteError
+from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import AsyncChanges
-from omnisdk.resources.consent import AsyncConsent
-from omnisdk.resources.content import AsyncContent
-from omnisdk.resources.events import AsyncEvents
-from omnisdk.resources.identity import AsyncIdentity
-from omnisdk.resources.keys import AsyncKeys
-from omnisdk.resources.privacy import AsyncPrivacy
-from omnisdk.resources.returns import AsyncReturns, TillState
-from omnisdk.resources.sessions import AsyncSessions
-from omnisdk.resources.system import AsyncSystem
-from omnisdk.resources.tenant import AsyncTenant
+from omnisdk.resources.consent import Consent
+from omnisdk.resources.content import Content
+from omnisdk.resources.events import Events
+from omnisdk.resources.identity import Identity
+from omnisdk.resources.keys import Keys
+from omnisdk.resources.privacy import Privacy
+from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.sessions import Sessions
+from omnisdk.resources.system import System
+from omnisdk.resources.tenant import Tenant
 
 T = TypeVar("T")
 
@@ -44,37 +44,47 @@ class AsyncClient(BaseClient):
 
     >>> async with omnisdk.AsyncClient(url, api_key="osk_...", channel="app") as client:
     ...     principal = await client.system.whoami()
+
+    It has every operation of `Client`, with the same names, parameters and results, as
+    coroutines. Its options are those of `BaseClient`; `http_client` is an
+    `httpx.AsyncClient`. Use it as an async context manager, or `await client.close()`.
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        http_client: httpx.AsyncClient | None = None,
-        close_timeout: float = 10.0,
-        **options: Any,
-    ) -> None:
-        super().__init__(base_url, api_key, **options)
+    is_async = True
+    system: System[AsyncClient]
+    keys: Keys[AsyncClient]
+    identity: Identity[AsyncClient]
+    returns: Returns[AsyncClient]
+    carts: Carts[AsyncClient]
+    changes: AsyncChanges
+    sessions: Sessions[AsyncClient]
+    tenant: Tenant[AsyncClient]
+    events: Events[AsyncClient]
+    consent: Consent[AsyncClient]
+    privacy: Privacy[AsyncClient]
+    content: Content[AsyncClient]
+
+    def _setup(self, http_client: Any) -> None:
+        if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
+            raise ConfigurationError("http_client of an AsyncClient is an httpx.AsyncClient")
         self._owns_http = http_client is None
-        self._http = http_client or httpx.AsyncClient(timeout=self.timeout)
+        self._http: httpx.AsyncClient = http_client or httpx.AsyncClient(timeout=self.timeout)
         self._http_stale = False  # set in a forked child: the pool's sockets are the parent's
-        self.close_timeout = close_timeout
         self._delivery: AsyncDelivery | None = None
-        self.system = AsyncSystem(self)
-        self.keys = AsyncKeys(self)
-        self.identity = AsyncIdentity(self)
-        self.returns = AsyncReturns(
+        self.system = System(self)
+        self.keys = Keys(self)
+        self.identity = Identity(self)
+        self.returns = Returns(
             self, TillState(self.data_dir, self.offline_cap, lambda: self.outbox)
         )
-        self.carts = AsyncCarts(self)
+        self.carts = Carts(self)
         self.changes = AsyncChanges(self)
-        self.sessions = AsyncSessions(self)
-        self.tenant = AsyncTenant(self)
-        self.events = AsyncEvents(self)
-        self.consent = AsyncConsent(self)
-        self.privacy = AsyncPrivacy(self)
-        self.content = AsyncContent(self)
+        self.sessions = Sessions(self)
+        self.tenant = Tenant(self)
+        self.events = Events(self)
+        self.consent = Consent(self)
+        self.privacy = Privacy(self)
+        self.content = Content(self)
         _lifecycle.register(self)
 
     async def execute(self, call: Call[T]) -> T:
@@ -118,7 +128,7 @@ class AsyncClient(BaseClient):
             self._delivery = AsyncDelivery(self, self.outbox)
         return self._delivery
 
-    async def aclose(self) -> None:
+    async def close(self) -> None:
         """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
         release the connection pool. Raises OutboxWriteError if tracked items could not be
         written to disk (after everything else is closed)."""
@@ -133,8 +143,12 @@ class AsyncClient(BaseClient):
             if self._outbox is not None:  # last: its error, if any, after everything else closed
                 await asyncio.to_thread(self._outbox.close)
 
+    async def aclose(self) -> None:
+        """The same as `close()`, under the name httpx and asyncio code use."""
+        await self.close()
+
     def _at_exit(self, deliver: bool) -> None:
-        """The process ends without `aclose()`: its event loop is gone, so a blocking twin of
+        """The process ends without `close()`: its event loop is gone, so a blocking twin of
         this client (same server, key and outbox) delivers within `exit_timeout`."""
         deadline = time.monotonic() + self.exit_timeout
         outbox = self._outbox_to_disk(self.exit_timeout)
@@ -142,13 +156,13 @@ class AsyncClient(BaseClient):
             return
         if self._delivery is not None:
             self._delivery.release()  # the task that held the lease ended with its loop
-        twin = Client.twin_of(self, self.timeout, self.retry_policy)
+        twin = Client._twin_of(self, self.timeout, self.retry_policy)
         try:
             with contextlib.suppress(OutboxWriteError):
                 self._report_left(twin.delivery.flush(max(deadline - time.monotonic(), 0.0)))
         finally:
             twin.delivery.close(0)
-            twin.discard()
+            twin._discard()
 
     def _after_fork(self) -> None:
         self._http_stale = self._owns_http
@@ -163,4 +177,4 @@ class AsyncClient(BaseClient):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.aclose()
+        await self.close()

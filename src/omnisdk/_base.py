@@ -18,13 +18,19 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 from omnisdk._consent_cache import ConsentCache
 from omnisdk._content_cache import ContentCache
 from omnisdk._version import __version__
 from omnisdk.core.channels import Channel
-from omnisdk.errors import APIConnectionError, APITimeoutError, OutboxWriteError, error_for
+from omnisdk.errors import (
+    APIConnectionError,
+    APITimeoutError,
+    ConfigurationError,
+    OutboxWriteError,
+    error_for,
+)
 from omnisdk.outbox import Durability, FullPolicy, Outbox
 
 log = logging.getLogger("omnisdk.outbox")
@@ -35,6 +41,16 @@ MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 RETRYABLE_STATUS = frozenset({429, 502, 503, 504})
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_MAX_RETRIES = 3
+
+
+def _channel(channel: Channel | str | None) -> Channel | None:
+    if channel is None:
+        return None
+    try:
+        return Channel(channel)
+    except ValueError:
+        names = ", ".join(c.value for c in Channel)
+        raise ConfigurationError(f"channel must be one of {names}; got {channel!r}") from None
 
 
 def default_data_dir(api_key: str) -> Path:
@@ -108,14 +124,52 @@ Step = PreparedRequest | Sleep
 
 
 class BaseClient:
-    """Configuration and the call flow; subclasses add the I/O."""
+    """Configuration and the call flow; subclasses add the I/O.
+
+    Options (every one keyword-only, all optional except `base_url` and `api_key`):
+
+    - `base_url`: the server, such as "https://omnisdk.example.com".
+    - `api_key`: an API key ("osk_..."), made with `omnisdk-server key create`.
+    - `channel`: "web", "app", "pos" or "admin": sent with every request and written on
+      events and cart operations (the key's own channel when None).
+    - `http_client`: your own `httpx.Client` (for `Client`) or `httpx.AsyncClient` (for
+      `AsyncClient`), for proxies or custom TLS; you close it yourself.
+    - `timeout`: seconds to wait for each answer (10).
+    - `max_retries`: retries of a failed request: connection errors, 429, 502, 503, 504 (3).
+    - `retry_policy`: a `RetryPolicy` instead, to tune the backoff.
+    - `close_timeout`: seconds `close()` spends delivering the outbox (10).
+    - `data_dir`: where the outbox and cached keys live ($OMNISDK_DATA_DIR or
+      ~/.cache/omnisdk, one folder per key).
+    - `durability`: "group" (written to disk within `commit_window`, the default) or "sync"
+      (on disk before `track` returns).
+    - `commit_window`: seconds a group of outbox writes may wait to share one disk sync.
+    - `max_group`: most outbox items written in one disk sync.
+    - `outbox_max_items`: the outbox's capacity (1,000,000 items).
+    - `full_policy`: when it is full: "block" (wait up to `block_timeout`), "raise"
+      (`OutboxFull`) or "drop_oldest" (every drop counted and logged).
+    - `block_timeout`: seconds "block" waits for room before raising `OutboxFull`.
+    - `max_unsynced`: seconds an item may stay in memory before it is on disk (0.05).
+    - `exit_timeout`: seconds the exit hook spends delivering when the process ends without
+      `close()` (5).
+    - `offline_cap`: the refunds a till may hold queued while offline (250.0).
+    - `consent_max_age`: seconds a cached consent state is trusted without the feed (300).
+    - `consent_offline_max_age`: ... while the change feed is disconnected (5).
+    - `consent_watch`: keep cached consent true through the change feed (True).
+    - `content_refresh_interval`: seconds between ruleset re-checks (30; the feed also tells
+      of new rulesets at once).
+    - `profile_max_age`: seconds a cached profile is used by `content.decide` (60).
+    """
+
+    is_async: ClassVar[bool] = False
 
     def __init__(
         self,
         base_url: str,
         api_key: str,
         *,
-        channel: Channel | str | None = None,
+        channel: Channel | Literal["web", "app", "pos", "admin"] | None = None,
+        http_client: Any = None,
+        close_timeout: float = 10.0,
         timeout: float = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         retry_policy: RetryPolicy | None = None,
@@ -135,12 +189,17 @@ class BaseClient:
         content_refresh_interval: float = 30.0,
         profile_max_age: float = 60.0,
     ) -> None:
-        if not api_key or not api_key.strip():
-            raise ValueError("api_key is required: create one with `omnisdk-server key create`")
-        if not base_url.startswith(("http://", "https://")):
-            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if not isinstance(api_key, str) or not api_key.strip():
+            raise ConfigurationError(
+                "api_key is required: create one with `omnisdk-server key create`"
+            )
+        if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+            raise ConfigurationError(
+                f"base_url must start with http:// or https://, got {base_url!r}"
+            )
         self.base_url = base_url.rstrip("/")
-        self.channel = Channel(channel) if channel is not None else None
+        self.channel = _channel(channel)
+        self.close_timeout = close_timeout
         self.timeout = timeout
         self.retry_policy = retry_policy or RetryPolicy(max_retries=max_retries)
         self._api_key = api_key.strip()
@@ -176,6 +235,19 @@ class BaseClient:
             "profile_max_age": profile_max_age,
         }
         self._content_cache: ContentCache | None = None
+        self._outbox_options_checked()
+        self._setup(http_client)
+
+    def _setup(self, http_client: Any) -> None:
+        """The I/O side: the shell's connection pool and its resources (a BaseClient alone,
+        as the call-flow tests use it, has none)."""
+
+    def _outbox_options_checked(self) -> None:
+        """Refuse a bad outbox option now, not at the first deferred write."""
+        try:
+            Outbox.check_options(**self._outbox_options)
+        except ValueError as error:
+            raise ConfigurationError(str(error)) from None
 
     @property
     def consent_cache(self) -> ConsentCache:
@@ -256,7 +328,7 @@ class BaseClient:
         if content is None and call.json is not None:
             content = json.dumps(call.json, separators=(",", ":")).encode()
         if content is not None:
-            headers["Content-Type"] = "application/json"
+            headers.setdefault("Content-Type", "application/json")
         if call.method in MUTATING_METHODS:
             # Generated once per call, reused by every retry: a retry never applies twice.
             headers["Idempotency-Key"] = call.idempotency_key or str(uuid.uuid4())

@@ -24,8 +24,8 @@ from typing import Any
 import httpx
 
 from omnisdk._lifecycle import start_daemon
+from omnisdk._sse import RESYNC, SseParser
 from omnisdk.models import ConsentState
-from omnisdk.resources.changes import RESYNC, SseParser
 
 Key = tuple[str, str | None]  # customer id, device id
 
@@ -137,7 +137,7 @@ class ConsentCache:
                         # Known from the first (empty) block on: a reconnection resumes here.
                         last = parser.position if parser.position is not None else last
                         if change is not None:
-                            self._apply(change.kind, change.data)
+                            self._apply(change.kind, change.raw)
                         if self._stop.is_set():
                             break
             except (httpx.HTTPError, ValueError):

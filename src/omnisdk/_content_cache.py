@@ -25,9 +25,9 @@ import httpx
 
 from omnisdk._consent_cache import CONNECTED
 from omnisdk._lifecycle import start_daemon
+from omnisdk._sse import RESYNC
 from omnisdk.core.content import CompiledRuleset, InvalidRuleset, compile_ruleset
 from omnisdk.errors import APIConnectionError, error_for
-from omnisdk.resources.changes import RESYNC
 
 MAX_EXPOSURES = 100_000
 MAX_PROFILES = 50_000

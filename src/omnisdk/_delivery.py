@@ -377,7 +377,7 @@ class Delivery:
                     )
         finally:
             if hasty is not None:
-                hasty.discard()
+                hasty._discard()
             thread = self._thread
             if thread is None or not thread.is_alive() or self._pid != os.getpid():
                 with contextlib.suppress(*DISK_ERRORS):

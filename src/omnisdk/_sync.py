@@ -21,7 +21,7 @@ from omnisdk._base import (
     connection_error,
 )
 from omnisdk._delivery import Delivery
-from omnisdk.errors import OutboxWriteError
+from omnisdk.errors import ConfigurationError, OutboxWriteError
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import Changes
 from omnisdk.resources.consent import Consent
@@ -43,22 +43,30 @@ class Client(BaseClient):
 
     >>> client = omnisdk.Client("http://127.0.0.1:8000", api_key="osk_...", channel="web")
     >>> client.system.whoami().tenant_id
+
+    Its options are those of `BaseClient`; `http_client` is an `httpx.Client`. Use it as a
+    context manager, or call `close()` when done (it delivers what the outbox holds).
     """
 
-    def __init__(
-        self,
-        base_url: str,
-        api_key: str,
-        *,
-        http_client: httpx.Client | None = None,
-        close_timeout: float = 10.0,
-        **options: Any,
-    ) -> None:
-        super().__init__(base_url, api_key, **options)
+    system: System[Client]
+    keys: Keys[Client]
+    identity: Identity[Client]
+    returns: Returns[Client]
+    carts: Carts[Client]
+    changes: Changes
+    sessions: Sessions[Client]
+    tenant: Tenant[Client]
+    events: Events[Client]
+    consent: Consent[Client]
+    privacy: Privacy[Client]
+    content: Content[Client]
+
+    def _setup(self, http_client: Any) -> None:
+        if http_client is not None and not isinstance(http_client, httpx.Client):
+            raise ConfigurationError("http_client of a Client is an httpx.Client")
         self._owns_http = http_client is None
-        self._http = http_client or httpx.Client(timeout=self.timeout)
+        self._http: httpx.Client = http_client or httpx.Client(timeout=self.timeout)
         self._http_stale = False  # set in a forked child: the pool's sockets are the parent's
-        self.close_timeout = close_timeout
         self._delivery: Delivery | None = None
         self.system = System(self)
         self.keys = Keys(self)
@@ -133,7 +141,7 @@ class Client(BaseClient):
                 self._outbox.close()  # last: its error, if any, after everything else closed
 
     @classmethod
-    def twin_of(cls, other: BaseClient, timeout: float, retry_policy: RetryPolicy) -> Client:
+    def _twin_of(cls, other: BaseClient, timeout: float, retry_policy: RetryPolicy) -> Client:
         """A blocking client for the same server, key and data_dir as `other`, that no exit
         hook looks after (its original does): for delivering where `other` cannot."""
         twin = cls(
@@ -150,9 +158,9 @@ class Client(BaseClient):
 
     def _hasty_twin(self, seconds: float) -> Client:
         """A twin that tries each request once and waits at most `seconds` for it."""
-        return Client.twin_of(self, seconds, RetryPolicy(max_retries=0))
+        return Client._twin_of(self, seconds, RetryPolicy(max_retries=0))
 
-    def discard(self) -> None:
+    def _discard(self) -> None:
         """Release the connection pool only (a twin's: the outbox is its original's)."""
         if self._owns_http:
             self._http.close()

@@ -1,6 +1,7 @@
 """The exceptions the SDK raises. Catch precisely; every API error carries the problem details.
 
 OmnisdkError
+├── ConfigurationError          a client option is wrong (also a ValueError)
 ├── ReturnRefused               a return code failed offline checks (`verification` says why)
 ├── OfflineLimitReached         an offline redemption would exceed the till's value cap
 ├── OutboxFull                  the outbox is full and its policy says raise (or block timed out)
@@ -9,7 +10,8 @@ OmnisdkError
 │   └── APITimeoutError         ... or did not answer in time
 └── APIError                    the server answered with an error (status, problem, request id)
     ├── ValidationError         400, 413, 415, 422: the request is wrong; do not retry it
-    │   ├── InvalidRequestError 422 decided by the SDK before sending (also a ValueError)
+    │   ├── InvalidRequestError 422 decided by the SDK before sending (also a ValueError):
+│   │                       bad arguments, a model or mapping that does not validate
     │   ├── UnknownPurposeError 422: a consent purpose the shop has not declared
     │   └── ConfirmationTokenError  422: a forged, damaged or expired double opt-in token
     ├── AuthenticationError     401: no key, or a key the server does not know
@@ -31,6 +33,11 @@ from omnisdk.core.problems import ProblemType
 
 class OmnisdkError(Exception):
     """Base of every exception the SDK raises."""
+
+
+class ConfigurationError(OmnisdkError, ValueError):
+    """A client option is missing or wrong (`api_key`, `base_url`, `channel`, an outbox
+    option): the message names it and says what it takes."""
 
 
 class ReturnRefused(OmnisdkError):

@@ -6,7 +6,7 @@ import base64
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.consent import (
@@ -21,6 +21,24 @@ from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.tokens import VerificationKey
 
+# JSON's types, not Python's conversions: `true` or "1" where a number belongs is refused (422),
+# as the OpenAPI document promises (tests/server/test_openapi_contract.py checks it).
+Int = Annotated[int, Strict()]
+Float = Annotated[float, Strict()]
+Bool = Annotated[bool, Strict()]
+SkuCount = Annotated[
+    tuple[str, Int],
+    WithJsonSchema(
+        {
+            "type": "array",
+            "description": "[sku, count]: the SKU (a string), then how often (an integer).",
+            "items": {"type": ["string", "integer"]},
+            "minItems": 2,
+            "maxItems": 2,
+        }
+    ),
+]
+
 
 class WireModel(BaseModel):
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -29,30 +47,46 @@ class WireModel(BaseModel):
 class Principal(WireModel):
     """Who a request is: the tenant, the key's public id, its channel and scopes."""
 
-    tenant_id: str
-    key_id: str
-    channel: Channel
-    scopes: list[Scope]
+    tenant_id: str = Field(description="The key's tenant.")
+    key_id: str = Field(description="The API key's public id (`key_...`); never the secret.")
+    channel: Channel = Field(description="The key's channel.")
+    scopes: list[Scope] = Field(description="The key's scopes.")
 
 
 class PingRequest(WireModel):
     """A write that changes nothing: proves a key can write, and measures the stack."""
 
-    message: str = Field(default="ping", max_length=256)
-    sequence: int = Field(default=0, ge=0)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"message": "hello", "sequence": 1}]})
+
+    message: str = Field(description="Any short text; echoed back.", default="ping", max_length=256)
+    sequence: Int = Field(
+        description="A number of the caller's (echoed), to match answers to requests.",
+        default=0,
+        ge=0,
+    )
 
 
 class Pong(WireModel):
-    message: str
-    sequence: int
-    tenant_id: str
-    channel: Channel
-    received_at: datetime
+    message: str = Field(description="The message sent (echoed).")
+    sequence: Int = Field(
+        description="A number of the caller's (echoed), to match answers to requests."
+    )
+    tenant_id: str = Field(description="The caller's tenant.")
+    channel: Channel = Field(description="The caller's channel.")
+    received_at: datetime = Field(description="When the server received the ping.")
 
 
 class ApiKeyCreate(WireModel):
-    channel: Channel
-    name: str = Field(default="", max_length=100)
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"channel": "web", "name": "web shop backend"}]}
+    )
+
+    channel: Channel = Field(
+        description="The channel the key is for; it decides the key's default scopes."
+    )
+    name: str = Field(
+        description="A label for the key (say, which backend uses it).", default="", max_length=100
+    )
     scopes: list[Scope] | None = Field(
         default=None, description="A subset of the channel's default scopes; all of them if absent."
     )
@@ -61,13 +95,15 @@ class ApiKeyCreate(WireModel):
 class ApiKey(WireModel):
     """An API key as the server shows it: never the secret, except `secret` once at creation."""
 
-    key_id: str
-    tenant_id: str
-    channel: Channel
-    name: str
-    scopes: list[Scope]
-    created_at: datetime
-    revoked_at: datetime | None = None
+    key_id: str = Field(description="The API key's public id (`key_...`); never the secret.")
+    tenant_id: str = Field(description="The shop (tenant) the record belongs to.")
+    channel: Channel = Field(description="The channel the key is for.")
+    name: str = Field(description="The key's label.")
+    scopes: list[Scope] = Field(description="What the key may do, such as `events:write`.")
+    created_at: datetime = Field(description="When the key was made.")
+    revoked_at: datetime | None = Field(
+        default=None, description="When it was revoked; null while it is valid."
+    )
 
 
 class CreatedApiKey(ApiKey):
@@ -75,7 +111,7 @@ class CreatedApiKey(ApiKey):
 
 
 class ApiKeyList(WireModel):
-    items: list[ApiKey]
+    items: list[ApiKey] = Field(description="Every key of the tenant, revoked ones included.")
 
 
 # --- identity -------------------------------------------------------------------------------
@@ -86,21 +122,56 @@ IdentifierValue = Annotated[str, Field(max_length=MAX_VALUE_LENGTH + 64)]
 class IdentifierIn(WireModel):
     """An identifier as a shop sends it; `shared` marks a device many people use."""
 
-    type: IdentifierType
-    value: IdentifierValue
-    shared: bool = False
+    type: IdentifierType = Field(
+        description="`anonymous`, `customer_ref`, `email`, `phone` or `loyalty_card`."
+    )
+    value: IdentifierValue = Field(
+        description="The identifier's value (e-mail and phone are normalised and hashed)."
+    )
+    shared: Bool = Field(
+        default=False,
+        description="Mark it shared (admin keys): it then never links or merges customers.",
+    )
 
 
 class IdentifyRequest(WireModel):
     """Link these identifiers to one customer (merging customers if they belong to several)."""
 
-    anonymous_id: IdentifierValue | None = None
-    customer_ref: IdentifierValue | None = None
-    email: IdentifierValue | None = None
-    phone: IdentifierValue | None = None
-    loyalty_card: IdentifierValue | None = None
-    identifiers: list[IdentifierIn] = Field(default_factory=list, max_length=20)
-    traits: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(default_factory=dict)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "anonymous_id": "laptop-7f3c",
+                    "email": "amy@example.com",
+                    "traits": {"first_name": "Amy"},
+                }
+            ]
+        }
+    )
+
+    anonymous_id: IdentifierValue | None = Field(
+        default=None, description="A device or browser id."
+    )
+    customer_ref: IdentifierValue | None = Field(
+        default=None, description="The shop's own account id (one per customer)."
+    )
+    email: IdentifierValue | None = Field(
+        default=None, description="An e-mail address: normalised and stored only as a keyed hash."
+    )
+    phone: IdentifierValue | None = Field(
+        default=None,
+        description=(
+            "A phone number (E.164, or national with the tenant's country code): stored only as a "
+            "keyed hash."
+        ),
+    )
+    loyalty_card: IdentifierValue | None = Field(default=None, description="A loyalty card number.")
+    identifiers: list[IdentifierIn] = Field(
+        description="More identifiers, as type and value.", default_factory=list, max_length=20
+    )
+    traits: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(
+        description="Facts about the customer to store (merged key by key).", default_factory=dict
+    )
 
     def all_identifiers(self) -> list[IdentifierIn]:
         named = [
@@ -120,58 +191,82 @@ class IdentifyRequest(WireModel):
 class CartMergeReport(WireModel):
     """How a merged customer's cart was folded into the survivor's."""
 
-    from_customer_id: str
-    policy: str
-    from_lines: dict[str, int] = Field(description="Line key -> quantity in the merged-in cart.")
-    result: dict[str, int] = Field(description="Line key -> quantity in the cart now.")
+    from_customer_id: str = Field(description="The guest customer whose cart was folded in.")
+    policy: str = Field(
+        description="The merge policy used: `max`, `sum`, `guest_wins` or `customer_wins`."
+    )
+    from_lines: dict[str, Int] = Field(description="Line key -> quantity in the merged-in cart.")
+    result: dict[str, Int] = Field(description="Line key -> quantity in the cart now.")
 
 
 class IdentifyResult(WireModel):
-    customer_id: str
-    created: bool = Field(description="A new customer was created for these identifiers.")
-    merged: bool = Field(description="Customers that were separate are now this one.")
-    merged_customer_ids: list[str] = Field(default_factory=list)
-    merge_ids: list[str] = Field(default_factory=list)
+    customer_id: str = Field(description="The customer the identifiers belong to now.")
+    created: Bool = Field(description="A new customer was created for these identifiers.")
+    merged: Bool = Field(description="Customers that were separate are now this one.")
+    merged_customer_ids: list[str] = Field(
+        description="Customers merged into this one by this call.", default_factory=list
+    )
+    merge_ids: list[str] = Field(
+        description="The merges made (an admin can split each).", default_factory=list
+    )
     dropped_identifiers: list[str] = Field(
         default_factory=list, description="Links dropped by the per-type limits (masked)."
     )
-    cart_merges: list[CartMergeReport] = Field(default_factory=list)
+    cart_merges: list[CartMergeReport] = Field(
+        description="Guest carts folded into the customer's cart.", default_factory=list
+    )
 
 
 class ResolveRequest(WireModel):
-    type: IdentifierType
-    value: IdentifierValue
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"type": "email", "value": "amy@example.com"}]}
+    )
+
+    type: IdentifierType = Field(description="The identifier's type.")
+    value: IdentifierValue = Field(description="The identifier's value.")
 
 
 class Resolution(WireModel):
-    customer_id: str
+    customer_id: str = Field(description="The customer the identifier belongs to.")
 
 
 class SharedIdentifierRequest(WireModel):
-    type: IdentifierType
-    value: IdentifierValue
-    shared: bool = True
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"type": "anonymous", "value": "pos-terminal-7", "shared": True}]
+        }
+    )
+
+    type: IdentifierType = Field(description="The identifier's type.")
+    value: IdentifierValue = Field(description="The identifier's value.")
+    shared: Bool = Field(
+        default=True, description="True to mark it shared, false to clear the mark."
+    )
 
 
 class IdentifierView(WireModel):
-    type: IdentifierType
+    type: IdentifierType = Field(description="The identifier's type.")
     value: str = Field(description="The value; for e-mail and phone only a hash prefix.")
-    shared: bool
-    linked_at: datetime
+    shared: Bool = Field(description="Marked shared: never links or merges customers.")
+    linked_at: datetime = Field(description="When it was linked to the customer.")
 
 
 class Merge(WireModel):
-    merge_id: str
-    survivor_id: str
-    loser_id: str
+    merge_id: str = Field(description="The merge's id.")
+    survivor_id: str = Field(description="The customer that remains (the older one).")
+    loser_id: str = Field(
+        description="The customer merged into it; its id still resolves to the survivor."
+    )
     cause: str = Field(description="The identifier that joined them (masked).")
-    channel: Channel
-    created_at: datetime
-    split_at: datetime | None = None
+    channel: Channel = Field(description="The channel of the request that caused the merge.")
+    created_at: datetime = Field(description="When the customers were merged.")
+    split_at: datetime | None = Field(
+        default=None, description="When the merge was undone; null while it stands."
+    )
 
 
 class MergeList(WireModel):
-    items: list[Merge]
+    items: list[Merge] = Field(description="The merges, oldest first.")
 
 
 # --- events and profile ---------------------------------------------------------------------
@@ -180,99 +275,172 @@ class MergeList(WireModel):
 class EventIn(WireModel):
     """One event. Name the customer by `customer_id`, `anonymous_id` or an `identifier`."""
 
-    name: str = Field(max_length=64)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "product_viewed",
+                    "customer_id": "cus_4f2a9c1e7b",
+                    "properties": {"sku": "TR2", "category": "running"},
+                    "timestamp": "2026-11-24T09:30:00Z",
+                    "event_id": "evt-0001",
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        description=(
+            "The event's name: lower-case letters, digits and `_ . : -`, such as `product_viewed`."
+        ),
+        max_length=64,
+    )
     event_id: str | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_EVENT_ID,
         description="Makes delivery idempotent.",
     )
-    customer_id: str | None = Field(default=None, max_length=MAX_CUSTOMER_ID)
-    anonymous_id: IdentifierValue | None = None
-    identifier: IdentifierIn | None = None
-    properties: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(default_factory=dict)
+    customer_id: str | None = Field(
+        description=(
+            "The customer, by id (name exactly one of customer_id, anonymous_id, identifier)."
+        ),
+        default=None,
+        max_length=MAX_CUSTOMER_ID,
+    )
+    anonymous_id: IdentifierValue | None = Field(
+        default=None, description="The customer, by a device or browser id (created if new)."
+    )
+    identifier: IdentifierIn | None = Field(
+        default=None,
+        description="The customer, by another identifier (e-mail, phone, loyalty card, ...).",
+    )
+    properties: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(
+        description="The event's properties (JSON object, at most 32 KiB).", default_factory=dict
+    )
     channel: Channel | None = Field(default=None, description="Defaults to the key's channel.")
     timestamp: datetime | None = Field(default=None, description="Defaults to now.")
 
 
 class TrackResult(WireModel):
-    event_id: str
-    customer_id: str
-    duplicate: bool
+    """What became of one event sent with `events.send`."""
+
+    event_id: str = Field(description="The event's id (yours, or the one the SDK gave it).")
+    customer_id: str | None = Field(
+        description=(
+            "The customer the event is attributed to; null when it was stored without "
+            "identifiers (no analytics consent when it happened)."
+        )
+    )
+    duplicate: Bool = Field(description="True if an event with this id was already stored.")
 
 
 class EventBatch(WireModel):
-    events: list[EventIn] = Field(min_length=1, max_length=MAX_BATCH)
+    events: list[EventIn] = Field(
+        description="1 to 500 events.", min_length=1, max_length=MAX_BATCH
+    )
 
 
 class EventRejection(WireModel):
-    index: int
-    event_id: str | None
-    type: str
-    detail: str
+    index: Int = Field(description="The position of the event in the batch (from 0).")
+    event_id: str | None = Field(description="The refused event's id, if it had one.")
+    type: str = Field(description="The problem type (a URI of docs/errors.md).")
+    detail: str = Field(description="Why, in words a developer can act on.")
 
 
 class BatchResult(WireModel):
-    accepted: int
-    duplicates: int
-    rejected: list[EventRejection] = Field(default_factory=list)
+    accepted: Int = Field(description="How many events were stored.")
+    duplicates: Int = Field(description="How many had an id already stored (not stored again).")
+    rejected: list[EventRejection] = Field(
+        description="The events refused, each with its index and reason.", default_factory=list
+    )
 
 
 class EventView(WireModel):
-    event_id: str
-    name: str
-    channel: Channel
-    occurred_at: datetime
-    properties: dict[str, Any]
+    event_id: str = Field(description="The event's id: an event is stored once per id.")
+    name: str = Field(description="The event's name.")
+    channel: Channel = Field(description="The channel it was recorded on.")
+    occurred_at: datetime = Field(description="When it happened.")
+    properties: dict[str, Any] = Field(description="The event's properties.")
 
 
 class TimelinePage(WireModel):
-    items: list[EventView]
-    next_cursor: str | None = None
+    items: list[EventView] = Field(description="Events, newest first.")
+    next_cursor: str | None = Field(
+        default=None, description="Pass as `cursor` for the next page; null on the last page."
+    )
 
 
 class AnnotationIn(WireModel):
-    department: str = Field(pattern=r"^[a-z][a-z0-9_-]{0,31}$", examples=["service"])
-    author: str = Field(min_length=1, max_length=100)
-    text: str = Field(min_length=1, max_length=2000)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {"department": "service", "author": "jonas", "text": "Prefers calls after 6 pm."}
+            ]
+        }
+    )
+
+    department: str = Field(
+        description="The department that wrote it: `service`, `marketing` or `finance`.",
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        examples=["service"],
+    )
+    author: str = Field(
+        description="Who wrote it (a staff name or id).", min_length=1, max_length=100
+    )
+    text: str = Field(description="The note's text.", min_length=1, max_length=2000)
 
 
 class Annotation(AnnotationIn):
-    annotation_id: str
-    created_at: datetime
+    annotation_id: str = Field(description="The note's id.")
+    created_at: datetime = Field(description="When it was created (UTC, ISO 8601).")
 
 
 class OrderSummary(WireModel):
-    count: int
-    total_value: float
+    count: Int = Field(description="Number of orders (one per `order_id`).")
+    total_value: Float = Field(description="Sum of the orders' `value`.")
 
 
 class CartSummary(WireModel):
-    lines: int
-    units: int
-    value: float | None = Field(description="From the shop's price snapshots, if all have one.")
-    updated_at: datetime
-    abandoned: bool = Field(description="Untouched for the tenant's abandoned_after_hours.")
+    lines: Int = Field(description="Number of lines in the cart.")
+    units: Int = Field(description="Number of units in the cart.")
+    value: Float | None = Field(description="From the shop's price snapshots, if all have one.")
+    updated_at: datetime = Field(description="When the cart last changed.")
+    abandoned: Bool = Field(description="Untouched for the tenant's abandoned_after_hours.")
     skus: list[str] = Field(default_factory=list, description="The products in it.")
 
 
 class Profile(WireModel):
     """The single customer view."""
 
-    customer_id: str
-    created_at: datetime
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    created_at: datetime = Field(description="When the customer was first seen by the server.")
     previous_ids: list[str] = Field(description="Ids of customers merged into this one.")
-    identifiers: list[IdentifierView]
-    traits: dict[str, Any]
-    interests: dict[str, float] = Field(description="Category -> time-decayed score, best first.")
-    first_seen: datetime | None
-    last_seen: dict[Channel, datetime]
-    orders: OrderSummary
-    lifecycle: Lifecycle
-    buyer_type: BuyerType
-    annotations: list[Annotation]
-    recent_events: list[EventView]
-    cart: CartSummary | None = None
+    identifiers: list[IdentifierView] = Field(
+        description="Identifiers linked to the customer (e-mail and phone only as keyed hashes)."
+    )
+    traits: dict[str, Any] = Field(
+        description="The shop's facts about the customer (name, tier, ...), as it sent them."
+    )
+    interests: dict[str, Float] = Field(description="Category -> time-decayed score, best first.")
+    first_seen: datetime | None = Field(description="The time of her first event (or creation).")
+    last_seen: dict[Channel, datetime] = Field(
+        description="Per channel, the time of her last event there."
+    )
+    orders: OrderSummary = Field(description="Her orders: count and total value.")
+    lifecycle: Lifecycle = Field(
+        description="`new`, `active`, `lapsing` or `lapsed` (tenant profile settings)."
+    )
+    buyer_type: BuyerType = Field(description="`gift`, `self` or `unknown`, from her orders.")
+    annotations: list[Annotation] = Field(description="Notes departments left on the customer.")
+    recent_events: list[EventView] = Field(description="Her latest events, newest first.")
+    cart: CartSummary | None = Field(
+        default=None, description="A summary of her cart, with whether it is abandoned."
+    )
     purchased_skus: list[str] = Field(
         default_factory=list, description="SKUs of her completed orders, newest first."
     )
@@ -282,7 +450,7 @@ class Profile(WireModel):
 
 
 class IdentitySettings(WireModel):
-    limits: dict[IdentifierType, int] = Field(
+    limits: dict[IdentifierType, Int] = Field(
         default_factory=lambda: {
             IdentifierType.ANONYMOUS: 50,
             IdentifierType.EMAIL: 5,
@@ -294,21 +462,58 @@ class IdentitySettings(WireModel):
     junk_patterns: list[str] = Field(
         default_factory=list, max_length=50, description="Regular expressions of junk values."
     )
-    default_country_code: str | None = Field(default=None, pattern=r"^[1-9][0-9]{0,2}$")
+    default_country_code: str | None = Field(
+        description="Country calling code for phone numbers sent without one, such as `49`.",
+        default=None,
+        pattern=r"^[1-9][0-9]{0,2}$",
+    )
 
 
 class ProfileSettings(WireModel):
-    new_days: int = Field(default=30, ge=1)
-    active_days: int = Field(default=90, ge=1)
-    lapsing_days: int = Field(default=180, ge=1)
-    interest_half_life_days: float = Field(default=30.0, gt=0)
+    new_days: Int = Field(
+        description="Days a customer counts as `new` after first seen.", default=30, ge=1
+    )
+    active_days: Int = Field(
+        description="Days since last seen within which she is `active`.", default=90, ge=1
+    )
+    lapsing_days: Int = Field(
+        description="Days since last seen within which she is `lapsing` (then `lapsed`).",
+        default=180,
+        ge=1,
+    )
+    interest_half_life_days: Float = Field(
+        description="Days after which an interest signal weighs half.", default=30.0, gt=0
+    )
 
 
 class TenantSettings(WireModel):
-    identity: IdentitySettings = Field(default_factory=IdentitySettings)
-    profile: ProfileSettings = Field(default_factory=ProfileSettings)
-    carts: CartSettings = Field(default_factory=lambda: CartSettings())
-    consent: ConsentSettings = Field(default_factory=lambda: ConsentSettings())
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "carts": {"merge_policy": "max", "abandoned_after_hours": 24},
+                    "consent": {"analytics": "opt_in"},
+                }
+            ]
+        }
+    )
+
+    identity: IdentitySettings = Field(
+        description="Identity limits, junk patterns and the phone country code.",
+        default_factory=IdentitySettings,
+    )
+    profile: ProfileSettings = Field(
+        description="Lifecycle thresholds and the interests' half-life.",
+        default_factory=ProfileSettings,
+    )
+    carts: CartSettings = Field(
+        description="The guest cart merge policy and the abandoned-cart threshold.",
+        default_factory=lambda: CartSettings(),
+    )
+    consent: ConsentSettings = Field(
+        description="Analytics basis, skew window and double opt-in settings.",
+        default_factory=lambda: ConsentSettings(),
+    )
 
 
 # --- returns --------------------------------------------------------------------------------
@@ -322,102 +527,198 @@ def _original_payment() -> list[RefundMethod]:
 
 
 class OrderLineIn(WireModel):
-    line_id: LineId
-    sku: str = Field(min_length=1, max_length=64)
-    quantity: int = Field(ge=1, le=999)
-    name: str | None = Field(default=None, max_length=200)
-    unit_price: float | None = Field(default=None, ge=0)
+    line_id: LineId = Field(description="The order line's id, as the shop numbers its lines.")
+    sku: str = Field(
+        description="The product's SKU (1-64 characters, no `|`).", min_length=1, max_length=64
+    )
+    quantity: Int = Field(description="Units that may be returned.", ge=1, le=999)
+    name: str | None = Field(
+        description="The product's name, shown to the clerk.", default=None, max_length=200
+    )
+    unit_price: Float | None = Field(
+        description="Price of one unit, in `currency`.", default=None, ge=0
+    )
 
 
 class IssueReturnRequest(WireModel):
     """Register an order's returnable lines and get a signed return code for it."""
 
-    order_ref: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/-]+$")
-    lines: list[OrderLineIn] = Field(min_length=1, max_length=50)
-    return_window_days: int = Field(default=30, ge=1, le=365)
-    refund_methods: list[RefundMethod] = Field(default_factory=_original_payment, min_length=1)
-    customer_id: str | None = Field(default=None, max_length=40)
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "order_ref": "A-2001",
+                    "lines": [
+                        {
+                            "line_id": "1",
+                            "sku": "TR2-38",
+                            "quantity": 2,
+                            "name": "Trail runner 38",
+                            "unit_price": 89.0,
+                        }
+                    ],
+                    "return_window_days": 30,
+                    "refund_methods": ["card", "store_credit"],
+                    "currency": "EUR",
+                }
+            ]
+        }
+    )
+
+    order_ref: str = Field(
+        description="The shop's own order reference.",
+        min_length=1,
+        max_length=64,
+        pattern=r"^[A-Za-z0-9._:/-]+$",
+    )
+    lines: list[OrderLineIn] = Field(
+        description="The order's returnable lines.", min_length=1, max_length=50
+    )
+    return_window_days: Int = Field(
+        description="Days the code stays valid (1-365).", default=30, ge=1, le=365
+    )
+    refund_methods: list[RefundMethod] = Field(
+        description=(
+            "How a refund may be paid: `original_payment`, `card`, `cash`, `store_credit`, "
+            "`voucher` or `exchange`."
+        ),
+        default_factory=_original_payment,
+        min_length=1,
+    )
+    customer_id: str | None = Field(
+        description="The customer who ordered (kept on the server, never in the code).",
+        default=None,
+        max_length=40,
+    )
+    currency: str | None = Field(
+        description="The currency of the lines' prices.", default=None, pattern=r"^[A-Z]{3}$"
+    )
 
 
 class IssuedReturn(WireModel):
     token: str = Field(description="RT1:… — the text of the QR code.")
-    token_id: str
-    order_ref: str
-    issued_at: datetime
-    expires_at: datetime
-    qr_png_path: str
-    qr_svg_path: str
+    token_id: str = Field(description="The return code's id (32 hexadecimal digits).")
+    order_ref: str = Field(description="The order the code is for.")
+    issued_at: datetime = Field(description="When it was issued (UTC).")
+    expires_at: datetime = Field(description="When it expires (UTC).")
+    qr_png_path: str = Field(description="Where to fetch the code as a PNG image.")
+    qr_svg_path: str = Field(description="Where to fetch the code as an SVG image.")
 
 
 class RedeemLine(WireModel):
-    line_id: LineId
-    quantity: int = Field(ge=1, le=999)
+    line_id: LineId = Field(description="The order line's id, as the shop numbers its lines.")
+    quantity: Int = Field(description="Units of the line to take back.", ge=1, le=999)
 
 
 class RedeemRequest(WireModel):
-    token: str = Field(min_length=4, max_length=2000)
-    lines: list[RedeemLine] = Field(min_length=1, max_length=50)
-    till_transaction_id: str = Field(min_length=1, max_length=100)
-    store_id: str = Field(min_length=1, max_length=64)
-    refund_method: RefundMethod
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "token": "RT1:6BFOXN*TS0BI$ZD4N9:9S6RCVN5+O30K3/XIV0W23NTDEXWK",
+                    "lines": [{"line_id": "1", "quantity": 1}],
+                    "till_transaction_id": "till-7-000123",
+                    "store_id": "berlin-1",
+                    "refund_method": "card",
+                }
+            ]
+        }
+    )
+
+    token: str = Field(
+        description="A return code as scanned: `RT1:` followed by Base45 text.",
+        min_length=4,
+        max_length=2000,
+    )
+    lines: list[RedeemLine] = Field(
+        description="The lines and units to take back.", min_length=1, max_length=50
+    )
+    till_transaction_id: str = Field(
+        description="The till's own transaction id: a retry with the same id is applied once.",
+        min_length=1,
+        max_length=100,
+    )
+    store_id: str = Field(
+        description="The store where the return is taken.", min_length=1, max_length=64
+    )
+    refund_method: RefundMethod = Field(
+        description="How the refund is paid (one of the code's `refund_methods`)."
+    )
 
 
 class ReturnedLine(WireModel):
-    line_id: str
-    sku: str
-    quantity: int
+    line_id: str = Field(description="The order line's id, as the shop numbers its lines.")
+    sku: str = Field(description="The product's SKU (1-64 characters, no `|`).")
+    quantity: Int = Field(description="Units taken back.")
 
 
 class Redemption(WireModel):
-    redemption_id: str
-    token_id: str
-    order_ref: str
-    till_transaction_id: str
-    store_id: str
-    refund_method: RefundMethod
-    lines: list[ReturnedLine]
-    value: float | None
-    created_at: datetime
-    status: Literal["confirmed", "pending"] = "confirmed"
+    redemption_id: str = Field(
+        description="The redemption's id (`pending-...` while queued offline)."
+    )
+    token_id: str = Field(description="The return code's id (32 hexadecimal digits).")
+    order_ref: str = Field(description="The order the code is for.")
+    till_transaction_id: str = Field(
+        description="The till's own transaction id: a retry with the same id is applied once."
+    )
+    store_id: str = Field(description="The store where the return is taken.")
+    refund_method: RefundMethod = Field(
+        description="How the refund is paid (one of the code's `refund_methods`)."
+    )
+    lines: list[ReturnedLine] = Field(description="What was taken back.")
+    value: Float | None = Field(description="The refund's value.")
+    created_at: datetime = Field(description="When the units were taken back.")
+    status: Literal["confirmed", "pending"] = Field(
+        default="confirmed",
+        description="`confirmed` by the server, or `pending` while queued offline.",
+    )
 
 
 class ReturnLineStatus(WireModel):
-    line_id: str
-    sku: str
-    name: str | None
-    quantity: int
-    returned: int
-    remaining: int
-    unit_price: float | None
+    line_id: str = Field(description="The order line's id, as the shop numbers its lines.")
+    sku: str = Field(description="The product's SKU (1-64 characters, no `|`).")
+    name: str | None = Field(description="The product's name.")
+    quantity: Int = Field(description="Units on the code.")
+    returned: Int = Field(description="Units already taken back.")
+    remaining: Int = Field(description="Units that may still be returned.")
+    unit_price: Float | None = Field(description="Price of one unit, in `currency`.")
 
 
 class ReturnStatus(WireModel):
     """What the till shows after a scan: lines with what remains, and what was returned where."""
 
-    token_id: str
-    order_ref: str
-    issued_at: datetime
-    expires_at: datetime
-    revoked: bool
-    refund_methods: list[RefundMethod]
-    currency: str | None
-    lines: list[ReturnLineStatus]
-    redemptions: list[Redemption]
+    token_id: str = Field(description="The return code's id (32 hexadecimal digits).")
+    order_ref: str = Field(description="The shop's own order reference.")
+    issued_at: datetime = Field(description="When it was issued (UTC).")
+    expires_at: datetime = Field(description="When it expires (UTC).")
+    revoked: Bool = Field(description="True if the shop revoked the code.")
+    refund_methods: list[RefundMethod] = Field(
+        description=(
+            "How a refund may be paid: `original_payment`, `card`, `cash`, `store_credit`, "
+            "`voucher` or `exchange`."
+        )
+    )
+    currency: str | None = Field(description="The currency of the prices.")
+    lines: list[ReturnLineStatus] = Field(
+        description="Per line: units on the code, returned, remaining."
+    )
+    redemptions: list[Redemption] = Field(description="Redemptions made with the code.")
 
 
 class PublishedKey(WireModel):
     kid: str = Field(description="Hex of the 8-byte key id in the token's protected header.")
-    alg: Literal["EdDSA"] = "EdDSA"
-    crv: Literal["Ed25519"] = "Ed25519"
+    alg: Literal["EdDSA"] = Field(default="EdDSA", description="The signature algorithm (`EdDSA`).")
+    crv: Literal["Ed25519"] = Field(default="Ed25519", description="The curve (`Ed25519`).")
     x: str = Field(description="The raw public key, base64url without padding (as in a JWK).")
-    not_before: datetime
-    retires_at: datetime | None
+    not_before: datetime = Field(description="When the key starts signing.")
+    retires_at: datetime | None = Field(
+        description="When codes signed with it stop verifying; null while it is current."
+    )
 
 
 class PublishedKeys(WireModel):
-    issuer: str
-    keys: list[PublishedKey]
+    issuer: str = Field(description="The issuer named in the shop's codes (its tenant id).")
+    keys: list[PublishedKey] = Field(description="The keys that verify the shop's codes.")
 
     def verification_keys(self) -> dict[bytes, VerificationKey]:
         """The keys as the token codec takes them."""
@@ -435,25 +736,57 @@ CartMergePolicy = Literal["max", "sum", "guest_wins", "customer_wins"]
 
 
 class LineRef(WireModel):
-    sku: str = Field(min_length=1, max_length=64, pattern=r"^[^|]+$")
-    options: dict[str, str] = Field(default_factory=dict, max_length=10)
+    sku: str = Field(
+        description="The product's SKU.", min_length=1, max_length=64, pattern=r"^[^|]+$"
+    )
+    options: dict[str, str] = Field(
+        description="The line's options (size, colour, ...), part of the line's identity.",
+        default_factory=dict,
+        max_length=10,
+    )
 
 
 class LineAttributes(WireModel):
-    name: str | None = Field(default=None, max_length=200)
-    unit_price: float | None = Field(default=None, ge=0, lt=1e9)
-    currency: str | None = Field(default=None, pattern=r"^[A-Z]{3}$")
-    image_url: str | None = Field(default=None, max_length=500)
+    name: str | None = Field(
+        description="The product's name to show.", default=None, max_length=200
+    )
+    unit_price: Float | None = Field(
+        description="Price of one unit, in `currency`.", default=None, ge=0, lt=1e9
+    )
+    currency: str | None = Field(
+        description="ISO 4217 currency code, such as `EUR`.", default=None, pattern=r"^[A-Z]{3}$"
+    )
+    image_url: str | None = Field(
+        description="An image of the product, for display on every channel.",
+        default=None,
+        max_length=500,
+    )
 
 
 class CartOpIn(WireModel):
     """One cart operation. `op_id` is "replica:seq", unique per operation (it is applied once)."""
 
-    op_id: str = Field(pattern=r"^[^\s:][^\s]{0,63}:[0-9]{1,15}$")
-    type: Literal["add", "remove", "clear"]
-    line: LineRef | None = None
-    delta: int = Field(default=0, ge=-999, le=999)
-    attributes: LineAttributes | None = None
+    op_id: str = Field(
+        description="The operation's id, `replica:seq`: each id is applied once.",
+        pattern=r"^[^\s:][^\s]{0,63}:[0-9]{1,15}$",
+    )
+    type: Literal["add", "remove", "clear"] = Field(
+        description=(
+            "`add` (a delta of units), `remove` (a line as seen) or `clear` (the cart as seen)."
+        )
+    )
+    line: LineRef | None = Field(
+        default=None, description="The line an `add` or `remove` is about."
+    )
+    delta: Int = Field(
+        description="For `add`: units to add (negative: to take away), -999 to 999, never 0.",
+        default=0,
+        ge=-999,
+        le=999,
+    )
+    attributes: LineAttributes | None = Field(
+        default=None, description="For `add`: the line's display attributes (latest write wins)."
+    )
     observed: list[str] = Field(
         default_factory=list,
         max_length=10_000,
@@ -462,37 +795,99 @@ class CartOpIn(WireModel):
 
 
 class CartOps(WireModel):
-    ops: list[CartOpIn] = Field(min_length=1, max_length=100)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "ops": [
+                        {
+                            "op_id": "web-3f9a:1",
+                            "type": "add",
+                            "line": {"sku": "TR2", "options": {"size": "38"}},
+                            "delta": 1,
+                            "attributes": {
+                                "name": "Trail runner",
+                                "unit_price": 89.0,
+                                "currency": "EUR",
+                            },
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    ops: list[CartOpIn] = Field(
+        description="The operations, applied all or none, in order.", min_length=1, max_length=100
+    )
 
 
 class CartLineView(WireModel):
-    key: str
-    sku: str
-    options: dict[str, str]
-    quantity: int
-    name: str | None
-    unit_price: float | None
-    currency: str | None
-    image_url: str | None
+    key: str = Field(description="The line's key: the SKU and its options (`TR2|size=38`).")
+    sku: str = Field(description="The product's SKU (1-64 characters, no `|`).")
+    options: dict[str, str] = Field(
+        description="The line's options (size, colour, ...), part of the line's identity."
+    )
+    quantity: Int = Field(description="Units of the line in the cart.")
+    name: str | None = Field(description="The product's name as the shop last wrote it.")
+    unit_price: Float | None = Field(description="Price of one unit, in `currency`.")
+    currency: str | None = Field(description="ISO 4217 currency code, such as `EUR`.")
+    image_url: str | None = Field(
+        description="An image of the product, for display on every channel."
+    )
     observed: list[str] = Field(description="Send these with a remove of this line.")
 
 
 class CartView(WireModel):
-    customer_id: str
-    version: int
-    lines: list[CartLineView]
-    updated_at: datetime | None
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    version: Int = Field(
+        description="The cart's version: send it as `If-Match` to mark it ordered."
+    )
+    lines: list[CartLineView] = Field(description="The cart's lines.")
+    updated_at: datetime | None = Field(
+        description="When the cart last changed; null for a cart never written."
+    )
     applied: list[str] = Field(default_factory=list, description="Op ids applied by this call.")
     duplicates: list[str] = Field(default_factory=list, description="Op ids applied before.")
 
 
+class CartChange(WireModel):
+    """A change of the customer's cart on the feed: the new state of the lines it touched
+    (quantity 0: the line is gone), not the whole cart."""
+
+    customer_id: str = Field(description="The customer whose cart changed.")
+    version: Int = Field(description="The cart's version after the change.")
+    updated_at: datetime | None = Field(default=None, description="When it changed.")
+    lines: list[CartLineView] = Field(default_factory=list, description="The lines touched.")
+
+
 class MarkOrdered(WireModel):
-    order_ref: str = Field(min_length=1, max_length=64)
+    model_config = ConfigDict(json_schema_extra={"examples": [{"order_ref": "A-2001"}]})
+
+    order_ref: str = Field(
+        description="The shop's reference of the order the cart becomes (placed once).",
+        min_length=1,
+        max_length=64,
+    )
 
 
 class CartSettings(WireModel):
-    merge_policy: CartMergePolicy = "max"
-    abandoned_after_hours: float = Field(default=24.0, gt=0)
+    merge_policy: CartMergePolicy = Field(
+        default="max",
+        description=(
+            "How a guest cart joins the customer's on sign-in: `max`, `sum`, `guest_wins` or "
+            "`customer_wins`."
+        ),
+    )
+    abandoned_after_hours: Float = Field(
+        description="Hours without change after which a cart counts as abandoned.",
+        default=24.0,
+        gt=0,
+    )
 
 
 class ConsentSettings(WireModel):
@@ -505,8 +900,13 @@ class ConsentSettings(WireModel):
         default_factory=lambda: list(DOUBLE_OPT_IN_DEFAULT),
         description="Purposes whose grant stays pending until its confirmation token returns.",
     )
-    confirmation_ttl_hours: float = Field(default=168.0, gt=0, le=24 * 90)
-    skew_seconds: float = Field(
+    confirmation_ttl_hours: Float = Field(
+        description="Hours a double opt-in confirmation token stays valid.",
+        default=168.0,
+        gt=0,
+        le=24 * 90,
+    )
+    skew_seconds: Float = Field(
         default=DEFAULT_SKEW_SECONDS,
         ge=0,
         le=3600,
@@ -531,20 +931,75 @@ TenantSettings.model_rebuild()
 class SessionWrite(WireModel):
     """Keys to set (a null value deletes the key), and how long they live."""
 
-    entries: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(min_length=1, max_length=50)
-    ttl_seconds: int = Field(default=30 * 86_400, ge=60, le=365 * 86_400)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "entries": {"last_page": "/landing/berlin", "questionnaire": {"step": 3}},
+                    "ttl_seconds": 86400,
+                }
+            ]
+        }
+    )
+
+    entries: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(
+        description="Keys to write; null deletes a key.", min_length=1, max_length=50
+    )
+    ttl_seconds: Int = Field(
+        description="Seconds the keys live (default: the server's session TTL).",
+        default=30 * 86_400,
+        ge=60,
+        le=365 * 86_400,
+    )
 
 
 class SessionEntryView(WireModel):
-    value: Any
-    channel: str
-    written_at: datetime
-    expires_at: datetime
+    value: Any = Field(description="The value written.")
+    channel: str = Field(description="The channel that wrote it.")
+    written_at: datetime = Field(description="When it was written (the latest write wins).")
+    expires_at: datetime = Field(description="When it expires.")
 
 
 class SessionView(WireModel):
-    customer_id: str
-    entries: dict[str, SessionEntryView]
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    entries: dict[str, SessionEntryView] = Field(
+        description="Live keys of the session, with their writer."
+    )
+
+
+class SessionChange(WireModel):
+    """A change of the customer's session document on the feed: its live keys."""
+
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    entries: dict[str, SessionEntryView] = Field(
+        description="Session keys and their values.", default_factory=dict
+    )
+
+
+class ContentChange(WireModel):
+    """The shop published a ruleset or rebuilt its recommendations (one of the two is set)."""
+
+    ruleset_version: Int | None = Field(default=None, description="The new ruleset version.")
+    recommendations: str | None = Field(default=None, description="The new model's ETag.")
+
+
+class ResyncChange(WireModel):
+    """Changes were missed (the watcher fell behind what the server keeps): reload what you
+    cache about the customer; the feed goes on from `position`."""
+
+    type: str = Field(description="The problem type of a resync (docs/errors.md).")
+    title: str = ""
+    status: Int = Field(default=409, description="The HTTP status the problem stands for.")
+    detail: str = Field(default="", description="Why, in words a developer can act on.")
+    position: Int = Field(description="Where the feed continues from.")
 
 
 # --- consent --------------------------------------------------------------------------------
@@ -564,28 +1019,57 @@ ConsentSource = Literal[
 class NoticeIn(WireModel):
     """The notice the customer saw: its id, version and a SHA-256 of its exact text."""
 
-    id: str = Field(min_length=1, max_length=100)
-    version: int = Field(default=0, ge=0)
-    text_sha256: str | None = Field(default=None, pattern=r"^[0-9a-f]{64}$")
+    id: str = Field(
+        description="The notice's id in the shop's records.", min_length=1, max_length=100
+    )
+    version: Int = Field(description="The notice's version.", default=0, ge=0)
+    text_sha256: str | None = Field(
+        description="SHA-256 (hex) of the notice's exact text.",
+        default=None,
+        pattern=r"^[0-9a-f]{64}$",
+    )
 
 
 class ConsentDecisionIn(WireModel):
-    purpose: str = Field(min_length=1, max_length=64)
-    status: Status
-    scope: ConsentScope = ConsentScope.PERSON
+    purpose: str = Field(
+        description=(
+            "The consent purpose, such as `analytics`, `personalisation` or `marketing:email`."
+        ),
+        min_length=1,
+        max_length=64,
+    )
+    status: Status = Field(
+        description=(
+            "`granted`, `denied` or `withdrawn` (a double opt-in grant is recorded `pending`)."
+        )
+    )
+    scope: ConsentScope = Field(
+        default=ConsentScope.PERSON,
+        description=(
+            "`person` (merged across her devices) or `device` (this device only, never merged)."
+        ),
+    )
     device_id: str | None = Field(
         default=None,
         min_length=1,
         max_length=MAX_VALUE_LENGTH,
         description="Required for device scope: the device's anonymous id.",
     )
-    source: ConsentSource = "other"
+    source: ConsentSource = Field(
+        default="other",
+        description=(
+            "Where the decision was taken: `web_banner`, `app_settings`, `pos_signature_pad`, "
+            "`email_double_opt_in`, `call_centre` or `other`."
+        ),
+    )
     method: str = Field(default="", max_length=40, description="e.g. click, checkbox, signature")
-    notice: NoticeIn | None = None
+    notice: NoticeIn | None = Field(
+        default=None, description="The notice the customer saw when deciding."
+    )
     client_time: datetime | None = Field(
         default=None, description="When the customer decided, by the device's clock."
     )
-    queued: bool = Field(
+    queued: Bool = Field(
         default=False,
         description=(
             "Recorded while offline and delivered later (the SDK's outbox): ordered by "
@@ -596,64 +1080,156 @@ class ConsentDecisionIn(WireModel):
 
 
 class RecordConsentRequest(WireModel):
-    decisions: list[ConsentDecisionIn] = Field(min_length=1, max_length=20)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "decisions": [
+                        {
+                            "purpose": "analytics",
+                            "status": "granted",
+                            "source": "web_banner",
+                            "method": "click",
+                            "notice": {"id": "privacy-notice", "version": 3},
+                        }
+                    ]
+                }
+            ]
+        }
+    )
+
+    decisions: list[ConsentDecisionIn] = Field(
+        description="The decisions to append (one per purpose).", min_length=1, max_length=20
+    )
 
 
 class ConsentDecisionView(WireModel):
-    id: str
-    purpose: str
-    status: Status
-    scope: ConsentScope
-    device_id: str | None
-    channel: Channel
-    source: str
-    method: str
-    notice_id: str | None
-    notice_version: int
-    notice_sha256: str | None
-    client_time: datetime | None
-    recorded_at: datetime
+    id: str = Field(description="The decision's id.")
+    purpose: str = Field(
+        description=(
+            "The consent purpose, such as `analytics`, `personalisation` or `marketing:email`."
+        )
+    )
+    status: Status = Field(description="`granted`, `denied`, `withdrawn` or `pending`.")
+    scope: ConsentScope = Field(
+        description=(
+            "`person` (merged across her devices) or `device` (this device only, never merged)."
+        )
+    )
+    device_id: str | None = Field(
+        description="For device-scoped consent: the device's anonymous id."
+    )
+    channel: Channel = Field(description="The channel of the key that recorded it.")
+    source: str = Field(
+        description=(
+            "Where the decision was taken: `web_banner`, `app_settings`, `pos_signature_pad`, "
+            "`email_double_opt_in`, `call_centre` or `other`."
+        )
+    )
+    method: str = Field(description="How the customer decided (click, checkbox, signature).")
+    notice_id: str | None = Field(description="The id of the notice she saw.")
+    notice_version: Int = Field(description="The version of that notice.")
+    notice_sha256: str | None = Field(description="SHA-256 of the notice's exact text.")
+    client_time: datetime | None = Field(
+        description="When she decided, by the device's clock (if sent)."
+    )
+    recorded_at: datetime = Field(
+        description=(
+            "Its place in the ledger: the server's time, or `client_time` for a decision queued "
+            "offline."
+        )
+    )
     confirms: str | None = Field(default=None, description="The pending decision confirmed.")
 
 
 class PurposeStateView(WireModel):
-    granted: bool
-    status: Status | None
-    decided_at: datetime | None
-    reprompt: bool = Field(description="Merged decisions too close to order: ask again.")
+    granted: Bool = Field(description="Whether the purpose may be used now.")
+    status: Status | None = Field(
+        description="The standing decision's status; null without any decision."
+    )
+    decided_at: datetime | None = Field(description="When the standing decision was recorded.")
+    reprompt: Bool = Field(description="Merged decisions too close to order: ask again.")
 
 
 class ConsentState(WireModel):
-    customer_id: str
-    device_id: str | None = None
-    purposes: dict[str, PurposeStateView]
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    device_id: str | None = Field(
+        default=None, description="The device whose own decisions were applied, if asked for one."
+    )
+    purposes: dict[str, PurposeStateView] = Field(
+        description="Per purpose: granted or not, its status and when it was decided."
+    )
     consent_mode: dict[str, Literal["granted", "denied"]] = Field(
         description="Google Consent Mode v2 signals for gtag('consent', 'update', ...)."
     )
 
 
+class ConsentChange(WireModel):
+    """A change of the customer's consent on the feed (`merged_ids`: customers merged into
+    her, whose cached consent is hers now)."""
+
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    merged_ids: list[str] = Field(default_factory=list)
+    state: ConsentState | None = None
+
+
 class Confirmation(WireModel):
     """Put `token` in the confirmation link of the opt-in e-mail; `confirm` it when clicked."""
 
-    purpose: str
-    decision_id: str
-    token: str
-    expires_at: datetime
+    purpose: str = Field(
+        description=(
+            "The consent purpose, such as `analytics`, `personalisation` or `marketing:email`."
+        )
+    )
+    decision_id: str = Field(description="The pending decision the token confirms.")
+    token: str = Field(
+        description=(
+            "Put this token in the opt-in e-mail's link; `POST /v1/consent/confirmations` confirms "
+            "it."
+        )
+    )
+    expires_at: datetime = Field(
+        description="When the token stops confirming (tenant setting `confirmation_ttl_hours`)."
+    )
 
 
 class RecordConsentResult(WireModel):
-    state: ConsentState
-    recorded: list[ConsentDecisionView]
-    confirmations: list[Confirmation] = Field(default_factory=list)
+    state: ConsentState = Field(description="The customer's consent after the decisions.")
+    recorded: list[ConsentDecisionView] = Field(description="The decisions as recorded.")
+    confirmations: list[Confirmation] = Field(
+        description="Double opt-in tokens to send, one per pending grant.", default_factory=list
+    )
 
 
 class ConfirmConsentRequest(WireModel):
-    token: str = Field(min_length=1, max_length=2000)
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"token": "cft_2b7e151628aed2a6abf7158809cf4f3c"}]}
+    )
+
+    token: str = Field(
+        description="The confirmation token from the opt-in e-mail's link.",
+        min_length=1,
+        max_length=2000,
+    )
 
 
 class ConsentHistory(WireModel):
-    customer_id: str
-    items: list[ConsentDecisionView]
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    items: list[ConsentDecisionView] = Field(
+        description="Every decision of the ledger, oldest first."
+    )
 
 
 # --- privacy --------------------------------------------------------------------------------
@@ -662,27 +1238,35 @@ class ConsentHistory(WireModel):
 class CustomerExport(WireModel):
     """Everything held about a customer, across every id merged into it."""
 
-    customer_id: str
-    exported_at: datetime
-    customer_ids: list[str]
-    traits: dict[str, Any]
-    identifiers: list[dict[str, Any]]
-    events: list[dict[str, Any]]
-    annotations: list[dict[str, Any]]
-    cart: dict[str, Any] | None
-    orders: list[dict[str, Any]]
-    session: dict[str, Any] | None
-    consent: list[ConsentDecisionView]
-    returns: list[dict[str, Any]]
-    merges: list[dict[str, Any]]
+    customer_id: str = Field(
+        description=(
+            "The customer's id (`cus_...`); a merged-away id still resolves to its survivor."
+        )
+    )
+    exported_at: datetime = Field(description="When the export was made.")
+    customer_ids: list[str] = Field(
+        description="Every id of the customer, merged-away ones included."
+    )
+    traits: dict[str, Any] = Field(description="The shop's facts about her.")
+    identifiers: list[dict[str, Any]] = Field(
+        description="Her identifiers (e-mail and phone as keyed hashes only)."
+    )
+    events: list[dict[str, Any]] = Field(description="Every event attributed to her.")
+    annotations: list[dict[str, Any]] = Field(description="Notes departments left on her.")
+    cart: dict[str, Any] | None = Field(description="Her cart, if she has one.")
+    orders: list[dict[str, Any]] = Field(description="Carts she turned into orders.")
+    session: dict[str, Any] | None = Field(description="Her session document.")
+    consent: list[ConsentDecisionView] = Field(description="Her consent ledger.")
+    returns: list[dict[str, Any]] = Field(description="Return codes issued for her orders.")
+    merges: list[dict[str, Any]] = Field(description="Merges she took part in.")
 
 
 class ErasureReceipt(WireModel):
-    erasure_id: str
-    erased_at: datetime
-    customers: int = Field(description="Customer records removed (the live one and merged ids).")
-    removed: dict[str, int]
-    kept_anonymised: dict[str, int] = Field(
+    erasure_id: str = Field(description="The erasure's id, kept as proof.")
+    erased_at: datetime = Field(description="When she was erased.")
+    customers: Int = Field(description="Customer records removed (the live one and merged ids).")
+    removed: dict[str, Int] = Field(description="How many records of each kind were removed.")
+    kept_anonymised: dict[str, Int] = Field(
         description="Kept for the law, with nothing linking them to the person."
     )
 
@@ -693,29 +1277,60 @@ class ErasureReceipt(WireModel):
 class RulesetIn(WireModel):
     """A content ruleset to publish: slots with ordered variants (see docs/content.md)."""
 
-    slots: Annotated[dict[str, dict[str, Any]], AfterValidator(shallow)] = Field(max_length=100)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "slots": {
+                        "landing.hero": {
+                            "variants": [
+                                {
+                                    "id": "billboard",
+                                    "condition": {"campaign.id": "billboard-berlin-7"},
+                                    "content": {"title": "Berlin runs. So do you."},
+                                }
+                            ],
+                            "default": {"content": {"title": "Shoes for every day"}},
+                        }
+                    },
+                    "note": "autumn campaign",
+                }
+            ]
+        }
+    )
+
+    slots: Annotated[dict[str, dict[str, Any]], AfterValidator(shallow)] = Field(
+        description=(
+            "The slots: slot name -> `{variants: [...], default: {...}}` (see docs/content.md)."
+        ),
+        max_length=100,
+    )
     note: str = Field(default="", max_length=200, description="What changed, for the audit.")
 
 
 class RulesetVersionInfo(WireModel):
-    version: int
-    etag: str
-    created_at: datetime
-    author_key_id: str | None
-    note: str
+    version: Int = Field(description="The version number (1, 2, ...).")
+    etag: str = Field(description="The version's entity tag, for `If-Match` and `If-None-Match`.")
+    created_at: datetime = Field(description="When it was published.")
+    author_key_id: str | None = Field(description="The admin key that published it.")
+    note: str = Field(description="A note of the author about this version.")
 
 
 class RulesetVersion(RulesetVersionInfo):
-    slots: dict[str, dict[str, Any]]
+    slots: dict[str, dict[str, Any]] = Field(
+        description="The slots: slot name -> its variants and default."
+    )
 
 
 class RulesetHistory(WireModel):
-    items: list[RulesetVersionInfo]
+    items: list[RulesetVersionInfo] = Field(description="Published versions, newest first.")
 
 
 class RecommendationModel(WireModel):
-    etag: str
-    built_at: datetime | None
-    baskets: int
-    together: dict[str, list[tuple[str, int]]]
-    popular: list[tuple[str, int]]
+    etag: str = Field(description="The version's entity tag, for `If-Match` and `If-None-Match`.")
+    built_at: datetime | None = Field(description="When the model was built.")
+    baskets: Int = Field(description="Number of baskets (orders and carts) it was built from.")
+    together: dict[str, list[SkuCount]] = Field(
+        description="Per SKU: SKUs bought together with it, best first."
+    )
+    popular: list[SkuCount] = Field(description="The most bought SKUs, the fallback.")

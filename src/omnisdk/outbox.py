@@ -172,6 +172,22 @@ os.register_at_fork(
 
 
 class Outbox:
+    @staticmethod
+    def check_options(
+        *,
+        durability: str = "group",
+        full_policy: str = "block",
+        max_unsynced: float = 0.05,
+        **_others: Any,
+    ) -> None:
+        """Raise ValueError for an option the outbox cannot work with."""
+        if durability not in ("group", "sync"):
+            raise ValueError("durability is 'group' or 'sync'")
+        if full_policy not in ("block", "raise", "drop_oldest"):
+            raise ValueError("full_policy is 'block', 'raise' or 'drop_oldest'")
+        if max_unsynced <= 0:
+            raise ValueError("max_unsynced is a number of seconds above 0")
+
     def __init__(
         self,
         path: str | Path,
@@ -185,12 +201,9 @@ class Outbox:
         max_unsynced: float = 0.05,
         droppable: Collection[str] = DROPPABLE_KINDS,
     ) -> None:
-        if durability not in ("group", "sync"):
-            raise ValueError("durability is 'group' or 'sync'")
-        if full_policy not in ("block", "raise", "drop_oldest"):
-            raise ValueError("full_policy is 'block', 'raise' or 'drop_oldest'")
-        if max_unsynced <= 0:
-            raise ValueError("max_unsynced is a number of seconds above 0")
+        Outbox.check_options(
+            durability=durability, full_policy=full_policy, max_unsynced=max_unsynced
+        )
         self.path = Path(path)
         self.durability: Durability = durability
         self.commit_window = commit_window

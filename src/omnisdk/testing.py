@@ -8,9 +8,17 @@
             with shop.client("web") as client:
                 assert client.system.whoami().tenant_id == shop.id
 
+And with asyncio (pytest-asyncio), the same server and an `AsyncClient`:
+
+    async def test_checkout_flow_async():
+        with ReferenceServer() as server:
+            shop = server.create_tenant("test shop")
+            async with shop.async_client("web") as client:
+                assert (await client.system.whoami()).tenant_id == shop.id
+
 `ReferenceServer` runs the server in a thread of this process; `ServerProcess` runs
-`omnisdk-server serve` as a separate process, exactly as an operator would. Both need the
-server extra: `pip install "omnisdk[server]"`.
+`omnisdk-server serve` as a separate process, exactly as an operator would. Both take
+`port=` (a free port when None) and need the server extra: `pip install "omnisdk[server]"`.
 """
 
 from __future__ import annotations
@@ -78,10 +86,12 @@ class TestTenant:
         return self._keys[wanted]
 
     def client(self, channel: Channel | str = Channel.WEB, **options: Any) -> Client:
-        return Client(self.server.url, self.key(channel), channel=channel, **options)
+        """A `Client` of this tenant on `channel`; `options` are those of `omnisdk.Client`."""
+        return Client(self.server.url, self.key(channel), channel=Channel(channel), **options)
 
     def async_client(self, channel: Channel | str = Channel.WEB, **options: Any) -> AsyncClient:
-        return AsyncClient(self.server.url, self.key(channel), channel=channel, **options)
+        """An `AsyncClient` of this tenant on `channel` (same options as `client`)."""
+        return AsyncClient(self.server.url, self.key(channel), channel=Channel(channel), **options)
 
 
 # Tenant settings for tests about something other than consent that need events attributed to
@@ -165,10 +175,15 @@ class ReferenceServer(_ServerBase):
         self,
         database_url: str | None = None,
         *,
+        port: int | None = None,
         wrap: Callable[[ASGIApp], ASGIApp] | None = None,
         **settings: Any,
     ) -> None:
+        """`database_url`: a database to use (a temporary SQLite file when None); `port`: the
+        port on 127.0.0.1 to listen on (a free one when None); `settings`: server settings
+        (`omnisdk-server serve --help`), such as `change_retention_seconds=60`."""
         super().__init__(database_url)
+        self.port = port
         self._wrap = wrap
         self._settings = settings
         self._thread: threading.Thread | None = None
@@ -185,7 +200,7 @@ class ReferenceServer(_ServerBase):
         app = create_app(Settings(database_url=self.database_url, **settings))
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", 0))
+        sock.bind(("127.0.0.1", self.port or 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(
             self._wrap(app) if self._wrap else app,

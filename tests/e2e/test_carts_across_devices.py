@@ -41,9 +41,7 @@ def test_guest_cart_on_the_phone_merges_on_login_by_each_policy(
 ) -> None:
     shop = server_process.create_tenant()
     with shop.client("admin") as admin:
-        settings = admin.tenant.settings()
-        carts = settings.carts.model_copy(update={"merge_policy": policy})
-        admin.tenant.update_settings(settings.model_copy(update={"carts": carts}))
+        admin.tenant.update_settings({"carts": {"merge_policy": policy}})
     with shop.client("web") as web, shop.client("app") as app:
         amy = web.identity.identify(email="amy@example.com", anonymous_id="laptop").customer_id
         web.carts.add(amy, "TR2", 1)

@@ -48,7 +48,7 @@ def test_the_phone_sees_the_shoes_the_laptop_adds(server_process: ServerProcess)
         laptop.carts.add(amy, "TR2", 1, {"size": "38"}, name="Trail runner", unit_price=89.0)
         change = seen.get(timeout=10)
     assert change.kind == "cart"
-    assert any(line["sku"] == "TR2" and line["quantity"] == 1 for line in change.data["lines"])
+    assert any(line.sku == "TR2" and line.quantity == 1 for line in change.data.lines)
 
 
 def test_a_change_through_one_process_reaches_a_watcher_on_another(
@@ -69,4 +69,4 @@ def test_a_change_through_one_process_reaches_a_watcher_on_another(
             with shop.client("web") as web:
                 web.carts.add(amy, "TR2", 2)
             change = seen.get(timeout=10)
-    assert any(line["sku"] == "TR2" and line["quantity"] == 2 for line in change.data["lines"])
+    assert any(line.sku == "TR2" and line.quantity == 2 for line in change.data.lines)

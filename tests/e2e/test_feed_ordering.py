@@ -117,7 +117,7 @@ async def eight_writers_and_watchers(
         tenant_feed = await collect(tenant_seen, total)
         by_customer: dict[str, list[Change]] = {}
         for customer, queue in customer_seen.items():
-            expected = sum(1 for change in tenant_feed if change.data["customer_id"] == customer)
+            expected = sum(1 for change in tenant_feed if change.data.customer_id == customer)
             by_customer[customer] = await collect(queue, expected)
         return tenant_feed, by_customer
     finally:
@@ -149,7 +149,7 @@ def test_eight_writers_every_position_arrives_once_and_in_order(
     by_position = {change.id: change for change in tenant_feed}
     for customer, feed in by_customer.items():
         # Each customer's feed is exactly her part of the tenant's, in the same order.
-        mine = [c.id for c in tenant_feed if c.data["customer_id"] == customer]
+        mine = [c.id for c in tenant_feed if c.data.customer_id == customer]
         assert [change.id for change in feed] == mine
         assert all(change.data == by_position[change.id].data for change in feed)
     assert sum(len(feed) for feed in by_customer.values()) == total
@@ -189,7 +189,7 @@ def test_positions_are_per_tenant_and_show_nothing_of_another_tenant(
     # Interleaved writes, yet each tenant's positions run on without a gap: no shared counter.
     assert [c.id - n_start for c in north_feed] == [1, 2, 3, 4, 5]
     assert [c.id - s_start for c in south_feed] == [1, 2, 3]
-    assert {c.data["customer_id"] for c in south_feed} == {s_bob}
+    assert {c.data.customer_id for c in south_feed} == {s_bob}
 
 
 def test_a_change_on_one_process_wakes_a_watcher_on_the_other(
@@ -219,7 +219,7 @@ def test_a_change_on_one_process_wakes_a_watcher_on_the_other(
 
     got = asyncio.run(watch_then_write())
     assert [change.id - start for change in got] == [1, 2, 3]
-    pages = [change.data["entries"]["page"]["value"] for change in got]
+    pages = [change.data.entries["page"].value for change in got]
     assert pages == ["/shoes/0", "/shoes/1", "/shoes/2"]
 
 
@@ -361,7 +361,7 @@ def test_after_missing_pruned_changes_sdk_caches_reload_and_watchers_resync(
             web.sessions.set(amy, {"page": "/after"})
             after = next(feed)
     assert (resync.kind, resync.id) == (RESYNC, withdrawal)
-    assert resync.data["type"] == ProblemType.CHANGE_FEED_RESYNC.value
-    assert resync.data["position"] == withdrawal
+    assert resync.data.type == ProblemType.CHANGE_FEED_RESYNC.value
+    assert resync.data.position == withdrawal
     assert (after.kind, after.id) == ("session", withdrawal + 1)
-    assert after.data["entries"]["page"]["value"] == "/after"
+    assert after.data.entries["page"].value == "/after"

@@ -200,7 +200,7 @@ def test_async_tracking_never_blocks_the_loop_while_the_server_comes_and_goes(
             )
         assert await client.events.flush(120) == 0
         assert await asyncio.to_thread(client.outbox.dead_letters) == []
-        await client.aclose()
+        await client.close()
 
     asyncio.run(main())
     assert blocked_on_loop == []

@@ -332,3 +332,69 @@ async def test_queued_decisions_are_placed_at_their_time_within_bounds(
     placed = (await decide(shop, amy, ancient)).json()["recorded"][0]
     assert datetime.fromisoformat(placed["recorded_at"]) > now - timedelta(days=31)
     assert placed["client_time"].startswith(str((now - timedelta(days=400)).year))
+
+
+async def test_an_event_is_judged_by_the_consent_that_stood_when_it_happened(
+    server: Harness, shop: ShopForTest
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    amy = await customer(shop, "phone-13")
+    before = (datetime.now(UTC) - timedelta(minutes=10)).isoformat()
+    await decide(shop, amy, {"purpose": "analytics", "status": "granted"})
+    viewed = {"customer_id": amy, "name": "product_viewed", "properties": {"sku": "S"}}
+    # Sent after her grant, but it happened before it (held offline in an outbox).
+    late = {**viewed, "timestamp": before, "event_id": "held-offline"}
+    assert (await shop.request("POST", "/v1/events", "web", json=late)).is_success
+    assert (await shop.request("POST", "/v1/events", "web", json=viewed)).is_success
+    assert [owner for _, owner, _ in await stored(server, shop)] == ["", amy]
+
+
+async def test_an_event_made_before_a_withdrawal_keeps_her_identity_when_it_arrives_after(
+    server: Harness, shop: ShopForTest
+) -> None:
+    from datetime import UTC, datetime
+
+    amy = await customer(shop, "phone-14")
+    await decide(shop, amy, {"purpose": "analytics", "status": "granted"})
+    made = datetime.now(UTC).isoformat()
+    await decide(shop, amy, {"purpose": "analytics", "status": "withdrawn"})
+    viewed = {"customer_id": amy, "name": "product_viewed", "timestamp": made}
+    assert (await shop.request("POST", "/v1/events", "web", json=viewed)).is_success
+    now = {"customer_id": amy, "name": "product_viewed", "event_id": "after-withdrawal"}
+    assert (await shop.request("POST", "/v1/events", "web", json=now)).is_success
+    assert [owner for _, owner, _ in await stored(server, shop)] == [amy, ""]
+
+
+async def test_an_offline_grant_counts_from_the_time_it_was_made(
+    server: Harness, shop: ShopForTest
+) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    amy = await customer(shop, "phone-15")
+    now = datetime.now(UTC)
+    granted_offline = {
+        "purpose": "analytics",
+        "status": "granted",
+        "queued": True,
+        "client_time": (now - timedelta(minutes=30)).isoformat(),
+    }
+    assert (await decide(shop, amy, granted_offline)).is_success
+    viewed = {"customer_id": amy, "name": "product_viewed"}
+    events_at = [now - timedelta(minutes=40), now - timedelta(minutes=20)]
+    for index, when in enumerate(events_at):
+        event = {**viewed, "timestamp": when.isoformat(), "event_id": f"e-{index}"}
+        assert (await shop.request("POST", "/v1/events", "web", json=event)).is_success
+    assert [owner for _, owner, _ in await stored(server, shop)] == ["", amy]
+
+
+async def test_an_event_stored_without_identifiers_is_answered_as_no_ones(
+    shop: ShopForTest,
+) -> None:
+    amy = await customer(shop, "phone-16")
+    viewed = {"customer_id": amy, "name": "product_viewed", "event_id": "before-consent"}
+    answer = await shop.request("POST", "/v1/events", "web", json=viewed)
+    assert answer.json()["customer_id"] is None
+    order = {"customer_id": amy, "name": "order_completed", "event_id": "a-purchase"}
+    answer = await shop.request("POST", "/v1/events", "web", json=order)
+    assert answer.json()["customer_id"] == amy

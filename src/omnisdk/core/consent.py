@@ -166,6 +166,19 @@ def state(
     }
 
 
+def state_at(
+    decisions: Iterable[Decision],
+    when: float,
+    device_id: str | None = None,
+    skew: float = DEFAULT_SKEW_SECONDS,
+) -> dict[str, PurposeState]:
+    """The state as it stood at `when` (POSIX seconds): only the decisions recorded by then
+    count. What a customer did is judged by the consent that stood when she did it, not when
+    the news of it arrived (an event held in an outbox, or sent with an earlier timestamp).
+    A decision queued offline is recorded at the time it was made, so it is placed right."""
+    return state((d for d in decisions if d.at <= when), device_id, skew=skew)
+
+
 def granted(decisions: Iterable[Decision], purpose: str, device_id: str | None = None) -> bool:
     """No decision means not granted."""
     current = state(decisions, device_id).get(purpose)

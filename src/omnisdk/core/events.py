@@ -6,6 +6,7 @@ when present, so the profile can rely on them (an order's `value` is a number, s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import re
@@ -72,6 +73,29 @@ STANDARD_EVENTS: dict[str, dict[str, tuple[type | tuple[type, ...], str]]] = {
 
 _JSON_NAMES: dict[Any, str] = {str: "string", int: "integer", bool: "boolean", list: "array"}
 INTEREST_EVENTS = {"product_viewed": 1.0, "product_added": 3.0, "order_completed": 5.0}
+
+
+def order_event_id(order_ref: str) -> str:
+    """The event id of the `order_completed` the server records when a cart becomes order
+    `order_ref` (carts.mark_ordered): one order, one event, however often it is asked."""
+    return "order-" + hashlib.sha256(order_ref.encode()).hexdigest()[:40]
+
+
+def cart_order_properties(order_ref: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
+    """The `order_completed` properties of a cart turned into an order: its skus and, when
+    every line carries a price in one currency, its value."""
+    skus = list(dict.fromkeys(str(line["sku"]) for line in lines))
+    properties: dict[str, Any] = {"order_id": order_ref, "skus": skus, "source": "cart"}
+    prices = [line.get("unit_price") for line in lines]
+    currencies = {line.get("currency") for line in lines}
+    if lines and None not in prices and len(currencies) == 1:
+        total = sum(float(line["unit_price"]) * int(line["quantity"]) for line in lines)
+        properties["value"] = round(total, 2)
+        currency = currencies.pop()
+        if currency is not None:
+            properties["currency"] = currency
+    return properties
+
 
 # Records of a contract with the customer (a purchase, a return): kept with the customer without
 # analytics consent. Every other event is behavioural and needs `analytics` to keep an identity.

@@ -13,10 +13,11 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omnisdk.models import CartOpIn, CartOps, CartView, LineAttributes, LineRef, MarkOrdered
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 REPLICAS_KEPT = 10_000  # customers whose operation counters a client remembers
 _LIVE: weakref.WeakSet[Replica] = weakref.WeakSet()
@@ -67,10 +68,11 @@ def get_call(customer_id: str) -> Call[CartView]:
     return Call("GET", f"/v1/carts/{customer_id}", model(CartView))
 
 
-def ops_call(customer_id: str, ops: list[CartOpIn]) -> Call[CartView]:
-    body = CartOps(ops=ops).model_dump(mode="json", exclude_none=True)
+def ops_call(customer_id: str, ops: Sequence[CartOpIn | Mapping[str, Any]]) -> Call[CartView]:
+    checked = [CartOpIn.model_validate(op) for op in ops]
+    body = CartOps(ops=checked).model_dump(mode="json", exclude_none=True)
     # The operation ids make the request idempotent: use them as its key.
-    key = "cart-" + ",".join(op.op_id for op in ops)
+    key = "cart-" + ",".join(op.op_id for op in checked)
     return Call(
         "POST",
         f"/v1/carts/{customer_id}/ops",
@@ -90,11 +92,11 @@ def ordered_call(customer_id: str, order_ref: str, version: int) -> Call[CartVie
     )
 
 
-def _line(sku: str, options: dict[str, str] | None) -> LineRef:
-    return LineRef(sku=sku, options=options or {})
+def _line(sku: str, options: Mapping[str, str] | None) -> LineRef:
+    return LineRef(sku=sku, options=dict(options or {}))
 
 
-def _observed(seen: CartView, sku: str | None, options: dict[str, str] | None) -> list[str]:
+def _observed(seen: CartView, sku: str | None, options: Mapping[str, str] | None) -> list[str]:
     return [
         op
         for line in seen.lines
@@ -103,8 +105,13 @@ def _observed(seen: CartView, sku: str | None, options: dict[str, str] | None) -
     ]
 
 
-def _quantity(seen: CartView, sku: str, options: dict[str, str] | None) -> int:
+def _quantity(seen: CartView, sku: str, options: Mapping[str, str] | None) -> int:
     return sum(x.quantity for x in seen.lines if x.sku == sku and x.options == (options or {}))
+
+
+def _seen(cart: CartView | Mapping[str, Any]) -> CartView:
+    """The cart the customer saw, as a model (a mapping of its JSON works too)."""
+    return cart if isinstance(cart, CartView) else CartView.model_validate(cart)
 
 
 class CartOpsBuilder:
@@ -118,19 +125,19 @@ class CartOpsBuilder:
         customer_id: str,
         sku: str,
         quantity: int,
-        options: dict[str, str] | None,
-        **attributes: Any,
+        options: Mapping[str, str] | None,
+        attributes: LineAttributes | None = None,
     ) -> CartOpIn:
         return CartOpIn(
             op_id=self.replica.next_id(customer_id),
             type="add",
             line=_line(sku, options),
             delta=quantity,
-            attributes=LineAttributes(**attributes) if attributes else None,
+            attributes=attributes,
         )
 
     def set_quantity(
-        self, seen: CartView, sku: str, quantity: int, options: dict[str, str] | None
+        self, seen: CartView, sku: str, quantity: int, options: Mapping[str, str] | None
     ) -> CartOpIn:
         delta = quantity - _quantity(seen, sku, options)
         return CartOpIn(
@@ -140,7 +147,7 @@ class CartOpsBuilder:
             delta=delta,
         )
 
-    def remove(self, seen: CartView, sku: str, options: dict[str, str] | None) -> CartOpIn:
+    def remove(self, seen: CartView, sku: str, options: Mapping[str, str] | None) -> CartOpIn:
         return CartOpIn(
             op_id=self.replica.next_id(seen.customer_id),
             type="remove",
@@ -156,80 +163,89 @@ class CartOpsBuilder:
         )
 
 
-class Carts(SyncResource):
-    def __init__(self, client: Any) -> None:
+class Carts(Resource[C]):
+    """The customer's one cart, shared by every channel and device."""
+
+    def __init__(self, client: C) -> None:
         super().__init__(client)
         self.ops = CartOpsBuilder(Replica(client.channel.value if client.channel else "sdk"))
 
-    def get(self, customer_id: str) -> CartView:
+    @operation
+    def get(self, customer_id: str) -> Flow[CartView]:
         """The customer's cart as every channel sees it, with its version."""
-        return self._client.execute(get_call(customer_id))
+        return (yield from send(get_call(customer_id)))
 
-    def apply(self, customer_id: str, ops: list[CartOpIn]) -> CartView:
-        """Apply operations (all or none; each at most once, so retries are safe)."""
-        return self._client.execute(ops_call(customer_id, ops))
+    @operation
+    def apply(
+        self, customer_id: str, ops: Sequence[CartOpIn | Mapping[str, Any]]
+    ) -> Flow[CartView]:
+        """Apply operations (all or none; each at most once, so retries are safe). Build them
+        with `carts.ops` or pass mappings of the same fields."""
+        return (yield from send(ops_call(customer_id, ops)))
 
+    @operation
     def add(
         self,
         customer_id: str,
         sku: str,
         quantity: int = 1,
-        options: dict[str, str] | None = None,
-        **attributes: Any,
-    ) -> CartView:
-        """Add units of a line; attributes (name, unit_price, currency, image_url) snapshot
-        the shop's data."""
-        return self.apply(
-            customer_id, [self.ops.add(customer_id, sku, quantity, options, **attributes)]
+        options: Mapping[str, str] | None = None,
+        *,
+        name: str | None = None,
+        unit_price: float | None = None,
+        currency: str | None = None,
+        image_url: str | None = None,
+    ) -> Flow[CartView]:
+        """Add `quantity` units of a line (`sku` plus `options`, such as a size). The name,
+        unit price (with its ISO 4217 currency) and image URL snapshot the shop's data for
+        every channel's display; the latest write of each wins."""
+        given = {
+            "name": name,
+            "unit_price": unit_price,
+            "currency": currency,
+            "image_url": image_url,
+        }
+        attributes = (
+            LineAttributes.model_validate(given)
+            if any(v is not None for v in given.values())
+            else None
         )
+        op = self.ops.add(customer_id, sku, quantity, options, attributes)
+        return (yield from send(ops_call(customer_id, [op])))
 
+    @operation
     def set_quantity(
         self,
         customer_id: str,
-        seen: CartView,
+        seen: CartView | Mapping[str, Any],
         sku: str,
         quantity: int,
-        options: dict[str, str] | None = None,
-    ) -> CartView:
-        """Make a line `quantity` relative to the cart the customer saw (`seen`)."""
-        return self.apply(customer_id, [self.ops.set_quantity(seen, sku, quantity, options)])
+        options: Mapping[str, str] | None = None,
+    ) -> Flow[CartView]:
+        """Make a line `quantity` relative to the cart the customer saw (`seen`, as `get` or a
+        write returned it): sent as the difference, so units added meanwhile elsewhere stay."""
+        op = self.ops.set_quantity(_seen(seen), sku, quantity, options)
+        return (yield from send(ops_call(customer_id, [op])))
 
+    @operation
     def remove(
-        self, customer_id: str, seen: CartView, sku: str, options: dict[str, str] | None = None
-    ) -> CartView:
-        """Remove a line as the customer saw it; adds made meanwhile elsewhere stay."""
-        return self.apply(customer_id, [self.ops.remove(seen, sku, options)])
-
-    def clear(self, customer_id: str, seen: CartView) -> CartView:
-        return self.apply(customer_id, [self.ops.clear(seen)])
-
-    def mark_ordered(self, customer_id: str, order_ref: str, version: int) -> CartView:
-        """Turn the cart into an order if it is still `version` (ConflictError otherwise)."""
-        return self._client.execute(ordered_call(customer_id, order_ref, version))
-
-
-class AsyncCarts(AsyncResource):
-    def __init__(self, client: Any) -> None:
-        super().__init__(client)
-        self.ops = CartOpsBuilder(Replica(client.channel.value if client.channel else "sdk"))
-
-    async def get(self, customer_id: str) -> CartView:
-        return await self._client.execute(get_call(customer_id))
-
-    async def apply(self, customer_id: str, ops: list[CartOpIn]) -> CartView:
-        return await self._client.execute(ops_call(customer_id, ops))
-
-    async def add(
         self,
         customer_id: str,
+        seen: CartView | Mapping[str, Any],
         sku: str,
-        quantity: int = 1,
-        options: dict[str, str] | None = None,
-        **attributes: Any,
-    ) -> CartView:
-        return await self.apply(
-            customer_id, [self.ops.add(customer_id, sku, quantity, options, **attributes)]
-        )
+        options: Mapping[str, str] | None = None,
+    ) -> Flow[CartView]:
+        """Remove a line as the customer saw it; adds made meanwhile elsewhere stay."""
+        op = self.ops.remove(_seen(seen), sku, options)
+        return (yield from send(ops_call(customer_id, [op])))
 
-    async def mark_ordered(self, customer_id: str, order_ref: str, version: int) -> CartView:
-        return await self._client.execute(ordered_call(customer_id, order_ref, version))
+    @operation
+    def clear(self, customer_id: str, seen: CartView | Mapping[str, Any]) -> Flow[CartView]:
+        """Empty the cart as the customer saw it; adds made meanwhile elsewhere stay."""
+        return (yield from send(ops_call(customer_id, [self.ops.clear(_seen(seen))])))
+
+    @operation
+    def mark_ordered(self, customer_id: str, order_ref: str, version: int) -> Flow[CartView]:
+        """Turn the cart into order `order_ref` if it is still at `version` (ConflictError
+        otherwise): the order counts in the customer's profile on every channel."""
+        return (yield from send(ordered_call(customer_id, order_ref, version)))

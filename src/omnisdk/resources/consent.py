@@ -8,22 +8,34 @@ commits). No decision means not granted, and so does a server that cannot be ask
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from omnisdk.core.consent import MARKETING_CHANNELS, ConsentScope, Status
-from omnisdk.errors import APIConnectionError
+from omnisdk.core.problems import ProblemType
+from omnisdk.errors import APIConnectionError, InvalidRequestError
 from omnisdk.models import (
     ConfirmConsentRequest,
     ConsentDecisionIn,
     ConsentHistory,
+    ConsentSource,
     ConsentState,
     NoticeIn,
     RecordConsentRequest,
     RecordConsentResult,
 )
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import (
+    Append,
+    Blocking,
+    C,
+    Call,
+    Flow,
+    Resource,
+    model,
+    operation,
+    send,
+)
 
 if TYPE_CHECKING:
     from omnisdk._consent_cache import ConsentCache
@@ -46,7 +58,7 @@ def decisions_of(
     device_id: str | None = None,
     source: str = "other",
     method: str = "",
-    notice: NoticeIn | dict[str, Any] | None = None,
+    notice: NoticeIn | Mapping[str, Any] | None = None,
     client_time: datetime | None = None,
 ) -> list[ConsentDecisionIn]:
     return [
@@ -79,14 +91,13 @@ def record_call(customer_id: str, decisions: list[ConsentDecisionIn]) -> Call[Re
 CONSENT = "consent"  # the outbox kind of a decision recorded while offline
 
 
-def queued_item(
-    customer_id: str, purposes: str | Iterable[str], status: Status | str, **details: Any
-) -> tuple[str, dict[str, Any]]:
-    """The outbox key and payload of decisions to deliver later, stamped with the time now."""
-    wanted = [purposes] if isinstance(purposes, str) else list(purposes)
-    details.setdefault("client_time", datetime.now(UTC))
+def queued_item(customer_id: str, decisions: list[ConsentDecisionIn]) -> tuple[str, dict[str, Any]]:
+    """The outbox key and payload of decisions to deliver later, stamped with the time now
+    when they carry no time of their own."""
+    now = datetime.now(UTC)
     decisions = [
-        d.model_copy(update={"queued": True}) for d in decisions_of(wanted, status, **details)
+        d.model_copy(update={"queued": True, "client_time": d.client_time or now})
+        for d in decisions
     ]
     body = RecordConsentRequest(decisions=decisions).model_dump(mode="json", exclude_none=True)
     return f"consent-{uuid.uuid4().hex}", {"customer_id": customer_id, "request": body}
@@ -124,182 +135,233 @@ def granted_in(state: ConsentState | None, purpose: str) -> bool:
 def _marketing_purpose(channel: str) -> str:
     purpose = MARKETING_CHANNELS.get(channel)
     if purpose is None:
-        raise ValueError(f"unknown marketing channel {channel!r}: use email, sms or push")
+        raise InvalidRequestError(
+            ProblemType.VALIDATION_ERROR,
+            f"unknown marketing channel {channel!r}: use email, sms or push",
+        )
     return purpose
 
 
-class Consent(SyncResource):
+def _purposes(purposes: str | Iterable[str]) -> list[str]:
+    return [purposes] if isinstance(purposes, str) else list(purposes)
+
+
+class Consent(Resource[C]):
+    """The consent ledger: record decisions, confirm double opt-ins, ask before using data."""
+
+    @operation
     def record(
         self,
         customer_id: str,
         purposes: str | Iterable[str],
-        status: Status | str,
-        **details: Any,
-    ) -> RecordConsentResult:
-        """Append decisions (one per purpose) to the customer's ledger.
+        status: Status | Literal["granted", "denied", "withdrawn"],
+        *,
+        scope: ConsentScope | Literal["person", "device"] = ConsentScope.PERSON,
+        device_id: str | None = None,
+        source: ConsentSource = "other",
+        method: str = "",
+        notice: NoticeIn | Mapping[str, Any] | None = None,
+        client_time: datetime | None = None,
+    ) -> Flow[RecordConsentResult]:
+        """Append decisions (one per purpose) to the customer's ledger and return the new
+        state. A grant of a double opt-in purpose (marketing:email) comes back pending, with
+        a token in `confirmations` to send in the opt-in e-mail.
 
-        `details`: scope ("person"/"device"), device_id, source (web_banner, app_settings,
-        pos_signature_pad, email_double_opt_in, call_centre, ...), method, notice
-        ({"id", "version", "text_sha256"}), client_time. A grant of a double opt-in purpose
-        (marketing:email) comes back pending with a token in `confirmations`.
-        """
-        wanted = [purposes] if isinstance(purposes, str) else list(purposes)
-        result = self._client.execute(
-            record_call(customer_id, decisions_of(wanted, status, **details))
+        `scope` is "person" (merged across the customer's devices) or "device" (with
+        `device_id`, the device's anonymous id: never merged). `source` says where the
+        decision was taken (web_banner, app_settings, pos_signature_pad, email_double_opt_in,
+        call_centre, other), `method` how (click, checkbox, signature), `notice` which notice
+        the customer saw (`{"id", "version", "text_sha256"}`), and `client_time` when she
+        decided by the device's clock (default: when the server receives it)."""
+        decisions = decisions_of(
+            _purposes(purposes),
+            status,
+            scope=scope,
+            device_id=device_id,
+            source=source,
+            method=method,
+            notice=notice,
+            client_time=client_time,
         )
+        result: RecordConsentResult = yield record_call(customer_id, decisions)
         _remember(self._client.consent_cache, customer_id, result)
         return result
 
-    def grant(self, customer_id: str, *purposes: str, **details: Any) -> RecordConsentResult:
-        return self.record(customer_id, purposes, Status.GRANTED, **details)
+    @operation
+    def grant(
+        self,
+        customer_id: str,
+        *purposes: str,
+        scope: ConsentScope | Literal["person", "device"] = ConsentScope.PERSON,
+        device_id: str | None = None,
+        source: ConsentSource = "other",
+        method: str = "",
+        notice: NoticeIn | Mapping[str, Any] | None = None,
+        client_time: datetime | None = None,
+    ) -> Flow[RecordConsentResult]:
+        """Record that the customer granted `purposes` (for example "personalisation",
+        "analytics", "marketing:email"); the options are those of `record`."""
+        return (
+            yield from Consent.record.flow(
+                self,
+                customer_id,
+                purposes,
+                Status.GRANTED,
+                scope=scope,
+                device_id=device_id,
+                source=source,
+                method=method,
+                notice=notice,
+                client_time=client_time,
+            )
+        )
 
-    def deny(self, customer_id: str, *purposes: str, **details: Any) -> RecordConsentResult:
-        return self.record(customer_id, purposes, Status.DENIED, **details)
+    @operation
+    def deny(
+        self,
+        customer_id: str,
+        *purposes: str,
+        scope: ConsentScope | Literal["person", "device"] = ConsentScope.PERSON,
+        device_id: str | None = None,
+        source: ConsentSource = "other",
+        method: str = "",
+        notice: NoticeIn | Mapping[str, Any] | None = None,
+        client_time: datetime | None = None,
+    ) -> Flow[RecordConsentResult]:
+        """Record that the customer refused `purposes` when asked; the options are those of
+        `record`."""
+        return (
+            yield from Consent.record.flow(
+                self,
+                customer_id,
+                purposes,
+                Status.DENIED,
+                scope=scope,
+                device_id=device_id,
+                source=source,
+                method=method,
+                notice=notice,
+                client_time=client_time,
+            )
+        )
 
-    def withdraw(self, customer_id: str, *purposes: str, **details: Any) -> RecordConsentResult:
-        return self.record(customer_id, purposes, Status.WITHDRAWN, **details)
+    @operation
+    def withdraw(
+        self,
+        customer_id: str,
+        *purposes: str,
+        scope: ConsentScope | Literal["person", "device"] = ConsentScope.PERSON,
+        device_id: str | None = None,
+        source: ConsentSource = "other",
+        method: str = "",
+        notice: NoticeIn | Mapping[str, Any] | None = None,
+        client_time: datetime | None = None,
+    ) -> Flow[RecordConsentResult]:
+        """Record that the customer withdrew `purposes` she had granted: every channel stops
+        using them at once (ConsentTransitionError if she never granted them)."""
+        return (
+            yield from Consent.record.flow(
+                self,
+                customer_id,
+                purposes,
+                Status.WITHDRAWN,
+                scope=scope,
+                device_id=device_id,
+                source=source,
+                method=method,
+                notice=notice,
+                client_time=client_time,
+            )
+        )
 
+    @operation
     def queue(
         self,
         customer_id: str,
         purposes: str | Iterable[str],
-        status: Status | str,
-        **details: Any,
-    ) -> str:
+        status: Status | Literal["granted", "denied", "withdrawn"],
+        *,
+        scope: ConsentScope | Literal["person", "device"] = ConsentScope.PERSON,
+        device_id: str | None = None,
+        source: ConsentSource = "other",
+        method: str = "",
+        notice: NoticeIn | Mapping[str, Any] | None = None,
+        client_time: datetime | None = None,
+    ) -> Flow[str]:
         """Record decisions through the durable outbox (a till or app without network): they
         are delivered in the background, applied once, and take their place in the ledger at
         the time they were made. Until then this client stops trusting its cached state for
-        the customer. Returns the outbox key."""
-        key, payload = queued_item(customer_id, purposes, status, **details)
-        self._client.outbox.append(CONSENT, key, payload)
-        self._client.consent_cache.invalidate([customer_id])
-        self._client.delivery.nudge()
+        the customer. Returns the outbox key; the options are those of `record`."""
+        decisions = decisions_of(
+            _purposes(purposes),
+            status,
+            scope=scope,
+            device_id=device_id,
+            source=source,
+            method=method,
+            notice=notice,
+            client_time=client_time,
+        )
+        key, payload = queued_item(customer_id, decisions)
+        client = self._client
+        outbox = client._outbox or (yield Blocking(lambda: client.outbox))
+        yield Append(outbox, CONSENT, key, payload)
+        client.consent_cache.invalidate([customer_id])
+        client.delivery.nudge()
         return key
 
-    def confirm(self, token: str) -> RecordConsentResult:
+    @operation
+    def confirm(self, token: str) -> Flow[RecordConsentResult]:
         """The customer clicked the opt-in e-mail's link: confirm the pending grant."""
-        result = self._client.execute(confirm_call(token))
+        result: RecordConsentResult = yield confirm_call(token)
         _remember(self._client.consent_cache, result.state.customer_id, result)
         return result
 
-    def get(self, customer_id: str, device_id: str | None = None) -> ConsentState:
+    @operation
+    def get(self, customer_id: str, device_id: str | None = None) -> Flow[ConsentState]:
         """The current state, from the server (and remembered for `check`)."""
-        state = self._client.execute(state_call(customer_id, device_id))
+        state: ConsentState = yield state_call(customer_id, device_id)
         self._client.consent_cache.put(state, device_id, customer_id)
         return state
 
-    def state(self, customer_id: str, device_id: str | None = None) -> ConsentState | None:
+    @operation
+    def state(self, customer_id: str, device_id: str | None = None) -> Flow[ConsentState | None]:
         """The state from the cache, asking the server only when it is not known; None when
         the server cannot be asked (treat as nothing granted)."""
         entry = self._client.consent_cache.get(customer_id, device_id)
         if entry is not None:
             return entry.state
         try:
-            return self.get(customer_id, device_id)
+            return (yield from Consent.get.flow(self, customer_id, device_id))
         except APIConnectionError:
             return None
 
-    def check(self, customer_id: str, purpose: str, device_id: str | None = None) -> bool:
+    @operation
+    def check(self, customer_id: str, purpose: str, device_id: str | None = None) -> Flow[bool]:
         """Is `purpose` granted? Cheap enough for every request (answered from memory)."""
         entry = self._client.consent_cache.get(customer_id, device_id)
         if entry is not None:
             return purpose in entry.granted
-        state = self.state(customer_id, device_id)
+        state = yield from Consent.state.flow(self, customer_id, device_id)
         return granted_in(state, purpose)
 
-    def can_contact(self, customer_id: str, channel: str) -> bool:
+    @operation
+    def can_contact(self, customer_id: str, channel: str) -> Flow[bool]:
         """May a marketing message go out on `channel` (email, sms or push)?"""
-        return self.check(customer_id, _marketing_purpose(channel))
+        return (yield from Consent.check.flow(self, customer_id, _marketing_purpose(channel)))
 
-    def consent_mode(self, customer_id: str, device_id: str | None = None) -> dict[str, str]:
+    @operation
+    def consent_mode(self, customer_id: str, device_id: str | None = None) -> Flow[dict[str, str]]:
         """Google Consent Mode v2 signals for the page's gtag('consent', 'update', ...)."""
-        state = self.state(customer_id, device_id)
+        state = yield from Consent.state.flow(self, customer_id, device_id)
         if state is None:
             return {signal: "denied" for signal in _SIGNALS}
         return dict(state.consent_mode)
 
-    def history(self, customer_id: str) -> ConsentHistory:
-        return self._client.execute(history_call(customer_id))
+    @operation
+    def history(self, customer_id: str) -> Flow[ConsentHistory]:
+        """Every decision in the customer's ledger, oldest first (proof of consent)."""
+        return (yield from send(history_call(customer_id)))
 
 
 _SIGNALS = ("ad_storage", "analytics_storage", "ad_user_data", "ad_personalization")
-
-
-class AsyncConsent(AsyncResource):
-    async def record(
-        self,
-        customer_id: str,
-        purposes: str | Iterable[str],
-        status: Status | str,
-        **details: Any,
-    ) -> RecordConsentResult:
-        wanted = [purposes] if isinstance(purposes, str) else list(purposes)
-        result = await self._client.execute(
-            record_call(customer_id, decisions_of(wanted, status, **details))
-        )
-        _remember(self._client.consent_cache, customer_id, result)
-        return result
-
-    async def grant(self, customer_id: str, *purposes: str, **details: Any) -> RecordConsentResult:
-        return await self.record(customer_id, purposes, Status.GRANTED, **details)
-
-    async def deny(self, customer_id: str, *purposes: str, **details: Any) -> RecordConsentResult:
-        return await self.record(customer_id, purposes, Status.DENIED, **details)
-
-    async def withdraw(
-        self, customer_id: str, *purposes: str, **details: Any
-    ) -> RecordConsentResult:
-        return await self.record(customer_id, purposes, Status.WITHDRAWN, **details)
-
-    async def queue(
-        self,
-        customer_id: str,
-        purposes: str | Iterable[str],
-        status: Status | str,
-        **details: Any,
-    ) -> str:
-        import asyncio
-
-        key, payload = queued_item(customer_id, purposes, status, **details)
-        await asyncio.to_thread(self._client.outbox.append, CONSENT, key, payload)
-        self._client.consent_cache.invalidate([customer_id])
-        self._client.delivery.nudge()
-        return key
-
-    async def confirm(self, token: str) -> RecordConsentResult:
-        result = await self._client.execute(confirm_call(token))
-        _remember(self._client.consent_cache, result.state.customer_id, result)
-        return result
-
-    async def get(self, customer_id: str, device_id: str | None = None) -> ConsentState:
-        state = await self._client.execute(state_call(customer_id, device_id))
-        self._client.consent_cache.put(state, device_id, customer_id)
-        return state
-
-    async def state(self, customer_id: str, device_id: str | None = None) -> ConsentState | None:
-        entry = self._client.consent_cache.get(customer_id, device_id)
-        if entry is not None:
-            return entry.state
-        try:
-            return await self.get(customer_id, device_id)
-        except APIConnectionError:
-            return None
-
-    async def check(self, customer_id: str, purpose: str, device_id: str | None = None) -> bool:
-        entry = self._client.consent_cache.get(customer_id, device_id)
-        if entry is not None:
-            return purpose in entry.granted
-        state = await self.state(customer_id, device_id)
-        return granted_in(state, purpose)
-
-    async def can_contact(self, customer_id: str, channel: str) -> bool:
-        return await self.check(customer_id, _marketing_purpose(channel))
-
-    async def consent_mode(self, customer_id: str, device_id: str | None = None) -> dict[str, str]:
-        state = await self.state(customer_id, device_id)
-        if state is None:
-            return {signal: "denied" for signal in _SIGNALS}
-        return dict(state.consent_mode)
-
-    async def history(self, customer_id: str) -> ConsentHistory:
-        return await self._client.execute(history_call(customer_id))

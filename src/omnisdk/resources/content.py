@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -34,8 +35,9 @@ from omnisdk.models import (
     RulesetIn,
     RulesetVersion,
 )
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
-from omnisdk.resources.consent import granted_in
+from omnisdk.resources._resource import Blocking, C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources.consent import Consent, granted_in
+from omnisdk.resources.events import Events
 from omnisdk.resources.identity import profile_call
 
 if TYPE_CHECKING:
@@ -64,7 +66,14 @@ class ContentDecision:
             body["items"] = self.items[slot]
         return body
 
-    def to_json(self) -> dict[str, Any]:
+    def to_json(self) -> str:
+        """The decision as JSON text, for an app's API answer (see `to_dict` for the shape)."""
+        return json.dumps(self.to_dict(), separators=(",", ":"))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The decision as plain data: `visitor_id`, `personalised`, `ruleset_version`, and
+        per slot its `variant`, `reason`, `explanation`, `content` and, for an experiment
+        arm, `experiment` ([experiment id, arm])."""
         return {
             "visitor_id": self.visitor_id,
             "personalised": self.personalised,
@@ -279,19 +288,28 @@ def rebuild_call() -> Call[RecommendationModel]:
     return Call("POST", "/v1/content/recommendations/rebuild", model(RecommendationModel))
 
 
-class Content(SyncResource):
+class Content(Resource[C]):
+    """Personalised content: author rulesets (admin keys) and decide slots locally."""
+
+    @operation
     def publish(
         self, slots: Mapping[str, Any], note: str = "", if_match: str | None = None
-    ) -> RulesetVersion:
-        """Publish a new ruleset version (admin keys); InvalidRuleset problems list each error."""
-        return self._client.execute(publish_call(slots, note, if_match))
+    ) -> Flow[RulesetVersion]:
+        """Publish a new ruleset version (admin keys); InvalidRuleset problems list each error.
+        `if_match` (a version's ETag) refuses the publish if someone published meanwhile."""
+        return (yield from send(publish_call(slots, note, if_match)))
 
-    def versions(self) -> RulesetHistory:
-        return self._client.execute(versions_call())
+    @operation
+    def versions(self) -> Flow[RulesetHistory]:
+        """The published ruleset versions, newest first."""
+        return (yield from send(versions_call()))
 
-    def rebuild_recommendations(self) -> RecommendationModel:
-        return self._client.execute(rebuild_call())
+    @operation
+    def rebuild_recommendations(self) -> Flow[RecommendationModel]:
+        """Recompute the "bought together" model from the events now (admin keys)."""
+        return (yield from send(rebuild_call()))
 
+    @operation
     def decide(
         self,
         customer_id: str | None = None,
@@ -306,10 +324,13 @@ class Content(SyncResource):
         locale: str | None = None,
         now: datetime | None = None,
         attributes: Mapping[str, Any] | None = None,
-    ) -> ContentDecision:
-        """Decide `slots` (all when None) for a known customer or an anonymous visitor."""
+    ) -> Flow[ContentDecision]:
+        """Decide `slots` (all when None) for a known customer or an anonymous visitor, from
+        the cached ruleset; her profile is read only if she granted personalisation."""
         client = self._client
         cache = client.content_cache
+        if cache.ruleset is None:
+            yield Blocking(cache.ready)  # the first load waits for the network
         context = request_attributes(
             customer_id or anonymous_id,
             channel=client.channel.value if client.channel else None,
@@ -325,82 +346,26 @@ class Content(SyncResource):
         # A customer the server does not know (erased, another shop's id) gets the page of a
         # visitor: a landing page must render, not fail.
         with contextlib.suppress(NotFoundError):
-            if customer_id and _personalised(context, client.consent.state(customer_id, device_id)):
-                facts = cache.profile(customer_id) or _remember(
-                    cache, customer_id, client.execute(profile_call(customer_id))
-                )
-                context.update(facts.attributes)
-        decision, exposures = _conclude(cache, context, slots, facts, customer_id, anonymous_id)
-        for exposure in exposures:
-            client.events.track("experiment_viewed", **exposure)
-        return decision
-
-    def refresh(self) -> None:
-        """Re-check the ruleset and recommendations now (normally done in the background)."""
-        self._client.content_cache.refresh()
-
-
-class AsyncContent(AsyncResource):
-    async def publish(
-        self, slots: Mapping[str, Any], note: str = "", if_match: str | None = None
-    ) -> RulesetVersion:
-        return await self._client.execute(publish_call(slots, note, if_match))
-
-    async def versions(self) -> RulesetHistory:
-        return await self._client.execute(versions_call())
-
-    async def rebuild_recommendations(self) -> RecommendationModel:
-        return await self._client.execute(rebuild_call())
-
-    async def decide(
-        self,
-        customer_id: str | None = None,
-        *,
-        anonymous_id: str | None = None,
-        slots: list[str] | None = None,
-        device_id: str | None = None,
-        campaign: str | None = None,
-        utm: Mapping[str, str] | None = None,
-        qr: str | None = None,
-        device: str | None = None,
-        locale: str | None = None,
-        now: datetime | None = None,
-        attributes: Mapping[str, Any] | None = None,
-    ) -> ContentDecision:
-        import asyncio
-
-        client = self._client
-        cache = client.content_cache
-        if cache.ruleset is None:
-            await asyncio.to_thread(cache.ready)
-        context = request_attributes(
-            customer_id or anonymous_id,
-            channel=client.channel.value if client.channel else None,
-            campaign=campaign,
-            utm=utm,
-            qr=qr,
-            device=device,
-            locale=locale,
-            now=now,
-            extra=attributes,
-        )
-        facts = None
-        with contextlib.suppress(NotFoundError):
-            state = await client.consent.state(customer_id, device_id) if customer_id else None
+            state = (
+                (yield from Consent.state.flow(client.consent, customer_id, device_id))
+                if customer_id
+                else None
+            )
             if customer_id and _personalised(context, state):
-                facts = cache.profile(customer_id) or _remember(
-                    cache, customer_id, await client.execute(profile_call(customer_id))
-                )
+                facts = cache.profile(customer_id)
+                if facts is None:
+                    profile: Profile = yield profile_call(customer_id)
+                    facts = _remember(cache, customer_id, profile)
                 context.update(facts.attributes)
         decision, exposures = _conclude(cache, context, slots, facts, customer_id, anonymous_id)
         for exposure in exposures:
-            await client.events.track("experiment_viewed", **exposure)
+            yield from Events.track.flow(client.events, "experiment_viewed", **exposure)
         return decision
 
-    async def refresh(self) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self._client.content_cache.refresh)
+    @operation
+    def refresh(self) -> Flow[None]:
+        """Re-check the ruleset and recommendations now (normally done in the background)."""
+        yield Blocking(self._client.content_cache.refresh)
 
 
 def _remember(cache: ContentCache, customer_id: str, profile: Profile) -> ProfileFacts:

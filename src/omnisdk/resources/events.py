@@ -3,19 +3,30 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import itertools
 import os
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from omnisdk.core.channels import Channel
 from omnisdk.core.events import InvalidEvent, check_event, check_identifier_value, check_names
 from omnisdk.core.problems import ProblemType
 from omnisdk.errors import InvalidRequestError
 from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, TrackResult
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import (
+    Append,
+    Blocking,
+    C,
+    Call,
+    Flow,
+    OnClient,
+    Resource,
+    model,
+    operation,
+    send,
+)
 
 EVENT = "event"  # the outbox kind of a tracked event
 
@@ -39,18 +50,14 @@ class _EventIds:
 
 event_ids = _EventIds()
 
-if TYPE_CHECKING:
-    from omnisdk._async import AsyncClient
-    from omnisdk._sync import Client
-
 
 def make_event(
     name: str,
     *,
     customer_id: str | None = None,
     anonymous_id: str | None = None,
-    identifier: IdentifierIn | None = None,
-    properties: dict[str, Any] | None = None,
+    identifier: IdentifierIn | Mapping[str, Any] | None = None,
+    properties: Mapping[str, Any] | None = None,
     channel: Channel | str | None = None,
     timestamp: datetime | None = None,
     event_id: str | None = None,
@@ -69,7 +76,9 @@ def make_event(
         )
     now = datetime.now(UTC)
     when = timestamp or now
-    props = properties or {}
+    props = dict(properties or {})
+    if identifier is not None and not isinstance(identifier, IdentifierIn):
+        identifier = IdentifierIn.model_validate(identifier)
     try:
         check_names(event_id, customer_id)
         for value in (anonymous_id, identifier.value if identifier is not None else None):
@@ -124,66 +133,86 @@ def batch_call(
     )
 
 
-def event_from(event: EventIn | dict[str, Any]) -> dict[str, Any]:
+def event_from(event: EventIn | Mapping[str, Any]) -> dict[str, Any]:
     if isinstance(event, EventIn):
         return event.model_dump(mode="json", exclude_none=True)
-    return event
+    return dict(event)
 
 
-class Events(SyncResource):
-    def __init__(self, client: Client) -> None:
-        super().__init__(client)
+class Events(Resource[C]):
+    """Record what customers do: `track` queues durably and returns at once, `send` delivers
+    now. Name the customer by exactly one of `customer_id`, `anonymous_id`, `identifier`."""
 
-    def track(self, name: str, **fields: Any) -> str:
+    @operation
+    def track(
+        self,
+        name: str,
+        *,
+        customer_id: str | None = None,
+        anonymous_id: str | None = None,
+        identifier: IdentifierIn | Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        channel: Channel | str | None = None,
+        timestamp: datetime | None = None,
+        event_id: str | None = None,
+    ) -> Flow[str]:
         """Queue an event in the durable outbox and return its id; it is delivered in the
-        background. Fields: customer_id | anonymous_id | identifier, properties, channel,
-        timestamp, event_id. Raises ValueError at once for an event the server would refuse.
-        """
-        event = make_event(name, **fields)
-        self._client.outbox.append(EVENT, event["event_id"], event)
-        self._client.delivery.nudge()
+        background, in batches.
+
+        `timestamp` is when it happened (default: now); consent is judged at that time.
+        `event_id` makes delivery idempotent (default: a new unique id). Raises
+        `InvalidRequestError` at once for an event the server would refuse."""
+        event = make_event(
+            name,
+            customer_id=customer_id,
+            anonymous_id=anonymous_id,
+            identifier=identifier,
+            properties=properties,
+            channel=channel,
+            timestamp=timestamp,
+            event_id=event_id,
+        )
+        client = self._client
+        # Opening the outbox touches the disk: a worker thread's job on AsyncClient.
+        outbox = client._outbox or (yield Blocking(lambda: client.outbox))
+        yield Append(outbox, EVENT, event["event_id"], event)
+        client.delivery.nudge()
         return str(event["event_id"])
 
-    def send(self, name: str, **fields: Any) -> TrackResult:
-        """Deliver one event now and return the server's answer."""
-        return self._client.execute(send_call(make_event(name, **fields)))
+    @operation
+    def send(
+        self,
+        name: str,
+        *,
+        customer_id: str | None = None,
+        anonymous_id: str | None = None,
+        identifier: IdentifierIn | Mapping[str, Any] | None = None,
+        properties: Mapping[str, Any] | None = None,
+        channel: Channel | str | None = None,
+        timestamp: datetime | None = None,
+        event_id: str | None = None,
+    ) -> Flow[TrackResult]:
+        """Deliver one event now and return the server's answer (fields as for `track`)."""
+        event = make_event(
+            name,
+            customer_id=customer_id,
+            anonymous_id=anonymous_id,
+            identifier=identifier,
+            properties=properties,
+            channel=channel,
+            timestamp=timestamp,
+            event_id=event_id,
+        )
+        return (yield from send(send_call(event)))
 
-    def send_batch(self, events: list[EventIn | dict[str, Any]]) -> BatchResult:
+    @operation
+    def send_batch(self, events: Sequence[EventIn | Mapping[str, Any]]) -> Flow[BatchResult]:
         """Deliver up to 500 events now; each is accepted, a duplicate, or rejected."""
-        return self._client.execute(batch_call([event_from(e) for e in events]))
+        return (yield from send(batch_call([event_from(e) for e in events])))
 
-    def flush(self, timeout: float | None = None) -> int:
-        """Wait until the outbox is delivered (or `timeout`); return how many items are left
-        (they stay safe on disk)."""
-        return self._client.delivery.flush(timeout)
-
-
-class AsyncEvents(AsyncResource):
-    def __init__(self, client: AsyncClient) -> None:
-        super().__init__(client)
-
-    async def track(self, name: str, **fields: Any) -> str:
-        """Queue an event in the durable outbox and return its id; a background task delivers
-        it. Disk writes and waits (durability "sync", a full outbox) happen off the loop."""
-        event = make_event(name, **fields)
-        if self._client._outbox is None:  # opening the file touches the disk: not on the loop
-            await asyncio.to_thread(lambda: self._client.outbox)
-        outbox = self._client.outbox
-        # A queue push when no wait is needed; anything that waits (the disk for "sync", room
-        # in a full outbox, a group or window to be written) waits in a worker thread.
-        if not outbox.try_append(EVENT, event["event_id"], event):
-            await asyncio.to_thread(outbox.append, EVENT, event["event_id"], event)
-        self._client.delivery.nudge()
-        return str(event["event_id"])
-
-    async def send(self, name: str, **fields: Any) -> TrackResult:
-        """Deliver one event now and return the server's answer."""
-        return await self._client.execute(send_call(make_event(name, **fields)))
-
-    async def send_batch(self, events: list[EventIn | dict[str, Any]]) -> BatchResult:
-        """Deliver up to 500 events now; each is accepted, a duplicate, or rejected."""
-        return await self._client.execute(batch_call([event_from(e) for e in events]))
-
-    async def flush(self, timeout: float | None = None) -> int:
-        """Wait until the outbox is delivered (or `timeout`); return how many items are left."""
-        return await self._client.delivery.flush(timeout)
+    @operation
+    def flush(self, timeout: float | None = None) -> Flow[int]:
+        """Wait until the outbox is delivered (or `timeout` seconds); return how many items
+        are left (they stay safe on disk)."""
+        left: int = yield OnClient(lambda client: client.delivery.flush(timeout))
+        return left

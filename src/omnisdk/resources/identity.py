@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from omnisdk.core.identifiers import IdentifierType
@@ -20,7 +21,7 @@ from omnisdk.models import (
     SharedIdentifierRequest,
     TimelinePage,
 )
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 
 def identify_call(
@@ -29,8 +30,8 @@ def identify_call(
     email: str | None,
     phone: str | None,
     loyalty_card: str | None,
-    identifiers: list[IdentifierIn] | None,
-    traits: dict[str, Any] | None,
+    identifiers: Sequence[IdentifierIn | Mapping[str, Any]] | None,
+    traits: Mapping[str, Any] | None,
     idempotency_key: str | None,
 ) -> Call[IdentifyResult]:
     body = IdentifyRequest(
@@ -39,8 +40,8 @@ def identify_call(
         email=email,
         phone=phone,
         loyalty_card=loyalty_card,
-        identifiers=identifiers or [],
-        traits=traits or {},
+        identifiers=[IdentifierIn.model_validate(x) for x in identifiers or []],
+        traits=dict(traits or {}),
     )
     return Call(
         "POST",
@@ -92,7 +93,10 @@ def shared_call(
     )
 
 
-class Identity(SyncResource):
+class Identity(Resource[C]):
+    """One customer across devices and channels, and the single customer view."""
+
+    @operation
     def identify(
         self,
         *,
@@ -101,120 +105,71 @@ class Identity(SyncResource):
         email: str | None = None,
         phone: str | None = None,
         loyalty_card: str | None = None,
-        identifiers: list[IdentifierIn] | None = None,
-        traits: dict[str, Any] | None = None,
+        identifiers: Sequence[IdentifierIn | Mapping[str, Any]] | None = None,
+        traits: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
-    ) -> IdentifyResult:
-        """Link these identifiers to one customer; says whether customers were merged."""
-        return self._client.execute(
-            identify_call(
-                anonymous_id,
-                customer_ref,
-                email,
-                phone,
-                loyalty_card,
-                identifiers,
-                traits,
-                idempotency_key,
+    ) -> Flow[IdentifyResult]:
+        """Link these identifiers to one customer; says whether customers were merged.
+
+        `identifiers` takes `IdentifierIn` models or mappings such as
+        `{"type": "loyalty_card", "value": "LC-1"}`; e-mail and phone are hashed by the server
+        and never stored in clear."""
+        return (
+            yield from send(
+                identify_call(
+                    anonymous_id,
+                    customer_ref,
+                    email,
+                    phone,
+                    loyalty_card,
+                    identifiers,
+                    traits,
+                    idempotency_key,
+                )
             )
         )
 
-    def resolve(self, type: IdentifierType | str, value: str) -> str | None:
+    @operation
+    def resolve(self, type: IdentifierType | str, value: str) -> Flow[str | None]:
         """The customer id an identifier belongs to, or None if no customer has it."""
         try:
-            return self._client.execute(resolve_call(type, value)).customer_id
+            found: Resolution = yield resolve_call(type, value)
         except NotFoundError:
             return None
+        return found.customer_id
 
-    def get_profile(self, customer_id: str) -> Profile:
+    @operation
+    def get_profile(self, customer_id: str) -> Flow[Profile]:
         """The single customer view; any current or merged customer id works."""
-        return self._client.execute(profile_call(customer_id))
+        return (yield from send(profile_call(customer_id)))
 
+    @operation
     def timeline(
         self, customer_id: str, limit: int = 50, cursor: str | None = None
-    ) -> TimelinePage:
+    ) -> Flow[TimelinePage]:
         """A page of the customer's events, newest first; pass `next_cursor` for the next."""
-        return self._client.execute(timeline_call(customer_id, limit, cursor))
+        return (yield from send(timeline_call(customer_id, limit, cursor)))
 
-    def annotate(self, customer_id: str, department: str, author: str, text: str) -> Annotation:
+    @operation
+    def annotate(
+        self, customer_id: str, department: str, author: str, text: str
+    ) -> Flow[Annotation]:
         """Leave a department's note on the customer's profile."""
-        return self._client.execute(annotate_call(customer_id, department, author, text))
+        return (yield from send(annotate_call(customer_id, department, author, text)))
 
-    def merges(self, customer_id: str) -> list[Merge]:
+    @operation
+    def merges(self, customer_id: str) -> Flow[list[Merge]]:
         """The merges this customer took part in, oldest first."""
-        return self._client.execute(merges_call(customer_id))
+        return (yield from send(merges_call(customer_id)))
 
-    def split(self, merge_id: str) -> Merge:
+    @operation
+    def split(self, merge_id: str) -> Flow[Merge]:
         """Undo a wrong merge (admin keys): both customers come back as they were."""
-        return self._client.execute(split_call(merge_id))
+        return (yield from send(split_call(merge_id)))
 
+    @operation
     def mark_shared(
         self, type: IdentifierType | str, value: str, shared: bool = True
-    ) -> SharedIdentifierRequest:
+    ) -> Flow[SharedIdentifierRequest]:
         """Mark a device shared (admin keys): it never links or merges customers."""
-        return self._client.execute(shared_call(type, value, shared))
-
-
-class AsyncIdentity(AsyncResource):
-    async def identify(
-        self,
-        *,
-        anonymous_id: str | None = None,
-        customer_ref: str | None = None,
-        email: str | None = None,
-        phone: str | None = None,
-        loyalty_card: str | None = None,
-        identifiers: list[IdentifierIn] | None = None,
-        traits: dict[str, Any] | None = None,
-        idempotency_key: str | None = None,
-    ) -> IdentifyResult:
-        """Link these identifiers to one customer; says whether customers were merged."""
-        return await self._client.execute(
-            identify_call(
-                anonymous_id,
-                customer_ref,
-                email,
-                phone,
-                loyalty_card,
-                identifiers,
-                traits,
-                idempotency_key,
-            )
-        )
-
-    async def resolve(self, type: IdentifierType | str, value: str) -> str | None:
-        """The customer id an identifier belongs to, or None if no customer has it."""
-        try:
-            return (await self._client.execute(resolve_call(type, value))).customer_id
-        except NotFoundError:
-            return None
-
-    async def get_profile(self, customer_id: str) -> Profile:
-        """The single customer view; any current or merged customer id works."""
-        return await self._client.execute(profile_call(customer_id))
-
-    async def timeline(
-        self, customer_id: str, limit: int = 50, cursor: str | None = None
-    ) -> TimelinePage:
-        """A page of the customer's events, newest first; pass `next_cursor` for the next."""
-        return await self._client.execute(timeline_call(customer_id, limit, cursor))
-
-    async def annotate(
-        self, customer_id: str, department: str, author: str, text: str
-    ) -> Annotation:
-        """Leave a department's note on the customer's profile."""
-        return await self._client.execute(annotate_call(customer_id, department, author, text))
-
-    async def merges(self, customer_id: str) -> list[Merge]:
-        """The merges this customer took part in, oldest first."""
-        return await self._client.execute(merges_call(customer_id))
-
-    async def split(self, merge_id: str) -> Merge:
-        """Undo a wrong merge (admin keys): both customers come back as they were."""
-        return await self._client.execute(split_call(merge_id))
-
-    async def mark_shared(
-        self, type: IdentifierType | str, value: str, shared: bool = True
-    ) -> SharedIdentifierRequest:
-        """Mark a device shared (admin keys): it never links or merges customers."""
-        return await self._client.execute(shared_call(type, value, shared))
+        return (yield from send(shared_call(type, value, shared)))

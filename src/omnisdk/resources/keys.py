@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.models import ApiKey, ApiKeyCreate, ApiKeyList, CreatedApiKey
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 
 def create_call(
@@ -28,7 +28,10 @@ def revoke_call(key_id: str) -> Call[ApiKey]:
     return Call("DELETE", f"/v1/keys/{key_id}", model(ApiKey))
 
 
-class Keys(SyncResource):
+class Keys(Resource[C]):
+    """The tenant's API keys (admin keys only)."""
+
+    @operation
     def create(
         self,
         channel: Channel | str,
@@ -36,35 +39,16 @@ class Keys(SyncResource):
         scopes: list[Scope] | None = None,
         *,
         idempotency_key: str | None = None,
-    ) -> CreatedApiKey:
+    ) -> Flow[CreatedApiKey]:
         """A new key for `channel`; its `secret` is returned this once only."""
-        return self._client.execute(create_call(channel, name, scopes, idempotency_key))
+        return (yield from send(create_call(channel, name, scopes, idempotency_key)))
 
-    def list(self) -> list[ApiKey]:
+    @operation
+    def list(self) -> Flow[list[ApiKey]]:
         """Every key of the tenant, revoked ones included, without secrets."""
-        return self._client.execute(list_call())
+        return (yield from send(list_call()))
 
-    def revoke(self, key_id: str) -> ApiKey:
+    @operation
+    def revoke(self, key_id: str) -> Flow[ApiKey]:
         """Revoke a key; requests made with it fail from then on."""
-        return self._client.execute(revoke_call(key_id))
-
-
-class AsyncKeys(AsyncResource):
-    async def create(
-        self,
-        channel: Channel | str,
-        name: str = "",
-        scopes: list[Scope] | None = None,
-        *,
-        idempotency_key: str | None = None,
-    ) -> CreatedApiKey:
-        """A new key for `channel`; its `secret` is returned this once only."""
-        return await self._client.execute(create_call(channel, name, scopes, idempotency_key))
-
-    async def list(self) -> list[ApiKey]:
-        """Every key of the tenant, revoked ones included, without secrets."""
-        return await self._client.execute(list_call())
-
-    async def revoke(self, key_id: str) -> ApiKey:
-        """Revoke a key; requests made with it fail from then on."""
-        return await self._client.execute(revoke_call(key_id))
+        return (yield from send(revoke_call(key_id)))

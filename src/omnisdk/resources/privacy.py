@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from omnisdk.models import CustomerExport, ErasureReceipt
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 
 def export_call(customer_id: str) -> Call[CustomerExport]:
@@ -14,23 +14,17 @@ def erase_call(customer_id: str) -> Call[ErasureReceipt]:
     return Call("POST", f"/v1/privacy/{customer_id}/erase", model(ErasureReceipt))
 
 
-class Privacy(SyncResource):
-    def export(self, customer_id: str) -> CustomerExport:
+class Privacy(Resource[C]):
+    """The customer's rights of access and erasure (admin keys only; both are audited)."""
+
+    @operation
+    def export(self, customer_id: str) -> Flow[CustomerExport]:
         """Everything held about the customer, across every linked identifier."""
-        return self._client.execute(export_call(customer_id))
+        return (yield from send(export_call(customer_id)))
 
-    def erase(self, customer_id: str) -> ErasureReceipt:
+    @operation
+    def erase(self, customer_id: str) -> Flow[ErasureReceipt]:
         """Erase the customer everywhere, in one transaction; legal records stay anonymised."""
-        receipt = self._client.execute(erase_call(customer_id))
-        self._client.consent_cache.invalidate([customer_id])
-        return receipt
-
-
-class AsyncPrivacy(AsyncResource):
-    async def export(self, customer_id: str) -> CustomerExport:
-        return await self._client.execute(export_call(customer_id))
-
-    async def erase(self, customer_id: str) -> ErasureReceipt:
-        receipt = await self._client.execute(erase_call(customer_id))
+        receipt: ErasureReceipt = yield erase_call(customer_id)
         self._client.consent_cache.invalidate([customer_id])
         return receipt

@@ -11,16 +11,16 @@ letter to settle by hand.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+import functools
 import json
 import math
 import threading
-from collections.abc import Callable, Generator, Iterable, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Literal
 
 from omnisdk.core import tokens
 from omnisdk.errors import APIConnectionError, APIError, OfflineLimitReached, ReturnRefused
@@ -37,23 +37,29 @@ from omnisdk.models import (
     ReturnStatus,
 )
 from omnisdk.outbox import DeadLetter, Outbox
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import (
+    Blocking,
+    C,
+    Call,
+    Flow,
+    Resource,
+    local,
+    model,
+    operation,
+    send,
+)
 
 try:
     import fcntl
 except ImportError:  # Windows: one process per till, a thread lock
     fcntl = None  # type: ignore[assignment]
 
-if TYPE_CHECKING:
-    from omnisdk._async import AsyncClient
-    from omnisdk._sync import Client
-
 REDEMPTION = "redemption"
 
 
 def issue_request(
     order_ref: str,
-    lines: list[OrderLineIn] | list[dict[str, Any]],
+    lines: Sequence[OrderLineIn | Mapping[str, Any]],
     return_window_days: int,
     refund_methods: list[RefundMethod] | None,
     customer_id: str | None,
@@ -62,7 +68,7 @@ def issue_request(
     return IssueReturnRequest.model_validate(
         {
             "order_ref": order_ref,
-            "lines": lines,
+            "lines": list(lines),
             "return_window_days": return_window_days,
             "refund_methods": refund_methods or ["original_payment"],
             "customer_id": customer_id,
@@ -123,15 +129,15 @@ def rotate_call() -> Call[PublishedKeys]:
 
 def redeem_request(
     token: str,
-    lines: dict[str, int] | Iterable[RedeemLine],
+    lines: Mapping[str, int] | Iterable[RedeemLine | Mapping[str, Any]],
     till_transaction_id: str,
     store_id: str,
     refund_method: RefundMethod,
 ) -> RedeemRequest:
     items = (
         [RedeemLine(line_id=k, quantity=v) for k, v in lines.items()]
-        if isinstance(lines, dict)
-        else list(lines)
+        if isinstance(lines, Mapping)
+        else [RedeemLine.model_validate(line) for line in lines]
     )
     return RedeemRequest(
         token=token.strip(),
@@ -332,14 +338,11 @@ def verify_flow(
     return result
 
 
-def _advance(
-    flow: Generator[RedeemRequest, Redemption | Exception, SyncOutcome],
-    answer: Redemption | Exception | None,
-) -> tuple[bool, RedeemRequest | SyncOutcome]:
-    """One step of a settle() flow: (finished, next request or the outcome). StopIteration
-    cannot cross a thread's future, so it is turned into a value here."""
+def _resume(flow: Generator[Any, Any, Any], value: Any) -> tuple[bool, Any]:
+    """One step of a flow: (finished, the next thing it asks for, or its result). Sending None
+    also starts it. StopIteration cannot cross a thread's future, so it becomes a value here."""
     try:
-        return False, flow.send(answer)  # type: ignore[arg-type]
+        return False, flow.send(value)
     except StopIteration as finished:
         return True, finished.value
 
@@ -370,202 +373,137 @@ def _repriced(redemption: Redemption, refunded: float) -> Repriced | None:
     return Repriced(redemption.till_transaction_id, refunded, redemption.value)
 
 
-class Returns(SyncResource):
-    def __init__(self, client: Client, till: TillState) -> None:
+class Returns(Resource[C]):
+    """Signed return codes: issue them, verify them offline at a till, redeem them online."""
+
+    def __init__(self, client: C, till: TillState) -> None:
         super().__init__(client)
         self.till = till
 
+    @operation
     def issue(
         self,
         order_ref: str,
-        lines: list[OrderLineIn] | list[dict[str, Any]],
+        lines: Sequence[OrderLineIn | Mapping[str, Any]],
         *,
         return_window_days: int = 30,
         refund_methods: list[RefundMethod] | None = None,
         customer_id: str | None = None,
         currency: str | None = None,
         idempotency_key: str | None = None,
-    ) -> IssuedReturn:
-        """Register an order's returnable lines and get its signed return code."""
+    ) -> Flow[IssuedReturn]:
+        """Register an order's returnable lines and get its signed return code. `lines` are
+        `OrderLineIn` models or mappings (`{"line_id", "sku", "quantity", "unit_price"}`)."""
         request = issue_request(
             order_ref, lines, return_window_days, refund_methods, customer_id, currency
         )
-        return self._client.execute(issue_call(request, idempotency_key))
+        return (yield from send(issue_call(request, idempotency_key)))
 
-    def qr_png(self, token_id: str, medium: str = "screen") -> bytes:
-        """The code as a PNG rendered (once, then cached) by the server."""
-        return self._client.execute(image_call(token_id, "png", medium))
+    @operation
+    def qr_png(self, token_id: str, medium: Literal["screen", "print"] = "screen") -> Flow[bytes]:
+        """The code as a PNG rendered (once, then cached) by the server; "print" uses a higher
+        error correction (Q) for printed receipts, "screen" M."""
+        return (yield from send(image_call(token_id, "png", medium)))
 
-    def qr_svg(self, token_id: str, medium: str = "screen") -> bytes:
-        return self._client.execute(image_call(token_id, "svg", medium))
+    @operation
+    def qr_svg(self, token_id: str, medium: Literal["screen", "print"] = "screen") -> Flow[bytes]:
+        """The code as an SVG image (see `qr_png`)."""
+        return (yield from send(image_call(token_id, "svg", medium)))
 
-    def keys(self, refresh: bool = False) -> PublishedKeys:
+    # The till's verify path (keys and verify), moved here as a unit from the former
+    # Returns/AsyncReturns pair: both clients now refresh the keys on an unknown key id.
+    @operation
+    def keys(self, refresh: bool = False) -> Flow[PublishedKeys]:
         """The shop's published verification keys (cached; fetched when asked or missing)."""
         if refresh or self.till.keys is None:
-            self.till.remember_keys(self._client.execute(keys_call()))
+            fetched: PublishedKeys = yield keys_call()
+            yield Blocking(functools.partial(self.till.remember_keys, fetched))
         assert self.till.keys is not None
         return self.till.keys
 
-    def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
-        """Check a scanned code from the cached keys; fetch them when a code names a new key."""
+    @operation
+    def verify(self, token: str, now: datetime | None = None) -> Flow[tokens.Verification]:
+        """Check a scanned code from the cached keys; fetch them when a code names a key the
+        cache does not know (the shop rotated its key), and call a key the shop's fresh list
+        lacks not genuine (`verify_flow`)."""
         flow = verify_flow(self.till, token, now)
-        try:
-            call = next(flow)
-            while True:
-                try:
-                    keys: PublishedKeys | None = self._client.execute(call)
-                except APIConnectionError:
-                    keys = None
-                call = flow.send(keys)
-        except StopIteration as done:
-            result: tokens.Verification = done.value
-            return result
+        done, step = yield Blocking(functools.partial(_resume, flow, None))
+        while not done:
+            try:
+                keys: PublishedKeys | None = yield step
+            except APIConnectionError:
+                keys = None
+            # Remembering fetched keys writes to the till's disk: off the loop on AsyncClient.
+            done, step = yield Blocking(functools.partial(_resume, flow, keys))
+        result: tokens.Verification = step
+        return result
 
-    def status(self, token: str) -> ReturnStatus:
+    @operation
+    def status(self, token: str) -> Flow[ReturnStatus]:
         """What may still be returned with this code, and what was returned where (online)."""
-        return self._client.execute(status_call(token.strip()))
+        return (yield from send(status_call(token.strip())))
 
+    @operation
     def redeem(
         self,
         token: str,
-        lines: dict[str, int] | list[RedeemLine],
+        lines: Mapping[str, int] | Sequence[RedeemLine | Mapping[str, Any]],
         till_transaction_id: str,
         store_id: str,
         refund_method: RefundMethod,
         *,
         queue_if_offline: bool = False,
         value: float | None = None,
-    ) -> Redemption:
-        """Take back units of lines; with `queue_if_offline`, queue it when the server is away."""
+    ) -> Flow[Redemption]:
+        """Take back units of lines (`{line_id: quantity}`); with `queue_if_offline`, check
+        the code offline and queue the redemption when the server is away (up to the till's
+        `offline_cap`, which needs the refund `value`)."""
         request = redeem_request(token, lines, till_transaction_id, store_id, refund_method)
         try:
-            return self._client.execute(redeem_call(request))
+            return (yield from send(redeem_call(request)))
         except APIConnectionError:
             if not queue_if_offline:
                 raise
-            return self.till.queue(request, value)
+        return (yield from local(functools.partial(self.till.queue, request, value)))
 
-    def pending(self) -> list[dict[str, Any]]:
+    @operation
+    def pending(self) -> Flow[list[dict[str, Any]]]:
         """Redemptions queued offline and not yet confirmed by the server."""
-        return self.till.pending()
+        return (yield from local(self.till.pending))
 
-    def refused(self) -> list[DeadLetter]:
+    @operation
+    def refused(self) -> Flow[list[DeadLetter]]:
         """Queued redemptions the server refused when they were sent: settle them by hand."""
-        return self.till.refused()
+        return (yield from local(self.till.refused))
 
-    def sync_pending(self) -> SyncOutcome:
+    @operation
+    def sync_pending(self) -> Flow[SyncOutcome]:
         """Send queued redemptions; stop at the first network failure (they stay queued)."""
-        flow = self.till.settle()
-        try:
-            request = next(flow)
-            while True:
-                try:
-                    answer: Redemption | Exception = self._client.execute(redeem_call(request))
-                except (APIError, APIConnectionError) as error:
-                    answer = error
-                request = flow.send(answer)
-        except StopIteration as done:
-            outcome: SyncOutcome = done.value
-            return outcome
-
-    def revoke(self, token_id: str) -> dict[str, str]:
-        return self._client.execute(revoke_call(token_id))
-
-    def revoke_order(self, order_ref: str) -> dict[str, str]:
-        return self._client.execute(revoke_order_call(order_ref))
-
-    def rotate_keys(self) -> PublishedKeys:
-        """Start signing with a new key (admin keys); the old one verifies until its grace ends."""
-        keys = self._client.execute(rotate_call())
-        self.till.remember_keys(keys)
-        return keys
-
-
-class AsyncReturns(AsyncResource):
-    def __init__(self, client: AsyncClient, till: TillState) -> None:
-        super().__init__(client)
-        self.till = till
-
-    async def issue(
-        self,
-        order_ref: str,
-        lines: list[OrderLineIn] | list[dict[str, Any]],
-        *,
-        return_window_days: int = 30,
-        refund_methods: list[RefundMethod] | None = None,
-        customer_id: str | None = None,
-        currency: str | None = None,
-        idempotency_key: str | None = None,
-    ) -> IssuedReturn:
-        """Register an order's returnable lines and get its signed return code."""
-        request = issue_request(
-            order_ref, lines, return_window_days, refund_methods, customer_id, currency
-        )
-        return await self._client.execute(issue_call(request, idempotency_key))
-
-    async def keys(self, refresh: bool = False) -> PublishedKeys:
-        if refresh or self.till.keys is None:
-            self.till.remember_keys(await self._client.execute(keys_call()))
-        assert self.till.keys is not None
-        return self.till.keys
-
-    async def verify(self, token: str, now: datetime | None = None) -> tokens.Verification:
-        """Check a scanned code from the cached keys; fetch them when a code names a new key."""
-        flow = verify_flow(self.till, token, now)
-        try:
-            call = next(flow)
-            while True:
-                try:
-                    keys: PublishedKeys | None = await self._client.execute(call)
-                except APIConnectionError:
-                    keys = None
-                call = flow.send(keys)
-        except StopIteration as done:
-            result: tokens.Verification = done.value
-            return result
-
-    async def status(self, token: str) -> ReturnStatus:
-        """What may still be returned with this code, and what was returned where (online)."""
-        return await self._client.execute(status_call(token.strip()))
-
-    def pending(self) -> list[dict[str, Any]]:
-        """Redemptions queued offline and not yet confirmed by the server."""
-        return self.till.pending()
-
-    def refused(self) -> list[DeadLetter]:
-        """Queued redemptions the server refused when they were sent: settle them by hand."""
-        return self.till.refused()
-
-    async def sync_pending(self) -> SyncOutcome:
-        """Send queued redemptions; stop at the first network failure (they stay queued)."""
-        flow = self.till.settle()  # its steps touch the disk: run them off the loop
-        done, step = await asyncio.to_thread(_advance, flow, None)
+        flow = self.till.settle()  # its steps touch the disk: a worker thread's on AsyncClient
+        done, step = yield Blocking(functools.partial(_resume, flow, None))
         while not done:
             assert isinstance(step, RedeemRequest)
             try:
-                answer: Redemption | Exception = await self._client.execute(redeem_call(step))
+                answer: Redemption | Exception = yield redeem_call(step)
             except (APIError, APIConnectionError) as error:
                 answer = error
-            done, step = await asyncio.to_thread(_advance, flow, answer)
+            done, step = yield Blocking(functools.partial(_resume, flow, answer))
         assert isinstance(step, SyncOutcome)
         return step
 
-    async def redeem(
-        self,
-        token: str,
-        lines: dict[str, int] | list[RedeemLine],
-        till_transaction_id: str,
-        store_id: str,
-        refund_method: RefundMethod,
-        *,
-        queue_if_offline: bool = False,
-        value: float | None = None,
-    ) -> Redemption:
-        """Take back units of lines; with `queue_if_offline`, queue it when the server is away."""
-        request = redeem_request(token, lines, till_transaction_id, store_id, refund_method)
-        try:
-            return await self._client.execute(redeem_call(request))
-        except APIConnectionError:
-            if not queue_if_offline:
-                raise
-            return await asyncio.to_thread(self.till.queue, request, value)
+    @operation
+    def revoke(self, token_id: str) -> Flow[dict[str, str]]:
+        """Revoke one return code (admin keys): it redeems nothing from now on."""
+        return (yield from send(revoke_call(token_id)))
+
+    @operation
+    def revoke_order(self, order_ref: str) -> Flow[dict[str, str]]:
+        """Revoke every return code of an order (admin keys)."""
+        return (yield from send(revoke_order_call(order_ref)))
+
+    @operation
+    def rotate_keys(self) -> Flow[PublishedKeys]:
+        """Start signing with a new key (admin keys); the old one verifies until its grace ends."""
+        keys: PublishedKeys = yield rotate_call()
+        yield Blocking(functools.partial(self.till.remember_keys, keys))
+        return keys

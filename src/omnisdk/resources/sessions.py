@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from omnisdk.models import SessionView, SessionWrite
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 
 def get_call(customer_id: str) -> Call[SessionView]:
@@ -22,23 +22,17 @@ def write_call(
     )
 
 
-class Sessions(SyncResource):
-    def get(self, customer_id: str) -> SessionView:
-        """The live keys of the customer's session, with who wrote each and when."""
-        return self._client.execute(get_call(customer_id))
+class Sessions(Resource[C]):
+    """The session document every channel shares for a customer."""
 
+    @operation
+    def get(self, customer_id: str) -> Flow[SessionView]:
+        """The live keys of the customer's session, with who wrote each and when."""
+        return (yield from send(get_call(customer_id)))
+
+    @operation
     def set(
         self, customer_id: str, entries: dict[str, Any], ttl_seconds: int | None = None
-    ) -> SessionView:
+    ) -> Flow[SessionView]:
         """Write keys (None deletes one); the latest write of a key wins on every channel."""
-        return self._client.execute(write_call(customer_id, entries, ttl_seconds))
-
-
-class AsyncSessions(AsyncResource):
-    async def get(self, customer_id: str) -> SessionView:
-        return await self._client.execute(get_call(customer_id))
-
-    async def set(
-        self, customer_id: str, entries: dict[str, Any], ttl_seconds: int | None = None
-    ) -> SessionView:
-        return await self._client.execute(write_call(customer_id, entries, ttl_seconds))
+        return (yield from send(write_call(customer_id, entries, ttl_seconds)))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from omnisdk.models import PingRequest, Pong, Principal
-from omnisdk.resources._resource import AsyncResource, Call, SyncResource, model
+from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
 
 
 def whoami_call() -> Call[Principal]:
@@ -15,25 +15,17 @@ def ping_call(message: str, sequence: int, idempotency_key: str | None) -> Call[
     return Call("POST", "/v1/system/ping", model(Pong), json=body, idempotency_key=idempotency_key)
 
 
-class System(SyncResource):
-    def whoami(self) -> Principal:
-        """The tenant, channel and scopes of this client's API key."""
-        return self._client.execute(whoami_call())
+class System(Resource[C]):
+    """Who this client is, and whether it may write."""
 
+    @operation
+    def whoami(self) -> Flow[Principal]:
+        """The tenant, channel and scopes of this client's API key."""
+        return (yield from send(whoami_call()))
+
+    @operation
     def ping(
         self, message: str = "ping", sequence: int = 0, *, idempotency_key: str | None = None
-    ) -> Pong:
+    ) -> Flow[Pong]:
         """A write that changes nothing: proves the key may write and the server answers."""
-        return self._client.execute(ping_call(message, sequence, idempotency_key))
-
-
-class AsyncSystem(AsyncResource):
-    async def whoami(self) -> Principal:
-        """The tenant, channel and scopes of this client's API key."""
-        return await self._client.execute(whoami_call())
-
-    async def ping(
-        self, message: str = "ping", sequence: int = 0, *, idempotency_key: str | None = None
-    ) -> Pong:
-        """A write that changes nothing: proves the key may write and the server answers."""
-        return await self._client.execute(ping_call(message, sequence, idempotency_key))
+        return (yield from send(ping_call(message, sequence, idempotency_key)))
