@@ -59,6 +59,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from server_stub.frontdoor import uvicorn_options
+
     url = _database_url(args)
     # The app (in this process or in worker processes) reads its settings from the environment.
     os.environ["OMNISDK_DATABASE_URL"] = url
@@ -71,9 +73,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        access_log=False,
-        log_config=None,
-        server_header=False,
+        # Header, timeout and connection limits (docs/server.md, "Limits").
+        **uvicorn_options(settings_from_environment()),
         # Live change feeds never finish by themselves: give them a moment, then close them.
         timeout_graceful_shutdown=3,
     )

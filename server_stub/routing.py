@@ -29,6 +29,7 @@ from server_stub.auth import (
     authenticate,
     check_scope,
 )
+from server_stub.budget import retry_after_header
 from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
@@ -106,6 +107,7 @@ class ApiRoute(APIRoute):
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
             principal = await authenticate(request, runtime.database, runtime.key_cache)
+            _spend_budget(runtime, principal)
             check_scope(principal, required_scope)
             request.state.principal = principal
             write = request.method in MUTATING_METHODS and not read_only
@@ -119,6 +121,17 @@ class ApiRoute(APIRoute):
                 return await endpoint(request)
 
         return handle
+
+
+def _spend_budget(runtime: Runtime, principal: Principal) -> None:
+    wait = runtime.budget.spend(principal.key_id)
+    if wait is not None:
+        raise Problem(
+            ProblemType.RATE_LIMITED,
+            f"this API key made more than {runtime.settings.rate_limit_per_second:g} requests "
+            "a second; wait for Retry-After, then go on",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 def _idempotency_key(request: Request) -> str | None:
