@@ -126,8 +126,15 @@ READ_ONLY_EXTENSION = "x-read-only"
 OWN_IDEMPOTENCY_EXTENSION = "x-idempotent-by-operation-ids"
 
 
+ITEMS_JUDGED_ALONE_EXTENSION = "x-items-judged-alone"
+
+
 def needs(
-    scope: Scope, *, read_only: bool = False, own_idempotency: bool = False
+    scope: Scope,
+    *,
+    read_only: bool = False,
+    own_idempotency: bool = False,
+    items_judged_alone: str | None = None,
 ) -> dict[str, Any]:
     """A route's `openapi_extra`: the one scope it requires. `ApiRoute` checks it before the
     body is read, and the OpenAPI document shows it to client authors. `read_only` marks a
@@ -139,6 +146,10 @@ def needs(
         # Each operation carries its own id and is applied once: a repeated request is
         # harmless without storing its answer under the Idempotency-Key.
         extra[OWN_IDEMPOTENCY_EXTENSION] = True
+    if items_judged_alone:
+        # The body's list under this member is judged item by item (an events batch): a
+        # value the strict JSON policy refuses inside one item rejects that item, not the body.
+        extra[ITEMS_JUDGED_ALONE_EXTENSION] = items_judged_alone
     return extra
 
 

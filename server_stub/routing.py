@@ -19,10 +19,12 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
+from omnisdk.core import strict_json
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
 from server_stub.auth import (
+    ITEMS_JUDGED_ALONE_EXTENSION,
     OWN_IDEMPOTENCY_EXTENSION,
     READ_ONLY_EXTENSION,
     SCOPE_EXTENSION,
@@ -96,6 +98,7 @@ class ApiRoute(APIRoute):
         self.required_scope = Scope(declared)
         self.read_only = bool(extra.get(READ_ONLY_EXTENSION))
         self.own_idempotency = bool(extra.get(OWN_IDEMPOTENCY_EXTENSION))
+        self.items_judged_alone: str | None = extra.get(ITEMS_JUDGED_ALONE_EXTENSION)
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Endpoint:
@@ -103,6 +106,7 @@ class ApiRoute(APIRoute):
         required_scope = self.required_scope
         read_only = self.read_only
         own_idempotency = self.own_idempotency
+        items_judged_alone = self.items_judged_alone
 
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
@@ -110,6 +114,8 @@ class ApiRoute(APIRoute):
             _spend_budget(runtime, principal)
             check_scope(principal, required_scope)
             request.state.principal = principal
+            if request.method in MUTATING_METHODS:
+                await _parse_strictly(request, items_judged_alone)
             write = request.method in MUTATING_METHODS and not read_only
             key = _idempotency_key(request) if write and not own_idempotency else None
             if key is not None:
@@ -121,6 +127,49 @@ class ApiRoute(APIRoute):
                 return await endpoint(request)
 
         return handle
+
+
+async def _parse_strictly(request: Request, items_judged_alone: str | None) -> None:
+    """Parse a JSON body once, under the strict JSON policy (`omnisdk.core.strict_json`),
+    before FastAPI does: FastAPI's parser takes NaN, `1e400`, lone surrogates and duplicate
+    keys, and answers invalid UTF-8 as a validation error."""
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() != "identity":
+        raise Problem(
+            ProblemType.UNSUPPORTED_MEDIA_TYPE,
+            "send the body uncompressed (no Content-Encoding); the server does not decode "
+            f"{encoding[:20]!r}",
+        )
+    content_type = request.headers.get("content-type")
+    if content_type is not None and "json" not in content_type.partition(";")[0].lower():
+        return  # not JSON: the route's own rule answers (415, or a form's parser)
+    body = await request.body()
+    if not body:
+        return
+    try:
+        value = strict_json.loads(body)
+    except strict_json.MalformedJson as exc:
+        raise Problem(ProblemType.MALFORMED_JSON, str(exc)) from None
+    except strict_json.StrictJsonError as exc:
+        if not _inside_items(exc.violations, items_judged_alone):
+            raise _strict_json_problem(exc) from None
+        value = exc.value  # each item is judged alone, and refused with its index
+    # Starlette's Request.json() returns this cached value: FastAPI validates what we parsed.
+    setattr(request, "_json", value)  # noqa: B010
+
+
+def _inside_items(violations: list[strict_json.Violation], member: str | None) -> bool:
+    return member is not None and all(
+        len(v.loc) >= 2 and v.loc[0] == member and isinstance(v.loc[1], int) for v in violations
+    )
+
+
+def _strict_json_problem(exc: strict_json.StrictJsonError) -> Problem:
+    return Problem(
+        ProblemType.VALIDATION_ERROR,
+        "the body holds JSON this server does not take; see `errors`",
+        errors=[{"loc": ["body", *v.loc], "msg": v.msg, "type": v.type} for v in exc.violations],
+    )
 
 
 def _spend_budget(runtime: Runtime, principal: Principal) -> None:

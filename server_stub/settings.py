@@ -91,13 +91,13 @@ class Settings(BaseSettings):
         "with Retry-After. Live change feeds count: allow for them.",
     )
     rate_limit_per_second: float = Field(
-        default=1_000.0,
+        default=2_000.0,
         ge=0,
         description="Requests per second one API key may make to one process, on average "
         "(0: no limit); beyond the burst, 429 `rate-limited` with Retry-After.",
     )
     rate_limit_burst: int = Field(
-        default=2_000, gt=0, description="Requests one key may make at once above its rate."
+        default=4_000, gt=0, description="Requests one key may make at once above its rate."
     )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)

@@ -60,7 +60,10 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
 async def resume_position(conn: AsyncConnection, tenant_id: str, last_event_id: str | None) -> int:
     """Where a watcher starts: after the change it saw last, or (a new one) at the newest."""
     if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
-        # Beyond any position a tenant can reach: the stream answers with a resync.
+        # Beyond any position a tenant can reach: the stream answers with a resync. (Digits
+        # beyond a BIGINT's are not converted: int() of thousands of digits raises.)
+        if len(last_event_id) > len(str(LARGEST_POSITION)):
+            return LARGEST_POSITION
         return min(int(last_event_id), LARGEST_POSITION)
     return (await changes.horizon(conn, tenant_id)).newest
 

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.consent import (
@@ -20,6 +20,22 @@ from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallo
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.tokens import VerificationKey
+
+
+def _storable_instant(value: datetime) -> datetime:
+    """The time in UTC, if every store can hold it: a time zone is required (a naive time
+    compared with a stored one failed), and the first and last days of the calendar are
+    refused (moving them to UTC overflows)."""
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time lies beyond the calendar once moved to UTC") from None
+    if not 1 < value.year < 9999:
+        raise ValueError("the time must lie between the years 2 and 9998")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
 
 
 class WireModel(BaseModel):
@@ -582,8 +598,9 @@ class ConsentDecisionIn(WireModel):
     source: ConsentSource = "other"
     method: str = Field(default="", max_length=40, description="e.g. click, checkbox, signature")
     notice: NoticeIn | None = None
-    client_time: datetime | None = Field(
-        default=None, description="When the customer decided, by the device's clock."
+    client_time: Instant | None = Field(
+        default=None,
+        description="When the customer decided, by the device's clock (with its UTC offset).",
     )
     queued: bool = Field(
         default=False,
