@@ -248,7 +248,7 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
         units = {
             key.removeprefix("qty-"): int(str(value))
             for key, value in form.items()
-            if key.startswith("qty-") and str(value).isdigit() and int(str(value)) > 0
+            if key.startswith("qty-") and _plain_count(str(value))
         }
         refund_method = str(form.get("refund_method", ""))
         amount = _amount(str(form.get("amount", "")))
@@ -390,3 +390,9 @@ def _amount(text: str) -> float | None:
     except ValueError:
         return None
     return value if value >= 0 else None
+
+
+def _plain_count(text: str) -> bool:
+    """A quantity typed at the till: 1 to 9999 in ASCII digits (`²` is a digit to Python,
+    but not a number int() reads; 10^30 units overflowed the outbox)."""
+    return text.isascii() and text.isdigit() and len(text) <= 4 and int(text) > 0
