@@ -113,6 +113,7 @@ class ApiRoute(APIRoute):
             principal = await authenticate(request, runtime.database, runtime.key_cache)
             _spend_budget(runtime, principal)
             check_scope(principal, required_scope)
+            _check_parameters(request)
             request.state.principal = principal
             if request.method in MUTATING_METHODS:
                 await _parse_strictly(request, items_judged_alone)
@@ -169,6 +170,25 @@ def _strict_json_problem(exc: strict_json.StrictJsonError) -> Problem:
         ProblemType.VALIDATION_ERROR,
         "the body holds JSON this server does not take; see `errors`",
         errors=[{"loc": ["body", *v.loc], "msg": v.msg, "type": v.type} for v in exc.violations],
+    )
+
+
+def _check_parameters(request: Request) -> None:
+    """Path and query parameters hold text both stores can compare: a NUL (`%00`) made
+    PostgreSQL fail the query. (A lone surrogate cannot arrive: percent-decoding replaces
+    invalid UTF-8.)"""
+    if "\x00" not in request.scope["path"] and b"%00" not in request.scope["query_string"]:
+        return
+    places = [("path", name, value) for name, value in request.path_params.items()]
+    places += [("query", name, value) for name, value in request.query_params.multi_items()]
+    raise Problem(
+        ProblemType.VALIDATION_ERROR,
+        "a path or query parameter holds a NUL character",
+        errors=[
+            {"loc": [where, name], "msg": "a NUL character is not allowed", "type": "string_nul"}
+            for where, name, value in places
+            if isinstance(value, str) and "\x00" in value
+        ],
     )
 
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-import re
 import time
 from dataclasses import dataclass
 
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from omnisdk.core.identifiers import IdentifierKey, IdentifierType, identifier_key
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType, JunkMatcher, identifier_key
 from omnisdk.core.profile import LifecycleThresholds
 from omnisdk.models import TenantSettings
+from server_stub.services.junk_patterns import compile_patterns, compile_stored
 from server_stub.storage.tables import tenants
 
 
@@ -20,7 +20,7 @@ class TenantContext:
     tenant_id: str
     secret: bytes
     settings: TenantSettings
-    junk_patterns: tuple[re.Pattern[str], ...]
+    junk_patterns: tuple[JunkMatcher, ...]
 
     def key(self, type: IdentifierType | str, value: str) -> IdentifierKey:
         """The stored key of an identifier; raises InvalidIdentifier."""
@@ -41,19 +41,6 @@ class TenantContext:
     def lifecycle(self) -> LifecycleThresholds:
         profile = self.settings.profile
         return LifecycleThresholds(profile.new_days, profile.active_days, profile.lapsing_days)
-
-
-def compile_patterns(patterns: list[str]) -> tuple[re.Pattern[str], ...]:
-    """Compile junk patterns; raises ValueError naming the bad one."""
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern, re.IGNORECASE))
-        except re.error as exc:
-            raise ValueError(
-                f"junk pattern {pattern!r} is not a regular expression: {exc}"
-            ) from exc
-    return tuple(compiled)
 
 
 class TenantContexts:
@@ -79,7 +66,7 @@ class TenantContexts:
             tenant_id,
             bytes(row.identifier_secret),
             settings,
-            compile_patterns(settings.identity.junk_patterns),
+            compile_stored(tenant_id, settings.identity.junk_patterns),
         )
         self._entries[tenant_id] = (context, time.monotonic() + self.ttl)
         return context

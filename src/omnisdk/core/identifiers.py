@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Protocol
 
 
 class IdentifierType(StrEnum):
@@ -52,7 +54,13 @@ JUNK_VALUES = frozenset(
 MAX_VALUE_LENGTH = 256
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
 _PHONE_SEPARATORS = re.compile(r"[\s().\-/]")
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class JunkMatcher(Protocol):
+    """A shop's junk pattern, compiled (the server uses RE2, which runs in linear time)."""
+
+    def fullmatch(self, text: str, /) -> object: ...
 
 
 class InvalidIdentifier(ValueError):
@@ -87,7 +95,7 @@ def normalise_email(value: str) -> str:
 
 def normalise_phone(value: str, default_country_code: str | None = None) -> str:
     """E.164: `+` and 8 to 15 digits. A national number (leading 0) needs a country code."""
-    raw = _PHONE_SEPARATORS.sub("", value.strip())
+    raw = _ascii_digits(_PHONE_SEPARATORS.sub("", value.strip()))
     if raw.startswith("00"):
         raw = "+" + raw[2:]
     elif raw.startswith("0") and default_country_code:
@@ -103,11 +111,19 @@ def normalise_phone(value: str, default_country_code: str | None = None) -> str:
     return "+" + digits
 
 
+def _ascii_digits(text: str) -> str:
+    """Decimal digits of any script as ASCII digits: `+٤٩١٥١٢٣٤٥٦٧٨` is the same number as
+    `+4915112345678`, and must hash the same (else it became a second customer)."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
+
+
 def normalise(
     type: IdentifierType | str,
     value: str,
     *,
-    junk_patterns: Iterable[re.Pattern[str]] = (),
+    junk_patterns: Iterable[JunkMatcher] = (),
     default_country_code: str | None = None,
 ) -> str:
     """The canonical form of `value`, or InvalidIdentifier if it cannot identify anyone."""
@@ -146,7 +162,7 @@ def identifier_key(
     type: IdentifierType | str,
     value: str,
     *,
-    junk_patterns: Iterable[re.Pattern[str]] = (),
+    junk_patterns: Iterable[JunkMatcher] = (),
     default_country_code: str | None = None,
 ) -> IdentifierKey:
     """The stored key of an identifier: normalised, and hashed for e-mail and phone."""
