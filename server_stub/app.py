@@ -96,13 +96,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 "run `omnisdk-server migrate` first"
             )
         database = Database(settings.database_url, settings.database_pool_size)
+        sealer = sealer_from(settings)
         app.state.runtime = Runtime(
             settings,
             database,
             KeyCache(settings.auth_cache_seconds),
             metrics,
-            TenantContexts(settings.auth_cache_seconds),
-            SigningKeys(sealer_from(settings)),
+            TenantContexts(settings.auth_cache_seconds, sealer),
+            SigningKeys(sealer),
             ChangeHub(database, settings.change_poll_seconds),
             RequestBudget(settings.rate_limit_per_second, settings.rate_limit_burst),
         )

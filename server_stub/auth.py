@@ -127,6 +127,7 @@ OWN_IDEMPOTENCY_EXTENSION = "x-idempotent-by-operation-ids"
 
 
 ITEMS_JUDGED_ALONE_EXTENSION = "x-items-judged-alone"
+REPLAY_REDACTS_EXTENSION = "x-replay-redacts"
 
 
 def needs(
@@ -135,6 +136,7 @@ def needs(
     read_only: bool = False,
     own_idempotency: bool = False,
     items_judged_alone: str | None = None,
+    replay_redacts: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A route's `openapi_extra`: the one scope it requires. `ApiRoute` checks it before the
     body is read, and the OpenAPI document shows it to client authors. `read_only` marks a
@@ -146,6 +148,10 @@ def needs(
         # Each operation carries its own id and is applied once: a repeated request is
         # harmless without storing its answer under the Idempotency-Key.
         extra[OWN_IDEMPOTENCY_EXTENSION] = True
+    if replay_redacts:
+        # Members of the answer that are secrets shown once (`secret`, `confirmations.*.token`):
+        # the stored answer that an Idempotency-Key replays holds null there instead.
+        extra[REPLAY_REDACTS_EXTENSION] = list(replay_redacts)
     if items_judged_alone:
         # The body's list under this member is judged item by item (an events batch): a
         # value the strict JSON policy refuses inside one item rejects that item, not the body.

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel, Scope
+from server_stub.sealing import sealer_from
 from server_stub.services import audit, tenants
 from server_stub.services import keys as key_store
 from server_stub.settings import settings_from_environment
@@ -83,7 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_tenant_create(args: argparse.Namespace) -> None:
     async def work(database: Database) -> tenants.Tenant:
         async with database.transaction(write=True) as conn:
-            return await tenants.create(conn, args.name)
+            return await tenants.create(
+                conn, args.name, sealer=sealer_from(settings_from_environment())
+            )
 
     try:
         tenant = asyncio.run(_with_database(_database_url(args), work))

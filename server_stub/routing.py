@@ -8,6 +8,7 @@ raises: a failed request leaves nothing half-written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -27,6 +28,7 @@ from server_stub.auth import (
     ITEMS_JUDGED_ALONE_EXTENSION,
     OWN_IDEMPOTENCY_EXTENSION,
     READ_ONLY_EXTENSION,
+    REPLAY_REDACTS_EXTENSION,
     SCOPE_EXTENSION,
     authenticate,
     check_scope,
@@ -99,6 +101,7 @@ class ApiRoute(APIRoute):
         self.read_only = bool(extra.get(READ_ONLY_EXTENSION))
         self.own_idempotency = bool(extra.get(OWN_IDEMPOTENCY_EXTENSION))
         self.items_judged_alone: str | None = extra.get(ITEMS_JUDGED_ALONE_EXTENSION)
+        self.replay_redacts: tuple[str, ...] = tuple(extra.get(REPLAY_REDACTS_EXTENSION, ()))
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Endpoint:
@@ -107,6 +110,7 @@ class ApiRoute(APIRoute):
         read_only = self.read_only
         own_idempotency = self.own_idempotency
         items_judged_alone = self.items_judged_alone
+        replay_redacts = self.replay_redacts
 
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
@@ -120,7 +124,7 @@ class ApiRoute(APIRoute):
             write = request.method in MUTATING_METHODS and not read_only
             key = _idempotency_key(request) if write and not own_idempotency else None
             if key is not None:
-                return await _idempotent(request, endpoint, runtime, principal, key)
+                return await _idempotent(request, endpoint, runtime, principal, key, replay_redacts)
             async with UnitOfWork(
                 runtime.database, write=write, on_commit=runtime.changes.wake
             ) as unit:
@@ -216,7 +220,12 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 async def _idempotent(
-    request: Request, endpoint: Endpoint, runtime: Runtime, principal: Principal, key: str
+    request: Request,
+    endpoint: Endpoint,
+    runtime: Runtime,
+    principal: Principal,
+    key: str,
+    redacts: tuple[str, ...],
 ) -> Response:
     body = await request.body()
     fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
@@ -233,7 +242,7 @@ async def _idempotent(
                     runtime.metrics.idempotent_replays.inc()
                     return _replay(prior, fingerprint)
                 response = await endpoint(request)
-                outcome = _outcome(response, fingerprint)
+                outcome = _outcome(response, fingerprint, redacts)
                 if outcome is not None:
                     await idempotency.store(
                         conn, principal.tenant_id, key, outcome, replaces_expired=prior is not None
@@ -247,16 +256,42 @@ async def _idempotent(
     raise AssertionError("unreachable")
 
 
-def _outcome(response: Response, fingerprint: str) -> idempotency.StoredOutcome | None:
+def _outcome(
+    response: Response, fingerprint: str, redacts: tuple[str, ...]
+) -> idempotency.StoredOutcome | None:
     body = getattr(response, "body", None)
     if not 200 <= response.status_code < 300 or not isinstance(body, bytes):
         return None
+    if redacts:
+        body = _redacted(body, redacts)
     headers = {
         name: response.headers[name]
         for name in idempotency.REPLAYED_HEADERS
         if name in response.headers
     }
     return idempotency.StoredOutcome(fingerprint, response.status_code, headers, body)
+
+
+def _redacted(body: bytes, paths: tuple[str, ...]) -> bytes:
+    """The answer with null at each dotted path (`*` for every item of a list): a secret shown
+    once is not kept for 24 hours in the idempotency records."""
+    document = json.loads(body)
+    for path in paths:
+        _null_at(document, path.split("."))
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _null_at(node: Any, parts: list[str]) -> None:
+    head, rest = parts[0], parts[1:]
+    if head == "*" and isinstance(node, list):
+        for item in node:
+            if rest:
+                _null_at(item, rest)
+    elif isinstance(node, dict) and head in node:
+        if rest:
+            _null_at(node[head], rest)
+        else:
+            node[head] = None
 
 
 def _replay(prior: idempotency.StoredOutcome, fingerprint: str) -> Response:

@@ -11,7 +11,9 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType, JunkMatcher, identifier_key
 from omnisdk.core.profile import LifecycleThresholds
 from omnisdk.models import TenantSettings
+from server_stub.sealing import Sealer
 from server_stub.services.junk_patterns import compile_patterns, compile_stored
+from server_stub.services.tenants import unseal_identifier_secret
 from server_stub.storage.tables import tenants
 
 
@@ -46,8 +48,9 @@ class TenantContext:
 class TenantContexts:
     """Tenant contexts, trusted for `ttl` seconds (a settings change here is seen at once)."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, sealer: Sealer) -> None:
         self.ttl = ttl
+        self._sealer = sealer
         self._entries: dict[str, tuple[TenantContext, float]] = {}
 
     async def get(self, conn: AsyncConnection, tenant_id: str) -> TenantContext:
@@ -64,7 +67,7 @@ class TenantContexts:
         settings = TenantSettings.model_validate(row.settings or {})
         context = TenantContext(
             tenant_id,
-            bytes(row.identifier_secret),
+            unseal_identifier_secret(self._sealer, tenant_id, bytes(row.identifier_secret)),
             settings,
             compile_stored(tenant_id, settings.identity.junk_patterns),
         )

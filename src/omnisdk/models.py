@@ -87,7 +87,11 @@ class ApiKey(WireModel):
 
 
 class CreatedApiKey(ApiKey):
-    secret: str = Field(description="The full API key. Shown once; the server keeps only a hash.")
+    secret: str | None = Field(
+        description="The full API key. Shown once; the server keeps only a hash. None when the "
+        "answer is a replay of the same request (`Idempotent-Replayed`): the secret is not "
+        "kept, so revoke that key and create another."
+    )
 
 
 class ApiKeyList(WireModel):
@@ -654,7 +658,10 @@ class Confirmation(WireModel):
 
     purpose: str
     decision_id: str
-    token: str
+    token: str | None = Field(
+        description="None when the answer is a replay of the same request "
+        "(`Idempotent-Replayed`): the token is not kept; record the decision again for a new one."
+    )
     expires_at: datetime
 
 

@@ -128,10 +128,12 @@ class _ServerBase:
         self, name: str = "test shop", settings: dict[str, Any] | None = None
     ) -> TestTenant:
         """A tenant (with `settings`, TenantSettings as JSON, e.g. {"consent": {...}})."""
+        from server_stub.sealing import Sealer
         from server_stub.services import tenants
 
         async def work(conn: Any) -> str:
-            return (await tenants.create(conn, name, settings)).id
+            sealer = Sealer(base64.b64decode(self.secret_key))
+            return (await tenants.create(conn, name, settings, sealer=sealer)).id
 
         return TestTenant(id=self._write(work), name=name, server=self)
 

@@ -55,3 +55,64 @@ async def test_server_refuses_to_start_on_an_unmigrated_database(empty_database_
     with pytest.raises(SchemaNotMigrated, match="omnisdk-server migrate"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def _upgrade_to(url: str, revision: str) -> None:
+    from alembic import command
+
+    from server_stub.storage.database import async_url
+    from server_stub.storage.migrate import _config
+
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(_config(sync), revision))
+    finally:
+        await engine.dispose()
+
+
+async def test_identifier_secrets_stored_in_the_clear_are_sealed_by_0011(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from server_stub.services.tenants import unseal_identifier_secret
+    from server_stub.storage.tables import tenants
+    from tests.server.conftest import TEST_SEALER, TEST_SECRET_KEY
+
+    await _upgrade_to(empty_database_url, "0010")
+    raw = os.urandom(32)
+    engine = create_async_engine(async_url_of(empty_database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(tenants).values(
+                    id="ten_old",
+                    name="an old shop",
+                    created_at=datetime.now(UTC),
+                    identifier_secret=raw,
+                    settings={},
+                )
+            )
+        monkeypatch.setenv("OMNISDK_SECRET_KEY", TEST_SECRET_KEY)
+        assert await upgrade(empty_database_url) == head_revision()
+        async with engine.begin() as connection:
+            stored = (
+                await connection.execute(
+                    select(tenants.c.identifier_secret).where(tenants.c.id == "ten_old")
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert bytes(stored) != raw and raw not in bytes(stored)
+    # The same key as before: every stored e-mail and phone hash still matches.
+    assert unseal_identifier_secret(TEST_SEALER, "ten_old", bytes(stored)) == raw
+
+
+def async_url_of(url: str) -> str:
+    from server_stub.storage.database import async_url
+
+    return async_url(url)
