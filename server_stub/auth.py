@@ -17,6 +17,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
 from server_stub.errors import Problem
 from server_stub.services import keys as key_store
+from server_stub.services import tenants
 from server_stub.storage.database import Database
 
 CHANNEL_HEADER = "x-omnisdk-channel"
@@ -112,6 +113,22 @@ async def authenticate(request: Request, database: Database, cache: KeyCache) ->
             f"channel; use a key made for {declared}",
         )
     return entry.principal
+
+
+async def still_valid(principal: Principal, database: Database, cache: KeyCache) -> bool:
+    """Whether the key that opened a long-lived answer (a change feed) may still read: not
+    revoked, not removed, its tenant still there. Trusts the key cache for its `ttl`, like
+    every request does."""
+    entry = cache.get(principal.key_id)
+    if entry is not None:
+        return entry.key.revoked_at is None
+    async with database.transaction(write=False) as conn:
+        stored = await key_store.get(conn, principal.key_id, principal.tenant_id)
+        tenant = await tenants.get(conn, principal.tenant_id) if stored is not None else None
+    if stored is None or tenant is None:
+        return False
+    cache.put(stored)
+    return stored.revoked_at is None
 
 
 def principal_of(request: Request) -> Principal:
