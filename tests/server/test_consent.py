@@ -10,6 +10,7 @@ from typing import Any
 from sqlalchemy import select
 
 from omnisdk.core.consent import issue_confirmation
+from omnisdk.core.identifiers import hashed_contact_data
 from server_stub.services.changes import since
 from server_stub.services.consent import CONFIRMATION_CONTEXT
 from server_stub.services.tenants import unseal_identifier_secret
@@ -267,12 +268,15 @@ async def test_without_analytics_consent_events_keep_no_identifiers(
     await decide(shop, amy, {"purpose": "analytics", "status": "withdrawn"})
     assert (await shop.request("POST", "/v1/events", "web", json=viewed)).is_success
 
+    async with server.database.transaction(write=False) as conn:
+        secret = (await server.app.state.runtime.tenants.get(conn, shop.id)).secret
     assert await stored(server, shop) == [
         # No decision yet: counted for no one, and personal properties dropped.
         ("product_viewed", "", {"sku": "SHOE-1", "category": "shoes"}),
         # A purchase is a record of the contract: kept with the customer.
         ("order_completed", amy, {"order_id": "o-1"}),
-        ("product_viewed", amy, viewed["properties"]),
+        # Granted: kept with the customer, the address only as its keyed hash.
+        ("product_viewed", amy, hashed_contact_data(viewed["properties"], secret)),
         # Withdrawn: from the next event on, anonymous again.
         ("product_viewed", "", {"sku": "SHOE-1", "category": "shoes"}),
     ]

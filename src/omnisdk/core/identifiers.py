@@ -14,7 +14,7 @@ import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Protocol
+from typing import Any, Protocol
 
 
 class IdentifierType(StrEnum):
@@ -172,3 +172,72 @@ def identifier_key(
     kind = IdentifierType(type)
     stored = keyed_hash(secret, kind, normalised) if kind in HASHED_TYPES else normalised
     return IdentifierKey(kind, stored)
+
+
+# --- contact data outside identifiers ---------------------------------------------------------
+
+# Names under which a shop may send an e-mail address or a phone number in event properties,
+# traits or session entries. Their values, and any string shaped like an address or an
+# international number, are kept only as keyed hashes (docs/server.md, "Identity data").
+CONTACT_NAMES = {
+    "email": IdentifierType.EMAIL,
+    "e-mail": IdentifierType.EMAIL,
+    "e_mail": IdentifierType.EMAIL,
+    "phone": IdentifierType.PHONE,
+    "mobile": IdentifierType.PHONE,
+    "telephone": IdentifierType.PHONE,
+}
+HASHED_MARK = "#"  # "email#<hex>": what stands in place of an address or a number
+_ALREADY_HASHED = re.compile(r"(email|phone)#[0-9a-f]{64}")
+
+
+def hashed_contact_data(value: Any, secret: bytes) -> Any:
+    """`value` (JSON) with each e-mail address and phone number — by its key's name or by its
+    shape — replaced by `type#<HMAC-SHA-256 under the tenant's secret>`, the same keyed hash
+    identifiers are stored as: the shop can still match them, nobody can read them back."""
+    if isinstance(value, dict):
+        return {
+            key: _hashed_named(child, CONTACT_NAMES.get(key.lower()), secret)
+            if isinstance(key, str)
+            else hashed_contact_data(child, secret)
+            for key, child in value.items()
+        }
+    if isinstance(value, list):
+        return [hashed_contact_data(child, secret) for child in value]
+    if isinstance(value, str):
+        kind = _contact_shape(value)
+        return _hashed(value, kind, secret) if kind is not None else value
+    return value
+
+
+def _hashed_named(value: Any, named: IdentifierType | None, secret: bytes) -> Any:
+    if named is None or value is None or isinstance(value, dict | list | bool):
+        return hashed_contact_data(value, secret)
+    return _hashed(str(value), named, secret)
+
+
+def _contact_shape(text: str) -> IdentifierType | None:
+    """The kind of contact data `text` looks like, if any (cheap tests first: most strings
+    hold neither `@` nor a leading `+`)."""
+    if "@" in text and _EMAIL.fullmatch(text.strip().lower()):
+        return IdentifierType.EMAIL
+    stripped = text.strip()
+    if stripped[:1] == "+" or stripped[:2] == "00":
+        try:
+            normalise_phone(stripped)
+        except InvalidIdentifier:
+            return None
+        return IdentifierType.PHONE
+    return None
+
+
+def _hashed(text: str, kind: IdentifierType, secret: bytes) -> str:
+    if text.startswith(f"{kind.value}{HASHED_MARK}"):
+        return text  # already a keyed hash (a value read back and written again)
+    try:
+        normalised = (
+            normalise_email(text) if kind is IdentifierType.EMAIL else normalise_phone(text)
+        )
+    except InvalidIdentifier:
+        normalised = text.strip().lower()  # not well-formed, but never kept in the clear
+    return f"{kind.value}{HASHED_MARK}{keyed_hash(secret, kind, normalised)}"
