@@ -68,10 +68,19 @@ def _raw_problem(type: ProblemType, detail: str, headers: dict[str, str] | None 
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
+# What a connection is waiting for, and so which deadline applies.
+_IDLE, _HEADERS, _BODY = 0, 1, 2
+SWEEP_SECONDS = 0.5  # how often deadlines are looked at: each holds to within this much
+
+
 class GuardedHttpProtocol(HttpToolsProtocol):
     """uvicorn's httptools protocol with header size and count limits, header and body read
     timeouts and a connection cap. `limits` None reads them from the environment (the
-    `serve` command, whose worker processes import this class by name)."""
+    `serve` command, whose worker processes import this class by name).
+
+    Deadlines cost a request two clock reads: each connection notes when its current wait
+    began, and one sweep per server every `SWEEP_SECONDS` closes the overdue (a timer armed
+    and cancelled per request cost the no-op write several per cent)."""
 
     limits: ClassVar[FrontDoorLimits | None] = None
 
@@ -84,11 +93,10 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     ) -> None:
         super().__init__(config, server_state, app_state, _loop)
         self._limits = type(self).limits or FrontDoorLimits.of(settings_from_environment())
-        self._reading_headers = True
+        self._waiting = _HEADERS
+        self._since = 0.0
         self._header_bytes = 0
-        self._header_count = 0
         self._over_capacity = False
-        self._deadline: asyncio.TimerHandle | None = None
         self._lingering = False
 
     @classmethod
@@ -103,17 +111,14 @@ class GuardedHttpProtocol(HttpToolsProtocol):
         # Answered once its headers are read, so the client sees the refusal (closing at once
         # would reset the connection under its request).
         self._over_capacity = len(self.connections) > self._limits.max_connections
-        self._arm(self._limits.header_timeout)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
+        self._since = self.loop.time()
+        _Sweeper.ensure(self.loop, self.server_state)
 
     def data_received(self, data: bytes) -> None:
         if self.parser is None or self._lingering or self.transport.is_closing():
             return
         self._unset_keepalive_if_required()
-        if self._reading_headers:
+        if self._waiting == _HEADERS:
             self._header_bytes += len(data)
         try:
             self.parser.feed_data(data)
@@ -127,64 +132,68 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             if not isinstance(exc.__context__, _Refused):
                 self.send_400_response("Invalid HTTP request received.")
             return
-        if self._reading_headers and self._header_bytes > self._limits.max_header_bytes:
+        if self._waiting == _HEADERS and self._header_bytes > self._limits.max_header_bytes:
             self._refuse_headers()
 
     # Parser callbacks
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
-        self._reading_headers = True
-        self._header_count = 0
-        if self._deadline is None:
-            self._arm(self._limits.header_timeout)
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._header_count += 1
-        if self._header_count > self._limits.max_header_count:
-            self._refuse_headers()
-            raise _Refused
-        super().on_header(name, value)
+        if self._waiting != _HEADERS:  # a new request on a kept-alive connection
+            self._waiting = _HEADERS
+            self._since = self.loop.time()
 
     def on_headers_complete(self) -> None:
-        if self._header_bytes > self._limits.max_header_bytes:
+        # The head's own size: the read that completed it may also hold (part of) the body.
+        head = len(self.url) + sum(len(name) + len(value) + 4 for name, value in self.headers)
+        limits = self._limits
+        if head > limits.max_header_bytes or len(self.headers) > limits.max_header_count:
             self._refuse_headers()
             raise _Refused
-        self._reading_headers = False
-        self._header_bytes = 0
         if self._over_capacity:
             self._refuse(
                 ProblemType.SERVICE_UNAVAILABLE,
-                f"the server holds its limit of {self._limits.max_connections} connections; "
+                f"the server holds its limit of {limits.max_connections} connections; "
                 "retry shortly",
                 {"retry-after": "1"},
             )
             raise _Refused
-        self._disarm()
+        self._waiting = _BODY
+        self._header_bytes = 0
+        self._since = self.loop.time()
         super().on_headers_complete()
-        if self.parser.should_upgrade() is False and self._expects_body():
-            self._arm(self._limits.body_timeout)
 
     def on_body(self, body: bytes) -> None:
+        self._since = self.loop.time()  # an idle limit: each chunk restarts it
         super().on_body(body)
-        if self._deadline is not None:
-            self._arm(self._limits.body_timeout)  # an idle limit: each chunk restarts it
 
     def on_message_complete(self) -> None:
-        self._disarm()
-        self._header_bytes = 0
-        self._reading_headers = True  # what comes next on this connection is a new request
+        self._waiting = _IDLE  # uvicorn's keep-alive timeout takes over once it answered
         super().on_message_complete()
 
     # Refusals and deadlines
 
-    def _expects_body(self) -> bool:
-        for name, value in self.headers:
-            if name == b"content-length":
-                return value != b"0"
-            if name == b"transfer-encoding":
-                return True
-        return False
+    def overdue(self, now: float) -> None:
+        """Close the connection if what it waits for is late (called by the sweep)."""
+        if self._lingering or self.transport.is_closing():
+            return
+        limits = self._limits
+        if self._waiting == _HEADERS and now - self._since > limits.header_timeout:
+            if self._header_bytes == 0:
+                self.transport.close()  # an idle connection: nothing to answer
+            else:
+                self._refuse(
+                    ProblemType.REQUEST_TIMEOUT,
+                    f"the request headers did not arrive within {limits.header_timeout} s",
+                )
+        elif self._waiting == _BODY and now - self._since > limits.body_timeout:
+            if self.cycle is not None and self.cycle.response_started:
+                self.transport.close()  # the app already answered: stop waiting for the body
+            else:
+                self._refuse(
+                    ProblemType.REQUEST_TIMEOUT,
+                    f"no part of the request body arrived for {limits.body_timeout} s",
+                )
 
     def _refuse_headers(self) -> None:
         limits = self._limits
@@ -197,7 +206,6 @@ class GuardedHttpProtocol(HttpToolsProtocol):
     def _refuse(
         self, type: ProblemType, detail: str, headers: dict[str, str] | None = None
     ) -> None:
-        self._disarm()
         if self.transport.is_closing() or self._lingering:
             return
         self.transport.write(_raw_problem(type, detail, headers))
@@ -209,29 +217,32 @@ class GuardedHttpProtocol(HttpToolsProtocol):
             self.transport.write_eof()
         self.loop.call_later(LINGER_SECONDS, self.transport.close)
 
-    def _arm(self, seconds: float) -> None:
-        self._disarm()
-        self._deadline = self.loop.call_later(seconds, self._on_deadline)
 
-    def _disarm(self) -> None:
-        if self._deadline is not None:
-            self._deadline.cancel()
-            self._deadline = None
+class _Sweeper:
+    """One per server (per `ServerState`): every `SWEEP_SECONDS`, each guarded connection
+    looks at its deadline."""
 
-    def _on_deadline(self) -> None:
-        self._deadline = None
-        waiting_for_headers = self._reading_headers
-        if waiting_for_headers and self._header_bytes == 0:
-            self.transport.close()  # an idle connection: nothing to answer
+    _running: ClassVar[dict[int, _Sweeper]] = {}
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
+        self.loop = loop
+        self.state = state
+
+    @classmethod
+    def ensure(cls, loop: asyncio.AbstractEventLoop, state: ServerState) -> None:
+        if id(state) not in cls._running:
+            sweeper = cls._running[id(state)] = cls(loop, state)
+            loop.call_later(SWEEP_SECONDS, sweeper.sweep)
+
+    def sweep(self) -> None:
+        if self.loop.is_closed() or not self.state.connections:
+            self._running.pop(id(self.state), None)  # the next connection starts it again
             return
-        if self.cycle is not None and self.cycle.response_started and not waiting_for_headers:
-            self.transport.close()  # the app already answered: only stop waiting for the body
-            return
-        what = "headers" if waiting_for_headers else "body"
-        seconds = self._limits.header_timeout if waiting_for_headers else self._limits.body_timeout
-        self._refuse(
-            ProblemType.REQUEST_TIMEOUT, f"the request {what} did not arrive within {seconds} s"
-        )
+        now = self.loop.time()
+        for connection in list(self.state.connections):
+            if isinstance(connection, GuardedHttpProtocol):
+                connection.overdue(now)
+        self.loop.call_later(SWEEP_SECONDS, self.sweep)
 
 
 # By name: `serve --workers N` hands uvicorn's settings to worker processes, which import it.

@@ -75,7 +75,9 @@ async def test_an_oversized_header_is_refused_with_431(guarded_server: ServerPro
 
 async def test_too_many_header_fields_are_refused_with_431(guarded_server: ServerProcess) -> None:
     fields = b"".join(b"X-F%d: v\r\n" % n for n in range(150))
-    answer = await _exchange(guarded_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields)
+    answer = await _exchange(
+        guarded_server, b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + fields + b"\r\n"
+    )
     status, _, problem = _problem(answer)
     assert status == 431
     assert problem["type"] == ProblemType.REQUEST_HEADERS_TOO_LARGE
@@ -251,3 +253,20 @@ def test_health_stays_fast_and_memory_bounded_under_attack(tmp_path: Path) -> No
         f"memory +{growth / 2**20:.1f} MB, {refusals} huge headers cut"
     )
     assert growth < MEMORY_CEILING_BYTES, f"the server grew by {growth / 2**20:.0f} MB"
+
+
+async def test_a_large_body_sent_with_its_headers_at_once_is_not_taken_for_headers(
+    guarded_server: ServerProcess,
+) -> None:
+    # Headers and a 200 kB body in one write: one read of the server holds both.
+    key = guarded_server.create_tenant("big body").key("web").encode()
+    body = b'{"message": "' + b"x" * 200_000 + b'"}'
+    request = (
+        b"POST /v1/system/ping HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + key + b"\r\n"
+        b"Connection: close\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n" % len(body)
+    ) + body
+    status, _, problem = _problem(await _exchange(guarded_server, request))
+    # The app read it all and judged the body: the message is over its 256 characters.
+    assert status == 422
+    assert problem["type"] == ProblemType.VALIDATION_ERROR
