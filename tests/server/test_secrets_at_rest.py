@@ -3,14 +3,16 @@ secret and no confirmation token, and the identifier HMAC key is sealed."""
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 
 from sqlalchemy import select
 
+from omnisdk.core.problems import ProblemType
 from server_stub.services.tenants import unseal_identifier_secret
 from server_stub.storage.tables import idempotency_records, identifiers, tenants
-from tests.server.conftest import TEST_SEALER, Harness, ShopForTest
+from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
 
 
 async def _stored_bodies(server: Harness, shop: ShopForTest) -> list[bytes]:
@@ -96,3 +98,17 @@ async def test_the_identifier_hmac_key_is_sealed(server: Harness, shop: ShopForT
     # What the database holds does not make the hashes; only the server's secret key opens it.
     assert keyed(sealed) not in hashes
     assert keyed(unseal_identifier_secret(TEST_SEALER, shop.id, sealed)) in hashes
+
+
+async def test_a_server_with_another_secret_key_says_so_instead_of_failing(
+    migrated_database_url: str, shop: ShopForTest
+) -> None:
+    other_key = base64.b64encode(b"another-secret-key-of-32-bytes!!").decode()
+    async for other in start_harness(migrated_database_url, secret_key=other_key):
+        response = await other.http.post(
+            "/v1/identity/identify",
+            json={"anonymous_id": "a"},
+            headers=shop.auth(),
+        )
+        assert response.status_code == 503
+        assert response.json()["type"] == ProblemType.SERVICE_UNAVAILABLE
