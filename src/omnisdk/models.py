@@ -19,6 +19,7 @@ from omnisdk.core.consent import (
 from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallow
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
+from omnisdk.core.strict_json import strict
 from omnisdk.core.tokens import VerificationKey
 
 
@@ -120,7 +121,9 @@ class IdentifyRequest(WireModel):
     phone: IdentifierValue | None = None
     loyalty_card: IdentifierValue | None = None
     identifiers: list[IdentifierIn] = Field(default_factory=list, max_length=20)
-    traits: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(default_factory=dict)
+    traits: Annotated[dict[str, Any], AfterValidator(shallow), AfterValidator(strict)] = Field(
+        default_factory=dict
+    )
 
     def all_identifiers(self) -> list[IdentifierIn]:
         named = [
@@ -551,7 +554,9 @@ TenantSettings.model_rebuild()
 class SessionWrite(WireModel):
     """Keys to set (a null value deletes the key), and how long they live."""
 
-    entries: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(min_length=1, max_length=50)
+    entries: Annotated[dict[str, Any], AfterValidator(shallow), AfterValidator(strict)] = Field(
+        min_length=1, max_length=50
+    )
     ttl_seconds: int = Field(default=30 * 86_400, ge=60, le=365 * 86_400)
 
 

@@ -80,11 +80,18 @@ def test_a_body_nested_beyond_the_stack_is_refused_not_crashed() -> None:
 
 
 def test_the_sdk_refuses_before_sending() -> None:
-    from omnisdk._base import BaseClient
+    from omnisdk._base import BaseClient, Call
 
-    call = identify_call("device-1", None, None, None, None, None, {"nick": "\udfff"}, None)
+    call: Call[object] = Call(
+        "POST", "/v1/system/ping", lambda v: v, json={"traits": {"nick": "\udfff"}}
+    )
     client = BaseClient("http://127.0.0.1:9", "osk_test", consent_watch=False)
     with pytest.raises(InvalidRequestError) as caught:
         client.prepare(call)
     assert caught.value.problem["type"] == ProblemType.VALIDATION_ERROR
     assert "traits.nick" in caught.value.problem["detail"]
+
+
+def test_the_sdk_refuses_nan_traits_instead_of_sending_null() -> None:
+    with pytest.raises(ValueError, match="finite"):
+        identify_call("device-1", None, None, None, None, None, {"score": math.nan}, None)

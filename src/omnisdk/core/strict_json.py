@@ -102,6 +102,15 @@ def check(value: Any) -> None:
         raise StrictJsonError(found)
 
 
+def strict(value: Any) -> Any:
+    """`value` if it keeps the policy; else ValueError (a pydantic validator: the SDK's models
+    of free-form JSON refuse NaN at once, where serialising would have sent it as null)."""
+    found = violations(value)
+    if found:
+        raise ValueError(str(StrictJsonError(found)))
+    return value
+
+
 def loads(body: bytes) -> Any:
     """Parse a request body under the policy (see the module's docstring)."""
     try:
