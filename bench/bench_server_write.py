@@ -67,6 +67,12 @@ def _ceiling() -> LoadResult:
 
 
 ROUNDS = 3
+# The per-key budget is still spent on every request (its cost is measured), but set beyond
+# what one process can serve: the benchmark drives one key as fast as it can.
+UNLIMITED_BUDGET = {
+    "OMNISDK_RATE_LIMIT_PER_SECOND": "10000000",
+    "OMNISDK_RATE_LIMIT_BURST": "10000000",
+}
 
 
 def run() -> list[Figure]:
@@ -77,11 +83,11 @@ def run() -> list[Figure]:
         database = f"sqlite+aiosqlite:///{Path(directory) / 'bench.sqlite3'}"
         for _ in range(ROUNDS):
             ceilings.append(_ceiling())
-            with ServerProcess(database) as server:
+            with ServerProcess(database, env=UNLIMITED_BUDGET) as server:
                 key = server.create_tenant("bench").key("web")
                 auth = {"Authorization": f"Bearer {key}"}
                 ours.append(_load(server.url, auth))
-        with ServerProcess(database) as server:
+        with ServerProcess(database, env=UNLIMITED_BUDGET) as server:
             key = server.create_tenant("bench").key("web")
             keyed = _load(
                 server.url, {"Authorization": f"Bearer {key}"}, unique_idempotency_key=True

@@ -17,6 +17,7 @@ from fastapi_offline import FastAPIOffline
 from omnisdk._version import __version__
 from server_stub import openapi
 from server_stub.auth import KeyCache
+from server_stub.budget import RequestBudget
 from server_stub.errors import install_error_handlers
 from server_stub.ids import utcnow
 from server_stub.limits import BodySizeLimit
@@ -104,9 +105,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             database,
             KeyCache(settings.auth_cache_seconds),
             metrics,
-            TenantContexts(settings.auth_cache_seconds),
+            TenantContexts(settings.auth_cache_seconds, sealer),
             SigningKeys(sealer),
             ChangeHub(database, settings.change_poll_seconds),
+            RequestBudget(settings.rate_limit_per_second, settings.rate_limit_burst),
         )
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.

@@ -17,6 +17,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
 from server_stub.errors import Problem
 from server_stub.services import keys as key_store
+from server_stub.services import tenants
 from server_stub.storage.database import Database
 
 CHANNEL_HEADER = "x-omnisdk-channel"
@@ -114,6 +115,22 @@ async def authenticate(request: Request, database: Database, cache: KeyCache) ->
     return entry.principal
 
 
+async def still_valid(principal: Principal, database: Database, cache: KeyCache) -> bool:
+    """Whether the key that opened a long-lived answer (a change feed) may still read: not
+    revoked, not removed, its tenant still there. Trusts the key cache for its `ttl`, like
+    every request does."""
+    entry = cache.get(principal.key_id)
+    if entry is not None:
+        return entry.key.revoked_at is None
+    async with database.transaction(write=False) as conn:
+        stored = await key_store.get(conn, principal.key_id, principal.tenant_id)
+        tenant = await tenants.get(conn, principal.tenant_id) if stored is not None else None
+    if stored is None or tenant is None:
+        return False
+    cache.put(stored)
+    return stored.revoked_at is None
+
+
 def principal_of(request: Request) -> Principal:
     principal = getattr(request.state, "principal", None)
     if not isinstance(principal, Principal):
@@ -126,8 +143,17 @@ READ_ONLY_EXTENSION = "x-read-only"
 OWN_IDEMPOTENCY_EXTENSION = "x-idempotent-by-operation-ids"
 
 
+ITEMS_JUDGED_ALONE_EXTENSION = "x-items-judged-alone"
+REPLAY_REDACTS_EXTENSION = "x-replay-redacts"
+
+
 def needs(
-    scope: Scope, *, read_only: bool = False, own_idempotency: bool = False
+    scope: Scope,
+    *,
+    read_only: bool = False,
+    own_idempotency: bool = False,
+    items_judged_alone: str | None = None,
+    replay_redacts: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """A route's `openapi_extra`: the one scope it requires. `ApiRoute` checks it before the
     body is read, and the OpenAPI document shows it to client authors. `read_only` marks a
@@ -139,6 +165,14 @@ def needs(
         # Each operation carries its own id and is applied once: a repeated request is
         # harmless without storing its answer under the Idempotency-Key.
         extra[OWN_IDEMPOTENCY_EXTENSION] = True
+    if replay_redacts:
+        # Members of the answer that are secrets shown once (`secret`, `confirmations.*.token`):
+        # the stored answer that an Idempotency-Key replays holds null there instead.
+        extra[REPLAY_REDACTS_EXTENSION] = list(replay_redacts)
+    if items_judged_alone:
+        # The body's list under this member is judged item by item (an events batch): a
+        # value the strict JSON policy refuses inside one item rejects that item, not the body.
+        extra[ITEMS_JUDGED_ALONE_EXTENSION] = items_judged_alone
     return extra
 
 

@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel, Scope
+from server_stub.sealing import sealer_from
 from server_stub.services import audit, tenants
 from server_stub.services import keys as key_store
 from server_stub.settings import settings_from_environment
@@ -59,6 +60,8 @@ def cmd_migrate(args: argparse.Namespace) -> None:
 def cmd_serve(args: argparse.Namespace) -> None:
     import uvicorn
 
+    from server_stub.frontdoor import uvicorn_options
+
     url = _database_url(args)
     # The app (in this process or in worker processes) reads its settings from the environment.
     os.environ["OMNISDK_DATABASE_URL"] = url
@@ -71,9 +74,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        access_log=False,
-        log_config=None,
-        server_header=False,
+        # Header, timeout and connection limits (docs/server.md, "Limits").
+        **uvicorn_options(settings_from_environment()),
         # Live change feeds never finish by themselves: give them a moment, then close them.
         timeout_graceful_shutdown=3,
     )
@@ -82,7 +84,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
 def cmd_tenant_create(args: argparse.Namespace) -> None:
     async def work(database: Database) -> tenants.Tenant:
         async with database.transaction(write=True) as conn:
-            return await tenants.create(conn, args.name)
+            return await tenants.create(
+                conn, args.name, sealer=sealer_from(settings_from_environment())
+            )
 
     try:
         tenant = asyncio.run(_with_database(_database_url(args), work))

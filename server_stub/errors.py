@@ -112,6 +112,7 @@ async def _on_validation(request: Request, exc: Exception) -> Response:
 
 
 _HTTP_STATUS_TYPES = {
+    400: ProblemType.MALFORMED_JSON,  # FastAPI's "error parsing the body" (invalid UTF-8, say)
     401: ProblemType.AUTHENTICATION_REQUIRED,
     404: ProblemType.NOT_FOUND,
     405: ProblemType.METHOD_NOT_ALLOWED,
@@ -159,9 +160,11 @@ def _template(path: str) -> re.Pattern[str]:
 
 async def _on_unexpected(request: Request, exc: Exception) -> Response:
     # A bug. Log the exception type and where, never its message (it may carry data).
+    # The route template, never the raw path: a path may hold a customer id or an order ref.
+    route = request.scope.get("route")
     log.error(
         "unhandled error",
-        extra={"error_type": type(exc).__name__, "path": request.url.path},
+        extra={"error_type": type(exc).__name__, "route": getattr(route, "path", "(no route)")},
         exc_info=False,
     )
     return problem_response(

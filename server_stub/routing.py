@@ -8,6 +8,7 @@ raises: a failed request leaves nothing half-written.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Coroutine
 from contextlib import AsyncExitStack
 from types import TracebackType
@@ -19,16 +20,20 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
+from omnisdk.core import strict_json
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Principal
 from server_stub.auth import (
+    ITEMS_JUDGED_ALONE_EXTENSION,
     OWN_IDEMPOTENCY_EXTENSION,
     READ_ONLY_EXTENSION,
+    REPLAY_REDACTS_EXTENSION,
     SCOPE_EXTENSION,
     authenticate,
     check_scope,
 )
+from server_stub.budget import retry_after_header
 from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
@@ -95,6 +100,8 @@ class ApiRoute(APIRoute):
         self.required_scope = Scope(declared)
         self.read_only = bool(extra.get(READ_ONLY_EXTENSION))
         self.own_idempotency = bool(extra.get(OWN_IDEMPOTENCY_EXTENSION))
+        self.items_judged_alone: str | None = extra.get(ITEMS_JUDGED_ALONE_EXTENSION)
+        self.replay_redacts: tuple[str, ...] = tuple(extra.get(REPLAY_REDACTS_EXTENSION, ()))
         super().__init__(path, endpoint, **kwargs)
 
     def get_route_handler(self) -> Endpoint:
@@ -102,16 +109,22 @@ class ApiRoute(APIRoute):
         required_scope = self.required_scope
         read_only = self.read_only
         own_idempotency = self.own_idempotency
+        items_judged_alone = self.items_judged_alone
+        replay_redacts = self.replay_redacts
 
         async def handle(request: Request) -> Response:
             runtime = runtime_of(request)
             principal = await authenticate(request, runtime.database, runtime.key_cache)
+            _spend_budget(runtime, principal)
             check_scope(principal, required_scope)
+            _check_parameters(request)
             request.state.principal = principal
+            if request.method in MUTATING_METHODS:
+                await _parse_strictly(request, items_judged_alone)
             write = request.method in MUTATING_METHODS and not read_only
             key = _idempotency_key(request) if write and not own_idempotency else None
             if key is not None:
-                return await _idempotent(request, endpoint, runtime, principal, key)
+                return await _idempotent(request, endpoint, runtime, principal, key, replay_redacts)
             async with UnitOfWork(
                 runtime.database, write=write, on_commit=runtime.changes.wake
             ) as unit:
@@ -119,6 +132,79 @@ class ApiRoute(APIRoute):
                 return await endpoint(request)
 
         return handle
+
+
+async def _parse_strictly(request: Request, items_judged_alone: str | None) -> None:
+    """Parse a JSON body once, under the strict JSON policy (`omnisdk.core.strict_json`),
+    before FastAPI does: FastAPI's parser takes NaN, `1e400`, lone surrogates and duplicate
+    keys, and answers invalid UTF-8 as a validation error."""
+    encoding = request.headers.get("content-encoding")
+    if encoding is not None and encoding.strip().lower() != "identity":
+        raise Problem(
+            ProblemType.UNSUPPORTED_MEDIA_TYPE,
+            "send the body uncompressed (no Content-Encoding); the server does not decode "
+            f"{encoding[:20]!r}",
+        )
+    content_type = request.headers.get("content-type")
+    if content_type is not None and "json" not in content_type.partition(";")[0].lower():
+        return  # not JSON: the route's own rule answers (415, or a form's parser)
+    body = await request.body()
+    if not body:
+        return
+    try:
+        value = strict_json.loads(body)
+    except strict_json.MalformedJson as exc:
+        raise Problem(ProblemType.MALFORMED_JSON, str(exc)) from None
+    except strict_json.StrictJsonError as exc:
+        if not _inside_items(exc.violations, items_judged_alone):
+            raise _strict_json_problem(exc) from None
+        value = exc.value  # each item is judged alone, and refused with its index
+    # Starlette's Request.json() returns this cached value: FastAPI validates what we parsed.
+    setattr(request, "_json", value)  # noqa: B010
+
+
+def _inside_items(violations: list[strict_json.Violation], member: str | None) -> bool:
+    return member is not None and all(
+        len(v.loc) >= 2 and v.loc[0] == member and isinstance(v.loc[1], int) for v in violations
+    )
+
+
+def _strict_json_problem(exc: strict_json.StrictJsonError) -> Problem:
+    return Problem(
+        ProblemType.VALIDATION_ERROR,
+        "the body holds JSON this server does not take; see `errors`",
+        errors=[{"loc": ["body", *v.loc], "msg": v.msg, "type": v.type} for v in exc.violations],
+    )
+
+
+def _check_parameters(request: Request) -> None:
+    """Path and query parameters hold text both stores can compare: a NUL (`%00`) made
+    PostgreSQL fail the query. (A lone surrogate cannot arrive: percent-decoding replaces
+    invalid UTF-8.)"""
+    if "\x00" not in request.scope["path"] and b"%00" not in request.scope["query_string"]:
+        return
+    places = [("path", name, value) for name, value in request.path_params.items()]
+    places += [("query", name, value) for name, value in request.query_params.multi_items()]
+    raise Problem(
+        ProblemType.VALIDATION_ERROR,
+        "a path or query parameter holds a NUL character",
+        errors=[
+            {"loc": [where, name], "msg": "a NUL character is not allowed", "type": "string_nul"}
+            for where, name, value in places
+            if isinstance(value, str) and "\x00" in value
+        ],
+    )
+
+
+def _spend_budget(runtime: Runtime, principal: Principal) -> None:
+    wait = runtime.budget.spend(principal.key_id)
+    if wait is not None:
+        raise Problem(
+            ProblemType.RATE_LIMITED,
+            f"this API key made more than {runtime.settings.rate_limit_per_second:g} requests "
+            "a second; wait for Retry-After, then go on",
+            headers={"Retry-After": retry_after_header(wait)},
+        )
 
 
 def _idempotency_key(request: Request) -> str | None:
@@ -134,7 +220,12 @@ def _idempotency_key(request: Request) -> str | None:
 
 
 async def _idempotent(
-    request: Request, endpoint: Endpoint, runtime: Runtime, principal: Principal, key: str
+    request: Request,
+    endpoint: Endpoint,
+    runtime: Runtime,
+    principal: Principal,
+    key: str,
+    redacts: tuple[str, ...],
 ) -> Response:
     body = await request.body()
     fingerprint = idempotency.fingerprint(request.method, request.url.path, request.url.query, body)
@@ -151,7 +242,7 @@ async def _idempotent(
                     runtime.metrics.idempotent_replays.inc()
                     return _replay(prior, fingerprint)
                 response = await endpoint(request)
-                outcome = _outcome(response, fingerprint)
+                outcome = _outcome(response, fingerprint, redacts)
                 if outcome is not None:
                     await idempotency.store(
                         conn, principal.tenant_id, key, outcome, replaces_expired=prior is not None
@@ -165,16 +256,42 @@ async def _idempotent(
     raise AssertionError("unreachable")
 
 
-def _outcome(response: Response, fingerprint: str) -> idempotency.StoredOutcome | None:
+def _outcome(
+    response: Response, fingerprint: str, redacts: tuple[str, ...]
+) -> idempotency.StoredOutcome | None:
     body = getattr(response, "body", None)
     if not 200 <= response.status_code < 300 or not isinstance(body, bytes):
         return None
+    if redacts:
+        body = _redacted(body, redacts)
     headers = {
         name: response.headers[name]
         for name in idempotency.REPLAYED_HEADERS
         if name in response.headers
     }
     return idempotency.StoredOutcome(fingerprint, response.status_code, headers, body)
+
+
+def _redacted(body: bytes, paths: tuple[str, ...]) -> bytes:
+    """The answer with null at each dotted path (`*` for every item of a list): a secret shown
+    once is not kept for 24 hours in the idempotency records."""
+    document = json.loads(body)
+    for path in paths:
+        _null_at(document, path.split("."))
+    return json.dumps(document, separators=(",", ":")).encode()
+
+
+def _null_at(node: Any, parts: list[str]) -> None:
+    head, rest = parts[0], parts[1:]
+    if head == "*" and isinstance(node, list):
+        for item in node:
+            if rest:
+                _null_at(item, rest)
+    elif isinstance(node, dict) and head in node:
+        if rest:
+            _null_at(node[head], rest)
+        else:
+            node[head] = None
 
 
 def _replay(prior: idempotency.StoredOutcome, fingerprint: str) -> Response:

@@ -8,6 +8,7 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.auth import KeyCache
+from server_stub.budget import RequestBudget
 from server_stub.observability import Metrics
 from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
@@ -25,6 +26,7 @@ class Runtime:
     tenants: TenantContexts
     signing_keys: SigningKeys
     changes: ChangeHub
+    budget: RequestBudget
     qr_images: dict[tuple[str, str, str, str], bytes] = field(default_factory=dict)
 
 

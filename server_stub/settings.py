@@ -67,6 +67,43 @@ class Settings(BaseSettings):
         description="On SQLite, how often a process looks for changes committed by other "
         "processes on the same file (PostgreSQL wakes watchers by NOTIFY instead).",
     )
+    max_header_bytes: int = Field(
+        default=32_768,
+        gt=0,
+        description="Largest request head (request line and headers); more is answered 431.",
+    )
+    max_header_count: int = Field(
+        default=100, gt=0, description="Most header fields in a request; more is answered 431."
+    )
+    header_timeout_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Time a client has to send a request's headers once it starts (or once it "
+        "connects); then 408 and the connection closes (slowloris).",
+    )
+    body_timeout_seconds: float = Field(
+        default=15.0,
+        gt=0,
+        description="Longest wait for the next chunk of a request body; then 408 and close.",
+    )
+    keep_alive_timeout_seconds: int = Field(
+        default=5, gt=0, description="How long an idle keep-alive connection is kept open."
+    )
+    max_connections: int = Field(
+        default=2_000,
+        gt=0,
+        description="Open connections a process serves; a request on one more is answered 503 "
+        "with Retry-After. Live change feeds count: allow for them.",
+    )
+    rate_limit_per_second: float = Field(
+        default=2_000.0,
+        ge=0,
+        description="Requests per second one API key may make to one process, on average "
+        "(0: no limit); beyond the burst, 429 `rate-limited` with Retry-After.",
+    )
+    rate_limit_burst: int = Field(
+        default=4_000, gt=0, description="Requests one key may make at once above its rate."
+    )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)
 

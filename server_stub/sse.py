@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -12,10 +13,13 @@ from fastapi import Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import StreamingResponse
 
-from server_stub.runtime import runtime_of
+from omnisdk.models import Principal
+from server_stub.auth import principal_of, still_valid
+from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import changes
 
 KEEPALIVE_SECONDS = 15.0
+KEY_RECHECK_SECONDS = 2.0
 LARGEST_POSITION = 2**63 - 1  # positions are BIGINT
 
 Reader = Callable[[AsyncConnection, int], Awaitable[changes.FeedPage]]
@@ -27,6 +31,7 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
     new. A position the feed no longer keeps gets a `resync` event, then the stream goes on
     from the newest position."""
     runtime = runtime_of(request)
+    principal = principal_of(request)
 
     async def stream() -> AsyncIterator[str]:
         position = after
@@ -34,6 +39,8 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
         # reconnects before any change arrived resumes here rather than at the newest.
         yield f": watching\nid: {position}\n\n"
         while not await request.is_disconnected():
+            if not await still_valid(principal, runtime.database, runtime.key_cache):
+                return  # the key was revoked (or its tenant removed) since the stream opened
             # Listen first, then read: a change committed in between still wakes us.
             async with runtime.changes.watching(topic) as woken:
                 async with runtime.database.transaction(write=False) as reader:
@@ -44,8 +51,7 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
                     yield _event(position, changes.RESYNC, changes.resync_event(position))
                     continue
                 if not rows:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(woken.wait(), KEEPALIVE_SECONDS)
+                    await _wait(woken, principal, runtime)
             for row in rows:
                 position = row.position
                 yield _event(row.position, row.kind, row.payload)
@@ -57,10 +63,26 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
     )
 
 
+async def _wait(woken: asyncio.Event, principal: Principal, runtime: Runtime) -> None:
+    """Until a change wakes the stream, or the keepalive is due, or the key is no longer
+    valid: a stream authenticates once when it opens, so it looks again every
+    `KEY_RECHECK_SECONDS` (plus the key cache's lifetime in other processes)."""
+    deadline = time.monotonic() + KEEPALIVE_SECONDS
+    while (remaining := deadline - time.monotonic()) > 0:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(woken.wait(), min(remaining, KEY_RECHECK_SECONDS))
+            return
+        if not await still_valid(principal, runtime.database, runtime.key_cache):
+            return
+
+
 async def resume_position(conn: AsyncConnection, tenant_id: str, last_event_id: str | None) -> int:
     """Where a watcher starts: after the change it saw last, or (a new one) at the newest."""
     if last_event_id is not None and last_event_id.isascii() and last_event_id.isdigit():
-        # Beyond any position a tenant can reach: the stream answers with a resync.
+        # Beyond any position a tenant can reach: the stream answers with a resync. (Digits
+        # beyond a BIGINT's are not converted: int() of thousands of digits raises.)
+        if len(last_event_id) > len(str(LARGEST_POSITION)):
+            return LARGEST_POSITION
         return min(int(last_event_id), LARGEST_POSITION)
     return (await changes.horizon(conn, tenant_id)).newest
 

@@ -31,6 +31,20 @@ def sdk_data_dir(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         os.environ["OMNISDK_DATA_DIR"] = previous
 
 
+@pytest.fixture(scope="session", autouse=True)
+def server_secret_key_file(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """Commands that seal (tenant create, migrate) make their key file here, not in the
+    working directory."""
+    path = tmp_path_factory.mktemp("server-key") / "omnisdk-secret.key"
+    previous = os.environ.get("OMNISDK_SECRET_KEY_FILE")
+    os.environ["OMNISDK_SECRET_KEY_FILE"] = str(path)
+    yield path
+    if previous is None:
+        os.environ.pop("OMNISDK_SECRET_KEY_FILE", None)
+    else:
+        os.environ["OMNISDK_SECRET_KEY_FILE"] = previous
+
+
 POSTGRES_SKIP_REASON = (
     f"PostgreSQL tests skipped: set {POSTGRES_ENV}=postgresql://postgres@127.0.0.1:5432/test "
     "to run them (CI does)"

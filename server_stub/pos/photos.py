@@ -23,6 +23,9 @@ def read_return_code(data: bytes) -> str:
             if image.width * image.height > MAX_PIXELS:
                 raise UnreadablePhoto("The picture is too large. Take it again at a lower size.")
             grey = image.convert("L")
+    except Image.DecompressionBombError as error:
+        # A few bytes may claim 30000 x 30000 pixels: Pillow refuses to open it at all.
+        raise UnreadablePhoto("The picture is too large. Take it again at a lower size.") from error
     except (UnidentifiedImageError, OSError) as error:
         raise UnreadablePhoto("That file is not a picture. Take a photo of the QR code.") from error
     codes = [

@@ -327,6 +327,11 @@ class Station:
             return self.page(request, None, "enrol.html", 503, error=error)
         finally:
             await admin.aclose()
+        if created.secret is None:  # a replayed answer never shows a key's secret again
+            error = words(
+                "The shop's server cannot be reached. Try again when the network is back."
+            )
+            return self.page(request, None, "enrol.html", 503, error=error)
         enrolment = self.enrolments.offer(created.secret, created.key_id, store_id, till_id)
         minutes = int(self.enrolments.seconds // 60)
         return self.page(request, None, "enrolment.html", enrolment=enrolment, minutes=minutes)

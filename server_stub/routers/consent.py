@@ -51,7 +51,7 @@ async def get_state(
 @router.post(
     "/{customer_id}",
     summary="Record consent decisions (append-only); grants of double opt-in purposes pend",
-    openapi_extra=needs(Scope.CONSENT_WRITE),
+    openapi_extra=needs(Scope.CONSENT_WRITE, replay_redacts=("confirmations.*.token",)),
 )
 async def record(
     customer_id: str,

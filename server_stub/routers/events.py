@@ -68,7 +68,7 @@ async def track(body: EventIn, request: Request, conn: Connection, context: Cont
 @router.post(
     "/batch",
     summary="Record up to 500 events; each is accepted, a duplicate, or rejected with a reason",
-    openapi_extra=needs(Scope.EVENTS_WRITE),
+    openapi_extra=needs(Scope.EVENTS_WRITE, items_judged_alone="events"),
 )
 async def track_batch(
     body: EventBatchBody, request: Request, conn: Connection, context: Context

@@ -36,7 +36,7 @@ def _public(key: key_store.StoredKey) -> ApiKey:
     "",
     status_code=201,
     summary="Create a key; its secret is shown this once",
-    openapi_extra=MANAGE,
+    openapi_extra=needs(Scope.KEYS_MANAGE, replay_redacts=("secret",)),
 )
 async def create_key(body: ApiKeyCreate, request: Request, conn: Connection) -> CreatedApiKey:
     principal = principal_of(request)

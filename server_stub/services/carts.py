@@ -155,13 +155,13 @@ async def _save(
 
 def line_view(cart: rules.Cart, key: str) -> CartLineView:
     """A line as a client sees it (quantity 0: the line is gone)."""
-    sku, _, options = key.partition("|")
+    sku, options = rules.line_parts(key)
     line = cart.lines.get(key)
     attributes = line.attributes if line else rules.Attributes()
     return CartLineView(
         key=key,
         sku=sku,
-        options=dict(part.split("=", 1) for part in options.split(";")) if options else {},
+        options=options,
         quantity=cart.quantity(key),
         name=attributes.name,
         unit_price=attributes.unit_price,

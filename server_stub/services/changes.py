@@ -4,7 +4,7 @@ Ordering (DESIGN: Ordering and atomicity). A change is written in the same trans
 state it describes, so a watcher never sees a change that was rolled back. Its place in the
 feed, though, is handed out only when that transaction commits, under its tenant's row in
 `change_positions`: on PostgreSQL a constraint trigger deferred to COMMIT numbers the changes
-the transaction inserted with provisional negative positions (migration 0011); on SQLite the
+the transaction inserted with provisional negative positions (migration 0013); on SQLite the
 transaction's last statements before COMMIT bump the counter and insert the changes. That row
 stays locked until the commit is done, so another writer of the tenant waits there and numbers
 its changes after the first has committed. Positions therefore follow commit order, per
@@ -96,7 +96,7 @@ async def publish(
 
 
 # PostgreSQL: the changes and their NOTIFY in one statement. Each change goes in with a
-# provisional negative position; a trigger deferred to COMMIT numbers it (migration 0011), so
+# provisional negative position; a trigger deferred to COMMIT numbers it (migration 0013), so
 # the tenant's counter row is locked only while PostgreSQL commits. NOTIFY is transactional:
 # delivered at COMMIT, never for a rollback.
 _STORE_ON_POSTGRESQL = Prepared(

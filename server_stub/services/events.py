@@ -30,7 +30,12 @@ from omnisdk.core.events import (
     order_event_id,
     without_identifiers,
 )
-from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
+from omnisdk.core.identifiers import (
+    IdentifierKey,
+    IdentifierType,
+    InvalidIdentifier,
+    hashed_contact_data,
+)
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import BatchResult, EventIn, EventRejection
 from server_stub.ids import utcnow
@@ -136,7 +141,7 @@ async def ingest(
             )
     attributed = [p for p in pending if p.refusal is None]
     await _apply_consent(conn, context, attributed)
-    accepted, duplicates = await _store(conn, tenant_id, channel, attributed, now)
+    accepted, duplicates = await _store(conn, tenant_id, channel, attributed, now, context.secret)
     rejected.sort(key=lambda r: r.index)
     return Outcome(accepted, duplicates, rejected)
 
@@ -256,6 +261,7 @@ async def _store(
     channel: Channel,
     items: list[_Pending],
     now: datetime,
+    secret: bytes,
 ) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
     seen: set[str] = set()
     if items:
@@ -289,10 +295,12 @@ async def _store(
                 "channel": (item.event.channel or channel).value,
                 "occurred_at": item.occurred_at,
                 "received_at": now,
-                "properties": (
+                # E-mail addresses and phone numbers only as keyed hashes (docs/server.md).
+                "properties": hashed_contact_data(
                     without_identifiers(item.event.properties)
                     if item.anonymous
-                    else item.event.properties
+                    else item.event.properties,
+                    secret,
                 ),
                 "category": item.extracted.category,
                 "value": item.extracted.value,

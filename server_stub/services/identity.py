@@ -37,7 +37,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.cart import MergePolicy
 from omnisdk.core.channels import Channel
-from omnisdk.core.identifiers import IdentifierKey, IdentifierType, InvalidIdentifier
+from omnisdk.core.identifiers import (
+    IdentifierKey,
+    IdentifierType,
+    InvalidIdentifier,
+    hashed_contact_data,
+)
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
@@ -477,7 +482,8 @@ async def identify(
     await _link(conn, tenant_id, survivor.id, [key for key in linkable if key not in owner_of], now)
     dropped.extend(await _enforce_limits(conn, context, survivor.id, keep))
     if request.traits:
-        traits = {k: v for k, v in {**survivor.traits, **request.traits}.items() if v is not None}
+        given = hashed_contact_data(request.traits, context.secret)  # never an address in clear
+        traits = {k: v for k, v in {**survivor.traits, **given}.items() if v is not None}
         await conn.execute(
             update(customers)
             .where(customers.c.tenant_id == tenant_id, customers.c.id == survivor.id)

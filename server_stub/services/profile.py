@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import Row, and_, func, insert, or_, select
@@ -260,11 +260,22 @@ def _cursor(row: Row[Any]) -> str:
     return base64.urlsafe_b64encode(raw).decode()
 
 
+MAX_SEQ = 2**63 - 1  # events.seq is a BIGINT
+
+
 def _parse_cursor(cursor: str) -> tuple[datetime, int]:
+    """The (time, seq) a cursor stands for. A forged one is refused here, not by the database:
+    a naive time, a BIGINT overflow or a year beyond the calendar made PostgreSQL fail."""
     try:
         when, seq = base64.urlsafe_b64decode(cursor.encode()).decode().split("|")
-        return datetime.fromisoformat(when), int(seq)
-    except (ValueError, UnicodeDecodeError) as exc:
+        at = datetime.fromisoformat(when)
+        if at.tzinfo is None or not seq.isascii() or not seq.isdigit() or len(seq) > 19:
+            raise ValueError("not a cursor of this server")
+        at, number = at.astimezone(UTC), int(seq)
+        if not 1 < at.year < 9999 or number > MAX_SEQ:
+            raise ValueError("not a cursor of this server")
+        return at, number
+    except (ValueError, UnicodeDecodeError, OverflowError) as exc:
         raise Problem(
             ProblemType.VALIDATION_ERROR, "the cursor is not one this server handed out"
         ) from exc

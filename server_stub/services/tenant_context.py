@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
-import re
+import logging
 import time
 from dataclasses import dataclass
 
+from cryptography.exceptions import InvalidTag
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from omnisdk.core.identifiers import IdentifierKey, IdentifierType, identifier_key
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType, JunkMatcher, identifier_key
+from omnisdk.core.problems import ProblemType
 from omnisdk.core.profile import LifecycleThresholds
 from omnisdk.models import TenantSettings
+from server_stub.errors import Problem
+from server_stub.sealing import Sealer
+from server_stub.services.junk_patterns import compile_patterns, compile_stored
+from server_stub.services.tenants import unseal_identifier_secret
 from server_stub.storage.tables import tenants
 
 
@@ -20,7 +26,7 @@ class TenantContext:
     tenant_id: str
     secret: bytes
     settings: TenantSettings
-    junk_patterns: tuple[re.Pattern[str], ...]
+    junk_patterns: tuple[JunkMatcher, ...]
 
     def key(self, type: IdentifierType | str, value: str) -> IdentifierKey:
         """The stored key of an identifier; raises InvalidIdentifier."""
@@ -43,24 +49,15 @@ class TenantContext:
         return LifecycleThresholds(profile.new_days, profile.active_days, profile.lapsing_days)
 
 
-def compile_patterns(patterns: list[str]) -> tuple[re.Pattern[str], ...]:
-    """Compile junk patterns; raises ValueError naming the bad one."""
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern, re.IGNORECASE))
-        except re.error as exc:
-            raise ValueError(
-                f"junk pattern {pattern!r} is not a regular expression: {exc}"
-            ) from exc
-    return tuple(compiled)
+log = logging.getLogger("omnisdk.server")
 
 
 class TenantContexts:
     """Tenant contexts, trusted for `ttl` seconds (a settings change here is seen at once)."""
 
-    def __init__(self, ttl: float) -> None:
+    def __init__(self, ttl: float, sealer: Sealer) -> None:
         self.ttl = ttl
+        self._sealer = sealer
         self._entries: dict[str, tuple[TenantContext, float]] = {}
 
     async def get(self, conn: AsyncConnection, tenant_id: str) -> TenantContext:
@@ -77,12 +74,28 @@ class TenantContexts:
         settings = TenantSettings.model_validate(row.settings or {})
         context = TenantContext(
             tenant_id,
-            bytes(row.identifier_secret),
+            self._unsealed(tenant_id, bytes(row.identifier_secret)),
             settings,
-            compile_patterns(settings.identity.junk_patterns),
+            compile_stored(tenant_id, settings.identity.junk_patterns),
         )
         self._entries[tenant_id] = (context, time.monotonic() + self.ttl)
         return context
+
+    def _unsealed(self, tenant_id: str, sealed: bytes) -> bytes:
+        try:
+            return unseal_identifier_secret(self._sealer, tenant_id, sealed)
+        except InvalidTag:
+            # Not a bug of the request: the server runs with another secret key than the one
+            # that sealed the tenant's secrets. Say so to the operator, and 503 to the client.
+            log.error(
+                "a tenant's identifier secret cannot be unsealed: OMNISDK_SECRET_KEY (or its "
+                "key file) is not the one this database was sealed with",
+                extra={"tenant_id": tenant_id},
+            )
+            raise Problem(
+                ProblemType.SERVICE_UNAVAILABLE,
+                "the server is misconfigured (its secret key); the operator has been told",
+            ) from None
 
     async def save_settings(
         self, conn: AsyncConnection, tenant_id: str, settings: TenantSettings

@@ -11,6 +11,7 @@ from sqlalchemy import insert, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.ids import new_id, utcnow
+from server_stub.sealing import Sealer
 from server_stub.storage.tables import tenants
 
 
@@ -21,10 +22,28 @@ class Tenant:
     created_at: datetime
 
 
+IDENTIFIER_SECRET_BYTES = 32
+
+
+def identifier_secret_context(tenant_id: str) -> str:
+    """What a sealed identifier secret is bound to: it cannot be moved to another tenant."""
+    return f"identifier-secret:{tenant_id}"
+
+
+def seal_identifier_secret(sealer: Sealer, tenant_id: str, secret: bytes) -> bytes:
+    return sealer.seal(secret, identifier_secret_context(tenant_id))
+
+
+def unseal_identifier_secret(sealer: Sealer, tenant_id: str, sealed: bytes) -> bytes:
+    """The tenant's HMAC key for e-mail and phone hashes (sealed at rest since 0011)."""
+    return sealer.unseal(sealed, identifier_secret_context(tenant_id))
+
+
 async def create(
-    conn: AsyncConnection, name: str, settings: dict[str, Any] | None = None
+    conn: AsyncConnection, name: str, settings: dict[str, Any] | None = None, *, sealer: Sealer
 ) -> Tenant:
-    """A new tenant; `settings` (TenantSettings as JSON) are validated, defaults otherwise."""
+    """A new tenant; `settings` (TenantSettings as JSON) are validated, defaults otherwise.
+    Its identifier secret is stored sealed with the server's secret key (`sealer`)."""
     from omnisdk.models import TenantSettings
 
     stored = TenantSettings.model_validate(settings or {}).model_dump(mode="json")
@@ -37,7 +56,9 @@ async def create(
             id=tenant.id,
             name=tenant.name,
             created_at=tenant.created_at,
-            identifier_secret=os.urandom(32),
+            identifier_secret=seal_identifier_secret(
+                sealer, tenant.id, os.urandom(IDENTIFIER_SECRET_BYTES)
+            ),
             settings=stored if settings else {},
         )
     )

@@ -23,11 +23,14 @@ from typing import Any, ClassVar, Generic, Literal, TypeVar
 from omnisdk._consent_cache import ConsentCache
 from omnisdk._content_cache import ContentCache
 from omnisdk._version import __version__
+from omnisdk.core import strict_json
 from omnisdk.core.channels import Channel
+from omnisdk.core.problems import ProblemType
 from omnisdk.errors import (
     APIConnectionError,
     APITimeoutError,
     ConfigurationError,
+    InvalidRequestError,
     OutboxWriteError,
     error_for,
 )
@@ -326,6 +329,7 @@ class BaseClient:
         headers.update(call.headers)
         content: bytes | None = call.body
         if content is None and call.json is not None:
+            _check_strict(call.json)
             content = json.dumps(call.json, separators=(",", ":")).encode()
         if content is not None:
             headers.setdefault("Content-Type", "application/json")
@@ -350,6 +354,14 @@ class BaseClient:
                 attempt += 1
                 continue
             return call.parse(read_answer(outcome, binary=call.binary))
+
+
+def _check_strict(body: Any) -> None:
+    """Refuse before sending what the server's strict JSON policy refuses (422)."""
+    found = strict_json.violations(body)
+    if found:
+        detail = "; ".join(f"{'.'.join(map(str, v.loc)) or 'body'}: {v.msg}" for v in found)
+        raise InvalidRequestError(ProblemType.VALIDATION_ERROR, detail)
 
 
 def _retryable(outcome: Outcome) -> bool:

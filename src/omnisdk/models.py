@@ -3,10 +3,18 @@
 from __future__ import annotations
 
 import base64
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, Strict, WithJsonSchema
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    WithJsonSchema,
+)
 
 from omnisdk.core.channels import Channel, Scope
 from omnisdk.core.consent import (
@@ -19,6 +27,7 @@ from omnisdk.core.consent import (
 from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallow
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.profile import BuyerType, Lifecycle
+from omnisdk.core.strict_json import strict
 from omnisdk.core.tokens import VerificationKey
 
 # JSON's types, not Python's conversions: `true` or "1" where a number belongs is refused (422),
@@ -38,6 +47,22 @@ SkuCount = Annotated[
         }
     ),
 ]
+
+
+def _storable_instant(value: datetime) -> datetime:
+    """The time in UTC, if every store can hold it: a time zone is required (a naive time
+    compared with a stored one failed), and the first and last days of the calendar are
+    refused (moving them to UTC overflows)."""
+    try:
+        value = value.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("the time lies beyond the calendar once moved to UTC") from None
+    if not 1 < value.year < 9999:
+        raise ValueError("the time must lie between the years 2 and 9998")
+    return value
+
+
+Instant = Annotated[AwareDatetime, AfterValidator(_storable_instant)]
 
 
 class WireModel(BaseModel):
@@ -107,7 +132,11 @@ class ApiKey(WireModel):
 
 
 class CreatedApiKey(ApiKey):
-    secret: str = Field(description="The full API key. Shown once; the server keeps only a hash.")
+    secret: str | None = Field(
+        description="The full API key. Shown once; the server keeps only a hash. None when the "
+        "answer is a replay of the same request (`Idempotent-Replayed`): the secret is not "
+        "kept, so revoke that key and create another."
+    )
 
 
 class ApiKeyList(WireModel):
@@ -169,7 +198,7 @@ class IdentifyRequest(WireModel):
     identifiers: list[IdentifierIn] = Field(
         description="More identifiers, as type and value.", default_factory=list, max_length=20
     )
-    traits: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(
+    traits: Annotated[dict[str, Any], AfterValidator(shallow), AfterValidator(strict)] = Field(
         description="Facts about the customer to store (merged key by key).", default_factory=dict
     )
 
@@ -942,7 +971,7 @@ class SessionWrite(WireModel):
         }
     )
 
-    entries: Annotated[dict[str, Any], AfterValidator(shallow)] = Field(
+    entries: Annotated[dict[str, Any], AfterValidator(shallow), AfterValidator(strict)] = Field(
         description="Keys to write; null deletes a key.", min_length=1, max_length=50
     )
     ttl_seconds: Int = Field(
@@ -1066,8 +1095,9 @@ class ConsentDecisionIn(WireModel):
     notice: NoticeIn | None = Field(
         default=None, description="The notice the customer saw when deciding."
     )
-    client_time: datetime | None = Field(
-        default=None, description="When the customer decided, by the device's clock."
+    client_time: Instant | None = Field(
+        default=None,
+        description="When the customer decided, by the device's clock (with its UTC offset).",
     )
     queued: Bool = Field(
         default=False,
@@ -1190,10 +1220,11 @@ class Confirmation(WireModel):
         )
     )
     decision_id: str = Field(description="The pending decision the token confirms.")
-    token: str = Field(
+    token: str | None = Field(
         description=(
             "Put this token in the opt-in e-mail's link; `POST /v1/consent/confirmations` confirms "
-            "it."
+            "it. None when the answer is a replay of the same request (`Idempotent-Replayed`): "
+            "the token is not kept; record the decision again for a new one."
         )
     )
     expires_at: datetime = Field(

@@ -138,10 +138,12 @@ class _ServerBase:
         self, name: str = "test shop", settings: dict[str, Any] | None = None
     ) -> TestTenant:
         """A tenant (with `settings`, TenantSettings as JSON, e.g. {"consent": {...}})."""
+        from server_stub.sealing import Sealer
         from server_stub.services import tenants
 
         async def work(conn: Any) -> str:
-            return (await tenants.create(conn, name, settings)).id
+            sealer = Sealer(base64.b64decode(self.secret_key))
+            return (await tenants.create(conn, name, settings, sealer=sealer)).id
 
         return TestTenant(id=self._write(work), name=name, server=self)
 
@@ -193,20 +195,22 @@ class ReferenceServer(_ServerBase):
         import uvicorn
 
         from server_stub.app import create_app
+        from server_stub.frontdoor import uvicorn_options
         from server_stub.settings import Settings
 
         self._migrate()
-        settings = {"secret_key": self.secret_key, **self._settings}
-        app = create_app(Settings(database_url=self.database_url, **settings))
+        settings = Settings(
+            database_url=self.database_url, **{"secret_key": self.secret_key, **self._settings}
+        )
+        app = create_app(settings)
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(("127.0.0.1", self.port or 0))
         self.url = f"http://127.0.0.1:{sock.getsockname()[1]}"
         config = uvicorn.Config(
             self._wrap(app) if self._wrap else app,
-            log_config=None,
-            access_log=False,
             lifespan="on",
+            **uvicorn_options(settings, in_process=True),
             timeout_graceful_shutdown=1,  # open change-feed streams reconnect; see cli serve
         )
         self._server = uvicorn.Server(config)
@@ -286,6 +290,13 @@ class ServerProcess(_ServerBase):
         self._process = subprocess.Popen(command, env=env, stdout=self._log, stderr=self._log)
         self._wait_ready()
         return self
+
+    @property
+    def pid(self) -> int:
+        """The server's process id (to watch its memory, say); only while it runs."""
+        if self._process is None:
+            raise RuntimeError("the server is not running")
+        return self._process.pid
 
     def _wait_ready(self) -> None:
         assert self._process is not None

@@ -22,6 +22,7 @@ from omnisdk.core.cart import (
     apply_all,
     copy,
     line_key,
+    line_parts,
     merge_plan,
 )
 
@@ -365,3 +366,17 @@ def test_folded_replicas_join_to_the_sum_of_every_add(
     lines = [cart.lines[key] for cart in carts.values() for key in cart.lines]
     runs = [run for line in lines for run in line.runs.values()]
     assert all(len(run.recent) <= RECENT for run in runs)
+
+
+_option_names = st.text(st.characters(blacklist_characters="=;|"), min_size=1, max_size=8)
+_option_values = st.text(st.characters(blacklist_characters=";|"), max_size=8)
+
+
+@given(
+    st.text(st.characters(blacklist_characters="|"), min_size=1, max_size=64),
+    st.dictionaries(_option_names, _option_values, max_size=4),
+)
+def test_a_line_key_reads_back_as_the_line_it_was_made_from(
+    sku: str, options: dict[str, str]
+) -> None:
+    assert line_parts(line_key(sku, options)) == (sku, options)

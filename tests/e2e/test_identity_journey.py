@@ -96,7 +96,8 @@ def test_events_queued_while_the_server_is_away_arrive_when_it_is_back(tmp_path:
             web.events.track("product_viewed", anonymous_id="offline-visitor", event_id=f"off-{n}")
         assert web.events.flush(0.5) > 0  # nobody is listening
         port = int(address.rsplit(":", 1)[1])
-        second = ServerProcess(url, port=port).start()
+        # The same server secret key: it unseals the tenant's secrets (as an operator keeps it).
+        second = ServerProcess(url, port=port, secret_key=first.secret_key).start()
         try:
             assert web.events.flush(60) == 0
             customer = web.identity.resolve("anonymous", "offline-visitor")

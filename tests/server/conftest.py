@@ -13,6 +13,7 @@ from fastapi import FastAPI
 
 from omnisdk.core.channels import Channel, Scope
 from server_stub.app import create_app
+from server_stub.sealing import Sealer
 from server_stub.services import keys, tenants
 from server_stub.settings import Settings
 from server_stub.storage.database import Database
@@ -46,7 +47,7 @@ class Harness:
         self, name: str = "test shop", settings: dict[str, Any] | None = None
     ) -> ShopForTest:
         async with self.database.transaction(write=True) as conn:
-            tenant = await tenants.create(conn, name, settings)
+            tenant = await tenants.create(conn, name, settings, sealer=TEST_SEALER)
             shop = ShopForTest(tenant.id, self.http)
             for channel in Channel:
                 shop.keys[channel] = (await keys.create(conn, tenant.id, channel))[1]
@@ -58,6 +59,7 @@ class Harness:
 
 
 TEST_SECRET_KEY = base64.b64encode(b"test-secret-key-of-32-bytes-long").decode()
+TEST_SEALER = Sealer(base64.b64decode(TEST_SECRET_KEY))
 
 
 async def start_harness(database_url: str, **settings: Any) -> AsyncIterator[Harness]:

@@ -6,6 +6,7 @@ import asyncio
 import random
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
 from omnisdk.core.problems import ProblemType
@@ -289,3 +290,28 @@ async def test_adds_racing_a_sign_in_leave_no_cart_behind_the_merged_away_guest(
             assert [row.customer_id for row in rows] == [known]
         cart = (await shop.request("GET", f"/v1/carts/{known}")).json()
         assert cart["lines"][0]["quantity"] == 5  # max(0, guest's units) + adds after the merge
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"a=b": "c"}, {"size": "38;colour=red"}, {"": "x"}, {"a|b": "c"}, {"size": "38|x"}],
+    ids=["= in a name", "; in a value", "empty name", "| in a name", "| in a value"],
+)
+async def test_option_separators_that_would_change_a_line_are_refused(
+    shop: ShopForTest, options: dict[str, str]
+) -> None:
+    amy = await customer(shop)
+    answer = await ops(shop, amy, add("laptop:1", line={"sku": "TR2", "options": options}))
+    assert answer.status_code == 422, answer.text
+    assert answer.json()["type"] == ProblemType.INVALID_CART_OPERATION
+    cart = (await shop.request("GET", f"/v1/carts/{amy}", "web")).json()
+    assert cart["lines"] == []
+
+
+async def test_options_with_other_punctuation_read_back_as_sent(shop: ShopForTest) -> None:
+    amy = await customer(shop)
+    options = {"engraving": "A=B, C & D", "size": "38 ½"}
+    answer = await ops(shop, amy, add("laptop:1", line={"sku": "TR2", "options": options}))
+    assert answer.status_code == 200, answer.text
+    cart = (await shop.request("GET", f"/v1/carts/{amy}", "web")).json()
+    assert [line["options"] for line in cart["lines"]] == [options]

@@ -10,10 +10,12 @@ from typing import Any
 from sqlalchemy import select
 
 from omnisdk.core.consent import issue_confirmation
+from omnisdk.core.identifiers import hashed_contact_data
 from server_stub.services.changes import since
 from server_stub.services.consent import CONFIRMATION_CONTEXT
+from server_stub.services.tenants import unseal_identifier_secret
 from server_stub.storage.tables import consent_decisions, events, tenants
-from tests.server.conftest import Harness, ShopForTest
+from tests.server.conftest import TEST_SEALER, Harness, ShopForTest
 
 PROBLEMS = "https://omnisdk.dev/problems/"
 
@@ -171,10 +173,11 @@ async def test_forged_expired_foreign_and_superseded_tokens_are_refused(
     head, body, signature = token.split(".")
     forged = f"{head}.{body}.{signature[:-2]}AA"
     async with server.database.transaction(write=False) as conn:
-        secret = (
+        sealed = (
             await conn.execute(select(tenants.c.identifier_secret).where(tenants.c.id == shop.id))
         ).scalar_one()
-    key = hmac.new(bytes(secret), CONFIRMATION_CONTEXT, hashlib.sha256).digest()
+    secret = unseal_identifier_secret(TEST_SEALER, shop.id, bytes(sealed))
+    key = hmac.new(secret, CONFIRMATION_CONTEXT, hashlib.sha256).digest()
     decision_id = pending["confirmations"][0]["decision_id"]
     expired = issue_confirmation(key, {"t": shop.id, "d": decision_id, "exp": int(time.time()) - 1})
     other_shop = await server.shop("another shop")
@@ -265,12 +268,15 @@ async def test_without_analytics_consent_events_keep_no_identifiers(
     await decide(shop, amy, {"purpose": "analytics", "status": "withdrawn"})
     assert (await shop.request("POST", "/v1/events", "web", json=viewed)).is_success
 
+    async with server.database.transaction(write=False) as conn:
+        secret = (await server.app.state.runtime.tenants.get(conn, shop.id)).secret
     assert await stored(server, shop) == [
         # No decision yet: counted for no one, and personal properties dropped.
         ("product_viewed", "", {"sku": "SHOE-1", "category": "shoes"}),
         # A purchase is a record of the contract: kept with the customer.
         ("order_completed", amy, {"order_id": "o-1"}),
-        ("product_viewed", amy, viewed["properties"]),
+        # Granted: kept with the customer, the address only as its keyed hash.
+        ("product_viewed", amy, hashed_contact_data(viewed["properties"], secret)),
         # Withdrawn: from the next event on, anonymous again.
         ("product_viewed", "", {"sku": "SHOE-1", "category": "shoes"}),
     ]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 
 import httpx
+import pytest
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
 from tests.server.conftest import Harness, ShopForTest, start_harness
@@ -173,3 +174,22 @@ async def test_json_nested_too_deep_is_refused_not_a_crash(shop: ShopForTest) ->
             "POST", "/v1/events", "web", content=fine, headers={"Content-Type": "application/json"}
         )
     ).is_success
+
+
+async def test_a_bug_is_logged_by_route_template_never_by_raw_path(
+    server: Harness, capfd: pytest.CaptureFixture[str]
+) -> None:
+    async def fails(who: str) -> None:
+        raise RuntimeError("a bug")
+
+    server.app.add_api_route("/test-only/fails/{who}", fails)
+    # Starlette answers the 500, then re-raises for the server to log: keep it from the test.
+    transport = httpx.ASGITransport(app=server.app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as http:
+        response = await http.get("/test-only/fails/amy@example.com")
+    assert response.status_code == 500
+    assert response.json()["type"] == ProblemType.INTERNAL_ERROR
+    logged = capfd.readouterr().err
+    assert "unhandled error" in logged
+    assert "/test-only/fails/{who}" in logged
+    assert "amy@example.com" not in logged

@@ -55,3 +55,132 @@ async def test_server_refuses_to_start_on_an_unmigrated_database(empty_database_
     with pytest.raises(SchemaNotMigrated, match="omnisdk-server migrate"):
         async with app.router.lifespan_context(app):
             pass
+
+
+async def _upgrade_to(url: str, revision: str) -> None:
+    from alembic import command
+
+    from server_stub.storage.database import async_url
+    from server_stub.storage.migrate import _config
+
+    engine = create_async_engine(async_url(url))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.upgrade(_config(sync), revision))
+    finally:
+        await engine.dispose()
+
+
+async def test_identifier_secrets_stored_in_the_clear_are_sealed_by_0011(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from server_stub.services.tenants import unseal_identifier_secret
+    from server_stub.storage.tables import tenants
+    from tests.server.conftest import TEST_SEALER, TEST_SECRET_KEY
+
+    await _upgrade_to(empty_database_url, "0010")
+    raw = os.urandom(32)
+    engine = create_async_engine(async_url_of(empty_database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(tenants).values(
+                    id="ten_old",
+                    name="an old shop",
+                    created_at=datetime.now(UTC),
+                    identifier_secret=raw,
+                    settings={},
+                )
+            )
+        monkeypatch.setenv("OMNISDK_SECRET_KEY", TEST_SECRET_KEY)
+        assert await upgrade(empty_database_url) == head_revision()
+        async with engine.begin() as connection:
+            stored = (
+                await connection.execute(
+                    select(tenants.c.identifier_secret).where(tenants.c.id == "ten_old")
+                )
+            ).scalar_one()
+    finally:
+        await engine.dispose()
+    assert bytes(stored) != raw and raw not in bytes(stored)
+    # The same key as before: every stored e-mail and phone hash still matches.
+    assert unseal_identifier_secret(TEST_SEALER, "ten_old", bytes(stored)) == raw
+
+
+def async_url_of(url: str) -> str:
+    from server_stub.storage.database import async_url
+
+    return async_url(url)
+
+
+async def test_stored_contact_data_and_unstorable_text_are_scrubbed_by_0012(
+    empty_database_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select, text
+
+    from omnisdk.core.identifiers import IdentifierType, keyed_hash
+    from server_stub.services.tenants import seal_identifier_secret
+    from server_stub.storage.tables import customers, events, tenants
+    from tests.server.conftest import TEST_SEALER, TEST_SECRET_KEY
+
+    await _upgrade_to(empty_database_url, "0011")
+    secret = os.urandom(32)
+    now = datetime.now(UTC)
+    sqlite = "sqlite" in empty_database_url
+    engine = create_async_engine(async_url_of(empty_database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(tenants).values(
+                    id="ten_old",
+                    name="an old shop",
+                    created_at=now,
+                    identifier_secret=seal_identifier_secret(TEST_SEALER, "ten_old", secret),
+                    settings={},
+                )
+            )
+            await connection.execute(
+                insert(customers).values(
+                    tenant_id="ten_old",
+                    id="cus_amy",
+                    created_at=now,
+                    traits={"contact": "amy@x.io"},
+                )
+            )
+            properties = {"email": "Amy@X.io", "sku": "TR2", "note": "fine"}
+            await connection.execute(
+                insert(events).values(
+                    tenant_id="ten_old",
+                    event_id="e1",
+                    customer_id="cus_amy",
+                    origin_customer_id="cus_amy",
+                    name="chat_started",
+                    channel="web",
+                    occurred_at=now,
+                    received_at=now,
+                    properties=properties,
+                )
+            )
+            if sqlite:  # only SQLite ever kept a lone surrogate
+                await connection.execute(
+                    text("UPDATE events SET properties = :p WHERE event_id = 'e1'"),
+                    {"p": '{"email": "Amy@X.io", "sku": "TR2", "note": "\\udfff"}'},
+                )
+        monkeypatch.setenv("OMNISDK_SECRET_KEY", TEST_SECRET_KEY)
+        assert await upgrade(empty_database_url) == head_revision()
+        async with engine.begin() as connection:
+            traits = (await connection.execute(select(customers.c.traits))).scalar_one()
+            stored = (await connection.execute(select(events.c.properties))).scalar_one()
+    finally:
+        await engine.dispose()
+    hashed = f"email#{keyed_hash(secret, IdentifierType.EMAIL, 'amy@x.io')}"
+    assert traits == {"contact": hashed}
+    assert stored == {"email": hashed, "sku": "TR2", "note": "\ufffd" if sqlite else "fine"}

@@ -65,11 +65,30 @@ class OpId:
 
 
 def line_key(sku: str, options: Mapping[str, str] | None = None) -> str:
-    """The key of a cart line: the SKU and its options (size, colour, …) in a fixed order."""
+    """The key of a cart line: the SKU and its options (size, colour, …) in a fixed order.
+
+    `sku|name=value;name=value`, read back by `line_parts`. The separators are refused where
+    they would change the meaning (`{"a=b": "c"}` read back as `{"a": "b=c"}`, a `;` in a value
+    as a broken option): a key means one line only."""
     if not sku or len(sku) > 64 or "|" in sku:
         raise CartError("a SKU has 1-64 characters and no '|'")
-    parts = [f"{k}={v}" for k, v in sorted((options or {}).items())]
+    items = sorted((options or {}).items())
+    for name, value in items:
+        if not name or any(mark in name for mark in "=;|") or any(m in value for m in ";|"):
+            raise CartError(
+                "option names are not empty and hold no '=', ';' or '|'; "
+                "option values hold no ';' or '|'"
+            )
+    parts = [f"{k}={v}" for k, v in items]
     return sku + ("|" + ";".join(parts) if parts else "")
+
+
+def line_parts(key: str) -> tuple[str, dict[str, str]]:
+    """The SKU and options of a line key (`line_key` the other way round)."""
+    sku, _, options = key.partition("|")
+    if not options:
+        return sku, {}
+    return sku, dict(part.partition("=")[::2] for part in options.split(";"))
 
 
 @dataclass(frozen=True)
@@ -553,6 +572,7 @@ __all__ = [
     "apply_all",
     "copy",
     "line_key",
+    "line_parts",
     "merge_plan",
     "merge_replica",
     "merged_quantity",

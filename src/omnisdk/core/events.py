@@ -15,6 +15,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH
+from omnisdk.core.strict_json import MAX_SAFE_INTEGER, bad_value
 
 MAX_PROPERTIES_BYTES = 16_384
 MAX_FUTURE_SKEW = timedelta(minutes=10)
@@ -23,7 +24,7 @@ MAX_BATCH = 500
 MAX_BATCH_BYTES = 1_048_576  # the server's default request body limit; senders size batches by it
 MAX_EVENT_ID = 64
 MAX_CUSTOMER_ID = 40
-MAX_INTEGER = 2**63 - 1  # JSON integers are kept as 64-bit numbers
+MAX_INTEGER = MAX_SAFE_INTEGER  # the strict JSON policy's bound (RFC 7493 §2.2)
 _NAME = re.compile(r"[a-z][a-z0-9_.:-]{0,63}")
 
 # name -> {property: (type or types, what it means)}
@@ -164,23 +165,9 @@ def json_depth(value: Any) -> int:
 
 
 def _bad_value(value: Any) -> str | None:
-    """Why `value` (a JSON leaf or key) cannot be stored, or None."""
-    kind = type(value)
-    if kind is str:
-        if "\x00" in value:
-            return "a string holds a NUL character"
-        if value.isascii():
-            return None
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            return "a string holds a lone surrogate (not valid Unicode)"
-        return None
-    if kind is float and not math.isfinite(value):
-        return "numbers must be finite (NaN and Infinity are not JSON)"
-    if kind is int and not -MAX_INTEGER <= value <= MAX_INTEGER:
-        return f"integers must lie within +-{MAX_INTEGER} (64 bits)"
-    return None
+    """Why `value` (a JSON leaf or key) cannot be stored, or None: the strict JSON policy."""
+    problem = bad_value(value)
+    return None if problem is None else problem[1]
 
 
 def storable_text(text: str) -> bool:

@@ -10,9 +10,11 @@ from __future__ import annotations
 import hashlib
 import hmac
 import re
+import unicodedata
 from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import StrEnum
+from typing import Any, Protocol
 
 
 class IdentifierType(StrEnum):
@@ -52,7 +54,13 @@ JUNK_VALUES = frozenset(
 MAX_VALUE_LENGTH = 256
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s.]+(\.[^@\s.]+)+")
 _PHONE_SEPARATORS = re.compile(r"[\s().\-/]")
-_DIGITS = re.compile(r"\d+")
+_DIGITS = re.compile(r"[0-9]+")
+
+
+class JunkMatcher(Protocol):
+    """A shop's junk pattern, compiled (the server uses RE2, which runs in linear time)."""
+
+    def fullmatch(self, text: str, /) -> object: ...
 
 
 class InvalidIdentifier(ValueError):
@@ -87,7 +95,7 @@ def normalise_email(value: str) -> str:
 
 def normalise_phone(value: str, default_country_code: str | None = None) -> str:
     """E.164: `+` and 8 to 15 digits. A national number (leading 0) needs a country code."""
-    raw = _PHONE_SEPARATORS.sub("", value.strip())
+    raw = _ascii_digits(_PHONE_SEPARATORS.sub("", value.strip()))
     if raw.startswith("00"):
         raw = "+" + raw[2:]
     elif raw.startswith("0") and default_country_code:
@@ -103,11 +111,19 @@ def normalise_phone(value: str, default_country_code: str | None = None) -> str:
     return "+" + digits
 
 
+def _ascii_digits(text: str) -> str:
+    """Decimal digits of any script as ASCII digits: `+٤٩١٥١٢٣٤٥٦٧٨` is the same number as
+    `+4915112345678`, and must hash the same (else it became a second customer)."""
+    if text.isascii():
+        return text
+    return "".join(str(unicodedata.decimal(c)) if c.isdecimal() else c for c in text)
+
+
 def normalise(
     type: IdentifierType | str,
     value: str,
     *,
-    junk_patterns: Iterable[re.Pattern[str]] = (),
+    junk_patterns: Iterable[JunkMatcher] = (),
     default_country_code: str | None = None,
 ) -> str:
     """The canonical form of `value`, or InvalidIdentifier if it cannot identify anyone."""
@@ -146,7 +162,7 @@ def identifier_key(
     type: IdentifierType | str,
     value: str,
     *,
-    junk_patterns: Iterable[re.Pattern[str]] = (),
+    junk_patterns: Iterable[JunkMatcher] = (),
     default_country_code: str | None = None,
 ) -> IdentifierKey:
     """The stored key of an identifier: normalised, and hashed for e-mail and phone."""
@@ -156,3 +172,72 @@ def identifier_key(
     kind = IdentifierType(type)
     stored = keyed_hash(secret, kind, normalised) if kind in HASHED_TYPES else normalised
     return IdentifierKey(kind, stored)
+
+
+# --- contact data outside identifiers ---------------------------------------------------------
+
+# Names under which a shop may send an e-mail address or a phone number in event properties,
+# traits or session entries. Their values, and any string shaped like an address or an
+# international number, are kept only as keyed hashes (docs/server.md, "Identity data").
+CONTACT_NAMES = {
+    "email": IdentifierType.EMAIL,
+    "e-mail": IdentifierType.EMAIL,
+    "e_mail": IdentifierType.EMAIL,
+    "phone": IdentifierType.PHONE,
+    "mobile": IdentifierType.PHONE,
+    "telephone": IdentifierType.PHONE,
+}
+HASHED_MARK = "#"  # "email#<hex>": what stands in place of an address or a number
+_ALREADY_HASHED = re.compile(r"(email|phone)#[0-9a-f]{64}")
+
+
+def hashed_contact_data(value: Any, secret: bytes) -> Any:
+    """`value` (JSON) with each e-mail address and phone number — by its key's name or by its
+    shape — replaced by `type#<HMAC-SHA-256 under the tenant's secret>`, the same keyed hash
+    identifiers are stored as: the shop can still match them, nobody can read them back."""
+    if isinstance(value, dict):
+        return {
+            key: _hashed_named(child, CONTACT_NAMES.get(key.lower()), secret)
+            if isinstance(key, str)
+            else hashed_contact_data(child, secret)
+            for key, child in value.items()
+        }
+    if isinstance(value, list):
+        return [hashed_contact_data(child, secret) for child in value]
+    if isinstance(value, str):
+        kind = _contact_shape(value)
+        return _hashed(value, kind, secret) if kind is not None else value
+    return value
+
+
+def _hashed_named(value: Any, named: IdentifierType | None, secret: bytes) -> Any:
+    if named is None or value is None or isinstance(value, dict | list | bool):
+        return hashed_contact_data(value, secret)
+    return _hashed(str(value), named, secret)
+
+
+def _contact_shape(text: str) -> IdentifierType | None:
+    """The kind of contact data `text` looks like, if any (cheap tests first: most strings
+    hold neither `@` nor a leading `+`)."""
+    if "@" in text and _EMAIL.fullmatch(text.strip().lower()):
+        return IdentifierType.EMAIL
+    stripped = text.strip()
+    if stripped[:1] == "+" or stripped[:2] == "00":
+        try:
+            normalise_phone(stripped)
+        except InvalidIdentifier:
+            return None
+        return IdentifierType.PHONE
+    return None
+
+
+def _hashed(text: str, kind: IdentifierType, secret: bytes) -> str:
+    if text.startswith(f"{kind.value}{HASHED_MARK}"):
+        return text  # already a keyed hash (a value read back and written again)
+    try:
+        normalised = (
+            normalise_email(text) if kind is IdentifierType.EMAIL else normalise_phone(text)
+        )
+    except InvalidIdentifier:
+        normalised = text.strip().lower()  # not well-formed, but never kept in the clear
+    return f"{kind.value}{HASHED_MARK}{keyed_hash(secret, kind, normalised)}"

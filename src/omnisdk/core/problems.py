@@ -42,6 +42,8 @@ class ProblemType(StrEnum):
     INVALID_RULESET = PROBLEM_BASE + "invalid-ruleset"
     CHANGE_FEED_RESYNC = PROBLEM_BASE + "change-feed-resync"
     RATE_LIMITED = PROBLEM_BASE + "rate-limited"
+    REQUEST_HEADERS_TOO_LARGE = PROBLEM_BASE + "request-headers-too-large"
+    REQUEST_TIMEOUT = PROBLEM_BASE + "request-timeout"
     SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
     INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
 
@@ -86,6 +88,8 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.INVALID_RULESET: 422,
     ProblemType.CHANGE_FEED_RESYNC: 410,
     ProblemType.RATE_LIMITED: 429,
+    ProblemType.REQUEST_HEADERS_TOO_LARGE: 431,
+    ProblemType.REQUEST_TIMEOUT: 408,
     ProblemType.SERVICE_UNAVAILABLE: 503,
     ProblemType.INTERNAL_ERROR: 500,
 }
@@ -118,6 +122,8 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.INVALID_RULESET: "The content ruleset is not valid",
     ProblemType.CHANGE_FEED_RESYNC: "The changes after this feed position are no longer kept",
     ProblemType.RATE_LIMITED: "Too many requests",
+    ProblemType.REQUEST_HEADERS_TOO_LARGE: "Request header fields too large",
+    ProblemType.REQUEST_TIMEOUT: "Request timeout",
     ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
     ProblemType.INTERNAL_ERROR: "Internal error",
 }

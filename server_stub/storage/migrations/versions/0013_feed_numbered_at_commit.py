@@ -11,15 +11,15 @@ is locked only while PostgreSQL itself commits. Positions still follow commit or
 rows become visible only once numbered. SQLite, one writer at a time, keeps numbering in
 Python.
 
-Revision ID: 0011
-Revises: 0010
+Revision ID: 0013
+Revises: 0012
 Create Date: 2026-12-03
 """
 
 from alembic import op
 
-revision = "0011"
-down_revision = "0010"
+revision = "0013"
+down_revision = "0012"
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,147 @@
+"""Malformed input that used to answer 500 (on SQLite, PostgreSQL or both) is a 4xx problem,
+and stores nothing."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import pytest
+
+from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
+from server_stub.sse import LARGEST_POSITION, resume_position
+from tests.server.conftest import Harness, ShopForTest
+
+
+async def _customer(shop: ShopForTest, anonymous_id: str = "laptop") -> str:
+    answer = await shop.request(
+        "POST", "/v1/identity/identify", json={"anonymous_id": anonymous_id}
+    )
+    assert answer.status_code == 200, answer.text
+    return str(answer.json()["customer_id"])
+
+
+def _assert_problem(response: Any, status: int, type: ProblemType) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == PROBLEM_CONTENT_TYPE
+    assert response.json()["type"] == type
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/v1/customers/cus_%00/profile"),
+        ("GET", "/v1/customers/cus_%00/timeline"),
+        ("POST", "/v1/customers/cus_%00/annotations"),
+        ("GET", "/v1/carts/cus_%00"),
+        ("GET", "/v1/consent/cus_%00"),
+        ("POST", "/v1/returns/ret%00/revoke"),
+        ("DELETE", "/v1/keys/key_%00"),
+    ],
+)
+async def test_a_nul_in_a_path_parameter_is_422(shop: ShopForTest, method: str, path: str) -> None:
+    body = {"department": "service", "author": "K", "text": "t"} if "annotations" in path else None
+    response = await shop.request(method, path, json=body)
+    _assert_problem(response, 422, ProblemType.VALIDATION_ERROR)
+    assert response.json()["errors"][0]["loc"][0] == "path"
+
+
+async def test_a_nul_in_a_query_parameter_is_422(shop: ShopForTest) -> None:
+    amy = await _customer(shop)
+    response = await shop.request("GET", f"/v1/customers/{amy}/timeline?cursor=a%00b")
+    _assert_problem(response, 422, ProblemType.VALIDATION_ERROR)
+    assert response.json()["errors"] == [
+        {"loc": ["query", "cursor"], "msg": "a NUL character is not allowed", "type": "string_nul"}
+    ]
+
+
+@pytest.mark.parametrize("field", ["text", "author"], ids=["annotation text", "annotation author"])
+async def test_a_nul_in_an_annotation_is_422_and_stores_nothing(
+    shop: ShopForTest, field: str
+) -> None:
+    amy = await _customer(shop)
+    note = {"department": "service", "author": "Kim", "text": "called", field: "a\x00b"}
+    response = await shop.request("POST", f"/v1/customers/{amy}/annotations", json=note)
+    _assert_problem(response, 422, ProblemType.VALIDATION_ERROR)
+    profile = (await shop.request("GET", f"/v1/customers/{amy}/profile")).json()
+    assert profile["annotations"] == []
+
+
+async def test_a_nul_in_a_sku_is_422_and_stores_nothing(shop: ShopForTest) -> None:
+    amy = await _customer(shop)
+    op = {"op_id": "laptop:1", "type": "add", "line": {"sku": "TR\x002"}, "delta": 1}
+    response = await shop.request("POST", f"/v1/carts/{amy}/ops", "web", json={"ops": [op]})
+    _assert_problem(response, 422, ProblemType.VALIDATION_ERROR)
+    cart = (await shop.request("GET", f"/v1/carts/{amy}", "web")).json()
+    assert cart["lines"] == []
+
+
+def _cursor(text: str) -> str:
+    return base64.urlsafe_b64encode(text.encode()).decode()
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        _cursor("2026-01-01T00:00:00|1"),  # no time zone
+        _cursor("2026-01-01T00:00:00+00:00|99999999999999999999"),  # beyond BIGINT
+        _cursor("2026-01-01T00:00:00+00:00|" + "9" * 5000),  # beyond int()
+        _cursor("0001-01-01T00:00:00+14:00|1"),  # before the calendar in UTC
+        _cursor("9999-12-31T23:59:59-14:00|1"),  # after it
+        _cursor("2026-01-01T00:00:00+00:00|-1"),
+        _cursor("2026-01-01T00:00:00+00:00|\u0661"),  # a non-ASCII digit
+        _cursor("nothing"),
+        "%%%",
+    ],
+)
+async def test_a_forged_timeline_cursor_is_422(shop: ShopForTest, cursor: str) -> None:
+    amy = await _customer(shop)
+    response = await shop.request("GET", f"/v1/customers/{amy}/timeline", params={"cursor": cursor})
+    _assert_problem(response, 422, ProblemType.VALIDATION_ERROR)
+
+
+@pytest.mark.parametrize(
+    ("last_event_id", "beyond"),
+    [("\u00b2", False), ("\u0663", False), ("9" * 5000, True), ("12x", False)],
+    ids=["superscript two", "arabic three", "5000 digits", "not a number"],
+)
+async def test_an_odd_last_event_id_resumes_at_the_newest_or_resyncs(
+    server: Harness, shop: ShopForTest, last_event_id: str, beyond: bool
+) -> None:
+    # (Headers arrive as latin-1: "²" is one byte, and a digit to str.isdigit.)
+    async with server.database.transaction(write=False) as conn:
+        position = await resume_position(conn, shop.id, last_event_id)
+    assert position == (LARGEST_POSITION if beyond else 0)
+
+
+@pytest.mark.parametrize(
+    "client_time",
+    ["2026-01-01T10:00:00", "0001-01-01T00:00:00+14:00", "9999-12-31T23:59:59-14:00"],
+    ids=["naive", "before the calendar", "after the calendar"],
+)
+async def test_a_consent_time_without_zone_or_beyond_the_calendar_is_422(
+    shop: ShopForTest, client_time: str
+) -> None:
+    amy = await _customer(shop)
+    decision = {"purpose": "analytics", "status": "granted", "client_time": client_time}
+    for queued in (False, True):
+        response = await shop.request(
+            "POST",
+            f"/v1/consent/{amy}",
+            "web",
+            json={"decisions": [{**decision, "queued": queued}]},
+        )
+        _assert_problem(response, 422, ProblemType.VALIDATION_ERROR)
+    history = (await shop.request("GET", f"/v1/consent/{amy}/history", "web")).json()
+    assert history["items"] == []
+
+
+async def test_a_phone_number_in_other_digits_is_the_same_customer(shop: ShopForTest) -> None:
+    ascii_digits = await shop.request(
+        "POST", "/v1/identity/identify", json={"anonymous_id": "a1", "phone": "+4915112345678"}
+    )
+    arabic_indic = await shop.request(
+        "POST", "/v1/identity/identify", json={"anonymous_id": "a2", "phone": "+٤٩١٥١١٢٣٤٥٦٧٨"}
+    )
+    assert ascii_digits.status_code == arabic_indic.status_code == 200
+    assert arabic_indic.json()["customer_id"] == ascii_digits.json()["customer_id"]
