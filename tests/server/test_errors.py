@@ -8,6 +8,7 @@ import httpx
 import pytest
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
+from server_stub.observability import flush_logs
 from tests.server.conftest import Harness, ShopForTest, start_harness
 
 
@@ -189,6 +190,7 @@ async def test_a_bug_is_logged_by_route_template_never_by_raw_path(
         response = await http.get("/test-only/fails/amy@example.com")
     assert response.status_code == 500
     assert response.json()["type"] == ProblemType.INTERNAL_ERROR
+    flush_logs()  # log lines are written by a thread of their own
     logged = capfd.readouterr().err
     assert "unhandled error" in logged
     assert "/test-only/fails/{who}" in logged
