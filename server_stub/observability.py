@@ -140,8 +140,11 @@ class LineWriter:
                 batch.append(json.dumps({**note, "message": "log lines dropped: stderr too slow"}))
             if batch:
                 stream = sys.stderr
-                stream.write("\n".join(batch) + "\n")
-                stream.flush()
+                try:
+                    stream.write("\n".join(batch) + "\n")
+                    stream.flush()
+                except (OSError, ValueError):  # stderr closed or gone: nowhere left to write
+                    self._dropped += len(batch)
 
 
 LINES = LineWriter()

@@ -3,15 +3,19 @@ secret and no confirmation token, and the identifier HMAC key is sealed."""
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
+from pathlib import Path
 
 from sqlalchemy import select
 
 from omnisdk.core.problems import ProblemType
 from server_stub.services.tenants import unseal_identifier_secret
+from server_stub.storage.migrate import upgrade
 from server_stub.storage.tables import idempotency_records, identifiers, tenants
+from tests.conftest import PostgresDatabases, new_database_url
 from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
 
 
@@ -101,10 +105,17 @@ async def test_the_identifier_hmac_key_is_sealed(server: Harness, shop: ShopForT
 
 
 async def test_a_server_with_another_secret_key_says_so_instead_of_failing(
-    migrated_database_url: str, shop: ShopForTest
+    migrated_database_url: str, tmp_path: Path, postgres_databases: PostgresDatabases | None
 ) -> None:
+    # A database of its own: one holding signing keys (a shop that issued return codes) makes
+    # a server with another key refuse to start at all (tests/server/test_returns_limits.py).
+    kind = "postgres" if "postgresql" in migrated_database_url else "sqlite"
+    url = await asyncio.to_thread(new_database_url, kind, tmp_path, postgres_databases)
+    await upgrade(url)
+    async for first in start_harness(url):
+        shop = await first.shop()
     other_key = base64.b64encode(b"another-secret-key-of-32-bytes!!").decode()
-    async for other in start_harness(migrated_database_url, secret_key=other_key):
+    async for other in start_harness(url, secret_key=other_key):
         response = await other.http.post(
             "/v1/identity/identify",
             json={"anonymous_id": "a"},
