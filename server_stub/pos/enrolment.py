@@ -1,10 +1,12 @@
-"""Till enrolment by QR: an admin makes a till key and shows it as a one-time code; the till
-scans it and is signed in. No one types, reads or sees the key.
+"""Till enrolment by QR: an admin shows a one-time code; the till scans it, a till key is made
+for it and it is signed in. No one types, reads or sees the till's key.
 
-The code (`EN1:` + 32 random characters of the QR alphanumeric alphabet) is a reference to
-the key held by the station, not the key itself: it is single use and expires after a few
-minutes, so a photo of the screen taken later is worth nothing. Pending enrolments live in the
-station's memory only; a restart forgets them (the admin shows a new one).
+The code (`EN1:` + 32 random characters of the QR alphanumeric alphabet) is a reference to an
+enrolment held by the station, not a key: it is single use and expires after a few minutes, so
+a photo of the screen taken later is worth nothing. The till key is made only when the code is
+scanned (with the admin key, held in the station's memory until then and never written down),
+so a code that is never scanned leaves no key behind on the server. Pending enrolments live in
+the station's memory only; a restart forgets them (the admin shows a new one).
 """
 
 from __future__ import annotations
@@ -25,8 +27,7 @@ ENROLMENT_SECONDS = 300.0
 @dataclass(frozen=True)
 class Enrolment:
     code: str
-    api_key: str
-    key_id: str
+    admin_key: str  # makes the till's key when the code is scanned, then is forgotten
     store_id: str
     till_id: str
     expires: float
@@ -41,12 +42,10 @@ class Enrolments:
         self.seconds = seconds
         self._pending: dict[str, Enrolment] = {}
 
-    def offer(self, api_key: str, key_id: str, store_id: str, till_id: str) -> Enrolment:
+    def offer(self, admin_key: str, store_id: str, till_id: str) -> Enrolment:
         self._forget_expired()
         code = PREFIX + "".join(secrets.choice(ALPHABET) for _ in range(CODE_CHARS))
-        enrolment = Enrolment(
-            code, api_key, key_id, store_id, till_id, time.monotonic() + self.seconds
-        )
+        enrolment = Enrolment(code, admin_key, store_id, till_id, time.monotonic() + self.seconds)
         self._pending[code] = enrolment
         return enrolment
 

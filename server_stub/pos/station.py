@@ -21,6 +21,7 @@ allows nothing but this origin's stylesheet, script and images.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 import secrets
@@ -239,6 +240,7 @@ class Station:
         return await self.sign_in(request, api_key, store_id, till_id)
 
     async def login_by_enrolment(self, request: Request) -> Response:
+        """The till scanned an enrolment code: its key is made now, and it is signed in."""
         form = await self.form(request)
         words = self.words(request, None)
         code = str(form.get("code", ""))
@@ -249,12 +251,40 @@ class Station:
                 "new one and scan it."
             )
             return self.page(request, None, "login.html", 422, error=error)
-        response = await self.sign_in(
-            request, enrolment.api_key, enrolment.store_id, enrolment.till_id
+        admin = self.admin_client(enrolment.admin_key)
+        try:
+            name = f"till {enrolment.store_id}/{enrolment.till_id} (enrolment)"
+            created = await admin.keys.create("pos", name)
+        except omnisdk.OmnisdkError:
+            await admin.aclose()
+            self.enrolments.restore(enrolment)  # the network, say: it may be scanned again
+            error = words(
+                "The shop's server cannot be reached. Sign in again when the network is back."
+            )
+            return self.page(request, None, "login.html", 503, error=error)
+        try:
+            response = await self.sign_in(
+                request, created.secret, enrolment.store_id, enrolment.till_id
+            )
+            if response.status_code != 303:  # not signed in: no key is left behind
+                with contextlib.suppress(omnisdk.OmnisdkError):
+                    await admin.keys.revoke(created.key_id)
+                self.enrolments.restore(enrolment)
+            return response
+        finally:
+            await admin.aclose()
+
+    def admin_client(self, admin_key: str) -> omnisdk.AsyncClient:
+        return omnisdk.AsyncClient(
+            self.config.server_url,
+            admin_key,
+            channel="admin",
+            http_client=httpx.AsyncClient(
+                transport=self.config.transport, timeout=self.config.timeout
+            ),
+            retry_policy=self.config.retry_policy,
+            timeout=self.config.timeout,
         )
-        if response.status_code != 303:  # not signed in (the network, say): scan it again
-            self.enrolments.restore(enrolment)
-        return response
 
     async def sign_in(
         self, request: Request, api_key: str, store_id: str, till_id: str
@@ -293,7 +323,8 @@ class Station:
         return self.page(request, None, "enrol.html")
 
     async def enrol(self, request: Request) -> Response:
-        """An admin makes a till key and shows it as a one-time enrolment code."""
+        """An admin shows a one-time enrolment code; the till's key is made when it is scanned
+        (a code never scanned leaves no key behind)."""
         form = await self.form(request)
         words = self.words(request, None)
         admin_key = str(form.get("admin_key", "")).strip()
@@ -302,18 +333,9 @@ class Station:
         if not (0 < len(admin_key) <= 200) or not _is_id(store_id) or not _is_id(till_id):
             error = words("Fill in the admin key, the store and the till.")
             return self.page(request, None, "enrol.html", 422, error=error)
-        admin = omnisdk.AsyncClient(
-            self.config.server_url,
-            admin_key,
-            channel="admin",
-            http_client=httpx.AsyncClient(
-                transport=self.config.transport, timeout=self.config.timeout
-            ),
-            retry_policy=self.config.retry_policy,
-            timeout=self.config.timeout,
-        )
+        admin = self.admin_client(admin_key)
         try:
-            created = await admin.keys.create("pos", f"till {store_id}/{till_id} (enrolment)")
+            await admin.keys.list()  # only a key that may make till keys may list them
         except omnisdk.AuthenticationError:
             error = words("That admin key is not valid.")
             return self.page(request, None, "enrol.html", 401, error=error)
@@ -327,7 +349,7 @@ class Station:
             return self.page(request, None, "enrol.html", 503, error=error)
         finally:
             await admin.aclose()
-        enrolment = self.enrolments.offer(created.secret, created.key_id, store_id, till_id)
+        enrolment = self.enrolments.offer(admin_key, store_id, till_id)
         minutes = int(self.enrolments.seconds // 60)
         return self.page(request, None, "enrolment.html", enrolment=enrolment, minutes=minutes)
 

@@ -59,14 +59,14 @@ def test_an_enrolment_code_works_once_and_not_after_it_expires() -> None:
     from server_stub.pos.enrolment import Enrolments
 
     enrolments = Enrolments(seconds=60)
-    offered = enrolments.offer("key", "key_1", "s-1", "t-1")
+    offered = enrolments.offer("admin-key", "s-1", "t-1")
     assert offered.code.startswith("EN1:") and len(offered.code) == 36
     assert enrolments.take(f"  {offered.code.lower()} ") == offered  # a wedge lower-cases
     assert enrolments.take(offered.code) is None  # used
     enrolments.restore(offered)  # its sign-in failed: it may be scanned again
     assert enrolments.take(offered.code) == offered
     short_lived = Enrolments(seconds=0)
-    expired = short_lived.offer("key", "key_2", "s-1", "t-1")
+    expired = short_lived.offer("admin-key", "s-1", "t-1")
     assert short_lived.take(expired.code) is None
 
 
