@@ -56,7 +56,7 @@ COOKIE = "omnisdk_till"
 # A till is a shop's device at a counter: it stays signed in for 30 days (across restarts of
 # the station, whose data_dir keeps the session) unless the shop revokes its key first.
 SESSION_SECONDS = 30 * 86_400
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # no ".", no ".."
 
 
 @dataclass(frozen=True)
@@ -94,29 +94,28 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
     """The return station as an ASGI app; mount it where staff reach it (e.g. at /pos)."""
     config = config or StationConfig()
 
-    def new_client(api_key: str, till_id: str) -> omnisdk.AsyncClient:
+    def new_client(api_key: str, folder: Path | None) -> omnisdk.AsyncClient:
         http = httpx.AsyncClient(transport=config.transport, timeout=config.timeout)
-        data_dir = config.data_dir / till_id if config.data_dir else None
-        return omnisdk.AsyncClient(
+        return StationClient(
             config.server_url,
             api_key,
             channel="pos",
             http_client=http,
-            data_dir=data_dir,
+            data_dir=folder,
             offline_cap=config.offline_cap,
             retry_policy=config.retry_policy,
             timeout=config.timeout,
         )
 
-    sessions_file = config.data_dir / "till-sessions.json" if config.data_dir else None
-    tills = TillSessions(sessions_file, new_client)
+    tills = TillSessions(config.data_dir, new_client)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(station: FastAPI) -> AsyncIterator[None]:
         yield
-        await tills.close()
+        await close_station(station)
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.tills = tills
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     station = Station(config, tills, Enrolments())
     station.route(app)
@@ -128,6 +127,34 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
     return app
 
 
+class StationClient(omnisdk.AsyncClient):
+    """An SDK client over an httpx client the station made for it (its transport and
+    timeout): the SDK leaves a client it was given open, so this one closes it too."""
+
+    def __init__(
+        self, base_url: str, api_key: str, *, http_client: httpx.AsyncClient, **options: Any
+    ) -> None:
+        super().__init__(base_url, api_key, http_client=http_client, **options)
+        self._station_http = http_client
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self._station_http.aclose()
+
+
+async def close_station(station: FastAPI) -> None:
+    """Close the tills' SDK clients and stop their background sending.
+
+    Run by the station's own lifespan when it is the served app; a host that mounts it must
+    call this from its lifespan, since Starlette does not run a mounted app's lifespan.
+    Closing twice is harmless.
+    """
+    tills: TillSessions = station.state.tills
+    await tills.close()
+
+
 def _cookie(scope: Scope) -> str:
     headers: list[tuple[bytes, bytes]] = scope["headers"]
     for name, value in headers:
@@ -137,6 +164,13 @@ def _cookie(scope: Scope) -> str:
                 if key == COOKIE:
                     return cookie
     return ""
+
+
+@dataclass(frozen=True)
+class TillSigningIn:
+    tenant_id: str
+    client: omnisdk.AsyncClient
+    offline: bool  # the network is down; the key signed this till in before
 
 
 class SignedOut(Exception):
@@ -275,7 +309,7 @@ class Station:
             await admin.aclose()
 
     def admin_client(self, admin_key: str) -> omnisdk.AsyncClient:
-        return omnisdk.AsyncClient(
+        return StationClient(
             self.config.server_url,
             admin_key,
             channel="admin",
@@ -290,20 +324,20 @@ class Station:
         self, request: Request, api_key: str, store_id: str, till_id: str
     ) -> Response:
         words = self.words(request, None)
-        client = self.tills.new_client(api_key, till_id)
-        refusal = await _sign_in_refusal(client, words)
-        offline = (
-            refusal is not None and refusal[0] == 503 and self.tills.known_key(till_id, api_key)
-        )
-        if refusal is not None and not offline:
-            await client.aclose()
-            return self.page(request, None, "login.html", refusal[0], error=refusal[1])
-        if not offline:
-            self.tills.remember_key(till_id, api_key)
+        till = await self.till_of(api_key, store_id, till_id, words)
+        if isinstance(till, tuple):
+            return self.page(request, None, "login.html", till[0], error=till[1])
+        tenant_id, client, offline = till.tenant_id, till.client, till.offline
         cookie = secrets.token_urlsafe(32)
         seconds = self.config.session_seconds
         session = TillSession(
-            api_key, store_id, till_id, secrets.token_urlsafe(32), time.time() + seconds, client
+            api_key,
+            store_id,
+            till_id,
+            secrets.token_urlsafe(32),
+            time.time() + seconds,
+            tenant_id=tenant_id,
+            client=client,
         )
         if offline:  # the key signed this till in before; the shop checks it when it can
             session.went_offline()
@@ -318,6 +352,38 @@ class Station:
             path=request.scope.get("root_path", "") or "/",
         )
         return response
+
+    async def till_of(
+        self, api_key: str, store_id: str, till_id: str, words: Words
+    ) -> TillSigningIn | tuple[int, str]:
+        """The shop of a till signing in, its client and whether it signs in offline; or why
+        it cannot sign in (status, words for the clerk)."""
+        probe = self.tills.new_client(api_key, None)
+        try:
+            principal = await _principal(probe, words)
+        finally:
+            await probe.aclose()
+        offline = isinstance(principal, tuple) and principal[0] == 503
+        if offline:  # a key that signed this till in before may sign it in again
+            tenant_id = self.tills.known_tenant(store_id, till_id, api_key)
+            if tenant_id is None:
+                return 503, words(
+                    "The shop's server cannot be reached. Sign in again when the network is back."
+                )
+        elif isinstance(principal, tuple):
+            return principal
+        else:
+            tenant_id = principal.tenant_id
+            self.tills.adopt_legacy_folder(tenant_id, store_id, till_id)
+        folder = self.tills.folder(tenant_id, store_id, till_id)
+        client = self.tills.new_client(api_key, folder)
+        if not offline:
+            refusal = await _keys_refusal(client, words)
+            if refusal is not None:
+                await client.aclose()
+                return refusal
+            self.tills.remember_key(folder, api_key)
+        return TillSigningIn(tenant_id, client, offline)
 
     async def enrol_form(self, request: Request) -> Response:
         return self.page(request, None, "enrol.html")
@@ -693,23 +759,37 @@ def _is_id(text: str) -> bool:
     return ID_PATTERN.fullmatch(text) is not None
 
 
-async def _sign_in_refusal(client: omnisdk.AsyncClient, words: Words) -> tuple[int, str] | None:
-    """Why this key cannot sign a till in (status, words for the clerk), or None if it can."""
+async def _principal(
+    client: omnisdk.AsyncClient, words: Words
+) -> omnisdk.models.Principal | tuple[int, str]:
+    """Who this key is if it may sign a till in; else why not (status, words for the clerk)."""
     not_a_till = (403, words("This is not a till key. Use the key made for this store's tills."))
     try:
         me = await client.system.whoami()
-        await client.returns.keys(refresh=True)
-    except omnisdk.AuthenticationError:
-        return 401, words("That key is not valid. Check it and try again.")
     except omnisdk.PermissionDeniedError:
         return not_a_till
-    except omnisdk.APIConnectionError:
+    except omnisdk.OmnisdkError as error:
+        return _sign_in_failure(words, error)
+    return me if me.channel is omnisdk.Channel.POS else not_a_till
+
+
+async def _keys_refusal(client: omnisdk.AsyncClient, words: Words) -> tuple[int, str] | None:
+    """The shop's keys, fetched into the till's folder for offline checks; or why not."""
+    try:
+        await client.returns.keys(refresh=True)
+    except omnisdk.OmnisdkError as error:
+        return _sign_in_failure(words, error)
+    return None
+
+
+def _sign_in_failure(words: Words, error: omnisdk.OmnisdkError) -> tuple[int, str]:
+    if isinstance(error, omnisdk.AuthenticationError):
+        return 401, words("That key is not valid. Check it and try again.")
+    if isinstance(error, omnisdk.APIConnectionError):
         return 503, words(
             "The shop's server cannot be reached. Sign in again when the network is back."
         )
-    except omnisdk.APIError:
-        return 502, words("The shop's server refused the sign-in. Ask the shop's support.")
-    return None if me.channel is omnisdk.Channel.POS else not_a_till
+    return 502, words("The shop's server refused the sign-in. Ask the shop's support.")
 
 
 def _status_refusal(

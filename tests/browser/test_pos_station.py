@@ -21,7 +21,7 @@ from server_stub.pos import StationConfig, create_station
 from server_stub.sealing import Sealer
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.storage.database import Database
-from tests.browser.conftest import ServedApp, accessible
+from tests.browser.conftest import ServedApp, accessible, hosting
 from tests.e2e.test_till_keys_and_offline_cap import forged_code
 from tests.fault_proxy import FaultProxy
 
@@ -347,10 +347,8 @@ def docs_images(shots: Path) -> Path:
 
 def pos_backend(server_url: str, data_dir: Path, **options: Any) -> ServedApp:
     """A shop's POS backend that mounts the station, with a data_dir for offline work."""
-    app = FastAPI()
     config = StationConfig(server_url=server_url, data_dir=data_dir, **options)
-    app.mount("/pos", create_station(config))
-    return ServedApp(app)
+    return ServedApp(hosting(create_station(config)))
 
 
 def test_a_self_mounted_station_reads_no_body_before_the_sign_in(tmp_path: Path) -> None:
