@@ -1,5 +1,11 @@
-"""The station's door: security headers on every answer, no body read from anyone not signed
-in, and no body larger than its route allows.
+"""The station's door: security headers on every answer, no post from another site, no body
+read from anyone not signed in, and no body larger than its route allows.
+
+A post sent by another site's page is refused before anything else, the sign-in and
+enrolment forms included: the session cookie is SameSite=Strict and every signed-in form
+carries a CSRF token, but a sign-in posted from elsewhere would otherwise put the till under a
+key of the attacker's choosing (login CSRF). Browsers say where a post comes from in
+`Sec-Fetch-Site` and `Origin` (RFC 6454); a client that sends neither is not a browser page.
 
 A form post from someone without a till session is answered (a redirect to the sign-in page)
 before a byte of its body is read, so an unauthenticated upload costs the station nothing; a
@@ -45,6 +51,9 @@ class Gate:
             return
         send = _with_headers(send)
         path = scope["path"].removeprefix(scope.get("root_path", ""))
+        if scope["method"] == "POST" and _from_another_site(scope):
+            await _cross_site()(scope, receive, send)
+            return
         if scope["method"] == "POST" and path not in OPEN_POSTS and not self.signed_in(scope):
             await RedirectResponse(f"{scope.get('root_path', '')}/login", 303)(scope, receive, send)
             return
@@ -68,6 +77,27 @@ class Gate:
             await self.app(scope, bounded, send)
         except BodyTooLarge:
             await _too_large(limit)(scope, receive, send)
+
+
+def _from_another_site(scope: Scope) -> bool:
+    headers = dict(scope["headers"])
+    if headers.get(b"sec-fetch-site", b"") == b"cross-site":
+        return True
+    origin = headers.get(b"origin")
+    if origin is None:
+        return False
+    # A proxy in front may rename the host; it then says the browser's in X-Forwarded-Host
+    # (a page of another site cannot set that header on a form post).
+    hosts = {headers.get(b"host", b""), headers.get(b"x-forwarded-host", b"")} - {b""}
+    return origin.partition(b"://")[2] not in hosts  # "null" (a sandboxed page) is elsewhere
+
+
+def _cross_site() -> HTMLResponse:
+    return HTMLResponse(
+        "<!doctype html><title>Refused</title><p>This form was sent from another web site and "
+        "was refused. Open the return station's own page and try again.</p>",
+        status_code=403,
+    )
 
 
 def _too_large(limit: int) -> HTMLResponse:

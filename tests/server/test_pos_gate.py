@@ -138,3 +138,22 @@ def test_an_older_till_folder_goes_to_its_own_shop_only(tmp_path: Path) -> None:
     assert sessions.folder("..", "s-1", "/etc") == sessions.folder("..", "s-1", "/etc")
     outside = sessions.folder("..", "..", "..")
     assert outside is not None and outside.resolve().is_relative_to(tmp_path / "tills")
+
+
+async def test_a_post_from_another_site_is_refused_sign_in_included() -> None:
+    read: list[int] = []
+    station = gate(True, read)
+    for path in ("/login", "/enrol", "/returns/confirm"):
+        foreign = await post(station, path, b"x", origin="https://evil.example", host="station")
+        assert foreign.status_code == 403
+        sandboxed = await post(station, path, b"x", origin="null", host="station")
+        assert sandboxed.status_code == 403
+        fetched = await post(station, path, b"x", **{"sec-fetch-site": "cross-site"})
+        assert fetched.status_code == 403
+    assert read == []
+    own = await post(station, "/login", b"x", origin="http://station", host="station")
+    assert own.status_code == 200 and read == [1]
+    proxied = {"origin": "https://pos.shop", "host": "backend:8000", "x-forwarded-host": "pos.shop"}
+    assert (await post(station, "/login", b"x", **proxied)).status_code == 200
+    same_site = await post(station, "/login", b"x", **{"sec-fetch-site": "same-origin"})
+    assert same_site.status_code == 200

@@ -101,3 +101,27 @@ def test_units_must_be_plain_whole_numbers_within_what_is_left() -> None:
     assert isinstance(ok, Review) and ok.units == {"2": 2} and ok.refund == 12.5
     assert [line.line_id for line in ok.lines] == ["2", "10"]
     assert sorted(["10", "2", "1", "a2", "a10"], key=natural) == ["1", "2", "10", "a2", "a10"]
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a hundred bytes whose header claims `width` by `height` pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_a_photo_claiming_billions_of_pixels_is_refused_in_words() -> None:
+    import pytest
+
+    from server_stub.pos.photos import UnreadablePhoto, read_return_code
+
+    for width in (7_000, 30_000, 65_000):  # over our limit, over Pillow's, far over it
+        with pytest.raises(UnreadablePhoto, match="too large"):
+            read_return_code(png_claiming(width, width))
