@@ -81,15 +81,17 @@ class Gate:
 
 def _from_another_site(scope: Scope) -> bool:
     headers = dict(scope["headers"])
-    if headers.get(b"sec-fetch-site", b"") == b"cross-site":
-        return True
+    fetched_from = headers.get(b"sec-fetch-site")
+    if fetched_from is not None:  # every current browser (Fetch Metadata)
+        return fetched_from not in (b"same-origin", b"none")
     origin = headers.get(b"origin")
     if origin is None:
         return False
     # A proxy in front may rename the host; it then says the browser's in X-Forwarded-Host
     # (a page of another site cannot set that header on a form post).
     hosts = {headers.get(b"host", b""), headers.get(b"x-forwarded-host", b"")} - {b""}
-    return origin.partition(b"://")[2] not in hosts  # "null" (a sandboxed page) is elsewhere
+    # "null": a sandboxed page or one with no-referrer; ours send their origin (same-origin).
+    return origin.partition(b"://")[2] not in hosts
 
 
 def _cross_site() -> HTMLResponse:
@@ -117,7 +119,7 @@ def _with_headers(send: Send) -> Send:
                 *message.get("headers", []),
                 (b"content-security-policy", CSP.encode()),
                 (b"x-content-type-options", b"nosniff"),
-                (b"referrer-policy", b"no-referrer"),
+                (b"referrer-policy", b"same-origin"),
                 (b"cache-control", b"no-store"),
             ]
         await send(message)

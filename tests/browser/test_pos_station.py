@@ -216,6 +216,34 @@ def test_a_scan_works_from_the_order_page_and_the_receipt_page(
     page.close()
 
 
+def type_scan(page: Any, code: str) -> None:
+    """A wedge scan wherever the focus is (no field asked for), then its Enter."""
+    page.keyboard.type(code, delay=0)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
+def test_a_scan_while_a_button_has_the_focus_opens_the_code_and_presses_nothing(
+    browser: Any, server: ReferenceServer, shop: TestTenant
+) -> None:
+    first, second, third = (issue(shop, ref) for ref in ("F1", "F2", "F3"))
+    page = sign_in(browser, server.url, shop.key("pos"))
+    scan(page, first)
+    page.fill("#qty-1", "1")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    page.focus("#confirm")  # the clerk tabbed to Confirm, then the next customer came
+    type_scan(page, second)
+    assert "Order F2" in page.inner_text("h1")
+    with shop.client("pos") as till:
+        assert till.returns.status(first).redemptions == []  # Confirm was not pressed
+    review_and_confirm(page, {"1": "1"})
+    page.focus("#print")  # on the receipt, the Print button has the focus
+    type_scan(page, f" {third.lower()}")
+    assert "Order F3" in page.inner_text("h1")
+    page.close()
+
+
 def test_each_wrong_scan_gets_its_own_answer(
     browser: Any, server: ReferenceServer, shop: TestTenant, shots: Path
 ) -> None:
