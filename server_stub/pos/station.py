@@ -439,13 +439,16 @@ class Station:
         status_code: int = 200,
     ) -> Response:
         assert session.client is not None
+        pending = session.client.returns.pending()
+        if pending:  # left from before a restart, or taken through another station process
+            self.keep_sending(session)
         return self.page(
             request,
             session,
             "scan.html",
             status_code,
             error=error,
-            pending=session.client.returns.pending(),
+            pending=pending,
             scan_focus=True,
         )
 
@@ -587,7 +590,7 @@ class Station:
         draft = orders.draft(words, form, verification, status, session.till_id)
         if isinstance(draft, str):
             return self.order_page(request, session, token, verification, status, draft, typed)
-        session.remember_review(draft)
+        session.work.keep_review(draft)
         return self.page(request, session, "review.html", review=draft, scan_focus=True)
 
     async def confirm(self, request: Request) -> Response:
@@ -599,9 +602,9 @@ class Station:
         words = self.words(request, session)
         transaction = str(form.get("transaction", ""))
         async with session.confirming:
-            if transaction in session.receipts:
+            if session.work.receipt(transaction) is not None:
                 return self.go(request, f"/returns/receipt/{transaction}")
-            review = session.reviews.get(transaction)
+            review = session.work.review(transaction)
             if review is None:
                 error = words("This return was not reviewed on this till. Scan the code again.")
                 return self.scan_page(request, session, error, 422)
@@ -611,7 +614,7 @@ class Station:
                 return await self.signed_out(request)
             if isinstance(outcome, str):
                 return await self.order_again(request, session, review, outcome)
-            session.remember_receipt(outcome)
+            session.work.keep_receipt(outcome)
         if outcome.redemption.status == "pending":
             self.keep_sending(session)
         return self.go(request, f"/returns/receipt/{transaction}")
@@ -683,7 +686,7 @@ class Station:
         session = self.session_of(request)
         if session is None:
             return self.go(request, "/login")
-        receipt = session.receipts.get(transaction)
+        receipt = session.work.receipt(transaction)
         if receipt is None:
             words = self.words(request, session)
             return self.scan_page(
@@ -702,7 +705,7 @@ class Station:
         except SignedOut:
             return await self.signed_out(request)
         back = str(form.get("back", ""))
-        if back in session.receipts:
+        if session.work.receipt(back) is not None:
             return self.go(request, f"/returns/receipt/{back}")
         return self.go(request, "/returns")
 
@@ -719,11 +722,12 @@ class Station:
             session.went_offline()
         repriced = {r.till_transaction_id: r for r in outcome["repriced"]}
         for redemption in outcome["confirmed"]:
-            receipt = session.receipts.get(redemption.till_transaction_id)
+            receipt = session.work.receipt(redemption.till_transaction_id)
             if receipt is not None:
                 confirmed = redemption.model_copy(update={"value": receipt.review.refund})
                 receipt.redemption = confirmed
                 receipt.repriced = repriced.get(redemption.till_transaction_id)
+                session.work.keep_receipt(receipt)
 
     def keep_sending(self, session: TillSession) -> None:
         """Send this till's queued returns in the background until none are left: pages never

@@ -6,6 +6,7 @@ The data directory:
 
     till-sessions/<sha256 of the cookie>.json   one file per session (mode 0600: it holds the
                                                 till's API key; the cookie itself is not kept)
+    till-sessions/<sha256 of the cookie>.d/     its reviews and receipts
     tills/<tenant>/<store>/<till>/              one till's shop keys, queued returns and the
                                                 hash of the key that signed it in
 
@@ -26,9 +27,10 @@ import json
 import logging
 import os
 import secrets
+import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +103,60 @@ class Receipt:
     repriced: Repriced | None = None
 
 
+class TillWork:
+    """What one signed-in till is doing: reviews waiting for a confirm, and its receipts.
+
+    In memory, or with the station's data directory in the session's own folder, so every
+    station process sharing the directory sees the same (a review shown by one worker can be
+    confirmed through another, and the receipt shown by a third) and a restart keeps pending
+    receipts. Files are read afresh each time: another process may have confirmed a receipt.
+    """
+
+    def __init__(self, folder: Path | None = None) -> None:
+        self.folder = folder
+        self._reviews: dict[str, Review] = {}
+        self._receipts: dict[str, Receipt] = {}
+
+    def review(self, transaction: str) -> Review | None:
+        if self.folder is None:
+            return self._reviews.get(transaction)
+        stored = _read_json(self._file("reviews", transaction))
+        return _review_of(stored) if stored is not None else None
+
+    def receipt(self, transaction: str) -> Receipt | None:
+        if self.folder is None:
+            return self._receipts.get(transaction)
+        stored = _read_json(self._file("receipts", transaction))
+        return _receipt_of(stored) if stored is not None else None
+
+    def keep_review(self, review: Review) -> None:
+        """Keep a review until it is confirmed; a till keeps its last few only."""
+        if self.folder is None:
+            self._reviews[review.transaction] = review
+            _keep_last(self._reviews, KEPT_REVIEWS)
+            return
+        _write_private(self._file("reviews", review.transaction), json.dumps(asdict(review)))
+        _prune(self.folder / "reviews", KEPT_REVIEWS)
+
+    def keep_receipt(self, receipt: Receipt) -> None:
+        """Keep a receipt (its review is done); a till keeps its last receipts and every
+        pending one."""
+        transaction = receipt.redemption.till_transaction_id
+        if self.folder is None:
+            self._reviews.pop(transaction, None)
+            self._receipts[transaction] = receipt
+            pending = {t for t, r in self._receipts.items() if r.redemption.status == "pending"}
+            _keep_last(self._receipts, KEPT_RECEIPTS, keep=pending)
+            return
+        _write_private(self._file("receipts", transaction), _receipt_json(receipt))
+        self._file("reviews", transaction).unlink(missing_ok=True)
+        _prune(self.folder / "receipts", KEPT_RECEIPTS, keep=_is_pending)
+
+    def _file(self, kind: str, transaction: str) -> Path:
+        assert self.folder is not None
+        return self.folder / kind / f"{_folder_name(transaction)}.json"
+
+
 @dataclass
 class TillSession:
     api_key: str
@@ -110,23 +166,10 @@ class TillSession:
     expires: float
     tenant_id: str = ""  # the shop: names the till's folder beside store and till
     client: omnisdk.AsyncClient | None = None
-    reviews: dict[str, Review] = field(default_factory=dict)
-    receipts: dict[str, Receipt] = field(default_factory=dict)
+    work: TillWork = field(default_factory=TillWork)
     offline_until: float = 0.0
     confirming: asyncio.Lock = field(default_factory=asyncio.Lock)
     syncing: asyncio.Task[None] | None = None
-
-    def remember_review(self, review: Review) -> None:
-        """Keep a review until it is confirmed; a till keeps its last few only."""
-        self.reviews[review.transaction] = review
-        _keep_last(self.reviews, KEPT_REVIEWS)
-
-    def remember_receipt(self, receipt: Receipt) -> None:
-        transaction = receipt.redemption.till_transaction_id
-        self.reviews.pop(transaction, None)
-        self.receipts[transaction] = receipt
-        pending = {t for t, r in self.receipts.items() if r.redemption.status == "pending"}
-        _keep_last(self.receipts, KEPT_RECEIPTS, keep=pending)
 
     @property
     def known_offline(self) -> bool:
@@ -144,6 +187,59 @@ def _keep_last(items: dict[str, Any], count: int, keep: set[str] | None = None) 
     for key in list(items)[: max(0, len(items) - count)]:
         if not keep or key not in keep:
             del items[key]
+
+
+def _prune(folder: Path, count: int, keep: Callable[[Path], bool] | None = None) -> None:
+    """Delete the oldest files of `folder` beyond `count`, except those `keep` wants."""
+    with contextlib.suppress(OSError):
+        files = sorted(folder.glob("*.json"), key=lambda file: file.stat().st_mtime)
+        for file in files[: max(0, len(files) - count)]:
+            if keep is None or not keep(file):
+                file.unlink(missing_ok=True)
+
+
+def _read_json(file: Path) -> dict[str, Any] | None:
+    try:
+        value = json.loads(file.read_text())
+    except (OSError, ValueError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _review_of(stored: dict[str, Any]) -> Review | None:
+    try:
+        lines = tuple(LineView(**line) for line in stored["lines"])
+        return Review(**{**stored, "lines": lines})
+    except (KeyError, TypeError):
+        return None
+
+
+def _receipt_json(receipt: Receipt) -> str:
+    repriced = receipt.repriced
+    return json.dumps(
+        {
+            "review": asdict(receipt.review),
+            "redemption": receipt.redemption.model_dump(mode="json"),
+            "repriced": None
+            if repriced is None
+            else [repriced.till_transaction_id, repriced.refunded, repriced.shop_value],
+        }
+    )
+
+
+def _receipt_of(stored: dict[str, Any]) -> Receipt | None:
+    review = _review_of(stored.get("review") or {})
+    try:
+        redemption = Redemption.model_validate(stored["redemption"])
+        repriced = Repriced(*stored["repriced"]) if stored.get("repriced") else None
+    except (KeyError, TypeError, ValueError):
+        return None
+    return Receipt(review, redemption, repriced) if review is not None else None
+
+
+def _is_pending(file: Path) -> bool:
+    stored = _read_json(file)
+    return stored is not None and stored.get("redemption", {}).get("status") == "pending"
 
 
 def _key_hash(api_key: str) -> str:
@@ -282,6 +378,7 @@ class TillSessions:
         key = cookie_hash(cookie)
         self._sessions[key] = session
         if self._data_dir is not None:
+            session.work = TillWork(self._work_folder(key))
             _write_private(self._session_file(key), _session_json(session))
 
     async def remove(self, cookie: str) -> None:
@@ -289,6 +386,7 @@ class TillSessions:
         session = self._sessions.pop(key, None)
         if self._data_dir is not None:
             self._session_file(key).unlink(missing_ok=True)
+            shutil.rmtree(self._work_folder(key), ignore_errors=True)
         if session is not None:
             await _close(session)
 
@@ -314,6 +412,7 @@ class TillSessions:
         if session is None:
             session = self._read(file)
             if session is not None:
+                session.work = TillWork(self._work_folder(key))
                 self._sessions[key] = session
         return session
 
@@ -331,12 +430,18 @@ class TillSessions:
             return None  # unreadable: that till signs in again; it never stops the station
         if session.expires < time.time():
             file.unlink(missing_ok=True)
+            shutil.rmtree(file.with_suffix(".d"), ignore_errors=True)
             return None
         return session
 
     def _session_file(self, key: str) -> Path:
         assert self._data_dir is not None
         return self._data_dir / SESSIONS / f"{key}.json"
+
+    def _work_folder(self, key: str) -> Path:
+        """The session's reviews and receipts (removed with the session)."""
+        assert self._data_dir is not None
+        return self._data_dir / SESSIONS / f"{key}.d"
 
     # -- the older layout -------------------------------------------------------------------
 

@@ -8,8 +8,10 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import httpx
+import pytest
 
 from omnisdk.testing import ServerProcess
+from tests.conftest import DATABASES, PostgresDatabases, new_database_url
 
 
 def test_a_restarted_server_keeps_its_tills_signed_in(tmp_path: Path) -> None:
@@ -112,3 +114,41 @@ def test_a_host_that_mounts_the_station_closes_its_tills_clients(tmp_path: Path)
             assert http.get("/pos/returns").status_code == 200
             assert not client._station_http.is_closed
         assert client._station_http.is_closed and session.client is None
+
+
+def form_value(page: str, name: str) -> str:
+    return page.split(f'name="{name}" value="', 1)[1].split('"', 1)[0]
+
+
+@pytest.mark.parametrize("kind", DATABASES)
+def test_a_review_shown_by_one_station_process_is_confirmed_through_another(
+    kind: str, tmp_path: Path, postgres_databases: PostgresDatabases | None
+) -> None:
+    """As under `uvicorn --workers 2`: each request of one clerk may reach another process."""
+    url = new_database_url(kind, tmp_path, postgres_databases)
+    env = {"OMNISDK_POS_DATA_DIR": str(tmp_path / "pos")}
+    with ServerProcess(url, env=env) as first:
+        shop = first.create_tenant()
+        with shop.client("web") as web:
+            lines = [{"line_id": "1", "sku": "TR2-38", "quantity": 2, "unit_price": 89.0}]
+            token = web.returns.issue("W1", lines, refund_methods=["card"]).token
+        cookies = sign_in(first.url, shop.key("pos"), "s-1", "t-1")
+        with ServerProcess(url, env=env, secret_key=first.secret_key) as second:
+            one = httpx.Client(base_url=first.url, cookies=cookies)
+            two = httpx.Client(base_url=second.url, cookies=cookies)
+            csrf = form_value(one.get("/pos/returns").text, "csrf")
+            order = {"csrf": csrf, "token": token, "qty-1": "1", "refund_method": "card"}
+            review = one.post("/pos/returns/review", data=order)
+            assert review.status_code == 200, review.text
+            confirm = {"csrf": csrf, "transaction": form_value(review.text, "transaction")}
+            confirmed = two.post("/pos/returns/confirm", data=confirm)
+            assert confirmed.status_code == 303, confirmed.text
+            receipt = one.get(confirmed.headers["location"])
+            assert receipt.status_code == 200 and "W1" in receipt.text
+            again = one.post("/pos/returns/confirm", data=confirm)  # resent to the other
+            assert again.headers["location"] == confirmed.headers["location"]
+            one.close()
+            two.close()
+        with shop.client("pos") as till:
+            status = till.returns.status(token)
+        assert status.lines[0].remaining == 1 and len(status.redemptions) == 1

@@ -160,3 +160,43 @@ async def test_a_post_from_another_site_is_refused_sign_in_included() -> None:
     assert (await post(station, "/login", b"x", **ours)).status_code == 200
     sibling = {"sec-fetch-site": "same-site", "origin": "https://www.shop.example"}
     assert (await post(station, "/login", b"x", **sibling)).status_code == 403
+
+
+def test_a_tills_receipts_on_disk_keep_every_pending_one_and_the_last_others(
+    tmp_path: Path,
+) -> None:
+    from datetime import UTC, datetime
+
+    from omnisdk.models import Redemption
+    from server_stub.pos.tills import KEPT_RECEIPTS, LineView, Receipt, Review, TillWork
+
+    work = TillWork(tmp_path)
+    line = LineView("1", "TR2-38", "Trail runner", 2, None, None)
+
+    def receipt(transaction: str, status: str) -> Receipt:
+        review = Review(transaction, "RT1:X", "A1", {"1": 1}, "card", (line,), None, 80.0)
+        redemption = Redemption.model_validate(
+            {
+                "redemption_id": f"r-{transaction}",
+                "token_id": "00",
+                "order_ref": "A1",
+                "till_transaction_id": transaction,
+                "store_id": "s-1",
+                "refund_method": "card",
+                "value": 80.0,
+                "lines": [],
+                "status": status,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+        )
+        return Receipt(review, redemption)
+
+    work.keep_review(receipt("t-pending", "pending").review)
+    assert work.review("t-pending") == receipt("t-pending", "pending").review
+    work.keep_receipt(receipt("t-pending", "pending"))
+    assert work.review("t-pending") is None  # done with
+    for n in range(KEPT_RECEIPTS + 5):
+        work.keep_receipt(receipt(f"t-{n}", "confirmed"))
+    assert work.receipt("t-pending") is not None  # never dropped while pending
+    assert work.receipt("t-0") is None and work.receipt(f"t-{KEPT_RECEIPTS + 4}") is not None
+    assert work.receipt("../../etc/passwd") is None
