@@ -117,7 +117,8 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.tills = tills
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    station = Station(config, tills, Enrolments())
+    enrolments = Enrolments(folder=config.data_dir / "enrolments" if config.data_dir else None)
+    station = Station(config, tills, enrolments)
     station.route(app)
 
     def signed_in(scope: Scope) -> bool:

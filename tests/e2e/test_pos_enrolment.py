@@ -4,6 +4,7 @@ code is scanned, so an enrolment code nobody scans leaves no key on the server."
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import httpx
 import zxingcpp
@@ -66,3 +67,20 @@ def test_an_enrolment_needs_a_key_that_may_make_till_keys(server_process: Server
         wrong = http.post("/pos/enrol", data={**form, "admin_key": "osk_admin_00_nope"})
         assert wrong.status_code == 401
     assert pos_keys(shop) == before
+
+
+def test_a_code_shown_by_one_station_process_enrols_a_till_at_another(tmp_path: Path) -> None:
+    """As under `uvicorn --workers 2`: the admin's screen and the till reach different ones."""
+    url = f"sqlite:///{tmp_path / 'shop.sqlite3'}"
+    env = {"OMNISDK_POS_DATA_DIR": str(tmp_path / "pos")}
+    with ServerProcess(url, env=env) as first:
+        shop = first.create_tenant()
+        with ServerProcess(url, env=env, secret_key=first.secret_key) as second:
+            with httpx.Client(base_url=first.url) as admin_screen:
+                code = show_enrolment_code(admin_screen, shop, "till-4")
+            with httpx.Client(base_url=second.url) as till:
+                signed_in = till.post("/pos/login/enrol", data={"code": code})
+                assert signed_in.status_code == 303
+            with httpx.Client(base_url=first.url) as again:
+                assert again.post("/pos/login/enrol", data={"code": code}).status_code == 422
+        assert pos_keys(shop) == ["till s-1/till-4 (enrolment)"]

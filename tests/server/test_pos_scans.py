@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -55,52 +56,38 @@ def test_a_review_totals_the_shop_prices_unless_the_till_is_offline() -> None:
     assert offline.total is None and offline.refund == 80.0
 
 
-def test_an_enrolment_code_works_once_and_not_after_it_expires() -> None:
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_an_enrolment_code_works_once_and_not_after_it_expires(
+    on_disk: bool, tmp_path: Path
+) -> None:
     from server_stub.pos.enrolment import Enrolments
 
-    enrolments = Enrolments(seconds=60)
+    folder = tmp_path / "enrolments" if on_disk else None
+    enrolments = Enrolments(seconds=60, folder=folder)
     offered = enrolments.offer("admin-key", "s-1", "t-1")
     assert offered.code.startswith("EN1:") and len(offered.code) == 36
     assert enrolments.take(f"  {offered.code.lower()} ") == offered  # a wedge lower-cases
     assert enrolments.take(offered.code) is None  # used
     enrolments.restore(offered)  # its sign-in failed: it may be scanned again
     assert enrolments.take(offered.code) == offered
-    short_lived = Enrolments(seconds=0)
+    short_lived = Enrolments(seconds=0, folder=folder)
     expired = short_lived.offer("admin-key", "s-1", "t-1")
     assert short_lived.take(expired.code) is None
 
 
-def test_units_must_be_plain_whole_numbers_within_what_is_left() -> None:
-    from starlette.datastructures import FormData
+def test_an_enrolment_shown_by_one_station_process_is_taken_by_another_once(
+    tmp_path: Path,
+) -> None:
+    from server_stub.pos.enrolment import Enrolments
 
-    from omnisdk.core import tokens
-    from server_stub.pos.language import Words
-    from server_stub.pos.orders import draft, natural
-
-    claims = tokens.ReturnClaims(
-        issuer="ten_1",
-        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
-        expires_at=datetime(2026, 2, 1, tzinfo=UTC),
-        token_id=bytes(16),
-        order_ref="A1",
-        lines=(tokens.ReturnLine("10", "B", 1), tokens.ReturnLine("2", "A", 2)),
-        refund_methods=("card",),
-    )
-    valid = tokens.Verification(tokens.Status.VALID, "ok", claims)
-    words = Words("en")
-
-    def review(**fields: str) -> object:
-        form = FormData({"token": "RT1:X", "refund_method": "card", **fields})
-        return draft(words, form, valid, None, "till-1")
-
-    for bad in ("²", "1.5", "-1", " 1e3"):
-        assert "whole number" in str(review(**{"qty-2": bad, "amount": "5"}))
-    assert "At most 2 of A" in str(review(**{"qty-2": "3", "amount": "5"}))
-    assert "more than 0" in str(review(**{"qty-2": "1", "amount": "nan"}))
-    ok = review(**{"qty-2": "2", "amount": "12,50"})
-    assert isinstance(ok, Review) and ok.units == {"2": 2} and ok.refund == 12.5
-    assert [line.line_id for line in ok.lines] == ["2", "10"]
-    assert sorted(["10", "2", "1", "a2", "a10"], key=natural) == ["1", "2", "10", "a2", "a10"]
+    shown_by, scanned_at = Enrolments(folder=tmp_path), Enrolments(folder=tmp_path)
+    offered = shown_by.offer("osk_admin_secret", "s-1", "t-1")
+    stored = b"".join(file.read_bytes() for file in tmp_path.iterdir())
+    assert b"osk_admin_secret" not in stored and offered.code.encode() not in stored
+    assert all(stat.S_IMODE(file.stat().st_mode) == 0o600 for file in tmp_path.iterdir())
+    assert scanned_at.take("EN1:" + "A" * 32) is None  # a guess opens nothing
+    assert scanned_at.take(offered.code) == offered
+    assert shown_by.take(offered.code) is None and list(tmp_path.iterdir()) == []
 
 
 def png_claiming(width: int, height: int) -> bytes:
