@@ -22,6 +22,7 @@ import hashlib
 import hmac
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ PREFIX = "EN1:"
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 CODE_CHARS = 32  # about 165 bits
 ENROLMENT_SECONDS = 300.0
+SEALED_NAME = re.compile(r"\.?[0-9a-f]{16,64}(\.[0-9a-f]{16}\.taken|\.tmp)?")  # ours only
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,8 @@ class Enrolments:
                 del self._pending[code]
         if self.folder is not None and self.folder.is_dir():
             for file in self.folder.iterdir():
+                if not SEALED_NAME.fullmatch(file.name):
+                    continue  # not ours: never delete what the station did not write
                 with contextlib.suppress(OSError):
                     if file.stat().st_mtime + self.seconds < now:
                         file.unlink()

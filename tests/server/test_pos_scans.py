@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 from pathlib import Path
 
@@ -88,6 +89,11 @@ def test_an_enrolment_shown_by_one_station_process_is_taken_by_another_once(
     assert scanned_at.take("EN1:" + "A" * 32) is None  # a guess opens nothing
     assert scanned_at.take(offered.code) == offered
     assert shown_by.take(offered.code) is None and list(tmp_path.iterdir()) == []
+    foreign = tmp_path / "outbox.sqlite3"  # e.g. a till folder of the older layout
+    foreign.write_bytes(b"pending returns")
+    os.utime(foreign, (0, 0))
+    Enrolments(seconds=1, folder=tmp_path).offer("admin-key", "s-1", "t-1")
+    assert foreign.exists()  # only what the station sealed is ever deleted
 
 
 def png_claiming(width: int, height: int) -> bytes:
