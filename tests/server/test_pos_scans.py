@@ -118,3 +118,32 @@ def test_a_photo_claiming_billions_of_pixels_is_refused_in_words() -> None:
     for width in (7_000, 30_000, 65_000):  # over our limit, over Pillow's, far over it
         with pytest.raises(UnreadablePhoto, match="too large"):
             read_return_code(png_claiming(width, width))
+
+
+@pytest.mark.parametrize(
+    ("typed", "language", "amount"),
+    [
+        ("89.00", "en", 89.0),
+        ("1,234.50", "en", 1234.5),
+        ("1,234", "en", 1234.0),  # never 1.234
+        ("89,00", "pl", 89.0),
+        ("89.00", "pl", 89.0),
+        ("1 234,50", "pl", 1234.5),  # a plain space where Polish writes a no-break space
+        ("1\u00a0234,50", "pl", 1234.5),
+        ("1.234", "pl", None),  # three decimals: a misread thousand, not 1.234 zł
+        ("89,00", "en", None),
+        ("0", "en", None),
+        ("-5", "en", None),
+        ("nan", "en", None),
+        ("1e5", "en", None),
+        ("\uff11\uff12", "en", None),  # full-width digits
+        ("2000000", "en", None),  # over the most a till refunds
+        ("", "pl", None),
+    ],
+)
+def test_an_offline_amount_is_read_as_the_stores_locale_writes_money(
+    typed: str, language: str, amount: float | None
+) -> None:
+    from server_stub.pos.orders import amount_of
+
+    assert amount_of(typed, language) == amount
