@@ -14,10 +14,13 @@ body over its limit is refused from its Content-Length, or as soon as a chunked 
 
 from __future__ import annotations
 
+import html
 from collections.abc import Callable
 
 from starlette.responses import HTMLResponse, RedirectResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server_stub.pos.language import Words
 
 CSP = (
     "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; "
@@ -39,9 +42,11 @@ class Gate:
         signed_in: Callable[[Scope], bool],
         photo_bytes: int,
         form_bytes: int = FORM_BYTES,
+        words: Callable[[Scope], Words] = lambda scope: Words("en"),
     ) -> None:
         self.app = app
         self.signed_in = signed_in
+        self.words = words
         self.photo_bytes = photo_bytes
         self.form_bytes = form_bytes
 
@@ -52,7 +57,7 @@ class Gate:
         send = _with_headers(send)
         path = scope["path"].removeprefix(scope.get("root_path", ""))
         if scope["method"] == "POST" and _from_another_site(scope):
-            await _cross_site()(scope, receive, send)
+            await _cross_site(self.words(scope))(scope, receive, send)
             return
         if scope["method"] == "POST" and path not in OPEN_POSTS and not self.signed_in(scope):
             await RedirectResponse(f"{scope.get('root_path', '')}/login", 303)(scope, receive, send)
@@ -60,7 +65,7 @@ class Gate:
         limit = self.photo_bytes if path == PHOTO_PATH else self.form_bytes
         declared = dict(scope["headers"]).get(b"content-length", b"")
         if declared.isdigit() and int(declared) > limit:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, self.words(scope))(scope, receive, send)
             return
         received = 0
 
@@ -76,7 +81,7 @@ class Gate:
         try:
             await self.app(scope, bounded, send)
         except BodyTooLarge:
-            await _too_large(limit)(scope, receive, send)
+            await _too_large(limit, self.words(scope))(scope, receive, send)
 
 
 def _from_another_site(scope: Scope) -> bool:
@@ -94,21 +99,31 @@ def _from_another_site(scope: Scope) -> bool:
     return origin.partition(b"://")[2] not in hosts
 
 
-def _cross_site() -> HTMLResponse:
-    return HTMLResponse(
-        "<!doctype html><title>Refused</title><p>This form was sent from another web site and "
-        "was refused. Open the return station's own page and try again.</p>",
-        status_code=403,
+def _cross_site(words: Words) -> HTMLResponse:
+    text = words(
+        "This form was sent from another web site and was refused. Open the return station's "
+        "own page and try again."
     )
+    return _plain_page(words, words("Refused"), text, 403)
 
 
-def _too_large(limit: int) -> HTMLResponse:
+def _too_large(limit: int, words: Words) -> HTMLResponse:
     megabytes = max(1, limit // (1024 * 1024))
+    text = words(
+        "The file or form is too large (at most %(megabytes)s MB). Go back and try a smaller "
+        "photo.",
+        megabytes=megabytes,
+    )
+    response = _plain_page(words, words("Too large"), text, 413)
+    response.headers["connection"] = "close"
+    return response
+
+
+def _plain_page(words: Words, title: str, text: str, status_code: int) -> HTMLResponse:
     return HTMLResponse(
-        "<!doctype html><title>Too large</title><p>The file or form is too large "
-        f"(at most {megabytes} MB). Go back and try a smaller photo.</p>",
-        status_code=413,
-        headers={"Connection": "close"},
+        f'<!doctype html><html lang="{words.language}"><title>{html.escape(title)}</title>'
+        f"<p>{html.escape(text)}</p></html>",
+        status_code=status_code,
     )
 
 

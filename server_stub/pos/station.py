@@ -124,7 +124,13 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
     def signed_in(scope: Scope) -> bool:
         return tills.get(_cookie(scope)) is not None
 
-    app.add_middleware(Gate, signed_in=signed_in, photo_bytes=config.photo_max_bytes)
+    def words(scope: Scope) -> Words:
+        session = tills.get(_cookie(scope))
+        accepted = dict(scope["headers"]).get(b"accept-language", b"").decode("latin-1")
+        store = config.stores.get(session.store_id if session else "", Store())
+        return Words(negotiate(store.language, accepted), store.time_zone)
+
+    app.add_middleware(Gate, signed_in=signed_in, photo_bytes=config.photo_max_bytes, words=words)
     return app
 
 

@@ -200,3 +200,17 @@ def test_a_tills_receipts_on_disk_keep_every_pending_one_and_the_last_others(
     assert work.receipt("t-pending") is not None  # never dropped while pending
     assert work.receipt("t-0") is None and work.receipt(f"t-{KEPT_RECEIPTS + 4}") is not None
     assert work.receipt("../../etc/passwd") is None
+
+
+async def test_the_doors_refusals_speak_the_clerks_language() -> None:
+    from server_stub.pos.language import Words
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        raise AssertionError("refused before the station")
+
+    polish = Gate(app, lambda scope: True, photo_bytes=10, words=lambda scope: Words("pl"))
+    too_large = await post(polish, "/returns/photo", b"x" * 11)
+    assert too_large.status_code == 413 and "Plik lub formularz jest za duży" in too_large.text
+    assert 'lang="pl"' in too_large.text
+    foreign = await post(polish, "/returns/scan", b"x", **{"sec-fetch-site": "cross-site"})
+    assert foreign.status_code == 403 and "innej strony" in foreign.text
