@@ -37,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import Scope
 
@@ -120,6 +121,7 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
     enrolments = Enrolments(folder=config.data_dir / "enrolments" if config.data_dir else None)
     station = Station(config, tills, enrolments)
     station.route(app)
+    app.add_exception_handler(StarletteHTTPException, station.http_error)
 
     def signed_in(scope: Scope) -> bool:
         return tills.get(_cookie(scope)) is not None
@@ -246,6 +248,21 @@ class Station:
         response = self.page(request, None, "login.html", 401, error=error)
         response.delete_cookie(COOKIE, path=request.scope.get("root_path", "") or "/")
         return response
+
+    async def http_error(self, request: Request, error: Exception) -> Response:
+        """A page in the clerk's words, never FastAPI's JSON: an address that is not a page,
+        or a form the browser could not have sent (malformed, too many files or fields)."""
+        session = self.session_of(request)
+        words = self.words(request, session)
+        status_code = getattr(error, "status_code", 400)
+        if status_code in (404, 405):
+            message = words("There is no such page on the till. Scan a return code.")
+        else:
+            message = words("The form could not be read. Go back and try again.")
+        status_code = status_code if 400 <= status_code < 500 else 400
+        if session is None:
+            return self.page(request, None, "login.html", status_code, error=message)
+        return self.scan_page(request, session, message, status_code)
 
     # -- routes -----------------------------------------------------------------------------
 

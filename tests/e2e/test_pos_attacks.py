@@ -93,3 +93,18 @@ def test_a_sign_in_posted_from_another_site_is_refused(
         assert refused.status_code == 403 and "omnisdk_till" not in http.cookies
         own = http.post("/pos/login", data=form, headers={"origin": server_process.url})
         assert own.status_code == 303 and "omnisdk_till" in http.cookies
+
+
+def test_an_unknown_address_and_an_unreadable_form_get_a_page_not_json(
+    till: tuple[httpx.Client, str, TestTenant],
+) -> None:
+    http, csrf, _ = till
+    unknown = http.get("/pos/returns/nothing-here", headers={"accept-language": "pl"})
+    assert unknown.status_code == 404 and unknown.headers["content-type"].startswith("text/html")
+    assert "nie ma takiej strony" in problem(unknown) and 'id="code"' in unknown.text
+    two_files = [("image", ("a.png", b"x")), ("image", ("b.png", b"y"))]
+    crafted = http.post("/pos/returns/photo", data={"csrf": csrf}, files=two_files)
+    assert crafted.status_code == 400 and "could not be read" in problem(crafted)
+    with httpx.Client(base_url=str(http.base_url)) as stranger:
+        lost = stranger.get("/pos/nowhere")
+        assert lost.status_code == 404 and "no such page" in problem(lost)
