@@ -22,7 +22,7 @@ from server_stub.errors import install_error_handlers
 from server_stub.ids import utcnow
 from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging, flush_logs
-from server_stub.pos import StationConfig, create_station
+from server_stub.pos import StationConfig, close_station, create_station
 from server_stub.routers import (
     carts,
     changes,
@@ -127,6 +127,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
+            # Starlette runs no lifespan of a mounted app: the station's clients close here.
+            await close_station(app.state.pos_station)
             await app.state.runtime.changes.close()
             await database.dispose()
             flush_logs()
@@ -153,6 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.mount("/pos", station, name="pos")
+    app.state.pos_station = station
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_body_bytes,

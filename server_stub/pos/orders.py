@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import uuid
 
+from babel.numbers import NumberFormatError, parse_decimal
 from starlette.datastructures import FormData
 
 from omnisdk.core import tokens
@@ -79,7 +80,7 @@ def draft(
         return words("Choose how the money goes back.")
     amount = None
     if status is None:
-        amount = amount_of(str(form.get("amount", "")))
+        amount = amount_of(str(form.get("amount", "")), words.language)
         if amount is None:
             return words(
                 "The till is offline: type the amount you refund, more than 0 (for example 89.00)."
@@ -96,9 +97,25 @@ def draft(
     )
 
 
-def amount_of(text: str) -> float | None:
+AMOUNT_CHARACTERS = re.compile(r"[0-9.,\u00a0\u202f ]+")
+
+
+def amount_of(text: str, language: str = "en") -> float | None:
+    """The amount a clerk typed, read the way the store's locale writes money (Babel, strict):
+    "1 234,50" in Polish, "1,234.50" in English; None if it is not plainly an amount above 0.
+
+    Strict parsing refuses what a locale would misread ("1,234" is 1234 in English, never
+    1.234), and only digits, separators and spaces are taken (no "nan", "1e5" or "-5").
+    """
+    cleaned = text.strip()
+    if not AMOUNT_CHARACTERS.fullmatch(cleaned):
+        return None
+    # Polish groups thousands with a no-break space; a keyboard types a plain one.
+    cleaned = re.sub(r"[ \u202f]", "\u00a0", cleaned)
     try:
-        value = float(text.strip().replace(",", "."))
-    except ValueError:
+        value = float(parse_decimal(cleaned, locale=language, strict=True))
+    except NumberFormatError:
+        return None
+    if value != round(value, 2):  # "1.234" is a misread 1234, never 1.234
         return None
     return value if 0 < value <= MAX_AMOUNT else None

@@ -18,16 +18,9 @@ def read_return_code(data: bytes) -> str:
     """The RT1 text of the QR code in the image, or UnreadablePhoto with a reason."""
     if not data:
         raise UnreadablePhoto("No picture was received. Take the photo again.")
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            if image.width * image.height > MAX_PIXELS:
-                raise UnreadablePhoto("The picture is too large. Take it again at a lower size.")
-            grey = image.convert("L")
-    except Image.DecompressionBombError as error:
-        # A few bytes may claim 30000 x 30000 pixels: Pillow refuses to open it at all.
-        raise UnreadablePhoto("The picture is too large. Take it again at a lower size.") from error
-    except (UnidentifiedImageError, OSError) as error:
-        raise UnreadablePhoto("That file is not a picture. Take a photo of the QR code.") from error
+    grey = _grey(data)
+    if grey is None:
+        raise UnreadablePhoto("The picture is too large. Take it again at a lower size.")
     codes = [
         barcode.text.strip()
         for barcode in zxingcpp.read_barcodes(grey)
@@ -42,3 +35,17 @@ def read_return_code(data: bytes) -> str:
         "No QR code could be read in the picture. "
         "Hold the code flat, fill the frame, and try again."
     )
+
+
+def _grey(data: bytes) -> Image.Image | None:
+    """The picture in grey, decoded only if it has at most MAX_PIXELS (None if more)."""
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            if image.width * image.height > MAX_PIXELS:
+                return None
+            return image.convert("L")
+    except Image.DecompressionBombError:
+        return None  # a few bytes may claim billions of pixels: Pillow refuses to decode them
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError, EOFError) as error:
+        # What a broken file raises depends on its format's decoder.
+        raise UnreadablePhoto("That file is not a picture. Take a photo of the QR code.") from error

@@ -21,6 +21,7 @@ allows nothing but this origin's stylesheet, script and images.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import re
 import secrets
@@ -36,6 +37,7 @@ from fastapi import FastAPI, Request
 from fastapi.staticfiles import StaticFiles
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 from starlette.types import Scope
 
@@ -55,7 +57,7 @@ COOKIE = "omnisdk_till"
 # A till is a shop's device at a counter: it stays signed in for 30 days (across restarts of
 # the station, whose data_dir keeps the session) unless the shop revokes its key first.
 SESSION_SECONDS = 30 * 86_400
-ID_PATTERN = re.compile(r"[A-Za-z0-9._-]{1,64}")
+ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")  # no ".", no ".."
 
 
 @dataclass(frozen=True)
@@ -93,38 +95,73 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
     """The return station as an ASGI app; mount it where staff reach it (e.g. at /pos)."""
     config = config or StationConfig()
 
-    def new_client(api_key: str, till_id: str) -> omnisdk.AsyncClient:
+    def new_client(api_key: str, folder: Path | None) -> omnisdk.AsyncClient:
         http = httpx.AsyncClient(transport=config.transport, timeout=config.timeout)
-        data_dir = config.data_dir / till_id if config.data_dir else None
-        return omnisdk.AsyncClient(
+        return StationClient(
             config.server_url,
             api_key,
             channel="pos",
             http_client=http,
-            data_dir=data_dir,
+            data_dir=folder,
             offline_cap=config.offline_cap,
             retry_policy=config.retry_policy,
             timeout=config.timeout,
         )
 
-    sessions_file = config.data_dir / "till-sessions.json" if config.data_dir else None
-    tills = TillSessions(sessions_file, new_client)
+    tills = TillSessions(config.data_dir, new_client)
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(station: FastAPI) -> AsyncIterator[None]:
         yield
-        await tills.close()
+        await close_station(station)
 
     app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.tills = tills
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
-    station = Station(config, tills, Enrolments())
+    enrolments = Enrolments(folder=config.data_dir / "enrolments" if config.data_dir else None)
+    station = Station(config, tills, enrolments)
     station.route(app)
+    app.add_exception_handler(StarletteHTTPException, station.http_error)
 
     def signed_in(scope: Scope) -> bool:
         return tills.get(_cookie(scope)) is not None
 
-    app.add_middleware(Gate, signed_in=signed_in, photo_bytes=config.photo_max_bytes)
+    def words(scope: Scope) -> Words:
+        session = tills.get(_cookie(scope))
+        accepted = dict(scope["headers"]).get(b"accept-language", b"").decode("latin-1")
+        store = config.stores.get(session.store_id if session else "", Store())
+        return Words(negotiate(store.language, accepted), store.time_zone)
+
+    app.add_middleware(Gate, signed_in=signed_in, photo_bytes=config.photo_max_bytes, words=words)
     return app
+
+
+class StationClient(omnisdk.AsyncClient):
+    """An SDK client over an httpx client the station made for it (its transport and
+    timeout): the SDK leaves a client it was given open, so this one closes it too."""
+
+    def __init__(
+        self, base_url: str, api_key: str, *, http_client: httpx.AsyncClient, **options: Any
+    ) -> None:
+        super().__init__(base_url, api_key, http_client=http_client, **options)
+        self._station_http = http_client
+
+    async def aclose(self) -> None:
+        try:
+            await super().aclose()
+        finally:
+            await self._station_http.aclose()
+
+
+async def close_station(station: FastAPI) -> None:
+    """Close the tills' SDK clients and stop their background sending.
+
+    Run by the station's own lifespan when it is the served app; a host that mounts it must
+    call this from its lifespan, since Starlette does not run a mounted app's lifespan.
+    Closing twice is harmless.
+    """
+    tills: TillSessions = station.state.tills
+    await tills.close()
 
 
 def _cookie(scope: Scope) -> str:
@@ -136,6 +173,13 @@ def _cookie(scope: Scope) -> str:
                 if key == COOKIE:
                     return cookie
     return ""
+
+
+@dataclass(frozen=True)
+class TillSigningIn:
+    tenant_id: str
+    client: omnisdk.AsyncClient
+    offline: bool  # the network is down; the key signed this till in before
 
 
 class SignedOut(Exception):
@@ -205,6 +249,21 @@ class Station:
         response.delete_cookie(COOKIE, path=request.scope.get("root_path", "") or "/")
         return response
 
+    async def http_error(self, request: Request, error: Exception) -> Response:
+        """A page in the clerk's words, never FastAPI's JSON: an address that is not a page,
+        or a form the browser could not have sent (malformed, too many files or fields)."""
+        session = self.session_of(request)
+        words = self.words(request, session)
+        status_code = getattr(error, "status_code", 400)
+        if status_code in (404, 405):
+            message = words("There is no such page on the till. Scan a return code.")
+        else:
+            message = words("The form could not be read. Go back and try again.")
+        status_code = status_code if 400 <= status_code < 500 else 400
+        if session is None:
+            return self.page(request, None, "login.html", status_code, error=message)
+        return self.scan_page(request, session, message, status_code)
+
     # -- routes -----------------------------------------------------------------------------
 
     def route(self, app: FastAPI) -> None:
@@ -239,6 +298,7 @@ class Station:
         return await self.sign_in(request, api_key, store_id, till_id)
 
     async def login_by_enrolment(self, request: Request) -> Response:
+        """The till scanned an enrolment code: its key is made now, and it is signed in."""
         form = await self.form(request)
         words = self.words(request, None)
         code = str(form.get("code", ""))
@@ -249,31 +309,62 @@ class Station:
                 "new one and scan it."
             )
             return self.page(request, None, "login.html", 422, error=error)
-        response = await self.sign_in(
-            request, enrolment.api_key, enrolment.store_id, enrolment.till_id
+        admin = self.admin_client(enrolment.admin_key)
+        try:
+            name = f"till {enrolment.store_id}/{enrolment.till_id} (enrolment)"
+            created = await admin.keys.create("pos", name)
+            if created.secret is None:  # a replayed answer never shows a key's secret again
+                await admin.keys.revoke(created.key_id)
+                raise omnisdk.APIConnectionError("the key's secret was not received")
+        except omnisdk.OmnisdkError:
+            await admin.aclose()
+            self.enrolments.restore(enrolment)  # the network, say: it may be scanned again
+            error = words(
+                "The shop's server cannot be reached. Sign in again when the network is back."
+            )
+            return self.page(request, None, "login.html", 503, error=error)
+        try:
+            response = await self.sign_in(
+                request, created.secret, enrolment.store_id, enrolment.till_id
+            )
+            if response.status_code != 303:  # not signed in: no key is left behind
+                with contextlib.suppress(omnisdk.OmnisdkError):
+                    await admin.keys.revoke(created.key_id)
+                self.enrolments.restore(enrolment)
+            return response
+        finally:
+            await admin.aclose()
+
+    def admin_client(self, admin_key: str) -> omnisdk.AsyncClient:
+        return StationClient(
+            self.config.server_url,
+            admin_key,
+            channel="admin",
+            http_client=httpx.AsyncClient(
+                transport=self.config.transport, timeout=self.config.timeout
+            ),
+            retry_policy=self.config.retry_policy,
+            timeout=self.config.timeout,
         )
-        if response.status_code != 303:  # not signed in (the network, say): scan it again
-            self.enrolments.restore(enrolment)
-        return response
 
     async def sign_in(
         self, request: Request, api_key: str, store_id: str, till_id: str
     ) -> Response:
         words = self.words(request, None)
-        client = self.tills.new_client(api_key, till_id)
-        refusal = await _sign_in_refusal(client, words)
-        offline = (
-            refusal is not None and refusal[0] == 503 and self.tills.known_key(till_id, api_key)
-        )
-        if refusal is not None and not offline:
-            await client.aclose()
-            return self.page(request, None, "login.html", refusal[0], error=refusal[1])
-        if not offline:
-            self.tills.remember_key(till_id, api_key)
+        till = await self.till_of(api_key, store_id, till_id, words)
+        if isinstance(till, tuple):
+            return self.page(request, None, "login.html", till[0], error=till[1])
+        tenant_id, client, offline = till.tenant_id, till.client, till.offline
         cookie = secrets.token_urlsafe(32)
         seconds = self.config.session_seconds
         session = TillSession(
-            api_key, store_id, till_id, secrets.token_urlsafe(32), time.time() + seconds, client
+            api_key,
+            store_id,
+            till_id,
+            secrets.token_urlsafe(32),
+            time.time() + seconds,
+            tenant_id=tenant_id,
+            client=client,
         )
         if offline:  # the key signed this till in before; the shop checks it when it can
             session.went_offline()
@@ -289,11 +380,44 @@ class Station:
         )
         return response
 
+    async def till_of(
+        self, api_key: str, store_id: str, till_id: str, words: Words
+    ) -> TillSigningIn | tuple[int, str]:
+        """The shop of a till signing in, its client and whether it signs in offline; or why
+        it cannot sign in (status, words for the clerk)."""
+        probe = self.tills.new_client(api_key, None)
+        try:
+            principal = await _principal(probe, words)
+        finally:
+            await probe.aclose()
+        offline = isinstance(principal, tuple) and principal[0] == 503
+        if offline:  # a key that signed this till in before may sign it in again
+            tenant_id = self.tills.known_tenant(store_id, till_id, api_key)
+            if tenant_id is None:
+                return 503, words(
+                    "The shop's server cannot be reached. Sign in again when the network is back."
+                )
+        elif isinstance(principal, tuple):
+            return principal
+        else:
+            tenant_id = principal.tenant_id
+            self.tills.adopt_legacy_folder(tenant_id, store_id, till_id)
+        folder = self.tills.folder(tenant_id, store_id, till_id)
+        client = self.tills.new_client(api_key, folder)
+        if not offline:
+            refusal = await _keys_refusal(client, words)
+            if refusal is not None:
+                await client.aclose()
+                return refusal
+            self.tills.remember_key(folder, api_key)
+        return TillSigningIn(tenant_id, client, offline)
+
     async def enrol_form(self, request: Request) -> Response:
         return self.page(request, None, "enrol.html")
 
     async def enrol(self, request: Request) -> Response:
-        """An admin makes a till key and shows it as a one-time enrolment code."""
+        """An admin shows a one-time enrolment code; the till's key is made when it is scanned
+        (a code never scanned leaves no key behind)."""
         form = await self.form(request)
         words = self.words(request, None)
         admin_key = str(form.get("admin_key", "")).strip()
@@ -302,18 +426,9 @@ class Station:
         if not (0 < len(admin_key) <= 200) or not _is_id(store_id) or not _is_id(till_id):
             error = words("Fill in the admin key, the store and the till.")
             return self.page(request, None, "enrol.html", 422, error=error)
-        admin = omnisdk.AsyncClient(
-            self.config.server_url,
-            admin_key,
-            channel="admin",
-            http_client=httpx.AsyncClient(
-                transport=self.config.transport, timeout=self.config.timeout
-            ),
-            retry_policy=self.config.retry_policy,
-            timeout=self.config.timeout,
-        )
+        admin = self.admin_client(admin_key)
         try:
-            created = await admin.keys.create("pos", f"till {store_id}/{till_id} (enrolment)")
+            await admin.keys.list()  # only a key that may make till keys may list them
         except omnisdk.AuthenticationError:
             error = words("That admin key is not valid.")
             return self.page(request, None, "enrol.html", 401, error=error)
@@ -327,12 +442,7 @@ class Station:
             return self.page(request, None, "enrol.html", 503, error=error)
         finally:
             await admin.aclose()
-        if created.secret is None:  # a replayed answer never shows a key's secret again
-            error = words(
-                "The shop's server cannot be reached. Try again when the network is back."
-            )
-            return self.page(request, None, "enrol.html", 503, error=error)
-        enrolment = self.enrolments.offer(created.secret, created.key_id, store_id, till_id)
+        enrolment = self.enrolments.offer(admin_key, store_id, till_id)
         minutes = int(self.enrolments.seconds // 60)
         return self.page(request, None, "enrolment.html", enrolment=enrolment, minutes=minutes)
 
@@ -356,13 +466,16 @@ class Station:
         status_code: int = 200,
     ) -> Response:
         assert session.client is not None
+        pending = session.client.returns.till.pending()  # the till's own file, read at once
+        if pending:  # left from before a restart, or taken through another station process
+            self.keep_sending(session)
         return self.page(
             request,
             session,
             "scan.html",
             status_code,
             error=error,
-            pending=session.client.returns.till.pending(),
+            pending=pending,
             scan_focus=True,
         )
 
@@ -504,7 +617,7 @@ class Station:
         draft = orders.draft(words, form, verification, status, session.till_id)
         if isinstance(draft, str):
             return self.order_page(request, session, token, verification, status, draft, typed)
-        session.remember_review(draft)
+        session.work.keep_review(draft)
         return self.page(request, session, "review.html", review=draft, scan_focus=True)
 
     async def confirm(self, request: Request) -> Response:
@@ -516,9 +629,9 @@ class Station:
         words = self.words(request, session)
         transaction = str(form.get("transaction", ""))
         async with session.confirming:
-            if transaction in session.receipts:
+            if session.work.receipt(transaction) is not None:
                 return self.go(request, f"/returns/receipt/{transaction}")
-            review = session.reviews.get(transaction)
+            review = session.work.review(transaction)
             if review is None:
                 error = words("This return was not reviewed on this till. Scan the code again.")
                 return self.scan_page(request, session, error, 422)
@@ -528,7 +641,7 @@ class Station:
                 return await self.signed_out(request)
             if isinstance(outcome, str):
                 return await self.order_again(request, session, review, outcome)
-            session.remember_receipt(outcome)
+            session.work.keep_receipt(outcome)
         if outcome.redemption.status == "pending":
             self.keep_sending(session)
         return self.go(request, f"/returns/receipt/{transaction}")
@@ -600,7 +713,7 @@ class Station:
         session = self.session_of(request)
         if session is None:
             return self.go(request, "/login")
-        receipt = session.receipts.get(transaction)
+        receipt = session.work.receipt(transaction)
         if receipt is None:
             words = self.words(request, session)
             return self.scan_page(
@@ -619,7 +732,7 @@ class Station:
         except SignedOut:
             return await self.signed_out(request)
         back = str(form.get("back", ""))
-        if back in session.receipts:
+        if session.work.receipt(back) is not None:
             return self.go(request, f"/returns/receipt/{back}")
         return self.go(request, "/returns")
 
@@ -636,11 +749,12 @@ class Station:
             session.went_offline()
         repriced = {r.till_transaction_id: r for r in outcome["repriced"]}
         for redemption in outcome["confirmed"]:
-            receipt = session.receipts.get(redemption.till_transaction_id)
+            receipt = session.work.receipt(redemption.till_transaction_id)
             if receipt is not None:
                 confirmed = redemption.model_copy(update={"value": receipt.review.refund})
                 receipt.redemption = confirmed
                 receipt.repriced = repriced.get(redemption.till_transaction_id)
+                session.work.keep_receipt(receipt)
 
     def keep_sending(self, session: TillSession) -> None:
         """Send this till's queued returns in the background until none are left: pages never
@@ -676,23 +790,37 @@ def _is_id(text: str) -> bool:
     return ID_PATTERN.fullmatch(text) is not None
 
 
-async def _sign_in_refusal(client: omnisdk.AsyncClient, words: Words) -> tuple[int, str] | None:
-    """Why this key cannot sign a till in (status, words for the clerk), or None if it can."""
+async def _principal(
+    client: omnisdk.AsyncClient, words: Words
+) -> omnisdk.models.Principal | tuple[int, str]:
+    """Who this key is if it may sign a till in; else why not (status, words for the clerk)."""
     not_a_till = (403, words("This is not a till key. Use the key made for this store's tills."))
     try:
         me = await client.system.whoami()
-        await client.returns.keys(refresh=True)
-    except omnisdk.AuthenticationError:
-        return 401, words("That key is not valid. Check it and try again.")
     except omnisdk.PermissionDeniedError:
         return not_a_till
-    except omnisdk.APIConnectionError:
+    except omnisdk.OmnisdkError as error:
+        return _sign_in_failure(words, error)
+    return me if me.channel is omnisdk.Channel.POS else not_a_till
+
+
+async def _keys_refusal(client: omnisdk.AsyncClient, words: Words) -> tuple[int, str] | None:
+    """The shop's keys, fetched into the till's folder for offline checks; or why not."""
+    try:
+        await client.returns.keys(refresh=True)
+    except omnisdk.OmnisdkError as error:
+        return _sign_in_failure(words, error)
+    return None
+
+
+def _sign_in_failure(words: Words, error: omnisdk.OmnisdkError) -> tuple[int, str]:
+    if isinstance(error, omnisdk.AuthenticationError):
+        return 401, words("That key is not valid. Check it and try again.")
+    if isinstance(error, omnisdk.APIConnectionError):
         return 503, words(
             "The shop's server cannot be reached. Sign in again when the network is back."
         )
-    except omnisdk.APIError:
-        return 502, words("The shop's server refused the sign-in. Ask the shop's support.")
-    return None if me.channel is omnisdk.Channel.POS else not_a_till
+    return 502, words("The shop's server refused the sign-in. Ask the shop's support.")
 
 
 def _status_refusal(

@@ -96,3 +96,22 @@ def accessible(page: Any, where: str) -> None:
         if v["impact"] in SERIOUS
     ]
     assert found == [], (where, found)
+
+
+def hosting(station: Any) -> Any:
+    """A shop's POS backend mounting `station` at /pos, closing it as a host must (Starlette
+    runs no lifespan of a mounted app)."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI
+
+    from server_stub.pos import close_station
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> Any:
+        yield
+        await close_station(station)
+
+    host = FastAPI(lifespan=lifespan)
+    host.mount("/pos", station)
+    return host

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from fastapi import FastAPI
 from playwright.sync_api import expect
 
 from omnisdk.testing import ServerProcess, TestTenant
 from server_stub.pos import StationConfig, Store, create_station
-from tests.browser.conftest import ServedApp, accessible
+from tests.browser.conftest import ServedApp, accessible, hosting
 from tests.browser.test_pos_station import SHOES, expired_token
 
 STORES = {
@@ -38,15 +37,13 @@ def shop_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProc
 def backend(
     shop_server: ServerProcess, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[ServedApp]:
-    app = FastAPI()
     config = StationConfig(
         server_url=shop_server.url,
         data_dir=tmp_path_factory.mktemp("tills"),
         shop_name="Obuwie Kowalski",
         stores=STORES,
     )
-    app.mount("/pos", create_station(config))
-    with ServedApp(app) as served:
+    with ServedApp(hosting(create_station(config))) as served:
         yield served
 
 

@@ -21,7 +21,7 @@ from server_stub.pos import StationConfig, create_station
 from server_stub.sealing import Sealer
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.storage.database import Database
-from tests.browser.conftest import ServedApp, accessible
+from tests.browser.conftest import ServedApp, accessible, hosting
 from tests.e2e.test_till_keys_and_offline_cap import forged_code
 from tests.fault_proxy import FaultProxy
 
@@ -216,6 +216,34 @@ def test_a_scan_works_from_the_order_page_and_the_receipt_page(
     page.close()
 
 
+def type_scan(page: Any, code: str) -> None:
+    """A wedge scan wherever the focus is (no field asked for), then its Enter."""
+    page.keyboard.type(code, delay=0)
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+
+
+def test_a_scan_while_a_button_has_the_focus_opens_the_code_and_presses_nothing(
+    browser: Any, server: ReferenceServer, shop: TestTenant
+) -> None:
+    first, second, third = (issue(shop, ref) for ref in ("F1", "F2", "F3"))
+    page = sign_in(browser, server.url, shop.key("pos"))
+    scan(page, first)
+    page.fill("#qty-1", "1")
+    with page.expect_navigation():
+        page.keyboard.press("Enter")
+    page.focus("#confirm")  # the clerk tabbed to Confirm, then the next customer came
+    type_scan(page, second)
+    assert "Order F2" in page.inner_text("h1")
+    with shop.client("pos") as till:
+        assert till.returns.status(first).redemptions == []  # Confirm was not pressed
+    review_and_confirm(page, {"1": "1"})
+    page.focus("#print")  # on the receipt, the Print button has the focus
+    type_scan(page, f" {third.lower()}")
+    assert "Order F3" in page.inner_text("h1")
+    page.close()
+
+
 def test_each_wrong_scan_gets_its_own_answer(
     browser: Any, server: ReferenceServer, shop: TestTenant, shots: Path
 ) -> None:
@@ -347,10 +375,8 @@ def docs_images(shots: Path) -> Path:
 
 def pos_backend(server_url: str, data_dir: Path, **options: Any) -> ServedApp:
     """A shop's POS backend that mounts the station, with a data_dir for offline work."""
-    app = FastAPI()
     config = StationConfig(server_url=server_url, data_dir=data_dir, **options)
-    app.mount("/pos", create_station(config))
-    return ServedApp(app)
+    return ServedApp(hosting(create_station(config)))
 
 
 def test_a_self_mounted_station_reads_no_body_before_the_sign_in(tmp_path: Path) -> None:

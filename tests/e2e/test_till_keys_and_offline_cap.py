@@ -171,3 +171,29 @@ def test_settling_reports_an_offline_amount_the_shop_prices_differently(tmp_path
         89.0,
     )
     assert repriced.difference == 9.0
+
+
+def test_one_till_transaction_sent_twice_offline_is_queued_once(
+    offline_till: tuple[str, Path, str, str],
+) -> None:
+    """A confirm resent through two station processes at once: one pending return, counted
+    once against the cap."""
+    url, till_dir, key, token = offline_till
+
+    async def confirm(till: omnisdk.AsyncClient) -> omnisdk.models.Redemption:
+        return await till.returns.redeem(
+            token, {"1": 1}, "t:twice", "s-1", "cash", queue_if_offline=True, value=60.0
+        )
+
+    async def run() -> list[omnisdk.models.Redemption]:
+        async with omnisdk.AsyncClient(
+            url, key, channel="pos", data_dir=till_dir, offline_cap=100.0, retry_policy=OFFLINE
+        ) as till:
+            return await asyncio.gather(*(confirm(till) for _ in range(4)))
+
+    answers = asyncio.run(run())
+    assert {(a.status, a.till_transaction_id, a.value) for a in answers} == {
+        ("pending", "t:twice", 60.0)
+    }
+    with omnisdk.Client(url, key, channel="pos", data_dir=till_dir, retry_policy=OFFLINE) as till:
+        assert [item["value"] for item in till.returns.pending()] == [60.0]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import os
+import stat
+from pathlib import Path
 
 import pytest
 
@@ -55,49 +57,93 @@ def test_a_review_totals_the_shop_prices_unless_the_till_is_offline() -> None:
     assert offline.total is None and offline.refund == 80.0
 
 
-def test_an_enrolment_code_works_once_and_not_after_it_expires() -> None:
+@pytest.mark.parametrize("on_disk", [False, True])
+def test_an_enrolment_code_works_once_and_not_after_it_expires(
+    on_disk: bool, tmp_path: Path
+) -> None:
     from server_stub.pos.enrolment import Enrolments
 
-    enrolments = Enrolments(seconds=60)
-    offered = enrolments.offer("key", "key_1", "s-1", "t-1")
+    folder = tmp_path / "enrolments" if on_disk else None
+    enrolments = Enrolments(seconds=60, folder=folder)
+    offered = enrolments.offer("admin-key", "s-1", "t-1")
     assert offered.code.startswith("EN1:") and len(offered.code) == 36
     assert enrolments.take(f"  {offered.code.lower()} ") == offered  # a wedge lower-cases
     assert enrolments.take(offered.code) is None  # used
     enrolments.restore(offered)  # its sign-in failed: it may be scanned again
     assert enrolments.take(offered.code) == offered
-    short_lived = Enrolments(seconds=0)
-    expired = short_lived.offer("key", "key_2", "s-1", "t-1")
+    short_lived = Enrolments(seconds=0, folder=folder)
+    expired = short_lived.offer("admin-key", "s-1", "t-1")
     assert short_lived.take(expired.code) is None
 
 
-def test_units_must_be_plain_whole_numbers_within_what_is_left() -> None:
-    from starlette.datastructures import FormData
+def test_an_enrolment_shown_by_one_station_process_is_taken_by_another_once(
+    tmp_path: Path,
+) -> None:
+    from server_stub.pos.enrolment import Enrolments
 
-    from omnisdk.core import tokens
-    from server_stub.pos.language import Words
-    from server_stub.pos.orders import draft, natural
+    shown_by, scanned_at = Enrolments(folder=tmp_path), Enrolments(folder=tmp_path)
+    offered = shown_by.offer("osk_admin_secret", "s-1", "t-1")
+    stored = b"".join(file.read_bytes() for file in tmp_path.iterdir())
+    assert b"osk_admin_secret" not in stored and offered.code.encode() not in stored
+    assert all(stat.S_IMODE(file.stat().st_mode) == 0o600 for file in tmp_path.iterdir())
+    assert scanned_at.take("EN1:" + "A" * 32) is None  # a guess opens nothing
+    assert scanned_at.take(offered.code) == offered
+    assert shown_by.take(offered.code) is None and list(tmp_path.iterdir()) == []
+    foreign = tmp_path / "outbox.sqlite3"  # e.g. a till folder of the older layout
+    foreign.write_bytes(b"pending returns")
+    os.utime(foreign, (0, 0))
+    Enrolments(seconds=1, folder=tmp_path).offer("admin-key", "s-1", "t-1")
+    assert foreign.exists()  # only what the station sealed is ever deleted
 
-    claims = tokens.ReturnClaims(
-        issuer="ten_1",
-        issued_at=datetime(2026, 1, 1, tzinfo=UTC),
-        expires_at=datetime(2026, 2, 1, tzinfo=UTC),
-        token_id=bytes(16),
-        order_ref="A1",
-        lines=(tokens.ReturnLine("10", "B", 1), tokens.ReturnLine("2", "A", 2)),
-        refund_methods=("card",),
-    )
-    valid = tokens.Verification(tokens.Status.VALID, "ok", claims)
-    words = Words("en")
 
-    def review(**fields: str) -> object:
-        form = FormData({"token": "RT1:X", "refund_method": "card", **fields})
-        return draft(words, form, valid, None, "till-1")
+def png_claiming(width: int, height: int) -> bytes:
+    """A PNG of a hundred bytes whose header claims `width` by `height` pixels."""
+    import struct
+    import zlib
 
-    for bad in ("²", "1.5", "-1", " 1e3"):
-        assert "whole number" in str(review(**{"qty-2": bad, "amount": "5"}))
-    assert "At most 2 of A" in str(review(**{"qty-2": "3", "amount": "5"}))
-    assert "more than 0" in str(review(**{"qty-2": "1", "amount": "nan"}))
-    ok = review(**{"qty-2": "2", "amount": "12,50"})
-    assert isinstance(ok, Review) and ok.units == {"2": 2} and ok.refund == 12.5
-    assert [line.line_id for line in ok.lines] == ["2", "10"]
-    assert sorted(["10", "2", "1", "a2", "a10"], key=natural) == ["1", "2", "10", "a2", "a10"]
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+
+
+def test_a_photo_claiming_billions_of_pixels_is_refused_in_words() -> None:
+    import pytest
+
+    from server_stub.pos.photos import UnreadablePhoto, read_return_code
+
+    for width in (7_000, 30_000, 65_000):  # over our limit, over Pillow's, far over it
+        with pytest.raises(UnreadablePhoto, match="too large"):
+            read_return_code(png_claiming(width, width))
+
+
+@pytest.mark.parametrize(
+    ("typed", "language", "amount"),
+    [
+        ("89.00", "en", 89.0),
+        ("1,234.50", "en", 1234.5),
+        ("1,234", "en", 1234.0),  # never 1.234
+        ("89,00", "pl", 89.0),
+        ("89.00", "pl", 89.0),
+        ("1 234,50", "pl", 1234.5),  # a plain space where Polish writes a no-break space
+        ("1\u00a0234,50", "pl", 1234.5),
+        ("1.234", "pl", None),  # three decimals: a misread thousand, not 1.234 zł
+        ("89,00", "en", None),
+        ("0", "en", None),
+        ("-5", "en", None),
+        ("nan", "en", None),
+        ("1e5", "en", None),
+        ("\uff11\uff12", "en", None),  # full-width digits
+        ("2000000", "en", None),  # over the most a till refunds
+        ("", "pl", None),
+    ],
+)
+def test_an_offline_amount_is_read_as_the_stores_locale_writes_money(
+    typed: str, language: str, amount: float | None
+) -> None:
+    from server_stub.pos.orders import amount_of
+
+    assert amount_of(typed, language) == amount

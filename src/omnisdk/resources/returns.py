@@ -227,6 +227,9 @@ class TillState:
                 f"This code allows refunds by {', '.join(claims.refund_methods)} only."
             )
         pending = self.outbox.items(REDEMPTION)
+        for item in pending:  # the same till transaction sent twice (a resent confirm): once
+            if item.key == request.till_transaction_id:
+                return _pending_redemption(request, claims, float(item.payload["value"]))
         on_token = {line.line_id: line for line in claims.lines}
         for wanted in request.lines:
             line = on_token.get(wanted.line_id)
@@ -259,22 +262,7 @@ class TillState:
         }
         self.outbox.append(REDEMPTION, request.till_transaction_id, payload)
         self.outbox.sync()  # money: on disk before the clerk hands anything back
-        skus = {line.line_id: line.sku for line in claims.lines}
-        return Redemption(
-            redemption_id=f"pending-{request.till_transaction_id}",
-            token_id=claims.token_id_hex,
-            order_ref=claims.order_ref,
-            till_transaction_id=request.till_transaction_id,
-            store_id=request.store_id,
-            refund_method=request.refund_method,
-            lines=[
-                ReturnedLine(line_id=line.line_id, sku=skus[line.line_id], quantity=line.quantity)
-                for line in request.lines
-            ],
-            value=value,
-            created_at=datetime.now(UTC),
-            status="pending",
-        )
+        return _pending_redemption(request, claims, value)
 
     def pending(self) -> list[dict[str, Any]]:
         return [item.payload for item in self.outbox.items(REDEMPTION)]
@@ -507,3 +495,25 @@ class Returns(Resource[C]):
         keys: PublishedKeys = yield rotate_call()
         yield Blocking(functools.partial(self.till.remember_keys, keys))
         return keys
+
+
+def _pending_redemption(
+    request: RedeemRequest, claims: tokens.ReturnClaims, value: float
+) -> Redemption:
+    """What a till shows for a redemption it queued: pending until the server confirms it."""
+    skus = {line.line_id: line.sku for line in claims.lines}
+    return Redemption(
+        redemption_id=f"pending-{request.till_transaction_id}",
+        token_id=claims.token_id_hex,
+        order_ref=claims.order_ref,
+        till_transaction_id=request.till_transaction_id,
+        store_id=request.store_id,
+        refund_method=request.refund_method,
+        lines=[
+            ReturnedLine(line_id=line.line_id, sku=skus[line.line_id], quantity=line.quantity)
+            for line in request.lines
+        ],
+        value=value,
+        created_at=datetime.now(UTC),
+        status="pending",
+    )
