@@ -18,8 +18,9 @@ from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from typing import Any, ClassVar, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
+from omnisdk import _lifecycle
 from omnisdk._consent_cache import ConsentCache
 from omnisdk._content_cache import ContentCache
 from omnisdk._version import __version__
@@ -285,6 +286,8 @@ class BaseClient:
         """The durable queue of deferred writes (opened on first use, in `data_dir`)."""
         if self._outbox is None:
             self._outbox = Outbox(self.data_dir / "outbox.sqlite3", **self._outbox_options)
+            # Held until close(): its exit hook must find it (see _lifecycle).
+            _lifecycle.hold(cast("_lifecycle.Ending", self))
         return self._outbox
 
     def _outbox_to_disk(self, timeout: float) -> Outbox | None:

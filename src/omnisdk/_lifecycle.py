@@ -35,6 +35,11 @@ class Ending(Protocol):
 
 
 _CLIENTS: weakref.WeakSet[Ending] = weakref.WeakSet()
+# Clients with an open outbox, held until they are closed: a client dropped without close()
+# (an AsyncClient whose coroutine returned, say) would otherwise be collected before the exit
+# hook runs, and what its outbox held only in memory would die with the process. A client
+# that never queued anything is held weakly, like any object its owner drops.
+_HOLDING: set[Ending] = set()
 # A signal sent to the process goes to any thread that does not block it. Taken by a background
 # thread, SIGTERM or SIGINT would wait for the main thread to run Python code again, which a
 # main thread blocked in a lock (an idle Pool worker) never does: the process would hang.
@@ -56,12 +61,18 @@ def register(client: Ending) -> None:
     _CLIENTS.add(client)
 
 
+def hold(client: Ending) -> None:
+    """Keep `client` alive until it is closed (its outbox is open)."""
+    _HOLDING.add(client)
+
+
 def unregister(client: Ending) -> None:
     _CLIENTS.discard(client)
+    _HOLDING.discard(client)
 
 
 def _end_all(deliver: bool) -> None:
-    for client in list(_CLIENTS):
+    for client in list({*_CLIENTS, *_HOLDING}):
         try:
             client._at_exit(deliver)
         except Exception:  # one client's failure must not keep the others' writes from disk
@@ -69,7 +80,7 @@ def _end_all(deliver: bool) -> None:
 
 
 def _forget_parent() -> None:
-    for client in list(_CLIENTS):
+    for client in list({*_CLIENTS, *_HOLDING}):
         client._after_fork()
 
 

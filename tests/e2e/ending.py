@@ -7,6 +7,7 @@ never calling `close()`. Run by tests/e2e/test_process_endings.py, which counts 
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import sys
@@ -51,11 +52,24 @@ def pool_terminate(count: int) -> None:
         )
 
 
-async def _async_track(url: str, key: str, data_dir: str, count: int) -> None:
+async def _async_track(url: str, key: str, data_dir: str, count: int, prefix: str = "a") -> None:
     aclient = omnisdk.AsyncClient(url, key, channel="web", data_dir=data_dir)
     for n in range(count):
-        await aclient.events.track("product_viewed", anonymous_id=f"v{n % 5}", event_id=f"a-{n}")
-    # the loop ends and the process exits without aclose()
+        await aclient.events.track(
+            "product_viewed", anonymous_id=f"v{n % 5}", event_id=f"{prefix}-{n}"
+        )
+    # the loop ends and the process exits without close()
+
+
+def dropped(url: str, key: str, data_dir: str, count: int) -> None:
+    """Clients their owner dropped without close(), and the garbage collector ran before the
+    process ended: what they queued must still arrive."""
+    synced = omnisdk.Client(url, key, channel="web", data_dir=f"{data_dir}/sync")
+    for n in range(count):
+        synced.events.track("product_viewed", anonymous_id=f"v{n % 5}", event_id=f"sdrop-{n}")
+    del synced
+    asyncio.run(_async_track(url, key, f"{data_dir}/async", count, "adrop"))
+    gc.collect()  # both clients are unreachable now; the process ends at once
 
 
 SCENARIOS = {
@@ -71,6 +85,9 @@ def main() -> None:
     scenario, url, key, data_dir, count = sys.argv[1:6]
     if scenario == "async":
         asyncio.run(_async_track(url, key, data_dir, int(count)))
+        return
+    if scenario == "dropped":
+        dropped(url, key, data_dir, int(count))
         return
     client = omnisdk.Client(url, key, channel="web", data_dir=data_dir)
     SCENARIOS[scenario](int(count))
