@@ -63,6 +63,9 @@ class ConsentCache:
         self._stop = threading.Event()
         self._http: httpx.Client | None = None
         self.connected = threading.Event()
+        # How long an entry is trusted now: max_age while the feed is connected, else
+        # offline_max_age (kept beside `connected` so a check reads one attribute).
+        self._lifetime = offline_max_age
         # Called with (kind, data) for every change the feed brings (the content cache listens).
         self.listeners: list[Callable[[str, dict[str, Any]], None]] = []
         self.erasures = 0  # how many erasures the feed has reported
@@ -74,9 +77,7 @@ class ConsentCache:
         entry = self._entries.get((customer_id, device_id))
         if entry is None:
             return None
-        age = time.monotonic() - entry.fetched_at
-        limit = self.max_age if self.connected.is_set() else self.offline_max_age
-        return entry if age < limit else None
+        return entry if time.monotonic() - entry.fetched_at < self._lifetime else None
 
     def put(self, state: ConsentState, device_id: str | None, *aliases: str) -> Entry:
         entry = Entry(
@@ -130,6 +131,7 @@ class ConsentCache:
                             if last is None:
                                 self.clear()
                             self.connected.set()
+                            self._lifetime = self.max_age
                             if last is None:  # what changed before we listened: re-check it
                                 for listener in list(self.listeners):
                                     listener(CONNECTED, {})
@@ -143,6 +145,7 @@ class ConsentCache:
             except (httpx.HTTPError, ValueError):
                 pass
             self.connected.clear()
+            self._lifetime = self.offline_max_age
             self._stop.wait(1.0)
         with contextlib.suppress(Exception):
             self._http.close()

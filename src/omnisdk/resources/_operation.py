@@ -169,6 +169,15 @@ class Operation(Generic[P, T]):
         self.name = flow.__name__
         functools.update_wrapper(self, flow)  # type: ignore[arg-type]
         self._signature: inspect.Signature | None = None
+        self._from_memory: Callable[..., Any] | None = None
+
+    def from_memory(self, answer: Callable[..., Any]) -> Callable[..., Any]:
+        """Register the operation's answer from memory: called first with the same arguments,
+        it returns the result, or `MISS` to run the operation. For operations cheap enough
+        for every request (`consent.check`), whose usual answer needs no generator, no
+        driver and no step."""
+        self._from_memory = answer
+        return answer
 
     def __set_name__(self, owner: type[Any], name: str) -> None:
         self.name = name
@@ -198,8 +207,25 @@ class Operation(Generic[P, T]):
     def _bind(self, resource: Any) -> Callable[..., Any]:
         client = resource._client
         flow_of = self.flow_of
+        remembered = self._from_memory
         method: Callable[..., Any]
-        if client.is_async:
+        if remembered is not None and client.is_async:
+
+            async def method(*args: Any, **kwargs: Any) -> Any:
+                answer = remembered(resource, *args, **kwargs)
+                if answer is not MISS:
+                    return answer
+                return await run_async(client, flow_of(resource, *args, **kwargs))
+
+        elif remembered is not None:
+
+            def method(*args: Any, **kwargs: Any) -> Any:
+                answer = remembered(resource, *args, **kwargs)
+                if answer is not MISS:
+                    return answer
+                return run_sync(client, flow_of(resource, *args, **kwargs))
+
+        elif client.is_async:
 
             async def method(*args: Any, **kwargs: Any) -> Any:
                 return await run_async(client, flow_of(resource, *args, **kwargs))
@@ -228,9 +254,22 @@ class Operation(Generic[P, T]):
         return self._signature
 
 
+MISS: Any = object()  # what an answer from memory returns when memory does not know
+
+
 def operation(flow: Callable[Concatenate[Any, P], Flow[T]]) -> Operation[P, T]:
     """Declare an operation once for both clients (see the module's docstring)."""
     return Operation(flow)
 
 
-__all__ = ["Append", "Blocking", "Flow", "OnClient", "Operation", "local", "operation", "send"]
+__all__ = [
+    "MISS",
+    "Append",
+    "Blocking",
+    "Flow",
+    "OnClient",
+    "Operation",
+    "local",
+    "operation",
+    "send",
+]

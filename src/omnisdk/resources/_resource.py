@@ -9,7 +9,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from pydantic import BaseModel
 
 from omnisdk._base import Call
-from omnisdk.resources._operation import Append, Blocking, Flow, OnClient, local, operation, send
+from omnisdk.resources._operation import (
+    MISS,
+    Append,
+    Blocking,
+    Flow,
+    OnClient,
+    local,
+    operation,
+    send,
+)
 
 if TYPE_CHECKING:
     from omnisdk._async import AsyncClient
@@ -36,6 +45,7 @@ class Resource(Generic[C]):
 
 
 __all__ = [
+    "MISS",
     "Append",
     "Blocking",
     "Call",

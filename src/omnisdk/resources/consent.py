@@ -26,6 +26,7 @@ from omnisdk.models import (
     RecordConsentResult,
 )
 from omnisdk.resources._resource import (
+    MISS,
     Append,
     Blocking,
     C,
@@ -344,6 +345,14 @@ class Consent(Resource[C]):
             return purpose in entry.granted
         state = yield from Consent.state.flow(self, customer_id, device_id)
         return granted_in(state, purpose)
+
+    @check.from_memory
+    def _check_from_memory(
+        self, customer_id: str, purpose: str, device_id: str | None = None
+    ) -> bool:
+        cache = self._client._consent_cache or self._client.consent_cache
+        entry = cache.get(customer_id, device_id)
+        return MISS if entry is None else purpose in entry.granted
 
     @operation
     def can_contact(self, customer_id: str, channel: str) -> Flow[bool]:
