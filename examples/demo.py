@@ -6,6 +6,7 @@ Everything an operator would type is shown and run for real: `omnisdk-server ten
 
 from __future__ import annotations
 
+import base64
 import os
 import shlex
 import subprocess
@@ -19,6 +20,11 @@ HERE = Path(__file__).parent
 CHANNELS = ("web", "app", "pos", "admin")
 
 
+# The server's secret key (it seals signing keys and the tenant's identifier secret): the
+# operator's commands and the server must use the same one, as on a real host.
+SECRET_KEY = base64.b64encode(os.urandom(32)).decode()
+
+
 def operator(*args: str, database_url: str) -> str:
     print(f"  $ omnisdk-server {shlex.join(args)}")
     result = subprocess.run(
@@ -26,6 +32,7 @@ def operator(*args: str, database_url: str) -> str:
         capture_output=True,
         text=True,
         check=True,
+        env={**os.environ, "OMNISDK_SECRET_KEY": SECRET_KEY},
     )
     return result.stdout.strip()
 
@@ -61,7 +68,8 @@ def main() -> int:
             )
         )
         print("  $ omnisdk-server serve --port <free port>")
-        with ServerProcess(database_url, log_path=Path(directory) / "server.log") as server:
+        log = Path(directory) / "server.log"
+        with ServerProcess(database_url, log_path=log, secret_key=SECRET_KEY) as server:
             print(f"  the reference server is ready at {server.url}\n")
             env = {**os.environ, "OMNISDK_URL": server.url}
             env.update({f"OMNISDK_{c.upper()}_KEY": keys[c] for c in CHANNELS})
