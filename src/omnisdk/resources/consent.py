@@ -340,9 +340,9 @@ class Consent(Resource[C]):
     @operation
     def check(self, customer_id: str, purpose: str, device_id: str | None = None) -> Flow[bool]:
         """Is `purpose` granted? Cheap enough for every request (answered from memory)."""
-        entry = self._client.consent_cache.get(customer_id, device_id)
-        if entry is not None:
-            return purpose in entry.granted
+        remembered = self._check_from_memory(customer_id, purpose, device_id)
+        if remembered is not MISS:
+            return bool(remembered)
         state = yield from Consent.state.flow(self, customer_id, device_id)
         return granted_in(state, purpose)
 
