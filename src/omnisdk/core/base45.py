@@ -6,9 +6,9 @@ two-byte group maps to its three characters by one lookup in a table built on fi
 
 from __future__ import annotations
 
-import array
-import sys
+import struct
 from functools import cache
+from operator import itemgetter
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
 _INVALID = 255
@@ -28,11 +28,15 @@ def _triples() -> tuple[str, ...]:
 
 
 def encode(data: bytes) -> str:
-    pairs = array.array("H", data[: len(data) // 2 * 2])
-    if sys.byteorder == "little":
-        pairs.byteswap()  # RFC 9285 reads each pair of bytes big-endian
-    table = _triples()
-    text = "".join([table[n] for n in pairs])
+    pairs = len(data) // 2
+    # One C call picks every pair's three characters: the pairs read big-endian (RFC 9285)
+    # straight from the bytes, then one itemgetter over the table.
+    if pairs > 1:
+        text = "".join(itemgetter(*struct.unpack_from(f">{pairs}H", data))(_triples()))
+    elif pairs:
+        text = _triples()[data[0] << 8 | data[1]]
+    else:
+        text = ""
     if len(data) % 2:
         last = data[-1]
         text += ALPHABET[last % 45] + ALPHABET[last // 45]

@@ -179,6 +179,11 @@ def _protected_header(kid: bytes) -> bytes:
     return cbor2.dumps({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
 
 
+@lru_cache(maxsize=64)
+def _protected_bstr(kid: bytes) -> bytes:
+    return _bstr(_protected_header(kid))
+
+
 class _RefundCodes(dict[str, int]):
     def __missing__(self, method: str) -> int:
         raise ValueError(f"unknown refund method {method!r}; use one of {REFUND_METHODS}")
@@ -190,17 +195,18 @@ _REFUND_CODES = _RefundCodes({method: code for code, method in enumerate(REFUND_
 def _encode_claims(claims: ReturnClaims) -> bytes:
     """The claims map in deterministic CBOR (RFC 8949 §4.2.1): cbor2 keeps insertion order,
     and the keys are inserted in the order their encodings sort in."""
+    lines: list[str | int] = []
+    for line in claims.lines:
+        lines += (line.wire_id, line.sku, line.quantity)
     return cbor2.dumps(
         {
             CLAIM_ISS: claims.issuer,
             CLAIM_EXP: int(claims.expires_at.timestamp()),
             CLAIM_IAT: int(claims.issued_at.timestamp()),
             CLAIM_CTI: claims.token_id,
-            CLAIM_LINES: [
-                part for line in claims.lines for part in (line.wire_id, line.sku, line.quantity)
-            ],
+            CLAIM_LINES: lines,
             CLAIM_ORDER: claims.order_ref,
-            CLAIM_REFUNDS: [_REFUND_CODES[method] for method in claims.refund_methods],
+            CLAIM_REFUNDS: list(map(_REFUND_CODES.__getitem__, claims.refund_methods)),
         }
     )
 
@@ -209,10 +215,12 @@ def sign(claims: ReturnClaims, private_key: Ed25519PrivateKey, kid: bytes) -> st
     """The token text for `claims`, signed with `private_key` (whose key id is `kid`)."""
     if len(kid) != KID_BYTES or len(claims.token_id) != TOKEN_ID_BYTES:
         raise ValueError("a key id has 8 bytes and a token id 16")
-    protected = _protected_header(kid)
-    payload = _encode_claims(claims)
-    signature = private_key.sign(sig_structure(protected, payload))
-    return PREFIX + base45.encode(_cose_sign1(protected, payload, signature))
+    protected = _protected_bstr(kid)
+    payload = _bstr(_encode_claims(claims))
+    # The Sig_structure and the COSE_Sign1 share the two byte strings, encoded once.
+    signature = private_key.sign(_SIG_STRUCTURE_HEAD + protected + _EMPTY_AAD + payload)
+    message = _COSE_SIGN1_HEAD + protected + _EMPTY_MAP + payload + b"\x58\x40" + signature
+    return PREFIX + base45.encode(message)
 
 
 @dataclass(frozen=True)
