@@ -9,15 +9,17 @@ from __future__ import annotations
 import atexit
 import json
 import logging
+import os
 import re
-import secrets
 import sys
 import threading
 import time
 from collections import deque
 from contextvars import ContextVar
+from random import getrandbits
 from typing import Any
 
+import orjson
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -104,6 +106,9 @@ class LineWriter:
     """
 
     MAX_PENDING = 10_000
+    # After a wake-up the thread waits this long for more lines, then writes them in one
+    # batch: one wake-up and one write per batch rather than per request.
+    GATHER_SECONDS = 0.01
 
     def __init__(self) -> None:
         self._lines: deque[str] = deque()
@@ -111,12 +116,22 @@ class LineWriter:
         self._flushing = threading.Lock()
         self._thread: threading.Thread | None = None
         self._dropped = 0
+        os.register_at_fork(after_in_child=self._forget_parent)
+
+    def _forget_parent(self) -> None:
+        """In a forked child: the parent's thread is not here and its lines are its own."""
+        self._thread = None
+        self._lines.clear()
+        self._wake.clear()
 
     def write(self, line: str) -> None:
         if len(self._lines) >= self.MAX_PENDING:
             self._dropped += 1
             return
-        self._lines.append(line)
+        lines = self._lines
+        lines.append(line)
+        if len(lines) > 1 and self._thread is not None:
+            return  # the thread was woken by the first waiting line and will take this one too
         if self._thread is None or not self._thread.is_alive():  # first line, or after fork
             self._thread = threading.Thread(target=self._run, name="omnisdk-log", daemon=True)
             self._thread.start()
@@ -125,6 +140,9 @@ class LineWriter:
     def _run(self) -> None:
         while True:
             self._wake.wait()
+            time.sleep(self.GATHER_SECONDS)
+            # Cleared before the lines are taken: a line appended from here on either is taken
+            # by this flush or finds the deque empty again and sets the event.
             self._wake.clear()
             self.flush()
 
@@ -186,7 +204,7 @@ class AccessLog:
                 time.strftime("%Y-%m-%dT%H:%M:%S+0000", time.gmtime(now)),
             )
         line = {"time": self._stamp, "level": "info", "logger": self.logger.name, **entry}
-        LINES.write(json.dumps(line))
+        LINES.write(orjson.dumps(line).decode())
 
 
 class RequestContext:
@@ -201,7 +219,7 @@ class RequestContext:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        request_id = _incoming_request_id(scope) or secrets.token_hex(16)
+        request_id = _incoming_request_id(scope) or f"{getrandbits(128):032x}"
         token = _request_id.set(request_id)
         started = time.perf_counter()
         status = 500

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 from omnisdk.core.problems import ProblemType
-from server_stub.observability import flush_logs
+from server_stub.observability import LineWriter, flush_logs
 from server_stub.services import keys
 from tests.server.conftest import Harness, ShopForTest, start_harness
 
@@ -67,3 +72,44 @@ async def test_openapi_and_docs_are_served(server: Harness) -> None:
     docs = await server.http.get("/docs")
     assert docs.status_code == 200
     assert "swagger" in docs.text.lower()
+
+
+def test_log_lines_reach_stderr_without_a_flush_and_none_is_lost(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The writer thread is woken once per batch, not per line: every line still gets out."""
+    written = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", written)
+    writer = LineWriter()
+    for n in range(2_000):
+        writer.write(f"line {n}")
+    deadline = time.monotonic() + 10
+    while written.getvalue().count("\n") < 2_000 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert written.getvalue().splitlines() == [f"line {n}" for n in range(2_000)]
+
+
+def test_a_forked_child_writes_its_own_lines_and_not_its_parents(tmp_path: Path) -> None:
+    writer = LineWriter()
+    stderr = sys.stderr
+    parent_out = io.StringIO()
+    sys.stderr = parent_out
+    try:
+        writer.write("parent line")
+        child_file = tmp_path / "child.log"
+        pid = os.fork()
+        if pid == 0:  # the child: its lines go to its own file, through a new thread
+            with open(child_file, "w") as out:
+                sys.stderr = out
+                writer.write("child line")
+                deadline = time.monotonic() + 10
+                while writer._lines and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                writer.flush()
+            os._exit(0)
+        assert os.waitpid(pid, 0)[1] == 0
+        writer.flush()
+    finally:
+        sys.stderr = stderr
+    assert child_file.read_text().splitlines() == ["child line"]
+    assert parent_out.getvalue().splitlines() == ["parent line"]
