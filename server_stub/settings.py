@@ -113,10 +113,11 @@ class Settings(BaseSettings):
         "for dead; the next start of its kind resumes it from its last checkpoint.",
     )
     job_wait_seconds: float = Field(
-        default=30.0,
+        default=5.0,
         ge=0,
         description="How long `POST /v1/content/recommendations/rebuild` waits for its job "
-        "before answering 202 with the job to follow instead of the model.",
+        "before answering 202 with the job to follow instead of the model (keep it under the "
+        "clients' timeout: the SDK's is 10 s).",
     )
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -62,6 +63,9 @@ class JobKind:
 
 
 _KINDS: dict[str, JobKind] = {}
+# The modules that register job kinds, imported when a kind is first looked up (a new kind of
+# job: add its module here).
+KIND_MODULES = ("server_stub.services.recommendations",)
 
 
 def register(
@@ -76,11 +80,18 @@ def register(
     return add
 
 
+def _load_kinds() -> None:
+    for module in KIND_MODULES:
+        importlib.import_module(module)
+
+
 def kinds() -> list[str]:
+    _load_kinds()
     return sorted(_KINDS)
 
 
 def _kind(kind: str) -> JobKind:
+    _load_kinds()
     try:
         return _KINDS[kind]
     except KeyError:
