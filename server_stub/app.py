@@ -39,11 +39,13 @@ from server_stub.routers import (
     system,
     tenant,
 )
+from server_stub.routers import jobs as job_routes
 from server_stub.runtime import Runtime
 from server_stub.sealing import Sealer, sealer_from
 from server_stub.services import changes as change_feed
 from server_stub.services import idempotency, signing_keys
 from server_stub.services.changes import ChangeHub
+from server_stub.services.jobs import JobRunner
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.settings import Settings, settings_from_environment
@@ -78,6 +80,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     tenant.router,
     privacy.router,
+    job_routes.router,
 )
 
 
@@ -109,6 +112,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             SigningKeys(sealer),
             ChangeHub(database, settings.change_poll_seconds),
             RequestBudget(settings.rate_limit_per_second, settings.rate_limit_burst),
+            JobRunner(database, settings.job_stale_seconds),
         )
         app.state.schema_revision = revision
         # Start-up objects live as long as the process: keep them out of every GC pass.
@@ -129,6 +133,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     await purger
             # Starlette runs no lifespan of a mounted app: the station's clients close here.
             await close_station(app.state.pos_station)
+            await app.state.runtime.jobs.close()
             await app.state.runtime.changes.close()
             await database.dispose()
             flush_logs()

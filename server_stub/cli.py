@@ -6,7 +6,9 @@
     omnisdk-server key create --tenant T --channel web|app|pos|admin [--name N] [--scope S ...]
     omnisdk-server key list --tenant T | key revoke --tenant T KEY_ID
     omnisdk-server content import --tenant T FILE.yaml|FILE.json [--note TEXT]
-    omnisdk-server recs rebuild --tenant T
+    omnisdk-server recs rebuild --tenant T [--full]
+    omnisdk-server jobs run --tenant T KIND [--param NAME=VALUE ...] | jobs list --tenant T
+    omnisdk-server jobs show --tenant T JOB_ID
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -20,12 +22,14 @@ import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
+from rich.console import Console
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel, Scope
+from omnisdk.models import Job
 from server_stub.sealing import sealer_from
-from server_stub.services import audit, tenants
+from server_stub.services import audit, jobs, tenants
 from server_stub.services import keys as key_store
 from server_stub.settings import settings_from_environment
 from server_stub.storage.database import Database
@@ -203,16 +207,113 @@ def cmd_content_import(args: argparse.Namespace) -> None:
 
 
 def cmd_recs_rebuild(args: argparse.Namespace) -> None:
-    from server_stub.services import content
+    args.kind, args.param = "recommendations.rebuild", ["full=true"] if args.full else []
+    job = _run_job(args)
+    result = job.result or {}
+    print(
+        f"recommendations rebuilt from {result.get('baskets', 0)} baskets; "
+        f"{result.get('products', 0)} products have partners "
+        f"({result.get('events_counted', 0)} new events counted)"
+    )
 
-    async def work(database: Database) -> tuple[int, int]:
-        async with database.transaction(write=True) as conn:
+
+def _job_params(pairs: Sequence[str]) -> dict[str, object]:
+    import json
+
+    params: dict[str, object] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--param takes NAME=VALUE, not {pair!r}")
+        try:
+            params[name] = json.loads(value)
+        except ValueError:
+            params[name] = value  # a plain word
+    return params
+
+
+def _run_job(args: argparse.Namespace) -> Job:
+    """Start (or resume, or follow) the tenant's job of a kind here, with a progress bar."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from server_stub.errors import Problem
+
+    settings = settings_from_environment()
+    params = _job_params(args.param)
+    progress = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+    async def work(database: Database) -> Job:
+        async with database.transaction(write=False) as conn:
             await _require_tenant(conn, args.tenant)
-            model = await content.rebuild(conn, args.tenant)
-            return model.baskets, len(model.together)
+        claim = await jobs.start(
+            database, args.tenant, args.kind, params, stale_seconds=settings.job_stale_seconds
+        )
+        verb = "resuming" if claim.job.attempts > 1 else "running"
+        with progress:
+            bar = progress.add_task(f"{verb} {args.kind} ({claim.job.job_id})", total=None)
 
-    baskets, products = asyncio.run(_with_database(_database_url(args), work))
-    print(f"recommendations rebuilt from {baskets} baskets; {products} products have partners")
+            def show(done: int, total: int | None) -> None:
+                progress.update(bar, completed=done, total=total)
+
+            if claim.runner is not None:
+                return await jobs.execute(
+                    database, claim, stale_seconds=settings.job_stale_seconds, on_progress=show
+                )
+            # Another process runs it: follow it until it ends.
+            progress.update(bar, description=f"following {args.kind} ({claim.job.job_id})")
+            runner = jobs.JobRunner(database, settings.job_stale_seconds)
+            while True:
+                job: Job | None = await runner.wait(args.tenant, claim.job.job_id, timeout=1.0)
+                assert job is not None
+                show(job.done, job.total)
+                if job.state not in jobs.ACTIVE_STATES:
+                    return job
+
+    try:
+        job = asyncio.run(_with_database(_database_url(args), work))
+    except Problem as problem:
+        raise CommandError(problem.detail) from problem
+    if job.state == "failed":
+        raise CommandError(f"job {job.job_id} failed: {job.error}")
+    return job
+
+
+def cmd_jobs_run(args: argparse.Namespace) -> None:
+    import json
+
+    job = _run_job(args)
+    print(json.dumps(job.result, indent=2, sort_keys=True))
+
+
+def cmd_jobs_list(args: argparse.Namespace) -> None:
+    async def work(database: Database) -> list[Job]:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            return await jobs.list_for_tenant(conn, args.tenant, args.kind, args.limit)
+
+    for job in asyncio.run(_with_database(_database_url(args), work)):
+        total = "?" if job.total is None else str(job.total)
+        when = f"{job.created_at:%Y-%m-%d %H:%M:%S}"
+        print(f"{job.job_id}\t{job.kind}\t{job.state}\t{job.done}/{total}\t{when}")
+
+
+def cmd_jobs_show(args: argparse.Namespace) -> None:
+    async def work(database: Database) -> Job | None:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            return await jobs.get(conn, args.tenant, args.job_id)
+
+    job = asyncio.run(_with_database(_database_url(args), work))
+    if job is None:
+        raise CommandError(f"tenant {args.tenant!r} has no job {args.job_id!r}")
+    print(job.model_dump_json(indent=2))
 
 
 def parser() -> argparse.ArgumentParser:
@@ -278,7 +379,29 @@ def parser() -> argparse.ArgumentParser:
         "rebuild", parents=[common], help="recompute bought-together and popular products"
     )
     rebuild.add_argument("--tenant", required=True)
+    rebuild.add_argument("--full", action="store_true", help="recount every event from nothing")
     rebuild.set_defaults(run=cmd_recs_rebuild)
+
+    job = commands.add_parser("jobs", help="long-running jobs (rebuilds, backfills)")
+    job_commands = job.add_subparsers(dest="action", required=True)
+    job_run = job_commands.add_parser(
+        "run", parents=[common], help="run a job here with a progress bar (or resume/follow it)"
+    )
+    job_run.add_argument("--tenant", required=True)
+    job_run.add_argument("kind", help="e.g. recommendations.rebuild")
+    job_run.add_argument(
+        "--param", action="append", default=[], help="NAME=VALUE (JSON or a word); repeat"
+    )
+    job_run.set_defaults(run=cmd_jobs_run)
+    job_list = job_commands.add_parser("list", parents=[common], help="the tenant's jobs")
+    job_list.add_argument("--tenant", required=True)
+    job_list.add_argument("--kind")
+    job_list.add_argument("--limit", type=int, default=20)
+    job_list.set_defaults(run=cmd_jobs_list)
+    job_show = job_commands.add_parser("show", parents=[common], help="one job, as JSON")
+    job_show.add_argument("--tenant", required=True)
+    job_show.add_argument("job_id")
+    job_show.set_defaults(run=cmd_jobs_show)
     return top
 
 

@@ -122,7 +122,9 @@ class ApiRoute(APIRoute):
             if request.method in MUTATING_METHODS:
                 await _parse_strictly(request, items_judged_alone)
             write = request.method in MUTATING_METHODS and not read_only
-            key = _idempotency_key(request) if write and not own_idempotency else None
+            key = _idempotency_key(request) if write else None  # malformed: 400 on every write
+            if own_idempotency:
+                key = None
             if key is not None:
                 return await _idempotent(request, endpoint, runtime, principal, key, replay_redacts)
             async with UnitOfWork(

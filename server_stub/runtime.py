@@ -11,6 +11,7 @@ from server_stub.auth import KeyCache
 from server_stub.budget import RequestBudget
 from server_stub.observability import Metrics
 from server_stub.services.changes import ChangeHub
+from server_stub.services.jobs import JobRunner
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContext, TenantContexts
 from server_stub.settings import Settings
@@ -27,6 +28,7 @@ class Runtime:
     signing_keys: SigningKeys
     changes: ChangeHub
     budget: RequestBudget
+    jobs: JobRunner
     qr_images: dict[tuple[str, str, str, str], bytes] = field(default_factory=dict)
 
 

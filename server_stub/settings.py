@@ -106,6 +106,19 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)
+    job_stale_seconds: float = Field(
+        default=60.0,
+        gt=0,
+        description="A job whose runner has not renewed its heartbeat for this long is taken "
+        "for dead; the next start of its kind resumes it from its last checkpoint.",
+    )
+    job_wait_seconds: float = Field(
+        default=5.0,
+        ge=0,
+        description="How long `POST /v1/content/recommendations/rebuild` waits for its job "
+        "before answering 202 with the job to follow instead of the model (keep it under the "
+        "clients' timeout: the SDK's is 10 s).",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -8,12 +8,13 @@ from fastapi import APIRouter, Header, Request, Response
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import RecommendationModel, RulesetHistory, RulesetIn, RulesetVersion
+from omnisdk.models import Job, RecommendationModel, RulesetHistory, RulesetIn, RulesetVersion
 from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.routers.dependencies import Connection
 from server_stub.routing import ApiRoute
-from server_stub.services import content
+from server_stub.runtime import runtime_of
+from server_stub.services import content, recommendations
 
 router = APIRouter(prefix="/v1/content", tags=["content"], route_class=ApiRoute)
 
@@ -90,8 +91,28 @@ async def get_recommendations(
 
 @router.post(
     "/recommendations/rebuild",
-    summary="Recompute the recommendation model from orders and cart adds",
-    openapi_extra=needs(Scope.CONTENT_WRITE),
+    summary="Recompute the recommendation model (a job): the model once built, or 202 and the "
+    "job to follow if it takes longer than the server waits",
+    # The job counts only events new since the last build; starting it again joins the job
+    # already running, so a retry needs no stored answer (and the request must hold no
+    # transaction: the job's own would wait for it on SQLite).
+    openapi_extra=needs(Scope.CONTENT_WRITE, own_idempotency=True),
+    response_model=RecommendationModel,
+    responses={202: {"model": Job, "description": "Still running: follow the job"}},
 )
-async def rebuild(request: Request, conn: Connection) -> RecommendationModel:
-    return await content.rebuild(conn, principal_of(request).tenant_id)
+async def rebuild(request: Request) -> RecommendationModel | Response:
+    runtime = runtime_of(request)
+    tenant_id = principal_of(request).tenant_id
+    job = await runtime.jobs.submit(tenant_id, recommendations.KIND)
+    ended = await runtime.jobs.wait(tenant_id, job.job_id, runtime.settings.job_wait_seconds)
+    if ended is not None and ended.state == "failed":
+        raise Problem(ProblemType.CONFLICT, f"the rebuild failed: {ended.error}", job_id=job.job_id)
+    if ended is None or ended.state != "done":
+        return Response(
+            (ended or job).model_dump_json(),
+            status_code=202,
+            media_type="application/json",
+            headers={"Location": f"/v1/jobs/{job.job_id}"},
+        )
+    async with runtime.database.transaction(write=False) as conn:
+        return await content.recommendation_model(conn, tenant_id)

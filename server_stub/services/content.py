@@ -13,7 +13,6 @@ import json
 from typing import Any
 
 from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import recs
@@ -29,9 +28,7 @@ from omnisdk.models import (
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.services import audit, changes
-from server_stub.storage.tables import content_rulesets, events, recommendation_models
-
-BASKET_EVENTS = ("order_completed", "product_added")
+from server_stub.storage.tables import content_rulesets, recommendation_models
 
 
 def etag_of(document: Any) -> str:
@@ -135,44 +132,7 @@ async def history(conn: AsyncConnection, tenant_id: str) -> RulesetHistory:
 # --- recommendations --------------------------------------------------------------------------
 
 
-async def baskets(conn: AsyncConnection, tenant_id: str) -> list[list[str]]:
-    """Each order's SKUs, and each customer's added SKUs (anonymous adds count per order only)."""
-    rows = await conn.execute(
-        select(events.c.name, events.c.customer_id, events.c.properties).where(
-            events.c.tenant_id == tenant_id, events.c.name.in_(BASKET_EVENTS)
-        )
-    )
-    found: list[list[str]] = []
-    added: dict[str, list[str]] = {}
-    for row in rows:
-        properties = row.properties or {}
-        if row.name == "order_completed":
-            skus = properties.get("skus")
-            if isinstance(skus, list):
-                found.append([str(sku) for sku in skus if isinstance(sku, str | int)])
-        elif row.customer_id and isinstance(properties.get("sku"), str):
-            added.setdefault(row.customer_id, []).append(properties["sku"])
-    return found + list(added.values())
-
-
-async def rebuild(conn: AsyncConnection, tenant_id: str) -> RecommendationModel:
-    document = recs.build(await baskets(conn, tenant_id))
-    etag = etag_of(document)
-    now = utcnow()
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    values = {"etag": etag, "document": document, "built_at": now}
-    await conn.execute(
-        dialect.insert(recommendation_models)
-        .values(tenant_id=tenant_id, **values)
-        .on_conflict_do_update(index_elements=["tenant_id"], set_=values)
-    )
-    await changes.publish(
-        conn, tenant_id, changes.TENANT_WIDE, "content", {"recommendations": etag}
-    )
-    return RecommendationModel(etag=etag, built_at=now, **_model_parts(document))
-
-
-def _model_parts(document: dict[str, Any]) -> dict[str, Any]:
+def model_parts(document: dict[str, Any]) -> dict[str, Any]:
     return {
         "baskets": document.get("baskets", 0),
         "together": document.get("together", {}),
@@ -188,5 +148,5 @@ async def recommendation_model(conn: AsyncConnection, tenant_id: str) -> Recomme
     ).first()
     if row is None:
         empty = recs.build([])
-        return RecommendationModel(etag=etag_of(empty), built_at=None, **_model_parts(empty))
-    return RecommendationModel(etag=row.etag, built_at=row.built_at, **_model_parts(row.document))
+        return RecommendationModel(etag=etag_of(empty), built_at=None, **model_parts(empty))
+    return RecommendationModel(etag=row.etag, built_at=row.built_at, **model_parts(row.document))

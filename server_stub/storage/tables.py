@@ -23,6 +23,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    text,
 )
 
 
@@ -363,4 +364,59 @@ recommendation_models = Table(
     Column("etag", String(64), nullable=False),
     Column("document", JSON, nullable=False),  # omnisdk.core.recs.build
     Column("built_at", UtcDateTime(), nullable=False),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    # A long-running task of one tenant (services/jobs.py): its progress, its checkpoint to
+    # resume from, and a heartbeat that tells a live runner from a dead one.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("kind", String(64), nullable=False),
+    Column("state", String(16), nullable=False),  # queued, running, done, failed
+    Column("params", JSON, nullable=False),
+    Column("done", BigInteger, nullable=False),
+    Column("total", BigInteger, nullable=True),
+    Column("checkpoint", JSON, nullable=True),
+    Column("result", JSON, nullable=True),
+    Column("error", Text, nullable=True),
+    Column("runner", String(40), nullable=True),  # the lease of the process running it
+    Column("attempts", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("started_at", UtcDateTime(), nullable=True),
+    Column("heartbeat_at", UtcDateTime(), nullable=True),
+    Column("finished_at", UtcDateTime(), nullable=True),
+    Index("ix_jobs_tenant_created", "tenant_id", "created_at"),
+    # One unfinished job per tenant and kind, enforced by the database on both stores.
+    Index(
+        "ix_jobs_one_active",
+        "tenant_id",
+        "kind",
+        unique=True,
+        sqlite_where=text("state IN ('queued', 'running')"),
+        postgresql_where=text("state IN ('queued', 'running')"),
+    ),
+)
+
+recommendation_pairs = Table(
+    "recommendation_pairs",
+    metadata,
+    # Co-occurrence counts the recommendation model is cut from, kept between builds so a
+    # build counts only what is new. Both directions are stored; (sku, sku) is the number of
+    # baskets holding the sku (its popularity).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("sku", String(200), primary_key=True),
+    Column("other", String(200), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
+recommendation_progress = Table(
+    "recommendation_progress",
+    metadata,
+    # How far the counts have got: events up to `counted_through` (events.seq) are in them.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("counted_through", BigInteger, nullable=False),
+    Column("baskets", BigInteger, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
 )

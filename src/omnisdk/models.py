@@ -1365,3 +1365,43 @@ class RecommendationModel(WireModel):
         description="Per SKU: SKUs bought together with it, best first."
     )
     popular: list[SkuCount] = Field(description="The most bought SKUs, the fallback.")
+
+
+# --- jobs -------------------------------------------------------------------------------------
+
+JobState = Literal["queued", "running", "done", "failed"]
+
+
+class JobIn(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"kind": "recommendations.rebuild", "params": {"full": False}}]
+        }
+    )
+
+    kind: str = Field(
+        min_length=1, max_length=64, description="What to run, e.g. `recommendations.rebuild`."
+    )
+    params: dict[str, Any] = Field(default_factory=dict, description="The kind's parameters.")
+
+
+class Job(WireModel):
+    """A long-running task of the tenant, run by the server outside any request."""
+
+    job_id: str = Field(description="The job's id (`job_...`).")
+    kind: str = Field(description="What it runs.")
+    state: JobState = Field(description="queued, running, done or failed.")
+    params: dict[str, Any] = Field(description="The parameters it was started with.")
+    done: Int = Field(description="Units of work done so far.")
+    total: Int | None = Field(description="Units of work in all, when known.")
+    attempts: Int = Field(description="How many runs it took (resumed after a runner died: 2+).")
+    result: dict[str, Any] | None = Field(description="What it produced, once done.")
+    error: str | None = Field(description="Why it failed, if it did.")
+    created_at: datetime = Field(description="When it was started.")
+    started_at: datetime | None = Field(description="When a runner first took it.")
+    heartbeat_at: datetime | None = Field(description="The runner's last sign of life.")
+    finished_at: datetime | None = Field(description="When it finished.")
+
+
+class JobList(WireModel):
+    items: list[Job] = Field(description="The tenant's jobs, newest first.")

@@ -38,6 +38,7 @@ class Scope(StrEnum):
     PRIVACY_EXPORT = "privacy:export"
     PRIVACY_ERASE = "privacy:erase"
     SETTINGS_MANAGE = "settings:manage"
+    JOBS_RUN = "jobs:run"
 
 
 _SHOP_BACKEND = frozenset(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -26,9 +27,10 @@ from typing import TYPE_CHECKING, Any
 from omnisdk._content_cache import MAX_EXPOSURES, MAX_PROFILES, ContentCache, ProfileFacts
 from omnisdk.core.content import SlotDecision
 from omnisdk.core.recs import recommend
-from omnisdk.errors import NotFoundError
+from omnisdk.errors import APITimeoutError, NotFoundError
 from omnisdk.models import (
     ConsentState,
+    Job,
     Profile,
     RecommendationModel,
     RulesetHistory,
@@ -284,8 +286,15 @@ def versions_call() -> Call[RulesetHistory]:
     return Call("GET", "/v1/content/ruleset/versions", model(RulesetHistory))
 
 
-def rebuild_call() -> Call[RecommendationModel]:
-    return Call("POST", "/v1/content/recommendations/rebuild", model(RecommendationModel))
+def _model_or_job(body: Any) -> RecommendationModel | Job:
+    # 200: the model; 202: the rebuild job, still running when the server stopped waiting.
+    if isinstance(body, dict) and "job_id" in body:
+        return Job.model_validate(body)
+    return RecommendationModel.model_validate(body)
+
+
+def rebuild_call() -> Call[RecommendationModel | Job]:
+    return Call("POST", "/v1/content/recommendations/rebuild", _model_or_job)
 
 
 class Content(Resource[C]):
@@ -305,9 +314,20 @@ class Content(Resource[C]):
         return (yield from send(versions_call()))
 
     @operation
-    def rebuild_recommendations(self) -> Flow[RecommendationModel]:
-        """Recompute the "bought together" model from the events now (admin keys)."""
-        return (yield from send(rebuild_call()))
+    def rebuild_recommendations(self, max_wait: float = 600.0) -> Flow[RecommendationModel]:
+        """Recompute the "bought together" model from the events since the last build, and
+        return it (admin keys). The server runs it as a job; while it runs, asking again
+        follows the same job, for up to `max_wait` seconds (then APITimeoutError)."""
+        deadline = time.monotonic() + max_wait
+        while True:
+            answer = yield from send(rebuild_call())
+            if isinstance(answer, RecommendationModel):
+                return answer
+            if time.monotonic() >= deadline:
+                raise APITimeoutError(
+                    f"the recommendations rebuild (job {answer.job_id}) is still running after "
+                    f"{max_wait:g} s; it goes on on the server: GET /v1/jobs/{answer.job_id}"
+                )
 
     @operation
     def decide(

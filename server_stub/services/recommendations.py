@@ -1,0 +1,322 @@
+"""The recommendations rebuild, as a job (services/jobs.py): streamed, incremental, resumable.
+
+The model (omnisdk.core.recs) is cut from co-occurrence counts that are kept between builds
+in `recommendation_pairs`, with how far they have got (`recommendation_progress`: every
+basket event up to `counted_through`, an `events.seq`). A build reads only the events after
+that mark, in keyset batches of BATCH_EVENTS, and adds what they change to the counts, each
+batch in one transaction with the mark and the job's checkpoint: memory stays bounded by a
+batch whatever the history, a day's events cost a day's work, and a build cut short (the
+process killed) goes on from its last batch.
+
+What a basket is does not change (omnisdk.core.recs): an order's SKUs; and a customer's
+added SKUs (by the customer id each event was recorded under). When a batch holds a cart
+add, that customer's basket is recounted: its old contribution (her adds up to the mark) is
+taken out and the new one put in, so a build in many steps gives the very model one pass over
+everything would. Erased customers' adds stay in the counts (numbers per pair of products,
+nothing about a person) until a build with `full` recounts from nothing.
+
+Which events are safe to count (PostgreSQL): `seq` is taken when a row is inserted, not when
+its transaction commits, so a row with a lower seq may still become visible after one with a
+higher seq was counted. The build therefore fixes its ceiling (the highest seq it sees), then
+waits until every transaction that was running at that moment has ended; then no row at or
+below the ceiling can appear any more.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from itertools import combinations
+from typing import Any
+
+from pydantic import BaseModel, Field
+from sqlalchemy import delete, func, select, text
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core import recs
+from server_stub.ids import utcnow
+from server_stub.services import changes, jobs
+from server_stub.services.content import etag_of
+from server_stub.storage.database import Database
+from server_stub.storage.tables import (
+    events,
+    recommendation_models,
+    recommendation_pairs,
+    recommendation_progress,
+)
+
+KIND = "recommendations.rebuild"
+BASKET_EVENTS = ("order_completed", "product_added")
+BATCH_EVENTS = 5_000
+CUSTOMERS_PER_QUERY = 500
+MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
+PairKey = tuple[str, str]
+
+
+class RebuildParams(BaseModel):
+    full: bool = Field(
+        default=False,
+        description="Forget the counts and count every event again (after erasures, say).",
+    )
+
+
+def _items(skus: Iterable[Any]) -> list[str]:
+    """A basket as omnisdk.core.recs.build takes it: distinct, sorted, at most MAX_BASKET."""
+    found = {str(sku) for sku in skus if isinstance(sku, str | int) and not isinstance(sku, bool)}
+    return sorted(sku for sku in found if sku and len(sku) <= MAX_SKU_LENGTH)[: recs.MAX_BASKET]
+
+
+def _count(items: Sequence[str], into: Counter[PairKey], sign: int = 1) -> None:
+    for sku in items:
+        into[(sku, sku)] += sign
+    for a, b in combinations(items, 2):
+        into[(a, b)] += sign
+        into[(b, a)] += sign
+
+
+# --- the job -----------------------------------------------------------------------------------
+
+
+@jobs.register(KIND, params=RebuildParams)
+async def rebuild(
+    database: Database, tenant_id: str, params: dict[str, Any], ctx: jobs.JobContext
+) -> dict[str, Any]:
+    """Count the basket events since the last build, then cut and publish the model."""
+    resumed = ctx.resumed_state or {}
+    if params["full"] and not resumed.get("reset"):
+        async with database.transaction(write=True) as conn:
+            await _reset(conn, tenant_id)
+            await ctx.checkpoint({"reset": True}, conn)
+    ceiling = await _settled_ceiling(database, tenant_id)
+    async with database.transaction(write=False) as conn:
+        start = await _counted_through(conn, tenant_id)
+    at, counted = start, 0
+    while at < ceiling:
+        async with database.transaction(write=True) as conn:
+            at, read = await _count_batch(conn, tenant_id, at, ceiling)
+            await ctx.checkpoint({"reset": True, "counted_through": at}, conn)
+        counted += read
+        await ctx.progress(at - start, ceiling - start)
+    async with database.transaction(write=True) as conn:
+        document = await _cut(conn, tenant_id)
+        etag = await _publish(conn, tenant_id, document)
+    return {
+        "etag": etag,
+        "baskets": document["baskets"],
+        "products": len(document["together"]),
+        "events_counted": counted,
+        "counted_through": at,
+    }
+
+
+async def _reset(conn: AsyncConnection, tenant_id: str) -> None:
+    for table in (recommendation_pairs, recommendation_progress):
+        await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
+
+
+async def _counted_through(conn: AsyncConnection, tenant_id: str) -> int:
+    mark = await conn.scalar(
+        select(recommendation_progress.c.counted_through).where(
+            recommendation_progress.c.tenant_id == tenant_id
+        )
+    )
+    return int(mark or 0)
+
+
+async def _settled_ceiling(database: Database, tenant_id: str) -> int:
+    """The highest event seq below which no row can still appear (see the module docstring)."""
+    async with database.transaction(write=False) as conn:
+        ceiling = await conn.scalar(
+            select(func.max(events.c.seq)).where(events.c.tenant_id == tenant_id)
+        )
+        if conn.dialect.name != "postgresql":
+            return int(ceiling or 0)  # SQLite: one writer at a time, rows visible in seq order
+        horizon = await conn.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())"))
+    pause = 0.01
+    while True:
+        async with database.transaction(write=False) as conn:
+            oldest = await conn.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())"))
+        if int(oldest) >= int(horizon):
+            return int(ceiling or 0)
+        await asyncio.sleep(pause)  # a writer still open: requests end within seconds
+        pause = min(pause * 2, 0.5)
+
+
+async def _count_batch(
+    conn: AsyncConnection, tenant_id: str, after: int, ceiling: int
+) -> tuple[int, int]:
+    """Count the next batch of basket events after `after`; return the new mark and how many
+    events were read. Counts and mark are written in the caller's transaction."""
+    rows = (
+        await conn.execute(
+            select(events.c.seq, events.c.name, events.c.customer_id, events.c.properties)
+            .where(
+                events.c.tenant_id == tenant_id,
+                events.c.seq > after,
+                events.c.seq <= ceiling,
+                events.c.name.in_(BASKET_EVENTS),
+            )
+            .order_by(events.c.seq)
+            .limit(BATCH_EVENTS)
+        )
+    ).all()
+    last = rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling
+    delta: Counter[PairKey] = Counter()
+    baskets = 0
+    adders: set[str] = set()
+    for row in rows:
+        properties = row.properties or {}
+        if row.name == "order_completed":
+            skus = properties.get("skus")
+            items = _items(skus) if isinstance(skus, list) else []
+            if items:
+                baskets += 1
+                _count(items, delta)
+        elif row.customer_id and isinstance(properties.get("sku"), str):
+            adders.add(row.customer_id)
+    baskets += await _recount_carts(conn, tenant_id, sorted(adders), after, last, delta)
+    await _add(conn, tenant_id, delta)
+    await _advance(conn, tenant_id, last, baskets)
+    return last, len(rows)
+
+
+async def _recount_carts(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_ids: Sequence[str],
+    before: int,
+    through: int,
+    delta: Counter[PairKey],
+) -> int:
+    """Replace these customers' cart baskets as counted up to `before` by their baskets up
+    to `through`; return how many baskets are new."""
+    new_baskets = 0
+    for start in range(0, len(customer_ids), CUSTOMERS_PER_QUERY):
+        chunk = customer_ids[start : start + CUSTOMERS_PER_QUERY]
+        old: dict[str, list[Any]] = {}
+        now: dict[str, list[Any]] = {}
+        rows = await conn.execute(
+            select(events.c.customer_id, events.c.seq, events.c.properties).where(
+                events.c.tenant_id == tenant_id,
+                events.c.customer_id.in_(chunk),
+                events.c.name == "product_added",
+                events.c.seq <= through,
+            )
+        )
+        for row in rows:
+            sku = (row.properties or {}).get("sku")
+            if not isinstance(sku, str):
+                continue
+            now.setdefault(row.customer_id, []).append(sku)
+            if row.seq <= before:
+                old.setdefault(row.customer_id, []).append(sku)
+        for customer_id in chunk:
+            was, is_ = _items(old.get(customer_id, [])), _items(now.get(customer_id, []))
+            if was == is_:
+                continue
+            _count(was, delta, -1)
+            _count(is_, delta)
+            new_baskets += bool(is_) and not was
+    return new_baskets
+
+
+def _insert(conn: AsyncConnection) -> Any:
+    return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
+
+
+async def _add(conn: AsyncConnection, tenant_id: str, delta: Counter[PairKey]) -> None:
+    rows = [
+        {"tenant_id": tenant_id, "sku": sku, "other": other, "n": n}
+        for (sku, other), n in sorted(delta.items())
+        if n
+    ]
+    if not rows:
+        return
+    statement = _insert(conn)(recommendation_pairs)
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["tenant_id", "sku", "other"],
+            set_={"n": recommendation_pairs.c.n + statement.excluded.n},
+        ),
+        rows,
+    )
+
+
+async def _advance(conn: AsyncConnection, tenant_id: str, through: int, baskets: int) -> None:
+    statement = _insert(conn)(recommendation_progress).values(
+        tenant_id=tenant_id, counted_through=through, baskets=baskets, updated_at=utcnow()
+    )
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["tenant_id"],
+            set_={
+                "counted_through": through,
+                "baskets": recommendation_progress.c.baskets + baskets,
+                "updated_at": statement.excluded.updated_at,
+            },
+        )
+    )
+
+
+# --- cutting the model -------------------------------------------------------------------------
+
+
+async def _cut(conn: AsyncConnection, tenant_id: str) -> dict[str, Any]:
+    """The model document from the counts, as omnisdk.core.recs.build makes it."""
+    await conn.execute(
+        delete(recommendation_pairs).where(
+            recommendation_pairs.c.tenant_id == tenant_id, recommendation_pairs.c.n <= 0
+        )
+    )
+    pairs = recommendation_pairs.c
+    # Ties go by code point, as Python sorts: PostgreSQL's default collation may not.
+    other = pairs.other.collate("C") if conn.dialect.name == "postgresql" else pairs.other
+    sku = pairs.sku.collate("C") if conn.dialect.name == "postgresql" else pairs.sku
+    rank = (func.row_number().over(partition_by=pairs.sku, order_by=(pairs.n.desc(), other))).label(
+        "rank"
+    )
+    ranked = (
+        select(pairs.sku, pairs.other, pairs.n, rank)
+        .where(pairs.tenant_id == tenant_id, pairs.sku != pairs.other)
+        .subquery()
+    )
+    together: dict[str, list[list[Any]]] = {}
+    stream = await conn.stream(
+        select(ranked.c.sku, ranked.c.other, ranked.c.n)
+        .where(ranked.c.rank <= recs.MAX_PARTNERS)
+        .order_by(ranked.c.sku, ranked.c.rank)
+    )
+    async for row in stream:
+        together.setdefault(row.sku, []).append([row.other, int(row.n)])
+    popular = await conn.execute(
+        select(pairs.sku, pairs.n)
+        .where(pairs.tenant_id == tenant_id, pairs.sku == pairs.other)
+        .order_by(pairs.n.desc(), sku)
+        .limit(recs.MAX_POPULAR)
+    )
+    baskets = await conn.scalar(
+        select(recommendation_progress.c.baskets).where(
+            recommendation_progress.c.tenant_id == tenant_id
+        )
+    )
+    return {
+        "baskets": int(baskets or 0),
+        "together": together,
+        "popular": [[row.sku, int(row.n)] for row in popular],
+    }
+
+
+async def _publish(conn: AsyncConnection, tenant_id: str, document: dict[str, Any]) -> str:
+    etag = etag_of(document)
+    values = {"etag": etag, "document": document, "built_at": utcnow()}
+    await conn.execute(
+        _insert(conn)(recommendation_models)
+        .values(tenant_id=tenant_id, **values)
+        .on_conflict_do_update(index_elements=["tenant_id"], set_=values)
+    )
+    await changes.publish(
+        conn, tenant_id, changes.TENANT_WIDE, "content", {"recommendations": etag}
+    )
+    return etag

@@ -1,0 +1,170 @@
+"""The recommendations rebuild as a job: counted in bounded batches, incremental (a build
+counts only new events, yet gives the model one pass over everything gives), resumable after
+its runner died, and behind the old endpoint."""
+
+from __future__ import annotations
+
+import random
+from typing import Any
+
+import pytest
+from sqlalchemy import delete, insert
+
+from omnisdk.core import recs
+from server_stub.ids import new_id, utcnow
+from server_stub.services import jobs, recommendations
+from server_stub.storage.database import Database
+from server_stub.storage.tables import events
+from tests.server.conftest import Harness, ShopForTest
+
+SKUS = [f"sku-{n:02d}" for n in range(30)]
+
+
+def reference_baskets(rows: list[dict[str, Any]]) -> list[list[str]]:
+    """The baskets as the rebuild before jobs read them: every basket event in one pass."""
+    found: list[list[str]] = []
+    added: dict[str, list[str]] = {}
+    for row in rows:
+        if row["name"] not in recommendations.BASKET_EVENTS:
+            continue
+        properties = row["properties"] or {}
+        if row["name"] == "order_completed":
+            skus = properties.get("skus")
+            if isinstance(skus, list):
+                found.append([str(sku) for sku in skus if isinstance(sku, str | int)])
+        elif row["customer_id"] and isinstance(properties.get("sku"), str):
+            added.setdefault(row["customer_id"], []).append(properties["sku"])
+    return found + list(added.values())
+
+
+def random_events(rng: random.Random, tenant_id: str, count: int) -> list[dict[str, Any]]:
+    customers = [f"cus_{n}" for n in range(12)] + [""]  # "": anonymous
+    rows = []
+    for _ in range(count):
+        customer = rng.choice(customers)
+        kind = rng.random()
+        if kind < 0.3:
+            name, properties = "order_completed", {"skus": rng.sample(SKUS, rng.randint(0, 5))}
+        elif kind < 0.9:
+            name, properties = "product_added", {"sku": rng.choice(SKUS)}
+        else:
+            name, properties = "product_viewed", {"sku": rng.choice(SKUS)}
+        now = utcnow()
+        rows.append(
+            {
+                "tenant_id": tenant_id,
+                "event_id": new_id("evt"),
+                "customer_id": customer,
+                "origin_customer_id": customer,
+                "name": name,
+                "channel": "web",
+                "occurred_at": now,
+                "received_at": now,
+                "properties": properties,
+            }
+        )
+    return rows
+
+
+async def store(database: Database, rows: list[dict[str, Any]]) -> None:
+    async with database.transaction(write=True) as conn:
+        await conn.execute(insert(events), rows)
+
+
+async def build(database: Database, tenant_id: str, **params: Any) -> jobs.Job:
+    claim = await jobs.start(database, tenant_id, recommendations.KIND, params)
+    return await jobs.execute(database, claim)
+
+
+async def stored_model(server: Harness, shop: ShopForTest) -> dict[str, Any]:
+    model = (await shop.request("GET", "/v1/content/recommendations")).json()
+    return {key: model[key] for key in ("baskets", "together", "popular")}
+
+
+class ProcessDied(BaseException):
+    """Stands for the process being killed: not an Exception, so no handler sees it."""
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Batches of 7 events and queries of 3 customers: every boundary is crossed many times.
+    monkeypatch.setattr(recommendations, "BATCH_EVENTS", 7)
+    monkeypatch.setattr(recommendations, "CUSTOMERS_PER_QUERY", 3)
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_builds_in_steps_give_the_model_of_one_pass_over_everything(
+    server: Harness, shop: ShopForTest
+) -> None:
+    rng = random.Random(21)
+    everything: list[dict[str, Any]] = []
+    for step in range(4):
+        rows = random_events(rng, shop.id, 40 + step * 15)
+        await store(server.database, rows)
+        everything += rows
+        job = await build(server.database, shop.id)
+        assert job.state == "done", job.error
+        assert job.result is not None and job.result["events_counted"] > 0
+        expected = recs.build(reference_baskets(everything))
+        assert await stored_model(server, shop) == expected
+    # Nothing new: a build reads nothing and publishes the same model.
+    again = await build(server.database, shop.id)
+    assert again.result is not None and again.result["events_counted"] == 0
+    assert await stored_model(server, shop) == recs.build(reference_baskets(everything))
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_a_full_build_recounts_after_events_were_erased(
+    server: Harness, shop: ShopForTest
+) -> None:
+    rows = random_events(random.Random(7), shop.id, 80)
+    await store(server.database, rows)
+    await build(server.database, shop.id)
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(delete(events).where(events.c.customer_id == "cus_3"))
+    kept = [row for row in rows if row["customer_id"] != "cus_3"]
+    incremental = await build(server.database, shop.id)
+    assert incremental.result is not None and incremental.result["events_counted"] == 0
+    full = await build(server.database, shop.id, full=True)
+    assert full.result is not None and full.result["events_counted"] > 0
+    assert await stored_model(server, shop) == recs.build(reference_baskets(kept))
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_a_rebuild_cut_short_resumes_after_its_last_batch(
+    server: Harness, shop: ShopForTest
+) -> None:
+    rows = random_events(random.Random(3), shop.id, 120)
+    await store(server.database, rows)
+    claim = await jobs.start(server.database, shop.id, recommendations.KIND)
+
+    def die_after_two_batches(done: int, total: int | None) -> None:
+        if done >= 2 * recommendations.BATCH_EVENTS:
+            raise ProcessDied  # nothing after this point runs: no finish, no rollback of work
+
+    with pytest.raises(ProcessDied):
+        await jobs.execute(server.database, claim, on_progress=die_after_two_batches)
+    resumed = await jobs.start(server.database, shop.id, recommendations.KIND, stale_seconds=0)
+    assert resumed.runner is not None and resumed.resumed_state is not None
+    ended = await jobs.execute(server.database, resumed)
+    assert ended.state == "done" and ended.attempts == 2
+    # It counted only what the dead runner had not, and the model is the whole one.
+    assert ended.result is not None and 0 < ended.result["events_counted"] < len(rows)
+    assert await stored_model(server, shop) == recs.build(reference_baskets(rows))
+
+
+async def test_the_endpoint_answers_202_with_the_job_when_it_stops_waiting(
+    migrated_database_url: str,
+) -> None:
+    from tests.server.conftest import start_harness
+
+    async for server in start_harness(migrated_database_url, job_wait_seconds=0):
+        shop = await server.shop()
+        await store(server.database, random_events(random.Random(5), shop.id, 30))
+        answer = await shop.request("POST", "/v1/content/recommendations/rebuild")
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job_id"]
+        assert answer.headers["location"] == f"/v1/jobs/{job_id}"
+        ended = await server.app.state.runtime.jobs.wait(shop.id, job_id, timeout=60)
+        assert ended is not None and ended.state == "done"
+        assert (await stored_model(server, shop))["baskets"] == ended.result["baskets"]  # type: ignore[index]
