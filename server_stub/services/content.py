@@ -29,6 +29,7 @@ from omnisdk.models import (
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.services import audit, changes
+from server_stub.services.events import is_anonymous
 from server_stub.storage.tables import content_rulesets, events, recommendation_models
 
 BASKET_EVENTS = ("order_completed", "product_added")
@@ -150,7 +151,7 @@ async def baskets(conn: AsyncConnection, tenant_id: str) -> list[list[str]]:
             skus = properties.get("skus")
             if isinstance(skus, list):
                 found.append([str(sku) for sku in skus if isinstance(sku, str | int)])
-        elif row.customer_id and isinstance(properties.get("sku"), str):
+        elif not is_anonymous(row.customer_id) and isinstance(properties.get("sku"), str):
             added.setdefault(row.customer_id, []).append(properties["sku"])
     return found + list(added.values())
 
