@@ -159,6 +159,8 @@ events = Table(
     UniqueConstraint("tenant_id", "event_id", "occurred_at", name="uq_events_tenant_event"),
     Index("ix_events_customer_time", "tenant_id", "customer_id", "occurred_at"),
     Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
+    # Erasure finds the events recorded for any of the customer's ids wherever they are now.
+    Index("ix_events_origin", "tenant_id", "origin_customer_id"),
 )
 
 merges = Table(

@@ -51,6 +51,7 @@ def upgrade() -> None:
                 "uq_events_tenant_event", ["tenant_id", "event_id", "occurred_at"]
             )
         op.create_index("ix_events_occurred_at", "events", ["occurred_at"])
+    op.create_index("ix_events_origin", "events", ["tenant_id", "origin_customer_id"])
     op.create_index("ix_changes_kind", "changes", ["tenant_id", "kind", "position"])
 
 
@@ -116,6 +117,7 @@ def _partition_events(bind: sa.Connection) -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_changes_kind", "changes")
+    op.drop_index("ix_events_origin", "events")
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"CREATE TABLE {OLD} (LIKE events INCLUDING DEFAULTS)")
         op.execute(f"INSERT INTO {OLD} SELECT * FROM events")
