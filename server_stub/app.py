@@ -42,8 +42,7 @@ from server_stub.routers import (
 from server_stub.routers import jobs as job_routes
 from server_stub.runtime import Runtime
 from server_stub.sealing import Sealer, sealer_from
-from server_stub.services import changes as change_feed
-from server_stub.services import idempotency, signing_keys
+from server_stub.services import maintenance, signing_keys
 from server_stub.services.changes import ChangeHub
 from server_stub.services.jobs import JobRunner
 from server_stub.services.signing_keys import SigningKeys
@@ -54,6 +53,7 @@ from server_stub.storage.migrate import current_revision, head_revision
 
 log = logging.getLogger("omnisdk.server")
 PURGE_INTERVAL_SECONDS = 600.0
+IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 60.0
 MIN_PRUNE_INTERVAL_SECONDS = 0.05
 
 
@@ -95,13 +95,18 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        revision = await current_revision(settings.database_url)
+        revision = await current_revision(settings.listen_url)
         if revision != head_revision():
             raise SchemaNotMigrated(
                 f"the database schema is at {revision or 'nothing'}, not {head_revision()}: "
                 "run `omnisdk-server migrate` first"
             )
-        database = Database(settings.database_url, settings.database_pool_size)
+        database = Database(
+            settings.database_url,
+            settings.database_pool_size,
+            pooler=settings.database_pooler,
+            listen_url=settings.database_listen_url,
+        )
         sealer = await _checked_sealer(settings, database)
         app.state.runtime = Runtime(
             settings,
@@ -119,10 +124,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         gc.freeze()
         # Before serving: a watcher that reconnects to a restarted process meets the retention
         # at once, not after the first interval.
-        await _prune_changes_once(database, settings.change_retention_seconds)
+        await _prune_changes_once(database, settings)
         purgers = [
-            asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds)),
-            asyncio.create_task(_prune_changes(database, settings.change_retention_seconds)),
+            asyncio.create_task(_purge_idempotency(database, settings)),
+            asyncio.create_task(_prune_changes(database, settings)),
+            asyncio.create_task(_maintain(database, settings)),
         ]
         try:
             yield
@@ -183,24 +189,43 @@ async def _checked_sealer(settings: Settings, database: Database) -> Sealer:
     return sealer
 
 
-async def _prune_changes(database: Database, retention_seconds: float) -> None:
+async def _prune_changes(database: Database, settings: Settings) -> None:
     # Often enough that no change outlives its retention by more than a quarter of it (but
     # never a busy loop, whatever the setting).
+    retention_seconds = settings.change_retention_seconds
     interval = max(MIN_PRUNE_INTERVAL_SECONDS, min(PURGE_INTERVAL_SECONDS, retention_seconds / 4))
     while True:
         await asyncio.sleep(interval)
-        await _prune_changes_once(database, retention_seconds)
+        await _prune_changes_once(database, settings)
 
 
-async def _prune_changes_once(database: Database, retention_seconds: float) -> None:
+async def _prune_changes_once(database: Database, settings: Settings) -> None:
     try:
-        async with database.transaction(write=True) as conn:
-            removed = await change_feed.prune(conn, retention_seconds, utcnow())
+        removed = await maintenance.prune_changes(
+            database,
+            settings.change_retention_seconds,
+            utcnow(),
+            settings.maintenance_batch_rows,
+        )
         if removed:
             log.info("pruned old changes", extra={"count": removed})
     except Exception as exc:
         _reraise_cancellation(exc)
         log.warning("change pruning failed", extra={"error_type": type(exc).__name__})
+
+
+async def _maintain(database: Database, settings: Settings) -> None:
+    """Event partitions ahead, retention and pruning (services/maintenance.py), in one
+    process at a time."""
+    while True:
+        await asyncio.sleep(settings.maintenance_interval_seconds)
+        try:
+            report = await maintenance.run(database, settings)
+            if report is not None and any(report.counts.values()):
+                log.info("maintenance done", extra={"counts": report.counts})
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            log.warning("maintenance failed", extra={"error_type": type(exc).__name__})
 
 
 def _reraise_cancellation(exc: Exception) -> None:
@@ -212,14 +237,19 @@ def _reraise_cancellation(exc: Exception) -> None:
         raise asyncio.CancelledError from exc
 
 
-async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:
+async def _purge_idempotency(database: Database, settings: Settings) -> None:
+    # Continuously: each pass deletes in short batches (maintenance.purge_idempotency).
     while True:
         try:
-            async with database.transaction(write=True) as conn:
-                removed = await idempotency.purge_expired(conn, ttl_seconds)
+            removed = await maintenance.purge_idempotency(
+                database,
+                settings.idempotency_ttl_seconds,
+                utcnow(),
+                settings.maintenance_batch_rows,
+            )
             if removed:
                 log.info("purged expired idempotency records", extra={"count": removed})
         except Exception as exc:
             _reraise_cancellation(exc)
             log.warning("idempotency purge failed", extra={"error_type": type(exc).__name__})
-        await asyncio.sleep(PURGE_INTERVAL_SECONDS)
+        await asyncio.sleep(IDEMPOTENCY_PURGE_INTERVAL_SECONDS)

@@ -9,6 +9,7 @@
     omnisdk-server recs rebuild --tenant T [--full]
     omnisdk-server jobs run --tenant T KIND [--param NAME=VALUE ...] | jobs list --tenant T
     omnisdk-server jobs show --tenant T JOB_ID
+    omnisdk-server maintenance run
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -31,7 +32,7 @@ from omnisdk.models import Job
 from server_stub.sealing import sealer_from
 from server_stub.services import audit, jobs, tenants
 from server_stub.services import keys as key_store
-from server_stub.settings import settings_from_environment
+from server_stub.settings import Settings, settings_from_environment
 from server_stub.storage.database import Database
 from server_stub.storage.migrate import upgrade
 
@@ -47,9 +48,15 @@ def _database_url(args: argparse.Namespace) -> str:
     return url
 
 
-async def _with_database(url: str, work: Callable[[Database], Awaitable[T]]) -> T:
-    await upgrade(url)
-    database = Database(url)
+async def _with_database(
+    url: str, work: Callable[[Database], Awaitable[T]], settings: Settings | None = None
+) -> T:
+    settings = settings or settings_from_environment()
+    # Migrations and session-level work go over a direct connection, never a pooler.
+    await upgrade(settings.database_listen_url or url)
+    database = Database(
+        url, pooler=settings.database_pooler, listen_url=settings.database_listen_url
+    )
     try:
         return await work(database)
     finally:
@@ -70,7 +77,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     # The app (in this process or in worker processes) reads its settings from the environment.
     os.environ["OMNISDK_DATABASE_URL"] = url
     settings_from_environment.cache_clear()
-    revision = asyncio.run(upgrade(url))
+    # Migrations over a direct connection, never a transaction pooler.
+    revision = asyncio.run(upgrade(settings_from_environment().database_listen_url or url))
     print(f"database schema at revision {revision}", file=sys.stderr)
     uvicorn.run(
         "server_stub.app:create_app",
@@ -316,6 +324,33 @@ def cmd_jobs_show(args: argparse.Namespace) -> None:
     print(job.model_dump_json(indent=2))
 
 
+def cmd_maintenance_run(args: argparse.Namespace) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from server_stub.services import maintenance
+
+    settings = settings_from_environment().model_copy(update={"database_url": _database_url(args)})
+
+    async def work(database: Database) -> maintenance.Report | None:
+        return await maintenance.run(database, settings, progress=tell)
+
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:,}"))
+    with Progress(*columns, TimeElapsedColumn(), transient=False) as bar:
+        # One line per step; its count grows with every batch (the total is not known ahead).
+        tasks = {step: bar.add_task(step, total=None) for step in maintenance.STEPS}
+
+        def tell(step: str, rows: int) -> None:
+            bar.update(tasks[step], completed=rows)
+
+        report = asyncio.run(_with_database(settings.database_url, work, settings))
+        for task in bar.tasks:  # done: each bar full
+            bar.update(task.id, total=task.completed)
+    if report is None:
+        raise CommandError("another process is running maintenance now; try again later")
+    for step, count in report.counts.items():
+        print(f"{step}: {count}")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -402,6 +437,14 @@ def parser() -> argparse.ArgumentParser:
     job_show.add_argument("--tenant", required=True)
     job_show.add_argument("job_id")
     job_show.set_defaults(run=cmd_jobs_show)
+    upkeep = commands.add_parser("maintenance", help="history retention and pruning")
+    upkeep_commands = upkeep.add_subparsers(dest="action", required=True)
+    upkeep_commands.add_parser(
+        "run",
+        parents=[common],
+        help="create event partitions ahead, apply retention, prune the change feed and "
+        "idempotency records, now (the server also does it every few minutes)",
+    ).set_defaults(run=cmd_maintenance_run)
     return top
 
 

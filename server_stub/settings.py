@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -119,6 +120,33 @@ class Settings(BaseSettings):
         "before answering 202 with the job to follow instead of the model (keep it under the "
         "clients' timeout: the SDK's is 10 s).",
     )
+    database_pooler: Literal["none", "transaction"] = Field(
+        default="none",
+        description="`transaction` when `database_url` points at a pooler in transaction "
+        "mode (PgBouncer's `pool_mode = transaction`): no prepared statement outlives its "
+        "transaction, and session-level features use `database_listen_url`.",
+    )
+    database_listen_url: str | None = Field(
+        default=None,
+        description="A direct PostgreSQL connection (not through a transaction pooler) for the "
+        "change feed's LISTEN and the maintenance lock; unset: `database_url`.",
+    )
+    maintenance_interval_seconds: float = Field(
+        default=300.0,
+        gt=0,
+        description="How often one server process (one at a time across processes) runs "
+        "maintenance: event partitions ahead, retention, pruning (docs/scaling.md).",
+    )
+    maintenance_batch_rows: int = Field(
+        default=5_000,
+        gt=0,
+        description="Most rows one maintenance transaction deletes; it repeats until done.",
+    )
+
+    @property
+    def listen_url(self) -> str:
+        """The URL of direct (unpooled) PostgreSQL connections."""
+        return self.database_listen_url or self.database_url
 
 
 @lru_cache(maxsize=1)

@@ -257,28 +257,55 @@ def tenant_topic(tenant_id: str) -> str:
 
 async def prune(conn: AsyncConnection, retention_seconds: float, now: datetime) -> int:
     """Delete changes older than the retention and raise each tenant's pruned position."""
+    removed = 0
+    for tenant_id, through in (await expired(conn, retention_seconds, now)).items():
+        removed += await prune_through(conn, tenant_id, through)
+    return removed
+
+
+async def expired(conn: AsyncConnection, retention_seconds: float, now: datetime) -> dict[str, int]:
+    """Per tenant, the newest position of a change older than the retention."""
     cutoff = now - timedelta(seconds=retention_seconds)
-    expired = await conn.execute(
+    rows = await conn.execute(
         select(changes.c.tenant_id, func.max(changes.c.position))
         .where(changes.c.created_at < cutoff)
         .group_by(changes.c.tenant_id)
     )
-    removed = 0
-    for tenant_id, through in list(expired):
-        result = await conn.execute(
-            delete(changes).where(changes.c.tenant_id == tenant_id, changes.c.position <= through)
-        )
-        removed += result.rowcount
-        # Last, so the counter row (which the tenant's writers queue on) is held briefly.
+    return {tenant_id: int(through) for tenant_id, through in rows}
+
+
+async def prune_through(
+    conn: AsyncConnection, tenant_id: str, through: int, limit: int | None = None
+) -> int:
+    """Delete the tenant's changes up to position `through`, or only the next `limit` of them
+    (positions have no gaps, so a range of `limit` positions is at most `limit` rows, and the
+    transaction stays short however far behind the pruning is). Returns how many went."""
+    done = (
         await conn.execute(
-            update(change_positions)
-            .where(
-                change_positions.c.tenant_id == tenant_id,
-                change_positions.c.pruned_through < through,
+            select(change_positions.c.pruned_through).where(
+                change_positions.c.tenant_id == tenant_id
             )
-            .values(pruned_through=through)
         )
-    return removed
+    ).scalar() or 0
+    if limit is not None:
+        through = min(through, done + limit)
+    result = await conn.execute(
+        delete(changes).where(
+            changes.c.tenant_id == tenant_id,
+            changes.c.position > done,
+            changes.c.position <= through,
+        )
+    )
+    # Last, so the counter row (which the tenant's writers queue on) is held briefly.
+    await conn.execute(
+        update(change_positions)
+        .where(
+            change_positions.c.tenant_id == tenant_id,
+            change_positions.c.pruned_through < through,
+        )
+        .values(pruned_through=through)
+    )
+    return int(result.rowcount or 0)
 
 
 # --- waking ----------------------------------------------------------------------------------
@@ -305,7 +332,8 @@ class ChangeHub:
                 return
             import asyncpg
 
-            url = make_url(self._database.url)
+            # A direct connection: a transaction pooler would drop LISTEN between transactions.
+            url = make_url(self._database.listen_url)
             connection = await asyncpg.connect(
                 host=url.host,
                 port=url.port,

@@ -8,14 +8,13 @@ identifier never seen before creates a customer, exactly as `identify` with it a
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import pydantic
-from sqlalchemy import select
-from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy import bindparam, select, text
+from sqlalchemy.dialects import sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel
@@ -38,13 +37,30 @@ from omnisdk.core.identifiers import (
 )
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import BatchResult, EventIn, EventRejection
-from server_stub.ids import utcnow
+from server_stub.ids import time_ordered_id, utcnow
 from server_stub.services import consent, identity
 from server_stub.services.tenant_context import TenantContext
+from server_stub.storage.database import dumps
+from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import events, identifiers
 
-# The owner of events stored without identifiers: they count in aggregates, for no one.
-ANONYMOUS = ""
+# Events stored without identifiers count in aggregates, for no one: they are kept under a
+# bucket per day of their time (`~anon-2026-12-03`), never one customer id for all, so that
+# each tenant's anonymous history is pruned on its own retention by an index range
+# (services/maintenance.py) and no one id collects millions of rows.
+ANONYMOUS_PREFIX = "~anon-"
+
+# An event id seen within this long of a new event's time makes it a duplicate (docs/events.md).
+DEDUPE_WINDOW = timedelta(days=1)
+
+
+def anonymous_bucket(occurred_at: datetime) -> str:
+    """The owner of an event stored without identifiers."""
+    return f"{ANONYMOUS_PREFIX}{occurred_at:%Y-%m-%d}"
+
+
+def is_anonymous(customer_id: str) -> bool:
+    return customer_id.startswith(ANONYMOUS_PREFIX) or customer_id == ""
 
 
 class Rejected(Exception):  # an event refused, and why
@@ -117,7 +133,8 @@ async def ingest(
     rejected: list[EventRejection] = []
     pending: list[_Pending] = []
     for index, event in enumerate(batch):
-        event_id = event.event_id or uuid.uuid4().hex
+        # Time-ordered, so the index of ids made here grows at its end (issue 21).
+        event_id = event.event_id or time_ordered_id(now)
         try:
             occurred_at = event.timestamp or now
             check_names(event.event_id, event.customer_id)
@@ -263,18 +280,10 @@ async def _store(
     now: datetime,
     secret: bytes,
 ) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
-    seen: set[str] = set()
-    if items:
-        rows = await conn.execute(
-            select(events.c.event_id).where(
-                events.c.tenant_id == tenant_id,
-                events.c.event_id.in_({item.event_id for item in items}),
-            )
-        )
-        seen = {row.event_id for row in rows}
+    seen = await _stored_ids(conn, tenant_id, items)
     accepted: list[tuple[int, str, str]] = []
     duplicates: list[tuple[int, str, str]] = []
-    values: list[dict[str, Any]] = []
+    rows: list[dict[str, Any]] = []
     for item in items:
         assert item.customer_id is not None
         # Whose event it is: no one's when it was stored without identifiers.
@@ -284,17 +293,15 @@ async def _store(
             continue
         seen.add(item.event_id)
         accepted.append(outcome)
-        owner = ANONYMOUS if item.anonymous else item.customer_id
-        values.append(
+        rows.append(
             {
-                "tenant_id": tenant_id,
                 "event_id": item.event_id,
-                "customer_id": owner,
-                "origin_customer_id": owner,
+                "customer_id": (
+                    anonymous_bucket(item.occurred_at) if item.anonymous else item.customer_id
+                ),
                 "name": item.event.name,
                 "channel": (item.event.channel or channel).value,
                 "occurred_at": item.occurred_at,
-                "received_at": now,
                 # E-mail addresses and phone numbers only as keyed hashes (docs/server.md).
                 "properties": hashed_contact_data(
                     without_identifiers(item.event.properties)
@@ -306,9 +313,40 @@ async def _store(
                 "value": item.extracted.value,
             }
         )
-    if values:
-        await conn.execute(_insert_ignoring_duplicates(conn), values)
+    if rows:
+        await _insert(conn, tenant_id, now, rows)
     return accepted, duplicates
+
+
+# PostgreSQL: events without a time of their own (stored at their arrival) cannot meet their
+# replay in the unique key (tenant, event id, time); concurrent deliveries of one such id
+# queue on a lock of the id instead, taken in one order, held to the end of the transaction.
+_LOCK_EVENT_IDS = Prepared(
+    text(
+        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 21))) "
+        "FROM (SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ids"
+    )
+)
+
+
+async def _stored_ids(conn: AsyncConnection, tenant_id: str, items: list[_Pending]) -> set[str]:
+    """The ids of `items` that the tenant already holds for a time within DEDUPE_WINDOW of
+    the batch's times. The window keeps the lookup in the partitions of those months."""
+    if not items:
+        return set()
+    untimed = sorted({f"{tenant_id}:{i.event_id}" for i in items if i.event.timestamp is None})
+    if untimed and conn.dialect.name == "postgresql":
+        await _LOCK_EVENT_IDS.fetchone(conn, {"keys": untimed})
+    times = [item.occurred_at for item in items]
+    rows = await conn.execute(
+        select(events.c.event_id).where(
+            events.c.tenant_id == tenant_id,
+            events.c.event_id.in_({item.event_id for item in items}),
+            events.c.occurred_at >= min(times) - DEDUPE_WINDOW,
+            events.c.occurred_at <= max(times) + DEDUPE_WINDOW,
+        )
+    )
+    return {row.event_id for row in rows}
 
 
 async def record_order(
@@ -326,27 +364,91 @@ async def record_order(
     one order per `order_id`)."""
     properties = cart_order_properties(order_ref, lines)
     extracted = check_event("order_completed", properties, now, now)
-    await conn.execute(
-        _insert_ignoring_duplicates(conn),
+    row = {
+        "event_id": order_event_id(order_ref),
+        "customer_id": customer_id,
+        "name": "order_completed",
+        "channel": channel.value,
+        "occurred_at": now,
+        "properties": properties,
+        "category": extracted.category,
+        "value": extracted.value,
+    }
+    await _insert(conn, tenant_id, now, [row])
+
+
+# PostgreSQL: a batch in one statement, its columns sent as arrays (one round trip, one plan,
+# whatever the batch size). A concurrent request may store the same event between our check
+# and our insert: the unique key makes it a no-op.
+_INSERT_ON_POSTGRESQL = Prepared(
+    text(
+        """
+INSERT INTO events (tenant_id, event_id, customer_id, origin_customer_id, name, channel,
+                    occurred_at, received_at, properties, category, value)
+SELECT :tenant, e.event_id, e.customer_id, e.customer_id, e.name, e.channel, e.occurred_at,
+       CAST(:received AS timestamptz), CAST(e.properties AS json), e.category, e.value
+FROM unnest(CAST(:event_ids AS text[]), CAST(:customers AS text[]), CAST(:names AS text[]),
+            CAST(:channels AS text[]), CAST(:times AS timestamptz[]),
+            CAST(:properties AS text[]), CAST(:categories AS text[]),
+            CAST(:amounts AS float8[]))
+     AS e(event_id, customer_id, name, channel, occurred_at, properties, category, value)
+ON CONFLICT (tenant_id, event_id, occurred_at) DO NOTHING
+"""
+    )
+)
+
+_EVENT_COLUMNS = (
+    "tenant_id",
+    "event_id",
+    "customer_id",
+    "origin_customer_id",
+    "name",
+    "channel",
+    "occurred_at",
+    "received_at",
+    "properties",
+    "category",
+    "value",
+)
+# SQLite: one statement run for every row on the driver (storage/prepared.py).
+_INSERT_ON_SQLITE = Prepared(
+    sqlite.insert(events)
+    .values({name: bindparam(name) for name in _EVENT_COLUMNS})
+    .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "occurred_at"])
+)
+
+
+async def _insert(
+    conn: AsyncConnection, tenant_id: str, now: datetime, rows: list[dict[str, Any]]
+) -> None:
+    """Store `rows` (event id, owner, name, channel, time, properties, category, value) as
+    events of the tenant received `now`, skipping any already stored."""
+    if conn.dialect.name == "postgresql":
+        await _INSERT_ON_POSTGRESQL.execute(
+            conn,
+            {
+                "tenant": tenant_id,
+                "received": now,
+                "event_ids": [row["event_id"] for row in rows],
+                "customers": [row["customer_id"] for row in rows],
+                "names": [row["name"] for row in rows],
+                "channels": [row["channel"] for row in rows],
+                "times": [row["occurred_at"] for row in rows],
+                "properties": [dumps(row["properties"]) for row in rows],
+                "categories": [row["category"] for row in rows],
+                "amounts": [row["value"] for row in rows],
+            },
+        )
+        return
+    await _INSERT_ON_SQLITE.executemany(
+        conn,
         [
             {
+                **row,
                 "tenant_id": tenant_id,
-                "event_id": order_event_id(order_ref),
-                "customer_id": customer_id,
-                "origin_customer_id": customer_id,
-                "name": "order_completed",
-                "channel": channel.value,
-                "occurred_at": now,
+                "origin_customer_id": row["customer_id"],
                 "received_at": now,
-                "properties": properties,
-                "category": extracted.category,
-                "value": extracted.value,
             }
+            for row in rows
         ],
     )
-
-
-def _insert_ignoring_duplicates(conn: AsyncConnection) -> Any:
-    # A concurrent request may store the same event id between our check and our insert.
-    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-    return dialect.insert(events).on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])

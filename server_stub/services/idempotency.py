@@ -11,7 +11,7 @@ import hashlib
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, insert, select, tuple_
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.ids import utcnow
@@ -85,10 +85,21 @@ async def store(
 
 
 async def purge_expired(
-    conn: AsyncConnection, ttl_seconds: int, now: datetime | None = None
+    conn: AsyncConnection, ttl_seconds: int, now: datetime | None = None, limit: int | None = None
 ) -> int:
+    """Delete expired records: all of them, or at most `limit` (the oldest first), so that a
+    purge running continuously keeps each of its transactions short."""
     cutoff = (now or utcnow()) - timedelta(seconds=ttl_seconds)
-    result = await conn.execute(
-        delete(idempotency_records).where(idempotency_records.c.created_at <= cutoff)
+    expired = idempotency_records.c.created_at <= cutoff
+    if limit is None:
+        result = await conn.execute(delete(idempotency_records).where(expired))
+        return result.rowcount or 0
+    oldest = (
+        select(idempotency_records.c.tenant_id, idempotency_records.c.idempotency_key)
+        .where(expired)
+        .order_by(idempotency_records.c.created_at)
+        .limit(limit)
     )
+    key = tuple_(idempotency_records.c.tenant_id, idempotency_records.c.idempotency_key)
+    result = await conn.execute(delete(idempotency_records).where(key.in_(oldest)))
     return result.rowcount or 0

@@ -39,6 +39,7 @@ from omnisdk.core import recs
 from server_stub.ids import utcnow
 from server_stub.services import changes, jobs
 from server_stub.services.content import etag_of
+from server_stub.services.events import is_anonymous
 from server_stub.storage.database import Database
 from server_stub.storage.tables import (
     events,
@@ -174,7 +175,7 @@ async def _count_batch(
             if items:
                 baskets += 1
                 _count(items, delta)
-        elif row.customer_id and isinstance(properties.get("sku"), str):
+        elif not is_anonymous(row.customer_id) and isinstance(properties.get("sku"), str):
             adders.add(row.customer_id)
     baskets += await _recount_carts(conn, tenant_id, sorted(adders), after, last, delta)
     await _add(conn, tenant_id, delta)

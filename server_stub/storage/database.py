@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import sqlite3
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any, Protocol, TypeVar
@@ -126,6 +127,22 @@ def _ping_when_idle(engine: AsyncEngine) -> None:
             raise DisconnectionError("the pooled connection was lost while idle") from error
 
 
+def _pooler_connect_args(pooler: str) -> dict[str, Any]:
+    """asyncpg's options behind a pooler in transaction mode (PgBouncer's `transaction`): the
+    server connection under a client changes between transactions, so no prepared statement
+    may be cached (asyncpg's cache and SQLAlchemy's), and those SQLAlchemy prepares within a
+    transaction get unique names, never to meet another client's on a shared connection."""
+    if pooler == "none":
+        return {}
+    if pooler != "transaction":
+        raise ValueError(f"unknown pooler mode {pooler!r}: use 'none' or 'transaction'")
+    return {
+        "statement_cache_size": 0,
+        "prepared_statement_cache_size": 0,
+        "prepared_statement_name_func": lambda: f"__omnisdk_{uuid.uuid4().hex}__",
+    }
+
+
 def dumps(value: Any) -> str:
     """JSON as the database columns store it."""
     return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
@@ -153,9 +170,18 @@ async def _commit_writer(connection: AsyncConnection) -> None:
 class Database:
     """The server's storage: one engine for reads and, on SQLite, one that writes."""
 
-    def __init__(self, url: str, pool_size: int = 10) -> None:
+    def __init__(
+        self,
+        url: str,
+        pool_size: int = 10,
+        *,
+        pooler: str = "none",
+        listen_url: str | None = None,
+    ) -> None:
         self.url = async_url(url)
         self.sqlite = is_sqlite(self.url)
+        # Direct connections (LISTEN, session advisory locks) bypass a transaction pooler.
+        self.listen_url = async_url(listen_url) if listen_url else self.url
         self._sqlite_writer = asyncio.Lock()
         # SQLite: this process's one writing connection, kept open between transactions
         # (writers take turns on `_sqlite_writer`, so a pool would only add checkout costs).
@@ -172,7 +198,11 @@ class Database:
             _configure_sqlite(self.write_engine, "BEGIN IMMEDIATE", 0 if inline else 15_000, inline)
         else:
             engine = create_async_engine(
-                self.url, pool_size=pool_size, max_overflow=pool_size, **JSON_CODEC
+                self.url,
+                pool_size=pool_size,
+                max_overflow=pool_size,
+                connect_args=_pooler_connect_args(pooler),
+                **JSON_CODEC,
             )
             _ping_when_idle(engine)
             self.read_engine = self.write_engine = engine

@@ -31,6 +31,10 @@ from server_stub.storage.inline_sqlite import InlineConnection
 
 Processor = Callable[[Any], Any] | None
 
+# Told of every statement run here (its SQL and parameters) before it runs, while not empty:
+# the query-plan test (tests/server/test_query_plans.py) explains what the hot paths send.
+statement_observers: list[Callable[[str, tuple[Any, ...]], None]] = []
+
 
 @dataclass(frozen=True)
 class _Compiled:
@@ -62,6 +66,8 @@ class Prepared:
         """The first row (its values processed as SQLAlchemy would), or None."""
         compiled = self._compiled(conn.dialect)
         values = _values(compiled, parameters)
+        if statement_observers:
+            _observe(compiled.sql, values)
         driver, kind = await _driver(conn)
         try:
             if kind is _Kind.SQLITE:
@@ -84,6 +90,8 @@ class Prepared:
     async def execute(self, conn: AsyncConnection, parameters: Mapping[str, Any]) -> None:
         compiled = self._compiled(conn.dialect)
         values = _values(compiled, parameters)
+        if statement_observers:
+            _observe(compiled.sql, values)
         driver, kind = await _driver(conn)
         try:
             if kind is _Kind.SQLITE:
@@ -98,6 +106,8 @@ class Prepared:
     async def executemany(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
         compiled = self._compiled(conn.dialect)
         values = [_values(compiled, row) for row in rows]
+        if statement_observers and values:
+            _observe(compiled.sql, values[0])
         driver, kind = await _driver(conn)
         try:
             if kind is _Kind.SQLITE:
@@ -108,6 +118,11 @@ class Prepared:
                 await conn.exec_driver_sql(compiled.sql, values)
         except Exception as error:
             raise _wrapped(conn, compiled.sql, error) from error
+
+
+def _observe(sql: str, values: tuple[Any, ...]) -> None:
+    for observer in statement_observers:
+        observer(sql, values)
 
 
 def _compile(statement: ClauseElement, dialect: Dialect) -> _Compiled:

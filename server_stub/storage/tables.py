@@ -155,8 +155,13 @@ events = Table(
     Column("properties", JSON, nullable=False),
     Column("category", String(100), nullable=True),
     Column("value", Float, nullable=True),
-    UniqueConstraint("tenant_id", "event_id", name="uq_events_tenant_event"),
+    # On PostgreSQL the table is partitioned by month of `occurred_at` (storage/partitions.py),
+    # so every unique key holds it: the primary key there is (seq, occurred_at).
+    UniqueConstraint("tenant_id", "event_id", "occurred_at", name="uq_events_tenant_event"),
     Index("ix_events_customer_time", "tenant_id", "customer_id", "occurred_at"),
+    Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
+    # Erasure finds the events recorded for any of the customer's ids wherever they are now.
+    Index("ix_events_origin", "tenant_id", "origin_customer_id"),
 )
 
 merges = Table(
@@ -297,6 +302,7 @@ changes = Table(
     Column("payload", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_changes_customer", "tenant_id", "customer_id", "position"),
+    Index("ix_changes_kind", "tenant_id", "kind", "position"),
     Index("ix_changes_created_at", "created_at"),
 )
 

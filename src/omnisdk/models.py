@@ -543,6 +543,10 @@ class TenantSettings(WireModel):
         description="Analytics basis, skew window and double opt-in settings.",
         default_factory=lambda: ConsentSettings(),
     )
+    retention: RetentionSettings = Field(
+        description="How long events are kept (docs/scaling.md, 'History').",
+        default_factory=lambda: RetentionSettings(),
+    )
 
 
 # --- returns --------------------------------------------------------------------------------
@@ -948,6 +952,21 @@ class ConsentSettings(WireModel):
             "without identifiers. legitimate_interest: they are attributed (where the law lets "
             "the shop rely on it); a refusal (denied/withdrawn) is still obeyed."
         ),
+    )
+
+
+class RetentionSettings(WireModel):
+    events_days: Int | None = Field(
+        default=None,
+        ge=1,
+        description="Days a customer's events are kept (by the time they happened); "
+        "unset: kept for good.",
+    )
+    anonymous_events_days: Int | None = Field(
+        default=90,
+        ge=1,
+        description="Days events stored without identifiers (no analytics consent) are kept; "
+        "unset: as long as `events_days`.",
     )
 
 

@@ -242,13 +242,24 @@ async def test_a_decision_publishes_the_new_state_on_the_change_feed(
 
 
 async def stored(server: Harness, shop: ShopForTest) -> list[tuple[str, str, dict[str, Any]]]:
+    """The tenant's events as (name, owner, properties); "" as the owner of an event stored
+    without identifiers, which is kept in the anonymous bucket of its day."""
+    from server_stub.services.events import anonymous_bucket
+
     async with server.database.transaction(write=False) as conn:
         rows = await conn.execute(
-            select(events.c.name, events.c.customer_id, events.c.properties)
+            select(events.c.name, events.c.customer_id, events.c.occurred_at, events.c.properties)
             .where(events.c.tenant_id == shop.id)
             .order_by(events.c.seq)
         )
-        return [(row.name, row.customer_id, row.properties) for row in rows]
+        return [
+            (
+                row.name,
+                "" if row.customer_id == anonymous_bucket(row.occurred_at) else row.customer_id,
+                row.properties,
+            )
+            for row in rows
+        ]
 
 
 async def test_without_analytics_consent_events_keep_no_identifiers(
