@@ -286,14 +286,14 @@ class Rfm:
 
 
 def _quintile(values: FloatArray) -> Any:
-    """1..5 by rank (ties share the lower score), 5 = highest value."""
+    """1..5: the quintile of the value's rank (ties share the lower rank), 5 = highest."""
     import numpy as np
     from scipy.stats import rankdata
 
     if len(values) == 0:
         return np.zeros(0, np.int64)
     ranks = rankdata(values, method="min")
-    return np.minimum(5, 1 + ((ranks - 1) * 5) // len(values)).astype(np.int64)
+    return np.maximum(1, np.ceil(5 * ranks / len(values))).astype(np.int64)
 
 
 def rfm(days_since_last: FloatArray, purchases: FloatArray, monetary: FloatArray) -> Rfm:
@@ -333,7 +333,8 @@ def calibration_report(
     order = np.argsort(-predicted, kind="stable")
     top = order[: max(1, math.ceil(len(order) / 10))]
     capture = float(actual[top].sum() / actual.sum()) if actual.sum() > 0 else 0.0
-    correlation = spearmanr(predicted, actual).statistic if len(actual) > 2 else float("nan")
+    varied = len(actual) > 2 and np.ptp(actual) > 0 and np.ptp(predicted) > 0
+    correlation = spearmanr(predicted, actual).statistic if varied else float("nan")
     by_frequency = []
     for k in range(0, 8):
         mask = summaries.frequency == k if k < 7 else summaries.frequency >= 7

@@ -39,7 +39,10 @@ class Journey:
 
 @dataclass
 class PathCounts:
-    """Aggregated paths before they are frozen: add journeys or pre-aggregated rows, merge."""
+    """Aggregated paths before they are frozen: add journeys or pre-aggregated rows, merge.
+
+    Values are summed in whole cents (integers), so the sums do not depend on the order the
+    journeys came in: the models' results are bit-identical however they are read."""
 
     rows: dict[PathKey, list[float]]
 
@@ -59,13 +62,14 @@ class PathCounts:
         if len(labels) != len(ages) or not labels:
             raise ValueError("a path needs at least one touch and one age per touch")
         key = (tuple(labels), tuple(int(age) for age in ages))
+        cents = round(value * 100)
         row = self.rows.get(key)
         if row is None:
-            self.rows[key] = [conversions, nulls, value]
+            self.rows[key] = [conversions, nulls, cents]
         else:
             row[0] += conversions
             row[1] += nulls
-            row[2] += value
+            row[2] += cents
 
     def add_journey(self, journey: Journey) -> None:
         self.add(
@@ -77,11 +81,21 @@ class PathCounts:
         )
 
     def merge(self, other: PathCounts) -> None:
-        for (labels, ages), (conv, null, value) in other.rows.items():
-            self.add(labels, ages, conversions=conv, nulls=null, value=value)
+        for key, (conv, null, cents) in other.rows.items():
+            row = self.rows.get(key)
+            if row is None:
+                self.rows[key] = [conv, null, cents]
+            else:
+                row[0] += conv
+                row[1] += null
+                row[2] += cents
+
+    def items(self) -> list[tuple[PathKey, tuple[float, float, float]]]:
+        """(path, (conversions, non-conversions, value)) in canonical order."""
+        return [((k[0], k[1]), (r[0], r[1], r[2] / 100)) for k, r in sorted(self.rows.items())]
 
     def freeze(self) -> Paths:
-        return Paths.from_rows(self.rows.items())
+        return Paths.from_rows(self.items())
 
 
 @dataclass(frozen=True)

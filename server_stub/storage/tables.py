@@ -468,3 +468,40 @@ customer_codes = Table(
     Index("ix_customer_codes_customer", "tenant_id", "customer_id"),
     Index("ix_customer_codes_expires", "expires_at"),
 )
+
+customer_scores = Table(
+    "customer_scores",
+    metadata,
+    # Lifetime value and RFM per customer from the latest fit (services/analytics.py), with the
+    # fit's date; read into the profile as `ltv.*` and `rfm.*` for content rules. The `ltv_*`
+    # columns are null when only RFM could be given (too few repeat buyers).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("fitted_at", UtcDateTime(), nullable=False),
+    Column("model", String(32), nullable=False),
+    Column("p_alive", Float, nullable=True),
+    Column("purchases_90", Float, nullable=True),
+    Column("purchases_365", Float, nullable=True),
+    Column("value_per_purchase", Float, nullable=True),
+    Column("clv", Float, nullable=True),
+    Column("rfm_recency", Integer, nullable=False),
+    Column("rfm_frequency", Integer, nullable=False),
+    Column("rfm_monetary", Integer, nullable=False),
+)
+
+journey_days = Table(
+    "journey_days",
+    metadata,
+    # The daily aggregate of journeys (services/analytics.py): per day a journey ended, per
+    # distinct path (labels and ages, JSON), how many converted, did not, and the net value.
+    # `setup` identifies the lookback and grouping the day was computed with; rows of another
+    # setup are ignored and replaced.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("day", String(10), primary_key=True),
+    Column("setup", String(16), primary_key=True),
+    Column("path_no", Integer, primary_key=True),
+    Column("path", JSON, nullable=False),
+    Column("conversions", Float, nullable=False),
+    Column("nulls", Float, nullable=False),
+    Column("value", Float, nullable=False),
+)

@@ -177,7 +177,7 @@ journeys_strategy = st.lists(
         ),
         st.lists(st.tuples(labels, st.integers(0, 30)), min_size=1, max_size=6),
         st.booleans(),
-        st.floats(0, 500, allow_nan=False),
+        st.integers(0, 50_000).map(lambda cents: cents / 100),
     ),
     min_size=1,
     max_size=40,
