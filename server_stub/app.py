@@ -24,6 +24,7 @@ from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging, flush_logs
 from server_stub.pos import StationConfig, close_station, create_station
 from server_stub.routers import (
+    analytics,
     carts,
     changes,
     consent,
@@ -78,6 +79,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     tenant.router,
     privacy.router,
+    analytics.router,
 )
 
 

@@ -7,6 +7,7 @@
     omnisdk-server key list --tenant T | key revoke --tenant T KEY_ID
     omnisdk-server content import --tenant T FILE.yaml|FILE.json [--note TEXT]
     omnisdk-server recs rebuild --tenant T
+    omnisdk-server analytics attribution|ropo|ltv|refresh|report --tenant T ... (analytics_cli)
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -279,6 +280,10 @@ def parser() -> argparse.ArgumentParser:
     )
     rebuild.add_argument("--tenant", required=True)
     rebuild.set_defaults(run=cmd_recs_rebuild)
+
+    from server_stub import analytics_cli
+
+    analytics_cli.add_commands(commands, common)
     return top
 
 

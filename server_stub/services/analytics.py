@@ -490,7 +490,7 @@ def _summaries(buyers: list[_Buyer], end: date) -> Any:
     return ltv.Summaries(frequency, recency, age, monetary)
 
 
-def _histogram(values: Any, bins: int = 12) -> list[tuple[float, float, int]]:
+def clv_histogram(values: Any, bins: int = 12) -> list[tuple[float, float, int]]:
     import numpy as np
 
     if len(values) == 0:
@@ -500,7 +500,7 @@ def _histogram(values: Any, bins: int = 12) -> list[tuple[float, float, int]]:
     return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(bins)]
 
 
-async def _calibration(
+async def calibrate(
     conn: AsyncConnection, tenant_id: str, as_of: datetime, holdout: timedelta
 ) -> dict[str, Any] | None:
     import numpy as np
@@ -617,7 +617,7 @@ async def fit_lifetime_value(
         await conn.execute(insert(customer_scores), rows[start : start + 1000])
     calibration = None
     if holdout is not None and scores is not None:
-        calibration = await _calibration(conn, tenant_id, fitted_at, holdout)
+        calibration = await calibrate(conn, tenant_id, fitted_at, holdout)
     clv = scores.clv if scores is not None else np.zeros(0)
     return LtvFit(
         fitted_at=fitted_at,
@@ -625,7 +625,7 @@ async def fit_lifetime_value(
         customers=len(ids),
         repeat_buyers=repeat_buyers,
         parameters=parameters,
-        clv_histogram=_histogram(clv),
+        clv_histogram=clv_histogram(clv),
         clv_total=float(clv.sum()),
         calibration=calibration,
         note=note,

@@ -426,6 +426,27 @@ class Annotation(AnnotationIn):
     created_at: datetime = Field(description="When it was created (UTC, ISO 8601).")
 
 
+class LifetimeValue(WireModel):
+    """A customer's lifetime value scores (docs/analytics.md); content rules read `ltv.*`."""
+
+    fitted_at: datetime = Field(description="When the model was fitted.")
+    p_alive: Float = Field(description="Probability that she is still an active customer.")
+    purchases_90: Float = Field(description="Expected purchases in the next 90 days.")
+    purchases_365: Float = Field(description="Expected purchases in the next 365 days.")
+    value_per_purchase: Float = Field(description="Expected net value of one purchase.")
+    clv: Float = Field(description="Expected net value of her next 12 months, discounted.")
+
+
+class RfmScores(WireModel):
+    """Recency, frequency and monetary quintiles: 5 is the most recent, frequent, valuable."""
+
+    fitted_at: datetime = Field(description="When the scores were computed.")
+    recency: Int = Field(ge=1, le=5)
+    frequency: Int = Field(ge=1, le=5)
+    monetary: Int = Field(ge=1, le=5)
+    score: Int = Field(description="recency x 100 + frequency x 10 + monetary (111..555).")
+
+
 class OrderSummary(WireModel):
     count: Int = Field(description="Number of orders (one per `order_id`).")
     total_value: Float = Field(description="Sum of the orders' `value`.")
@@ -483,6 +504,13 @@ class Profile(WireModel):
     )
     purchased_skus: list[str] = Field(
         default_factory=list, description="SKUs of her completed orders, newest first."
+    )
+    ltv: LifetimeValue | None = Field(
+        default=None,
+        description="Her lifetime value from the shop's latest fit (BG/NBD + Gamma-Gamma).",
+    )
+    rfm: RfmScores | None = Field(
+        default=None, description="Her recency, frequency and monetary quintiles (1-5)."
     )
 
 

@@ -38,6 +38,8 @@ class Scope(StrEnum):
     PRIVACY_EXPORT = "privacy:export"
     PRIVACY_ERASE = "privacy:erase"
     SETTINGS_MANAGE = "settings:manage"
+    ANALYTICS_READ = "analytics:read"
+    ANALYTICS_RUN = "analytics:run"
 
 
 _SHOP_BACKEND = frozenset(
