@@ -45,16 +45,16 @@ def credit_heatmap(attribution: dict[str, Any]) -> str:
     channels = sorted({c["channel"] for m in models for c in m["credits"]})
     if not channels:
         return _svg(30, [_text(10, 20, "No journeys in this period.")], "credit per channel")
-    left, top, cell_w, cell_h = 150, 70, (WIDTH - 160) / max(1, len(models)), 24
+    left, top, cell_w, cell_h = 150, 96, (WIDTH - 160) / max(1, len(models)), 24
     body = []
     for j, model in enumerate(models):
-        x = left + j * cell_w + cell_w / 2
+        x = left + j * cell_w + cell_w / 3
         body.append(
             _text(
                 x,
                 top - 8,
                 model["model"].replace("_", " "),
-                text_anchor="end",
+                text_anchor="start",
                 transform=f"rotate(-35 {x:.1f} {top - 8})",
             )
         )
@@ -81,7 +81,8 @@ def credit_bars(model: dict[str, Any]) -> str:
     """One data-driven model's shares with their bootstrap intervals."""
     credits = sorted(model["credits"], key=lambda c: -c["share"])
     left, top, bar_h = 150, 10, 22
-    scale = WIDTH - left - 70
+    widest = max([c["share"] for c in credits] + [c["share_high"] or 0.0 for c in credits] + [0.01])
+    scale = (WIDTH - left - 70) / widest
     body = []
     for i, credit in enumerate(credits):
         y = top + i * bar_h
@@ -91,7 +92,8 @@ def credit_bars(model: dict[str, Any]) -> str:
             f'height="{bar_h - 6}" fill="{PALETTE[0]}"/>'
         )
         if credit["share_low"] is not None and credit["share_high"] is not None:
-            lo, hi = left + credit["share_low"] * scale, left + credit["share_high"] * scale
+            lo = left + max(0.0, credit["share_low"]) * scale
+            hi = left + max(0.0, credit["share_high"]) * scale
             body.append(
                 f'<line x1="{lo:.1f}" x2="{hi:.1f}" y1="{y + 11:.1f}" y2="{y + 11:.1f}" '
                 'stroke="#1f2328" stroke-width="1.5"/>'
@@ -171,7 +173,7 @@ def ropo_flows(ropo: dict[str, Any]) -> str:
 def histogram(bins: list[Any], title: str, label: str) -> str:
     if not bins:
         return _svg(30, [_text(10, 20, "No lifetime value fitted yet.")], title)
-    left, top, height = 50, 10, 180
+    left, top, height = 50, 24, 180
     width = (WIDTH - left - 10) / len(bins)
     peak = max(b[2] for b in bins) or 1
     body = [
