@@ -24,6 +24,7 @@ from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging, flush_logs
 from server_stub.pos import StationConfig, close_station, create_station
 from server_stub.routers import (
+    analytics,
     carts,
     changes,
     consent,
@@ -81,6 +82,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     tenant.router,
     privacy.router,
     job_routes.router,
+    analytics.router,
 )
 
 

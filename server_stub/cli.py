@@ -10,6 +10,7 @@
     omnisdk-server jobs run --tenant T KIND [--param NAME=VALUE ...] | jobs list --tenant T
     omnisdk-server jobs show --tenant T JOB_ID
     omnisdk-server maintenance run
+    omnisdk-server analytics attribution|ropo|ltv|refresh|report --tenant T ... (analytics_cli)
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -445,6 +446,9 @@ def parser() -> argparse.ArgumentParser:
         help="create event partitions ahead, apply retention, prune the change feed and "
         "idempotency records, now (the server also does it every few minutes)",
     ).set_defaults(run=cmd_maintenance_run)
+    from server_stub import analytics_cli
+
+    analytics_cli.add_commands(commands, common)
     return top
 
 

@@ -29,6 +29,7 @@ from server_stub.storage.tables import (
     carts,
     changes,
     consent_decisions,
+    customer_scores,
     customers,
     events,
     idempotency_records,
@@ -198,6 +199,7 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
         ("carts", carts),
         ("orders", ordered_carts),
         ("sessions", sessions),
+        ("customer_scores", customer_scores),
     ):
         removed[name] = await _delete(conn, table, t, table.c.customer_id.in_(ids))
     for name, table in (("events", events), ("annotations", annotations_table)):

@@ -20,13 +20,15 @@ from omnisdk.models import (
     CartSummary,
     EventView,
     IdentifierView,
+    LifetimeValue,
     OrderSummary,
     Profile,
+    RfmScores,
     TimelinePage,
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import carts
+from server_stub.services import analytics, carts
 from server_stub.services.identity import live_id
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import annotations_table, customers, events, identifiers
@@ -123,6 +125,7 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         buyer_type=await _buyer_type(conn, tenant_id, live),
         annotations=await _annotations(conn, tenant_id, live),
         purchased_skus=await _purchased(conn, mine),
+        **await _scores(conn, tenant_id, live),
         recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None)).items,
         cart=await _cart(conn, context, live, now),
     )
@@ -150,6 +153,31 @@ async def _cart(
         abandoned=idle_hours >= context.settings.carts.abandoned_after_hours,
         skus=list(dict.fromkeys(line.sku for line in cart.lines)),
     )
+
+
+async def _scores(conn: AsyncConnection, tenant_id: str, live: str) -> dict[str, Any]:
+    """`ltv` and `rfm` from the latest lifetime value fit (services/analytics.py)."""
+    row = await analytics.scores_of(conn, tenant_id, live)
+    if row is None:
+        return {}
+    rfm = RfmScores(
+        fitted_at=row.fitted_at,
+        recency=row.rfm_recency,
+        frequency=row.rfm_frequency,
+        monetary=row.rfm_monetary,
+        score=row.rfm_recency * 100 + row.rfm_frequency * 10 + row.rfm_monetary,
+    )
+    if row.clv is None:
+        return {"rfm": rfm}
+    ltv = LifetimeValue(
+        fitted_at=row.fitted_at,
+        p_alive=row.p_alive,
+        purchases_90=row.purchases_90,
+        purchases_365=row.purchases_365,
+        value_per_purchase=row.value_per_purchase,
+        clv=row.clv,
+    )
+    return {"rfm": rfm, "ltv": ltv}
 
 
 async def _previous_ids(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:

@@ -26,6 +26,7 @@ from omnisdk.core.consent import (
 )
 from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallow
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
+from omnisdk.core.orders import LinkMethod
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.strict_json import strict
 from omnisdk.core.tokens import VerificationKey
@@ -425,9 +426,40 @@ class Annotation(AnnotationIn):
     created_at: datetime = Field(description="When it was created (UTC, ISO 8601).")
 
 
+class LifetimeValue(WireModel):
+    """A customer's lifetime value scores (docs/analytics.md); content rules read `ltv.*`."""
+
+    fitted_at: datetime = Field(description="When the model was fitted.")
+    p_alive: Float = Field(description="Probability that she is still an active customer.")
+    purchases_90: Float = Field(description="Expected purchases in the next 90 days.")
+    purchases_365: Float = Field(description="Expected purchases in the next 365 days.")
+    value_per_purchase: Float = Field(description="Expected net value of one purchase.")
+    clv: Float = Field(description="Expected net value of her next 12 months, discounted.")
+
+
+class RfmScores(WireModel):
+    """Recency, frequency and monetary quintiles: 5 is the most recent, frequent, valuable."""
+
+    fitted_at: datetime = Field(description="When the scores were computed.")
+    recency: Int = Field(ge=1, le=5)
+    frequency: Int = Field(ge=1, le=5)
+    monetary: Int = Field(ge=1, le=5)
+    score: Int = Field(description="recency x 100 + frequency x 10 + monetary (111..555).")
+
+
 class OrderSummary(WireModel):
     count: Int = Field(description="Number of orders (one per `order_id`).")
     total_value: Float = Field(description="Sum of the orders' `value`.")
+    net_value: Float | None = Field(
+        default=None,
+        description="Sum of the orders' value less what was returned or refunded (order records).",
+    )
+    by_channel: dict[str, Int] = Field(
+        default_factory=dict, description="Orders per channel (`web`, `app`, `pos`)."
+    )
+    gift_units: Int = Field(default=0, description="Units bought as gifts (order lines).")
+    self_units: Int = Field(default=0, description="Units bought for herself (order lines).")
+    last_order_at: datetime | None = Field(default=None, description="When she last ordered.")
 
 
 class CartSummary(WireModel):
@@ -472,6 +504,13 @@ class Profile(WireModel):
     )
     purchased_skus: list[str] = Field(
         default_factory=list, description="SKUs of her completed orders, newest first."
+    )
+    ltv: LifetimeValue | None = Field(
+        default=None,
+        description="Her lifetime value from the shop's latest fit (BG/NBD + Gamma-Gamma).",
+    )
+    rfm: RfmScores | None = Field(
+        default=None, description="Her recency, frequency and monetary quintiles (1-5)."
     )
 
 
@@ -1305,6 +1344,10 @@ class CustomerExport(WireModel):
     annotations: list[dict[str, Any]] = Field(description="Notes departments left on her.")
     cart: dict[str, Any] | None = Field(description="Her cart, if she has one.")
     orders: list[dict[str, Any]] = Field(description="Carts she turned into orders.")
+    order_records: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Her orders on every channel (store sales included), with their lines.",
+    )
     session: dict[str, Any] | None = Field(description="Her session document.")
     consent: list[ConsentDecisionView] = Field(description="Her consent ledger.")
     returns: list[dict[str, Any]] = Field(description="Return codes issued for her orders.")
@@ -1424,3 +1467,147 @@ class Job(WireModel):
 
 class JobList(WireModel):
     items: list[Job] = Field(description="The tenant's jobs, newest first.")
+
+
+# --- orders ---------------------------------------------------------------------------------
+
+OrderChannel = Literal["web", "app", "pos"]
+OrderReference = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:/#-]+$")]
+Amount = Annotated[float, Strict(), Field(ge=0, le=999_999_999_999)]
+
+
+class SaleLineIn(WireModel):
+    """One line of an order: what was bought, how many, at what price, for whom."""
+
+    sku: str = Field(description="The product's SKU.", min_length=1, max_length=64)
+    quantity: Int = Field(description="Units bought.", ge=1, le=9_999)
+    unit_price: Amount = Field(description="Price of one unit, in the order's currency.")
+    gift: Bool = Field(default=False, description="Bought as a gift for someone else.")
+    gift_confidence: Float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="How sure the shop is of `gift` (None: not said; 1: the customer said so).",
+    )
+
+
+class RecordOrderRequest(WireModel):
+    """An order on any channel: an online order, or a sale at a till. Name the buyer by at most
+    one of `customer_id`, `customer_code`, `loyalty_id`, `email`, `phone`, `e_receipt_email`
+    (none: an unlinked store sale)."""
+
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "reference": "POS-7-000123",
+                    "channel": "pos",
+                    "store_id": "warsaw-1",
+                    "currency": "EUR",
+                    "lines": [{"sku": "TR2-38", "quantity": 1, "unit_price": 120.0}],
+                    "customer_code": "CC1:...",
+                }
+            ]
+        }
+    )
+
+    reference: OrderReference = Field(description="The shop's order reference (unique).")
+    channel: OrderChannel | None = Field(
+        default=None, description="Where it was sold (default: the API key's channel)."
+    )
+    store_id: str | None = Field(
+        default=None, min_length=1, max_length=64, description="The store of a till sale."
+    )
+    currency: str = Field(description="ISO 4217 code, e.g. `EUR`.", pattern=r"^[A-Z]{3}$")
+    placed_at: Instant | None = Field(default=None, description="When it was sold (default: now).")
+    lines: list[SaleLineIn] = Field(description="What was bought.", min_length=1, max_length=500)
+    total: Amount | None = Field(
+        default=None,
+        description="What the buyer paid (default: the sum of the lines; less after a discount).",
+    )
+    customer_id: str | None = Field(default=None, max_length=MAX_CUSTOMER_ID)
+    customer_code: str | None = Field(
+        default=None,
+        max_length=400,
+        description="The signed customer code her app showed (`CC1:...`), as scanned.",
+    )
+    loyalty_id: str | None = Field(default=None, max_length=MAX_VALUE_LENGTH)
+    email: str | None = Field(
+        default=None, max_length=MAX_VALUE_LENGTH, description="Matched as a keyed hash only."
+    )
+    phone: str | None = Field(
+        default=None, max_length=MAX_VALUE_LENGTH, description="Matched as a keyed hash only."
+    )
+    e_receipt_email: str | None = Field(
+        default=None,
+        max_length=MAX_VALUE_LENGTH,
+        description="The address she asked the e-receipt to go to (matched as a keyed hash).",
+    )
+
+
+class OrderLineView(WireModel):
+    line_no: Int = Field(description="The line's number in the order, from 1.")
+    sku: str
+    quantity: Int
+    unit_price: Float
+    gift: Bool
+    gift_confidence: Float | None
+    returned_quantity: Int = Field(description="Units taken back so far.")
+
+
+class OrderView(WireModel):
+    """An order on any channel, net of what was returned or refunded."""
+
+    order_id: str = Field(description="The order record's id (`ord_...`).")
+    reference: str = Field(description="The shop's order reference.")
+    customer_id: str | None = Field(description="The buyer (None: an unlinked store sale).")
+    channel: OrderChannel
+    store_id: str | None
+    currency: str
+    total: Float = Field(description="What the buyer paid.")
+    refunded: Float = Field(description="What was given back (returns at a till, refunds).")
+    net: Float = Field(description="`total - refunded`.")
+    placed_at: datetime
+    link_method: LinkMethod = Field(description="How the buyer was identified.")
+    link_confidence: Float = Field(description="How sure that link is, 0 to 1.")
+    lines: list[OrderLineView]
+    created_at: datetime
+
+
+class RecordedOrder(WireModel):
+    order: OrderView
+    created: Bool = Field(description="False: this reference was recorded before (a retry).")
+    link_refused: str | None = Field(
+        default=None,
+        description=(
+            "Why the sale was not linked to the buyer named: `consent` (she does not allow "
+            "analytics), `unknown` (nobody has that identifier), `expired_code`."
+        ),
+    )
+
+
+class RefundLineIn(WireModel):
+    line_no: Int = Field(ge=1, le=500)
+    quantity: Int = Field(ge=1, le=9_999)
+
+
+class RefundRequest(WireModel):
+    """Money given back on an order (each `refund_id` once): the lines taken back, an amount,
+    or both (the amount defaults to the lines' value)."""
+
+    refund_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:/#-]+$")
+    amount: Amount | None = None
+    lines: list[RefundLineIn] = Field(default_factory=list, max_length=500)
+
+
+class OrderList(WireModel):
+    items: list[OrderView]
+
+
+class CustomerCodeIssued(WireModel):
+    """A signed customer code for her app to show at a till: no personal data, short-lived."""
+
+    code: str = Field(description="`CC1:` + Base45: put it in a QR code (alphanumeric mode).")
+    code_id: str
+    issued_at: datetime
+    expires_at: datetime

@@ -39,6 +39,8 @@ class Scope(StrEnum):
     PRIVACY_ERASE = "privacy:erase"
     SETTINGS_MANAGE = "settings:manage"
     JOBS_RUN = "jobs:run"
+    ANALYTICS_READ = "analytics:read"
+    ANALYTICS_RUN = "analytics:run"
 
 
 _SHOP_BACKEND = frozenset(

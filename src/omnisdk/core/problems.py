@@ -46,6 +46,7 @@ class ProblemType(StrEnum):
     REQUEST_TIMEOUT = PROBLEM_BASE + "request-timeout"
     SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
     INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
+    ANALYTICS_UNAVAILABLE = PROBLEM_BASE + "analytics-unavailable"
 
     @property
     def slug(self) -> str:
@@ -92,6 +93,7 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.REQUEST_TIMEOUT: 408,
     ProblemType.SERVICE_UNAVAILABLE: 503,
     ProblemType.INTERNAL_ERROR: 500,
+    ProblemType.ANALYTICS_UNAVAILABLE: 501,
 }
 
 _TITLE: dict[ProblemType, str] = {
@@ -126,4 +128,5 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.REQUEST_TIMEOUT: "Request timeout",
     ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
     ProblemType.INTERNAL_ERROR: "Internal error",
+    ProblemType.ANALYTICS_UNAVAILABLE: "This server was installed without its analytics extra",
 }

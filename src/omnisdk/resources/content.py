@@ -185,6 +185,8 @@ def profile_facts(profile: Profile, now: float) -> ProfileFacts:
             "skus": cart.skus if cart else [],
         },
         "purchased": profile.purchased_skus,
+        "ltv": profile.ltv.model_dump(mode="json", exclude={"fitted_at"}) if profile.ltv else {},
+        "rfm": profile.rfm.model_dump(mode="json", exclude={"fitted_at"}) if profile.rfm else {},
     }
     return ProfileFacts(
         attributes,

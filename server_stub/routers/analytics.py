@@ -1,0 +1,220 @@
+"""Attribution, ROPO and lifetime value for the shop's marketers and operators (admin keys).
+
+Reading needs `analytics:read`; fitting lifetime value and storing the daily journey aggregate
+need `analytics:run`. Without the server's `analytics` extra every route answers the
+`analytics-unavailable` problem.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Request
+from pydantic import BaseModel, ConfigDict, Field
+from starlette.responses import HTMLResponse
+
+from omnisdk.core.channels import Scope
+from omnisdk.core.problems import ProblemType
+from server_stub.analytics import AnalyticsUnavailable, require_numeric
+from server_stub.analytics.attribution import Model
+from server_stub.analytics.touchpoints import Grouping
+from server_stub.auth import needs, principal_of
+from server_stub.errors import Problem
+from server_stub.ids import utcnow
+from server_stub.routers.dependencies import Connection
+from server_stub.routing import ApiRoute
+from server_stub.services import analytics_reports as reports
+
+router = APIRouter(prefix="/v1/analytics", tags=["analytics"], route_class=ApiRoute)
+
+MAX_PERIOD = timedelta(days=731)
+
+
+class _Wire(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class LtvRequest(_Wire):
+    """How to fit lifetime value."""
+
+    holdout_days: int | None = Field(
+        default=None,
+        ge=7,
+        le=365,
+        description="Also fit without the last N days and report how it predicted them.",
+    )
+    months: int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
+    annual_discount_rate: float = Field(
+        default=0.10, ge=0.0, le=1.0, description="Discount rate per year for CLV."
+    )
+
+
+class RefreshRequest(_Wire):
+    """Which days to add to the daily journey aggregate."""
+
+    days: int = Field(default=30, ge=1, le=731, description="The last N finished days.")
+    lookback_days: int = Field(default=30, ge=1, le=90)
+    group: list[str] = Field(default_factory=list, max_length=20)
+    by_campaign: bool = False
+
+
+def _numeric() -> None:
+    try:
+        require_numeric()
+    except AnalyticsUnavailable as missing:
+        raise Problem(ProblemType.ANALYTICS_UNAVAILABLE, str(missing)) from None
+
+
+def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
+    until = until or utcnow()
+    since = since or until - timedelta(days=30)
+    for name, value in (("since", since), ("until", until)):
+        if value.tzinfo is None:
+            raise Problem(ProblemType.VALIDATION_ERROR, f"`{name}` needs a time zone (…Z)")
+    if not since < until or until - since > MAX_PERIOD:
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            "`since` must be before `until`, and the period at most two years",
+        )
+    return since.astimezone(UTC), until.astimezone(UTC)
+
+
+def _setup(lookback_days: int, group: list[str], by_campaign: bool) -> reports.JourneySetup:
+    try:
+        grouping = Grouping.parse(group, by_campaign)
+    except ValueError as bad:
+        raise Problem(ProblemType.VALIDATION_ERROR, str(bad)) from None
+    return reports.JourneySetup(timedelta(days=lookback_days), grouping)
+
+
+Since = Annotated[datetime | None, Query(description="Start (default: 30 days before until).")]
+Until = Annotated[datetime | None, Query(description="End, exclusive (default: now).")]
+Lookback = Annotated[int, Query(ge=1, le=90, description="Lookback window in days.")]
+Group = Annotated[
+    list[str],
+    Query(
+        max_length=20, description="`kind=channel`: report touchpoint kinds as the shop's channels."
+    ),
+]
+ByCampaign = Annotated[bool, Query(description="Credit channel:campaign instead of channels.")]
+
+
+@router.get(
+    "/attribution",
+    summary="Credit per channel (or campaign) by every attribution model",
+    openapi_extra=needs(Scope.ANALYTICS_READ),
+)
+async def attribution(
+    request: Request,
+    conn: Connection,
+    since: Since = None,
+    until: Until = None,
+    lookback_days: Lookback = 30,
+    group: Group = [],  # noqa: B006 (FastAPI reads the default, never mutates it)
+    by_campaign: ByCampaign = False,
+    models: Annotated[list[Model], Query(max_length=9)] = [],  # noqa: B006
+    half_life_days: Annotated[float, Query(gt=0, le=365)] = 7.0,
+    bootstrap: Annotated[int, Query(ge=0, le=500)] = 100,
+    seed: Annotated[int, Query(ge=0, le=2**31 - 1)] = 18,
+) -> dict[str, Any]:
+    _numeric()
+    start, end = _period(since, until)
+    report = await reports.attribution_report(
+        conn,
+        principal_of(request).tenant_id,
+        since=start,
+        until=end,
+        setup=_setup(lookback_days, group, by_campaign),
+        models=models or list(Model),
+        half_life_days=half_life_days,
+        bootstrap=bootstrap,
+        seed=seed,
+    )
+    return report.as_json()
+
+
+@router.get(
+    "/ropo",
+    summary="ROPO, reverse ROPO and how much store revenue is linked, by link method",
+    openapi_extra=needs(Scope.ANALYTICS_READ),
+)
+async def ropo(
+    request: Request,
+    conn: Connection,
+    since: Since = None,
+    until: Until = None,
+    lookback_days: Lookback = 30,
+) -> dict[str, Any]:
+    start, end = _period(since, until)
+    report = await reports.ropo_report(
+        conn,
+        principal_of(request).tenant_id,
+        since=start,
+        until=end,
+        setup=_setup(lookback_days, [], False),
+    )
+    return report
+
+
+@router.post(
+    "/ltv",
+    summary="Fit lifetime value and store every buyer's scores (ltv.* and rfm.* in profiles)",
+    openapi_extra=needs(Scope.ANALYTICS_RUN),
+)
+async def fit_ltv(request: Request, conn: Connection, body: LtvRequest) -> dict[str, Any]:
+    _numeric()
+    fit = await reports.fit_ltv(
+        conn,
+        principal_of(request).tenant_id,
+        holdout=timedelta(days=body.holdout_days) if body.holdout_days else None,
+        months=body.months,
+        annual_discount_rate=body.annual_discount_rate,
+    )
+    return reports.ltv_json(fit)
+
+
+@router.post(
+    "/journeys/refresh",
+    summary="Add the last finished days to the daily journey aggregate (the daily job)",
+    openapi_extra=needs(Scope.ANALYTICS_RUN),
+)
+async def refresh(request: Request, conn: Connection, body: RefreshRequest) -> dict[str, Any]:
+    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
+    written = await reports.refresh_days(
+        conn,
+        principal_of(request).tenant_id,
+        since=today - timedelta(days=body.days),
+        until=today,
+        setup=_setup(body.lookback_days, body.group, body.by_campaign),
+    )
+    return {"days_written": [day.isoformat() for day in written]}
+
+
+@router.get(
+    "/report",
+    summary="The analytics report as one HTML page with inline SVG charts (no network needed)",
+    openapi_extra=needs(Scope.ANALYTICS_READ),
+    response_class=HTMLResponse,
+)
+async def html_report(
+    request: Request,
+    conn: Connection,
+    since: Since = None,
+    until: Until = None,
+    lookback_days: Lookback = 30,
+    holdout_days: Annotated[int | None, Query(ge=7, le=365)] = None,
+    bootstrap: Annotated[int, Query(ge=0, le=500)] = 50,
+) -> HTMLResponse:
+    _numeric()
+    start, end = _period(since, until)
+    page = await reports.html_report(
+        conn,
+        principal_of(request).tenant_id,
+        since=start,
+        until=end,
+        setup=_setup(lookback_days, [], False),
+        holdout=timedelta(days=holdout_days) if holdout_days else None,
+        bootstrap=bootstrap,
+    )
+    return HTMLResponse(page)

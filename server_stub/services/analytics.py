@@ -1,0 +1,642 @@
+"""Attribution, ROPO and lifetime value over the event store and the orders.
+
+Journeys are built per customer (customers read in keyset batches, so memory is bounded by a
+batch and by the distinct paths, never by the event store) and aggregated into distinct paths
+that the pure models in `server_stub.analytics` read. Finished days are kept in `journey_days`
+(`refresh_days`), so a report over a long period reads the stored days and computes only the
+days not stored yet.
+
+Lifetime value is fitted on the orders (net of returns, store sales included; several orders on
+one day are one purchase) and stored per customer in `customer_scores` with the fit's date; the
+profile reads them as `ltv.*` and `rfm.*`.
+
+Every long run takes `progress(done, total)`. numpy and scipy are imported only here and in the
+models, after `require_numeric()` said they are installed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from server_stub.analytics import require_numeric
+from server_stub.analytics.paths import PathCounts
+from server_stub.analytics.touchpoints import (
+    DEFAULT_LOOKBACK,
+    NOT_TOUCHES,
+    Grouping,
+    JourneyEnd,
+    Sale,
+    Touch,
+    campaign_of,
+    classify,
+    journeys,
+)
+from server_stub.ids import utcnow
+from server_stub.services.orders import stream_orders
+from server_stub.storage.tables import customer_scores, customers, events, journey_days, orders
+
+Progress = Callable[[int, int], None]
+CUSTOMER_BATCH = 500
+STORE_CHANNEL = "pos"
+ONLINE_CHANNELS = ("web", "app")
+
+
+@dataclass(frozen=True)
+class JourneySetup:
+    """What journeys are built with: the lookback window and the shop's channel grouping."""
+
+    lookback: timedelta = DEFAULT_LOOKBACK
+    grouping: Grouping = field(default_factory=Grouping)
+
+    @property
+    def key(self) -> str:
+        described = {
+            "lookback_s": self.lookback.total_seconds(),
+            "channels": sorted(self.grouping.channels.items()),
+            "by_campaign": self.grouping.by_campaign,
+        }
+        return hashlib.sha256(json.dumps(described).encode()).hexdigest()[:16]
+
+
+@dataclass
+class LinkCoverage:
+    orders: int = 0
+    revenue: float = 0.0
+
+
+@dataclass
+class Ropo:
+    """Store revenue researched online, online revenue preceded by the store, and how much of
+    the store's revenue could be linked to a customer at all (by link method)."""
+
+    store_orders: int = 0
+    store_revenue: float = 0.0
+    store_orders_researched_online: int = 0
+    store_revenue_researched_online: float = 0.0
+    online_orders: int = 0
+    online_revenue: float = 0.0
+    online_orders_after_store: int = 0
+    online_revenue_after_store: float = 0.0
+    store_links: dict[str, LinkCoverage] = field(default_factory=dict)
+
+    @property
+    def ropo_share(self) -> float:
+        return (
+            self.store_revenue_researched_online / self.store_revenue if self.store_revenue else 0.0
+        )
+
+    @property
+    def reverse_ropo_share(self) -> float:
+        return self.online_revenue_after_store / self.online_revenue if self.online_revenue else 0.0
+
+    @property
+    def linked_share(self) -> float:
+        unlinked = self.store_links.get("none", LinkCoverage()).revenue
+        return (self.store_revenue - unlinked) / self.store_revenue if self.store_revenue else 0.0
+
+    def count(self, end: JourneyEnd) -> None:
+        sale = end.sale
+        if sale is None:
+            return
+        if sale.channel == STORE_CHANNEL:
+            self.store_orders += 1
+            self.store_revenue += sale.value
+            coverage = self.store_links.setdefault(sale.link_method, LinkCoverage())
+            coverage.orders += 1
+            coverage.revenue += sale.value
+            if end.online:
+                self.store_orders_researched_online += 1
+                self.store_revenue_researched_online += sale.value
+        elif sale.channel in ONLINE_CHANNELS:
+            self.online_orders += 1
+            self.online_revenue += sale.value
+            if end.in_store:
+                self.online_orders_after_store += 1
+                self.online_revenue_after_store += sale.value
+
+
+@dataclass
+class Journeys:
+    """Journeys ended in a period: paths per end day, ROPO counts, unattributed sales."""
+
+    days: dict[date, PathCounts] = field(default_factory=dict)
+    ropo: Ropo = field(default_factory=Ropo)
+    unattributed_orders: int = 0
+    unattributed_revenue: float = 0.0
+    journeys: int = 0
+
+    def paths(self) -> PathCounts:
+        merged = PathCounts()
+        for day in sorted(self.days):
+            merged.merge(self.days[day])
+        return merged
+
+    def add(self, end: JourneyEnd) -> None:
+        self.ropo.count(end)
+        if not end.touches:
+            self.unattributed_orders += 1
+            self.unattributed_revenue += end.sale.value if end.sale else 0.0
+            return
+        self.journeys += 1
+        counts = self.days.setdefault(end.ended_at.date(), PathCounts())
+        converted = end.sale is not None
+        counts.add(
+            end.labels,
+            end.ages,
+            conversions=1.0 if converted else 0.0,
+            nulls=0.0 if converted else 1.0,
+            value=end.sale.value if end.sale else 0.0,
+        )
+
+
+def _day_start(day: date) -> datetime:
+    return datetime.combine(day, time(), tzinfo=UTC)
+
+
+def _sale(row: Any) -> Sale:
+    return Sale(
+        at=row.placed_at,
+        channel=row.channel,
+        value=float(row.total - row.refunded),
+        link_method=row.link_method,
+    )
+
+
+async def _customer_batches(conn: AsyncConnection, tenant_id: str, batch: int) -> Any:
+    after = ""
+    while True:
+        rows = await conn.execute(
+            select(customers.c.id)
+            .where(customers.c.tenant_id == tenant_id, customers.c.id > after)
+            .order_by(customers.c.id)
+            .limit(batch)
+        )
+        ids = [row.id for row in rows]
+        if not ids:
+            return
+        yield ids
+        after = ids[-1]
+
+
+async def collect_journeys(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    setup: JourneySetup = JourneySetup(),
+    as_of: datetime | None = None,
+    progress: Progress | None = None,
+    batch: int = CUSTOMER_BATCH,
+) -> Journeys:
+    """The journeys that ended in [since, until), from events and orders. Touches are read from
+    two lookback windows before `since` (a journey's older touches are not read)."""
+    as_of = as_of or utcnow()
+    horizon = min(until, as_of)
+    first_touch = since - 2 * setup.lookback
+    result = Journeys()
+    total = (
+        await conn.execute(
+            select(func.count()).select_from(customers).where(customers.c.tenant_id == tenant_id)
+        )
+    ).scalar_one()
+    done = 0
+    async for ids in _customer_batches(conn, tenant_id, batch):
+        touches: dict[str, list[Touch]] = {}
+        rows = await conn.execute(
+            select(
+                events.c.customer_id,
+                events.c.name,
+                events.c.channel,
+                events.c.occurred_at,
+                events.c.properties,
+            )
+            .where(
+                events.c.tenant_id == tenant_id,
+                events.c.customer_id.in_(ids),
+                events.c.occurred_at >= first_touch,
+                events.c.occurred_at < horizon,
+                events.c.name.not_in(NOT_TOUCHES),
+            )
+            .order_by(events.c.customer_id, events.c.occurred_at, events.c.seq)
+        )
+        for row in rows:
+            properties = row.properties or {}
+            kind = classify(row.name, row.channel, properties)
+            if kind is not None:
+                label = setup.grouping.label(kind, campaign_of(properties))
+                touches.setdefault(row.customer_id, []).append(Touch(row.occurred_at, kind, label))
+        sales: dict[str, list[Sale]] = {}
+        rows = await conn.execute(
+            select(orders)
+            .where(
+                orders.c.tenant_id == tenant_id,
+                orders.c.customer_id.in_(ids),
+                orders.c.placed_at >= first_touch,
+                orders.c.placed_at < horizon,
+            )
+            .order_by(orders.c.customer_id, orders.c.placed_at, orders.c.id)
+        )
+        for row in rows:
+            sales.setdefault(row.customer_id, []).append(_sale(row))
+        for customer_id in ids:
+            for end in journeys(
+                touches.get(customer_id, ()),
+                sales.get(customer_id, ()),
+                lookback=setup.lookback,
+                as_of=as_of,
+            ):
+                if since <= end.ended_at < until:
+                    result.add(end)
+        done += len(ids)
+        if progress is not None:
+            progress(min(done, total), total)
+    async for page in stream_orders(conn, tenant_id, since=since, until=horizon):
+        for fact in page:
+            if fact.customer_id is None:  # a store sale linked to nobody: no journey to credit
+                sale = Sale(fact.placed_at, fact.channel, fact.net_value, fact.link_method)
+                result.add(JourneyEnd(fact.placed_at, (), (), sale))
+    return result
+
+
+# ---------------------------------------------------------------- the daily aggregate
+
+
+def _finished_days(since: datetime, until: datetime, as_of: datetime) -> list[date]:
+    """Days in [since, until) over before `as_of`: their journeys can no longer change."""
+    day = since.date() if since.time() == time() else since.date() + timedelta(days=1)
+    last = min(until, as_of)
+    out = []
+    while _day_start(day + timedelta(days=1)) <= last:
+        out.append(day)
+        day += timedelta(days=1)
+    return out
+
+
+async def stored_days(
+    conn: AsyncConnection, tenant_id: str, setup: JourneySetup, days: Iterable[date]
+) -> set[date]:
+    wanted = [d.isoformat() for d in days]
+    if not wanted:
+        return set()
+    rows = await conn.execute(
+        select(journey_days.c.day)
+        .where(
+            journey_days.c.tenant_id == tenant_id,
+            journey_days.c.setup == setup.key,
+            journey_days.c.day.in_(wanted),
+        )
+        .distinct()
+    )
+    return {date.fromisoformat(row.day) for row in rows}
+
+
+async def refresh_days(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    setup: JourneySetup = JourneySetup(),
+    as_of: datetime | None = None,
+    progress: Progress | None = None,
+) -> list[date]:
+    """Store the path counts of every finished day of [since, until) not stored yet (the daily
+    job); returns the days written. A day with no journey is stored as one empty row, so it
+    is not computed again."""
+    as_of = as_of or utcnow()
+    finished = _finished_days(since, until, as_of)
+    missing = sorted(set(finished) - await stored_days(conn, tenant_id, setup, finished))
+    if not missing:
+        return []
+    computed = await collect_journeys(
+        conn,
+        tenant_id,
+        since=_day_start(missing[0]),
+        until=_day_start(missing[-1] + timedelta(days=1)),
+        setup=setup,
+        as_of=as_of,
+        progress=progress,
+    )
+    rows: list[dict[str, Any]] = []
+    for day in missing:
+        counts = computed.days.get(day, PathCounts())
+        paths = counts.items()
+        if not paths:
+            rows.append(_day_row(tenant_id, setup, day, 0, [[], []], (0.0, 0.0, 0.0)))
+        for number, ((labels, ages), values) in enumerate(paths):
+            rows.append(_day_row(tenant_id, setup, day, number, [list(labels), list(ages)], values))
+    for start in range(0, len(rows), 1000):
+        await conn.execute(insert(journey_days), rows[start : start + 1000])
+    return missing
+
+
+def _day_row(
+    tenant_id: str,
+    setup: JourneySetup,
+    day: date,
+    number: int,
+    path: list[list[Any]],
+    values: Iterable[float],
+) -> dict[str, Any]:
+    conversions, nulls, value = values
+    return {
+        "tenant_id": tenant_id,
+        "day": day.isoformat(),
+        "setup": setup.key,
+        "path_no": number,
+        "path": path,
+        "conversions": conversions,
+        "nulls": nulls,
+        "value": value,
+    }
+
+
+async def journeys_for(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    since: datetime,
+    until: datetime,
+    setup: JourneySetup = JourneySetup(),
+    as_of: datetime | None = None,
+    progress: Progress | None = None,
+) -> tuple[PathCounts, int]:
+    """The paths of [since, until): the stored days read from the aggregate, the days after
+    the last stored one computed from the events. Returns the paths and the days read stored."""
+    as_of = as_of or utcnow()
+    finished = _finished_days(since, until, as_of)
+    stored = await stored_days(conn, tenant_id, setup, finished)
+    counts = PathCounts()
+    if stored:
+        rows = await conn.execute(
+            select(journey_days)
+            .where(
+                journey_days.c.tenant_id == tenant_id,
+                journey_days.c.setup == setup.key,
+                journey_days.c.day.in_([d.isoformat() for d in stored]),
+            )
+            .order_by(journey_days.c.day, journey_days.c.path_no)
+        )
+        for row in rows:
+            labels, ages = row.path
+            if labels:
+                counts.add(
+                    labels, ages, conversions=row.conversions, nulls=row.nulls, value=row.value
+                )
+    # Compute from the first day not stored (a gap inside the period is computed too).
+    first_missing = next((d for d in finished if d not in stored), None)
+    live_since = since
+    if first_missing is not None:
+        live_since = max(since, _day_start(first_missing))
+    elif finished:
+        live_since = max(since, _day_start(finished[-1] + timedelta(days=1)))
+    if live_since < until:
+        live = await collect_journeys(
+            conn,
+            tenant_id,
+            since=live_since,
+            until=until,
+            setup=setup,
+            as_of=as_of,
+            progress=progress,
+        )
+        for day in sorted(live.days):
+            if day not in stored:
+                counts.merge(live.days[day])
+    return counts, len(stored)
+
+
+# ---------------------------------------------------------------- lifetime value
+
+
+@dataclass
+class _Buyer:
+    first: date
+    last: date
+    days: int
+    first_value: float
+    total: float
+
+
+@dataclass(frozen=True)
+class LtvFit:
+    """What a lifetime value fit found, for the API, the CLI and the report."""
+
+    fitted_at: datetime
+    model: str  # "bgnbd+gamma_gamma" or "rfm"
+    customers: int
+    repeat_buyers: int
+    parameters: dict[str, float]
+    clv_histogram: list[tuple[float, float, int]]
+    clv_total: float
+    calibration: dict[str, Any] | None
+    note: str = ""
+
+
+async def _buyers(
+    conn: AsyncConnection, tenant_id: str, until: datetime, progress: Progress | None
+) -> dict[str, _Buyer]:
+    """Per linked customer, her purchase days up to `until` (orders with a positive net value;
+    same-day orders are one purchase), streamed oldest first."""
+    buyers: dict[str, _Buyer] = {}
+    total = (
+        await conn.execute(
+            select(func.count())
+            .select_from(orders)
+            .where(orders.c.tenant_id == tenant_id, orders.c.placed_at < until)
+        )
+    ).scalar_one()
+    done = 0
+    async for page in stream_orders(conn, tenant_id, until=until):
+        for fact in page:
+            if fact.customer_id is None or fact.net_value <= 0:
+                continue
+            day = fact.placed_at.date()
+            buyer = buyers.get(fact.customer_id)
+            if buyer is None:
+                buyers[fact.customer_id] = _Buyer(day, day, 1, fact.net_value, fact.net_value)
+                continue
+            if day != buyer.last:
+                buyer.days += 1
+                buyer.last = day
+            elif buyer.days == 1:
+                buyer.first_value += fact.net_value
+            buyer.total += fact.net_value
+        done += len(page)
+        if progress is not None:
+            progress(done, total)
+    return buyers
+
+
+def _summaries(buyers: list[_Buyer], end: date) -> Any:
+    import numpy as np
+
+    from server_stub.analytics import ltv
+
+    frequency = np.array([b.days - 1 for b in buyers], np.float64)
+    recency = np.array([(b.last - b.first).days for b in buyers], np.float64) / ltv.WEEK_DAYS
+    age = np.array([(end - b.first).days for b in buyers], np.float64) / ltv.WEEK_DAYS
+    repeat_value = np.array([b.total - b.first_value for b in buyers], np.float64)
+    monetary = np.divide(repeat_value, frequency, out=np.zeros_like(frequency), where=frequency > 0)
+    return ltv.Summaries(frequency, recency, age, monetary)
+
+
+def clv_histogram(values: Any, bins: int = 12) -> list[tuple[float, float, int]]:
+    import numpy as np
+
+    if len(values) == 0:
+        return []
+    top = float(np.percentile(values, 99)) or float(values.max()) or 1.0
+    counts, edges = np.histogram(np.clip(values, 0, top), bins=bins, range=(0, top))
+    return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(bins)]
+
+
+async def calibrate(
+    conn: AsyncConnection, tenant_id: str, as_of: datetime, holdout: timedelta
+) -> dict[str, Any] | None:
+    import numpy as np
+
+    from server_stub.analytics import ltv
+
+    split = as_of - holdout
+    buyers = await _buyers(conn, tenant_id, split, None)
+    if sum(1 for b in buyers.values() if b.days > 1) < ltv.MIN_REPEAT_BUYERS:
+        return None
+    ids = sorted(buyers)
+    summaries = _summaries([buyers[i] for i in ids], split.date())
+    model = ltv.fit_bgnbd(summaries)
+    later: dict[str, set[date]] = {}
+    async for page in stream_orders(conn, tenant_id, since=split, until=as_of):
+        for fact in page:
+            if fact.customer_id in buyers and fact.net_value > 0:
+                later.setdefault(fact.customer_id, set()).add(fact.placed_at.date())
+    actual = np.array([len(later.get(i, ())) for i in ids], np.float64)
+    report = ltv.calibration_report(model, summaries, actual, holdout.days / ltv.WEEK_DAYS)
+    return {
+        "split_at": split.isoformat(),
+        "holdout_days": holdout.days,
+        "customers": report.customers,
+        "mean_absolute_error": report.mean_absolute_error,
+        "rank_correlation": report.rank_correlation,
+        "top_decile_capture": report.top_decile_capture,
+        "predicted_purchases": report.predicted_total,
+        "actual_purchases": report.actual_total,
+        "by_frequency": [
+            {"frequency": k, "predicted": p, "actual": a} for k, p, a in report.by_frequency
+        ],
+    }
+
+
+async def fit_lifetime_value(
+    conn: AsyncConnection,
+    tenant_id: str,
+    *,
+    as_of: datetime | None = None,
+    holdout: timedelta | None = None,
+    months: int = 12,
+    annual_discount_rate: float = 0.10,
+    progress: Progress | None = None,
+) -> LtvFit:
+    """Fit BG/NBD + Gamma-Gamma on the orders up to `as_of` (RFM only when there are too few
+    repeat buyers), store every buyer's scores with the fit's date, and, with `holdout`, report
+    how a fit that stopped `holdout` earlier predicted the purchases since."""
+    require_numeric()
+    import numpy as np
+
+    from server_stub.analytics import ltv
+
+    fitted_at = as_of or utcnow()
+    buyers = await _buyers(conn, tenant_id, fitted_at, progress)
+    ids = sorted(buyers)
+    listed = [buyers[i] for i in ids]
+    summaries = _summaries(listed, fitted_at.date())
+    repeat_buyers = int(np.sum(summaries.frequency > 0))
+    days_since_last = np.array([(fitted_at.date() - b.last).days for b in listed], np.float64)
+    purchase_days = np.array([b.days for b in listed], np.float64)
+    spend = np.array([b.total for b in listed], np.float64)
+    rfm = ltv.rfm(days_since_last, purchase_days, spend)
+    scores: ltv.Scores | None = None
+    parameters: dict[str, float] = {}
+    note = ""
+    if repeat_buyers >= ltv.MIN_REPEAT_BUYERS:
+        try:
+            frequency_model = ltv.fit_bgnbd(summaries)
+            spend_model = ltv.fit_gamma_gamma(summaries)
+            scores = ltv.score(
+                frequency_model,
+                spend_model,
+                summaries,
+                months=months,
+                annual_discount_rate=annual_discount_rate,
+            )
+            parameters = {
+                "r": frequency_model.r,
+                "alpha": frequency_model.alpha,
+                "a": frequency_model.a,
+                "b": frequency_model.b,
+                "p": spend_model.p,
+                "q": spend_model.q,
+                "gamma": spend_model.gamma,
+            }
+        except ltv.FitFailed as failed:
+            note = f"RFM only: {failed}"
+    else:
+        note = (
+            f"RFM only: {repeat_buyers} repeat buyers, the models need at least "
+            f"{ltv.MIN_REPEAT_BUYERS}"
+        )
+    model = "rfm" if scores is None else "bgnbd+gamma_gamma"
+    await conn.execute(delete(customer_scores).where(customer_scores.c.tenant_id == tenant_id))
+    rows = [
+        {
+            "tenant_id": tenant_id,
+            "customer_id": customer_id,
+            "fitted_at": fitted_at,
+            "model": model,
+            "p_alive": None if scores is None else float(scores.p_alive[i]),
+            "purchases_90": None if scores is None else float(scores.purchases_90[i]),
+            "purchases_365": None if scores is None else float(scores.purchases_365[i]),
+            "value_per_purchase": None if scores is None else float(scores.value_per_purchase[i]),
+            "clv": None if scores is None else float(scores.clv[i]),
+            "rfm_recency": int(rfm.recency[i]),
+            "rfm_frequency": int(rfm.frequency[i]),
+            "rfm_monetary": int(rfm.monetary[i]),
+        }
+        for i, customer_id in enumerate(ids)
+    ]
+    for start in range(0, len(rows), 1000):
+        await conn.execute(insert(customer_scores), rows[start : start + 1000])
+    calibration = None
+    if holdout is not None and scores is not None:
+        calibration = await calibrate(conn, tenant_id, fitted_at, holdout)
+    clv = scores.clv if scores is not None else np.zeros(0)
+    return LtvFit(
+        fitted_at=fitted_at,
+        model=model,
+        customers=len(ids),
+        repeat_buyers=repeat_buyers,
+        parameters=parameters,
+        clv_histogram=clv_histogram(clv),
+        clv_total=float(clv.sum()),
+        calibration=calibration,
+        note=note,
+    )
+
+
+async def scores_of(conn: AsyncConnection, tenant_id: str, customer_id: str) -> Any:
+    """The stored scores row of one customer, or None (for the profile)."""
+    rows = await conn.execute(
+        select(customer_scores).where(
+            customer_scores.c.tenant_id == tenant_id, customer_scores.c.customer_id == customer_id
+        )
+    )
+    return rows.first()
