@@ -33,6 +33,7 @@ from server_stub.routers import (
     health,
     identity,
     keys,
+    orders,
     privacy,
     returns,
     sessions,
@@ -78,6 +79,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     tenant.router,
     privacy.router,
+    orders.router,
 )
 
 
