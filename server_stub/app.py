@@ -34,6 +34,7 @@ from server_stub.routers import (
     health,
     identity,
     keys,
+    orders,
     privacy,
     returns,
     sessions,
@@ -83,6 +84,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     privacy.router,
     job_routes.router,
     analytics.router,
+    orders.router,
 )
 
 
