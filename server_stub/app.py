@@ -33,6 +33,7 @@ from server_stub.routers import (
     health,
     identity,
     keys,
+    notes,
     privacy,
     returns,
     sessions,
@@ -78,6 +79,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     keys.router,
     tenant.router,
     privacy.router,
+    notes.router,
 )
 
 

@@ -47,10 +47,17 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import carts, consent, sessions
+from server_stub.services import carts, consent, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
-from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
+from server_stub.storage.tables import (
+    annotations_table,
+    customers,
+    events,
+    identifiers,
+    merges,
+    preference_declarations,
+)
 
 # Keys a shop might use to smuggle contact data into traits; they go in as identifiers.
 RESERVED_TRAITS = frozenset({"email", "e-mail", "e_mail", "phone", "mobile", "telephone"})
@@ -364,7 +371,7 @@ async def _merge(
         .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
         .values(customer_id=survivor.id)
     )
-    for table in (events, annotations_table):
+    for table in (events, annotations_table, preference_declarations):
         await conn.execute(
             update(table)
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
@@ -419,6 +426,7 @@ async def _merge(
         )
     )
     loser.merged_into = survivor.id
+    await segment_hook.profile_changed(conn, tenant_id, [survivor.id, loser.id, *absorbed])
     return _MergeOutcome(merge_id, dropped, report)
 
 
@@ -615,7 +623,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     now = utcnow()
     await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
     origins = [loser.id, *snapshot["absorbed"]]
-    for table in (events, annotations_table):
+    for table in (events, annotations_table, preference_declarations):
         await conn.execute(
             update(table)
             .where(
@@ -655,6 +663,9 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
         update(merges)
         .where(merges.c.tenant_id == tenant_id, merges.c.id == merge_id)
         .values(split_at=now)
+    )
+    await segment_hook.profile_changed(
+        conn, tenant_id, [survivor.id, loser.id, *snapshot["absorbed"]]
     )
     return merge_view(row).model_copy(update={"split_at": now})
 
