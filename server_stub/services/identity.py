@@ -497,6 +497,7 @@ async def identify(
             .where(customers.c.tenant_id == tenant_id, customers.c.id == survivor.id)
             .values(traits=traits)
         )
+        await segment_hook.profile_changed(conn, tenant_id, [survivor.id])
     return IdentifyResult(
         customer_id=survivor.id,
         created=created,

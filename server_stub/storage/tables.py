@@ -444,6 +444,10 @@ segments = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     # The version whose backfill finished (None: none yet); membership is complete from then.
     Column("backfilled_version", Integer, nullable=True),
+    # The backfill under way: which process claimed it (and when), how far it got.
+    Column("backfill_claimed_at", UtcDateTime(), nullable=True),
+    Column("backfill_done", Integer, nullable=False, server_default="0"),
+    Column("backfill_total", Integer, nullable=False, server_default="0"),
     UniqueConstraint("tenant_id", "name", name="uq_segments_tenant_name"),
 )
 

@@ -1489,3 +1489,89 @@ class RecommendationModel(WireModel):
         description="Per SKU: SKUs bought together with it, best first."
     )
     popular: list[SkuCount] = Field(description="The most bought SKUs, the fallback.")
+
+
+# --- segments (issue 19) ----------------------------------------------------------------------
+
+
+class SegmentIn(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "running-fans",
+                    "description": "Runners who buy for themselves",
+                    "condition": {"top_interest": "running", "buyer_type": "self"},
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        description="A slug, unique in the shop; content rules target it by this name.",
+        pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+    )
+    condition: dict[str, Any] = Field(
+        description="A condition in the content rules' language over her profile attributes "
+        "(`traits`, `interests`, `top_interest`, `lifecycle`, `buyer_type`, `orders.count`, "
+        "`orders.value`, `consent.<purpose>`, `preferred_channel`)."
+    )
+    description: str = Field(default="", max_length=500, description="What it is for.")
+
+
+class SegmentEdit(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"condition": {"orders.count": {"$gte": 2}}}]}
+    )
+
+    condition: dict[str, Any] | None = Field(
+        default=None, description="A new condition: a new version, backfilled."
+    )
+    description: str | None = Field(default=None, max_length=500)
+
+
+class SegmentView(WireModel):
+    segment_id: str
+    name: str
+    description: str
+    condition: dict[str, Any]
+    version: Int = Field(description="1 when created; each condition change adds one.")
+    created_at: datetime
+    updated_at: datetime
+    backfilled_version: Int | None = Field(
+        description="The version whose backfill finished: membership is complete from then."
+    )
+    backfill_done: Int = Field(default=0, description="Customers the running backfill has done.")
+    backfill_total: Int = Field(default=0, description="Customers it has to do.")
+    members: Int = Field(description="Customers in the segment now.")
+
+
+class SegmentList(WireModel):
+    items: list[SegmentView]
+
+
+class SegmentMember(WireModel):
+    customer_id: str
+    entered_at: datetime
+
+
+class SegmentMemberPage(WireModel):
+    items: list[SegmentMember]
+    next_after: str | None = Field(
+        default=None, description="Pass as `after` for the next page; null on the last."
+    )
+
+
+class SegmentClause(WireModel):
+    clause: dict[str, Any]
+    holds: Bool
+    values: dict[str, Any] = Field(description="Her values of the attributes it tests.")
+
+
+class SegmentExplanation(WireModel):
+    customer_id: str
+    segment: str
+    member: Bool = Field(description="Whether the membership table has her in it now.")
+    holds: Bool = Field(description="Whether her profile meets the condition now.")
+    entered_at: datetime | None = None
+    clauses: list[SegmentClause]

@@ -104,6 +104,9 @@ def upgrade() -> None:
         sa.Column("created_at", UtcDateTime(), nullable=False),
         sa.Column("updated_at", UtcDateTime(), nullable=False),
         sa.Column("backfilled_version", sa.Integer(), nullable=True),
+        sa.Column("backfill_claimed_at", UtcDateTime(), nullable=True),
+        sa.Column("backfill_done", sa.Integer(), nullable=False, server_default="0"),
+        sa.Column("backfill_total", sa.Integer(), nullable=False, server_default="0"),
         sa.PrimaryKeyConstraint("tenant_id", "id", name="pk_segments"),
         sa.UniqueConstraint("tenant_id", "name", name="uq_segments_tenant_name"),
     )
