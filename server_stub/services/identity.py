@@ -224,6 +224,7 @@ async def create_customer(conn: AsyncConnection, tenant_id: str, now: datetime) 
     await conn.execute(
         insert(customers).values(tenant_id=tenant_id, id=customer_id, created_at=now, traits={})
     )
+    await segment_hook.profile_changed(conn, tenant_id, [customer_id])  # a new customer
     return customer_id
 
 
