@@ -32,6 +32,7 @@ from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.segments import Segments
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
 from omnisdk.resources.tenant import Tenant
@@ -62,6 +63,7 @@ class AsyncClient(BaseClient):
     events: Events[AsyncClient]
     consent: Consent[AsyncClient]
     privacy: Privacy[AsyncClient]
+    segments: Segments[AsyncClient]
     content: Content[AsyncClient]
 
     def _setup(self, http_client: Any) -> None:
@@ -84,6 +86,7 @@ class AsyncClient(BaseClient):
         self.events = Events(self)
         self.consent = Consent(self)
         self.privacy = Privacy(self)
+        self.segments = Segments(self)
         self.content = Content(self)
         _lifecycle.register(self)
 

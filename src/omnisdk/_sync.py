@@ -31,6 +31,7 @@ from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.segments import Segments
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
 from omnisdk.resources.tenant import Tenant
@@ -59,6 +60,7 @@ class Client(BaseClient):
     events: Events[Client]
     consent: Consent[Client]
     privacy: Privacy[Client]
+    segments: Segments[Client]
     content: Content[Client]
 
     def _setup(self, http_client: Any) -> None:
@@ -81,6 +83,7 @@ class Client(BaseClient):
         self.events = Events(self)
         self.consent = Consent(self)
         self.privacy = Privacy(self)
+        self.segments = Segments(self)
         self.content = Content(self)
         _lifecycle.register(self)
 
