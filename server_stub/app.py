@@ -34,6 +34,7 @@ from server_stub.routers import (
     health,
     identity,
     keys,
+    notes,
     orders,
     privacy,
     returns,
@@ -42,9 +43,10 @@ from server_stub.routers import (
     tenant,
 )
 from server_stub.routers import jobs as job_routes
+from server_stub.routers import segments as segments_router
 from server_stub.runtime import Runtime
 from server_stub.sealing import Sealer, sealer_from
-from server_stub.services import maintenance, signing_keys
+from server_stub.services import maintenance, segments, signing_keys
 from server_stub.services.changes import ChangeHub
 from server_stub.services.jobs import JobRunner
 from server_stub.services.signing_keys import SigningKeys
@@ -85,6 +87,8 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     job_routes.router,
     analytics.router,
     orders.router,
+    notes.router,
+    segments_router.router,
 )
 
 
@@ -133,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_purge_idempotency(database, settings)),
             asyncio.create_task(_prune_changes(database, settings)),
             asyncio.create_task(_maintain(database, settings)),
+            asyncio.create_task(_drain_segments(database, settings.segment_drain_seconds)),
+            asyncio.create_task(_backfill_segments(database, settings.segment_drain_seconds)),
         ]
         try:
             yield
@@ -239,6 +245,29 @@ def _reraise_cancellation(exc: Exception) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
+
+
+async def _drain_segments(database: Database, interval: float) -> None:
+    """Re-evaluate the segments of customers whose profile changed (services/segments.py)."""
+    while True:
+        try:
+            while await segments.drain(database):
+                pass  # a full batch: take the next one at once
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            log.warning("segment evaluation failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(interval)
+
+
+async def _backfill_segments(database: Database, interval: float) -> None:
+    """Backfill segments created or edited (by this process or another, or before a restart)."""
+    while True:
+        try:
+            await segments.backfill_due(database)
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            log.warning("segment backfill failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(max(interval, 1.0))
 
 
 async def _purge_idempotency(database: Database, settings: Settings) -> None:

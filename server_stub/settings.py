@@ -148,6 +148,14 @@ class Settings(BaseSettings):
         """The URL of direct (unpooled) PostgreSQL connections."""
         return self.database_listen_url or self.database_url
 
+    segment_drain_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="How often each process evaluates the segments of customers whose profile "
+        "changed (issue 19); a change is reflected in memberships within about this long.",
+    )
+
 
 @lru_cache(maxsize=1)
 def settings_from_environment() -> Settings:

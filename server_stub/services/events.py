@@ -38,7 +38,7 @@ from omnisdk.core.identifiers import (
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import BatchResult, EventIn, EventRejection
 from server_stub.ids import time_ordered_id, utcnow
-from server_stub.services import consent, identity
+from server_stub.services import consent, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.database import dumps
 from server_stub.storage.prepared import Prepared
@@ -315,6 +315,10 @@ async def _store(
         )
     if rows:
         await _insert(conn, tenant_id, now, rows)
+        owners = {row["customer_id"] for row in rows}
+        await segment_hook.profile_changed(
+            conn, tenant_id, [owner for owner in owners if not is_anonymous(owner)]
+        )
     return accepted, duplicates
 
 
@@ -375,6 +379,7 @@ async def record_order(
         "value": extracted.value,
     }
     await _insert(conn, tenant_id, now, [row])
+    await segment_hook.profile_changed(conn, tenant_id, [customer_id])
 
 
 # PostgreSQL: a batch in one statement, its columns sent as arrays (one round trip, one plan,

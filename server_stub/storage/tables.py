@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -225,6 +226,19 @@ annotations_table = Table(
     Column("text", Text, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_annotations_customer", "tenant_id", "customer_id"),
+    # Issue 19 (migration 0018): department knowledge. kind: note | warning | preference |
+    # promise; visibility: department | staff | customer (also in her export).
+    Column("kind", String(16), nullable=False, server_default="note"),
+    Column("visibility", String(16), nullable=False, server_default="staff"),
+    Column("pinned", Boolean, nullable=False, server_default=false()),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    Column("author_key_id", String(40), nullable=True),
+    Column("revision", Integer, nullable=False, server_default="1"),
+    Column("updated_at", UtcDateTime(), nullable=True),
+    # Deletion is soft: the note is hidden, its revisions and the reason stay (until erasure).
+    Column("deleted_at", UtcDateTime(), nullable=True),
+    Column("deleted_by", String(100), nullable=True),
+    Column("delete_reason", Text, nullable=True),
 )
 
 signing_keys = Table(
@@ -566,4 +580,98 @@ journey_days = Table(
     Column("conversions", Float, nullable=False),
     Column("nulls", Float, nullable=False),
     Column("value", Float, nullable=False),
+)
+
+
+# --- issue 19: annotations' revisions, console staff, preferred channel, segments ----------
+
+annotation_revisions = Table(
+    "annotation_revisions",
+    metadata,
+    # Every state an annotation had, the first included: what was written, by whom, when.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("annotation_id", String(40), primary_key=True),
+    Column("revision", Integer, primary_key=True, autoincrement=False),
+    Column("action", String(16), nullable=False),  # created | edited | deleted
+    Column("text", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("visibility", String(16), nullable=False),
+    Column("pinned", Boolean, nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    Column("editor", String(100), nullable=False),
+    Column("editor_department", String(32), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("edited_at", UtcDateTime(), nullable=False),
+)
+
+staff_members = Table(
+    "staff_members",
+    metadata,
+    # A console key: an API key (its secret kept only hashed in api_keys) of one person of a
+    # department, with the role that decides what she may change (services/annotations.py).
+    Column("key_id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("department", String(32), nullable=False),
+    Column("role", String(16), nullable=False),  # agent | lead | admin
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_staff_members_tenant", "tenant_id"),
+)
+
+preference_declarations = Table(
+    "preference_declarations",
+    metadata,
+    # Append-only: the customer's declared preferred channel, latest wins; channel None clears
+    # it. Follows merges and splits like events (customer_id / origin_customer_id).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("channel", String(16), nullable=True),
+    Column("declared_via", String(16), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("declared_at", UtcDateTime(), nullable=False),
+    Index("ix_preference_declarations_customer", "tenant_id", "customer_id", "declared_at"),
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("condition", JSON, nullable=False),  # omnisdk.core.conditions, over the profile
+    Column("version", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    # The version whose backfill finished (None: none yet); membership is complete from then.
+    Column("backfilled_version", Integer, nullable=True),
+    # The backfill under way: which process claimed it (and when), how far it got.
+    Column("backfill_claimed_at", UtcDateTime(), nullable=True),
+    Column("backfill_done", Integer, nullable=False, server_default="0"),
+    Column("backfill_total", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("tenant_id", "name", name="uq_segments_tenant_name"),
+)
+
+segment_members = Table(
+    "segment_members",
+    metadata,
+    # One row per customer ever in the segment: exited_at None while she is in it.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("segment_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("entered_at", UtcDateTime(), nullable=False),
+    Column("exited_at", UtcDateTime(), nullable=True),
+    Index("ix_segment_members_customer", "tenant_id", "customer_id"),
+)
+
+segment_pending = Table(
+    "segment_pending",
+    metadata,
+    # Customers whose profile changed since their segments were last evaluated: the write
+    # that changed it adds a row (cheap), the evaluator in every server process drains them.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("queued_at", UtcDateTime(), nullable=False),
 )

@@ -33,6 +33,7 @@ from omnisdk.resources.keys import Keys
 from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.segments import Segments
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
 from omnisdk.resources.tenant import Tenant
@@ -63,6 +64,7 @@ class AsyncClient(BaseClient):
     events: Events[AsyncClient]
     consent: Consent[AsyncClient]
     privacy: Privacy[AsyncClient]
+    segments: Segments[AsyncClient]
     content: Content[AsyncClient]
     orders: Orders[AsyncClient]
 
@@ -86,6 +88,7 @@ class AsyncClient(BaseClient):
         self.events = Events(self)
         self.consent = Consent(self)
         self.privacy = Privacy(self)
+        self.segments = Segments(self)
         self.content = Content(self)
         self.orders = Orders(self)
         _lifecycle.register(self)

@@ -47,6 +47,8 @@ class ProblemType(StrEnum):
     SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
     INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
     ANALYTICS_UNAVAILABLE = PROBLEM_BASE + "analytics-unavailable"
+    ANNOTATION_FORBIDDEN = PROBLEM_BASE + "annotation-forbidden"
+    INVALID_SEGMENT = PROBLEM_BASE + "invalid-segment"
 
     @property
     def slug(self) -> str:
@@ -94,6 +96,8 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.SERVICE_UNAVAILABLE: 503,
     ProblemType.INTERNAL_ERROR: 500,
     ProblemType.ANALYTICS_UNAVAILABLE: 501,
+    ProblemType.ANNOTATION_FORBIDDEN: 403,
+    ProblemType.INVALID_SEGMENT: 422,
 }
 
 _TITLE: dict[ProblemType, str] = {
@@ -129,4 +133,6 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
     ProblemType.INTERNAL_ERROR: "Internal error",
     ProblemType.ANALYTICS_UNAVAILABLE: "This server was installed without its analytics extra",
+    ProblemType.ANNOTATION_FORBIDDEN: "Your role may not change or see this annotation",
+    ProblemType.INVALID_SEGMENT: "The segment definition is not valid",
 }

@@ -187,6 +187,9 @@ def profile_facts(profile: Profile, now: float) -> ProfileFacts:
         "purchased": profile.purchased_skus,
         "ltv": profile.ltv.model_dump(mode="json", exclude={"fitted_at"}) if profile.ltv else {},
         "rfm": profile.rfm.model_dump(mode="json", exclude={"fitted_at"}) if profile.rfm else {},
+        # Issue 19: content rules target named segments and her preferred channel.
+        "segments": profile.segments,
+        "preferred_channel": profile.preferred_channel.value if profile.preferred_channel else None,
     }
     return ProfileFacts(
         attributes,
