@@ -38,6 +38,11 @@ class Scope(StrEnum):
     PRIVACY_EXPORT = "privacy:export"
     PRIVACY_ERASE = "privacy:erase"
     SETTINGS_MANAGE = "settings:manage"
+    INVENTORY_READ = "inventory:read"
+    INVENTORY_WRITE = "inventory:write"
+    ALERTS_READ = "alerts:read"
+    ALERTS_WRITE = "alerts:write"
+    ALERTS_MANAGE = "alerts:manage"
 
 
 _SHOP_BACKEND = frozenset(
@@ -54,6 +59,9 @@ _SHOP_BACKEND = frozenset(
         Scope.CONSENT_WRITE,
         Scope.CONTENT_READ,
         Scope.RETURNS_VERIFY,
+        Scope.INVENTORY_READ,
+        Scope.ALERTS_READ,
+        Scope.ALERTS_WRITE,
     }
 )
 
@@ -63,7 +71,9 @@ _SHOP_BACKEND = frozenset(
 DEFAULT_SCOPES: dict[Channel, frozenset[Scope]] = {
     Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
     Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
-    Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM},
+    # A till also counts stock in its store (inventory:write); webhooks, replays and the
+    # operator's metrics of messages (alerts:manage) are the administration's.
+    Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM, Scope.INVENTORY_WRITE},
     Channel.ADMIN: frozenset(Scope),
 }
 
