@@ -28,7 +28,7 @@ MAX_ITEMS_READ = 200
         "nothing twice), items set a price or a low-stock threshold. Alerts the batch triggers "
         "(back in stock, low stock, price drop) are enqueued in the same transaction."
     ),
-    openapi_extra=needs(Scope.INVENTORY_WRITE, own_idempotency=True),
+    openapi_extra=needs(Scope.INVENTORY_WRITE),
 )
 async def write_inventory(
     body: InventoryWrite, conn: Connection, context: Context

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -923,6 +924,16 @@ class CartSettings(WireModel):
     )
 
 
+def _known_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin"
+        ) from None
+    return name
+
+
 MarketingChannel = Literal["email", "push", "sms"]
 FALLBACK_CHANNELS: tuple[MarketingChannel, ...] = ("email", "push", "sms")
 
@@ -941,7 +952,7 @@ class NotificationSettings(WireModel):
         pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
         description="End of the quiet hours (HH:MM); messages due inside wait until then.",
     )
-    time_zone: str = Field(
+    time_zone: Annotated[str, AfterValidator(_known_time_zone)] = Field(
         default="UTC",
         max_length=64,
         description="The shop's default IANA time zone, for customers with no `time_zone` trait.",
@@ -968,7 +979,7 @@ class NotificationSettings(WireModel):
         default_factory=lambda: list(FALLBACK_CHANNELS),
         description="Channels tried after the customer's preferred one, in this order.",
     )
-    abandoned_cart: bool = Field(
+    abandoned_cart: Bool = Field(
         default=True,
         description="Whether a cart idle for carts.abandoned_after_hours triggers a message.",
     )
@@ -1353,6 +1364,10 @@ class CustomerExport(WireModel):
     consent: list[ConsentDecisionView] = Field(description="Her consent ledger.")
     returns: list[dict[str, Any]] = Field(description="Return codes issued for her orders.")
     merges: list[dict[str, Any]] = Field(description="Merges she took part in.")
+    alerts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Her stock alert subscriptions and the messages decided for her.",
+    )
 
 
 class ErasureReceipt(WireModel):
