@@ -8,7 +8,12 @@ from fastapi import APIRouter, Query
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
-from omnisdk.notification_models import AvailabilityList, InventoryResult, InventoryWrite
+from omnisdk.notification_models import (
+    AvailabilityList,
+    AvailabilityLookup,
+    InventoryResult,
+    InventoryWrite,
+)
 from server_stub.auth import needs
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
@@ -56,3 +61,14 @@ async def read_inventory(
     if any(not key or len(key) > 200 for key in item):
         raise Problem(ProblemType.VALIDATION_ERROR, "an item key is 1 to 200 characters")
     return AvailabilityList(items=await inventory.get(conn, context, item))
+
+
+@router.post(
+    "/lookup",
+    summary="Availability of many items (a lookup: changes nothing)",
+    openapi_extra=needs(Scope.INVENTORY_READ, read_only=True),
+)
+async def lookup_inventory(
+    body: AvailabilityLookup, conn: Connection, context: Context
+) -> AvailabilityList:
+    return AvailabilityList(items=await inventory.get(conn, context, list(body.items)))

@@ -23,12 +23,14 @@ from omnisdk._base import (
 from omnisdk._delivery import AsyncDelivery
 from omnisdk._sync import Client
 from omnisdk.errors import ConfigurationError, OutboxWriteError
+from omnisdk.resources.alerts import Alerts
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import AsyncChanges
 from omnisdk.resources.consent import Consent
 from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
+from omnisdk.resources.inventory import Inventory
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
@@ -63,6 +65,8 @@ class AsyncClient(BaseClient):
     consent: Consent[AsyncClient]
     privacy: Privacy[AsyncClient]
     content: Content[AsyncClient]
+    inventory: Inventory[AsyncClient]
+    alerts: Alerts[AsyncClient]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
@@ -85,6 +89,8 @@ class AsyncClient(BaseClient):
         self.consent = Consent(self)
         self.privacy = Privacy(self)
         self.content = Content(self)
+        self.inventory = Inventory(self)
+        self.alerts = Alerts(self)
         _lifecycle.register(self)
 
     async def execute(self, call: Call[T]) -> T:

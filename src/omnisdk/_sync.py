@@ -22,12 +22,14 @@ from omnisdk._base import (
 )
 from omnisdk._delivery import Delivery
 from omnisdk.errors import ConfigurationError, OutboxWriteError
+from omnisdk.resources.alerts import Alerts
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import Changes
 from omnisdk.resources.consent import Consent
 from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
+from omnisdk.resources.inventory import Inventory
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
@@ -60,6 +62,8 @@ class Client(BaseClient):
     consent: Consent[Client]
     privacy: Privacy[Client]
     content: Content[Client]
+    inventory: Inventory[Client]
+    alerts: Alerts[Client]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.Client):
@@ -82,6 +86,8 @@ class Client(BaseClient):
         self.consent = Consent(self)
         self.privacy = Privacy(self)
         self.content = Content(self)
+        self.inventory = Inventory(self)
+        self.alerts = Alerts(self)
         _lifecycle.register(self)
 
     def execute(self, call: Call[T]) -> T:

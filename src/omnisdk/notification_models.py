@@ -309,3 +309,13 @@ class ReplayRequest(WireModel):
     ids: list[Annotated[str, Field(max_length=40)]] | None = Field(
         default=None, max_length=1000, description="Messages to send again; null: every failed one."
     )
+
+
+class AvailabilityLookup(WireModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": ["TR2|size=38", "CAP"]}]})
+
+    items: list[Annotated[str, Field(min_length=1, max_length=200)]] = Field(
+        min_length=1,
+        max_length=200,
+        description="Item keys (`sku` or `sku|option=value;...`, as cart lines have).",
+    )
