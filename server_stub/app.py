@@ -16,6 +16,7 @@ from fastapi_offline import FastAPIOffline
 
 from omnisdk._version import __version__
 from server_stub import openapi
+from server_stub.alert_delivery import AlertWorker
 from server_stub.auth import KeyCache
 from server_stub.budget import RequestBudget
 from server_stub.errors import install_error_handlers
@@ -24,6 +25,7 @@ from server_stub.limits import BodySizeLimit
 from server_stub.observability import Metrics, RequestContext, configure_logging, flush_logs
 from server_stub.pos import StationConfig, close_station, create_station
 from server_stub.routers import (
+    alerts,
     analytics,
     carts,
     changes,
@@ -33,6 +35,7 @@ from server_stub.routers import (
     events,
     health,
     identity,
+    inventory,
     keys,
     notes,
     orders,
@@ -89,6 +92,8 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     orders.router,
     notes.router,
     segments_router.router,
+    inventory.router,
+    alerts.router,
 )
 
 
@@ -127,7 +132,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             RequestBudget(settings.rate_limit_per_second, settings.rate_limit_burst),
             JobRunner(database, settings.job_stale_seconds),
         )
+        app.state.runtime.sealer = sealer
         app.state.schema_revision = revision
+        worker = AlertWorker(
+            database,
+            app.state.runtime.tenants,
+            sealer,
+            poll_seconds=settings.alerts_poll_seconds,
+            batch=settings.alerts_batch,
+            timeout=settings.alerts_webhook_timeout_seconds,
+            abandoned_scan_seconds=settings.alerts_abandoned_scan_seconds,
+        )
+        if settings.alerts_delivery:
+            worker.start()
         # Start-up objects live as long as the process: keep them out of every GC pass.
         gc.freeze()
         # Before serving: a watcher that reconnects to a restarted process meets the retention
@@ -147,6 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 purger.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await purger
+            await worker.close()
             # Starlette runs no lifespan of a mounted app: the station's clients close here.
             await close_station(app.state.pos_station)
             await app.state.runtime.jobs.close()

@@ -10,6 +10,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from server_stub.auth import KeyCache
 from server_stub.budget import RequestBudget
 from server_stub.observability import Metrics
+from server_stub.sealing import Sealer
 from server_stub.services.changes import ChangeHub
 from server_stub.services.jobs import JobRunner
 from server_stub.services.signing_keys import SigningKeys
@@ -30,6 +31,7 @@ class Runtime:
     budget: RequestBudget
     jobs: JobRunner
     qr_images: dict[tuple[str, str, str, str], bytes] = field(default_factory=dict)
+    sealer: Sealer | None = None  # the server's secret key (webhook secrets are sealed with it)
 
 
 def runtime_of(request: Request) -> Runtime:

@@ -105,6 +105,26 @@ class Settings(BaseSettings):
     rate_limit_burst: int = Field(
         default=4_000, gt=0, description="Requests one key may make at once above its rate."
     )
+    alerts_poll_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=60,
+        description="How often each process looks for due messages and restock batches.",
+    )
+    alerts_batch: int = Field(
+        default=50, gt=0, le=1000, description="Messages a process claims and delivers at once."
+    )
+    alerts_webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, description="How long a webhook receiver has to answer."
+    )
+    alerts_abandoned_scan_seconds: float = Field(
+        default=60.0, gt=0, description="How often a process looks for abandoned carts."
+    )
+    alerts_delivery: bool = Field(
+        default=True,
+        description="Whether this process runs the delivery loop (every process may: they "
+        "share the work safely).",
+    )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)
     job_stale_seconds: float = Field(

@@ -47,7 +47,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import carts, consent, segment_hook, sessions
+from server_stub.services import alerts, carts, consent, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import (
@@ -403,6 +403,7 @@ async def _merge(
     snapshot["loser_cart"] = folded["loser_state"] if folded else None
     snapshot["loser_session"] = await sessions.merge(conn, tenant_id, survivor.id, loser.id)
     await consent.merge(conn, tenant_id, survivor.id, loser.id)
+    await alerts.merge(conn, tenant_id, survivor.id, loser.id)
     # Caches keyed by either id must re-read: the survivor's consent now comes from both.
     await consent.publish(conn, tenant_id, survivor.id, None, also=[loser.id, *absorbed])
     report = (
@@ -643,6 +644,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
         conn, tenant_id, survivor.id, loser.id, origins, snapshot.get("loser_session")
     )
     await consent.split(conn, tenant_id, survivor.id, loser.id, origins)
+    await alerts.split(conn, tenant_id, survivor.id, loser.id, origins)
     await consent.publish(
         conn, tenant_id, survivor.id, None, also=[loser.id, *snapshot["absorbed"]]
     )

@@ -23,8 +23,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core.consent import Status
 from omnisdk.models import CustomerExport, ErasureReceipt
 from server_stub.ids import new_id, utcnow
+from server_stub.services import alerts, consent, identity
 from server_stub.services import changes as change_feed
-from server_stub.services import consent, identity
 from server_stub.services import orders as order_records
 from server_stub.storage.tables import (
     annotation_revisions,
@@ -188,6 +188,7 @@ async def export(conn: AsyncConnection, tenant_id: str, live: str) -> CustomerEx
             _plain(r, "snapshot")
             for r in await _rows(conn, merges, merges.c.tenant_id == tenant_id, involved)
         ],
+        alerts=await alerts.export(conn, tenant_id, ids),
     )
 
 
@@ -278,6 +279,7 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     removed["changes"] = await _rekey(
         conn, changes, t, changes.c.customer_id.in_(ids), customer_id=erasure_id, payload={}
     )
+    removed["alerts"] = await alerts.erase(conn, t, ids)
     removed["stored_answers"] = await _delete_answers_naming(conn, t, ids)
     for column in (audit_log.c.subject, audit_log.c.detail):
         await _rekey(conn, audit_log, t, column.in_(ids), **{column.name: erasure_id})

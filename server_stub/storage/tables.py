@@ -675,3 +675,121 @@ segment_pending = Table(
     Column("customer_id", String(40), primary_key=True),
     Column("queued_at", UtcDateTime(), nullable=False),
 )
+
+# --- inventory, stock alerts and messages (issue 20; migration 0019) --------------------------
+
+inventory_items = Table(
+    "inventory_items",
+    metadata,
+    # An item is a SKU with its variant options (omnisdk.core.cart.line_key): "TR2|size=38".
+    Column("tenant_id", String(40), primary_key=True),
+    Column("item", String(200), primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("price", Float, nullable=True),
+    Column("currency", String(3), nullable=True),
+    Column("low_stock_threshold", Integer, nullable=True),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+inventory_levels = Table(
+    "inventory_levels",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("item", String(200), primary_key=True),
+    Column("location", String(64), primary_key=True),
+    # "online" (a warehouse serving web and app orders) or "store": never summed together.
+    Column("kind", String(8), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+)
+
+inventory_ops = Table(
+    "inventory_ops",
+    metadata,
+    # Stock deltas already applied, by the writer's operation id: a retry applies nothing.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("op_id", String(100), primary_key=True),
+    Column("applied_at", UtcDateTime(), nullable=False),
+    Index("ix_inventory_ops_applied_at", "applied_at"),
+)
+
+alert_subscriptions = Table(
+    "alert_subscriptions",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("item", String(200), nullable=False),
+    Column("sku", String(64), nullable=False),
+    Column("store_id", String(64), nullable=True),
+    Column("min_quantity", Integer, nullable=False),
+    # waiting → queued (a message is enqueued) → notified (sent); or cancelled.
+    Column("status", String(12), nullable=False),
+    Column("consent_decision_id", String(40), nullable=True),
+    Column("channel", String(16), nullable=False),
+    Column("price_seen", Float, nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("notified_at", UtcDateTime(), nullable=True),
+    Index("ix_alert_subscriptions_item", "tenant_id", "item", "kind", "status", "created_at"),
+    Index("ix_alert_subscriptions_customer", "tenant_id", "customer_id"),
+)
+
+alert_messages = Table(
+    "alert_messages",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    # omnisdk.core.notifications.message_key(rule, customer, item, window): one message each.
+    Column("idempotency_key", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("customer_id", String(40), nullable=False),
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("item", String(200), nullable=True),
+    Column("sku", String(64), nullable=True),
+    Column("subscription_id", String(40), nullable=True),
+    # pending (decided when due) → sending (claimed, leased) → sent | retry | skipped | failed
+    Column("status", String(8), nullable=False),
+    Column("reason", String(200), nullable=True),
+    Column("channel", String(8), nullable=True),
+    Column("consent_decision_id", String(40), nullable=True),
+    Column("attempts", Integer, nullable=False),
+    Column("due_at", UtcDateTime(), nullable=False),
+    Column("lease_until", UtcDateTime(), nullable=True),
+    Column("lease_token", String(32), nullable=True),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("decided_at", UtcDateTime(), nullable=True),
+    Column("sent_at", UtcDateTime(), nullable=True),
+    Column("data", JSON, nullable=False),
+    UniqueConstraint("tenant_id", "idempotency_key", name="uq_alert_messages_key"),
+    Index("ix_alert_messages_due", "status", "due_at"),
+    Index("ix_alert_messages_customer", "tenant_id", "customer_id", "decided_at"),
+    Index("ix_alert_messages_kind", "tenant_id", "kind", "status"),
+)
+
+alert_restocks = Table(
+    "alert_restocks",
+    metadata,
+    # A restock being paced: the next batch of waiting subscribers is notified at `next_at`.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("item", String(200), primary_key=True),
+    Column("store_key", String(64), primary_key=True),  # "" for online stock
+    Column("next_at", UtcDateTime(), nullable=False),
+    Column("batches", Integer, nullable=False),
+    Column("started_at", UtcDateTime(), nullable=False),
+    Index("ix_alert_restocks_next_at", "next_at"),
+)
+
+webhook_endpoints = Table(
+    "webhook_endpoints",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("url", String(2000), nullable=False),
+    Column("kinds", JSON, nullable=False),
+    # The Standard Webhooks signing secret, sealed with the server's secret key (AES-GCM).
+    Column("sealed_secret", LargeBinary, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("disabled_at", UtcDateTime(), nullable=True),
+)

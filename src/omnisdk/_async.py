@@ -23,12 +23,14 @@ from omnisdk._base import (
 from omnisdk._delivery import AsyncDelivery
 from omnisdk._sync import Client
 from omnisdk.errors import ConfigurationError, OutboxWriteError
+from omnisdk.resources.alerts import Alerts
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import AsyncChanges
 from omnisdk.resources.consent import Consent
 from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
+from omnisdk.resources.inventory import Inventory
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
@@ -67,6 +69,8 @@ class AsyncClient(BaseClient):
     segments: Segments[AsyncClient]
     content: Content[AsyncClient]
     orders: Orders[AsyncClient]
+    inventory: Inventory[AsyncClient]
+    alerts: Alerts[AsyncClient]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
@@ -91,6 +95,8 @@ class AsyncClient(BaseClient):
         self.segments = Segments(self)
         self.content = Content(self)
         self.orders = Orders(self)
+        self.inventory = Inventory(self)
+        self.alerts = Alerts(self)
         _lifecycle.register(self)
 
     async def execute(self, call: Call[T]) -> T:

@@ -22,12 +22,14 @@ from omnisdk._base import (
 )
 from omnisdk._delivery import Delivery
 from omnisdk.errors import ConfigurationError, OutboxWriteError
+from omnisdk.resources.alerts import Alerts
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import Changes
 from omnisdk.resources.consent import Consent
 from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
+from omnisdk.resources.inventory import Inventory
 from omnisdk.resources.keys import Keys
 from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
@@ -64,6 +66,8 @@ class Client(BaseClient):
     segments: Segments[Client]
     content: Content[Client]
     orders: Orders[Client]
+    inventory: Inventory[Client]
+    alerts: Alerts[Client]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.Client):
@@ -88,6 +92,8 @@ class Client(BaseClient):
         self.segments = Segments(self)
         self.content = Content(self)
         self.orders = Orders(self)
+        self.inventory = Inventory(self)
+        self.alerts = Alerts(self)
         _lifecycle.register(self)
 
     def execute(self, call: Call[T]) -> T:

@@ -6,6 +6,7 @@ import base64
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Annotated, Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
     AfterValidator,
@@ -715,6 +716,10 @@ class TenantSettings(WireModel):
         description="How long events are kept (docs/scaling.md, 'History').",
         default_factory=lambda: RetentionSettings(),
     )
+    notifications: NotificationSettings = Field(
+        description="Quiet hours, frequency caps, pacing and channels of stock alerts.",
+        default_factory=lambda: NotificationSettings(),
+    )
 
 
 # --- returns --------------------------------------------------------------------------------
@@ -1088,6 +1093,75 @@ class CartSettings(WireModel):
         description="Hours without change after which a cart counts as abandoned.",
         default=24.0,
         gt=0,
+    )
+
+
+def _known_time_zone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise ValueError(
+            f"unknown time zone {name!r}: use an IANA name such as Europe/Berlin"
+        ) from None
+    return name
+
+
+MarketingChannel = Literal["email", "push", "sms"]
+FALLBACK_CHANNELS: tuple[MarketingChannel, ...] = ("email", "push", "sms")
+
+
+class NotificationSettings(WireModel):
+    """Stock alerts and messages (docs/notifications.md)."""
+
+    quiet_hours_start: str | None = Field(
+        default=None,
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="Start of the quiet hours (HH:MM in the customer's time zone, such as "
+        "21:00); null (the default): no quiet hours.",
+    )
+    quiet_hours_end: str | None = Field(
+        default=None,
+        pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$",
+        description="End of the quiet hours (HH:MM); messages due inside wait until then.",
+    )
+    time_zone: Annotated[str, AfterValidator(_known_time_zone)] = Field(
+        default="UTC",
+        max_length=64,
+        description="The shop's default IANA time zone, for customers with no `time_zone` trait.",
+    )
+    max_per_day: Int = Field(
+        default=2, ge=0, description="Most messages to one customer in 24 hours (0: no cap)."
+    )
+    max_per_week: Int = Field(
+        default=5, ge=0, description="Most messages to one customer in 7 days (0: no cap)."
+    )
+    low_stock_threshold: Int = Field(
+        default=5, ge=1, description="Units below which an item in carts counts as low stock."
+    )
+    pacing_factor: Float = Field(
+        default=2.0,
+        gt=0,
+        le=1000,
+        description="A restock notifies k x units waiting subscribers per pacing interval.",
+    )
+    pacing_interval_seconds: Float = Field(
+        default=900.0, gt=0, description="Time between two batches of a restock's notifications."
+    )
+    fallback_channels: list[MarketingChannel] = Field(
+        default_factory=lambda: list(FALLBACK_CHANNELS),
+        description="Channels tried after the customer's preferred one, in this order.",
+    )
+    abandoned_cart: Bool = Field(
+        default=True,
+        description="Whether a cart idle for carts.abandoned_after_hours triggers a message.",
+    )
+    window_hours: Float = Field(
+        default=168.0,
+        gt=0,
+        description="One message per rule, customer and SKU within a window of this length.",
+    )
+    max_attempts: Int = Field(
+        default=8, ge=1, le=50, description="Delivery attempts before a message is dead-lettered."
     )
 
 
@@ -1486,6 +1560,10 @@ class CustomerExport(WireModel):
     consent: list[ConsentDecisionView] = Field(description="Her consent ledger.")
     returns: list[dict[str, Any]] = Field(description="Return codes issued for her orders.")
     merges: list[dict[str, Any]] = Field(description="Merges she took part in.")
+    alerts: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Her stock alert subscriptions and the messages decided for her.",
+    )
 
 
 class ErasureReceipt(WireModel):

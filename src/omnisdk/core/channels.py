@@ -44,6 +44,11 @@ class Scope(StrEnum):
     ORDERS_READ = "orders:read"
     ORDERS_WRITE = "orders:write"
     CUSTOMER_CODES_ISSUE = "customer_codes:issue"
+    INVENTORY_READ = "inventory:read"
+    INVENTORY_WRITE = "inventory:write"
+    ALERTS_READ = "alerts:read"
+    ALERTS_WRITE = "alerts:write"
+    ALERTS_MANAGE = "alerts:manage"
 
 
 _SHOP_BACKEND = frozenset(
@@ -62,6 +67,9 @@ _SHOP_BACKEND = frozenset(
         Scope.RETURNS_VERIFY,
         Scope.ORDERS_READ,
         Scope.ORDERS_WRITE,
+        Scope.INVENTORY_READ,
+        Scope.ALERTS_READ,
+        Scope.ALERTS_WRITE,
     }
 )
 
@@ -71,7 +79,9 @@ _SHOP_BACKEND = frozenset(
 DEFAULT_SCOPES: dict[Channel, frozenset[Scope]] = {
     Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE, Scope.CUSTOMER_CODES_ISSUE},
     Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE, Scope.CUSTOMER_CODES_ISSUE},
-    Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM},
+    # A till also counts stock in its store (inventory:write); webhooks, replays and the
+    # operator's metrics of messages (alerts:manage) are the administration's.
+    Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM, Scope.INVENTORY_WRITE},
     Channel.ADMIN: frozenset(Scope),
 }
 

@@ -1,0 +1,169 @@
+"""The delivery loop each server process runs: paces restocks, finds abandoned carts, and
+decides and delivers due messages (issue 20).
+
+All its state is in the database, so it survives restarts and runs in every process at once:
+restock batches and messages are claimed with FOR UPDATE SKIP LOCKED on PostgreSQL (a row one
+process holds, the others skip) and leased, so a process that dies mid-delivery leaves its
+message to be claimed again once the lease runs out. On SQLite the loop is the single writer's
+own (one process serves a SQLite file). A webhook is posted outside any transaction, with the
+message id as its `webhook-id`: a redelivery after a crash is the same message to the receiver.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from datetime import datetime
+
+import httpx
+
+from server_stub.ids import utcnow
+from server_stub.sealing import Sealer
+from server_stub.services import alerts, messages, webhooks
+from server_stub.services.tenant_context import TenantContexts
+from server_stub.storage.database import Database
+from server_stub.storage.tables import tenants
+
+log = logging.getLogger("omnisdk.server.alerts")
+
+
+class AlertWorker:
+    """One process's loop; `start()` in the app's lifespan, `close()` at shutdown."""
+
+    def __init__(
+        self,
+        database: Database,
+        contexts: TenantContexts,
+        sealer: Sealer,
+        *,
+        poll_seconds: float,
+        batch: int,
+        timeout: float,
+        abandoned_scan_seconds: float,
+    ) -> None:
+        self.database = database
+        self.contexts = contexts
+        self.sealer = sealer
+        self.poll_seconds = poll_seconds
+        self.batch = batch
+        self.abandoned_scan_seconds = abandoned_scan_seconds
+        self._http = httpx.AsyncClient(timeout=timeout)
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_scan = 0.0
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run())
+
+    def wake(self) -> None:
+        """Look for due work now rather than at the next poll."""
+        self._wake.set()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._http.aclose()
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                busy = await self.tick() >= self.batch
+            except Exception as exc:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise asyncio.CancelledError from exc
+                log.warning("alert delivery pass failed", extra={"error_type": type(exc).__name__})
+                busy = False
+            if busy:
+                continue  # more may be due: no wait
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+
+    async def tick(self) -> int:
+        """One pass: pace due restocks, scan for abandoned carts (now and then), and decide and
+        deliver up to `batch` due messages. Returns how many messages it took."""
+        now = utcnow()
+        await self._pace(now)
+        if time.monotonic() - self._last_scan >= self.abandoned_scan_seconds:
+            self._last_scan = time.monotonic()
+            await self._abandoned(now)
+        async with self.database.transaction(write=True) as conn:
+            claimed = await messages.claim(conn, now, self.batch)
+        await asyncio.gather(*(self._deliver(one) for one in claimed))
+        return len(claimed)
+
+    async def _pace(self, now: datetime) -> None:
+        async with self.database.transaction(write=True) as conn:
+            for due in await alerts.due_restocks(conn, now):
+                context = await self.contexts.get(conn, due.tenant_id)
+                await alerts.pace(conn, context, due.item, due.store_key, now)
+
+    async def _abandoned(self, now: datetime) -> None:
+        async with self.database.transaction(write=False) as conn:
+            tenant_ids = [row.id for row in await conn.execute(tenants.select())]
+        for tenant_id in tenant_ids:
+            async with self.database.transaction(write=True) as conn:
+                context = await self.contexts.get(conn, tenant_id)
+                await alerts.abandoned_carts(conn, context, now)
+
+    async def _deliver(self, claimed: messages.Claimed) -> None:
+        try:
+            await self._deliver_one(claimed)
+        except Exception as exc:
+            # Left leased: claimed again when the lease runs out.
+            log.warning(
+                "a message could not be processed",
+                extra={"message_id": claimed.id, "error_type": type(exc).__name__},
+            )
+
+    async def _deliver_one(self, claimed: messages.Claimed) -> None:
+        now = utcnow()
+        async with self.database.transaction(write=True) as conn:
+            context = await self.contexts.get(conn, claimed.tenant_id)
+            max_attempts = context.settings.notifications.max_attempts
+            decision = await messages.decide(conn, context, claimed, now)
+            if decision is None:
+                return
+            if isinstance(decision, messages.Skipped):
+                await messages.skip(conn, claimed, decision.reason, now)
+                return
+            if isinstance(decision, messages.Delayed):
+                await messages.delay(conn, claimed, decision.until, decision.reason, now)
+                return
+            kind = str(decision.payload["data"]["kind"])
+            targets = await webhooks.targets(conn, self.sealer, claimed.tenant_id, kind)
+        error = await self._post(claimed.id, targets, decision.payload)
+        finished = utcnow()
+        async with self.database.transaction(write=True) as conn:
+            if error is None:
+                await messages.sent(conn, claimed, decision, finished)
+            else:
+                await messages.failed(conn, claimed, error, max_attempts, finished)
+
+    async def _post(
+        self, message_id: str, targets: list[webhooks.Target], payload: dict[str, object]
+    ) -> str | None:
+        """Post the signed message to every target; None if all took it, else what failed."""
+        if not targets:
+            return "no webhook endpoint takes this kind of message"
+        for target in targets:
+            content, headers = webhooks.signed_request(target, message_id, payload, utcnow())
+            try:
+                response = await self._http.post(target.url, content=content, headers=headers)
+            except httpx.HTTPError as exc:
+                return f"{target.endpoint_id}: {type(exc).__name__}"
+            if not 200 <= response.status_code < 300:
+                return f"{target.endpoint_id}: HTTP {response.status_code}"
+        return None
+
+
+async def run_until_idle(worker: AlertWorker, passes: int = 50) -> None:
+    """Run passes until one finds nothing to do (tests and the CLI's `alerts run`)."""
+    for _ in range(passes):
+        if not await worker.tick():
+            return
