@@ -26,6 +26,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import changes as change_feed
 from server_stub.services import consent, identity
+from server_stub.services.identity import person_ids
 from server_stub.storage.tables import (
     annotations_table,
     audit_log,
@@ -45,16 +46,7 @@ from server_stub.storage.tables import (
 )
 
 REFUSALS = (Status.DENIED.value, Status.WITHDRAWN.value)
-
-
-async def person_ids(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:
-    """The live customer and every id merged into it (redirects point at the live id)."""
-    rows = await conn.execute(
-        select(customers.c.id).where(
-            customers.c.tenant_id == tenant_id, customers.c.merged_into == live
-        )
-    )
-    return [live, *sorted(row.id for row in rows)]
+__all__ = ["erase", "export", "person_ids"]
 
 
 def _plain(row: Row[Any], *drop: str) -> dict[str, Any]:
