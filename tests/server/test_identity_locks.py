@@ -9,8 +9,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
 
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType
+from server_stub.routing import _lost_a_lock_race
 from server_stub.services import identity
 from server_stub.services.tenant_context import TenantContexts
 from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
@@ -102,3 +104,34 @@ async def test_two_sign_ins_naming_one_identifier_take_turns(pg_server: Harness)
     second = await waiting
     assert second["customer_id"] == amy["customer_id"]
     assert second["created"] is False
+
+
+async def test_a_deadlock_postgresql_breaks_is_known_as_one_to_run_again(
+    pg_server: Harness,
+) -> None:
+    """The routing runs a request again when PostgreSQL ended it to break a deadlock (a rare
+    race of an id merged between being read and being locked): it must know one."""
+    shop = await pg_server.shop()
+    a = str((await _identify(shop, customer_ref="a"))["customer_id"])
+    b = str((await _identify(shop, customer_ref="b"))["customer_id"])
+    first_locked, second_locked = asyncio.Event(), asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def lock(mine: str, theirs: str, locked: asyncio.Event, other: asyncio.Event) -> None:
+        try:
+            async with pg_server.database.transaction(write=True) as conn:
+                await identity.lock_customers(conn, shop.id, [mine])
+                locked.set()
+                await other.wait()
+                await identity.lock_customers(conn, shop.id, [theirs])  # the wrong order
+        except DBAPIError as error:
+            errors.append(error)
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            lock(a, b, first_locked, second_locked), lock(b, a, second_locked, first_locked)
+        ),
+        GUARD_SECONDS,
+    )
+    assert len(errors) == 1
+    assert isinstance(errors[0], DBAPIError) and _lost_a_lock_race(errors[0])
