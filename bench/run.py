@@ -12,9 +12,11 @@ from bench import (
     bench_carts,
     bench_content,
     bench_feed,
+    bench_identify_locks,
     bench_ingest,
     bench_outbox,
     bench_pos_network_loss,
+    bench_scale_jobs,
     bench_sdk_overhead,
     bench_server_write,
     bench_tokens,
@@ -37,6 +39,8 @@ SUITES = {
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
     bench_feed.TITLE: bench_feed.run,
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
+    "Sign-ins without a tenant-wide lock (issue 21)": bench_identify_locks.run,
+    "Recommendations rebuild as a bounded job (issue 21)": bench_scale_jobs.run,
 }
 
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from fastapi import Request
 from fastapi.routing import APIRoute
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import Response
 
@@ -125,13 +125,21 @@ class ApiRoute(APIRoute):
             key = _idempotency_key(request) if write else None  # malformed: 400 on every write
             if own_idempotency:
                 key = None
-            if key is not None:
-                return await _idempotent(request, endpoint, runtime, principal, key, replay_redacts)
-            async with UnitOfWork(
-                runtime.database, write=write, on_commit=runtime.changes.wake
-            ) as unit:
-                request.state.unit = unit
-                return await endpoint(request)
+            for attempt in range(TRANSACTION_ATTEMPTS):
+                try:
+                    if key is not None:
+                        return await _idempotent(
+                            request, endpoint, runtime, principal, key, replay_redacts
+                        )
+                    async with UnitOfWork(
+                        runtime.database, write=write, on_commit=runtime.changes.wake
+                    ) as unit:
+                        request.state.unit = unit
+                        return await endpoint(request)
+                except DBAPIError as error:
+                    if attempt + 1 == TRANSACTION_ATTEMPTS or not _lost_a_lock_race(error):
+                        raise
+            raise AssertionError("unreachable")
 
         return handle
 
@@ -207,6 +215,23 @@ def _spend_budget(runtime: Runtime, principal: Principal) -> None:
             "a second; wait for Retry-After, then go on",
             headers={"Retry-After": retry_after_header(wait)},
         )
+
+
+# PostgreSQL ended the transaction to break a deadlock (40P01) or a serialization conflict
+# (40001): everything it did was undone, so the request runs again from the start. Writers
+# take locks in one order (services/identity.py), so this stays the rare race of an id that
+# was merged between being read and being locked.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+TRANSACTION_ATTEMPTS = 3
+
+
+def _lost_a_lock_race(error: DBAPIError) -> bool:
+    cause: BaseException | None = error.orig
+    while cause is not None:
+        if getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        cause = cause.__cause__
+    return False
 
 
 def _idempotency_key(request: Request) -> str | None:

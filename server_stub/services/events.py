@@ -148,9 +148,11 @@ async def ingest(
             continue
         pending.append(_Pending(index, event_id, event, occurred_at, extracted, customer_id, key))
 
-    unknown = await _unknown_keys(conn, tenant_id, pending)
-    await identity.lock_identity(conn, tenant_id, exclusive=bool(unknown))
+    # Identifiers never seen before create customers: lock just those (identity.py), then
+    # _attribute reads their owners again (an identify may have linked one meanwhile).
+    await identity.lock_identifiers(conn, tenant_id, await _unknown_keys(conn, tenant_id, pending))
     await _attribute(conn, context, pending, now)
+    await _hold_customers(conn, tenant_id, pending)
     for item in pending:
         if item.refusal is not None:
             rejected.append(
@@ -218,11 +220,26 @@ def _rejection(index: int, event_id: str, type: ProblemType, detail: str) -> Eve
     return EventRejection(index=index, event_id=event_id, type=type.value, detail=detail)
 
 
-async def _unknown_keys(conn: AsyncConnection, tenant_id: str, pending: list[_Pending]) -> bool:
+async def _unknown_keys(
+    conn: AsyncConnection, tenant_id: str, pending: list[_Pending]
+) -> list[IdentifierKey]:
     keys = list({p.key for p in pending if p.key is not None})
     if not keys:
-        return False
-    return len(await identity.owners(conn, tenant_id, keys)) < len(keys)
+        return []
+    known = await identity.owners(conn, tenant_id, keys)
+    return [key for key in keys if key not in known]
+
+
+async def _hold_customers(conn: AsyncConnection, tenant_id: str, pending: list[_Pending]) -> None:
+    """Keep the customers the events go to from being erased before they are stored (a key
+    share lock: no other write waits for it). One erased meanwhile refuses its events."""
+    owners = {p.customer_id for p in pending if p.refusal is None and p.customer_id is not None}
+    present = await identity.lock_customers(conn, tenant_id, owners, mode="read")
+    for item in pending:
+        if item.refusal is None and item.customer_id not in present:
+            item.refusal = Rejected(
+                ProblemType.NOT_FOUND, f"this tenant has no customer {item.customer_id!r}"
+            )
 
 
 async def _attribute(

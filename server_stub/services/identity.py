@@ -14,23 +14,34 @@ Rules (DESIGN: identity):
   after the merge (events recorded for the survivor, identifiers linked later) stays with
   the survivor.
 
-Concurrency, one locking order for every write (docs/server.md, "Locking order"):
-1. the tenant's identity lock (a PostgreSQL advisory lock): exclusive for `identify`, `split`
-   and erasure, which change who is who; shared for every write to one customer's state (cart,
-   session, consent, events);
-2. the customers' rows, in id order (`lock_customer` for one; a merge locks both);
+Concurrency, one locking order for every write (docs/server.md, "Locks and jobs"): locks are
+no wider than the data they protect, so two customers' sign-ins never wait for each other.
+1. the identifiers a write may link, create or unlink: a PostgreSQL transaction advisory lock
+   per identifier (a 64-bit hash of tenant, type and value), all taken in one statement in
+   ascending order (`lock_identifiers`): `identify`, `split`, `mark_shared`, erasure, and
+   ingestion of an identifier never seen before;
+2. the customers' rows, in id order (`lock_customer` for one; `lock_customers` for several:
+   a merge locks survivor and loser, erasure the whole person). Writes lock the live row
+   FOR NO KEY UPDATE; ingestion locks the rows it attributes events to FOR KEY SHARE, which
+   keeps them from being erased under it without waiting for any other write;
 3. that customer's state rows (cart, session), then the change feed.
+What was read before a lock is read again after it: an identifier's owner may have been merged
+into another customer, or erased, in between (`identify` then resolves again).
 A write addressed to a merged-away id is applied to the survivor in the same transaction:
 `lock_customer` resolves the id after taking the locks, so no merge can come in between.
-On SQLite, writers are serialised anyway.
+Merges do not move the loser's events: they stay under the id they were recorded for, and
+every read of a person's events reads by the person's ids (`person_ids`: the live id and every
+id merged into it). On SQLite, writers are serialised anyway: the locks are no-ops there and
+the logic is the same.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import Row, bindparam, delete, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -63,17 +74,19 @@ from server_stub.storage.tables import (
 # Keys a shop might use to smuggle contact data into traits; they go in as identifiers.
 RESERVED_TRAITS = frozenset({"email", "e-mail", "e_mail", "phone", "mobile", "telephone"})
 MAX_TRAITS_KEYS = 100
+RowLock = Literal["read", "write", "delete"]
+MAX_RESOLVE_ROUNDS = 16  # identifiers whose owners move more often than this: try again later
 
 
 # Statements on every write's path, compiled once and run on the driver directly
 # (storage/prepared.py): SQLAlchemy's execution machinery cost more than the SQL.
-_IDENTITY_LOCK = {
-    exclusive: Prepared(text(f"SELECT {function}(hashtext(:key))"))
-    for exclusive, function in (
-        (True, "pg_advisory_xact_lock"),
-        (False, "pg_advisory_xact_lock_shared"),
+# The advisory locks are taken in ascending order: the sorted subquery feeds the aggregate.
+_LOCK_IDENTIFIERS = Prepared(
+    text(
+        "SELECT count(pg_advisory_xact_lock(k)) FROM "
+        "(SELECT k FROM unnest(CAST(:keys AS bigint[])) AS k ORDER BY k) AS ordered"
     )
-}
+)
 # The row the id redirects to (merged_into points at the live customer directly), or its own.
 _REDIRECT = (
     select(customers.c.merged_into)
@@ -86,33 +99,38 @@ _LIVE_CUSTOMER = select(customers.c.id, customers.c.merged_into).where(
 )
 _LOCK_LIVE_CUSTOMER = {
     "sqlite": Prepared(_LIVE_CUSTOMER),  # one writer at a time: nothing to lock
-    # PostgreSQL: the tenant's shared identity lock and the row lock in one round trip. The
-    # advisory lock is a filter on the row found, so it is taken before the row lock (the
-    # LockRows step runs above the scan). If a merge committed meanwhile, the row lock
-    # returns the row as the merge left it (`merged_into` set), which the caller follows.
-    "postgresql": Prepared(
-        _LIVE_CUSTOMER.where(
-            func.pg_advisory_xact_lock_shared(func.hashtext(bindparam("lock_key"))).is_not(None)
-        ).with_for_update()
-    ),
+    # PostgreSQL: the live row only, FOR NO KEY UPDATE (ingestion's FOR KEY SHARE does not
+    # wait for it). If a merge committed meanwhile, the row lock returns the row as the merge
+    # left it (`merged_into` set), which the caller follows.
+    "postgresql": Prepared(_LIVE_CUSTOMER.with_for_update(key_share=True)),
 }
 
 
-async def lock_identity(conn: AsyncConnection, tenant_id: str, *, exclusive: bool) -> None:
-    """Serialise identity changes of a tenant against each other and against ingestion."""
+def identifier_lock_key(tenant_id: str, key: IdentifierKey) -> int:
+    """The advisory lock of one identifier of a tenant: a signed 64-bit hash (a collision
+    only makes two identifiers share a lock)."""
+    digest = hashlib.blake2b(
+        f"{tenant_id}\x00{key.type.value}\x00{key.value}".encode(), digest_size=8
+    ).digest()
+    return int.from_bytes(digest, "big", signed=True)
+
+
+async def lock_identifiers(
+    conn: AsyncConnection, tenant_id: str, keys: Iterable[IdentifierKey]
+) -> None:
+    """Serialise the writes that may link, create or unlink these identifiers (and only
+    those): taken first, before any customer row, in one ascending order."""
     if conn.dialect.name != "postgresql":
         return
-    await _IDENTITY_LOCK[exclusive].fetchone(conn, {"key": _lock_key(tenant_id)})
-
-
-def _lock_key(tenant_id: str) -> str:
-    return f"identity:{tenant_id}"
+    locks = sorted({identifier_lock_key(tenant_id, key) for key in keys})
+    if locks:
+        await _LOCK_IDENTIFIERS.fetchone(conn, {"keys": locks})
 
 
 async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str:
     """Lock a customer for a write to its state and return the live id to write to (the
     survivor of a merge). No merge or split of it can interleave until the transaction ends."""
-    parameters = {"tenant": tenant_id, "customer": customer_id, "lock_key": _lock_key(tenant_id)}
+    parameters = {"tenant": tenant_id, "customer": customer_id}
     row = await _LOCK_LIVE_CUSTOMER[conn.dialect.name].fetchone(conn, parameters)
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no customer {customer_id!r}")
@@ -121,20 +139,28 @@ async def lock_customer(conn: AsyncConnection, tenant_id: str, customer_id: str)
         return str(live_customer)
     live = await live_id(conn, tenant_id, merged_into)  # a longer chain: follow it
     assert live is not None
-    await _lock_rows(conn, tenant_id, [live])
+    await lock_customers(conn, tenant_id, [live])
     return live
 
 
-async def _lock_rows(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) -> None:
-    """Lock customers' rows in id order (the one order every writer follows)."""
-    if conn.dialect.name != "postgresql":
-        return
-    await conn.execute(
-        select(customers.c.id)
-        .where(customers.c.tenant_id == tenant_id, customers.c.id.in_(sorted(set(ids))))
+async def lock_customers(
+    conn: AsyncConnection, tenant_id: str, ids: Iterable[str], *, mode: RowLock = "write"
+) -> dict[str, str | None]:
+    """Lock customers' rows in id order (the one order every writer follows) and return each
+    found id with its `merged_into` as it is now. `mode`: "read" (FOR KEY SHARE: the rows may
+    not be deleted before we commit; other writes go on), "write" (FOR NO KEY UPDATE: we
+    change who they are) or "delete" (FOR UPDATE: we erase them)."""
+    wanted = sorted(set(ids))
+    if not wanted:
+        return {}
+    query = (
+        select(customers.c.id, customers.c.merged_into)
+        .where(customers.c.tenant_id == tenant_id, customers.c.id.in_(wanted))
         .order_by(customers.c.id)
-        .with_for_update()
     )
+    if conn.dialect.name == "postgresql":
+        query = query.with_for_update(read=mode == "read", key_share=mode != "delete")
+    return {row.id: row.merged_into for row in await conn.execute(query)}
 
 
 def invalid_identifier(error: InvalidIdentifier) -> Problem:
@@ -178,6 +204,17 @@ async def live_id(conn: AsyncConnection, tenant_id: str, customer_id: str) -> st
             return customer_id
         customer_id = row.merged_into
     raise RuntimeError("merge redirects form a cycle")
+
+
+async def person_ids(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:
+    """The live customer and every id merged into it (redirects point at the live id): the
+    ids a person's events are stored under, since a merge moves none of them."""
+    rows = await conn.execute(
+        select(customers.c.id).where(
+            customers.c.tenant_id == tenant_id, customers.c.merged_into == live
+        )
+    )
+    return [live, *sorted(row.id for row in rows)]
 
 
 async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) -> dict[str, str]:
@@ -352,7 +389,7 @@ async def _merge(
     now: datetime,
 ) -> _MergeOutcome:
     tenant_id = context.tenant_id
-    await _lock_rows(conn, tenant_id, [survivor.id, loser.id])
+    # The caller holds the identifiers' locks and both customers' rows (identify).
     absorbed = [
         row.id
         for row in await conn.execute(
@@ -373,7 +410,11 @@ async def _merge(
         .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
         .values(customer_id=survivor.id)
     )
-    for table in (events, annotations_table, orders, preference_declarations):
+    # Annotations, orders and declared preferences (a few rows each) follow the survivor.
+    # Events stay under the id they were recorded for: reads go by the person's ids
+    # (person_ids), so merging a customer with ten thousand events costs what merging one
+    # with none does.
+    for table in (annotations_table, orders, preference_declarations):
         await conn.execute(
             update(table)
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
@@ -433,6 +474,36 @@ async def _merge(
     return _MergeOutcome(merge_id, dropped, report)
 
 
+async def _owners_locked(
+    conn: AsyncConnection,
+    tenant_id: str,
+    keys: Sequence[IdentifierKey],
+    flagged: set[IdentifierKey],
+) -> tuple[dict[IdentifierKey, Row[Any]], dict[IdentifierKey, str]]:
+    """The stored rows of `keys`, and the live customer owning each linkable one, with those
+    customers' rows locked. Read again after the lock until nothing moved in between: an
+    owner may have been merged into another customer, split or erased meanwhile."""
+    for _ in range(MAX_RESOLVE_ROUNDS):
+        stored = await owners(conn, tenant_id, keys)
+        found = {
+            key: row.customer_id
+            for key, row in stored.items()
+            if key not in flagged and not row.shared and row.customer_id is not None
+        }
+        live = await live_ids(conn, tenant_id, found.values())
+        owner_of = {key: live[customer] for key, customer in found.items() if customer in live}
+        locked = await lock_customers(conn, tenant_id, owner_of.values())
+        if len(owner_of) == len(found) and all(
+            customer in locked and locked[customer] is None for customer in owner_of.values()
+        ):
+            return stored, owner_of
+    raise Problem(
+        ProblemType.CONFLICT,
+        "the customers holding these identifiers kept changing while this request ran; "
+        "send it again",
+    )
+
+
 async def identify(
     conn: AsyncConnection, context: TenantContext, request: IdentifyRequest, channel: Channel
 ) -> IdentifyResult:
@@ -442,11 +513,13 @@ async def identify(
         raise Problem(ProblemType.VALIDATION_ERROR, "name at least one identifier")
     _check_traits(request.traits)
     keyed = keys_of(context, items)
-    await lock_identity(conn, context.tenant_id, exclusive=True)
-    now = utcnow()
     tenant_id = context.tenant_id
-    stored = await owners(conn, tenant_id, [key for key, _ in keyed])
-    shared = {key for key, flag in keyed if flag or (key in stored and stored[key].shared)}
+    flagged = {key for key, flag in keyed if flag}
+    # Only these identifiers, and then only the customers holding them (module docstring).
+    await lock_identifiers(conn, tenant_id, [key for key, _ in keyed])
+    now = utcnow()
+    stored, owner_of = await _owners_locked(conn, tenant_id, [key for key, _ in keyed], flagged)
+    shared = {key for key, _ in keyed if key in flagged or (key in stored and stored[key].shared)}
     linkable = [key for key, _ in keyed if key not in shared]
     await _record_shared(conn, tenant_id, [k for k in shared if k not in stored], now)
     if not linkable:
@@ -454,9 +527,6 @@ async def identify(
             ProblemType.INVALID_IDENTIFIER,
             "only shared identifiers were given; a shared device cannot identify a customer",
         )
-    found = {key: stored[key].customer_id for key in linkable if key in stored}
-    live = await live_ids(conn, tenant_id, found.values())
-    owner_of = {key: live[customer_id] for key, customer_id in found.items()}
     candidates = await _customers(conn, tenant_id, set(owner_of.values()))
 
     refs = await _customer_refs(conn, tenant_id, candidates)
@@ -536,7 +606,7 @@ async def mark_shared(
     conn: AsyncConnection, context: TenantContext, key: IdentifierKey, shared: bool
 ) -> None:
     """Mark an identifier shared (detached from any customer, never merging) or not."""
-    await lock_identity(conn, context.tenant_id, exclusive=True)
+    await lock_identifiers(conn, context.tenant_id, [key])
     row = (await owners(conn, context.tenant_id, [key])).get(key)
     if row is None:
         if shared:
@@ -603,7 +673,6 @@ async def merges_of(conn: AsyncConnection, tenant_id: str, customer_id: str) -> 
 async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) -> Merge:
     """Undo a merge: the loser gets back what it held at the merge (see module docstring)."""
     tenant_id = context.tenant_id
-    await lock_identity(conn, tenant_id, exclusive=True)
     row = (
         await conn.execute(
             select(merges).where(merges.c.tenant_id == tenant_id, merges.c.id == merge_id)
@@ -611,9 +680,20 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     ).first()
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no merge {merge_id!r}")
-    if row.split_at is not None:
+    # The identifiers it gives back, then both customers (and those merged into the loser).
+    held = row.snapshot["loser_identifiers"] + row.snapshot["dropped"]
+    keys = [IdentifierKey(IdentifierType(type), value) for type, value, _ in held]
+    await lock_identifiers(conn, tenant_id, keys)
+    await lock_customers(
+        conn, tenant_id, [row.survivor_id, row.loser_id, *row.snapshot["absorbed"]]
+    )
+    row = (
+        await conn.execute(
+            select(merges).where(merges.c.tenant_id == tenant_id, merges.c.id == merge_id)
+        )
+    ).one()
+    if row.split_at is not None:  # read again under the locks: a twin split came first
         raise Problem(ProblemType.CONFLICT, f"merge {merge_id} was already split")
-    await _lock_rows(conn, tenant_id, [row.survivor_id, row.loser_id])
     people = await _customers(conn, tenant_id, [row.survivor_id, row.loser_id])
     survivor, loser = people[row.survivor_id], people[row.loser_id]
     if survivor.merged_into is not None:
@@ -627,6 +707,9 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     now = utcnow()
     await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
     origins = [loser.id, *snapshot["absorbed"]]
+    # Events recorded for the loser never moved (they leave the survivor's person ids with
+    # this split); those a merge made before issue 21 moved are moved back here, with the
+    # rows that do follow merges.
     for table in (events, annotations_table, orders, preference_declarations):
         await conn.execute(
             update(table)

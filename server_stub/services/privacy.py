@@ -21,11 +21,15 @@ from sqlalchemy import Row, Table, and_, delete, func, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.consent import Status
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType
+from omnisdk.core.problems import ProblemType
 from omnisdk.models import CustomerExport, ErasureReceipt
+from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import alerts, consent, identity
 from server_stub.services import changes as change_feed
 from server_stub.services import orders as order_records
+from server_stub.services.identity import person_ids
 from server_stub.storage.tables import (
     annotation_revisions,
     annotations_table,
@@ -52,16 +56,7 @@ from server_stub.storage.tables import (
 )
 
 REFUSALS = (Status.DENIED.value, Status.WITHDRAWN.value)
-
-
-async def person_ids(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:
-    """The live customer and every id merged into it (redirects point at the live id)."""
-    rows = await conn.execute(
-        select(customers.c.id).where(
-            customers.c.tenant_id == tenant_id, customers.c.merged_into == live
-        )
-    )
-    return [live, *sorted(row.id for row in rows)]
+__all__ = ["erase", "export", "person_ids"]
 
 
 def _plain(row: Row[Any], *drop: str) -> dict[str, Any]:
@@ -207,8 +202,7 @@ async def _rekey(
 
 
 async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:
-    await identity.lock_identity(conn, tenant_id, exclusive=True)
-    ids = await person_ids(conn, tenant_id, live)
+    ids = await _lock_person(conn, tenant_id, live)
     erasure_id = new_id("era", 10)
     now = utcnow()
     t = tenant_id
@@ -295,6 +289,26 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
         removed=removed,
         kept_anonymised=kept,
     )
+
+
+async def _lock_person(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:
+    """Lock the person's identifiers, then her customer rows for deletion (identity.py's
+    order), reading her ids again until no merge added one in between; return them."""
+    ids: list[str] = []
+    for _ in range(identity.MAX_RESOLVE_ROUNDS):
+        found = await person_ids(conn, tenant_id, live)
+        if found == ids:
+            return ids
+        ids = found
+        held = await conn.execute(
+            select(identifiers.c.type, identifiers.c.value).where(
+                identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id.in_(ids)
+            )
+        )
+        keys = [IdentifierKey(IdentifierType(row.type), row.value) for row in held]
+        await identity.lock_identifiers(conn, tenant_id, keys)
+        await identity.lock_customers(conn, tenant_id, ids, mode="delete")
+    raise Problem(ProblemType.CONFLICT, "the customer kept changing while erasing; try again")
 
 
 async def _delete_answers_naming(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> int:

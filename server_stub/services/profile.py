@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, or_, select
+from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import profile as rules
@@ -30,7 +31,7 @@ from omnisdk.models import (
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.services import analytics, carts, notes, preferences, segment_hook
-from server_stub.services.identity import live_id
+from server_stub.services.identity import live_id, person_ids
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
     customers,
@@ -57,7 +58,9 @@ async def require_customer(conn: AsyncConnection, tenant_id: str, customer_id: s
 MAX_PURCHASED = 200
 
 
-async def _purchased(conn: AsyncConnection, mine: Any, tenant_id: str, live: str) -> list[str]:
+async def _purchased(
+    conn: AsyncConnection, tenant_id: str, live: str, ids: Sequence[str]
+) -> list[str]:
     """SKUs she bought, newest first: from her order records (every channel), then from
     `order_completed` events the shop sent without a record."""
     found: dict[str, None] = {}
@@ -75,10 +78,13 @@ async def _purchased(conn: AsyncConnection, mine: Any, tenant_id: str, live: str
     for row in recorded:
         found.setdefault(row.sku)
     rows = await conn.execute(
-        select(events.c.properties)
-        .where(mine, events.c.name == "order_completed")
-        .order_by(events.c.occurred_at.desc())
-        .limit(MAX_PURCHASED)
+        _newest_of_person(
+            tenant_id,
+            ids,
+            [events.c.properties],
+            [events.c.name == "order_completed"],
+            MAX_PURCHASED,
+        )
     )
     for row in rows:
         skus = (row.properties or {}).get("skus")
@@ -86,6 +92,37 @@ async def _purchased(conn: AsyncConnection, mine: Any, tenant_id: str, live: str
             if isinstance(sku, str):
                 found.setdefault(sku)
     return list(found)[:MAX_PURCHASED]
+
+
+def _of_person(ids: Sequence[str]) -> ColumnElement[bool]:
+    return events.c.customer_id == ids[0] if len(ids) == 1 else events.c.customer_id.in_(ids)
+
+
+def _newest_of_person(
+    tenant_id: str,
+    ids: Sequence[str],
+    columns: Sequence[Any],
+    where: Sequence[ColumnElement[bool]],
+    limit: int,
+) -> Select[Any]:
+    """The newest `limit` of a person's events matching `where`, newest first. Each of her
+    ids is read newest first along the (tenant, customer, time) index and cut at `limit`,
+    then the cuts are merged: a heavy customer's history is never read whole for a page."""
+    order = (events.c.occurred_at.desc(), events.c.seq.desc())
+    wanted = [*columns, events.c.occurred_at, events.c.seq]
+
+    def cut(customer_id: str) -> Select[Any]:
+        return (
+            select(*wanted)
+            .where(events.c.tenant_id == tenant_id, events.c.customer_id == customer_id, *where)
+            .order_by(*order)
+            .limit(limit)
+        )
+
+    if len(ids) == 1:
+        return cut(ids[0])
+    merged = union_all(*(select(cut(i).subquery()) for i in ids)).subquery("person")
+    return select(merged).order_by(merged.c.occurred_at.desc(), merged.c.seq.desc()).limit(limit)
 
 
 def _order_summary(mine: Any, records: Any) -> Any:
@@ -189,7 +226,9 @@ async def get_profile(
             select(customers).where(customers.c.tenant_id == tenant_id, customers.c.id == live)
         )
     ).one()
-    mine = and_(events.c.tenant_id == tenant_id, events.c.customer_id == live)
+    # The person's events: a merge leaves the loser's under its own id (identity.py).
+    ids = await person_ids(conn, tenant_id, live)
+    mine = and_(events.c.tenant_id == tenant_id, _of_person(ids))
     last_seen = {
         Channel(row.channel): row.last
         for row in await conn.execute(
@@ -212,17 +251,17 @@ async def get_profile(
         previous_ids=await _previous_ids(conn, tenant_id, live),
         identifiers=await _identifiers(conn, tenant_id, live),
         traits=customer.traits,
-        interests=await _interests(conn, context, live, now),
+        interests=await _interests(conn, context, ids, now),
         first_seen=first_seen,
         last_seen=last_seen,
         orders=summary,
         lifecycle=rules.lifecycle(first_seen, last, now, context.lifecycle),
-        buyer_type=await _buyer_type(conn, tenant_id, live, records, recorded_buyer),
+        buyer_type=await _buyer_type(conn, tenant_id, ids, records, recorded_buyer),
         annotations=await notes.listed(conn, tenant_id, live, reader or BACKEND_READER),
-        purchased_skus=await _purchased(conn, mine, tenant_id, live),
+        purchased_skus=await _purchased(conn, tenant_id, live, ids),
         purchases=purchases,
         **await _scores(conn, tenant_id, live),
-        recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None)).items,
+        recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None, ids)).items,
         cart=await _cart(conn, context, live, now),
         **await _preference_and_segments(conn, tenant_id, live),
     )
@@ -314,18 +353,16 @@ async def _identifiers(conn: AsyncConnection, tenant_id: str, live: str) -> list
 
 
 async def _interests(
-    conn: AsyncConnection, context: TenantContext, live: str, now: datetime
+    conn: AsyncConnection, context: TenantContext, ids: Sequence[str], now: datetime
 ) -> dict[str, float]:
     rows = await conn.execute(
-        select(events.c.name, events.c.category, events.c.occurred_at)
-        .where(
-            events.c.tenant_id == context.tenant_id,
-            events.c.customer_id == live,
-            events.c.category.is_not(None),
-            events.c.name.in_(INTEREST_EVENTS),
+        _newest_of_person(
+            context.tenant_id,
+            ids,
+            [events.c.name, events.c.category],
+            [events.c.category.is_not(None), events.c.name.in_(INTEREST_EVENTS)],
+            INTEREST_SIGNALS,
         )
-        .order_by(events.c.occurred_at.desc())
-        .limit(INTEREST_SIGNALS)
     )
     signals = [(row.category, row.occurred_at, INTEREST_EVENTS[row.name]) for row in rows]
     return rules.interests(signals, now, context.settings.profile.interest_half_life_days)
@@ -334,7 +371,7 @@ async def _interests(
 async def _buyer_type(
     conn: AsyncConnection,
     tenant_id: str,
-    live: str,
+    ids: Sequence[str],
     records: Any,
     recorded: list[tuple[bool, bool]],
 ) -> rules.BuyerType:
@@ -342,15 +379,13 @@ async def _buyer_type(
     `order_completed` events of orders without a record."""
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     rows = await conn.execute(
-        select(events.c.properties)
-        .where(
-            events.c.tenant_id == tenant_id,
-            events.c.customer_id == live,
-            events.c.name == "order_completed",
-            order.not_in(records),
+        _newest_of_person(
+            tenant_id,
+            ids,
+            [events.c.properties],
+            [events.c.name == "order_completed", order.not_in(records)],
+            ORDERS_FOR_BUYER_TYPE,
         )
-        .order_by(events.c.occurred_at.desc())
-        .limit(ORDERS_FOR_BUYER_TYPE)
     )
     from_events = [
         (
@@ -400,21 +435,25 @@ def _parse_cursor(cursor: str) -> tuple[datetime, int]:
 
 
 async def timeline(
-    conn: AsyncConnection, tenant_id: str, live: str, limit: int, cursor: str | None
+    conn: AsyncConnection,
+    tenant_id: str,
+    live: str,
+    limit: int,
+    cursor: str | None,
+    ids: Sequence[str] | None = None,
 ) -> TimelinePage:
-    """The customer's events across channels, newest first, in pages."""
-    query = (
-        select(events)
-        .where(events.c.tenant_id == tenant_id, events.c.customer_id == live)
-        .order_by(events.c.occurred_at.desc(), events.c.seq.desc())
-        .limit(limit + 1)
-    )
+    """The customer's events across channels (every id merged into her too), newest first,
+    in pages."""
+    where: list[ColumnElement[bool]] = []
     if cursor is not None:
         when, seq = _parse_cursor(cursor)
-        query = query.where(
+        where.append(
             or_(events.c.occurred_at < when, and_(events.c.occurred_at == when, events.c.seq < seq))
         )
-    rows = list(await conn.execute(query))
+    if ids is None:
+        ids = await person_ids(conn, tenant_id, live)
+    columns = [c for c in events.c if c.name not in ("occurred_at", "seq")]
+    rows = list(await conn.execute(_newest_of_person(tenant_id, ids, columns, where, limit + 1)))
     page = rows[:limit]
     more = len(rows) > limit
     return TimelinePage(

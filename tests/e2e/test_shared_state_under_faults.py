@@ -322,3 +322,55 @@ def test_first_session_writes_of_one_key_have_one_winner_everywhere(cluster: Clu
                     latest.channel,
                     latest.written_at,
                 )
+
+
+# --- sign-ins (issue 21: identifier locks, not a tenant-wide one) ----------------------------
+
+
+def test_sign_ins_racing_through_lost_answers_end_in_one_customer_per_person(
+    cluster: Cluster,
+) -> None:
+    """Four devices of each of six people, each its own guest customer with a cart line,
+    sign in with the person's e-mail at the same moment, on both servers, through proxies
+    that lose answers (the SDK retries). Each person ends as one customer holding every
+    device, made of exactly three merges, with every device's cart line; people stay apart."""
+    policy, people, devices = MergePolicy.SUM, 6, 4
+    shop = cluster.shops[policy]
+    with contextlib.ExitStack() as stack:
+        clients = {
+            (p, d): stack.enter_context(cluster.client(p * devices + d, policy))
+            for p in range(people)
+            for d in range(devices)
+        }
+        guests = {}
+        for (p, d), client in clients.items():
+            guests[p, d] = client.identity.identify(anonymous_id=f"storm-{p}-{d}").customer_id
+            client.carts.add(guests[p, d], f"SKU-{d}", 1)
+        together(
+            *(
+                lambda client=client, p=p, d=d: client.identity.identify(
+                    anonymous_id=f"storm-{p}-{d}", email=f"storm{p}@example.com"
+                )
+                for (p, d), client in clients.items()
+            )
+        )
+        with shop.client("admin") as admin:
+            survivors = set()
+            for p in range(people):
+                owners = {admin.identity.resolve("email", f"storm{p}@example.com")}
+                owners |= {
+                    admin.identity.resolve("anonymous", f"storm-{p}-{d}") for d in range(devices)
+                }
+                assert len(owners) == 1 and None not in owners
+                person = owners.pop()
+                assert person in {guests[p, d] for d in range(devices)}
+                survivors.add(person)
+                merges = admin.identity.merges(person)
+                assert len(merges) == devices - 1
+                assert all(m.split_at is None for m in merges)
+                cart = admin.carts.get(person)
+                assert {line.key: line.quantity for line in cart.lines} == {
+                    f"SKU-{d}": 1 for d in range(devices)
+                }
+            assert len(survivors) == people
+    assert cluster.dropped > 0

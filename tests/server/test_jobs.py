@@ -206,3 +206,26 @@ async def test_a_tenant_sees_no_other_tenants_jobs(server: Harness, shop: ShopFo
     other = await server.shop("another shop")
     assert (await other.request("GET", f"/v1/jobs/{job_id}")).status_code == 404
     assert (await other.request("GET", "/v1/jobs")).json()["items"] == []
+
+
+def test_the_cli_runs_lists_and_shows_jobs(
+    migrated_database_url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server_stub import cli
+
+    url = ["--database-url", migrated_database_url]
+    assert cli.main(["tenant", "create", "cli jobs", *url]) == 0
+    tenant = capsys.readouterr().out.split()[0]
+    assert cli.main(["jobs", "run", "--tenant", tenant, "test.count", "--param", "to=3", *url]) == 0
+    run = capsys.readouterr()
+    assert '"counted_to": 3' in run.out
+    assert "3/3" in run.err  # the progress bar, on stderr
+    assert cli.main(["jobs", "list", "--tenant", tenant, *url]) == 0
+    listed = capsys.readouterr().out.split("\t")
+    assert listed[1:4] == ["test.count", "done", "3/3"]
+    assert cli.main(["jobs", "show", "--tenant", tenant, listed[0], *url]) == 0
+    assert '"state": "done"' in capsys.readouterr().out
+    assert cli.main(["jobs", "run", "--tenant", tenant, "test.nothing", *url]) == 2
+    assert "there is no job kind 'test.nothing'" in capsys.readouterr().err
+    assert cli.main(["jobs", "run", "--tenant", tenant, "test.count", "--param", "x", *url]) == 2
+    assert cli.main(["jobs", "show", "--tenant", tenant, "job_nothing", *url]) == 2

@@ -1,0 +1,137 @@
+"""Locks no wider than the data they protect (services/identity.py, docs/server.md "Locks and
+jobs"): one customer's sign-in never waits for another's, while two sign-ins naming the same
+identifier still take turns. PostgreSQL only: SQLite has one writer at a time by design."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import text
+from sqlalchemy.exc import DBAPIError
+
+from omnisdk.core.identifiers import IdentifierKey, IdentifierType
+from server_stub.routing import _lost_a_lock_race
+from server_stub.services import identity
+from server_stub.services.tenant_context import TenantContexts
+from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
+
+GUARD_SECONDS = 60  # a request still waiting after this fails the test instead of hanging it
+
+
+@pytest.fixture
+async def pg_server(migrated_database_url: str) -> AsyncIterator[Harness]:
+    if "postgresql" not in migrated_database_url:
+        pytest.skip("PostgreSQL only: SQLite serialises every writer by design")
+    async for harness in start_harness(migrated_database_url):
+        yield harness
+
+
+async def _identify(shop: ShopForTest, **body: str) -> dict[str, object]:
+    answer = await asyncio.wait_for(
+        shop.request("POST", "/v1/identity/identify", "web", json=body), GUARD_SECONDS
+    )
+    assert answer.status_code == 200, answer.text
+    result: dict[str, object] = answer.json()
+    return result
+
+
+async def _email_key(server: Harness, shop: ShopForTest, email: str) -> IdentifierKey:
+    contexts = TenantContexts(60, TEST_SEALER)
+    async with server.database.transaction(write=False) as conn:
+        context = await contexts.get(conn, shop.id)
+    return context.key(IdentifierType.EMAIL, email)
+
+
+async def _waiting_for_advisory_lock(server: Harness) -> int:
+    async with server.database.transaction(write=False) as conn:
+        found = await conn.scalar(
+            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+        )
+    return int(found or 0)
+
+
+async def test_a_sign_in_completes_while_another_customers_identifiers_are_locked(
+    pg_server: Harness,
+) -> None:
+    shop = await pg_server.shop()
+    amy = await _identify(shop, email="amy@example.com")
+    amy_email = await _email_key(pg_server, shop, "amy@example.com")
+    async with pg_server.database.transaction(write=True) as held:
+        # A sign-in of Amy's, stopped in the middle: her identifier and her row are locked.
+        await identity.lock_identifiers(held, shop.id, [amy_email])
+        assert (
+            await identity.lock_customer(held, shop.id, str(amy["customer_id"]))
+            == amy["customer_id"]
+        )
+        # Bob signs in (a new customer) and Carl links a device: neither waits for Amy.
+        bob = await _identify(shop, email="bob@example.com", anonymous_id="bob-phone")
+        carl = await _identify(shop, customer_ref="carl")
+        carl_again = await _identify(shop, customer_ref="carl", anonymous_id="carl-laptop")
+        assert bob["created"] is True
+        assert carl_again["customer_id"] == carl["customer_id"]
+        assert len({amy["customer_id"], bob["customer_id"], carl["customer_id"]}) == 3
+        # Events of other customers are ingested meanwhile too, new identifiers and all.
+        batch = {
+            "events": [
+                {"name": "page_viewed", "customer_id": bob["customer_id"]},
+                {"name": "page_viewed", "anonymous_id": "dave-phone"},
+            ]
+        }
+        ingested = await asyncio.wait_for(
+            shop.request("POST", "/v1/events/batch", "web", json=batch), GUARD_SECONDS
+        )
+        assert ingested.status_code == 200, ingested.text
+        assert ingested.json()["accepted"] == 2
+
+
+async def test_two_sign_ins_naming_one_identifier_take_turns(pg_server: Harness) -> None:
+    shop = await pg_server.shop()
+    amy = await _identify(shop, email="amy@example.com")
+    amy_email = await _email_key(pg_server, shop, "amy@example.com")
+    async with pg_server.database.transaction(write=True) as held:
+        await identity.lock_identifiers(held, shop.id, [amy_email])
+        # A second sign-in with her address must wait for the first to end...
+        waiting = asyncio.create_task(
+            _identify(shop, email="amy@example.com", anonymous_id="amy-tablet")
+        )
+        while await _waiting_for_advisory_lock(pg_server) == 0:
+            assert not waiting.done(), "the second sign-in did not wait for the first"
+            await asyncio.sleep(0.01)
+        assert not waiting.done()
+    # ...and goes on once it has, to the same customer: no duplicate was created meanwhile.
+    second = await waiting
+    assert second["customer_id"] == amy["customer_id"]
+    assert second["created"] is False
+
+
+async def test_a_deadlock_postgresql_breaks_is_known_as_one_to_run_again(
+    pg_server: Harness,
+) -> None:
+    """The routing runs a request again when PostgreSQL ended it to break a deadlock (a rare
+    race of an id merged between being read and being locked): it must know one."""
+    shop = await pg_server.shop()
+    a = str((await _identify(shop, customer_ref="a"))["customer_id"])
+    b = str((await _identify(shop, customer_ref="b"))["customer_id"])
+    first_locked, second_locked = asyncio.Event(), asyncio.Event()
+    errors: list[BaseException] = []
+
+    async def lock(mine: str, theirs: str, locked: asyncio.Event, other: asyncio.Event) -> None:
+        try:
+            async with pg_server.database.transaction(write=True) as conn:
+                await identity.lock_customers(conn, shop.id, [mine])
+                locked.set()
+                await other.wait()
+                await identity.lock_customers(conn, shop.id, [theirs])  # the wrong order
+        except DBAPIError as error:
+            errors.append(error)
+
+    await asyncio.wait_for(
+        asyncio.gather(
+            lock(a, b, first_locked, second_locked), lock(b, a, second_locked, first_locked)
+        ),
+        GUARD_SECONDS,
+    )
+    assert len(errors) == 1
+    assert isinstance(errors[0], DBAPIError) and _lost_a_lock_race(errors[0])
