@@ -49,7 +49,7 @@ from server_stub.routers import jobs as job_routes
 from server_stub.routers import segments as segments_router
 from server_stub.runtime import Runtime
 from server_stub.sealing import Sealer, sealer_from
-from server_stub.services import maintenance, segments, signing_keys
+from server_stub.services import history_folds, maintenance, segments, signing_keys
 from server_stub.services.changes import ChangeHub
 from server_stub.services.jobs import JobRunner
 from server_stub.services.signing_keys import SigningKeys
@@ -61,6 +61,7 @@ from server_stub.storage.migrate import current_revision, head_revision
 log = logging.getLogger("omnisdk.server")
 PURGE_INTERVAL_SECONDS = 600.0
 IDEMPOTENCY_PURGE_INTERVAL_SECONDS = 60.0
+HISTORY_FOLD_INTERVAL_SECONDS = 1.0
 MIN_PRUNE_INTERVAL_SECONDS = 0.05
 
 
@@ -155,6 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_prune_changes(database, settings)),
             asyncio.create_task(_maintain(database, settings)),
             asyncio.create_task(_drain_segments(database, settings.segment_drain_seconds)),
+            asyncio.create_task(_fold_history(database)),
             asyncio.create_task(_backfill_segments(database, settings.segment_drain_seconds)),
         ]
         try:
@@ -263,6 +265,18 @@ def _reraise_cancellation(exc: Exception) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
+
+
+async def _fold_history(database: Database) -> None:
+    """Fold merged customers' events into the survivor (services/history_folds.py)."""
+    while True:
+        try:
+            while await history_folds.drain(database):
+                pass  # a full round: take the next one at once
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            log.warning("history fold failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(HISTORY_FOLD_INTERVAL_SECONDS)
 
 
 async def _drain_segments(database: Database, interval: float) -> None:

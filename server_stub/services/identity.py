@@ -44,6 +44,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from sqlalchemy import Row, bindparam, delete, func, insert, or_, select, text, tuple_, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.cart import MergePolicy
@@ -65,6 +66,7 @@ from server_stub.storage.tables import (
     annotations_table,
     customers,
     events,
+    history_folds,
     identifiers,
     merges,
     orders,
@@ -420,6 +422,13 @@ async def _merge(
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
             .values(customer_id=survivor.id)
         )
+    # ...and are folded into the survivor's id in the background, in bounded batches.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    await conn.execute(
+        dialect.insert(history_folds)
+        .values(tenant_id=tenant_id, customer_id=loser.id, queued_at=now)
+        .on_conflict_do_nothing()
+    )
     await conn.execute(
         update(customers)
         .where(customers.c.tenant_id == tenant_id, customers.c.merged_into == loser.id)

@@ -41,6 +41,7 @@ from server_stub.storage.tables import (
     customer_scores,
     customers,
     events,
+    history_folds,
     idempotency_records,
     identifiers,
     merges,
@@ -277,6 +278,7 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     removed["stored_answers"] = await _delete_answers_naming(conn, t, ids)
     for column in (audit_log.c.subject, audit_log.c.detail):
         await _rekey(conn, audit_log, t, column.in_(ids), **{column.name: erasure_id})
+    await _delete(conn, history_folds, t, history_folds.c.customer_id.in_(ids))
     removed["customers"] = await _delete(conn, customers, t, customers.c.id.in_(ids))
     # Every SDK cache must forget her now; the change names no one, so caches drop everything.
     await change_feed.publish(

@@ -793,3 +793,14 @@ webhook_endpoints = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     Column("disabled_at", UtcDateTime(), nullable=True),
 )
+
+history_folds = Table(
+    "history_folds",
+    metadata,
+    # Merged customers whose events are still to be folded into the survivor's id, in the
+    # background (services/history_folds.py).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("queued_at", UtcDateTime(), nullable=False),
+    Index("ix_history_folds_queued", "queued_at"),
+)

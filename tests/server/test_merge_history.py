@@ -11,7 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from omnisdk.testing import ATTRIBUTED_EVENTS
+from server_stub.services import history_folds
 from server_stub.storage.tables import events
+from server_stub.storage.tables import history_folds as folds_table
 from tests.server.conftest import Harness, ShopForTest
 
 
@@ -74,10 +76,8 @@ async def test_a_merge_leaves_the_losers_events_in_place_and_reads_find_them(
     await track_many(shop, newer, "new", 18)
     merged = await identify(shop, customer_ref="acct-1", anonymous_id="phone")
     assert merged["customer_id"] == older and merged["merged_customer_ids"] == [newer]
-    # Nothing was rewritten: each event is where it was recorded.
-    assert await stored_under(server, newer) == 18
-    assert await stored_under(server, older) == 12
-    # The person is read whole: every event once, newest first, across both ids.
+    # The person is read whole at once (every event once, newest first, across both ids),
+    # whether or not the background fold has moved the loser's events yet.
     timeline = await whole_timeline(shop, newer)  # the old id resolves to the survivor
     assert len(timeline) == len(set(timeline)) == 30
     profile = (await shop.request("GET", f"/v1/customers/{older}/profile")).json()
@@ -86,6 +86,46 @@ async def test_a_merge_leaves_the_losers_events_in_place_and_reads_find_them(
     assert profile["recent_events"][0]["event_id"] in {"new-17", "old-11"}
     exported = await shop.request("POST", f"/v1/privacy/{older}/export")
     assert len(exported.json()["events"]) == 30
+    # Folded in the background: every event under the survivor, each keeping its origin.
+    await history_folds.drain(server.database)
+    assert await stored_under(server, newer) == 0
+    assert await stored_under(server, older) == 30
+    assert len(await whole_timeline(shop, older)) == 30
+
+
+async def test_the_fold_moves_a_losers_events_in_bounded_batches(
+    server: Harness, shop: ShopForTest
+) -> None:
+    older = (await identify(shop, customer_ref="acct-3"))["customer_id"]
+    newer = (await identify(shop, anonymous_id="watch"))["customer_id"]
+    await track_many(shop, newer, "w", 25)
+    await identify(shop, customer_ref="acct-3", anonymous_id="watch")
+    while await history_folds.drain_one(server.database, batch=10):
+        pass
+    assert await stored_under(server, newer) == 0
+    assert await stored_under(server, older) == 25
+    assert await folds_queued(server) == set()
+
+
+async def test_a_split_before_the_fold_leaves_the_events_where_they_are(
+    server: Harness, shop: ShopForTest
+) -> None:
+    older = (await identify(shop, customer_ref="acct-4"))["customer_id"]
+    newer = (await identify(shop, anonymous_id="car"))["customer_id"]
+    await track_many(shop, newer, "car", 7)
+    merge_id = (await identify(shop, customer_ref="acct-4", anonymous_id="car"))["merge_ids"][0]
+    split = await shop.request("POST", f"/v1/merges/{merge_id}/split")
+    assert split.status_code == 200, split.text
+    await history_folds.drain(server.database)
+    assert await stored_under(server, newer) == 7
+    assert await stored_under(server, older) == 0
+    assert await folds_queued(server) == set()
+
+
+async def folds_queued(server: Harness) -> set[str]:
+    async with server.database.transaction(write=False) as conn:
+        rows = await conn.execute(select(folds_table.c.customer_id))
+    return {row.customer_id for row in rows}
 
 
 async def test_a_split_gives_back_the_losers_events_and_erasure_takes_them_all(
