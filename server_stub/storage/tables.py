@@ -163,6 +163,17 @@ events = Table(
     Index("ix_events_origin", "tenant_id", "origin_customer_id"),
 )
 
+event_receipts = Table(
+    "event_receipts",
+    metadata,
+    # PostgreSQL: ids of events sent without a time of their own, claimed for a day so that
+    # concurrent deliveries of one are stored once (services/events.py); pruned by maintenance.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("event_id", String(64), primary_key=True),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Index("ix_event_receipts_received_at", "received_at"),
+)
+
 merges = Table(
     "merges",
     metadata,

@@ -25,6 +25,7 @@ import sqlalchemy as sa
 from alembic import op
 
 from server_stub.storage import partitions
+from server_stub.storage.tables import UtcDateTime
 
 revision = "0015"
 down_revision = "0013"
@@ -52,6 +53,14 @@ def upgrade() -> None:
             )
         op.create_index("ix_events_occurred_at", "events", ["occurred_at"])
     op.create_index("ix_events_origin", "events", ["tenant_id", "origin_customer_id"])
+    op.create_table(
+        "event_receipts",
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("event_id", sa.String(64), nullable=False),
+        sa.Column("received_at", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("tenant_id", "event_id", name="pk_event_receipts"),
+    )
+    op.create_index("ix_event_receipts_received_at", "event_receipts", ["received_at"])
     op.create_index("ix_changes_kind", "changes", ["tenant_id", "kind", "position"])
 
 
@@ -118,6 +127,7 @@ def _partition_events(bind: sa.Connection) -> None:
 def downgrade() -> None:
     op.drop_index("ix_changes_kind", "changes")
     op.drop_index("ix_events_origin", "events")
+    op.drop_table("event_receipts")
     if op.get_bind().dialect.name == "postgresql":
         op.execute(f"CREATE TABLE {OLD} (LIKE events INCLUDING DEFAULTS)")
         op.execute(f"INSERT INTO {OLD} SELECT * FROM events")
