@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -137,11 +138,14 @@ PG_CUSTOMERS = 1_000
 
 
 def _pg_batch(number: int) -> list[dict[str, Any]]:
+    # With their time, as the SDK sends every event (services/events.py, "Event ids").
+    when = datetime.now(UTC).isoformat()
     return [
         {
             "anonymous_id": f"visitor-{(number * BATCH + n) % PG_CUSTOMERS}",
             "name": "product_viewed",
             "event_id": f"p{number}-{n}",
+            "timestamp": when,
             "properties": {"sku": f"sku-{n % 37}", "category": "running", "price": 99.5},
         }
         for n in range(BATCH)
@@ -191,7 +195,6 @@ async def _pg_ceiling(url: str, batches: list[list[dict[str, Any]]]) -> float:
     """asyncpg alone copying the same rows into the same (partitioned) events table, one COPY
     per batch of 500 (`copy_records_to_table`) on 2 connections at once."""
     import json
-    from datetime import UTC, datetime
 
     import asyncpg
     from sqlalchemy.engine import make_url

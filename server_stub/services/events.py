@@ -352,15 +352,33 @@ async def _stored_ids(
         )
         seen = set(untimed) - {row[0] for row in claimed}
     times = [item.occurred_at for item in items]
-    rows = await conn.execute(
+    ids = sorted({item.event_id for item in items})
+    since, until = min(times) - DEDUPE_WINDOW, max(times) + DEDUPE_WINDOW
+    if conn.dialect.name == "postgresql":
+        rows = await _STORED_ON_POSTGRESQL.fetchall(
+            conn, {"tenant": tenant_id, "ids": ids, "since": since, "until": until}
+        )
+        return seen | {row[0] for row in rows}
+    found = await conn.execute(
         select(events.c.event_id).where(
             events.c.tenant_id == tenant_id,
-            events.c.event_id.in_({item.event_id for item in items}),
-            events.c.occurred_at >= min(times) - DEDUPE_WINDOW,
-            events.c.occurred_at <= max(times) + DEDUPE_WINDOW,
+            events.c.event_id.in_(ids),
+            events.c.occurred_at >= since,
+            events.c.occurred_at <= until,
         )
     )
-    return seen | {row.event_id for row in rows}
+    return seen | {row.event_id for row in found}
+
+
+# PostgreSQL: the ids as one array parameter (one plan, whatever the batch size).
+_STORED_ON_POSTGRESQL = Prepared(
+    text(
+        "SELECT event_id FROM events WHERE tenant_id = :tenant "
+        "AND event_id = ANY(CAST(:ids AS text[])) "
+        "AND occurred_at >= CAST(:since AS timestamptz) "
+        "AND occurred_at <= CAST(:until AS timestamptz)"
+    )
+)
 
 
 async def record_order(
