@@ -294,9 +294,10 @@ async def _delete_events(
             .where(events.c.tenant_id == tenant_id, condition)
             .limit(batch)
         )
+        key = tuple_(events.c.seq, events.c.occurred_at)
         async with database.transaction(write=True) as conn:
             result = await conn.execute(
-                delete(events).where(tuple_(events.c.seq, events.c.occurred_at).in_(chosen))
+                delete(events).where(events.c.tenant_id == tenant_id, key.in_(chosen))
             )
         removed = int(result.rowcount or 0)
         report.add(STEPS[step], removed, progress)

@@ -155,7 +155,7 @@ events = Table(
     Column("category", String(100), nullable=True),
     Column("value", Float, nullable=True),
     # On PostgreSQL the table is partitioned by month of `occurred_at` (storage/partitions.py),
-    # so every unique key holds it: the primary key there is (seq, occurred_at).
+    # so every unique key holds it: the primary key there is (tenant_id, seq, occurred_at).
     UniqueConstraint("tenant_id", "event_id", "occurred_at", name="uq_events_tenant_event"),
     Index("ix_events_customer_time", "tenant_id", "customer_id", "occurred_at"),
     Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
