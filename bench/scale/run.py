@@ -286,6 +286,8 @@ def page(runs: list[Run]) -> str:
         "",
         f"Machine: {_machine()}.",
         "",
+        NOTE,
+        "",
         "## Load",
         "",
         "| customers | identifiers | events | carts | consent decisions | load time | "
@@ -316,7 +318,20 @@ def page(runs: list[Run]) -> str:
     for n, item in enumerate(runs[0].throughputs):
         cells = [f"{r.throughputs[n].per_second:,.0f} {item.unit}" for r in runs]
         lines.append(f"| {item.name} | {item.processes} | " + " | ".join(cells) + " |")
+    lines += ["", CLOSING]
     return "\n".join(lines) + "\n"
+
+
+NOTE = (
+    "On a machine shared with other work, a p99 is mostly other processes' time slices: "
+    "compare figures of one run only, and re-run on a quiet machine before drawing limits "
+    "from them. The sign-in storm is bounded by identify's tenant-wide lock (issue 21, part "
+    "A); each request's own cost is in the table of single requests."
+)
+CLOSING = (
+    "What to do with these figures: [scaling.md](scaling.md) (settings, pooling, partitions "
+    "and retention, replicas, the Citus plan)."
+)
 
 
 def main(argv: list[str]) -> int:
