@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: demo test bench lint typecheck install clean pos-catalogue pos-screenshots docs docs-build
+.PHONY: demo test bench bench-scale lint typecheck install clean pos-catalogue pos-screenshots docs docs-build
 
 $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "omnisdk needs Python 3.11 or newer (set PYTHON=python3.X)")'
@@ -42,6 +42,11 @@ typecheck: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
 	$(BIN)/python -m bench.run
+
+## bench-scale: load shops of 10 k and 1 M customers on PostgreSQL and write docs/scale.md (minutes; not in make test)
+bench-scale: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
+	$(BIN)/python -m bench.scale.run --customers $(or $(CUSTOMERS),10000 1000000) --write
 
 ## pos-catalogue: extract the return station's messages and merge them into each language's .po
 POS := server_stub/pos

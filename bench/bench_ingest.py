@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -124,10 +125,168 @@ def _ingestion(directory: Path) -> Figure:
         peer_name="sqlite3 inserting the same rows",
         unit="events/s",
         ratio=ours / ceiling,
-        goal="≥ 10,000 events/s",
-        met=ours >= 10_000,
+        goal="≥ 10,000 events/s and ≥ 0.30 (issue 22)",
+        met=ours >= 10_000 and ours / ceiling >= 0.30,
         note=f"{BATCHES} batches of {BATCH} from {SENDERS} concurrent senders; "
         f"all {stored:,} counted in the database afterwards",
+    )
+
+
+PG_BATCHES = 120
+PG_SENDERS = 8
+PG_CUSTOMERS = 1_000
+
+
+def _pg_batch(number: int) -> list[dict[str, Any]]:
+    # With their time, as the SDK sends every event (services/events.py, "Event ids").
+    when = datetime.now(UTC).isoformat()
+    return [
+        {
+            "anonymous_id": f"visitor-{(number * BATCH + n) % PG_CUSTOMERS}",
+            "name": "product_viewed",
+            "event_id": f"p{number}-{n}",
+            "timestamp": when,
+            "properties": {"sku": f"sku-{n % 37}", "category": "running", "price": 99.5},
+        }
+        for n in range(BATCH)
+    ]
+
+
+async def _send_spread(urls: list[str], key: str, batches: list[list[dict[str, Any]]]) -> float:
+    """`_send_all` with the senders spread over several server processes."""
+    headers = {"Authorization": f"Bearer {key}"}
+    work = iter(batches)
+
+    async def sender(http: httpx.AsyncClient) -> None:
+        for batch in work:
+            response = await http.post("/v1/events/batch", json={"events": batch}, headers=headers)
+            response.raise_for_status()
+            assert response.json()["accepted"] == len(batch), response.text
+
+    clients = [
+        httpx.AsyncClient(base_url=urls[n % len(urls)], timeout=60) for n in range(PG_SENDERS)
+    ]
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(sender(http) for http in clients))
+        return time.perf_counter() - started
+    finally:
+        for http in clients:
+            await http.aclose()
+
+
+async def _pg_count(url: str, prefix: str) -> int:
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    where = make_url(url)
+    conn = await asyncpg.connect(
+        host=where.host, port=where.port, user=where.username, database=where.database
+    )
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM events WHERE event_id LIKE $1", prefix + "%")
+        )
+    finally:
+        await conn.close()
+
+
+async def _pg_ceiling(url: str, batches: list[list[dict[str, Any]]]) -> float:
+    """asyncpg alone copying the same rows into the same (partitioned) events table, one COPY
+    per batch of 500 (`copy_records_to_table`) on 2 connections at once."""
+    import json
+
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    where = make_url(url)
+    columns = [
+        "tenant_id",
+        "event_id",
+        "customer_id",
+        "origin_customer_id",
+        "name",
+        "channel",
+        "occurred_at",
+        "received_at",
+        "properties",
+        "category",
+        "value",
+    ]
+    now = datetime.now(UTC)
+    work = iter(batches)
+
+    async def copier() -> None:
+        conn = await asyncpg.connect(
+            host=where.host, port=where.port, user=where.username, database=where.database
+        )
+        try:
+            for batch in work:
+                rows = [
+                    (
+                        "ceiling",
+                        "c" + e["event_id"],
+                        e["anonymous_id"],
+                        e["anonymous_id"],
+                        e["name"],
+                        "web",
+                        now,
+                        now,
+                        json.dumps(e["properties"]),
+                        "running",
+                        None,
+                    )
+                    for e in batch
+                ]
+                async with conn.transaction():
+                    await conn.copy_records_to_table("events", records=rows, columns=columns)
+        finally:
+            await conn.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(copier(), copier())
+    return sum(len(b) for b in batches) / (time.perf_counter() - started)
+
+
+def _ingestion_postgres() -> Figure | None:
+    from bench.bench_cart_history import _drop
+    from bench.bench_carts import _postgres_database
+
+    url = _postgres_database()
+    if url is None:
+        return None
+    batches = [_pg_batch(n) for n in range(PG_BATCHES)]
+    try:
+        with ServerProcess(url) as first, ServerProcess(url, secret_key=first.secret_key) as second:
+            key = first.create_tenant("bench").key("web")
+            warm = [
+                [
+                    {"anonymous_id": f"visitor-{c}", "name": "page_viewed", "event_id": f"w{c}"}
+                    for c in range(start, start + BATCH)
+                ]
+                for start in range(0, PG_CUSTOMERS, BATCH)
+            ]
+            asyncio.run(_send_spread([first.url], key, warm))
+            elapsed = asyncio.run(_send_spread([first.url, second.url], key, batches))
+        stored = asyncio.run(_pg_count(url, "p"))
+        if stored != PG_BATCHES * BATCH:
+            raise RuntimeError(f"only {stored} of {PG_BATCHES * BATCH} events were stored")
+        ceiling = asyncio.run(_pg_ceiling(url, batches))
+    finally:
+        _drop(url)
+    ours = stored / elapsed
+    return Figure(
+        name="events stored through POST /v1/events/batch, PostgreSQL, 2 server processes",
+        ours=ours,
+        peer=ceiling,
+        peer_name="asyncpg COPY of the same rows into the same table, 2 connections",
+        unit="events/s",
+        ratio=ours / ceiling,
+        goal="≥ 10,000 events/s (issue 22)",
+        met=ours >= 10_000,
+        note=f"{PG_BATCHES} batches of {BATCH} from {PG_SENDERS} concurrent senders over 2 "
+        f"processes, {PG_CUSTOMERS:,} known visitors (identifier lookups and consent at event "
+        f"time per batch); all {stored:,} counted in the database afterwards",
     )
 
 
@@ -202,4 +361,8 @@ def _raw_update(directory: Path) -> float:
 
 def run() -> list[Figure]:
     with tempfile.TemporaryDirectory() as directory:
-        return [_ingestion(Path(directory)), _merges(Path(directory))]
+        figures = [_ingestion(Path(directory))]
+        postgres = _ingestion_postgres()
+        if postgres is not None:
+            figures.append(postgres)
+        return [*figures, _merges(Path(directory))]

@@ -356,6 +356,9 @@ async def analytics_allowed(
     allowed = {}
     for customer, when in wanted:
         decisions = by_customer[customer]
+        if not decisions:  # no decision at any time: the basis alone decides
+            allowed[customer, when] = not opt_in
+            continue
         current = rules.state_at(decisions, when.timestamp(), skew=skew).get("analytics")
         if opt_in:
             allowed[customer, when] = current is not None and current.granted

@@ -297,7 +297,7 @@ async def _store(
     now: datetime,
     secret: bytes,
 ) -> tuple[list[tuple[int, str, str]], list[tuple[int, str, str]]]:
-    seen = await _stored_ids(conn, tenant_id, items)
+    seen = await _stored_ids(conn, tenant_id, items, now)
     accepted: list[tuple[int, str, str]] = []
     duplicates: list[tuple[int, str, str]] = []
     rows: list[dict[str, Any]] = []
@@ -331,7 +331,12 @@ async def _store(
             }
         )
     if rows:
-        await _insert(conn, tenant_id, now, rows)
+        inserted = await _insert(conn, tenant_id, now, rows)
+        if inserted is not None and len(inserted) < len(rows):
+            # Stored meanwhile by a concurrent request (the unique key made ours a no-op).
+            duplicates += [outcome for outcome in accepted if outcome[1] not in inserted]
+            duplicates.sort()
+            accepted = [outcome for outcome in accepted if outcome[1] in inserted]
         owners = {row["customer_id"] for row in rows}
         await segment_hook.profile_changed(
             conn, tenant_id, [owner for owner in owners if not is_anonymous(owner)]
@@ -339,35 +344,62 @@ async def _store(
     return accepted, duplicates
 
 
-# PostgreSQL: events without a time of their own (stored at their arrival) cannot meet their
-# replay in the unique key (tenant, event id, time); concurrent deliveries of one such id
-# queue on a lock of the id instead, taken in one order, held to the end of the transaction.
-_LOCK_EVENT_IDS = Prepared(
+# PostgreSQL: an event sent without a time is stored at its arrival, so its replay does not
+# meet it in the unique key (tenant, event id, time). Its id is claimed in `event_receipts`
+# (a plain table, kept DEDUPE_WINDOW): of two concurrent deliveries one claims it, the other
+# waits for that claim to commit and finds it taken. SQLite has one writer at a time: the
+# lookup below suffices there.
+_CLAIM_EVENT_IDS = Prepared(
     text(
-        "SELECT count(pg_advisory_xact_lock(hashtextextended(k, 21))) "
-        "FROM (SELECT unnest(CAST(:keys AS text[])) AS k ORDER BY 1) AS ids"
+        "INSERT INTO event_receipts (tenant_id, event_id, received_at) "
+        "SELECT :tenant, id, CAST(:now AS timestamptz) FROM unnest(CAST(:ids AS text[])) AS id "
+        "ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id"
     )
 )
 
 
-async def _stored_ids(conn: AsyncConnection, tenant_id: str, items: list[_Pending]) -> set[str]:
+async def _stored_ids(
+    conn: AsyncConnection, tenant_id: str, items: list[_Pending], now: datetime
+) -> set[str]:
     """The ids of `items` that the tenant already holds for a time within DEDUPE_WINDOW of
     the batch's times. The window keeps the lookup in the partitions of those months."""
     if not items:
         return set()
-    untimed = sorted({f"{tenant_id}:{i.event_id}" for i in items if i.event.timestamp is None})
+    seen: set[str] = set()
+    untimed = sorted({i.event_id for i in items if i.event.timestamp is None})
     if untimed and conn.dialect.name == "postgresql":
-        await _LOCK_EVENT_IDS.fetchone(conn, {"keys": untimed})
+        claimed = await _CLAIM_EVENT_IDS.fetchall(
+            conn, {"tenant": tenant_id, "now": now, "ids": untimed}
+        )
+        seen = set(untimed) - {row[0] for row in claimed}
     times = [item.occurred_at for item in items]
-    rows = await conn.execute(
+    ids = sorted({item.event_id for item in items})
+    since, until = min(times) - DEDUPE_WINDOW, max(times) + DEDUPE_WINDOW
+    if conn.dialect.name == "postgresql":
+        rows = await _STORED_ON_POSTGRESQL.fetchall(
+            conn, {"tenant": tenant_id, "ids": ids, "since": since, "until": until}
+        )
+        return seen | {row[0] for row in rows}
+    found = await conn.execute(
         select(events.c.event_id).where(
             events.c.tenant_id == tenant_id,
-            events.c.event_id.in_({item.event_id for item in items}),
-            events.c.occurred_at >= min(times) - DEDUPE_WINDOW,
-            events.c.occurred_at <= max(times) + DEDUPE_WINDOW,
+            events.c.event_id.in_(ids),
+            events.c.occurred_at >= since,
+            events.c.occurred_at <= until,
         )
     )
-    return {row.event_id for row in rows}
+    return seen | {row.event_id for row in found}
+
+
+# PostgreSQL: the ids as one array parameter (one plan, whatever the batch size).
+_STORED_ON_POSTGRESQL = Prepared(
+    text(
+        "SELECT event_id FROM events WHERE tenant_id = :tenant "
+        "AND event_id = ANY(CAST(:ids AS text[])) "
+        "AND occurred_at >= CAST(:since AS timestamptz) "
+        "AND occurred_at <= CAST(:until AS timestamptz)"
+    )
+)
 
 
 async def record_order(
@@ -415,6 +447,7 @@ FROM unnest(CAST(:event_ids AS text[]), CAST(:customers AS text[]), CAST(:names 
             CAST(:amounts AS float8[]))
      AS e(event_id, customer_id, name, channel, occurred_at, properties, category, value)
 ON CONFLICT (tenant_id, event_id, occurred_at) DO NOTHING
+RETURNING event_id
 """
     )
 )
@@ -442,11 +475,12 @@ _INSERT_ON_SQLITE = Prepared(
 
 async def _insert(
     conn: AsyncConnection, tenant_id: str, now: datetime, rows: list[dict[str, Any]]
-) -> None:
+) -> set[str] | None:
     """Store `rows` (event id, owner, name, channel, time, properties, category, value) as
-    events of the tenant received `now`, skipping any already stored."""
+    events of the tenant received `now`, skipping any already stored. On PostgreSQL, returns
+    the ids stored (SQLite, one writer at a time, never meets a concurrent insert)."""
     if conn.dialect.name == "postgresql":
-        await _INSERT_ON_POSTGRESQL.execute(
+        inserted = await _INSERT_ON_POSTGRESQL.fetchall(
             conn,
             {
                 "tenant": tenant_id,
@@ -461,7 +495,7 @@ async def _insert(
                 "amounts": [row["value"] for row in rows],
             },
         )
-        return
+        return {row[0] for row in inserted}
     await _INSERT_ON_SQLITE.executemany(
         conn,
         [
@@ -474,3 +508,4 @@ async def _insert(
             for row in rows
         ],
     )
+    return None

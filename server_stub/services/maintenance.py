@@ -11,6 +11,7 @@ One run, in this order, each step in short transactions of at most `batch` rows:
 3. Events stored without identifiers (the `~anon-` day buckets) on their own retention.
 4. The change feed, by age (`change_retention_seconds`), `batch` positions at a time.
 5. Idempotency records past their lifetime, oldest first, `batch` at a time.
+6. Claims of event ids sent without a time, once past the dedupe window (services/events.py).
 
 The server runs it every `maintenance_interval_seconds`, one process at a time (on PostgreSQL
 a session advisory lock on a direct connection decides which; on SQLite, with one writer at a
@@ -33,11 +34,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.models import TenantSettings
 from server_stub.ids import utcnow
 from server_stub.services import changes, idempotency
-from server_stub.services.events import ANONYMOUS_PREFIX, anonymous_bucket
+from server_stub.services.events import ANONYMOUS_PREFIX, DEDUPE_WINDOW, anonymous_bucket
 from server_stub.settings import Settings
 from server_stub.storage import partitions
 from server_stub.storage.database import Database
-from server_stub.storage.tables import events, tenants
+from server_stub.storage.tables import event_receipts, events, tenants
 
 # Any constant works; it only has to be the same for every server process.
 MAINTENANCE_LOCK = 7_470_021
@@ -52,6 +53,7 @@ STEPS = (
     "anonymous events deleted",
     "changes pruned",
     "idempotency records pruned",
+    "event receipts pruned",
 )
 
 
@@ -119,7 +121,27 @@ async def _run(
     await purge_idempotency(
         database, settings.idempotency_ttl_seconds, now, batch, _told(report, 5, progress)
     )
+    await _prune_receipts(database, now, batch, _told(report, 6, progress))
     return report
+
+
+async def _prune_receipts(
+    database: Database, now: datetime, batch: int, told: Callable[[int], None]
+) -> None:
+    """Forget claims of event ids older than the dedupe window (services/events.py)."""
+    key = tuple_(event_receipts.c.tenant_id, event_receipts.c.event_id)
+    while True:
+        oldest = (
+            select(event_receipts.c.tenant_id, event_receipts.c.event_id)
+            .where(event_receipts.c.received_at < now - DEDUPE_WINDOW)
+            .limit(batch)
+        )
+        async with database.transaction(write=True) as conn:
+            result = await conn.execute(delete(event_receipts).where(key.in_(oldest)))
+        removed = int(result.rowcount or 0)
+        told(removed)
+        if removed < batch:
+            return
 
 
 def _told(report: Report, step: int, progress: Progress | None) -> Callable[[int], None]:
@@ -272,9 +294,10 @@ async def _delete_events(
             .where(events.c.tenant_id == tenant_id, condition)
             .limit(batch)
         )
+        key = tuple_(events.c.seq, events.c.occurred_at)
         async with database.transaction(write=True) as conn:
             result = await conn.execute(
-                delete(events).where(tuple_(events.c.seq, events.c.occurred_at).in_(chosen))
+                delete(events).where(events.c.tenant_id == tenant_id, key.in_(chosen))
             )
         removed = int(result.rowcount or 0)
         report.add(STEPS[step], removed, progress)

@@ -87,6 +87,34 @@ class Prepared:
             for process, value in zip(compiled.results, row, strict=True)
         )
 
+    async def fetchall(
+        self, conn: AsyncConnection, parameters: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Every row (its values processed as SQLAlchemy would)."""
+        compiled = self._compiled(conn.dialect)
+        values = _values(compiled, parameters)
+        if statement_observers:
+            _observe(compiled.sql, values)
+        driver, kind = await _driver(conn)
+        try:
+            if kind is _Kind.SQLITE:
+                rows = driver.execute(compiled.sql, values).fetchall()
+            elif kind is _Kind.ASYNCPG:
+                rows = await driver.fetch(compiled.sql, *values)
+            else:
+                rows = (await conn.exec_driver_sql(compiled.sql, values)).all()
+        except Exception as error:
+            raise _wrapped(conn, compiled.sql, error) from error
+        if not compiled.results:
+            return [tuple(row) for row in rows]
+        return [
+            tuple(
+                value if process is None else process(value)
+                for process, value in zip(compiled.results, row, strict=True)
+            )
+            for row in rows
+        ]
+
     async def execute(self, conn: AsyncConnection, parameters: Mapping[str, Any]) -> None:
         compiled = self._compiled(conn.dialect)
         values = _values(compiled, parameters)

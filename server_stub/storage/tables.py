@@ -189,12 +189,23 @@ events = Table(
     Column("category", String(100), nullable=True),
     Column("value", Float, nullable=True),
     # On PostgreSQL the table is partitioned by month of `occurred_at` (storage/partitions.py),
-    # so every unique key holds it: the primary key there is (seq, occurred_at).
+    # so every unique key holds it: the primary key there is (tenant_id, seq, occurred_at).
     UniqueConstraint("tenant_id", "event_id", "occurred_at", name="uq_events_tenant_event"),
     Index("ix_events_customer_time", "tenant_id", "customer_id", "occurred_at"),
     Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
     # Erasure finds the events recorded for any of the customer's ids wherever they are now.
     Index("ix_events_origin", "tenant_id", "origin_customer_id"),
+)
+
+event_receipts = Table(
+    "event_receipts",
+    metadata,
+    # PostgreSQL: ids of events sent without a time of their own, claimed for a day so that
+    # concurrent deliveries of one are stored once (services/events.py); pruned by maintenance.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("event_id", String(64), primary_key=True),
+    Column("received_at", UtcDateTime(), nullable=False),
+    Index("ix_event_receipts_received_at", "received_at"),
 )
 
 merges = Table(

@@ -1,0 +1,209 @@
+"""Load a shop of N customers into the project's own schema on PostgreSQL, through COPY.
+
+Per N customers: N customers; 3N identifiers (two devices each, and a shop account id or a
+loyalty card);
+events with skew (HEAVY customers with 10,000 each, 5 % with 20, the rest 3; one in ten an
+order); carts for one in ten; an analytics decision for every other one. Rows go in chunks, so
+memory stays bounded whatever N.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from omnisdk.core.cart import Cart
+
+HEAVY = 5  # customers with HEAVY_EVENTS events each: s0 (profile), s1 (export), s2.. (erasure)
+HEAVY_EVENTS = 10_000
+CHUNK = 50_000
+
+
+@dataclass(frozen=True)
+class Loaded:
+    customers: int
+    identifiers: int
+    events: int
+    carts: int
+    decisions: int
+    seconds: float
+    bytes: int
+
+
+def customer_id(n: int) -> str:
+    return f"cus_s{n}"
+
+
+def events_of(n: int, customers: int) -> int:
+    if n < HEAVY:
+        return HEAVY_EVENTS
+    return 20 if n % 20 == 0 else 3
+
+
+def _chunks(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
+    chunk: list[tuple[Any, ...]] = []
+    for row in rows:
+        chunk.append(row)
+        if len(chunk) == CHUNK:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+async def _copy(
+    conn: asyncpg.Connection, table: str, columns: list[str], rows: Iterator[tuple[Any, ...]]
+) -> int:
+    count = 0
+    for chunk in _chunks(rows):
+        await conn.copy_records_to_table(table, records=chunk, columns=columns)
+        count += len(chunk)
+    return count
+
+
+async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
+    """Load the shop into tenant `tenant_id` of the migrated database at `dsn`."""
+    now = datetime.now(UTC)
+    started = time.perf_counter()
+    conn = await asyncpg.connect(**dsn)
+    try:
+        before = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+        loaded_customers = await _copy(
+            conn,
+            "customers",
+            ["tenant_id", "id", "created_at", "traits"],
+            ((tenant_id, customer_id(n), now, "{}") for n in range(customers)),
+        )
+        identifiers = await _copy(
+            conn,
+            "identifiers",
+            ["tenant_id", "type", "value", "customer_id", "shared", "linked_at"],
+            (
+                (tenant_id, kind, value.format(n), customer_id(n), False, now)
+                for n in range(customers)
+                for kind, value in (
+                    ("anonymous", "dev-{}-a"),
+                    ("anonymous", "dev-{}-b"),
+                    # Even customers have a shop account; odd ones a loyalty card (so that
+                    # two odd ones may merge: a customer holds one customer_ref).
+                    ("customer_ref", "ref-{}") if n % 2 == 0 else ("loyalty_card", "CARD{}"),
+                )
+            ),
+        )
+        events = await _copy(conn, "events", _EVENT_COLUMNS, _events(tenant_id, customers, now))
+        cart = json.dumps(Cart().to_dict())
+        carts = await _copy(
+            conn,
+            "carts",
+            ["tenant_id", "customer_id", "state", "version", "updated_at"],
+            ((tenant_id, customer_id(n), cart, 1, now) for n in range(0, customers, 10)),
+        )
+        decisions = await _copy(
+            conn,
+            "consent_decisions",
+            _DECISION_COLUMNS,
+            (
+                (
+                    tenant_id,
+                    f"cns_s{n}",
+                    customer_id(n),
+                    customer_id(n),
+                    "analytics",
+                    "granted",
+                    "person",
+                    "web",
+                    "banner",
+                    "click",
+                    1,
+                    now - timedelta(days=90),
+                )
+                for n in range(0, customers, 2)
+            ),
+        )
+        await conn.execute("ANALYZE")
+        after = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
+    finally:
+        await conn.close()
+    return Loaded(
+        loaded_customers,
+        identifiers,
+        events,
+        carts,
+        decisions,
+        time.perf_counter() - started,
+        after - before,
+    )
+
+
+_EVENT_COLUMNS = [
+    "tenant_id",
+    "event_id",
+    "customer_id",
+    "origin_customer_id",
+    "name",
+    "channel",
+    "occurred_at",
+    "received_at",
+    "properties",
+    "category",
+    "value",
+]
+_DECISION_COLUMNS = [
+    "tenant_id",
+    "id",
+    "customer_id",
+    "origin_customer_id",
+    "purpose",
+    "status",
+    "scope",
+    "channel",
+    "source",
+    "method",
+    "notice_version",
+    "recorded_at",
+]
+
+
+def _events(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
+    serial = 0
+    for n in range(customers):
+        owner = customer_id(n)
+        for k in range(events_of(n, customers)):
+            serial += 1
+            when = now - timedelta(minutes=(serial * 7919) % (60 * 24 * 60))
+            if k % 10 == 9:
+                properties = {"order_id": f"o{serial}", "value": 80.0, "skus": [f"SKU{k % 300}"]}
+                yield (
+                    tenant_id,
+                    f"s{serial}",
+                    owner,
+                    owner,
+                    "order_completed",
+                    "web",
+                    when,
+                    now,
+                    json.dumps(properties),
+                    "shoes",
+                    80.0,
+                )
+            else:
+                properties = {"sku": f"SKU{serial % 300}", "category": "shoes"}
+                yield (
+                    tenant_id,
+                    f"s{serial}",
+                    owner,
+                    owner,
+                    "product_viewed",
+                    "web",
+                    when,
+                    now,
+                    json.dumps(properties),
+                    "shoes",
+                    None,
+                )

@@ -1,0 +1,356 @@
+"""`make bench-scale`: per-request cost and throughput at growing numbers of customers.
+
+    python -m bench.scale.run [--customers 10000 1000000] [--write]
+
+For each N: a fresh PostgreSQL database (OMNISDK_BENCH_POSTGRES_URL names the server), a
+shop of N customers loaded through COPY (bench/scale/generate.py), then over HTTP against
+real server processes: p50/p99 of each operation, and the throughput of a sign-in storm and a
+sale-day ingest with 32 concurrent clients on 2 and 4 server processes. `--write` writes
+docs/scale.md. Not part of `make test` or `make bench`: at 1 M customers it loads for minutes.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import os
+import platform
+import random
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+from sqlalchemy.engine import make_url
+
+from bench.bench_cart_history import _drop
+from bench.bench_carts import _postgres_database
+from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load
+from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess
+
+OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "scale.md"
+SAMPLES = 200
+CONCURRENCY = 32
+
+
+@dataclass(frozen=True)
+class Timing:
+    name: str
+    p50_ms: float
+    p99_ms: float
+    samples: int
+
+
+@dataclass(frozen=True)
+class Throughput:
+    name: str
+    processes: int
+    per_second: float
+    unit: str
+
+
+@dataclass(frozen=True)
+class Run:
+    customers: int
+    loaded: Loaded
+    timings: list[Timing]
+    throughputs: list[Throughput]
+
+
+def _percentiles(name: str, seconds: list[float]) -> Timing:
+    ordered = sorted(seconds)
+    p99 = ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
+    return Timing(name, statistics.median(ordered) * 1000, p99 * 1000, len(ordered))
+
+
+def _time(name: str, samples: int, call: Callable[[int], httpx.Response]) -> Timing:
+    taken = []
+    for n in range(samples):
+        started = time.perf_counter()
+        response = call(n)
+        taken.append(time.perf_counter() - started)
+        if response.status_code >= 300:
+            raise RuntimeError(f"{name}: {response.status_code} {response.text[:300]}")
+    return _percentiles(name, taken)
+
+
+def _events(customers: int, count: int) -> list[dict[str, Any]]:
+    when = datetime.now(UTC).isoformat()
+    return [
+        {
+            "customer_id": customer_id(random.randrange(HEAVY, customers)),
+            "name": "product_viewed",
+            "event_id": uuid.uuid4().hex,
+            "timestamp": when,
+            "properties": {"sku": "SKU1", "category": "shoes"},
+        }
+        for _ in range(count)
+    ]
+
+
+def _latencies(url: str, keys: dict[str, str], customers: int) -> list[Timing]:
+    web = {"Authorization": f"Bearer {keys['web']}"}
+    admin = {"Authorization": f"Bearer {keys['admin']}"}
+    rng = random.Random(21)
+    ordinary = list(range(HEAVY, customers))
+    odd = [n for n in ordinary if n % 2]  # no shop account: any two of them may merge
+    pairs = iter(rng.sample(odd, min(len(odd) // 2 * 2, 2 * SAMPLES)))
+    with httpx.Client(base_url=url, timeout=120) as http:
+
+        def post(path: str, body: Any, headers: dict[str, str] = web) -> httpx.Response:
+            return http.post(path, json=body, headers=headers)
+
+        def anyone() -> str:
+            return customer_id(rng.choice(ordinary))
+
+        line = {"sku": "TR2", "options": {"size": "38"}}
+        timings = [
+            _time(
+                "identify, known device",
+                SAMPLES,
+                lambda n: post(
+                    "/v1/identity/identify",
+                    {"anonymous_id": f"dev-{rng.choice(ordinary)}-a"},
+                ),
+            ),
+            _time(
+                "identify, new device",
+                SAMPLES,
+                lambda n: post("/v1/identity/identify", {"anonymous_id": uuid.uuid4().hex}),
+            ),
+            _time(
+                "identify merging two customers",
+                SAMPLES // 2,
+                lambda n: post(
+                    "/v1/identity/identify",
+                    {
+                        "identifiers": [
+                            {"type": "anonymous", "value": f"dev-{next(pairs)}-b"},
+                            {"type": "anonymous", "value": f"dev-{next(pairs)}-b"},
+                        ]
+                    },
+                ),
+            ),
+            _time(
+                "cart add",
+                SAMPLES,
+                lambda n: post(
+                    f"/v1/carts/{anyone()}/ops",
+                    {"ops": [{"op_id": f"bench:{n + 1}", "type": "add", "line": line, "delta": 1}]},
+                ),
+            ),
+            _time(
+                "profile",
+                SAMPLES,
+                lambda n: http.get(f"/v1/customers/{anyone()}/profile", headers=admin),
+            ),
+            _time(
+                f"profile of a customer with {HEAVY_EVENTS:,} events",
+                SAMPLES // 4,
+                lambda n: http.get(f"/v1/customers/{customer_id(0)}/profile", headers=admin),
+            ),
+            _time(
+                "consent state",
+                SAMPLES,
+                lambda n: http.get(f"/v1/consent/{anyone()}", headers=web),
+            ),
+            _time(
+                "batch ingest, 50 events",
+                SAMPLES // 2,
+                lambda n: post("/v1/events/batch", {"events": _events(customers, 50)}),
+            ),
+            _time(
+                f"export of a customer with {HEAVY_EVENTS:,} events",
+                5,
+                lambda n: post(f"/v1/privacy/{customer_id(1)}/export", None, admin),
+            ),
+            _time(
+                f"erasure of a customer with {HEAVY_EVENTS:,} events",
+                HEAVY - 2,
+                lambda n: post(f"/v1/privacy/{customer_id(2 + n)}/erase", None, admin),
+            ),
+        ]
+    return timings
+
+
+async def _storm(
+    urls: list[str], headers: dict[str, str], requests: int, make: Callable[[], tuple[str, Any]]
+) -> float:
+    remaining = iter(range(requests))
+
+    async def client(http: httpx.AsyncClient) -> None:
+        for _ in remaining:
+            path, body = make()
+            response = await http.post(path, json=body, headers=headers)
+            response.raise_for_status()
+
+    clients = [
+        httpx.AsyncClient(base_url=urls[n % len(urls)], timeout=120) for n in range(CONCURRENCY)
+    ]
+    try:
+        started = time.perf_counter()
+        await asyncio.gather(*(client(http) for http in clients))
+        return time.perf_counter() - started
+    finally:
+        for http in clients:
+            await http.aclose()
+
+
+def _throughputs(
+    database_url: str, secret: str, keys: dict[str, str], customers: int, processes: int
+) -> list[Throughput]:
+    web = {"Authorization": f"Bearer {keys['web']}"}
+    with contextlib.ExitStack() as stack:
+        servers = [
+            stack.enter_context(ServerProcess(database_url, secret_key=secret))
+            for _ in range(processes)
+        ]
+        urls = [server.url for server in servers]
+        sign_ins = 1_000 * processes
+
+        def sign_in() -> tuple[str, Any]:
+            return "/v1/identity/identify", {
+                "anonymous_id": f"dev-{random.randrange(HEAVY, customers)}-a"
+            }
+
+        elapsed = asyncio.run(_storm(urls, web, sign_ins, sign_in))
+        batches = 100 * processes
+
+        def sale() -> tuple[str, Any]:
+            return "/v1/events/batch", {"events": _events(customers, 50)}
+
+        ingest = asyncio.run(_storm(urls, web, batches, sale))
+    return [
+        Throughput(
+            "sign-in storm (identify, known device)", processes, sign_ins / elapsed, "identifies/s"
+        ),
+        Throughput("sale-day ingest (batches of 50)", processes, batches * 50 / ingest, "events/s"),
+    ]
+
+
+def measure(customers: int) -> Run:
+    url = _postgres_database()
+    if url is None:
+        raise SystemExit("no PostgreSQL: set OMNISDK_BENCH_POSTGRES_URL")
+    try:
+        with ServerProcess(url) as server:
+            shop = server.create_tenant("scale", ATTRIBUTED_EVENTS)
+            keys = {"web": shop.key("web"), "admin": shop.key("admin")}
+            where = make_url(url)
+            dsn = {
+                "host": where.host,
+                "port": where.port,
+                "user": where.username,
+                "database": where.database,
+            }
+            loaded = asyncio.run(load(dsn, shop.id, customers))
+            print(f"  loaded {customers:,} customers in {loaded.seconds:.1f} s", flush=True)
+            timings = _latencies(server.url, keys, customers)
+            secret = server.secret_key
+        throughputs = []
+        for processes in (2, 4):
+            throughputs += _throughputs(url, secret, keys, customers, processes)
+        return Run(customers, loaded, timings, throughputs)
+    finally:
+        _drop(url)
+
+
+def _machine() -> str:
+    memory = ""
+    with contextlib.suppress(OSError):
+        lines = Path("/proc/meminfo").read_text().splitlines()
+        total = next(line for line in lines if line.startswith("MemTotal"))
+        memory = f", {int(total.split()[1]) // 1024 // 1024} GB of memory"
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}){memory}, "
+        f"{platform.system()} {platform.release()}; PostgreSQL on the same machine; load "
+        f"average {load:.1f} at the end of the run (the machine was shared with other work)"
+    )
+
+
+def page(runs: list[Run]) -> str:
+    lines = [
+        "# Scale: what one PostgreSQL server holds",
+        "",
+        "Written by `make bench-scale` (`python -m bench.scale.run --write`); do not edit by "
+        "hand. Each shop is loaded into the project's own schema through COPY "
+        "(bench/scale/generate.py), then driven over HTTP by real server processes.",
+        "",
+        f"Machine: {_machine()}.",
+        "",
+        NOTE,
+        "",
+        "## Load",
+        "",
+        "| customers | identifiers | events | carts | consent decisions | load time | "
+        "size on disk | per customer |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for run in runs:
+        size = run.loaded.bytes
+        lines.append(
+            f"| {run.customers:,} | {run.loaded.identifiers:,} | {run.loaded.events:,} | "
+            f"{run.loaded.carts:,} | {run.loaded.decisions:,} | {run.loaded.seconds:.1f} s | "
+            f"{size / 2**20:,.0f} MB | {size / run.customers / 1024:.1f} kB |"
+        )
+    lines += ["", "## Each request (one client, sequential)", ""]
+    header = "| operation | " + " | ".join(f"p50 / p99 at {r.customers:,}" for r in runs)
+    lines += [header + " |", "|---" * (len(runs) + 1) + "|"]
+    for n, timing in enumerate(runs[0].timings):
+        cells = [f"{r.timings[n].p50_ms:.1f} / {r.timings[n].p99_ms:.1f} ms" for r in runs]
+        lines.append(f"| {timing.name} | " + " | ".join(cells) + " |")
+    if len(runs) > 1:
+        lines += ["", "p99 at the largest N over p99 at the smallest (goal ≤ 1.5):", ""]
+        for n, timing in enumerate(runs[0].timings):
+            ratio = runs[-1].timings[n].p99_ms / runs[0].timings[n].p99_ms
+            lines.append(f"- {timing.name}: {ratio:.2f}")
+    lines += ["", f"## Throughput ({CONCURRENCY} concurrent clients)", ""]
+    header = "| workload | processes | " + " | ".join(f"at {r.customers:,}" for r in runs)
+    lines += [header + " |", "|---|---" + "|---" * len(runs) + "|"]
+    for n, item in enumerate(runs[0].throughputs):
+        cells = [f"{r.throughputs[n].per_second:,.0f} {item.unit}" for r in runs]
+        lines.append(f"| {item.name} | {item.processes} | " + " | ".join(cells) + " |")
+    lines += ["", CLOSING]
+    return "\n".join(lines) + "\n"
+
+
+NOTE = (
+    "On a machine shared with other work, a p99 is mostly other processes' time slices: "
+    "compare figures of one run only, and re-run on a quiet machine before drawing limits "
+    "from them. The sign-in storm is bounded by identify's tenant-wide lock (issue 21, part "
+    "A); each request's own cost is in the table of single requests."
+)
+CLOSING = (
+    "What to do with these figures: [scaling.md](scaling.md) (settings, pooling, partitions "
+    "and retention, replicas, the Citus plan)."
+)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="bench.scale.run")
+    parser.add_argument("--customers", type=int, nargs="+", default=[10_000, 1_000_000])
+    parser.add_argument("--write", action="store_true", help="write docs/scale.md")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("OMNISDK_RATE_LIMIT_PER_SECOND", "0")
+    runs = []
+    for customers in args.customers:
+        print(f"== {customers:,} customers", flush=True)
+        runs.append(measure(customers))
+    text = page(runs)
+    print(text)
+    if args.write:
+        OUTPUT.write_text(text)
+        print(f"wrote {OUTPUT}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
