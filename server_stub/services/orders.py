@@ -406,7 +406,8 @@ async def _give_back(
     lines: list[dict[str, int]],
 ) -> None:
     """Record the refund (once per id) and raise the order's refunded amount and lines'
-    returned units, each bounded by what was bought. The caller holds the order's row lock."""
+    returned units, each bounded by what was bought. The caller holds the order's row lock;
+    a refusal leaves nothing changed (the request's transaction rolls back)."""
     earlier = (
         await conn.execute(
             select(order_refunds.c.order_id, order_refunds.c.amount, order_refunds.c.lines).where(
@@ -423,13 +424,6 @@ async def _give_back(
                 f"refund {refund_id!r} was recorded before with other content",
             )
         return  # a retry: applied once already
-    if amount < 0 or order.refunded + amount > order.total:
-        left = order.total - order.refunded
-        raise Problem(
-            ProblemType.VALIDATION_ERROR,
-            f"order {order.reference} has {left} {order.currency} left to refund, not {amount}",
-            refundable=float(left),
-        )
     for line in lines:
         result = await conn.execute(
             update(order_lines)
@@ -448,6 +442,13 @@ async def _give_back(
                 f"{line['quantity']} units left to take back",
                 line_no=line["line_no"],
             )
+    if amount < 0 or order.refunded + amount > order.total:
+        left = order.total - order.refunded
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"order {order.reference} has {left} {order.currency} left to refund, not {amount}",
+            refundable=float(left),
+        )
     await conn.execute(
         update(orders)
         .where(orders.c.tenant_id == tenant_id, orders.c.id == order.id)
