@@ -7,6 +7,7 @@ the write, so the SDK retries with the same Idempotency-Key. Every test states e
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import threading
 from collections.abc import Iterator
@@ -186,3 +187,28 @@ def test_sales_queued_by_an_offline_till_arrive_once_linked_by_her_customer_code
     assert {(order.link_method, order.link_confidence, order.channel) for order in hers} == {
         ("customer_code", 1.0, "pos")
     }
+
+
+def test_an_async_till_queues_and_records_the_same_way(cluster: Cluster, tmp_path: Path) -> None:
+    async def till_work() -> list[str]:
+        async with omnisdk.AsyncClient(
+            cluster.proxies[0].url,
+            cluster.shop.key("pos"),
+            channel="pos",
+            data_dir=tmp_path / "async-till",
+            retry_policy=FAST_RETRIES,
+        ) as till:
+            keys = [
+                await till.orders.queue(f"AQ-{n}", [line(n)], currency="EUR", store_id="s-9")
+                for n in range(20)
+            ]
+            now = await till.orders.record("AQ-now", [line(1)], currency="EUR", store_id="s-9")
+            assert now.created and now.order.customer_id is None
+            assert await till.events.flush(timeout=60) == 0
+            return keys
+
+    keys = asyncio.run(till_work())
+    assert keys == [f"order-AQ-{n}" for n in range(20)]
+    with cluster.direct() as admin:
+        stored = [admin.orders.get(f"AQ-{n}") for n in range(20)]
+    assert [Decimal(str(order.total)) for order in stored] == [value(n) for n in range(20)]
