@@ -180,9 +180,7 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
                 for number, line in enumerate(order.lines, start=1)
             ],
         )
-        stored = await by_reference(conn, tenant_id, order.reference)
-        assert stored is not None
-        return stored, True
+        return _new_view(order_id, order, now), True
     stored = await by_reference(conn, tenant_id, order.reference)
     assert stored is not None
     if not _same(stored, order):
@@ -192,6 +190,37 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
             "reference names one order: give this one its own reference",
         )
     return stored, False
+
+
+def _new_view(order_id: str, order: NewOrder, now: datetime) -> OrderView:
+    """The view of an order just stored, as `by_reference` would read it back."""
+    return OrderView(
+        order_id=order_id,
+        reference=order.reference,
+        customer_id=order.customer_id,
+        channel=order.channel,  # type: ignore[arg-type]
+        store_id=order.store_id,
+        currency=order.currency,
+        total=float(order.total),
+        refunded=0.0,
+        net=float(order.total),
+        placed_at=order.placed_at,
+        link_method=order.link_method if order.customer_id else "none",
+        link_confidence=order.link_confidence,
+        lines=[
+            OrderLineView(
+                line_no=number,
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=float(line.unit_price),
+                gift=line.gift,
+                gift_confidence=line.gift_confidence,
+                returned_quantity=0,
+            )
+            for number, line in enumerate(order.lines, start=1)
+        ],
+        created_at=now,
+    )
 
 
 def _same(stored: OrderView, order: NewOrder) -> bool:
