@@ -381,8 +381,10 @@ async def refund(
 ) -> OrderView:
     """Give back money on an order, once per refund id: lines taken back (each unit at most
     once) and/or an amount, never more than the order's total."""
+    if not request.lines and request.amount is None:
+        raise Problem(ProblemType.VALIDATION_ERROR, "name the lines taken back, an amount, or both")
     order = await _order_row(conn, tenant_id, reference, lock=True)
-    lines = {(line["line_no"]): line for line in (x.model_dump() for x in request.lines)}
+    lines = {line.line_no: line.model_dump() for line in request.lines}
     if len(lines) != len(request.lines):
         raise Problem(ProblemType.VALIDATION_ERROR, "name each line once")
     known = {row.line_no: row for row in await _line_rows(conn, tenant_id, [order.id])}
