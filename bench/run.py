@@ -14,6 +14,7 @@ from bench import (
     bench_feed,
     bench_identify_locks,
     bench_ingest,
+    bench_orders,
     bench_outbox,
     bench_pos_network_loss,
     bench_scale_jobs,
@@ -41,6 +42,7 @@ SUITES = {
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
     "Sign-ins without a tenant-wide lock (issue 21)": bench_identify_locks.run,
     "Recommendations rebuild as a bounded job (issue 21)": bench_scale_jobs.run,
+    "Orders on every channel (issue 18)": bench_orders.run,
 }
 
 

@@ -107,13 +107,14 @@ class Prepared:
             raise _wrapped(conn, compiled.sql, error) from error
         if not compiled.results:
             return [tuple(row) for row in rows]
-        return [
-            tuple(
-                value if process is None else process(value)
-                for process, value in zip(compiled.results, row, strict=True)
-            )
-            for row in rows
-        ]
+        active = [(n, process) for n, process in enumerate(compiled.results) if process]
+        processed = []
+        for row in rows:
+            cells = list(row)
+            for n, process in active:
+                cells[n] = process(cells[n])
+            processed.append(tuple(cells))
+        return processed
 
     async def execute(self, conn: AsyncConnection, parameters: Mapping[str, Any]) -> None:
         compiled = self._compiled(conn.dialect)
