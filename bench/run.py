@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench import (
+    bench_analytics,
     bench_cart_history,
     bench_cart_load,
     bench_carts,
@@ -37,6 +38,7 @@ SUITES = {
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
     bench_feed.TITLE: bench_feed.run,
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
+    "Attribution and lifetime value (issue 18)": bench_analytics.run,
 }
 
 

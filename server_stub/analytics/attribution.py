@@ -42,6 +42,7 @@ else:
 Progress = Callable[[int, int], None]
 
 EXACT_SHAPLEY_MAX_CHANNELS = 12
+DIRECT_SOLVE_MAX_STATES = 1_500
 DEFAULT_HALF_LIFE_DAYS = 7.0
 DEFAULT_SHAPLEY_PERMUTATIONS = 2_000
 DEFAULT_BOOTSTRAP = 100
@@ -188,8 +189,18 @@ def removal_effects(paths: Paths, order: int = 1) -> FloatArray:
 
     def conversion_probability(keep: Any) -> float:
         q = transition[keep][:, keep]
-        system = (sp.identity(q.shape[0], format="csc") - q).tocsc()
-        solution = spla.spsolve(system, absorb[keep])
+        system = (sp.identity(q.shape[0], format="csr") - q).tocsr()
+        if q.shape[0] <= DIRECT_SOLVE_MAX_STATES:
+            solution = spla.spsolve(system.tocsc(), absorb[keep])
+        else:
+            # A large chain (order 2-3 over many channels): LU fill-in would dominate, so
+            # the same system is solved by BiCGSTAB to a relative residual of 1e-12 (no
+            # randomness: the same input gives the same iterates).
+            solution, info = spla.bicgstab(
+                system, absorb[keep], rtol=1e-12, atol=0.0, maxiter=10_000
+            )
+            if info != 0:
+                solution = spla.spsolve(system.tocsc(), absorb[keep])
         return float(np.atleast_1d(solution)[-1])  # the start is the last kept state
 
     everything = np.ones(n_states, bool)
