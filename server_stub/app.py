@@ -34,6 +34,7 @@ from server_stub.routers import (
     health,
     identity,
     keys,
+    orders,
     privacy,
     returns,
     sessions,
@@ -80,6 +81,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     tenant.router,
     privacy.router,
     analytics.router,
+    orders.router,
 )
 
 

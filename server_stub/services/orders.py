@@ -29,7 +29,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -38,12 +38,31 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel
+from omnisdk.core.identifiers import IdentifierType, InvalidIdentifier
 from omnisdk.core.orders import LINK_CONFIDENCE, LinkMethod
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import OrderLineView, OrderView, RefundRequest
+from omnisdk.models import (
+    OrderLineView,
+    OrderView,
+    RecordedOrder,
+    RecordOrderRequest,
+    RefundRequest,
+)
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
+from server_stub.services import consent, customer_codes, identity
+from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import CENT, order_lines, order_refunds, orders
+
+# A sale may be dated a little ahead of the server's clock (a till's clock runs fast), no more.
+CLOCK_SKEW = timedelta(minutes=5)
+# Identifiers a till may name the buyer by, with the link method each stands for.
+_BY_IDENTIFIER: dict[str, tuple[IdentifierType, LinkMethod]] = {
+    "loyalty_id": (IdentifierType.LOYALTY_CARD, "loyalty_id"),
+    "email": (IdentifierType.EMAIL, "email_hash"),
+    "phone": (IdentifierType.PHONE, "phone_hash"),
+    "e_receipt_email": (IdentifierType.EMAIL, "e_receipt"),
+}
 
 
 def money(value: float | Decimal | int | str) -> Decimal:
@@ -173,6 +192,111 @@ def _same(stored: OrderView, order: NewOrder) -> bool:
     )
 
 
+async def record(
+    conn: AsyncConnection, context: TenantContext, request: RecordOrderRequest, channel: Channel
+) -> RecordedOrder:
+    """Record an order the shop sends (`POST /v1/orders`): an online order, or a sale at a
+    till linked to the buyer by what the till knew of her (see the module docstring)."""
+    sold_on = request.channel or (channel.value if channel is not Channel.ADMIN else None)
+    if sold_on is None:
+        raise Problem(ProblemType.VALIDATION_ERROR, "say on which channel it was sold: channel")
+    if sold_on == "pos" and request.store_id is None:
+        raise Problem(ProblemType.VALIDATION_ERROR, "a sale at a till names its store: store_id")
+    now = utcnow()
+    placed_at = request.placed_at or now
+    if placed_at > now + CLOCK_SKEW:
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"placed_at {placed_at.isoformat()} is in the future: check the till's clock",
+        )
+    named = [
+        field
+        for field in ("customer_id", "customer_code", *_BY_IDENTIFIER)
+        if getattr(request, field) is not None
+    ]
+    if len(named) > 1:
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"name the buyer by one of {', '.join(named)}, not several",
+        )
+    lines = tuple(
+        SaleLine(
+            sku=line.sku,
+            quantity=line.quantity,
+            unit_price=money(line.unit_price),
+            gift=line.gift,
+            gift_confidence=line.gift_confidence,
+        )
+        for line in request.lines
+    )
+    total = (
+        money(request.total)
+        if request.total is not None
+        else sum((line.unit_price * line.quantity for line in lines), Decimal(0))
+    )
+    buyer, method, refused = await _buyer(conn, context, request, named, placed_at)
+    if buyer is not None and sold_on == "pos":
+        allowed = await consent.analytics_allowed(conn, context, [(buyer, placed_at)])
+        if not allowed[buyer, placed_at]:
+            buyer, refused = None, "consent"
+    order = NewOrder(
+        reference=request.reference,
+        customer_id=buyer,
+        channel=sold_on,
+        store_id=request.store_id,
+        currency=request.currency,
+        total=total,
+        placed_at=placed_at,
+        link_method=method,
+        lines=lines,
+    )
+    stored, created = await store(conn, context.tenant_id, order)
+    return RecordedOrder(order=stored, created=created, link_refused=refused if created else None)
+
+
+async def _buyer(
+    conn: AsyncConnection,
+    context: TenantContext,
+    request: RecordOrderRequest,
+    named: list[str],
+    placed_at: datetime,
+) -> tuple[str | None, LinkMethod, str | None]:
+    """(the live customer, how she was identified, why not if she was named but not found)."""
+    if not named:
+        return None, "none", None
+    tenant_id = context.tenant_id
+    field = named[0]
+    if field == "customer_id":
+        assert request.customer_id is not None
+        return await identity.lock_customer(conn, tenant_id, request.customer_id), "checkout", None
+    if field == "customer_code":
+        assert request.customer_code is not None
+        owner, status = await customer_codes.owner(
+            conn, tenant_id, request.customer_code, placed_at
+        )
+        if owner is None:
+            reason = "unknown" if status.value == "valid" else f"customer_code_{status.value}"
+            return None, "customer_code", reason
+        return await _locked_live(conn, tenant_id, owner), "customer_code", None
+    type, method = _BY_IDENTIFIER[field]
+    try:
+        key = context.key(type, getattr(request, field))
+    except InvalidIdentifier as error:
+        raise identity.invalid_identifier(error) from error
+    owner = await identity.resolve(conn, context, key)
+    if owner is None:
+        return None, method, "unknown"
+    return await _locked_live(conn, tenant_id, owner), method, None
+
+
+async def _locked_live(conn: AsyncConnection, tenant_id: str, customer_id: str) -> str | None:
+    """The customer's live id, locked for the write (None if she was erased meanwhile)."""
+    try:
+        return await identity.lock_customer(conn, tenant_id, customer_id)
+    except Problem:
+        return None
+
+
 async def record_checkout(
     conn: AsyncConnection,
     tenant_id: str,
@@ -282,7 +406,8 @@ async def _give_back(
     lines: list[dict[str, int]],
 ) -> None:
     """Record the refund (once per id) and raise the order's refunded amount and lines'
-    returned units, each bounded by what was bought. The caller holds the order's row lock."""
+    returned units, each bounded by what was bought. The caller holds the order's row lock;
+    a refusal leaves nothing changed (the request's transaction rolls back)."""
     earlier = (
         await conn.execute(
             select(order_refunds.c.order_id, order_refunds.c.amount, order_refunds.c.lines).where(
@@ -299,13 +424,6 @@ async def _give_back(
                 f"refund {refund_id!r} was recorded before with other content",
             )
         return  # a retry: applied once already
-    if amount < 0 or order.refunded + amount > order.total:
-        left = order.total - order.refunded
-        raise Problem(
-            ProblemType.VALIDATION_ERROR,
-            f"order {order.reference} has {left} {order.currency} left to refund, not {amount}",
-            refundable=float(left),
-        )
     for line in lines:
         result = await conn.execute(
             update(order_lines)
@@ -324,6 +442,13 @@ async def _give_back(
                 f"{line['quantity']} units left to take back",
                 line_no=line["line_no"],
             )
+    if amount < 0 or order.refunded + amount > order.total:
+        left = order.total - order.refunded
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"order {order.reference} has {left} {order.currency} left to refund, not {amount}",
+            refundable=float(left),
+        )
     await conn.execute(
         update(orders)
         .where(orders.c.tenant_id == tenant_id, orders.c.id == order.id)

@@ -29,6 +29,7 @@ from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.sessions import Sessions
@@ -60,6 +61,7 @@ class Client(BaseClient):
     consent: Consent[Client]
     privacy: Privacy[Client]
     content: Content[Client]
+    orders: Orders[Client]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.Client):
@@ -82,6 +84,7 @@ class Client(BaseClient):
         self.consent = Consent(self)
         self.privacy = Privacy(self)
         self.content = Content(self)
+        self.orders = Orders(self)
         _lifecycle.register(self)
 
     def execute(self, call: Call[T]) -> T:

@@ -10,6 +10,7 @@ from pydantic import (
     AfterValidator,
     AwareDatetime,
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     Strict,
@@ -450,10 +451,15 @@ class RfmScores(WireModel):
 class OrderSummary(WireModel):
     count: Int = Field(description="Number of orders (one per `order_id`).")
     total_value: Float = Field(description="Sum of the orders' `value`.")
-    net_value: Float | None = Field(
-        default=None,
-        description="Sum of the orders' value less what was returned or refunded (order records).",
+
+
+class Purchases(WireModel):
+    """Her orders on every channel (store sales included), net of returns and refunds."""
+
+    net_value: Float = Field(
+        default=0.0, description="What her orders are worth, less what was returned or refunded."
     )
+    refunded: Float = Field(default=0.0, description="What was returned or refunded.")
     by_channel: dict[str, Int] = Field(
         default_factory=dict, description="Orders per channel (`web`, `app`, `pos`)."
     )
@@ -511,6 +517,10 @@ class Profile(WireModel):
     )
     rfm: RfmScores | None = Field(
         default=None, description="Her recency, frequency and monetary quintiles (1-5)."
+    )
+    purchases: Purchases = Field(
+        default_factory=Purchases,
+        description="Her orders on every channel, net of returns; gift and self units.",
     )
 
 
@@ -1417,6 +1427,16 @@ OrderReference = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A
 Amount = Annotated[float, Strict(), Field(ge=0, le=999_999_999_999)]
 
 
+def _iso_text(value: Any) -> Any:
+    """A time on the wire is RFC 3339 text, not a number pydantic would read as epoch seconds."""
+    if isinstance(value, int | float):
+        raise ValueError("a time is RFC 3339 text with its UTC offset, not a number")
+    return value
+
+
+SaleTime = Annotated[Instant, BeforeValidator(_iso_text)]
+
+
 class SaleLineIn(WireModel):
     """One line of an order: what was bought, how many, at what price, for whom."""
 
@@ -1460,19 +1480,25 @@ class RecordOrderRequest(WireModel):
         default=None, min_length=1, max_length=64, description="The store of a till sale."
     )
     currency: str = Field(description="ISO 4217 code, e.g. `EUR`.", pattern=r"^[A-Z]{3}$")
-    placed_at: Instant | None = Field(default=None, description="When it was sold (default: now).")
+    placed_at: SaleTime | None = Field(default=None, description="When it was sold (default: now).")
     lines: list[SaleLineIn] = Field(description="What was bought.", min_length=1, max_length=500)
     total: Amount | None = Field(
         default=None,
         description="What the buyer paid (default: the sum of the lines; less after a discount).",
     )
-    customer_id: str | None = Field(default=None, max_length=MAX_CUSTOMER_ID)
+    customer_id: str | None = Field(
+        default=None,
+        max_length=MAX_CUSTOMER_ID,
+        description="The buyer's customer id, when the shop knows her (signed in).",
+    )
     customer_code: str | None = Field(
         default=None,
         max_length=400,
         description="The signed customer code her app showed (`CC1:...`), as scanned.",
     )
-    loyalty_id: str | None = Field(default=None, max_length=MAX_VALUE_LENGTH)
+    loyalty_id: str | None = Field(
+        default=None, max_length=MAX_VALUE_LENGTH, description="Her loyalty card's number."
+    )
     email: str | None = Field(
         default=None, max_length=MAX_VALUE_LENGTH, description="Matched as a keyed hash only."
     )
@@ -1488,11 +1514,11 @@ class RecordOrderRequest(WireModel):
 
 class OrderLineView(WireModel):
     line_no: Int = Field(description="The line's number in the order, from 1.")
-    sku: str
-    quantity: Int
-    unit_price: Float
-    gift: Bool
-    gift_confidence: Float | None
+    sku: str = Field(description="The product's SKU.")
+    quantity: Int = Field(description="Units bought.")
+    unit_price: Float = Field(description="Price of one unit, in the order's currency.")
+    gift: Bool = Field(description="Bought as a gift.")
+    gift_confidence: Float | None = Field(description="How sure the shop was of `gift`.")
     returned_quantity: Int = Field(description="Units taken back so far.")
 
 
@@ -1502,21 +1528,21 @@ class OrderView(WireModel):
     order_id: str = Field(description="The order record's id (`ord_...`).")
     reference: str = Field(description="The shop's order reference.")
     customer_id: str | None = Field(description="The buyer (None: an unlinked store sale).")
-    channel: OrderChannel
-    store_id: str | None
-    currency: str
+    channel: OrderChannel = Field(description="Where it was sold: `web`, `app` or `pos`.")
+    store_id: str | None = Field(description="The store of a sale at a till.")
+    currency: str = Field(description="ISO 4217 code.")
     total: Float = Field(description="What the buyer paid.")
     refunded: Float = Field(description="What was given back (returns at a till, refunds).")
     net: Float = Field(description="`total - refunded`.")
-    placed_at: datetime
+    placed_at: datetime = Field(description="When it was sold.")
     link_method: LinkMethod = Field(description="How the buyer was identified.")
     link_confidence: Float = Field(description="How sure that link is, 0 to 1.")
-    lines: list[OrderLineView]
-    created_at: datetime
+    lines: list[OrderLineView] = Field(description="What was bought, and what came back.")
+    created_at: datetime = Field(description="When the server recorded it.")
 
 
 class RecordedOrder(WireModel):
-    order: OrderView
+    order: OrderView = Field(description="The order as stored.")
     created: Bool = Field(description="False: this reference was recorded before (a retry).")
     link_refused: str | None = Field(
         default=None,
@@ -1528,27 +1554,42 @@ class RecordedOrder(WireModel):
 
 
 class RefundLineIn(WireModel):
-    line_no: Int = Field(ge=1, le=500)
-    quantity: Int = Field(ge=1, le=9_999)
+    line_no: Int = Field(ge=1, le=500, description="The order line's number, from 1.")
+    quantity: Int = Field(ge=1, le=9_999, description="Units taken back.")
 
 
 class RefundRequest(WireModel):
     """Money given back on an order (each `refund_id` once): the lines taken back, an amount,
     or both (the amount defaults to the lines' value)."""
 
-    refund_id: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9._:/#-]+$")
-    amount: Amount | None = None
-    lines: list[RefundLineIn] = Field(default_factory=list, max_length=500)
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [{"refund_id": "RF-2001-1", "lines": [{"line_no": 1, "quantity": 1}]}]
+        }
+    )
+
+    refund_id: str = Field(
+        description="The shop's id of this refund: sending it again changes nothing.",
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9._:/#-]+$",
+    )
+    amount: Amount | None = Field(
+        default=None, description="Money given back (default: the lines' value)."
+    )
+    lines: list[RefundLineIn] = Field(
+        default_factory=list, max_length=500, description="Units taken back, by line number."
+    )
 
 
 class OrderList(WireModel):
-    items: list[OrderView]
+    items: list[OrderView] = Field(description="Orders, newest first.")
 
 
 class CustomerCodeIssued(WireModel):
     """A signed customer code for her app to show at a till: no personal data, short-lived."""
 
     code: str = Field(description="`CC1:` + Base45: put it in a QR code (alphanumeric mode).")
-    code_id: str
-    issued_at: datetime
-    expires_at: datetime
+    code_id: str = Field(description="The code's random id (hex).")
+    issued_at: datetime = Field(description="When it was signed.")
+    expires_at: datetime = Field(description="When it stops linking sales (minutes later).")
