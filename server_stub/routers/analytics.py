@@ -38,6 +38,13 @@ class _Wire(BaseModel):
 class LtvRequest(_Wire):
     """How to fit lifetime value."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"holdout_days": 90, "months": 12, "annual_discount_rate": 0.1}]
+        },
+    )
+
     holdout_days: int | None = Field(
         default=None,
         ge=7,
@@ -53,6 +60,13 @@ class LtvRequest(_Wire):
 class RefreshRequest(_Wire):
     """Which days to add to the daily journey aggregate."""
 
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"days": 30, "lookback_days": 30, "group": ["qr_scan=offline ads"]}]
+        },
+    )
+
     days: int = Field(default=30, ge=1, le=731, description="The last N finished days.")
     lookback_days: int = Field(default=30, ge=1, le=90)
     group: list[str] = Field(default_factory=list, max_length=20)
@@ -66,12 +80,24 @@ def _numeric() -> None:
         raise Problem(ProblemType.ANALYTICS_UNAVAILABLE, str(missing)) from None
 
 
-def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    until = until or utcnow()
-    since = since or until - timedelta(days=30)
-    for name, value in (("since", since), ("until", until)):
-        if value.tzinfo is None:
-            raise Problem(ProblemType.VALIDATION_ERROR, f"`{name}` needs a time zone (…Z)")
+def _instant(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"`{name}` is an ISO 8601 time with a time zone, like 2026-11-01T00:00:00Z",
+        )
+    return value
+
+
+def _period(since_text: str | None, until_text: str | None) -> tuple[datetime, datetime]:
+    until = _instant("until", until_text) or utcnow()
+    since = _instant("since", since_text) or until - timedelta(days=30)
     if not since < until or until - since > MAX_PERIOD:
         raise Problem(
             ProblemType.VALIDATION_ERROR,
@@ -88,8 +114,14 @@ def _setup(lookback_days: int, group: list[str], by_campaign: bool) -> reports.J
     return reports.JourneySetup(timedelta(days=lookback_days), grouping)
 
 
-Since = Annotated[datetime | None, Query(description="Start (default: 30 days before until).")]
-Until = Annotated[datetime | None, Query(description="End, exclusive (default: now).")]
+_ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$"
+Since = Annotated[
+    str | None,
+    Query(pattern=_ISO, description="Start, ISO 8601 with a zone (default: 30 days before until)."),
+]
+Until = Annotated[
+    str | None, Query(pattern=_ISO, description="End, exclusive, ISO 8601 (default: now).")
+]
 Lookback = Annotated[int, Query(ge=1, le=90, description="Lookback window in days.")]
 Group = Annotated[
     list[str],
