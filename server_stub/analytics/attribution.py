@@ -287,13 +287,17 @@ def _shapley_sampled(
     distinct, inverse = np.unique(masks, return_inverse=True)
     conv_by_set = np.bincount(inverse, weights=conv)
     all_by_set = np.bincount(inverse, weights=total)
+    # A set of channels is within the first k channels of an order when the latest of its
+    # channels in that order comes at most k-th: one pass over the sets per order.
+    members = ((distinct[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
     phi = np.zeros(n)
     for _ in range(permutations):
         order = rng.permutation(n)
-        prefixes = np.cumsum(np.left_shift(np.int64(1), order))
-        within = (distinct[None, :] & ~prefixes[:, None]) == 0
-        conv_within = within @ conv_by_set
-        all_within = within @ all_by_set
+        place = np.empty(n, np.int64)
+        place[order] = np.arange(n)
+        latest = np.where(members, place[None, :], -1).max(axis=1)
+        conv_within = np.cumsum(np.bincount(latest, weights=conv_by_set, minlength=n))
+        all_within = np.cumsum(np.bincount(latest, weights=all_by_set, minlength=n))
         rate = np.divide(conv_within, all_within, out=np.zeros(n), where=all_within > 0)
         values = journeys * rate
         phi[order] += np.diff(values, prepend=0.0)

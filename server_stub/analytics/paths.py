@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -127,13 +128,15 @@ class Paths:
         numpy rather than by Python tuple comparisons (the cost of a million paths)."""
         import numpy as np
 
-        channels = tuple(sorted(set().union(*(labels for labels, _ in keys))))
+        flat_labels = list(chain.from_iterable(labels for labels, _ in keys))
+        channels = tuple(sorted(set(flat_labels)))
         index = {label: i for i, label in enumerate(channels)}
         n = len(keys)
-        lengths = np.fromiter((len(labels) for labels, _ in keys), np.int64, n)
+        lengths = np.fromiter(map(len, (labels for labels, _ in keys)), np.int64, n)
         total = int(lengths.sum())
-        touches = np.fromiter((index[x] for labels, _ in keys for x in labels), np.int64, total)
-        ages = np.fromiter((a for _, ages in keys for a in ages), np.float64, total)
+        touches = np.array(list(map(index.__getitem__, flat_labels)), np.int64).reshape(total)
+        ages = np.array(list(chain.from_iterable(ages for _, ages in keys)), np.float64)
+        ages = ages.reshape(total)
         counts = np.array(values, np.float64).reshape(-1, 3)
         width = int(lengths.max()) if n else 0
         path_of = np.repeat(np.arange(n), lengths)

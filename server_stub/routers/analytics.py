@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
+from omnisdk.models import Bool, Float, Int
 from server_stub.analytics import AnalyticsUnavailable, require_numeric
 from server_stub.analytics.attribution import Model
 from server_stub.analytics.touchpoints import Grouping
@@ -45,14 +46,14 @@ class LtvRequest(_Wire):
         },
     )
 
-    holdout_days: int | None = Field(
+    holdout_days: Int | None = Field(
         default=None,
         ge=7,
         le=365,
         description="Also fit without the last N days and report how it predicted them.",
     )
-    months: int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
-    annual_discount_rate: float = Field(
+    months: Int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
+    annual_discount_rate: Float = Field(
         default=0.10, ge=0.0, le=1.0, description="Discount rate per year for CLV."
     )
 
@@ -67,10 +68,10 @@ class RefreshRequest(_Wire):
         },
     )
 
-    days: int = Field(default=30, ge=1, le=731, description="The last N finished days.")
-    lookback_days: int = Field(default=30, ge=1, le=90)
+    days: Int = Field(default=30, ge=1, le=731, description="The last N finished days.")
+    lookback_days: Int = Field(default=30, ge=1, le=90)
     group: list[str] = Field(default_factory=list, max_length=20)
-    by_campaign: bool = False
+    by_campaign: Bool = False
 
 
 def _numeric() -> None:
