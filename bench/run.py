@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bench import (
+    bench_analytics,
     bench_cart_history,
     bench_cart_load,
     bench_carts,
@@ -43,6 +44,7 @@ SUITES = {
     "Sign-ins without a tenant-wide lock (issue 21)": bench_identify_locks.run,
     "Recommendations rebuild as a bounded job (issue 21)": bench_scale_jobs.run,
     "Orders on every channel (issue 18)": bench_orders.run,
+    "Attribution and lifetime value (issue 18)": bench_analytics.run,
 }
 
 

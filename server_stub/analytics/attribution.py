@@ -42,6 +42,7 @@ else:
 Progress = Callable[[int, int], None]
 
 EXACT_SHAPLEY_MAX_CHANNELS = 12
+DIRECT_SOLVE_MAX_STATES = 1_500
 DEFAULT_HALF_LIFE_DAYS = 7.0
 DEFAULT_SHAPLEY_PERMUTATIONS = 2_000
 DEFAULT_BOOTSTRAP = 100
@@ -188,8 +189,18 @@ def removal_effects(paths: Paths, order: int = 1) -> FloatArray:
 
     def conversion_probability(keep: Any) -> float:
         q = transition[keep][:, keep]
-        system = (sp.identity(q.shape[0], format="csc") - q).tocsc()
-        solution = spla.spsolve(system, absorb[keep])
+        system = (sp.identity(q.shape[0], format="csr") - q).tocsr()
+        if q.shape[0] <= DIRECT_SOLVE_MAX_STATES:
+            solution = spla.spsolve(system.tocsc(), absorb[keep])
+        else:
+            # A large chain (order 2-3 over many channels): LU fill-in would dominate, so
+            # the same system is solved by BiCGSTAB to a relative residual of 1e-12 (no
+            # randomness: the same input gives the same iterates).
+            solution, info = spla.bicgstab(
+                system, absorb[keep], rtol=1e-12, atol=0.0, maxiter=10_000
+            )
+            if info != 0:
+                solution = spla.spsolve(system.tocsc(), absorb[keep])
         return float(np.atleast_1d(solution)[-1])  # the start is the last kept state
 
     everything = np.ones(n_states, bool)
@@ -276,13 +287,17 @@ def _shapley_sampled(
     distinct, inverse = np.unique(masks, return_inverse=True)
     conv_by_set = np.bincount(inverse, weights=conv)
     all_by_set = np.bincount(inverse, weights=total)
+    # A set of channels is within the first k channels of an order when the latest of its
+    # channels in that order comes at most k-th: one pass over the sets per order.
+    members = ((distinct[:, None] >> np.arange(n)[None, :]) & 1).astype(bool)
     phi = np.zeros(n)
     for _ in range(permutations):
         order = rng.permutation(n)
-        prefixes = np.cumsum(np.left_shift(np.int64(1), order))
-        within = (distinct[None, :] & ~prefixes[:, None]) == 0
-        conv_within = within @ conv_by_set
-        all_within = within @ all_by_set
+        place = np.empty(n, np.int64)
+        place[order] = np.arange(n)
+        latest = np.where(members, place[None, :], -1).max(axis=1)
+        conv_within = np.cumsum(np.bincount(latest, weights=conv_by_set, minlength=n))
+        all_within = np.cumsum(np.bincount(latest, weights=all_by_set, minlength=n))
         rate = np.divide(conv_within, all_within, out=np.zeros(n), where=all_within > 0)
         values = journeys * rate
         phi[order] += np.diff(values, prepend=0.0)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from itertools import chain
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -95,7 +96,7 @@ class PathCounts:
         return [((k[0], k[1]), (r[0], r[1], r[2] / 100)) for k, r in sorted(self.rows.items())]
 
     def freeze(self) -> Paths:
-        return Paths.from_rows(self.items())
+        return Paths._canonical(list(self.rows), list(self.rows.values()), 100.0)
 
 
 @dataclass(frozen=True)
@@ -117,28 +118,53 @@ class Paths:
 
     @staticmethod
     def from_rows(rows: Iterable[tuple[PathKey, Sequence[float]]]) -> Paths:
+        """From (path, (conversions, non-conversions, value)) rows with distinct paths."""
+        listed = list(rows)
+        return Paths._canonical([key for key, _ in listed], [list(v) for _, v in listed], 1.0)
+
+    @staticmethod
+    def _canonical(keys: list[PathKey], values: list[list[float]], value_scale: float) -> Paths:
+        """The paths in canonical order (by labels, then ages, as tuples compare), sorted with
+        numpy rather than by Python tuple comparisons (the cost of a million paths)."""
         import numpy as np
 
-        ordered = sorted(rows, key=lambda row: row[0])
-        channels = tuple(sorted({label for (labels, _), _ in ordered for label in labels}))
+        flat_labels = list(chain.from_iterable(labels for labels, _ in keys))
+        channels = tuple(sorted(set(flat_labels)))
         index = {label: i for i, label in enumerate(channels)}
-        lengths = np.fromiter((len(labels) for (labels, _), _ in ordered), np.int64, len(ordered))
-        offsets = np.zeros(len(ordered) + 1, np.int64)
+        n = len(keys)
+        lengths = np.fromiter(map(len, (labels for labels, _ in keys)), np.int64, n)
+        total = int(lengths.sum())
+        touches = np.array(list(map(index.__getitem__, flat_labels)), np.int64).reshape(total)
+        ages = np.array(list(chain.from_iterable(ages for _, ages in keys)), np.float64)
+        ages = ages.reshape(total)
+        counts = np.array(values, np.float64).reshape(-1, 3)
+        width = int(lengths.max()) if n else 0
+        path_of = np.repeat(np.arange(n), lengths)
+        starts = np.zeros(n + 1, np.int64)
+        np.cumsum(lengths, out=starts[1:])
+        position = np.arange(total) - np.repeat(starts[:-1], lengths)
+        # Padded with -1, which sorts before every real label or age: a shorter path that is a
+        # prefix of a longer one comes first, as with tuples.
+        label_grid = np.full((n, width), -1, np.int64)
+        age_grid = np.full((n, width), -1.0)
+        label_grid[path_of, position] = touches
+        age_grid[path_of, position] = ages
+        sort_keys = [age_grid[:, j] for j in reversed(range(width))]
+        sort_keys += [label_grid[:, j] for j in reversed(range(width))]
+        order = np.lexsort(sort_keys) if n else np.zeros(0, np.int64)
+        lengths = lengths[order]
+        offsets = np.zeros(n + 1, np.int64)
         np.cumsum(lengths, out=offsets[1:])
-        total = int(offsets[-1])
-        touches = np.fromiter(
-            (index[label] for (labels, _), _ in ordered for label in labels), np.int64, total
-        )
-        ages = np.fromiter((age for (_, ages), _ in ordered for age in ages), np.float64, total)
-        counts = np.array([list(row) for _, row in ordered], np.float64).reshape(-1, 3)
+        keep = np.arange(width)[None, :] < lengths[:, None]
+        counts = counts[order]
         return Paths(
             channels=channels,
-            touches=touches,
-            ages=ages,
+            touches=label_grid[order][keep],
+            ages=age_grid[order][keep],
             offsets=offsets,
             conversions=counts[:, 0].copy(),
             nulls=counts[:, 1].copy(),
-            value=counts[:, 2].copy(),
+            value=counts[:, 2] / value_scale if value_scale != 1.0 else counts[:, 2].copy(),
         )
 
     @staticmethod

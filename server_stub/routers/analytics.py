@@ -16,6 +16,7 @@ from starlette.responses import HTMLResponse
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
+from omnisdk.models import Bool, Float, Int
 from server_stub.analytics import AnalyticsUnavailable, require_numeric
 from server_stub.analytics.attribution import Model
 from server_stub.analytics.touchpoints import Grouping
@@ -38,14 +39,21 @@ class _Wire(BaseModel):
 class LtvRequest(_Wire):
     """How to fit lifetime value."""
 
-    holdout_days: int | None = Field(
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"holdout_days": 90, "months": 12, "annual_discount_rate": 0.1}]
+        },
+    )
+
+    holdout_days: Int | None = Field(
         default=None,
         ge=7,
         le=365,
         description="Also fit without the last N days and report how it predicted them.",
     )
-    months: int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
-    annual_discount_rate: float = Field(
+    months: Int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
+    annual_discount_rate: Float = Field(
         default=0.10, ge=0.0, le=1.0, description="Discount rate per year for CLV."
     )
 
@@ -53,10 +61,17 @@ class LtvRequest(_Wire):
 class RefreshRequest(_Wire):
     """Which days to add to the daily journey aggregate."""
 
-    days: int = Field(default=30, ge=1, le=731, description="The last N finished days.")
-    lookback_days: int = Field(default=30, ge=1, le=90)
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"days": 30, "lookback_days": 30, "group": ["qr_scan=offline ads"]}]
+        },
+    )
+
+    days: Int = Field(default=30, ge=1, le=731, description="The last N finished days.")
+    lookback_days: Int = Field(default=30, ge=1, le=90)
     group: list[str] = Field(default_factory=list, max_length=20)
-    by_campaign: bool = False
+    by_campaign: Bool = False
 
 
 def _numeric() -> None:
@@ -66,12 +81,24 @@ def _numeric() -> None:
         raise Problem(ProblemType.ANALYTICS_UNAVAILABLE, str(missing)) from None
 
 
-def _period(since: datetime | None, until: datetime | None) -> tuple[datetime, datetime]:
-    until = until or utcnow()
-    since = since or until - timedelta(days=30)
-    for name, value in (("since", since), ("until", until)):
-        if value.tzinfo is None:
-            raise Problem(ProblemType.VALIDATION_ERROR, f"`{name}` needs a time zone (…Z)")
+def _instant(name: str, text: str | None) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        value = None
+    if value is None or value.tzinfo is None:
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"`{name}` is an ISO 8601 time with a time zone, like 2026-11-01T00:00:00Z",
+        )
+    return value
+
+
+def _period(since_text: str | None, until_text: str | None) -> tuple[datetime, datetime]:
+    until = _instant("until", until_text) or utcnow()
+    since = _instant("since", since_text) or until - timedelta(days=30)
     if not since < until or until - since > MAX_PERIOD:
         raise Problem(
             ProblemType.VALIDATION_ERROR,
@@ -88,8 +115,14 @@ def _setup(lookback_days: int, group: list[str], by_campaign: bool) -> reports.J
     return reports.JourneySetup(timedelta(days=lookback_days), grouping)
 
 
-Since = Annotated[datetime | None, Query(description="Start (default: 30 days before until).")]
-Until = Annotated[datetime | None, Query(description="End, exclusive (default: now).")]
+_ISO = r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2}(\.\d{1,6})?)?(Z|[+-]\d{2}:\d{2})$"
+Since = Annotated[
+    str | None,
+    Query(pattern=_ISO, description="Start, ISO 8601 with a zone (default: 30 days before until)."),
+]
+Until = Annotated[
+    str | None, Query(pattern=_ISO, description="End, exclusive, ISO 8601 (default: now).")
+]
 Lookback = Annotated[int, Query(ge=1, le=90, description="Lookback window in days.")]
 Group = Annotated[
     list[str],
