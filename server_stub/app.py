@@ -34,6 +34,7 @@ from server_stub.routers import (
     identity,
     keys,
     notes,
+    orders,
     privacy,
     returns,
     sessions,
@@ -82,6 +83,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     privacy.router,
     notes.router,
     segments_router.router,
+    orders.router,
 )
 
 

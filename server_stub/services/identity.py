@@ -56,6 +56,7 @@ from server_stub.storage.tables import (
     events,
     identifiers,
     merges,
+    orders,
     preference_declarations,
 )
 
@@ -372,7 +373,7 @@ async def _merge(
         .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
         .values(customer_id=survivor.id)
     )
-    for table in (events, annotations_table, preference_declarations):
+    for table in (events, annotations_table, preference_declarations, orders):
         await conn.execute(
             update(table)
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
@@ -625,7 +626,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     now = utcnow()
     await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
     origins = [loser.id, *snapshot["absorbed"]]
-    for table in (events, annotations_table, preference_declarations):
+    for table in (events, annotations_table, preference_declarations, orders):
         await conn.execute(
             update(table)
             .where(

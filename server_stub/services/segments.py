@@ -54,6 +54,8 @@ from server_stub.storage.tables import (
     consent_decisions,
     customers,
     events,
+    order_lines,
+    orders,
     preference_declarations,
     segment_members,
     segment_pending,
@@ -124,9 +126,9 @@ async def facts_for(
             .group_by(events.c.customer_id)
         )
     }
-    orders = await _orders(conn, mine)
+    order_counts = await _orders(conn, tenant_id, mine, ids)
     interests = await _interests(conn, mine, settings, now)
-    buyers = await _buyer_types(conn, mine)
+    buyers = await _buyer_types(conn, tenant_id, mine, ids)
     consent = await _consent(conn, tenant_id, ids, settings)
     channels = await _preferred_channels(conn, tenant_id, ids, now)
     thresholds = LifecycleThresholds(
@@ -139,7 +141,7 @@ async def facts_for(
         first_seen = min(person.created_at, first_event) if first_event else person.created_at
         last = max(last_event, person.created_at) if last_event else person.created_at
         scores = interests.get(customer_id, {})
-        count, value = orders.get(customer_id, (0, 0.0))
+        count, value = order_counts.get(customer_id, (0, 0.0))
         facts[customer_id] = {
             "known": True,
             "traits": person.traits,
@@ -154,8 +156,19 @@ async def facts_for(
     return facts
 
 
-async def _orders(conn: AsyncConnection, mine: Any) -> dict[str, tuple[int, float]]:
-    """As services.profile._order_summary: one per `order_id`, its largest value."""
+def _recorded(tenant_id: str) -> Any:
+    """References of the customer's order records (correlated with the event's customer): an
+    order with a record counts by the record, its event is not counted again."""
+    return select(orders.c.reference).where(
+        orders.c.tenant_id == tenant_id, orders.c.customer_id == events.c.customer_id
+    )
+
+
+async def _orders(
+    conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
+) -> dict[str, tuple[int, float]]:
+    """As services.profile: her order records (every channel) plus the orders known only by
+    their `order_completed` event (one per `order_id`, its largest value)."""
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     per_order = (
         select(
@@ -163,7 +176,7 @@ async def _orders(conn: AsyncConnection, mine: Any) -> dict[str, tuple[int, floa
             order.label("order"),
             func.max(events.c.value).label("value"),
         )
-        .where(mine, events.c.name == "order_completed")
+        .where(mine, events.c.name == "order_completed", order.not_in(_recorded(tenant_id)))
         .group_by(events.c.customer_id, order)
         .subquery()
     )
@@ -174,7 +187,16 @@ async def _orders(conn: AsyncConnection, mine: Any) -> dict[str, tuple[int, floa
             func.coalesce(func.sum(per_order.c.value), 0.0),
         ).group_by(per_order.c.customer_id)
     )
-    return {row[0]: (int(row[1]), float(row[2])) for row in rows}
+    found = {row[0]: (int(row[1]), round(float(row[2]), 2)) for row in rows}
+    records = await conn.execute(
+        select(orders.c.customer_id, func.count(), func.sum(orders.c.total))
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
+        .group_by(orders.c.customer_id)
+    )
+    for customer_id, count, total in records:
+        events_count, events_value = found.get(customer_id, (0, 0.0))
+        found[customer_id] = (events_count + int(count), round(events_value + float(total), 2))
+    return found
 
 
 async def _interests(
@@ -191,12 +213,42 @@ async def _interests(
     return {who: rules.interests(found, now, half_life) for who, found in signals.items()}
 
 
-async def _buyer_types(conn: AsyncConnection, mine: Any) -> dict[str, rules.BuyerType]:
+async def _buyer_types(
+    conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
+) -> dict[str, rules.BuyerType]:
+    """As services.profile: an order record is a gift if most of its units are; an order
+    known only by its event by its flags."""
     query = select(events.c.customer_id, events.c.properties).where(
-        mine, events.c.name == "order_completed"
+        mine,
+        events.c.name == "order_completed",
+        func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id).not_in(
+            _recorded(tenant_id)
+        ),
     )
     top = _top(query, events.c.occurred_at.desc(), profile.ORDERS_FOR_BUYER_TYPE)
     flags: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    units: dict[tuple[str, str], list[int]] = {}
+    for row in await conn.execute(
+        select(
+            orders.c.customer_id,
+            order_lines.c.order_id,
+            order_lines.c.gift,
+            func.sum(order_lines.c.quantity).label("units"),
+        )
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
+        .group_by(orders.c.customer_id, order_lines.c.order_id, order_lines.c.gift)
+    ):
+        units.setdefault((row.customer_id, row.order_id), [0, 0])[0 if row.gift else 1] += int(
+            row.units
+        )
+    for (customer_id, _), (gift, own) in units.items():
+        if len(flags[customer_id]) < profile.ORDERS_FOR_BUYER_TYPE:
+            flags[customer_id].append((gift * 2 > gift + own, False))
     for row in await conn.execute(top):
         properties = row.properties or {}
         flags[row.customer_id].append(

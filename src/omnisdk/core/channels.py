@@ -38,6 +38,9 @@ class Scope(StrEnum):
     PRIVACY_EXPORT = "privacy:export"
     PRIVACY_ERASE = "privacy:erase"
     SETTINGS_MANAGE = "settings:manage"
+    ORDERS_READ = "orders:read"
+    ORDERS_WRITE = "orders:write"
+    CUSTOMER_CODES_ISSUE = "customer_codes:issue"
 
 
 _SHOP_BACKEND = frozenset(
@@ -54,6 +57,8 @@ _SHOP_BACKEND = frozenset(
         Scope.CONSENT_WRITE,
         Scope.CONTENT_READ,
         Scope.RETURNS_VERIFY,
+        Scope.ORDERS_READ,
+        Scope.ORDERS_WRITE,
     }
 )
 
@@ -61,8 +66,8 @@ _SHOP_BACKEND = frozenset(
 # (DESIGN: "a web key cannot redeem returns"); only admin keys author content, manage keys,
 # export or erase.
 DEFAULT_SCOPES: dict[Channel, frozenset[Scope]] = {
-    Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
-    Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
+    Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE, Scope.CUSTOMER_CODES_ISSUE},
+    Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE, Scope.CUSTOMER_CODES_ISSUE},
     Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM},
     Channel.ADMIN: frozenset(Scope),
 }

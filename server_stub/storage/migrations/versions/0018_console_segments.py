@@ -4,7 +4,7 @@ soft deletion), console staff, declared preferred channels, named segments with 
 Existing annotations become notes visible to all staff, at revision 1.
 
 Revision ID: 0018
-Revises: 0013
+Revises: 0016 (0013 before h18a was merged in)
 Create Date: 2026-12-03
 """
 
@@ -14,7 +14,7 @@ from alembic import op
 from server_stub.storage.tables import UtcDateTime
 
 revision = "0018"
-down_revision = "0013"
+down_revision = "0016"
 branch_labels = None
 depends_on = None
 
