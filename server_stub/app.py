@@ -82,6 +82,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     tenant.router,
     privacy.router,
     notes.router,
+    notes.gift_router,
     segments_router.router,
     orders.router,
 )
