@@ -18,6 +18,7 @@ from omnisdk._version import __version__
 from server_stub import openapi
 from server_stub.auth import KeyCache
 from server_stub.budget import RequestBudget
+from server_stub.console import create_console
 from server_stub.errors import install_error_handlers
 from server_stub.ids import utcnow
 from server_stub.limits import BodySizeLimit
@@ -164,6 +165,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.mount("/pos", station, name="pos")
+    # The customer-service console (issue 19), over this app's database.
+    app.mount("/console", create_console(lambda: app.state.runtime), name="console")
     app.state.pos_station = station
     app.add_middleware(
         BodySizeLimit,
