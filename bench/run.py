@@ -10,6 +10,7 @@ from bench import (
     bench_cart_history,
     bench_cart_load,
     bench_carts,
+    bench_console,
     bench_content,
     bench_feed,
     bench_ingest,
@@ -37,6 +38,7 @@ SUITES = {
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
     bench_feed.TITLE: bench_feed.run,
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
+    "Customer-service console and segments (issue 19)": bench_console.run,
 }
 
 

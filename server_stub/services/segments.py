@@ -93,9 +93,11 @@ async def facts_for(
     customer_ids: Sequence[str],
     settings: TenantSettings,
     now: datetime | None = None,
+    roots: frozenset[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per live customer among `customer_ids`, the attributes segments are evaluated on.
-    Merged-away and unknown ids are left out."""
+    """Per live customer among `customer_ids`, the attributes segments are evaluated on
+    (only those under `roots`, the conditions' first path parts, when given: a backfill of a
+    segment on traits reads no events). Merged-away and unknown ids are left out."""
     now = now or utcnow()
     ids = sorted(set(customer_ids))
     if not ids:
@@ -113,24 +115,37 @@ async def facts_for(
     ids = sorted(people)
     if not ids:
         return {}
+    wanted = segment_rules.ATTRIBUTE_ROOTS if roots is None else roots
     mine = and_(events.c.tenant_id == tenant_id, events.c.customer_id.in_(ids))
-    seen = {
-        row.customer_id: (row.first, row.last)
-        for row in await conn.execute(
-            select(
-                events.c.customer_id,
-                func.min(events.c.occurred_at).label("first"),
-                func.max(events.c.occurred_at).label("last"),
+    seen = (
+        {}
+        if "lifecycle" not in wanted
+        else {
+            row.customer_id: (row.first, row.last)
+            for row in await conn.execute(
+                select(
+                    events.c.customer_id,
+                    func.min(events.c.occurred_at).label("first"),
+                    func.max(events.c.occurred_at).label("last"),
+                )
+                .where(mine)
+                .group_by(events.c.customer_id)
             )
-            .where(mine)
-            .group_by(events.c.customer_id)
-        )
-    }
-    order_counts = await _orders(conn, tenant_id, mine, ids)
-    interests = await _interests(conn, mine, settings, now)
-    buyers = await _buyer_types(conn, tenant_id, mine, ids)
-    consent = await _consent(conn, tenant_id, ids, settings)
-    channels = await _preferred_channels(conn, tenant_id, ids, now)
+        }
+    )
+    order_counts = await _orders(conn, tenant_id, mine, ids) if "orders" in wanted else {}
+    interests = (
+        await _interests(conn, mine, settings, now)
+        if wanted & {"interests", "top_interest"}
+        else {}
+    )
+    buyers = await _buyer_types(conn, tenant_id, mine, ids) if "buyer_type" in wanted else {}
+    consent = await _consent(conn, tenant_id, ids, settings) if "consent" in wanted else {}
+    channels = (
+        await _preferred_channels(conn, tenant_id, ids, now)
+        if "preferred_channel" in wanted
+        else {}
+    )
     thresholds = LifecycleThresholds(
         settings.profile.new_days, settings.profile.active_days, settings.profile.lapsing_days
     )
@@ -142,7 +157,7 @@ async def facts_for(
         last = max(last_event, person.created_at) if last_event else person.created_at
         scores = interests.get(customer_id, {})
         count, value = order_counts.get(customer_id, (0, 0.0))
-        facts[customer_id] = {
+        everything = {
             "known": True,
             "traits": person.traits,
             "interests": scores,
@@ -153,6 +168,7 @@ async def facts_for(
             "consent": consent.get(customer_id, {}),
             "preferred_channel": channels.get(customer_id),
         }
+        facts[customer_id] = {k: v for k, v in everything.items() if k in wanted}
     return facts
 
 
@@ -363,7 +379,8 @@ async def evaluate(
     if not defined or not ids:
         return Outcome()
     settings = settings or await settings_of(conn, tenant_id)
-    facts = await facts_for(conn, tenant_id, ids, settings, now)
+    roots = frozenset().union(*(segment_rules.roots(s.condition) for s in defined))
+    facts = await facts_for(conn, tenant_id, ids, settings, now, roots | {"known"})
     by_id = {segment.id: segment for segment in defined}
     members = segment_members.c
     current = {
