@@ -11,6 +11,7 @@ from bench import (
     bench_cart_history,
     bench_cart_load,
     bench_carts,
+    bench_console,
     bench_content,
     bench_feed,
     bench_identify_locks,
@@ -45,6 +46,7 @@ SUITES = {
     "Recommendations rebuild as a bounded job (issue 21)": bench_scale_jobs.run,
     "Orders on every channel (issue 18)": bench_orders.run,
     "Attribution and lifetime value (issue 18)": bench_analytics.run,
+    "Customer-service console and segments (issue 19)": bench_console.run,
 }
 
 

@@ -5,11 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 
 from omnisdk.core.channels import Scope
-from omnisdk.models import Annotation, AnnotationDeletion, AnnotationEdit, AnnotationRevisionList
+from omnisdk.models import (
+    Annotation,
+    AnnotationDeletion,
+    AnnotationEdit,
+    AnnotationRevisionList,
+    GiftCorrection,
+    GiftLabelView,
+)
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection
 from server_stub.routing import ApiRoute
-from server_stub.services import notes
+from server_stub.services import gifts, notes
 
 router = APIRouter(prefix="/v1/annotations", tags=["customers"], route_class=ApiRoute)
 
@@ -52,3 +59,27 @@ async def revisions(
     reader = await notes.author_of(conn, principal, None, department)
     items = await notes.revisions(conn, principal.tenant_id, annotation_id, reader)
     return AnnotationRevisionList(items=items)
+
+
+gift_router = APIRouter(prefix="/v1/orders", tags=["orders"], route_class=ApiRoute)
+
+
+@gift_router.put(
+    "/{reference}/lines/{line_no}/gift",
+    summary="Correct a line's gift-or-self label (staff, or the customer through the shop)",
+    openapi_extra=needs(Scope.PROFILE_ANNOTATE),
+)
+async def correct_gift(
+    reference: str, line_no: int, body: GiftCorrection, request: Request, conn: Connection
+) -> GiftLabelView:
+    principal = principal_of(request)
+    await gifts.correct(
+        conn,
+        principal.tenant_id,
+        reference,
+        line_no,
+        body.gift,
+        by=body.by,
+        actor_key_id=principal.key_id,
+    )
+    return GiftLabelView(reference=reference, line_no=line_no, gift=body.gift, gift_confidence=1.0)

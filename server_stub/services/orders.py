@@ -63,7 +63,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import consent, customer_codes, identity
+from server_stub.services import consent, customer_codes, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import CENT, UtcDateTime, order_lines, order_refunds, orders
@@ -180,6 +180,8 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
                 for number, line in enumerate(order.lines, start=1)
             ],
         )
+        if order.customer_id:  # her orders are part of her profile (segments, issue 19)
+            await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
         return _new_view(order_id, order, now), True
     stored = await by_reference(conn, tenant_id, order.reference)
     assert stored is not None
@@ -499,6 +501,8 @@ async def _give_back(
         .where(orders.c.tenant_id == tenant_id, orders.c.id == order.id)
         .values(refunded=orders.c.refunded + amount)
     )
+    if order.customer_id:
+        await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
     await conn.execute(
         insert(order_refunds).values(
             tenant_id=tenant_id,

@@ -35,7 +35,15 @@ async def profile_changed(
     statement = dialect.insert(segment_pending).values(
         [{"tenant_id": tenant_id, "customer_id": id, "queued_at": now} for id in ids]
     )
-    await conn.execute(statement.on_conflict_do_nothing())
+    # An update, not "do nothing": while the evaluator holds a queued row (it took it and is
+    # evaluating, its snapshot may predate this write), the update waits for it, finds the row
+    # gone and inserts it again, so this change is evaluated next time rather than lost.
+    await conn.execute(
+        statement.on_conflict_do_update(
+            index_elements=["tenant_id", "customer_id"],
+            set_={"queued_at": statement.excluded.queued_at},
+        )
+    )
 
 
 async def segments_of(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:

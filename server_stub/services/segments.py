@@ -54,6 +54,8 @@ from server_stub.storage.tables import (
     consent_decisions,
     customers,
     events,
+    order_lines,
+    orders,
     preference_declarations,
     segment_members,
     segment_pending,
@@ -91,9 +93,11 @@ async def facts_for(
     customer_ids: Sequence[str],
     settings: TenantSettings,
     now: datetime | None = None,
+    roots: frozenset[str] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Per live customer among `customer_ids`, the attributes segments are evaluated on.
-    Merged-away and unknown ids are left out."""
+    """Per live customer among `customer_ids`, the attributes segments are evaluated on
+    (only those under `roots`, the conditions' first path parts, when given: a backfill of a
+    segment on traits reads no events). Merged-away and unknown ids are left out."""
     now = now or utcnow()
     ids = sorted(set(customer_ids))
     if not ids:
@@ -111,24 +115,37 @@ async def facts_for(
     ids = sorted(people)
     if not ids:
         return {}
+    wanted = segment_rules.ATTRIBUTE_ROOTS if roots is None else roots
     mine = and_(events.c.tenant_id == tenant_id, events.c.customer_id.in_(ids))
-    seen = {
-        row.customer_id: (row.first, row.last)
-        for row in await conn.execute(
-            select(
-                events.c.customer_id,
-                func.min(events.c.occurred_at).label("first"),
-                func.max(events.c.occurred_at).label("last"),
+    seen = (
+        {}
+        if "lifecycle" not in wanted
+        else {
+            row.customer_id: (row.first, row.last)
+            for row in await conn.execute(
+                select(
+                    events.c.customer_id,
+                    func.min(events.c.occurred_at).label("first"),
+                    func.max(events.c.occurred_at).label("last"),
+                )
+                .where(mine)
+                .group_by(events.c.customer_id)
             )
-            .where(mine)
-            .group_by(events.c.customer_id)
-        )
-    }
-    orders = await _orders(conn, mine)
-    interests = await _interests(conn, mine, settings, now)
-    buyers = await _buyer_types(conn, mine)
-    consent = await _consent(conn, tenant_id, ids, settings)
-    channels = await _preferred_channels(conn, tenant_id, ids, now)
+        }
+    )
+    order_counts = await _orders(conn, tenant_id, mine, ids) if "orders" in wanted else {}
+    interests = (
+        await _interests(conn, mine, settings, now)
+        if wanted & {"interests", "top_interest"}
+        else {}
+    )
+    buyers = await _buyer_types(conn, tenant_id, mine, ids) if "buyer_type" in wanted else {}
+    consent = await _consent(conn, tenant_id, ids, settings) if "consent" in wanted else {}
+    channels = (
+        await _preferred_channels(conn, tenant_id, ids, now)
+        if "preferred_channel" in wanted
+        else {}
+    )
     thresholds = LifecycleThresholds(
         settings.profile.new_days, settings.profile.active_days, settings.profile.lapsing_days
     )
@@ -139,8 +156,8 @@ async def facts_for(
         first_seen = min(person.created_at, first_event) if first_event else person.created_at
         last = max(last_event, person.created_at) if last_event else person.created_at
         scores = interests.get(customer_id, {})
-        count, value = orders.get(customer_id, (0, 0.0))
-        facts[customer_id] = {
+        count, value = order_counts.get(customer_id, (0, 0.0))
+        everything = {
             "known": True,
             "traits": person.traits,
             "interests": scores,
@@ -151,11 +168,23 @@ async def facts_for(
             "consent": consent.get(customer_id, {}),
             "preferred_channel": channels.get(customer_id),
         }
+        facts[customer_id] = {k: v for k, v in everything.items() if k in wanted}
     return facts
 
 
-async def _orders(conn: AsyncConnection, mine: Any) -> dict[str, tuple[int, float]]:
-    """As services.profile._order_summary: one per `order_id`, its largest value."""
+def _recorded(tenant_id: str) -> Any:
+    """References of the customer's order records (correlated with the event's customer): an
+    order with a record counts by the record, its event is not counted again."""
+    return select(orders.c.reference).where(
+        orders.c.tenant_id == tenant_id, orders.c.customer_id == events.c.customer_id
+    )
+
+
+async def _orders(
+    conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
+) -> dict[str, tuple[int, float]]:
+    """As services.profile: her order records (every channel) plus the orders known only by
+    their `order_completed` event (one per `order_id`, its largest value)."""
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     per_order = (
         select(
@@ -163,7 +192,7 @@ async def _orders(conn: AsyncConnection, mine: Any) -> dict[str, tuple[int, floa
             order.label("order"),
             func.max(events.c.value).label("value"),
         )
-        .where(mine, events.c.name == "order_completed")
+        .where(mine, events.c.name == "order_completed", order.not_in(_recorded(tenant_id)))
         .group_by(events.c.customer_id, order)
         .subquery()
     )
@@ -174,7 +203,16 @@ async def _orders(conn: AsyncConnection, mine: Any) -> dict[str, tuple[int, floa
             func.coalesce(func.sum(per_order.c.value), 0.0),
         ).group_by(per_order.c.customer_id)
     )
-    return {row[0]: (int(row[1]), float(row[2])) for row in rows}
+    found = {row[0]: (int(row[1]), round(float(row[2]), 2)) for row in rows}
+    records = await conn.execute(
+        select(orders.c.customer_id, func.count(), func.sum(orders.c.total))
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
+        .group_by(orders.c.customer_id)
+    )
+    for customer_id, count, total in records:
+        events_count, events_value = found.get(customer_id, (0, 0.0))
+        found[customer_id] = (events_count + int(count), round(events_value + float(total), 2))
+    return found
 
 
 async def _interests(
@@ -191,12 +229,42 @@ async def _interests(
     return {who: rules.interests(found, now, half_life) for who, found in signals.items()}
 
 
-async def _buyer_types(conn: AsyncConnection, mine: Any) -> dict[str, rules.BuyerType]:
+async def _buyer_types(
+    conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
+) -> dict[str, rules.BuyerType]:
+    """As services.profile: an order record is a gift if most of its units are; an order
+    known only by its event by its flags."""
     query = select(events.c.customer_id, events.c.properties).where(
-        mine, events.c.name == "order_completed"
+        mine,
+        events.c.name == "order_completed",
+        func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id).not_in(
+            _recorded(tenant_id)
+        ),
     )
     top = _top(query, events.c.occurred_at.desc(), profile.ORDERS_FOR_BUYER_TYPE)
     flags: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    units: dict[tuple[str, str], list[int]] = {}
+    for row in await conn.execute(
+        select(
+            orders.c.customer_id,
+            order_lines.c.order_id,
+            order_lines.c.gift,
+            func.sum(order_lines.c.quantity).label("units"),
+        )
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
+        .group_by(orders.c.customer_id, order_lines.c.order_id, order_lines.c.gift)
+    ):
+        units.setdefault((row.customer_id, row.order_id), [0, 0])[0 if row.gift else 1] += int(
+            row.units
+        )
+    for (customer_id, _), (gift, own) in units.items():
+        if len(flags[customer_id]) < profile.ORDERS_FOR_BUYER_TYPE:
+            flags[customer_id].append((gift * 2 > gift + own, False))
     for row in await conn.execute(top):
         properties = row.properties or {}
         flags[row.customer_id].append(
@@ -311,7 +379,8 @@ async def evaluate(
     if not defined or not ids:
         return Outcome()
     settings = settings or await settings_of(conn, tenant_id)
-    facts = await facts_for(conn, tenant_id, ids, settings, now)
+    roots = frozenset().union(*(segment_rules.roots(s.condition) for s in defined))
+    facts = await facts_for(conn, tenant_id, ids, settings, now, roots | {"known"})
     by_id = {segment.id: segment for segment in defined}
     members = segment_members.c
     current = {

@@ -1940,3 +1940,19 @@ class SegmentExplanation(WireModel):
     holds: Bool = Field(description="Whether her profile meets the condition now.")
     entered_at: datetime | None = None
     clauses: list[SegmentClause]
+
+
+class GiftCorrection(WireModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"gift": True, "by": "customer"}]})
+
+    gift: Bool = Field(description="True: bought for someone else; False: for herself.")
+    by: Literal["staff", "customer"] = Field(
+        default="staff", description="Who says so: staff, or the customer herself."
+    )
+
+
+class GiftLabelView(WireModel):
+    reference: str
+    line_no: Int
+    gift: Bool
+    gift_confidence: Float

@@ -28,6 +28,7 @@ def python_blocks(page: Path) -> list[str]:
         ("content.md", 3),
         ("orders.md", 4),
         ("analytics.md", 2),
+        ("console.md", 3),
     ],
 )
 def test_guide_examples_run(monkeypatch: pytest.MonkeyPatch, page: str, at_least: int) -> None:

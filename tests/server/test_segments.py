@@ -4,6 +4,7 @@ the change feed, and the law that real time and backfill agree (issue 19)."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -20,6 +21,16 @@ from server_stub.services import segments
 from server_stub.services.profile import get_profile
 from server_stub.storage.tables import changes, segment_members
 from tests.server.conftest import Harness, ShopForTest, start_harness
+
+# The background evaluator and backfiller wait a minute between rounds here: each test runs
+# what they run itself (settle), to the end, so what it reads next is complete.
+QUIET = {"segment_drain_seconds": 60, "database_pool_size": 3, "log_level": "WARNING"}
+
+
+@pytest.fixture
+async def server(migrated_database_url: str) -> AsyncIterator[Harness]:
+    async for harness in start_harness(migrated_database_url, **QUIET):
+        yield harness
 
 
 @pytest.fixture
@@ -220,6 +231,16 @@ async def test_segment_attributes_are_the_content_engines_profile_facts(
     await track(shop, amy, "order_completed", order_id="o1", value=80.5, gift=True)
     await track(shop, amy, "email_clicked", days=2)
     await track(shop, amy, "email_clicked", days=3)  # e-mail 5.6 > web 3.9 > store 2.9
+    sale = {
+        "reference": "POS-1",
+        "channel": "pos",
+        "store_id": "warsaw-1",
+        "currency": "EUR",
+        "customer_id": amy,
+        "lines": [{"sku": "TR2", "quantity": 2, "unit_price": 60.0, "gift": True}],
+    }
+    recorded = await shop.request("POST", "/v1/orders", "pos", json=sale)
+    assert recorded.status_code in (200, 201), recorded.text
     async with server.database.transaction(write=False) as conn:
         context = await server.app.state.runtime.tenants.get(conn, shop.id)
         profile: Profile = await get_profile(conn, context, amy)
@@ -251,6 +272,7 @@ STEPS = st.one_of(
     st.tuples(st.just("consent"), st.sampled_from(["granted", "denied"])),
     st.tuples(st.just("prefer"), st.sampled_from(["email", "sms", "app", None])),
     st.tuples(st.just("click")),
+    st.tuples(st.just("record"), st.integers(1, 200), st.booleans()),
 )
 PROFILES = st.lists(st.lists(STEPS, max_size=6), min_size=1, max_size=5)
 
@@ -266,6 +288,12 @@ async def _apply(shop: ShopForTest, who: str, device: str, step: tuple[Any, ...]
         return
     if kind == "click":
         await track(shop, who, "email_clicked")
+        return
+    if kind == "record":
+        line = {"sku": "S1", "quantity": 1, "unit_price": float(step[1]), "gift": step[2]}
+        sale = {"reference": f"{who}-r{n}", "currency": "EUR", "customer_id": who, "lines": [line]}
+        response = await shop.request("POST", "/v1/orders", "web", json=sale)
+        assert response.status_code in (200, 201), response.text
         return
     if kind == "tier":
         body: dict[str, Any] = {"anonymous_id": device, "traits": {"tier": step[1]}}
@@ -290,7 +318,7 @@ def test_real_time_membership_and_backfill_agree_on_random_profiles(
     migrated_database_url: str, histories: list[list[tuple[Any, ...]]]
 ) -> None:
     async def scenario() -> None:
-        async for server in start_harness(migrated_database_url, log_level="WARNING"):
+        async for server in start_harness(migrated_database_url, **QUIET):
             shop = await server.shop(settings=ATTRIBUTED_EVENTS)
             for n, condition in enumerate(CONDITIONS):
                 await define(shop, f"live-{n}", condition)

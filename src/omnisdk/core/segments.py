@@ -61,6 +61,11 @@ def _paths(condition: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def roots(condition: Mapping[str, Any]) -> frozenset[str]:
+    """The attributes a condition reads (the first part of each path)."""
+    return frozenset(path.split(".", 1)[0] for path in _paths(condition))
+
+
 def check(name: str, condition: Any) -> None:
     """Raise InvalidSegment with every problem of a definition."""
     errors = []
@@ -75,8 +80,6 @@ def check(name: str, condition: Any) -> None:
             if path.split(".", 1)[0] not in ATTRIBUTE_ROOTS:
                 roots = ", ".join(sorted(ATTRIBUTE_ROOTS))
                 errors.append(f"condition.{path}: not a profile attribute (one of {roots})")
-            elif path.split(".", 1)[0] == "segments":
-                errors.append(f"condition.{path}: a segment cannot test segments")
     if errors:
         raise InvalidSegment(errors)
 

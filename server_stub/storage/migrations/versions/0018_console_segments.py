@@ -4,7 +4,7 @@ soft deletion), console staff, declared preferred channels, named segments with 
 Existing annotations become notes visible to all staff, at revision 1.
 
 Revision ID: 0018
-Revises: 0013
+Revises: 0016 (0013 before h18a was merged in)
 Create Date: 2026-12-03
 """
 
@@ -125,6 +125,17 @@ def upgrade() -> None:
         "ix_segment_members_customer", "segment_members", ["tenant_id", "customer_id"]
     )
     op.create_table(
+        "console_sessions",
+        sa.Column("token_sha256", sa.String(64), nullable=False),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("key_id", sa.String(40), nullable=False),
+        sa.Column("csrf", sa.String(64), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("expires_at", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("token_sha256", name="pk_console_sessions"),
+    )
+    op.create_index("ix_console_sessions_expires", "console_sessions", ["expires_at"])
+    op.create_table(
         "segment_pending",
         sa.Column("tenant_id", sa.String(40), nullable=False),
         sa.Column("customer_id", sa.String(40), nullable=False),
@@ -136,6 +147,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in (
         "segment_pending",
+        "console_sessions",
         "segment_members",
         "segments",
         "preference_declarations",
