@@ -89,7 +89,9 @@ class Claimed:
     token: str
 
 
-async def claim(conn: AsyncConnection, now: datetime, limit: int) -> list[Claimed]:
+async def claim(
+    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta = LEASE
+) -> list[Claimed]:
     """Lease up to `limit` due messages to this caller: pending or retry ones whose time has
     come, and those whose claimer's lease ran out (it died mid-delivery)."""
     due = or_(
@@ -111,7 +113,7 @@ async def claim(conn: AsyncConnection, now: datetime, limit: int) -> list[Claime
         await conn.execute(
             update(alert_messages)
             .where(alert_messages.c.tenant_id == row.tenant_id, alert_messages.c.id == row.id)
-            .values(status="sending", lease_until=now + LEASE, lease_token=token)
+            .values(status="sending", lease_until=now + lease, lease_token=token)
         )
         claimed.append(Claimed(row.tenant_id, row.id, token))
     return claimed
@@ -268,7 +270,11 @@ async def _caps_reached(
 
 
 async def decide(
-    conn: AsyncConnection, context: TenantContext, claimed: Claimed, now: datetime
+    conn: AsyncConnection,
+    context: TenantContext,
+    claimed: Claimed,
+    now: datetime,
+    lease: timedelta = LEASE,
 ) -> Decision | None:
     """Decide a claimed message now (None: the lease is no longer ours). The customer is
     locked, so two processes deciding two of her messages count each other against the caps."""
@@ -363,7 +369,7 @@ async def decide(
             channel=channel,
             consent_decision_id=decision_id,
             decided_at=now,
-            lease_until=now + LEASE,
+            lease_until=now + lease,
         )
     )
     return Send(customer, channel, decision_id, payload)
@@ -495,7 +501,12 @@ async def sent(conn: AsyncConnection, claimed: Claimed, send: Send, now: datetim
 
 
 async def failed(
-    conn: AsyncConnection, claimed: Claimed, error: str, max_attempts: int, now: datetime
+    conn: AsyncConnection,
+    claimed: Claimed,
+    error: str,
+    max_attempts: int,
+    now: datetime,
+    retry_base: float = RETRY_BASE_SECONDS,
 ) -> bool:
     """A delivery attempt failed: retry later with backoff, or dead-letter the message after
     `max_attempts` (status `failed`; `replay` sends it again)."""
@@ -512,9 +523,7 @@ async def failed(
             attempts=attempts,
             reason=error[:200],
             due_at=now
-            + timedelta(
-                seconds=backoff_seconds(attempts, RETRY_BASE_SECONDS, RETRY_CEILING_SECONDS)
-            ),
+            + timedelta(seconds=backoff_seconds(attempts, retry_base, RETRY_CEILING_SECONDS)),
             lease_token=None,
             lease_until=None,
         )
