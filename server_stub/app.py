@@ -36,6 +36,7 @@ from server_stub.routers import (
     identity,
     inventory,
     keys,
+    orders,
     privacy,
     returns,
     sessions,
@@ -83,6 +84,7 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     privacy.router,
     inventory.router,
     alerts.router,
+    orders.router,
 )
 
 

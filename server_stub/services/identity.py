@@ -50,7 +50,14 @@ from server_stub.ids import new_id, utcnow
 from server_stub.services import alerts, carts, consent, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
-from server_stub.storage.tables import annotations_table, customers, events, identifiers, merges
+from server_stub.storage.tables import (
+    annotations_table,
+    customers,
+    events,
+    identifiers,
+    merges,
+    orders,
+)
 
 # Keys a shop might use to smuggle contact data into traits; they go in as identifiers.
 RESERVED_TRAITS = frozenset({"email", "e-mail", "e_mail", "phone", "mobile", "telephone"})
@@ -364,7 +371,7 @@ async def _merge(
         .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
         .values(customer_id=survivor.id)
     )
-    for table in (events, annotations_table):
+    for table in (events, annotations_table, orders):
         await conn.execute(
             update(table)
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
@@ -616,7 +623,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     now = utcnow()
     await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
     origins = [loser.id, *snapshot["absorbed"]]
-    for table in (events, annotations_table):
+    for table in (events, annotations_table, orders):
         await conn.execute(
             update(table)
             .where(

@@ -39,7 +39,7 @@ from omnisdk.core.notifications import (
 )
 from omnisdk.notification_models import AlertMetrics, KindMetrics, MessageView
 from server_stub.errors import Problem
-from server_stub.services import identity
+from server_stub.services import identity, orders
 from server_stub.services.consent import ledger
 from server_stub.services.stock import read as read_stock
 from server_stub.services.tenant_context import TenantContext
@@ -185,8 +185,11 @@ async def _traits(conn: AsyncConnection, tenant_id: str, customer_id: str) -> di
 async def bought_since(
     conn: AsyncConnection, tenant_id: str, customer_ids: Sequence[str], sku: str, since: datetime
 ) -> bool:
-    """Whether she ordered the SKU since `since`, on any channel (store sales included, once
-    they are recorded as her `order_completed`)."""
+    """Whether she ordered the SKU since `since`, on any channel: in the order record (online
+    checkouts and store sales, services/orders.py), or as an `order_completed` event the shop
+    tracked without recording the order."""
+    if await orders.bought_since(conn, tenant_id, list(customer_ids), sku, since):
+        return True
     rows = await conn.execute(
         select(events.c.properties).where(
             events.c.tenant_id == tenant_id,

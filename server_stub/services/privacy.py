@@ -4,6 +4,8 @@ Both work on the whole person: the live customer and every customer id merged in
 Erasure runs in the request's one transaction: it all happens or none of it does. What the law
 makes the shop keep stays, with nothing left that links it to the person:
 - return and refund records (accounting): the order loses its customer id;
+- order records on every channel (accounting), with their lines and refunds: they lose their
+  customer ids, so analytics still counts the sale but nothing leads to her;
 - the proof of a refusal (denied and withdrawn decisions): re-keyed to the erasure's id,
   without the device id.
 Everything else that names the customer (identifiers and their keyed hashes, events, carts,
@@ -23,18 +25,21 @@ from omnisdk.models import CustomerExport, ErasureReceipt
 from server_stub.ids import new_id, utcnow
 from server_stub.services import alerts, consent, identity
 from server_stub.services import changes as change_feed
+from server_stub.services import orders as order_records
 from server_stub.storage.tables import (
     annotations_table,
     audit_log,
     carts,
     changes,
     consent_decisions,
+    customer_codes,
     customers,
     events,
     idempotency_records,
     identifiers,
     merges,
     ordered_carts,
+    orders,
     redemptions,
     return_lines,
     return_orders,
@@ -144,6 +149,10 @@ async def export(conn: AsyncConnection, tenant_id: str, live: str) -> CustomerEx
                 ordered_carts.c.customer_id.in_(ids),
             )
         ],
+        order_records=[
+            order.model_dump(mode="json")
+            for order in await order_records.orders_of(conn, tenant_id, ids)
+        ],
         session=_plain(session[0]) if session else None,
         consent=[consent.view(r) for r in await consent.ledger(conn, tenant_id, ids)],
         returns=returns,
@@ -194,7 +203,16 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     kept["return_orders"] = await _rekey(
         conn, return_orders, t, return_orders.c.customer_id.in_(ids), customer_id=None
     )
+    kept["order_records"] = await _rekey(
+        conn,
+        orders,
+        t,
+        or_(orders.c.customer_id.in_(ids), orders.c.origin_customer_id.in_(ids)),
+        customer_id=None,
+        origin_customer_id=None,
+    )
     for name, table in (
+        ("customer_codes", customer_codes),
         ("identifiers", identifiers),
         ("carts", carts),
         ("orders", ordered_carts),

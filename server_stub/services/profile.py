@@ -22,6 +22,7 @@ from omnisdk.models import (
     IdentifierView,
     OrderSummary,
     Profile,
+    Purchases,
     TimelinePage,
 )
 from server_stub.errors import Problem
@@ -29,7 +30,14 @@ from server_stub.ids import new_id, utcnow
 from server_stub.services import carts
 from server_stub.services.identity import live_id
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.tables import annotations_table, customers, events, identifiers
+from server_stub.storage.tables import (
+    annotations_table,
+    customers,
+    events,
+    identifiers,
+    order_lines,
+    orders,
+)
 
 RECENT_EVENTS = 20
 INTEREST_SIGNALS = 2_000
@@ -48,14 +56,29 @@ async def require_customer(conn: AsyncConnection, tenant_id: str, customer_id: s
 MAX_PURCHASED = 200
 
 
-async def _purchased(conn: AsyncConnection, mine: Any) -> list[str]:
+async def _purchased(conn: AsyncConnection, mine: Any, tenant_id: str, live: str) -> list[str]:
+    """SKUs she bought, newest first: from her order records (every channel), then from
+    `order_completed` events the shop sent without a record."""
+    found: dict[str, None] = {}
+    recorded = await conn.execute(
+        select(order_lines.c.sku)
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id == live)
+        .order_by(orders.c.placed_at.desc(), order_lines.c.line_no)
+        .limit(MAX_PURCHASED * 4)
+    )
+    for row in recorded:
+        found.setdefault(row.sku)
     rows = await conn.execute(
         select(events.c.properties)
         .where(mine, events.c.name == "order_completed")
         .order_by(events.c.occurred_at.desc())
         .limit(MAX_PURCHASED)
     )
-    found: dict[str, None] = {}
     for row in rows:
         skus = (row.properties or {}).get("skus")
         for sku in skus if isinstance(skus, list) else ():
@@ -64,17 +87,81 @@ async def _purchased(conn: AsyncConnection, mine: Any) -> list[str]:
     return list(found)[:MAX_PURCHASED]
 
 
-def _order_summary(mine: Any) -> Any:
+def _order_summary(mine: Any, records: Any) -> Any:
     """How many orders and their value: one per `order_id`, so an order recorded by the cart
-    (carts.mark_ordered) and sent again by the shop as its own `order_completed` counts once."""
+    (carts.mark_ordered) and sent again by the shop as its own `order_completed` counts once.
+    Orders the shop also has as order records (`records`: their references) are left to
+    those (`_recorded_summary`)."""
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     per_order = (
         select(order.label("order"), func.max(events.c.value).label("value"))
-        .where(mine, events.c.name == "order_completed")
+        .where(mine, events.c.name == "order_completed", order.not_in(records))
         .group_by(order)
         .subquery()
     )
     return select(func.count(), func.coalesce(func.sum(per_order.c.value), 0.0))
+
+
+def _records_of(tenant_id: str, live: str) -> Any:
+    return select(orders.c.reference).where(
+        orders.c.tenant_id == tenant_id, orders.c.customer_id == live
+    )
+
+
+async def _recorded_summary(
+    conn: AsyncConnection, tenant_id: str, live: str, from_events: tuple[int, float]
+) -> tuple[OrderSummary, Purchases, list[tuple[bool, bool]]]:
+    """Her order records (every channel, store sales included) with the events-only orders
+    added: the summary, her purchases net of returns and refunds, and (gift, False) per
+    record for the buyer type (an order is a gift if most of its units are)."""
+    her = (orders.c.tenant_id == tenant_id, orders.c.customer_id == live)
+    by_channel = {
+        row.channel: (int(row.n), row.total, row.refunded, row.last)
+        for row in await conn.execute(
+            select(
+                orders.c.channel,
+                func.count().label("n"),
+                func.sum(orders.c.total).label("total"),
+                func.sum(orders.c.refunded).label("refunded"),
+                func.max(orders.c.placed_at).label("last"),
+            )
+            .where(*her)
+            .group_by(orders.c.channel)
+        )
+    }
+    units = await conn.execute(
+        select(
+            order_lines.c.order_id,
+            order_lines.c.gift,
+            func.sum(order_lines.c.quantity).label("units"),
+        )
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(*her)
+        .group_by(order_lines.c.order_id, order_lines.c.gift)
+    )
+    per_order: dict[str, list[int]] = {}
+    for row in units:
+        per_order.setdefault(row.order_id, [0, 0])[0 if row.gift else 1] += int(row.units)
+    count, value = from_events
+    total = sum((float(t) for _, t, _, _ in by_channel.values()), 0.0)
+    refunded = sum((float(r) for _, _, r, _ in by_channel.values()), 0.0)
+    summary = OrderSummary(
+        count=count + sum(n for n, _, _, _ in by_channel.values()),
+        total_value=round(value + total, 2),
+    )
+    purchases = Purchases(
+        net_value=round(value + total - refunded, 2),
+        refunded=round(refunded, 2),
+        by_channel={channel: n for channel, (n, _, _, _) in sorted(by_channel.items())},
+        gift_units=sum(gift for gift, _ in per_order.values()),
+        self_units=sum(own for _, own in per_order.values()),
+        last_order_at=max((last for _, _, _, last in by_channel.values()), default=None),
+    )
+    return summary, purchases, [(gift * 2 > gift + own, False) for gift, own in per_order.values()]
 
 
 def event_view(row: Row[Any]) -> EventView:
@@ -106,7 +193,11 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         )
     }
     first_event = (await conn.execute(select(func.min(events.c.occurred_at)).where(mine))).scalar()
-    orders = (await conn.execute(_order_summary(mine))).one()
+    records = _records_of(tenant_id, live)
+    from_events = (await conn.execute(_order_summary(mine, records))).one()
+    summary, purchases, recorded_buyer = await _recorded_summary(
+        conn, tenant_id, live, (int(from_events[0]), float(from_events[1]))
+    )
     first_seen = min(customer.created_at, first_event) if first_event else customer.created_at
     last = max([*last_seen.values(), customer.created_at])
     return Profile(
@@ -118,11 +209,12 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         interests=await _interests(conn, context, live, now),
         first_seen=first_seen,
         last_seen=last_seen,
-        orders=OrderSummary(count=int(orders[0]), total_value=float(orders[1])),
+        orders=summary,
         lifecycle=rules.lifecycle(first_seen, last, now, context.lifecycle),
-        buyer_type=await _buyer_type(conn, tenant_id, live),
+        buyer_type=await _buyer_type(conn, tenant_id, live, records, recorded_buyer),
         annotations=await _annotations(conn, tenant_id, live),
-        purchased_skus=await _purchased(conn, mine),
+        purchased_skus=await _purchased(conn, mine, tenant_id, live),
+        purchases=purchases,
         recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None)).items,
         cart=await _cart(conn, context, live, now),
     )
@@ -195,24 +287,35 @@ async def _interests(
     return rules.interests(signals, now, context.settings.profile.interest_half_life_days)
 
 
-async def _buyer_type(conn: AsyncConnection, tenant_id: str, live: str) -> rules.BuyerType:
+async def _buyer_type(
+    conn: AsyncConnection,
+    tenant_id: str,
+    live: str,
+    records: Any,
+    recorded: list[tuple[bool, bool]],
+) -> rules.BuyerType:
+    """From her orders: the order records' gift lines (`recorded`), and the gift flags of the
+    `order_completed` events of orders without a record."""
+    order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     rows = await conn.execute(
         select(events.c.properties)
         .where(
             events.c.tenant_id == tenant_id,
             events.c.customer_id == live,
             events.c.name == "order_completed",
+            order.not_in(records),
         )
         .order_by(events.c.occurred_at.desc())
         .limit(ORDERS_FOR_BUYER_TYPE)
     )
-    return rules.buyer_type(
+    from_events = [
         (
             row.properties.get("gift") is True,
             row.properties.get("shipping_differs_from_billing") is True,
         )
         for row in rows
-    )
+    ]
+    return rules.buyer_type([*recorded[:ORDERS_FOR_BUYER_TYPE], *from_events])
 
 
 async def _annotations(conn: AsyncConnection, tenant_id: str, live: str) -> list[Annotation]:

@@ -32,7 +32,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import events, identity
+from server_stub.services import events, identity, orders
 from server_stub.services.signing_keys import SigningKey, SigningKeys, verification_keys
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import redemptions, return_lines, return_orders, return_tokens
@@ -363,6 +363,15 @@ async def redeem(
             ProblemType.CONFLICT,
             f"till transaction {request.till_transaction_id} already returned something else",
         ) from None
+    # The order record of the same reference, if the shop recorded one, is worth that much less.
+    await orders.apply_redemption(
+        conn,
+        tenant_id,
+        claims.order_ref,
+        redemption.redemption_id,
+        [(line.sku, line.quantity) for line in redemption.lines],
+        redemption.value,
+    )
     if order.customer_id is not None:
         await _record_event(conn, context, order.customer_id, redemption)
     return redemption

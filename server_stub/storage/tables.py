@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 from sqlalchemy import (
@@ -18,6 +19,7 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
@@ -44,6 +46,36 @@ class UtcDateTime(TypeDecorator[datetime]):
             return None
         stored: datetime = value
         return stored.replace(tzinfo=UTC) if stored.tzinfo is None else stored.astimezone(UTC)
+
+
+CENT = Decimal("0.01")
+
+
+class Money(TypeDecorator[Decimal]):
+    """An amount of money with two decimals, exact on both databases: NUMERIC(14, 2) on
+    PostgreSQL, whole cents as an integer on SQLite (whose NUMERIC is a float). Python sees a
+    `Decimal`; SUM over the column stays exact and comes back as a `Decimal` too."""
+
+    impl = Numeric(14, 2)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> Any:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(BigInteger())
+        return dialect.type_descriptor(Numeric(14, 2, asdecimal=True))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        amount = Decimal(str(value)).quantize(CENT)
+        return int(amount * 100) if dialect.name == "sqlite" else amount
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> Decimal | None:
+        if value is None:
+            return None
+        if dialect.name == "sqlite":
+            return (Decimal(int(value)) / 100).quantize(CENT)
+        return Decimal(value).quantize(CENT)
 
 
 metadata = MetaData(
@@ -481,4 +513,76 @@ webhook_endpoints = Table(
     Column("sealed_secret", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("disabled_at", UtcDateTime(), nullable=True),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    # An order on any channel (services/orders.py): an online checkout, an order the shop
+    # recorded, or a sale at a till. Money is exact (Money); `refunded` grows with returns
+    # taken back at a till and refunds, so the net value is `total - refunded`.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("reference", String(64), nullable=False),
+    # None: a store sale linked to no customer (or not allowed to be, by her consent).
+    Column("customer_id", String(40), nullable=True),
+    # The customer it was recorded for: a split gives orders back by it.
+    Column("origin_customer_id", String(40), nullable=True),
+    Column("channel", String(16), nullable=False),
+    Column("store_id", String(64), nullable=True),
+    Column("currency", String(3), nullable=False),
+    Column("total", Money(), nullable=False),
+    Column("refunded", Money(), nullable=False),
+    Column("placed_at", UtcDateTime(), nullable=False),
+    Column("link_method", String(16), nullable=False),
+    Column("link_confidence", Float, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("tenant_id", "reference", name="uq_orders_tenant_reference"),
+    Index("ix_orders_customer", "tenant_id", "customer_id", "placed_at"),
+    Index("ix_orders_placed", "tenant_id", "placed_at", "id"),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("order_id", String(40), primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price", Money(), nullable=False),
+    Column("gift", Boolean, nullable=False),
+    # How sure the shop was that the line is a gift (None: it did not say; 1.0: told so).
+    Column("gift_confidence", Float, nullable=True),
+    Column("returned_quantity", Integer, nullable=False),
+    Index("ix_order_lines_sku", "tenant_id", "sku"),
+)
+
+order_refunds = Table(
+    "order_refunds",
+    metadata,
+    # Money given back on an order, each once: a return taken at a till (its redemption id)
+    # or a refund the shop recorded (its refund id). The order's `refunded` is their sum.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("refund_id", String(100), primary_key=True),
+    Column("order_id", String(40), nullable=False),
+    Column("source", String(16), nullable=False),  # "till_return" | "refund"
+    Column("amount", Money(), nullable=False),
+    Column("lines", JSON, nullable=False),  # [{"line_no": 1, "quantity": 1}, ...]
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_order_refunds_order", "tenant_id", "order_id"),
+)
+
+customer_codes = Table(
+    "customer_codes",
+    metadata,
+    # The signed customer codes an app showed (omnisdk.core.customer_codes): the code carries
+    # only its random id; this row says whose it is, so the code itself holds no personal data.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("code_id", String(32), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_customer_codes_customer", "tenant_id", "customer_id"),
+    Index("ix_customer_codes_expires", "expires_at"),
 )

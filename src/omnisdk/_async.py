@@ -32,6 +32,7 @@ from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.inventory import Inventory
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.sessions import Sessions
@@ -67,6 +68,7 @@ class AsyncClient(BaseClient):
     content: Content[AsyncClient]
     inventory: Inventory[AsyncClient]
     alerts: Alerts[AsyncClient]
+    orders: Orders[AsyncClient]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
@@ -91,6 +93,7 @@ class AsyncClient(BaseClient):
         self.content = Content(self)
         self.inventory = Inventory(self)
         self.alerts = Alerts(self)
+        self.orders = Orders(self)
         _lifecycle.register(self)
 
     async def execute(self, call: Call[T]) -> T:

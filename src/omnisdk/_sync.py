@@ -31,6 +31,7 @@ from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.inventory import Inventory
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.sessions import Sessions
@@ -64,6 +65,7 @@ class Client(BaseClient):
     content: Content[Client]
     inventory: Inventory[Client]
     alerts: Alerts[Client]
+    orders: Orders[Client]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.Client):
@@ -88,6 +90,7 @@ class Client(BaseClient):
         self.content = Content(self)
         self.inventory = Inventory(self)
         self.alerts = Alerts(self)
+        self.orders = Orders(self)
         _lifecycle.register(self)
 
     def execute(self, call: Call[T]) -> T:

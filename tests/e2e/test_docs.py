@@ -26,6 +26,7 @@ def python_blocks(page: Path) -> list[str]:
         ("carts.md", 4),
         ("consent.md", 4),
         ("content.md", 3),
+        ("orders.md", 4),
     ],
 )
 def test_guide_examples_run(monkeypatch: pytest.MonkeyPatch, page: str, at_least: int) -> None:

@@ -104,7 +104,9 @@ def test_amy_gets_one_signed_back_in_stock_webhook_and_none_after_her_purchase(
             amy = phone.identity.identify(
                 anonymous_id="amy-phone", traits={"first_name": "Amy", "preferred_channel": "sms"}
             ).customer_id
-            phone.consent.grant(amy, "marketing:push", "marketing:sms", source="app_settings")
+            phone.consent.grant(
+                amy, "analytics", "marketing:push", "marketing:sms", source="app_settings"
+            )
             wanted = phone.alerts.subscribe(amy, "TR2", SIZE_38)
             price_watch = phone.alerts.subscribe(amy, "TR2", SIZE_38, kind="price_drop")
             assert wanted.consent_decision_id is not None
@@ -118,10 +120,13 @@ def test_amy_gets_one_signed_back_in_stock_webhook_and_none_after_her_purchase(
             assert message["data"]["options"] == SIZE_38
             assert message["data"]["consent_decision_id"] == wanted.consent_decision_id
             # She buys the shoes in a store; then their price drops: no message for her.
-            till.events.send(
-                "order_completed",
+            till.orders.record(
+                "till-77",
+                [{"sku": "TR2", "quantity": 1, "unit_price": 89.0}],
+                currency="EUR",
+                channel="pos",
+                store_id="berlin-1",
                 customer_id=amy,
-                properties={"order_id": "till-77", "skus": ["TR2"]},
             )
             till.inventory.set_price("TR2", 69.0, "EUR", options=SIZE_38)
             with cluster.admin(shop) as admin:

@@ -43,6 +43,9 @@ class Scope(StrEnum):
     ALERTS_READ = "alerts:read"
     ALERTS_WRITE = "alerts:write"
     ALERTS_MANAGE = "alerts:manage"
+    ORDERS_READ = "orders:read"
+    ORDERS_WRITE = "orders:write"
+    CUSTOMER_CODES_ISSUE = "customer_codes:issue"
 
 
 _SHOP_BACKEND = frozenset(
@@ -62,6 +65,8 @@ _SHOP_BACKEND = frozenset(
         Scope.INVENTORY_READ,
         Scope.ALERTS_READ,
         Scope.ALERTS_WRITE,
+        Scope.ORDERS_READ,
+        Scope.ORDERS_WRITE,
     }
 )
 
@@ -69,8 +74,8 @@ _SHOP_BACKEND = frozenset(
 # (DESIGN: "a web key cannot redeem returns"); only admin keys author content, manage keys,
 # export or erase.
 DEFAULT_SCOPES: dict[Channel, frozenset[Scope]] = {
-    Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
-    Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE},
+    Channel.WEB: _SHOP_BACKEND | {Scope.RETURNS_ISSUE, Scope.CUSTOMER_CODES_ISSUE},
+    Channel.APP: _SHOP_BACKEND | {Scope.RETURNS_ISSUE, Scope.CUSTOMER_CODES_ISSUE},
     # A till also counts stock in its store (inventory:write); webhooks, replays and the
     # operator's metrics of messages (alerts:manage) are the administration's.
     Channel.POS: _SHOP_BACKEND | {Scope.RETURNS_REDEEM, Scope.INVENTORY_WRITE},

@@ -174,6 +174,12 @@ def _cose_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
     return _COSE_SIGN1_HEAD + _bstr(protected) + _EMPTY_MAP + _bstr(payload) + _bstr(signature)
 
 
+def cose_sign1(protected: bytes, payload: bytes, signature: bytes) -> bytes:
+    """The COSE_Sign1 message of these parts, in its one deterministic encoding (shared with
+    omnisdk.core.customer_codes)."""
+    return _cose_sign1(protected, payload, signature)
+
+
 @lru_cache(maxsize=64)
 def _protected_header(kid: bytes) -> bytes:
     return cbor2.dumps({HEADER_ALG: ALG_EDDSA, HEADER_KID: kid})
