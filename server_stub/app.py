@@ -36,6 +36,7 @@ from server_stub.routers import (
     identity,
     inventory,
     keys,
+    notes,
     orders,
     privacy,
     returns,
@@ -43,10 +44,11 @@ from server_stub.routers import (
     system,
     tenant,
 )
+from server_stub.routers import segments as segments_router
 from server_stub.runtime import Runtime
 from server_stub.sealing import Sealer, sealer_from
 from server_stub.services import changes as change_feed
-from server_stub.services import idempotency, signing_keys
+from server_stub.services import idempotency, segments, signing_keys
 from server_stub.services.changes import ChangeHub
 from server_stub.services.signing_keys import SigningKeys
 from server_stub.services.tenant_context import TenantContexts
@@ -84,6 +86,9 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     privacy.router,
     inventory.router,
     alerts.router,
+    notes.router,
+    notes.gift_router,
+    segments_router.router,
     orders.router,
 )
 
@@ -139,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         purgers = [
             asyncio.create_task(_purge_idempotency(database, settings.idempotency_ttl_seconds)),
             asyncio.create_task(_prune_changes(database, settings.change_retention_seconds)),
+            asyncio.create_task(_drain_segments(database, settings.segment_drain_seconds)),
+            asyncio.create_task(_backfill_segments(database, settings.segment_drain_seconds)),
         ]
         try:
             yield
@@ -226,6 +233,29 @@ def _reraise_cancellation(exc: Exception) -> None:
     task = asyncio.current_task()
     if task is not None and task.cancelling():
         raise asyncio.CancelledError from exc
+
+
+async def _drain_segments(database: Database, interval: float) -> None:
+    """Re-evaluate the segments of customers whose profile changed (services/segments.py)."""
+    while True:
+        try:
+            while await segments.drain(database):
+                pass  # a full batch: take the next one at once
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            log.warning("segment evaluation failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(interval)
+
+
+async def _backfill_segments(database: Database, interval: float) -> None:
+    """Backfill segments created or edited (by this process or another, or before a restart)."""
+    while True:
+        try:
+            await segments.backfill_due(database)
+        except Exception as exc:
+            _reraise_cancellation(exc)
+            log.warning("segment backfill failed", extra={"error_type": type(exc).__name__})
+        await asyncio.sleep(max(interval, 1.0))
 
 
 async def _purge_idempotency(database: Database, ttl_seconds: int) -> None:

@@ -132,6 +132,13 @@ class Settings(BaseSettings):
     )
     log_level: str = Field(default="INFO")
     database_pool_size: int = Field(default=10, gt=0)
+    segment_drain_seconds: float = Field(
+        default=0.25,
+        gt=0,
+        le=60,
+        description="How often each process evaluates the segments of customers whose profile "
+        "changed (issue 19); a change is reflected in memberships within about this long.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -8,12 +8,21 @@ from fastapi import APIRouter, Header, Query, Request
 from sqlalchemy.ext.asyncio import AsyncConnection
 from starlette.responses import StreamingResponse
 
-from omnisdk.core.channels import Scope
-from omnisdk.models import Annotation, AnnotationIn, MergeList, Profile, TimelinePage
+from omnisdk.core.channels import Channel, Scope
+from omnisdk.models import (
+    Annotation,
+    AnnotationIn,
+    AnnotationList,
+    MergeList,
+    PreferredChannelIn,
+    PreferredChannelView,
+    Profile,
+    TimelinePage,
+)
 from server_stub.auth import needs, principal_of
 from server_stub.routers.dependencies import Connection, Context
 from server_stub.routing import ApiRoute
-from server_stub.services import changes, identity, profile
+from server_stub.services import changes, identity, notes, preferences, profile, staff
 from server_stub.sse import resume_position, sse_stream
 
 router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=ApiRoute)
@@ -24,8 +33,14 @@ router = APIRouter(prefix="/v1/customers", tags=["customers"], route_class=ApiRo
     summary="The single customer view (any current or merged id)",
     openapi_extra=needs(Scope.PROFILE_READ),
 )
-async def get_profile(customer_id: str, conn: Connection, context: Context) -> Profile:
-    return await profile.get_profile(conn, context, customer_id)
+async def get_profile(
+    customer_id: str, request: Request, conn: Connection, context: Context
+) -> Profile:
+    principal = principal_of(request)
+    # Department-only notes: an admin-channel key (staff, the shop's admin) reads as itself;
+    # a shop backend's key sees the notes meant for all staff.
+    reader = await notes.author_of(conn, principal) if principal.channel is Channel.ADMIN else None
+    return await profile.get_profile(conn, context, customer_id, reader)
 
 
 @router.get(
@@ -54,7 +69,71 @@ async def timeline(
 async def annotate(
     customer_id: str, body: AnnotationIn, request: Request, conn: Connection
 ) -> Annotation:
-    return await profile.annotate(conn, principal_of(request).tenant_id, customer_id, body)
+    principal = principal_of(request)
+    author = await notes.author_of(conn, principal, body.author, body.department)
+    return await notes.create(conn, principal.tenant_id, customer_id, body, author)
+
+
+@router.get(
+    "/{customer_id}/annotations",
+    summary="The notes on the customer the caller may see (pinned first, then newest)",
+    openapi_extra=needs(Scope.PROFILE_READ),
+)
+async def list_annotations(
+    customer_id: str,
+    request: Request,
+    conn: Connection,
+    department: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = None,
+    include_deleted: bool = False,
+) -> AnnotationList:
+    principal = principal_of(request)
+    live = await profile.require_customer(conn, principal.tenant_id, customer_id)
+    reader = await notes.author_of(conn, principal, None, department)
+    items = await notes.listed(
+        conn, principal.tenant_id, live, reader, include_deleted=include_deleted
+    )
+    return AnnotationList(items=items)
+
+
+@router.get(
+    "/{customer_id}/preferred-channel",
+    summary="Her preferred channel: declared (wins) or observed from engagement",
+    openapi_extra=needs(Scope.PROFILE_READ),
+)
+async def preferred_channel(
+    customer_id: str, request: Request, conn: Connection
+) -> PreferredChannelView:
+    tenant_id = principal_of(request).tenant_id
+    live = await profile.require_customer(conn, tenant_id, customer_id)
+    channel, source = await preferences.preferred_channel(conn, tenant_id, [live])
+    return PreferredChannelView.model_validate(
+        {"customer_id": live, "channel": channel, "source": source}
+    )
+
+
+@router.put(
+    "/{customer_id}/preferred-channel",
+    summary="Record the channel she says she prefers (null withdraws it)",
+    openapi_extra=needs(Scope.IDENTITY_WRITE),
+)
+async def declare_preferred_channel(
+    customer_id: str, body: PreferredChannelIn, request: Request, conn: Connection
+) -> PreferredChannelView:
+    principal = principal_of(request)
+    member = await staff.of_key(conn, principal.tenant_id, principal.key_id)
+    live, _ = await preferences.declare(
+        conn,
+        principal.tenant_id,
+        customer_id,
+        body.channel,
+        via="console" if member else principal.channel.value,
+        actor=member.name if member else principal.key_id,
+        actor_key_id=principal.key_id,
+    )
+    channel, source = await preferences.preferred_channel(conn, principal.tenant_id, [live])
+    return PreferredChannelView.model_validate(
+        {"customer_id": live, "channel": channel, "source": source}
+    )
 
 
 @router.get(

@@ -33,7 +33,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import changes
+from server_stub.services import changes, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import consent_decisions
 
@@ -259,6 +259,8 @@ async def publish(
     if state is not None:
         payload["state"] = state.model_dump(mode="json")
     await changes.publish(conn, tenant_id, customer_id, "consent", payload)
+    if customer_id:  # consent is part of the profile segments test (issue 19)
+        await segment_hook.profile_changed(conn, tenant_id, [customer_id])
 
 
 async def confirm(

@@ -39,7 +39,7 @@ from omnisdk.core.identifiers import (
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import BatchResult, EventIn, EventRejection
 from server_stub.ids import utcnow
-from server_stub.services import consent, identity
+from server_stub.services import consent, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import events, identifiers
 
@@ -308,6 +308,8 @@ async def _store(
         )
     if values:
         await conn.execute(_insert_ignoring_duplicates(conn), values)
+        owners = {row["customer_id"] for row in values} - {ANONYMOUS}
+        await segment_hook.profile_changed(conn, tenant_id, owners)
     return accepted, duplicates
 
 
@@ -344,6 +346,7 @@ async def record_order(
             }
         ],
     )
+    await segment_hook.profile_changed(conn, tenant_id, [customer_id])
 
 
 def _insert_ignoring_duplicates(conn: AsyncConnection) -> Any:

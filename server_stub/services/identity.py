@@ -47,7 +47,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import alerts, carts, consent, sessions
+from server_stub.services import alerts, carts, consent, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import (
@@ -57,6 +57,7 @@ from server_stub.storage.tables import (
     identifiers,
     merges,
     orders,
+    preference_declarations,
 )
 
 # Keys a shop might use to smuggle contact data into traits; they go in as identifiers.
@@ -224,6 +225,7 @@ async def create_customer(conn: AsyncConnection, tenant_id: str, now: datetime) 
     await conn.execute(
         insert(customers).values(tenant_id=tenant_id, id=customer_id, created_at=now, traits={})
     )
+    await segment_hook.profile_changed(conn, tenant_id, [customer_id])  # a new customer
     return customer_id
 
 
@@ -371,7 +373,7 @@ async def _merge(
         .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
         .values(customer_id=survivor.id)
     )
-    for table in (events, annotations_table, orders):
+    for table in (events, annotations_table, preference_declarations, orders):
         await conn.execute(
             update(table)
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
@@ -427,6 +429,7 @@ async def _merge(
         )
     )
     loser.merged_into = survivor.id
+    await segment_hook.profile_changed(conn, tenant_id, [survivor.id, loser.id, *absorbed])
     return _MergeOutcome(merge_id, dropped, report)
 
 
@@ -497,6 +500,7 @@ async def identify(
             .where(customers.c.tenant_id == tenant_id, customers.c.id == survivor.id)
             .values(traits=traits)
         )
+        await segment_hook.profile_changed(conn, tenant_id, [survivor.id])
     return IdentifyResult(
         customer_id=survivor.id,
         created=created,
@@ -623,7 +627,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     now = utcnow()
     await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
     origins = [loser.id, *snapshot["absorbed"]]
-    for table in (events, annotations_table, orders):
+    for table in (events, annotations_table, preference_declarations, orders):
         await conn.execute(
             update(table)
             .where(
@@ -664,6 +668,9 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
         update(merges)
         .where(merges.c.tenant_id == tenant_id, merges.c.id == merge_id)
         .values(split_at=now)
+    )
+    await segment_hook.profile_changed(
+        conn, tenant_id, [survivor.id, loser.id, *snapshot["absorbed"]]
     )
     return merge_view(row).model_copy(update={"split_at": now})
 

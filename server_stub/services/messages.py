@@ -39,7 +39,7 @@ from omnisdk.core.notifications import (
 )
 from omnisdk.notification_models import AlertMetrics, KindMetrics, MessageView
 from server_stub.errors import Problem
-from server_stub.services import identity, orders
+from server_stub.services import identity, orders, preferences
 from server_stub.services.consent import ledger
 from server_stub.services.stock import read as read_stock
 from server_stub.services.tenant_context import TenantContext
@@ -153,22 +153,19 @@ class Delayed:
 Decision = Send | Skipped | Delayed
 
 
+# Where an observed preference is a shop channel rather than a message channel: engaging in
+# the app means a push notification reaches her there.
+MESSAGE_CHANNEL_OF = {"app": "push"}
+
+
 async def preferred_channel(
     conn: AsyncConnection, tenant_id: str, customer_ids: Sequence[str]
 ) -> tuple[str | None, str]:
-    """The customer's preferred channel and where it comes from. Until the console's
-    `services.preferences.preferred_channel` (issue 19) is merged, the channel she declared
-    as the `preferred_channel` trait."""
-    rows = await conn.execute(
-        select(customers.c.traits).where(
-            customers.c.tenant_id == tenant_id, customers.c.id.in_(list(customer_ids))
-        )
-    )
-    for row in rows:
-        declared = (row.traits or {}).get("preferred_channel")
-        if isinstance(declared, str) and declared in PURPOSE_OF_CHANNEL:
-            return declared, "declared"
-    return None, "none"
+    """The message channel she prefers (declared wins over observed; services/preferences)
+    and where that comes from; None when it names no message channel."""
+    channel, source = await preferences.preferred_channel(conn, tenant_id, customer_ids)
+    channel = MESSAGE_CHANNEL_OF.get(channel or "", channel)
+    return (channel, source) if channel in PURPOSE_OF_CHANNEL else (None, source)
 
 
 async def _traits(conn: AsyncConnection, tenant_id: str, customer_id: str) -> dict[str, Any]:

@@ -50,7 +50,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import consent, customer_codes, identity
+from server_stub.services import consent, customer_codes, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import CENT, order_lines, order_refunds, orders
 
@@ -166,6 +166,8 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
                 for number, line in enumerate(order.lines, start=1)
             ],
         )
+        if order.customer_id:  # her orders are part of her profile (segments, issue 19)
+            await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
         stored = await by_reference(conn, tenant_id, order.reference)
         assert stored is not None
         return stored, True
@@ -454,6 +456,8 @@ async def _give_back(
         .where(orders.c.tenant_id == tenant_id, orders.c.id == order.id)
         .values(refunded=orders.c.refunded + amount)
     )
+    if order.customer_id:
+        await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
     await conn.execute(
         insert(order_refunds).values(
             tenant_id=tenant_id,

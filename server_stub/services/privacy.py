@@ -27,6 +27,7 @@ from server_stub.services import alerts, consent, identity
 from server_stub.services import changes as change_feed
 from server_stub.services import orders as order_records
 from server_stub.storage.tables import (
+    annotation_revisions,
     annotations_table,
     audit_log,
     carts,
@@ -40,9 +41,12 @@ from server_stub.storage.tables import (
     merges,
     ordered_carts,
     orders,
+    preference_declarations,
     redemptions,
     return_lines,
     return_orders,
+    segment_members,
+    segment_pending,
     sessions,
 )
 
@@ -65,6 +69,17 @@ def _plain(row: Row[Any], *drop: str) -> dict[str, Any]:
         for key, value in row._mapping.items()
         if key not in ("tenant_id", *drop)
     }
+
+
+# Who wrote a note and how it was handled is the shop's, not hers.
+INTERNAL_NOTE_COLUMNS = (
+    "author_key_id",
+    "author",
+    "origin_customer_id",
+    "deleted_at",
+    "deleted_by",
+    "delete_reason",
+)
 
 
 async def _rows(conn: AsyncConnection, table: Table, *where: Any) -> list[Row[Any]]:
@@ -130,13 +145,25 @@ async def export(conn: AsyncConnection, tenant_id: str, live: str) -> CustomerEx
                 conn, events, events.c.tenant_id == tenant_id, events.c.customer_id.in_(ids)
             )
         ],
+        # What departments meant her to see (issue 19): visibility `customer`, not deleted.
         annotations=[
-            _plain(r)
+            _plain(r, *INTERNAL_NOTE_COLUMNS)
             for r in await _rows(
                 conn,
                 annotations_table,
                 annotations_table.c.tenant_id == tenant_id,
                 annotations_table.c.customer_id.in_(ids),
+                annotations_table.c.visibility == "customer",
+                annotations_table.c.deleted_at.is_(None),
+            )
+        ],
+        preferred_channel_declarations=[
+            _plain(r, "origin_customer_id")
+            for r in await _rows(
+                conn,
+                preference_declarations,
+                preference_declarations.c.tenant_id == tenant_id,
+                preference_declarations.c.customer_id.in_(ids),
             )
         ],
         cart=_plain(cart[0]) if cart else None,
@@ -219,7 +246,22 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
         ("sessions", sessions),
     ):
         removed[name] = await _delete(conn, table, t, table.c.customer_id.in_(ids))
-    for name, table in (("events", events), ("annotations", annotations_table)):
+    notes = annotations_table.c
+    her_notes = select(notes.id).where(
+        notes.tenant_id == t, or_(notes.customer_id.in_(ids), notes.origin_customer_id.in_(ids))
+    )
+    removed["annotation_revisions"] = await _delete(
+        conn, annotation_revisions, t, annotation_revisions.c.annotation_id.in_(her_notes)
+    )
+    for name, table in (("segment_memberships", segment_members), ("", segment_pending)):
+        count = await _delete(conn, table, t, table.c.customer_id.in_(ids))
+        if name:
+            removed[name] = count
+    for name, table in (
+        ("events", events),
+        ("annotations", annotations_table),
+        ("preferred_channel_declarations", preference_declarations),
+    ):
         # Also what was recorded for her before a merge moved it elsewhere.
         removed[name] = await _delete(
             conn,

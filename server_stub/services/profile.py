@@ -6,7 +6,7 @@ import base64
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Row, and_, func, insert, or_, select
+from sqlalchemy import Row, and_, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import profile as rules
@@ -26,12 +26,11 @@ from omnisdk.models import (
     TimelinePage,
 )
 from server_stub.errors import Problem
-from server_stub.ids import new_id, utcnow
-from server_stub.services import carts
+from server_stub.ids import utcnow
+from server_stub.services import carts, notes, preferences, segment_hook
 from server_stub.services.identity import live_id
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
-    annotations_table,
     customers,
     events,
     identifiers,
@@ -174,7 +173,12 @@ def event_view(row: Row[Any]) -> EventView:
     )
 
 
-async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id: str) -> Profile:
+async def get_profile(
+    conn: AsyncConnection,
+    context: TenantContext,
+    customer_id: str,
+    reader: notes.Author | None = None,
+) -> Profile:
     tenant_id = context.tenant_id
     live = await require_customer(conn, tenant_id, customer_id)
     now = utcnow()
@@ -212,12 +216,24 @@ async def get_profile(conn: AsyncConnection, context: TenantContext, customer_id
         orders=summary,
         lifecycle=rules.lifecycle(first_seen, last, now, context.lifecycle),
         buyer_type=await _buyer_type(conn, tenant_id, live, records, recorded_buyer),
-        annotations=await _annotations(conn, tenant_id, live),
+        annotations=await notes.listed(conn, tenant_id, live, reader or BACKEND_READER),
         purchased_skus=await _purchased(conn, mine, tenant_id, live),
         purchases=purchases,
         recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None)).items,
         cart=await _cart(conn, context, live, now),
+        **await _preference_and_segments(conn, tenant_id, live),
     )
+
+
+async def _preference_and_segments(
+    conn: AsyncConnection, tenant_id: str, live: str
+) -> dict[str, Any]:
+    channel, source = await preferences.preferred_channel(conn, tenant_id, [live])
+    return {
+        "preferred_channel": channel,
+        "preferred_channel_source": source,
+        "segments": await segment_hook.segments_of(conn, tenant_id, live),
+    }
 
 
 async def _cart(
@@ -318,44 +334,15 @@ async def _buyer_type(
     return rules.buyer_type([*recorded[:ORDERS_FOR_BUYER_TYPE], *from_events])
 
 
-async def _annotations(conn: AsyncConnection, tenant_id: str, live: str) -> list[Annotation]:
-    rows = await conn.execute(
-        select(annotations_table)
-        .where(annotations_table.c.tenant_id == tenant_id, annotations_table.c.customer_id == live)
-        .order_by(annotations_table.c.created_at)
-    )
-    return [
-        Annotation(
-            annotation_id=row.id,
-            department=row.department,
-            author=row.author,
-            text=row.text,
-            created_at=row.created_at,
-        )
-        for row in rows
-    ]
+BACKEND_READER = notes.Author(name="", department=None, role=None, key_id=None)
 
 
 async def annotate(
     conn: AsyncConnection, tenant_id: str, customer_id: str, note: AnnotationIn
 ) -> Annotation:
-    live = await require_customer(conn, tenant_id, customer_id)
-    annotation = Annotation(
-        annotation_id=new_id("ann", 10), created_at=utcnow(), **note.model_dump()
-    )
-    await conn.execute(
-        insert(annotations_table).values(
-            tenant_id=tenant_id,
-            id=annotation.annotation_id,
-            customer_id=live,
-            origin_customer_id=live,
-            department=note.department,
-            author=note.author,
-            text=note.text,
-            created_at=annotation.created_at,
-        )
-    )
-    return annotation
+    """A note written by a shop backend that names its author and department."""
+    author = notes.Author(note.author, note.department, None, None)
+    return await notes.create(conn, tenant_id, customer_id, note, author)
 
 
 def _cursor(row: Row[Any]) -> str:

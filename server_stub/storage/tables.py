@@ -25,6 +25,7 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    false,
 )
 
 
@@ -219,6 +220,19 @@ annotations_table = Table(
     Column("text", Text, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_annotations_customer", "tenant_id", "customer_id"),
+    # Issue 19 (migration 0018): department knowledge. kind: note | warning | preference |
+    # promise; visibility: department | staff | customer (also in her export).
+    Column("kind", String(16), nullable=False, server_default="note"),
+    Column("visibility", String(16), nullable=False, server_default="staff"),
+    Column("pinned", Boolean, nullable=False, server_default=false()),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    Column("author_key_id", String(40), nullable=True),
+    Column("revision", Integer, nullable=False, server_default="1"),
+    Column("updated_at", UtcDateTime(), nullable=True),
+    # Deletion is soft: the note is hidden, its revisions and the reason stay (until erasure).
+    Column("deleted_at", UtcDateTime(), nullable=True),
+    Column("deleted_by", String(100), nullable=True),
+    Column("delete_reason", Text, nullable=True),
 )
 
 signing_keys = Table(
@@ -397,6 +411,173 @@ recommendation_models = Table(
     Column("built_at", UtcDateTime(), nullable=False),
 )
 
+
+# --- issue 19: annotations' revisions, console staff, preferred channel, segments ----------
+
+annotation_revisions = Table(
+    "annotation_revisions",
+    metadata,
+    # Every state an annotation had, the first included: what was written, by whom, when.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("annotation_id", String(40), primary_key=True),
+    Column("revision", Integer, primary_key=True, autoincrement=False),
+    Column("action", String(16), nullable=False),  # created | edited | deleted
+    Column("text", Text, nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("visibility", String(16), nullable=False),
+    Column("pinned", Boolean, nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=True),
+    Column("editor", String(100), nullable=False),
+    Column("editor_department", String(32), nullable=False),
+    Column("reason", Text, nullable=True),
+    Column("edited_at", UtcDateTime(), nullable=False),
+)
+
+staff_members = Table(
+    "staff_members",
+    metadata,
+    # A console key: an API key (its secret kept only hashed in api_keys) of one person of a
+    # department, with the role that decides what she may change (services/annotations.py).
+    Column("key_id", String(40), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("name", String(100), nullable=False),
+    Column("department", String(32), nullable=False),
+    Column("role", String(16), nullable=False),  # agent | lead | admin
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_staff_members_tenant", "tenant_id"),
+)
+
+preference_declarations = Table(
+    "preference_declarations",
+    metadata,
+    # Append-only: the customer's declared preferred channel, latest wins; channel None clears
+    # it. Follows merges and splits like events (customer_id / origin_customer_id).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("origin_customer_id", String(40), nullable=False),
+    Column("channel", String(16), nullable=True),
+    Column("declared_via", String(16), nullable=False),
+    Column("actor", String(100), nullable=False),
+    Column("declared_at", UtcDateTime(), nullable=False),
+    Index("ix_preference_declarations_customer", "tenant_id", "customer_id", "declared_at"),
+)
+
+segments = Table(
+    "segments",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("name", String(64), nullable=False),
+    Column("description", Text, nullable=False),
+    Column("condition", JSON, nullable=False),  # omnisdk.core.conditions, over the profile
+    Column("version", Integer, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("updated_at", UtcDateTime(), nullable=False),
+    # The version whose backfill finished (None: none yet); membership is complete from then.
+    Column("backfilled_version", Integer, nullable=True),
+    # The backfill under way: which process claimed it (and when), how far it got.
+    Column("backfill_claimed_at", UtcDateTime(), nullable=True),
+    Column("backfill_done", Integer, nullable=False, server_default="0"),
+    Column("backfill_total", Integer, nullable=False, server_default="0"),
+    UniqueConstraint("tenant_id", "name", name="uq_segments_tenant_name"),
+)
+
+segment_members = Table(
+    "segment_members",
+    metadata,
+    # One row per customer ever in the segment: exited_at None while she is in it.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("segment_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("entered_at", UtcDateTime(), nullable=False),
+    Column("exited_at", UtcDateTime(), nullable=True),
+    Index("ix_segment_members_customer", "tenant_id", "customer_id"),
+)
+
+segment_pending = Table(
+    "segment_pending",
+    metadata,
+    # Customers whose profile changed since their segments were last evaluated: the write
+    # that changed it adds a row (cheap), the evaluator in every server process drains them.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("queued_at", UtcDateTime(), nullable=False),
+)
+
+orders = Table(
+    "orders",
+    metadata,
+    # An order on any channel (services/orders.py): an online checkout, an order the shop
+    # recorded, or a sale at a till. Money is exact (Money); `refunded` grows with returns
+    # taken back at a till and refunds, so the net value is `total - refunded`.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("id", String(40), primary_key=True),
+    Column("reference", String(64), nullable=False),
+    # None: a store sale linked to no customer (or not allowed to be, by her consent).
+    Column("customer_id", String(40), nullable=True),
+    # The customer it was recorded for: a split gives orders back by it.
+    Column("origin_customer_id", String(40), nullable=True),
+    Column("channel", String(16), nullable=False),
+    Column("store_id", String(64), nullable=True),
+    Column("currency", String(3), nullable=False),
+    Column("total", Money(), nullable=False),
+    Column("refunded", Money(), nullable=False),
+    Column("placed_at", UtcDateTime(), nullable=False),
+    Column("link_method", String(16), nullable=False),
+    Column("link_confidence", Float, nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    UniqueConstraint("tenant_id", "reference", name="uq_orders_tenant_reference"),
+    Index("ix_orders_customer", "tenant_id", "customer_id", "placed_at"),
+    Index("ix_orders_placed", "tenant_id", "placed_at", "id"),
+)
+
+order_lines = Table(
+    "order_lines",
+    metadata,
+    Column("tenant_id", String(40), primary_key=True),
+    Column("order_id", String(40), primary_key=True),
+    Column("line_no", Integer, primary_key=True),
+    Column("sku", String(64), nullable=False),
+    Column("quantity", Integer, nullable=False),
+    Column("unit_price", Money(), nullable=False),
+    Column("gift", Boolean, nullable=False),
+    # How sure the shop was that the line is a gift (None: it did not say; 1.0: told so).
+    Column("gift_confidence", Float, nullable=True),
+    Column("returned_quantity", Integer, nullable=False),
+    Index("ix_order_lines_sku", "tenant_id", "sku"),
+)
+
+order_refunds = Table(
+    "order_refunds",
+    metadata,
+    # Money given back on an order, each once: a return taken at a till (its redemption id)
+    # or a refund the shop recorded (its refund id). The order's `refunded` is their sum.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("refund_id", String(100), primary_key=True),
+    Column("order_id", String(40), nullable=False),
+    Column("source", String(16), nullable=False),  # "till_return" | "refund"
+    Column("amount", Money(), nullable=False),
+    Column("lines", JSON, nullable=False),  # [{"line_no": 1, "quantity": 1}, ...]
+    Column("created_at", UtcDateTime(), nullable=False),
+    Index("ix_order_refunds_order", "tenant_id", "order_id"),
+)
+
+customer_codes = Table(
+    "customer_codes",
+    metadata,
+    # The signed customer codes an app showed (omnisdk.core.customer_codes): the code carries
+    # only its random id; this row says whose it is, so the code itself holds no personal data.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("code_id", String(32), primary_key=True),
+    Column("customer_id", String(40), nullable=False),
+    Column("issued_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_customer_codes_customer", "tenant_id", "customer_id"),
+    Index("ix_customer_codes_expires", "expires_at"),
+)
+
+
 # --- inventory, stock alerts and messages (issue 20; migration 0019) --------------------------
 
 inventory_items = Table(
@@ -513,76 +694,4 @@ webhook_endpoints = Table(
     Column("sealed_secret", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("disabled_at", UtcDateTime(), nullable=True),
-)
-
-orders = Table(
-    "orders",
-    metadata,
-    # An order on any channel (services/orders.py): an online checkout, an order the shop
-    # recorded, or a sale at a till. Money is exact (Money); `refunded` grows with returns
-    # taken back at a till and refunds, so the net value is `total - refunded`.
-    Column("tenant_id", String(40), primary_key=True),
-    Column("id", String(40), primary_key=True),
-    Column("reference", String(64), nullable=False),
-    # None: a store sale linked to no customer (or not allowed to be, by her consent).
-    Column("customer_id", String(40), nullable=True),
-    # The customer it was recorded for: a split gives orders back by it.
-    Column("origin_customer_id", String(40), nullable=True),
-    Column("channel", String(16), nullable=False),
-    Column("store_id", String(64), nullable=True),
-    Column("currency", String(3), nullable=False),
-    Column("total", Money(), nullable=False),
-    Column("refunded", Money(), nullable=False),
-    Column("placed_at", UtcDateTime(), nullable=False),
-    Column("link_method", String(16), nullable=False),
-    Column("link_confidence", Float, nullable=False),
-    Column("created_at", UtcDateTime(), nullable=False),
-    UniqueConstraint("tenant_id", "reference", name="uq_orders_tenant_reference"),
-    Index("ix_orders_customer", "tenant_id", "customer_id", "placed_at"),
-    Index("ix_orders_placed", "tenant_id", "placed_at", "id"),
-)
-
-order_lines = Table(
-    "order_lines",
-    metadata,
-    Column("tenant_id", String(40), primary_key=True),
-    Column("order_id", String(40), primary_key=True),
-    Column("line_no", Integer, primary_key=True),
-    Column("sku", String(64), nullable=False),
-    Column("quantity", Integer, nullable=False),
-    Column("unit_price", Money(), nullable=False),
-    Column("gift", Boolean, nullable=False),
-    # How sure the shop was that the line is a gift (None: it did not say; 1.0: told so).
-    Column("gift_confidence", Float, nullable=True),
-    Column("returned_quantity", Integer, nullable=False),
-    Index("ix_order_lines_sku", "tenant_id", "sku"),
-)
-
-order_refunds = Table(
-    "order_refunds",
-    metadata,
-    # Money given back on an order, each once: a return taken at a till (its redemption id)
-    # or a refund the shop recorded (its refund id). The order's `refunded` is their sum.
-    Column("tenant_id", String(40), primary_key=True),
-    Column("refund_id", String(100), primary_key=True),
-    Column("order_id", String(40), nullable=False),
-    Column("source", String(16), nullable=False),  # "till_return" | "refund"
-    Column("amount", Money(), nullable=False),
-    Column("lines", JSON, nullable=False),  # [{"line_no": 1, "quantity": 1}, ...]
-    Column("created_at", UtcDateTime(), nullable=False),
-    Index("ix_order_refunds_order", "tenant_id", "order_id"),
-)
-
-customer_codes = Table(
-    "customer_codes",
-    metadata,
-    # The signed customer codes an app showed (omnisdk.core.customer_codes): the code carries
-    # only its random id; this row says whose it is, so the code itself holds no personal data.
-    Column("tenant_id", String(40), primary_key=True),
-    Column("code_id", String(32), primary_key=True),
-    Column("customer_id", String(40), nullable=False),
-    Column("issued_at", UtcDateTime(), nullable=False),
-    Column("expires_at", UtcDateTime(), nullable=False),
-    Index("ix_customer_codes_customer", "tenant_id", "customer_id"),
-    Index("ix_customer_codes_expires", "expires_at"),
 )

@@ -35,6 +35,7 @@ from omnisdk.resources.keys import Keys
 from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.segments import Segments
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
 from omnisdk.resources.tenant import Tenant
@@ -65,6 +66,7 @@ class AsyncClient(BaseClient):
     events: Events[AsyncClient]
     consent: Consent[AsyncClient]
     privacy: Privacy[AsyncClient]
+    segments: Segments[AsyncClient]
     content: Content[AsyncClient]
     inventory: Inventory[AsyncClient]
     alerts: Alerts[AsyncClient]
@@ -90,6 +92,7 @@ class AsyncClient(BaseClient):
         self.events = Events(self)
         self.consent = Consent(self)
         self.privacy = Privacy(self)
+        self.segments = Segments(self)
         self.content = Content(self)
         self.inventory = Inventory(self)
         self.alerts = Alerts(self)

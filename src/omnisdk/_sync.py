@@ -34,6 +34,7 @@ from omnisdk.resources.keys import Keys
 from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
+from omnisdk.resources.segments import Segments
 from omnisdk.resources.sessions import Sessions
 from omnisdk.resources.system import System
 from omnisdk.resources.tenant import Tenant
@@ -62,6 +63,7 @@ class Client(BaseClient):
     events: Events[Client]
     consent: Consent[Client]
     privacy: Privacy[Client]
+    segments: Segments[Client]
     content: Content[Client]
     inventory: Inventory[Client]
     alerts: Alerts[Client]
@@ -87,6 +89,7 @@ class Client(BaseClient):
         self.events = Events(self)
         self.consent = Consent(self)
         self.privacy = Privacy(self)
+        self.segments = Segments(self)
         self.content = Content(self)
         self.inventory = Inventory(self)
         self.alerts = Alerts(self)

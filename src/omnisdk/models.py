@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +30,7 @@ from omnisdk.core.consent import (
 from omnisdk.core.events import MAX_BATCH, MAX_CUSTOMER_ID, MAX_EVENT_ID, shallow
 from omnisdk.core.identifiers import MAX_VALUE_LENGTH, IdentifierType
 from omnisdk.core.orders import LinkMethod
+from omnisdk.core.preferences import PreferenceSource, PreferredChannel
 from omnisdk.core.profile import BuyerType, Lifecycle
 from omnisdk.core.strict_json import strict
 from omnisdk.core.tokens import VerificationKey
@@ -403,6 +405,19 @@ class TimelinePage(WireModel):
     )
 
 
+class AnnotationKind(StrEnum):
+    NOTE = "note"
+    WARNING = "warning"
+    PREFERENCE = "preference"
+    PROMISE = "promise"
+
+
+class AnnotationVisibility(StrEnum):
+    DEPARTMENT = "department"
+    STAFF = "staff"
+    CUSTOMER = "customer"
+
+
 class AnnotationIn(WireModel):
     model_config = ConfigDict(
         json_schema_extra={
@@ -421,11 +436,106 @@ class AnnotationIn(WireModel):
         description="Who wrote it (a staff name or id).", min_length=1, max_length=100
     )
     text: str = Field(description="The note's text.", min_length=1, max_length=2000)
+    kind: AnnotationKind = Field(
+        default=AnnotationKind.NOTE, description="`note`, `warning`, `preference` or `promise`."
+    )
+    visibility: AnnotationVisibility = Field(
+        default=AnnotationVisibility.STAFF,
+        description=(
+            "`department` (only its own department's staff), `staff` (every department and shop "
+            "backend) or `customer` (also in her data export)."
+        ),
+    )
+    pinned: Bool = Field(default=False, description="Shown first, above the other notes.")
+    expires_at: Instant | None = Field(
+        default=None, description="From then on the note is no longer shown (it is kept)."
+    )
 
 
 class Annotation(AnnotationIn):
     annotation_id: str = Field(description="The note's id.")
     created_at: datetime = Field(description="When it was created (UTC, ISO 8601).")
+    revision: Int = Field(default=1, description="1 when written; each edit adds one.")
+    updated_at: datetime | None = Field(default=None, description="When it was last edited.")
+    deleted_at: datetime | None = Field(
+        default=None, description="When it was deleted (soft: the revisions stay)."
+    )
+    delete_reason: str | None = Field(default=None, description="Why it was deleted.")
+
+
+class AnnotationEdit(WireModel):
+    """What an edit changes: the members sent; the others stay."""
+
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"text": "Prefers calls after 7 pm.", "pinned": True}]}
+    )
+
+    author: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=100,
+        description="Who edits (staff keys: ignored, the key's staff member is the editor).",
+    )
+    department: str | None = Field(
+        default=None,
+        pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+        description="The editor's department (staff keys: ignored, the key's is used).",
+    )
+    text: str | None = Field(default=None, min_length=1, max_length=2000)
+    kind: AnnotationKind | None = None
+    visibility: AnnotationVisibility | None = None
+    pinned: Bool | None = None
+    expires_at: Instant | None = None
+
+
+class AnnotationDeletion(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"reason": "written on the wrong customer"}]}
+    )
+
+    reason: str = Field(
+        description="Why it is deleted (kept with it).", min_length=3, max_length=500
+    )
+    author: str | None = Field(default=None, min_length=1, max_length=100)
+    department: str | None = Field(default=None, pattern=r"^[a-z][a-z0-9_-]{0,31}$")
+
+
+class AnnotationRevision(WireModel):
+    revision: Int
+    action: str = Field(description="`created`, `edited` or `deleted`.")
+    text: str
+    kind: AnnotationKind
+    visibility: AnnotationVisibility
+    pinned: Bool
+    expires_at: datetime | None = None
+    editor: str
+    editor_department: str
+    reason: str | None = None
+    edited_at: datetime
+
+
+class AnnotationList(WireModel):
+    items: list[Annotation]
+
+
+class AnnotationRevisionList(WireModel):
+    items: list[AnnotationRevision]
+
+
+class PreferredChannelIn(WireModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"channel": "sms"}]})
+
+    channel: PreferredChannel | None = Field(
+        description="The channel she says she prefers; null withdraws her declaration."
+    )
+
+
+class PreferredChannelView(WireModel):
+    customer_id: str
+    channel: PreferredChannel | None = Field(description="Her preferred channel, if any.")
+    source: PreferenceSource = Field(
+        description="`declared` (she said so; wins), `observed` (from engagement) or `none`."
+    )
 
 
 class OrderSummary(WireModel):
@@ -490,6 +600,15 @@ class Profile(WireModel):
     )
     purchased_skus: list[str] = Field(
         default_factory=list, description="SKUs of her completed orders, newest first."
+    )
+    preferred_channel: PreferredChannel | None = Field(
+        default=None, description="Her preferred channel: declared wins over observed."
+    )
+    preferred_channel_source: PreferenceSource = Field(
+        default=PreferenceSource.NONE, description="`declared`, `observed` or `none`."
+    )
+    segments: list[str] = Field(
+        default_factory=list, description="Names of the shop's segments she is in now."
     )
     purchases: Purchases = Field(
         default_factory=Purchases,
@@ -1378,7 +1497,12 @@ class CustomerExport(WireModel):
         description="Her identifiers (e-mail and phone as keyed hashes only)."
     )
     events: list[dict[str, Any]] = Field(description="Every event attributed to her.")
-    annotations: list[dict[str, Any]] = Field(description="Notes departments left on her.")
+    annotations: list[dict[str, Any]] = Field(
+        description="Notes departments left on her and meant for her to see (`customer`)."
+    )
+    preferred_channel_declarations: list[dict[str, Any]] = Field(
+        default_factory=list, description="Every preferred channel she declared, and how."
+    )
     cart: dict[str, Any] | None = Field(description="Her cart, if she has one.")
     orders: list[dict[str, Any]] = Field(description="Carts she turned into orders.")
     order_records: list[dict[str, Any]] = Field(
@@ -1643,3 +1767,105 @@ class CustomerCodeIssued(WireModel):
     code_id: str = Field(description="The code's random id (hex).")
     issued_at: datetime = Field(description="When it was signed.")
     expires_at: datetime = Field(description="When it stops linking sales (minutes later).")
+
+
+# --- segments (issue 19) ----------------------------------------------------------------------
+
+
+class SegmentIn(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={
+            "examples": [
+                {
+                    "name": "running-fans",
+                    "description": "Runners who buy for themselves",
+                    "condition": {"top_interest": "running", "buyer_type": "self"},
+                }
+            ]
+        }
+    )
+
+    name: str = Field(
+        description="A slug, unique in the shop; content rules target it by this name.",
+        pattern=r"^[a-z][a-z0-9_-]{0,63}$",
+    )
+    condition: dict[str, Any] = Field(
+        description="A condition in the content rules' language over her profile attributes "
+        "(`traits`, `interests`, `top_interest`, `lifecycle`, `buyer_type`, `orders.count`, "
+        "`orders.value`, `consent.<purpose>`, `preferred_channel`)."
+    )
+    description: str = Field(default="", max_length=500, description="What it is for.")
+
+
+class SegmentEdit(WireModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"condition": {"orders.count": {"$gte": 2}}}]}
+    )
+
+    condition: dict[str, Any] | None = Field(
+        default=None, description="A new condition: a new version, backfilled."
+    )
+    description: str | None = Field(default=None, max_length=500)
+
+
+class SegmentView(WireModel):
+    segment_id: str
+    name: str
+    description: str
+    condition: dict[str, Any]
+    version: Int = Field(description="1 when created; each condition change adds one.")
+    created_at: datetime
+    updated_at: datetime
+    backfilled_version: Int | None = Field(
+        description="The version whose backfill finished: membership is complete from then."
+    )
+    backfill_done: Int = Field(default=0, description="Customers the running backfill has done.")
+    backfill_total: Int = Field(default=0, description="Customers it has to do.")
+    members: Int = Field(description="Customers in the segment now.")
+
+
+class SegmentList(WireModel):
+    items: list[SegmentView]
+
+
+class SegmentMember(WireModel):
+    customer_id: str
+    entered_at: datetime
+
+
+class SegmentMemberPage(WireModel):
+    items: list[SegmentMember]
+    next_after: str | None = Field(
+        default=None, description="Pass as `after` for the next page; null on the last."
+    )
+
+
+class SegmentClause(WireModel):
+    clause: dict[str, Any]
+    holds: Bool
+    values: dict[str, Any] = Field(description="Her values of the attributes it tests.")
+
+
+class SegmentExplanation(WireModel):
+    customer_id: str
+    segment: str
+    member: Bool = Field(description="Whether the membership table has her in it now.")
+    holds: Bool = Field(description="Whether her profile meets the condition now.")
+    entered_at: datetime | None = None
+    clauses: list[SegmentClause]
+
+
+class GiftCorrection(WireModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"gift": True, "by": "customer"}]})
+
+    gift: Bool = Field(description="True: bought for someone else; False: for herself.")
+    by: Literal["staff", "customer"] = Field(
+        default="staff", description="Who says so: staff, or the customer herself."
+    )
+
+
+class GiftLabelView(WireModel):
+    reference: str
+    line_no: Int
+    gift: Bool
+    gift_confidence: Float

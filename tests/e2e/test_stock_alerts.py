@@ -102,8 +102,9 @@ def test_amy_gets_one_signed_back_in_stock_webhook_and_none_after_her_purchase(
         shop = shop_with_receiver(cluster, receiver, "amy's shop")
         with cluster.client(shop, 0, "app") as phone, cluster.client(shop, 1, "pos") as till:
             amy = phone.identity.identify(
-                anonymous_id="amy-phone", traits={"first_name": "Amy", "preferred_channel": "sms"}
+                anonymous_id="amy-phone", traits={"first_name": "Amy"}
             ).customer_id
+            phone.identity.declare_preferred_channel(amy, "sms")
             phone.consent.grant(
                 amy, "analytics", "marketing:push", "marketing:sms", source="app_settings"
             )

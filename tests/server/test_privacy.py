@@ -72,7 +72,16 @@ async def amy_everywhere(server: Harness, shop: ShopForTest) -> Amy:
     assert (
         await shop.request("POST", f"/v1/sessions/{phone}", "web", json={"entries": {"p": "/x"}})
     ).is_success
-    note = {"department": "service", "author": "Kim", "text": "prefers size 38"}
+    note = {
+        "department": "service",
+        "author": "Kim",
+        "text": "prefers size 38",
+        "visibility": "customer",
+    }
+    internal = {"department": "finance", "author": "Ola", "text": "chargeback in 2025"}
+    assert (
+        await shop.request("POST", f"/v1/customers/{phone}/annotations", "web", json=internal)
+    ).status_code == 201
     assert (
         await shop.request("POST", f"/v1/customers/{phone}/annotations", "web", json=note)
     ).is_success
@@ -132,7 +141,9 @@ async def test_export_holds_everything_across_linked_identifiers(
     assert len(export["identifiers"]) == 5
     assert {d["purpose"] for d in export["consent"]} == {"analytics", "marketing:sms"}
     assert export["cart"] is not None and export["session"] is not None
-    assert export["annotations"][0]["text"] == "prefers size 38"
+    # Only what departments meant her to see, without who wrote it (issue 19).
+    assert [note["text"] for note in export["annotations"]] == ["prefers size 38"]
+    assert "author" not in export["annotations"][0]
     assert export["returns"][0]["order_ref"] == "ERASE-1042"
     assert export["returns"][0]["lines"][0]["sku"] == "TR2"
     assert len(export["merges"]) == 1

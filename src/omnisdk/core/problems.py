@@ -46,6 +46,8 @@ class ProblemType(StrEnum):
     REQUEST_TIMEOUT = PROBLEM_BASE + "request-timeout"
     SERVICE_UNAVAILABLE = PROBLEM_BASE + "service-unavailable"
     INTERNAL_ERROR = PROBLEM_BASE + "internal-error"
+    ANNOTATION_FORBIDDEN = PROBLEM_BASE + "annotation-forbidden"
+    INVALID_SEGMENT = PROBLEM_BASE + "invalid-segment"
 
     @property
     def slug(self) -> str:
@@ -92,6 +94,8 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.REQUEST_TIMEOUT: 408,
     ProblemType.SERVICE_UNAVAILABLE: 503,
     ProblemType.INTERNAL_ERROR: 500,
+    ProblemType.ANNOTATION_FORBIDDEN: 403,
+    ProblemType.INVALID_SEGMENT: 422,
 }
 
 _TITLE: dict[ProblemType, str] = {
@@ -126,4 +130,6 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.REQUEST_TIMEOUT: "Request timeout",
     ProblemType.SERVICE_UNAVAILABLE: "Service unavailable",
     ProblemType.INTERNAL_ERROR: "Internal error",
+    ProblemType.ANNOTATION_FORBIDDEN: "Your role may not change or see this annotation",
+    ProblemType.INVALID_SEGMENT: "The segment definition is not valid",
 }

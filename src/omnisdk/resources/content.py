@@ -189,6 +189,9 @@ def profile_facts(profile: Profile, now: float) -> ProfileFacts:
             "skus": cart.skus if cart else [],
         },
         "purchased": profile.purchased_skus,
+        # Issue 19: content rules target named segments and her preferred channel.
+        "segments": profile.segments,
+        "preferred_channel": profile.preferred_channel.value if profile.preferred_channel else None,
     }
     return ProfileFacts(
         attributes,

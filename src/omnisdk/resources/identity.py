@@ -3,18 +3,29 @@
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 from omnisdk.core.identifiers import IdentifierType
+from omnisdk.core.preferences import PreferredChannel
 from omnisdk.errors import NotFoundError
 from omnisdk.models import (
     Annotation,
+    AnnotationDeletion,
+    AnnotationEdit,
     AnnotationIn,
+    AnnotationKind,
+    AnnotationList,
+    AnnotationRevision,
+    AnnotationRevisionList,
+    AnnotationVisibility,
     IdentifierIn,
     IdentifyRequest,
     IdentifyResult,
     Merge,
     MergeList,
+    PreferredChannelIn,
+    PreferredChannelView,
     Profile,
     Resolution,
     ResolveRequest,
@@ -66,9 +77,76 @@ def timeline_call(customer_id: str, limit: int, cursor: str | None) -> Call[Time
     return Call("GET", f"/v1/customers/{customer_id}/timeline", model(TimelinePage), params=params)
 
 
-def annotate_call(customer_id: str, department: str, author: str, text: str) -> Call[Annotation]:
-    body = AnnotationIn(department=department, author=author, text=text).model_dump()
+def annotate_call(
+    customer_id: str,
+    department: str,
+    author: str,
+    text: str,
+    kind: AnnotationKind | str,
+    visibility: AnnotationVisibility | str,
+    pinned: bool,
+    expires_at: datetime | None,
+) -> Call[Annotation]:
+    body = AnnotationIn(
+        department=department,
+        author=author,
+        text=text,
+        kind=AnnotationKind(kind),
+        visibility=AnnotationVisibility(visibility),
+        pinned=pinned,
+        expires_at=expires_at,
+    ).model_dump(mode="json", exclude_none=True)
     return Call("POST", f"/v1/customers/{customer_id}/annotations", model(Annotation), json=body)
+
+
+def annotations_call(
+    customer_id: str, department: str | None, include_deleted: bool
+) -> Call[list[Annotation]]:
+    params = {"include_deleted": "true" if include_deleted else "false"}
+    if department:
+        params["department"] = department
+    return Call(
+        "GET",
+        f"/v1/customers/{customer_id}/annotations",
+        lambda d: AnnotationList.model_validate(d).items,
+        params=params,
+    )
+
+
+def edit_annotation_call(annotation_id: str, change: AnnotationEdit) -> Call[Annotation]:
+    body = change.model_dump(mode="json", exclude_unset=True)
+    return Call("PATCH", f"/v1/annotations/{annotation_id}", model(Annotation), json=body)
+
+
+def delete_annotation_call(annotation_id: str, deletion: AnnotationDeletion) -> Call[Annotation]:
+    body = deletion.model_dump(mode="json", exclude_none=True)
+    return Call("POST", f"/v1/annotations/{annotation_id}/delete", model(Annotation), json=body)
+
+
+def revisions_call(annotation_id: str) -> Call[list[AnnotationRevision]]:
+    return Call(
+        "GET",
+        f"/v1/annotations/{annotation_id}/revisions",
+        lambda d: AnnotationRevisionList.model_validate(d).items,
+    )
+
+
+def preferred_channel_call(customer_id: str) -> Call[PreferredChannelView]:
+    return Call(
+        "GET", f"/v1/customers/{customer_id}/preferred-channel", model(PreferredChannelView)
+    )
+
+
+def declare_channel_call(
+    customer_id: str, channel: PreferredChannel | str | None
+) -> Call[PreferredChannelView]:
+    body = PreferredChannelIn(channel=PreferredChannel(channel) if channel else None)
+    return Call(
+        "PUT",
+        f"/v1/customers/{customer_id}/preferred-channel",
+        model(PreferredChannelView),
+        json=body.model_dump(mode="json"),
+    )
 
 
 def merges_call(customer_id: str) -> Call[list[Merge]]:
@@ -152,10 +230,87 @@ class Identity(Resource[C]):
 
     @operation
     def annotate(
-        self, customer_id: str, department: str, author: str, text: str
+        self,
+        customer_id: str,
+        department: str,
+        author: str,
+        text: str,
+        *,
+        kind: AnnotationKind | str = AnnotationKind.NOTE,
+        visibility: AnnotationVisibility | str = AnnotationVisibility.STAFF,
+        pinned: bool = False,
+        expires_at: datetime | None = None,
     ) -> Flow[Annotation]:
-        """Leave a department's note on the customer's profile."""
-        return (yield from send(annotate_call(customer_id, department, author, text)))
+        """Leave a department's note on the customer's profile (a staff key writes as its
+        staff member, whatever `department` and `author` say)."""
+        call = annotate_call(
+            customer_id, department, author, text, kind, visibility, pinned, expires_at
+        )
+        return (yield from send(call))
+
+    @operation
+    def annotations(
+        self, customer_id: str, *, department: str | None = None, include_deleted: bool = False
+    ) -> Flow[list[Annotation]]:
+        """The notes on the customer the caller may see: pinned first, then newest."""
+        return (yield from send(annotations_call(customer_id, department, include_deleted)))
+
+    @operation
+    def edit_annotation(
+        self,
+        annotation_id: str,
+        *,
+        author: str | None = None,
+        department: str | None = None,
+        text: str | None = None,
+        kind: AnnotationKind | str | None = None,
+        visibility: AnnotationVisibility | str | None = None,
+        pinned: bool | None = None,
+        expires_at: datetime | None = None,
+    ) -> Flow[Annotation]:
+        """Change a note (its author within the edit window, a lead, an admin); every
+        revision is kept. Only the arguments given change."""
+        given = {
+            "author": author,
+            "department": department,
+            "text": text,
+            "kind": kind,
+            "visibility": visibility,
+            "pinned": pinned,
+            "expires_at": expires_at,
+        }
+        change = AnnotationEdit.model_validate({k: v for k, v in given.items() if v is not None})
+        return (yield from send(edit_annotation_call(annotation_id, change)))
+
+    @operation
+    def delete_annotation(
+        self,
+        annotation_id: str,
+        reason: str,
+        *,
+        author: str | None = None,
+        department: str | None = None,
+    ) -> Flow[Annotation]:
+        """Delete a note, softly and with a reason (kept with its revisions)."""
+        deletion = AnnotationDeletion(reason=reason, author=author, department=department)
+        return (yield from send(delete_annotation_call(annotation_id, deletion)))
+
+    @operation
+    def annotation_revisions(self, annotation_id: str) -> Flow[list[AnnotationRevision]]:
+        """Every state the note had, the first included."""
+        return (yield from send(revisions_call(annotation_id)))
+
+    @operation
+    def preferred_channel(self, customer_id: str) -> Flow[PreferredChannelView]:
+        """Her preferred channel: declared (wins) or observed from engagement, or none."""
+        return (yield from send(preferred_channel_call(customer_id)))
+
+    @operation
+    def declare_preferred_channel(
+        self, customer_id: str, channel: PreferredChannel | str | None
+    ) -> Flow[PreferredChannelView]:
+        """Record the channel she says she prefers (None withdraws her declaration)."""
+        return (yield from send(declare_channel_call(customer_id, channel)))
 
     @operation
     def merges(self, customer_id: str) -> Flow[list[Merge]]:

@@ -5,7 +5,7 @@ id), alert subscriptions, messages with their idempotency key (rule, customer, S
 restocks being paced, and the shop's webhook endpoints (secrets sealed).
 
 Revision ID: 0019
-Revises: 0016 (0013 on the h20 branch before merging h18a)
+Revises: 0018 (0013 on the h20 branch before merging h18a and h19)
 Create Date: 2026-12-03
 """
 
@@ -15,7 +15,7 @@ from alembic import op
 from server_stub.storage.tables import UtcDateTime
 
 revision = "0019"
-down_revision = "0016"  # 0013 on its own branch; re-chained after merging h18a (0016)
+down_revision = "0018"  # 0013 on its own branch; re-chained after merging h18a (0016) and h19 (0018)
 branch_labels = None
 depends_on = None
 

@@ -1,0 +1,841 @@
+"""Named segments over the profile (issue 19): definitions, membership, real-time evaluation,
+backfill, counts, export and explanations.
+
+Membership is kept in `segment_members` (one row per customer ever in a segment: entered,
+exited). Two paths keep it true, and both go through `evaluate` on the same attributes
+(`facts_for`), so they cannot disagree:
+
+- real time: every profile-changing write queues the customer (segment_hook.profile_changed,
+  in its transaction); `drain` — run in the background by every server process, every
+  `segment_drain_interval` — takes queued customers (SKIP LOCKED on PostgreSQL, so processes
+  share the work), evaluates all the tenant's segments for them and records entries and exits;
+- backfill: when a segment is created or its condition edited, `backfill` streams the tenant's
+  live customers in keyset batches (bounded memory), with a progress(done, total) callback.
+
+Every entry and exit is published on the customer's change feed (`segment.entered`,
+`segment.exited`). Attributes that depend on time alone (lifecycle drifting from `active` to
+`lapsing`) change without a write: a periodic backfill (`omnisdk-server segments backfill`)
+brings those up to date.
+
+`facts_for` computes, for many customers at once, the same profile attributes the content
+engine decides on (`omnisdk.resources.content.profile_facts` over `services.profile`), plus
+her person-scoped consent and preferred channel; tests/server/test_segments.py holds them
+equal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import and_, bindparam, delete, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.core import consent as consent_rules
+from omnisdk.core import preferences as preference_rules
+from omnisdk.core import profile as rules
+from omnisdk.core import segments as segment_rules
+from omnisdk.core.events import INTEREST_EVENTS
+from omnisdk.core.problems import ProblemType
+from omnisdk.core.profile import LifecycleThresholds
+from omnisdk.models import TenantSettings
+from server_stub.errors import Problem
+from server_stub.ids import new_id, utcnow
+from server_stub.services import audit, changes, profile
+from server_stub.services.consent import _rule as consent_decision
+from server_stub.services.preferences import OBSERVED_DAYS, OBSERVED_SIGNALS
+from server_stub.storage.database import Database
+from server_stub.storage.tables import (
+    consent_decisions,
+    customers,
+    events,
+    order_lines,
+    orders,
+    preference_declarations,
+    segment_members,
+    segment_pending,
+    segments,
+    tenants,
+)
+
+BATCH = 1_000
+# A claim not refreshed for this long belongs to a process that died: another may take over.
+CLAIM_STALE = timedelta(minutes=2)
+DRAIN_BATCH = 500
+MAX_SEGMENTS = 200
+Progress = Callable[[int, int], None]
+
+
+# --- attributes ----------------------------------------------------------------------------
+
+
+def _top(query: Any, order: Any, limit: int) -> Any:
+    """The newest `limit` rows per customer of an events query (a window function)."""
+    ranked = query.add_columns(
+        func.row_number().over(partition_by=events.c.customer_id, order_by=order).label("rank")
+    ).subquery()
+    return select(ranked).where(ranked.c.rank <= limit)
+
+
+async def settings_of(conn: AsyncConnection, tenant_id: str) -> TenantSettings:
+    row = (await conn.execute(select(tenants.c.settings).where(tenants.c.id == tenant_id))).first()
+    return TenantSettings.model_validate((row.settings if row else None) or {})
+
+
+async def facts_for(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_ids: Sequence[str],
+    settings: TenantSettings,
+    now: datetime | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Per live customer among `customer_ids`, the attributes segments are evaluated on.
+    Merged-away and unknown ids are left out."""
+    now = now or utcnow()
+    ids = sorted(set(customer_ids))
+    if not ids:
+        return {}
+    people = {
+        row.id: row
+        for row in await conn.execute(
+            select(customers.c.id, customers.c.created_at, customers.c.traits).where(
+                customers.c.tenant_id == tenant_id,
+                customers.c.id.in_(ids),
+                customers.c.merged_into.is_(None),
+            )
+        )
+    }
+    ids = sorted(people)
+    if not ids:
+        return {}
+    mine = and_(events.c.tenant_id == tenant_id, events.c.customer_id.in_(ids))
+    seen = {
+        row.customer_id: (row.first, row.last)
+        for row in await conn.execute(
+            select(
+                events.c.customer_id,
+                func.min(events.c.occurred_at).label("first"),
+                func.max(events.c.occurred_at).label("last"),
+            )
+            .where(mine)
+            .group_by(events.c.customer_id)
+        )
+    }
+    order_counts = await _orders(conn, tenant_id, mine, ids)
+    interests = await _interests(conn, mine, settings, now)
+    buyers = await _buyer_types(conn, tenant_id, mine, ids)
+    consent = await _consent(conn, tenant_id, ids, settings)
+    channels = await _preferred_channels(conn, tenant_id, ids, now)
+    thresholds = LifecycleThresholds(
+        settings.profile.new_days, settings.profile.active_days, settings.profile.lapsing_days
+    )
+    facts: dict[str, dict[str, Any]] = {}
+    for customer_id in ids:
+        person = people[customer_id]
+        first_event, last_event = seen.get(customer_id, (None, None))
+        first_seen = min(person.created_at, first_event) if first_event else person.created_at
+        last = max(last_event, person.created_at) if last_event else person.created_at
+        scores = interests.get(customer_id, {})
+        count, value = order_counts.get(customer_id, (0, 0.0))
+        facts[customer_id] = {
+            "known": True,
+            "traits": person.traits,
+            "interests": scores,
+            "top_interest": next(iter(scores), None),
+            "lifecycle": rules.lifecycle(first_seen, last, now, thresholds).value,
+            "buyer_type": buyers.get(customer_id, rules.BuyerType.UNKNOWN).value,
+            "orders": {"count": count, "value": value},
+            "consent": consent.get(customer_id, {}),
+            "preferred_channel": channels.get(customer_id),
+        }
+    return facts
+
+
+def _recorded(tenant_id: str) -> Any:
+    """References of the customer's order records (correlated with the event's customer): an
+    order with a record counts by the record, its event is not counted again."""
+    return select(orders.c.reference).where(
+        orders.c.tenant_id == tenant_id, orders.c.customer_id == events.c.customer_id
+    )
+
+
+async def _orders(
+    conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
+) -> dict[str, tuple[int, float]]:
+    """As services.profile: her order records (every channel) plus the orders known only by
+    their `order_completed` event (one per `order_id`, its largest value)."""
+    order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
+    per_order = (
+        select(
+            events.c.customer_id,
+            order.label("order"),
+            func.max(events.c.value).label("value"),
+        )
+        .where(mine, events.c.name == "order_completed", order.not_in(_recorded(tenant_id)))
+        .group_by(events.c.customer_id, order)
+        .subquery()
+    )
+    rows = await conn.execute(
+        select(
+            per_order.c.customer_id,
+            func.count(),
+            func.coalesce(func.sum(per_order.c.value), 0.0),
+        ).group_by(per_order.c.customer_id)
+    )
+    found = {row[0]: (int(row[1]), round(float(row[2]), 2)) for row in rows}
+    records = await conn.execute(
+        select(orders.c.customer_id, func.count(), func.sum(orders.c.total))
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
+        .group_by(orders.c.customer_id)
+    )
+    for customer_id, count, total in records:
+        events_count, events_value = found.get(customer_id, (0, 0.0))
+        found[customer_id] = (events_count + int(count), round(events_value + float(total), 2))
+    return found
+
+
+async def _interests(
+    conn: AsyncConnection, mine: Any, settings: TenantSettings, now: datetime
+) -> dict[str, dict[str, float]]:
+    query = select(
+        events.c.customer_id, events.c.name, events.c.category, events.c.occurred_at
+    ).where(mine, events.c.category.is_not(None), events.c.name.in_(INTEREST_EVENTS))
+    top = _top(query, events.c.occurred_at.desc(), profile.INTEREST_SIGNALS)
+    signals: dict[str, list[tuple[str, datetime, float]]] = defaultdict(list)
+    for row in await conn.execute(top):
+        signals[row.customer_id].append((row.category, row.occurred_at, INTEREST_EVENTS[row.name]))
+    half_life = settings.profile.interest_half_life_days
+    return {who: rules.interests(found, now, half_life) for who, found in signals.items()}
+
+
+async def _buyer_types(
+    conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
+) -> dict[str, rules.BuyerType]:
+    """As services.profile: an order record is a gift if most of its units are; an order
+    known only by its event by its flags."""
+    query = select(events.c.customer_id, events.c.properties).where(
+        mine,
+        events.c.name == "order_completed",
+        func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id).not_in(
+            _recorded(tenant_id)
+        ),
+    )
+    top = _top(query, events.c.occurred_at.desc(), profile.ORDERS_FOR_BUYER_TYPE)
+    flags: dict[str, list[tuple[bool, bool]]] = defaultdict(list)
+    units: dict[tuple[str, str], list[int]] = {}
+    for row in await conn.execute(
+        select(
+            orders.c.customer_id,
+            order_lines.c.order_id,
+            order_lines.c.gift,
+            func.sum(order_lines.c.quantity).label("units"),
+        )
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
+        .group_by(orders.c.customer_id, order_lines.c.order_id, order_lines.c.gift)
+    ):
+        units.setdefault((row.customer_id, row.order_id), [0, 0])[0 if row.gift else 1] += int(
+            row.units
+        )
+    for (customer_id, _), (gift, own) in units.items():
+        if len(flags[customer_id]) < profile.ORDERS_FOR_BUYER_TYPE:
+            flags[customer_id].append((gift * 2 > gift + own, False))
+    for row in await conn.execute(top):
+        properties = row.properties or {}
+        flags[row.customer_id].append(
+            (
+                properties.get("gift") is True,
+                properties.get("shipping_differs_from_billing") is True,
+            )
+        )
+    return {who: rules.buyer_type(found) for who, found in flags.items()}
+
+
+async def _consent(
+    conn: AsyncConnection, tenant_id: str, ids: list[str], settings: TenantSettings
+) -> dict[str, dict[str, bool]]:
+    rows = await conn.execute(
+        select(consent_decisions)
+        .where(consent_decisions.c.tenant_id == tenant_id, consent_decisions.c.customer_id.in_(ids))
+        .order_by(consent_decisions.c.recorded_at)
+    )
+    ledgers: dict[str, list[consent_rules.Decision]] = defaultdict(list)
+    for row in rows:
+        ledgers[row.customer_id].append(consent_decision(row))
+    skew = settings.consent.skew_seconds
+    return {
+        who: {purpose: s.granted for purpose, s in consent_rules.state(found, skew=skew).items()}
+        for who, found in ledgers.items()
+    }
+
+
+async def _preferred_channels(
+    conn: AsyncConnection, tenant_id: str, ids: list[str], now: datetime
+) -> dict[str, str]:
+    """As services.preferences.preferred_channel, for many customers at once."""
+    declared: dict[str, str | None] = {}
+    table = preference_declarations
+    for row in await conn.execute(
+        select(table.c.customer_id, table.c.channel)
+        .where(table.c.tenant_id == tenant_id, table.c.customer_id.in_(ids))
+        .order_by(table.c.declared_at, table.c.id)
+    ):
+        declared[row.customer_id] = row.channel  # the latest wins
+    chosen = {who: channel for who, channel in declared.items() if channel}
+    undecided = [who for who in ids if who not in chosen]
+    if not undecided:
+        return chosen
+    query = select(
+        events.c.customer_id,
+        events.c.name,
+        events.c.channel,
+        events.c.properties,
+        events.c.occurred_at,
+    ).where(
+        events.c.tenant_id == tenant_id,
+        events.c.customer_id.in_(undecided),
+        events.c.name.in_(sorted(preference_rules.ENGAGEMENT_EVENTS)),
+        events.c.occurred_at >= now - timedelta(days=OBSERVED_DAYS),
+    )
+    signals: dict[str, list[preference_rules.Signal]] = defaultdict(list)
+    for row in await conn.execute(_top(query, events.c.occurred_at.desc(), OBSERVED_SIGNALS)):
+        properties = row.properties if isinstance(row.properties, dict) else {}
+        message = properties.get("channel")
+        signals[row.customer_id].append(
+            preference_rules.Signal(
+                row.name,
+                row.channel,
+                message if isinstance(message, str) else None,
+                row.occurred_at,
+            )
+        )
+    for who, found in signals.items():
+        channel = preference_rules.observed_channel(found, now)
+        if channel is not None:
+            chosen[who] = channel.value
+    return chosen
+
+
+# --- membership ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    entered: int = 0
+    exited: int = 0
+
+
+async def _defined(
+    conn: AsyncConnection, tenant_id: str, segment_id: str | None = None
+) -> list[segment_rules.Segment]:
+    query = select(segments).where(segments.c.tenant_id == tenant_id)
+    if segment_id is not None:
+        query = query.where(segments.c.id == segment_id)
+    return [
+        segment_rules.Segment.of(row.id, row.name, row.version, row.condition)
+        for row in await conn.execute(query.order_by(segments.c.name))
+    ]
+
+
+async def evaluate(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_ids: Sequence[str],
+    *,
+    only: list[segment_rules.Segment] | None = None,
+    settings: TenantSettings | None = None,
+    now: datetime | None = None,
+) -> Outcome:
+    """Bring these customers' memberships up to date (all segments, or `only` these):
+    record entries and exits, publish them. A customer no longer live leaves every segment."""
+    now = now or utcnow()
+    defined = only if only is not None else await _defined(conn, tenant_id)
+    ids = sorted(set(customer_ids))
+    if not defined or not ids:
+        return Outcome()
+    settings = settings or await settings_of(conn, tenant_id)
+    facts = await facts_for(conn, tenant_id, ids, settings, now)
+    by_id = {segment.id: segment for segment in defined}
+    members = segment_members.c
+    current = {
+        (row.segment_id, row.customer_id): row.exited_at is None
+        for row in await conn.execute(
+            select(members.segment_id, members.customer_id, members.exited_at).where(
+                members.tenant_id == tenant_id,
+                members.segment_id.in_(list(by_id)),
+                members.customer_id.in_(ids),
+            )
+        )
+    }
+    new_rows: list[dict[str, Any]] = []
+    reentered: list[dict[str, Any]] = []
+    exited: list[dict[str, Any]] = []
+    for customer_id in ids:
+        attributes = facts.get(customer_id)
+        for segment in defined:
+            wanted = attributes is not None and segment.holds(attributes)
+            had = current.get((segment.id, customer_id))
+            key = {"s": segment.id, "c": customer_id}
+            if wanted and had is None:
+                new_rows.append(
+                    {
+                        "tenant_id": tenant_id,
+                        "segment_id": segment.id,
+                        "customer_id": customer_id,
+                        "entered_at": now,
+                        "exited_at": None,
+                    }
+                )
+            elif wanted and had is False:
+                reentered.append(key)
+            elif not wanted and had:
+                exited.append(key)
+            else:
+                continue
+            kind = "segment.entered" if wanted else "segment.exited"
+            payload = {
+                "customer_id": customer_id,
+                "segment_id": segment.id,
+                "segment": segment.name,
+                "version": segment.version,
+            }
+            await changes.publish(conn, tenant_id, customer_id, kind, payload)
+    if new_rows:
+        await conn.execute(_insert_members(conn), new_rows)
+    where = and_(
+        members.tenant_id == tenant_id,
+        members.segment_id == bindparam("s"),
+        members.customer_id == bindparam("c"),
+    )
+    if reentered:
+        statement = update(segment_members).where(where).values(entered_at=now, exited_at=None)
+        await conn.execute(statement, reentered)
+    if exited:
+        await conn.execute(update(segment_members).where(where).values(exited_at=now), exited)
+    return Outcome(len(new_rows) + len(reentered), len(exited))
+
+
+async def drain(database: Database, limit: int = DRAIN_BATCH) -> int:
+    """Evaluate the customers queued by profile changes (one batch); how many were taken."""
+    async with database.transaction(write=True) as conn:
+        query = select(segment_pending).order_by(segment_pending.c.queued_at).limit(limit)
+        if conn.dialect.name == "postgresql":
+            query = query.with_for_update(skip_locked=True)
+        taken = list(await conn.execute(query))
+        if not taken:
+            return 0
+        by_tenant: dict[str, list[str]] = defaultdict(list)
+        for row in taken:
+            by_tenant[row.tenant_id].append(row.customer_id)
+        for tenant_id, ids in sorted(by_tenant.items()):
+            await conn.execute(
+                delete(segment_pending).where(
+                    segment_pending.c.tenant_id == tenant_id,
+                    segment_pending.c.customer_id.in_(ids),
+                )
+            )
+            await evaluate(conn, tenant_id, ids)
+    return len(taken)
+
+
+async def backfill(
+    database: Database,
+    tenant_id: str,
+    segment_id: str,
+    progress: Progress | None = None,
+    batch: int = BATCH,
+) -> Outcome:
+    """Evaluate one segment over every live customer of the tenant, in keyset batches (one
+    transaction each, recording how far it got), then mark its version backfilled."""
+    async with database.transaction(write=False) as conn:
+        found = await _defined(conn, tenant_id, segment_id)
+        if not found:
+            raise Problem(ProblemType.NOT_FOUND, f"this tenant has no segment {segment_id!r}")
+        settings = await settings_of(conn, tenant_id)
+        total = (
+            await conn.execute(
+                select(func.count()).where(
+                    customers.c.tenant_id == tenant_id, customers.c.merged_into.is_(None)
+                )
+            )
+        ).scalar_one()
+    segment = found[0]
+    this = and_(segments.c.tenant_id == tenant_id, segments.c.id == segment_id)
+    done = entered = exited = 0
+    after = ""
+    if progress:
+        progress(0, total)
+    while True:
+        async with database.transaction(write=True) as conn:
+            ids = list(
+                (
+                    await conn.execute(
+                        select(customers.c.id)
+                        .where(
+                            customers.c.tenant_id == tenant_id,
+                            customers.c.merged_into.is_(None),
+                            customers.c.id > after,
+                        )
+                        .order_by(customers.c.id)
+                        .limit(batch)
+                    )
+                ).scalars()
+            )
+            if not ids:
+                break
+            outcome = await evaluate(conn, tenant_id, ids, only=[segment], settings=settings)
+            done += len(ids)
+            total = max(total, done)
+            await conn.execute(
+                update(segments)
+                .where(this)
+                .values(backfill_done=done, backfill_total=total, backfill_claimed_at=utcnow())
+            )
+        entered, exited = entered + outcome.entered, exited + outcome.exited
+        after = ids[-1]
+        if progress:
+            progress(done, total)
+    async with database.transaction(write=True) as conn:
+        exited += await _exit_gone(conn, tenant_id, segment)
+        await conn.execute(update(segments).where(this).values(backfill_claimed_at=None))
+        # Only the version evaluated: an edit made meanwhile leaves the segment due again.
+        await conn.execute(
+            update(segments)
+            .where(this, segments.c.version == segment.version)
+            .values(backfilled_version=segment.version)
+        )
+    return Outcome(entered, exited)
+
+
+async def claim_due(database: Database, now: datetime | None = None) -> tuple[str, str] | None:
+    """A segment whose current version needs a backfill and that no live process is
+    backfilling, claimed for this one: (tenant id, segment id)."""
+    now = now or utcnow()
+    stale = now - CLAIM_STALE
+    async with database.transaction(write=True) as conn:
+        due = (
+            await conn.execute(
+                select(segments.c.tenant_id, segments.c.id, segments.c.backfill_claimed_at)
+                .where(
+                    (segments.c.backfilled_version.is_(None))
+                    | (segments.c.backfilled_version != segments.c.version),
+                    (segments.c.backfill_claimed_at.is_(None))
+                    | (segments.c.backfill_claimed_at < stale),
+                )
+                .order_by(segments.c.updated_at)
+                .limit(1)
+            )
+        ).first()
+        if due is None:
+            return None
+        claimed = await conn.execute(
+            update(segments)
+            .where(
+                segments.c.tenant_id == due.tenant_id,
+                segments.c.id == due.id,
+                (segments.c.backfill_claimed_at.is_(None))
+                | (segments.c.backfill_claimed_at < stale),
+            )
+            .values(backfill_claimed_at=now, backfill_done=0, backfill_total=0)
+        )
+        return (due.tenant_id, due.id) if claimed.rowcount == 1 else None
+
+
+async def backfill_due(database: Database) -> int:
+    """Backfill every segment that needs it, one after the other; how many were done."""
+    count = 0
+    while (claimed := await claim_due(database)) is not None:
+        with contextlib.suppress(Problem):  # deleted meanwhile
+            await backfill(database, *claimed)
+        count += 1
+    return count
+
+
+async def _exit_gone(conn: AsyncConnection, tenant_id: str, segment: segment_rules.Segment) -> int:
+    """Members that are no longer live customers (merged away, erased) leave."""
+    members = segment_members.c
+    live = select(customers.c.id).where(
+        customers.c.tenant_id == tenant_id, customers.c.merged_into.is_(None)
+    )
+    gone = list(
+        (
+            await conn.execute(
+                select(members.customer_id).where(
+                    members.tenant_id == tenant_id,
+                    members.segment_id == segment.id,
+                    members.exited_at.is_(None),
+                    members.customer_id.not_in(live),
+                )
+            )
+        ).scalars()
+    )
+    if gone:
+        await evaluate(conn, tenant_id, gone, only=[segment])
+    return len(gone)
+
+
+# --- definitions ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SegmentRecord:
+    id: str
+    name: str
+    description: str
+    condition: dict[str, Any]
+    version: int
+    created_at: datetime
+    updated_at: datetime
+    backfilled_version: int | None
+    backfill_done: int
+    backfill_total: int
+    members: int
+
+
+def _invalid(errors: list[str]) -> Problem:
+    return Problem(ProblemType.INVALID_SEGMENT, "; ".join(errors), errors=errors)
+
+
+def _checked(name: str, condition: Any) -> None:
+    try:
+        segment_rules.check(name, condition)
+    except segment_rules.InvalidSegment as error:
+        raise _invalid(error.errors) from error
+
+
+async def _count(conn: AsyncConnection, tenant_id: str, segment_id: str) -> int:
+    members = segment_members.c
+    return int(
+        (
+            await conn.execute(
+                select(func.count()).where(
+                    members.tenant_id == tenant_id,
+                    members.segment_id == segment_id,
+                    members.exited_at.is_(None),
+                )
+            )
+        ).scalar_one()
+    )
+
+
+async def _record(conn: AsyncConnection, row: Any) -> SegmentRecord:
+    return SegmentRecord(
+        row.id,
+        row.name,
+        row.description,
+        row.condition,
+        row.version,
+        row.created_at,
+        row.updated_at,
+        row.backfilled_version,
+        row.backfill_done,
+        row.backfill_total,
+        await _count(conn, row.tenant_id, row.id),
+    )
+
+
+async def get(conn: AsyncConnection, tenant_id: str, segment: str) -> SegmentRecord:
+    """A segment by id or by name."""
+    row = (
+        await conn.execute(
+            select(segments).where(
+                segments.c.tenant_id == tenant_id,
+                (segments.c.id == segment) | (segments.c.name == segment),
+            )
+        )
+    ).first()
+    if row is None:
+        raise Problem(ProblemType.NOT_FOUND, f"this tenant has no segment {segment!r}")
+    return await _record(conn, row)
+
+
+async def listed(conn: AsyncConnection, tenant_id: str) -> list[SegmentRecord]:
+    rows = await conn.execute(
+        select(segments).where(segments.c.tenant_id == tenant_id).order_by(segments.c.name)
+    )
+    return [await _record(conn, row) for row in rows]
+
+
+async def create(
+    conn: AsyncConnection,
+    tenant_id: str,
+    name: str,
+    condition: dict[str, Any],
+    description: str,
+    actor_key_id: str | None,
+) -> SegmentRecord:
+    """A new segment (its membership fills by a backfill, which the caller starts)."""
+    _checked(name, condition)
+    taken = await conn.execute(
+        select(segments.c.id).where(segments.c.tenant_id == tenant_id, segments.c.name == name)
+    )
+    if taken.first() is not None:
+        raise _invalid([f"name: another segment is called {name!r}"])
+    count = (
+        await conn.execute(select(func.count()).where(segments.c.tenant_id == tenant_id))
+    ).scalar_one()
+    if count >= MAX_SEGMENTS:
+        raise _invalid([f"a shop has at most {MAX_SEGMENTS} segments"])
+    now = utcnow()
+    segment_id = new_id("seg", 10)
+    await conn.execute(
+        insert(segments).values(
+            tenant_id=tenant_id,
+            id=segment_id,
+            name=name,
+            description=description,
+            condition=condition,
+            version=1,
+            created_at=now,
+            updated_at=now,
+            backfilled_version=None,
+            backfill_done=0,
+            backfill_total=0,
+        )
+    )
+    await audit.record(conn, tenant_id, actor_key_id, "segment.created", segment_id, name)
+    return await get(conn, tenant_id, segment_id)
+
+
+async def edit(
+    conn: AsyncConnection,
+    tenant_id: str,
+    segment: str,
+    condition: dict[str, Any] | None,
+    description: str | None,
+    actor_key_id: str | None,
+) -> tuple[SegmentRecord, bool]:
+    """Change a segment's condition or description; (record, whether a backfill is due)."""
+    current = await get(conn, tenant_id, segment)
+    values: dict[str, Any] = {"updated_at": utcnow()}
+    changed = condition is not None and condition != current.condition
+    if condition is not None:
+        _checked(current.name, condition)
+        values["condition"] = condition
+    if changed:
+        values["version"] = current.version + 1
+    if description is not None:
+        values["description"] = description
+    await conn.execute(
+        update(segments)
+        .where(segments.c.tenant_id == tenant_id, segments.c.id == current.id)
+        .values(**values)
+    )
+    if changed:
+        detail = f"{current.name} v{current.version + 1}"
+        await audit.record(conn, tenant_id, actor_key_id, "segment.edited", current.id, detail)
+    return await get(conn, tenant_id, current.id), changed
+
+
+async def remove(
+    conn: AsyncConnection, tenant_id: str, segment: str, actor_key_id: str | None
+) -> SegmentRecord:
+    """Delete a segment; its members exit (published), its membership rows go."""
+    current = await get(conn, tenant_id, segment)
+    members = segment_members.c
+    ids = list(
+        (
+            await conn.execute(
+                select(members.customer_id).where(
+                    members.tenant_id == tenant_id,
+                    members.segment_id == current.id,
+                    members.exited_at.is_(None),
+                )
+            )
+        ).scalars()
+    )
+    for customer_id in ids:
+        payload = {
+            "customer_id": customer_id,
+            "segment_id": current.id,
+            "segment": current.name,
+            "version": current.version,
+        }
+        await changes.publish(conn, tenant_id, customer_id, "segment.exited", payload)
+    await conn.execute(
+        delete(segment_members).where(
+            members.tenant_id == tenant_id, members.segment_id == current.id
+        )
+    )
+    await conn.execute(
+        delete(segments).where(segments.c.tenant_id == tenant_id, segments.c.id == current.id)
+    )
+    await audit.record(conn, tenant_id, actor_key_id, "segment.deleted", current.id, current.name)
+    return current
+
+
+@dataclass(frozen=True)
+class Member:
+    customer_id: str
+    entered_at: datetime
+
+
+async def members_page(
+    conn: AsyncConnection, tenant_id: str, segment_id: str, after: str | None, limit: int
+) -> list[Member]:
+    """Current members in customer-id order (keyset pages: pass the last id as `after`)."""
+    members = segment_members.c
+    query = (
+        select(members.customer_id, members.entered_at)
+        .where(
+            members.tenant_id == tenant_id,
+            members.segment_id == segment_id,
+            members.exited_at.is_(None),
+        )
+        .order_by(members.customer_id)
+        .limit(limit)
+    )
+    if after:
+        query = query.where(members.customer_id > after)
+    return [Member(row.customer_id, row.entered_at) for row in await conn.execute(query)]
+
+
+@dataclass(frozen=True)
+class Explanation:
+    customer_id: str
+    segment: str
+    member: bool  # what the membership table says
+    holds: bool  # what her profile says now
+    entered_at: datetime | None
+    clauses: list[segment_rules.ClauseExplanation]
+
+
+async def explain(conn: AsyncConnection, tenant_id: str, segment: str, live: str) -> Explanation:
+    """Why she is (or is not) in the segment: each clause against her attributes now."""
+    record = await get(conn, tenant_id, segment)
+    settings = await settings_of(conn, tenant_id)
+    attributes = (await facts_for(conn, tenant_id, [live], settings)).get(live, {})
+    row = (
+        await conn.execute(
+            select(segment_members).where(
+                segment_members.c.tenant_id == tenant_id,
+                segment_members.c.segment_id == record.id,
+                segment_members.c.customer_id == live,
+            )
+        )
+    ).first()
+    member = row is not None and row.exited_at is None
+    clauses = segment_rules.explain(record.condition, attributes)
+    return Explanation(
+        live,
+        record.name,
+        member,
+        all(clause.holds for clause in clauses),
+        row.entered_at if member and row else None,
+        clauses,
+    )
+
+
+def _insert_members(conn: AsyncConnection) -> Any:
+    # A backfill and the real-time evaluator may record the same entry at once: one wins.
+    dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+    return dialect.insert(segment_members).on_conflict_do_nothing()

@@ -1,0 +1,42 @@
+"""Staff and the customer correct a line's gift-or-self label (issue 19)."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from omnisdk.core.problems import ProblemType
+from server_stub.storage.tables import audit_log, order_lines
+from tests.server.conftest import Harness, ShopForTest
+
+
+async def test_a_corrected_label_is_certain_audited_and_changes_her_buyer_type(
+    server: Harness, shop: ShopForTest
+) -> None:
+    amy = (
+        await shop.request("POST", "/v1/identity/identify", "web", json={"anonymous_id": "amy"})
+    ).json()["customer_id"]
+    line = {"sku": "KIDS-31", "quantity": 1, "unit_price": 40.0, "gift": False}
+    sale = {"reference": "W-1", "currency": "EUR", "customer_id": amy, "lines": [line]}
+    assert (await shop.request("POST", "/v1/orders", "web", json=sale)).status_code in (200, 201)
+    before = (await shop.request("GET", f"/v1/customers/{amy}/profile", "web")).json()
+    corrected = await shop.request(
+        "PUT", "/v1/orders/W-1/lines/1/gift", "web", json={"gift": True, "by": "customer"}
+    )
+    assert corrected.status_code == 200, corrected.text
+    after = (await shop.request("GET", f"/v1/customers/{amy}/profile", "web")).json()
+    assert (before["buyer_type"], after["buyer_type"]) == ("self", "gift")
+    async with server.database.transaction(write=False) as conn:
+        stored = (
+            await conn.execute(select(order_lines.c.gift, order_lines.c.gift_confidence))
+        ).one()
+        actions = list((await conn.execute(select(audit_log.c.action, audit_log.c.detail))).all())
+    assert (stored.gift, stored.gift_confidence) == (True, 1.0)
+    assert ("order.gift_corrected", "order W-1 line 1: gift (corrected by customer)") in actions
+
+
+async def test_correcting_a_line_that_does_not_exist_is_not_found(shop: ShopForTest) -> None:
+    missing = await shop.request("PUT", "/v1/orders/NOPE/lines/1/gift", json={"gift": True})
+    assert missing.status_code == 404
+    assert missing.json()["type"] == ProblemType.NOT_FOUND.value
+    bad = await shop.request("PUT", "/v1/orders/NOPE/lines/1/gift", json={"gift": "yes"})
+    assert bad.status_code == 422
