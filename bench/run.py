@@ -13,6 +13,7 @@ from bench import (
     bench_content,
     bench_feed,
     bench_ingest,
+    bench_notifications,
     bench_outbox,
     bench_pos_network_loss,
     bench_sdk_overhead,
@@ -37,6 +38,7 @@ SUITES = {
     "Personalised content and consent checks (issues 7 and 4)": bench_content.run,
     bench_feed.TITLE: bench_feed.run,
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
+    "Stock alerts and messages (issue 20)": bench_notifications.run,
 }
 
 
