@@ -16,6 +16,7 @@ from bench import (
     bench_feed,
     bench_identify_locks,
     bench_ingest,
+    bench_notifications,
     bench_orders,
     bench_outbox,
     bench_pos_network_loss,
@@ -47,6 +48,7 @@ SUITES = {
     "Orders on every channel (issue 18)": bench_orders.run,
     "Attribution and lifetime value (issue 18)": bench_analytics.run,
     "Customer-service console and segments (issue 19)": bench_console.run,
+    "Stock alerts and messages (issue 20)": bench_notifications.run,
 }
 
 

@@ -16,6 +16,8 @@ import time
 import uuid
 from pathlib import Path
 
+from journey_alerts import back_in_stock
+
 import omnisdk
 import omnisdk.models
 import omnisdk.resources.changes
@@ -302,6 +304,8 @@ def main() -> None:
     web.consent.confirm(token)  # the shop's confirmation link handler
     allowed = web.consent.can_contact(linked.customer_id, "email")
     print(f"   after the click: may e-mail her: {allowed}")
+
+    back_in_stock(step, linked.customer_id, app, pos, admin)  # issue 20: examples/journey_alerts.py
 
     step("On her phone she withdraws personalisation; the laptop's next page is generic")
     started = time.monotonic()

@@ -15,7 +15,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import httpx
 
@@ -42,6 +42,7 @@ class AlertWorker:
         batch: int,
         timeout: float,
         abandoned_scan_seconds: float,
+        retry_base_seconds: float = messages.RETRY_BASE_SECONDS,
     ) -> None:
         self.database = database
         self.contexts = contexts
@@ -49,6 +50,10 @@ class AlertWorker:
         self.poll_seconds = poll_seconds
         self.batch = batch
         self.abandoned_scan_seconds = abandoned_scan_seconds
+        self.retry_base_seconds = retry_base_seconds
+        # Longer than a delivery can take: a lease runs out only when its process stalled or
+        # died, and then another process (or this one, restarted) takes the message over.
+        self.lease = timedelta(seconds=3 * timeout + 5)
         self._http = httpx.AsyncClient(timeout=timeout)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -93,7 +98,7 @@ class AlertWorker:
             self._last_scan = time.monotonic()
             await self._abandoned(now)
         async with self.database.transaction(write=True) as conn:
-            claimed = await messages.claim(conn, now, self.batch)
+            claimed = await messages.claim(conn, now, self.batch, self.lease)
         await asyncio.gather(*(self._deliver(one) for one in claimed))
         return len(claimed)
 
@@ -126,7 +131,7 @@ class AlertWorker:
         async with self.database.transaction(write=True) as conn:
             context = await self.contexts.get(conn, claimed.tenant_id)
             max_attempts = context.settings.notifications.max_attempts
-            decision = await messages.decide(conn, context, claimed, now)
+            decision = await messages.decide(conn, context, claimed, now, self.lease)
             if decision is None:
                 return
             if isinstance(decision, messages.Skipped):
@@ -143,7 +148,9 @@ class AlertWorker:
             if error is None:
                 await messages.sent(conn, claimed, decision, finished)
             else:
-                await messages.failed(conn, claimed, error, max_attempts, finished)
+                await messages.failed(
+                    conn, claimed, error, max_attempts, finished, self.retry_base_seconds
+                )
 
     async def _post(
         self, message_id: str, targets: list[webhooks.Target], payload: dict[str, object]

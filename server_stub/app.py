@@ -145,6 +145,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             batch=settings.alerts_batch,
             timeout=settings.alerts_webhook_timeout_seconds,
             abandoned_scan_seconds=settings.alerts_abandoned_scan_seconds,
+            retry_base_seconds=settings.alerts_retry_base_seconds,
         )
         if settings.alerts_delivery:
             worker.start()

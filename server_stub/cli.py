@@ -13,6 +13,7 @@
     omnisdk-server analytics attribution|ropo|ltv|refresh|report --tenant T ... (analytics_cli)
     omnisdk-server staff add --tenant T --name N --department D [--role agent|lead|admin]
     omnisdk-server segments backfill --tenant T SEGMENT
+    omnisdk-server alerts metrics|messages|replay|webhook-add|webhooks|deliver --tenant T ...
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -24,7 +25,7 @@ import asyncio
 import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from rich.console import Console
 from sqlalchemy.exc import OperationalError
@@ -405,6 +406,119 @@ def cmd_segments_backfill(args: argparse.Namespace) -> None:
     print(f"entered: {outcome.entered}, exited: {outcome.exited}")
 
 
+# --- alerts (issue 20) -----------------------------------------------------------------------
+
+
+def cmd_alerts_metrics(args: argparse.Namespace) -> None:
+    from server_stub.services import messages
+
+    async def work(database: Database) -> str:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            return (await messages.metrics(conn, args.tenant)).model_dump_json(indent=2)
+
+    print(asyncio.run(_with_database(_database_url(args), work)))
+
+
+def cmd_alerts_messages(args: argparse.Namespace) -> None:
+    from server_stub.services import messages
+
+    async def work(database: Database) -> list[str]:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            found = await messages.listing(
+                conn, args.tenant, status=args.status, kind=args.kind, limit=args.limit
+            )
+        return [
+            f"{m.id}\t{m.kind.value}\t{m.status}\t{m.reason or '-'}\t{m.customer_id}\t"
+            f"{m.sku or '-'}\t{m.attempts}\t{m.created_at:%Y-%m-%d %H:%M:%S}"
+            for m in found
+        ]
+
+    for line in asyncio.run(_with_database(_database_url(args), work)):
+        print(line)
+
+
+def cmd_alerts_replay(args: argparse.Namespace) -> None:
+    from server_stub.ids import utcnow
+    from server_stub.services import messages
+
+    async def work(database: Database) -> int:
+        async with database.transaction(write=True) as conn:
+            await _require_tenant(conn, args.tenant)
+            count = await messages.replay(conn, args.tenant, args.id or None, utcnow())
+            await audit.record(conn, args.tenant, None, "alerts.replay", "messages", "cli")
+            return count
+
+    print(f"{asyncio.run(_with_database(_database_url(args), work))} messages to send again")
+
+
+def cmd_alerts_webhook_add(args: argparse.Namespace) -> None:
+    from omnisdk.notification_models import WebhookEndpointIn
+    from server_stub.ids import utcnow
+    from server_stub.services import webhooks
+
+    try:
+        body = WebhookEndpointIn.model_validate({"url": args.url, "kinds": args.kind or []})
+    except ValueError as exc:
+        raise CommandError(f"not a webhook endpoint: {exc}") from exc
+
+    async def work(database: Database) -> tuple[str, str | None]:
+        async with database.transaction(write=True) as conn:
+            await _require_tenant(conn, args.tenant)
+            sealer = sealer_from(settings_from_environment())
+            made = await webhooks.create(conn, sealer, args.tenant, body, utcnow())
+            await audit.record(conn, args.tenant, None, "webhook.create", made.id, "cli")
+            return made.id, made.secret
+
+    endpoint_id, secret = asyncio.run(_with_database(_database_url(args), work))
+    print(secret)
+    print(
+        f"added webhook endpoint {endpoint_id}; its signing secret is shown this once",
+        file=sys.stderr,
+    )
+
+
+def cmd_alerts_webhooks(args: argparse.Namespace) -> None:
+    from server_stub.services import webhooks
+
+    async def work(database: Database) -> list[str]:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            found = await webhooks.list_all(conn, args.tenant)
+        return [f"{w.id}\t{','.join(w.kinds) or 'all kinds'}\t{w.url}" for w in found]
+
+    for line in asyncio.run(_with_database(_database_url(args), work)):
+        print(line)
+
+
+def cmd_alerts_deliver(args: argparse.Namespace) -> None:
+    from server_stub.alert_delivery import AlertWorker, run_until_idle
+    from server_stub.services.tenant_context import TenantContexts
+
+    settings = settings_from_environment()
+
+    async def work(database: Database) -> None:
+        sealer = sealer_from(settings)
+        worker = AlertWorker(
+            database,
+            TenantContexts(0, sealer),
+            sealer,
+            poll_seconds=settings.alerts_poll_seconds,
+            batch=settings.alerts_batch,
+            timeout=settings.alerts_webhook_timeout_seconds,
+            abandoned_scan_seconds=0,
+            retry_base_seconds=settings.alerts_retry_base_seconds,
+        )
+        try:
+            await run_until_idle(worker)
+        finally:
+            await worker.close()
+
+    asyncio.run(_with_database(_database_url(args), work))
+    print("delivered every message that was due", file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -521,7 +635,48 @@ def parser() -> argparse.ArgumentParser:
     backfill.add_argument("segment", help="the segment's name or id")
     backfill.set_defaults(run=cmd_segments_backfill)
 
+    _alerts_parser(commands, common)
     return top
+
+
+def _alerts_parser(commands: Any, common: argparse.ArgumentParser) -> None:
+    from omnisdk.core.notifications import Kind
+
+    kinds = [k.value for k in Kind]
+    alerts = commands.add_parser("alerts", help="stock alerts and messages (docs/notifications.md)")
+    alert_commands = alerts.add_subparsers(dest="action", required=True)
+    metrics = alert_commands.add_parser(
+        "metrics", parents=[common], help="per kind: triggered, skipped by reason, sent, failed"
+    )
+    metrics.set_defaults(run=cmd_alerts_metrics)
+    listing = alert_commands.add_parser("messages", parents=[common], help="list messages")
+    listing.add_argument(
+        "--status", choices=["pending", "sending", "retry", "sent", "skipped", "failed"]
+    )
+    listing.add_argument("--kind", choices=kinds)
+    listing.add_argument("--limit", type=int, default=100)
+    listing.set_defaults(run=cmd_alerts_messages)
+    replay = alert_commands.add_parser(
+        "replay", parents=[common], help="send dead-lettered messages again (decided anew)"
+    )
+    replay.add_argument("--id", action="append", help="a message id (repeat); default: all")
+    replay.set_defaults(run=cmd_alerts_replay)
+    add = alert_commands.add_parser(
+        "webhook-add", parents=[common], help="add a webhook endpoint, print its secret once"
+    )
+    add.add_argument("--url", required=True)
+    add.add_argument("--kind", action="append", choices=kinds, help="default: every kind")
+    add.set_defaults(run=cmd_alerts_webhook_add)
+    hooks = alert_commands.add_parser("webhooks", parents=[common], help="list webhook endpoints")
+    hooks.set_defaults(run=cmd_alerts_webhooks)
+    deliver = alert_commands.add_parser(
+        "deliver",
+        parents=[common],
+        help="run delivery passes until nothing is due (the server does this by itself)",
+    )
+    deliver.set_defaults(run=cmd_alerts_deliver)
+    for sub in (metrics, listing, replay, add, hooks, deliver):
+        sub.add_argument("--tenant", required=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

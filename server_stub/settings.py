@@ -117,6 +117,12 @@ class Settings(BaseSettings):
     alerts_webhook_timeout_seconds: float = Field(
         default=10.0, gt=0, description="How long a webhook receiver has to answer."
     )
+    alerts_retry_base_seconds: float = Field(
+        default=5.0,
+        gt=0,
+        description="Wait before a failed webhook delivery's first retry; doubled after each "
+        "further failure, up to an hour.",
+    )
     alerts_abandoned_scan_seconds: float = Field(
         default=60.0, gt=0, description="How often a process looks for abandoned carts."
     )

@@ -43,6 +43,7 @@ OPEN = (WAITING, QUEUED)
 MARKETING = ("marketing:email", "marketing:sms", "marketing:push")
 CART_SCAN_BATCH = 500
 ABANDONED_LOOKBACK = timedelta(days=7)
+ENQUEUE_CHUNK = 1000  # rows per INSERT: 21 columns each, under 32,767 parameters
 
 
 def _dialect(conn: AsyncConnection) -> Any:
@@ -214,17 +215,18 @@ def _message(
 
 async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Store messages, one per idempotency key: those already stored are left as they are.
-    Returns the rows stored now."""
-    if not rows:
-        return []
-    stored = await conn.execute(
-        _dialect(conn)
-        .insert(alert_messages)
-        .values(rows)
-        .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
-        .returning(alert_messages.c.id)
-    )
-    new = {row.id for row in stored}
+    Returns the rows stored now. Written in chunks (PostgreSQL takes at most 32,767
+    parameters in a statement; a big restock's batch is thousands of rows)."""
+    new: set[str] = set()
+    for start in range(0, len(rows), ENQUEUE_CHUNK):
+        stored = await conn.execute(
+            _dialect(conn)
+            .insert(alert_messages)
+            .values(rows[start : start + ENQUEUE_CHUNK])
+            .on_conflict_do_nothing(index_elements=["tenant_id", "idempotency_key"])
+            .returning(alert_messages.c.id)
+        )
+        new.update(row.id for row in stored)
     return [row for row in rows if row["id"] in new]
 
 

@@ -39,7 +39,7 @@ from omnisdk.core.notifications import (
 )
 from omnisdk.notification_models import AlertMetrics, KindMetrics, MessageView
 from server_stub.errors import Problem
-from server_stub.services import identity
+from server_stub.services import identity, orders, preferences
 from server_stub.services.consent import ledger
 from server_stub.services.stock import read as read_stock
 from server_stub.services.tenant_context import TenantContext
@@ -89,7 +89,9 @@ class Claimed:
     token: str
 
 
-async def claim(conn: AsyncConnection, now: datetime, limit: int) -> list[Claimed]:
+async def claim(
+    conn: AsyncConnection, now: datetime, limit: int, lease: timedelta = LEASE
+) -> list[Claimed]:
     """Lease up to `limit` due messages to this caller: pending or retry ones whose time has
     come, and those whose claimer's lease ran out (it died mid-delivery)."""
     due = or_(
@@ -111,7 +113,7 @@ async def claim(conn: AsyncConnection, now: datetime, limit: int) -> list[Claime
         await conn.execute(
             update(alert_messages)
             .where(alert_messages.c.tenant_id == row.tenant_id, alert_messages.c.id == row.id)
-            .values(status="sending", lease_until=now + LEASE, lease_token=token)
+            .values(status="sending", lease_until=now + lease, lease_token=token)
         )
         claimed.append(Claimed(row.tenant_id, row.id, token))
     return claimed
@@ -151,22 +153,19 @@ class Delayed:
 Decision = Send | Skipped | Delayed
 
 
+# Where an observed preference is a shop channel rather than a message channel: engaging in
+# the app means a push notification reaches her there.
+MESSAGE_CHANNEL_OF = {"app": "push"}
+
+
 async def preferred_channel(
     conn: AsyncConnection, tenant_id: str, customer_ids: Sequence[str]
 ) -> tuple[str | None, str]:
-    """The customer's preferred channel and where it comes from. Until the console's
-    `services.preferences.preferred_channel` (issue 19) is merged, the channel she declared
-    as the `preferred_channel` trait."""
-    rows = await conn.execute(
-        select(customers.c.traits).where(
-            customers.c.tenant_id == tenant_id, customers.c.id.in_(list(customer_ids))
-        )
-    )
-    for row in rows:
-        declared = (row.traits or {}).get("preferred_channel")
-        if isinstance(declared, str) and declared in PURPOSE_OF_CHANNEL:
-            return declared, "declared"
-    return None, "none"
+    """The message channel she prefers (declared wins over observed; services/preferences)
+    and where that comes from; None when it names no message channel."""
+    channel, source = await preferences.preferred_channel(conn, tenant_id, customer_ids)
+    channel = MESSAGE_CHANNEL_OF.get(channel or "", channel)
+    return (channel, source) if channel in PURPOSE_OF_CHANNEL else (None, source)
 
 
 async def _traits(conn: AsyncConnection, tenant_id: str, customer_id: str) -> dict[str, Any]:
@@ -183,8 +182,11 @@ async def _traits(conn: AsyncConnection, tenant_id: str, customer_id: str) -> di
 async def bought_since(
     conn: AsyncConnection, tenant_id: str, customer_ids: Sequence[str], sku: str, since: datetime
 ) -> bool:
-    """Whether she ordered the SKU since `since`, on any channel (store sales included, once
-    they are recorded as her `order_completed`)."""
+    """Whether she ordered the SKU since `since`, on any channel: in the order record (online
+    checkouts and store sales, services/orders.py), or as an `order_completed` event the shop
+    tracked without recording the order."""
+    if await orders.bought_since(conn, tenant_id, list(customer_ids), sku, since):
+        return True
     rows = await conn.execute(
         select(events.c.properties).where(
             events.c.tenant_id == tenant_id,
@@ -268,7 +270,11 @@ async def _caps_reached(
 
 
 async def decide(
-    conn: AsyncConnection, context: TenantContext, claimed: Claimed, now: datetime
+    conn: AsyncConnection,
+    context: TenantContext,
+    claimed: Claimed,
+    now: datetime,
+    lease: timedelta = LEASE,
 ) -> Decision | None:
     """Decide a claimed message now (None: the lease is no longer ours). The customer is
     locked, so two processes deciding two of her messages count each other against the caps."""
@@ -363,7 +369,7 @@ async def decide(
             channel=channel,
             consent_decision_id=decision_id,
             decided_at=now,
-            lease_until=now + LEASE,
+            lease_until=now + lease,
         )
     )
     return Send(customer, channel, decision_id, payload)
@@ -495,7 +501,12 @@ async def sent(conn: AsyncConnection, claimed: Claimed, send: Send, now: datetim
 
 
 async def failed(
-    conn: AsyncConnection, claimed: Claimed, error: str, max_attempts: int, now: datetime
+    conn: AsyncConnection,
+    claimed: Claimed,
+    error: str,
+    max_attempts: int,
+    now: datetime,
+    retry_base: float = RETRY_BASE_SECONDS,
 ) -> bool:
     """A delivery attempt failed: retry later with backoff, or dead-letter the message after
     `max_attempts` (status `failed`; `replay` sends it again)."""
@@ -512,9 +523,7 @@ async def failed(
             attempts=attempts,
             reason=error[:200],
             due_at=now
-            + timedelta(
-                seconds=backoff_seconds(attempts, RETRY_BASE_SECONDS, RETRY_CEILING_SECONDS)
-            ),
+            + timedelta(seconds=backoff_seconds(attempts, retry_base, RETRY_CEILING_SECONDS)),
             lease_token=None,
             lease_until=None,
         )

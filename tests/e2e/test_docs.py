@@ -29,6 +29,7 @@ def python_blocks(page: Path) -> list[str]:
         ("orders.md", 4),
         ("analytics.md", 2),
         ("console.md", 3),
+        ("notifications.md", 5),
     ],
 )
 def test_guide_examples_run(monkeypatch: pytest.MonkeyPatch, page: str, at_least: int) -> None:

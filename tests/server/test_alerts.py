@@ -60,13 +60,24 @@ async def shop_with_webhook(
     return shop
 
 
-async def customer(shop: ShopForTest, device: str, **traits: Any) -> str:
+async def customer(
+    shop: ShopForTest, device: str, preferred_channel: str | None = None, **traits: Any
+) -> str:
     body: dict[str, Any] = {"anonymous_id": device}
     if traits:
         body["traits"] = traits
     answer = await shop.request("POST", "/v1/identity/identify", "app", json=body)
     assert answer.status_code == 200, answer.text
-    return str(answer.json()["customer_id"])
+    customer_id = str(answer.json()["customer_id"])
+    if preferred_channel is not None:
+        declared = await shop.request(
+            "PUT",
+            f"/v1/customers/{customer_id}/preferred-channel",
+            "app",
+            json={"channel": preferred_channel},
+        )
+        assert declared.status_code == 200, declared.text
+    return customer_id
 
 
 async def grant(shop: ShopForTest, customer_id: str, purpose: str, status: str = "granted") -> str:

@@ -5,7 +5,7 @@ id), alert subscriptions, messages with their idempotency key (rule, customer, S
 restocks being paced, and the shop's webhook endpoints (secrets sealed).
 
 Revision ID: 0019
-Revises: 0013
+Revises: 0018 (0013 on the h20 branch before merging h18a and h19)
 Create Date: 2026-12-03
 """
 
