@@ -411,7 +411,8 @@ async def _timeline(
             category=None,
             value=None,
         )
-        .on_conflict_do_nothing(index_elements=["tenant_id", "event_id"])
+        # The events' unique key holds the time (PostgreSQL partitions them by month).
+        .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "occurred_at"])
     )
     await conn.execute(statement)
 
