@@ -83,7 +83,16 @@ IDEMPOTENCY_KEY: dict[str, Any] = {
 
 STREAM = {
     "text/event-stream": {
-        "schema": {"type": "string"},
+        # Each Server-Sent Event (validators such as schemathesis check every one).
+        "schema": {
+            "type": "object",
+            "description": "One event: its feed position, kind and JSON payload.",
+            "properties": {
+                "id": {"type": "string", "description": "The change's position in the feed."},
+                "event": {"type": "string", "description": "The kind: cart, session, …"},
+                "data": {"type": "string", "description": "The change, as JSON."},
+            },
+        },
         "example": 'id: 42\nevent: cart\ndata: {"customer_id": "cus_...", "version": 3}\n\n',
     }
 }
