@@ -1343,6 +1343,10 @@ class CustomerExport(WireModel):
     consent: list[ConsentDecisionView] = Field(description="Her consent ledger.")
     returns: list[dict[str, Any]] = Field(description="Return codes issued for her orders.")
     merges: list[dict[str, Any]] = Field(description="Merges she took part in.")
+    scores: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Her lifetime value and RFM scores from the latest fit (docs/analytics.md).",
+    )
 
 
 class ErasureReceipt(WireModel):

@@ -115,3 +115,17 @@ async def test_the_html_report_is_self_contained(server: Harness, shop: ShopForT
     for remote in ("<script", "<link", "src=", "@import", "url("):
         assert remote not in page
     assert page.replace('xmlns="http://www.w3.org/2000/svg"', "").count("http") == 0
+
+
+async def test_scores_are_exported_and_erased_with_her(server: Harness, shop: ShopForTest) -> None:
+    people = await amy_and_friends(server, shop)
+    assert (await shop.request("POST", "/v1/analytics/ltv", json={})).status_code == 200
+    amy = people["amy"]
+    exported = (await shop.request("POST", f"/v1/privacy/{amy}/export")).json()
+    assert [score["customer_id"] for score in exported["scores"]] == [amy]
+    assert exported["scores"][0]["rfm_frequency"] >= 1
+    erased = await shop.request("POST", f"/v1/privacy/{amy}/erase")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["customer_scores"] == 1
+    fit = (await shop.request("POST", "/v1/analytics/ltv", json={})).json()
+    assert fit["customers"] == 1  # Bob; her sale stays as an anonymous accounting record
