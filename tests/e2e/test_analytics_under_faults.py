@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -89,20 +90,27 @@ def purchases_of(n: int) -> int:
 
 def test_lifetime_value_fit_and_journey_aggregate_through_lost_answers(cluster: Cluster) -> None:
     now = datetime.now(UTC)
-    buyers = []
-    # The orders go straight to a server: the writes under test are the analytics ones.
-    with omnisdk.Client(cluster.servers[0].url, cluster.shop.key("web"), channel="web") as web:
-        for n in range(BUYERS):
-            who = web.identity.identify(anonymous_id=f"ltv-{n}").customer_id
-            buyers.append(who)
-            for k in range(purchases_of(n)):
-                web.orders.record(
-                    f"L-{n}-{k}",
-                    [{"sku": "TR2-38", "quantity": 1, "unit_price": 20.0 + n % 5}],
-                    currency="EUR",
-                    customer_id=who,
-                    placed_at=now - timedelta(days=300 - 90 * k - n),
-                )
+
+    def seed(first: int) -> list[str]:
+        # Straight to a server, four clients at once: the writes under test come after.
+        made = []
+        url = cluster.servers[0].url
+        with omnisdk.Client(url, cluster.shop.key("web"), channel="web") as web:
+            for n in range(first, BUYERS, 4):
+                who = web.identity.identify(anonymous_id=f"ltv-{n}").customer_id
+                made.append(who)
+                for k in range(purchases_of(n)):
+                    web.orders.record(
+                        f"L-{n}-{k}",
+                        [{"sku": "TR2-38", "quantity": 1, "unit_price": 20.0 + n % 5}],
+                        currency="EUR",
+                        customer_id=who,
+                        placed_at=now - timedelta(days=300 - 90 * k - n),
+                    )
+        return made
+
+    with ThreadPoolExecutor(4) as pool:
+        buyers = [who for made in pool.map(seed, range(4)) for who in made]
     dropped = cluster.dropped
     fit = cluster.post(0, "/v1/analytics/ltv", {"holdout_days": 60})
     again = cluster.post(1, "/v1/analytics/ltv", {"holdout_days": 60})
