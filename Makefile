@@ -10,7 +10,7 @@ $(STAMP): pyproject.toml
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "omnisdk needs Python 3.11 or newer (set PYTHON=python3.X)")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[server,dev,docs]'
+	$(BIN)/python -m pip install --quiet -e '.[server,analytics,dev,docs]'
 	@touch $(STAMP)
 
 install: $(STAMP)
@@ -40,7 +40,7 @@ typecheck: $(STAMP)
 
 ## bench: run the benchmarks and write docs/benchmarks.md
 bench: $(STAMP)
-	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
+	$(BIN)/python -m pip install --quiet -e '.[server,analytics,dev,bench]'
 	$(BIN)/python -m bench.run
 
 ## bench-scale: load shops of 10 k and 1 M customers on PostgreSQL and write docs/scale.md (minutes; not in make test)

@@ -155,10 +155,12 @@ def run() -> list[Figure]:
     figures = []
     _, counts = _timed(generate)  # generating and counting the journeys: the journey build's part
     total, paths = _timed(counts.freeze)
+    steps = [f"paths {total:.1f}"]
     settings = Settings(bootstrap=0, shapley_permutations=200)
     for model in Model:
         seconds, _ = _timed(lambda m=model: attribute(paths, m, settings))
         total += seconds
+        steps.append(f"{model.value} {seconds:.1f}")
     channel_paths = _by_channels(paths)
     ours_markov, ours = _timed(lambda: removal_effects(channel_paths, 1))
     ours_share = ours / ours.sum()
@@ -175,8 +177,8 @@ def run() -> list[Figure]:
             peer_seconds / total if peer else float("nan"),
             "< 10 s",
             total < 10,
-            "paths layout (freeze) + 9 models; generating/counting the journeys not included; "
-            "Shapley sampled (200 permutations); no bootstrap",
+            "paths layout + 9 models (s: " + ", ".join(steps) + "); generating and counting "
+            "the journeys not included; Shapley sampled (200 permutations); no bootstrap",
         )
     )
     if peer is not None:

@@ -16,6 +16,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 from journey_alerts import back_in_stock
 
 import omnisdk
@@ -281,6 +282,29 @@ def main() -> None:
         f"EUR net of the {online.refunded} EUR returned; all together {bought.purchases.net_value}"
         " EUR"
     )
+
+    step("The ROPO report counts her store sale; a lifetime value fit scores her profile")
+    for client in (web, app):
+        client.events.flush(10)  # her online touchpoints are on record first
+    analytics = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {os.environ['OMNISDK_ADMIN_KEY']}"}
+    )
+    ropo = analytics.get("/v1/analytics/ropo", params={"lookback_days": 30}, timeout=60)
+    if ropo.status_code == 501:  # a server installed without its analytics extra
+        print(f"   {ropo.json()['detail']}")
+    else:
+        store = ropo.json()["store"]
+        by_code = store["links"].get("customer_code", {}).get("revenue", 0.0)
+        print(
+            f"   store revenue researched online (ROPO): {store['researched_online_revenue']} "
+            f"of {store['revenue']} EUR; linked by customer code: {by_code} EUR"
+        )
+        key = {"Idempotency-Key": uuid.uuid4().hex}
+        fit = analytics.post("/v1/analytics/ltv", json={}, headers=key, timeout=120).json()
+        scored = admin.identity.get_profile(linked.customer_id)
+        value = f"CLV {scored.ltv.clv:.2f} EUR" if scored.ltv else "CLV after 30 repeat buyers"
+        print(f"   fit {fit['model']}: her RFM score {scored.rfm and scored.rfm.score}; {value}")
+    analytics.close()
 
     step("Only the till may take goods back; the web shop's key may not manage keys")
     print(

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from itertools import chain
 from typing import TYPE_CHECKING, Any
 
@@ -177,20 +178,20 @@ class Paths:
     def __len__(self) -> int:
         return len(self.conversions)
 
-    @property
+    @cached_property
     def lengths(self) -> IntArray:
         import numpy as np
 
         return np.diff(self.offsets)
 
-    @property
+    @cached_property
     def path_of_touch(self) -> IntArray:
         """For each touch, the index of its path."""
         import numpy as np
 
         return np.repeat(np.arange(len(self), dtype=np.int64), self.lengths)
 
-    @property
+    @cached_property
     def position(self) -> IntArray:
         """For each touch, its position in its path (0 = first touch)."""
         import numpy as np

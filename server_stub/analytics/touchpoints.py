@@ -153,24 +153,25 @@ class JourneyEnd:
     touches: tuple[Touch, ...]
     ages: tuple[int, ...]
     sale: Sale | None
+    # For ROPO: whether the buyer had an online / a store touchpoint in the lookback window
+    # before the sale, whatever ended her previous journey (an earlier order does not hide
+    # her research).
+    online: bool = False
+    in_store: bool = False
 
     @property
     def labels(self) -> tuple[str, ...]:
         return tuple(touch.label for touch in self.touches)
 
-    @property
-    def online(self) -> bool:
-        return any(touch.kind.online for touch in self.touches)
 
-    @property
-    def in_store(self) -> bool:
-        return any(not touch.kind.online for touch in self.touches)
-
-
-def _ended(touches: Sequence[Touch], end: datetime, sale: Sale | None) -> JourneyEnd:
+def _ended(
+    touches: Sequence[Touch], end: datetime, sale: Sale | None, before: Sequence[Touch] = ()
+) -> JourneyEnd:
     kept = tuple(touches[-MAX_TOUCHES:])
     ages = tuple(max(0, (end - touch.at) // timedelta(days=1)) for touch in kept)
-    return JourneyEnd(end, kept, ages, sale)
+    online = any(touch.kind.online for touch in before)
+    in_store = any(not touch.kind.online for touch in before)
+    return JourneyEnd(end, kept, ages, sale, online, in_store)
 
 
 def journeys(
@@ -189,12 +190,15 @@ def journeys(
     timeline.sort(key=lambda item: (item[0], item[1]))
     ended: list[JourneyEnd] = []
     current: list[Touch] = []
+    seen: list[Touch] = []  # every touch so far, for ROPO's look back across earlier orders
     for at, _, item in timeline:
         if isinstance(item, Sale):
             window = [t for t in current if at - t.at <= lookback]
-            ended.append(_ended(window, at, item))
+            before = [t for t in seen[-4 * MAX_TOUCHES :] if at - t.at <= lookback]
+            ended.append(_ended(window, at, item, before))
             current = []
             continue
+        seen.append(item)
         if current and at - current[-1].at > lookback:
             ended.append(_ended(current, current[-1].at + lookback, None))
             current = []

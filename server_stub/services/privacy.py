@@ -185,6 +185,15 @@ async def export(conn: AsyncConnection, tenant_id: str, live: str) -> CustomerEx
             for r in await _rows(conn, merges, merges.c.tenant_id == tenant_id, involved)
         ],
         alerts=await alerts.export(conn, tenant_id, ids),
+        scores=[
+            _plain(r)
+            for r in await _rows(
+                conn,
+                customer_scores,
+                customer_scores.c.tenant_id == tenant_id,
+                customer_scores.c.customer_id.in_(ids),
+            )
+        ],
     )
 
 

@@ -1564,6 +1564,10 @@ class CustomerExport(WireModel):
         default_factory=dict,
         description="Her stock alert subscriptions and the messages decided for her.",
     )
+    scores: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="Her lifetime value and RFM scores from the latest fit (docs/analytics.md).",
+    )
 
 
 class ErasureReceipt(WireModel):

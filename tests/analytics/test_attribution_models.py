@@ -184,7 +184,7 @@ journeys_strategy = st.lists(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(journeys_strategy)
 def test_credits_sum_to_the_conversions_and_revenue_for_every_model(
     journeys: list[Journey],
@@ -203,7 +203,7 @@ def test_credits_sum_to_the_conversions_and_revenue_for_every_model(
         assert all(c.conversions >= -1e-9 for c in result.credits) or model is Model.SHAPLEY
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(journeys_strategy)
 def test_shapley_is_efficient(journeys: list[Journey]) -> None:
     paths = Paths.from_journeys(journeys)
@@ -211,14 +211,14 @@ def test_shapley_is_efficient(journeys: list[Journey]) -> None:
     assert math.fsum(phi) == pytest.approx(sum(j.converted for j in journeys), abs=1e-9)
 
 
-@settings(max_examples=30, deadline=None)
+@settings(max_examples=20, deadline=None)
 @given(journeys_strategy, st.randoms(use_true_random=False))
 def test_reruns_are_bit_identical_whatever_the_order_of_the_journeys(
     journeys: list[Journey], shuffle: object
 ) -> None:
     shuffled = list(journeys)
     shuffle.shuffle(shuffled)  # type: ignore[attr-defined]
-    run = Settings(bootstrap=5, shapley_permutations=20)
+    run = Settings(bootstrap=3, shapley_permutations=10)
     for model in Model:
         first = attribute(Paths.from_journeys(journeys), model, run)
         again = attribute(Paths.from_journeys(shuffled), model, run)

@@ -72,19 +72,16 @@ def test_gamma_gamma_reproduces_fader_hardie_lee_rfm_and_clv_on_cdnow(
     assert model.gamma == pytest.approx(15.44, rel=0.01)
 
 
-def test_fit_on_weighted_distinct_summaries_equals_the_fit_on_every_customer() -> None:
-    summaries = ltv.Summaries(
-        np.array([0.0, 0.0, 2.0, 2.0, 1.0, 5.0, 0.0]),
-        np.array([0.0, 0.0, 10.0, 10.0, 3.0, 30.0, 0.0]),
-        np.array([40.0, 40.0, 40.0, 40.0, 20.0, 38.0, 12.0]),
-        np.array([0.0, 0.0, 10.0, 10.0, 5.0, 20.0, 0.0]),
-    )
-    model = ltv.fit_bgnbd(summaries)
-    x, t_x, big_t = summaries.frequency, summaries.recency, summaries.age
-    one_by_one = ltv._bgnbd_log_likelihood(
-        np.log([model.r, model.alpha, model.a, model.b]), x, t_x, big_t, np.ones(7)
-    )
-    assert model.log_likelihood == pytest.approx(one_by_one, rel=1e-12)
+def test_the_likelihood_of_weighted_distinct_summaries_is_that_of_every_customer() -> None:
+    x = np.array([0.0, 0.0, 2.0, 2.0, 1.0, 5.0, 0.0])
+    t_x = np.array([0.0, 0.0, 10.0, 10.0, 3.0, 30.0, 0.0])
+    big_t = np.array([40.0, 40.0, 40.0, 40.0, 20.0, 38.0, 12.0])
+    params = np.log([0.243, 4.414, 0.793, 2.426])
+    (dx, dt_x, dbig_t), weights = ltv._distinct(x, t_x, big_t)
+    assert len(weights) == 5 and weights.sum() == 7
+    one_by_one = ltv._bgnbd_log_likelihood(params, x, t_x, big_t, np.ones(7))
+    distinct = ltv._bgnbd_log_likelihood(params, dx, dt_x, dbig_t, weights)
+    assert distinct == pytest.approx(one_by_one, rel=1e-12)
 
 
 def test_scores_follow_the_published_conditional_expectation() -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from datetime import timedelta
 
+import pytest
+
 from omnisdk.core.channels import Channel
 from omnisdk.core.conditions import compile_condition
 from omnisdk.models import Profile
@@ -115,3 +117,33 @@ async def test_the_html_report_is_self_contained(server: Harness, shop: ShopForT
     for remote in ("<script", "<link", "src=", "@import", "url("):
         assert remote not in page
     assert page.replace('xmlns="http://www.w3.org/2000/svg"', "").count("http") == 0
+
+
+async def test_scores_are_exported_and_erased_with_her(server: Harness, shop: ShopForTest) -> None:
+    people = await amy_and_friends(server, shop)
+    assert (await shop.request("POST", "/v1/analytics/ltv", json={})).status_code == 200
+    amy = people["amy"]
+    exported = (await shop.request("POST", f"/v1/privacy/{amy}/export")).json()
+    assert [score["customer_id"] for score in exported["scores"]] == [amy]
+    assert exported["scores"][0]["rfm_frequency"] >= 1
+    erased = await shop.request("POST", f"/v1/privacy/{amy}/erase")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["customer_scores"] == 1
+    fit = (await shop.request("POST", "/v1/analytics/ltv", json={})).json()
+    assert fit["customers"] == 1  # Bob; her sale stays as an anonymous accounting record
+
+
+async def test_a_server_without_the_analytics_extra_says_how_to_get_it(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "scipy" else real(name, *a)
+    )
+    answer = await shop.request("GET", "/v1/analytics/attribution")
+    assert answer.status_code == 501
+    assert answer.headers["content-type"] == "application/problem+json"
+    assert answer.json()["type"].endswith("analytics-unavailable")
+    assert "omnisdk[server,analytics]" in answer.json()["detail"]

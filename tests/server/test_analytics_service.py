@@ -219,3 +219,17 @@ async def test_lifetime_value_fit_stores_scores_for_every_buyer(
     assert all(0 < row.p_alive <= 1 and row.clv >= 0 for row in rows)
     assert sum(count for _, _, count in fit.clv_histogram) == 60
     assert fit.clv_total == pytest.approx(sum(row.clv for row in rows))
+
+
+async def test_ropo_looks_back_across_an_earlier_order(server: Harness, shop: ShopForTest) -> None:
+    # Fay researches online, buys online, then buys in the store a week later: the store sale's
+    # journey is empty (the online order ended it), but her research still makes it ROPO.
+    fay = await customer(server, shop)
+    await touch(server, shop, fay, "product_viewed", "web", T0)
+    await sell(server, shop, fay, "web", T0 + timedelta(hours=2), "40.00")
+    await sell(server, shop, fay, "pos", T0 + timedelta(days=7), "60.00", "loyalty_id")
+    async with server.database.transaction(write=False) as conn:
+        found = await analytics.collect_journeys(conn, shop.id, since=T0, until=AS_OF, as_of=AS_OF)
+    assert found.ropo.store_revenue_researched_online == 60.0
+    assert found.unattributed_orders == 1  # no model credits the store sale
+    assert dict(found.paths().items()) == {(("site_visit",), (0,)): (1.0, 0.0, 40.0)}
