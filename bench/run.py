@@ -14,6 +14,7 @@ from bench import (
     bench_content,
     bench_feed,
     bench_ingest,
+    bench_orders,
     bench_outbox,
     bench_pos_network_loss,
     bench_sdk_overhead,
@@ -39,6 +40,7 @@ SUITES = {
     bench_feed.TITLE: bench_feed.run,
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
     "Customer-service console and segments (issue 19)": bench_console.run,
+    "Orders on every channel (issue 18)": bench_orders.run,
 }
 
 

@@ -257,6 +257,29 @@ def main() -> None:
     )
     back.close()
 
+    step("In a store she buys a rain jacket; the till scans the customer code in her app")
+    code = app.orders.customer_code(linked.customer_id)  # her app shows it as a QR code
+    seen = pos.orders.verify_code(code.code)  # offline, with the keys the till caches
+    print(f"   code {code.code[:24]}… (no personal data): {seen.status.value} - {seen.message}")
+    sale = pos.orders.record(
+        f"BERLIN-1-{uuid.uuid4().hex[:6]}",
+        [{"sku": "JACKET-RAIN-M", "quantity": 1, "unit_price": 149.0}],
+        currency="EUR",
+        store_id="berlin-1",
+        customer_code=code.code,
+    )
+    print(
+        f"   sale {sale.order.reference} linked to {sale.order.customer_id} by "
+        f"{sale.order.link_method} (confidence {sale.order.link_confidence})"
+    )
+    bought = admin.identity.get_profile(linked.customer_id)
+    online = admin.orders.get(order)
+    print(
+        f"   her orders: {bought.purchases.by_channel}; the shoes order is worth {online.net} "
+        f"EUR net of the {online.refunded} EUR returned; all together {bought.purchases.net_value}"
+        " EUR"
+    )
+
     step("Only the till may take goods back; the web shop's key may not manage keys")
     print(
         f"   till can redeem returns: {omnisdk.Scope.RETURNS_REDEEM in pos.system.whoami().scopes}"

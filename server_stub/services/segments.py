@@ -69,6 +69,7 @@ CLAIM_STALE = timedelta(minutes=2)
 DRAIN_BATCH = 500
 MAX_SEGMENTS = 200
 Progress = Callable[[int, int], None]
+NO_ORDERS: dict[str, Any] = {"count": 0, "value": 0.0, "net_value": 0.0, "by_channel": {}}
 
 
 # --- attributes ----------------------------------------------------------------------------
@@ -156,7 +157,6 @@ async def facts_for(
         first_seen = min(person.created_at, first_event) if first_event else person.created_at
         last = max(last_event, person.created_at) if last_event else person.created_at
         scores = interests.get(customer_id, {})
-        count, value = order_counts.get(customer_id, (0, 0.0))
         everything = {
             "known": True,
             "traits": person.traits,
@@ -164,7 +164,7 @@ async def facts_for(
             "top_interest": next(iter(scores), None),
             "lifecycle": rules.lifecycle(first_seen, last, now, thresholds).value,
             "buyer_type": buyers.get(customer_id, rules.BuyerType.UNKNOWN).value,
-            "orders": {"count": count, "value": value},
+            "orders": order_counts.get(customer_id, NO_ORDERS),
             "consent": consent.get(customer_id, {}),
             "preferred_channel": channels.get(customer_id),
         }
@@ -182,9 +182,10 @@ def _recorded(tenant_id: str) -> Any:
 
 async def _orders(
     conn: AsyncConnection, tenant_id: str, mine: Any, ids: list[str]
-) -> dict[str, tuple[int, float]]:
+) -> dict[str, dict[str, Any]]:
     """As services.profile: her order records (every channel) plus the orders known only by
-    their `order_completed` event (one per `order_id`, its largest value)."""
+    their `order_completed` event (one per `order_id`, its largest value); net of returns and
+    refunds, and how many records per channel."""
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     per_order = (
         select(
@@ -203,15 +204,32 @@ async def _orders(
             func.coalesce(func.sum(per_order.c.value), 0.0),
         ).group_by(per_order.c.customer_id)
     )
-    found = {row[0]: (int(row[1]), round(float(row[2]), 2)) for row in rows}
-    records = await conn.execute(
-        select(orders.c.customer_id, func.count(), func.sum(orders.c.total))
+    from_events = {row[0]: (int(row[1]), float(row[2])) for row in rows}
+    records: dict[str, dict[str, tuple[int, float, float]]] = defaultdict(dict)
+    for row in await conn.execute(
+        select(
+            orders.c.customer_id,
+            orders.c.channel,
+            func.count(),
+            func.sum(orders.c.total),
+            func.sum(orders.c.refunded),
+        )
         .where(orders.c.tenant_id == tenant_id, orders.c.customer_id.in_(ids))
-        .group_by(orders.c.customer_id)
-    )
-    for customer_id, count, total in records:
-        events_count, events_value = found.get(customer_id, (0, 0.0))
-        found[customer_id] = (events_count + int(count), round(events_value + float(total), 2))
+        .group_by(orders.c.customer_id, orders.c.channel)
+    ):
+        records[row[0]][row[1]] = (int(row[2]), float(row[3]), float(row[4]))
+    found: dict[str, dict[str, Any]] = {}
+    for customer_id in set(from_events) | set(records):
+        count, value = from_events.get(customer_id, (0, 0.0))
+        by_channel = records.get(customer_id, {})
+        total = sum((t for _, t, _ in by_channel.values()), 0.0)
+        refunded = sum((r for _, _, r in by_channel.values()), 0.0)
+        found[customer_id] = {
+            "count": count + sum(n for n, _, _ in by_channel.values()),
+            "value": round(value + total, 2),
+            "net_value": round(value + total - refunded, 2),
+            "by_channel": {channel: n for channel, (n, _, _) in sorted(by_channel.items())},
+        }
     return found
 
 

@@ -30,6 +30,7 @@ from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.segments import Segments
@@ -65,6 +66,7 @@ class AsyncClient(BaseClient):
     privacy: Privacy[AsyncClient]
     segments: Segments[AsyncClient]
     content: Content[AsyncClient]
+    orders: Orders[AsyncClient]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.AsyncClient):
@@ -88,6 +90,7 @@ class AsyncClient(BaseClient):
         self.privacy = Privacy(self)
         self.segments = Segments(self)
         self.content = Content(self)
+        self.orders = Orders(self)
         _lifecycle.register(self)
 
     async def execute(self, call: Call[T]) -> T:

@@ -37,6 +37,8 @@ from omnisdk.models import BatchResult, RedeemRequest, Redemption
 from omnisdk.outbox import Item, Outbox
 from omnisdk.resources.consent import CONSENT, delivery_call
 from omnisdk.resources.events import EVENT, raw_batch_call
+from omnisdk.resources.orders import ORDER
+from omnisdk.resources.orders import delivery_call as order_call
 from omnisdk.resources.returns import REDEMPTION, redeem_call
 
 if TYPE_CHECKING:
@@ -45,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("omnisdk.delivery")
 
-KINDS = (EVENT, REDEMPTION, CONSENT)
+KINDS = (EVENT, REDEMPTION, CONSENT, ORDER)
 MAX_EVENTS_PER_REQUEST = 500
 _ENVELOPE_BYTES = len('{"events":[]}')
 # The outbox's own disk failing (full, read-only): the sender waits and tries again.
@@ -136,6 +138,11 @@ class Courier:
                 return Shipment([first], delivery_call(first.payload, first.key))
             except (ValueError, KeyError, TypeError) as error:
                 return Shipment([first], None, f"unreadable queued consent decision: {error!r}")
+        if first.kind == ORDER:
+            try:
+                return Shipment([first], order_call(first.payload))
+            except (ValueError, KeyError, TypeError) as error:
+                return Shipment([first], None, f"unreadable queued order: {error!r}")
         raise ValueError(f"no courier for outbox items of kind {first.kind!r}")
 
     def delivered(self, shipment: Shipment, answer: Any) -> tuple[list[int], list[tuple[str, str]]]:

@@ -29,6 +29,7 @@ from omnisdk.resources.content import Content
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import Identity
 from omnisdk.resources.keys import Keys
+from omnisdk.resources.orders import Orders
 from omnisdk.resources.privacy import Privacy
 from omnisdk.resources.returns import Returns, TillState
 from omnisdk.resources.segments import Segments
@@ -62,6 +63,7 @@ class Client(BaseClient):
     privacy: Privacy[Client]
     segments: Segments[Client]
     content: Content[Client]
+    orders: Orders[Client]
 
     def _setup(self, http_client: Any) -> None:
         if http_client is not None and not isinstance(http_client, httpx.Client):
@@ -85,6 +87,7 @@ class Client(BaseClient):
         self.privacy = Privacy(self)
         self.segments = Segments(self)
         self.content = Content(self)
+        self.orders = Orders(self)
         _lifecycle.register(self)
 
     def execute(self, call: Call[T]) -> T:

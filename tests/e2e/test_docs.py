@@ -27,6 +27,7 @@ def python_blocks(page: Path) -> list[str]:
         ("consent.md", 4),
         ("content.md", 3),
         ("console.md", 3),
+        ("orders.md", 4),
     ],
 )
 def test_guide_examples_run(monkeypatch: pytest.MonkeyPatch, page: str, at_least: int) -> None:

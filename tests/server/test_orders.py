@@ -82,3 +82,22 @@ async def test_an_order_of_lines_without_prices_counts_without_a_value(
     seen = await profile(shop, amy)
     assert seen["orders"] == {"count": 1, "total_value": 0.0}
     assert seen["purchased_skus"] == ["GIFT-CARD"]
+
+
+async def test_the_checkout_records_the_order_linked_by_the_checkout(shop: ShopForTest) -> None:
+    amy = await customer(shop, "laptop-o4")
+    await order_cart(shop, amy, "A-4", add("d:1", "TR2", 2, 89.0), add("d:2", "SOCK", 1, 5.5))
+    recorded = await shop.request("GET", "/v1/orders/A-4", "pos")
+    assert recorded.status_code == 200, recorded.text
+    order = recorded.json()
+    assert (order["customer_id"], order["channel"], order["link_method"]) == (
+        amy,
+        "web",
+        "checkout",
+    )
+    assert (order["currency"], order["total"], order["net"]) == ("EUR", 183.5, 183.5)
+    assert sorted((line["sku"], line["quantity"]) for line in order["lines"]) == [
+        ("SOCK", 1),
+        ("TR2", 2),
+    ]
+    assert (await profile(shop, amy))["purchases"]["by_channel"] == {"web": 1}

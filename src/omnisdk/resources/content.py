@@ -174,7 +174,13 @@ def profile_facts(profile: Profile, now: float) -> ProfileFacts:
         "top_interest": next(iter(interests), None),
         "lifecycle": profile.lifecycle.value,
         "buyer_type": profile.buyer_type.value,
-        "orders": {"count": profile.orders.count, "value": profile.orders.total_value},
+        "orders": {
+            "count": profile.orders.count,
+            "value": profile.orders.total_value,
+            # Her orders on every channel net of returns, and where she buys (docs/orders.md).
+            "net_value": profile.purchases.net_value,
+            "by_channel": profile.purchases.by_channel,
+        },
         "cart": {
             "lines": cart.lines if cart else 0,
             "units": cart.units if cart else 0,
