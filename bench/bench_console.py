@@ -251,11 +251,7 @@ async def _backfill(url: str) -> tuple[float, float]:
                 (
                     await conn.execute(
                         select(customers.c.id)
-                        .where(
-                            customers.c.tenant_id == tenant_id,
-                            customers.c.merged_into.is_(None),
-                            customers.c.id > after,
-                        )
+                        .where(customers.c.tenant_id == tenant_id, customers.c.id > after)
                         .order_by(customers.c.id)
                         .limit(segments.BATCH)
                     )
