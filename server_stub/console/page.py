@@ -246,7 +246,7 @@ async def customer_page(
         orders=await orders.orders_of(conn, tenant_id, [live], limit=ORDERS),
         consent=await consent.read_state(conn, context, live, None),
         consent_history=(await consent.history(conn, tenant_id, live)).items,
-        notes=await notes.listed(conn, tenant_id, live, reader),
+        notes=seen.annotations,  # the profile read them for this reader
         merges=await identity.merges_of(conn, tenant_id, live),
         declared=await preferences.declared(conn, tenant_id, [live]),
         segment_names=seen.segments,

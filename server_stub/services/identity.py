@@ -69,7 +69,6 @@ from server_stub.storage.tables import (
     history_folds,
     identifiers,
     merges,
-    orders,
     preference_declarations,
 )
 

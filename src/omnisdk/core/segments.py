@@ -10,6 +10,7 @@ of evaluation to get wrong).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +70,8 @@ def roots(condition: Mapping[str, Any]) -> frozenset[str]:
 def check(name: str, condition: Any) -> None:
     """Raise InvalidSegment with every problem of a definition."""
     errors = []
+    if len(json.dumps(condition, default=str)) > MAX_CONDITION_CHARS:
+        raise InvalidSegment([f"condition: longer than {MAX_CONDITION_CHARS:,} characters"])
     if not isinstance(name, str) or not NAME.match(name):
         errors.append("name: a slug of lower-case letters, digits, - and _ (up to 64)")
     try:
