@@ -69,6 +69,7 @@ from server_stub.storage.tables import (
     history_folds,
     identifiers,
     merges,
+    orders,
     preference_declarations,
 )
 
