@@ -21,9 +21,9 @@ from tests.conftest import PostgresDatabases, new_database_url
 pytestmark = pytest.mark.postgres
 
 # Small, changed rarely, read everywhere: replicated to every node.
-REFERENCE = {"tenants", "api_keys"}
+REFERENCE = {"tenants", "api_keys", "staff_members"}  # staff members: keyed by their API key
 # Kept on the coordinator only (a Citus local table): a few rows per admin action.
-COORDINATOR = {"audit_log", "alembic_version"}
+COORDINATOR = {"audit_log", "alembic_version", "console_sessions"}
 # Customer-scoped tables and the column that names the customer a row was recorded for
 # (distribution column of the customer plan; docs/scaling.md).
 CUSTOMER_SCOPED = {
@@ -39,6 +39,15 @@ CUSTOMER_SCOPED = {
     "consent_decisions": "origin_customer_id",
     "changes": "customer_id",
     "return_orders": "customer_id",
+    "orders": "origin_customer_id",
+    "customer_codes": "customer_id",
+    "customer_scores": "customer_id",
+    "preference_declarations": "origin_customer_id",
+    "segment_members": "customer_id",
+    "segment_pending": "customer_id",
+    "alert_subscriptions": "origin_customer_id",
+    "alert_messages": "origin_customer_id",
+    "history_folds": "customer_id",
 }
 # Scoped by tenant, not by customer.
 TENANT_SCOPED = {
@@ -50,6 +59,19 @@ TENANT_SCOPED = {
     "change_positions",
     "content_rulesets",
     "recommendation_models",
+    "recommendation_pairs",
+    "recommendation_progress",
+    "jobs",
+    "order_lines",
+    "order_refunds",
+    "journey_days",
+    "annotation_revisions",
+    "segments",
+    "inventory_items",
+    "inventory_levels",
+    "inventory_ops",
+    "alert_restocks",
+    "webhook_endpoints",
 }
 
 
