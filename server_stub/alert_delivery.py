@@ -21,7 +21,7 @@ import httpx
 
 from server_stub.ids import utcnow
 from server_stub.sealing import Sealer
-from server_stub.services import alerts, messages, webhooks
+from server_stub.services import alerts, inventory, messages, webhooks
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.storage.database import Database
 from server_stub.storage.tables import tenants
@@ -113,6 +113,8 @@ class AlertWorker:
                 await alerts.pace(conn, context, due.item, due.store_key, now)
 
     async def _abandoned(self, now: datetime) -> None:
+        async with self.database.transaction(write=True) as conn:
+            await inventory.forget_ops(conn, now)
         async with self.database.transaction(write=False) as conn:
             tenant_ids = [row.id for row in await conn.execute(tenants.select())]
         for tenant_id in tenant_ids:

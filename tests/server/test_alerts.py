@@ -473,3 +473,18 @@ async def test_subscriptions_follow_a_merge_and_go_with_an_erasure(shop: ShopFor
     assert [s["item"] for s in export["alerts"]["subscriptions"]] == [ITEM]
     erased = (await shop.request("POST", f"/v1/privacy/{survivor}/erase")).json()
     assert erased["removed"]["alerts"] == 1
+
+
+async def test_delta_op_ids_are_remembered_for_30_days_then_forgotten(
+    server: Harness, shop: ShopForTest
+) -> None:
+    from server_stub.services import inventory
+
+    delta = {**SHOES, "op_id": "erp:old", "location": "online", "delta": 1}
+    await stock(shop, deltas=[delta])
+    async with server.database.transaction(write=True) as conn:
+        assert await inventory.forget_ops(conn, datetime.now(UTC) + timedelta(days=29)) == 0
+    assert (await stock(shop, deltas=[delta]))["duplicates"] == 1
+    async with server.database.transaction(write=True) as conn:
+        assert await inventory.forget_ops(conn, datetime.now(UTC) + timedelta(days=31)) >= 1
+    assert (await stock(shop, deltas=[delta]))["applied"] == 1
