@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 import httpx
 
 from server_stub.ids import utcnow
+from server_stub.observability import Metrics
 from server_stub.sealing import Sealer
 from server_stub.services import alerts, inventory, messages, webhooks
 from server_stub.services.tenant_context import TenantContexts
@@ -43,6 +44,7 @@ class AlertWorker:
         timeout: float,
         abandoned_scan_seconds: float,
         retry_base_seconds: float = messages.RETRY_BASE_SECONDS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.database = database
         self.contexts = contexts
@@ -51,6 +53,7 @@ class AlertWorker:
         self.batch = batch
         self.abandoned_scan_seconds = abandoned_scan_seconds
         self.retry_base_seconds = retry_base_seconds
+        self.metrics = metrics
         # Longer than a delivery can take: a lease runs out only when its process stalled or
         # died, and then another process (or this one, restarted) takes the message over.
         self.lease = timedelta(seconds=3 * timeout + 5)
@@ -141,16 +144,19 @@ class AlertWorker:
             context = await self.contexts.get(conn, tenant_id)
             max_attempts = context.settings.notifications.max_attempts
             decided = await messages.decide_many(conn, context, claimed, now, self.lease)
+            kinds = {one.id: one.kind for one in claimed}
             mine = {one.id: one for one in claimed}
             sends: list[tuple[str, messages.Send]] = []
             targets: dict[str, list[webhooks.Target]] = {}
             for message_id, decision in decided.items():
                 if isinstance(decision, messages.Skipped):
                     await messages.skip(conn, mine[message_id], decision.reason, now)
+                    self._count(kinds[message_id], f"skipped:{decision.reason}")
                 elif isinstance(decision, messages.Delayed):
                     await messages.delay(
                         conn, mine[message_id], decision.until, decision.reason, now
                     )
+                    self._count(kinds[message_id], f"delayed:{decision.reason}")
                 else:
                     kind = str(decision.payload["data"]["kind"])
                     if kind not in targets:
@@ -167,6 +173,7 @@ class AlertWorker:
             taken = [sent for sent, error in zip(sends, errors, strict=True) if error is None]
             await messages.sent_many(conn, tenant_id, token, taken, finished)
             for (message_id, _), error in zip(sends, errors, strict=True):
+                self._count(kinds[message_id], "sent" if error is None else "delivery_failed")
                 if error is not None:
                     await messages.failed(
                         conn,
@@ -176,6 +183,10 @@ class AlertWorker:
                         finished,
                         self.retry_base_seconds,
                     )
+
+    def _count(self, kind: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.alert_messages.labels(kind, outcome).inc()
 
     async def _post(
         self, message_id: str, targets: list[webhooks.Target], payload: dict[str, object]

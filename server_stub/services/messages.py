@@ -91,6 +91,7 @@ class Claimed:
     tenant_id: str
     id: str
     token: str
+    kind: str = ""
 
 
 async def claim(
@@ -104,7 +105,7 @@ async def claim(
     )
     rows = list(
         await conn.execute(
-            select(alert_messages.c.tenant_id, alert_messages.c.id)
+            select(alert_messages.c.tenant_id, alert_messages.c.id, alert_messages.c.kind)
             .where(due)
             .order_by(alert_messages.c.due_at)
             .limit(limit)
@@ -121,7 +122,7 @@ async def claim(
             .where(alert_messages.c.tenant_id == tenant_id, alert_messages.c.id.in_(ids))
             .values(status="sending", lease_until=now + lease, lease_token=token)
         )
-    return [Claimed(row.tenant_id, row.id, token) for row in rows]
+    return [Claimed(row.tenant_id, row.id, token, row.kind) for row in rows]
 
 
 def _mine(claimed: Claimed) -> tuple[Any, ...]:

@@ -47,6 +47,7 @@ def worker_of(server: Harness) -> AlertWorker:
         batch=50,
         timeout=5.0,
         abandoned_scan_seconds=0.0,
+        metrics=runtime.metrics,
     )
 
 
@@ -433,6 +434,10 @@ async def test_a_failing_receiver_gets_retries_then_a_dead_letter_that_replay_se
         "pending": 0,
         "skipped": {},
     }
+    scraped = (await server.http.get("/metrics")).text
+    for outcome, count in (("delivery_failed", 2), ("sent", 1)):
+        label = f'kind="back_in_stock",outcome="{outcome}"'
+        assert f"omnisdk_alert_messages_total{{{label}}} {count}.0" in scraped
 
 
 # --- merges, export, erasure ----------------------------------------------------------------
