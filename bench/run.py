@@ -10,10 +10,12 @@ from bench import (
     bench_cart_history,
     bench_cart_load,
     bench_carts,
+    bench_console,
     bench_content,
     bench_feed,
     bench_ingest,
     bench_notifications,
+    bench_orders,
     bench_outbox,
     bench_pos_network_loss,
     bench_sdk_overhead,
@@ -39,6 +41,8 @@ SUITES = {
     bench_feed.TITLE: bench_feed.run,
     "POS station on a network that drops packets (issue 17)": bench_pos_network_loss.run,
     "Stock alerts and messages (issue 20)": bench_notifications.run,
+    "Customer-service console and segments (issue 19)": bench_console.run,
+    "Orders on every channel (issue 18)": bench_orders.run,
 }
 
 

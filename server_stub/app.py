@@ -19,6 +19,7 @@ from server_stub import openapi
 from server_stub.alert_delivery import AlertWorker
 from server_stub.auth import KeyCache
 from server_stub.budget import RequestBudget
+from server_stub.console import create_console
 from server_stub.errors import install_error_handlers
 from server_stub.ids import utcnow
 from server_stub.limits import BodySizeLimit
@@ -184,6 +185,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
     )
     app.mount("/pos", station, name="pos")
+    # The customer-service console (issue 19), over this app's database.
+    app.mount("/console", create_console(lambda: app.state.runtime), name="console")
     app.state.pos_station = station
     app.add_middleware(
         BodySizeLimit,

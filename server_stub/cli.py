@@ -8,6 +8,8 @@
     omnisdk-server content import --tenant T FILE.yaml|FILE.json [--note TEXT]
     omnisdk-server recs rebuild --tenant T
     omnisdk-server alerts metrics|messages|replay|webhook-add|webhooks|deliver --tenant T ...
+    omnisdk-server staff add --tenant T --name N --department D [--role agent|lead|admin]
+    omnisdk-server segments backfill --tenant T SEGMENT
 
 Every command takes `--database-url` (default: $OMNISDK_DATABASE_URL, else ./omnisdk.sqlite3).
 """
@@ -329,6 +331,57 @@ def cmd_alerts_deliver(args: argparse.Namespace) -> None:
     print("delivered every message that was due", file=sys.stderr)
 
 
+def cmd_staff_add(args: argparse.Namespace) -> None:
+    from server_stub.services import staff
+
+    async def work(database: Database) -> tuple[staff.Staff, str]:
+        async with database.transaction(write=True) as conn:
+            await _require_tenant(conn, args.tenant)
+            member, secret = await staff.create(
+                conn, args.tenant, args.name, args.department, staff.Role(args.role)
+            )
+            detail = f"console key for {args.name} ({args.department}, {args.role})"
+            await audit.record(conn, args.tenant, None, "staff.added", member.key_id, detail)
+            return member, secret
+
+    member, secret = asyncio.run(_with_database(_database_url(args), work))
+    print(f"console key for {member.name} ({member.department}, {member.role.value})")
+    print(f"key id: {member.key_id}")
+    print(f"secret (shown once): {secret}")
+
+
+def cmd_segments_backfill(args: argparse.Namespace) -> None:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from server_stub.errors import Problem
+    from server_stub.services import segments
+
+    async def work(database: Database) -> segments.Outcome:
+        async with database.transaction(write=False) as conn:
+            await _require_tenant(conn, args.tenant)
+            record = await segments.get(conn, args.tenant, args.segment)
+        with Progress(
+            TextColumn(f"backfilling {record.name}"),
+            BarColumn(),
+            TextColumn("{task.completed:,}/{task.total:,} customers"),
+            TimeRemainingColumn(),
+        ) as bar:
+            task = bar.add_task("backfill", total=None)
+
+            def progress(done: int, total: int) -> None:
+                bar.update(task, completed=done, total=total)
+
+            return await segments.backfill(
+                database, args.tenant, record.id, progress, batch=args.batch
+            )
+
+    try:
+        outcome = asyncio.run(_with_database(_database_url(args), work))
+    except Problem as problem:
+        raise CommandError(problem.detail) from None
+    print(f"entered: {outcome.entered}, exited: {outcome.exited}")
+
+
 def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -394,6 +447,26 @@ def parser() -> argparse.ArgumentParser:
     rebuild.add_argument("--tenant", required=True)
     rebuild.set_defaults(run=cmd_recs_rebuild)
     _alerts_parser(commands, common)
+
+    staff_parser = commands.add_parser("staff", help="console staff (issue 19)")
+    staff_commands = staff_parser.add_subparsers(dest="action", required=True)
+    staff_add = staff_commands.add_parser("add", parents=[common], help="make a console key")
+    staff_add.add_argument("--tenant", required=True)
+    staff_add.add_argument("--name", required=True)
+    staff_add.add_argument("--department", required=True)
+    staff_add.add_argument("--role", choices=["agent", "lead", "admin"], default="agent")
+    staff_add.set_defaults(run=cmd_staff_add)
+
+    segment_parser = commands.add_parser("segments", help="named segments (issue 19)")
+    segment_commands = segment_parser.add_subparsers(dest="action", required=True)
+    backfill = segment_commands.add_parser(
+        "backfill", parents=[common], help="evaluate a segment over every customer"
+    )
+    backfill.add_argument("--tenant", required=True)
+    backfill.add_argument("--batch", type=int, default=1000)
+    backfill.add_argument("segment", help="the segment's name or id")
+    backfill.set_defaults(run=cmd_segments_backfill)
+
     return top
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Request
 
 from omnisdk.core.channels import Scope
 from omnisdk.models import (
@@ -70,7 +72,11 @@ gift_router = APIRouter(prefix="/v1/orders", tags=["orders"], route_class=ApiRou
     openapi_extra=needs(Scope.PROFILE_ANNOTATE),
 )
 async def correct_gift(
-    reference: str, line_no: int, body: GiftCorrection, request: Request, conn: Connection
+    reference: Annotated[str, Path(max_length=64)],
+    line_no: Annotated[int, Path(ge=1, le=100_000)],
+    body: GiftCorrection,
+    request: Request,
+    conn: Connection,
 ) -> GiftLabelView:
     principal = principal_of(request)
     await gifts.correct(

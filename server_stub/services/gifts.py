@@ -7,7 +7,7 @@ and re-evaluates her segments (buyer type).
 
 from __future__ import annotations
 
-from sqlalchemy import select, update
+from sqlalchemy import and_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
@@ -36,17 +36,19 @@ async def correct(
     ).first()
     if order is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no order {reference!r}")
-    changed = await conn.execute(
-        update(order_lines)
-        .where(
-            order_lines.c.tenant_id == tenant_id,
-            order_lines.c.order_id == order.id,
-            order_lines.c.line_no == line_no,
-        )
-        .values(gift=gift, gift_confidence=1.0)
+    line = and_(
+        order_lines.c.tenant_id == tenant_id,
+        order_lines.c.order_id == order.id,
+        order_lines.c.line_no == line_no,
     )
-    if changed.rowcount != 1:
+    current = (
+        await conn.execute(select(order_lines.c.gift, order_lines.c.gift_confidence).where(line))
+    ).first()
+    if current is None:
         raise Problem(ProblemType.NOT_FOUND, f"order {reference!r} has no line {line_no}")
+    if current.gift == gift and current.gift_confidence == 1.0:
+        return order.customer_id, order.id  # already so: a retried correction changes nothing
+    await conn.execute(update(order_lines).where(line).values(gift=gift, gift_confidence=1.0))
     label = "gift" if gift else "self"
     detail = f"order {reference} line {line_no}: {label} (corrected by {by})"
     await audit.record(conn, tenant_id, actor_key_id, "order.gift_corrected", order.id, detail)

@@ -49,6 +49,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import alerts, carts, consent, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
+from server_stub.storage import tables
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import (
     annotations_table,
@@ -56,7 +57,6 @@ from server_stub.storage.tables import (
     events,
     identifiers,
     merges,
-    orders,
     preference_declarations,
 )
 
@@ -373,12 +373,19 @@ async def _merge(
         .where(identifiers.c.tenant_id == tenant_id, identifiers.c.customer_id == loser.id)
         .values(customer_id=survivor.id)
     )
-    for table in (events, annotations_table, preference_declarations, orders):
+    for table in (events, annotations_table, preference_declarations):
         await conn.execute(
             update(table)
             .where(table.c.tenant_id == tenant_id, table.c.customer_id == loser.id)
             .values(customer_id=survivor.id)
         )
+    # Orders follow their customer (services/orders.py); a split gives them back by origin.
+    orders = tables.orders
+    await conn.execute(
+        update(orders)
+        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id == loser.id)
+        .values(customer_id=survivor.id)
+    )
     await conn.execute(
         update(customers)
         .where(customers.c.tenant_id == tenant_id, customers.c.merged_into == loser.id)
@@ -627,7 +634,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
     now = utcnow()
     await _give_back_identifiers(conn, tenant_id, survivor.id, loser.id, snapshot, now)
     origins = [loser.id, *snapshot["absorbed"]]
-    for table in (events, annotations_table, preference_declarations, orders):
+    for table in (events, annotations_table, preference_declarations):
         await conn.execute(
             update(table)
             .where(
@@ -637,6 +644,16 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
             )
             .values(customer_id=loser.id)
         )
+    orders = tables.orders
+    await conn.execute(
+        update(orders)
+        .where(
+            orders.c.tenant_id == tenant_id,
+            orders.c.customer_id == survivor.id,
+            orders.c.origin_customer_id.in_(origins),
+        )
+        .values(customer_id=loser.id)
+    )
     # The split-off customer gets its cart back as it was, with the operations addressed to it
     # since; the survivor's cart loses what the merge added.
     await carts.split(conn, tenant_id, survivor.id, loser.id, merge_id, origins, snapshot)

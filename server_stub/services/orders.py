@@ -29,13 +29,26 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import Row, and_, exists, func, insert, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Row,
+    String,
+    bindparam,
+    exists,
+    func,
+    insert,
+    select,
+    tuple_,
+    type_coerce,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.types import NullType
 
 from omnisdk.core.channels import Channel
 from omnisdk.core.identifiers import IdentifierType, InvalidIdentifier
@@ -52,7 +65,8 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import consent, customer_codes, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.tables import CENT, order_lines, order_refunds, orders
+from server_stub.storage.prepared import Prepared
+from server_stub.storage.tables import CENT, UtcDateTime, order_lines, order_refunds, orders
 
 # A sale may be dated a little ahead of the server's clock (a till's clock runs fast), no more.
 CLOCK_SKEW = timedelta(minutes=5)
@@ -168,9 +182,7 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
         )
         if order.customer_id:  # her orders are part of her profile (segments, issue 19)
             await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
-        stored = await by_reference(conn, tenant_id, order.reference)
-        assert stored is not None
-        return stored, True
+        return _new_view(order_id, order, now), True
     stored = await by_reference(conn, tenant_id, order.reference)
     assert stored is not None
     if not _same(stored, order):
@@ -180,6 +192,37 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
             "reference names one order: give this one its own reference",
         )
     return stored, False
+
+
+def _new_view(order_id: str, order: NewOrder, now: datetime) -> OrderView:
+    """The view of an order just stored, as `by_reference` would read it back."""
+    return OrderView(
+        order_id=order_id,
+        reference=order.reference,
+        customer_id=order.customer_id,
+        channel=order.channel,  # type: ignore[arg-type]
+        store_id=order.store_id,
+        currency=order.currency,
+        total=float(order.total),
+        refunded=0.0,
+        net=float(order.total),
+        placed_at=order.placed_at,
+        link_method=order.link_method if order.customer_id else "none",
+        link_confidence=order.link_confidence,
+        lines=[
+            OrderLineView(
+                line_no=number,
+                sku=line.sku,
+                quantity=line.quantity,
+                unit_price=float(line.unit_price),
+                gift=line.gift,
+                gift_confidence=line.gift_confidence,
+                returned_quantity=0,
+            )
+            for number, line in enumerate(order.lines, start=1)
+        ],
+        created_at=now,
+    )
 
 
 def _same(stored: OrderView, order: NewOrder) -> bool:
@@ -340,8 +383,10 @@ async def refund(
 ) -> OrderView:
     """Give back money on an order, once per refund id: lines taken back (each unit at most
     once) and/or an amount, never more than the order's total."""
+    if not request.lines and request.amount is None:
+        raise Problem(ProblemType.VALIDATION_ERROR, "name the lines taken back, an amount, or both")
     order = await _order_row(conn, tenant_id, reference, lock=True)
-    lines = {(line["line_no"]): line for line in (x.model_dump() for x in request.lines)}
+    lines = {line.line_no: line.model_dump() for line in request.lines}
     if len(lines) != len(request.lines):
         raise Problem(ProblemType.VALIDATION_ERROR, "name each line once")
     known = {row.line_no: row for row in await _line_rows(conn, tenant_id, [order.id])}
@@ -566,6 +611,36 @@ async def orders_of(
     return await _views(conn, tenant_id, list(await conn.execute(query)))
 
 
+# One statement serves every page of `stream_orders`: the first page starts after
+# (since, ""), which every order at `since` follows. The net value is read as the database's
+# own number (whole cents on SQLite, NUMERIC on PostgreSQL) and made a float here, without a
+# Decimal per row: the read feeds attribution and lifetime value over millions of orders.
+_NET_RAW = type_coerce(orders.c.total - orders.c.refunded, NullType())
+_PAGE = Prepared(
+    select(
+        orders.c.id,
+        orders.c.customer_id,
+        orders.c.channel,
+        orders.c.store_id,
+        orders.c.placed_at,
+        _NET_RAW,
+        orders.c.currency,
+        orders.c.link_method,
+    )
+    .where(
+        orders.c.tenant_id == bindparam("tenant"),
+        orders.c.placed_at < bindparam("until", type_=UtcDateTime()),
+        # A row-value comparison: both databases walk the (tenant, placed_at, id) index.
+        tuple_(orders.c.placed_at, orders.c.id)
+        > tuple_(bindparam("at", type_=UtcDateTime()), bindparam("after_id", type_=String())),
+    )
+    .order_by(orders.c.placed_at, orders.c.id)
+    .limit(bindparam("batch", type_=Integer()))
+)
+_EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+_LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
 async def stream_orders(
     conn: AsyncConnection,
     tenant_id: str,
@@ -576,49 +651,43 @@ async def stream_orders(
 ) -> AsyncIterator[list[OrderFact]]:
     """Every order placed in [since, until), oldest first, in batches of at most `batch`:
     keyset pages on (placed_at, id), so memory stays bounded however many orders there are."""
-    columns = (
-        orders.c.id,
-        orders.c.customer_id,
-        orders.c.channel,
-        orders.c.store_id,
-        orders.c.placed_at,
-        orders.c.total,
-        orders.c.refunded,
-        orders.c.currency,
-        orders.c.link_method,
-    )
-    where: list[Any] = [orders.c.tenant_id == tenant_id]
-    if since is not None:
-        where.append(orders.c.placed_at >= since)
-    if until is not None:
-        where.append(orders.c.placed_at < until)
-    after: tuple[datetime, str] | None = None
+    cents = conn.dialect.name == "sqlite"  # storage.tables.Money
+    parameters: dict[str, Any] = {
+        "tenant": tenant_id,
+        "until": until or _LATEST,
+        "at": since or _EARLIEST,
+        "after_id": "",
+        "batch": batch,
+    }
     while True:
-        page = select(*columns).where(*where)
-        if after is not None:
-            at, last_id = after
-            page = page.where(
-                or_(orders.c.placed_at > at, and_(orders.c.placed_at == at, orders.c.id > last_id))
-            )
-        rows = list(await conn.execute(page.order_by(orders.c.placed_at, orders.c.id).limit(batch)))
+        rows = await _PAGE.fetchall(conn, parameters)
         if not rows:
             return
         yield [
             OrderFact(
-                order_id=row.id,
-                customer_id=row.customer_id,
-                channel=row.channel,
-                store_id=row.store_id,
-                placed_at=row.placed_at,
-                net_value=float(row.total - row.refunded),
-                currency=row.currency,
-                link_method=row.link_method,
+                order_id=order_id,
+                customer_id=customer_id,
+                channel=channel,
+                store_id=store_id,
+                placed_at=placed_at,
+                net_value=net / 100 if cents else float(net),
+                currency=currency,
+                link_method=link_method,
             )
-            for row in rows
+            for (
+                order_id,
+                customer_id,
+                channel,
+                store_id,
+                placed_at,
+                net,
+                currency,
+                link_method,
+            ) in rows
         ]
         if len(rows) < batch:
             return
-        after = (rows[-1].placed_at, rows[-1].id)
+        parameters["at"], parameters["after_id"] = rows[-1][4], rows[-1][0]
 
 
 async def bought_since(

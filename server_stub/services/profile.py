@@ -30,13 +30,11 @@ from server_stub.ids import utcnow
 from server_stub.services import carts, notes, preferences, segment_hook
 from server_stub.services.identity import live_id
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.tables import (
-    customers,
-    events,
-    identifiers,
-    order_lines,
-    orders,
-)
+from server_stub.storage import tables
+from server_stub.storage.tables import customers, events, identifiers
+
+# Her order records on every channel (services/orders.py).
+orders, order_lines = tables.orders, tables.order_lines
 
 RECENT_EVENTS = 20
 INTEREST_SIGNALS = 2_000

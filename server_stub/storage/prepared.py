@@ -81,6 +81,34 @@ class Prepared:
             for process, value in zip(compiled.results, row, strict=True)
         )
 
+    async def fetchall(
+        self, conn: AsyncConnection, parameters: Mapping[str, Any]
+    ) -> list[tuple[Any, ...]]:
+        """Every row (values processed as SQLAlchemy would), for bulk reads such as
+        services.orders.stream_orders."""
+        compiled = self._compiled(conn.dialect)
+        values = _values(compiled, parameters)
+        driver, kind = await _driver(conn)
+        try:
+            if kind is _Kind.SQLITE:
+                rows = driver.execute(compiled.sql, values).fetchall()
+            elif kind is _Kind.ASYNCPG:
+                rows = await driver.fetch(compiled.sql, *values)
+            else:
+                rows = (await conn.exec_driver_sql(compiled.sql, values)).all()
+        except Exception as error:
+            raise _wrapped(conn, compiled.sql, error) from error
+        if not compiled.results:
+            return [tuple(row) for row in rows]
+        active = [(n, process) for n, process in enumerate(compiled.results) if process]
+        processed = []
+        for row in rows:
+            cells = list(row)
+            for n, process in active:
+                cells[n] = process(cells[n])
+            processed.append(tuple(cells))
+        return processed
+
     async def execute(self, conn: AsyncConnection, parameters: Mapping[str, Any]) -> None:
         compiled = self._compiled(conn.dialect)
         values = _values(compiled, parameters)

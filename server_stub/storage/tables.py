@@ -495,6 +495,20 @@ segment_members = Table(
     Index("ix_segment_members_customer", "tenant_id", "customer_id"),
 )
 
+console_sessions = Table(
+    "console_sessions",
+    metadata,
+    # A staff member signed in to the console: the cookie is a random token, kept here only
+    # as its SHA-256 (a stolen database opens no session); every process reads the same row.
+    Column("token_sha256", String(64), primary_key=True),
+    Column("tenant_id", String(40), nullable=False),
+    Column("key_id", String(40), nullable=False),
+    Column("csrf", String(64), nullable=False),
+    Column("created_at", UtcDateTime(), nullable=False),
+    Column("expires_at", UtcDateTime(), nullable=False),
+    Index("ix_console_sessions_expires", "expires_at"),
+)
+
 segment_pending = Table(
     "segment_pending",
     metadata,

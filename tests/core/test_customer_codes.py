@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import cbor2
 import pytest
@@ -99,3 +100,10 @@ def test_garbage_is_malformed(text: str) -> None:
     assert customer_codes.verify(text, KEYS, issuer="ten_shop", now=NOW).status is (
         Status.MALFORMED
     )
+
+
+def test_the_staff_guide_shows_the_tills_own_words() -> None:
+    guide = (Path(__file__).resolve().parents[2] / "docs" / "orders.md").read_text()
+    shown = (Status.VALID, Status.EXPIRED, Status.MALFORMED, Status.BAD_SIGNATURE)
+    for status in (*shown, Status.UNKNOWN_KEY):
+        assert customer_codes.MESSAGES[status] in guide, status

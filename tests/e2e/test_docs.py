@@ -26,6 +26,7 @@ def python_blocks(page: Path) -> list[str]:
         ("carts.md", 4),
         ("consent.md", 4),
         ("content.md", 3),
+        ("console.md", 3),
         ("orders.md", 4),
         ("notifications.md", 5),
     ],

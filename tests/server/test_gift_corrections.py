@@ -26,10 +26,16 @@ async def test_a_corrected_label_is_certain_audited_and_changes_her_buyer_type(
     after = (await shop.request("GET", f"/v1/customers/{amy}/profile", "web")).json()
     assert (before["buyer_type"], after["buyer_type"]) == ("self", "gift")
     async with server.database.transaction(write=False) as conn:
+        line_of_hers = order_lines.c.tenant_id == shop.id
         stored = (
-            await conn.execute(select(order_lines.c.gift, order_lines.c.gift_confidence))
+            await conn.execute(
+                select(order_lines.c.gift, order_lines.c.gift_confidence).where(line_of_hers)
+            )
         ).one()
-        actions = list((await conn.execute(select(audit_log.c.action, audit_log.c.detail))).all())
+        audited = select(audit_log.c.action, audit_log.c.detail).where(
+            audit_log.c.tenant_id == shop.id
+        )
+        actions = list((await conn.execute(audited)).all())
     assert (stored.gift, stored.gift_confidence) == (True, 1.0)
     assert ("order.gift_corrected", "order W-1 line 1: gift (corrected by customer)") in actions
 

@@ -3,9 +3,15 @@ first, keyset streaming, any-channel purchases."""
 
 from __future__ import annotations
 
+import uuid
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from omnisdk.models import RefundLineIn, RefundRequest
+from server_stub.errors import Problem
 from server_stub.services import identity, orders
 from server_stub.services.orders import NewOrder, SaleLine
 from tests.server.conftest import Harness, ShopForTest
@@ -55,7 +61,7 @@ async def test_the_same_reference_is_stored_once_and_other_content_is_refused(
     async with server.database.transaction(write=True) as conn:
         stored, created = await orders.store(conn, shop.id, first)
         again, created_again = await orders.store(conn, shop.id, first)
-    assert created and not created_again and again.order_id == stored.order_id
+    assert created and not created_again and again == stored  # as stored, as read back
     other = sale("B-1", amy, T0, SaleLine("TR2-38", 2, Decimal("120.00")))
     answer_conflict = None
     try:
@@ -105,3 +111,65 @@ async def test_bought_since_sees_store_sales_and_only_since_then(
         assert not await orders.bought_since(conn, shop.id, [amy], "TR2-38", T0 + timedelta(1))
         assert not await orders.bought_since(conn, shop.id, [amy], "SOCK", T0)
         assert not await orders.bought_since(conn, "another-shop", [amy], "TR2-38", T0)
+
+
+GIVE_BACK = st.lists(
+    st.one_of(
+        st.tuples(st.just("refund"), st.integers(0, 3), st.integers(1, 3), st.none()),
+        st.tuples(st.just("amount"), st.just(0), st.just(0), st.integers(1, 9_000)),
+        st.tuples(st.just("till"), st.integers(0, 3), st.integers(1, 3), st.none()),
+    ),
+    max_size=8,
+)
+
+
+@settings(
+    max_examples=20, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(steps=GIVE_BACK)
+async def test_what_is_given_back_never_exceeds_what_was_bought(
+    server: Harness, shop: ShopForTest, steps: list[tuple[str, int, int, int | None]]
+) -> None:
+    """Refunds of lines or amounts and returns at a till, in any order, each sent twice:
+    `refunded` is the sum of what was accepted, never more than the total, and no line gives
+    back more units than were bought."""
+    reference = f"P-{uuid.uuid4().hex[:10]}"
+    lines = [SaleLine(f"SKU-{n}", n + 1, Decimal("12.34") * (n + 1)) for n in range(3)]
+    accepted = Decimal(0)
+    async with server.database.transaction(write=True) as conn:
+        stored, _ = await orders.store(conn, shop.id, sale(reference, None, T0, *lines))
+    total = Decimal(str(stored.total))
+    for number, (kind, line, quantity, cents) in enumerate(steps):
+        for _ in range(2):  # a retry changes nothing
+            try:
+                async with server.database.transaction(write=True) as conn:
+                    before = await orders.by_reference(conn, shop.id, reference)
+                    assert before is not None
+                    if kind == "till":
+                        await orders.apply_redemption(
+                            conn,
+                            shop.id,
+                            reference,
+                            f"red-{number}",
+                            [(f"SKU-{line % 3}", quantity)],
+                            None,
+                        )
+                    else:
+                        request = RefundRequest(
+                            refund_id=f"rf-{number}",
+                            amount=None if cents is None else cents / 100,
+                            lines=[]
+                            if kind == "amount"
+                            else [RefundLineIn(line_no=line % 3 + 1, quantity=quantity)],
+                        )
+                        await orders.refund(conn, shop.id, reference, request)
+                    after = await orders.by_reference(conn, shop.id, reference)
+                    assert after is not None
+                    accepted += Decimal(str(after.refunded)) - Decimal(str(before.refunded))
+            except Problem:
+                pass  # refused as a whole: nothing of it stays
+    async with server.database.transaction(write=False) as conn:
+        final = await orders.by_reference(conn, shop.id, reference)
+    assert final is not None
+    assert Decimal(str(final.refunded)) == accepted <= total
+    assert all(0 <= line.returned_quantity <= line.quantity for line in final.lines)

@@ -203,6 +203,10 @@ async def test_refunds_cannot_exceed_the_order_or_take_back_more_than_was_bought
         "POST", "/v1/orders/S-refund/refunds", "pos", json={"refund_id": "r1", "amount": 120.01}
     )
     assert too_much.status_code == 422, too_much.text
+    nothing = await shop.request(
+        "POST", "/v1/orders/S-refund/refunds", "pos", json={"refund_id": "r0"}
+    )
+    assert nothing.status_code == 422, nothing.text
     twice = {"refund_id": "r2", "lines": [{"line_no": 1, "quantity": 2}]}
     assert (
         await shop.request("POST", "/v1/orders/S-refund/refunds", "pos", json=twice)

@@ -10,6 +10,7 @@ of evaluation to get wrong).
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -61,9 +62,16 @@ def _paths(condition: Mapping[str, Any]) -> list[str]:
     return found
 
 
+def roots(condition: Mapping[str, Any]) -> frozenset[str]:
+    """The attributes a condition reads (the first part of each path)."""
+    return frozenset(path.split(".", 1)[0] for path in _paths(condition))
+
+
 def check(name: str, condition: Any) -> None:
     """Raise InvalidSegment with every problem of a definition."""
     errors = []
+    if len(json.dumps(condition, default=str)) > MAX_CONDITION_CHARS:
+        raise InvalidSegment([f"condition: longer than {MAX_CONDITION_CHARS:,} characters"])
     if not isinstance(name, str) or not NAME.match(name):
         errors.append("name: a slug of lower-case letters, digits, - and _ (up to 64)")
     try:
@@ -75,8 +83,6 @@ def check(name: str, condition: Any) -> None:
             if path.split(".", 1)[0] not in ATTRIBUTE_ROOTS:
                 roots = ", ".join(sorted(ATTRIBUTE_ROOTS))
                 errors.append(f"condition.{path}: not a profile attribute (one of {roots})")
-            elif path.split(".", 1)[0] == "segments":
-                errors.append(f"condition.{path}: a segment cannot test segments")
     if errors:
         raise InvalidSegment(errors)
 

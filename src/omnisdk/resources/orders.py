@@ -2,8 +2,8 @@
 durable outbox when the till is offline), read them net of returns, refund, and the signed
 customer codes that link a store sale to the customer's online profile (docs/orders.md).
 
-An order is applied once per shop reference: `record` sends it with the Idempotency-Key
-`order-<reference>`, and the server stores each reference once, so a retry after a lost answer,
+An order is applied once per shop reference: `record` sends it with an Idempotency-Key made
+from its content, and the server stores each reference once, so a retry after a lost answer,
 or an outbox replay, never records a sale twice. The sale's time is fixed when it is made, so
 a sale delivered hours later keeps its time (and its customer code is judged at that time).
 """
@@ -11,6 +11,8 @@ a sale delivered hours later keeps its time (and its customer code is judged at 
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -73,12 +75,13 @@ def record_request(
 
 
 def record_call(request: RecordOrderRequest) -> Call[RecordedOrder]:
+    """The request; its Idempotency-Key is the body's digest, so a retry (or an outbox
+    replay) is the same request, while another till sending the same sale at another time is
+    answered by the server's one-order-per-reference rule (`created` false), not refused."""
+    body = request.model_dump(mode="json", exclude_none=True)
+    digest = hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()[:48]
     return Call(
-        "POST",
-        "/v1/orders",
-        model(RecordedOrder),
-        json=request.model_dump(mode="json", exclude_none=True),
-        idempotency_key=f"order-{request.reference}",
+        "POST", "/v1/orders", model(RecordedOrder), json=body, idempotency_key=f"order-{digest}"
     )
 
 

@@ -125,6 +125,17 @@ def upgrade() -> None:
         "ix_segment_members_customer", "segment_members", ["tenant_id", "customer_id"]
     )
     op.create_table(
+        "console_sessions",
+        sa.Column("token_sha256", sa.String(64), nullable=False),
+        sa.Column("tenant_id", sa.String(40), nullable=False),
+        sa.Column("key_id", sa.String(40), nullable=False),
+        sa.Column("csrf", sa.String(64), nullable=False),
+        sa.Column("created_at", UtcDateTime(), nullable=False),
+        sa.Column("expires_at", UtcDateTime(), nullable=False),
+        sa.PrimaryKeyConstraint("token_sha256", name="pk_console_sessions"),
+    )
+    op.create_index("ix_console_sessions_expires", "console_sessions", ["expires_at"])
+    op.create_table(
         "segment_pending",
         sa.Column("tenant_id", sa.String(40), nullable=False),
         sa.Column("customer_id", sa.String(40), nullable=False),
@@ -136,6 +147,7 @@ def upgrade() -> None:
 def downgrade() -> None:
     for table in (
         "segment_pending",
+        "console_sessions",
         "segment_members",
         "segments",
         "preference_declarations",
