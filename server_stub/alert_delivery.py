@@ -20,8 +20,9 @@ from datetime import datetime, timedelta
 import httpx
 
 from server_stub.ids import utcnow
+from server_stub.observability import Metrics
 from server_stub.sealing import Sealer
-from server_stub.services import alerts, messages, webhooks
+from server_stub.services import alerts, inventory, messages, webhooks
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.storage.database import Database
 from server_stub.storage.tables import tenants
@@ -43,6 +44,7 @@ class AlertWorker:
         timeout: float,
         abandoned_scan_seconds: float,
         retry_base_seconds: float = messages.RETRY_BASE_SECONDS,
+        metrics: Metrics | None = None,
     ) -> None:
         self.database = database
         self.contexts = contexts
@@ -51,6 +53,7 @@ class AlertWorker:
         self.batch = batch
         self.abandoned_scan_seconds = abandoned_scan_seconds
         self.retry_base_seconds = retry_base_seconds
+        self.metrics = metrics
         # Longer than a delivery can take: a lease runs out only when its process stalled or
         # died, and then another process (or this one, restarted) takes the message over.
         self.lease = timedelta(seconds=3 * timeout + 5)
@@ -99,7 +102,11 @@ class AlertWorker:
             await self._abandoned(now)
         async with self.database.transaction(write=True) as conn:
             claimed = await messages.claim(conn, now, self.batch, self.lease)
-        await asyncio.gather(*(self._deliver(one) for one in claimed))
+        by_tenant: dict[str, list[messages.Claimed]] = {}
+        for one in claimed:
+            by_tenant.setdefault(one.tenant_id, []).append(one)
+        for batch in by_tenant.values():
+            await self._deliver(batch)
         return len(claimed)
 
     async def _pace(self, now: datetime) -> None:
@@ -109,6 +116,8 @@ class AlertWorker:
                 await alerts.pace(conn, context, due.item, due.store_key, now)
 
     async def _abandoned(self, now: datetime) -> None:
+        async with self.database.transaction(write=True) as conn:
+            await inventory.forget_ops(conn, now)
         async with self.database.transaction(write=False) as conn:
             tenant_ids = [row.id for row in await conn.execute(tenants.select())]
         for tenant_id in tenant_ids:
@@ -116,41 +125,68 @@ class AlertWorker:
                 context = await self.contexts.get(conn, tenant_id)
                 await alerts.abandoned_carts(conn, context, now)
 
-    async def _deliver(self, claimed: messages.Claimed) -> None:
+    async def _deliver(self, claimed: list[messages.Claimed]) -> None:
         try:
-            await self._deliver_one(claimed)
+            await self._deliver_batch(claimed)
         except Exception as exc:
             # Left leased: claimed again when the lease runs out.
             log.warning(
-                "a message could not be processed",
-                extra={"message_id": claimed.id, "error_type": type(exc).__name__},
+                "messages could not be processed",
+                extra={"count": len(claimed), "error_type": type(exc).__name__},
             )
 
-    async def _deliver_one(self, claimed: messages.Claimed) -> None:
+    async def _deliver_batch(self, claimed: list[messages.Claimed]) -> None:
+        """Decide a tenant's claimed messages in one transaction, post those to send at
+        once, and record the outcomes in one more."""
         now = utcnow()
+        tenant_id, token = claimed[0].tenant_id, claimed[0].token
         async with self.database.transaction(write=True) as conn:
-            context = await self.contexts.get(conn, claimed.tenant_id)
+            context = await self.contexts.get(conn, tenant_id)
             max_attempts = context.settings.notifications.max_attempts
-            decision = await messages.decide(conn, context, claimed, now, self.lease)
-            if decision is None:
-                return
-            if isinstance(decision, messages.Skipped):
-                await messages.skip(conn, claimed, decision.reason, now)
-                return
-            if isinstance(decision, messages.Delayed):
-                await messages.delay(conn, claimed, decision.until, decision.reason, now)
-                return
-            kind = str(decision.payload["data"]["kind"])
-            targets = await webhooks.targets(conn, self.sealer, claimed.tenant_id, kind)
-        error = await self._post(claimed.id, targets, decision.payload)
+            decided = await messages.decide_many(conn, context, claimed, now, self.lease)
+            kinds = {one.id: one.kind for one in claimed}
+            mine = {one.id: one for one in claimed}
+            sends: list[tuple[str, messages.Send]] = []
+            targets: dict[str, list[webhooks.Target]] = {}
+            for message_id, decision in decided.items():
+                if isinstance(decision, messages.Skipped):
+                    await messages.skip(conn, mine[message_id], decision.reason, now)
+                    self._count(kinds[message_id], f"skipped:{decision.reason}")
+                elif isinstance(decision, messages.Delayed):
+                    await messages.delay(
+                        conn, mine[message_id], decision.until, decision.reason, now
+                    )
+                    self._count(kinds[message_id], f"delayed:{decision.reason}")
+                else:
+                    kind = str(decision.payload["data"]["kind"])
+                    if kind not in targets:
+                        targets[kind] = await webhooks.targets(conn, self.sealer, tenant_id, kind)
+                    sends.append((message_id, decision))
+        errors = await asyncio.gather(
+            *(
+                self._post(message_id, targets[str(send.payload["data"]["kind"])], send.payload)
+                for message_id, send in sends
+            )
+        )
         finished = utcnow()
         async with self.database.transaction(write=True) as conn:
-            if error is None:
-                await messages.sent(conn, claimed, decision, finished)
-            else:
-                await messages.failed(
-                    conn, claimed, error, max_attempts, finished, self.retry_base_seconds
-                )
+            taken = [sent for sent, error in zip(sends, errors, strict=True) if error is None]
+            await messages.sent_many(conn, tenant_id, token, taken, finished)
+            for (message_id, _), error in zip(sends, errors, strict=True):
+                self._count(kinds[message_id], "sent" if error is None else "delivery_failed")
+                if error is not None:
+                    await messages.failed(
+                        conn,
+                        mine[message_id],
+                        error,
+                        max_attempts,
+                        finished,
+                        self.retry_base_seconds,
+                    )
+
+    def _count(self, kind: str, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.alert_messages.labels(kind, outcome).inc()
 
     async def _post(
         self, message_id: str, targets: list[webhooks.Target], payload: dict[str, object]

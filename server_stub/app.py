@@ -146,6 +146,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             timeout=settings.alerts_webhook_timeout_seconds,
             abandoned_scan_seconds=settings.alerts_abandoned_scan_seconds,
             retry_base_seconds=settings.alerts_retry_base_seconds,
+            metrics=metrics,
         )
         if settings.alerts_delivery:
             worker.start()

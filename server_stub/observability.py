@@ -83,6 +83,13 @@ class Metrics:
             "Requests answered from a stored idempotent outcome.",
             registry=self.registry,
         )
+        self.alert_messages = Counter(
+            "omnisdk_alert_messages",
+            "Stock alert messages this process decided, by kind and outcome: sent, "
+            "delivery_failed, skipped:<reason>, delayed:<reason>.",
+            ["kind", "outcome"],
+            registry=self.registry,
+        )
         # Labelled children, looked up once per label set rather than on every request.
         self._timed: dict[tuple[str, str, int], Any] = {}
 

@@ -15,10 +15,10 @@ neither stock nor messages behind.
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -204,3 +204,15 @@ async def get(
     stock = await read(conn, context.tenant_id, items)
     default = context.settings.notifications.low_stock_threshold
     return [availability(stock[item], default) for item in sorted(stock)]
+
+
+OPS_KEPT = timedelta(days=30)  # longer than any outbox holds a till's writes
+
+
+async def forget_ops(conn: AsyncConnection, now: datetime) -> int:
+    """Forget the operation ids of deltas applied more than OPS_KEPT ago (the table stays
+    bounded); a replay older than that would be applied again."""
+    done = await conn.execute(
+        delete(inventory_ops).where(inventory_ops.c.applied_at < now - OPS_KEPT)
+    )
+    return int(done.rowcount or 0)

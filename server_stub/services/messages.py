@@ -20,12 +20,13 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, bindparam, func, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import consent as consent_rules
-from omnisdk.core.cart import Cart
+from omnisdk.core import preferences as preference_rules
+from omnisdk.core.cart import Cart, line_parts
 from omnisdk.core.notifications import (
     CART_KINDS,
     PURPOSE_OF_CHANNEL,
@@ -38,9 +39,9 @@ from omnisdk.core.notifications import (
     zone,
 )
 from omnisdk.notification_models import AlertMetrics, KindMetrics, MessageView
-from server_stub.errors import Problem
-from server_stub.services import identity, orders, preferences
+from server_stub.services import identity, preferences
 from server_stub.services.consent import ledger
+from server_stub.services.stock import Stock
 from server_stub.services.stock import read as read_stock
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
@@ -49,6 +50,9 @@ from server_stub.storage.tables import (
     carts,
     customers,
     events,
+    order_lines,
+    orders,
+    preference_declarations,
 )
 
 LEASE = timedelta(seconds=60)
@@ -87,6 +91,7 @@ class Claimed:
     tenant_id: str
     id: str
     token: str
+    kind: str = ""
 
 
 async def claim(
@@ -100,23 +105,24 @@ async def claim(
     )
     rows = list(
         await conn.execute(
-            select(alert_messages.c.tenant_id, alert_messages.c.id)
+            select(alert_messages.c.tenant_id, alert_messages.c.id, alert_messages.c.kind)
             .where(due)
             .order_by(alert_messages.c.due_at)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
     )
-    claimed = []
+    token = secrets.token_hex(8)  # one lease for the batch: its messages are this caller's
+    by_tenant: dict[str, list[str]] = defaultdict(list)
     for row in rows:
-        token = secrets.token_hex(8)
+        by_tenant[row.tenant_id].append(row.id)
+    for tenant_id, ids in by_tenant.items():
         await conn.execute(
             update(alert_messages)
-            .where(alert_messages.c.tenant_id == row.tenant_id, alert_messages.c.id == row.id)
+            .where(alert_messages.c.tenant_id == tenant_id, alert_messages.c.id.in_(ids))
             .values(status="sending", lease_until=now + lease, lease_token=token)
         )
-        claimed.append(Claimed(row.tenant_id, row.id, token))
-    return claimed
+    return [Claimed(row.tenant_id, row.id, token, row.kind) for row in rows]
 
 
 def _mine(claimed: Claimed) -> tuple[Any, ...]:
@@ -152,10 +158,14 @@ class Delayed:
 
 Decision = Send | Skipped | Delayed
 
-
 # Where an observed preference is a shop channel rather than a message channel: engaging in
 # the app means a push notification reaches her there.
 MESSAGE_CHANNEL_OF = {"app": "push"}
+
+
+def _message_channel(channel: str | None, source: str) -> tuple[str | None, str]:
+    channel = MESSAGE_CHANNEL_OF.get(channel or "", channel)
+    return (channel, source) if channel in PURPOSE_OF_CHANNEL else (None, source)
 
 
 async def preferred_channel(
@@ -164,19 +174,79 @@ async def preferred_channel(
     """The message channel she prefers (declared wins over observed; services/preferences)
     and where that comes from; None when it names no message channel."""
     channel, source = await preferences.preferred_channel(conn, tenant_id, customer_ids)
-    channel = MESSAGE_CHANNEL_OF.get(channel or "", channel)
-    return (channel, source) if channel in PURPOSE_OF_CHANNEL else (None, source)
+    return _message_channel(channel, source)
 
 
-async def _traits(conn: AsyncConnection, tenant_id: str, customer_id: str) -> dict[str, Any]:
-    row = (
-        await conn.execute(
-            select(customers.c.traits).where(
-                customers.c.tenant_id == tenant_id, customers.c.id == customer_id
+async def _preferred_channels(
+    conn: AsyncConnection, tenant_id: str, customer_ids: list[str], now: datetime
+) -> dict[str, tuple[str | None, str]]:
+    """`preferred_channel` of many customers in two queries (the rule of
+    services/preferences: her latest declaration wins, else her observed engagement)."""
+    declared: dict[str, str | None] = {}
+    for row in await conn.execute(
+        select(preference_declarations.c.customer_id, preference_declarations.c.channel)
+        .where(
+            preference_declarations.c.tenant_id == tenant_id,
+            preference_declarations.c.customer_id.in_(customer_ids),
+        )
+        .order_by(preference_declarations.c.declared_at, preference_declarations.c.id)
+    ):
+        declared[row.customer_id] = row.channel
+    found: dict[str, tuple[str | None, str]] = {}
+    rest = []
+    for customer in customer_ids:
+        if declared.get(customer):
+            found[customer] = _message_channel(declared[customer], "declared")
+        else:
+            rest.append(customer)
+    if not rest:
+        return found
+    latest = (
+        func.row_number()
+        .over(partition_by=events.c.customer_id, order_by=events.c.occurred_at.desc())
+        .label("n")
+    )
+    recent = (
+        select(
+            events.c.customer_id,
+            events.c.name,
+            events.c.channel,
+            events.c.properties,
+            events.c.occurred_at,
+            latest,
+        )
+        .where(
+            events.c.tenant_id == tenant_id,
+            events.c.customer_id.in_(rest),
+            events.c.name.in_(sorted(preference_rules.ENGAGEMENT_EVENTS)),
+            events.c.occurred_at >= now - timedelta(days=preferences.OBSERVED_DAYS),
+        )
+        .subquery()
+    )
+    signals: dict[str, list[preference_rules.Signal]] = defaultdict(list)
+    for row in await conn.execute(select(recent).where(recent.c.n <= preferences.OBSERVED_SIGNALS)):
+        properties = row.properties if isinstance(row.properties, dict) else {}
+        told = properties.get("channel")
+        signals[row.customer_id].append(
+            preference_rules.Signal(
+                row.name, row.channel, told if isinstance(told, str) else None, row.occurred_at
             )
         )
-    ).first()
-    return dict(row.traits or {}) if row is not None else {}
+    for customer in rest:
+        seen = preference_rules.observed_channel(signals.get(customer, []), now)
+        channel, source = preference_rules.preferred(None, seen)
+        found[customer] = _message_channel(channel.value if channel else None, source.value)
+    return found
+
+
+def _listed_skus(properties: Any) -> list[str]:
+    properties = properties if isinstance(properties, dict) else {}
+    skus = properties.get("skus")
+    listed = [str(s) for s in skus] if isinstance(skus, list) else []
+    lines = properties.get("lines")
+    if isinstance(lines, list):
+        listed += [str(line.get("sku")) for line in lines if isinstance(line, dict)]
+    return listed
 
 
 async def bought_since(
@@ -185,47 +255,47 @@ async def bought_since(
     """Whether she ordered the SKU since `since`, on any channel: in the order record (online
     checkouts and store sales, services/orders.py), or as an `order_completed` event the shop
     tracked without recording the order."""
-    if await orders.bought_since(conn, tenant_id, list(customer_ids), sku, since):
-        return True
-    rows = await conn.execute(
-        select(events.c.properties).where(
+    purchases = await _purchases(conn, tenant_id, list(customer_ids), {sku}, since)
+    return any(bought >= since for customer in customer_ids for bought in purchases[customer, sku])
+
+
+async def _purchases(
+    conn: AsyncConnection, tenant_id: str, customer_ids: list[str], skus: set[str], since: datetime
+) -> dict[tuple[str, str], list[datetime]]:
+    """When each customer bought each SKU since `since`: order lines (services/orders.py) and
+    `order_completed` events. Two queries, whatever the number of customers."""
+    found: dict[tuple[str, str], list[datetime]] = defaultdict(list)
+    if not customer_ids or not skus:
+        return found
+    for row in await conn.execute(
+        select(orders.c.customer_id, order_lines.c.sku, orders.c.placed_at).where(
+            orders.c.tenant_id == tenant_id,
+            orders.c.customer_id.in_(customer_ids),
+            orders.c.placed_at >= since,
+            order_lines.c.tenant_id == orders.c.tenant_id,
+            order_lines.c.order_id == orders.c.id,
+            order_lines.c.sku.in_(sorted(skus)),
+        )
+    ):
+        found[row.customer_id, row.sku].append(row.placed_at)
+    for row in await conn.execute(
+        select(events.c.customer_id, events.c.properties, events.c.occurred_at).where(
             events.c.tenant_id == tenant_id,
-            events.c.customer_id.in_(list(customer_ids)),
+            events.c.customer_id.in_(customer_ids),
             events.c.name == "order_completed",
             events.c.occurred_at >= since,
         )
-    )
-    for row in rows:
-        properties = row.properties or {}
-        skus = properties.get("skus")
-        listed = [str(s) for s in skus] if isinstance(skus, list) else []
-        lines = properties.get("lines")
-        if isinstance(lines, list):
-            listed += [str(line.get("sku")) for line in lines if isinstance(line, dict)]
-        if sku in listed or any(s.split("|", 1)[0] == sku for s in listed):
-            return True
-    return False
+    ):
+        for listed in _listed_skus(row.properties):
+            base = listed.split("|", 1)[0]
+            if base in skus:
+                found[row.customer_id, base].append(row.occurred_at)
+    return found
 
 
-async def _cart_quantities(conn: AsyncConnection, tenant_id: str, customer_id: str) -> Any:
-    row = (
-        await conn.execute(
-            select(carts.c.state, carts.c.updated_at).where(
-                carts.c.tenant_id == tenant_id, carts.c.customer_id == customer_id
-            )
-        )
-    ).first()
-    if row is None:
-        return {}, None
-    return Cart.from_dict(row.state).quantities(), row.updated_at
-
-
-async def _consented_channel(
-    conn: AsyncConnection, context: TenantContext, customer_id: str, order: list[str]
-) -> tuple[str, str] | None:
-    """The first channel of `order` whose marketing purpose she grants now, with the id of the
-    decision that grants it."""
-    rows = await ledger(conn, context.tenant_id, [customer_id])
+def _consented(rows: list[Any], order: list[str], skew: float) -> tuple[str, str] | None:
+    """The first channel of `order` whose marketing purpose her ledger (`rows`) grants now,
+    with the id of the decision that grants it."""
     person = [row for row in rows if row.scope == "person"]
     decisions = [
         consent_rules.Decision(
@@ -239,7 +309,7 @@ async def _consented_channel(
         )
         for row in person
     ]
-    current = consent_rules.state(decisions, skew=context.settings.consent.skew_seconds)
+    current = consent_rules.state(decisions, skew=skew)
     for channel in order:
         purpose = PURPOSE_OF_CHANNEL[channel]
         standing = current.get(purpose)
@@ -251,92 +321,152 @@ async def _consented_channel(
     return None
 
 
-async def _caps_reached(
-    conn: AsyncConnection, context: TenantContext, customer_id: str, message_id: str, now: datetime
-) -> bool:
-    settings = context.settings.notifications
-    rows = await conn.execute(
-        select(alert_messages.c.decided_at).where(
-            alert_messages.c.tenant_id == context.tenant_id,
-            alert_messages.c.customer_id == customer_id,
+@dataclass
+class _Facts:
+    """What the decisions of one batch read, each in one query for the whole batch."""
+
+    live: dict[str, str]
+    cancelled: set[str]
+    stock: dict[str, Stock]
+    purchases: dict[tuple[str, str], list[datetime]]
+    carts: dict[str, tuple[dict[str, int], datetime | None]]
+    channels: dict[str, tuple[str | None, str]]
+    ledgers: dict[str, list[Any]]
+    traits: dict[str, dict[str, Any]]
+    counted: dict[str, list[datetime]]
+
+
+async def _lock(conn: AsyncConnection, tenant_id: str, ids: set[str]) -> dict[str, str]:
+    """The live customer of each id, locked (in id order, as every writer locks them) so that
+    no merge interleaves and two processes deciding her messages count each other's."""
+    while True:
+        live = await identity.live_ids(conn, tenant_id, ids)
+        # Rows locked as merges lock them (identity.lock_customers); one merged in between
+        # the read and the lock is read again.
+        locked = await identity.lock_customers(conn, tenant_id, set(live.values()))
+        if all(merged_into is None for merged_into in locked.values()):
+            break
+    return live
+
+
+async def _facts(
+    conn: AsyncConnection, context: TenantContext, rows: list[Any], now: datetime
+) -> _Facts:
+    tenant_id = context.tenant_id
+    live = await _lock(conn, tenant_id, {row.customer_id for row in rows})
+    people = sorted(set(live.values()))
+    subscription_ids = [row.subscription_id for row in rows if row.subscription_id]
+    cancelled: set[str] = set()
+    if subscription_ids:
+        cancelled = {
+            row.id
+            for row in await conn.execute(
+                select(alert_subscriptions.c.id).where(
+                    alert_subscriptions.c.tenant_id == tenant_id,
+                    alert_subscriptions.c.id.in_(subscription_ids),
+                    alert_subscriptions.c.status == "cancelled",
+                )
+            )
+        }
+    stock = await read_stock(conn, tenant_id, {row.item for row in rows if row.item})
+    earliest = min((_since(row) for row in rows), default=now)
+    purchases = await _purchases(
+        conn, tenant_id, people, {row.sku for row in rows if row.sku}, earliest
+    )
+    held: dict[str, tuple[dict[str, int], datetime | None]] = {}
+    for cart in await conn.execute(
+        select(carts.c.customer_id, carts.c.state, carts.c.updated_at).where(
+            carts.c.tenant_id == tenant_id, carts.c.customer_id.in_(people)
+        )
+    ):
+        held[cart.customer_id] = (Cart.from_dict(cart.state).quantities(), cart.updated_at)
+    ledgers: dict[str, list[Any]] = defaultdict(list)
+    for decision in await ledger(conn, tenant_id, people):
+        ledgers[decision.customer_id].append(decision)
+    traits = {
+        row.id: dict(row.traits or {})
+        for row in await conn.execute(
+            select(customers.c.id, customers.c.traits).where(
+                customers.c.tenant_id == tenant_id, customers.c.id.in_(people)
+            )
+        )
+    }
+    counted: dict[str, list[datetime]] = defaultdict(list)
+    for row in await conn.execute(
+        select(alert_messages.c.customer_id, alert_messages.c.decided_at).where(
+            alert_messages.c.tenant_id == tenant_id,
+            alert_messages.c.customer_id.in_(people),
             alert_messages.c.status.in_(COUNTED),
             alert_messages.c.decided_at >= now - timedelta(days=7),
-            alert_messages.c.id != message_id,
+            alert_messages.c.id.not_in([r.id for r in rows]),
         )
-    )
-    return over_cap(
-        [row.decided_at for row in rows], now, settings.max_per_day, settings.max_per_week
+    ):
+        counted[row.customer_id].append(row.decided_at)
+    return _Facts(
+        live=live,
+        cancelled=cancelled,
+        stock=stock,
+        purchases=purchases,
+        carts=held,
+        channels=await _preferred_channels(conn, tenant_id, people, now),
+        ledgers=ledgers,
+        traits=traits,
+        counted=counted,
     )
 
 
-async def decide(
-    conn: AsyncConnection,
-    context: TenantContext,
-    claimed: Claimed,
-    now: datetime,
-    lease: timedelta = LEASE,
-) -> Decision | None:
-    """Decide a claimed message now (None: the lease is no longer ours). The customer is
-    locked, so two processes deciding two of her messages count each other against the caps."""
-    row = (await conn.execute(select(alert_messages).where(*_mine(claimed)))).first()
-    if row is None:
-        return None
-    try:
-        customer = await identity.lock_customer(conn, context.tenant_id, row.customer_id)
-    except Problem:
+def _since(row: Any) -> datetime:
+    data = row.data or {}
+    return datetime.fromisoformat(data["since"]) if data.get("since") else row.created_at
+
+
+def _decide_one(context: TenantContext, row: Any, facts: _Facts, now: datetime) -> Decision:
+    customer = facts.live.get(row.customer_id)
+    if customer is None or customer not in facts.traits:
         return Skipped(Skip.CUSTOMER_GONE)
     kind = Kind(row.kind)
     data = dict(row.data or {})
-    since = datetime.fromisoformat(data["since"]) if data.get("since") else row.created_at
-    if row.subscription_id is not None:
-        sub = (
-            await conn.execute(
-                select(alert_subscriptions.c.status).where(
-                    alert_subscriptions.c.tenant_id == context.tenant_id,
-                    alert_subscriptions.c.id == row.subscription_id,
-                )
-            )
-        ).first()
-        if sub is None or sub.status == "cancelled":
-            return Skipped(Skip.SUBSCRIPTION_CANCELLED)
-    stock = (await read_stock(conn, context.tenant_id, [row.item]))[row.item] if row.item else None
-    if stock is not None and kind is not Kind.PRICE_DROP:
-        store = data.get("store") or None
-        if stock.units(store) <= 0:
-            return Skipped(Skip.OUT_OF_STOCK)
+    since = _since(row)
+    if row.subscription_id is not None and row.subscription_id in facts.cancelled:
+        return Skipped(Skip.SUBSCRIPTION_CANCELLED)
+    stock = facts.stock.get(row.item) if row.item else None
+    store = data.get("store") or None
+    if stock is not None and kind is not Kind.PRICE_DROP and stock.units(store) <= 0:
+        return Skipped(Skip.OUT_OF_STOCK)
     if (
         kind is Kind.PRICE_DROP
         and stock is not None
         and (stock.price is None or stock.price > float(data.get("price", stock.price)))
     ):
         return Skipped(Skip.PRICE_NOT_LOWER)
-    if row.sku and await bought_since(conn, context.tenant_id, [customer], row.sku, since):
+    if row.sku and any(at >= since for at in facts.purchases.get((customer, row.sku), [])):
         return Skipped(Skip.BOUGHT_SINCE)
-    held, cart_changed = await _cart_quantities(conn, context.tenant_id, customer)
-    if kind in CART_KINDS or data.get("cart"):
-        if row.item and held.get(row.item, 0) <= 0:
+    held, cart_changed = facts.carts.get(customer, ({}, None))
+    in_cart = kind in CART_KINDS or bool(data.get("cart"))
+    if in_cart and row.item and held.get(row.item, 0) <= 0:
+        return Skipped(Skip.NOT_IN_CART)
+    if kind is Kind.ABANDONED_CART:
+        if not held:
             return Skipped(Skip.NOT_IN_CART)
-        if kind is Kind.ABANDONED_CART:
-            if not held:
-                return Skipped(Skip.NOT_IN_CART)
-            if cart_changed is not None and cart_changed > since:
-                return Skipped(Skip.CART_ACTIVE)
+        if cart_changed is not None and cart_changed > since:
+            return Skipped(Skip.CART_ACTIVE)
     settings = context.settings.notifications
-    preferred, source = await preferred_channel(conn, context.tenant_id, [customer])
+    preferred, source = facts.channels.get(customer, (None, "none"))
     order = channel_order(preferred, settings.fallback_channels)
-    chosen = await _consented_channel(conn, context, customer, order)
+    chosen = _consented(
+        facts.ledgers.get(customer, []), order, context.settings.consent.skew_seconds
+    )
     if chosen is None:
         return Skipped(Skip.NO_CONSENT)
-    traits = await _traits(conn, context.tenant_id, customer)
-    tz = zone(
-        traits.get("time_zone") if isinstance(traits.get("time_zone"), str) else None,
-        settings.time_zone,
-    )
+    traits = facts.traits[customer]
+    named_zone = traits.get("time_zone")
+    tz = zone(named_zone if isinstance(named_zone, str) else None, settings.time_zone)
     until = quiet_until(now, tz, settings.quiet_hours_start, settings.quiet_hours_end)
     if until is not None:
         return Delayed(until, "quiet_hours")
-    if await _caps_reached(conn, context, customer, row.id, now):
+    if over_cap(facts.counted[customer], now, settings.max_per_day, settings.max_per_week):
         return Skipped(Skip.FREQUENCY_CAP)
+    facts.counted[customer].append(now)  # the next message of hers in this batch counts it
     channel, decision_id = chosen
     payload = {
         "type": f"message.{kind.value}",
@@ -354,33 +484,87 @@ async def decide(
             "subscription_id": row.subscription_id,
             "price": stock.price if stock is not None else None,
             "currency": stock.currency if stock is not None else None,
-            "units_available": stock.units(data.get("store") or None) if stock else None,
+            "units_available": stock.units(store) if stock is not None else None,
             "store": data.get("store"),
-            "cart_items": sorted(held) if kind in CART_KINDS or data.get("cart") else None,
+            "cart_items": sorted(held) if in_cart else None,
             "locale": traits.get("locale"),
             "first_name": traits.get("first_name"),
         },
     }
-    await conn.execute(
-        update(alert_messages)
-        .where(*_mine(claimed))
-        .values(
-            customer_id=customer,
-            channel=channel,
-            consent_decision_id=decision_id,
-            decided_at=now,
-            lease_until=now + lease,
-        )
-    )
     return Send(customer, channel, decision_id, payload)
 
 
-def _options(item: str | None) -> dict[str, str]:
-    if not item or "|" not in item:
+async def decide_many(
+    conn: AsyncConnection,
+    context: TenantContext,
+    claimed: Sequence[Claimed],
+    now: datetime,
+    lease: timedelta = LEASE,
+) -> dict[str, Decision]:
+    """Decide claimed messages of one tenant now, reading each fact once for the batch; the
+    messages whose lease is no longer ours are left out. Those to send are marked decided
+    (channel, the consent decision relied on) in the same transaction."""
+    if not claimed:
         return {}
-    from omnisdk.core.cart import line_parts
+    token = claimed[0].token
+    rows = list(
+        await conn.execute(
+            select(alert_messages).where(
+                alert_messages.c.tenant_id == context.tenant_id,
+                alert_messages.c.id.in_([c.id for c in claimed]),
+                alert_messages.c.lease_token == token,
+                alert_messages.c.status == "sending",
+            )
+        )
+    )
+    if not rows:
+        return {}
+    facts = await _facts(conn, context, rows, now)
+    decided = {row.id: _decide_one(context, row, facts, now) for row in rows}
+    sends = [(id_, d) for id_, d in decided.items() if isinstance(d, Send)]
+    if sends:
+        await conn.execute(
+            update(alert_messages)
+            .where(
+                alert_messages.c.tenant_id == bindparam("t"),
+                alert_messages.c.id == bindparam("i"),
+                alert_messages.c.lease_token == bindparam("token"),
+            )
+            .values(
+                customer_id=bindparam("customer"),
+                channel=bindparam("channel"),
+                consent_decision_id=bindparam("decision"),
+                decided_at=now,
+                lease_until=now + lease,
+            ),
+            [
+                {
+                    "t": context.tenant_id,
+                    "i": id_,
+                    "token": token,
+                    "customer": d.customer_id,
+                    "channel": d.channel,
+                    "decision": d.consent_decision_id,
+                }
+                for id_, d in sends
+            ],
+        )
+    return decided
 
-    return line_parts(item)[1]
+
+async def decide(
+    conn: AsyncConnection,
+    context: TenantContext,
+    claimed: Claimed,
+    now: datetime,
+    lease: timedelta = LEASE,
+) -> Decision | None:
+    """Decide one claimed message now (None: the lease is no longer ours)."""
+    return (await decide_many(conn, context, [claimed], now, lease)).get(claimed.id)
+
+
+def _options(item: str | None) -> dict[str, str]:
+    return line_parts(item)[1] if item and "|" in item else {}
 
 
 # --- outcomes -------------------------------------------------------------------------------
@@ -499,6 +683,87 @@ async def sent(conn: AsyncConnection, claimed: Claimed, send: Send, now: datetim
         now,
     )
     return True
+
+
+async def sent_many(
+    conn: AsyncConnection,
+    tenant_id: str,
+    token: str,
+    sends: Sequence[tuple[str, Send]],
+    now: datetime,
+) -> int:
+    """Record messages the shop took (only those still leased to `token`), their
+    subscriptions as notified, and a `message_sent` on each customer's timeline."""
+    if not sends:
+        return 0
+    done = list(
+        await conn.execute(
+            update(alert_messages)
+            .where(
+                alert_messages.c.tenant_id == tenant_id,
+                alert_messages.c.id.in_([id_ for id_, _ in sends]),
+                alert_messages.c.lease_token == token,
+                alert_messages.c.status == "sending",
+            )
+            .values(
+                status="sent",
+                sent_at=now,
+                attempts=alert_messages.c.attempts + 1,
+                reason=None,
+                lease_token=None,
+                lease_until=None,
+            )
+            .returning(
+                alert_messages.c.id,
+                alert_messages.c.customer_id,
+                alert_messages.c.kind,
+                alert_messages.c.sku,
+                alert_messages.c.subscription_id,
+            )
+        )
+    )
+    subscriptions = [row.subscription_id for row in done if row.subscription_id]
+    if subscriptions:
+        await conn.execute(
+            update(alert_subscriptions)
+            .where(
+                alert_subscriptions.c.tenant_id == tenant_id,
+                alert_subscriptions.c.id.in_(subscriptions),
+                alert_subscriptions.c.status != "cancelled",
+            )
+            .values(status="notified", notified_at=now)
+        )
+    by_id = dict(sends)
+    if done:
+        stamp = int(now.timestamp() * 1000)
+        await conn.execute(
+            _dialect(conn)
+            .insert(events)
+            .on_conflict_do_nothing(index_elements=["tenant_id", "event_id", "occurred_at"]),
+            [
+                {
+                    "tenant_id": tenant_id,
+                    "event_id": f"message_sent-{row.id}-{stamp}",
+                    "customer_id": row.customer_id,
+                    "origin_customer_id": row.customer_id,
+                    "name": "message_sent",
+                    "channel": "admin",
+                    "occurred_at": now,
+                    "received_at": now,
+                    "properties": {
+                        "message_id": row.id,
+                        "kind": row.kind,
+                        "channel": by_id[row.id].channel,
+                        "consent_decision_id": by_id[row.id].consent_decision_id,
+                        "sku": row.sku,
+                    },
+                    "category": None,
+                    "value": None,
+                }
+                for row in done
+            ],
+        )
+    return len(done)
 
 
 async def failed(

@@ -107,6 +107,10 @@ class SmtpRelay:
     timeout: float = 10.0
     other_channel: Callable[[MessagePayload], None] | None = None
     seen: SeenIds | None = None
+    # An omnisdk.Client whose content engine writes the e-mail: the slot `message.<kind>`
+    # (content `subject` and `body`, Jinja2 templates over `data`), decided for the customer
+    # as her landing page is — personalised only with her consent to personalisation.
+    content: Any = None
 
     def __post_init__(self) -> None:
         self.seen = self.seen or SeenIds()
@@ -146,10 +150,22 @@ class SmtpRelay:
         email["From"] = self.sender
         email["To"] = address
         subject = SUBJECTS.get(str(data.get("kind")), "A message from the shop")
-        email["Subject"] = self._jinja.from_string(subject).render(data=data)
+        body = BODY
+        slot = self._slot(data)
+        subject, body = slot.get("subject", subject), slot.get("body", body)
+        email["Subject"] = self._jinja.from_string(str(subject)).render(data=data)
         email["Message-ID"] = f"<{data['message_id']}@omnisdk>"
-        email.set_content(self._jinja.from_string(BODY).render(data=data))
+        email.set_content(self._jinja.from_string(str(body)).render(data=data))
         return email
+
+    def _slot(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        """The content engine's `message.<kind>` slot for her, if the relay has a client and
+        the shop's ruleset has the slot."""
+        if self.content is None:
+            return {}
+        slot = f"message.{data.get('kind')}"
+        decision = self.content.content.decide(str(data["customer_id"]), slots=[slot])
+        return decision.content(slot) if slot in decision.slots else {}
 
     def send(self, email: EmailMessage) -> None:
         with smtplib.SMTP(self.host, self.port, timeout=self.timeout) as smtp:

@@ -99,11 +99,24 @@ def test_a_back_in_stock_webhook_becomes_one_e_mail(
             web.consent.confirm(pending.confirmations[0].token)
             # The shop knows its customers' addresses; the server holds only keyed hashes.
             addresses = {amy: "amy@example.com"}
+            # The e-mail's words come from the content engine: a slot per message kind.
+            admin.content.publish(
+                {
+                    "message.back_in_stock": {
+                        "default": {
+                            "subject": "{{ data.first_name }}, your {{ data.sku }} is back",
+                            "body": "Size {{ data.options.size }} is waiting for you.",
+                        }
+                    }
+                },
+                note="back-in-stock e-mail",
+            )
             endpoint.relay = SmtpRelay(
                 secret=hook.secret,
                 address_of=addresses.get,
                 sender="shop@example.com",
                 port=smtp_port,
+                content=web,
             )
             web.alerts.subscribe(amy, "TR2", {"size": "38"})
             admin.inventory.set_level("TR2", 3, options={"size": "38"})
@@ -120,10 +133,10 @@ def test_a_back_in_stock_webhook_becomes_one_e_mail(
         endpoint.close()
     [(recipients, message)] = box.messages
     assert recipients == ["amy@example.com"]
-    assert message["Subject"] == "TR2 is back in stock"
+    assert message["Subject"] == "Amy, your TR2 is back"
     assert message["From"] == "shop@example.com"
     text = message.get_payload(decode=True).decode()  # type: ignore[union-attr]
-    assert "Hello Amy" in text and "(size 38) is back" in text
+    assert text.strip() == "Size 38 is waiting for you."
 
 
 def test_verify_refuses_a_request_not_signed_with_the_endpoint_secret() -> None:
@@ -146,3 +159,26 @@ def test_verify_refuses_a_request_not_signed_with_the_endpoint_secret() -> None:
     with pytest.raises(InvalidWebhook):
         verify(other, body, headers)
     assert omnisdk.Client  # the SDK imports without the server's packages
+
+
+def test_without_a_content_engine_the_relay_writes_its_own_e_mail_per_kind() -> None:
+    from omnisdk.notification_models import MessagePayload
+
+    relay = SmtpRelay(secret="whsec_" + "A" * 32, address_of=lambda _: None, sender="s@x.test")
+    message = MessagePayload.model_validate(
+        {
+            "type": "message.back_in_stock",
+            "timestamp": "2026-12-03T10:00:00+00:00",
+            "data": {
+                "message_id": "msg_1",
+                "kind": "back_in_stock",
+                "customer_id": "cus_1",
+                "sku": "TR2",
+                "options": {"size": "38"},
+                "first_name": "Amy",
+            },
+        }
+    )
+    email = relay.render(message, "amy@example.com")
+    assert (email["To"], email["Subject"]) == ("amy@example.com", "TR2 is back in stock")
+    assert "Hello Amy" in email.get_content() and "TR2 (size 38) is back." in email.get_content()

@@ -47,6 +47,7 @@ def worker_of(server: Harness) -> AlertWorker:
         batch=50,
         timeout=5.0,
         abandoned_scan_seconds=0.0,
+        metrics=runtime.metrics,
     )
 
 
@@ -433,6 +434,10 @@ async def test_a_failing_receiver_gets_retries_then_a_dead_letter_that_replay_se
         "pending": 0,
         "skipped": {},
     }
+    scraped = (await server.http.get("/metrics")).text
+    for outcome, count in (("delivery_failed", 2), ("sent", 1)):
+        label = f'kind="back_in_stock",outcome="{outcome}"'
+        assert f"omnisdk_alert_messages_total{{{label}}} {count}.0" in scraped
 
 
 # --- merges, export, erasure ----------------------------------------------------------------
@@ -473,3 +478,18 @@ async def test_subscriptions_follow_a_merge_and_go_with_an_erasure(shop: ShopFor
     assert [s["item"] for s in export["alerts"]["subscriptions"]] == [ITEM]
     erased = (await shop.request("POST", f"/v1/privacy/{survivor}/erase")).json()
     assert erased["removed"]["alerts"] == 1
+
+
+async def test_delta_op_ids_are_remembered_for_30_days_then_forgotten(
+    server: Harness, shop: ShopForTest
+) -> None:
+    from server_stub.services import inventory
+
+    delta = {**SHOES, "op_id": "erp:old", "location": "online", "delta": 1}
+    await stock(shop, deltas=[delta])
+    async with server.database.transaction(write=True) as conn:
+        assert await inventory.forget_ops(conn, datetime.now(UTC) + timedelta(days=29)) == 0
+    assert (await stock(shop, deltas=[delta]))["duplicates"] == 1
+    async with server.database.transaction(write=True) as conn:
+        assert await inventory.forget_ops(conn, datetime.now(UTC) + timedelta(days=31)) >= 1
+    assert (await stock(shop, deltas=[delta]))["applied"] == 1
