@@ -38,7 +38,9 @@ from omnisdk.core.tokens import (
     HEADER_KID,
     KID_BYTES,
     VerificationKey,
+    cbor_loads,
     cose_sign1,
+    open_sign1,
     sig_structure,
 )
 
@@ -132,40 +134,12 @@ def sign(claims: CodeClaims, private_key: Ed25519PrivateKey, kid: bytes) -> str:
 
 
 def _loads(data: bytes) -> object:
-    try:
-        return cbor2.loads(data, allow_duplicate_keys=False, allow_indefinite=False)
-    except (cbor2.CBORError, ValueError, TypeError, OverflowError) as exc:
-        raise CodeError(f"unreadable CBOR: {exc}") from exc
+    return cbor_loads(data, CodeError)
 
 
 def _parts(code: str) -> tuple[bytes, bytes, bytes, bytes]:
     """(protected, payload, signature, kid) of a well-formed code, or CodeError."""
-    text = code.strip().upper()
-    if not text.startswith(PREFIX):
-        raise CodeError("not a customer code (no CC1: prefix)")
-    try:
-        raw = base45.decode(text[len(PREFIX) :])
-    except base45.Base45Error as exc:
-        raise CodeError(f"unreadable: {exc}") from exc
-    message = _loads(raw)
-    if not (
-        isinstance(message, cbor2.CBORTag)
-        and message.tag == COSE_SIGN1_TAG
-        and isinstance(message.value, list | tuple)
-        and len(message.value) == 4
-    ):
-        raise CodeError("not a COSE_Sign1 message")
-    protected, unprotected, payload, signature = message.value
-    if not (
-        isinstance(protected, bytes)
-        and unprotected == {}
-        and isinstance(payload, bytes)
-        and isinstance(signature, bytes)
-        and len(signature) == 64
-    ):
-        raise CodeError("not a COSE_Sign1 message with an Ed25519 signature")
-    if cose_sign1(protected, payload, signature) != raw:
-        raise CodeError("not in the one encoding this code format allows")
+    protected, payload, signature = open_sign1(code, PREFIX, CodeError, "customer code", "code")
     kid = protected[-KID_BYTES:]
     if len(protected) < KID_BYTES or protected != _protected(kid):
         raise CodeError("the protected header is not that of a customer code")

@@ -237,29 +237,39 @@ class _Parts:
     kid: bytes
 
 
-def _loads(data: bytes) -> Any:
+def cbor_loads(data: bytes, error: type[ValueError] = ValueError) -> Any:
+    """Strict CBOR (no duplicate keys, no indefinite lengths); `error` if unreadable."""
     try:
         return cbor2.loads(data, allow_duplicate_keys=False, allow_indefinite=False)
     except (cbor2.CBORError, ValueError, TypeError, OverflowError) as exc:
-        raise TokenError(f"unreadable CBOR: {exc}") from exc
+        raise error(f"unreadable CBOR: {exc}") from exc
 
 
-def _parts(token: str) -> _Parts:
-    text = token.strip().upper()
-    if not text.startswith(PREFIX):
-        raise TokenError("not a return code (no RT1: prefix)")
+def _loads(data: bytes) -> Any:
+    return cbor_loads(data, TokenError)
+
+
+def open_sign1(
+    text: str, prefix: str, error: type[ValueError], kind: str, noun: str
+) -> tuple[bytes, bytes, bytes]:
+    """(protected, payload, signature) of `prefix` + Base45 of a COSE_Sign1 with an Ed25519
+    signature in its one deterministic encoding, or `error` naming `kind` ("return code") and
+    its format's `noun` ("token")."""
+    text = text.strip().upper()
+    if not text.startswith(prefix):
+        raise error(f"not a {kind} (no {prefix} prefix)")
     try:
-        raw = base45.decode(text[len(PREFIX) :])
+        raw = base45.decode(text[len(prefix) :])
     except base45.Base45Error as exc:
-        raise TokenError(f"unreadable: {exc}") from exc
-    message = _loads(raw)
+        raise error(f"unreadable: {exc}") from exc
+    message = cbor_loads(raw, error)
     if not (
         isinstance(message, cbor2.CBORTag)
         and message.tag == COSE_SIGN1_TAG
         and isinstance(message.value, tuple | list)
         and len(message.value) == 4
     ):
-        raise TokenError("not a COSE_Sign1 message")
+        raise error("not a COSE_Sign1 message")
     protected, unprotected, payload, signature = message.value
     if not (
         isinstance(protected, bytes)
@@ -268,9 +278,14 @@ def _parts(token: str) -> _Parts:
         and isinstance(signature, bytes)
         and len(signature) == 64
     ):
-        raise TokenError("not a COSE_Sign1 message with an Ed25519 signature")
+        raise error("not a COSE_Sign1 message with an Ed25519 signature")
     if _cose_sign1(protected, payload, signature) != raw:
-        raise TokenError("not in the one encoding this token format allows")
+        raise error(f"not in the one encoding this {noun} format allows")
+    return protected, payload, signature
+
+
+def _parts(token: str) -> _Parts:
+    protected, payload, signature = open_sign1(token, PREFIX, TokenError, "return code", "token")
     # The only protected header we write: {1: -8, 4: h'<8 bytes>'} = a2 01 27 04 48 <kid>.
     if len(protected) != 5 + KID_BYTES or protected[:5] != b"\xa2\x01\x27\x04\x48":
         raise TokenError("the protected header is not {alg: EdDSA, kid: 8 bytes}")
