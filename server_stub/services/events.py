@@ -8,8 +8,9 @@ identifier never seen before creates a customer, exactly as `identify` with it a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -56,7 +57,12 @@ DEDUPE_WINDOW = timedelta(days=1)
 
 def anonymous_bucket(occurred_at: datetime) -> str:
     """The owner of an event stored without identifiers."""
-    return f"{ANONYMOUS_PREFIX}{occurred_at:%Y-%m-%d}"
+    return _bucket_of_day(occurred_at.date())
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_of_day(day: date) -> str:
+    return f"{ANONYMOUS_PREFIX}{day:%Y-%m-%d}"
 
 
 def is_anonymous(customer_id: str) -> bool:
