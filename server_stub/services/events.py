@@ -283,10 +283,14 @@ async def _attribute(
         await identity.lock_identifiers(conn, tenant_id, unknown)
         stored |= await identity.owners_of(conn, tenant_id, unknown)
     shared = {key for key, owner in stored.items() if owner.shared or owner.customer_id is None}
-    created: dict[IdentifierKey, str] = {}
-    for key in keys:
-        if key not in stored:
-            created[key] = await identity.create_customer(conn, tenant_id, now)
+    new_keys = [key for key in keys if key not in stored]
+    created = dict(
+        zip(
+            new_keys,
+            await identity.create_customers(conn, tenant_id, len(new_keys), now),
+            strict=True,
+        )
+    )
     if created:
         await conn.execute(
             identifiers.insert(),

@@ -326,12 +326,21 @@ async def resolve(conn: AsyncConnection, context: TenantContext, key: Identifier
 
 
 async def create_customer(conn: AsyncConnection, tenant_id: str, now: datetime) -> str:
-    customer_id = new_id("cus", 10)
-    await conn.execute(
-        insert(customers).values(tenant_id=tenant_id, id=customer_id, created_at=now, traits={})
-    )
-    await segment_hook.profile_changed(conn, tenant_id, [customer_id])  # a new customer
-    return customer_id
+    return (await create_customers(conn, tenant_id, 1, now))[0]
+
+
+async def create_customers(
+    conn: AsyncConnection, tenant_id: str, count: int, now: datetime
+) -> list[str]:
+    """`count` new customers, in one statement (a batch of events from new visitors)."""
+    ids = [new_id("cus", 10) for _ in range(count)]
+    if ids:
+        await conn.execute(
+            insert(customers),
+            [{"tenant_id": tenant_id, "id": id, "created_at": now, "traits": {}} for id in ids],
+        )
+        await segment_hook.profile_changed(conn, tenant_id, ids)  # new customers
+    return ids
 
 
 async def _link(
