@@ -14,9 +14,9 @@ import hmac
 from collections.abc import Iterable
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
-from sqlalchemy import Row, func, insert, select, update
+from sqlalchemy import Row, bindparam, column, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import consent as rules
@@ -35,6 +35,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import changes, segment_hook
 from server_stub.services.tenant_context import TenantContext
+from server_stub.storage.prepared import ID_LIST, Prepared, id_list
 from server_stub.storage.tables import consent_decisions
 
 CONFIRMATION_CONTEXT = b"omnisdk consent confirmation v1"
@@ -338,6 +339,36 @@ async def confirm(
 # --- what other features ask ---------------------------------------------------------------
 
 
+class _LedgerRow(NamedTuple):
+    customer_id: str
+    recorded_at: datetime
+    purpose: str
+    status: str
+    scope: str
+    device_id: str | None
+    notice_version: int
+    channel: str
+    id: str
+    origin_customer_id: str
+
+
+# The person-scoped analytics decisions of a batch's customers, in one statement whatever
+# their number (storage/prepared.py, ID_LIST).
+_ANALYTICS_LEDGER = {
+    dialect: Prepared(
+        select(*(consent_decisions.c[name] for name in _LedgerRow._fields))
+        .where(
+            consent_decisions.c.tenant_id == bindparam("tenant"),
+            consent_decisions.c.customer_id.in_(text(ids).columns(column("id"))),
+            consent_decisions.c.purpose == "analytics",
+            consent_decisions.c.scope == rules.ConsentScope.PERSON.value,
+        )
+        .order_by(consent_decisions.c.recorded_at)
+    )
+    for dialect, ids in ID_LIST.items()
+}
+
+
 async def analytics_allowed(
     conn: AsyncConnection, context: TenantContext, asked: Iterable[tuple[str, datetime]]
 ) -> dict[tuple[str, datetime], bool]:
@@ -346,11 +377,13 @@ async def analytics_allowed(
     before her analytics grant, or after her withdrawal, stays anonymous however late it
     arrives."""
     wanted = set(asked)
-    rows = await ledger(conn, context.tenant_id, {customer for customer, _ in wanted}, "analytics")
-    by_customer: dict[str, list[rules.Decision]] = {customer: [] for customer, _ in wanted}
-    for row in rows:
-        if row.scope == rules.ConsentScope.PERSON.value:
-            by_customer[row.customer_id].append(_rule(row))
+    customer_ids = {customer for customer, _ in wanted}
+    rows = await _ANALYTICS_LEDGER[conn.dialect.name].fetchall(
+        conn, {"tenant": context.tenant_id, "ids": id_list(conn, customer_ids)}
+    )
+    by_customer: dict[str, list[rules.Decision]] = {customer: [] for customer in customer_ids}
+    for row in map(_LedgerRow._make, rows):
+        by_customer[row.customer_id].append(_rule(row))
     opt_in = context.settings.consent.analytics == "opt_in"
     skew = context.settings.consent.skew_seconds
     allowed = {}

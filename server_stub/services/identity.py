@@ -62,7 +62,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import alerts, carts, consent, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.prepared import Prepared
+from server_stub.storage.prepared import ID_LIST, Prepared, id_list
 from server_stub.storage.tables import (
     annotations_table,
     customers,
@@ -113,10 +113,6 @@ _LOCK_LIVE_CUSTOMER = {
 # values go as one array parameter (PostgreSQL) or one JSON array (SQLite), so each statement
 # has one plan and no list of placeholders is rendered per call (the batch endpoint names
 # hundreds of them; rendering them cost more than the lookup).
-_IDS = {
-    "postgresql": "SELECT id FROM unnest(CAST(:ids AS text[])) AS id",
-    "sqlite": "SELECT value FROM json_each(:ids)",
-}
 _KEYS = {
     "postgresql": "SELECT * FROM unnest(CAST(:types AS text[]), CAST(:values AS text[]))",
     "sqlite": "SELECT json_extract(k.value, '$[0]'), json_extract(k.value, '$[1]') "
@@ -132,7 +128,9 @@ _OWNERS = {
     for dialect, keys in _KEYS.items()
 }
 _CUSTOMERS = "SELECT id, merged_into FROM customers WHERE tenant_id = :tenant AND id IN ({ids})"
-_LIVE_IDS = {dialect: Prepared(text(_CUSTOMERS.format(ids=ids))) for dialect, ids in _IDS.items()}
+_LIVE_IDS = {
+    dialect: Prepared(text(_CUSTOMERS.format(ids=ids))) for dialect, ids in ID_LIST.items()
+}
 _ROW_LOCKS: dict[RowLock, str] = {
     "read": "FOR KEY SHARE",
     "write": "FOR NO KEY UPDATE",
@@ -141,16 +139,10 @@ _ROW_LOCKS: dict[RowLock, str] = {
 # PostgreSQL: the rows locked in id order; SQLite (one writer at a time): only read.
 _LOCK_CUSTOMERS: dict[tuple[str, RowLock], Prepared] = {
     ("postgresql", mode): Prepared(
-        text(f"{_CUSTOMERS.format(ids=_IDS['postgresql'])} ORDER BY id {lock}")
+        text(f"{_CUSTOMERS.format(ids=ID_LIST['postgresql'])} ORDER BY id {lock}")
     )
     for mode, lock in _ROW_LOCKS.items()
 } | {("sqlite", mode): _LIVE_IDS["sqlite"] for mode in _ROW_LOCKS}
-
-
-def _id_list(conn: AsyncConnection, ids: Iterable[str]) -> Any:
-    """`ids` as the one parameter the statements above take on this connection's database."""
-    wanted = sorted(set(ids))
-    return wanted if conn.dialect.name == "postgresql" else json.dumps(wanted)
 
 
 def identifier_lock_key(tenant_id: str, key: IdentifierKey) -> int:
@@ -201,7 +193,7 @@ async def lock_customers(
     if not wanted:
         return {}
     rows = await _LOCK_CUSTOMERS[conn.dialect.name, mode].fetchall(
-        conn, {"tenant": tenant_id, "ids": _id_list(conn, wanted)}
+        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
     )
     return {id: merged_into for id, merged_into in rows}
 
@@ -266,7 +258,7 @@ async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) ->
     if not wanted:
         return {}
     rows = await _LIVE_IDS[conn.dialect.name].fetchall(
-        conn, {"tenant": tenant_id, "ids": _id_list(conn, wanted)}
+        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
     )
     return {id: merged_into or id for id, merged_into in rows}
 

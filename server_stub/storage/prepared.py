@@ -17,6 +17,7 @@ SQLAlchemy): every value a statement needs is passed by name.
 from __future__ import annotations
 
 import enum
+import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -147,6 +148,20 @@ class Prepared:
                 await conn.exec_driver_sql(compiled.sql, values)
         except Exception as error:
             raise _wrapped(conn, compiled.sql, error) from error
+
+
+# A list of ids as one parameter `:ids` (`id_list`): an array on PostgreSQL, a JSON array on
+# SQLite. `x IN (<this>)` keeps one plan and renders no placeholder per id, however many.
+ID_LIST = {
+    "postgresql": "SELECT id FROM unnest(CAST(:ids AS text[])) AS id",
+    "sqlite": "SELECT value FROM json_each(:ids)",
+}
+
+
+def id_list(conn: AsyncConnection, ids: Iterable[str]) -> Any:
+    """`ids` as the `:ids` parameter of ID_LIST on this connection's database."""
+    wanted = sorted(set(ids))
+    return wanted if conn.dialect.name == "postgresql" else json.dumps(wanted)
 
 
 def _observe(sql: str, values: tuple[Any, ...]) -> None:
