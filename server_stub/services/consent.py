@@ -16,7 +16,7 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 from typing import Any, NamedTuple
 
-from sqlalchemy import Row, bindparam, column, func, insert, select, text, update
+from sqlalchemy import Row, bindparam, func, insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import consent as rules
@@ -35,7 +35,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import changes, segment_hook
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.prepared import ID_LIST, Prepared, id_list
+from server_stub.storage.prepared import ID_IN, Prepared, id_list
 from server_stub.storage.tables import consent_decisions
 
 CONFIRMATION_CONTEXT = b"omnisdk consent confirmation v1"
@@ -353,19 +353,19 @@ class _LedgerRow(NamedTuple):
 
 
 # The person-scoped analytics decisions of a batch's customers, in one statement whatever
-# their number (storage/prepared.py, ID_LIST).
+# their number (storage/prepared.py, ID_IN).
 _ANALYTICS_LEDGER = {
     dialect: Prepared(
         select(*(consent_decisions.c[name] for name in _LedgerRow._fields))
         .where(
             consent_decisions.c.tenant_id == bindparam("tenant"),
-            consent_decisions.c.customer_id.in_(text(ids).columns(column("id"))),
+            text(ids.format(column="consent_decisions.customer_id")),
             consent_decisions.c.purpose == "analytics",
             consent_decisions.c.scope == rules.ConsentScope.PERSON.value,
         )
         .order_by(consent_decisions.c.recorded_at)
     )
-    for dialect, ids in ID_LIST.items()
+    for dialect, ids in ID_IN.items()
 }
 
 
@@ -379,7 +379,7 @@ async def analytics_allowed(
     wanted = set(asked)
     customer_ids = {customer for customer, _ in wanted}
     rows = await _ANALYTICS_LEDGER[conn.dialect.name].fetchall(
-        conn, {"tenant": context.tenant_id, "ids": id_list(conn, customer_ids)}
+        conn, {"tenant": context.tenant_id, "ids": id_list(customer_ids)}
     )
     by_customer: dict[str, list[rules.Decision]] = {customer: [] for customer in customer_ids}
     for row in map(_LedgerRow._make, rows):

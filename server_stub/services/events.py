@@ -42,7 +42,7 @@ from server_stub.ids import time_ordered_id, utcnow
 from server_stub.services import consent, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.database import dumps
-from server_stub.storage.prepared import Prepared
+from server_stub.storage.prepared import ID_IN, Prepared, id_list
 from server_stub.storage.tables import events, identifiers
 
 # Events stored without identifiers count in aggregates, for no one: they are kept under a
@@ -389,7 +389,8 @@ async def _store(
 _CLAIM_EVENT_IDS = Prepared(
     text(
         "INSERT INTO event_receipts (tenant_id, event_id, received_at) "
-        "SELECT :tenant, id, CAST(:now AS timestamptz) FROM unnest(CAST(:ids AS text[])) AS id "
+        "SELECT :tenant, value, CAST(:now AS timestamptz) "
+        "FROM json_array_elements_text(CAST(:ids AS json)) "
         "ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id"
     )
 )
@@ -406,7 +407,7 @@ async def _stored_ids(
     untimed = sorted({i.event_id for i in items if i.event.timestamp is None})
     if untimed and conn.dialect.name == "postgresql":
         claimed = await _CLAIM_EVENT_IDS.fetchall(
-            conn, {"tenant": tenant_id, "now": now, "ids": untimed}
+            conn, {"tenant": tenant_id, "now": now, "ids": id_list(untimed)}
         )
         seen = set(untimed) - {row[0] for row in claimed}
     times = [item.occurred_at for item in items]
@@ -414,7 +415,7 @@ async def _stored_ids(
     since, until = min(times) - DEDUPE_WINDOW, max(times) + DEDUPE_WINDOW
     if conn.dialect.name == "postgresql":
         rows = await _STORED_ON_POSTGRESQL.fetchall(
-            conn, {"tenant": tenant_id, "ids": ids, "since": since, "until": until}
+            conn, {"tenant": tenant_id, "ids": id_list(ids), "since": since, "until": until}
         )
         return seen | {row[0] for row in rows}
     found = await conn.execute(
@@ -428,11 +429,11 @@ async def _stored_ids(
     return seen | {row.event_id for row in found}
 
 
-# PostgreSQL: the ids as one array parameter (one plan, whatever the batch size).
+# PostgreSQL: the ids as one parameter (one plan, whatever the batch size).
 _STORED_ON_POSTGRESQL = Prepared(
     text(
         "SELECT event_id FROM events WHERE tenant_id = :tenant "
-        "AND event_id = ANY(CAST(:ids AS text[])) "
+        f"AND {ID_IN['postgresql'].format(column='event_id')} "
         "AND occurred_at >= CAST(:since AS timestamptz) "
         "AND occurred_at <= CAST(:until AS timestamptz)"
     )
@@ -468,21 +469,20 @@ async def record_order(
     await segment_hook.profile_changed(conn, tenant_id, [customer_id])
 
 
-# PostgreSQL: a batch in one statement, its columns sent as arrays (one round trip, one plan,
-# whatever the batch size). A concurrent request may store the same event between our check
-# and our insert: the unique key makes it a no-op.
+# PostgreSQL: a batch in one statement, its rows sent as one JSON array (one round trip, one
+# plan, whatever the batch size; storage/prepared.py, ID_IN, says why JSON). A concurrent
+# request may store the same event between our check and our insert: the unique key makes it
+# a no-op.
 _INSERT_ON_POSTGRESQL = Prepared(
     text(
         """
 INSERT INTO events (tenant_id, event_id, customer_id, origin_customer_id, name, channel,
                     occurred_at, received_at, properties, category, value)
 SELECT :tenant, e.event_id, e.customer_id, e.customer_id, e.name, e.channel, e.occurred_at,
-       CAST(:received AS timestamptz), CAST(e.properties AS json), e.category, e.value
-FROM unnest(CAST(:event_ids AS text[]), CAST(:customers AS text[]), CAST(:names AS text[]),
-            CAST(:channels AS text[]), CAST(:times AS timestamptz[]),
-            CAST(:properties AS text[]), CAST(:categories AS text[]),
-            CAST(:amounts AS float8[]))
-     AS e(event_id, customer_id, name, channel, occurred_at, properties, category, value)
+       CAST(:received AS timestamptz), e.properties, e.category, e.value
+FROM json_to_recordset(CAST(:rows AS json))
+     AS e(event_id text, customer_id text, name text, channel text, occurred_at timestamptz,
+          properties json, category text, value float8)
 ON CONFLICT (tenant_id, event_id, occurred_at) DO NOTHING
 RETURNING event_id
 """
@@ -518,19 +518,7 @@ async def _insert(
     the ids stored (SQLite, one writer at a time, never meets a concurrent insert)."""
     if conn.dialect.name == "postgresql":
         inserted = await _INSERT_ON_POSTGRESQL.fetchall(
-            conn,
-            {
-                "tenant": tenant_id,
-                "received": now,
-                "event_ids": [row["event_id"] for row in rows],
-                "customers": [row["customer_id"] for row in rows],
-                "names": [row["name"] for row in rows],
-                "channels": [row["channel"] for row in rows],
-                "times": [row["occurred_at"] for row in rows],
-                "properties": [dumps(row["properties"]) for row in rows],
-                "categories": [row["category"] for row in rows],
-                "amounts": [row["value"] for row in rows],
-            },
+            conn, {"tenant": tenant_id, "received": now, "rows": dumps(rows)}
         )
         return {row[0] for row in inserted}
     await _INSERT_ON_SQLITE.executemany(

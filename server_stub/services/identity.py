@@ -62,7 +62,7 @@ from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.services import alerts, carts, consent, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.prepared import ID_LIST, Prepared, id_list
+from server_stub.storage.prepared import ID_IN, Prepared, id_list
 from server_stub.storage.tables import (
     annotations_table,
     customers,
@@ -110,11 +110,11 @@ _LOCK_LIVE_CUSTOMER = {
 
 
 # A batch's identifiers and customers looked up in one statement whatever their number: the
-# values go as one array parameter (PostgreSQL) or one JSON array (SQLite), so each statement
-# has one plan and no list of placeholders is rendered per call (the batch endpoint names
+# values go as one JSON array parameter (storage/prepared.py, ID_IN), so each statement has
+# one plan and no list of placeholders is rendered per call (the batch endpoint names
 # hundreds of them; rendering them cost more than the lookup).
-_KEYS = {
-    "postgresql": "SELECT * FROM unnest(CAST(:types AS text[]), CAST(:values AS text[]))",
+_KEYS = {  # the keys as [type, value] pairs
+    "postgresql": "SELECT k->>0, k->>1 FROM json_array_elements(CAST(:keys AS json)) AS k",
     "sqlite": "SELECT json_extract(k.value, '$[0]'), json_extract(k.value, '$[1]') "
     "FROM json_each(:keys) AS k",
 }
@@ -127,10 +127,11 @@ _OWNERS = {
     )
     for dialect, keys in _KEYS.items()
 }
-_CUSTOMERS = "SELECT id, merged_into FROM customers WHERE tenant_id = :tenant AND id IN ({ids})"
-_LIVE_IDS = {
-    dialect: Prepared(text(_CUSTOMERS.format(ids=ids))) for dialect, ids in ID_LIST.items()
+_CUSTOMERS = "SELECT id, merged_into FROM customers WHERE tenant_id = :tenant AND {ids}"
+_CUSTOMERS_IN = {
+    dialect: _CUSTOMERS.format(ids=ids.format(column="id")) for dialect, ids in ID_IN.items()
 }
+_LIVE_IDS = {dialect: Prepared(text(sql)) for dialect, sql in _CUSTOMERS_IN.items()}
 _ROW_LOCKS: dict[RowLock, str] = {
     "read": "FOR KEY SHARE",
     "write": "FOR NO KEY UPDATE",
@@ -138,9 +139,7 @@ _ROW_LOCKS: dict[RowLock, str] = {
 }
 # PostgreSQL: the rows locked in id order; SQLite (one writer at a time): only read.
 _LOCK_CUSTOMERS: dict[tuple[str, RowLock], Prepared] = {
-    ("postgresql", mode): Prepared(
-        text(f"{_CUSTOMERS.format(ids=ID_LIST['postgresql'])} ORDER BY id {lock}")
-    )
+    ("postgresql", mode): Prepared(text(f"{_CUSTOMERS_IN['postgresql']} ORDER BY id {lock}"))
     for mode, lock in _ROW_LOCKS.items()
 } | {("sqlite", mode): _LIVE_IDS["sqlite"] for mode in _ROW_LOCKS}
 
@@ -193,7 +192,7 @@ async def lock_customers(
     if not wanted:
         return {}
     rows = await _LOCK_CUSTOMERS[conn.dialect.name, mode].fetchall(
-        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
+        conn, {"tenant": tenant_id, "ids": id_list(wanted)}
     )
     return {id: merged_into for id, merged_into in rows}
 
@@ -258,7 +257,7 @@ async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) ->
     if not wanted:
         return {}
     rows = await _LIVE_IDS[conn.dialect.name].fetchall(
-        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
+        conn, {"tenant": tenant_id, "ids": id_list(wanted)}
     )
     return {id: merged_into or id for id, merged_into in rows}
 
@@ -293,14 +292,8 @@ async def owners_of(
     """`owners` for many keys at once, in one statement (absent keys are unknown)."""
     if not keys:
         return {}
-    if conn.dialect.name == "postgresql":
-        parameters: dict[str, Any] = {
-            "types": [key.type.value for key in keys],
-            "values": [key.value for key in keys],
-        }
-    else:
-        parameters = {"keys": json.dumps([(key.type.value, key.value) for key in keys])}
-    rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, **parameters})
+    pairs = json.dumps([(key.type.value, key.value) for key in keys])
+    rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, "keys": pairs})
     return {
         IdentifierKey(IdentifierType(type), value): Owner(customer_id, bool(shared))
         for type, value, customer_id, shared in rows
