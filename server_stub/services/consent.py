@@ -379,7 +379,7 @@ async def analytics_allowed(
     wanted = set(asked)
     customer_ids = {customer for customer, _ in wanted}
     rows = await _ANALYTICS_LEDGER[conn.dialect.name].fetchall(
-        conn, {"tenant": context.tenant_id, "ids": id_list(customer_ids)}
+        conn, {"tenant": context.tenant_id, "ids": id_list(conn, customer_ids)}
     )
     by_customer: dict[str, list[rules.Decision]] = {customer: [] for customer in customer_ids}
     for row in map(_LedgerRow._make, rows):

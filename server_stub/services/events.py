@@ -389,8 +389,7 @@ async def _store(
 _CLAIM_EVENT_IDS = Prepared(
     text(
         "INSERT INTO event_receipts (tenant_id, event_id, received_at) "
-        "SELECT :tenant, value, CAST(:now AS timestamptz) "
-        "FROM json_array_elements_text(CAST(:ids AS json)) "
+        "SELECT :tenant, id, CAST(:now AS timestamptz) FROM unnest(CAST(:ids AS text[])) AS id "
         "ON CONFLICT (tenant_id, event_id) DO NOTHING RETURNING event_id"
     )
 )
@@ -407,7 +406,7 @@ async def _stored_ids(
     untimed = sorted({i.event_id for i in items if i.event.timestamp is None})
     if untimed and conn.dialect.name == "postgresql":
         claimed = await _CLAIM_EVENT_IDS.fetchall(
-            conn, {"tenant": tenant_id, "now": now, "ids": id_list(untimed)}
+            conn, {"tenant": tenant_id, "now": now, "ids": id_list(conn, untimed)}
         )
         seen = set(untimed) - {row[0] for row in claimed}
     times = [item.occurred_at for item in items]
@@ -415,7 +414,7 @@ async def _stored_ids(
     since, until = min(times) - DEDUPE_WINDOW, max(times) + DEDUPE_WINDOW
     if conn.dialect.name == "postgresql":
         rows = await _STORED_ON_POSTGRESQL.fetchall(
-            conn, {"tenant": tenant_id, "ids": id_list(ids), "since": since, "until": until}
+            conn, {"tenant": tenant_id, "ids": id_list(conn, ids), "since": since, "until": until}
         )
         return seen | {row[0] for row in rows}
     found = await conn.execute(
@@ -470,9 +469,10 @@ async def record_order(
 
 
 # PostgreSQL: a batch in one statement, its rows sent as one JSON array (one round trip, one
-# plan, whatever the batch size; storage/prepared.py, ID_IN, says why JSON). A concurrent
-# request may store the same event between our check and our insert: the unique key makes it
-# a no-op.
+# plan, whatever the batch size). JSON rather than an array per column: asyncpg encodes each
+# array element with an abstract-class check, two thirds of the statement's client time. A
+# concurrent request may store the same event between our check and our insert: the unique
+# key makes it a no-op.
 _INSERT_ON_POSTGRESQL = Prepared(
     text(
         """

@@ -110,11 +110,11 @@ _LOCK_LIVE_CUSTOMER = {
 
 
 # A batch's identifiers and customers looked up in one statement whatever their number: the
-# values go as one JSON array parameter (storage/prepared.py, ID_IN), so each statement has
-# one plan and no list of placeholders is rendered per call (the batch endpoint names
-# hundreds of them; rendering them cost more than the lookup).
-_KEYS = {  # the keys as [type, value] pairs
-    "postgresql": "SELECT k->>0, k->>1 FROM json_array_elements(CAST(:keys AS json)) AS k",
+# values go as arrays (PostgreSQL, whose planner sees their size) or one JSON array (SQLite;
+# storage/prepared.py, ID_IN), so no list of placeholders is rendered per call (the batch
+# endpoint names hundreds of them; rendering them cost more than the lookup).
+_KEYS = {
+    "postgresql": "SELECT * FROM unnest(CAST(:types AS text[]), CAST(:values AS text[]))",
     "sqlite": "SELECT json_extract(k.value, '$[0]'), json_extract(k.value, '$[1]') "
     "FROM json_each(:keys) AS k",
 }
@@ -192,7 +192,7 @@ async def lock_customers(
     if not wanted:
         return {}
     rows = await _LOCK_CUSTOMERS[conn.dialect.name, mode].fetchall(
-        conn, {"tenant": tenant_id, "ids": id_list(wanted)}
+        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
     )
     return {id: merged_into for id, merged_into in rows}
 
@@ -257,7 +257,7 @@ async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) ->
     if not wanted:
         return {}
     rows = await _LIVE_IDS[conn.dialect.name].fetchall(
-        conn, {"tenant": tenant_id, "ids": id_list(wanted)}
+        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
     )
     return {id: merged_into or id for id, merged_into in rows}
 
@@ -292,8 +292,14 @@ async def owners_of(
     """`owners` for many keys at once, in one statement (absent keys are unknown)."""
     if not keys:
         return {}
-    pairs = json.dumps([(key.type.value, key.value) for key in keys])
-    rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, "keys": pairs})
+    if conn.dialect.name == "postgresql":
+        parameters: dict[str, Any] = {
+            "types": [key.type.value for key in keys],
+            "values": [key.value for key in keys],
+        }
+    else:
+        parameters = {"keys": json.dumps([(key.type.value, key.value) for key in keys])}
+    rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, **parameters})
     return {
         IdentifierKey(IdentifierType(type), value): Owner(customer_id, bool(shared))
         for type, value, customer_id, shared in rows
