@@ -188,7 +188,7 @@ async def ingest(
 async def ingest_raw(
     conn: AsyncConnection, context: TenantContext, channel: Channel, batch: list[dict[str, Any]]
 ) -> Outcome:
-    """`ingest` for a batch whose events are validated one by one: an event that breaks the
+    """`ingest` for a batch whose events are judged one by one: an event that breaks the
     schema is rejected with its index and reason, never the whole batch with it."""
     valid, positions, refused = _validated(batch)
     outcome = await ingest(conn, context, channel, valid) if valid else Outcome([], [], [])

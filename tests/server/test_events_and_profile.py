@@ -11,7 +11,7 @@ from sqlalchemy import func, select
 
 from omnisdk.core.problems import ProblemType
 from omnisdk.testing import ATTRIBUTED_EVENTS
-from server_stub.storage.tables import events
+from server_stub.storage.tables import customers, events
 from tests.server.conftest import Harness, ShopForTest
 
 
@@ -291,3 +291,36 @@ async def test_annotation_needs_a_department_slug(shop: ShopForTest) -> None:
         json={"department": "Customer Service!", "author": "K", "text": "t"},
     )
     assert response.status_code == 422
+
+
+async def test_a_batch_of_new_visitors_makes_one_customer_each_and_its_replay_none(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """200 visitors never seen, each named by two events (one with a refused junk value
+    in between): each becomes one customer, and the same batch again changes nothing."""
+    batch: list[dict[str, Any]] = []
+    for n in range(200):
+        batch.append({"anonymous_id": f"new-{n}", "name": "page_viewed", "event_id": f"a{n}"})
+        batch.append({"anonymous_id": f"new-{n}", "name": "page_viewed", "event_id": f"b{n}"})
+    batch.insert(1, {"anonymous_id": "null", "name": "page_viewed", "event_id": "junk"})
+    for attempt in ("first", "replay"):
+        response = await shop.request("POST", "/v1/events/batch", json={"events": batch})
+        assert response.status_code == 200, response.text
+        result = response.json()
+        assert (result["accepted"], result["duplicates"]) == (
+            (400, 0) if attempt == "first" else (0, 400)
+        )
+        assert [(r["index"], r["type"]) for r in result["rejected"]] == [
+            (1, ProblemType.INVALID_IDENTIFIER)
+        ]
+    async with server.database.transaction(write=False) as conn:
+        owners = (
+            await conn.execute(
+                select(events.c.customer_id, func.count())
+                .where(events.c.tenant_id == shop.id)
+                .group_by(events.c.customer_id)
+            )
+        ).all()
+        made = await conn.scalar(select(func.count()).where(customers.c.tenant_id == shop.id))
+    assert len(owners) == 200 and {count for _, count in owners} == {2}
+    assert made == 200
