@@ -74,9 +74,12 @@ def _ceiling(rows: list[list[dict[str, Any]]], directory: Path) -> float:
         "CREATE TABLE events (seq INTEGER PRIMARY KEY, tenant_id TEXT, event_id TEXT, "
         "customer_id TEXT, origin_customer_id TEXT, name TEXT, channel TEXT, "
         "occurred_at TEXT, received_at TEXT, properties TEXT, category TEXT, value REAL, "
-        "UNIQUE (tenant_id, event_id))"
+        "UNIQUE (tenant_id, event_id, occurred_at))"
     )
-    db.execute("CREATE INDEX ix ON events (tenant_id, customer_id, occurred_at)")
+    # The indexes the server's events table has on SQLite (storage/tables.py).
+    db.execute("CREATE INDEX ix_customer_time ON events (tenant_id, customer_id, occurred_at)")
+    db.execute("CREATE INDEX ix_occurred_at ON events (occurred_at)")
+    db.execute("CREATE INDEX ix_origin ON events (tenant_id, origin_customer_id)")
     import json
 
     started = time.perf_counter()
