@@ -138,7 +138,7 @@ def _identity_of(named: _NamedKeys, event: EventIn) -> tuple[str | None, Identif
         else (IdentifierType.ANONYMOUS, event.anonymous_id)
     )
     try:
-        return None, named.key(IdentifierType(kind), value or "")
+        return None, named.key(kind, value or "")
     except InvalidIdentifier as error:
         raise Rejected(
             ProblemType.INVALID_IDENTIFIER,

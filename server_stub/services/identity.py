@@ -300,8 +300,9 @@ async def owners_of(
     else:
         parameters = {"keys": json.dumps([(key.type.value, key.value) for key in keys])}
     rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, **parameters})
+    types = {kind.value: kind for kind in IdentifierType}
     return {
-        IdentifierKey(IdentifierType(type), value): Owner(customer_id, bool(shared))
+        IdentifierKey(types[type], value): Owner(customer_id, bool(shared))
         for type, value, customer_id, shared in rows
     }
 
