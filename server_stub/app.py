@@ -152,12 +152,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             worker.start()
         # Start-up objects live as long as the process: keep them out of every GC pass.
         gc.freeze()
-        # Before serving: a watcher that reconnects to a restarted process meets the retention
-        # at once, not after the first interval.
-        await _prune_changes_once(database, settings)
+        # The expired change backlog is pruned once serving has begun, at once and then every
+        # interval, in bounded batches (maintenance.prune_changes): however long it is, it never
+        # delays readiness. Until it is gone the feed keeps more than its retention, never less
+        # (a watcher is told to resync only below what was pruned, raised with each batch).
+        app.state.changes_pruned_once = asyncio.Event()
         purgers = [
             asyncio.create_task(_purge_idempotency(database, settings)),
-            asyncio.create_task(_prune_changes(database, settings)),
+            asyncio.create_task(_prune_changes(database, settings, app.state.changes_pruned_once)),
             asyncio.create_task(_maintain(database, settings)),
             asyncio.create_task(_drain_segments(database, settings.segment_drain_seconds)),
             asyncio.create_task(_fold_history(database)),
@@ -225,11 +227,14 @@ async def _checked_sealer(settings: Settings, database: Database) -> Sealer:
     return sealer
 
 
-async def _prune_changes(database: Database, settings: Settings) -> None:
-    # Often enough that no change outlives its retention by more than a quarter of it (but
-    # never a busy loop, whatever the setting).
+async def _prune_changes(database: Database, settings: Settings, first: asyncio.Event) -> None:
+    """Prune at start-up, then often enough that no change outlives its retention by more
+    than a quarter of it (but never a busy loop, whatever the setting). `first` is set when
+    the start-up pass is over."""
     retention_seconds = settings.change_retention_seconds
     interval = max(MIN_PRUNE_INTERVAL_SECONDS, min(PURGE_INTERVAL_SECONDS, retention_seconds / 4))
+    await _prune_changes_once(database, settings)
+    first.set()
     while True:
         await asyncio.sleep(interval)
         await _prune_changes_once(database, settings)

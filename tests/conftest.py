@@ -11,6 +11,7 @@ import os
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy.engine import make_url
@@ -64,6 +65,16 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
 
 def postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
+
+
+async def direct_connection(url: str) -> Any:
+    """An asyncpg connection to the PostgreSQL database of `url`, beside the server's pools."""
+    import asyncpg
+
+    where = make_url(url)
+    return await asyncpg.connect(
+        host=where.host, port=where.port, user=where.username, database=where.database
+    )
 
 
 async def _admin(admin_url: str, statement: str) -> None:

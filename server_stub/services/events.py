@@ -8,8 +8,9 @@ identifier never seen before creates a customer, exactly as `identify` with it a
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import date, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -56,7 +57,12 @@ DEDUPE_WINDOW = timedelta(days=1)
 
 def anonymous_bucket(occurred_at: datetime) -> str:
     """The owner of an event stored without identifiers."""
-    return f"{ANONYMOUS_PREFIX}{occurred_at:%Y-%m-%d}"
+    return _bucket_of_day(occurred_at.date())
+
+
+@functools.lru_cache(maxsize=64)
+def _bucket_of_day(day: date) -> str:
+    return f"{ANONYMOUS_PREFIX}{day:%Y-%m-%d}"
 
 
 def is_anonymous(customer_id: str) -> bool:
@@ -95,9 +101,25 @@ class Outcome:
         )
 
 
-def _identity_of(context: TenantContext, event: EventIn) -> tuple[str | None, IdentifierKey | None]:
-    named = [x for x in (event.customer_id, event.anonymous_id, event.identifier) if x is not None]
-    if len(named) != 1:
+class _NamedKeys:
+    """The stored keys of the identifiers a batch names, each worked out once per batch
+    (a batch names the same few visitors again and again)."""
+
+    def __init__(self, context: TenantContext) -> None:
+        self._context = context
+        self._known: dict[tuple[IdentifierType, str], IdentifierKey] = {}
+
+    def key(self, kind: IdentifierType, value: str) -> IdentifierKey:
+        """As TenantContext.key: raises InvalidIdentifier (each time) for a refused value."""
+        known = self._known.get((kind, value))
+        if known is None:
+            known = self._known[kind, value] = self._context.key(kind, value)
+        return known
+
+
+def _identity_of(named: _NamedKeys, event: EventIn) -> tuple[str | None, IdentifierKey | None]:
+    given = [x for x in (event.customer_id, event.anonymous_id, event.identifier) if x is not None]
+    if len(given) != 1:
         raise Rejected(
             ProblemType.INVALID_EVENT,
             "name the customer by exactly one of customer_id, anonymous_id or identifier",
@@ -116,7 +138,7 @@ def _identity_of(context: TenantContext, event: EventIn) -> tuple[str | None, Id
         else (IdentifierType.ANONYMOUS, event.anonymous_id)
     )
     try:
-        return None, context.key(kind, value or "")
+        return None, named.key(IdentifierType(kind), value or "")
     except InvalidIdentifier as error:
         raise Rejected(
             ProblemType.INVALID_IDENTIFIER,
@@ -132,6 +154,7 @@ async def ingest(
     tenant_id = context.tenant_id
     rejected: list[EventRejection] = []
     pending: list[_Pending] = []
+    named = _NamedKeys(context)
     for index, event in enumerate(batch):
         # Time-ordered, so the index of ids made here grows at its end (issue 21).
         event_id = event.event_id or time_ordered_id(now)
@@ -139,7 +162,7 @@ async def ingest(
             occurred_at = event.timestamp or now
             check_names(event.event_id, event.customer_id)
             extracted = check_event(event.name, event.properties, occurred_at, now)
-            customer_id, key = _identity_of(context, event)
+            customer_id, key = _identity_of(named, event)
         except InvalidEvent as error:
             rejected.append(_rejection(index, event_id, ProblemType.INVALID_EVENT, str(error)))
             continue
@@ -148,9 +171,6 @@ async def ingest(
             continue
         pending.append(_Pending(index, event_id, event, occurred_at, extracted, customer_id, key))
 
-    # Identifiers never seen before create customers: lock just those (identity.py), then
-    # _attribute reads their owners again (an identify may have linked one meanwhile).
-    await identity.lock_identifiers(conn, tenant_id, await _unknown_keys(conn, tenant_id, pending))
     await _attribute(conn, context, pending, now)
     await _hold_customers(conn, tenant_id, pending)
     for item in pending:
@@ -170,6 +190,28 @@ async def ingest_raw(
 ) -> Outcome:
     """`ingest` for a batch whose events are validated one by one: an event that breaks the
     schema is rejected with its index and reason, never the whole batch with it."""
+    valid, positions, refused = _validated(batch)
+    outcome = await ingest(conn, context, channel, valid) if valid else Outcome([], [], [])
+    rejected = [r.model_copy(update={"index": positions[r.index]}) for r in outcome.rejected]
+    rejected = sorted(rejected + refused, key=lambda r: r.index)
+    accepted = [(positions[i], event_id, owner) for i, event_id, owner in outcome.accepted]
+    duplicates = [(positions[i], event_id, owner) for i, event_id, owner in outcome.duplicates]
+    return Outcome(accepted, duplicates, rejected)
+
+
+# One pass over the whole batch (pydantic's loop, not ours); only a batch holding an invalid
+# event is validated again one event at a time, to reject that one with its index.
+_BATCH = pydantic.TypeAdapter(list[EventIn])
+
+
+def _validated(
+    batch: list[dict[str, Any]],
+) -> tuple[list[EventIn], list[int], list[EventRejection]]:
+    """The batch's valid events, their positions in it, and a rejection for each other one."""
+    try:
+        return _BATCH.validate_python(batch), list(range(len(batch))), []
+    except pydantic.ValidationError:
+        pass
     valid: list[EventIn] = []
     positions: list[int] = []
     refused: list[EventRejection] = []
@@ -179,12 +221,7 @@ async def ingest_raw(
             positions.append(index)
         except pydantic.ValidationError as error:
             refused.append(_schema_rejection(index, raw, error))
-    outcome = await ingest(conn, context, channel, valid) if valid else Outcome([], [], [])
-    rejected = [r.model_copy(update={"index": positions[r.index]}) for r in outcome.rejected]
-    rejected = sorted(rejected + refused, key=lambda r: r.index)
-    accepted = [(positions[i], event_id, owner) for i, event_id, owner in outcome.accepted]
-    duplicates = [(positions[i], event_id, owner) for i, event_id, owner in outcome.duplicates]
-    return Outcome(accepted, duplicates, rejected)
+    return valid, positions, refused
 
 
 def _schema_rejection(
@@ -220,16 +257,6 @@ def _rejection(index: int, event_id: str, type: ProblemType, detail: str) -> Eve
     return EventRejection(index=index, event_id=event_id, type=type.value, detail=detail)
 
 
-async def _unknown_keys(
-    conn: AsyncConnection, tenant_id: str, pending: list[_Pending]
-) -> list[IdentifierKey]:
-    keys = list({p.key for p in pending if p.key is not None})
-    if not keys:
-        return []
-    known = await identity.owners(conn, tenant_id, keys)
-    return [key for key in keys if key not in known]
-
-
 async def _hold_customers(conn: AsyncConnection, tenant_id: str, pending: list[_Pending]) -> None:
     """Keep the customers the events go to from being erased before they are stored (a key
     share lock: no other write waits for it). One erased meanwhile refuses its events."""
@@ -248,12 +275,22 @@ async def _attribute(
     """Set each pending event's live customer id, or its refusal."""
     tenant_id = context.tenant_id
     keys = list({p.key for p in pending if p.key is not None})
-    stored = await identity.owners(conn, tenant_id, keys)
-    shared = {key for key, row in stored.items() if row.shared or row.customer_id is None}
-    created: dict[IdentifierKey, str] = {}
-    for key in keys:
-        if key not in stored:
-            created[key] = await identity.create_customer(conn, tenant_id, now)
+    stored = await identity.owners_of(conn, tenant_id, keys)
+    unknown = [key for key in keys if key not in stored]
+    if unknown:
+        # Identifiers never seen before create customers: lock just those (identity.py), then
+        # read their owners again (an identify may have linked one meanwhile).
+        await identity.lock_identifiers(conn, tenant_id, unknown)
+        stored |= await identity.owners_of(conn, tenant_id, unknown)
+    shared = {key for key, owner in stored.items() if owner.shared or owner.customer_id is None}
+    new_keys = [key for key in keys if key not in stored]
+    created = dict(
+        zip(
+            new_keys,
+            await identity.create_customers(conn, tenant_id, len(new_keys), now),
+            strict=True,
+        )
+    )
     if created:
         await conn.execute(
             identifiers.insert(),
@@ -269,7 +306,7 @@ async def _attribute(
                 for k, customer_id in created.items()
             ],
         )
-    owner_ids = {key: row.customer_id for key, row in stored.items() if row.customer_id}
+    owner_ids = {key: owner.customer_id for key, owner in stored.items() if owner.customer_id}
     named = {p.customer_id for p in pending if p.customer_id is not None}
     live = await identity.live_ids(conn, tenant_id, [*owner_ids.values(), *named])
     for item in pending:

@@ -38,10 +38,11 @@ the logic is the same.
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 from sqlalchemy import Row, bindparam, delete, func, insert, or_, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -108,6 +109,50 @@ _LOCK_LIVE_CUSTOMER = {
 }
 
 
+# A batch's identifiers and customers looked up in one statement whatever their number: the
+# values go as one array parameter (PostgreSQL) or one JSON array (SQLite), so each statement
+# has one plan and no list of placeholders is rendered per call (the batch endpoint names
+# hundreds of them; rendering them cost more than the lookup).
+_IDS = {
+    "postgresql": "SELECT id FROM unnest(CAST(:ids AS text[])) AS id",
+    "sqlite": "SELECT value FROM json_each(:ids)",
+}
+_KEYS = {
+    "postgresql": "SELECT * FROM unnest(CAST(:types AS text[]), CAST(:values AS text[]))",
+    "sqlite": "SELECT json_extract(k.value, '$[0]'), json_extract(k.value, '$[1]') "
+    "FROM json_each(:keys) AS k",
+}
+_OWNERS = {
+    dialect: Prepared(
+        text(
+            "SELECT type, value, customer_id, shared FROM identifiers "
+            f"WHERE tenant_id = :tenant AND (type, value) IN ({keys})"
+        )
+    )
+    for dialect, keys in _KEYS.items()
+}
+_CUSTOMERS = "SELECT id, merged_into FROM customers WHERE tenant_id = :tenant AND id IN ({ids})"
+_LIVE_IDS = {dialect: Prepared(text(_CUSTOMERS.format(ids=ids))) for dialect, ids in _IDS.items()}
+_ROW_LOCKS: dict[RowLock, str] = {
+    "read": "FOR KEY SHARE",
+    "write": "FOR NO KEY UPDATE",
+    "delete": "FOR UPDATE",
+}
+# PostgreSQL: the rows locked in id order; SQLite (one writer at a time): only read.
+_LOCK_CUSTOMERS: dict[tuple[str, RowLock], Prepared] = {
+    ("postgresql", mode): Prepared(
+        text(f"{_CUSTOMERS.format(ids=_IDS['postgresql'])} ORDER BY id {lock}")
+    )
+    for mode, lock in _ROW_LOCKS.items()
+} | {("sqlite", mode): _LIVE_IDS["sqlite"] for mode in _ROW_LOCKS}
+
+
+def _id_list(conn: AsyncConnection, ids: Iterable[str]) -> Any:
+    """`ids` as the one parameter the statements above take on this connection's database."""
+    wanted = sorted(set(ids))
+    return wanted if conn.dialect.name == "postgresql" else json.dumps(wanted)
+
+
 def identifier_lock_key(tenant_id: str, key: IdentifierKey) -> int:
     """The advisory lock of one identifier of a tenant: a signed 64-bit hash (a collision
     only makes two identifiers share a lock)."""
@@ -152,17 +197,13 @@ async def lock_customers(
     found id with its `merged_into` as it is now. `mode`: "read" (FOR KEY SHARE: the rows may
     not be deleted before we commit; other writes go on), "write" (FOR NO KEY UPDATE: we
     change who they are) or "delete" (FOR UPDATE: we erase them)."""
-    wanted = sorted(set(ids))
+    wanted = set(ids)
     if not wanted:
         return {}
-    query = (
-        select(customers.c.id, customers.c.merged_into)
-        .where(customers.c.tenant_id == tenant_id, customers.c.id.in_(wanted))
-        .order_by(customers.c.id)
+    rows = await _LOCK_CUSTOMERS[conn.dialect.name, mode].fetchall(
+        conn, {"tenant": tenant_id, "ids": _id_list(conn, wanted)}
     )
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update(read=mode == "read", key_share=mode != "delete")
-    return {row.id: row.merged_into for row in await conn.execute(query)}
+    return {id: merged_into for id, merged_into in rows}
 
 
 def invalid_identifier(error: InvalidIdentifier) -> Problem:
@@ -224,12 +265,10 @@ async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) ->
     wanted = set(ids)
     if not wanted:
         return {}
-    rows = await conn.execute(
-        select(customers.c.id, customers.c.merged_into).where(
-            customers.c.tenant_id == tenant_id, customers.c.id.in_(wanted)
-        )
+    rows = await _LIVE_IDS[conn.dialect.name].fetchall(
+        conn, {"tenant": tenant_id, "ids": _id_list(conn, wanted)}
     )
-    return {row.id: row.merged_into or row.id for row in rows}
+    return {id: merged_into or id for id, merged_into in rows}
 
 
 async def owners(
@@ -249,6 +288,33 @@ async def owners(
     return {IdentifierKey(IdentifierType(row.type), row.value): row for row in rows}
 
 
+class Owner(NamedTuple):
+    """Who an identifier names: its customer (None once erased) and whether it is shared."""
+
+    customer_id: str | None
+    shared: bool
+
+
+async def owners_of(
+    conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey]
+) -> dict[IdentifierKey, Owner]:
+    """`owners` for many keys at once, in one statement (absent keys are unknown)."""
+    if not keys:
+        return {}
+    if conn.dialect.name == "postgresql":
+        parameters: dict[str, Any] = {
+            "types": [key.type.value for key in keys],
+            "values": [key.value for key in keys],
+        }
+    else:
+        parameters = {"keys": json.dumps([(key.type.value, key.value) for key in keys])}
+    rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, **parameters})
+    return {
+        IdentifierKey(IdentifierType(type), value): Owner(customer_id, bool(shared))
+        for type, value, customer_id, shared in rows
+    }
+
+
 async def resolve(conn: AsyncConnection, context: TenantContext, key: IdentifierKey) -> str | None:
     row = (await owners(conn, context.tenant_id, [key])).get(key)
     if row is None or row.shared or row.customer_id is None:
@@ -260,12 +326,21 @@ async def resolve(conn: AsyncConnection, context: TenantContext, key: Identifier
 
 
 async def create_customer(conn: AsyncConnection, tenant_id: str, now: datetime) -> str:
-    customer_id = new_id("cus", 10)
-    await conn.execute(
-        insert(customers).values(tenant_id=tenant_id, id=customer_id, created_at=now, traits={})
-    )
-    await segment_hook.profile_changed(conn, tenant_id, [customer_id])  # a new customer
-    return customer_id
+    return (await create_customers(conn, tenant_id, 1, now))[0]
+
+
+async def create_customers(
+    conn: AsyncConnection, tenant_id: str, count: int, now: datetime
+) -> list[str]:
+    """`count` new customers, in one statement (a batch of events from new visitors)."""
+    ids = [new_id("cus", 10) for _ in range(count)]
+    if ids:
+        await conn.execute(
+            insert(customers),
+            [{"tenant_id": tenant_id, "id": id, "created_at": now, "traits": {}} for id in ids],
+        )
+        await segment_hook.profile_changed(conn, tenant_id, ids)  # new customers
+    return ids
 
 
 async def _link(

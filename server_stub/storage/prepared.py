@@ -134,7 +134,7 @@ class Prepared:
 
     async def executemany(self, conn: AsyncConnection, rows: Iterable[Mapping[str, Any]]) -> None:
         compiled = self._compiled(conn.dialect)
-        values = [_values(compiled, row) for row in rows]
+        values = _many_values(compiled, rows)
         if statement_observers and values:
             _observe(compiled.sql, values[0])
         driver, kind = await _driver(conn)
@@ -184,6 +184,32 @@ def _values(compiled: _Compiled, parameters: Mapping[str, Any]) -> tuple[Any, ..
         parameters[name] if process is None else process(parameters[name])
         for name, process in zip(compiled.names, compiled.binds, strict=True)
     )
+
+
+_UNSEEN = object()
+
+
+def _many_values(compiled: _Compiled, rows: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """`_values` of each row; a value that is the very object the row before held in its
+    column (a batch's tenant, its arrival time) is processed once, not once per row."""
+    columns = tuple(zip(compiled.names, compiled.binds, strict=True))
+    previous: list[Any] = [_UNSEEN] * len(columns)
+    processed: list[Any] = [None] * len(columns)
+    many = []
+    for row in rows:
+        if compiled.defaults:
+            row = {**compiled.defaults, **row}
+        cells = []
+        for n, (name, process) in enumerate(columns):
+            value = row[name]
+            if process is not None:
+                if value is not previous[n]:
+                    previous[n] = value
+                    processed[n] = process(value)
+                value = processed[n]
+            cells.append(value)
+        many.append(tuple(cells))
+    return many
 
 
 class _Kind(enum.Enum):

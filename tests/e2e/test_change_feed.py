@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import queue
 import threading
+import time
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from omnisdk.resources.changes import Change
 from omnisdk.testing import ServerProcess, TestTenant
-from tests.conftest import PostgresDatabases
+from server_stub.storage.migrate import upgrade
+from tests.conftest import PostgresDatabases, direct_connection
 
 
 def watch_in_background(
@@ -70,3 +75,86 @@ def test_a_change_through_one_process_reaches_a_watcher_on_another(
                 web.carts.add(amy, "TR2", 2)
             change = seen.get(timeout=10)
     assert any(line.sku == "TR2" and line.quantity == 2 for line in change.data.lines)
+
+
+BACKLOG = 20_000  # expired changes waiting when the server starts
+
+
+@pytest.mark.postgres
+def test_a_server_serves_before_its_expired_backlog_is_pruned_and_prunes_it_all(
+    postgres_databases: PostgresDatabases | None, tmp_path: Path
+) -> None:
+    """The start-up pruning runs behind the server: while a transaction holds the feed's
+    counter (so no pruning batch can commit), the server still becomes ready and answers;
+    once it lets go, every expired change goes, in batches, and the horizon covers them."""
+    if postgres_databases is None:
+        pytest.skip("needs PostgreSQL (OMNISDK_TEST_POSTGRES_URL)")
+    url = postgres_databases.new()
+    asyncio.run(upgrade(url))
+    asyncio.run(_seed_backlog(url))
+    holder = asyncio.new_event_loop()
+    try:
+        counter = holder.run_until_complete(_hold_counter(url))
+        env = {
+            "OMNISDK_CHANGE_RETENTION_SECONDS": "3600",
+            "OMNISDK_MAINTENANCE_BATCH_ROWS": "1000",
+        }
+        with ServerProcess(url, env=env, log_path=tmp_path / "server.log") as server:
+            assert httpx.get(f"{server.url}/healthz", timeout=10).status_code == 200
+            assert asyncio.run(_horizon(url)) == (BACKLOG, 0)  # nothing pruned yet
+            holder.run_until_complete(counter.close())  # lets the pruning through
+            deadline = time.monotonic() + 120
+            while asyncio.run(_horizon(url)) != (BACKLOG, BACKLOG):
+                assert time.monotonic() < deadline, "the backlog was not pruned"
+                time.sleep(0.2)
+            assert asyncio.run(_left(url)) == 0
+    finally:
+        holder.close()
+
+
+async def _seed_backlog(url: str) -> None:
+    conn = await direct_connection(url)
+    try:
+        await conn.execute(
+            "INSERT INTO change_positions (tenant_id, position, pruned_through) "
+            "VALUES ('ten_backlog', $1, 0)",
+            BACKLOG,
+        )
+        await conn.execute(
+            "INSERT INTO changes (tenant_id, position, customer_id, kind, payload, created_at) "
+            "SELECT 'ten_backlog', n, 'cus_' || (n % 100), 'session', '{}', "
+            "now() - interval '30 days' FROM generate_series(1, $1) AS n",
+            BACKLOG,
+        )
+    finally:
+        await conn.close()
+
+
+async def _hold_counter(url: str) -> Any:
+    """A connection in a transaction holding the tenant's feed counter row."""
+    conn = await direct_connection(url)
+    await conn.execute("BEGIN")
+    await conn.execute("SELECT 1 FROM change_positions WHERE tenant_id = 'ten_backlog' FOR UPDATE")
+    return conn
+
+
+async def _horizon(url: str) -> tuple[int, int]:
+    conn = await direct_connection(url)
+    try:
+        row = await conn.fetchrow(
+            "SELECT position, pruned_through FROM change_positions WHERE tenant_id = 'ten_backlog'"
+        )
+    finally:
+        await conn.close()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+async def _left(url: str) -> int:
+    conn = await direct_connection(url)
+    try:
+        return int(
+            await conn.fetchval("SELECT count(*) FROM changes WHERE tenant_id = 'ten_backlog'")
+        )
+    finally:
+        await conn.close()

@@ -53,8 +53,9 @@ async def test_the_retention_prunes_old_changes_and_raises_the_horizon(
 ) -> None:
     for note in ("a", "b", "c"):
         await publish(server.database, shop.id, note)
-    # A process starting with a retention shorter than their age prunes them before serving.
+    # A process starting with a retention shorter than their age prunes them once it serves.
     async for restarted in start_harness(migrated_database_url, change_retention_seconds=1e-6):
+        await restarted.app.state.changes_pruned_once.wait()
         async with restarted.database.transaction(write=False) as conn:
             bounds = await changes.horizon(conn, shop.id)
     assert bounds == changes.Horizon(newest=3, pruned_through=3)

@@ -139,12 +139,15 @@ class Extracted:
 
 
 _SCALARS = (str, int, float, bool, type(None))
+_NESTING = (dict, list, tuple)
 MAX_DEPTH = 32  # how deep JSON a customer record may nest (deeper is refused, never stored)
 
 
 def json_depth(value: Any) -> int:
     """How deep objects and arrays nest in `value` (a scalar is 0), without recursion: a
     hostile body nested a thousand levels deep must not exhaust the stack."""
+    if type(value) is dict and not any(isinstance(child, _NESTING) for child in value.values()):
+        return 1  # the common case: an object of scalars
     deepest = 0
     stack: list[tuple[Any, int]] = [(value, 0)]
     while stack:
