@@ -21,11 +21,14 @@ from typing import Any
 import asyncpg
 
 from omnisdk.core.cart import Cart
+from server_stub.storage import partitions
 
 HEAVY = 5  # customers with HEAVY_EVENTS events each: s0 (profile), s1 (export), s2.. (erasure)
 HEAVY_EVENTS = 10_000
 CHUNK = 50_000
 CHANGES_PER_CUSTOMER = 5
+HISTORY = timedelta(days=60)  # events spread over the last 60 days
+HISTORY_MINUTES = int(HISTORY.total_seconds() // 60)
 CONSENT_EVERY = 50
 
 
@@ -72,6 +75,20 @@ async def _copy(
     return count
 
 
+async def _partitions_for(conn: asyncpg.Connection, first: datetime, last: datetime) -> None:
+    """Give every month of the history its partition before loading (a server makes months
+    ahead; a shop's past is older than the server's first start)."""
+    names = [row[0] for row in await conn.fetch(partitions.LIST_PARTITIONS_SQL)]
+    existing = {partitions.month_of(name) for name in names}
+    month = partitions.month_start(first)
+    while month <= last:
+        if month not in existing:
+            async with conn.transaction():
+                for statement in partitions.create_partition_sql(month):
+                    await conn.execute(statement)
+        month = partitions.add_months(month, 1)
+
+
 async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
     """Load the shop into tenant `tenant_id` of the migrated database at `dsn`."""
     now = datetime.now(UTC)
@@ -101,6 +118,7 @@ async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
                 )
             ),
         )
+        await _partitions_for(conn, now - HISTORY, now)
         events = await _copy(conn, "events", _EVENT_COLUMNS, _events(tenant_id, customers, now))
         cart = json.dumps(Cart().to_dict())
         carts = await _copy(
@@ -210,7 +228,7 @@ def _events(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any
         owner = customer_id(n)
         for k in range(events_of(n, customers)):
             serial += 1
-            when = now - timedelta(minutes=(serial * 7919) % (60 * 24 * 60))
+            when = now - timedelta(minutes=(serial * 7919) % HISTORY_MINUTES)
             if k % 10 == 9:
                 properties = {"order_id": f"o{serial}", "value": 80.0, "skus": [f"SKU{k % 300}"]}
                 yield (
