@@ -2,9 +2,11 @@
 
 Per N customers: N customers; 3N identifiers (two devices each, and a shop account id or a
 loyalty card);
-events with skew (HEAVY customers with 10,000 each, 5 % with 20, the rest 3; one in ten an
-order); carts for one in ten; an analytics decision for every other one. Rows go in chunks, so
-memory stays bounded whatever N.
+events with skew (HEAVY customers with 10,000 each, 5 % with 20, the rest 5; one in ten an
+order: 5.75 N events, so more than 50 M at 10 M); carts for one in ten; an analytics grant for
+every other one and a personalisation grant for every fourth; CHANGES_PER_CUSTOMER change-feed
+entries per customer (carts and sessions, one in CONSENT_EVERY customers a consent change: a
+rare kind for a watcher to look for). Rows go in chunks, so memory stays bounded whatever N.
 """
 
 from __future__ import annotations
@@ -19,10 +21,15 @@ from typing import Any
 import asyncpg
 
 from omnisdk.core.cart import Cart
+from server_stub.storage import partitions
 
 HEAVY = 5  # customers with HEAVY_EVENTS events each: s0 (profile), s1 (export), s2.. (erasure)
 HEAVY_EVENTS = 10_000
 CHUNK = 50_000
+CHANGES_PER_CUSTOMER = 5
+HISTORY = timedelta(days=60)  # events spread over the last 60 days
+HISTORY_MINUTES = int(HISTORY.total_seconds() // 60)
+CONSENT_EVERY = 50
 
 
 @dataclass(frozen=True)
@@ -32,6 +39,7 @@ class Loaded:
     events: int
     carts: int
     decisions: int
+    changes: int
     seconds: float
     bytes: int
 
@@ -43,7 +51,7 @@ def customer_id(n: int) -> str:
 def events_of(n: int, customers: int) -> int:
     if n < HEAVY:
         return HEAVY_EVENTS
-    return 20 if n % 20 == 0 else 3
+    return 20 if n % 20 == 0 else 5
 
 
 def _chunks(rows: Iterator[tuple[Any, ...]]) -> Iterator[list[tuple[Any, ...]]]:
@@ -65,6 +73,20 @@ async def _copy(
         await conn.copy_records_to_table(table, records=chunk, columns=columns)
         count += len(chunk)
     return count
+
+
+async def _partitions_for(conn: asyncpg.Connection, first: datetime, last: datetime) -> None:
+    """Give every month of the history its partition before loading (a server makes months
+    ahead; a shop's past is older than the server's first start)."""
+    names = [row[0] for row in await conn.fetch(partitions.LIST_PARTITIONS_SQL)]
+    existing = {partitions.month_of(name) for name in names}
+    month = partitions.month_start(first)
+    while month <= last:
+        if month not in existing:
+            async with conn.transaction():
+                for statement in partitions.create_partition_sql(month):
+                    await conn.execute(statement)
+        month = partitions.add_months(month, 1)
 
 
 async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
@@ -96,6 +118,7 @@ async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
                 )
             ),
         )
+        await _partitions_for(conn, now - HISTORY, now)
         events = await _copy(conn, "events", _EVENT_COLUMNS, _events(tenant_id, customers, now))
         cart = json.dumps(Cart().to_dict())
         carts = await _copy(
@@ -105,26 +128,14 @@ async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
             ((tenant_id, customer_id(n), cart, 1, now) for n in range(0, customers, 10)),
         )
         decisions = await _copy(
-            conn,
-            "consent_decisions",
-            _DECISION_COLUMNS,
-            (
-                (
-                    tenant_id,
-                    f"cns_s{n}",
-                    customer_id(n),
-                    customer_id(n),
-                    "analytics",
-                    "granted",
-                    "person",
-                    "web",
-                    "banner",
-                    "click",
-                    1,
-                    now - timedelta(days=90),
-                )
-                for n in range(0, customers, 2)
-            ),
+            conn, "consent_decisions", _DECISION_COLUMNS, _decisions(tenant_id, customers, now)
+        )
+        changes = await _copy(conn, "changes", _CHANGE_COLUMNS, _changes(tenant_id, customers, now))
+        await conn.execute(
+            "INSERT INTO change_positions (tenant_id, position, pruned_through) "
+            "VALUES ($1, $2, 0) ON CONFLICT (tenant_id) DO UPDATE SET position = $2",
+            tenant_id,
+            changes,
         )
         await conn.execute("ANALYZE")
         after = int(await conn.fetchval("SELECT pg_database_size(current_database())"))
@@ -136,6 +147,7 @@ async def load(dsn: dict[str, Any], tenant_id: str, customers: int) -> Loaded:
         events,
         carts,
         decisions,
+        changes,
         time.perf_counter() - started,
         after - before,
     )
@@ -170,13 +182,53 @@ _DECISION_COLUMNS = [
 ]
 
 
+_CHANGE_COLUMNS = ["tenant_id", "position", "customer_id", "kind", "payload", "created_at"]
+
+
+def _decisions(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
+    granted = now - timedelta(days=90)
+    for n in range(0, customers, 2):
+        purposes = ("analytics", "personalisation") if n % 4 == 0 else ("analytics",)
+        for purpose in purposes:
+            owner = customer_id(n)
+            yield (
+                tenant_id,
+                f"cns_s{n}_{purpose}",
+                owner,
+                owner,
+                purpose,
+                "granted",
+                "person",
+                "web",
+                "banner",
+                "click",
+                1,
+                granted,
+            )
+
+
+def _changes(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
+    position = 0
+    for n in range(customers):
+        owner = customer_id(n)
+        for k in range(CHANGES_PER_CUSTOMER):
+            position += 1
+            if k == CHANGES_PER_CUSTOMER - 1 and n % CONSENT_EVERY == 0:
+                kind, payload = "consent", '{"purposes": {"analytics": "granted"}}'
+            elif k % 2:
+                kind, payload = "session", f'{{"version": {k}}}'
+            else:
+                kind, payload = "cart", f'{{"version": {k}}}'
+            yield (tenant_id, position, owner, kind, payload, now)
+
+
 def _events(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
     serial = 0
     for n in range(customers):
         owner = customer_id(n)
         for k in range(events_of(n, customers)):
             serial += 1
-            when = now - timedelta(minutes=(serial * 7919) % (60 * 24 * 60))
+            when = now - timedelta(minutes=(serial * 7919) % HISTORY_MINUTES)
             if k % 10 == 9:
                 properties = {"order_id": f"o{serial}", "value": 80.0, "skus": [f"SKU{k % 300}"]}
                 yield (

@@ -3,10 +3,11 @@
 The model (omnisdk.core.recs) is cut from co-occurrence counts that are kept between builds
 in `recommendation_pairs`, with how far they have got (`recommendation_progress`: every
 basket event up to `counted_through`, an `events.seq`). A build reads only the events after
-that mark, in keyset batches of BATCH_EVENTS, and adds what they change to the counts, each
-batch in one transaction with the mark and the job's checkpoint: memory stays bounded by a
-batch whatever the history, a day's events cost a day's work, and a build cut short (the
-process killed) goes on from its last batch.
+that mark, in keyset batches of BATCH_EVENTS, into a window of counts held in memory (at most
+WINDOW_PAIRS pairs and WINDOW_CUSTOMERS customers), and writes each window in one transaction
+with the mark and the job's checkpoint: memory stays bounded by a window whatever the history,
+a pair counted in many batches is written once, a day's events cost a day's work, and a build
+cut short (the process killed) goes on from its last written window.
 
 What a basket is does not change (omnisdk.core.recs): an order's SKUs; and a customer's
 added SKUs (by the customer id each event was recorded under). When a batch holds a cart
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -56,6 +58,8 @@ log = logging.getLogger("omnisdk.server.jobs")
 KIND = "recommendations.rebuild"
 BASKET_EVENTS = ("order_completed", "product_added")
 BATCH_EVENTS = 5_000
+WINDOW_PAIRS = 500_000  # distinct pair counts held in memory before they are written
+WINDOW_CUSTOMERS = 20_000  # customers whose cart baskets wait for their recount
 CUSTOMERS_PER_QUERY = 500
 SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a build begins
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
@@ -77,7 +81,11 @@ class RebuildParams(BaseModel):
 
 def _items(skus: Iterable[Any]) -> list[str]:
     """A basket as omnisdk.core.recs.build takes it: distinct, sorted, at most MAX_BASKET."""
-    found = {str(sku) for sku in skus if isinstance(sku, str | int) and not isinstance(sku, bool)}
+    found = {
+        sys.intern(str(sku))
+        for sku in skus
+        if isinstance(sku, str | int) and not isinstance(sku, bool)
+    }
     return sorted(sku for sku in found if sku and len(sku) <= MAX_SKU_LENGTH)[: recs.MAX_BASKET]
 
 
@@ -102,16 +110,31 @@ async def rebuild(
         async with database.transaction(write=True) as conn:
             await _reset(conn, tenant_id)
             await ctx.checkpoint({"reset": True}, conn)
-    ceiling = await _settled_ceiling(database, tenant_id)
     async with database.transaction(write=False) as conn:
         start = await _counted_through(conn, tenant_id)
+    # A fresh build (nothing counted yet) counts orders in seq order and cart baskets at the
+    # end, once per customer; an incremental one recounts the baskets its events touch.
+    fresh = bool(resumed.get("fresh", start == 0))
+    carts_after = resumed.get("carts_after")
+    # Resumed among the carts: finish them up to the mark; newer events wait for the next build.
+    ceiling = start if carts_after is not None else await _settled_ceiling(database, tenant_id)
+    state: dict[str, Any] = {"reset": True, "fresh": fresh}
     at, counted = start, 0
     while at < ceiling:
+        # Read batches into one window of counts in memory, then write the window, its mark
+        # and the checkpoint in one transaction: a pair counted in many batches is written
+        # once, and each customer's cart basket is recounted once per window.
+        window = _Window(at)
+        while at < ceiling and not window.full():
+            async with database.transaction(write=False) as conn:
+                at, read = await _read_batch(conn, tenant_id, at, ceiling, window, not fresh)
+            counted += read
+            await ctx.progress(at - start, ceiling - start)
         async with database.transaction(write=True) as conn:
-            at, read = await _count_batch(conn, tenant_id, at, ceiling)
-            await ctx.checkpoint({"reset": True, "counted_through": at}, conn)
-        counted += read
-        await ctx.progress(at - start, ceiling - start)
+            await _write(conn, tenant_id, window, at)
+            await ctx.checkpoint({**state, "counted_through": at}, conn)
+    if fresh:
+        await _count_all_carts(database, tenant_id, at, carts_after, state, ctx)
     async with database.transaction(write=True) as conn:
         document = await _cut(conn, tenant_id)
         etag = await _publish(conn, tenant_id, document)
@@ -162,11 +185,29 @@ async def _settled_ceiling(database: Database, tenant_id: str) -> int:
         pause = min(pause * 2, 0.5)
 
 
-async def _count_batch(
-    conn: AsyncConnection, tenant_id: str, after: int, ceiling: int
+class _Window:
+    """Counts read since `start` (the stored mark) and not yet written."""
+
+    def __init__(self, start: int) -> None:
+        self.start = start
+        self.delta: Counter[PairKey] = Counter()
+        self.baskets = 0
+        self.adders: set[str] = set()
+
+    def full(self) -> bool:
+        return len(self.delta) >= WINDOW_PAIRS or len(self.adders) >= WINDOW_CUSTOMERS
+
+
+async def _read_batch(
+    conn: AsyncConnection,
+    tenant_id: str,
+    after: int,
+    ceiling: int,
+    window: _Window,
+    carts: bool = True,
 ) -> tuple[int, int]:
-    """Count the next batch of basket events after `after`; return the new mark and how many
-    events were read. Counts and mark are written in the caller's transaction."""
+    """Count the orders of the next batch of basket events after `after` into the window and
+    note whose cart baskets changed; return the new mark and how many events were read."""
     rows = (
         await conn.execute(
             select(events.c.seq, events.c.name, events.c.customer_id, events.c.properties)
@@ -180,24 +221,82 @@ async def _count_batch(
             .limit(BATCH_EVENTS)
         )
     ).all()
-    last = rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling
-    delta: Counter[PairKey] = Counter()
-    baskets = 0
-    adders: set[str] = set()
     for row in rows:
         properties = row.properties or {}
         if row.name == "order_completed":
             skus = properties.get("skus")
             items = _items(skus) if isinstance(skus, list) else []
             if items:
-                baskets += 1
-                _count(items, delta)
-        elif not is_anonymous(row.customer_id) and isinstance(properties.get("sku"), str):
-            adders.add(row.customer_id)
-    baskets += await _recount_carts(conn, tenant_id, sorted(adders), after, last, delta)
-    await _add(conn, tenant_id, delta)
-    await _advance(conn, tenant_id, last, baskets)
-    return last, len(rows)
+                window.baskets += 1
+                _count(items, window.delta)
+        elif carts and not is_anonymous(row.customer_id) and isinstance(properties.get("sku"), str):
+            window.adders.add(row.customer_id)
+    return (rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling), len(rows)
+
+
+async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
+    """Recount the window's cart baskets, then add its counts and move the mark to `through`,
+    in the caller's transaction."""
+    baskets = window.baskets + await _recount_carts(
+        conn, tenant_id, sorted(window.adders), window.start, through, window.delta
+    )
+    await _add(conn, tenant_id, window.delta)
+    await _advance(conn, tenant_id, through, baskets)
+
+
+async def _count_all_carts(
+    database: Database,
+    tenant_id: str,
+    through: int,
+    after: str | None,
+    state: dict[str, Any],
+    ctx: jobs.JobContext,
+) -> None:
+    """A fresh build's cart baskets: every customer with a cart add up to `through`, in
+    customer order from `after`, each read once; a window of counts at a time, each written
+    with the customer it reached."""
+    while True:
+        window = _Window(through)
+        while not window.full():
+            async with database.transaction(write=False) as conn:
+                chunk = await _adders_after(conn, tenant_id, after, through)
+                if not chunk:
+                    break
+                named = [customer_id for customer_id in chunk if not is_anonymous(customer_id)]
+                window.baskets += await _recount_carts(
+                    conn, tenant_id, named, 0, through, window.delta
+                )
+            window.adders.update(chunk)
+            after = chunk[-1]
+        if not window.adders:
+            return
+        async with database.transaction(write=True) as conn:
+            await _add(conn, tenant_id, window.delta)
+            await _advance(conn, tenant_id, through, window.baskets)
+            await ctx.checkpoint({**state, "counted_through": through, "carts_after": after}, conn)
+        await ctx.heartbeat()
+
+
+async def _adders_after(
+    conn: AsyncConnection, tenant_id: str, after: str | None, through: int
+) -> list[str]:
+    """The next CUSTOMERS_PER_QUERY customer ids after `after` with a cart add up to
+    `through` (anonymous ones included: the caller skips them)."""
+    query = (
+        select(events.c.customer_id)
+        .where(
+            events.c.tenant_id == tenant_id,
+            events.c.name == "product_added",
+            events.c.seq <= through,
+            events.c.customer_id != "",
+        )
+        .group_by(events.c.customer_id)
+        .order_by(events.c.customer_id)
+        .limit(CUSTOMERS_PER_QUERY)
+    )
+    if after is not None:
+        query = query.where(events.c.customer_id > after)
+    return list((await conn.scalars(query)).all())
 
 
 async def _recount_carts(
@@ -313,12 +412,13 @@ async def _cut(conn: AsyncConnection, tenant_id: str) -> dict[str, Any]:
         .subquery()
     )
     together: dict[str, list[list[Any]]] = {}
-    stream = await conn.stream(
+    # At most MAX_PARTNERS rows per product: what the document holds anyway.
+    partners = await conn.execute(
         select(ranked.c.sku, ranked.c.other, ranked.c.n)
         .where(ranked.c.rank <= recs.MAX_PARTNERS)
         .order_by(ranked.c.sku, ranked.c.rank)
     )
-    async for row in stream:
+    for row in partners:
         together.setdefault(row.sku, []).append([row.other, int(row.n)])
     popular = await conn.execute(
         select(pairs.sku, pairs.n)

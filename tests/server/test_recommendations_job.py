@@ -87,9 +87,12 @@ class ProcessDied(BaseException):
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Batches of 7 events and queries of 3 customers: every boundary is crossed many times.
+    # Batches of 7 events, queries of 3 customers, windows of a few pairs or customers: every
+    # boundary is crossed many times.
     monkeypatch.setattr(recommendations, "BATCH_EVENTS", 7)
     monkeypatch.setattr(recommendations, "CUSTOMERS_PER_QUERY", 3)
+    monkeypatch.setattr(recommendations, "WINDOW_PAIRS", 25)
+    monkeypatch.setattr(recommendations, "WINDOW_CUSTOMERS", 3)
 
 
 @pytest.mark.usefixtures("small_batches")
@@ -132,24 +135,65 @@ async def test_a_full_build_recounts_after_events_were_erased(
 
 @pytest.mark.usefixtures("small_batches")
 async def test_a_rebuild_cut_short_resumes_after_its_last_batch(
-    server: Harness, shop: ShopForTest
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rows = random_events(random.Random(3), shop.id, 120)
     await store(server.database, rows)
     claim = await jobs.start(server.database, shop.id, recommendations.KIND)
+    written = []
+    write = recommendations._write
 
-    def die_after_two_batches(done: int, total: int | None) -> None:
-        if done >= 2 * recommendations.BATCH_EVENTS:
+    async def counted_write(*args: Any) -> None:
+        await write(*args)
+        written.append(args[-1])
+
+    monkeypatch.setattr(recommendations, "_write", counted_write)
+
+    def die_after_a_written_window(done: int, total: int | None) -> None:
+        if written and done > written[0]:
             raise ProcessDied  # nothing after this point runs: no finish, no rollback of work
 
     with pytest.raises(ProcessDied):
-        await jobs.execute(server.database, claim, on_progress=die_after_two_batches)
+        await jobs.execute(server.database, claim, on_progress=die_after_a_written_window)
     resumed = await jobs.start(server.database, shop.id, recommendations.KIND, stale_seconds=0)
     assert resumed.runner is not None and resumed.resumed_state is not None
     ended = await jobs.execute(server.database, resumed)
     assert ended.state == "done" and ended.attempts == 2
     # It counted only what the dead runner had not, and the model is the whole one.
     assert ended.result is not None and 0 < ended.result["events_counted"] < len(rows)
+    assert await stored_model(server, shop) == recs.build(reference_baskets(rows))
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_a_fresh_build_cut_short_among_the_carts_resumes_there(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fresh build counts cart baskets last, a few customers per window: die after the
+    # second window of them was written (and rolled back), resume, and get the whole model.
+    monkeypatch.setattr(recommendations, "CUSTOMERS_PER_QUERY", 2)
+    monkeypatch.setattr(recommendations, "WINDOW_CUSTOMERS", 2)
+    rows = random_events(random.Random(11), shop.id, 120)
+    await store(server.database, rows)
+    among_carts: list[dict[str, Any]] = []
+    checkpoint = jobs.JobContext.checkpoint
+
+    async def dying_checkpoint(self: jobs.JobContext, state: dict[str, Any], conn: Any) -> None:
+        await checkpoint(self, state, conn)
+        if "carts_after" in state:
+            among_carts.append(state)
+            if len(among_carts) == 2:
+                raise ProcessDied
+
+    monkeypatch.setattr(jobs.JobContext, "checkpoint", dying_checkpoint)
+    claim = await jobs.start(server.database, shop.id, recommendations.KIND)
+    with pytest.raises(ProcessDied):
+        await jobs.execute(server.database, claim)
+    monkeypatch.setattr(jobs.JobContext, "checkpoint", checkpoint)
+    resumed = await jobs.start(server.database, shop.id, recommendations.KIND, stale_seconds=0)
+    assert resumed.resumed_state is not None
+    assert resumed.resumed_state["carts_after"] == among_carts[0]["carts_after"]
+    ended = await jobs.execute(server.database, resumed)
+    assert ended.state == "done", ended.error
     assert await stored_model(server, shop) == recs.build(reference_baskets(rows))
 
 
