@@ -45,6 +45,7 @@ from server_stub.services.stock import Stock
 from server_stub.services.stock import read as read_stock
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
+    ORDER_COMPLETED,
     alert_messages,
     alert_subscriptions,
     carts,
@@ -282,7 +283,7 @@ async def _purchases(
         select(events.c.customer_id, events.c.properties, events.c.occurred_at).where(
             events.c.tenant_id == tenant_id,
             events.c.customer_id.in_(customer_ids),
-            events.c.name == "order_completed",
+            ORDER_COMPLETED,
             events.c.occurred_at >= since,
         )
     ):

@@ -34,6 +34,7 @@ from server_stub.services import analytics, carts, notes, preferences, segment_h
 from server_stub.services.identity import live_id, person_ids
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
+    ORDER_COMPLETED,
     customers,
     events,
     identifiers,
@@ -82,7 +83,7 @@ async def _purchased(
             tenant_id,
             ids,
             [events.c.properties],
-            [events.c.name == "order_completed"],
+            [ORDER_COMPLETED],
             MAX_PURCHASED,
         )
     )
@@ -133,7 +134,7 @@ def _order_summary(mine: Any, records: Any) -> Any:
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     per_order = (
         select(order.label("order"), func.max(events.c.value).label("value"))
-        .where(mine, events.c.name == "order_completed", order.not_in(records))
+        .where(mine, ORDER_COMPLETED, order.not_in(records))
         .group_by(order)
         .subquery()
     )
@@ -229,15 +230,19 @@ async def get_profile(
     # The person's events: a merge leaves the loser's under its own id (identity.py).
     ids = await person_ids(conn, tenant_id, live)
     mine = and_(events.c.tenant_id == tenant_id, _of_person(ids))
-    last_seen = {
-        Channel(row.channel): row.last
-        for row in await conn.execute(
-            select(events.c.channel, func.max(events.c.occurred_at).label("last"))
+    per_channel = list(
+        await conn.execute(
+            select(
+                events.c.channel,
+                func.min(events.c.occurred_at).label("first"),
+                func.max(events.c.occurred_at).label("last"),
+            )
             .where(mine)
             .group_by(events.c.channel)
         )
-    }
-    first_event = (await conn.execute(select(func.min(events.c.occurred_at)).where(mine))).scalar()
+    )
+    last_seen = {Channel(row.channel): row.last for row in per_channel}
+    first_event = min((row.first for row in per_channel), default=None)
     records = _records_of(tenant_id, live)
     from_events = (await conn.execute(_order_summary(mine, records))).one()
     summary, purchases, recorded_buyer = await _recorded_summary(
@@ -383,7 +388,7 @@ async def _buyer_type(
             tenant_id,
             ids,
             [events.c.properties],
-            [events.c.name == "order_completed", order.not_in(records)],
+            [ORDER_COMPLETED, order.not_in(records)],
             ORDERS_FOR_BUYER_TYPE,
         )
     )

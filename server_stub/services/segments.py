@@ -51,6 +51,7 @@ from server_stub.services.consent import _rule as consent_decision
 from server_stub.services.preferences import OBSERVED_DAYS, OBSERVED_SIGNALS
 from server_stub.storage.database import Database
 from server_stub.storage.tables import (
+    ORDER_COMPLETED,
     consent_decisions,
     customers,
     events,
@@ -198,7 +199,7 @@ async def _orders(
             order.label("order"),
             func.max(events.c.value).label("value"),
         )
-        .where(mine, events.c.name == "order_completed", order.not_in(_recorded(tenant_id)))
+        .where(mine, ORDER_COMPLETED, order.not_in(_recorded(tenant_id)))
         .group_by(events.c.customer_id, order)
         .subquery()
     )
@@ -259,7 +260,7 @@ async def _buyer_types(
     known only by its event by its flags."""
     query = select(events.c.customer_id, events.c.properties).where(
         mine,
-        events.c.name == "order_completed",
+        ORDER_COMPLETED,
         func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id).not_in(
             _recorded(tenant_id)
         ),
