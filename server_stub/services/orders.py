@@ -63,7 +63,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import consent, customer_codes, identity, segment_hook
+from server_stub.services import consent, customer_codes, events, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import CENT, UtcDateTime, order_lines, order_refunds, orders
@@ -138,10 +138,14 @@ def _insert_new(conn: AsyncConnection) -> Any:
     return dialect.insert(orders).on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
 
 
-async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple[OrderView, bool]:
+async def store(
+    conn: AsyncConnection, tenant_id: str, order: NewOrder, source: str = "order"
+) -> tuple[OrderView, bool]:
     """Store the order once per reference; (the stored order, whether this call created it).
     A reference recorded before with other content is refused (409), so a retry is harmless
-    and a reused reference is not silently taken for another sale."""
+    and a reused reference is not silently taken for another sale. The buyer's
+    `order_completed` event is recorded with it, once (events.record_order; `source` says
+    where the order came from: "order" or "cart")."""
     order_id = new_id("ord", 10)
     now = utcnow()
     result = await conn.execute(
@@ -181,6 +185,7 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
             ],
         )
         if order.customer_id:  # her orders are part of her profile (segments, issue 19)
+            await _record_event(conn, tenant_id, order, source)
             await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
         return _new_view(order_id, order, now), True
     stored = await by_reference(conn, tenant_id, order.reference)
@@ -192,6 +197,33 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
             "reference names one order: give this one its own reference",
         )
     return stored, False
+
+
+async def _record_event(
+    conn: AsyncConnection, tenant_id: str, order: NewOrder, source: str
+) -> None:
+    """Her `order_completed` event for the order: her timeline and the recommendations read
+    events, so a store sale shows there as an online order does."""
+    assert order.customer_id is not None
+    lines = [
+        {
+            "sku": line.sku,
+            "quantity": line.quantity,
+            "unit_price": float(line.unit_price),
+            "currency": order.currency,
+        }
+        for line in order.lines
+    ]
+    await events.record_order(
+        conn,
+        tenant_id,
+        order.customer_id,
+        Channel(order.channel),
+        order.reference,
+        lines,
+        order.placed_at,
+        source,
+    )
 
 
 def _new_view(order_id: str, order: NewOrder, now: datetime) -> OrderView:
@@ -374,7 +406,7 @@ async def record_checkout(
         link_method="checkout",
         lines=lines,
     )
-    stored, _ = await store(conn, tenant_id, order)
+    stored, _ = await store(conn, tenant_id, order, "cart")
     return stored
 
 

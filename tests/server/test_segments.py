@@ -230,7 +230,9 @@ async def test_segment_attributes_are_the_content_engines_profile_facts(
     await track(shop, amy, "order_completed", "pos", order_id="o1", value=80.5, gift=True)
     await track(shop, amy, "order_completed", order_id="o1", value=80.5, gift=True)
     await track(shop, amy, "email_clicked", days=2)
-    await track(shop, amy, "email_clicked", days=3)  # e-mail 5.6 > web 3.9 > store 2.9
+    await track(shop, amy, "email_clicked", days=3)
+    # The sale below is her order_completed at the till too: e-mail 8.6 > store 5.9 > web 3.9
+    await track(shop, amy, "email_clicked", days=1)
     sale = {
         "reference": "POS-1",
         "channel": "pos",
