@@ -40,7 +40,6 @@ from omnisdk.core import consent as consent_rules
 from omnisdk.core import preferences as preference_rules
 from omnisdk.core import profile as rules
 from omnisdk.core import segments as segment_rules
-from omnisdk.core.events import INTEREST_EVENTS
 from omnisdk.core.problems import ProblemType
 from omnisdk.core.profile import LifecycleThresholds
 from omnisdk.models import TenantSettings
@@ -242,13 +241,15 @@ async def _orders(
 async def _interests(
     conn: AsyncConnection, mine: Any, settings: TenantSettings, now: datetime
 ) -> dict[str, dict[str, float]]:
-    query = select(
-        events.c.customer_id, events.c.name, events.c.category, events.c.occurred_at
-    ).where(mine, events.c.category.is_not(None), events.c.name.in_(INTEREST_EVENTS))
+    query = select(events.c.customer_id, *profile.INTEREST_COLUMNS, events.c.occurred_at).where(
+        mine, *profile.INTEREST_WHERE
+    )
     top = _top(query, events.c.occurred_at.desc(), profile.INTEREST_SIGNALS)
     signals: dict[str, list[tuple[str, datetime, float]]] = defaultdict(list)
     for row in await conn.execute(top):
-        signals[row.customer_id].append((row.category, row.occurred_at, INTEREST_EVENTS[row.name]))
+        signal = profile.interest_signal(row)
+        if signal is not None:
+            signals[row.customer_id].append(signal)
     half_life = settings.profile.interest_half_life_days
     return {who: rules.interests(found, now, half_life) for who, found in signals.items()}
 

@@ -46,3 +46,52 @@ async def test_correcting_a_line_that_does_not_exist_is_not_found(shop: ShopForT
     assert missing.json()["type"] == ProblemType.NOT_FOUND.value
     bad = await shop.request("PUT", "/v1/orders/NOPE/lines/1/gift", json={"gift": "yes"})
     assert bad.status_code == 422
+
+
+async def test_gifts_stay_out_of_her_interests_and_recommendations_but_count_in_her_value(
+    shop: ShopForTest,
+) -> None:
+    amy = (
+        await shop.request("POST", "/v1/identity/identify", "web", json={"anonymous_id": "gifts"})
+    ).json()["customer_id"]
+    analytics = {"decisions": [{"purpose": "analytics", "status": "granted"}]}
+    assert (await shop.request("POST", f"/v1/consent/{amy}", "web", json=analytics)).is_success
+    shoes = {"sku": "TR2-38", "quantity": 1, "unit_price": 89.0}
+    kids = {"sku": "KIDS-31", "quantity": 1, "unit_price": 40.0, "gift": True}
+    sale = {"reference": "W-2", "currency": "EUR", "customer_id": amy, "lines": [shoes, kids]}
+    assert (await shop.request("POST", "/v1/orders", "web", json=sale)).status_code in (200, 201)
+    viewed = {"customer_id": amy, "name": "product_viewed", "properties": {"category": "running"}}
+    gift_order = {
+        "customer_id": amy,
+        "name": "order_completed",  # an order the shop sends only as its event, a gift
+        "properties": {
+            "order_id": "E-9",
+            "gift": True,
+            "category": "toys",
+            "value": 25.0,
+            "skus": ["TOY-1"],
+        },
+    }
+    for event in (viewed, gift_order):
+        assert (await shop.request("POST", "/v1/events", "web", json=event)).status_code == 200
+
+    async def profile() -> dict[str, object]:
+        answer = await shop.request("GET", f"/v1/customers/{amy}/profile", "web")
+        assert answer.status_code == 200, answer.text
+        return answer.json()  # type: ignore[no-any-return]
+
+    seen = await profile()
+    assert seen["purchased_skus"] == ["TR2-38"]  # what anchors her recommendations
+    assert seen["interests"] == {"running": 1.0}
+    assert seen["orders"] == {"count": 2, "total_value": 154.0}
+    corrected = await shop.request(
+        "PUT", "/v1/orders/W-2/lines/1/gift", "web", json={"gift": True, "by": "staff"}
+    )
+    assert corrected.status_code == 200, corrected.text
+    kept = await shop.request(
+        "PUT", "/v1/orders/W-2/lines/2/gift", "web", json={"gift": False, "by": "customer"}
+    )
+    assert kept.status_code == 200, kept.text
+    seen = await profile()
+    assert seen["purchased_skus"] == ["KIDS-31"]
+    assert seen["orders"] == {"count": 2, "total_value": 154.0}
