@@ -27,8 +27,9 @@ batches) and `bought_since`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     Row,
+    Select,
     String,
     bindparam,
     exists,
@@ -50,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import NullType
 
+from omnisdk.core import gifts
 from omnisdk.core.channels import Channel
 from omnisdk.core.identifiers import IdentifierType, InvalidIdentifier
 from omnisdk.core.orders import LINK_CONFIDENCE, LinkMethod
@@ -93,6 +96,10 @@ class SaleLine:
     unit_price: Decimal
     gift: bool = False
     gift_confidence: float | None = None
+    category: str | None = None
+    size: str | None = None
+    gender: str | None = None
+    age_band: str | None = None
 
 
 @dataclass(frozen=True)
@@ -180,6 +187,10 @@ async def store(
                     "gift": line.gift,
                     "gift_confidence": line.gift_confidence,
                     "returned_quantity": 0,
+                    "category": line.category,
+                    "size": line.size,
+                    "gender": line.gender,
+                    "age_band": line.age_band,
                 }
                 for number, line in enumerate(order.lines, start=1)
             ],
@@ -301,8 +312,12 @@ async def record(
             sku=line.sku,
             quantity=line.quantity,
             unit_price=money(line.unit_price),
-            gift=line.gift,
+            gift=bool(line.gift),
             gift_confidence=line.gift_confidence,
+            category=line.category,
+            size=line.size,
+            gender=line.gender,
+            age_band=line.age_band,
         )
         for line in request.lines
     )
@@ -316,6 +331,7 @@ async def record(
         allowed = await consent.analytics_allowed(conn, context, [(buyer, placed_at)])
         if not allowed[buyer, placed_at]:
             buyer, refused = None, "consent"
+    lines = await _labelled(conn, context.tenant_id, buyer, request, lines)
     order = NewOrder(
         reference=request.reference,
         customer_id=buyer,
@@ -329,6 +345,85 @@ async def record(
     )
     stored, created = await store(conn, context.tenant_id, order)
     return RecordedOrder(order=stored, created=created, link_refused=refused if created else None)
+
+
+async def _labelled(
+    conn: AsyncConnection,
+    tenant_id: str,
+    buyer: str | None,
+    request: RecordOrderRequest,
+    lines: tuple[SaleLine, ...],
+) -> tuple[SaleLine, ...]:
+    """Each line labelled gift or for herself with a confidence: the shop's own label when
+    it gave one with its confidence; else omnisdk.core.gifts.classify over what the line and
+    the order say (the shop's flag, shipping, the product's attributes) against her earlier
+    purchases. A correction by staff or by her (services/gifts.py) later wins for good."""
+    unlabelled = [(n, line) for n, line in enumerate(request.lines) if line.gift_confidence is None]
+    if not unlabelled:
+        return lines
+    history = await _gift_history(conn, tenant_id, buyer) if buyer else gifts.History()
+    labelled = list(lines)
+    for n, line in unlabelled:
+        label = gifts.classify(
+            gifts.Line(
+                category=line.category,
+                size=line.size,
+                gender=line.gender,
+                age_band=line.age_band,
+                explicit_gift=line.gift,
+                ship_to_other_name=request.ship_to_other_name,
+                ship_to_other_address=request.ship_to_other_address,
+            ),
+            history,
+        )
+        labelled[n] = replace(lines[n], gift=label.gift, gift_confidence=label.confidence)
+    return tuple(labelled)
+
+
+def own_lines(tenant_id: str, customer_id: str, *columns: Any) -> Select[Any]:
+    """Her order lines bought for herself (not labelled gift), newest order first: what says
+    something of her own taste (the gift classifier's history, her purchased SKUs)."""
+    return (
+        select(*columns)
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(
+            orders.c.tenant_id == tenant_id,
+            orders.c.customer_id == customer_id,
+            order_lines.c.gift.is_(False),
+        )
+        .order_by(orders.c.placed_at.desc(), order_lines.c.line_no)
+    )
+
+
+HISTORY_LINES = 500  # her latest lines the classifier compares a new line with
+
+
+async def _gift_history(conn: AsyncConnection, tenant_id: str, buyer: str) -> gifts.History:
+    """Her own purchases (lines labelled for herself) for the classifier, newest first."""
+    rows = list(
+        await conn.execute(
+            own_lines(
+                tenant_id,
+                buyer,
+                order_lines.c.order_id,
+                order_lines.c.category,
+                order_lines.c.size,
+                order_lines.c.gender,
+                order_lines.c.age_band,
+            ).limit(HISTORY_LINES)
+        )
+    )
+    return gifts.History(
+        orders=len({row.order_id for row in rows}),
+        sizes=Counter((r.category, r.size) for r in rows if r.category and r.size),
+        genders=Counter(row.gender for row in rows if row.gender),
+        age_bands=Counter(row.age_band for row in rows if row.age_band),
+        categories=Counter(row.category for row in rows if row.category),
+    )
 
 
 async def _buyer(

@@ -45,6 +45,7 @@ from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.services import analytics, carts, notes, preferences, segment_hook
 from server_stub.services.identity import live_id, person_ids
+from server_stub.services.orders import own_lines
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
     ORDER_COMPLETED,
@@ -82,19 +83,7 @@ async def _purchased(
     them (issue 19)."""
     found: dict[str, None] = {}
     recorded = await conn.execute(
-        select(order_lines.c.sku)
-        .join(
-            orders,
-            (orders.c.tenant_id == order_lines.c.tenant_id)
-            & (orders.c.id == order_lines.c.order_id),
-        )
-        .where(
-            orders.c.tenant_id == tenant_id,
-            orders.c.customer_id == live,
-            order_lines.c.gift.is_(False),
-        )
-        .order_by(orders.c.placed_at.desc(), order_lines.c.line_no)
-        .limit(MAX_PURCHASED * 4)
+        own_lines(tenant_id, live, order_lines.c.sku).limit(MAX_PURCHASED * 4)
     )
     for row in recorded:
         found.setdefault(row.sku)

@@ -539,6 +539,11 @@ order_lines = Table(
     # How sure the shop was that the line is a gift (None: it did not say; 1.0: told so).
     Column("gift_confidence", Float, nullable=True),
     Column("returned_quantity", Integer, nullable=False),
+    # What the shop said of the product (optional), for the gift classifier (migration 0021).
+    Column("category", String(100), nullable=True),
+    Column("size", String(32), nullable=True),
+    Column("gender", String(32), nullable=True),
+    Column("age_band", String(32), nullable=True),
     Index("ix_order_lines_sku", "tenant_id", "sku"),
 )
 

@@ -1,10 +1,14 @@
-"""A partial index on customers' `order_completed` events.
+"""A partial index on customers' `order_completed` events; what an order line is (category,
+size, gender, age band) for the gift classifier.
 
 The profile, segments and message decisions look for a customer's orders among her events;
 along the (tenant, customer, time) index that read walked her whole history when she had no
 such event, or few. The index holds only `order_completed` rows, so ingesting every other
 event costs nothing more. On PostgreSQL it is created on the partitioned table, which gives
 every monthly partition its own.
+
+Order lines keep the product attributes the shop sends (all optional): the server classifies
+each line as gift or for herself against her own earlier lines (omnisdk.core.gifts).
 
 Revision ID: 0021
 Revises: 0020
@@ -22,7 +26,12 @@ depends_on = None
 ORDERS = "name = 'order_completed'"
 
 
+LINE_ATTRIBUTES = (("category", 100), ("size", 32), ("gender", 32), ("age_band", 32))
+
+
 def upgrade() -> None:
+    for name, length in LINE_ATTRIBUTES:
+        op.add_column("order_lines", sa.Column(name, sa.String(length), nullable=True))
     op.create_index(
         "ix_events_customer_orders",
         "events",
@@ -34,3 +43,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("ix_events_customer_orders", table_name="events")
+    with op.batch_alter_table("order_lines") as batch:
+        for name, _ in LINE_ATTRIBUTES:
+            batch.drop_column(name)
