@@ -551,7 +551,7 @@ async def backfill(
         await conn.execute(
             update(segments)
             .where(this, segments.c.version == segment.version)
-            .values(backfilled_version=segment.version)
+            .values(backfilled_version=segment.version, backfilled_at=utcnow())
         )
     return Outcome(entered, exited)
 
@@ -570,25 +570,34 @@ async def _analyze(database: Database) -> None:
             await conn.execute(text("ANALYZE changes"))
 
 
-async def claim_due(database: Database, now: datetime | None = None) -> tuple[str, str] | None:
-    """A segment whose current version needs a backfill and that no live process is
-    backfilling, claimed for this one: (tenant id, segment id)."""
+REFRESH = timedelta(hours=24)  # the default of Settings.segment_refresh_hours
+REFRESH_CANDIDATES = 50
+
+
+async def claim_due(
+    database: Database, now: datetime | None = None, refresh: timedelta = REFRESH
+) -> tuple[str, str] | None:
+    """A segment that no live process is backfilling and that needs a backfill, claimed for
+    this one: (tenant id, segment id). Due: a version not backfilled yet, else a segment over
+    attributes that change with time alone whose last backfill is older than `refresh`."""
     now = now or utcnow()
     stale = now - CLAIM_STALE
+    free = (segments.c.backfill_claimed_at.is_(None)) | (segments.c.backfill_claimed_at < stale)
     async with database.transaction(write=True) as conn:
         due = (
             await conn.execute(
-                select(segments.c.tenant_id, segments.c.id, segments.c.backfill_claimed_at)
+                select(segments.c.tenant_id, segments.c.id)
                 .where(
                     (segments.c.backfilled_version.is_(None))
                     | (segments.c.backfilled_version != segments.c.version),
-                    (segments.c.backfill_claimed_at.is_(None))
-                    | (segments.c.backfill_claimed_at < stale),
+                    free,
                 )
                 .order_by(segments.c.updated_at)
                 .limit(1)
             )
         ).first()
+        if due is None:
+            due = await _refresh_due(conn, now - refresh, free)
         if due is None:
             return None
         claimed = await conn.execute(
@@ -604,10 +613,28 @@ async def claim_due(database: Database, now: datetime | None = None) -> tuple[st
         return (due.tenant_id, due.id) if claimed.rowcount == 1 else None
 
 
-async def backfill_due(database: Database) -> int:
-    """Backfill every segment that needs it, one after the other; how many were done."""
-    count = 0
-    while (claimed := await claim_due(database)) is not None:
+async def _refresh_due(conn: AsyncConnection, before: datetime, free: Any) -> Any:
+    """The segment over time-dependent attributes backfilled longest ago, before `before`."""
+    rows = await conn.execute(
+        select(segments.c.tenant_id, segments.c.id, segments.c.condition)
+        .where(
+            segments.c.backfilled_version == segments.c.version,
+            (segments.c.backfilled_at.is_(None)) | (segments.c.backfilled_at < before),
+            free,
+        )
+        .order_by(segments.c.backfilled_at.is_not(None), segments.c.backfilled_at)
+        .limit(REFRESH_CANDIDATES)
+    )
+    return next((row for row in rows if segment_rules.depends_on_time(row.condition)), None)
+
+
+async def backfill_due(
+    database: Database, now: datetime | None = None, refresh: timedelta = REFRESH
+) -> int:
+    """Backfill every segment that needs it, one after the other; how many were done. The
+    round's time is fixed at its start: a segment refreshed in it is not due again in it."""
+    count, now = 0, now or utcnow()
+    while (claimed := await claim_due(database, now, refresh)) is not None:
         with contextlib.suppress(Problem):  # deleted meanwhile
             await backfill(database, *claimed)
         count += 1

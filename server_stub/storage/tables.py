@@ -678,6 +678,9 @@ segments = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     # The version whose backfill finished (None: none yet); membership is complete from then.
     Column("backfilled_version", Integer, nullable=True),
+    # When it last finished: a segment over attributes that change with time alone is
+    # evaluated again over everyone once `segment_refresh_hours` have passed (migration 0021).
+    Column("backfilled_at", UtcDateTime(), nullable=True),
     # The backfill under way: which process claimed it (and when), how far it got.
     Column("backfill_claimed_at", UtcDateTime(), nullable=True),
     Column("backfill_done", Integer, nullable=False, server_default="0"),
