@@ -45,6 +45,11 @@ from server_stub.storage.tables import (
     return_tokens,
 )
 
+# A return code with its order (revoked with it, registered for its customer).
+OF_ITS_ORDER = (return_orders.c.tenant_id == return_tokens.c.tenant_id) & (
+    return_orders.c.order_ref == return_tokens.c.order_ref
+)
+
 
 def _qr_paths(token_id: str) -> tuple[str, str]:
     return f"/v1/returns/{token_id}/qr.png", f"/v1/returns/{token_id}/qr.svg"
@@ -225,11 +230,7 @@ async def verify(conn: AsyncConnection, tenant_id: str, token: str) -> tokens.Re
     row = (
         await conn.execute(
             select(return_tokens.c.revoked_at, return_orders.c.revoked_at.label("order_revoked"))
-            .join(
-                return_orders,
-                (return_orders.c.tenant_id == return_tokens.c.tenant_id)
-                & (return_orders.c.order_ref == return_tokens.c.order_ref),
-            )
+            .join(return_orders, OF_ITS_ORDER)
             .where(
                 return_tokens.c.tenant_id == tenant_id,
                 return_tokens.c.token_id == outcome.claims.token_id_hex,
@@ -530,11 +531,7 @@ async def resendable(conn: AsyncConnection, tenant_id: str, live: str) -> dict[s
     )
     rows = await conn.execute(
         select(return_tokens.c.order_ref, return_tokens.c.token_id, return_tokens.c.expires_at)
-        .join(
-            return_orders,
-            (return_orders.c.tenant_id == return_tokens.c.tenant_id)
-            & (return_orders.c.order_ref == return_tokens.c.order_ref),
-        )
+        .join(return_orders, OF_ITS_ORDER)
         .where(
             return_tokens.c.tenant_id == tenant_id,
             hers,
