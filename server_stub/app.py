@@ -8,6 +8,7 @@ import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -163,7 +164,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             asyncio.create_task(_maintain(database, settings)),
             asyncio.create_task(_drain_segments(database, settings.segment_drain_seconds)),
             asyncio.create_task(_fold_history(database)),
-            asyncio.create_task(_backfill_segments(database, settings.segment_drain_seconds)),
+            asyncio.create_task(_backfill_segments(database, settings)),
         ]
         try:
             yield
@@ -302,15 +303,17 @@ async def _drain_segments(database: Database, interval: float) -> None:
         await asyncio.sleep(interval)
 
 
-async def _backfill_segments(database: Database, interval: float) -> None:
-    """Backfill segments created or edited (by this process or another, or before a restart)."""
+async def _backfill_segments(database: Database, settings: Settings) -> None:
+    """Backfill segments created or edited (by this process or another, or before a restart),
+    and those over attributes that change with time alone when their refresh is due."""
+    refresh = timedelta(hours=settings.segment_refresh_hours)
     while True:
         try:
-            await segments.backfill_due(database)
+            await segments.backfill_due(database, refresh=refresh)
         except Exception as exc:
             _reraise_cancellation(exc)
             log.warning("segment backfill failed", extra={"error_type": type(exc).__name__})
-        await asyncio.sleep(max(interval, 1.0))
+        await asyncio.sleep(max(settings.segment_drain_seconds, 1.0))
 
 
 async def _purge_idempotency(database: Database, settings: Settings) -> None:

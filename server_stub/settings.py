@@ -181,6 +181,14 @@ class Settings(BaseSettings):
         description="How often each process evaluates the segments of customers whose profile "
         "changed (issue 19); a change is reflected in memberships within about this long.",
     )
+    segment_refresh_hours: float = Field(
+        default=24.0,
+        gt=0,
+        le=24 * 30,
+        description="How often a segment over attributes that change with time alone "
+        "(lifecycle, interest scores, the observed preferred channel) is evaluated again over "
+        "every customer, so that she drifts from active to lapsing without any event of hers.",
+    )
 
 
 @lru_cache(maxsize=1)

@@ -39,7 +39,7 @@ from server_stub.console.sessions import ConsoleSession
 from server_stub.errors import Problem
 from server_stub.pos.gate import CSP, _from_another_site
 from server_stub.runtime import Runtime
-from server_stub.services import identity, notes, orders, preferences
+from server_stub.services import identity, notes, orders, preferences, returns
 from server_stub.services.staff import Role
 from server_stub.storage.tables import (
     annotations_table,
@@ -156,6 +156,7 @@ class Console:
         app.get("/customers/{customer_id}")(self.customer)
         app.post("/customers/{customer_id}/notes")(self.add_note)
         app.post("/customers/{customer_id}/preferred-channel")(self.declare)
+        app.post("/customers/{customer_id}/return-code")(self.resend_return_code)
         app.get("/notes/{annotation_id}/edit")(self.edit_form)
         app.post("/notes/{annotation_id}/edit")(self.edit_note)
         app.post("/notes/{annotation_id}/delete")(self.delete_note)
@@ -412,6 +413,30 @@ class Console:
             words.PREFERENCE_SAVED.format(channel=channel.value)
             if channel
             else words.PREFERENCE_CLEARED
+        )
+        return self.go(request, f"/customers/{quote(live)}", message)
+
+    async def resend_return_code(self, request: Request, customer_id: str) -> Response:
+        session, form = await self.checked(request)
+        if session is None:
+            return self.go(request, "/", words.BAD_FORM)
+        order_ref = str(form.get("order_ref", ""))[:64]
+        try:
+            async with self.runtime().database.transaction(write=True) as conn:
+                live, queued = await returns.resend(
+                    conn,
+                    session.member.tenant_id,
+                    customer_id,
+                    order_ref,
+                    session.member.name,
+                    session.member.key_id,
+                )
+        except Problem as problem:
+            return self.page(
+                request, session, "error.html", problem.type.status, error=problem.detail
+            )
+        message = (words.RETURN_CODE_QUEUED if queued else words.RETURN_CODE_ALREADY).format(
+            order=order_ref
         )
         return self.go(request, f"/customers/{quote(live)}", message)
 

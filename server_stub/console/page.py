@@ -20,7 +20,16 @@ from omnisdk.models import (
     OrderView,
     Profile,
 )
-from server_stub.services import consent, identity, notes, orders, preferences, profile, segments
+from server_stub.services import (
+    consent,
+    identity,
+    notes,
+    orders,
+    preferences,
+    profile,
+    returns,
+    segments,
+)
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import annotation_revisions, annotations_table, events, identifiers
 
@@ -61,6 +70,7 @@ class CustomerPage:
     merges: list[Merge]
     declared: preferences.Declaration | None
     segment_names: list[str]
+    return_codes: dict[str, datetime]  # order reference: until when its code can be used
     filters: dict[str, str] = field(default_factory=dict)
 
 
@@ -250,6 +260,10 @@ async def customer_page(
         merges=await identity.merges_of(conn, tenant_id, live),
         declared=await preferences.declared(conn, tenant_id, [live]),
         segment_names=seen.segments,
+        return_codes={
+            ref: code.expires_at
+            for ref, code in (await returns.resendable(conn, tenant_id, live)).items()
+        },
         filters=filters,
     )
 

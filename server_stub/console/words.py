@@ -12,6 +12,11 @@ NOTE_DELETED = "Note deleted: {reason}"
 NOTE_FORBIDDEN = "You may not change this note. {detail}"
 PREFERENCE_SAVED = "Preferred channel recorded: {channel}."
 PREFERENCE_CLEARED = "Declared preference withdrawn."
+RETURN_CODE_QUEUED = (
+    "The return code of order {order} will be sent to her again, on her preferred channel "
+    "if her consent allows it (see her timeline)."
+)
+RETURN_CODE_ALREADY = "The return code of order {order} was asked for a moment ago: sent once."
 SPLIT_DONE = "Merge undone: {loser} is a customer of her own again."
 SPLIT_REFUSED = "Only an admin may undo a merge."
 EXPIRED = "Your session ended; sign in again."

@@ -230,6 +230,24 @@ async def enqueue(conn: AsyncConnection, rows: list[dict[str, Any]]) -> list[dic
     return [row for row in rows if row["id"] in new]
 
 
+async def return_code(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_id: str,
+    order_ref: str,
+    token_id: str,
+    now: datetime,
+) -> str | None:
+    """Queue an order's return code to be sent to her again, decided when due as every
+    message is (her preferred channel, consent, quiet hours; the code still valid). One per
+    order and minute, so a form sent twice sends it once: the new message's id, or None."""
+    window = f"{order_ref}|{window_of(now, 60)}"
+    data = {"order_ref": order_ref, "token_id": token_id}
+    row = _message(tenant_id, Kind.RETURN_CODE, customer_id, None, window, now, data=data)
+    stored = await enqueue(conn, [row])
+    return str(stored[0]["id"]) if stored else None
+
+
 def _window(context: TenantContext, now: datetime) -> str:
     return window_of(now, int(context.settings.notifications.window_hours * 3600))
 

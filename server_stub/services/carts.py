@@ -24,7 +24,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartLineView, CartOpIn, CartView
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import changes, events, orders
+from server_stub.services import changes, orders
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import carts, ordered_carts
 
@@ -260,8 +260,8 @@ async def mark_ordered(
     channel: Channel = Channel.WEB,
 ) -> CartView:
     """Turn the cart into an order, if it is still the version the caller saw; empty it. The
-    order is recorded as the customer's `order_completed` (see events.record_order) and as
-    an order record (orders.record_checkout)."""
+    order is recorded as an order record and the customer's `order_completed` event
+    (orders.record_checkout)."""
     stored = await _locked(conn, tenant_id, customer_id)
     cart, version = stored.cart, stored.version
     if if_match is None:
@@ -298,7 +298,6 @@ async def mark_ordered(
             ordered_at=now,
         )
     )
-    await events.record_order(conn, tenant_id, customer_id, channel, order_ref, lines, now)
     await orders.record_checkout(conn, tenant_id, customer_id, channel, order_ref, lines, now)
     touched = set(cart.lines)
     cart.checkout()

@@ -446,26 +446,35 @@ async def record_order(
     channel: Channel,
     order_ref: str,
     lines: list[dict[str, Any]],
-    now: datetime,
-) -> None:
-    """Record a cart turned into an order as its `order_completed` event, in the caller's
-    transaction: the order then counts in the profile (orders, purchased skus) on every
-    channel, whether or not the shop also sends its own `order_completed` (the profile counts
-    one order per `order_id`)."""
-    properties = cart_order_properties(order_ref, lines)
-    extracted = check_event("order_completed", properties, now, now)
+    placed_at: datetime,
+    source: str,
+) -> bool:
+    """Record an order (a cart turned into one, or one sent to /v1/orders, store sales
+    included) as the customer's `order_completed` event, in the caller's transaction: the
+    order then shows in her timeline and counts in her profile on every channel, once per
+    order whether or not the shop also sends its own `order_completed` (its event id is the
+    order's, and the profile counts one order per `order_id`). An order no event may stand
+    for (placed before the events' horizon, or too many skus for one event) keeps its record
+    alone, which the profile counts as well; False then."""
+    now = utcnow()
+    properties = cart_order_properties(order_ref, lines, source)
+    try:
+        extracted = check_event("order_completed", properties, placed_at, now)
+    except InvalidEvent:
+        return False
     row = {
         "event_id": order_event_id(order_ref),
         "customer_id": customer_id,
         "name": "order_completed",
         "channel": channel.value,
-        "occurred_at": now,
+        "occurred_at": placed_at,
         "properties": properties,
         "category": extracted.category,
         "value": extracted.value,
     }
     await _insert(conn, tenant_id, now, [row])
     await segment_hook.profile_changed(conn, tenant_id, [customer_id])
+    return True
 
 
 # PostgreSQL: a batch in one statement, its rows sent as one JSON array (one round trip, one

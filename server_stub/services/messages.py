@@ -30,6 +30,7 @@ from omnisdk.core.cart import Cart, line_parts
 from omnisdk.core.notifications import (
     CART_KINDS,
     PURPOSE_OF_CHANNEL,
+    SERVICE_KINDS,
     Kind,
     Skip,
     backoff_seconds,
@@ -45,6 +46,7 @@ from server_stub.services.stock import Stock
 from server_stub.services.stock import read as read_stock
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
+    ORDER_COMPLETED,
     alert_messages,
     alert_subscriptions,
     carts,
@@ -53,6 +55,8 @@ from server_stub.storage.tables import (
     order_lines,
     orders,
     preference_declarations,
+    return_orders,
+    return_tokens,
 )
 
 LEASE = timedelta(seconds=60)
@@ -282,7 +286,7 @@ async def _purchases(
         select(events.c.customer_id, events.c.properties, events.c.occurred_at).where(
             events.c.tenant_id == tenant_id,
             events.c.customer_id.in_(customer_ids),
-            events.c.name == "order_completed",
+            ORDER_COMPLETED,
             events.c.occurred_at >= since,
         )
     ):
@@ -334,6 +338,7 @@ class _Facts:
     ledgers: dict[str, list[Any]]
     traits: dict[str, dict[str, Any]]
     counted: dict[str, list[datetime]]
+    codes: dict[str, Any]  # return codes by token id (messages of kind return_code)
 
 
 async def _lock(conn: AsyncConnection, tenant_id: str, ids: set[str]) -> dict[str, str]:
@@ -403,6 +408,7 @@ async def _facts(
     ):
         counted[row.customer_id].append(row.decided_at)
     return _Facts(
+        codes=await _return_codes(conn, tenant_id, rows),
         live=live,
         cancelled=cancelled,
         stock=stock,
@@ -413,6 +419,36 @@ async def _facts(
         traits=traits,
         counted=counted,
     )
+
+
+async def _return_codes(conn: AsyncConnection, tenant_id: str, rows: list[Any]) -> dict[str, Any]:
+    """The return codes the batch's `return_code` messages carry, as they are now."""
+    wanted = {
+        str((row.data or {}).get("token_id"))
+        for row in rows
+        if row.kind == Kind.RETURN_CODE.value and (row.data or {}).get("token_id")
+    }
+    if not wanted:
+        return {}
+    found = await conn.execute(
+        select(
+            return_tokens.c.token_id,
+            return_tokens.c.token,
+            return_tokens.c.order_ref,
+            return_tokens.c.expires_at,
+            # A code is void when it, or its whole order, was revoked (returns.revoke_*).
+            func.coalesce(return_tokens.c.revoked_at, return_orders.c.revoked_at).label(
+                "revoked_at"
+            ),
+        )
+        .outerjoin(
+            return_orders,
+            (return_orders.c.tenant_id == return_tokens.c.tenant_id)
+            & (return_orders.c.order_ref == return_tokens.c.order_ref),
+        )
+        .where(return_tokens.c.tenant_id == tenant_id, return_tokens.c.token_id.in_(wanted))
+    )
+    return {row.token_id: row for row in found}
 
 
 def _since(row: Any) -> datetime:
@@ -429,6 +465,11 @@ def _decide_one(context: TenantContext, row: Any, facts: _Facts, now: datetime) 
     since = _since(row)
     if row.subscription_id is not None and row.subscription_id in facts.cancelled:
         return Skipped(Skip.SUBSCRIPTION_CANCELLED)
+    code = facts.codes.get(str(data.get("token_id"))) if kind is Kind.RETURN_CODE else None
+    if kind is Kind.RETURN_CODE and (
+        code is None or code.revoked_at is not None or code.expires_at <= now
+    ):
+        return Skipped(Skip.RETURN_CODE_VOID)
     stock = facts.stock.get(row.item) if row.item else None
     store = data.get("store") or None
     if stock is not None and kind is not Kind.PRICE_DROP and stock.units(store) <= 0:
@@ -464,7 +505,9 @@ def _decide_one(context: TenantContext, row: Any, facts: _Facts, now: datetime) 
     until = quiet_until(now, tz, settings.quiet_hours_start, settings.quiet_hours_end)
     if until is not None:
         return Delayed(until, "quiet_hours")
-    if over_cap(facts.counted[customer], now, settings.max_per_day, settings.max_per_week):
+    if kind not in SERVICE_KINDS and over_cap(
+        facts.counted[customer], now, settings.max_per_day, settings.max_per_week
+    ):
         return Skipped(Skip.FREQUENCY_CAP)
     facts.counted[customer].append(now)  # the next message of hers in this batch counts it
     channel, decision_id = chosen
@@ -489,6 +532,9 @@ def _decide_one(context: TenantContext, row: Any, facts: _Facts, now: datetime) 
             "cart_items": sorted(held) if in_cart else None,
             "locale": traits.get("locale"),
             "first_name": traits.get("first_name"),
+            **(
+                {"order_ref": code.order_ref, "return_code": code.token} if code is not None else {}
+            ),
         },
     }
     return Send(customer, channel, decision_id, payload)
@@ -570,7 +616,7 @@ def _options(item: str | None) -> dict[str, str]:
 # --- outcomes -------------------------------------------------------------------------------
 
 
-async def _timeline(
+async def timeline_event(
     conn: AsyncConnection,
     tenant_id: str,
     customer_id: str,
@@ -613,7 +659,7 @@ async def skip(conn: AsyncConnection, claimed: Claimed, reason: Skip | str, now:
     if row.subscription_id is not None and reason != Skip.SUBSCRIPTION_CANCELLED:
         # She is not told this time: the subscription waits for the next restock.
         await _subscription(conn, claimed.tenant_id, row.subscription_id, "waiting", None)
-    await _timeline(
+    await timeline_event(
         conn,
         claimed.tenant_id,
         row.customer_id,
@@ -668,7 +714,7 @@ async def sent(conn: AsyncConnection, claimed: Claimed, send: Send, now: datetim
     )
     if row.subscription_id is not None:
         await _subscription(conn, claimed.tenant_id, row.subscription_id, "notified", now)
-    await _timeline(
+    await timeline_event(
         conn,
         claimed.tenant_id,
         row.customer_id,

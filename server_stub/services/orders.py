@@ -27,8 +27,9 @@ batches) and `bought_since`.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import AsyncIterator, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -36,6 +37,7 @@ from typing import Any
 from sqlalchemy import (
     Integer,
     Row,
+    Select,
     String,
     bindparam,
     exists,
@@ -50,6 +52,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.types import NullType
 
+from omnisdk.core import gifts
 from omnisdk.core.channels import Channel
 from omnisdk.core.identifiers import IdentifierType, InvalidIdentifier
 from omnisdk.core.orders import LINK_CONFIDENCE, LinkMethod
@@ -63,7 +66,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import consent, customer_codes, identity, segment_hook
+from server_stub.services import consent, customer_codes, events, identity, segment_hook
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import CENT, UtcDateTime, order_lines, order_refunds, orders
@@ -93,6 +96,10 @@ class SaleLine:
     unit_price: Decimal
     gift: bool = False
     gift_confidence: float | None = None
+    category: str | None = None
+    size: str | None = None
+    gender: str | None = None
+    age_band: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,10 +145,14 @@ def _insert_new(conn: AsyncConnection) -> Any:
     return dialect.insert(orders).on_conflict_do_nothing(index_elements=["tenant_id", "reference"])
 
 
-async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple[OrderView, bool]:
+async def store(
+    conn: AsyncConnection, tenant_id: str, order: NewOrder, source: str = "order"
+) -> tuple[OrderView, bool]:
     """Store the order once per reference; (the stored order, whether this call created it).
     A reference recorded before with other content is refused (409), so a retry is harmless
-    and a reused reference is not silently taken for another sale."""
+    and a reused reference is not silently taken for another sale. The buyer's
+    `order_completed` event is recorded with it, once (events.record_order; `source` says
+    where the order came from: "order" or "cart")."""
     order_id = new_id("ord", 10)
     now = utcnow()
     result = await conn.execute(
@@ -176,11 +187,16 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
                     "gift": line.gift,
                     "gift_confidence": line.gift_confidence,
                     "returned_quantity": 0,
+                    "category": line.category,
+                    "size": line.size,
+                    "gender": line.gender,
+                    "age_band": line.age_band,
                 }
                 for number, line in enumerate(order.lines, start=1)
             ],
         )
         if order.customer_id:  # her orders are part of her profile (segments, issue 19)
+            await _record_event(conn, tenant_id, order, source)
             await segment_hook.profile_changed(conn, tenant_id, [order.customer_id])
         return _new_view(order_id, order, now), True
     stored = await by_reference(conn, tenant_id, order.reference)
@@ -192,6 +208,33 @@ async def store(conn: AsyncConnection, tenant_id: str, order: NewOrder) -> tuple
             "reference names one order: give this one its own reference",
         )
     return stored, False
+
+
+async def _record_event(
+    conn: AsyncConnection, tenant_id: str, order: NewOrder, source: str
+) -> None:
+    """Her `order_completed` event for the order: her timeline and the recommendations read
+    events, so a store sale shows there as an online order does."""
+    assert order.customer_id is not None
+    lines = [
+        {
+            "sku": line.sku,
+            "quantity": line.quantity,
+            "unit_price": float(line.unit_price),
+            "currency": order.currency,
+        }
+        for line in order.lines
+    ]
+    await events.record_order(
+        conn,
+        tenant_id,
+        order.customer_id,
+        Channel(order.channel),
+        order.reference,
+        lines,
+        order.placed_at,
+        source,
+    )
 
 
 def _new_view(order_id: str, order: NewOrder, now: datetime) -> OrderView:
@@ -269,8 +312,12 @@ async def record(
             sku=line.sku,
             quantity=line.quantity,
             unit_price=money(line.unit_price),
-            gift=line.gift,
+            gift=bool(line.gift),
             gift_confidence=line.gift_confidence,
+            category=line.category,
+            size=line.size,
+            gender=line.gender,
+            age_band=line.age_band,
         )
         for line in request.lines
     )
@@ -284,6 +331,7 @@ async def record(
         allowed = await consent.analytics_allowed(conn, context, [(buyer, placed_at)])
         if not allowed[buyer, placed_at]:
             buyer, refused = None, "consent"
+    lines = await _labelled(conn, context.tenant_id, buyer, request, lines)
     order = NewOrder(
         reference=request.reference,
         customer_id=buyer,
@@ -297,6 +345,85 @@ async def record(
     )
     stored, created = await store(conn, context.tenant_id, order)
     return RecordedOrder(order=stored, created=created, link_refused=refused if created else None)
+
+
+async def _labelled(
+    conn: AsyncConnection,
+    tenant_id: str,
+    buyer: str | None,
+    request: RecordOrderRequest,
+    lines: tuple[SaleLine, ...],
+) -> tuple[SaleLine, ...]:
+    """Each line labelled gift or for herself with a confidence: the shop's own label when
+    it gave one with its confidence; else omnisdk.core.gifts.classify over what the line and
+    the order say (the shop's flag, shipping, the product's attributes) against her earlier
+    purchases. A correction by staff or by her (services/gifts.py) later wins for good."""
+    unlabelled = [(n, line) for n, line in enumerate(request.lines) if line.gift_confidence is None]
+    if not unlabelled:
+        return lines
+    history = await _gift_history(conn, tenant_id, buyer) if buyer else gifts.History()
+    labelled = list(lines)
+    for n, line in unlabelled:
+        label = gifts.classify(
+            gifts.Line(
+                category=line.category,
+                size=line.size,
+                gender=line.gender,
+                age_band=line.age_band,
+                explicit_gift=line.gift,
+                ship_to_other_name=request.ship_to_other_name,
+                ship_to_other_address=request.ship_to_other_address,
+            ),
+            history,
+        )
+        labelled[n] = replace(lines[n], gift=label.gift, gift_confidence=label.confidence)
+    return tuple(labelled)
+
+
+def own_lines(tenant_id: str, customer_id: str, *columns: Any) -> Select[Any]:
+    """Her order lines bought for herself (not labelled gift), newest order first: what says
+    something of her own taste (the gift classifier's history, her purchased SKUs)."""
+    return (
+        select(*columns)
+        .join(
+            orders,
+            (orders.c.tenant_id == order_lines.c.tenant_id)
+            & (orders.c.id == order_lines.c.order_id),
+        )
+        .where(
+            orders.c.tenant_id == tenant_id,
+            orders.c.customer_id == customer_id,
+            order_lines.c.gift.is_(False),
+        )
+        .order_by(orders.c.placed_at.desc(), order_lines.c.line_no)
+    )
+
+
+HISTORY_LINES = 500  # her latest lines the classifier compares a new line with
+
+
+async def _gift_history(conn: AsyncConnection, tenant_id: str, buyer: str) -> gifts.History:
+    """Her own purchases (lines labelled for herself) for the classifier, newest first."""
+    rows = list(
+        await conn.execute(
+            own_lines(
+                tenant_id,
+                buyer,
+                order_lines.c.order_id,
+                order_lines.c.category,
+                order_lines.c.size,
+                order_lines.c.gender,
+                order_lines.c.age_band,
+            ).limit(HISTORY_LINES)
+        )
+    )
+    return gifts.History(
+        orders=len({row.order_id for row in rows}),
+        sizes=Counter((r.category, r.size) for r in rows if r.category and r.size),
+        genders=Counter(row.gender for row in rows if row.gender),
+        age_bands=Counter(row.age_band for row in rows if row.age_band),
+        categories=Counter(row.category for row in rows if row.category),
+    )
 
 
 async def _buyer(
@@ -374,7 +501,7 @@ async def record_checkout(
         link_method="checkout",
         lines=lines,
     )
-    stored, _ = await store(conn, tenant_id, order)
+    stored, _ = await store(conn, tenant_id, order, "cart")
     return stored
 
 

@@ -7,7 +7,20 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import ColumnElement, Row, Select, and_, func, or_, select, union_all
+from sqlalchemy import (
+    JSON,
+    ColumnElement,
+    Row,
+    Select,
+    and_,
+    case,
+    func,
+    null,
+    or_,
+    select,
+    type_coerce,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import profile as rules
@@ -32,8 +45,10 @@ from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.services import analytics, carts, notes, preferences, segment_hook
 from server_stub.services.identity import live_id, person_ids
+from server_stub.services.orders import own_lines
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
+    ORDER_COMPLETED,
     customers,
     events,
     identifiers,
@@ -59,34 +74,32 @@ MAX_PURCHASED = 200
 
 
 async def _purchased(
-    conn: AsyncConnection, tenant_id: str, live: str, ids: Sequence[str]
+    conn: AsyncConnection, tenant_id: str, live: str, ids: Sequence[str], records: Any
 ) -> list[str]:
-    """SKUs she bought, newest first: from her order records (every channel), then from
-    `order_completed` events the shop sent without a record."""
+    """SKUs she bought for herself, newest first: the lines of her order records (every
+    channel) not labelled gift (by the classifier, or as staff or she corrected it), then
+    from `order_completed` events of orders without a record, unless flagged gift. A gift
+    says nothing of her taste: it neither anchors her recommendations nor is left out of
+    them (issue 19)."""
     found: dict[str, None] = {}
     recorded = await conn.execute(
-        select(order_lines.c.sku)
-        .join(
-            orders,
-            (orders.c.tenant_id == order_lines.c.tenant_id)
-            & (orders.c.id == order_lines.c.order_id),
-        )
-        .where(orders.c.tenant_id == tenant_id, orders.c.customer_id == live)
-        .order_by(orders.c.placed_at.desc(), order_lines.c.line_no)
-        .limit(MAX_PURCHASED * 4)
+        own_lines(tenant_id, live, order_lines.c.sku).limit(MAX_PURCHASED * 4)
     )
     for row in recorded:
         found.setdefault(row.sku)
+    order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     rows = await conn.execute(
         _newest_of_person(
             tenant_id,
             ids,
             [events.c.properties],
-            [events.c.name == "order_completed"],
+            [ORDER_COMPLETED, order.not_in(records)],
             MAX_PURCHASED,
         )
     )
     for row in rows:
+        if (row.properties or {}).get("gift") is True:
+            continue
         skus = (row.properties or {}).get("skus")
         for sku in skus if isinstance(skus, list) else ():
             if isinstance(sku, str):
@@ -133,7 +146,7 @@ def _order_summary(mine: Any, records: Any) -> Any:
     order = func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id)
     per_order = (
         select(order.label("order"), func.max(events.c.value).label("value"))
-        .where(mine, events.c.name == "order_completed", order.not_in(records))
+        .where(mine, ORDER_COMPLETED, order.not_in(records))
         .group_by(order)
         .subquery()
     )
@@ -229,15 +242,19 @@ async def get_profile(
     # The person's events: a merge leaves the loser's under its own id (identity.py).
     ids = await person_ids(conn, tenant_id, live)
     mine = and_(events.c.tenant_id == tenant_id, _of_person(ids))
-    last_seen = {
-        Channel(row.channel): row.last
-        for row in await conn.execute(
-            select(events.c.channel, func.max(events.c.occurred_at).label("last"))
+    per_channel = list(
+        await conn.execute(
+            select(
+                events.c.channel,
+                func.min(events.c.occurred_at).label("first"),
+                func.max(events.c.occurred_at).label("last"),
+            )
             .where(mine)
             .group_by(events.c.channel)
         )
-    }
-    first_event = (await conn.execute(select(func.min(events.c.occurred_at)).where(mine))).scalar()
+    )
+    last_seen = {Channel(row.channel): row.last for row in per_channel}
+    first_event = min((row.first for row in per_channel), default=None)
     records = _records_of(tenant_id, live)
     from_events = (await conn.execute(_order_summary(mine, records))).one()
     summary, purchases, recorded_buyer = await _recorded_summary(
@@ -258,7 +275,7 @@ async def get_profile(
         lifecycle=rules.lifecycle(first_seen, last, now, context.lifecycle),
         buyer_type=await _buyer_type(conn, tenant_id, ids, records, recorded_buyer),
         annotations=await notes.listed(conn, tenant_id, live, reader or BACKEND_READER),
-        purchased_skus=await _purchased(conn, tenant_id, live, ids),
+        purchased_skus=await _purchased(conn, tenant_id, live, ids, records),
         purchases=purchases,
         **await _scores(conn, tenant_id, live),
         recent_events=(await timeline(conn, tenant_id, live, RECENT_EVENTS, None, ids)).items,
@@ -352,19 +369,35 @@ async def _identifiers(conn: AsyncConnection, tenant_id: str, live: str) -> list
     return views
 
 
+# What her interests are read from (also services/segments.py): events naming a category, and
+# the properties of orders, which say whether one was a gift: a gift says nothing of her own
+# interests (issue 19). Read whole and judged in Python, as the profile reads a flag (JSON
+# `true` is 1 to SQLite's JSON functions, `true` to PostgreSQL's).
+INTEREST_COLUMNS = (
+    events.c.name,
+    events.c.category,
+    type_coerce(case((ORDER_COMPLETED, events.c.properties), else_=null()), JSON).label("order"),
+)
+INTEREST_WHERE = (events.c.category.is_not(None), events.c.name.in_(INTEREST_EVENTS))
+
+
+def interest_signal(row: Row[Any]) -> tuple[str, datetime, float] | None:
+    """The (category, time, weight) an event of hers adds to her interests; None for an
+    order she bought as a gift."""
+    if isinstance(row.order, dict) and row.order.get("gift") is True:
+        return None
+    return row.category, row.occurred_at, INTEREST_EVENTS[row.name]
+
+
 async def _interests(
     conn: AsyncConnection, context: TenantContext, ids: Sequence[str], now: datetime
 ) -> dict[str, float]:
     rows = await conn.execute(
         _newest_of_person(
-            context.tenant_id,
-            ids,
-            [events.c.name, events.c.category],
-            [events.c.category.is_not(None), events.c.name.in_(INTEREST_EVENTS)],
-            INTEREST_SIGNALS,
+            context.tenant_id, ids, INTEREST_COLUMNS, INTEREST_WHERE, INTEREST_SIGNALS
         )
     )
-    signals = [(row.category, row.occurred_at, INTEREST_EVENTS[row.name]) for row in rows]
+    signals = [signal for row in rows if (signal := interest_signal(row)) is not None]
     return rules.interests(signals, now, context.settings.profile.interest_half_life_days)
 
 
@@ -383,7 +416,7 @@ async def _buyer_type(
             tenant_id,
             ids,
             [events.c.properties],
-            [events.c.name == "order_completed", order.not_in(records)],
+            [ORDER_COMPLETED, order.not_in(records)],
             ORDERS_FOR_BUYER_TYPE,
         )
     )

@@ -13,7 +13,7 @@ from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Row, insert, select, update
+from sqlalchemy import Row, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -32,10 +32,23 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import events, identity, orders
+from server_stub.services import alerts, audit, events, identity, messages, orders
 from server_stub.services.signing_keys import SigningKey, SigningKeys, verification_keys
 from server_stub.services.tenant_context import TenantContext
-from server_stub.storage.tables import redemptions, return_lines, return_orders, return_tokens
+from server_stub.storage.tables import (
+    orders as order_records,
+)
+from server_stub.storage.tables import (
+    redemptions,
+    return_lines,
+    return_orders,
+    return_tokens,
+)
+
+# A return code with its order (revoked with it, registered for its customer).
+OF_ITS_ORDER = (return_orders.c.tenant_id == return_tokens.c.tenant_id) & (
+    return_orders.c.order_ref == return_tokens.c.order_ref
+)
 
 
 def _qr_paths(token_id: str) -> tuple[str, str]:
@@ -217,11 +230,7 @@ async def verify(conn: AsyncConnection, tenant_id: str, token: str) -> tokens.Re
     row = (
         await conn.execute(
             select(return_tokens.c.revoked_at, return_orders.c.revoked_at.label("order_revoked"))
-            .join(
-                return_orders,
-                (return_orders.c.tenant_id == return_tokens.c.tenant_id)
-                & (return_orders.c.order_ref == return_tokens.c.order_ref),
-            )
+            .join(return_orders, OF_ITS_ORDER)
             .where(
                 return_tokens.c.tenant_id == tenant_id,
                 return_tokens.c.token_id == outcome.claims.token_id_hex,
@@ -506,3 +515,62 @@ async def revoke_order(conn: AsyncConnection, tenant_id: str, order_ref: str) ->
         )
         .values(revoked_at=utcnow())
     )
+
+
+async def resendable(conn: AsyncConnection, tenant_id: str, live: str) -> dict[str, Any]:
+    """Her orders' return codes that can still be used, the latest per order reference (her
+    orders: her order records, and the return orders registered for her)."""
+    now = utcnow()
+    hers = or_(
+        return_tokens.c.order_ref.in_(
+            select(order_records.c.reference).where(
+                order_records.c.tenant_id == tenant_id, order_records.c.customer_id == live
+            )
+        ),
+        return_orders.c.customer_id == live,
+    )
+    rows = await conn.execute(
+        select(return_tokens.c.order_ref, return_tokens.c.token_id, return_tokens.c.expires_at)
+        .join(return_orders, OF_ITS_ORDER)
+        .where(
+            return_tokens.c.tenant_id == tenant_id,
+            hers,
+            return_tokens.c.revoked_at.is_(None),
+            return_orders.c.revoked_at.is_(None),
+            return_tokens.c.expires_at > now,
+        )
+        .order_by(return_tokens.c.issued_at)
+    )
+    return {row.order_ref: row for row in rows}
+
+
+async def resend(
+    conn: AsyncConnection,
+    tenant_id: str,
+    customer_id: str,
+    order_ref: str,
+    actor: str,
+    actor_key_id: str | None,
+) -> tuple[str, bool]:
+    """Send her the return code of one of her orders again, through message delivery;
+    audited and on her timeline. (live id, whether a message was queued: False when the same
+    was asked within the minute)."""
+    live = await identity.lock_customer(conn, tenant_id, customer_id)
+    code = (await resendable(conn, tenant_id, live)).get(order_ref)
+    if code is None:
+        raise Problem(
+            ProblemType.NOT_FOUND,
+            f"she has no return code for order {order_ref!r} that can still be used "
+            "(none issued, expired or revoked): issue a new one",
+        )
+    now = utcnow()
+    message_id = await alerts.return_code(conn, tenant_id, live, order_ref, code.token_id, now)
+    if message_id is None:
+        return live, False
+    detail = f"order {order_ref}, code {code.token_id}, message {message_id}"
+    await audit.record(conn, tenant_id, actor_key_id, "return_code.resent", live, detail)
+    properties = {"order_id": order_ref, "token_id": code.token_id, "requested_by": actor}
+    await messages.timeline_event(
+        conn, tenant_id, live, "return_code_resent", message_id, properties, now
+    )
+    return live, True

@@ -40,7 +40,6 @@ from omnisdk.core import consent as consent_rules
 from omnisdk.core import preferences as preference_rules
 from omnisdk.core import profile as rules
 from omnisdk.core import segments as segment_rules
-from omnisdk.core.events import INTEREST_EVENTS
 from omnisdk.core.problems import ProblemType
 from omnisdk.core.profile import LifecycleThresholds
 from omnisdk.models import TenantSettings
@@ -51,6 +50,7 @@ from server_stub.services.consent import _rule as consent_decision
 from server_stub.services.preferences import OBSERVED_DAYS, OBSERVED_SIGNALS
 from server_stub.storage.database import Database
 from server_stub.storage.tables import (
+    ORDER_COMPLETED,
     consent_decisions,
     customers,
     events,
@@ -198,7 +198,7 @@ async def _orders(
             order.label("order"),
             func.max(events.c.value).label("value"),
         )
-        .where(mine, events.c.name == "order_completed", order.not_in(_recorded(tenant_id)))
+        .where(mine, ORDER_COMPLETED, order.not_in(_recorded(tenant_id)))
         .group_by(events.c.customer_id, order)
         .subquery()
     )
@@ -241,13 +241,15 @@ async def _orders(
 async def _interests(
     conn: AsyncConnection, mine: Any, settings: TenantSettings, now: datetime
 ) -> dict[str, dict[str, float]]:
-    query = select(
-        events.c.customer_id, events.c.name, events.c.category, events.c.occurred_at
-    ).where(mine, events.c.category.is_not(None), events.c.name.in_(INTEREST_EVENTS))
+    query = select(events.c.customer_id, *profile.INTEREST_COLUMNS, events.c.occurred_at).where(
+        mine, *profile.INTEREST_WHERE
+    )
     top = _top(query, events.c.occurred_at.desc(), profile.INTEREST_SIGNALS)
     signals: dict[str, list[tuple[str, datetime, float]]] = defaultdict(list)
     for row in await conn.execute(top):
-        signals[row.customer_id].append((row.category, row.occurred_at, INTEREST_EVENTS[row.name]))
+        signal = profile.interest_signal(row)
+        if signal is not None:
+            signals[row.customer_id].append(signal)
     half_life = settings.profile.interest_half_life_days
     return {who: rules.interests(found, now, half_life) for who, found in signals.items()}
 
@@ -259,7 +261,7 @@ async def _buyer_types(
     known only by its event by its flags."""
     query = select(events.c.customer_id, events.c.properties).where(
         mine,
-        events.c.name == "order_completed",
+        ORDER_COMPLETED,
         func.coalesce(events.c.properties["order_id"].as_string(), events.c.event_id).not_in(
             _recorded(tenant_id)
         ),
@@ -549,7 +551,7 @@ async def backfill(
         await conn.execute(
             update(segments)
             .where(this, segments.c.version == segment.version)
-            .values(backfilled_version=segment.version)
+            .values(backfilled_version=segment.version, backfilled_at=utcnow())
         )
     return Outcome(entered, exited)
 
@@ -568,25 +570,34 @@ async def _analyze(database: Database) -> None:
             await conn.execute(text("ANALYZE changes"))
 
 
-async def claim_due(database: Database, now: datetime | None = None) -> tuple[str, str] | None:
-    """A segment whose current version needs a backfill and that no live process is
-    backfilling, claimed for this one: (tenant id, segment id)."""
+REFRESH = timedelta(hours=24)  # the default of Settings.segment_refresh_hours
+REFRESH_CANDIDATES = 50
+
+
+async def claim_due(
+    database: Database, now: datetime | None = None, refresh: timedelta = REFRESH
+) -> tuple[str, str] | None:
+    """A segment that no live process is backfilling and that needs a backfill, claimed for
+    this one: (tenant id, segment id). Due: a version not backfilled yet, else a segment over
+    attributes that change with time alone whose last backfill is older than `refresh`."""
     now = now or utcnow()
     stale = now - CLAIM_STALE
+    free = (segments.c.backfill_claimed_at.is_(None)) | (segments.c.backfill_claimed_at < stale)
     async with database.transaction(write=True) as conn:
         due = (
             await conn.execute(
-                select(segments.c.tenant_id, segments.c.id, segments.c.backfill_claimed_at)
+                select(segments.c.tenant_id, segments.c.id)
                 .where(
                     (segments.c.backfilled_version.is_(None))
                     | (segments.c.backfilled_version != segments.c.version),
-                    (segments.c.backfill_claimed_at.is_(None))
-                    | (segments.c.backfill_claimed_at < stale),
+                    free,
                 )
                 .order_by(segments.c.updated_at)
                 .limit(1)
             )
         ).first()
+        if due is None:
+            due = await _refresh_due(conn, now - refresh, free)
         if due is None:
             return None
         claimed = await conn.execute(
@@ -602,10 +613,28 @@ async def claim_due(database: Database, now: datetime | None = None) -> tuple[st
         return (due.tenant_id, due.id) if claimed.rowcount == 1 else None
 
 
-async def backfill_due(database: Database) -> int:
-    """Backfill every segment that needs it, one after the other; how many were done."""
-    count = 0
-    while (claimed := await claim_due(database)) is not None:
+async def _refresh_due(conn: AsyncConnection, before: datetime, free: Any) -> Any:
+    """The segment over time-dependent attributes backfilled longest ago, before `before`."""
+    rows = await conn.execute(
+        select(segments.c.tenant_id, segments.c.id, segments.c.condition)
+        .where(
+            segments.c.backfilled_version == segments.c.version,
+            (segments.c.backfilled_at.is_(None)) | (segments.c.backfilled_at < before),
+            free,
+        )
+        .order_by(segments.c.backfilled_at.is_not(None), segments.c.backfilled_at)
+        .limit(REFRESH_CANDIDATES)
+    )
+    return next((row for row in rows if segment_rules.depends_on_time(row.condition)), None)
+
+
+async def backfill_due(
+    database: Database, now: datetime | None = None, refresh: timedelta = REFRESH
+) -> int:
+    """Backfill every segment that needs it, one after the other; how many were done. The
+    round's time is fixed at its start: a segment refreshed in it is not due again in it."""
+    count, now = 0, now or utcnow()
+    while (claimed := await claim_due(database, now, refresh)) is not None:
         with contextlib.suppress(Problem):  # deleted meanwhile
             await backfill(database, *claimed)
         count += 1

@@ -26,6 +26,7 @@ from sqlalchemy import (
     TypeDecorator,
     UniqueConstraint,
     false,
+    literal_column,
     text,
 )
 
@@ -195,7 +196,21 @@ events = Table(
     Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
     # Erasure finds the events recorded for any of the customer's ids wherever they are now.
     Index("ix_events_origin", "tenant_id", "origin_customer_id"),
+    # Her orders among her events (profile, segments, messages) without reading the rest of
+    # her history; partial, so ingesting the other events costs nothing more (migration 0021).
+    Index(
+        "ix_events_customer_orders",
+        "tenant_id",
+        "customer_id",
+        "occurred_at",
+        sqlite_where=text("name = 'order_completed'"),
+        postgresql_where=text("name = 'order_completed'"),
+    ),
 )
+
+# Selects `order_completed` events. The name is written into the statement, not bound: a
+# prepared statement's generic plan cannot use a partial index on a bound value.
+ORDER_COMPLETED = events.c.name == literal_column("'order_completed'")
 
 event_receipts = Table(
     "event_receipts",
@@ -524,6 +539,11 @@ order_lines = Table(
     # How sure the shop was that the line is a gift (None: it did not say; 1.0: told so).
     Column("gift_confidence", Float, nullable=True),
     Column("returned_quantity", Integer, nullable=False),
+    # What the shop said of the product (optional), for the gift classifier (migration 0021).
+    Column("category", String(100), nullable=True),
+    Column("size", String(32), nullable=True),
+    Column("gender", String(32), nullable=True),
+    Column("age_band", String(32), nullable=True),
     Index("ix_order_lines_sku", "tenant_id", "sku"),
 )
 
@@ -658,6 +678,9 @@ segments = Table(
     Column("updated_at", UtcDateTime(), nullable=False),
     # The version whose backfill finished (None: none yet); membership is complete from then.
     Column("backfilled_version", Integer, nullable=True),
+    # When it last finished: a segment over attributes that change with time alone is
+    # evaluated again over everyone once `segment_refresh_hours` have passed (migration 0021).
+    Column("backfilled_at", UtcDateTime(), nullable=True),
     # The backfill under way: which process claimed it (and when), how far it got.
     Column("backfill_claimed_at", UtcDateTime(), nullable=True),
     Column("backfill_done", Integer, nullable=False, server_default="0"),

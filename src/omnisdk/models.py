@@ -1708,12 +1708,33 @@ class SaleLineIn(WireModel):
     sku: str = Field(description="The product's SKU.", min_length=1, max_length=64)
     quantity: Int = Field(description="Units bought.", ge=1, le=9_999)
     unit_price: Amount = Field(description="Price of one unit, in the order's currency.")
-    gift: Bool = Field(default=False, description="Bought as a gift for someone else.")
+    gift: Bool | None = Field(
+        default=None,
+        description="Bought as a gift for someone else (gift wrap, gift receipt); true or "
+        "false decides, null lets the server classify the line (docs/orders.md).",
+    )
     gift_confidence: Float | None = Field(
         default=None,
         ge=0,
         le=1,
-        description="How sure the shop is of `gift` (None: not said; 1: the customer said so).",
+        description="How sure the shop is of `gift` (set: the shop's own label is kept as it "
+        "is; 1: the customer said so).",
+    )
+    category: str | None = Field(
+        default=None, min_length=1, max_length=100, description="The product's category."
+    )
+    size: str | None = Field(default=None, min_length=1, max_length=32, description="Its size.")
+    gender: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="Whom the product is for: `women`, `men`, `unisex`, ...",
+    )
+    age_band: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=32,
+        description="The age it is for: `adult`, `kids`, `baby`, ...",
     )
 
 
@@ -1750,6 +1771,12 @@ class RecordOrderRequest(WireModel):
     total: Amount | None = Field(
         default=None,
         description="What the buyer paid (default: the sum of the lines; less after a discount).",
+    )
+    ship_to_other_name: Bool = Field(
+        default=False, description="Shipped to someone else's name (evidence of a gift)."
+    )
+    ship_to_other_address: Bool = Field(
+        default=False, description="Shipped to an address not hers (weak evidence of a gift)."
     )
     customer_id: str | None = Field(
         default=None,

@@ -306,6 +306,31 @@ def test_the_agent_records_her_declared_preferred_channel(browser: Any, shop: Sh
         assert web.identity.preferred_channel(shop.amy).channel == "sms"
 
 
+def test_the_agent_resends_the_return_code_of_her_online_order(
+    browser: Any, shop: Shop, out: Path
+) -> None:
+    page = sign_in(browser, shop, shop.agent)
+    page.goto(f"{shop.server.url}/console/customers/{shop.amy}")
+    orders = page.locator("section[aria-labelledby=orders-title]")
+    expect(orders.get_by_role("button", name="Resend return code of W-1001")).to_be_visible()
+    expect(orders.get_by_role("button", name="Resend return code of POS-7-0001")).to_have_count(0)
+    with page.expect_navigation():
+        orders.get_by_role("button", name="Resend return code of W-1001").click()
+    expect(page.locator(".notice")).to_contain_text("The return code of order W-1001 will be sent")
+    timeline = page.locator("section[aria-labelledby=timeline-title]")
+    expect(timeline).to_contain_text("return_code_resent")
+    expect(timeline).to_contain_text("requested_by=Kim")
+    accessible(page, "customer, after a resend")
+    page.screenshot(path=out / "console-return-code.png", full_page=True)
+    listed = httpx.get(
+        f"{shop.server.url}/v1/alerts/{shop.amy}/messages",
+        headers={"Authorization": f"Bearer {shop.tenant.key('web')}"},
+        timeout=10,
+    )
+    assert listed.status_code == 200, listed.text
+    assert [m["kind"] for m in listed.json()["items"]] == ["return_code"]
+
+
 def test_an_admin_undoes_a_wrong_merge_after_seeing_what_moves_where(
     browser: Any, shop: Shop, out: Path
 ) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Profile
@@ -19,7 +19,8 @@ from omnisdk.resources.content import profile_facts
 from omnisdk.testing import ATTRIBUTED_EVENTS
 from server_stub.services import segments
 from server_stub.services.profile import get_profile
-from server_stub.storage.tables import changes, segment_members
+from server_stub.storage.tables import changes, customers, events, segment_members
+from server_stub.storage.tables import segments as segments_table
 from tests.server.conftest import Harness, ShopForTest, start_harness
 
 # The background evaluator and backfiller wait a minute between rounds here: each test runs
@@ -230,7 +231,9 @@ async def test_segment_attributes_are_the_content_engines_profile_facts(
     await track(shop, amy, "order_completed", "pos", order_id="o1", value=80.5, gift=True)
     await track(shop, amy, "order_completed", order_id="o1", value=80.5, gift=True)
     await track(shop, amy, "email_clicked", days=2)
-    await track(shop, amy, "email_clicked", days=3)  # e-mail 5.6 > web 3.9 > store 2.9
+    await track(shop, amy, "email_clicked", days=3)
+    # The sale below is her order_completed at the till too: e-mail 8.6 > store 5.9 > web 3.9
+    await track(shop, amy, "email_clicked", days=1)
     sale = {
         "reference": "POS-1",
         "channel": "pos",
@@ -338,3 +341,41 @@ def test_real_time_membership_and_backfill_agree_on_random_profiles(
             return
 
     asyncio.run(scenario())
+
+
+async def test_time_alone_moves_her_from_active_to_lapsing_at_the_periodic_refresh(
+    server: Harness, shop: ShopForTest
+) -> None:
+    amy = await customer(shop, "drifting")
+    await track(shop, amy, "product_viewed", category="running", days=80)  # idle 80 days: active
+    other = await define(shop, "gold", {"traits.tier": "gold"})  # does not depend on time
+    lapsing = await define(shop, "lapsing", {"lifecycle": "lapsing"})
+    assert other["segment_id"] and lapsing["segment_id"]
+
+    async def age(table: Any, column: Any, where: Any, by: timedelta) -> None:
+        key = [c for c in table.primary_key.columns]
+        async with server.database.transaction(write=True) as conn:
+            for row in list(await conn.execute(select(*key, column).where(where))):
+                same = [c == row._mapping[c] for c in key]
+                when = row._mapping[column] - by
+                await conn.execute(update(table).where(*same).values({column.name: when}))
+
+    await age(customers, customers.c.created_at, customers.c.id == amy, timedelta(days=200))
+    await settle(server)
+    assert await members(server, shop, "lapsing") == set()
+    # Fifteen days pass: nothing of hers happens, only time (her history and the segments'
+    # last backfill grow older).
+    await age(events, events.c.occurred_at, events.c.customer_id == amy, timedelta(days=15))
+    await age(customers, customers.c.created_at, customers.c.id == amy, timedelta(days=15))
+    await age(
+        segments_table,
+        segments_table.c.backfilled_at,
+        segments_table.c.tenant_id == shop.id,
+        timedelta(days=15),
+    )
+    assert not await segments.drain(server.database)  # no change of hers was queued
+    assert await members(server, shop, "lapsing") == set()
+    refreshed = await segments.backfill_due(server.database, refresh=timedelta(hours=24))
+    assert refreshed == 1  # only the segment over time: "gold" is not evaluated again
+    assert await members(server, shop, "lapsing") == {amy}
+    assert await segments.backfill_due(server.database, refresh=timedelta(hours=24)) == 0

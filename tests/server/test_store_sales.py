@@ -7,7 +7,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
+from server_stub.storage.tables import events
 from tests.server.conftest import Harness, ShopForTest
 from tests.server.test_privacy import traces
 
@@ -223,3 +225,44 @@ async def test_a_web_key_cannot_issue_orders_of_another_tenant(
     assert (await other.request("GET", "/v1/orders/S-mine", "web")).status_code == 404
     pos_code = await other.request("POST", "/v1/customers/cus_x/customer-code", "pos")
     assert pos_code.status_code == 403  # a till scans codes, it does not issue them
+
+
+async def test_a_store_sale_is_her_order_completed_once_in_her_timeline(
+    shop: ShopForTest,
+) -> None:
+    amy = await identify(shop, ("anonymous", "timeline-amy"), ("loyalty_card", "LC-TL-1"))
+    await consent(shop, amy)
+    await sale(shop, "S-timeline", loyalty_id="LC-TL-1")
+    again = await sale(shop, "S-timeline", loyalty_id="LC-TL-1")  # the till's retry
+    assert not again["created"]
+    own = {
+        "customer_id": amy,
+        "name": "order_completed",
+        "properties": {"order_id": "S-timeline", "value": 120.0, "skus": ["TR2-38"]},
+    }
+    sent = await shop.request("POST", "/v1/events", "pos", json=own)  # the shop's own event
+    assert sent.status_code == 200, sent.text
+    timeline = await shop.request("GET", f"/v1/customers/{amy}/timeline", "web")
+    assert timeline.status_code == 200, timeline.text
+    recorded = [
+        item
+        for item in timeline.json()["items"]
+        if item["name"] == "order_completed" and item["properties"].get("source") == "order"
+    ]
+    assert len(recorded) == 1
+    assert recorded[0]["channel"] == "pos"
+    assert recorded[0]["properties"]["order_id"] == "S-timeline"
+    assert recorded[0]["properties"]["skus"] == ["TR2-38"]
+    profile = await shop.request("GET", f"/v1/customers/{amy}/profile", "web")
+    assert profile.json()["orders"] == {"count": 1, "total_value": 120.0}
+
+
+async def test_an_unlinked_store_sale_leaves_no_event(server: Harness, shop: ShopForTest) -> None:
+    await sale(shop, "S-nobody")
+    async with server.database.transaction(write=False) as conn:
+        found = await conn.execute(
+            select(events.c.event_id).where(
+                events.c.tenant_id == shop.id, events.c.name == "order_completed"
+            )
+        )
+        assert found.first() is None

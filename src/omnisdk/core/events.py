@@ -82,11 +82,14 @@ def order_event_id(order_ref: str) -> str:
     return "order-" + hashlib.sha256(order_ref.encode()).hexdigest()[:40]
 
 
-def cart_order_properties(order_ref: str, lines: list[dict[str, Any]]) -> dict[str, Any]:
-    """The `order_completed` properties of a cart turned into an order: its skus and, when
+def cart_order_properties(
+    order_ref: str, lines: list[dict[str, Any]], source: str = "cart"
+) -> dict[str, Any]:
+    """The `order_completed` properties of an order the server records (a cart turned into
+    an order, `source` "cart"; an order sent to /v1/orders, "order"): its skus and, when
     every line carries a price in one currency, its value."""
     skus = list(dict.fromkeys(str(line["sku"]) for line in lines))
-    properties: dict[str, Any] = {"order_id": order_ref, "skus": skus, "source": "cart"}
+    properties: dict[str, Any] = {"order_id": order_ref, "skus": skus, "source": source}
     prices = [line.get("unit_price") for line in lines]
     currencies = {line.get("currency") for line in lines}
     if lines and None not in prices and len(currencies) == 1:

@@ -24,10 +24,14 @@ class Kind(StrEnum):
     LOW_STOCK = "low_stock"
     PRICE_DROP = "price_drop"
     ABANDONED_CART = "abandoned_cart"
+    RETURN_CODE = "return_code"  # staff resending an order's return code (the console)
 
 
 SUBSCRIBABLE = (Kind.BACK_IN_STOCK, Kind.PRICE_DROP)
 CART_KINDS = frozenset({Kind.LOW_STOCK, Kind.ABANDONED_CART})
+# Messages she asked for (through staff), about something she did: not held back by the
+# frequency caps, which are there against too much marketing; consent and quiet hours apply.
+SERVICE_KINDS = frozenset({Kind.RETURN_CODE})
 
 
 class Skip(StrEnum):
@@ -42,6 +46,7 @@ class Skip(StrEnum):
     PRICE_NOT_LOWER = "price_not_lower"
     SUBSCRIPTION_CANCELLED = "subscription_cancelled"
     CUSTOMER_GONE = "customer_gone"
+    RETURN_CODE_VOID = "return_code_void"  # revoked or expired since it was asked for
 
 
 # Marketing channels in the order they are tried when the preferred one may not be used.

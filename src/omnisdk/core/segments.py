@@ -67,6 +67,18 @@ def roots(condition: Mapping[str, Any]) -> frozenset[str]:
     return frozenset(path.split(".", 1)[0] for path in _paths(condition))
 
 
+# Attributes that change with time alone, with no event of hers: her lifecycle stage drifts
+# (active to lapsing), interest scores decay, and her observed preferred channel forgets
+# engagement older than its window. (The ranking of decayed interests, `top_interest`, does not
+# change by decay alone: every score shrinks by the same factor.)
+TIME_ROOTS = frozenset({"lifecycle", "interests", "preferred_channel"})
+
+
+def depends_on_time(condition: Mapping[str, Any]) -> bool:
+    """Whether a customer may enter or leave a segment of this condition as time passes."""
+    return bool(roots(condition) & TIME_ROOTS)
+
+
 def check(name: str, condition: Any) -> None:
     """Raise InvalidSegment with every problem of a definition."""
     errors = []

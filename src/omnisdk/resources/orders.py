@@ -51,6 +51,8 @@ def record_request(
     email: str | None = None,
     phone: str | None = None,
     e_receipt_email: str | None = None,
+    ship_to_other_name: bool = False,
+    ship_to_other_address: bool = False,
 ) -> RecordOrderRequest:
     """The request of an order, checked by the server's own model; its time fixed now."""
     return RecordOrderRequest.model_validate(
@@ -70,6 +72,8 @@ def record_request(
             "email": email,
             "phone": phone,
             "e_receipt_email": e_receipt_email,
+            "ship_to_other_name": ship_to_other_name,
+            "ship_to_other_address": ship_to_other_address,
         }
     )
 
@@ -124,11 +128,15 @@ class Orders(Resource[C]):
         email: str | None = None,
         phone: str | None = None,
         e_receipt_email: str | None = None,
+        ship_to_other_name: bool = False,
+        ship_to_other_address: bool = False,
     ) -> Flow[RecordedOrder]:
         """Record an order now: an online order, or a sale at a till (`store_id`). Name the
         buyer by at most one of `customer_id`, `customer_code` (scanned from her app),
         `loyalty_id`, `email`, `phone`, `e_receipt_email` (matched as keyed hashes); none
-        records an unlinked sale. Safe to retry: one order per `reference`."""
+        records an unlinked sale. Safe to retry: one order per `reference`. Where it was
+        shipped (`ship_to_other_*`) and the lines' attributes label each line gift or for
+        herself (docs/orders.md)."""
         request = record_request(
             reference,
             lines,
@@ -143,6 +151,8 @@ class Orders(Resource[C]):
             email=email,
             phone=phone,
             e_receipt_email=e_receipt_email,
+            ship_to_other_name=ship_to_other_name,
+            ship_to_other_address=ship_to_other_address,
         )
         result: RecordedOrder = yield record_call(request)
         return result
