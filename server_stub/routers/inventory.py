@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
+from omnisdk.core.cart import CartError, line_key, line_parts
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
 from omnisdk.notification_models import (
@@ -60,7 +61,7 @@ async def read_inventory(
         )
     if any(not key or len(key) > 200 for key in item):
         raise Problem(ProblemType.VALIDATION_ERROR, "an item key is 1 to 200 characters")
-    return AvailabilityList(items=await inventory.get(conn, context, item))
+    return AvailabilityList(items=await inventory.get(conn, context, _keys(item)))
 
 
 @router.post(
@@ -71,4 +72,20 @@ async def read_inventory(
 async def lookup_inventory(
     body: AvailabilityLookup, conn: Connection, context: Context
 ) -> AvailabilityList:
-    return AvailabilityList(items=await inventory.get(conn, context, list(body.items)))
+    return AvailabilityList(items=await inventory.get(conn, context, _keys(body.items)))
+
+
+def _keys(items: list[str]) -> list[str]:
+    """The item keys asked for, each as `line_key` writes it; any other is refused (422)."""
+    for key in items:
+        try:
+            canonical = line_key(*line_parts(key))
+        except CartError:
+            canonical = None
+        if canonical != key:
+            raise Problem(
+                ProblemType.VALIDATION_ERROR,
+                f"item {key!r} is no item key: `sku` or `sku|name=value;...`, options in name "
+                "order, the SKU 1-64 characters without `|`",
+            )
+    return list(items)

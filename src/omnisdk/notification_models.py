@@ -16,8 +16,13 @@ from omnisdk.models import Float, Int, WireModel
 
 Sku = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[^|;=]+$")]
 Location = Annotated[str, Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9._:-]+$")]
+# An item's key is `sku|name=value;...` (omnisdk.core.cart.line_key): the separators cannot
+# appear where they would change which item is meant.
 Options = Annotated[
-    dict[Annotated[str, Field(max_length=32)], Annotated[str, Field(max_length=64)]],
+    dict[
+        Annotated[str, Field(min_length=1, max_length=32, pattern=r"^[^|;=]+$")],
+        Annotated[str, Field(max_length=64, pattern=r"^[^|;]*$")],
+    ],
     Field(max_length=8),
 ]
 LocationKind = Literal["online", "store"]

@@ -145,3 +145,31 @@ async def test_a_phone_number_in_other_digits_is_the_same_customer(shop: ShopFor
     )
     assert ascii_digits.status_code == arabic_indic.status_code == 200
     assert arabic_indic.json()["customer_id"] == ascii_digits.json()["customer_id"]
+
+
+@pytest.mark.parametrize(
+    "options",
+    [{"a=b": "c"}, {"a;b": "c"}, {"a|b": "c"}, {"": "x"}, {"size": "38;40"}, {"size": "38|40"}],
+)
+async def test_inventory_options_that_would_make_another_item_key_are_422(
+    shop: ShopForTest, options: dict[str, str]
+) -> None:
+    # They used to pass the model and fail in line_key: a 500.
+    level = {"sku": "TR2", "options": options, "location": "online", "quantity": 3}
+    answer = await shop.request("POST", "/v1/inventory", json={"levels": [level]})
+    _assert_problem(answer, 422, ProblemType.VALIDATION_ERROR)
+    # Nothing was stored: the item does not exist.
+    read = await shop.request("GET", "/v1/inventory", params={"item": "TR2"})
+    assert read.status_code == 200, read.text
+    assert read.json()["items"][0]["online"] == 0
+
+
+@pytest.mark.parametrize("key", ["|", "TR2|", "TR2|size", "TR2|b=1;a=2", "x" * 65, "TR2|=3"])
+async def test_an_inventory_read_of_no_item_key_is_422(shop: ShopForTest, key: str) -> None:
+    for answer in (
+        await shop.request("GET", "/v1/inventory", params={"item": key}),
+        await shop.request("POST", "/v1/inventory/lookup", json={"items": ["TR2", key]}),
+    ):
+        _assert_problem(answer, 422, ProblemType.VALIDATION_ERROR)
+    fine = await shop.request("GET", "/v1/inventory", params={"item": ["TR2", "TR2|a=2;b=1"]})
+    assert fine.status_code == 200, fine.text
