@@ -19,9 +19,10 @@ nothing about a person) until a build with `full` recounts from nothing.
 Which events are safe to count (PostgreSQL): `seq` is taken when a row is inserted, not when
 its transaction commits, so a row with a lower seq may still become visible after one with a
 higher seq was counted. The build therefore fixes its ceiling (the highest seq it sees), then
-waits until every transaction that was running at that moment has ended; then no row at or
-below the ceiling can appear any more. (It waits at most SETTLE_LIMIT_SECONDS: a transaction
-open longer than that is no request, and what it may add is counted by the next full build.)
+waits until every transaction that was writing in its database at that moment has ended;
+then no row at or below the ceiling can appear any more. (It waits at most
+SETTLE_LIMIT_SECONDS: a transaction open longer than that is no request, and what it may add
+is counted by the next full build.)
 """
 
 from __future__ import annotations
@@ -62,6 +63,7 @@ WINDOW_PAIRS = 500_000  # distinct pair counts held in memory before they are wr
 WINDOW_CUSTOMERS = 20_000  # customers whose cart baskets wait for their recount
 CUSTOMERS_PER_QUERY = 500
 SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a build begins
+_pause = asyncio.sleep  # between looks at the writers still open
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
 PairKey = tuple[str, str]
 _ADD_PAIRS = text(
@@ -169,20 +171,36 @@ async def _settled_ceiling(database: Database, tenant_id: str) -> int:
         )
         if conn.dialect.name != "postgresql":
             return int(ceiling or 0)  # SQLite: one writer at a time, rows visible in seq order
-        horizon = await conn.scalar(text("SELECT pg_snapshot_xmax(pg_current_snapshot())"))
+        writing = list(await conn.scalars(_WRITERS_HERE))
     pause, deadline = 0.01, time.monotonic() + SETTLE_LIMIT_SECONDS
-    while True:
+    while writing:
         async with database.transaction(write=False) as conn:
-            oldest = await conn.scalar(text("SELECT pg_snapshot_xmin(pg_current_snapshot())"))
-        if int(oldest) >= int(horizon):
-            return int(ceiling or 0)
+            writing = list(await conn.scalars(_STILL_WRITING, {"xids": writing}))
+        if not writing:
+            break
         if time.monotonic() > deadline:
-            # A transaction open this long (in any database of the server) is no request of
-            # ours: go on; an event it may still add below the ceiling waits for a full build.
+            # A transaction open this long is no request of ours: go on; an event it may
+            # still add below the ceiling waits for a full build.
             log.warning("rebuild did not wait longer for an open transaction")
-            return int(ceiling or 0)
-        await asyncio.sleep(pause)  # a writer still open: requests end within seconds
+            break
+        await _pause(pause)  # a writer still open: requests end within seconds
         pause = min(pause * 2, 0.5)
+    return int(ceiling or 0)
+
+
+# The transactions with a transaction id (those that wrote) open in this database: each holds
+# the lock on its own id. Another database's transactions store no events of ours, so a long
+# one there (a bulk load, another application) does not hold a build back.
+_WRITERS_HERE = text(
+    "SELECT l.transactionid::text FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+    "WHERE l.locktype = 'transactionid' AND l.mode = 'ExclusiveLock' AND l.granted "
+    "AND a.datname = current_database() AND l.pid <> pg_backend_pid()"
+)
+_STILL_WRITING = text(
+    "SELECT l.transactionid::text FROM pg_locks l WHERE l.locktype = 'transactionid' "
+    "AND l.mode = 'ExclusiveLock' AND l.granted "
+    "AND l.transactionid::text = ANY(CAST(:xids AS text[]))"
+)
 
 
 class _Window:

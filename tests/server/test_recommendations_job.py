@@ -4,6 +4,7 @@ its runner died, and behind the old endpoint."""
 
 from __future__ import annotations
 
+import asyncio
 import random
 from typing import Any
 
@@ -212,3 +213,56 @@ async def test_the_endpoint_answers_202_with_the_job_when_it_stops_waiting(
         ended = await server.app.state.runtime.jobs.wait(shop.id, job_id, timeout=60)
         assert ended is not None and ended.state == "done"
         assert (await stored_model(server, shop))["baskets"] == ended.result["baskets"]  # type: ignore[index]
+
+
+async def test_a_build_waits_for_writers_in_its_database_only(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An order written before the build began (a lower seq) but committed after it fixed its
+    # ceiling is counted: the build waits for the writers open in its database. A long
+    # transaction in another database of the same server does not hold it back.
+    if server.database.sqlite:
+        pytest.skip("SQLite has one writer at a time: rows become visible in seq order")
+    from tests.conftest import direct_connection, postgres_admin_url
+
+    admin_url = postgres_admin_url()
+    assert admin_url is not None
+    elsewhere = await direct_connection(admin_url)  # the server's maintenance database
+    late = await direct_connection(server.database.url)
+    try:
+        await elsewhere.execute("BEGIN")
+        await elsewhere.fetchval("SELECT txid_current()")  # a transaction id: a writer
+        await late.execute("BEGIN")
+        rows = random_events(random.Random(1), shop.id, 1)
+        first = {**rows[0], "name": "order_completed", "properties": {"skus": ["a", "b"]}}
+        await late.execute(
+            "INSERT INTO events (tenant_id, event_id, customer_id, origin_customer_id, name, "
+            "channel, occurred_at, received_at, properties) "
+            "VALUES ($1, $2, $3, $3, $4, 'web', $5, $5, $6)",
+            shop.id,
+            first["event_id"],
+            first["customer_id"],
+            "order_completed",
+            first["occurred_at"],
+            '{"skus": ["a", "b"]}',
+        )
+        second = {**first, "event_id": new_id("evt"), "properties": {"skus": ["a", "c"]}}
+        await store(server.database, [second])  # a higher seq, committed first
+        polls = []
+
+        async def commit_the_late_writer(seconds: float) -> None:
+            polls.append(seconds)
+            if len(polls) == 1:
+                await late.execute("COMMIT")
+
+        monkeypatch.setattr(recommendations, "_pause", commit_the_late_writer)
+        monkeypatch.setattr(recommendations, "SETTLE_LIMIT_SECONDS", 3_600.0)
+        # Were it to wait for the other database's transaction, it would wait for an hour.
+        job = await asyncio.wait_for(build(server.database, shop.id), timeout=120)
+    finally:
+        await elsewhere.execute("ROLLBACK")
+        await elsewhere.close()
+        await late.close()
+    assert job.state == "done", job.error
+    assert polls, "the build did not wait for the writer open in its database"
+    assert (await stored_model(server, shop))["baskets"] == 2
