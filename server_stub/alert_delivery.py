@@ -15,10 +15,12 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import httpx
 
+from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.observability import Metrics
 from server_stub.sealing import Sealer
@@ -28,6 +30,7 @@ from server_stub.storage.database import Database
 from server_stub.storage.tables import tenants
 
 log = logging.getLogger("omnisdk.server.alerts")
+UNSERVABLE_BACKOFF = timedelta(minutes=10)  # a tenant this server cannot serve waits this long
 
 
 class AlertWorker:
@@ -112,7 +115,16 @@ class AlertWorker:
     async def _pace(self, now: datetime) -> None:
         async with self.database.transaction(write=True) as conn:
             for due in await alerts.due_restocks(conn, now):
-                context = await self.contexts.get(conn, due.tenant_id)
+                try:
+                    context = await self.contexts.get(conn, due.tenant_id)
+                except Problem:
+                    # A tenant this server cannot serve (its secret does not unseal): put its
+                    # restock back a while, so that it does not stand before other tenants'.
+                    log.warning(
+                        "restock pacing failed for a tenant", extra={"tenant_id": due.tenant_id}
+                    )
+                    await alerts.postpone_restock(conn, due, now + UNSERVABLE_BACKOFF)
+                    continue
                 await alerts.pace(conn, context, due.item, due.store_key, now)
 
     async def _abandoned(self, now: datetime) -> None:
@@ -121,9 +133,22 @@ class AlertWorker:
         async with self.database.transaction(write=False) as conn:
             tenant_ids = [row.id for row in await conn.execute(tenants.select())]
         for tenant_id in tenant_ids:
-            async with self.database.transaction(write=True) as conn:
-                context = await self.contexts.get(conn, tenant_id)
-                await alerts.abandoned_carts(conn, context, now)
+            async with self._each_tenant(tenant_id, "abandoned-cart scan"):
+                async with self.database.transaction(write=True) as conn:
+                    context = await self.contexts.get(conn, tenant_id)
+                    await alerts.abandoned_carts(conn, context, now)
+
+    @contextlib.asynccontextmanager
+    async def _each_tenant(self, tenant_id: str, work: str) -> AsyncIterator[None]:
+        """One tenant's share of a pass: what fails there (a tenant whose secret this server
+        cannot unseal, say) is logged and skipped, and the other tenants' work goes on."""
+        try:
+            yield
+        except Exception as exc:
+            log.warning(
+                f"{work} failed for a tenant",
+                extra={"tenant_id": tenant_id, "error_type": type(exc).__name__},
+            )
 
     async def _deliver(self, claimed: list[messages.Claimed]) -> None:
         try:

@@ -346,6 +346,19 @@ async def pace(
     return len(stored)
 
 
+async def postpone_restock(conn: AsyncConnection, due: Any, until: datetime) -> None:
+    """Leave a due restock (a row of `due_restocks`) until `until`."""
+    await conn.execute(
+        update(alert_restocks)
+        .where(
+            alert_restocks.c.tenant_id == due.tenant_id,
+            alert_restocks.c.item == due.item,
+            alert_restocks.c.store_key == due.store_key,
+        )
+        .values(next_at=until)
+    )
+
+
 async def due_restocks(conn: AsyncConnection, now: datetime, limit: int = 20) -> list[Any]:
     """Restocks whose next batch is due, locked so that one process paces each (others skip
     them: FOR UPDATE SKIP LOCKED on PostgreSQL; SQLite has one writer)."""

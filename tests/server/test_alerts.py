@@ -15,7 +15,9 @@ import pytest
 from sqlalchemy import func, insert, select, update
 
 from server_stub.alert_delivery import AlertWorker, run_until_idle
-from server_stub.storage.tables import alert_messages, alert_subscriptions, carts
+from server_stub.sealing import Sealer
+from server_stub.services import tenants
+from server_stub.storage.tables import alert_messages, alert_restocks, alert_subscriptions, carts
 from tests.server.conftest import Harness, ShopForTest, start_harness
 from tests.webhook_receiver import WebhookReceiver
 
@@ -202,6 +204,39 @@ async def test_back_in_stock_is_one_signed_webhook_to_her_preferred_channel(
     assert ("message_sent", data["message_id"]) in [
         (name, props.get("message_id")) for name, props in await timeline_names(shop, amy)
     ]
+
+
+async def test_a_tenant_this_server_cannot_unseal_does_not_stop_the_others_messages(
+    server: Harness, receiver: WebhookReceiver
+) -> None:
+    # Another shop in the database was sealed with another secret key (restored from another
+    # installation, say): its restock and its carts are skipped, ours are delivered.
+    async with server.database.transaction(write=True) as conn:
+        foreign = await tenants.create(conn, "foreign", sealer=Sealer(b"k" * 32))
+        long_ago = datetime.now(UTC) - timedelta(hours=1)
+        await conn.execute(
+            insert(alert_restocks).values(
+                tenant_id=foreign.id,
+                item="TR2",
+                store_key="",
+                next_at=long_ago,
+                batches=0,
+                started_at=long_ago,
+            )
+        )
+    shop = await shop_with_webhook(server, receiver)
+    amy = await customer(shop, "phone", preferred_channel="sms")
+    await grant(shop, amy, "marketing:sms")
+    await subscribe(shop, amy)
+    await stock(shop, levels=[level(4)])
+    await run_until_idle(worker_of(server))
+    [payload] = receiver.unique
+    assert (payload["type"], payload["data"]["customer_id"]) == ("message.back_in_stock", amy)
+    async with server.database.transaction(write=False) as conn:
+        next_at = await conn.scalar(
+            select(alert_restocks.c.next_at).where(alert_restocks.c.tenant_id == foreign.id)
+        )
+    assert next_at > datetime.now(UTC) + timedelta(minutes=5)  # put back, not in the way
 
 
 async def test_no_message_after_she_bought_the_sku_on_any_channel(
