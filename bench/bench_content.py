@@ -202,13 +202,6 @@ def run() -> list[Figure]:
             def by_hand() -> None:
                 hand_written(context)
 
-            ours_rate = peer_rate = floor_rate = 0.0
-            for _ in range(2):  # alternate so neither side gets the quieter moment
-                ours_rate = max(ours_rate, _best_rate(ours))
-                peer_rate = max(peer_rate, _best_rate(peer))
-                floor_rate = max(floor_rate, _best_rate(by_hand))
-            ours_p99, peer_p99 = _p99_us(ours), _p99_us(peer)
-
             def check() -> None:
                 web.consent.check(amy, "personalisation")
 
@@ -218,8 +211,16 @@ def run() -> list[Figure]:
                 entry = granted.get(amy)
                 _ = entry is not None and "personalisation" in entry
 
-            check_rate = max(_best_rate(check) for _ in range(2))
-            ceiling_rate = max(_best_rate(ceiling) for _ in range(2))
+            ours_rate = peer_rate = floor_rate = check_rate = ceiling_rate = 0.0
+            # In turns, so neither side gets the quieter moment; the check is measured in the
+            # same turns as the decision it is a share of.
+            for _ in range(2):
+                ours_rate = max(ours_rate, _best_rate(ours))
+                check_rate = max(check_rate, _best_rate(check))
+                peer_rate = max(peer_rate, _best_rate(peer))
+                floor_rate = max(floor_rate, _best_rate(by_hand))
+                ceiling_rate = max(ceiling_rate, _best_rate(ceiling))
+            ours_p99, peer_p99 = _p99_us(ours), _p99_us(peer)
     share = ours_rate / check_rate
     return [
         Figure(

@@ -7,10 +7,13 @@ outruns one uvicorn worker: what it measures is the server, not itself.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import os
 import statistics
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 
 @dataclass(frozen=True)
@@ -19,10 +22,20 @@ class LoadResult:
     errors: int
     seconds: float
     latencies: list[float]
+    # CPU seconds the server process (all its threads) spent while these requests ran.
+    server_cpu: float | None = None
 
     @property
     def per_second(self) -> float:
         return self.requests / self.seconds
+
+    @property
+    def cpu_per_request(self) -> float:
+        """Server CPU seconds per request served: unlike throughput, it does not depend on
+        how much of the shared machine the server got during the run."""
+        if self.server_cpu is None:
+            raise ValueError("the server's CPU time was not measured (pass server_pid)")
+        return self.server_cpu / self.requests
 
     def percentile(self, p: float) -> float:
         ordered = sorted(self.latencies)
@@ -88,6 +101,13 @@ async def _run(
     return LoadResult(len(latencies), len(errors), elapsed, latencies)
 
 
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` and all its threads (Linux /proc)."""
+    # The command name (field 2) may hold spaces; the fields after its ")" are fixed.
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def run_load(
     url: str,
     make_request: Callable[[], bytes],
@@ -95,7 +115,14 @@ def run_load(
     concurrency: int = 32,
     seconds: float = 5.0,
     warmup: float = 1.0,
+    server_pid: int | None = None,
 ) -> LoadResult:
-    """Hammer `url` with `concurrency` connections for `seconds` (after a warm-up)."""
+    """Hammer `url` with `concurrency` connections for `seconds` (after a warm-up); with
+    `server_pid`, also the server process's CPU time over the measured part."""
     asyncio.run(_run(url, make_request, concurrency, warmup))
-    return asyncio.run(_run(url, make_request, concurrency, seconds))
+    if server_pid is None:
+        return asyncio.run(_run(url, make_request, concurrency, seconds))
+    cpu_before = process_cpu_seconds(server_pid)
+    result = asyncio.run(_run(url, make_request, concurrency, seconds))
+    server_cpu = process_cpu_seconds(server_pid) - cpu_before
+    return dataclasses.replace(result, server_cpu=server_cpu)

@@ -9,6 +9,13 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 
+def load_average() -> str:
+    """The machine's load when a figure was taken, for its note: on a shared machine a
+    figure means little without it."""
+    one, five, fifteen = os.getloadavg()
+    return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores"
+
+
 @dataclass(frozen=True)
 class Figure:
     name: str

@@ -55,12 +55,15 @@ class UnitOfWork:
         self._database = database
         self._write = write
         self._on_commit = on_commit
-        self._stack = AsyncExitStack()
+        # Made on first use too: a request that never touches the database (a no-op write,
+        # a rejected body) neither builds nor unwinds one.
+        self._stack: AsyncExitStack | None = None
         self._connection: AsyncConnection | None = None
 
     async def connection(self) -> AsyncConnection:
         if self._connection is None:
             transaction = self._database.transaction(write=self._write)
+            self._stack = AsyncExitStack()
             self._connection = await self._stack.enter_async_context(transaction)
         return self._connection
 
@@ -77,7 +80,8 @@ class UnitOfWork:
         topics: set[str] = set()
         if self._connection is not None:
             topics = self._connection.info.pop(AFTER_COMMIT, set())
-        await self._stack.__aexit__(exc_type, exc, tb)
+        if self._stack is not None:
+            await self._stack.__aexit__(exc_type, exc, tb)
         if exc_type is None and self._on_commit is not None:
             for topic in topics:
                 self._on_commit(topic)

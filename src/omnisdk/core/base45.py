@@ -7,7 +7,8 @@ two-byte group maps to its three characters by one lookup in a table built on fi
 from __future__ import annotations
 
 import struct
-from functools import cache
+from collections.abc import Callable
+from functools import cache, lru_cache
 from operator import itemgetter
 
 ALPHABET = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZ $%*+-./:"
@@ -27,17 +28,26 @@ def _triples() -> tuple[str, ...]:
     )
 
 
+@lru_cache(maxsize=1024)
+def _pairs_reader(pairs: int) -> Callable[[bytes], tuple[int, ...]]:
+    """The compiled reader of `pairs` big-endian 16-bit groups: building the format string
+    and looking it up in struct's cache cost more than the lookup here."""
+    return struct.Struct(f">{pairs}H").unpack_from
+
+
 def encode(data: bytes) -> str:
-    pairs = len(data) // 2
+    """Base45 of `data`. Encoding is group-wise, so the text of bytes split at an even
+    offset is the concatenation of the texts of the two parts."""
+    pairs = len(data) >> 1
     # One C call picks every pair's three characters: the pairs read big-endian (RFC 9285)
     # straight from the bytes, then one itemgetter over the table.
     if pairs > 1:
-        text = "".join(itemgetter(*struct.unpack_from(f">{pairs}H", data))(_triples()))
+        text = "".join(itemgetter(*_pairs_reader(pairs)(data))(_triples()))
     elif pairs:
         text = _triples()[data[0] << 8 | data[1]]
     else:
         text = ""
-    if len(data) % 2:
+    if len(data) & 1:
         last = data[-1]
         text += ALPHABET[last % 45] + ALPHABET[last // 45]
     return text

@@ -217,16 +217,26 @@ def _encode_claims(claims: ReturnClaims) -> bytes:
     )
 
 
+@lru_cache(maxsize=64)
+def _signing_heads(kid: bytes) -> tuple[bytes, str]:
+    """What every token of key `kid` starts with: the Sig_structure up to the payload, and
+    the token text up to the unprotected header. The COSE_Sign1 head (tag, array, protected
+    header) is 16 bytes, an even number, so its Base45 text is a prefix of every token's."""
+    protected = _protected_bstr(kid)
+    head = _COSE_SIGN1_HEAD + protected
+    assert len(head) % 2 == 0, "the token head must end on a Base45 group"
+    return _SIG_STRUCTURE_HEAD + protected + _EMPTY_AAD, PREFIX + base45.encode(head)
+
+
 def sign(claims: ReturnClaims, private_key: Ed25519PrivateKey, kid: bytes) -> str:
     """The token text for `claims`, signed with `private_key` (whose key id is `kid`)."""
     if len(kid) != KID_BYTES or len(claims.token_id) != TOKEN_ID_BYTES:
         raise ValueError("a key id has 8 bytes and a token id 16")
-    protected = _protected_bstr(kid)
+    sig_head, token_head = _signing_heads(kid)
     payload = _bstr(_encode_claims(claims))
-    # The Sig_structure and the COSE_Sign1 share the two byte strings, encoded once.
-    signature = private_key.sign(_SIG_STRUCTURE_HEAD + protected + _EMPTY_AAD + payload)
-    message = _COSE_SIGN1_HEAD + protected + _EMPTY_MAP + payload + b"\x58\x40" + signature
-    return PREFIX + base45.encode(message)
+    # The Sig_structure and the COSE_Sign1 share the payload byte string, encoded once.
+    signature = private_key.sign(sig_head + payload)
+    return token_head + base45.encode(_EMPTY_MAP + payload + b"\x58\x40" + signature)
 
 
 @dataclass(frozen=True)
