@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -117,15 +118,10 @@ def loads(body: bytes) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise MalformedJson(f"the body is not UTF-8 (byte {exc.start} is invalid)") from exc
-    parser = _Parser()
+    parser, decoder = _decoder()
+    parser.suspicious = False
     try:
-        value = json.loads(
-            text,
-            parse_constant=parser.constant,
-            parse_int=parser.integer,
-            parse_float=parser.float,
-            object_pairs_hook=parser.obj,
-        )
+        value = decoder.decode(text)
     except json.JSONDecodeError as exc:
         raise MalformedJson(f"the body is not JSON ({exc.msg} at character {exc.pos})") from exc
     except RecursionError as exc:
@@ -139,6 +135,26 @@ def loads(body: bytes) -> Any:
         if found:
             raise StrictJsonError(found, value)
     return value
+
+
+_local = threading.local()
+
+
+def _decoder() -> tuple[_Parser, json.JSONDecoder]:
+    """This thread's parser and a decoder calling its hooks, made once: json.loads with hooks
+    builds a decoder (and its scanner) on every call. Parsing never yields, so one per thread
+    serves every request."""
+    made: tuple[_Parser, json.JSONDecoder] | None = getattr(_local, "decoder", None)
+    if made is None:
+        parser = _Parser()
+        decoder = json.JSONDecoder(
+            parse_constant=parser.constant,
+            parse_int=parser.integer,
+            parse_float=parser.float,
+            object_pairs_hook=parser.obj,
+        )
+        made = _local.decoder = (parser, decoder)
+    return made
 
 
 class _Marker:
