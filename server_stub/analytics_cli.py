@@ -257,7 +257,7 @@ def cmd_refresh(args: argparse.Namespace) -> None:
     today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
     written = _run(
         args,
-        "customers",
+        "days",
         lambda conn, bar: reports.refresh_days(
             conn,
             args.tenant,

@@ -309,34 +309,73 @@ async def refresh_days(
     as_of: datetime | None = None,
     progress: Progress | None = None,
 ) -> list[date]:
-    """Store the path counts of every finished day of [since, until) not stored yet (the daily
-    job); returns the days written. A day with no journey is stored as one empty row, so it
-    is not computed again."""
+    """Store the path counts of every finished day of [since, until) not stored yet; returns
+    the days written. The same days refreshed one call per day store the same rows."""
     as_of = as_of or utcnow()
+    missing = await days_to_refresh(conn, tenant_id, since, until, setup, as_of)
+    for done, day in enumerate(missing, 1):
+        await refresh_day(conn, tenant_id, day, setup=setup, as_of=as_of)
+        if progress is not None:
+            progress(done, len(missing))
+    return missing
+
+
+async def days_to_refresh(
+    conn: AsyncConnection,
+    tenant_id: str,
+    since: datetime,
+    until: datetime,
+    setup: JourneySetup,
+    as_of: datetime,
+    *,
+    full: bool = False,
+) -> list[date]:
+    """The finished days of [since, until) a refresh writes: those not stored yet (all with
+    `full`)."""
     finished = _finished_days(since, until, as_of)
-    missing = sorted(set(finished) - await stored_days(conn, tenant_id, setup, finished))
-    if not missing:
-        return []
+    if full:
+        return finished
+    return sorted(set(finished) - await stored_days(conn, tenant_id, setup, finished))
+
+
+async def refresh_day(
+    conn: AsyncConnection,
+    tenant_id: str,
+    day: date,
+    *,
+    setup: JourneySetup,
+    as_of: datetime,
+) -> int:
+    """Store (or replace) one finished day's path counts; returns the rows written. A day with
+    no journey is stored as one empty row, so it is not computed again.
+
+    A day is computed on its own, never as part of a longer period: a journey's touches are
+    read from two lookbacks before the day it ended (collect_journeys), so reading from an
+    earlier start would give the long journeys of later days more touches, and what a day
+    stores would depend on which days were refreshed with it."""
     computed = await collect_journeys(
         conn,
         tenant_id,
-        since=_day_start(missing[0]),
-        until=_day_start(missing[-1] + timedelta(days=1)),
+        since=_day_start(day),
+        until=_day_start(day + timedelta(days=1)),
         setup=setup,
         as_of=as_of,
-        progress=progress,
     )
-    rows: list[dict[str, Any]] = []
-    for day in missing:
-        counts = computed.days.get(day, PathCounts())
-        paths = counts.items()
-        if not paths:
-            rows.append(_day_row(tenant_id, setup, day, 0, [[], []], (0.0, 0.0, 0.0)))
-        for number, ((labels, ages), values) in enumerate(paths):
-            rows.append(_day_row(tenant_id, setup, day, number, [list(labels), list(ages)], values))
+    paths = computed.days.get(day, PathCounts()).items()
+    rows = [
+        _day_row(tenant_id, setup, day, number, [list(labels), list(ages)], values)
+        for number, ((labels, ages), values) in enumerate(paths)
+    ] or [_day_row(tenant_id, setup, day, 0, [[], []], (0.0, 0.0, 0.0))]
+    await conn.execute(
+        delete(journey_days).where(
+            journey_days.c.tenant_id == tenant_id,
+            journey_days.c.setup == setup.key,
+            journey_days.c.day == day.isoformat(),
+        )
+    )
     for start in range(0, len(rows), 1000):
         await conn.execute(insert(journey_days), rows[start : start + 1000])
-    return missing
+    return len(rows)
 
 
 def _day_row(
