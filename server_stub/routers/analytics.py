@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import HTMLResponse
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import Bool, Float, Int
+from omnisdk.models import Float, Int, Job
 from server_stub.analytics import AnalyticsUnavailable, require_numeric
 from server_stub.analytics.attribution import Model
 from server_stub.analytics.touchpoints import Grouping
@@ -24,8 +24,10 @@ from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.routers.dependencies import Connection
+from server_stub.routers.jobs import run_and_wait
 from server_stub.routing import ApiRoute
 from server_stub.services import analytics_reports as reports
+from server_stub.services.analytics_jobs import REFRESH_KIND, RefreshParams
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"], route_class=ApiRoute)
 
@@ -58,20 +60,10 @@ class LtvRequest(_Wire):
     )
 
 
-class RefreshRequest(_Wire):
-    """Which days to add to the daily journey aggregate."""
+class RefreshResult(_Wire):
+    """The days the journey refresh stored (oldest first)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"days": 30, "lookback_days": 30, "group": ["qr_scan=offline ads"]}]
-        },
-    )
-
-    days: Int = Field(default=30, ge=1, le=731, description="The last N finished days.")
-    lookback_days: Int = Field(default=30, ge=1, le=90)
-    group: list[str] = Field(default_factory=list, max_length=20)
-    by_campaign: Bool = False
+    days_written: list[str] = Field(description="ISO dates of the days computed and stored.")
 
 
 def _numeric() -> None:
@@ -209,19 +201,21 @@ async def fit_ltv(request: Request, conn: Connection, body: LtvRequest) -> dict[
 
 @router.post(
     "/journeys/refresh",
-    summary="Add the last finished days to the daily journey aggregate (the daily job)",
-    openapi_extra=needs(Scope.ANALYTICS_RUN),
+    summary="Add the last finished days to the daily journey aggregate (a job): the days "
+    "written, or 202 and the job to follow if it takes longer than the server waits",
+    # A day per step; starting again joins the job already running, and a day stored is not
+    # computed again, so a retry needs no stored answer (and the request holds no transaction).
+    openapi_extra=needs(Scope.ANALYTICS_RUN, own_idempotency=True),
+    response_model=RefreshResult,
+    responses={202: {"model": Job, "description": "Still running: follow the job"}},
 )
-async def refresh(request: Request, conn: Connection, body: RefreshRequest) -> dict[str, Any]:
-    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    written = await reports.refresh_days(
-        conn,
-        principal_of(request).tenant_id,
-        since=today - timedelta(days=body.days),
-        until=today,
-        setup=_setup(body.lookback_days, body.group, body.by_campaign),
+async def refresh(request: Request, body: RefreshParams) -> RefreshResult | Response:
+    ended = await run_and_wait(
+        request, REFRESH_KIND, "the journey refresh", body.model_dump(mode="json")
     )
-    return {"days_written": [day.isoformat() for day in written]}
+    if isinstance(ended, Response):
+        return ended
+    return RefreshResult.model_validate(ended.result)
 
 
 @router.get(

@@ -157,7 +157,7 @@ class Journeys:
         )
 
 
-def _day_start(day: date) -> datetime:
+def day_start(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
@@ -275,7 +275,7 @@ def _finished_days(since: datetime, until: datetime, as_of: datetime) -> list[da
     day = since.date() if since.time() == time() else since.date() + timedelta(days=1)
     last = min(until, as_of)
     out = []
-    while _day_start(day + timedelta(days=1)) <= last:
+    while day_start(day + timedelta(days=1)) <= last:
         out.append(day)
         day += timedelta(days=1)
     return out
@@ -356,8 +356,8 @@ async def refresh_day(
     computed = await collect_journeys(
         conn,
         tenant_id,
-        since=_day_start(day),
-        until=_day_start(day + timedelta(days=1)),
+        since=day_start(day),
+        until=day_start(day + timedelta(days=1)),
         setup=setup,
         as_of=as_of,
     )
@@ -435,9 +435,9 @@ async def journeys_for(
     first_missing = next((d for d in finished if d not in stored), None)
     live_since = since
     if first_missing is not None:
-        live_since = max(since, _day_start(first_missing))
+        live_since = max(since, day_start(first_missing))
     elif finished:
-        live_since = max(since, _day_start(finished[-1] + timedelta(days=1)))
+        live_since = max(since, day_start(finished[-1] + timedelta(days=1)))
     if live_since < until:
         live = await collect_journeys(
             conn,

@@ -6,9 +6,11 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
+import pytest
 from sqlalchemy import select
 
-from server_stub.services import analytics
+from server_stub.ids import utcnow
+from server_stub.services import analytics, analytics_jobs, jobs
 from server_stub.storage.tables import journey_days
 from tests.server.conftest import Harness, ShopForTest
 from tests.server.test_analytics_service import AS_OF, T0, amy_and_friends, customer, sell, touch
@@ -61,3 +63,91 @@ async def test_refreshing_day_by_day_stores_what_one_range_refresh_stores(
     # Both long journeys end in the period: Fay's unconverted, Gus's with his order.
     assert sum(row[4] for row in stored) == 1 and sum(row[5] for row in stored) == 1
     assert stored == await stored_rows(server, daily.id)
+
+
+async def run(server: Harness, tenant_id: str, kind: str, **params: Any) -> jobs.Job:
+    claim = await jobs.start(server.database, tenant_id, kind, params)
+    return await jobs.execute(server.database, claim)
+
+
+class ProcessDied(BaseException):
+    """Stands for the process being killed: not an Exception, so no handler sees it."""
+
+
+async def test_the_refresh_job_stores_a_day_per_step_what_a_range_refresh_stores(
+    server: Harness,
+) -> None:
+    by_job, by_range = await server.shop(), await server.shop()
+    await long_chain(server, by_job)
+    await long_chain(server, by_range)
+    job = await run(server, by_job.id, analytics_jobs.REFRESH_KIND, days=90)
+    assert job.state == "done", job.error
+    assert job.result is not None and len(job.result["days_written"]) == 90
+    assert (job.done, job.total) == (90, 90)
+    today = analytics.day_start(utcnow().date())
+    async with server.database.transaction(write=True) as conn:
+        await analytics.refresh_days(
+            conn, by_range.id, since=today - timedelta(days=90), until=today
+        )
+    assert await stored_rows(server, by_job.id) == await stored_rows(server, by_range.id)
+    # Incremental: nothing left to do; `full` computes every day again, to the same rows.
+    again = await run(server, by_job.id, analytics_jobs.REFRESH_KIND, days=90)
+    assert again.result == {"days_written": []}
+    full = await run(server, by_job.id, analytics_jobs.REFRESH_KIND, days=90, full=True)
+    assert full.result is not None and len(full.result["days_written"]) == 90
+    assert await stored_rows(server, by_job.id) == await stored_rows(server, by_range.id)
+
+
+async def test_a_refresh_cut_short_goes_on_with_the_next_day(
+    server: Harness, shop: ShopForTest
+) -> None:
+    await long_chain(server, shop)
+    claim = await jobs.start(server.database, shop.id, analytics_jobs.REFRESH_KIND, {"days": 20})
+
+    def die_after_five_days(done: int, total: int | None) -> None:
+        if done >= 5:
+            raise ProcessDied
+
+    with pytest.raises(ProcessDied):
+        await jobs.execute(server.database, claim, on_progress=die_after_five_days)
+    assert len(await stored_rows(server, shop.id)) >= 5
+    # One at a time per tenant: a start while the runner is alive joins its job.
+    joined = await jobs.start(server.database, shop.id, analytics_jobs.REFRESH_KIND)
+    assert joined.runner is None and joined.job.job_id == claim.job.job_id
+    resumed = await jobs.start(
+        server.database, shop.id, analytics_jobs.REFRESH_KIND, stale_seconds=0
+    )
+    assert resumed.runner is not None and resumed.resumed_state is not None
+    assert len(resumed.resumed_state["written"]) == 5
+    ended = await jobs.execute(server.database, resumed)
+    assert ended.state == "done" and ended.attempts == 2
+    assert ended.result is not None and len(ended.result["days_written"]) == 20
+    assert len(set(ended.result["days_written"])) == 20
+
+
+async def test_the_refresh_endpoint_answers_with_the_days_or_202_and_the_job(
+    migrated_database_url: str,
+) -> None:
+    from tests.server.conftest import start_harness
+
+    async for server in start_harness(migrated_database_url, job_wait_seconds=0):
+        shop = await server.shop()
+        answer = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"days": 3})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job_id"]
+        assert answer.headers["location"] == f"/v1/jobs/{job_id}"
+        ended = await server.app.state.runtime.jobs.wait(shop.id, job_id, timeout=60)
+        assert ended is not None and ended.state == "done"
+        assert ended.result is not None and len(ended.result["days_written"]) == 3
+
+
+async def test_the_refresh_endpoint_answers_200_with_the_days_written(
+    server: Harness, shop: ShopForTest
+) -> None:
+    answer = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"days": 4})
+    assert answer.status_code == 200, answer.text
+    assert len(answer.json()["days_written"]) == 4
+    answer = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"days": 4})
+    assert answer.json() == {"days_written": []}
+    bad = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"group": ["x"]})
+    assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
