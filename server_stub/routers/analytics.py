@@ -63,7 +63,11 @@ class LtvRequest(_Wire):
 class RefreshResult(_Wire):
     """The days the journey refresh stored (oldest first)."""
 
-    days_written: list[str] = Field(description="ISO dates of the days computed and stored.")
+    days_written: list[str] = Field(description="ISO dates of the days this job computed.")
+    days_stored: list[str] = Field(
+        description="ISO dates of the period's days the aggregate now holds (by this job or "
+        "an earlier one): the same answer for a retried request."
+    )
 
 
 def _numeric() -> None:

@@ -64,9 +64,13 @@ async def refresh_journeys(
     until = date.fromisoformat(resumed.get("until") or as_of.date().isoformat())
     written: list[str] = list(resumed.get("written", []))
     end = analytics.day_start(until)
+    since = end - timedelta(days=asked.days)
     async with database.transaction(write=False) as conn:
+        period = await analytics.days_to_refresh(
+            conn, tenant_id, since, end, setup, as_of, full=True
+        )
         days = await analytics.days_to_refresh(
-            conn, tenant_id, end - timedelta(days=asked.days), end, setup, as_of, full=asked.full
+            conn, tenant_id, since, end, setup, as_of, full=asked.full
         )
     days = [day for day in days if day.isoformat() not in written]
     total = len(written) + len(days)
@@ -77,4 +81,6 @@ async def refresh_journeys(
             written.append(day.isoformat())
             await ctx.checkpoint({"until": until.isoformat(), "written": written}, conn)
         await ctx.progress(len(written), total)
-    return {"days_written": written}
+    # What the aggregate holds once done, the same whichever run wrote it: the answer a
+    # retried request (its first answer lost) can count on.
+    return {"days_written": written, "days_stored": [day.isoformat() for day in period]}

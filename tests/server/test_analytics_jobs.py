@@ -92,7 +92,8 @@ async def test_the_refresh_job_stores_a_day_per_step_what_a_range_refresh_stores
     assert await stored_rows(server, by_job.id) == await stored_rows(server, by_range.id)
     # Incremental: nothing left to do; `full` computes every day again, to the same rows.
     again = await run(server, by_job.id, analytics_jobs.REFRESH_KIND, days=90)
-    assert again.result == {"days_written": []}
+    assert again.result is not None and again.result["days_written"] == []
+    assert again.result["days_stored"] == job.result["days_written"]
     full = await run(server, by_job.id, analytics_jobs.REFRESH_KIND, days=90, full=True)
     assert full.result is not None and len(full.result["days_written"]) == 90
     assert await stored_rows(server, by_job.id) == await stored_rows(server, by_range.id)
@@ -147,7 +148,8 @@ async def test_the_refresh_endpoint_answers_200_with_the_days_written(
     answer = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"days": 4})
     assert answer.status_code == 200, answer.text
     assert len(answer.json()["days_written"]) == 4
+    first = answer.json()
     answer = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"days": 4})
-    assert answer.json() == {"days_written": []}
+    assert answer.json() == {"days_written": [], "days_stored": first["days_written"]}
     bad = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"group": ["x"]})
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
