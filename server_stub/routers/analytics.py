@@ -16,7 +16,7 @@ from starlette.responses import HTMLResponse
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import Float, Int, Job
+from omnisdk.models import Job
 from server_stub.analytics import AnalyticsUnavailable, require_numeric
 from server_stub.analytics.attribution import Model
 from server_stub.analytics.touchpoints import Grouping
@@ -27,7 +27,7 @@ from server_stub.routers.dependencies import Connection
 from server_stub.routers.jobs import run_and_wait
 from server_stub.routing import ApiRoute
 from server_stub.services import analytics_reports as reports
-from server_stub.services.analytics_jobs import REFRESH_KIND, RefreshParams
+from server_stub.services.analytics_jobs import LTV_KIND, REFRESH_KIND, LtvParams, RefreshParams
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"], route_class=ApiRoute)
 
@@ -36,28 +36,6 @@ MAX_PERIOD = timedelta(days=731)
 
 class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class LtvRequest(_Wire):
-    """How to fit lifetime value."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"holdout_days": 90, "months": 12, "annual_discount_rate": 0.1}]
-        },
-    )
-
-    holdout_days: Int | None = Field(
-        default=None,
-        ge=7,
-        le=365,
-        description="Also fit without the last N days and report how it predicted them.",
-    )
-    months: Int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
-    annual_discount_rate: Float = Field(
-        default=0.10, ge=0.0, le=1.0, description="Discount rate per year for CLV."
-    )
 
 
 class RefreshResult(_Wire):
@@ -188,19 +166,23 @@ async def ropo(
 
 @router.post(
     "/ltv",
-    summary="Fit lifetime value and store every buyer's scores (ltv.* and rfm.* in profiles)",
-    openapi_extra=needs(Scope.ANALYTICS_RUN),
+    summary="Fit lifetime value and store every buyer's scores (ltv.* and rfm.* in profiles), "
+    "a job: the fit, or 202 and the job to follow if it takes longer than the server waits",
+    # Starting again joins the fit already running, and a refit stores the same scores for the
+    # same orders, so a retry needs no stored answer (and the request holds no transaction).
+    openapi_extra=needs(Scope.ANALYTICS_RUN, own_idempotency=True),
+    response_model=dict[str, Any],
+    responses={202: {"model": Job, "description": "Still running: follow the job"}},
 )
-async def fit_ltv(request: Request, conn: Connection, body: LtvRequest) -> dict[str, Any]:
+async def fit_ltv(request: Request, body: LtvParams) -> dict[str, Any] | Response:
     _numeric()
-    fit = await reports.fit_ltv(
-        conn,
-        principal_of(request).tenant_id,
-        holdout=timedelta(days=body.holdout_days) if body.holdout_days else None,
-        months=body.months,
-        annual_discount_rate=body.annual_discount_rate,
+    ended = await run_and_wait(
+        request, LTV_KIND, "the lifetime value fit", body.model_dump(mode="json")
     )
-    return reports.ltv_json(fit)
+    if isinstance(ended, Response):
+        return ended
+    assert ended.result is not None  # a done job of this kind always has its result
+    return ended.result
 
 
 @router.post(

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Container, Iterable
+import math
+from collections.abc import Awaitable, Callable, Container, Iterable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -44,6 +45,8 @@ from server_stub.services.orders import stream_orders
 from server_stub.storage.tables import customer_scores, customers, events, journey_days, orders
 
 Progress = Callable[[int, int], None]
+# A job's progress is awaited (services/jobs.py JobContext.progress); a CLI bar's is not.
+AnyProgress = Callable[[int, int], Awaitable[None] | None]
 CUSTOMER_BATCH = 500
 SCORE_BATCH = 1000  # customers' scores written per statement (and per job step)
 STORE_CHANNEL = "pos"
@@ -541,7 +544,7 @@ async def order_count(conn: AsyncConnection, tenant_id: str, until: datetime) ->
 
 
 async def read_buyers(
-    conn: AsyncConnection, tenant_id: str, until: datetime, progress: Progress | None
+    conn: AsyncConnection, tenant_id: str, until: datetime, progress: AnyProgress | None
 ) -> Buyers:
     """Per linked customer, her purchase days up to `until` (orders with a positive net value;
     same-day orders are one purchase), from the orders streamed oldest first in pages."""
@@ -554,7 +557,9 @@ async def read_buyers(
                 book.add(fact.customer_id, fact.placed_at.date().toordinal(), fact.net_value)
         done += len(page)
         if progress is not None:
-            progress(done, total)
+            reported = progress(done, total)
+            if reported is not None:
+                await reported
     return book.sorted()
 
 
@@ -579,6 +584,11 @@ def clv_histogram(values: Any, bins: int = 12) -> list[tuple[float, float, int]]
     top = float(np.percentile(values, 99)) or float(values.max()) or 1.0
     counts, edges = np.histogram(np.clip(values, 0, top), bins=bins, range=(0, top))
     return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(bins)]
+
+
+def _number(value: float) -> float | None:
+    """JSON has no NaN (a rank correlation over constant values is undefined): null instead."""
+    return float(value) if math.isfinite(value) else None
 
 
 async def calibrate(
@@ -607,7 +617,7 @@ async def calibrate(
         "holdout_days": holdout.days,
         "customers": report.customers,
         "mean_absolute_error": report.mean_absolute_error,
-        "rank_correlation": report.rank_correlation,
+        "rank_correlation": _number(report.rank_correlation),
         "top_decile_capture": report.top_decile_capture,
         "predicted_purchases": report.predicted_total,
         "actual_purchases": report.actual_total,

@@ -4,6 +4,12 @@ request, one at a time per tenant, with progress, resumable after their runner d
 The journey refresh stores one day per step, each day's rows committed with the checkpoint, so
 a resumed run goes on with the next day. It refreshes only the days not stored yet (every day
 of the period with `full`, after a change of history such as an erasure).
+
+The lifetime value fit reads the orders in keyset pages into per-buyer arrays, fits, and saves
+the fit (its parameters, JSON) as the checkpoint; then it writes the scores SCORE_BATCH
+customers per transaction, each with the checkpoint. A resumed run reads the buyers again up
+to the fit's date (the same buyers: orders are dated), does not refit, and goes on writing
+after the last batch stored.
 """
 
 from __future__ import annotations
@@ -13,13 +19,15 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from omnisdk.models import Bool, Int
+from omnisdk.models import Bool, Float, Int
+from server_stub.analytics import require_numeric
 from server_stub.analytics.touchpoints import Grouping
 from server_stub.ids import utcnow
-from server_stub.services import analytics, jobs
+from server_stub.services import analytics, analytics_reports, jobs
 from server_stub.storage.database import Database
 
 REFRESH_KIND = "analytics.journeys.refresh"
+LTV_KIND = "analytics.ltv.fit"
 
 
 class RefreshParams(BaseModel):
@@ -84,3 +92,68 @@ async def refresh_journeys(
     # What the aggregate holds once done, the same whichever run wrote it: the answer a
     # retried request (its first answer lost) can count on.
     return {"days_written": written, "days_stored": [day.isoformat() for day in period]}
+
+
+class LtvParams(BaseModel):
+    """How to fit lifetime value."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [{"holdout_days": 90, "months": 12, "annual_discount_rate": 0.1}]
+        },
+    )
+
+    holdout_days: Int | None = Field(
+        default=None,
+        ge=7,
+        le=365,
+        description="Also fit without the last N days and report how it predicted them.",
+    )
+    months: Int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
+    annual_discount_rate: Float = Field(
+        default=0.10, ge=0.0, le=1.0, description="Discount rate per year for CLV."
+    )
+
+
+@jobs.register(LTV_KIND, params=LtvParams)
+async def fit_ltv(
+    database: Database, tenant_id: str, params: dict[str, Any], ctx: jobs.JobContext
+) -> dict[str, Any]:
+    """Fit lifetime value on the orders and store every buyer's scores, in batches."""
+    require_numeric()
+    asked = LtvParams.model_validate(params)
+    resumed = ctx.resumed_state or {}
+    saved = resumed.get("fit")
+    fitted_at = analytics.FittedModels.from_json(saved).fitted_at if saved else utcnow()
+    async with database.transaction(write=False) as conn:
+        orders = await analytics.order_count(conn, tenant_id, fitted_at)
+        buyers = await analytics.read_buyers(conn, tenant_id, fitted_at, ctx.progress)
+    total = orders + len(buyers)
+    if saved is None:
+        fit = analytics.fit_models(buyers, fitted_at)
+        calibration = None
+        if asked.holdout_days is not None and fit.frequency is not None:
+            async with database.transaction(write=False) as conn:
+                calibration = await analytics.calibrate(
+                    conn, tenant_id, fitted_at, timedelta(days=asked.holdout_days)
+                )
+        await ctx.checkpoint({"fit": fit.as_json(), "calibration": calibration, "written": 0})
+    else:
+        fit, calibration = analytics.FittedModels.from_json(saved), resumed["calibration"]
+    table = analytics.score_buyers(
+        buyers, fit, months=asked.months, annual_discount_rate=asked.annual_discount_rate
+    )
+    written = int(resumed.get("written", 0))
+    await ctx.progress(orders + written, total)
+    while written < len(buyers):
+        rows = table.rows(tenant_id, written, written + analytics.SCORE_BATCH)
+        written += len(rows)
+        async with database.transaction(write=True) as conn:
+            await analytics.write_scores(conn, rows)
+            state = {"fit": fit.as_json(), "calibration": calibration, "written": written}
+            await ctx.checkpoint(state, conn)
+        await ctx.progress(orders + written, total)
+    async with database.transaction(write=True) as conn:
+        await analytics.drop_stale_scores(conn, tenant_id, set(buyers.ids))
+    return analytics_reports.ltv_json(analytics.ltv_fit_of(table, calibration))

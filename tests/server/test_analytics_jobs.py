@@ -3,17 +3,25 @@ per step, resumable, one at a time per tenant, and behind the old endpoints."""
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
 from server_stub.ids import utcnow
-from server_stub.services import analytics, analytics_jobs, jobs
-from server_stub.storage.tables import journey_days
+from server_stub.services import analytics, analytics_jobs, analytics_reports, jobs
+from server_stub.storage.tables import customer_scores, journey_days
 from tests.server.conftest import Harness, ShopForTest
-from tests.server.test_analytics_service import AS_OF, T0, amy_and_friends, customer, sell, touch
+from tests.server.test_analytics_service import (
+    AS_OF,
+    T0,
+    amy_and_friends,
+    customer,
+    sell,
+    sixty_buyers,
+    touch,
+)
 
 
 async def long_chain(server: Harness, shop: ShopForTest) -> None:
@@ -153,3 +161,84 @@ async def test_the_refresh_endpoint_answers_200_with_the_days_written(
     assert answer.json() == {"days_written": [], "days_stored": first["days_written"]}
     bad = await shop.request("POST", "/v1/analytics/journeys/refresh", json={"group": ["x"]})
     assert bad.status_code == 422 and bad.headers["content-type"] == "application/problem+json"
+
+
+async def stored_scores(server: Harness, tenant_id: str) -> list[tuple[Any, ...]]:
+    async with server.database.transaction(write=False) as conn:
+        rows = await conn.execute(
+            select(customer_scores)
+            .where(customer_scores.c.tenant_id == tenant_id)
+            .order_by(customer_scores.c.customer_id)
+        )
+        return [tuple(row) for row in rows]
+
+
+@pytest.fixture
+def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(analytics, "SCORE_BATCH", 7)  # 60 buyers: 9 batches
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_the_fit_job_stores_in_batches_the_scores_one_pass_stores(
+    server: Harness, shop: ShopForTest
+) -> None:
+    await sixty_buyers(server, shop)
+    job = await run(server, shop.id, analytics_jobs.LTV_KIND, holdout_days=60)
+    assert job.state == "done", job.error
+    assert job.result is not None and job.result["model"] == "bgnbd+gamma_gamma"
+    assert job.result["customers"] == 60 and job.result["calibration"] is not None
+    by_job = await stored_scores(server, shop.id)
+    assert len(by_job) == 60
+    fitted_at = datetime.fromisoformat(job.result["fitted_at"])
+    async with server.database.transaction(write=True) as conn:
+        fit = await analytics.fit_lifetime_value(
+            conn, shop.id, as_of=fitted_at, holdout=timedelta(days=60)
+        )
+    assert await stored_scores(server, shop.id) == by_job
+    assert analytics_reports.ltv_json(fit) == job.result
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_a_fit_cut_short_goes_on_writing_without_fitting_again(
+    server: Harness, shop: ShopForTest
+) -> None:
+    await sixty_buyers(server, shop)
+    orders = sum(n % 4 + 1 for n in range(60))
+    claim = await jobs.start(server.database, shop.id, analytics_jobs.LTV_KIND)
+
+    def die_after_two_batches(done: int, total: int | None) -> None:
+        if done >= orders + 14:
+            raise ProcessDied
+
+    with pytest.raises(ProcessDied):
+        await jobs.execute(server.database, claim, on_progress=die_after_two_batches)
+    assert len(await stored_scores(server, shop.id)) == 14
+    joined = await jobs.start(server.database, shop.id, analytics_jobs.LTV_KIND)
+    assert joined.runner is None and joined.job.job_id == claim.job.job_id  # one at a time
+    resumed = await jobs.start(server.database, shop.id, analytics_jobs.LTV_KIND, stale_seconds=0)
+    assert resumed.resumed_state is not None and resumed.resumed_state["written"] == 14
+    saved = resumed.resumed_state["fit"]
+    ended = await jobs.execute(server.database, resumed)
+    assert ended.state == "done" and ended.attempts == 2 and ended.result is not None
+    # The saved fit was used: a new fit would carry the time it was made.
+    assert ended.result["fitted_at"] == saved["fitted_at"]
+    assert ended.result["customers"] == 60
+    assert len(await stored_scores(server, shop.id)) == 60
+
+
+async def test_the_fit_endpoint_answers_202_with_the_job_when_it_stops_waiting(
+    migrated_database_url: str,
+) -> None:
+    from tests.server.conftest import start_harness
+
+    async for server in start_harness(migrated_database_url, job_wait_seconds=0):
+        shop = await server.shop()
+        await sell(server, shop, await customer(server, shop), "web", T0, "10.00")
+        answer = await shop.request("POST", "/v1/analytics/ltv", json={})
+        assert answer.status_code == 202, answer.text
+        job_id = answer.json()["job_id"]
+        assert answer.headers["location"] == f"/v1/jobs/{job_id}"
+        ended = await server.app.state.runtime.jobs.wait(shop.id, job_id, timeout=60)
+        assert ended is not None and ended.state == "done"
+        assert ended.result is not None and ended.result["model"] == "rfm"
+        assert len(await stored_scores(server, shop.id)) == 1
