@@ -14,6 +14,7 @@ after the last batch stored.
 
 from __future__ import annotations
 
+import bisect
 from datetime import date, timedelta
 from typing import Any
 
@@ -138,20 +139,26 @@ async def fit_ltv(
                 calibration = await analytics.calibrate(
                     conn, tenant_id, fitted_at, timedelta(days=asked.holdout_days)
                 )
-        await ctx.checkpoint({"fit": fit.as_json(), "calibration": calibration, "written": 0})
+        await ctx.checkpoint({"fit": fit.as_json(), "calibration": calibration})
     else:
         fit, calibration = analytics.FittedModels.from_json(saved), resumed["calibration"]
     table = analytics.score_buyers(
         buyers, fit, months=asked.months, annual_discount_rate=asked.annual_discount_rate
     )
-    written = int(resumed.get("written", 0))
+    # Go on after the last customer written (by id, not by position: an order recorded late
+    # may have added a buyer since, anywhere in the order of ids).
+    written = bisect.bisect_right(buyers.ids, resumed.get("written_through", ""))
     await ctx.progress(orders + written, total)
     while written < len(buyers):
         rows = table.rows(tenant_id, written, written + analytics.SCORE_BATCH)
         written += len(rows)
         async with database.transaction(write=True) as conn:
             await analytics.write_scores(conn, rows)
-            state = {"fit": fit.as_json(), "calibration": calibration, "written": written}
+            state = {
+                "fit": fit.as_json(),
+                "calibration": calibration,
+                "written_through": rows[-1]["customer_id"],
+            }
             await ctx.checkpoint(state, conn)
         await ctx.progress(orders + written, total)
     async with database.transaction(write=True) as conn:
