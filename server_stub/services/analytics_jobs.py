@@ -20,9 +20,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from omnisdk.core.problems import ProblemType
 from omnisdk.models import Bool, Float, Int
-from server_stub.analytics import require_numeric
+from server_stub.analytics import AnalyticsUnavailable, require_numeric
 from server_stub.analytics.touchpoints import Grouping
+from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.services import analytics, analytics_reports, jobs
 from server_stub.storage.database import Database
@@ -122,7 +124,10 @@ async def fit_ltv(
     database: Database, tenant_id: str, params: dict[str, Any], ctx: jobs.JobContext
 ) -> dict[str, Any]:
     """Fit lifetime value on the orders and store every buyer's scores, in batches."""
-    require_numeric()
+    try:
+        require_numeric()
+    except AnalyticsUnavailable as missing:  # the job's error then says what to install
+        raise Problem(ProblemType.ANALYTICS_UNAVAILABLE, str(missing)) from None
     asked = LtvParams.model_validate(params)
     resumed = ctx.resumed_state or {}
     saved = resumed.get("fit")
