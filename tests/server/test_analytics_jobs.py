@@ -7,11 +7,11 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from server_stub.ids import utcnow
 from server_stub.services import analytics, analytics_jobs, analytics_reports, jobs
-from server_stub.storage.tables import customer_scores, journey_days
+from server_stub.storage.tables import customer_scores, journey_days, orders
 from tests.server.conftest import Harness, ShopForTest
 from tests.server.test_analytics_service import (
     AS_OF,
@@ -243,3 +243,34 @@ async def test_the_fit_endpoint_answers_202_with_the_job_when_it_stops_waiting(
         assert ended is not None and ended.state == "done"
         assert ended.result is not None and ended.result["model"] == "rfm"
         assert len(await stored_scores(server, shop.id)) == 1
+
+
+@pytest.mark.usefixtures("small_batches")
+async def test_a_resumed_fit_skips_nobody_when_a_buyer_before_the_cut_is_gone(
+    server: Harness, shop: ShopForTest
+) -> None:
+    buyers = sorted(await sixty_buyers(server, shop))
+    count = sum(n % 4 + 1 for n in range(60))
+    claim = await jobs.start(server.database, shop.id, analytics_jobs.LTV_KIND)
+
+    def die_after_two_batches(done: int, total: int | None) -> None:
+        if done >= count + 14:
+            raise ProcessDied
+
+    with pytest.raises(ProcessDied):
+        await jobs.execute(server.database, claim, on_progress=die_after_two_batches)
+    # The first buyer's orders are unlinked from her (a till's link undone) before the resume:
+    # every buyer after her moves one place up in the order of ids.
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            update(orders)
+            .where(orders.c.tenant_id == shop.id, orders.c.customer_id == buyers[0])
+            .values(customer_id=None)
+        )
+    resumed = await jobs.start(server.database, shop.id, analytics_jobs.LTV_KIND, stale_seconds=0)
+    ended = await jobs.execute(server.database, resumed)
+    assert ended.state == "done" and ended.result is not None
+    stored = await stored_scores(server, shop.id)
+    # Every other buyer scored, none skipped; hers dropped as she is no buyer any more.
+    assert [row[1] for row in stored] == buyers[1:]
+    assert {row[2] for row in stored} == {datetime.fromisoformat(ended.result["fitted_at"])}
