@@ -8,6 +8,7 @@ from pathlib import Path
 
 from bench import (
     bench_analytics,
+    bench_analytics_jobs,
     bench_cart_history,
     bench_cart_load,
     bench_carts,
@@ -47,6 +48,7 @@ SUITES = {
     "Recommendations rebuild as a bounded job (issue 21)": bench_scale_jobs.run,
     "Orders on every channel (issue 18)": bench_orders.run,
     "Attribution and lifetime value (issue 18)": bench_analytics.run,
+    "Journey refresh a day at a time (issue 21)": bench_analytics_jobs.run,
     "Customer-service console and segments (issue 19)": bench_console.run,
     "Stock alerts and messages (issue 20)": bench_notifications.run,
 }

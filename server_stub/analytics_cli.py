@@ -216,22 +216,26 @@ def cmd_ropo(args: argparse.Namespace) -> None:
     _emit(args, data, ["measure", "revenue", "orders"], rows)
 
 
-def cmd_ltv(args: argparse.Namespace) -> None:
-    from server_stub.services import analytics_reports as reports
+def _run_as_job(args: argparse.Namespace, kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """Run (or resume, or follow) the tenant's job of `kind` here, as `jobs run` does."""
+    from server_stub.cli import CommandError, _run_job
 
-    fit = _run(
-        args,
-        "orders",
-        lambda conn, bar: reports.fit_ltv(
-            conn,
-            args.tenant,
-            holdout=timedelta(days=args.holdout_days) if args.holdout_days else None,
-            months=args.months,
-            annual_discount_rate=args.discount_rate,
-            progress=bar,
-        ),
-    )
-    data = reports.ltv_json(fit)
+    try:
+        require_numeric()
+    except AnalyticsUnavailable as missing:
+        raise CommandError(str(missing)) from None
+    args.kind = kind
+    args.param = [f"{name}={json.dumps(value)}" for name, value in params.items()]
+    return _run_job(args).result or {}
+
+
+def cmd_ltv(args: argparse.Namespace) -> None:
+    from server_stub.services import analytics_jobs
+
+    params = {"months": args.months, "annual_discount_rate": args.discount_rate}
+    if args.holdout_days:
+        params["holdout_days"] = args.holdout_days
+    data = _run_as_job(args, analytics_jobs.LTV_KIND, params)
     rows: list[list[Any]] = [
         ["model", data["model"]],
         ["customers scored", data["customers"]],
@@ -252,21 +256,16 @@ def cmd_ltv(args: argparse.Namespace) -> None:
 
 
 def cmd_refresh(args: argparse.Namespace) -> None:
-    from server_stub.services import analytics_reports as reports
+    from server_stub.services import analytics_jobs
 
-    today = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
-    written = _run(
-        args,
-        "customers",
-        lambda conn, bar: reports.refresh_days(
-            conn,
-            args.tenant,
-            since=today - timedelta(days=args.days),
-            until=today,
-            setup=_setup(args),
-            progress=bar,
-        ),
-    )
+    _setup(args)  # a bad --group is told here, before a job starts
+    params = {
+        "days": args.days,
+        "lookback_days": args.lookback_days,
+        "group": args.group or [],
+        "by_campaign": args.by_campaign,
+    }
+    written = _run_as_job(args, analytics_jobs.REFRESH_KIND, params)["days_written"]
     print(f"journey aggregate: {len(written)} day(s) added")
 
 

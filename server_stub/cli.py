@@ -259,6 +259,7 @@ def _run_job(args: argparse.Namespace) -> Job:
         TimeElapsedColumn(),
         console=Console(stderr=True),
         transient=False,
+        disable=getattr(args, "progress", None) is False,  # `analytics ... --no-progress`
     )
 
     async def work(database: Database) -> Job:

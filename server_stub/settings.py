@@ -142,8 +142,9 @@ class Settings(BaseSettings):
     job_wait_seconds: float = Field(
         default=5.0,
         ge=0,
-        description="How long `POST /v1/content/recommendations/rebuild` waits for its job "
-        "before answering 202 with the job to follow instead of the model (keep it under the "
+        description="How long the endpoints that run a job (`POST /v1/content/recommendations/"
+        "rebuild`, `/v1/analytics/ltv`, `/v1/analytics/journeys/refresh`) wait for it before "
+        "answering 202 with the job to follow instead of its outcome (keep it under the "
         "clients' timeout: the SDK's is 10 s).",
     )
     database_pooler: Literal["none", "transaction"] = Field(

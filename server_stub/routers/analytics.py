@@ -10,13 +10,13 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import HTMLResponse
 
 from omnisdk.core.channels import Scope
 from omnisdk.core.problems import ProblemType
-from omnisdk.models import Bool, Float, Int
+from omnisdk.models import Job
 from server_stub.analytics import AnalyticsUnavailable, require_numeric
 from server_stub.analytics.attribution import Model
 from server_stub.analytics.touchpoints import Grouping
@@ -24,8 +24,10 @@ from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.routers.dependencies import Connection
+from server_stub.routers.jobs import run_and_wait
 from server_stub.routing import ApiRoute
 from server_stub.services import analytics_reports as reports
+from server_stub.services.analytics_jobs import LTV_KIND, REFRESH_KIND, LtvParams, RefreshParams
 
 router = APIRouter(prefix="/v1/analytics", tags=["analytics"], route_class=ApiRoute)
 
@@ -36,42 +38,14 @@ class _Wire(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class LtvRequest(_Wire):
-    """How to fit lifetime value."""
+class RefreshResult(_Wire):
+    """The days the journey refresh stored (oldest first)."""
 
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"holdout_days": 90, "months": 12, "annual_discount_rate": 0.1}]
-        },
+    days_written: list[str] = Field(description="ISO dates of the days this job computed.")
+    days_stored: list[str] = Field(
+        description="ISO dates of the period's days the aggregate now holds (by this job or "
+        "an earlier one): the same answer for a retried request."
     )
-
-    holdout_days: Int | None = Field(
-        default=None,
-        ge=7,
-        le=365,
-        description="Also fit without the last N days and report how it predicted them.",
-    )
-    months: Int = Field(default=12, ge=1, le=60, description="CLV horizon in months.")
-    annual_discount_rate: Float = Field(
-        default=0.10, ge=0.0, le=1.0, description="Discount rate per year for CLV."
-    )
-
-
-class RefreshRequest(_Wire):
-    """Which days to add to the daily journey aggregate."""
-
-    model_config = ConfigDict(
-        extra="forbid",
-        json_schema_extra={
-            "examples": [{"days": 30, "lookback_days": 30, "group": ["qr_scan=offline ads"]}]
-        },
-    )
-
-    days: Int = Field(default=30, ge=1, le=731, description="The last N finished days.")
-    lookback_days: Int = Field(default=30, ge=1, le=90)
-    group: list[str] = Field(default_factory=list, max_length=20)
-    by_campaign: Bool = False
 
 
 def _numeric() -> None:
@@ -192,36 +166,42 @@ async def ropo(
 
 @router.post(
     "/ltv",
-    summary="Fit lifetime value and store every buyer's scores (ltv.* and rfm.* in profiles)",
-    openapi_extra=needs(Scope.ANALYTICS_RUN),
+    summary="Fit lifetime value and store every buyer's scores (ltv.* and rfm.* in profiles), "
+    "a job: the fit, or 202 and the job to follow if it takes longer than the server waits",
+    # Starting again joins the fit already running, and a refit stores the same scores for the
+    # same orders, so a retry needs no stored answer (and the request holds no transaction).
+    openapi_extra=needs(Scope.ANALYTICS_RUN, own_idempotency=True),
+    response_model=dict[str, Any],
+    responses={202: {"model": Job, "description": "Still running: follow the job"}},
 )
-async def fit_ltv(request: Request, conn: Connection, body: LtvRequest) -> dict[str, Any]:
+async def fit_ltv(request: Request, body: LtvParams) -> dict[str, Any] | Response:
     _numeric()
-    fit = await reports.fit_ltv(
-        conn,
-        principal_of(request).tenant_id,
-        holdout=timedelta(days=body.holdout_days) if body.holdout_days else None,
-        months=body.months,
-        annual_discount_rate=body.annual_discount_rate,
+    ended = await run_and_wait(
+        request, LTV_KIND, "the lifetime value fit", body.model_dump(mode="json")
     )
-    return reports.ltv_json(fit)
+    if isinstance(ended, Response):
+        return ended
+    assert ended.result is not None  # a done job of this kind always has its result
+    return ended.result
 
 
 @router.post(
     "/journeys/refresh",
-    summary="Add the last finished days to the daily journey aggregate (the daily job)",
-    openapi_extra=needs(Scope.ANALYTICS_RUN),
+    summary="Add the last finished days to the daily journey aggregate (a job): the days "
+    "written, or 202 and the job to follow if it takes longer than the server waits",
+    # A day per step; starting again joins the job already running, and a day stored is not
+    # computed again, so a retry needs no stored answer (and the request holds no transaction).
+    openapi_extra=needs(Scope.ANALYTICS_RUN, own_idempotency=True),
+    response_model=RefreshResult,
+    responses={202: {"model": Job, "description": "Still running: follow the job"}},
 )
-async def refresh(request: Request, conn: Connection, body: RefreshRequest) -> dict[str, Any]:
-    today = utcnow().replace(hour=0, minute=0, second=0, microsecond=0)
-    written = await reports.refresh_days(
-        conn,
-        principal_of(request).tenant_id,
-        since=today - timedelta(days=body.days),
-        until=today,
-        setup=_setup(body.lookback_days, body.group, body.by_campaign),
+async def refresh(request: Request, body: RefreshParams) -> RefreshResult | Response:
+    ended = await run_and_wait(
+        request, REFRESH_KIND, "the journey refresh", body.model_dump(mode="json")
     )
-    return {"days_written": [day.isoformat() for day in written]}
+    if isinstance(ended, Response):
+        return ended
+    return RefreshResult.model_validate(ended.result)
 
 
 @router.get(

@@ -12,6 +12,7 @@ from omnisdk.models import Job, RecommendationModel, RulesetHistory, RulesetIn, 
 from server_stub.auth import needs, principal_of
 from server_stub.errors import Problem
 from server_stub.routers.dependencies import Connection
+from server_stub.routers.jobs import run_and_wait
 from server_stub.routing import ApiRoute
 from server_stub.runtime import runtime_of
 from server_stub.services import content, recommendations
@@ -101,18 +102,8 @@ async def get_recommendations(
     responses={202: {"model": Job, "description": "Still running: follow the job"}},
 )
 async def rebuild(request: Request) -> RecommendationModel | Response:
-    runtime = runtime_of(request)
-    tenant_id = principal_of(request).tenant_id
-    job = await runtime.jobs.submit(tenant_id, recommendations.KIND)
-    ended = await runtime.jobs.wait(tenant_id, job.job_id, runtime.settings.job_wait_seconds)
-    if ended is not None and ended.state == "failed":
-        raise Problem(ProblemType.CONFLICT, f"the rebuild failed: {ended.error}", job_id=job.job_id)
-    if ended is None or ended.state != "done":
-        return Response(
-            (ended or job).model_dump_json(),
-            status_code=202,
-            media_type="application/json",
-            headers={"Location": f"/v1/jobs/{job.job_id}"},
-        )
-    async with runtime.database.transaction(write=False) as conn:
-        return await content.recommendation_model(conn, tenant_id)
+    ended = await run_and_wait(request, recommendations.KIND, "the rebuild")
+    if isinstance(ended, Response):
+        return ended
+    async with runtime_of(request).database.transaction(write=False) as conn:
+        return await content.recommendation_model(conn, principal_of(request).tenant_id)

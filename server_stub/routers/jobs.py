@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
 
@@ -32,6 +32,28 @@ async def start(body: JobIn, request: Request, response: Response) -> Job:
     job = await runtime_of(request).jobs.submit(tenant_id, body.kind, body.params)
     response.headers["Location"] = f"/v1/jobs/{job.job_id}"
     return job
+
+
+async def run_and_wait(
+    request: Request, kind: str, what: str, params: dict[str, Any] | None = None
+) -> Job | Response:
+    """Start (or join) the tenant's job of `kind` and wait up to the server's job_wait_seconds:
+    the finished job, or a 202 answer with the job to follow (Location /v1/jobs/{id}). A
+    failed job is a conflict naming `what` failed."""
+    runtime = runtime_of(request)
+    tenant_id = principal_of(request).tenant_id
+    job = await runtime.jobs.submit(tenant_id, kind, params)
+    ended = await runtime.jobs.wait(tenant_id, job.job_id, runtime.settings.job_wait_seconds)
+    if ended is not None and ended.state == "failed":
+        raise Problem(ProblemType.CONFLICT, f"{what} failed: {ended.error}", job_id=job.job_id)
+    if ended is None or ended.state != "done":
+        return Response(
+            (ended or job).model_dump_json(),
+            status_code=202,
+            media_type="application/json",
+            headers={"Location": f"/v1/jobs/{job.job_id}"},
+        )
+    return ended
 
 
 @router.get("", summary="The tenant's jobs, newest first", openapi_extra=needs(Scope.JOBS_RUN))

@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+import math
+from collections.abc import Awaitable, Callable, Container, Iterable
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
@@ -44,7 +45,10 @@ from server_stub.services.orders import stream_orders
 from server_stub.storage.tables import customer_scores, customers, events, journey_days, orders
 
 Progress = Callable[[int, int], None]
+# A job's progress is awaited (services/jobs.py JobContext.progress); a CLI bar's is not.
+AnyProgress = Callable[[int, int], Awaitable[None] | None]
 CUSTOMER_BATCH = 500
+SCORE_BATCH = 1000  # customers' scores written per statement (and per job step)
 STORE_CHANNEL = "pos"
 ONLINE_CHANNELS = ("web", "app")
 
@@ -157,7 +161,7 @@ class Journeys:
         )
 
 
-def _day_start(day: date) -> datetime:
+def day_start(day: date) -> datetime:
     return datetime.combine(day, time(), tzinfo=UTC)
 
 
@@ -275,7 +279,7 @@ def _finished_days(since: datetime, until: datetime, as_of: datetime) -> list[da
     day = since.date() if since.time() == time() else since.date() + timedelta(days=1)
     last = min(until, as_of)
     out = []
-    while _day_start(day + timedelta(days=1)) <= last:
+    while day_start(day + timedelta(days=1)) <= last:
         out.append(day)
         day += timedelta(days=1)
     return out
@@ -309,34 +313,73 @@ async def refresh_days(
     as_of: datetime | None = None,
     progress: Progress | None = None,
 ) -> list[date]:
-    """Store the path counts of every finished day of [since, until) not stored yet (the daily
-    job); returns the days written. A day with no journey is stored as one empty row, so it
-    is not computed again."""
+    """Store the path counts of every finished day of [since, until) not stored yet; returns
+    the days written. The same days refreshed one call per day store the same rows."""
     as_of = as_of or utcnow()
+    missing = await days_to_refresh(conn, tenant_id, since, until, setup, as_of)
+    for done, day in enumerate(missing, 1):
+        await refresh_day(conn, tenant_id, day, setup=setup, as_of=as_of)
+        if progress is not None:
+            progress(done, len(missing))
+    return missing
+
+
+async def days_to_refresh(
+    conn: AsyncConnection,
+    tenant_id: str,
+    since: datetime,
+    until: datetime,
+    setup: JourneySetup,
+    as_of: datetime,
+    *,
+    full: bool = False,
+) -> list[date]:
+    """The finished days of [since, until) a refresh writes: those not stored yet (all with
+    `full`)."""
     finished = _finished_days(since, until, as_of)
-    missing = sorted(set(finished) - await stored_days(conn, tenant_id, setup, finished))
-    if not missing:
-        return []
+    if full:
+        return finished
+    return sorted(set(finished) - await stored_days(conn, tenant_id, setup, finished))
+
+
+async def refresh_day(
+    conn: AsyncConnection,
+    tenant_id: str,
+    day: date,
+    *,
+    setup: JourneySetup,
+    as_of: datetime,
+) -> int:
+    """Store (or replace) one finished day's path counts; returns the rows written. A day with
+    no journey is stored as one empty row, so it is not computed again.
+
+    A day is computed on its own, never as part of a longer period: a journey's touches are
+    read from two lookbacks before the day it ended (collect_journeys), so reading from an
+    earlier start would give the long journeys of later days more touches, and what a day
+    stores would depend on which days were refreshed with it."""
     computed = await collect_journeys(
         conn,
         tenant_id,
-        since=_day_start(missing[0]),
-        until=_day_start(missing[-1] + timedelta(days=1)),
+        since=day_start(day),
+        until=day_start(day + timedelta(days=1)),
         setup=setup,
         as_of=as_of,
-        progress=progress,
     )
-    rows: list[dict[str, Any]] = []
-    for day in missing:
-        counts = computed.days.get(day, PathCounts())
-        paths = counts.items()
-        if not paths:
-            rows.append(_day_row(tenant_id, setup, day, 0, [[], []], (0.0, 0.0, 0.0)))
-        for number, ((labels, ages), values) in enumerate(paths):
-            rows.append(_day_row(tenant_id, setup, day, number, [list(labels), list(ages)], values))
+    paths = computed.days.get(day, PathCounts()).items()
+    rows = [
+        _day_row(tenant_id, setup, day, number, [list(labels), list(ages)], values)
+        for number, ((labels, ages), values) in enumerate(paths)
+    ] or [_day_row(tenant_id, setup, day, 0, [[], []], (0.0, 0.0, 0.0))]
+    await conn.execute(
+        delete(journey_days).where(
+            journey_days.c.tenant_id == tenant_id,
+            journey_days.c.setup == setup.key,
+            journey_days.c.day == day.isoformat(),
+        )
+    )
     for start in range(0, len(rows), 1000):
         await conn.execute(insert(journey_days), rows[start : start + 1000])
-    return missing
+    return len(rows)
 
 
 def _day_row(
@@ -396,9 +439,9 @@ async def journeys_for(
     first_missing = next((d for d in finished if d not in stored), None)
     live_since = since
     if first_missing is not None:
-        live_since = max(since, _day_start(first_missing))
+        live_since = max(since, day_start(first_missing))
     elif finished:
-        live_since = max(since, _day_start(finished[-1] + timedelta(days=1)))
+        live_since = max(since, day_start(finished[-1] + timedelta(days=1)))
     if live_since < until:
         live = await collect_journeys(
             conn,
@@ -418,13 +461,59 @@ async def journeys_for(
 # ---------------------------------------------------------------- lifetime value
 
 
-@dataclass
-class _Buyer:
-    first: date
-    last: date
-    days: int
-    first_value: float
-    total: float
+@dataclass(frozen=True)
+class Buyers:
+    """Per linked customer (sorted by id), her purchase days: compact arrays, one entry per
+    buyer, never an object per buyer or per order. Days are proleptic ordinals."""
+
+    ids: list[str]
+    first: Any  # int64 arrays
+    last: Any
+    days: Any
+    first_value: Any  # float64 arrays
+    total: Any
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+
+class _BuyerBook:
+    """Buyers as they are read, oldest order first: arrays grown by doubling."""
+
+    def __init__(self) -> None:
+        import numpy as np
+
+        self.row: dict[str, int] = {}
+        self.ints = np.zeros((3, 1024), np.int64)  # first, last, days
+        self.money = np.zeros((2, 1024), np.float64)  # first_value, total
+
+    def add(self, customer_id: str, day: int, value: float) -> None:
+        import numpy as np
+
+        at = self.row.get(customer_id)
+        if at is None:
+            at = self.row[customer_id] = len(self.row)
+            if at == self.ints.shape[1]:
+                self.ints = np.concatenate([self.ints, np.zeros_like(self.ints)], axis=1)
+                self.money = np.concatenate([self.money, np.zeros_like(self.money)], axis=1)
+            self.ints[:, at] = (day, day, 1)
+            self.money[:, at] = (value, value)
+            return
+        if day != self.ints[1, at]:
+            self.ints[1, at] = day
+            self.ints[2, at] += 1
+        elif self.ints[2, at] == 1:
+            self.money[0, at] += value
+        self.money[1, at] += value
+
+    def sorted(self) -> Buyers:
+        import numpy as np
+
+        ids = sorted(self.row)
+        order = np.array([self.row[i] for i in ids], np.int64)
+        first, last, days = self.ints[:, order]
+        first_value, total = self.money[:, order]
+        return Buyers(ids, first, last, days, first_value, total)
 
 
 @dataclass(frozen=True)
@@ -442,50 +531,47 @@ class LtvFit:
     note: str = ""
 
 
-async def _buyers(
-    conn: AsyncConnection, tenant_id: str, until: datetime, progress: Progress | None
-) -> dict[str, _Buyer]:
+async def order_count(conn: AsyncConnection, tenant_id: str, until: datetime) -> int:
+    return int(
+        (
+            await conn.execute(
+                select(func.count())
+                .select_from(orders)
+                .where(orders.c.tenant_id == tenant_id, orders.c.placed_at < until)
+            )
+        ).scalar_one()
+    )
+
+
+async def read_buyers(
+    conn: AsyncConnection, tenant_id: str, until: datetime, progress: AnyProgress | None
+) -> Buyers:
     """Per linked customer, her purchase days up to `until` (orders with a positive net value;
-    same-day orders are one purchase), streamed oldest first."""
-    buyers: dict[str, _Buyer] = {}
-    total = (
-        await conn.execute(
-            select(func.count())
-            .select_from(orders)
-            .where(orders.c.tenant_id == tenant_id, orders.c.placed_at < until)
-        )
-    ).scalar_one()
+    same-day orders are one purchase), from the orders streamed oldest first in pages."""
+    book = _BuyerBook()
+    total = await order_count(conn, tenant_id, until) if progress is not None else 0
     done = 0
     async for page in stream_orders(conn, tenant_id, until=until):
         for fact in page:
-            if fact.customer_id is None or fact.net_value <= 0:
-                continue
-            day = fact.placed_at.date()
-            buyer = buyers.get(fact.customer_id)
-            if buyer is None:
-                buyers[fact.customer_id] = _Buyer(day, day, 1, fact.net_value, fact.net_value)
-                continue
-            if day != buyer.last:
-                buyer.days += 1
-                buyer.last = day
-            elif buyer.days == 1:
-                buyer.first_value += fact.net_value
-            buyer.total += fact.net_value
+            if fact.customer_id is not None and fact.net_value > 0:
+                book.add(fact.customer_id, fact.placed_at.date().toordinal(), fact.net_value)
         done += len(page)
         if progress is not None:
-            progress(done, total)
-    return buyers
+            reported = progress(done, total)
+            if reported is not None:
+                await reported
+    return book.sorted()
 
 
-def _summaries(buyers: list[_Buyer], end: date) -> Any:
+def _summaries(buyers: Buyers, end: date) -> Any:
     import numpy as np
 
     from server_stub.analytics import ltv
 
-    frequency = np.array([b.days - 1 for b in buyers], np.float64)
-    recency = np.array([(b.last - b.first).days for b in buyers], np.float64) / ltv.WEEK_DAYS
-    age = np.array([(end - b.first).days for b in buyers], np.float64) / ltv.WEEK_DAYS
-    repeat_value = np.array([b.total - b.first_value for b in buyers], np.float64)
+    frequency = (buyers.days - 1).astype(np.float64)
+    recency = (buyers.last - buyers.first).astype(np.float64) / ltv.WEEK_DAYS
+    age = (end.toordinal() - buyers.first).astype(np.float64) / ltv.WEEK_DAYS
+    repeat_value = buyers.total - buyers.first_value
     monetary = np.divide(repeat_value, frequency, out=np.zeros_like(frequency), where=frequency > 0)
     return ltv.Summaries(frequency, recency, age, monetary)
 
@@ -500,6 +586,11 @@ def clv_histogram(values: Any, bins: int = 12) -> list[tuple[float, float, int]]
     return [(float(edges[i]), float(edges[i + 1]), int(counts[i])) for i in range(bins)]
 
 
+def _number(value: float) -> float | None:
+    """JSON has no NaN (a rank correlation over constant values is undefined): null instead."""
+    return float(value) if math.isfinite(value) else None
+
+
 async def calibrate(
     conn: AsyncConnection, tenant_id: str, as_of: datetime, holdout: timedelta
 ) -> dict[str, Any] | None:
@@ -508,25 +599,25 @@ async def calibrate(
     from server_stub.analytics import ltv
 
     split = as_of - holdout
-    buyers = await _buyers(conn, tenant_id, split, None)
-    if sum(1 for b in buyers.values() if b.days > 1) < ltv.MIN_REPEAT_BUYERS:
+    buyers = await read_buyers(conn, tenant_id, split, None)
+    if int(np.sum(buyers.days > 1)) < ltv.MIN_REPEAT_BUYERS:
         return None
-    ids = sorted(buyers)
-    summaries = _summaries([buyers[i] for i in ids], split.date())
+    summaries = _summaries(buyers, split.date())
     model = ltv.fit_bgnbd(summaries)
+    row = {customer_id: n for n, customer_id in enumerate(buyers.ids)}
     later: dict[str, set[date]] = {}
     async for page in stream_orders(conn, tenant_id, since=split, until=as_of):
         for fact in page:
-            if fact.customer_id in buyers and fact.net_value > 0:
+            if fact.customer_id in row and fact.net_value > 0:
                 later.setdefault(fact.customer_id, set()).add(fact.placed_at.date())
-    actual = np.array([len(later.get(i, ())) for i in ids], np.float64)
+    actual = np.array([len(later.get(i, ())) for i in buyers.ids], np.float64)
     report = ltv.calibration_report(model, summaries, actual, holdout.days / ltv.WEEK_DAYS)
     return {
         "split_at": split.isoformat(),
         "holdout_days": holdout.days,
         "customers": report.customers,
         "mean_absolute_error": report.mean_absolute_error,
-        "rank_correlation": report.rank_correlation,
+        "rank_correlation": _number(report.rank_correlation),
         "top_decile_capture": report.top_decile_capture,
         "predicted_purchases": report.predicted_total,
         "actual_purchases": report.actual_total,
@@ -534,6 +625,172 @@ async def calibrate(
             {"frequency": k, "predicted": p, "actual": a} for k, p, a in report.by_frequency
         ],
     }
+
+
+@dataclass(frozen=True)
+class FittedModels:
+    """The fit's outcome, all of it JSON (a job's checkpoint keeps it): the two models'
+    parameters, or none when only RFM could be scored, and why."""
+
+    fitted_at: datetime
+    repeat_buyers: int
+    frequency: dict[str, float] | None = None  # ltv.BgNbd's fields
+    spend: dict[str, float] | None = None  # ltv.GammaGamma's fields
+    note: str = ""
+
+    @property
+    def model(self) -> str:
+        return "rfm" if self.frequency is None else "bgnbd+gamma_gamma"
+
+    @property
+    def parameters(self) -> dict[str, float]:
+        if self.frequency is None or self.spend is None:
+            return {}
+        skip = "log_likelihood"
+        return {k: v for k, v in {**self.frequency, **self.spend}.items() if k != skip}
+
+    def as_json(self) -> dict[str, Any]:
+        return {**asdict(self), "fitted_at": self.fitted_at.isoformat()}
+
+    @classmethod
+    def from_json(cls, state: dict[str, Any]) -> FittedModels:
+        return cls(**{**state, "fitted_at": datetime.fromisoformat(state["fitted_at"])})
+
+
+def fit_models(buyers: Buyers, fitted_at: datetime) -> FittedModels:
+    """Fit BG/NBD + Gamma-Gamma on the buyers' summaries (none with too few repeat buyers)."""
+    import numpy as np
+
+    from server_stub.analytics import ltv
+
+    summaries = _summaries(buyers, fitted_at.date())
+    repeat_buyers = int(np.sum(summaries.frequency > 0))
+    if repeat_buyers < ltv.MIN_REPEAT_BUYERS:
+        note = (
+            f"RFM only: {repeat_buyers} repeat buyers, the models need at least "
+            f"{ltv.MIN_REPEAT_BUYERS}"
+        )
+        return FittedModels(fitted_at, repeat_buyers, note=note)
+    try:
+        frequency_model = ltv.fit_bgnbd(summaries)
+        spend_model = ltv.fit_gamma_gamma(summaries)
+    except ltv.FitFailed as failed:
+        return FittedModels(fitted_at, repeat_buyers, note=f"RFM only: {failed}")
+    return FittedModels(fitted_at, repeat_buyers, asdict(frequency_model), asdict(spend_model))
+
+
+@dataclass(frozen=True)
+class ScoreTable:
+    """Every buyer's scores under a fit, as arrays in the buyers' order."""
+
+    fit: FittedModels
+    ids: list[str]
+    scores: Any  # ltv.Scores, or None with RFM only
+    rfm: Any  # ltv.Rfm
+
+    @property
+    def clv(self) -> Any:
+        import numpy as np
+
+        return self.scores.clv if self.scores is not None else np.zeros(0)
+
+    def rows(self, tenant_id: str, start: int, stop: int) -> list[dict[str, Any]]:
+        scores, rfm = self.scores, self.rfm
+
+        def value(name: str, i: int) -> float | None:
+            return None if scores is None else float(getattr(scores, name)[i])
+
+        return [
+            {
+                "tenant_id": tenant_id,
+                "customer_id": self.ids[i],
+                "fitted_at": self.fit.fitted_at,
+                "model": self.fit.model,
+                "p_alive": value("p_alive", i),
+                "purchases_90": value("purchases_90", i),
+                "purchases_365": value("purchases_365", i),
+                "value_per_purchase": value("value_per_purchase", i),
+                "clv": value("clv", i),
+                "rfm_recency": int(rfm.recency[i]),
+                "rfm_frequency": int(rfm.frequency[i]),
+                "rfm_monetary": int(rfm.monetary[i]),
+            }
+            for i in range(start, min(stop, len(self.ids)))
+        ]
+
+
+def score_buyers(
+    buyers: Buyers, fit: FittedModels, *, months: int, annual_discount_rate: float
+) -> ScoreTable:
+    """Score every buyer under `fit` (no fitting: a resumed job scores with its saved fit)."""
+    from server_stub.analytics import ltv
+
+    end = fit.fitted_at.date().toordinal()
+    rfm = ltv.rfm((end - buyers.last).astype(float), buyers.days.astype(float), buyers.total)
+    scores = None
+    if fit.frequency is not None and fit.spend is not None:
+        scores = ltv.score(
+            ltv.BgNbd(**fit.frequency),
+            ltv.GammaGamma(**fit.spend),
+            _summaries(buyers, fit.fitted_at.date()),
+            months=months,
+            annual_discount_rate=annual_discount_rate,
+        )
+    return ScoreTable(fit, buyers.ids, scores, rfm)
+
+
+async def write_scores(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
+    """Store these customers' scores in place of their earlier ones."""
+    if not rows:
+        return
+    await conn.execute(
+        delete(customer_scores).where(
+            customer_scores.c.tenant_id == rows[0]["tenant_id"],
+            customer_scores.c.customer_id.in_([row["customer_id"] for row in rows]),
+        )
+    )
+    await conn.execute(insert(customer_scores), rows)
+
+
+async def drop_stale_scores(
+    conn: AsyncConnection, tenant_id: str, buyers: Container[str], batch: int = SCORE_BATCH
+) -> None:
+    """Delete the scores of customers who are no longer buyers (orders refunded, erased),
+    reading the stored scores in keyset pages."""
+    after = ""
+    while True:
+        rows = await conn.execute(
+            select(customer_scores.c.customer_id)
+            .where(customer_scores.c.tenant_id == tenant_id, customer_scores.c.customer_id > after)
+            .order_by(customer_scores.c.customer_id)
+            .limit(batch)
+        )
+        page = [row.customer_id for row in rows]
+        if not page:
+            return
+        gone = [customer_id for customer_id in page if customer_id not in buyers]
+        if gone:
+            await conn.execute(
+                delete(customer_scores).where(
+                    customer_scores.c.tenant_id == tenant_id,
+                    customer_scores.c.customer_id.in_(gone),
+                )
+            )
+        after = page[-1]
+
+
+def ltv_fit_of(table: ScoreTable, calibration: dict[str, Any] | None) -> LtvFit:
+    return LtvFit(
+        fitted_at=table.fit.fitted_at,
+        model=table.fit.model,
+        customers=len(table.ids),
+        repeat_buyers=table.fit.repeat_buyers,
+        parameters=table.fit.parameters,
+        clv_histogram=clv_histogram(table.clv),
+        clv_total=float(table.clv.sum()),
+        calibration=calibration,
+        note=table.fit.note,
+    )
 
 
 async def fit_lifetime_value(
@@ -548,88 +805,20 @@ async def fit_lifetime_value(
 ) -> LtvFit:
     """Fit BG/NBD + Gamma-Gamma on the orders up to `as_of` (RFM only when there are too few
     repeat buyers), store every buyer's scores with the fit's date, and, with `holdout`, report
-    how a fit that stopped `holdout` earlier predicted the purchases since."""
+    how a fit that stopped `holdout` earlier predicted the purchases since. All in the caller's
+    transaction (the job `analytics.ltv.fit` runs the same steps in short ones)."""
     require_numeric()
-    import numpy as np
-
-    from server_stub.analytics import ltv
-
     fitted_at = as_of or utcnow()
-    buyers = await _buyers(conn, tenant_id, fitted_at, progress)
-    ids = sorted(buyers)
-    listed = [buyers[i] for i in ids]
-    summaries = _summaries(listed, fitted_at.date())
-    repeat_buyers = int(np.sum(summaries.frequency > 0))
-    days_since_last = np.array([(fitted_at.date() - b.last).days for b in listed], np.float64)
-    purchase_days = np.array([b.days for b in listed], np.float64)
-    spend = np.array([b.total for b in listed], np.float64)
-    rfm = ltv.rfm(days_since_last, purchase_days, spend)
-    scores: ltv.Scores | None = None
-    parameters: dict[str, float] = {}
-    note = ""
-    if repeat_buyers >= ltv.MIN_REPEAT_BUYERS:
-        try:
-            frequency_model = ltv.fit_bgnbd(summaries)
-            spend_model = ltv.fit_gamma_gamma(summaries)
-            scores = ltv.score(
-                frequency_model,
-                spend_model,
-                summaries,
-                months=months,
-                annual_discount_rate=annual_discount_rate,
-            )
-            parameters = {
-                "r": frequency_model.r,
-                "alpha": frequency_model.alpha,
-                "a": frequency_model.a,
-                "b": frequency_model.b,
-                "p": spend_model.p,
-                "q": spend_model.q,
-                "gamma": spend_model.gamma,
-            }
-        except ltv.FitFailed as failed:
-            note = f"RFM only: {failed}"
-    else:
-        note = (
-            f"RFM only: {repeat_buyers} repeat buyers, the models need at least "
-            f"{ltv.MIN_REPEAT_BUYERS}"
-        )
-    model = "rfm" if scores is None else "bgnbd+gamma_gamma"
-    await conn.execute(delete(customer_scores).where(customer_scores.c.tenant_id == tenant_id))
-    rows = [
-        {
-            "tenant_id": tenant_id,
-            "customer_id": customer_id,
-            "fitted_at": fitted_at,
-            "model": model,
-            "p_alive": None if scores is None else float(scores.p_alive[i]),
-            "purchases_90": None if scores is None else float(scores.purchases_90[i]),
-            "purchases_365": None if scores is None else float(scores.purchases_365[i]),
-            "value_per_purchase": None if scores is None else float(scores.value_per_purchase[i]),
-            "clv": None if scores is None else float(scores.clv[i]),
-            "rfm_recency": int(rfm.recency[i]),
-            "rfm_frequency": int(rfm.frequency[i]),
-            "rfm_monetary": int(rfm.monetary[i]),
-        }
-        for i, customer_id in enumerate(ids)
-    ]
-    for start in range(0, len(rows), 1000):
-        await conn.execute(insert(customer_scores), rows[start : start + 1000])
+    buyers = await read_buyers(conn, tenant_id, fitted_at, progress)
+    fit = fit_models(buyers, fitted_at)
+    table = score_buyers(buyers, fit, months=months, annual_discount_rate=annual_discount_rate)
+    for start in range(0, len(buyers), SCORE_BATCH):
+        await write_scores(conn, table.rows(tenant_id, start, start + SCORE_BATCH))
+    await drop_stale_scores(conn, tenant_id, set(buyers.ids))
     calibration = None
-    if holdout is not None and scores is not None:
+    if holdout is not None and table.scores is not None:
         calibration = await calibrate(conn, tenant_id, fitted_at, holdout)
-    clv = scores.clv if scores is not None else np.zeros(0)
-    return LtvFit(
-        fitted_at=fitted_at,
-        model=model,
-        customers=len(ids),
-        repeat_buyers=repeat_buyers,
-        parameters=parameters,
-        clv_histogram=clv_histogram(clv),
-        clv_total=float(clv.sum()),
-        calibration=calibration,
-        note=note,
-    )
+    return ltv_fit_of(table, calibration)
 
 
 async def scores_of(conn: AsyncConnection, tenant_id: str, customer_id: str) -> Any:

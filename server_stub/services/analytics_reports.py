@@ -18,7 +18,6 @@ from server_stub.services.analytics import (
     JourneySetup,
     LtvFit,
     collect_journeys,
-    fit_lifetime_value,
     journeys_for,
     refresh_days,
 )
@@ -28,7 +27,6 @@ __all__ = [
     "AttributionReport",
     "JourneySetup",
     "attribution_report",
-    "fit_ltv",
     "html_report",
     "ltv_json",
     "refresh_days",
@@ -150,25 +148,6 @@ async def ropo_report(
             "revenue": round(found.unattributed_revenue, 2),
         },
     }
-
-
-async def fit_ltv(
-    conn: AsyncConnection,
-    tenant_id: str,
-    *,
-    holdout: timedelta | None = None,
-    months: int = 12,
-    annual_discount_rate: float = 0.10,
-    progress: Progress | None = None,
-) -> LtvFit:
-    return await fit_lifetime_value(
-        conn,
-        tenant_id,
-        holdout=holdout,
-        months=months,
-        annual_discount_rate=annual_discount_rate,
-        progress=progress,
-    )
 
 
 def ltv_json(fit: LtvFit) -> dict[str, Any]:

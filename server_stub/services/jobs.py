@@ -65,7 +65,7 @@ class JobKind:
 _KINDS: dict[str, JobKind] = {}
 # The modules that register job kinds, imported when a kind is first looked up (a new kind of
 # job: add its module here).
-KIND_MODULES = ("server_stub.services.recommendations",)
+KIND_MODULES = ("server_stub.services.recommendations", "server_stub.services.analytics_jobs")
 
 
 def register(

@@ -184,3 +184,20 @@ def test_errors_are_clear(shop: tuple[str, list[str]], capsys: pytest.CaptureFix
         == 2
     )
     assert "--since must be before --until" in capsys.readouterr().err
+
+
+def test_the_fit_and_the_refresh_run_as_jobs_with_a_progress_bar(
+    shop: tuple[str, list[str]], capsys: pytest.CaptureFixture[str]
+) -> None:
+    from server_stub import cli
+
+    tenant, db = shop
+    assert cli.main(["jobs", "run", "--tenant", tenant, "analytics.ltv.fit", *db]) == 0
+    out = capsys.readouterr()
+    assert json.loads(out.out)["model"] == "rfm"
+    assert "running analytics.ltv.fit" in out.err and "━" in out.err  # the bar, on stderr
+    assert main(["analytics", "refresh", "--tenant", tenant, *db, "--days", "3"]) == 0
+    assert "3 day(s) added" in capsys.readouterr().out
+    assert cli.main(["jobs", "list", "--tenant", tenant, *db]) == 0
+    listed = [line.split("\t")[1:4] for line in capsys.readouterr().out.splitlines()]
+    assert ["analytics.journeys.refresh", "done", "3/3"] in listed

@@ -194,9 +194,8 @@ async def test_lifetime_value_falls_back_to_rfm_with_few_repeat_buyers(
     assert amy.clv is None and amy.rfm_frequency == 5 and amy.fitted_at == AS_OF
 
 
-async def test_lifetime_value_fit_stores_scores_for_every_buyer(
-    server: Harness, shop: ShopForTest
-) -> None:
+async def sixty_buyers(server: Harness, shop: ShopForTest) -> list[str]:
+    """60 buyers, 45 of them buying again: enough for the models to be fitted."""
     buyers = []
     for n in range(60):
         who = await customer(server, shop)
@@ -204,6 +203,13 @@ async def test_lifetime_value_fit_stores_scores_for_every_buyer(
         for k in range(n % 4 + 1):
             at = T0 - timedelta(days=200) + timedelta(days=n + 37 * k, hours=k)
             await sell(server, shop, who, "web" if k % 2 else "pos", at, f"{20 + n % 7}.00")
+    return buyers
+
+
+async def test_lifetime_value_fit_stores_scores_for_every_buyer(
+    server: Harness, shop: ShopForTest
+) -> None:
+    await sixty_buyers(server, shop)
     async with server.database.transaction(write=True) as conn:
         fit = await analytics.fit_lifetime_value(
             conn, shop.id, as_of=AS_OF, holdout=timedelta(days=60)
