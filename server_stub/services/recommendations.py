@@ -59,7 +59,8 @@ log = logging.getLogger("omnisdk.server.jobs")
 KIND = "recommendations.rebuild"
 BASKET_EVENTS = ("order_completed", "product_added")
 BATCH_EVENTS = 5_000
-WINDOW_PAIRS = 500_000  # distinct pair counts held in memory before they are written
+WINDOW_PAIRS = 200_000  # distinct pair counts held in memory before they are written
+ADD_ROWS = 20_000  # pairs added by one statement
 WINDOW_CUSTOMERS = 20_000  # customers whose cart baskets wait for their recount
 CUSTOMERS_PER_QUERY = 500
 SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a build begins
@@ -362,33 +363,34 @@ def _insert(conn: AsyncConnection) -> Any:
 
 
 async def _add(conn: AsyncConnection, tenant_id: str, delta: Counter[PairKey]) -> None:
-    rows = [
-        {"tenant_id": tenant_id, "sku": sku, "other": other, "n": n}
-        for (sku, other), n in sorted(delta.items())
-        if n
-    ]
-    if not rows:
-        return
-    if conn.dialect.name == "postgresql":
-        # One statement over arrays: executemany costs a round trip's work per row.
+    """Add the window's counts to the stored ones, ADD_ROWS pairs a statement (no row objects
+    for the whole window: its memory is the window's own)."""
+    changed = sorted(item for item in delta.items() if item[1])
+    for start in range(0, len(changed), ADD_ROWS):
+        chunk = changed[start : start + ADD_ROWS]
+        if conn.dialect.name == "postgresql":
+            # One statement over arrays: executemany costs a round trip's work per row.
+            await conn.execute(
+                _ADD_PAIRS,
+                {
+                    "tenant": tenant_id,
+                    "skus": [pair[0] for pair, _ in chunk],
+                    "others": [pair[1] for pair, _ in chunk],
+                    "ns": [n for _, n in chunk],
+                },
+            )
+            continue
+        statement = _insert(conn)(recommendation_pairs)
         await conn.execute(
-            _ADD_PAIRS,
-            {
-                "tenant": tenant_id,
-                "skus": [row["sku"] for row in rows],
-                "others": [row["other"] for row in rows],
-                "ns": [row["n"] for row in rows],
-            },
+            statement.on_conflict_do_update(
+                index_elements=["tenant_id", "sku", "other"],
+                set_={"n": recommendation_pairs.c.n + statement.excluded.n},
+            ),
+            [
+                {"tenant_id": tenant_id, "sku": sku, "other": other, "n": n}
+                for (sku, other), n in chunk
+            ],
         )
-        return
-    statement = _insert(conn)(recommendation_pairs)
-    await conn.execute(
-        statement.on_conflict_do_update(
-            index_elements=["tenant_id", "sku", "other"],
-            set_={"n": recommendation_pairs.c.n + statement.excluded.n},
-        ),
-        rows,
-    )
 
 
 async def _advance(conn: AsyncConnection, tenant_id: str, through: int, baskets: int) -> None:

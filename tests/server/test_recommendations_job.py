@@ -88,12 +88,13 @@ class ProcessDied(BaseException):
 
 @pytest.fixture
 def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
-    # Batches of 7 events, queries of 3 customers, windows of a few pairs or customers: every
-    # boundary is crossed many times.
+    # Batches of 7 events, queries of 3 customers, windows of a few pairs or customers, pairs
+    # written 4 a statement: every boundary is crossed many times.
     monkeypatch.setattr(recommendations, "BATCH_EVENTS", 7)
     monkeypatch.setattr(recommendations, "CUSTOMERS_PER_QUERY", 3)
     monkeypatch.setattr(recommendations, "WINDOW_PAIRS", 25)
     monkeypatch.setattr(recommendations, "WINDOW_CUSTOMERS", 3)
+    monkeypatch.setattr(recommendations, "ADD_ROWS", 4)
 
 
 @pytest.mark.usefixtures("small_batches")
