@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, FastAPI
+from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from omnisdk._version import __version__
@@ -101,6 +102,11 @@ API_ROUTERS: tuple[APIRouter, ...] = (
 )
 
 
+# FastAPI's own OpenTelemetry instrumentation, unless the operator asks for it
+# (OMNISDK_OPENTELEMETRY): otherwise every request asks the global providers whether it is on.
+NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     """A server over `settings` (read from the environment when not given).
 
@@ -187,6 +193,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="One customer, one cart, one consent state across a shop's channels.",
         lifespan=lifespan,
+        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
     )
     install_error_handlers(app)
     openapi.install(app)

@@ -43,6 +43,12 @@ class Settings(BaseSettings):
     metrics_token: SecretStr | None = Field(
         default=None, description="If set, /metrics requires `Authorization: Bearer <token>`."
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="Let FastAPI's native OpenTelemetry instrumentation trace and measure "
+        "requests through the process's global providers. Off, the server has its own "
+        "/metrics and access log, and no request pays the instrumentation's checks.",
+    )
     secret_key: SecretStr | None = Field(
         default=None,
         description="Base64 of 32 random bytes that seals the tenants' signing keys at rest. "
