@@ -20,6 +20,7 @@ from datetime import datetime, timedelta
 
 import httpx
 
+from server_stub import tasks
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
 from server_stub.observability import Metrics
@@ -73,10 +74,7 @@ class AlertWorker:
         self._wake.set()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await tasks.stop(self._task)
         await self._http.aclose()
 
     async def _run(self) -> None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
@@ -17,7 +16,7 @@ from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from omnisdk._version import __version__
-from server_stub import openapi
+from server_stub import openapi, tasks
 from server_stub.alert_delivery import AlertWorker
 from server_stub.auth import KeyCache
 from server_stub.budget import RequestBudget
@@ -176,9 +175,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             for purger in purgers:
-                purger.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await purger
+                await tasks.stop(purger)
             await worker.close()
             # Starlette runs no lifespan of a mounted app: the station's clients close here.
             await close_station(app.state.pos_station)

@@ -43,6 +43,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
+from server_stub import tasks
 from server_stub.ids import utcnow
 from server_stub.storage.database import Database, before_commit, dumps
 from server_stub.storage.prepared import Prepared
@@ -403,9 +404,7 @@ class ChangeHub:
 
     async def close(self) -> None:
         if self._poller is not None:
-            self._poller.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._poller
+            await tasks.stop(self._poller)
             self._poller = None
         if self._listener is not None:
             await self._listener.close()

@@ -23,7 +23,6 @@ second start joins the job that is already there.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import importlib
 import logging
 import time
@@ -39,6 +38,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Job
+from server_stub import tasks as background
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
 from server_stub.storage.database import Database
@@ -366,9 +366,9 @@ async def execute(
         else:
             await _finish(ctx, state="done", result=result)
         finally:
-            heart.cancel()
-            with contextlib.suppress(asyncio.CancelledError, LeaseLost):
-                await heart
+            stopped = await background.stop(heart)
+            if stopped is not None and not isinstance(stopped, LeaseLost):
+                raise stopped
     async with database.transaction(write=False) as conn:
         ended = await get(conn, ctx.tenant_id, job.job_id)
     assert ended is not None
@@ -468,9 +468,5 @@ class JobRunner:
     async def close(self) -> None:
         """Stop this process's jobs (shutting down): each keeps its checkpoint and is taken
         over by the next start once its heartbeat is stale."""
-        tasks = list(self._tasks.values())
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        for task in list(self._tasks.values()):
+            await background.stop(task)
