@@ -174,16 +174,17 @@ def _sale(row: Any) -> Sale:
     )
 
 
-async def _customer_batches(conn: AsyncConnection, tenant_id: str, batch: int) -> Any:
+async def _id_pages(
+    conn: AsyncConnection, tenant: Any, column: Any, tenant_id: str, batch: int
+) -> Any:
+    """The tenant's ids in `column` (a table's key, `tenant` its tenant column), in keyset
+    pages of `batch`."""
     after = ""
     while True:
         rows = await conn.execute(
-            select(customers.c.id)
-            .where(customers.c.tenant_id == tenant_id, customers.c.id > after)
-            .order_by(customers.c.id)
-            .limit(batch)
+            select(column).where(tenant == tenant_id, column > after).order_by(column).limit(batch)
         )
-        ids = [row.id for row in rows]
+        ids = [row[0] for row in rows]
         if not ids:
             return
         yield ids
@@ -213,7 +214,7 @@ async def collect_journeys(
         )
     ).scalar_one()
     done = 0
-    async for ids in _customer_batches(conn, tenant_id, batch):
+    async for ids in _id_pages(conn, customers.c.tenant_id, customers.c.id, tenant_id, batch):
         touches: dict[str, list[Touch]] = {}
         rows = await conn.execute(
             select(
@@ -757,26 +758,15 @@ async def drop_stale_scores(
 ) -> None:
     """Delete the scores of customers who are no longer buyers (orders refunded, erased),
     reading the stored scores in keyset pages."""
-    after = ""
-    while True:
-        rows = await conn.execute(
-            select(customer_scores.c.customer_id)
-            .where(customer_scores.c.tenant_id == tenant_id, customer_scores.c.customer_id > after)
-            .order_by(customer_scores.c.customer_id)
-            .limit(batch)
-        )
-        page = [row.customer_id for row in rows]
-        if not page:
-            return
+    scored = customer_scores.c
+    async for page in _id_pages(conn, scored.tenant_id, scored.customer_id, tenant_id, batch):
         gone = [customer_id for customer_id in page if customer_id not in buyers]
         if gone:
             await conn.execute(
                 delete(customer_scores).where(
-                    customer_scores.c.tenant_id == tenant_id,
-                    customer_scores.c.customer_id.in_(gone),
+                    scored.tenant_id == tenant_id, scored.customer_id.in_(gone)
                 )
             )
-        after = page[-1]
 
 
 def ltv_fit_of(table: ScoreTable, calibration: dict[str, Any] | None) -> LtvFit:
