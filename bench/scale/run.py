@@ -409,11 +409,7 @@ def page(runs: list[Run]) -> str:
             f"{size / 2**20:,.0f} MB | {size / run.customers / 1024:.1f} kB |"
         )
     lines += ["", "## Each request (one client, sequential)", ""]
-    header = "| operation | " + " | ".join(f"p50 / p99 at {r.customers:,}" for r in runs)
-    lines += [header + " |", "|---" * (len(runs) + 1) + "|"]
-    for n, timing in enumerate(runs[0].timings):
-        cells = [f"{r.timings[n].p50_ms:.1f} / {r.timings[n].p99_ms:.1f} ms" for r in runs]
-        lines.append(f"| {timing.name} | " + " | ".join(cells) + " |")
+    lines += _timing_table("operation", runs, [r.timings for r in runs], 1)
     if len(runs) > 1:
         lines += ["", "p99 at the largest N over p99 at the smallest (goal ≤ 1.5):", ""]
         for n, timing in enumerate(runs[0].timings + runs[0].feed):
@@ -421,11 +417,7 @@ def page(runs: list[Run]) -> str:
             ratio = last / (runs[0].timings + runs[0].feed)[n].p99_ms
             lines.append(f"- {timing.name}: {ratio:.2f}")
     lines += ["", "## Change feed reads (the query of every feed page, in process)", ""]
-    header = "| read | " + " | ".join(f"p50 / p99 at {r.customers:,}" for r in runs)
-    lines += [header + " |", "|---" * (len(runs) + 1) + "|"]
-    for n, timing in enumerate(runs[0].feed):
-        cells = [f"{r.feed[n].p50_ms:.2f} / {r.feed[n].p99_ms:.2f} ms" for r in runs]
-        lines.append(f"| {timing.name} | " + " | ".join(cells) + " |")
+    lines += _timing_table("read", runs, [r.feed for r in runs], 2)
     lines += ["", "Goal: p99 < 10 ms at 10 M customers and 50 M changes."]
     rebuilt = [r for r in runs if r.rebuild is not None]
     if rebuilt:
@@ -453,6 +445,18 @@ def page(runs: list[Run]) -> str:
         lines.append(f"| {item.name} | {item.processes} | " + " | ".join(cells) + " |")
     lines += ["", CLOSING]
     return "\n".join(lines) + "\n"
+
+
+def _timing_table(
+    what: str, runs: list[Run], timings: list[list[Timing]], digits: int
+) -> list[str]:
+    """A table of p50 / p99 per timing (rows) and shop size (columns)."""
+    header = f"| {what} | " + " | ".join(f"p50 / p99 at {r.customers:,}" for r in runs)
+    lines = [header + " |", "|---" * (len(runs) + 1) + "|"]
+    for n, timing in enumerate(timings[0]):
+        cells = [f"{t[n].p50_ms:.{digits}f} / {t[n].p99_ms:.{digits}f} ms" for t in timings]
+        lines.append(f"| {timing.name} | " + " | ".join(cells) + " |")
+    return lines
 
 
 NOTE = (
