@@ -81,6 +81,9 @@ _BY_IDENTIFIER: dict[str, tuple[IdentifierType, LinkMethod]] = {
     "e_receipt_email": (IdentifierType.EMAIL, "e_receipt"),
 }
 
+# ISO 4217's code for "no currency": a checkout whose lines name several currencies, or none.
+NO_CURRENCY = "XXX"
+
 
 def money(value: float | Decimal | int | str) -> Decimal:
     """An amount as stored: a Decimal with two decimals (from a float by its shortest repr)."""
@@ -495,7 +498,7 @@ async def record_checkout(
         customer_id=customer_id,
         channel=channel.value if channel.value in ("web", "app", "pos") else "web",
         store_id=None,
-        currency=currencies.pop() if len(currencies) == 1 else "XXX",  # ISO 4217: no currency
+        currency=currencies.pop() if len(currencies) == 1 else NO_CURRENCY,
         total=sum((line.unit_price * line.quantity for line in lines), Decimal(0)),
         placed_at=now,
         link_method="checkout",
