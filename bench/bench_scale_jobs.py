@@ -156,13 +156,13 @@ async def _old_rebuild(url: str, tenant_id: str) -> dict[str, Any]:
     return {"baskets": document["baskets"], "products": len(document["together"])}
 
 
-async def _job_rebuild(url: str, tenant_id: str) -> dict[str, Any]:
+async def _job_rebuild(url: str, tenant_id: str, full: bool = False) -> dict[str, Any]:
     from server_stub.services import jobs, recommendations
     from server_stub.storage.database import Database
 
     database = Database(url)
     try:
-        claim = await jobs.start(database, tenant_id, recommendations.KIND)
+        claim = await jobs.start(database, tenant_id, recommendations.KIND, {"full": full})
         job = await jobs.execute(database, claim)
     finally:
         await database.dispose()
@@ -179,8 +179,10 @@ def _child(which: str, url: str, tenant_id: str) -> None:
 
     before = _peak_mb()
     started = time.perf_counter()
-    build = _old_rebuild if which == "old" else _job_rebuild
-    result = asyncio.run(build(url, tenant_id))
+    if which == "old":
+        result = asyncio.run(_old_rebuild(url, tenant_id))
+    else:  # "new" builds from where the last build stopped, "full" from nothing
+        result = asyncio.run(_job_rebuild(url, tenant_id, full=which == "full"))
     print(
         json.dumps(
             {

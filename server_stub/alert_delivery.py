@@ -32,6 +32,7 @@ from server_stub.storage.tables import tenants
 
 log = logging.getLogger("omnisdk.server.alerts")
 UNSERVABLE_BACKOFF = timedelta(minutes=10)  # a tenant this server cannot serve waits this long
+IDLE_BATCHES_PER_SCAN = 50  # abandoned-cart batches (alerts.CART_SCAN_BATCH carts each) per scan
 
 
 class AlertWorker:
@@ -65,6 +66,9 @@ class AlertWorker:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_scan = 0.0
+        # Per tenant, where its abandoned-cart scan goes on from (services/alerts.py). Each
+        # process keeps its own: another process's scan of the same carts queues nothing twice.
+        self._idle_after: dict[str, alerts.IdleCursor | None] = {}
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run())
@@ -132,9 +136,16 @@ class AlertWorker:
             tenant_ids = [row.id for row in await conn.execute(tenants.select())]
         for tenant_id in tenant_ids:
             async with self._each_tenant(tenant_id, "abandoned-cart scan"):
-                async with self.database.transaction(write=True) as conn:
-                    context = await self.contexts.get(conn, tenant_id)
-                    await alerts.abandoned_carts(conn, context, now)
+                # Batch after batch, each its own transaction, until the scan has caught up
+                # (or IDLE_BATCHES_PER_SCAN batches: the rest waits for the next scan).
+                for _ in range(IDLE_BATCHES_PER_SCAN):
+                    before = self._idle_after.get(tenant_id)
+                    async with self.database.transaction(write=True) as conn:
+                        context = await self.contexts.get(conn, tenant_id)
+                        _, after = await alerts.abandoned_carts(conn, context, now, before)
+                    self._idle_after[tenant_id] = after  # once its messages are committed
+                    if after == before:
+                        break
 
     @contextlib.asynccontextmanager
     async def _each_tenant(self, tenant_id: str, work: str) -> AsyncIterator[None]:

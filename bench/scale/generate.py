@@ -23,7 +23,7 @@ import asyncpg
 from omnisdk.core.cart import Cart
 from server_stub.storage import partitions
 
-HEAVY = 5  # customers with HEAVY_EVENTS events each: s0 (profile), s1 (export), s2.. (erasure)
+HEAVY = 11  # customers with HEAVY_EVENTS events each: s0 (profile), s1 (export), s2.. (erasure)
 HEAVY_EVENTS = 10_000
 CHUNK = 50_000
 CHANGES_PER_CUSTOMER = 5

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import os
 import platform
 import random
@@ -23,7 +24,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -37,12 +38,13 @@ from bench.bench_carts import _postgres_database
 from bench.bench_content import ruleset
 from bench.bench_scale_jobs import _load, _run_child
 from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load
-from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess
+from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess, TestTenant
 
 OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "scale.md"
 SAMPLES = 200
 CONCURRENCY = 32
 INGEST_BATCH = 500  # omnisdk._delivery.MAX_EVENTS_PER_REQUEST
+ERASURES = 3  # heavy customers erased per run (a kept shop has HEAVY - 2 to erase)
 
 
 @dataclass(frozen=True)
@@ -102,10 +104,12 @@ def _events(customers: int, count: int) -> list[dict[str, Any]]:
     ]
 
 
-def _latencies(url: str, keys: dict[str, str], customers: int) -> list[Timing]:
+def _latencies(
+    url: str, keys: dict[str, str], customers: int, seed: int, erasable: list[int]
+) -> list[Timing]:
     web = {"Authorization": f"Bearer {keys['web']}"}
     admin = {"Authorization": f"Bearer {keys['admin']}"}
-    rng = random.Random(21)
+    rng = random.Random(seed)
     ordinary = list(range(HEAVY, customers))
     odd = [n for n in ordinary if n % 2]  # no shop account: any two of them may merge
     pairs = iter(rng.sample(odd, min(len(odd) // 2 * 2, 2 * SAMPLES)))
@@ -181,8 +185,8 @@ def _latencies(url: str, keys: dict[str, str], customers: int) -> list[Timing]:
             ),
             _time(
                 f"erasure of a customer with {HEAVY_EVENTS:,} events",
-                HEAVY - 2,
-                lambda n: post(f"/v1/privacy/{customer_id(2 + n)}/erase", None, admin),
+                min(ERASURES, len(erasable)),
+                lambda n: post(f"/v1/privacy/{customer_id(erasable[n])}/erase", None, admin),
             ),
         ]
     return timings
@@ -267,7 +271,7 @@ class Rebuild:
 def _rebuild(url: str, tenant_id: str, events: int) -> Rebuild:
     """The recommendations job, full then after a day's events (a sixtieth of the history,
     loaded by COPY), each in a fresh process (bench/bench_scale_jobs.py) measuring its peak."""
-    full = _run_child("new", url, tenant_id)
+    full = _run_child("full", url, tenant_id)
     day = max(1, events // 60)
     asyncio.run(_load(url, tenant_id, day, datetime.now(UTC) - timedelta(days=1), 1, 2))
     incremental = _run_child("new", url, tenant_id)
@@ -339,14 +343,28 @@ def _throughputs(
     ]
 
 
-def measure(customers: int, with_rebuild: bool = True) -> Run:
+@dataclass(frozen=True)
+class Shop:
+    """A loaded shop: its database, tenant and the server secret its keyed hashes were made
+    with (a server must run with the same one to find its customers)."""
+
+    url: str
+    tenant_id: str
+    secret: str
+    loaded: Loaded
+
+
+def _kept(customers: int) -> Path:
+    return Path(tempfile.gettempdir()) / f"omnisdk-scale-{customers}.json"
+
+
+def load_shop(customers: int) -> Shop:
     url = _postgres_database()
     if url is None:
         raise SystemExit("no PostgreSQL: set OMNISDK_BENCH_POSTGRES_URL")
     try:
-        with ServerProcess(url) as server:
-            shop = server.create_tenant("scale", ATTRIBUTED_EVENTS)
-            keys = {"web": shop.key("web"), "admin": shop.key("admin")}
+        with ServerProcess(url) as server:  # migrates the new database
+            tenant_id = server.create_tenant("scale", ATTRIBUTED_EVENTS).id
             where = make_url(url)
             dsn = {
                 "host": where.host,
@@ -354,18 +372,68 @@ def measure(customers: int, with_rebuild: bool = True) -> Run:
                 "user": where.username,
                 "database": where.database,
             }
-            loaded = asyncio.run(load(dsn, shop.id, customers))
+            loaded = asyncio.run(load(dsn, tenant_id, customers))
             print(f"  loaded {customers:,} customers in {loaded.seconds:.1f} s", flush=True)
-            timings = _latencies(server.url, keys, customers)
-            secret = server.secret_key
-        feed = _feed_reads(url, shop.id, customers, loaded.changes)
-        throughputs = []
-        for processes in (2, 4):
-            throughputs += _throughputs(url, secret, keys, customers, processes)
-        rebuild = _rebuild(url, shop.id, loaded.events) if with_rebuild else None
-        return Run(customers, loaded, timings, feed, throughputs, rebuild)
-    finally:
+            return Shop(url, tenant_id, server.secret_key, loaded)
+    except BaseException:
         _drop(url)
+        raise
+
+
+def keep(shop: Shop) -> Path:
+    """Write where `shop` is, so that `--reuse` measures it again without loading."""
+    path = _kept(shop.loaded.customers)
+    document = {**asdict(shop), "loaded": asdict(shop.loaded)}
+    path.write_text(json.dumps(document))
+    path.chmod(0o600)  # the server secret
+    return path
+
+
+def reused(customers: int) -> Shop:
+    path = _kept(customers)
+    if not path.exists():
+        raise SystemExit(f"nothing kept for {customers:,} customers: run with --keep first")
+    document = json.loads(path.read_text())
+    return Shop(**{**document, "loaded": Loaded(**document["loaded"])})
+
+
+def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
+    """Every figure of one shop. The state it changes (merges, erasures, a day's events) is
+    chosen afresh from what is left, so a kept shop can be measured again (`seed` differs)."""
+    customers, url = shop.loaded.customers, shop.url
+    with ServerProcess(url, secret_key=shop.secret) as server:
+        tenant = TestTenant(id=shop.tenant_id, name="scale", server=server)
+        keys = {"web": tenant.key("web"), "admin": tenant.key("admin")}
+        timings = _latencies(server.url, keys, customers, seed, _unerased(url, shop.tenant_id))
+    feed = _feed_reads(url, shop.tenant_id, customers, shop.loaded.changes)
+    throughputs = []
+    for processes in (2, 4):
+        throughputs += _throughputs(url, shop.secret, keys, customers, processes)
+    rebuild = _rebuild(url, shop.tenant_id, shop.loaded.events) if with_rebuild else None
+    return Run(customers, shop.loaded, timings, feed, throughputs, rebuild)
+
+
+def _unerased(url: str, tenant_id: str) -> list[int]:
+    """The heavy customers (past the profile's and the export's) that still have events."""
+    import asyncpg
+
+    async def read() -> list[int]:
+        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+        try:
+            left = []
+            for n in range(2, HEAVY):
+                found = await conn.fetchval(
+                    "SELECT 1 FROM events WHERE tenant_id = $1 AND customer_id = $2 LIMIT 1",
+                    tenant_id,
+                    customer_id(n),
+                )
+                if found:
+                    left.append(n)
+            return left
+        finally:
+            await conn.close()
+
+    return asyncio.run(read())
 
 
 def _machine() -> str:
@@ -477,12 +545,34 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--no-rebuild", action="store_true", help="skip the recommendations rebuild (minutes)"
     )
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep each loaded database (its address in $TMPDIR/omnisdk-scale-N.json)",
+    )
+    parser.add_argument(
+        "--reuse", action="store_true", help="measure the databases kept by --keep again"
+    )
+    parser.add_argument("--load-only", action="store_true", help="load and keep, measure nothing")
     args = parser.parse_args(argv)
     os.environ.setdefault("OMNISDK_RATE_LIMIT_PER_SECOND", "0")
     runs = []
     for customers in args.customers:
         print(f"== {customers:,} customers", flush=True)
-        runs.append(measure(customers, with_rebuild=not args.no_rebuild))
+        shop = reused(customers) if args.reuse else load_shop(customers)
+        keeping = args.keep or args.reuse or args.load_only
+        if keeping:
+            print(f"  kept: {keep(shop)}", flush=True)
+        if args.load_only:
+            continue
+        try:
+            seed = time.time_ns() if args.reuse else 21
+            runs.append(measure(shop, with_rebuild=not args.no_rebuild, seed=seed))
+        finally:
+            if not keeping:
+                _drop(shop.url)
+    if not runs:
+        return 0
     text = page(runs)
     print(text)
     if args.write:

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Text, cast, delete, or_, select, update
+from sqlalchemy import Text, cast, delete, or_, select, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -470,21 +470,37 @@ async def price_drop(
     return len(await enqueue(conn, list(rows.values())))
 
 
-async def abandoned_carts(conn: AsyncConnection, context: TenantContext, now: datetime) -> int:
+IdleCursor = tuple[datetime, str]  # (updated_at, customer_id) of the last cart a scan read
+
+
+async def abandoned_carts(
+    conn: AsyncConnection, context: TenantContext, now: datetime, after: IdleCursor | None = None
+) -> tuple[int, IdleCursor | None]:
     """Carts idle for the tenant's `carts.abandoned_after_hours` with something in them: one
-    message per idle stretch (its window is the cart's last change)."""
+    message per idle stretch (its window is the cart's last change). A scan reads at most
+    CART_SCAN_BATCH carts along the (tenant, updated_at, customer) index, going on from
+    `after` (where the previous scan stopped), so a tenant with more idle carts than a batch
+    has them all reached in turn, never the oldest batch again and again. Returns how many
+    messages were queued and where the next scan goes on from. A cart changed since the
+    cursor passed it moves past it, and is scanned again when it goes idle again."""
     if not context.settings.notifications.abandoned_cart:
-        return 0
+        return 0, after
     cutoff = now - timedelta(hours=context.settings.carts.abandoned_after_hours)
-    idle = await conn.execute(
-        select(carts.c.customer_id, carts.c.state, carts.c.updated_at)
-        .where(
-            carts.c.tenant_id == context.tenant_id,
-            carts.c.updated_at <= cutoff,
-            carts.c.updated_at > cutoff - ABANDONED_LOOKBACK,
+    floor = cutoff - ABANDONED_LOOKBACK
+    where = [
+        carts.c.tenant_id == context.tenant_id,
+        carts.c.updated_at <= cutoff,
+        carts.c.updated_at > floor,
+    ]
+    if after is not None and after[0] > floor:
+        where.append(tuple_(carts.c.updated_at, carts.c.customer_id) > tuple_(*after))
+    idle = list(
+        await conn.execute(
+            select(carts.c.customer_id, carts.c.state, carts.c.updated_at)
+            .where(*where)
+            .order_by(carts.c.updated_at, carts.c.customer_id)
+            .limit(CART_SCAN_BATCH)
         )
-        .order_by(carts.c.updated_at)
-        .limit(CART_SCAN_BATCH)
     )
     rows = []
     for row in idle:
@@ -502,7 +518,8 @@ async def abandoned_carts(conn: AsyncConnection, context: TenantContext, now: da
                     data={"since": row.updated_at.isoformat(), "items": sorted(held)},
                 )
             )
-    return len(await enqueue(conn, rows))
+    last = (idle[-1].updated_at, idle[-1].customer_id) if idle else after
+    return len(await enqueue(conn, rows)), last
 
 
 # --- identity merges and splits, export and erasure ---------------------------------------------

@@ -347,6 +347,8 @@ carts = Table(
     # Replicas whose operations were addressed to an id merged into this customer: replica →
     # that id. A split gives those operations back to it.
     Column("addressed", JSON, nullable=True),
+    # The abandoned-cart scan's order (services/alerts.abandoned_carts).
+    Index("ix_carts_idle", "tenant_id", "updated_at", "customer_id"),
 )
 
 ordered_carts = Table(

@@ -14,9 +14,10 @@ from zoneinfo import ZoneInfo
 import pytest
 from sqlalchemy import func, insert, select, update
 
+from server_stub import alert_delivery
 from server_stub.alert_delivery import AlertWorker, run_until_idle
 from server_stub.sealing import Sealer
-from server_stub.services import tenants
+from server_stub.services import alerts, tenants
 from server_stub.storage.tables import alert_messages, alert_restocks, alert_subscriptions, carts
 from tests.server.conftest import Harness, ShopForTest, start_harness
 from tests.webhook_receiver import WebhookReceiver
@@ -428,6 +429,47 @@ async def test_an_idle_cart_becomes_one_abandoned_cart_message(
     [payload] = receiver.unique
     assert payload["type"] == "message.abandoned_cart"
     assert len(await messages_of(shop, amy)) == 1
+
+
+async def test_the_abandoned_cart_scan_goes_on_where_it_stopped_past_a_full_batch(
+    server: Harness, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Five idle carts, two per batch, one batch per scan: the scans go on from one another
+    # (the oldest batch is not read again and again), and a cart changed after the scan
+    # passed it is found again once it is idle again.
+    monkeypatch.setattr(alerts, "CART_SCAN_BATCH", 2)
+    monkeypatch.setattr(alert_delivery, "IDLE_BATCHES_PER_SCAN", 1)
+    shop = await shop_with_webhook(server, receiver)
+    people = []
+    for n in range(5):
+        who = await customer(shop, f"idle-{n}")
+        await grant(shop, who, "marketing:push")
+        await cart_add(shop, who, f"idle-{n}:1")
+        people.append(who)
+    async with server.database.transaction(write=True) as conn:
+        for n, who in enumerate(people):
+            await conn.execute(
+                update(carts)
+                .where(carts.c.tenant_id == shop.id, carts.c.customer_id == who)
+                .values(updated_at=datetime.now(UTC) - timedelta(hours=40 - n))
+            )
+    worker = worker_of(server)
+    reached = []
+    for _ in range(3):
+        await worker.tick()
+        reached.append(sum([len(await messages_of(shop, who)) for who in people]))
+    assert reached == [2, 4, 5]
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(  # the first one changed since, and is idle again
+            update(carts)
+            .where(carts.c.tenant_id == shop.id, carts.c.customer_id == people[0])
+            .values(updated_at=datetime.now(UTC) - timedelta(hours=30))
+        )
+    await worker.tick()
+    assert len(await messages_of(shop, people[0])) == 2
+    monkeypatch.setattr(alert_delivery, "IDLE_BATCHES_PER_SCAN", 50)
+    await run_until_idle(worker)
+    assert [len(await messages_of(shop, who)) for who in people] == [2, 1, 1, 1, 1]
 
 
 # --- delivery -------------------------------------------------------------------------------
