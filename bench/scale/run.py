@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import dataclasses
 import json
 import os
 import platform
@@ -34,10 +35,10 @@ from sqlalchemy.engine import make_url
 
 import omnisdk
 from bench.bench_cart_history import _drop
-from bench.bench_carts import _postgres_database
+from bench.bench_carts import POSTGRES, _postgres_database
 from bench.bench_content import ruleset
 from bench.bench_scale_jobs import _load, _run_child
-from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load
+from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load, settle
 from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess, TestTenant
 
 OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "scale.md"
@@ -374,10 +375,23 @@ def load_shop(customers: int) -> Shop:
             }
             loaded = asyncio.run(load(dsn, tenant_id, customers))
             print(f"  loaded {customers:,} customers in {loaded.seconds:.1f} s", flush=True)
-            return Shop(url, tenant_id, server.secret_key, loaded)
+            return _settled(Shop(url, tenant_id, server.secret_key, loaded))
     except BaseException:
         _drop(url)
         raise
+
+
+def _settled(shop: Shop) -> Shop:
+    """`shop` once its database is vacuumed (generate.settle), timed."""
+    if shop.loaded.vacuum_seconds is not None:
+        return shop
+    where = make_url(shop.url)
+    dsn = {"host": where.host, "port": where.port, "user": where.username}
+    seconds = asyncio.run(settle({**dsn, "database": where.database}))
+    print(f"  vacuumed in {seconds:.1f} s", flush=True)
+    return dataclasses.replace(
+        shop, loaded=dataclasses.replace(shop.loaded, vacuum_seconds=seconds)
+    )
 
 
 def keep(shop: Shop) -> Path:
@@ -394,7 +408,7 @@ def reused(customers: int) -> Shop:
     if not path.exists():
         raise SystemExit(f"nothing kept for {customers:,} customers: run with --keep first")
     document = json.loads(path.read_text())
-    return Shop(**{**document, "loaded": Loaded(**document["loaded"])})
+    return _settled(Shop(**{**document, "loaded": Loaded(**document["loaded"])}))
 
 
 def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
@@ -445,9 +459,32 @@ def _machine() -> str:
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
     return (
         f"{os.cpu_count()} cores ({platform.processor() or platform.machine()}){memory}, "
-        f"{platform.system()} {platform.release()}; PostgreSQL on the same machine; load "
-        f"average {load:.1f} at the end of the run (the machine was shared with other work)"
+        f"{platform.system()} {platform.release()}; {_postgres()}, on the same machine; load "
+        f"average {load:.1f} at the end of the run"
     )
+
+
+SETTINGS = ("shared_buffers", "effective_cache_size", "work_mem", "max_wal_size")
+
+
+def _postgres() -> str:
+    """The server's version and the settings docs/scaling.md names, as measured under."""
+    import asyncpg
+
+    where = make_url(POSTGRES)
+
+    async def read() -> str:
+        conn = await asyncpg.connect(
+            host=where.host, port=where.port, user=where.username, database=where.database
+        )
+        try:
+            version = await conn.fetchval("SHOW server_version")
+            shown = [f"{name} {await conn.fetchval(f'SHOW {name}')}" for name in SETTINGS]
+        finally:
+            await conn.close()
+        return f"PostgreSQL {version.split()[0]} ({', '.join(shown)})"
+
+    return asyncio.run(read())
 
 
 def page(runs: list[Run]) -> str:
@@ -465,15 +502,15 @@ def page(runs: list[Run]) -> str:
         "## Load",
         "",
         "| customers | identifiers | events | carts | consent decisions | changes | load time | "
-        "size on disk | per customer |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "vacuum | size on disk | per customer |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         size = run.loaded.bytes
         lines.append(
             f"| {run.customers:,} | {run.loaded.identifiers:,} | {run.loaded.events:,} | "
             f"{run.loaded.carts:,} | {run.loaded.decisions:,} | {run.loaded.changes:,} | "
-            f"{run.loaded.seconds:.1f} s | "
+            f"{run.loaded.seconds:.1f} s | {run.loaded.vacuum_seconds or 0:.1f} s | "
             f"{size / 2**20:,.0f} MB | {size / run.customers / 1024:.1f} kB |"
         )
     lines += ["", "## Each request (one client, sequential)", ""]
@@ -528,7 +565,9 @@ def _timing_table(
 
 
 NOTE = (
-    "On a machine shared with other work, a p99 is mostly other processes' time slices: "
+    "Each load ends with VACUUM (ANALYZE) and a CHECKPOINT (generate.settle), the state of a "
+    "database in service: otherwise autovacuum reads the whole load again while it is being "
+    "measured. On a machine shared with other work, a p99 is mostly other processes' time slices: "
     "compare figures of one run only, and re-run on a quiet machine before drawing limits "
     "from them. Each request's own cost is in the table of single requests."
 )

@@ -48,6 +48,7 @@ from server_stub.storage.tables import (
     ordered_carts,
     orders,
     preference_declarations,
+    recommendation_baskets,
     redemptions,
     return_lines,
     return_orders,
@@ -250,6 +251,7 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
         ("orders", ordered_carts),
         ("sessions", sessions),
         ("customer_scores", customer_scores),
+        ("recommendation_baskets", recommendation_baskets),
     ):
         removed[name] = await _delete(conn, table, t, table.c.customer_id.in_(ids))
     notes = annotations_table.c

@@ -10,11 +10,14 @@ a pair counted in many batches is written once, a day's events cost a day's work
 cut short (the process killed) goes on from its last written window.
 
 What a basket is does not change (omnisdk.core.recs): an order's SKUs; and a customer's
-added SKUs (by the customer id each event was recorded under). When a batch holds a cart
-add, that customer's basket is recounted: its old contribution (her adds up to the mark) is
-taken out and the new one put in, so a build in many steps gives the very model one pass over
-everything would. Erased customers' adds stay in the counts (numbers per pair of products,
-nothing about a person) until a build with `full` recounts from nothing.
+added SKUs (by the customer id each event was recorded under). Each customer's cart basket as
+counted so far is kept (`recommendation_baskets`); when a window holds her cart adds, that
+basket is taken out of the counts and the basket grown by the new adds put in, so a build in
+many steps gives the very model one pass over everything would, and an incremental build reads
+one stored row per customer whose cart changed, never her history. (A basket is at most the
+MAX_BASKET first SKUs in order: those of the grown basket are all among the stored ones and
+the new adds.) Erasure deletes her stored basket; her adds stay in the counts (numbers per
+pair of products, nothing about a person) until a build with `full` recounts from nothing.
 
 Which events are safe to count (PostgreSQL): `seq` is taken when a row is inserted, not when
 its transaction commits, so a row with a lower seq may still become visible after one with a
@@ -28,6 +31,7 @@ is counted by the next full build.)
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import sys
 import time
@@ -49,6 +53,7 @@ from server_stub.services.events import is_anonymous
 from server_stub.storage.database import Database
 from server_stub.storage.tables import (
     events,
+    recommendation_baskets,
     recommendation_models,
     recommendation_pairs,
     recommendation_progress,
@@ -61,7 +66,7 @@ BASKET_EVENTS = ("order_completed", "product_added")
 BATCH_EVENTS = 5_000
 WINDOW_PAIRS = 200_000  # distinct pair counts held in memory before they are written
 ADD_ROWS = 20_000  # pairs added by one statement
-WINDOW_CUSTOMERS = 20_000  # customers whose cart baskets wait for their recount
+WINDOW_CUSTOMERS = 20_000  # customers whose cart baskets wait to be written
 CUSTOMERS_PER_QUERY = 500
 SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a build begins
 _pause = asyncio.sleep  # between looks at the writers still open
@@ -72,6 +77,12 @@ _ADD_PAIRS = text(
     "SELECT :tenant, d.sku, d.other, d.n FROM unnest("
     "CAST(:skus AS text[]), CAST(:others AS text[]), CAST(:ns AS bigint[])) AS d(sku, other, n) "
     "ON CONFLICT (tenant_id, sku, other) DO UPDATE SET n = recommendation_pairs.n + excluded.n"
+)
+_STORE_BASKETS = text(
+    "INSERT INTO recommendation_baskets (tenant_id, customer_id, skus) "
+    "SELECT :tenant, b.customer_id, CAST(b.skus AS json) FROM unnest("
+    "CAST(:customers AS text[]), CAST(:baskets AS text[])) AS b(customer_id, skus) "
+    "ON CONFLICT (tenant_id, customer_id) DO UPDATE SET skus = excluded.skus"
 )
 
 
@@ -151,7 +162,7 @@ async def rebuild(
 
 
 async def _reset(conn: AsyncConnection, tenant_id: str) -> None:
-    for table in (recommendation_pairs, recommendation_progress):
+    for table in (recommendation_pairs, recommendation_progress, recommendation_baskets):
         await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
 
 
@@ -211,10 +222,12 @@ class _Window:
         self.start = start
         self.delta: Counter[PairKey] = Counter()
         self.baskets = 0
-        self.adders: set[str] = set()
+        self.added: dict[str, set[str]] = {}  # customer → SKUs she added in the window
+        self.grown: dict[str, list[str]] = {}  # customer → her basket, to be stored
 
     def full(self) -> bool:
-        return len(self.delta) >= WINDOW_PAIRS or len(self.adders) >= WINDOW_CUSTOMERS
+        customers = max(len(self.added), len(self.grown))
+        return len(self.delta) >= WINDOW_PAIRS or customers >= WINDOW_CUSTOMERS
 
 
 async def _read_batch(
@@ -226,7 +239,7 @@ async def _read_batch(
     carts: bool = True,
 ) -> tuple[int, int]:
     """Count the orders of the next batch of basket events after `after` into the window and
-    note whose cart baskets changed; return the new mark and how many events were read."""
+    note the cart adds (`carts`); return the new mark and how many events were read."""
     rows = (
         await conn.execute(
             select(events.c.seq, events.c.name, events.c.customer_id, events.c.properties)
@@ -249,18 +262,71 @@ async def _read_batch(
                 window.baskets += 1
                 _count(items, window.delta)
         elif carts and not is_anonymous(row.customer_id) and isinstance(properties.get("sku"), str):
-            window.adders.add(row.customer_id)
+            window.added.setdefault(row.customer_id, set()).add(properties["sku"])
     return (rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling), len(rows)
 
 
 async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
-    """Recount the window's cart baskets, then add its counts and move the mark to `through`,
-    in the caller's transaction."""
-    baskets = window.baskets + await _recount_carts(
-        conn, tenant_id, sorted(window.adders), window.start, through, window.delta
-    )
+    """Grow the window's cart baskets, then add its counts, store the baskets and move the
+    mark to `through`, in the caller's transaction."""
+    baskets = window.baskets + await _grow_baskets(conn, tenant_id, window)
     await _add(conn, tenant_id, window.delta)
+    await _store_baskets(conn, tenant_id, window.grown)
     await _advance(conn, tenant_id, through, baskets)
+
+
+async def _grow_baskets(conn: AsyncConnection, tenant_id: str, window: _Window) -> int:
+    """Each stored basket of the window's adders out of the counts, the basket grown by her
+    new adds in (into `window.grown`, to be stored); return how many baskets are new."""
+    new_baskets = 0
+    customers = sorted(window.added)
+    for start in range(0, len(customers), CUSTOMERS_PER_QUERY):
+        chunk = customers[start : start + CUSTOMERS_PER_QUERY]
+        stored = {
+            row.customer_id: list(row.skus or [])
+            for row in await conn.execute(
+                select(recommendation_baskets.c.customer_id, recommendation_baskets.c.skus).where(
+                    recommendation_baskets.c.tenant_id == tenant_id,
+                    recommendation_baskets.c.customer_id.in_(chunk),
+                )
+            )
+        }
+        for customer_id in chunk:
+            was = stored.get(customer_id, [])
+            is_ = _items([*was, *window.added[customer_id]])
+            if was == is_:
+                continue
+            _count(was, window.delta, -1)
+            _count(is_, window.delta)
+            window.grown[customer_id] = is_
+            new_baskets += not was
+    return new_baskets
+
+
+async def _store_baskets(
+    conn: AsyncConnection, tenant_id: str, baskets: dict[str, list[str]]
+) -> None:
+    rows = sorted(baskets.items())
+    for start in range(0, len(rows), ADD_ROWS):
+        chunk = rows[start : start + ADD_ROWS]
+        if conn.dialect.name == "postgresql":
+            await conn.execute(
+                _STORE_BASKETS,
+                {
+                    "tenant": tenant_id,
+                    "customers": [customer_id for customer_id, _ in chunk],
+                    "baskets": [json.dumps(skus) for _, skus in chunk],
+                },
+            )
+            continue
+        statement = _insert(conn)(recommendation_baskets)
+        await conn.execute(
+            statement.on_conflict_do_update(
+                index_elements=["tenant_id", "customer_id"],
+                set_={"skus": statement.excluded.skus},
+            ),
+            [{"tenant_id": tenant_id, "customer_id": c, "skus": skus} for c, skus in chunk],
+        )
 
 
 async def _count_all_carts(
@@ -273,24 +339,24 @@ async def _count_all_carts(
 ) -> None:
     """A fresh build's cart baskets: every customer with a cart add up to `through`, in
     customer order from `after`, each read once; a window of counts at a time, each written
-    with the customer it reached."""
+    with its baskets and the customer it reached."""
     while True:
         window = _Window(through)
+        reached = after
         while not window.full():
             async with database.transaction(write=False) as conn:
-                chunk = await _adders_after(conn, tenant_id, after, through)
+                chunk = await _adders_after(conn, tenant_id, reached, through)
                 if not chunk:
                     break
                 named = [customer_id for customer_id in chunk if not is_anonymous(customer_id)]
-                window.baskets += await _recount_carts(
-                    conn, tenant_id, named, 0, through, window.delta
-                )
-            window.adders.update(chunk)
-            after = chunk[-1]
-        if not window.adders:
+                window.baskets += await _first_baskets(conn, tenant_id, named, through, window)
+            reached = chunk[-1]
+        if reached == after:
             return
+        after = reached
         async with database.transaction(write=True) as conn:
             await _add(conn, tenant_id, window.delta)
+            await _store_baskets(conn, tenant_id, window.grown)
             await _advance(conn, tenant_id, through, window.baskets)
             await ctx.checkpoint({**state, "counted_through": through, "carts_after": after}, conn)
         await ctx.heartbeat()
@@ -318,44 +384,38 @@ async def _adders_after(
     return list((await conn.scalars(query)).all())
 
 
-async def _recount_carts(
+async def _first_baskets(
     conn: AsyncConnection,
     tenant_id: str,
     customer_ids: Sequence[str],
-    before: int,
     through: int,
-    delta: Counter[PairKey],
+    window: _Window,
 ) -> int:
-    """Replace these customers' cart baskets as counted up to `before` by their baskets up
-    to `through`; return how many baskets are new."""
-    new_baskets = 0
-    for start in range(0, len(customer_ids), CUSTOMERS_PER_QUERY):
-        chunk = customer_ids[start : start + CUSTOMERS_PER_QUERY]
-        old: dict[str, list[Any]] = {}
-        now: dict[str, list[Any]] = {}
-        rows = await conn.execute(
-            select(events.c.customer_id, events.c.seq, events.c.properties).where(
-                events.c.tenant_id == tenant_id,
-                events.c.customer_id.in_(chunk),
-                events.c.name == "product_added",
-                events.c.seq <= through,
-            )
+    """These customers' cart baskets from all their adds up to `through` (none counted yet),
+    into the window's counts and `grown`; return how many there are."""
+    if not customer_ids:
+        return 0
+    added: dict[str, list[Any]] = {}
+    rows = await conn.execute(
+        select(events.c.customer_id, events.c.properties).where(
+            events.c.tenant_id == tenant_id,
+            events.c.customer_id.in_(customer_ids),
+            events.c.name == "product_added",
+            events.c.seq <= through,
         )
-        for row in rows:
-            sku = (row.properties or {}).get("sku")
-            if not isinstance(sku, str):
-                continue
-            now.setdefault(row.customer_id, []).append(sku)
-            if row.seq <= before:
-                old.setdefault(row.customer_id, []).append(sku)
-        for customer_id in chunk:
-            was, is_ = _items(old.get(customer_id, [])), _items(now.get(customer_id, []))
-            if was == is_:
-                continue
-            _count(was, delta, -1)
-            _count(is_, delta)
-            new_baskets += bool(is_) and not was
-    return new_baskets
+    )
+    for row in rows:
+        sku = (row.properties or {}).get("sku")
+        if isinstance(sku, str):
+            added.setdefault(row.customer_id, []).append(sku)
+    baskets = 0
+    for customer_id, skus in added.items():
+        basket = _items(skus)
+        if basket:
+            _count(basket, window.delta)
+            window.grown[customer_id] = basket
+            baskets += 1
+    return baskets
 
 
 def _insert(conn: AsyncConnection) -> Any:

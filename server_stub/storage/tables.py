@@ -491,6 +491,16 @@ recommendation_pairs = Table(
     Column("n", BigInteger, nullable=False),
 )
 
+recommendation_baskets = Table(
+    "recommendation_baskets",
+    metadata,
+    # Each customer's cart basket as counted in recommendation_pairs (services/
+    # recommendations.py): what an incremental build takes out before it counts her grown one.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("customer_id", String(40), primary_key=True),
+    Column("skus", JSON, nullable=False),
+)
+
 recommendation_progress = Table(
     "recommendation_progress",
     metadata,

@@ -98,9 +98,13 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.mark.usefixtures("small_batches")
+@pytest.mark.parametrize("max_basket", [recs.MAX_BASKET, 4])
 async def test_builds_in_steps_give_the_model_of_one_pass_over_everything(
-    server: Harness, shop: ShopForTest
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch, max_basket: int
 ) -> None:
+    # With baskets cut at 4 SKUs, a customer's stored basket grown by her new adds is cut
+    # again: the model is still that of one pass.
+    monkeypatch.setattr(recs, "MAX_BASKET", max_basket)
     rng = random.Random(21)
     everything: list[dict[str, Any]] = []
     for step in range(4):

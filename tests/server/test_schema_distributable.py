@@ -48,6 +48,7 @@ CUSTOMER_SCOPED = {
     "alert_subscriptions": "origin_customer_id",
     "alert_messages": "origin_customer_id",
     "history_folds": "customer_id",
+    "recommendation_baskets": "customer_id",
 }
 # Scoped by tenant, not by customer.
 TENANT_SCOPED = {
