@@ -174,6 +174,8 @@ class Orders(Resource[C]):
         email: str | None = None,
         phone: str | None = None,
         e_receipt_email: str | None = None,
+        ship_to_other_name: bool = False,
+        ship_to_other_address: bool = False,
     ) -> Flow[str]:
         """Record an order through the durable outbox (a till without network): it is
         delivered in the background and applied once, at the time it was made. Returns the
@@ -192,6 +194,8 @@ class Orders(Resource[C]):
             email=email,
             phone=phone,
             e_receipt_email=e_receipt_email,
+            ship_to_other_name=ship_to_other_name,
+            ship_to_other_address=ship_to_other_address,
         )
         client = self._client
         outbox = client._outbox or (yield Blocking(lambda: client.outbox))
