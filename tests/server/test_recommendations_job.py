@@ -95,6 +95,7 @@ def small_batches(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(recommendations, "WINDOW_PAIRS", 25)
     monkeypatch.setattr(recommendations, "WINDOW_CUSTOMERS", 3)
     monkeypatch.setattr(recommendations, "ADD_ROWS", 4)
+    monkeypatch.setattr(recommendations, "ANALYZE_AFTER_BASKETS", 2)  # in the window's transaction
 
 
 @pytest.mark.usefixtures("small_batches")
