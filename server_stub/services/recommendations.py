@@ -37,7 +37,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
-from itertools import combinations
+from itertools import chain, permutations, product
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -76,16 +76,18 @@ SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a bui
 _pause = asyncio.sleep  # between looks at the writers still open
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
 PairKey = tuple[str, str]
+# Rows as one JSON array of [sku, other, n] (and [customer_id, skus]), sorted along the key
+# by PostgreSQL: each index page is visited once per statement.
 _ADD_PAIRS = text(
     "INSERT INTO recommendation_pairs (tenant_id, sku, other, n) "
-    "SELECT :tenant, d.sku, d.other, d.n FROM unnest("
-    "CAST(:skus AS text[]), CAST(:others AS text[]), CAST(:ns AS bigint[])) AS d(sku, other, n) "
+    "SELECT :tenant, r.value ->> 0, r.value ->> 1, CAST(r.value ->> 2 AS bigint) "
+    "FROM json_array_elements(CAST(:rows AS json)) AS r ORDER BY 2, 3 "
     "ON CONFLICT (tenant_id, sku, other) DO UPDATE SET n = recommendation_pairs.n + excluded.n"
 )
 _STORE_BASKETS = text(
     "INSERT INTO recommendation_baskets (tenant_id, customer_id, skus) "
-    "SELECT :tenant, b.customer_id, CAST(b.skus AS json) FROM unnest("
-    "CAST(:customers AS text[]), CAST(:baskets AS text[])) AS b(customer_id, skus) "
+    "SELECT :tenant, r.value ->> 0, r.value -> 1 "
+    "FROM json_array_elements(CAST(:rows AS json)) AS r ORDER BY 2 "
     "ON CONFLICT (tenant_id, customer_id) DO UPDATE SET skus = excluded.skus"
 )
 
@@ -98,21 +100,20 @@ class RebuildParams(BaseModel):
 
 
 def _items(skus: Iterable[Any]) -> list[str]:
-    """A basket as omnisdk.core.recs.build takes it: distinct, sorted, at most MAX_BASKET."""
-    found = {
-        sys.intern(str(sku))
-        for sku in skus
-        if isinstance(sku, str | int) and not isinstance(sku, bool)
-    }
-    return sorted(sku for sku in found if sku and len(sku) <= MAX_SKU_LENGTH)[: recs.MAX_BASKET]
+    """A basket as omnisdk.core.recs.build takes it: distinct, sorted, at most MAX_BASKET
+    (strings and integers only: a bool is no product code). Kept SKUs are interned: the
+    counts hold each product's code once, however many pairs name it."""
+    found = {sku if type(sku) is str else str(sku) for sku in skus if type(sku) in _SKU_TYPES}
+    kept = sorted(sku for sku in found if sku and len(sku) <= MAX_SKU_LENGTH)
+    return [sys.intern(sku) for sku in kept[: recs.MAX_BASKET]]
 
 
-def _count(items: Sequence[str], into: Counter[PairKey], sign: int = 1) -> None:
-    for sku in items:
-        into[(sku, sku)] += sign
-    for a, b in combinations(items, 2):
-        into[(a, b)] += sign
-        into[(b, a)] += sign
+_SKU_TYPES = (str, int)
+
+
+def _count(items: Sequence[str], into: Counter[PairKey]) -> None:
+    """Each SKU with itself and with every other, both ways (counted by Counter, in C)."""
+    into.update(chain(zip(items, items, strict=True), permutations(items, 2)))
 
 
 # --- the job -----------------------------------------------------------------------------------
@@ -224,14 +225,23 @@ class _Window:
 
     def __init__(self, start: int) -> None:
         self.start = start
-        self.delta: Counter[PairKey] = Counter()
+        self.delta: Counter[PairKey] = Counter()  # pairs counted in
+        self.removed: Counter[PairKey] = Counter()  # and out (baskets replaced by grown ones)
         self.baskets = 0
         self.added: dict[str, set[str]] = {}  # customer → SKUs she added in the window
         self.grown: dict[str, list[str]] = {}  # customer → her basket, to be stored
 
     def full(self) -> bool:
         customers = max(len(self.added), len(self.grown))
-        return len(self.delta) >= WINDOW_PAIRS or customers >= WINDOW_CUSTOMERS
+        pairs = len(self.delta) + len(self.removed)
+        return pairs >= WINDOW_PAIRS or customers >= WINDOW_CUSTOMERS
+
+    def changes(self) -> list[tuple[PairKey, int]]:
+        """Each pair's net change, those that changed."""
+        added, removed = self.delta, self.removed
+        net = [(pair, n - removed.get(pair, 0)) for pair, n in added.items()]
+        net += [(pair, -n) for pair, n in removed.items() if pair not in added]
+        return [(pair, n) for pair, n in net if n]
 
 
 async def _read_batch(
@@ -244,9 +254,11 @@ async def _read_batch(
 ) -> tuple[int, int]:
     """Count the orders of the next batch of basket events after `after` into the window and
     note the cart adds (`carts`); return the new mark and how many events were read."""
+    # Only the two properties a basket is made of: the rest of an event is never decoded.
+    skus, sku = events.c.properties["skus"].label("skus"), events.c.properties["sku"].label("sku")
     rows = (
         await conn.execute(
-            select(events.c.seq, events.c.name, events.c.customer_id, events.c.properties)
+            select(events.c.seq, events.c.name, events.c.customer_id, skus, sku)
             .where(
                 events.c.tenant_id == tenant_id,
                 events.c.seq > after,
@@ -258,15 +270,13 @@ async def _read_batch(
         )
     ).all()
     for row in rows:
-        properties = row.properties or {}
         if row.name == "order_completed":
-            skus = properties.get("skus")
-            items = _items(skus) if isinstance(skus, list) else []
+            items = _items(row.skus) if isinstance(row.skus, list) else []
             if items:
                 window.baskets += 1
                 _count(items, window.delta)
-        elif carts and not is_anonymous(row.customer_id) and isinstance(properties.get("sku"), str):
-            window.added.setdefault(row.customer_id, set()).add(properties["sku"])
+        elif carts and not is_anonymous(row.customer_id) and isinstance(row.sku, str):
+            window.added.setdefault(row.customer_id, set()).add(row.sku)
     return (rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling), len(rows)
 
 
@@ -274,7 +284,7 @@ async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through
     """Grow the window's cart baskets, then add its counts, store the baskets and move the
     mark to `through`, in the caller's transaction."""
     baskets = window.baskets + await _grow_baskets(conn, tenant_id, window)
-    await _add(conn, tenant_id, window.delta)
+    await _add(conn, tenant_id, window)
     await _store_baskets(conn, tenant_id, window.grown)
     await _advance(conn, tenant_id, through, baskets)
 
@@ -300,11 +310,24 @@ async def _grow_baskets(conn: AsyncConnection, tenant_id: str, window: _Window) 
             is_ = _items([*was, *window.added[customer_id]])
             if was == is_:
                 continue
-            _count(was, window.delta, -1)
-            _count(is_, window.delta)
+            _regrow(was, is_, window)
             window.grown[customer_id] = is_
             new_baskets += not was
     return new_baskets
+
+
+def _regrow(was: list[str], is_: list[str], window: _Window) -> None:
+    """Count basket `was` out and `is_` in. When `is_` only added SKUs (none cut by
+    MAX_BASKET), only the pairs naming a new SKU change: each new one with every SKU of the
+    basket (itself included), and every old one with each new one."""
+    old = set(was)
+    if not old.issubset(is_):
+        _count(was, window.removed)
+        _count(is_, window.delta)
+        return
+    new = [sku for sku in is_ if sku not in old]
+    window.delta.update(product(new, is_))
+    window.delta.update(product(was, new))
 
 
 async def _store_baskets(
@@ -318,18 +341,11 @@ async def _store_baskets(
 async def _store_basket_rows(
     conn: AsyncConnection, tenant_id: str, baskets: dict[str, list[str]]
 ) -> None:
-    rows = sorted(baskets.items())
+    rows = list(baskets.items())  # PostgreSQL sorts each statement
     for start in range(0, len(rows), ADD_ROWS):
         chunk = rows[start : start + ADD_ROWS]
         if conn.dialect.name == "postgresql":
-            await conn.execute(
-                _STORE_BASKETS,
-                {
-                    "tenant": tenant_id,
-                    "customers": [customer_id for customer_id, _ in chunk],
-                    "baskets": [json.dumps(skus) for _, skus in chunk],
-                },
-            )
+            await conn.execute(_STORE_BASKETS, {"tenant": tenant_id, "rows": json.dumps(chunk)})
             continue
         statement = _insert(conn)(recommendation_baskets)
         await conn.execute(
@@ -367,7 +383,7 @@ async def _count_all_carts(
             return
         after = reached
         async with database.transaction(write=True) as conn:
-            await _add(conn, tenant_id, window.delta)
+            await _add(conn, tenant_id, window)
             await _store_baskets(conn, tenant_id, window.grown)
             await _advance(conn, tenant_id, through, window.baskets)
             await ctx.checkpoint({**state, "counted_through": through, "carts_after": after}, conn)
@@ -434,23 +450,17 @@ def _insert(conn: AsyncConnection) -> Any:
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
 
 
-async def _add(conn: AsyncConnection, tenant_id: str, delta: Counter[PairKey]) -> None:
+async def _add(conn: AsyncConnection, tenant_id: str, window: _Window) -> None:
     """Add the window's counts to the stored ones, ADD_ROWS pairs a statement (no row objects
     for the whole window: its memory is the window's own)."""
-    changed = sorted(item for item in delta.items() if item[1])
+    changed = window.changes()
     for start in range(0, len(changed), ADD_ROWS):
         chunk = changed[start : start + ADD_ROWS]
         if conn.dialect.name == "postgresql":
-            # One statement over arrays: executemany costs a round trip's work per row.
-            await conn.execute(
-                _ADD_PAIRS,
-                {
-                    "tenant": tenant_id,
-                    "skus": [pair[0] for pair, _ in chunk],
-                    "others": [pair[1] for pair, _ in chunk],
-                    "ns": [n for _, n in chunk],
-                },
-            )
+            # One statement over one JSON document: executemany costs a round trip's work per
+            # row, and the driver checks every element of array parameters in Python.
+            rows = [[sku, other, n] for (sku, other), n in chunk]
+            await conn.execute(_ADD_PAIRS, {"tenant": tenant_id, "rows": json.dumps(rows)})
             continue
         statement = _insert(conn)(recommendation_pairs)
         await conn.execute(
