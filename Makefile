@@ -44,9 +44,11 @@ bench: $(STAMP)
 	$(BIN)/python -m bench.run
 
 ## bench-scale: load shops of 10 k and 1 M customers on PostgreSQL and write docs/scale.md (minutes; not in make test)
+##   CUSTOMERS="10000 1000000 10000000" for other sizes; ARGS=--keep keeps each loaded shop,
+##   ARGS=--reuse measures the kept ones again without loading (docs/scaling.md)
 bench-scale: $(STAMP)
 	$(BIN)/python -m pip install --quiet -e '.[server,dev,bench]'
-	$(BIN)/python -m bench.scale.run --customers $(or $(CUSTOMERS),10000 1000000) --write
+	$(BIN)/python -m bench.scale.run --customers $(or $(CUSTOMERS),10000 1000000) --write $(ARGS)
 
 ## pos-catalogue: extract the return station's messages and merge them into each language's .po
 POS := server_stub/pos

@@ -415,10 +415,16 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
     """Every figure of one shop. The state it changes (merges, erasures, a day's events) is
     chosen afresh from what is left, so a kept shop can be measured again (`seed` differs)."""
     customers, url = shop.loaded.customers, shop.url
+    erasable = _unerased(url, shop.tenant_id)
+    if not erasable:
+        raise SystemExit(
+            f"the kept shop of {customers:,} customers has no heavy customer left to erase: "
+            "load it again (drop its database and run without --reuse)"
+        )
     with ServerProcess(url, secret_key=shop.secret) as server:
         tenant = TestTenant(id=shop.tenant_id, name="scale", server=server)
         keys = {"web": tenant.key("web"), "admin": tenant.key("admin")}
-        timings = _latencies(server.url, keys, customers, seed, _unerased(url, shop.tenant_id))
+        timings = _latencies(server.url, keys, customers, seed, erasable)
     feed = _feed_reads(url, shop.tenant_id, customers, shop.loaded.changes)
     throughputs = []
     for processes in (2, 4):
