@@ -76,6 +76,7 @@ SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a bui
 _pause = asyncio.sleep  # between looks at the writers still open
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
 PairKey = tuple[str, str]
+_SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int here: `type` is)
 # Rows as one JSON array of [sku, other, n] (and [customer_id, skus]), sorted along the key
 # by PostgreSQL: each index page is visited once per statement.
 _ADD_PAIRS = text(
@@ -106,9 +107,6 @@ def _items(skus: Iterable[Any]) -> list[str]:
     found = {sku if type(sku) is str else str(sku) for sku in skus if type(sku) in _SKU_TYPES}
     kept = sorted(sku for sku in found if sku and len(sku) <= MAX_SKU_LENGTH)
     return [sys.intern(sku) for sku in kept[: recs.MAX_BASKET]]
-
-
-_SKU_TYPES = (str, int)
 
 
 def _count(items: Sequence[str], into: Counter[PairKey]) -> None:
@@ -143,7 +141,7 @@ async def rebuild(
         # Read batches into one window of counts in memory, then write the window, its mark
         # and the checkpoint in one transaction: a pair counted in many batches is written
         # once, and each customer's cart basket is recounted once per window.
-        window = _Window(at)
+        window = _Window()
         while at < ceiling and not window.full():
             async with database.transaction(write=False) as conn:
                 at, read = await _read_batch(conn, tenant_id, at, ceiling, window, not fresh)
@@ -221,10 +219,9 @@ _STILL_WRITING = text(
 
 
 class _Window:
-    """Counts read since `start` (the stored mark) and not yet written."""
+    """Counts read and not yet written."""
 
-    def __init__(self, start: int) -> None:
-        self.start = start
+    def __init__(self) -> None:
         self.delta: Counter[PairKey] = Counter()  # pairs counted in
         self.removed: Counter[PairKey] = Counter()  # and out (baskets replaced by grown ones)
         self.baskets = 0
@@ -369,7 +366,7 @@ async def _count_all_carts(
     customer order from `after`, each read once; a window of counts at a time, each written
     with its baskets and the customer it reached."""
     while True:
-        window = _Window(through)
+        window = _Window()
         reached = after
         while not window.full():
             async with database.transaction(write=False) as conn:
