@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from server_stub.cli import main
+from server_stub.services import keys
 
 
 @pytest.fixture
@@ -33,7 +34,9 @@ def test_tenant_and_key_lifecycle(
     listing = capsys.readouterr().out
     key_id = listing.split("\t")[0]
     assert "active" in listing
-    assert secret.split("_")[-1] not in listing
+    parsed = keys.parse(secret)
+    assert parsed is not None and parsed.key_id == key_id
+    assert parsed.secret not in listing
 
     assert main(["key", "revoke", "--tenant", tenant_id, key_id, *database_args]) == 0
     capsys.readouterr()
