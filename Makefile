@@ -20,8 +20,10 @@ demo: $(STAMP)
 	$(BIN)/python examples/demo.py
 
 ## test: lint, type-check, build the docs site (strict) and run the whole test suite
+## (on TEST_WORKERS processes, each taking whole files; TEST_WORKERS=0 runs it in this one)
+TEST_WORKERS ?= 2
 test: lint typecheck docs-build
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
 
 ## docs: serve the documentation site at http://127.0.0.1:8001 (rebuilds on change)
 docs: $(STAMP)

@@ -63,6 +63,24 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         terminalreporter.write_line(POSTGRES_SKIP_REASON, yellow=True)
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test has its own node id: pytest-xdist (CI runs the suite on two workers) sends
+    tests to workers by node id, so two tests sharing one would run once between them.
+
+    schemathesis names each operation's test `test_x[GET /path]`, but under pytest 9 (which
+    builds node ids from the original name and a parametrisation schemathesis does not use)
+    every one gets the node id `...::test_x`; they are given their names back."""
+    for item in items:
+        if type(item).__name__ == "SchemathesisFunction" and item.parent is not None:
+            wanted = f"{item.parent.nodeid}::{item.name}"
+            if item.nodeid != wanted:
+                item._id = type(item._id).parse(wanted)  # type: ignore[attr-defined]
+    seen: set[str] = set()
+    shared = {item.nodeid for item in items if item.nodeid in seen or seen.add(item.nodeid)}
+    if shared:
+        raise pytest.UsageError(f"tests share a node id (give them distinct ids): {sorted(shared)}")
+
+
 def postgres_admin_url() -> str | None:
     return os.environ.get(POSTGRES_ENV) or None
 
