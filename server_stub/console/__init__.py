@@ -44,6 +44,7 @@ from server_stub.services.staff import Role
 from server_stub.storage.tables import (
     annotations_table,
     merges,
+    moved_from,
     return_orders,
     return_tokens,
 )
@@ -497,7 +498,7 @@ async def _what_moves(conn: AsyncConnection, tenant_id: str, row: Any) -> dict[s
             select(func.count()).where(
                 events_table.c.tenant_id == tenant_id,
                 events_table.c.customer_id == row.survivor_id,
-                events_table.c.origin_customer_id.in_(origins),
+                moved_from(events_table, origins),
             )
         )
     ).scalar_one()
@@ -506,7 +507,7 @@ async def _what_moves(conn: AsyncConnection, tenant_id: str, row: Any) -> dict[s
             select(func.count()).where(
                 annotations_table.c.tenant_id == tenant_id,
                 annotations_table.c.customer_id == row.survivor_id,
-                annotations_table.c.origin_customer_id.in_(origins),
+                moved_from(annotations_table, origins),
             )
         )
     ).scalar_one()

@@ -70,6 +70,7 @@ from server_stub.storage.tables import (
     history_folds,
     identifiers,
     merges,
+    moved_from,
     orders,
     preference_declarations,
 )
@@ -792,7 +793,7 @@ async def split(conn: AsyncConnection, context: TenantContext, merge_id: str) ->
             .where(
                 table.c.tenant_id == tenant_id,
                 table.c.customer_id == survivor.id,
-                table.c.origin_customer_id.in_(origins),
+                moved_from(table, origins),
             )
             .values(customer_id=loser.id)
         )

@@ -45,6 +45,7 @@ from server_stub.storage.tables import (
     idempotency_records,
     identifiers,
     merges,
+    moved_from,
     ordered_carts,
     orders,
     preference_declarations,
@@ -272,10 +273,7 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     ):
         # Also what was recorded for her before a merge moved it elsewhere.
         removed[name] = await _delete(
-            conn,
-            table,
-            t,
-            or_(table.c.customer_id.in_(ids), table.c.origin_customer_id.in_(ids)),
+            conn, table, t, or_(table.c.customer_id.in_(ids), moved_from(table, ids))
         )
     removed["merges"] = await _delete(
         conn, merges, t, or_(merges.c.survivor_id.in_(ids), merges.c.loser_id.in_(ids))

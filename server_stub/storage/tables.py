@@ -25,10 +25,12 @@ from sqlalchemy import (
     Text,
     TypeDecorator,
     UniqueConstraint,
+    and_,
     false,
     literal_column,
     text,
 )
+from sqlalchemy.sql.elements import ColumnElement
 
 
 class UtcDateTime(TypeDecorator[datetime]):
@@ -194,8 +196,16 @@ events = Table(
     UniqueConstraint("tenant_id", "event_id", "occurred_at", name="uq_events_tenant_event"),
     Index("ix_events_customer_time", "tenant_id", "customer_id", "occurred_at"),
     Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
-    # Erasure finds the events recorded for any of the customer's ids wherever they are now.
-    Index("ix_events_origin", "tenant_id", "origin_customer_id"),
+    # Erasure and split find the events a history fold moved away from the customer they were
+    # recorded for. Partial: every other event is found by its customer, so ingesting one
+    # writes no leaf of this index (migration 0024). Queries state the predicate: MOVED_FROM.
+    Index(
+        "ix_events_origin",
+        "tenant_id",
+        "origin_customer_id",
+        sqlite_where=text("origin_customer_id <> customer_id"),
+        postgresql_where=text("origin_customer_id <> customer_id"),
+    ),
     # Her orders among her events (profile, segments, messages) without reading the rest of
     # her history; partial, so ingesting the other events costs nothing more (migration 0021).
     Index(
@@ -211,6 +221,18 @@ events = Table(
 # Selects `order_completed` events. The name is written into the statement, not bound: a
 # prepared statement's generic plan cannot use a partial index on a bound value.
 ORDER_COMPLETED = events.c.name == literal_column("'order_completed'")
+
+
+def moved_from(table: Table, ids: list[str]) -> ColumnElement[bool]:
+    """Rows recorded for one of `ids` that a merge or history fold moved to another customer.
+
+    Says `origin_customer_id <> customer_id` so the planner may use the partial origin index
+    (events), and so every such read names the same rows on every table."""
+    return and_(
+        table.c.origin_customer_id.in_(ids),
+        table.c.origin_customer_id != table.c.customer_id,
+    )
+
 
 event_receipts = Table(
     "event_receipts",
