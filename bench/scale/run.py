@@ -39,6 +39,7 @@ from bench.bench_carts import POSTGRES, _postgres_database
 from bench.bench_content import ruleset
 from bench.bench_scale_jobs import _load, _run_child
 from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load, settle
+from omnisdk.resources.events import event_ids
 from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess, TestTenant
 
 OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "scale.md"
@@ -97,7 +98,8 @@ def _events(customers: int, count: int) -> list[dict[str, Any]]:
         {
             "customer_id": customer_id(random.randrange(HEAVY, customers)),
             "name": "product_viewed",
-            "event_id": uuid.uuid4().hex,
+            # The SDK's ids (a prefix per process, then a counter): what `events.track` sends.
+            "event_id": event_ids.next(),
             "timestamp": when,
             "properties": {"sku": "SKU1", "category": "shoes"},
         }
