@@ -46,6 +46,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core import recs
+from server_stub import memory
 from server_stub.ids import utcnow
 from server_stub.services import changes, jobs
 from server_stub.services.content import etag_of
@@ -150,6 +151,8 @@ async def rebuild(
         async with database.transaction(write=True) as conn:
             await _write(conn, tenant_id, window, at)
             await ctx.checkpoint({**state, "counted_through": at}, conn)
+        del window
+        memory.give_back()  # the window's batches, freed: resident size stays a window's
     if fresh:
         await _count_all_carts(database, tenant_id, at, carts_after, state, ctx)
     async with database.transaction(write=True) as conn:
@@ -385,6 +388,8 @@ async def _count_all_carts(
             await _advance(conn, tenant_id, through, window.baskets)
             await ctx.checkpoint({**state, "counted_through": through, "carts_after": after}, conn)
         await ctx.heartbeat()
+        del window
+        memory.give_back()
 
 
 async def _adders_after(
