@@ -7,7 +7,10 @@ that mark, in keyset batches of BATCH_EVENTS, into a window of counts held in me
 WINDOW_PAIRS pairs and WINDOW_CUSTOMERS customers), and writes each window in one transaction
 with the mark and the job's checkpoint: memory stays bounded by a window whatever the history,
 a pair counted in many batches is written once, a day's events cost a day's work, and a build
-cut short (the process killed) goes on from its last written window.
+cut short (the process killed) goes on from its last written window. On PostgreSQL a window's
+counts are appended to `recommendation_pair_deltas` (upserting them into the counts cost a
+random descent of their key per pair, and every window wrote the popular pairs again); the
+build sums them per pair into the counts once, in the transaction that cuts the model.
 
 What a basket is does not change (omnisdk.core.recs): an order's SKUs; and a customer's
 added SKUs (by the customer id each event was recorded under). Each customer's cart basket as
@@ -56,6 +59,7 @@ from server_stub.storage.tables import (
     events,
     recommendation_baskets,
     recommendation_models,
+    recommendation_pair_deltas,
     recommendation_pairs,
     recommendation_progress,
 )
@@ -80,10 +84,22 @@ PairKey = tuple[str, str]
 _SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int here: `type` is)
 # Rows as one JSON array of [sku, other, n] (and [customer_id, skus]), sorted along the key
 # by PostgreSQL: each index page is visited once per statement.
-_ADD_PAIRS = text(
+#
+# A window's counts, appended beside the counts (PostgreSQL): the stored counts are upserted
+# once a build, from these summed per pair (_fold), not once a window. Cart windows of a fresh
+# build share their mark, so a pair they repeat adds up.
+_STAGE_PAIRS = text(
+    "INSERT INTO recommendation_pair_deltas (tenant_id, through, sku, other, n) "
+    "SELECT :tenant, :through, r.value ->> 0, r.value ->> 1, CAST(r.value ->> 2 AS bigint) "
+    "FROM json_array_elements(CAST(:rows AS json)) AS r ORDER BY 3, 4 "
+    "ON CONFLICT (tenant_id, through, sku, other) "
+    "DO UPDATE SET n = recommendation_pair_deltas.n + excluded.n"
+)
+_FOLD_PAIRS = text(
     "INSERT INTO recommendation_pairs (tenant_id, sku, other, n) "
-    "SELECT :tenant, r.value ->> 0, r.value ->> 1, CAST(r.value ->> 2 AS bigint) "
-    "FROM json_array_elements(CAST(:rows AS json)) AS r ORDER BY 2, 3 "
+    "SELECT tenant_id, sku, other, sum(n) FROM recommendation_pair_deltas "
+    "WHERE tenant_id = :tenant GROUP BY tenant_id, sku, other HAVING sum(n) <> 0 "
+    "ORDER BY sku, other "
     "ON CONFLICT (tenant_id, sku, other) DO UPDATE SET n = recommendation_pairs.n + excluded.n"
 )
 _STORE_BASKETS = text(
@@ -168,7 +184,12 @@ async def rebuild(
 
 
 async def _reset(conn: AsyncConnection, tenant_id: str) -> None:
-    for table in (recommendation_pairs, recommendation_progress, recommendation_baskets):
+    for table in (
+        recommendation_pairs,
+        recommendation_pair_deltas,
+        recommendation_progress,
+        recommendation_baskets,
+    ):
         await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
 
 
@@ -284,7 +305,7 @@ async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through
     """Grow the window's cart baskets, then add its counts, store the baskets and move the
     mark to `through`, in the caller's transaction."""
     baskets = window.baskets + await _grow_baskets(conn, tenant_id, window)
-    await _add(conn, tenant_id, window)
+    await _add(conn, tenant_id, window, through)
     await _store_baskets(conn, tenant_id, window.grown)
     await _advance(conn, tenant_id, through, baskets)
 
@@ -383,7 +404,7 @@ async def _count_all_carts(
             return
         after = reached
         async with database.transaction(write=True) as conn:
-            await _add(conn, tenant_id, window)
+            await _add(conn, tenant_id, window, through)
             await _store_baskets(conn, tenant_id, window.grown)
             await _advance(conn, tenant_id, through, window.baskets)
             await ctx.checkpoint({**state, "counted_through": through, "carts_after": after}, conn)
@@ -452,9 +473,10 @@ def _insert(conn: AsyncConnection) -> Any:
     return (postgresql if conn.dialect.name == "postgresql" else sqlite).insert
 
 
-async def _add(conn: AsyncConnection, tenant_id: str, window: _Window) -> None:
-    """Add the window's counts to the stored ones, ADD_ROWS pairs a statement (no row objects
-    for the whole window: its memory is the window's own)."""
+async def _add(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
+    """Add the window's counts to the stored ones (PostgreSQL: beside them, to be folded in
+    before the cut), ADD_ROWS pairs a statement (no row objects for the whole window: its
+    memory is the window's own)."""
     changed = window.changes()
     for start in range(0, len(changed), ADD_ROWS):
         chunk = changed[start : start + ADD_ROWS]
@@ -462,7 +484,9 @@ async def _add(conn: AsyncConnection, tenant_id: str, window: _Window) -> None:
             # One statement over one JSON document: executemany costs a round trip's work per
             # row, and the driver checks every element of array parameters in Python.
             rows = [[sku, other, n] for (sku, other), n in chunk]
-            await conn.execute(_ADD_PAIRS, {"tenant": tenant_id, "rows": json.dumps(rows)})
+            await conn.execute(
+                _STAGE_PAIRS, {"tenant": tenant_id, "through": through, "rows": json.dumps(rows)}
+            )
             continue
         statement = _insert(conn)(recommendation_pairs)
         await conn.execute(
@@ -496,8 +520,22 @@ async def _advance(conn: AsyncConnection, tenant_id: str, through: int, baskets:
 # --- cutting the model -------------------------------------------------------------------------
 
 
+async def _fold(conn: AsyncConnection, tenant_id: str) -> None:
+    """Sum the windows' appended counts per pair into the stored counts, and forget them."""
+    if conn.dialect.name != "postgresql":
+        return  # SQLite: windows add to the counts directly
+    await conn.execute(_FOLD_PAIRS, {"tenant": tenant_id})
+    await conn.execute(
+        delete(recommendation_pair_deltas).where(
+            recommendation_pair_deltas.c.tenant_id == tenant_id
+        )
+    )
+
+
 async def _cut(conn: AsyncConnection, tenant_id: str) -> dict[str, Any]:
-    """The model document from the counts, as omnisdk.core.recs.build makes it."""
+    """The model document from the counts (with every window's folded in), as
+    omnisdk.core.recs.build makes it."""
+    await _fold(conn, tenant_id)
     await conn.execute(
         delete(recommendation_pairs).where(
             recommendation_pairs.c.tenant_id == tenant_id, recommendation_pairs.c.n <= 0

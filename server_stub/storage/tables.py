@@ -513,6 +513,19 @@ recommendation_pairs = Table(
     Column("n", BigInteger, nullable=False),
 )
 
+recommendation_pair_deltas = Table(
+    "recommendation_pair_deltas",
+    metadata,
+    # PostgreSQL: each window's pair counts, appended with the window (no upsert per window),
+    # folded into recommendation_pairs summed per pair before the model is cut (migration
+    # 0025). `through` is the mark of the window that wrote the row: one row per pair a window.
+    Column("tenant_id", String(40), primary_key=True),
+    Column("through", BigInteger, primary_key=True, autoincrement=False),
+    Column("sku", String(200), primary_key=True),
+    Column("other", String(200), primary_key=True),
+    Column("n", BigInteger, nullable=False),
+)
+
 recommendation_baskets = Table(
     "recommendation_baskets",
     metadata,

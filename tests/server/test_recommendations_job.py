@@ -9,13 +9,13 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, insert
+from sqlalchemy import delete, func, insert, select
 
 from omnisdk.core import recs
 from server_stub.ids import new_id, utcnow
 from server_stub.services import jobs, recommendations
 from server_stub.storage.database import Database
-from server_stub.storage.tables import events
+from server_stub.storage.tables import events, recommendation_pair_deltas
 from tests.server.conftest import Harness, ShopForTest
 
 SKUS = [f"sku-{n:02d}" for n in range(30)]
@@ -80,6 +80,14 @@ async def build(database: Database, tenant_id: str, **params: Any) -> jobs.Job:
 async def stored_model(server: Harness, shop: ShopForTest) -> dict[str, Any]:
     model = (await shop.request("GET", "/v1/content/recommendations")).json()
     return {key: model[key] for key in ("baskets", "together", "popular")}
+
+
+async def pending_deltas(database: Database, tenant_id: str) -> int:
+    async with database.transaction(write=False) as conn:
+        count = await conn.scalar(
+            select(func.count()).where(recommendation_pair_deltas.c.tenant_id == tenant_id)
+        )
+    return int(count or 0)
 
 
 class ProcessDied(BaseException):
@@ -162,10 +170,14 @@ async def test_a_rebuild_cut_short_resumes_after_its_last_batch(
 
     with pytest.raises(ProcessDied):
         await jobs.execute(server.database, claim, on_progress=die_after_a_written_window)
+    postgres = not server.database.sqlite
+    # PostgreSQL: the written windows' counts wait beside the counts, committed with the mark.
+    assert (await pending_deltas(server.database, shop.id) > 0) == postgres
     resumed = await jobs.start(server.database, shop.id, recommendations.KIND, stale_seconds=0)
     assert resumed.runner is not None and resumed.resumed_state is not None
     ended = await jobs.execute(server.database, resumed)
     assert ended.state == "done" and ended.attempts == 2
+    assert await pending_deltas(server.database, shop.id) == 0  # folded in by the cut
     # It counted only what the dead runner had not, and the model is the whole one.
     assert ended.result is not None and 0 < ended.result["events_counted"] < len(rows)
     assert await stored_model(server, shop) == recs.build(reference_baskets(rows))

@@ -61,6 +61,7 @@ TENANT_SCOPED = {
     "content_rulesets",
     "recommendation_models",
     "recommendation_pairs",
+    "recommendation_pair_deltas",
     "recommendation_progress",
     "jobs",
     "order_lines",
