@@ -86,14 +86,11 @@ _SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int he
 # by PostgreSQL: each index page is visited once per statement.
 #
 # A window's counts, appended beside the counts (PostgreSQL): the stored counts are upserted
-# once a build, from these summed per pair (_fold), not once a window. Cart windows of a fresh
-# build share their mark, so a pair they repeat adds up.
+# once a build, from these summed per pair (_fold), not once a window.
 _STAGE_PAIRS = text(
     "INSERT INTO recommendation_pair_deltas (tenant_id, through, sku, other, n) "
     "SELECT :tenant, :through, r.value ->> 0, r.value ->> 1, CAST(r.value ->> 2 AS bigint) "
-    "FROM json_array_elements(CAST(:rows AS json)) AS r ORDER BY 3, 4 "
-    "ON CONFLICT (tenant_id, through, sku, other) "
-    "DO UPDATE SET n = recommendation_pair_deltas.n + excluded.n"
+    "FROM json_array_elements(CAST(:rows AS json)) AS r"
 )
 _FOLD_PAIRS = text(
     "INSERT INTO recommendation_pairs (tenant_id, sku, other, n) "

@@ -518,12 +518,13 @@ recommendation_pair_deltas = Table(
     metadata,
     # PostgreSQL: each window's pair counts, appended with the window (no upsert per window),
     # folded into recommendation_pairs summed per pair before the model is cut (migration
-    # 0025). `through` is the mark of the window that wrote the row: one row per pair a window.
-    Column("tenant_id", String(40), primary_key=True),
-    Column("through", BigInteger, primary_key=True, autoincrement=False),
-    Column("sku", String(200), primary_key=True),
-    Column("other", String(200), primary_key=True),
+    # 0025). No key: rows are only appended, summed and deleted by tenant; a pair may repeat.
+    Column("tenant_id", String(40), nullable=False),
+    Column("through", BigInteger, nullable=False),  # the mark of the window that wrote it
+    Column("sku", String(200), nullable=False),
+    Column("other", String(200), nullable=False),
     Column("n", BigInteger, nullable=False),
+    Index("ix_recommendation_pair_deltas_tenant", "tenant_id", "through"),
 )
 
 recommendation_baskets = Table(
