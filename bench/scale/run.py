@@ -41,6 +41,7 @@ from bench.bench_scale_jobs import _load, _run_child
 from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load, settle
 from omnisdk.resources.events import event_ids
 from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess, TestTenant
+from server_stub.storage.migrate import upgrade
 
 OUTPUT = Path(__file__).resolve().parents[2] / "docs" / "scale.md"
 SAMPLES = 200
@@ -409,7 +410,27 @@ def reused(customers: int) -> Shop:
     if not path.exists():
         raise SystemExit(f"nothing kept for {customers:,} customers: run with --keep first")
     document = json.loads(path.read_text())
-    return _settled(Shop(**{**document, "loaded": Loaded(**document["loaded"])}))
+    shop = Shop(**{**document, "loaded": Loaded(**document["loaded"])})
+    # Kept before a later migration: bring its schema up to the code being measured.
+    asyncio.run(upgrade(shop.url))
+    return _settled(shop)
+
+
+def storms_and_rebuild(shop: Shop) -> None:
+    """Only the throughput storms and the recommendations rebuild, printed (`--storms-and-
+    rebuild`): what a change to ingestion or to the job moves, without the whole run."""
+    with ServerProcess(shop.url, secret_key=shop.secret) as server:
+        tenant = TestTenant(id=shop.tenant_id, name="scale", server=server)
+        keys = {"web": tenant.key("web"), "admin": tenant.key("admin")}
+    for processes in (2, 4):
+        for item in _throughputs(shop.url, shop.secret, keys, shop.loaded.customers, processes):
+            print(f"  {item.name}, {processes} processes: {item.per_second:,.0f} {item.unit}")
+    rebuild = _rebuild(shop.url, shop.tenant_id, shop.loaded.events)
+    print(
+        f"  recommendations: full build {rebuild.full_seconds:.1f} s, a day's "
+        f"{rebuild.day_events:,} events {rebuild.incremental_seconds:.1f} s, "
+        f"peak {rebuild.peak_mb:,.0f} MB"
+    )
 
 
 def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
@@ -600,6 +621,11 @@ def main(argv: list[str]) -> int:
         "--reuse", action="store_true", help="measure the databases kept by --keep again"
     )
     parser.add_argument("--load-only", action="store_true", help="load and keep, measure nothing")
+    parser.add_argument(
+        "--storms-and-rebuild",
+        action="store_true",
+        help="measure only the throughput storms and the rebuild (printed; with --reuse)",
+    )
     args = parser.parse_args(argv)
     os.environ.setdefault("OMNISDK_RATE_LIMIT_PER_SECOND", "0")
     runs = []
@@ -612,6 +638,9 @@ def main(argv: list[str]) -> int:
         if args.load_only:
             continue
         try:
+            if args.storms_and_rebuild:
+                storms_and_rebuild(shop)
+                continue
             seed = time.time_ns() if args.reuse else 21
             runs.append(measure(shop, with_rebuild=not args.no_rebuild, seed=seed))
         finally:
