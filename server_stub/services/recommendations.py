@@ -82,11 +82,10 @@ _pause = asyncio.sleep  # between looks at the writers still open
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
 PairKey = tuple[str, str]
 _SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int here: `type` is)
-# Rows as one JSON array of [sku, other, n] (and [customer_id, skus]), sorted along the key
-# by PostgreSQL: each index page is visited once per statement.
-#
-# A window's counts, appended beside the counts (PostgreSQL): the stored counts are upserted
-# once a build, from these summed per pair (_fold), not once a window.
+# Rows go as one JSON array of [sku, other, n] (and [customer_id, skus]). A window's counts
+# are appended beside the counts (PostgreSQL); the stored counts are upserted once a build,
+# from these summed per pair (_fold), not once a window. Upserts are sorted along the key by
+# PostgreSQL: each index page is visited once per statement.
 _STAGE_PAIRS = text(
     "INSERT INTO recommendation_pair_deltas (tenant_id, through, sku, other, n) "
     "SELECT :tenant, :through, r.value ->> 0, r.value ->> 1, CAST(r.value ->> 2 AS bigint) "
