@@ -198,7 +198,7 @@ events = Table(
     Index("ix_events_occurred_at", "occurred_at", postgresql_using="brin"),
     # Erasure and split find the events a history fold moved away from the customer they were
     # recorded for. Partial: every other event is found by its customer, so ingesting one
-    # writes no leaf of this index (migration 0024). Queries state the predicate: MOVED_FROM.
+    # writes no leaf of this index (migration 0024). Queries state the predicate (moved_from).
     Index(
         "ix_events_origin",
         "tenant_id",
