@@ -17,7 +17,10 @@ added SKUs (by the customer id each event was recorded under). Each customer's c
 counted so far is kept (`recommendation_baskets`); when a window holds her cart adds, that
 basket is taken out of the counts and the basket grown by the new adds put in, so a build in
 many steps gives the very model one pass over everything would, and an incremental build reads
-one stored row per customer whose cart changed, never her history. (A basket is at most the
+one stored row per customer whose cart changed, never her history. A first build counts cart
+adds the same way, in the order they were stored (walking customers with cart adds in
+customer order read, at 10 M customers, every event of the partitions that held none, once per
+500 customers). (A basket is at most the
 MAX_BASKET first SKUs in order: those of the grown basket are all among the stored ones and
 the new adds.) Erasure deletes her stored basket; her adds stay in the counts (numbers per
 pair of products, nothing about a person) until a build with `full` recounts from nothing.
@@ -136,28 +139,26 @@ async def rebuild(
 ) -> dict[str, Any]:
     """Count the basket events since the last build, then cut and publish the model."""
     resumed = ctx.resumed_state or {}
-    if params["full"] and not resumed.get("reset"):
+    # A build checkpointed by a version that counted carts in a pass of its own ("carts_after")
+    # cannot be finished by this one: it counts from nothing.
+    full = params["full"] or "carts_after" in resumed
+    if full and not (resumed.get("reset") and "carts_after" not in resumed):
         async with database.transaction(write=True) as conn:
             await _reset(conn, tenant_id)
             await ctx.checkpoint({"reset": True}, conn)
     async with database.transaction(write=False) as conn:
         start = await _counted_through(conn, tenant_id)
-    # A fresh build (nothing counted yet) counts orders in seq order and cart baskets at the
-    # end, once per customer; an incremental one recounts the baskets its events touch.
-    fresh = bool(resumed.get("fresh", start == 0))
-    carts_after = resumed.get("carts_after")
-    # Resumed among the carts: finish them up to the mark; newer events wait for the next build.
-    ceiling = start if carts_after is not None else await _settled_ceiling(database, tenant_id)
-    state: dict[str, Any] = {"reset": True, "fresh": fresh}
+    ceiling = await _settled_ceiling(database, tenant_id)
+    state: dict[str, Any] = {"reset": True}
     at, counted = start, 0
     while at < ceiling:
         # Read batches into one window of counts in memory, then write the window, its mark
         # and the checkpoint in one transaction: a pair counted in many batches is written
-        # once, and each customer's cart basket is recounted once per window.
+        # once, and each customer's cart basket is grown once per window.
         window = _Window()
         while at < ceiling and not window.full():
             async with database.transaction(write=False) as conn:
-                at, read = await _read_batch(conn, tenant_id, at, ceiling, window, not fresh)
+                at, read = await _read_batch(conn, tenant_id, at, ceiling, window)
             counted += read
             await ctx.progress(at - start, ceiling - start)
         async with database.transaction(write=True) as conn:
@@ -165,8 +166,6 @@ async def rebuild(
             await ctx.checkpoint({**state, "counted_through": at}, conn)
         del window
         memory.give_back()  # the window's batches, freed: resident size stays a window's
-    if fresh:
-        await _count_all_carts(database, tenant_id, at, carts_after, state, ctx)
     async with database.transaction(write=True) as conn:
         document = await _cut(conn, tenant_id)
         etag = await _publish(conn, tenant_id, document)
@@ -267,10 +266,9 @@ async def _read_batch(
     after: int,
     ceiling: int,
     window: _Window,
-    carts: bool = True,
 ) -> tuple[int, int]:
     """Count the orders of the next batch of basket events after `after` into the window and
-    note the cart adds (`carts`); return the new mark and how many events were read."""
+    note the cart adds; return the new mark and how many events were read."""
     # Only the two properties a basket is made of: the rest of an event is never decoded.
     skus, sku = events.c.properties["skus"].label("skus"), events.c.properties["sku"].label("sku")
     rows = (
@@ -292,7 +290,7 @@ async def _read_batch(
             if items:
                 window.baskets += 1
                 _count(items, window.delta)
-        elif carts and not is_anonymous(row.customer_id) and isinstance(row.sku, str):
+        elif not is_anonymous(row.customer_id) and isinstance(row.sku, str):
             window.added.setdefault(row.customer_id, set()).add(row.sku)
     return (rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling), len(rows)
 
@@ -372,97 +370,6 @@ async def _store_basket_rows(
             ),
             [{"tenant_id": tenant_id, "customer_id": c, "skus": skus} for c, skus in chunk],
         )
-
-
-async def _count_all_carts(
-    database: Database,
-    tenant_id: str,
-    through: int,
-    after: str | None,
-    state: dict[str, Any],
-    ctx: jobs.JobContext,
-) -> None:
-    """A fresh build's cart baskets: every customer with a cart add up to `through`, in
-    customer order from `after`, each read once; a window of counts at a time, each written
-    with its baskets and the customer it reached."""
-    while True:
-        window = _Window()
-        reached = after
-        while not window.full():
-            async with database.transaction(write=False) as conn:
-                chunk = await _adders_after(conn, tenant_id, reached, through)
-                if not chunk:
-                    break
-                named = [customer_id for customer_id in chunk if not is_anonymous(customer_id)]
-                window.baskets += await _first_baskets(conn, tenant_id, named, through, window)
-            reached = chunk[-1]
-        if reached == after:
-            return
-        after = reached
-        async with database.transaction(write=True) as conn:
-            await _add(conn, tenant_id, window, through)
-            await _store_baskets(conn, tenant_id, window.grown)
-            await _advance(conn, tenant_id, through, window.baskets)
-            await ctx.checkpoint({**state, "counted_through": through, "carts_after": after}, conn)
-        await ctx.heartbeat()
-        del window
-        memory.give_back()
-
-
-async def _adders_after(
-    conn: AsyncConnection, tenant_id: str, after: str | None, through: int
-) -> list[str]:
-    """The next CUSTOMERS_PER_QUERY customer ids after `after` with a cart add up to
-    `through` (anonymous ones included: the caller skips them)."""
-    query = (
-        select(events.c.customer_id)
-        .where(
-            events.c.tenant_id == tenant_id,
-            events.c.name == "product_added",
-            events.c.seq <= through,
-            events.c.customer_id != "",
-        )
-        .group_by(events.c.customer_id)
-        .order_by(events.c.customer_id)
-        .limit(CUSTOMERS_PER_QUERY)
-    )
-    if after is not None:
-        query = query.where(events.c.customer_id > after)
-    return list((await conn.scalars(query)).all())
-
-
-async def _first_baskets(
-    conn: AsyncConnection,
-    tenant_id: str,
-    customer_ids: Sequence[str],
-    through: int,
-    window: _Window,
-) -> int:
-    """These customers' cart baskets from all their adds up to `through` (none counted yet),
-    into the window's counts and `grown`; return how many there are."""
-    if not customer_ids:
-        return 0
-    added: dict[str, list[Any]] = {}
-    rows = await conn.execute(
-        select(events.c.customer_id, events.c.properties).where(
-            events.c.tenant_id == tenant_id,
-            events.c.customer_id.in_(customer_ids),
-            events.c.name == "product_added",
-            events.c.seq <= through,
-        )
-    )
-    for row in rows:
-        sku = (row.properties or {}).get("sku")
-        if isinstance(sku, str):
-            added.setdefault(row.customer_id, []).append(sku)
-    baskets = 0
-    for customer_id, skus in added.items():
-        basket = _items(skus)
-        if basket:
-            _count(basket, window.delta)
-            window.grown[customer_id] = basket
-            baskets += 1
-    return baskets
 
 
 def _insert(conn: AsyncConnection) -> Any:

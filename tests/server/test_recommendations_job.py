@@ -9,13 +9,14 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import delete, func, insert, select, update
 
 from omnisdk.core import recs
 from server_stub.ids import new_id, utcnow
 from server_stub.services import jobs, recommendations
 from server_stub.storage.database import Database
 from server_stub.storage.tables import events, recommendation_pair_deltas
+from server_stub.storage.tables import jobs as jobs_table
 from tests.server.conftest import Harness, ShopForTest
 
 SKUS = [f"sku-{n:02d}" for n in range(30)]
@@ -184,35 +185,30 @@ async def test_a_rebuild_cut_short_resumes_after_its_last_batch(
 
 
 @pytest.mark.usefixtures("small_batches")
-async def test_a_fresh_build_cut_short_among_the_carts_resumes_there(
-    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+async def test_a_build_checkpointed_among_the_old_cart_pass_counts_again_from_nothing(
+    server: Harness, shop: ShopForTest
 ) -> None:
-    # A fresh build counts cart baskets last, a few customers per window: die after the
-    # second window of them was written (and rolled back), resume, and get the whole model.
-    monkeypatch.setattr(recommendations, "CUSTOMERS_PER_QUERY", 2)
-    monkeypatch.setattr(recommendations, "WINDOW_CUSTOMERS", 2)
+    # A version before counted a first build's carts in a pass of its own, checkpointing the
+    # customer it reached ("carts_after"). Such a build, resumed by this version, cannot be
+    # finished where it stopped: it counts from nothing and gives the whole model.
     rows = random_events(random.Random(11), shop.id, 120)
     await store(server.database, rows)
-    among_carts: list[dict[str, Any]] = []
-    checkpoint = jobs.JobContext.checkpoint
-
-    async def dying_checkpoint(self: jobs.JobContext, state: dict[str, Any], conn: Any) -> None:
-        await checkpoint(self, state, conn)
-        if "carts_after" in state:
-            among_carts.append(state)
-            if len(among_carts) == 2:
-                raise ProcessDied
-
-    monkeypatch.setattr(jobs.JobContext, "checkpoint", dying_checkpoint)
+    first = await build(server.database, shop.id)
+    assert first.state == "done", first.error
     claim = await jobs.start(server.database, shop.id, recommendations.KIND)
-    with pytest.raises(ProcessDied):
-        await jobs.execute(server.database, claim)
-    monkeypatch.setattr(jobs.JobContext, "checkpoint", checkpoint)
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            update(jobs_table)
+            .where(jobs_table.c.id == claim.job.job_id)
+            .values(
+                checkpoint={"reset": True, "fresh": True, "counted_through": 3, "carts_after": "c"}
+            )
+        )
     resumed = await jobs.start(server.database, shop.id, recommendations.KIND, stale_seconds=0)
-    assert resumed.resumed_state is not None
-    assert resumed.resumed_state["carts_after"] == among_carts[0]["carts_after"]
+    assert resumed.resumed_state is not None and "carts_after" in resumed.resumed_state
     ended = await jobs.execute(server.database, resumed)
     assert ended.state == "done", ended.error
+    assert ended.result is not None and ended.result["events_counted"] > 0
     assert await stored_model(server, shop) == recs.build(reference_baskets(rows))
 
 
