@@ -172,7 +172,6 @@ async def ingest(
         pending.append(_Pending(index, event_id, event, occurred_at, extracted, customer_id, key))
 
     await _attribute(conn, context, pending, now)
-    await _hold_customers(conn, tenant_id, pending)
     for item in pending:
         if item.refusal is not None:
             rejected.append(
@@ -257,16 +256,20 @@ def _rejection(index: int, event_id: str, type: ProblemType, detail: str) -> Eve
     return EventRejection(index=index, event_id=event_id, type=type.value, detail=detail)
 
 
-async def _hold_customers(conn: AsyncConnection, tenant_id: str, pending: list[_Pending]) -> None:
-    """Keep the customers the events go to from being erased before they are stored (a key
-    share lock: no other write waits for it). One erased meanwhile refuses its events."""
-    owners = {p.customer_id for p in pending if p.refusal is None and p.customer_id is not None}
-    present = await identity.lock_customers(conn, tenant_id, owners, mode="read")
-    for item in pending:
-        if item.refusal is None and item.customer_id not in present:
-            item.refusal = Rejected(
-                ProblemType.NOT_FOUND, f"this tenant has no customer {item.customer_id!r}"
-            )
+async def _hold_live(conn: AsyncConnection, tenant_id: str, ids: list[str]) -> dict[str, str]:
+    """The live customer of each of `ids` that exists, each held until we commit so that no
+    erasure deletes her before her events are stored (a key share lock: no other write waits
+    for it; one erased meanwhile is absent and her events are refused). Reading and holding
+    are one statement: the rows are locked as they are found, in id order (identity.py); only
+    the survivors of merged ids, rare, take a second one."""
+    found = await identity.lock_customers(conn, tenant_id, ids, mode="read")
+    survivors = {merged_into for merged_into in found.values() if merged_into is not None}
+    held = await identity.lock_customers(conn, tenant_id, survivors - found.keys(), mode="read")
+    return {
+        id: merged_into or id
+        for id, merged_into in found.items()
+        if merged_into is None or merged_into in found or merged_into in held
+    }
 
 
 async def _attribute(
@@ -308,7 +311,7 @@ async def _attribute(
         )
     owner_ids = {key: owner.customer_id for key, owner in stored.items() if owner.customer_id}
     named = {p.customer_id for p in pending if p.customer_id is not None}
-    live = await identity.live_ids(conn, tenant_id, [*owner_ids.values(), *named])
+    live = await _hold_live(conn, tenant_id, [*owner_ids.values(), *named])
     for item in pending:
         if item.key in shared:
             item.refusal = Rejected(
@@ -317,6 +320,10 @@ async def _attribute(
             )
         elif item.key is not None:
             item.customer_id = created.get(item.key) or live.get(owner_ids.get(item.key, ""))
+            if item.customer_id is None:  # erased since her identifier was read
+                item.refusal = Rejected(
+                    ProblemType.NOT_FOUND, "the customer this identifier named was just erased"
+                )
         else:
             named_id = item.customer_id or ""
             item.customer_id = live.get(named_id)

@@ -8,13 +8,18 @@ import asyncio
 from collections.abc import AsyncIterator
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import func, or_, select, text
 from sqlalchemy.exc import DBAPIError
 
+from omnisdk.core.channels import Channel
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType
+from omnisdk.core.problems import ProblemType
+from omnisdk.models import EventIn
+from omnisdk.testing import ATTRIBUTED_EVENTS
 from server_stub.routing import _lost_a_lock_race
-from server_stub.services import identity
+from server_stub.services import events, identity, privacy
 from server_stub.services.tenant_context import TenantContexts
+from server_stub.storage.tables import events as events_table
 from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
 
 GUARD_SECONDS = 60  # a request still waiting after this fails the test instead of hanging it
@@ -135,3 +140,87 @@ async def test_a_deadlock_postgresql_breaks_is_known_as_one_to_run_again(
     )
     assert len(errors) == 1
     assert isinstance(errors[0], DBAPIError) and _lost_a_lock_race(errors[0])
+
+
+async def _waiting_for_a_lock(server: Harness) -> int:
+    async with server.database.transaction(write=False) as conn:
+        found = await conn.scalar(text("SELECT count(*) FROM pg_locks WHERE NOT granted"))
+    return int(found or 0)
+
+
+async def _events_of(server: Harness, shop: ShopForTest, customer_id: str) -> int:
+    async with server.database.transaction(write=False) as conn:
+        found = await conn.scalar(
+            select(func.count())
+            .select_from(events_table)
+            .where(
+                events_table.c.tenant_id == shop.id,
+                or_(
+                    events_table.c.customer_id == customer_id,
+                    events_table.c.origin_customer_id == customer_id,
+                ),
+            )
+        )
+    return int(found or 0)
+
+
+async def test_an_erasure_waits_for_events_being_stored_for_her_and_erases_them_too(
+    pg_server: Harness,
+) -> None:
+    """Ingestion reads and holds her row in one statement (events._hold_live): an erasure
+    that starts while her events are being stored waits for them, then erases them with her,
+    so no event of hers outlives her erasure."""
+    shop = await pg_server.shop(settings=ATTRIBUTED_EVENTS)
+    amy = str((await _identify(shop, customer_ref="amy"))["customer_id"])
+    contexts = TenantContexts(60, TEST_SEALER)
+    async with pg_server.database.transaction(write=True) as held:
+        context = await contexts.get(held, shop.id)
+        stored = await events.ingest(
+            held, context, Channel.WEB, [EventIn(name="page_viewed", customer_id=amy)]
+        )
+        assert len(stored.accepted) == 1
+        erasing = asyncio.create_task(
+            asyncio.wait_for(
+                shop.request("POST", f"/v1/privacy/{amy}/erase", "admin"), GUARD_SECONDS
+            )
+        )
+        while await _waiting_for_a_lock(pg_server) == 0:
+            assert not erasing.done(), "the erasure did not wait for her events"
+            await asyncio.sleep(0.01)
+    receipt = await erasing
+    assert receipt.status_code == 200, receipt.text
+    assert receipt.json()["removed"]["events"] == 1
+    assert await _events_of(pg_server, shop, amy) == 0
+
+
+async def test_events_sent_while_she_is_being_erased_are_refused_not_stored(
+    pg_server: Harness,
+) -> None:
+    shop = await pg_server.shop(settings=ATTRIBUTED_EVENTS)
+    amy = str((await _identify(shop, customer_ref="amy", anonymous_id="amy-phone"))["customer_id"])
+    async with pg_server.database.transaction(write=True) as erasing:
+        await privacy.erase(erasing, shop.id, amy)
+        batch = {
+            "events": [
+                {"name": "page_viewed", "customer_id": amy},
+                {"name": "page_viewed", "anonymous_id": "amy-phone"},
+            ]
+        }
+        sending = asyncio.create_task(
+            asyncio.wait_for(
+                shop.request("POST", "/v1/events/batch", "web", json=batch), GUARD_SECONDS
+            )
+        )
+        while await _waiting_for_a_lock(pg_server) == 0:
+            assert not sending.done(), "her events did not wait for her erasure"
+            await asyncio.sleep(0.01)
+    answer = await sending
+    assert answer.status_code == 200, answer.text
+    result = answer.json()
+    # By customer id and by her device alike: both named her, and she is gone.
+    assert result["accepted"] == 0
+    assert [(r["index"], r["type"]) for r in result["rejected"]] == [
+        (0, ProblemType.NOT_FOUND.value),
+        (1, ProblemType.NOT_FOUND.value),
+    ]
+    assert await _events_of(pg_server, shop, amy) == 0
