@@ -525,7 +525,14 @@ def _machine() -> str:
     )
 
 
-SETTINGS = ("shared_buffers", "effective_cache_size", "work_mem", "max_wal_size")
+SETTINGS = (
+    "shared_buffers",
+    "effective_cache_size",
+    "work_mem",
+    "max_wal_size",
+    "checkpoint_timeout",
+    "wal_compression",
+)
 
 
 def _postgres() -> str:

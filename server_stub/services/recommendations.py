@@ -47,7 +47,7 @@ from itertools import chain, permutations, product
 from typing import Any
 
 from pydantic import BaseModel, Field
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import bindparam, delete, func, select, text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -58,6 +58,7 @@ from server_stub.services import changes, jobs
 from server_stub.services.content import etag_of
 from server_stub.services.events import is_anonymous
 from server_stub.storage.database import Database
+from server_stub.storage.prepared import ID_IN, Prepared, copy_rows, id_list
 from server_stub.storage.tables import (
     events,
     recommendation_baskets,
@@ -85,15 +86,10 @@ _pause = asyncio.sleep  # between looks at the writers still open
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
 PairKey = tuple[str, str]
 _SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int here: `type` is)
-# Rows go as one JSON array of [sku, other, n] (and [customer_id, skus]). A window's counts
-# are appended beside the counts (PostgreSQL); the stored counts are upserted once a build,
+# A window's counts are appended beside the counts (PostgreSQL, by COPY); baskets go as one
+# JSON array of [customer_id, skus]. The stored counts are upserted once a build,
 # from these summed per pair (_fold), not once a window. Upserts are sorted along the key by
 # PostgreSQL: each index page is visited once per statement.
-_STAGE_PAIRS = text(
-    "INSERT INTO recommendation_pair_deltas (tenant_id, through, sku, other, n) "
-    "SELECT :tenant, :through, r.value ->> 0, r.value ->> 1, CAST(r.value ->> 2 AS bigint) "
-    "FROM json_array_elements(CAST(:rows AS json)) AS r"
-)
 _FOLD_PAIRS = text(
     "INSERT INTO recommendation_pairs (tenant_id, sku, other, n) "
     "SELECT tenant_id, sku, other, sum(n) FROM recommendation_pair_deltas "
@@ -107,6 +103,40 @@ _STORE_BASKETS = text(
     "FROM json_array_elements(CAST(:rows AS json)) AS r ORDER BY 2 "
     "ON CONFLICT (tenant_id, customer_id) DO UPDATE SET skus = excluded.skus"
 )
+
+
+# The next batch of basket events after a mark, in stored order, with only the two properties
+# a basket is made of (the rest of an event is never decoded); prepared once per database.
+_BASKET_EVENTS = {
+    dialect: Prepared(
+        select(
+            events.c.seq,
+            events.c.name,
+            events.c.customer_id,
+            events.c.properties["skus"],
+            events.c.properties["sku"],
+        )
+        .where(
+            events.c.tenant_id == bindparam("tenant"),
+            events.c.seq > bindparam("after"),
+            events.c.seq <= bindparam("ceiling"),
+            text("events.name IN ({})".format(", ".join(f"'{n}'" for n in BASKET_EVENTS))),
+        )
+        .order_by(events.c.seq)
+        .limit(bindparam("limit"))
+    )
+    for dialect in ID_IN
+}
+# The stored baskets of some customers, in one statement whatever their number.
+_STORED_BASKETS = {
+    dialect: Prepared(
+        select(recommendation_baskets.c.customer_id, recommendation_baskets.c.skus).where(
+            recommendation_baskets.c.tenant_id == bindparam("tenant"),
+            text(ids.format(column="recommendation_baskets.customer_id")),
+        )
+    )
+    for dialect, ids in ID_IN.items()
+}
 
 
 class RebuildParams(BaseModel):
@@ -269,30 +299,18 @@ async def _read_batch(
 ) -> tuple[int, int]:
     """Count the orders of the next batch of basket events after `after` into the window and
     note the cart adds; return the new mark and how many events were read."""
-    # Only the two properties a basket is made of: the rest of an event is never decoded.
-    skus, sku = events.c.properties["skus"].label("skus"), events.c.properties["sku"].label("sku")
-    rows = (
-        await conn.execute(
-            select(events.c.seq, events.c.name, events.c.customer_id, skus, sku)
-            .where(
-                events.c.tenant_id == tenant_id,
-                events.c.seq > after,
-                events.c.seq <= ceiling,
-                events.c.name.in_(BASKET_EVENTS),
-            )
-            .order_by(events.c.seq)
-            .limit(BATCH_EVENTS)
-        )
-    ).all()
-    for row in rows:
-        if row.name == "order_completed":
-            items = _items(row.skus) if isinstance(row.skus, list) else []
+    rows = await _BASKET_EVENTS[conn.dialect.name].fetchall(
+        conn, {"tenant": tenant_id, "after": after, "ceiling": ceiling, "limit": BATCH_EVENTS}
+    )
+    for _, name, customer_id, skus, sku in rows:
+        if name == "order_completed":
+            items = _items(skus) if isinstance(skus, list) else []
             if items:
                 window.baskets += 1
                 _count(items, window.delta)
-        elif not is_anonymous(row.customer_id) and isinstance(row.sku, str):
-            window.added.setdefault(row.customer_id, set()).add(row.sku)
-    return (rows[-1].seq if len(rows) == BATCH_EVENTS else ceiling), len(rows)
+        elif not is_anonymous(customer_id) and isinstance(sku, str):
+            window.added.setdefault(customer_id, set()).add(sku)
+    return (rows[-1][0] if len(rows) == BATCH_EVENTS else ceiling), len(rows)
 
 
 async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
@@ -312,12 +330,9 @@ async def _grow_baskets(conn: AsyncConnection, tenant_id: str, window: _Window) 
     for start in range(0, len(customers), CUSTOMERS_PER_QUERY):
         chunk = customers[start : start + CUSTOMERS_PER_QUERY]
         stored = {
-            row.customer_id: list(row.skus or [])
-            for row in await conn.execute(
-                select(recommendation_baskets.c.customer_id, recommendation_baskets.c.skus).where(
-                    recommendation_baskets.c.tenant_id == tenant_id,
-                    recommendation_baskets.c.customer_id.in_(chunk),
-                )
+            customer_id: list(skus or [])
+            for customer_id, skus in await _STORED_BASKETS[conn.dialect.name].fetchall(
+                conn, {"tenant": tenant_id, "ids": id_list(conn, chunk)}
             )
         }
         for customer_id in chunk:
@@ -384,11 +399,13 @@ async def _add(conn: AsyncConnection, tenant_id: str, window: _Window, through: 
     for start in range(0, len(changed), ADD_ROWS):
         chunk = changed[start : start + ADD_ROWS]
         if conn.dialect.name == "postgresql":
-            # One statement over one JSON document: executemany costs a round trip's work per
-            # row, and the driver checks every element of array parameters in Python.
-            rows = [[sku, other, n] for (sku, other), n in chunk]
-            await conn.execute(
-                _STAGE_PAIRS, {"tenant": tenant_id, "through": through, "rows": json.dumps(rows)}
+            # COPY: a window appends up to WINDOW_PAIRS rows, which as one JSON document per
+            # statement cost three times as long (encoded here, parsed there).
+            await copy_rows(
+                conn,
+                "recommendation_pair_deltas",
+                ("tenant_id", "through", "sku", "other", "n"),
+                ((tenant_id, through, sku, other, n) for (sku, other), n in chunk),
             )
             continue
         statement = _insert(conn)(recommendation_pairs)

@@ -150,6 +150,21 @@ class Prepared:
             raise _wrapped(conn, compiled.sql, error) from error
 
 
+async def copy_rows(
+    conn: AsyncConnection, table: str, columns: Sequence[str], records: Iterable[tuple[Any, ...]]
+) -> None:
+    """PostgreSQL: `records` (tuples of `columns`) into `table` by COPY, in the caller's
+    transaction: no statement text, no JSON, each value encoded once by the driver, which made
+    it a third of a multi-row INSERT's time for the recommendations job's counts."""
+    driver, kind = await _driver(conn)
+    if kind is not _Kind.ASYNCPG:
+        raise ValueError("COPY is PostgreSQL's (asyncpg's): use an INSERT on other databases")
+    try:
+        await driver.copy_records_to_table(table, records=records, columns=list(columns))
+    except Exception as error:
+        raise _wrapped(conn, f"COPY {table}", error) from error
+
+
 # "`{column}` is one of these ids", the ids being one parameter `:ids` (`id_list`): one plan
 # and no placeholder per id, however many. On PostgreSQL an array, whose size the planner
 # sees (the statements are planned for their parameters): it picks the unique index for

@@ -506,7 +506,8 @@ recommendation_pairs = Table(
     metadata,
     # Co-occurrence counts the recommendation model is cut from, kept between builds so a
     # build counts only what is new. Both directions are stored; (sku, sku) is the number of
-    # baskets holding the sku (its popularity).
+    # baskets holding the sku (its popularity). Pages kept half full (fillfactor, migration
+    # 0026): a build's fold updates most counts, each in place.
     Column("tenant_id", String(40), primary_key=True),
     Column("sku", String(200), primary_key=True),
     Column("other", String(200), primary_key=True),

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, inspect
+from sqlalchemy import Connection, inspect, text
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from server_stub.app import SchemaNotMigrated, create_app
@@ -43,6 +43,35 @@ async def test_migrations_from_empty_reach_head_and_match_the_tables(
         await engine.dispose()
     assert set(metadata.tables) <= tables
     assert diff == []
+
+
+async def test_the_recommendation_counts_leave_room_for_updates_in_place(
+    empty_database_url: str,
+) -> None:
+    """Migration 0026: a build's fold updates most counts; with room on their pages the
+    updates are HOT (no new key entry). PostgreSQL only: SQLite has no fillfactor."""
+    if "postgresql" not in empty_database_url:
+        pytest.skip("PostgreSQL only: SQLite has no fillfactor")
+    await upgrade(empty_database_url)
+    engine = create_async_engine(empty_database_url)
+    try:
+        async with engine.connect() as connection:
+            options = dict(
+                (
+                    await connection.execute(
+                        text(
+                            "SELECT relname, reloptions FROM pg_class WHERE relname IN "
+                            "('recommendation_pairs', 'recommendation_baskets')"
+                        )
+                    )
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    assert options == {
+        "recommendation_pairs": ["fillfactor=50"],
+        "recommendation_baskets": ["fillfactor=70"],
+    }
 
 
 async def test_migrating_twice_is_harmless(empty_database_url: str) -> None:
