@@ -37,6 +37,17 @@ COPY_ROWS = 50_000
 
 
 def _peak_mb() -> float:
+    """This process's peak resident memory. Linux: VmHWM, the high-water mark of its own
+    memory map. Not getrusage's ru_maxrss, which Linux carries over an exec from the forked
+    copy of the parent: a child started by a parent of 800 MB reported 800 MB, whatever the
+    child itself used."""
+    try:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
