@@ -17,10 +17,12 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 from sqlalchemy.engine import make_url
 
 import omnisdk
+from omnisdk.core import recs
 from omnisdk.models import CartChange
 from omnisdk.resources.changes import Change
 from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess, TestTenant
@@ -156,6 +158,37 @@ def bouncer(postgres_databases: PostgresDatabases | None) -> Iterator[PgBouncer]
         yield running
 
 
+def _rebuild_recommendations(servers: list[ServerProcess], shop: TestTenant) -> None:
+    """Orders through one process, the recommendations job through the other: its window
+    counts go by COPY and its batches by prepared statements, each of which must hold
+    behind a pooler that hands the transaction's server connection to others between them."""
+    baskets = [["TR2", "SOCKS"], ["TR2", "CAP", "SOCKS"], ["CAP", "BAG"]] * 4
+    orders = [
+        {
+            "anonymous_id": f"buyer-{n}",
+            "name": "order_completed",
+            "event_id": f"order-{n}",
+            "properties": {"order_id": f"O-{n}", "skus": skus},
+        }
+        for n, skus in enumerate(baskets)
+    ]
+    sent = httpx.post(
+        f"{servers[0].url}/v1/events/batch",
+        json={"events": orders},
+        headers={"Authorization": f"Bearer {shop.key('web')}"},
+        timeout=60,
+    )
+    assert sent.status_code == 200 and sent.json()["accepted"] == len(orders), sent.text
+    built = httpx.post(
+        f"{servers[-1].url}/v1/content/recommendations/rebuild",
+        headers={"Authorization": f"Bearer {shop.key('admin')}"},
+        timeout=120,
+    )
+    assert built.status_code == 200, built.text
+    model = built.json()
+    assert {key: model[key] for key in ("baskets", "together", "popular")} == recs.build(baskets)
+
+
 def test_two_processes_behind_pgbouncer_in_transaction_mode_keep_every_write_exact(
     bouncer: PgBouncer, postgres_databases: PostgresDatabases, tmp_path: Path
 ) -> None:
@@ -178,6 +211,7 @@ def test_two_processes_behind_pgbouncer_in_transaction_mode_keep_every_write_exa
         shop = first.create_tenant("pooled shop", ATTRIBUTED_EVENTS)
         _exercise([first, second], shop, "pooled")
         assert _count_events(direct, shop.id) == BATCHES * BATCH
+        _rebuild_recommendations([first, second], shop)
     assert "prepared statement" not in (tmp_path / "first.log").read_text(errors="replace")
     # The servers' connections did go through the pooler.
     assert f"{make_url(direct).database}/" in bouncer.log
