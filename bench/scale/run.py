@@ -319,12 +319,8 @@ def _wal(database_url: str) -> tuple[int, int]:
     """PostgreSQL's WAL so far: bytes and full-page images (pg_stat_wal, server-wide)."""
     import asyncpg
 
-    where = make_url(database_url)
-
     async def read() -> tuple[int, int]:
-        conn = await asyncpg.connect(
-            host=where.host, port=where.port, user=where.username, database=where.database
-        )
+        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
         try:
             row = await conn.fetchrow("SELECT wal_bytes, wal_fpi FROM pg_stat_wal")
         finally:

@@ -49,10 +49,17 @@ async def _email_key(server: Harness, shop: ShopForTest, email: str) -> Identifi
     return context.key(IdentifierType.EMAIL, email)
 
 
-async def _waiting_for_advisory_lock(server: Harness) -> int:
+async def _waiting_for_a_lock(server: Harness, locktype: str | None = None) -> int:
+    """Requests of this test's database waiting for a lock (of `locktype`, or any): other
+    tests run beside it on the same server."""
     async with server.database.transaction(write=False) as conn:
         found = await conn.scalar(
-            text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND a.datname = current_database() "
+                "AND (CAST(:locktype AS text) IS NULL OR l.locktype = :locktype)"
+            ),
+            {"locktype": locktype},
         )
     return int(found or 0)
 
@@ -101,7 +108,7 @@ async def test_two_sign_ins_naming_one_identifier_take_turns(pg_server: Harness)
         waiting = asyncio.create_task(
             _identify(shop, email="amy@example.com", anonymous_id="amy-tablet")
         )
-        while await _waiting_for_advisory_lock(pg_server) == 0:
+        while await _waiting_for_a_lock(pg_server, "advisory") == 0:
             assert not waiting.done(), "the second sign-in did not wait for the first"
             await asyncio.sleep(0.01)
         assert not waiting.done()
@@ -140,18 +147,6 @@ async def test_a_deadlock_postgresql_breaks_is_known_as_one_to_run_again(
     )
     assert len(errors) == 1
     assert isinstance(errors[0], DBAPIError) and _lost_a_lock_race(errors[0])
-
-
-async def _waiting_for_a_lock(server: Harness) -> int:
-    async with server.database.transaction(write=False) as conn:
-        # In this test's database only: other tests run beside it on the same server.
-        found = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database()"
-            )
-        )
-    return int(found or 0)
 
 
 async def _events_of(server: Harness, shop: ShopForTest, customer_id: str) -> int:
