@@ -143,6 +143,19 @@ _LOCK_CUSTOMERS: dict[tuple[str, RowLock], Prepared] = {
     ("postgresql", mode): Prepared(text(f"{_CUSTOMERS_IN['postgresql']} ORDER BY id {lock}"))
     for mode, lock in _ROW_LOCKS.items()
 } | {("sqlite", mode): _LIVE_IDS["sqlite"] for mode in _ROW_LOCKS}
+# `identify`'s candidates: locked FOR NO KEY UPDATE in id order as above, and read whole in the
+# same statement (a merge needs their creation times and traits).
+_LOCK_CANDIDATES = {
+    dialect: Prepared(
+        select(customers.c.id, customers.c.merged_into, customers.c.created_at, customers.c.traits)
+        .where(
+            customers.c.tenant_id == bindparam("tenant"), text(ids.format(column="customers.id"))
+        )
+        .order_by(customers.c.id)
+        .with_for_update(key_share=True)
+    )
+    for dialect, ids in ID_IN.items()
+}
 
 
 def identifier_lock_key(tenant_id: str, key: IdentifierKey) -> int:
@@ -556,29 +569,45 @@ async def _owners_locked(
     tenant_id: str,
     keys: Sequence[IdentifierKey],
     flagged: set[IdentifierKey],
-) -> tuple[dict[IdentifierKey, Row[Any]], dict[IdentifierKey, str]]:
-    """The stored rows of `keys`, and the live customer owning each linkable one, with those
-    customers' rows locked. Read again after the lock until nothing moved in between: an
-    owner may have been merged into another customer, split or erased meanwhile."""
+) -> tuple[dict[IdentifierKey, Owner], dict[IdentifierKey, str], dict[str, _Customer]]:
+    """Who owns each of `keys` (absent: unknown), the live customer owning each linkable one,
+    and those customers, their rows locked. Read again after the lock until nothing moved in
+    between: an owner may have been merged into another customer, split or erased meanwhile."""
     for _ in range(MAX_RESOLVE_ROUNDS):
-        stored = await owners(conn, tenant_id, keys)
+        stored = await owners_of(conn, tenant_id, keys)
         found = {
-            key: row.customer_id
-            for key, row in stored.items()
-            if key not in flagged and not row.shared and row.customer_id is not None
+            key: owner.customer_id
+            for key, owner in stored.items()
+            if key not in flagged and not owner.shared and owner.customer_id is not None
         }
         live = await live_ids(conn, tenant_id, found.values())
         owner_of = {key: live[customer] for key, customer in found.items() if customer in live}
-        locked = await lock_customers(conn, tenant_id, owner_of.values())
+        locked = await _lock_candidates(conn, tenant_id, owner_of.values())
         if len(owner_of) == len(found) and all(
-            customer in locked and locked[customer] is None for customer in owner_of.values()
+            customer in locked and locked[customer].merged_into is None
+            for customer in owner_of.values()
         ):
-            return stored, owner_of
+            return stored, owner_of, locked
     raise Problem(
         ProblemType.CONFLICT,
         "the customers holding these identifiers kept changing while this request ran; "
         "send it again",
     )
+
+
+async def _lock_candidates(
+    conn: AsyncConnection, tenant_id: str, ids: Iterable[str]
+) -> dict[str, _Customer]:
+    wanted = set(ids)
+    if not wanted:
+        return {}
+    rows = await _LOCK_CANDIDATES[conn.dialect.name].fetchall(
+        conn, {"tenant": tenant_id, "ids": id_list(conn, wanted)}
+    )
+    return {
+        id: _Customer(id, created_at, dict(traits or {}), merged_into)
+        for id, merged_into, created_at, traits in rows
+    }
 
 
 async def identify(
@@ -595,7 +624,9 @@ async def identify(
     # Only these identifiers, and then only the customers holding them (module docstring).
     await lock_identifiers(conn, tenant_id, [key for key, _ in keyed])
     now = utcnow()
-    stored, owner_of = await _owners_locked(conn, tenant_id, [key for key, _ in keyed], flagged)
+    stored, owner_of, candidates = await _owners_locked(
+        conn, tenant_id, [key for key, _ in keyed], flagged
+    )
     shared = {key for key, _ in keyed if key in flagged or (key in stored and stored[key].shared)}
     linkable = [key for key, _ in keyed if key not in shared]
     await _record_shared(conn, tenant_id, [k for k in shared if k not in stored], now)
@@ -604,10 +635,13 @@ async def identify(
             ProblemType.INVALID_IDENTIFIER,
             "only shared identifiers were given; a shared device cannot identify a customer",
         )
-    candidates = await _customers(conn, tenant_id, set(owner_of.values()))
 
-    refs = await _customer_refs(conn, tenant_id, candidates)
-    refs |= {key.value for key in linkable if key.type is IdentifierType.CUSTOMER_REF}
+    # One customer holds at most one customer_ref: the candidates' refs need reading only when
+    # there is more than one of them, or when a ref no one holds yet would go to one.
+    refs = {key.value for key in linkable if key.type is IdentifierType.CUSTOMER_REF}
+    new_ref = any(k.type is IdentifierType.CUSTOMER_REF and k not in owner_of for k in linkable)
+    if len(candidates) > 1 or (candidates and new_ref):
+        refs |= await _customer_refs(conn, tenant_id, candidates)
     if len(refs) > 1:
         raise Problem(
             ProblemType.IDENTITY_CONFLICT,
@@ -637,8 +671,10 @@ async def identify(
         if outcome.cart is not None:
             cart_merges.append(outcome.cart)
 
-    await _link(conn, tenant_id, survivor.id, [key for key in linkable if key not in owner_of], now)
-    dropped.extend(await _enforce_limits(conn, context, survivor.id, keep))
+    linking = [key for key in linkable if key not in owner_of]
+    await _link(conn, tenant_id, survivor.id, linking, now)
+    if linking or merged_ids:  # limits are held after every link: no new link, nothing over
+        dropped.extend(await _enforce_limits(conn, context, survivor.id, keep))
     if request.traits:
         given = hashed_contact_data(request.traits, context.secret)  # never an address in clear
         traits = {k: v for k, v in {**survivor.traits, **given}.items() if v is not None}

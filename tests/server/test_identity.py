@@ -200,6 +200,24 @@ async def test_per_type_limit_drops_the_oldest_link(shop: ShopForTest) -> None:
     assert await resolve(shop, "email", "three@example.com") == first["customer_id"]
 
 
+async def test_a_lowered_limit_applies_at_her_next_new_link_not_at_every_sign_in(
+    shop: ShopForTest,
+) -> None:
+    settings = (await shop.request("GET", "/v1/tenant/settings")).json()
+    emails = ["one@example.com", "two@example.com", "three@example.com"]
+    for email in emails:
+        await identify(shop, customer_ref="acct-8", email=email)
+    settings["identity"]["limits"]["email"] = 2
+    await shop.request("PUT", "/v1/tenant/settings", json=settings)
+    again = await identify(shop, customer_ref="acct-8", email="two@example.com")
+    assert again["dropped_identifiers"] == []  # a sign-in that links nothing changes nothing
+    assert [await resolve(shop, "email", email) for email in emails] == [again["customer_id"]] * 3
+    linked = await identify(shop, customer_ref="acct-8", email="four@example.com")
+    assert len(linked["dropped_identifiers"]) == 2  # back within the limit, oldest first
+    held = [await resolve(shop, "email", email) for email in [*emails, "four@example.com"]]
+    assert held == [None, None, again["customer_id"], again["customer_id"]]
+
+
 async def test_traits_may_not_carry_contact_details(shop: ShopForTest) -> None:
     response = await shop.request(
         "POST", "/v1/identity/identify", json={"anonymous_id": "p", "traits": {"Email": "a@b.co"}}
