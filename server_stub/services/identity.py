@@ -128,6 +128,19 @@ _OWNERS = {
     )
     for dialect, keys in _KEYS.items()
 }
+# `identify`: each identifier's row and the customer it names, resolved past a merge
+# (`merged_into` points at the live customer directly), in one statement.
+_OWNERS_LIVE = {
+    dialect: Prepared(
+        text(
+            "SELECT i.type, i.value, i.customer_id, i.shared, c.id, c.merged_into "
+            "FROM identifiers AS i LEFT JOIN customers AS c "
+            "ON c.tenant_id = i.tenant_id AND c.id = i.customer_id "
+            f"WHERE i.tenant_id = :tenant AND (i.type, i.value) IN ({keys})"
+        )
+    )
+    for dialect, keys in _KEYS.items()
+}
 _CUSTOMERS = "SELECT id, merged_into FROM customers WHERE tenant_id = :tenant AND {ids}"
 _CUSTOMERS_IN = {
     dialect: _CUSTOMERS.format(ids=ids.format(column="id")) for dialect, ids in ID_IN.items()
@@ -306,19 +319,42 @@ async def owners_of(
     """`owners` for many keys at once, in one statement (absent keys are unknown)."""
     if not keys:
         return {}
-    if conn.dialect.name == "postgresql":
-        parameters: dict[str, Any] = {
-            "types": [key.type.value for key in keys],
-            "values": [key.value for key in keys],
-        }
-    else:
-        parameters = {"keys": json.dumps([(key.type.value, key.value) for key in keys])}
-    rows = await _OWNERS[conn.dialect.name].fetchall(conn, {"tenant": tenant_id, **parameters})
+    rows = await _OWNERS[conn.dialect.name].fetchall(conn, _key_parameters(conn, tenant_id, keys))
     types = {kind.value: kind for kind in IdentifierType}
     return {
         IdentifierKey(types[type], value): Owner(customer_id, bool(shared))
         for type, value, customer_id, shared in rows
     }
+
+
+def _key_parameters(
+    conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey]
+) -> dict[str, Any]:
+    if conn.dialect.name == "postgresql":
+        return {
+            "tenant": tenant_id,
+            "types": [key.type.value for key in keys],
+            "values": [key.value for key in keys],
+        }
+    return {"tenant": tenant_id, "keys": json.dumps([(key.type.value, key.value) for key in keys])}
+
+
+async def _owners_live(
+    conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey]
+) -> tuple[dict[IdentifierKey, Owner], dict[str, str]]:
+    """`owners_of`, with the live customer of each customer id found (absent: erased)."""
+    if not keys:
+        return {}, {}
+    rows = await _OWNERS_LIVE[conn.dialect.name].fetchall(
+        conn, _key_parameters(conn, tenant_id, keys)
+    )
+    types = {kind.value: kind for kind in IdentifierType}
+    stored = {
+        IdentifierKey(types[type], value): Owner(customer_id, bool(shared))
+        for type, value, customer_id, shared, _, _ in rows
+    }
+    live = {found: merged_into or found for *_, found, merged_into in rows if found is not None}
+    return stored, live
 
 
 async def resolve(conn: AsyncConnection, context: TenantContext, key: IdentifierKey) -> str | None:
@@ -574,13 +610,12 @@ async def _owners_locked(
     and those customers, their rows locked. Read again after the lock until nothing moved in
     between: an owner may have been merged into another customer, split or erased meanwhile."""
     for _ in range(MAX_RESOLVE_ROUNDS):
-        stored = await owners_of(conn, tenant_id, keys)
+        stored, live = await _owners_live(conn, tenant_id, keys)
         found = {
             key: owner.customer_id
             for key, owner in stored.items()
             if key not in flagged and not owner.shared and owner.customer_id is not None
         }
-        live = await live_ids(conn, tenant_id, found.values())
         owner_of = {key: live[customer] for key, customer in found.items() if customer in live}
         locked = await _lock_candidates(conn, tenant_id, owner_of.values())
         if len(owner_of) == len(found) and all(
