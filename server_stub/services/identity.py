@@ -708,7 +708,9 @@ async def identify(
 
     linking = [key for key in linkable if key not in owner_of]
     await _link(conn, tenant_id, survivor.id, linking, now)
-    if linking or merged_ids:  # limits are held after every link: no new link, nothing over
+    # Limits hold after every link or merge, so with neither nothing is over; a new customer
+    # holds only what this request names, which is kept whatever the limits.
+    if (linking or merged_ids) and not created:
         dropped.extend(await _enforce_limits(conn, context, survivor.id, keep))
     if request.traits:
         given = hashed_contact_data(request.traits, context.secret)  # never an address in clear
