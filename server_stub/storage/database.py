@@ -133,7 +133,14 @@ def _pooler_connect_args(pooler: str) -> dict[str, Any]:
     may be cached (asyncpg's cache and SQLAlchemy's), and those SQLAlchemy prepares within a
     transaction get unique names, never to meet another client's on a shared connection."""
     if pooler == "none":
-        return {}
+        # Every statement planned for its parameters. The hot paths' statements are prepared
+        # once per connection (storage/prepared.py), and after five runs PostgreSQL may keep a
+        # generic plan made without their values: one made while a table was new and empty
+        # reads a whole tenant for every lookup until autovacuum next analyses it (a fresh
+        # database under sign-ins fell to a third of its speed), and one plan cannot suit a
+        # tenant of ten customers and one of ten million. Planning these statements costs
+        # microseconds. (Behind a pooler, statements are unnamed and always planned so.)
+        return {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
     if pooler != "transaction":
         raise ValueError(f"unknown pooler mode {pooler!r}: use 'none' or 'transaction'")
     return {
