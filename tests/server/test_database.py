@@ -88,3 +88,24 @@ async def test_statements_run_on_the_driver_share_the_transaction(
             assert tuple((await conn.execute(by_sqlalchemy)).one()) == (row["document"], at)
     finally:
         await db.dispose()
+
+
+async def test_every_statement_is_planned_for_its_values_on_direct_connections(
+    migrated_database_url: str,
+) -> None:
+    """A generic plan made while a table was empty would read a whole tenant per lookup until
+    autovacuum analysed it (storage/database.py): the server's connections never use one."""
+    url = migrated_database_url
+    if database.is_sqlite(url):
+        pytest.skip("PostgreSQL only: SQLite plans every statement when it is prepared")
+    db = database.Database(url, pool_size=1)
+    try:
+        for write in (True, False):
+            async with db.transaction(write=write) as conn:
+                mode = (await conn.execute(text("SHOW plan_cache_mode"))).scalar()
+            assert mode == "force_custom_plan"
+    finally:
+        await db.dispose()
+    # Behind a transaction pooler no startup setting is sent (PgBouncer refuses unknown ones);
+    # its statements are unnamed, which PostgreSQL plans for their values anyway.
+    assert "server_settings" not in database._pooler_connect_args("transaction")
