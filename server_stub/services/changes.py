@@ -222,17 +222,76 @@ async def read_page(
     newest = select(change_positions.c.position).where(counter).scalar_subquery()
     pruned = select(change_positions.c.pruned_through).where(counter).scalar_subquery()
     query = select(changes, newest.label("newest"), pruned.label("pruned_through")).where(
-        changes.c.tenant_id == tenant_id, changes.c.position > after
+        changes.c.tenant_id == tenant_id
     )
-    if customer_id is not None:
-        query = query.where(changes.c.customer_id == customer_id)
-    if kinds is not None:
-        query = query.where(changes.c.kind.in_(kinds))
-    rows = list(await conn.execute(query.order_by(changes.c.position).limit(limit)))
+    if customer_id is None and kinds is not None and conn.dialect.name == "postgresql":
+        rows = await _rows_of_kinds(conn, query, tenant_id, after, kinds, limit)
+    else:
+        query = query.where(changes.c.position > after)
+        if customer_id is not None:
+            query = query.where(changes.c.customer_id == customer_id)
+        if kinds is not None:
+            query = query.where(changes.c.kind.in_(kinds))
+        rows = list(await conn.execute(query.order_by(changes.c.position).limit(limit)))
     if not rows:
         return FeedPage(await horizon(conn, tenant_id), [])
     first = rows[0]
     return FeedPage(Horizon(int(first.newest or 0), int(first.pruned_through or 0)), rows)
+
+
+# A watcher of some kinds, on PostgreSQL. Read in position order, a page of a rare kind (one
+# change in 250) is found among 25,000 others, a few hundred heap pages; read by the kind
+# index, its rows lie one on each of 100 pages. So the positions come from the kind index alone
+# (an index-only scan per kind, each cut at the page size), then the rows by a bitmap heap scan
+# that asks the disk for all their pages at once (`effective_io_concurrency`; an index scan
+# would wait for each in turn). At 10 M customers and 50 M changes, from a random position with
+# nothing cached: 4.5-4.9 ms p50 and 6.1-7.5 ms p99, against 7.6-8.5 and 10.8-18.8 in position
+# order (docs/scale.md).
+_KIND_POSITIONS = Prepared(
+    text(
+        "SELECT p.position FROM unnest(CAST(:kinds AS text[])) AS k(kind) CROSS JOIN LATERAL "
+        "(SELECT position FROM changes WHERE tenant_id = :tenant AND kind = k.kind "
+        "AND position > :after ORDER BY position LIMIT :limit) AS p "
+        "ORDER BY p.position LIMIT :limit"
+    )
+)
+# For the next statement of the transaction only (restored after it): a bitmap heap scan, and
+# at least PREFETCH_PAGES pages asked for ahead of it (unless the server cannot prefetch, 0).
+PREFETCH_PAGES = 128
+_PREFETCH = Prepared(
+    text(
+        "SELECT current_setting('enable_indexscan'), current_setting('effective_io_concurrency'), "
+        "set_config('enable_indexscan', 'off', true), "
+        "set_config('effective_io_concurrency', CASE "
+        "WHEN current_setting('effective_io_concurrency')::int > 0 "
+        f"THEN greatest(current_setting('effective_io_concurrency')::int, {PREFETCH_PAGES})::text "
+        "ELSE '0' END, true)"
+    )
+)
+_RESTORE = Prepared(
+    text(
+        "SELECT set_config('enable_indexscan', :scan, true), "
+        "set_config('effective_io_concurrency', :io, true)"
+    )
+)
+
+
+async def _rows_of_kinds(
+    conn: AsyncConnection, query: Any, tenant_id: str, after: int, kinds: list[str], limit: int
+) -> list[Any]:
+    found = await _KIND_POSITIONS.fetchall(
+        conn, {"kinds": sorted(set(kinds)), "tenant": tenant_id, "after": after, "limit": limit}
+    )
+    if not found:
+        return []
+    settings = await _PREFETCH.fetchone(conn, {})
+    assert settings is not None
+    positions = [position for (position,) in found]
+    chosen = query.where(changes.c.position.in_(positions)).order_by(changes.c.position)
+    rows = list(await conn.execute(chosen))
+    # (Had it failed, the transaction's end would undo the settings as well.)
+    await _RESTORE.fetchone(conn, {"scan": settings[0], "io": settings[1]})
+    return rows
 
 
 def resync_event(newest: int) -> dict[str, Any]:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from sqlalchemy import text
 
 from server_stub.services import changes
 from server_stub.storage.database import Database
@@ -72,3 +73,30 @@ def test_a_watcher_resyncs_below_the_pruned_position_or_beyond_the_newest(
     after: int, resync: bool
 ) -> None:
     assert changes.Horizon(newest=10, pruned_through=4).resync_needed(after) is resync
+
+
+async def test_a_page_of_some_kinds_is_the_next_changes_of_those_kinds_in_order(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """Whatever kinds, position and page size: the page is the first `limit` changes of those
+    kinds after the position, in order, with the horizon (on PostgreSQL it is found through
+    the kind index; services/changes.py). The transaction's planner settings are as before."""
+    written = ["cart", "session", "cart", "consent", "cart", "content", "session", "consent"] * 3
+    async with server.database.transaction(write=True) as conn:
+        for n, kind in enumerate(written):
+            await changes.publish(conn, shop.id, f"c{n % 3}", kind, {"n": n})
+    everything = list(enumerate(written, start=1))
+    choices = [["consent"], ["consent", "content"], ["cart", "session"], ["content", "cart"]]
+    async with server.database.transaction(write=False) as conn:
+        postgres = conn.dialect.name == "postgresql"
+        settings = "SELECT current_setting('enable_indexscan')" if postgres else "SELECT 1"
+        before = (await conn.execute(text(settings))).scalar()
+        for kinds in choices:
+            for after in (0, 3, 11, 23, 24):
+                for limit in (1, 2, 5, 100):
+                    page = await changes.read_page(conn, shop.id, after, kinds=kinds, limit=limit)
+                    wanted = [p for p, kind in everything if kind in kinds and p > after][:limit]
+                    assert [row.position for row in page.rows] == wanted, (kinds, after, limit)
+                    assert all(row.kind in kinds for row in page.rows)
+                    assert page.horizon == changes.Horizon(newest=len(written), pruned_through=0)
+        assert (await conn.execute(text(settings))).scalar() == before
