@@ -9,6 +9,7 @@ to be upgraded; readers use WAL snapshots and never wait.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -21,6 +22,7 @@ from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.util import await_only
 
 from server_stub.storage.inline_sqlite import InlineConnection, creator
 
@@ -56,7 +58,10 @@ async def _run_before_commit(connection: AsyncConnection) -> None:
 def _forget_before_commit(connection: AsyncConnection) -> None:
     # `info` belongs to the pooled DBAPI connection and outlives the transaction: steps of a
     # transaction that rolled back must not run in the next one on the same connection.
-    connection.info.pop(BEFORE_COMMIT, None)
+    # An invalidated connection (SQLAlchemy's answer to a statement cancelled mid-flight) has
+    # no pooled connection left to hold them, and `info` would reconnect to find one.
+    if not connection.invalidated:
+        connection.info.pop(BEFORE_COMMIT, None)
 
 
 # A pooled PostgreSQL connection idle this long is pinged before use (see _ping_when_idle).
@@ -102,6 +107,40 @@ def _configure_sqlite(engine: AsyncEngine, begin: str, busy_ms: int, inline: boo
                 raw.execute(begin)
         else:
             connection.exec_driver_sql(begin)
+
+
+def _hidden_transaction(dbapi_connection: Any) -> bool:
+    """Whether asyncpg holds a transaction SQLAlchemy does not know of: one whose BEGIN was
+    interrupted by a cancellation (a client that hung up, an SSE stream closed) after asyncpg
+    took it as its outer transaction. Every later transaction on such a connection would be a
+    savepoint inside one that never commits (sqlalchemy/sqlalchemy#13381)."""
+    driver = getattr(dbapi_connection, "_connection", None)
+    if getattr(dbapi_connection, "_transaction", None) is not None or driver is None:
+        return False  # SQLAlchemy's own transaction: its reset rolls that back
+    # `_top_xact` is asyncpg's record of its outer transaction (set before BEGIN is sent).
+    return getattr(driver, "_top_xact", None) is not None or bool(driver.is_in_transaction())
+
+
+def _discard_hidden_transactions(engine: AsyncEngine) -> None:
+    """A connection going back to the pool with a hidden transaction is rolled back at once
+    (its locks and snapshot go with it), and discarded at its next checkout rather than handed
+    to another request."""
+
+    @event.listens_for(engine.sync_engine, "reset")
+    def on_reset(dbapi_connection: Any, record: Any, state: Any) -> None:
+        if not _hidden_transaction(dbapi_connection):
+            return
+        record.info["hidden_transaction"] = True
+        if state.asyncio_safe and not state.terminate_only:
+            # Discarded at checkout whatever happens here; rolled back now so its locks and
+            # snapshot do not wait in the pool until then.
+            with contextlib.suppress(Exception):
+                await_only(dbapi_connection._connection.execute("ROLLBACK"))
+
+    @event.listens_for(engine.sync_engine, "checkout")
+    def on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        if record.info.pop("hidden_transaction", False) or _hidden_transaction(dbapi_connection):
+            raise DisconnectionError("the pooled connection held a transaction of its own")
 
 
 def _ping_when_idle(engine: AsyncEngine) -> None:
@@ -211,6 +250,7 @@ class Database:
                 connect_args=_pooler_connect_args(pooler),
                 **JSON_CODEC,
             )
+            _discard_hidden_transactions(engine)
             _ping_when_idle(engine)
             self.read_engine = self.write_engine = engine
 

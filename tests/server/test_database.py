@@ -7,6 +7,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import make_url
 
+from server_stub.ids import utcnow
 from server_stub.storage import database
 
 
@@ -109,3 +110,70 @@ async def test_every_statement_is_planned_for_its_values_on_direct_connections(
     # Behind a transaction pooler no startup setting is sent (PgBouncer refuses unknown ones);
     # its statements are unnamed, which PostgreSQL plans for their values anyway.
     assert "server_settings" not in database._pooler_connect_args("transaction")
+
+
+@pytest.mark.parametrize("first_statement", ["sqlalchemy", "prepared"])
+async def test_a_request_cancelled_as_its_transaction_begins_leaves_no_transaction_open(
+    migrated_database_url: str, monkeypatch: pytest.MonkeyPatch, first_statement: str
+) -> None:
+    """A request is cancelled (its client went away, an SSE stream closed) just as BEGIN came
+    back: asyncpg still counts that transaction as its outer one, SQLAlchemy does not. Were
+    the connection pooled again, every later transaction on it would be a savepoint inside one
+    that never commits: writes nobody else sees, row locks held until the process ends. The
+    connection is discarded instead, and the next transaction's write is visible to all."""
+    import asyncio
+
+    import asyncpg.transaction
+    from sqlalchemy import insert, select
+
+    from server_stub.storage.prepared import Prepared
+    from server_stub.storage.tables import sessions
+
+    url = migrated_database_url
+    if database.is_sqlite(url):
+        pytest.skip("PostgreSQL only: SQLite's transactions are begun by the server itself")
+    tenant = f"t-cancelled-{first_statement}"
+    begin = asyncpg.transaction.Transaction.start
+    cancelled: list[bool] = []
+
+    async def start_then_cancelled(self: asyncpg.transaction.Transaction) -> None:
+        await begin(self)
+        if not cancelled:  # the BEGIN reached the server; the task's cancel lands now
+            cancelled.append(True)
+            raise asyncio.CancelledError
+
+    read = Prepared(select(sessions.c.customer_id).where(sessions.c.tenant_id == tenant))
+    db = database.Database(url, pool_size=1)
+    try:
+        async with db.transaction(write=False) as conn:  # the pool's connection, set up
+            await read.fetchone(conn, {})
+        monkeypatch.setattr(asyncpg.transaction.Transaction, "start", start_then_cancelled)
+        with pytest.raises(asyncio.CancelledError):
+            async with db.transaction(write=True) as conn:
+                if first_statement == "prepared":
+                    await read.fetchone(conn, {})
+                else:
+                    await conn.execute(select(sessions.c.customer_id).limit(1))
+        assert cancelled
+        monkeypatch.setattr(asyncpg.transaction.Transaction, "start", begin)
+        row = {"tenant_id": tenant, "customer_id": "c-after", "document": {}}
+        async with db.transaction(write=True) as conn:
+            await conn.execute(insert(sessions).values(**row, updated_at=utcnow()))
+        parsed = make_url(url)
+        other = await asyncpg.connect(
+            host=parsed.host, port=parsed.port, user=parsed.username, database=parsed.database
+        )
+        try:
+            seen = await other.fetch(
+                "SELECT customer_id FROM sessions WHERE tenant_id = $1", tenant
+            )
+            open_transactions = await other.fetchval(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
+                "AND state LIKE 'idle in transaction%'"
+            )
+        finally:
+            await other.close()
+        assert [r["customer_id"] for r in seen] == ["c-after"]
+        assert open_transactions == 0
+    finally:
+        await db.dispose()
