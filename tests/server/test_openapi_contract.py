@@ -126,14 +126,26 @@ def test_the_docs_page_loads_its_assets_from_this_server(tmp_path: Path) -> None
 
 
 @pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str]]:
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, str, Path]]:
     directory = tmp_path_factory.mktemp("contract")
     # The server's log is kept beside its database: a 500 found by a generated case is
-    # explained there (pytest keeps the last runs' temporary directories).
+    # explained there, and in the failure itself (see _errors_logged).
     database = f"sqlite+aiosqlite:///{directory / 'contract.sqlite3'}"
-    with ServerProcess(database, log_path=directory / "server.log") as server:
+    log = directory / "server.log"
+    with ServerProcess(database, log_path=log) as server:
         shop = server.create_tenant("contract shop")
-        yield server, shop.key("admin")
+        yield server, shop.key("admin"), log
+
+
+def _errors_logged(log: Path, since: int) -> str:
+    """The server's error records written after byte `since` of its log."""
+    with log.open("rb") as lines:
+        lines.seek(since)
+        return "".join(
+            line.decode(errors="replace")
+            for line in lines
+            if b'"level": "error"' in line or b'"level":"error"' in line
+        )
 
 
 def _contract_schema() -> Any:
@@ -152,6 +164,36 @@ def _contract_schema() -> Any:
 contract = _contract_schema()
 
 
+def _streams(case: Any) -> bool:
+    """Whether the operation answers 200 with an event stream (the change feeds)."""
+    ok = case.operation.definition.raw.get("responses", {}).get("200", {})
+    return "text/event-stream" in ok.get("content", {})
+
+
+def _first_event(case: Any, base_url: str, headers: dict[str, str]) -> httpx.Response:
+    """The answer to `case`, where a 200 event stream (which never ends) is cut after its
+    first event: status, headers and media type are all there to validate."""
+    with (
+        httpx.Client(timeout=10) as http,
+        http.stream(
+            case.method,
+            base_url + case.formatted_path,
+            params=case.query,
+            headers={**(case.headers or {}), **headers},
+        ) as response,
+    ):
+        body = b""
+        for chunk in response.iter_bytes():
+            body += chunk
+            if response.status_code != 200 or b"\n\n" in body:
+                break
+    answer = httpx.Response(
+        response.status_code, headers=response.headers, content=body, request=response.request
+    )
+    answer.elapsed = response.elapsed  # known once the stream is closed
+    return answer
+
+
 def _auth_left_out_on_purpose(case: Any) -> bool:
     """A negative case that drops the required Authorization header: send it without."""
     info = case.meta.components.get(ParameterLocation.HEADER) if case.meta else None
@@ -164,8 +206,8 @@ def _auth_left_out_on_purpose(case: Any) -> bool:
 
 @contract.parametrize()
 @settings(max_examples=8, deadline=None, suppress_health_check=list(HealthCheck))
-def test_the_server_keeps_its_contract(case: Any, served: tuple[ServerProcess, str]) -> None:
-    server, key = served
+def test_the_server_keeps_its_contract(case: Any, served: tuple[ServerProcess, str, Path]) -> None:
+    server, key, log = served
     headers = {}
     if not _auth_left_out_on_purpose(case):
         headers["Authorization"] = f"Bearer {key}"
@@ -175,7 +217,17 @@ def test_the_server_keeps_its_contract(case: Any, served: tuple[ServerProcess, s
         # across different requests, which the server rightly answers 409. (An invalid key,
         # generated to be refused, is sent as it is.)
         headers["Idempotency-Key"] = str(uuid.uuid4())
-    case.call_and_validate(base_url=server.url, headers=headers)
+    since = log.stat().st_size
+    try:
+        if _streams(case):
+            case.validate_response(_first_event(case, server.url, headers), headers=headers)
+        else:
+            case.call_and_validate(base_url=server.url, headers=headers)
+    except Exception as failure:
+        errors = _errors_logged(log, since)
+        if not errors:
+            raise
+        raise AssertionError(f"{failure}\n--- the server logged ---\n{errors}") from failure
 
 
 async def test_a_wrong_method_is_answered_with_every_method_the_path_allows(
