@@ -204,6 +204,15 @@ class FeedPage:
     rows: list[Any]
 
 
+def _horizon_columns(tenant: Any) -> tuple[Any, Any]:
+    """The tenant's horizon as two columns beside a read's rows (one statement, one snapshot):
+    `newest` and `pruned_through`. `tenant` is its id or a bind parameter."""
+    counter = change_positions.c.tenant_id == tenant
+    newest = select(change_positions.c.position).where(counter).scalar_subquery()
+    pruned = select(change_positions.c.pruned_through).where(counter).scalar_subquery()
+    return newest.label("newest"), pruned.label("pruned_through")
+
+
 async def read_page(
     conn: AsyncConnection,
     tenant_id: str,
@@ -221,10 +230,7 @@ async def read_page(
     if customer_id is None and kinds is not None and conn.dialect.name == "postgresql":
         rows = await _rows_of_kinds(conn, tenant_id, after, kinds, limit)
     else:
-        counter = change_positions.c.tenant_id == tenant_id
-        newest = select(change_positions.c.position).where(counter).scalar_subquery()
-        pruned = select(change_positions.c.pruned_through).where(counter).scalar_subquery()
-        query = select(changes, newest.label("newest"), pruned.label("pruned_through")).where(
+        query = select(changes, *_horizon_columns(tenant_id)).where(
             changes.c.tenant_id == tenant_id, changes.c.position > after
         )
         if customer_id is not None:
@@ -309,11 +315,8 @@ class _KindRow(NamedTuple):
 
 
 def _rows_at_positions() -> Prepared:
-    counter = change_positions.c.tenant_id == bindparam("tenant")
-    newest = select(change_positions.c.position).where(counter).scalar_subquery()
-    pruned = select(change_positions.c.pruned_through).where(counter).scalar_subquery()
     return Prepared(
-        select(changes, newest.label("newest"), pruned.label("pruned_through"))
+        select(changes, *_horizon_columns(bindparam("tenant")))
         .where(
             changes.c.tenant_id == bindparam("tenant"),
             text("changes.position = ANY(CAST(:positions AS bigint[]))"),

@@ -289,23 +289,6 @@ async def live_ids(conn: AsyncConnection, tenant_id: str, ids: Iterable[str]) ->
     return {id: merged_into or id for id, merged_into in rows}
 
 
-async def owners(
-    conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey]
-) -> dict[IdentifierKey, Row[Any]]:
-    """The stored rows of these identifier keys (absent keys are unknown)."""
-    if not keys:
-        return {}
-    rows = await conn.execute(
-        select(identifiers).where(
-            identifiers.c.tenant_id == tenant_id,
-            tuple_(identifiers.c.type, identifiers.c.value).in_(
-                [(key.type.value, key.value) for key in keys]
-            ),
-        )
-    )
-    return {IdentifierKey(IdentifierType(row.type), row.value): row for row in rows}
-
-
 class Owner(NamedTuple):
     """Who an identifier names: its customer (None once erased) and whether it is shared."""
 
@@ -316,7 +299,7 @@ class Owner(NamedTuple):
 async def owners_of(
     conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey]
 ) -> dict[IdentifierKey, Owner]:
-    """`owners` for many keys at once, in one statement (absent keys are unknown)."""
+    """Who each of these identifier keys names, in one statement (absent keys are unknown)."""
     if not keys:
         return {}
     rows = await _OWNERS[conn.dialect.name].fetchall(conn, _key_parameters(conn, tenant_id, keys))
@@ -358,7 +341,7 @@ async def _owners_live(
 
 
 async def resolve(conn: AsyncConnection, context: TenantContext, key: IdentifierKey) -> str | None:
-    row = (await owners(conn, context.tenant_id, [key])).get(key)
+    row = (await owners_of(conn, context.tenant_id, [key])).get(key)
     if row is None or row.shared or row.customer_id is None:
         return None
     return await live_id(conn, context.tenant_id, row.customer_id)
@@ -757,7 +740,7 @@ async def mark_shared(
 ) -> None:
     """Mark an identifier shared (detached from any customer, never merging) or not."""
     await lock_identifiers(conn, context.tenant_id, [key])
-    row = (await owners(conn, context.tenant_id, [key])).get(key)
+    row = (await owners_of(conn, context.tenant_id, [key])).get(key)
     if row is None:
         if shared:
             await _record_shared(conn, context.tenant_id, [key], utcnow())
@@ -933,7 +916,7 @@ async def _give_back_identifiers(
 ) -> None:
     held = snapshot["loser_identifiers"] + snapshot["dropped"]
     keys = [IdentifierKey(IdentifierType(type), value) for type, value, _ in held]
-    present = await owners(conn, tenant_id, keys)
+    present = await owners_of(conn, tenant_id, keys)
     linked_at = {(type, value): datetime.fromisoformat(when) for type, value, when in held}
     back = [key for key in keys if key in present and present[key].customer_id == survivor_id]
     if back:
