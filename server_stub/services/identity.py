@@ -350,6 +350,27 @@ async def resolve(conn: AsyncConnection, context: TenantContext, key: Identifier
 # --- creating and linking ------------------------------------------------------------------
 
 
+# A sign-in's inserts, run on the driver (storage/prepared.py): every column named.
+_INSERT_CUSTOMER = Prepared(
+    insert(customers).values(
+        tenant_id=bindparam("tenant_id"),
+        id=bindparam("id"),
+        created_at=bindparam("created_at"),
+        traits=bindparam("traits"),
+    )
+)
+_INSERT_IDENTIFIER = Prepared(
+    insert(identifiers).values(
+        tenant_id=bindparam("tenant_id"),
+        type=bindparam("type"),
+        value=bindparam("value"),
+        customer_id=bindparam("customer_id"),
+        shared=bindparam("shared"),
+        linked_at=bindparam("linked_at"),
+    )
+)
+
+
 async def create_customer(conn: AsyncConnection, tenant_id: str, now: datetime) -> str:
     return (await create_customers(conn, tenant_id, 1, now))[0]
 
@@ -359,11 +380,12 @@ async def create_customers(
 ) -> list[str]:
     """`count` new customers, in one statement (a batch of events from new visitors)."""
     ids = [new_id("cus", 10) for _ in range(count)]
+    rows = [{"tenant_id": tenant_id, "id": id, "created_at": now, "traits": {}} for id in ids]
+    if len(rows) == 1:
+        await _INSERT_CUSTOMER.execute(conn, rows[0])  # a sign-in: one round trip
+    elif rows:
+        await _INSERT_CUSTOMER.executemany(conn, rows)
     if ids:
-        await conn.execute(
-            insert(customers),
-            [{"tenant_id": tenant_id, "id": id, "created_at": now, "traits": {}} for id in ids],
-        )
         await segment_hook.profile_changed(conn, tenant_id, ids)  # new customers
     return ids
 
@@ -386,8 +408,10 @@ async def _link(
         }
         for k in keys
     ]
-    if rows:
-        await conn.execute(insert(identifiers), rows)
+    if len(rows) == 1:
+        await _INSERT_IDENTIFIER.execute(conn, rows[0])
+    elif rows:
+        await _INSERT_IDENTIFIER.executemany(conn, rows)
 
 
 async def _held(conn: AsyncConnection, tenant_id: str, customer_id: str) -> list[Row[Any]]:

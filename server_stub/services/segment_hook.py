@@ -7,14 +7,19 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.ids import utcnow
+from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import segment_members, segment_pending, segments
 
 MAX_PER_WRITE = 1_000  # a write that touches more customers queues the first ones only
+# Run by every sign-in, cart and consent write: on the driver (storage/prepared.py).
+_ANY_SEGMENT = Prepared(
+    select(segments.c.id).where(segments.c.tenant_id == bindparam("tenant")).limit(1)
+)
 
 
 async def profile_changed(
@@ -25,10 +30,7 @@ async def profile_changed(
     ids = sorted({customer_id for customer_id in customer_ids if customer_id})[:MAX_PER_WRITE]
     if not ids:
         return
-    any_segment = await conn.execute(
-        select(segments.c.id).where(segments.c.tenant_id == tenant_id).limit(1)
-    )
-    if any_segment.first() is None:
+    if await _ANY_SEGMENT.fetchone(conn, {"tenant": tenant_id}) is None:
         return
     now = utcnow()
     dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
