@@ -350,24 +350,15 @@ async def resolve(conn: AsyncConnection, context: TenantContext, key: Identifier
 # --- creating and linking ------------------------------------------------------------------
 
 
-# A sign-in's inserts, run on the driver (storage/prepared.py): every column named.
-_INSERT_CUSTOMER = Prepared(
-    insert(customers).values(
-        tenant_id=bindparam("tenant_id"),
-        id=bindparam("id"),
-        created_at=bindparam("created_at"),
-        traits=bindparam("traits"),
-    )
-)
-_INSERT_IDENTIFIER = Prepared(
-    insert(identifiers).values(
-        tenant_id=bindparam("tenant_id"),
-        type=bindparam("type"),
-        value=bindparam("value"),
-        customer_id=bindparam("customer_id"),
-        shared=bindparam("shared"),
-        linked_at=bindparam("linked_at"),
-    )
+def _insert_named(table: Any, *columns: str) -> Prepared:
+    """An insert of these columns, each value passed by its column's name, run on the driver
+    (storage/prepared.py): a sign-in's inserts."""
+    return Prepared(insert(table).values({column: bindparam(column) for column in columns}))
+
+
+_INSERT_CUSTOMER = _insert_named(customers, "tenant_id", "id", "created_at", "traits")
+_INSERT_IDENTIFIER = _insert_named(
+    identifiers, "tenant_id", "type", "value", "customer_id", "shared", "linked_at"
 )
 
 
