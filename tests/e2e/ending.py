@@ -15,6 +15,11 @@ import sys
 import omnisdk
 
 CONTEXT = multiprocessing.get_context("fork")
+# What an exit hook may spend delivering: a bound for a hang, not a figure. The default (5 s)
+# is what a shop's process gets; on a loaded CI machine a SQLite server took longer for 2,000
+# events, and what was left stayed on disk for the next client, as documented (1,700 of
+# 2,000 arrived once). These tests are about what survives each ending, not about speed.
+EXIT_TIMEOUT = 60.0
 client: omnisdk.Client  # made before any fork, as gunicorn --preload or Celery prefork do
 
 
@@ -53,7 +58,9 @@ def pool_terminate(count: int) -> None:
 
 
 async def _async_track(url: str, key: str, data_dir: str, count: int, prefix: str = "a") -> None:
-    aclient = omnisdk.AsyncClient(url, key, channel="web", data_dir=data_dir)
+    aclient = omnisdk.AsyncClient(
+        url, key, channel="web", data_dir=data_dir, exit_timeout=EXIT_TIMEOUT
+    )
     for n in range(count):
         await aclient.events.track(
             "product_viewed", anonymous_id=f"v{n % 5}", event_id=f"{prefix}-{n}"
@@ -64,7 +71,9 @@ async def _async_track(url: str, key: str, data_dir: str, count: int, prefix: st
 def dropped(url: str, key: str, data_dir: str, count: int) -> None:
     """Clients their owner dropped without close(), and the garbage collector ran before the
     process ended: what they queued must still arrive."""
-    synced = omnisdk.Client(url, key, channel="web", data_dir=f"{data_dir}/sync")
+    synced = omnisdk.Client(
+        url, key, channel="web", data_dir=f"{data_dir}/sync", exit_timeout=EXIT_TIMEOUT
+    )
     for n in range(count):
         synced.events.track("product_viewed", anonymous_id=f"v{n % 5}", event_id=f"sdrop-{n}")
     del synced
@@ -89,7 +98,7 @@ def main() -> None:
     if scenario == "dropped":
         dropped(url, key, data_dir, int(count))
         return
-    client = omnisdk.Client(url, key, channel="web", data_dir=data_dir)
+    client = omnisdk.Client(url, key, channel="web", data_dir=data_dir, exit_timeout=EXIT_TIMEOUT)
     SCENARIOS[scenario](int(count))
 
 

@@ -69,9 +69,9 @@ def test_pool_workers_ended_by_close_and_join_deliver_everything(
 
 def test_pool_workers_ended_by_terminate_deliver_everything(shop_server, tmp_path: Path) -> None:
     server, key, database = shop_server
-    run_scenario("terminate", server, key, tmp_path / "out", 2_000)
+    log = run_scenario("terminate", server, key, tmp_path / "out", 2_000)
     stored = stored_event_ids(database, "term-")
-    assert len(stored) == len(set(stored)) == 2_000
+    assert len(stored) == len(set(stored)) == 2_000, log[-2000:]
 
 
 def test_an_async_client_left_open_at_exit_delivers_everything(shop_server, tmp_path: Path) -> None:
