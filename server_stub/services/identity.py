@@ -372,11 +372,8 @@ async def create_customers(
     """`count` new customers, in one statement (a batch of events from new visitors)."""
     ids = [new_id("cus", 10) for _ in range(count)]
     rows = [{"tenant_id": tenant_id, "id": id, "created_at": now, "traits": {}} for id in ids]
-    if len(rows) == 1:
-        await _INSERT_CUSTOMER.execute(conn, rows[0])  # a sign-in: one round trip
-    elif rows:
-        await _INSERT_CUSTOMER.executemany(conn, rows)
     if ids:
+        await _INSERT_CUSTOMER.executemany(conn, rows)
         await segment_hook.profile_changed(conn, tenant_id, ids)  # new customers
     return ids
 
@@ -399,9 +396,7 @@ async def _link(
         }
         for k in keys
     ]
-    if len(rows) == 1:
-        await _INSERT_IDENTIFIER.execute(conn, rows[0])
-    elif rows:
+    if rows:
         await _INSERT_IDENTIFIER.executemany(conn, rows)
 
 

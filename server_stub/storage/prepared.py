@@ -142,6 +142,8 @@ class Prepared:
         try:
             if kind is _Kind.SQLITE:
                 driver.executemany(compiled.sql, values)
+            elif kind is _Kind.ASYNCPG and len(values) == 1:
+                await driver.execute(compiled.sql, *values[0])  # one Bind, not a pipeline
             elif kind is _Kind.ASYNCPG:
                 await driver.executemany(compiled.sql, values)
             else:
