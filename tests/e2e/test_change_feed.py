@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,15 +20,28 @@ from server_stub.storage.migrate import upgrade
 from tests.conftest import PostgresDatabases, direct_connection
 
 
+@contextlib.contextmanager
 def watch_in_background(
     shop: TestTenant, channel: str, customer_id: str, seen: queue.Queue[Change]
-) -> None:
-    def run() -> None:
-        with shop.client(channel) as client:
-            for change in client.changes.watch(customer_id):
+) -> Iterator[None]:
+    """Put every change of the customer on `seen` from a thread, until the block ends: the
+    watch is closed and its thread joined, so it never outlives the server it watches (a
+    leftover watcher would reconnect to whatever server takes the port next)."""
+    with shop.client(channel) as client:
+        watch = client.changes.watch(customer_id)
+
+        def run() -> None:
+            for change in watch:
                 seen.put(change)
 
-    threading.Thread(target=run, daemon=True).start()
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            watch.close()
+            thread.join(10)
+    assert not thread.is_alive(), "the watcher did not stop when closed"
 
 
 def wait_until_watching(shop: TestTenant, customer_id: str, seen: queue.Queue[Change]) -> None:
@@ -48,10 +63,10 @@ def test_the_phone_sees_the_shoes_the_laptop_adds(server_process: ServerProcess)
     with shop.client("web") as laptop:
         amy = laptop.identity.identify(anonymous_id="laptop", email="amy@example.com").customer_id
         seen: queue.Queue[Change] = queue.Queue()
-        watch_in_background(shop, "app", amy, seen)
-        wait_until_watching(shop, amy, seen)
-        laptop.carts.add(amy, "TR2", 1, {"size": "38"}, name="Trail runner", unit_price=89.0)
-        change = seen.get(timeout=10)
+        with watch_in_background(shop, "app", amy, seen):
+            wait_until_watching(shop, amy, seen)
+            laptop.carts.add(amy, "TR2", 1, {"size": "38"}, name="Trail runner", unit_price=89.0)
+            change = seen.get(timeout=10)
     assert change.kind == "cart"
     assert any(line.sku == "TR2" and line.quantity == 1 for line in change.data.lines)
 
@@ -69,11 +84,11 @@ def test_a_change_through_one_process_reaches_a_watcher_on_another(
                 amy = web.identity.identify(anonymous_id="laptop").customer_id
             seen: queue.Queue[Change] = queue.Queue()
             watcher = TestTenant(shop.id, shop.name, second)  # same tenant, the other process
-            watch_in_background(watcher, "app", amy, seen)
-            wait_until_watching(shop, amy, seen)  # writes go through the first process
-            with shop.client("web") as web:
-                web.carts.add(amy, "TR2", 2)
-            change = seen.get(timeout=10)
+            with watch_in_background(watcher, "app", amy, seen):
+                wait_until_watching(shop, amy, seen)  # writes go through the first process
+                with shop.client("web") as web:
+                    web.carts.add(amy, "TR2", 2)
+                change = seen.get(timeout=10)
     assert any(line.sku == "TR2" and line.quantity == 2 for line in change.data.lines)
 
 
