@@ -11,7 +11,7 @@ import dataclasses
 import os
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,20 +67,49 @@ async def _worker(
         while time.perf_counter() < deadline:
             request = make_request()
             started = time.perf_counter()
-            writer.write(request)
-            head = await reader.readuntil(b"\r\n\r\n")
-            status = int(head[9:12])
-            length = 0
-            for line in head.split(b"\r\n"):
-                if line[:15].lower() == b"content-length:":
-                    length = int(line[15:])
-            if length:
-                await reader.readexactly(length)
+            status = await _exchange(reader, writer, request)
             latencies.append(time.perf_counter() - started)
             if status >= 300:
                 errors.append(status)
     finally:
         writer.close()
+
+
+async def _exchange(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
+) -> int:
+    """Send one request on a keep-alive connection and read its whole answer: its status."""
+    writer.write(request)
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n"):
+        if line[:15].lower() == b"content-length:":
+            length = int(line[15:])
+    if length:
+        await reader.readexactly(length)
+    return int(head[9:12])
+
+
+async def send_all(urls: list[str], requests: Iterable[bytes], concurrency: int) -> float:
+    """Seconds for `concurrency` connections, spread over `urls`, to send every one of
+    `requests` (each whole, from `http_request`) and read its answer; any status of 300 or
+    more raises."""
+    remaining = iter(requests)
+
+    async def client(url: str) -> None:
+        host, port = url.removeprefix("http://").split(":")
+        reader, writer = await asyncio.open_connection(host, int(port))
+        try:
+            for request in remaining:
+                status = await _exchange(reader, writer, request)
+                if status >= 300:
+                    raise RuntimeError(f"{request.split(b' ', 2)[1].decode()}: {status}")
+        finally:
+            writer.close()
+
+    started = time.perf_counter()
+    await asyncio.gather(*(client(urls[n % len(urls)]) for n in range(concurrency)))
+    return time.perf_counter() - started
 
 
 async def _run(
