@@ -46,7 +46,7 @@ CUSTOMERS = 5_000
 SECONDS = 5.0
 # Each side runs this many times, alternating (see _rounds): one 5-second run on a shared
 # 2-core machine varies by up to a third from the next.
-ROUNDS = 3
+ROUNDS = 5
 # A database on another machine of the same data centre: half a millisecond each way asked
 # (bench/netdelay.py; the event loop's timer rounds it up to about a millisecond).
 NETWORK_ONE_WAY = 0.0005

@@ -378,6 +378,42 @@ async def create_customers(
     return ids
 
 
+# PostgreSQL: a new customer and her identifiers in one statement (the sign-in of someone the
+# shop has not met, its most common write): one round trip where there were two.
+_CREATE_LINKED = Prepared(
+    text(
+        "WITH created AS (INSERT INTO customers (tenant_id, id, created_at, traits) "
+        "VALUES (:tenant, :customer, CAST(:now AS timestamptz), CAST('{}' AS json))) "
+        "INSERT INTO identifiers (tenant_id, type, value, customer_id, shared, linked_at) "
+        "SELECT :tenant, key.type, key.value, :customer, false, CAST(:now AS timestamptz) "
+        "FROM unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS key(type, value)"
+    )
+)
+
+
+async def _create_linked(
+    conn: AsyncConnection, tenant_id: str, keys: Sequence[IdentifierKey], now: datetime
+) -> str:
+    """A new customer holding `keys` (locked by the caller, owned by no one)."""
+    if conn.dialect.name != "postgresql":
+        customer_id = await create_customer(conn, tenant_id, now)
+        await _link(conn, tenant_id, customer_id, keys, now)
+        return customer_id
+    customer_id = new_id("cus", 10)
+    await _CREATE_LINKED.execute(
+        conn,
+        {
+            "tenant": tenant_id,
+            "customer": customer_id,
+            "now": now,
+            "types": [key.type.value for key in keys],
+            "values": [key.value for key in keys],
+        },
+    )
+    await segment_hook.profile_changed(conn, tenant_id, [customer_id])  # a new customer
+    return customer_id
+
+
 async def _link(
     conn: AsyncConnection,
     tenant_id: str,
@@ -678,8 +714,8 @@ async def identify(
         )
 
     created = not candidates
-    if created:
-        survivor = _Customer(await create_customer(conn, tenant_id, now), now, {}, None)
+    if created:  # no one holds any of them: she is new, and holds them all
+        survivor = _Customer(await _create_linked(conn, tenant_id, linkable, now), now, {}, None)
     else:
         ordered = sorted(candidates.values(), key=lambda c: (c.created_at, c.id))
         survivor = ordered[0]
@@ -699,7 +735,7 @@ async def identify(
         if outcome.cart is not None:
             cart_merges.append(outcome.cart)
 
-    linking = [key for key in linkable if key not in owner_of]
+    linking = [] if created else [key for key in linkable if key not in owner_of]
     await _link(conn, tenant_id, survivor.id, linking, now)
     # Limits hold after every link or merge, so with neither nothing is over; a new customer
     # holds only what this request names, which is kept whatever the limits.
