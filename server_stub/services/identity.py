@@ -379,7 +379,7 @@ async def create_customers(
 
 
 # PostgreSQL: a new customer and her identifiers in one statement (the sign-in of someone the
-# shop has not met, its most common write): one round trip where there were two.
+# shop has not met): one round trip where there were two.
 _CREATE_LINKED = Prepared(
     text(
         "WITH created AS (INSERT INTO customers (tenant_id, id, created_at, traits) "
