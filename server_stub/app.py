@@ -12,7 +12,6 @@ from pathlib import Path
 
 import httpx
 from fastapi import APIRouter, FastAPI
-from fastapi.telemetry import TelemetryConfig
 from fastapi_offline import FastAPIOffline
 
 from omnisdk._version import __version__
@@ -59,6 +58,7 @@ from server_stub.services.tenant_context import TenantContexts
 from server_stub.settings import Settings, settings_from_environment
 from server_stub.storage.database import Database
 from server_stub.storage.migrate import current_revision, head_revision
+from server_stub.telemetry import telemetry_config
 
 log = logging.getLogger("omnisdk.server")
 PURGE_INTERVAL_SECONDS = 600.0
@@ -99,11 +99,6 @@ API_ROUTERS: tuple[APIRouter, ...] = (
     inventory.router,
     alerts.router,
 )
-
-
-# FastAPI's own OpenTelemetry instrumentation, unless the operator asks for it
-# (OMNISDK_OPENTELEMETRY): otherwise every request asks the global providers whether it is on.
-NO_TELEMETRY: TelemetryConfig = {"tracing": False, "metrics": False, "logs": False}
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -190,7 +185,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version=__version__,
         summary="One customer, one cart, one consent state across a shop's channels.",
         lifespan=lifespan,
-        telemetry=None if settings.opentelemetry else NO_TELEMETRY,
+        telemetry=telemetry_config(settings.opentelemetry),  # server_stub/telemetry.py
     )
     install_error_handlers(app)
     openapi.install(app)

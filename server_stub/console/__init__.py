@@ -48,6 +48,7 @@ from server_stub.storage.tables import (
     return_orders,
     return_tokens,
 )
+from server_stub.telemetry import NO_TELEMETRY
 
 HERE = Path(__file__).parent
 COOKIE = "omnisdk_console"
@@ -56,7 +57,8 @@ FORM_FIELDS = 20
 
 def create_console(runtime: Callable[[], Runtime]) -> FastAPI:
     """The console as an ASGI app over the server's runtime (read when a request comes)."""
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None)
+    # Traced, if at all, by the server app it is mounted in (server_stub/telemetry.py).
+    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, telemetry=NO_TELEMETRY)
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     Console(runtime).route(app)
     return app

@@ -51,6 +51,7 @@ from server_stub.pos.gate import Gate
 from server_stub.pos.language import LANGUAGES, Words, negotiate
 from server_stub.pos.photos import UnreadablePhoto, read_return_code
 from server_stub.pos.tills import Receipt, Review, TillSession, TillSessions
+from server_stub.telemetry import NO_TELEMETRY
 
 HERE = Path(__file__).parent
 COOKIE = "omnisdk_till"
@@ -115,7 +116,10 @@ def create_station(config: StationConfig | None = None) -> FastAPI:
         yield
         await close_station(station)
 
-    app = FastAPI(docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    # Traced, if at all, by the app it is mounted in (server_stub/telemetry.py).
+    app = FastAPI(
+        docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan, telemetry=NO_TELEMETRY
+    )
     app.state.tills = tills
     app.mount("/static", StaticFiles(directory=HERE / "static"), name="static")
     enrolments = Enrolments(folder=config.data_dir / "enrolments" if config.data_dir else None)

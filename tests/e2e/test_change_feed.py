@@ -41,7 +41,7 @@ def watch_in_background(
         finally:
             watch.close()
             thread.join(10)
-    assert not thread.is_alive(), "the watcher did not stop when closed"
+            assert not thread.is_alive(), "the watcher did not stop when closed"
 
 
 def wait_until_watching(shop: TestTenant, customer_id: str, seen: queue.Queue[Change]) -> None:
