@@ -15,6 +15,9 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# A request that has no answer after this long is a hung server, not a slow one.
+EXCHANGE_TIMEOUT = 120.0
+
 
 @dataclass(frozen=True)
 class LoadResult:
@@ -78,16 +81,22 @@ async def _worker(
 async def _exchange(
     reader: asyncio.StreamReader, writer: asyncio.StreamWriter, request: bytes
 ) -> int:
-    """Send one request on a keep-alive connection and read its whole answer: its status."""
-    writer.write(request)
-    head = await reader.readuntil(b"\r\n\r\n")
-    length = 0
-    for line in head.split(b"\r\n"):
-        if line[:15].lower() == b"content-length:":
-            length = int(line[15:])
-    if length:
-        await reader.readexactly(length)
-    return int(head[9:12])
+    """Send one request on a keep-alive connection and read its whole answer: its status.
+    Only answers with a Content-Length are read (what the server sends to every request here):
+    any other would leave its body in the stream, so it raises."""
+    async with asyncio.timeout(EXCHANGE_TIMEOUT):
+        writer.write(request)
+        head = await reader.readuntil(b"\r\n\r\n")
+        status = int(head[9:12])
+        length = None
+        for line in head.split(b"\r\n"):
+            if line[:15].lower() == b"content-length:":
+                length = int(line[15:])
+        if length is None and status not in (204, 304):
+            raise RuntimeError(f"an answer without Content-Length ({status}): cannot be read")
+        if length:
+            await reader.readexactly(length)
+    return status
 
 
 async def send_all(urls: list[str], requests: Iterable[bytes], concurrency: int) -> float:
