@@ -96,15 +96,17 @@ class _Tracer(trace.Tracer):
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
     ) -> Iterator[Span]:
-        with self._tracer.start_as_current_span(
+        # What the SDK's own tracer does: start the span (through start_span above), make it
+        # current for the block.
+        span = self.start_span(
             name,
             context,
             kind,
-            _kept(attributes),
+            attributes,
             links,
             start_time,
             record_exception,
             set_status_on_exception,
-            end_on_exit,
-        ) as span:
+        )
+        with trace.use_span(span, end_on_exit, record_exception, set_status_on_exception):
             yield span
