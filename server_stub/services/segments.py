@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import and_, delete, func, insert, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection
 
@@ -419,14 +419,13 @@ async def evaluate(
         )
     }
     new_rows: list[dict[str, Any]] = []
-    reentered: list[dict[str, Any]] = []
-    exited: list[dict[str, Any]] = []
+    reentering: dict[str, list[str]] = defaultdict(list)
+    exiting: dict[str, list[str]] = defaultdict(list)
     for customer_id in ids:
         attributes = facts.get(customer_id)
         for segment in defined:
             wanted = attributes is not None and segment.holds(attributes)
             had = current.get((segment.id, customer_id))
-            key = {"s": segment.id, "c": customer_id}
             if wanted and had is None:
                 new_rows.append(
                     {
@@ -438,12 +437,30 @@ async def evaluate(
                     }
                 )
             elif wanted and had is False:
-                reentered.append(key)
+                reentering[segment.id].append(customer_id)
             elif not wanted and had:
-                exited.append(key)
-            else:
+                exiting[segment.id].append(customer_id)
+    # What was read above may be stale by now: another evaluator (the background drain on
+    # another process, a backfill) can take the same customer at the same moment. Each write
+    # is conditional on the state it changes and returns the rows it really changed; only
+    # those are published, so one entry or exit is announced once however many raced for it.
+    entered: set[tuple[str, str]] = set()
+    left: set[tuple[str, str]] = set()
+    if new_rows:
+        inserted = await conn.execute(
+            _insert_members(conn).returning(members.segment_id, members.customer_id), new_rows
+        )
+        entered.update((row.segment_id, row.customer_id) for row in inserted)
+    for segment_id, moving in reentering.items():
+        entered.update(await _flip(conn, tenant_id, segment_id, moving, leaving=False, now=now))
+    for segment_id, moving in exiting.items():
+        left.update(await _flip(conn, tenant_id, segment_id, moving, leaving=True, now=now))
+    for customer_id in ids:
+        for segment in defined:
+            key = (segment.id, customer_id)
+            if key not in entered and key not in left:
                 continue
-            kind = "segment.entered" if wanted else "segment.exited"
+            kind = "segment.entered" if key in entered else "segment.exited"
             payload = {
                 "customer_id": customer_id,
                 "segment_id": segment.id,
@@ -451,19 +468,37 @@ async def evaluate(
                 "version": segment.version,
             }
             await changes.publish(conn, tenant_id, customer_id, kind, payload)
-    if new_rows:
-        await conn.execute(_insert_members(conn), new_rows)
-    where = and_(
-        members.tenant_id == tenant_id,
-        members.segment_id == bindparam("s"),
-        members.customer_id == bindparam("c"),
+    return Outcome(len(entered), len(left))
+
+
+async def _flip(
+    conn: AsyncConnection,
+    tenant_id: str,
+    segment_id: str,
+    customer_ids: list[str],
+    *,
+    leaving: bool,
+    now: datetime,
+) -> set[tuple[str, str]]:
+    """Mark these members as left (or back in) where they are not already; the pairs that
+    changed. The condition on `exited_at` is checked again on the row as it is when written."""
+    members = segment_members.c
+    still = members.exited_at.is_(None) if leaving else members.exited_at.is_not(None)
+    values: dict[str, Any] = (
+        {"exited_at": now} if leaving else {"entered_at": now, "exited_at": None}
     )
-    if reentered:
-        statement = update(segment_members).where(where).values(entered_at=now, exited_at=None)
-        await conn.execute(statement, reentered)
-    if exited:
-        await conn.execute(update(segment_members).where(where).values(exited_at=now), exited)
-    return Outcome(len(new_rows) + len(reentered), len(exited))
+    statement = (
+        update(segment_members)
+        .where(
+            members.tenant_id == tenant_id,
+            members.segment_id == segment_id,
+            members.customer_id.in_(customer_ids),
+            still,
+        )
+        .values(**values)
+        .returning(members.customer_id)
+    )
+    return {(segment_id, customer_id) for customer_id in (await conn.execute(statement)).scalars()}
 
 
 async def drain(database: Database, limit: int = DRAIN_BATCH) -> int:

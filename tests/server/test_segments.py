@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Profile
@@ -379,3 +379,74 @@ async def test_time_alone_moves_her_from_active_to_lapsing_at_the_periodic_refre
     assert refreshed == 1  # only the segment over time: "gold" is not evaluated again
     assert await members(server, shop, "lapsing") == {amy}
     assert await segments.backfill_due(server.database, refresh=timedelta(hours=24)) == 0
+
+
+async def _evaluate_twice_at_once(server: Harness, shop: ShopForTest, who: str) -> list[int]:
+    """Two evaluations of one customer in two transactions, the second reading her
+    memberships before the first commits (what the background drain of one process and a
+    drain or backfill of another can do): how many entries and exits each recorded."""
+    first_read = asyncio.Event()
+    release = asyncio.Event()
+
+    async def first() -> segments.Outcome:
+        async with server.database.transaction(write=True) as conn:
+            outcome = await segments.evaluate(conn, shop.id, [who])
+            first_read.set()
+            await release.wait()
+        return outcome
+
+    async def second() -> segments.Outcome:
+        await first_read.wait()
+        async with server.database.transaction(write=True) as conn:
+            return await segments.evaluate(conn, shop.id, [who])
+
+    tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+    async with asyncio.timeout(60):
+        await first_read.wait()
+        while await _waiting_for_a_lock(server) == 0:  # the second has read and now waits
+            assert not tasks[1].done(), "the second evaluation did not wait for the first"
+            await asyncio.sleep(0.01)
+        release.set()
+        outcomes = await asyncio.gather(*tasks)
+    return [o.entered + o.exited for o in outcomes]
+
+
+async def _waiting_for_a_lock(server: Harness) -> int:
+    async with server.database.transaction(write=False) as conn:
+        found = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND a.datname = current_database()"
+            )
+        )
+    return int(found or 0)
+
+
+async def test_two_evaluators_racing_for_one_customer_announce_each_move_once(
+    server: Harness, shop: ShopForTest
+) -> None:
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer, so two evaluations cannot overlap")
+    await define(shop, "gold", {"traits.tier": "gold"})
+    await settle(server)
+    amy = await customer(shop, "amy", tier="gold")
+    assert sorted(await _evaluate_twice_at_once(server, shop, amy)) == [0, 1]
+    await shop.request(
+        "POST",
+        "/v1/identity/identify",
+        "web",
+        json={"anonymous_id": "amy", "traits": {"tier": "x"}},
+    )
+    assert sorted(await _evaluate_twice_at_once(server, shop, amy)) == [0, 1]
+    async with server.database.transaction(write=False) as conn:
+        kinds = list(
+            (
+                await conn.execute(
+                    select(changes.c.kind)
+                    .where(changes.c.tenant_id == shop.id, changes.c.kind.like("segment.%"))
+                    .order_by(changes.c.position)
+                )
+            ).scalars()
+        )
+    assert kinds == ["segment.entered", "segment.exited"]
+    assert await members(server, shop, "gold") == set()
