@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from omnisdk._base import Call
-from omnisdk._lifecycle import start_daemon
+from omnisdk._lifecycle import cut_short, start_daemon
 from omnisdk.core.events import MAX_BATCH_BYTES
 from omnisdk.errors import (
     APIConnectionError,
@@ -73,6 +73,11 @@ class DeliveryStatus:
     def breaker(self) -> str:
         """closed: sending; open: the server failed and the courier is waiting to retry."""
         return "open" if self.consecutive_failures else "closed"
+
+
+def _past(deadline: float | None) -> bool:
+    """A flush's time is up: its deadline passed, or SIGTERM cut its exit hook short."""
+    return cut_short() or (deadline is not None and time.monotonic() >= deadline)
 
 
 def _final(error: Exception) -> bool:
@@ -355,7 +360,7 @@ class Delivery:
     def _wait_until_empty(self, deadline: float | None) -> int:
         while True:
             left = self.outbox.status().depth
-            if left == 0 or (deadline is not None and time.monotonic() >= deadline):
+            if left == 0 or _past(deadline):
                 return left
             time.sleep(0.01)
 
@@ -379,7 +384,7 @@ class Delivery:
         try:
             while True:
                 left = self.outbox.status().depth
-                if left == 0 or (deadline is not None and time.monotonic() >= deadline):
+                if left == 0 or _past(deadline):
                     return left
                 with self._sending:
                     self._guarded_step(

@@ -7,6 +7,8 @@
   skips `atexit`: a finaliser registered in each child does the same instead. `Pool.terminate()`
   (and `with Pool()`) ends workers with SIGTERM: a handler in the child, installed only where
   SIGTERM has its default action, writes the outbox to disk, then lets the signal end it.
+  A SIGTERM that reaches a process already in its exit hook (a worker leaving by itself as
+  `terminate()` signals it) only cuts the hook's delivery short: the hook is ending the process.
 - `fork()`: every client forgets its parent's connections and threads (outbox, sender, HTTP
   connection pool) and opens its own on first use, so nothing is shared across the fork.
 - kill -9, a power loss, `os._exit` in your own code: nothing runs; what is on disk survives
@@ -44,6 +46,17 @@ _HOLDING: set[Ending] = set()
 # thread, SIGTERM or SIGINT would wait for the main thread to run Python code again, which a
 # main thread blocked in a lock (an idle Pool worker) never does: the process would hang.
 _MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# An exit hook is running in this process (or has run: the process is ending). A SIGTERM
+# handler runs on the main thread in the middle of whatever it was doing, possibly that hook
+# holding an outbox's lock; doing the hook's work again there would wait for that lock.
+_ending = False
+# SIGTERM arrived while the exit hook ran: it delivers no more (what is left stays on disk).
+_cut_short = False
+
+
+def cut_short() -> bool:
+    """Whether a running exit hook must stop delivering now (SIGTERM came meanwhile)."""
+    return _cut_short
 
 
 def start_daemon(target: Callable[[], None], name: str) -> threading.Thread:
@@ -72,6 +85,8 @@ def unregister(client: Ending) -> None:
 
 
 def _end_all(deliver: bool) -> None:
+    global _ending
+    _ending = True
     for client in list({*_CLIENTS, *_HOLDING}):
         try:
             client._at_exit(deliver)
@@ -80,11 +95,17 @@ def _end_all(deliver: bool) -> None:
 
 
 def _forget_parent() -> None:
+    global _ending, _cut_short
+    _ending = _cut_short = False  # a child forked while a parent's thread ran an exit hook
     for client in list({*_CLIENTS, *_HOLDING}):
         client._after_fork()
 
 
 def _on_sigterm(signum: int, frame: object) -> None:
+    global _cut_short
+    if _ending:
+        _cut_short = True  # the interrupted hook writes to disk, stops delivering, and ends
+        return
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     _end_all(deliver=False)  # terminate() means now: to disk only; the lease holder sends
     os.kill(os.getpid(), signal.SIGTERM)

@@ -10,7 +10,9 @@ import asyncio
 import gc
 import multiprocessing
 import os
+import signal
 import sys
+from typing import Any
 
 import omnisdk
 
@@ -20,6 +22,8 @@ CONTEXT = multiprocessing.get_context("fork")
 # events, and what was left stayed on disk for the next client, as documented (1,700 of
 # 2,000 arrived once). These tests are about what survives each ending, not about speed.
 EXIT_TIMEOUT = 60.0
+LONG_EXIT = 600.0  # an exit hook that only SIGTERM can cut short within a test's time
+NOBODY_LISTENS = "http://127.0.0.1:9"  # the discard port: refused at once on a test machine
 client: omnisdk.Client  # made before any fork, as gunicorn --preload or Celery prefork do
 
 
@@ -55,6 +59,63 @@ def pool_terminate(count: int) -> None:
         assert sum(pool.starmap(track, [("term", n * 100, 100) for n in range(count // 100)])) == (
             count
         )
+
+
+class _SignalledWhileHeld:
+    """An outbox's lock that, once armed, sends its own process SIGTERM right after it is next
+    taken: the handler then runs on the main thread with the lock held by the frame it
+    interrupted, as when `Pool.terminate()` signals a worker inside its exit hook."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.armed = False
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        taken = bool(self.inner.acquire(blocking, timeout))
+        if taken and self.armed:
+            self.armed = False
+            os.kill(os.getpid(), signal.SIGTERM)
+        return taken
+
+    def release(self) -> None:
+        self.inner.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *_: object) -> None:
+        self.release()
+
+
+def terminated_in_exit_hook(url: str, key: str, data_dir: str, count: int) -> None:
+    """SIGTERM reaches a child inside its exit hook, the outbox lock held (a worker leaving by
+    itself as `Pool.terminate()` signals it): the child must end at once, all it held on disk.
+    Its server never answers here, so only the signal can end the hook before its timeout."""
+
+    def child() -> None:
+        unanswered = omnisdk.Client(
+            NOBODY_LISTENS, key, channel="web", data_dir=data_dir, exit_timeout=LONG_EXIT
+        )
+        for n in range(count):
+            unanswered.events.track("product_viewed", anonymous_id="v", event_id=f"hook-{n}")
+        outbox = unanswered.outbox
+        lock = outbox._lock = _SignalledWhileHeld(outbox._lock)  # type: ignore[assignment]
+        at_exit = unanswered._at_exit
+
+        def armed_at_exit(deliver: bool) -> None:
+            lock.armed = True
+            at_exit(deliver)
+
+        unanswered._at_exit = armed_at_exit  # type: ignore[method-assign]
+        # returns without close(): multiprocessing's finaliser runs the exit hook
+
+    process = CONTEXT.Process(target=child, daemon=True)  # a failure here ends it too
+    process.start()
+    process.join(LONG_EXIT / 10)
+    assert process.exitcode is not None, "SIGTERM did not end a child in its exit hook"
+    # A later client on that data_dir (a restarted worker) delivers what the child left.
+    with omnisdk.Client(url, key, channel="web", data_dir=data_dir) as later:
+        assert later.events.flush(timeout=60) == 0
 
 
 async def _async_track(url: str, key: str, data_dir: str, count: int, prefix: str = "a") -> None:
@@ -94,6 +155,9 @@ def main() -> None:
     scenario, url, key, data_dir, count = sys.argv[1:6]
     if scenario == "async":
         asyncio.run(_async_track(url, key, data_dir, int(count)))
+        return
+    if scenario == "hooked":
+        terminated_in_exit_hook(url, key, data_dir, int(count))
         return
     if scenario == "dropped":
         dropped(url, key, data_dir, int(count))

@@ -74,6 +74,17 @@ def test_pool_workers_ended_by_terminate_deliver_everything(shop_server, tmp_pat
     assert len(stored) == len(set(stored)) == 2_000, log[-2000:]
 
 
+def test_sigterm_in_a_childs_exit_hook_ends_it_at_once_with_nothing_lost(
+    shop_server, tmp_path: Path
+) -> None:
+    """`Pool.terminate()` signals workers that may already be leaving by themselves: the
+    handler used to run the exit hook again inside the interrupted one and wait for the
+    outbox lock it held, until `exit_timeout` (a 61-s `Pool.__exit__` in CI)."""
+    server, key, database = shop_server
+    run_scenario("hooked", server, key, tmp_path / "out", 500)
+    assert sorted(stored_event_ids(database, "hook-")) == sorted(f"hook-{n}" for n in range(500))
+
+
 def test_an_async_client_left_open_at_exit_delivers_everything(shop_server, tmp_path: Path) -> None:
     server, key, database = shop_server
     run_scenario("async", server, key, tmp_path / "out", 2_000)
