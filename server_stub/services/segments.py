@@ -387,6 +387,22 @@ async def _defined(
     ]
 
 
+async def _still_defined(
+    conn: AsyncConnection, tenant_id: str, defined: list[segment_rules.Segment]
+) -> list[segment_rules.Segment]:
+    """Those of `defined` not deleted, held so until this transaction ends (FOR KEY SHARE:
+    edits go on, a deletion waits): no membership is recorded for a segment deleted meanwhile."""
+    if not defined:
+        return defined
+    query = (
+        select(segments.c.id)
+        .where(segments.c.tenant_id == tenant_id, segments.c.id.in_([s.id for s in defined]))
+        .with_for_update(key_share=True)
+    )
+    kept = set((await conn.execute(query)).scalars())
+    return [segment for segment in defined if segment.id in kept]
+
+
 async def evaluate(
     conn: AsyncConnection,
     tenant_id: str,
@@ -400,6 +416,7 @@ async def evaluate(
     record entries and exits, publish them. A customer no longer live leaves every segment."""
     now = now or utcnow()
     defined = only if only is not None else await _defined(conn, tenant_id)
+    defined = await _still_defined(conn, tenant_id, defined)
     ids = sorted(set(customer_ids))
     if not defined or not ids:
         return Outcome()
@@ -767,16 +784,18 @@ async def _record(conn: AsyncConnection, row: Any) -> SegmentRecord:
     )
 
 
-async def get(conn: AsyncConnection, tenant_id: str, segment: str) -> SegmentRecord:
-    """A segment by id or by name."""
-    row = (
-        await conn.execute(
-            select(segments).where(
-                segments.c.tenant_id == tenant_id,
-                (segments.c.id == segment) | (segments.c.name == segment),
-            )
-        )
-    ).first()
+async def get(
+    conn: AsyncConnection, tenant_id: str, segment: str, *, for_update: bool = False
+) -> SegmentRecord:
+    """A segment by id or by name; `for_update`: locked (and read as committed once the lock
+    is ours) for an edit or a deletion, which then take turns."""
+    query = select(segments).where(
+        segments.c.tenant_id == tenant_id,
+        (segments.c.id == segment) | (segments.c.name == segment),
+    )
+    if for_update:
+        query = query.with_for_update()
+    row = (await conn.execute(query)).first()
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no segment {segment!r}")
     return await _record(conn, row)
@@ -839,7 +858,7 @@ async def edit(
     actor_key_id: str | None,
 ) -> tuple[SegmentRecord, bool]:
     """Change a segment's condition or description; (record, whether a backfill is due)."""
-    current = await get(conn, tenant_id, segment)
+    current = await get(conn, tenant_id, segment, for_update=True)
     values: dict[str, Any] = {"updated_at": utcnow()}
     changed = condition is not None and condition != current.condition
     if condition is not None:
@@ -863,21 +882,17 @@ async def edit(
 async def remove(
     conn: AsyncConnection, tenant_id: str, segment: str, actor_key_id: str | None
 ) -> SegmentRecord:
-    """Delete a segment; its members exit (published), its membership rows go."""
-    current = await get(conn, tenant_id, segment)
+    """Delete a segment; its members exit (published), its membership rows go. The segment
+    is locked first: an evaluation holds it (`_still_defined`) until it commits, so none adds
+    a member after, and the exits published are those of the rows deleted, as they were."""
+    current = await get(conn, tenant_id, segment, for_update=True)
     members = segment_members.c
-    ids = list(
-        (
-            await conn.execute(
-                select(members.customer_id).where(
-                    members.tenant_id == tenant_id,
-                    members.segment_id == current.id,
-                    members.exited_at.is_(None),
-                )
-            )
-        ).scalars()
+    gone = await conn.execute(
+        delete(segment_members)
+        .where(members.tenant_id == tenant_id, members.segment_id == current.id)
+        .returning(members.customer_id, members.exited_at)
     )
-    for customer_id in ids:
+    for customer_id in sorted(row.customer_id for row in gone if row.exited_at is None):
         payload = {
             "customer_id": customer_id,
             "segment_id": current.id,
@@ -885,11 +900,6 @@ async def remove(
             "version": current.version,
         }
         await changes.publish(conn, tenant_id, customer_id, "segment.exited", payload)
-    await conn.execute(
-        delete(segment_members).where(
-            members.tenant_id == tenant_id, members.segment_id == current.id
-        )
-    )
     await conn.execute(
         delete(segments).where(segments.c.tenant_id == tenant_id, segments.c.id == current.id)
     )

@@ -4,22 +4,24 @@ the change feed, and the law that real time and backfill agree (issue 19)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import select, text, update
+from sqlalchemy import func, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import Profile
 from omnisdk.resources.content import profile_facts
 from omnisdk.testing import ATTRIBUTED_EVENTS
+from server_stub.errors import Problem
 from server_stub.services import segments
 from server_stub.services.profile import get_profile
-from server_stub.storage.tables import changes, customers, events, segment_members
+from server_stub.storage.tables import audit_log, changes, customers, events, segment_members
 from server_stub.storage.tables import segments as segments_table
 from tests.server.conftest import Harness, ShopForTest, start_harness
 
@@ -381,33 +383,46 @@ async def test_time_alone_moves_her_from_active_to_lapsing_at_the_periodic_refre
     assert await segments.backfill_due(server.database, refresh=timedelta(hours=24)) == 0
 
 
-async def _evaluate_twice_at_once(server: Harness, shop: ShopForTest, who: str) -> list[int]:
-    """Two evaluations of one customer in two transactions, the second reading her
-    memberships before the first commits (what the background drain of one process and a
-    drain or backfill of another can do): how many entries and exits each recorded."""
-    first_read = asyncio.Event()
+async def _interleaved(
+    server: Harness,
+    first: Callable[[AsyncConnection], Awaitable[Any]],
+    second: Callable[[AsyncConnection], Awaitable[Any]],
+) -> list[Any]:
+    """`first` in one transaction, then `second` in another before the first commits (what
+    two server processes, or a request and a background pass, can do), which must wait on a
+    lock for it. Their results in order, an exception raised being the result."""
+    first_done = asyncio.Event()
     release = asyncio.Event()
 
-    async def first() -> segments.Outcome:
+    async def one() -> Any:
         async with server.database.transaction(write=True) as conn:
-            outcome = await segments.evaluate(conn, shop.id, [who])
-            first_read.set()
+            result = await first(conn)
+            first_done.set()
             await release.wait()
-        return outcome
+        return result
 
-    async def second() -> segments.Outcome:
-        await first_read.wait()
+    async def two() -> Any:
+        await first_done.wait()
         async with server.database.transaction(write=True) as conn:
-            return await segments.evaluate(conn, shop.id, [who])
+            return await second(conn)
 
-    tasks = [asyncio.create_task(first()), asyncio.create_task(second())]
+    tasks = [asyncio.create_task(one()), asyncio.create_task(two())]
     async with asyncio.timeout(60):
-        await first_read.wait()
+        await first_done.wait()
         while await _waiting_for_a_lock(server) == 0:  # the second has read and now waits
-            assert not tasks[1].done(), "the second evaluation did not wait for the first"
+            assert not tasks[1].done(), "the second transaction did not wait for the first"
             await asyncio.sleep(0.01)
         release.set()
-        outcomes = await asyncio.gather(*tasks)
+        return list(await asyncio.gather(*tasks, return_exceptions=True))
+
+
+async def _evaluate_twice_at_once(server: Harness, shop: ShopForTest, who: str) -> list[int]:
+    """How many entries and exits each of two racing evaluations of one customer recorded."""
+
+    async def evaluation(conn: AsyncConnection) -> segments.Outcome:
+        return await segments.evaluate(conn, shop.id, [who])
+
+    outcomes = await _interleaved(server, evaluation, evaluation)
     return [o.entered + o.exited for o in outcomes]
 
 
@@ -450,3 +465,91 @@ async def test_two_evaluators_racing_for_one_customer_announce_each_move_once(
         )
     assert kinds == ["segment.entered", "segment.exited"]
     assert await members(server, shop, "gold") == set()
+
+
+async def _segment_changes(server: Harness, shop: ShopForTest) -> list[tuple[str, str]]:
+    async with server.database.transaction(write=False) as conn:
+        rows = await conn.execute(
+            select(changes.c.kind, changes.c.customer_id)
+            .where(changes.c.tenant_id == shop.id, changes.c.kind.like("segment.%"))
+            .order_by(changes.c.position)
+        )
+        return [(row.kind, row.customer_id) for row in rows]
+
+
+async def test_a_deletion_and_an_evaluation_at_once_announce_each_move_once(
+    server: Harness, shop: ShopForTest
+) -> None:
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
+    await define(shop, "gold", {"traits.tier": "gold"})
+    await settle(server)
+    amy = await customer(shop, "amy", tier="gold")
+    await settle(server)
+    await customer(shop, "amy", tier="silver")  # she is to leave ...
+    bob = await customer(shop, "bob", tier="gold")  # ... and he to enter
+
+    async def amy_evaluated(conn: AsyncConnection) -> segments.Outcome:
+        return await segments.evaluate(conn, shop.id, [amy])
+
+    async def deleted(conn: AsyncConnection) -> segments.SegmentRecord:
+        return await segments.remove(conn, shop.id, "gold", None)
+
+    # Her exit is being recorded when the segment is deleted: one exit, not two.
+    outcome, record = await _interleaved(server, amy_evaluated, deleted)
+    assert (outcome.exited, record.name) == (1, "gold")
+    # Re-created, then deleted while his entry is being evaluated: he never enters it.
+    await define(shop, "gold", {"traits.tier": "gold"})
+
+    async def bob_evaluated(conn: AsyncConnection) -> segments.Outcome:
+        return await segments.evaluate(conn, shop.id, [bob])
+
+    record, outcome = await _interleaved(server, deleted, bob_evaluated)
+    assert (record.name, outcome.entered) == ("gold", 0)
+    assert await _segment_changes(server, shop) == [
+        ("segment.entered", amy),
+        ("segment.exited", amy),
+    ]
+    async with server.database.transaction(write=False) as conn:
+        left = await conn.scalar(select(func.count()).where(segment_members.c.tenant_id == shop.id))
+    assert left == 0
+
+
+async def test_two_deletions_or_two_edits_of_one_segment_take_turns(
+    server: Harness, shop: ShopForTest
+) -> None:
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
+    await define(shop, "gold", {"traits.tier": "gold"})
+
+    def edited(tier: str) -> Callable[[AsyncConnection], Awaitable[Any]]:
+        async def edit(conn: AsyncConnection) -> Any:
+            return await segments.edit(conn, shop.id, "gold", {"traits.tier": tier}, None, None)
+
+        return edit
+
+    first, second = await _interleaved(server, edited("silver"), edited("bronze"))
+    assert [first[0].version, second[0].version] == [2, 3]
+    view = (await shop.request("GET", "/v1/segments/gold")).json()
+    assert (view["version"], view["condition"]) == (3, {"traits.tier": "bronze"})
+
+    async def deleted(conn: AsyncConnection) -> segments.SegmentRecord:
+        return await segments.remove(conn, shop.id, "gold", None)
+
+    record, again = await _interleaved(server, deleted, deleted)
+    assert record.name == "gold"
+    assert isinstance(again, Problem) and again.type is ProblemType.NOT_FOUND
+    async with server.database.transaction(write=False) as conn:
+        audited = list(
+            (
+                await conn.execute(
+                    select(audit_log.c.action).where(audit_log.c.tenant_id == shop.id)
+                )
+            ).scalars()
+        )
+    assert sorted(a for a in audited if a.startswith("segment.")) == [
+        "segment.created",
+        "segment.deleted",
+        "segment.edited",
+        "segment.edited",
+    ]
