@@ -163,8 +163,8 @@ def cmd_key_list(args: argparse.Namespace) -> None:
 def cmd_key_revoke(args: argparse.Namespace) -> None:
     async def work(database: Database) -> key_store.StoredKey | None:
         async with database.transaction(write=True) as conn:
-            key = await key_store.revoke(conn, args.tenant, args.key_id)
-            if key is not None:
+            key, revoked = await key_store.revoke(conn, args.tenant, args.key_id)
+            if revoked:
                 await audit.record(conn, args.tenant, None, "key.revoke", args.key_id, "cli")
             return key
 

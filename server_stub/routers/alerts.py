@@ -100,8 +100,11 @@ async def list_webhooks(request: Request, conn: Connection) -> WebhookEndpointLi
 @router.delete("/webhooks/{endpoint_id}", summary="Remove a webhook endpoint", openapi_extra=MANAGE)
 async def remove_webhook(endpoint_id: str, request: Request, conn: Connection) -> WebhookEndpoint:
     principal = principal_of(request)
-    removed = await webhooks.disable(conn, principal.tenant_id, endpoint_id, utcnow())
-    await audit.record(conn, principal.tenant_id, principal.key_id, "webhook.remove", endpoint_id)
+    removed, now_disabled = await webhooks.disable(conn, principal.tenant_id, endpoint_id, utcnow())
+    if now_disabled:  # audited once, however often it is asked
+        await audit.record(
+            conn, principal.tenant_id, principal.key_id, "webhook.remove", endpoint_id
+        )
     return removed
 
 

@@ -122,8 +122,10 @@ async def redeem(body: RedeemRequest, conn: Connection, context: Context) -> Red
 )
 async def revoke_token(token_id: str, request: Request, conn: Connection) -> dict[str, str]:
     principal = principal_of(request)
-    await returns.revoke_token(conn, principal.tenant_id, token_id)
-    await audit.record(conn, principal.tenant_id, principal.key_id, "return.revoke_code", token_id)
+    if await returns.revoke_token(conn, principal.tenant_id, token_id):  # audited once
+        await audit.record(
+            conn, principal.tenant_id, principal.key_id, "return.revoke_code", token_id
+        )
     return {"token_id": token_id, "status": "revoked"}
 
 
@@ -134,10 +136,10 @@ async def revoke_token(token_id: str, request: Request, conn: Connection) -> dic
 )
 async def revoke_order(order_ref: str, request: Request, conn: Connection) -> dict[str, str]:
     principal = principal_of(request)
-    await returns.revoke_order(conn, principal.tenant_id, order_ref)
-    await audit.record(
-        conn, principal.tenant_id, principal.key_id, "return.revoke_order", order_ref
-    )
+    if await returns.revoke_order(conn, principal.tenant_id, order_ref):  # audited once
+        await audit.record(
+            conn, principal.tenant_id, principal.key_id, "return.revoke_order", order_ref
+        )
     return {"order_ref": order_ref, "status": "revoked"}
 
 

@@ -7,7 +7,7 @@ and re-evaluates her segments (buyer type).
 
 from __future__ import annotations
 
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, or_, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
@@ -41,14 +41,20 @@ async def correct(
         order_lines.c.order_id == order.id,
         order_lines.c.line_no == line_no,
     )
-    current = (
-        await conn.execute(select(order_lines.c.gift, order_lines.c.gift_confidence).where(line))
-    ).first()
-    if current is None:
+    if (await conn.execute(select(order_lines.c.line_no).where(line))).first() is None:
         raise Problem(ProblemType.NOT_FOUND, f"order {reference!r} has no line {line_no}")
-    if current.gift == gift and current.gift_confidence == 1.0:
-        return order.customer_id, order.id  # already so: a retried correction changes nothing
-    await conn.execute(update(order_lines).where(line).values(gift=gift, gift_confidence=1.0))
+    # Already so (a retried correction, or the same one made at once elsewhere, which this
+    # UPDATE waits for and then finds done): nothing changes and nothing is audited twice.
+    confidence = order_lines.c.gift_confidence
+    differs = or_(order_lines.c.gift != gift, confidence.is_(None), confidence != 1.0)
+    corrected = await conn.execute(
+        update(order_lines)
+        .where(line, differs)
+        .values(gift=gift, gift_confidence=1.0)
+        .returning(order_lines.c.line_no)
+    )
+    if corrected.first() is None:
+        return order.customer_id, order.id
     label = "gift" if gift else "self"
     detail = f"order {reference} line {line_no}: {label} (corrected by {by})"
     await audit.record(conn, tenant_id, actor_key_id, "order.gift_corrected", order.id, detail)

@@ -125,15 +125,25 @@ async def list_for_tenant(conn: AsyncConnection, tenant_id: str) -> list[StoredK
     return [_row_to_key(row) for row in rows]
 
 
-async def revoke(conn: AsyncConnection, tenant_id: str, key_id: str) -> StoredKey | None:
-    """Revoke the tenant's key; None if the tenant has no such key. Revoking twice is a no-op."""
+async def revoke(
+    conn: AsyncConnection, tenant_id: str, key_id: str
+) -> tuple[StoredKey | None, bool]:
+    """Revoke the tenant's key: (the key, None if the tenant has none; whether this call
+    revoked it). Revoking twice, or twice at once, revokes it once."""
     key = await get(conn, key_id, tenant_id)
     if key is None or key.revoked_at is not None:
-        return key
-    revoked_at = utcnow()
-    await conn.execute(
+        return key, False
+    revoked = await conn.execute(
         update(api_keys)
-        .where(api_keys.c.key_id == key_id, api_keys.c.tenant_id == tenant_id)
-        .values(revoked_at=revoked_at)
+        .where(
+            api_keys.c.key_id == key_id,
+            api_keys.c.tenant_id == tenant_id,
+            api_keys.c.revoked_at.is_(None),
+        )
+        .values(revoked_at=utcnow())
+        .returning(api_keys.c.revoked_at)
     )
-    return StoredKey(**{**key.__dict__, "revoked_at": revoked_at})
+    row = revoked.first()
+    if row is None:  # revoked meanwhile by another request: as it is now
+        return await get(conn, key_id, tenant_id), False
+    return StoredKey(**{**key.__dict__, "revoked_at": row.revoked_at}), True

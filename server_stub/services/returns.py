@@ -489,7 +489,8 @@ async def _record_event(
     await events.ingest(conn, context, Channel.POS, [event])
 
 
-async def revoke_token(conn: AsyncConnection, tenant_id: str, token_id: str) -> None:
+async def revoke_token(conn: AsyncConnection, tenant_id: str, token_id: str) -> bool:
+    """Withdraw a return code; whether this call did (False: it was withdrawn already)."""
     result = await conn.execute(
         update(return_tokens)
         .where(
@@ -501,12 +502,15 @@ async def revoke_token(conn: AsyncConnection, tenant_id: str, token_id: str) -> 
     )
     if not result.rowcount:
         await token_text(conn, tenant_id, token_id)  # 404 if unknown; else already revoked
+        return False
+    return True
 
 
-async def revoke_order(conn: AsyncConnection, tenant_id: str, order_ref: str) -> None:
+async def revoke_order(conn: AsyncConnection, tenant_id: str, order_ref: str) -> bool:
+    """Withdraw every return code of an order; whether this call did (False: already so)."""
     if await _order(conn, tenant_id, order_ref) is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no return order {order_ref!r}")
-    await conn.execute(
+    result = await conn.execute(
         update(return_orders)
         .where(
             return_orders.c.tenant_id == tenant_id,
@@ -515,6 +519,7 @@ async def revoke_order(conn: AsyncConnection, tenant_id: str, order_ref: str) ->
         )
         .values(revoked_at=utcnow())
     )
+    return bool(result.rowcount)
 
 
 async def resendable(conn: AsyncConnection, tenant_id: str, live: str) -> dict[str, Any]:

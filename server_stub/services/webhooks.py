@@ -83,13 +83,17 @@ async def list_all(conn: AsyncConnection, tenant_id: str) -> list[WebhookEndpoin
 
 async def disable(
     conn: AsyncConnection, tenant_id: str, endpoint_id: str, now: datetime
-) -> WebhookEndpoint:
+) -> tuple[WebhookEndpoint, bool]:
+    """Stop sending to an endpoint: (it, whether this call did; False: it was already)."""
     where = (webhook_endpoints.c.tenant_id == tenant_id, webhook_endpoints.c.id == endpoint_id)
     row = (await conn.execute(select(webhook_endpoints).where(*where))).first()
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no webhook endpoint {endpoint_id!r}")
-    await conn.execute(update(webhook_endpoints).where(*where).values(disabled_at=now))
-    return view(row)
+    still = webhook_endpoints.c.disabled_at.is_(None)
+    done = await conn.execute(
+        update(webhook_endpoints).where(*where, still).values(disabled_at=now)
+    )
+    return view(row), bool(done.rowcount)
 
 
 @dataclass(frozen=True)

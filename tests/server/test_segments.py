@@ -4,14 +4,14 @@ the change feed, and the law that real time and backfill agree (issue 19)."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from sqlalchemy import func, select, text, update
+from sqlalchemy import func, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.problems import ProblemType
@@ -24,6 +24,7 @@ from server_stub.services.profile import get_profile
 from server_stub.storage.tables import audit_log, changes, customers, events, segment_members
 from server_stub.storage.tables import segments as segments_table
 from tests.server.conftest import Harness, ShopForTest, start_harness
+from tests.server.interleave import Step, interleaved
 
 # The background evaluator and backfiller wait a minute between rounds here: each test runs
 # what they run itself (settle), to the end, so what it reads next is complete.
@@ -383,58 +384,14 @@ async def test_time_alone_moves_her_from_active_to_lapsing_at_the_periodic_refre
     assert await segments.backfill_due(server.database, refresh=timedelta(hours=24)) == 0
 
 
-async def _interleaved(
-    server: Harness,
-    first: Callable[[AsyncConnection], Awaitable[Any]],
-    second: Callable[[AsyncConnection], Awaitable[Any]],
-) -> list[Any]:
-    """`first` in one transaction, then `second` in another before the first commits (what
-    two server processes, or a request and a background pass, can do), which must wait on a
-    lock for it. Their results in order, an exception raised being the result."""
-    first_done = asyncio.Event()
-    release = asyncio.Event()
-
-    async def one() -> Any:
-        async with server.database.transaction(write=True) as conn:
-            result = await first(conn)
-            first_done.set()
-            await release.wait()
-        return result
-
-    async def two() -> Any:
-        await first_done.wait()
-        async with server.database.transaction(write=True) as conn:
-            return await second(conn)
-
-    tasks = [asyncio.create_task(one()), asyncio.create_task(two())]
-    async with asyncio.timeout(60):
-        await first_done.wait()
-        while await _waiting_for_a_lock(server) == 0:  # the second has read and now waits
-            assert not tasks[1].done(), "the second transaction did not wait for the first"
-            await asyncio.sleep(0.01)
-        release.set()
-        return list(await asyncio.gather(*tasks, return_exceptions=True))
-
-
 async def _evaluate_twice_at_once(server: Harness, shop: ShopForTest, who: str) -> list[int]:
     """How many entries and exits each of two racing evaluations of one customer recorded."""
 
     async def evaluation(conn: AsyncConnection) -> segments.Outcome:
         return await segments.evaluate(conn, shop.id, [who])
 
-    outcomes = await _interleaved(server, evaluation, evaluation)
+    outcomes = await interleaved(server, evaluation, evaluation)
     return [o.entered + o.exited for o in outcomes]
-
-
-async def _waiting_for_a_lock(server: Harness) -> int:
-    async with server.database.transaction(write=False) as conn:
-        found = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database()"
-            )
-        )
-    return int(found or 0)
 
 
 async def test_two_evaluators_racing_for_one_customer_announce_each_move_once(
@@ -496,7 +453,7 @@ async def test_a_deletion_and_an_evaluation_at_once_announce_each_move_once(
         return await segments.remove(conn, shop.id, "gold", None)
 
     # Her exit is being recorded when the segment is deleted: one exit, not two.
-    outcome, record = await _interleaved(server, amy_evaluated, deleted)
+    outcome, record = await interleaved(server, amy_evaluated, deleted)
     assert (outcome.exited, record.name) == (1, "gold")
     # Re-created, then deleted while his entry is being evaluated: he never enters it.
     await define(shop, "gold", {"traits.tier": "gold"})
@@ -504,7 +461,7 @@ async def test_a_deletion_and_an_evaluation_at_once_announce_each_move_once(
     async def bob_evaluated(conn: AsyncConnection) -> segments.Outcome:
         return await segments.evaluate(conn, shop.id, [bob])
 
-    record, outcome = await _interleaved(server, deleted, bob_evaluated)
+    record, outcome = await interleaved(server, deleted, bob_evaluated)
     assert (record.name, outcome.entered) == ("gold", 0)
     assert await _segment_changes(server, shop) == [
         ("segment.entered", amy),
@@ -522,13 +479,13 @@ async def test_two_deletions_or_two_edits_of_one_segment_take_turns(
         pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
     await define(shop, "gold", {"traits.tier": "gold"})
 
-    def edited(tier: str) -> Callable[[AsyncConnection], Awaitable[Any]]:
+    def edited(tier: str) -> Step:
         async def edit(conn: AsyncConnection) -> Any:
             return await segments.edit(conn, shop.id, "gold", {"traits.tier": tier}, None, None)
 
         return edit
 
-    first, second = await _interleaved(server, edited("silver"), edited("bronze"))
+    first, second = await interleaved(server, edited("silver"), edited("bronze"))
     assert [first[0].version, second[0].version] == [2, 3]
     view = (await shop.request("GET", "/v1/segments/gold")).json()
     assert (view["version"], view["condition"]) == (3, {"traits.tier": "bronze"})
@@ -536,7 +493,7 @@ async def test_two_deletions_or_two_edits_of_one_segment_take_turns(
     async def deleted(conn: AsyncConnection) -> segments.SegmentRecord:
         return await segments.remove(conn, shop.id, "gold", None)
 
-    record, again = await _interleaved(server, deleted, deleted)
+    record, again = await interleaved(server, deleted, deleted)
     assert record.name == "gold"
     assert isinstance(again, Problem) and again.type is ProblemType.NOT_FOUND
     async with server.database.transaction(write=False) as conn:
