@@ -64,16 +64,14 @@ async def put_settings(body: TenantSettings, request: Request, conn: Connection)
         }
     },
 )
-async def patch_settings(request: Request, context: Context, conn: Connection) -> TenantSettings:
+async def patch_settings(request: Request, conn: Connection) -> TenantSettings:
     patch = await _merge_patch_of(request)
-    current = context.settings.model_dump(mode="json")
+    principal = principal_of(request)
+    tenants = runtime_of(request).tenants
     try:
-        wanted = TenantSettings.model_validate(merge_patch.apply(current, patch))
+        saved = await tenants.patch_settings(conn, principal.tenant_id, patch)
     except pydantic.ValidationError as exc:
         raise Problem(ProblemType.VALIDATION_ERROR, _first_error(exc)) from None
-    principal = principal_of(request)
-    try:
-        saved = await runtime_of(request).tenants.save_settings(conn, principal.tenant_id, wanted)
     except ValueError as exc:
         raise Problem(ProblemType.VALIDATION_ERROR, str(exc)) from exc
     await audit.record(conn, principal.tenant_id, principal.key_id, "settings.patch", "tenant")

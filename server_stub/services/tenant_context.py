@@ -5,11 +5,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from omnisdk.core import merge_patch
 from omnisdk.core.identifiers import IdentifierKey, IdentifierType, JunkMatcher, identifier_key
 from omnisdk.core.problems import ProblemType
 from omnisdk.core.profile import LifecycleThresholds
@@ -96,6 +98,19 @@ class TenantContexts:
                 ProblemType.SERVICE_UNAVAILABLE,
                 "the server is misconfigured (its secret key); the operator has been told",
             ) from None
+
+    async def patch_settings(
+        self, conn: AsyncConnection, tenant_id: str, patch: dict[str, Any]
+    ) -> TenantSettings:
+        """Apply a JSON Merge Patch to the settings as stored now, the tenant's row locked:
+        two patches take turns, and a patch never undoes one made through another process
+        (which this process's cache may not have seen yet). Raises pydantic.ValidationError
+        or ValueError for settings that are not valid."""
+        query = select(tenants.c.settings).where(tenants.c.id == tenant_id).with_for_update()
+        stored = (await conn.execute(query)).scalar_one()
+        current = TenantSettings.model_validate(stored or {}).model_dump(mode="json")
+        wanted = TenantSettings.model_validate(merge_patch.apply(current, patch))
+        return await self.save_settings(conn, tenant_id, wanted)
 
     async def save_settings(
         self, conn: AsyncConnection, tenant_id: str, settings: TenantSettings

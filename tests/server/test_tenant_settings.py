@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from tests.server.conftest import ShopForTest
+import pytest
+from sqlalchemy import select, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from omnisdk.models import TenantSettings
+from server_stub.storage.tables import tenants
+from tests.server.conftest import Harness, ShopForTest
+from tests.server.interleave import Step, interleaved
 
 MERGE_PATCH = {"Content-Type": "application/merge-patch+json"}
 
@@ -54,3 +61,42 @@ async def test_an_invalid_result_is_refused_and_changes_nothing(shop: ShopForTes
 async def test_only_admin_keys_change_settings(shop: ShopForTest) -> None:
     answer = await patch(shop, {"carts": {"merge_policy": "sum"}}, channel="web")
     assert answer.status_code == 403
+
+
+async def test_a_patch_keeps_what_another_process_changed_meanwhile(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """This process has the settings cached when another one changes them: a patch here
+    applies to what is stored, not to its cached copy (which it used to write back whole)."""
+    await settings(shop)  # cached here
+    async with server.database.transaction(write=True) as conn:
+        stored = (
+            await conn.execute(select(tenants.c.settings).where(tenants.c.id == shop.id))
+        ).scalar_one()
+        elsewhere = {**stored, "carts": {**stored.get("carts", {}), "merge_policy": "sum"}}
+        await conn.execute(
+            update(tenants).where(tenants.c.id == shop.id).values(settings=elsewhere)
+        )
+    answer = await patch(shop, {"profile": {"new_days": 45}})
+    assert answer.status_code == 200, answer.text
+    after = await settings(shop)
+    assert (after["carts"]["merge_policy"], after["profile"]["new_days"]) == ("sum", 45)
+
+
+async def test_two_patches_at_once_both_land(server: Harness, shop: ShopForTest) -> None:
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
+
+    def patching(patch: dict[str, Any]) -> Step:
+        async def step(conn: AsyncConnection) -> TenantSettings:
+            return await server.app.state.runtime.tenants.patch_settings(conn, shop.id, patch)
+
+        return step
+
+    await interleaved(
+        server,
+        patching({"carts": {"merge_policy": "sum"}}),
+        patching({"profile": {"new_days": 45}}),
+    )
+    after = await settings(shop)
+    assert (after["carts"]["merge_policy"], after["profile"]["new_days"]) == ("sum", 45)
