@@ -250,6 +250,24 @@ def _idempotency_key(request: Request) -> str | None:
     return key
 
 
+async def _twin_answer(
+    conn: AsyncConnection, tenant_id: str, key: str, ttl: int
+) -> idempotency.StoredOutcome | None:
+    try:
+        found = await idempotency.find(conn, tenant_id, key, ttl)
+    except DBAPIError:  # the refusal came of a failed statement: the transaction cannot read
+        return None
+    return None if found is None or found.expired else found
+
+
+class _TwinAnswered(Exception):
+    """A twin request with the same Idempotency-Key committed its answer meanwhile."""
+
+    def __init__(self, outcome: idempotency.StoredOutcome) -> None:
+        super().__init__("answered by a twin request")
+        self.outcome = outcome
+
+
 async def _idempotent(
     request: Request,
     endpoint: Endpoint,
@@ -272,13 +290,26 @@ async def _idempotent(
                 if prior is not None and not prior.expired:
                     runtime.metrics.idempotent_replays.inc()
                     return _replay(prior, fingerprint)
-                response = await endpoint(request)
+                try:
+                    response = await endpoint(request)
+                except Problem as refused:
+                    # Refused, maybe because a twin with this key committed while this one
+                    # waited for its locks (the customer it erases is gone, the code it redeems
+                    # spent): then the twin's answer is this request's, as it would have been
+                    # a moment later. Read now, it is seen; this transaction is undone.
+                    twin = await _twin_answer(conn, principal.tenant_id, key, ttl)
+                    if twin is None:
+                        raise
+                    raise _TwinAnswered(twin) from refused
                 outcome = _outcome(response, fingerprint, redacts)
                 if outcome is not None:
                     await idempotency.store(
                         conn, principal.tenant_id, key, outcome, replaces_expired=prior is not None
                     )
                 return response
+        except _TwinAnswered as answered:
+            runtime.metrics.idempotent_replays.inc()
+            return _replay(answered.outcome, fingerprint)
         except IntegrityError:
             # A twin request with the same key committed first (PostgreSQL lets both run and
             # stops the second at the unique key): this transaction is undone; replay the twin.

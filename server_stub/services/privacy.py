@@ -214,6 +214,8 @@ async def _rekey(
 
 
 async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:
+    """Erase the whole person `live` is (or, merged meanwhile, has become); NOT_FOUND if an
+    erasure that went first left no one (_lock_person)."""
     ids = await _lock_person(conn, tenant_id, live)
     erasure_id = new_id("era", 10)
     now = utcnow()
@@ -304,7 +306,14 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
 
 async def _lock_person(conn: AsyncConnection, tenant_id: str, live: str) -> list[str]:
     """Lock the person's identifiers, then her customer rows for deletion (identity.py's
-    order), reading her ids again until no merge added one in between; return them."""
+    order), reading her ids again until no merge added one in between; return them.
+
+    What `live` became while this waited for the locks is read under them. Erased (by an
+    erasure that held them first): a NOT_FOUND problem, so that a second erasure neither
+    answers as one nor publishes or audits again. Merged into another customer: the erasure
+    follows her to the survivor and erases that whole person, as it would have had it come a
+    moment later (DESIGN: a write addressed to a merged-away id is applied to the survivor),
+    so nothing the merge moved there outlives her erasure."""
     ids: list[str] = []
     for _ in range(identity.MAX_RESOLVE_ROUNDS):
         found = await person_ids(conn, tenant_id, live)
@@ -318,7 +327,10 @@ async def _lock_person(conn: AsyncConnection, tenant_id: str, live: str) -> list
         )
         keys = [IdentifierKey(IdentifierType(row.type), row.value) for row in held]
         await identity.lock_identifiers(conn, tenant_id, keys)
-        await identity.lock_customers(conn, tenant_id, ids, mode="delete")
+        locked = await identity.lock_customers(conn, tenant_id, ids, mode="delete")
+        if live not in locked:
+            raise Problem(ProblemType.NOT_FOUND, f"this tenant has no customer {live!r}")
+        live = locked[live] or live  # merged meanwhile: her survivor, locked on the next round
     raise Problem(ProblemType.CONFLICT, "the customer kept changing while erasing; try again")
 
 

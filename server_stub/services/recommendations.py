@@ -11,6 +11,10 @@ cut short (the process killed) goes on from its last written window. On PostgreS
 counts are appended to `recommendation_pair_deltas` (upserting them into the counts cost a
 random descent of their key per pair, and every window wrote the popular pairs again); the
 build sums them per pair into the counts once, in the transaction that cuts the model.
+Every transaction that writes also stores the job's checkpoint, which fails (LeaseLost) for a
+runner whose lease was taken over (services/jobs.py): a runner that stalled past the stale
+limit and was taken for dead neither writes a window nor folds and publishes after the runner
+that took its place has begun.
 
 What a basket is does not change (omnisdk.core.recs): an order's SKUs; and a customer's
 added SKUs (by the customer id each event was recorded under). Each customer's cart basket as
@@ -89,11 +93,16 @@ _SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int he
 # A window's counts are appended beside the counts (PostgreSQL, by COPY); baskets go as one
 # JSON array of [customer_id, skus]. The stored counts are upserted once a build,
 # from these summed per pair (_fold), not once a window. Upserts are sorted along the key by
-# PostgreSQL: each index page is visited once per statement.
+# PostgreSQL: each index page is visited once per statement. The fold sums exactly the rows
+# its DELETE takes (one statement, one snapshot): a row committed meanwhile is neither
+# deleted uncounted nor counted twice, and a fold that waited on another's deleted rows skips
+# them.
 _FOLD_PAIRS = text(
+    "WITH folded AS (DELETE FROM recommendation_pair_deltas WHERE tenant_id = :tenant "
+    "RETURNING tenant_id, sku, other, n) "
     "INSERT INTO recommendation_pairs (tenant_id, sku, other, n) "
-    "SELECT tenant_id, sku, other, sum(n) FROM recommendation_pair_deltas "
-    "WHERE tenant_id = :tenant GROUP BY tenant_id, sku, other HAVING sum(n) <> 0 "
+    "SELECT tenant_id, sku, other, sum(n) FROM folded "
+    "GROUP BY tenant_id, sku, other HAVING sum(n) <> 0 "
     "ORDER BY sku, other "
     "ON CONFLICT (tenant_id, sku, other) DO UPDATE SET n = recommendation_pairs.n + excluded.n"
 )
@@ -197,6 +206,10 @@ async def rebuild(
         del window
         memory.give_back()  # the window's batches, freed: resident size stays a window's
     async with database.transaction(write=True) as conn:
+        # Fenced first, like every window (the jobs row is locked until this commits): a
+        # runner taken for dead stops here with LeaseLost instead of folding the counts the
+        # runner that took over folds too, and a takeover waits until this one has committed.
+        await ctx.checkpoint({**state, "counted_through": at}, conn)
         document = await _cut(conn, tenant_id)
         etag = await _publish(conn, tenant_id, document)
     return {
@@ -441,15 +454,11 @@ async def _advance(conn: AsyncConnection, tenant_id: str, through: int, baskets:
 
 
 async def _fold(conn: AsyncConnection, tenant_id: str) -> None:
-    """Sum the windows' appended counts per pair into the stored counts, and forget them."""
+    """Sum the windows' appended counts per pair into the stored counts, deleting exactly
+    the rows it summed (in one statement: see _FOLD_PAIRS)."""
     if conn.dialect.name != "postgresql":
         return  # SQLite: windows add to the counts directly
     await conn.execute(_FOLD_PAIRS, {"tenant": tenant_id})
-    await conn.execute(
-        delete(recommendation_pair_deltas).where(
-            recommendation_pair_deltas.c.tenant_id == tenant_id
-        )
-    )
 
 
 async def _cut(conn: AsyncConnection, tenant_id: str) -> dict[str, Any]:

@@ -9,7 +9,9 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
+from sqlalchemy.util import await_only
 
 from omnisdk.core import recs
 from server_stub.ids import new_id, utcnow
@@ -280,3 +282,107 @@ async def test_a_build_waits_for_writers_in_its_database_only(
     assert job.state == "done", job.error
     assert polls, "the build did not wait for the writer open in its database"
     assert (await stored_model(server, shop))["baskets"] == 2
+
+
+# --- a runner taken for dead while it folds ------------------------------------------------------
+
+
+class StallAfterTheFold:
+    """Stalls the first transaction that folds the appended counts just after its statement
+    naming them, holding whatever it has locked, until `resume` is set (a runner that stalls
+    past the stale limit while it folds)."""
+
+    def __init__(self) -> None:
+        self.folding: Any = None  # the stalled transaction's connection
+        self.stalled = asyncio.Event()
+        self.resume = asyncio.Event()
+
+    def __call__(self, conn: Any, cursor: Any, statement: str, *_: Any) -> None:
+        if self.folding is None and "recommendation_pair_deltas" in statement:
+            self.folding = conn
+        elif conn is self.folding and not self.stalled.is_set():
+            self.stalled.set()
+            await_only(self.resume.wait())  # in SQLAlchemy's greenlet: the loop runs on
+
+
+async def _waiting_for_a_lock(server: Harness) -> int:
+    async with server.database.transaction(write=False) as conn:
+        found = await conn.scalar(
+            text(
+                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                "WHERE NOT l.granted AND a.datname = current_database()"
+            )
+        )
+    return int(found or 0)
+
+
+async def _taken_over_while_folding(
+    server: Harness,
+    shop: ShopForTest,
+    monkeypatch: pytest.MonkeyPatch,
+    rows: list[dict[str, Any]],
+    *,
+    stored_meanwhile: list[dict[str, Any]],
+) -> None:
+    """Build; while the first runner stalls in its fold, store `stored_meanwhile` and let a
+    second runner take the job over (its lease stale), holding the second runner back from
+    its own fold when it counted new events, until the first has gone on and ended."""
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer at a time, and no counts to fold")
+    # The new runner does not wait for the stalled one's open transaction to settle its ceiling.
+    monkeypatch.setattr(recommendations, "SETTLE_LIMIT_SECONDS", 0.0)
+    await store(server.database, rows)
+    stall = StallAfterTheFold()
+    engine = server.database.write_engine.sync_engine
+    event.listen(engine, "before_cursor_execute", stall)
+    cut, cutting, may_cut = recommendations._cut, asyncio.Event(), asyncio.Event()
+
+    async def held_cut(conn: AsyncConnection, tenant_id: str) -> dict[str, Any]:
+        if stall.stalled.is_set() and stored_meanwhile:  # the second runner's
+            cutting.set()
+            await may_cut.wait()
+        return await cut(conn, tenant_id)
+
+    async def take_over() -> jobs.Job:
+        claim = await jobs.start(server.database, shop.id, recommendations.KIND, stale_seconds=0)
+        assert claim.runner is not None, "the stalled runner's job was not taken over"
+        return await jobs.execute(server.database, claim)
+
+    monkeypatch.setattr(recommendations, "_cut", held_cut)
+    try:
+        async with asyncio.timeout(60):
+            first = asyncio.create_task(build(server.database, shop.id))
+            await stall.stalled.wait()
+            if stored_meanwhile:
+                await store(server.database, stored_meanwhile)
+            second = asyncio.create_task(take_over())
+            # The second runner waits for a lock the first holds, or is about to fold.
+            while not cutting.is_set() and await _waiting_for_a_lock(server) == 0:
+                assert not second.done(), "the second runner ended while the first stalled"
+                await asyncio.sleep(0.01)
+            stall.resume.set()
+            await first
+            may_cut.set()
+            ended = await second
+    finally:
+        stall.resume.set()
+        event.remove(engine, "before_cursor_execute", stall)
+    assert ended.state == "done", ended.error
+    assert await pending_deltas(server.database, shop.id) == 0
+
+
+async def test_a_runner_taken_over_while_it_folds_does_not_fold_the_counts_twice(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rows = random_events(random.Random(13), shop.id, 60)
+    await _taken_over_while_folding(server, shop, monkeypatch, rows, stored_meanwhile=[])
+    assert await stored_model(server, shop) == recs.build(reference_baskets(rows))
+
+
+async def test_counts_written_by_the_runner_that_took_over_a_folding_one_are_not_lost(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    rng = random.Random(17)
+    rows, meanwhile = random_events(rng, shop.id, 60), random_events(rng, shop.id, 40)
+    await _taken_over_while_folding(server, shop, monkeypatch, rows, stored_meanwhile=meanwhile)
+    assert await stored_model(server, shop) == recs.build(reference_baskets(rows + meanwhile))
