@@ -182,15 +182,17 @@ class AlertWorker:
             mine = {one.id: one for one in claimed}
             sends: list[tuple[str, messages.Send]] = []
             targets: dict[str, list[webhooks.Target]] = {}
+            # `decided` holds only messages whose lease decide_many asserted again (and
+            # locked); each outcome is still counted only where it was written.
             for message_id, decision in decided.items():
                 if isinstance(decision, messages.Skipped):
-                    await messages.skip(conn, mine[message_id], decision.reason, now)
-                    self._count(kinds[message_id], f"skipped:{decision.reason}")
+                    if await messages.skip(conn, mine[message_id], decision.reason, now):
+                        self._count(kinds[message_id], f"skipped:{decision.reason}")
                 elif isinstance(decision, messages.Delayed):
-                    await messages.delay(
+                    if await messages.delay(
                         conn, mine[message_id], decision.until, decision.reason, now
-                    )
-                    self._count(kinds[message_id], f"delayed:{decision.reason}")
+                    ):
+                        self._count(kinds[message_id], f"delayed:{decision.reason}")
                 else:
                     kind = str(decision.payload["data"]["kind"])
                     if kind not in targets:
@@ -205,18 +207,15 @@ class AlertWorker:
         finished = utcnow()
         async with self.database.transaction(write=True) as conn:
             taken = [sent for sent, error in zip(sends, errors, strict=True) if error is None]
-            await messages.sent_many(conn, tenant_id, token, taken, finished)
+            recorded = await messages.sent_many(conn, tenant_id, token, taken, finished)
             for (message_id, _), error in zip(sends, errors, strict=True):
-                self._count(kinds[message_id], "sent" if error is None else "delivery_failed")
-                if error is not None:
-                    await messages.failed(
-                        conn,
-                        mine[message_id],
-                        error,
-                        max_attempts,
-                        finished,
-                        self.retry_base_seconds,
-                    )
+                if error is None:
+                    if message_id in recorded:
+                        self._count(kinds[message_id], "sent")
+                elif await messages.failed(
+                    conn, mine[message_id], error, max_attempts, finished, self.retry_base_seconds
+                ):
+                    self._count(kinds[message_id], "delivery_failed")
 
     def _count(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:

@@ -308,6 +308,11 @@ async def pace(
     )
     chosen = list(await conn.execute(waiting)) if size else []
     batch, more = chosen[:size], len(chosen) > size
+    # The batch was read without a lock: one of them may be unsubscribing at this moment. Each
+    # is locked and found waiting still before her message is stored, and queued only if it
+    # was stored now (a subscription skipped earlier in this window already has its message,
+    # and waits for the next window rather than staying queued for nothing).
+    still = await _lock_waiting(conn, context.tenant_id, [sub.id for sub in batch])
     window = f"restock-{store}-{_window(context, now)}"
     rows = [
         _message(
@@ -320,18 +325,10 @@ async def pace(
             subscription_id=sub.id,
             data={"since": sub.created_at.isoformat(), "store": store or None},
         )
-        for sub in batch
+        for sub in still
     ]
     stored = await enqueue(conn, rows)
-    if batch:
-        await conn.execute(
-            update(alert_subscriptions)
-            .where(
-                alert_subscriptions.c.tenant_id == context.tenant_id,
-                alert_subscriptions.c.id.in_([sub.id for sub in batch]),
-            )
-            .values(status=QUEUED)
-        )
+    await _queue(conn, context.tenant_id, [row["subscription_id"] for row in stored])
     if more and units > 0:
         await conn.execute(
             update(alert_restocks)
@@ -344,6 +341,40 @@ async def pace(
     else:
         await conn.execute(delete(alert_restocks).where(*key))
     return len(stored)
+
+
+async def _lock_waiting(
+    conn: AsyncConnection, tenant_id: str, subscription_ids: list[str]
+) -> list[Any]:
+    """Those of the subscriptions still waiting, locked (in id order, FOR UPDATE: one being
+    cancelled is waited for and then left out; SQLite has one writer), oldest first."""
+    if not subscription_ids:
+        return []
+    locked = await conn.execute(
+        select(alert_subscriptions)
+        .where(
+            alert_subscriptions.c.tenant_id == tenant_id,
+            alert_subscriptions.c.id.in_(subscription_ids),
+            alert_subscriptions.c.status == WAITING,
+        )
+        .order_by(alert_subscriptions.c.id)
+        .with_for_update()
+    )
+    return sorted(locked, key=lambda sub: (sub.created_at, sub.id))
+
+
+async def _queue(conn: AsyncConnection, tenant_id: str, subscription_ids: list[str]) -> None:
+    """Mark subscriptions (locked by `_lock_waiting`) as queued, only where still waiting."""
+    if subscription_ids:
+        await conn.execute(
+            update(alert_subscriptions)
+            .where(
+                alert_subscriptions.c.tenant_id == tenant_id,
+                alert_subscriptions.c.id.in_(subscription_ids),
+                alert_subscriptions.c.status == WAITING,
+            )
+            .values(status=QUEUED)
+        )
 
 
 async def postpone_restock(conn: AsyncConnection, due: Any, until: datetime) -> None:

@@ -129,6 +129,17 @@ async def claim(
     return [Claimed(row.tenant_id, row.id, token, row.kind) for row in rows]
 
 
+# What recording an outcome reads back from the message it wrote (UPDATE … RETURNING: only
+# a write that matched, the lease still ours, has side effects).
+_OUTCOME = (
+    alert_messages.c.id,
+    alert_messages.c.customer_id,
+    alert_messages.c.kind,
+    alert_messages.c.sku,
+    alert_messages.c.subscription_id,
+)
+
+
 def _mine(claimed: Claimed) -> tuple[Any, ...]:
     return (
         alert_messages.c.tenant_id == claimed.tenant_id,
@@ -355,10 +366,14 @@ async def _lock(conn: AsyncConnection, tenant_id: str, ids: set[str]) -> dict[st
 
 
 async def _facts(
-    conn: AsyncConnection, context: TenantContext, rows: list[Any], now: datetime
+    conn: AsyncConnection,
+    context: TenantContext,
+    rows: list[Any],
+    live: dict[str, str],
+    now: datetime,
 ) -> _Facts:
+    """What the decisions of `rows` read, for their customers (`live`, locked by `_lock`)."""
     tenant_id = context.tenant_id
-    live = await _lock(conn, tenant_id, {row.customer_id for row in rows})
     people = sorted(set(live.values()))
     subscription_ids = [row.subscription_id for row in rows if row.subscription_id]
     cancelled: set[str] = set()
@@ -565,7 +580,17 @@ async def decide_many(
     )
     if not rows:
         return {}
-    facts = await _facts(conn, context, rows, now)
+    live = await _lock(conn, context.tenant_id, {row.customer_id for row in rows})
+    # Read without a lock, the lease may be running out (a slow pass) with another process
+    # claiming the message at this moment: it is asserted again, and renewed, by a write that
+    # waits for that claim and then finds the message no longer ours. What it returns stays
+    # locked, so only this transaction decides, skips, delays or sends those messages.
+    # (Customers first, then messages: the order merges lock them in.)
+    renewed = await _renew(conn, context.tenant_id, [row.id for row in rows], token, now + lease)
+    rows = [row for row in rows if row.id in renewed]
+    if not rows:
+        return {}
+    facts = await _facts(conn, context, rows, live, now)
     decided = {row.id: _decide_one(context, row, facts, now) for row in rows}
     sends = [(id_, d) for id_, d in decided.items() if isinstance(d, Send)]
     if sends:
@@ -581,7 +606,6 @@ async def decide_many(
                 channel=bindparam("channel"),
                 consent_decision_id=bindparam("decision"),
                 decided_at=now,
-                lease_until=now + lease,
             ),
             [
                 {
@@ -596,6 +620,24 @@ async def decide_many(
             ],
         )
     return decided
+
+
+async def _renew(
+    conn: AsyncConnection, tenant_id: str, ids: list[str], token: str, until: datetime
+) -> set[str]:
+    """Extend the lease of those of the messages still leased to `token`; their ids."""
+    renewed = await conn.execute(
+        update(alert_messages)
+        .where(
+            alert_messages.c.tenant_id == tenant_id,
+            alert_messages.c.id.in_(ids),
+            alert_messages.c.lease_token == token,
+            alert_messages.c.status == "sending",
+        )
+        .values(lease_until=until)
+        .returning(alert_messages.c.id)
+    )
+    return set(renewed.scalars())
 
 
 async def decide(
@@ -648,14 +690,18 @@ async def timeline_event(
 
 
 async def skip(conn: AsyncConnection, claimed: Claimed, reason: Skip | str, now: datetime) -> bool:
-    row = (await conn.execute(select(alert_messages).where(*_mine(claimed)))).first()
+    """Record the message as skipped, if its lease is still ours (False: it is not, and
+    nothing is written)."""
+    row = (
+        await conn.execute(
+            update(alert_messages)
+            .where(*_mine(claimed))
+            .values(status="skipped", reason=str(reason), lease_token=None, lease_until=None)
+            .returning(*_OUTCOME)
+        )
+    ).first()
     if row is None:
         return False
-    await conn.execute(
-        update(alert_messages)
-        .where(*_mine(claimed))
-        .values(status="skipped", reason=str(reason), lease_token=None, lease_until=None)
-    )
     if row.subscription_id is not None and reason != Skip.SUBSCRIPTION_CANCELLED:
         # She is not told this time: the subscription waits for the next restock.
         await _subscription(conn, claimed.tenant_id, row.subscription_id, "waiting", None)
@@ -674,6 +720,7 @@ async def skip(conn: AsyncConnection, claimed: Claimed, reason: Skip | str, now:
 async def delay(
     conn: AsyncConnection, claimed: Claimed, until: datetime, reason: str, now: datetime
 ) -> bool:
+    """Put the message back until `until`, if its lease is still ours."""
     done = await conn.execute(
         update(alert_messages)
         .where(*_mine(claimed))
@@ -697,21 +744,25 @@ async def _subscription(
 
 
 async def sent(conn: AsyncConnection, claimed: Claimed, send: Send, now: datetime) -> bool:
-    row = (await conn.execute(select(alert_messages).where(*_mine(claimed)))).first()
+    """Record the message as sent, if its lease is still ours (False: it is not, and nothing
+    is written)."""
+    row = (
+        await conn.execute(
+            update(alert_messages)
+            .where(*_mine(claimed))
+            .values(
+                status="sent",
+                sent_at=now,
+                attempts=alert_messages.c.attempts + 1,
+                reason=None,
+                lease_token=None,
+                lease_until=None,
+            )
+            .returning(*_OUTCOME)
+        )
+    ).first()
     if row is None:
         return False
-    await conn.execute(
-        update(alert_messages)
-        .where(*_mine(claimed))
-        .values(
-            status="sent",
-            sent_at=now,
-            attempts=alert_messages.c.attempts + 1,
-            reason=None,
-            lease_token=None,
-            lease_until=None,
-        )
-    )
     if row.subscription_id is not None:
         await _subscription(conn, claimed.tenant_id, row.subscription_id, "notified", now)
     await timeline_event(
@@ -737,11 +788,12 @@ async def sent_many(
     token: str,
     sends: Sequence[tuple[str, Send]],
     now: datetime,
-) -> int:
+) -> set[str]:
     """Record messages the shop took (only those still leased to `token`), their
-    subscriptions as notified, and a `message_sent` on each customer's timeline."""
+    subscriptions as notified, and a `message_sent` on each customer's timeline; the ids
+    recorded."""
     if not sends:
-        return 0
+        return set()
     done = list(
         await conn.execute(
             update(alert_messages)
@@ -759,13 +811,7 @@ async def sent_many(
                 lease_token=None,
                 lease_until=None,
             )
-            .returning(
-                alert_messages.c.id,
-                alert_messages.c.customer_id,
-                alert_messages.c.kind,
-                alert_messages.c.sku,
-                alert_messages.c.subscription_id,
-            )
+            .returning(*_OUTCOME)
         )
     )
     subscriptions = [row.subscription_id for row in done if row.subscription_id]
@@ -809,7 +855,7 @@ async def sent_many(
                 for row in done
             ],
         )
-    return len(done)
+    return {row.id for row in done}
 
 
 async def failed(
@@ -821,8 +867,11 @@ async def failed(
     retry_base: float = RETRY_BASE_SECONDS,
 ) -> bool:
     """A delivery attempt failed: retry later with backoff, or dead-letter the message after
-    `max_attempts` (status `failed`; `replay` sends it again)."""
-    row = (await conn.execute(select(alert_messages).where(*_mine(claimed)))).first()
+    `max_attempts` (status `failed`; `replay` sends it again). False: the lease is no longer
+    ours, and nothing is written."""
+    # Locked as read: the attempt counted is the one written, on a message still ours.
+    mine = select(alert_messages).where(*_mine(claimed)).with_for_update()
+    row = (await conn.execute(mine)).first()
     if row is None:
         return False
     attempts = row.attempts + 1
