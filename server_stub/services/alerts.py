@@ -14,7 +14,7 @@ each batch (`pace`, run by the delivery loop); a sold-out item stops the batches
 from __future__ import annotations
 
 from collections.abc import Iterable
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Text, cast, delete, or_, select, tuple_, update
@@ -249,7 +249,17 @@ async def return_code(
 
 
 def _window(context: TenantContext, now: datetime) -> str:
-    return window_of(now, int(context.settings.notifications.window_hours * 3600))
+    return window_of(now, _window_seconds(context))
+
+
+def _window_seconds(context: TenantContext) -> int:
+    return int(context.settings.notifications.window_hours * 3600)
+
+
+def _window_start(context: TenantContext, now: datetime) -> datetime:
+    """When the window `now` falls in began (windows are counted from the epoch)."""
+    seconds = _window_seconds(context)
+    return datetime.fromtimestamp(now.timestamp() // seconds * seconds, tz=UTC)
 
 
 # --- back in stock, paced -------------------------------------------------------------------
@@ -291,9 +301,23 @@ async def pace(
         alert_restocks.c.store_key == store,
     )
     size = batch_size(units, settings.pacing_factor)
+    started = (await conn.execute(select(alert_restocks.c.started_at).where(*key))).scalar()
+    # Told (or skipped) since this restock began, or in this window (whose message key she
+    # has used): she waits for the next restock, behind no one (see migration 0027).
+    since = min(started or now, _window_start(context, now))
+    messaged = (
+        select(alert_messages.c.id)
+        .where(
+            alert_messages.c.tenant_id == alert_subscriptions.c.tenant_id,
+            alert_messages.c.subscription_id == alert_subscriptions.c.id,
+            alert_messages.c.created_at >= since,
+        )
+        .exists()
+    )
     waiting = (
         select(alert_subscriptions)
         .where(
+            ~messaged,
             alert_subscriptions.c.tenant_id == context.tenant_id,
             alert_subscriptions.c.item == item,
             alert_subscriptions.c.kind == Kind.BACK_IN_STOCK.value,

@@ -863,6 +863,7 @@ alert_messages = Table(
     Index("ix_alert_messages_due", "status", "due_at"),
     Index("ix_alert_messages_customer", "tenant_id", "customer_id", "decided_at"),
     Index("ix_alert_messages_kind", "tenant_id", "kind", "status"),
+    Index("ix_alert_messages_subscription", "tenant_id", "subscription_id", "created_at"),
 )
 
 alert_restocks = Table(

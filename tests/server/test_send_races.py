@@ -141,6 +141,31 @@ async def test_a_subscriber_skipped_in_this_window_waits_for_the_next_not_queued
     assert await _subscription_status(server, sub["id"]) == "queued"
 
 
+async def test_subscribers_skipped_in_this_restock_do_not_stand_before_the_others(
+    server: Harness, receiver: WebhookReceiver
+) -> None:
+    """One unit back: two subscribers a batch. The first two have no consent and are skipped;
+    the next batch must go to the third, not to them again (with their message of this window
+    already stored, it stored nothing, and the restock stood still until the window changed)."""
+    shop = await shop_with_webhook(server, receiver)
+    first = [await customer(shop, device) for device in ("amy-phone", "bob-phone")]
+    for customer_id in first:
+        await subscribe(shop, customer_id)
+    carl = await customer(shop, "carl-phone")
+    await grant(shop, carl, "marketing:push")
+    waiting = await subscribe(shop, carl)
+    assert (await stock(shop, levels=[level(1)]))["triggered"] == {"back_in_stock": 2}
+    await run_until_idle(worker_of(server))
+    for customer_id in first:
+        [skipped] = await messages_of(shop, customer_id)
+        assert (skipped["status"], skipped["reason"]) == ("skipped", "no_consent")
+    async with server.database.transaction(write=True) as conn:
+        context = await server.app.state.runtime.tenants.get(conn, shop.id)
+        later = datetime.now(UTC) + timedelta(minutes=15)  # the next pacing interval
+        assert await alerts.pace(conn, context, ITEM, "", later) == 1
+    assert await _subscription_status(server, waiting["id"]) == "queued"
+
+
 # --- one message, two processes --------------------------------------------------------------
 
 
