@@ -225,13 +225,16 @@ async def _claim(
         job = view(active)
         if not is_stale(job, now, stale_seconds):
             return Claim(job, tenant_id)
-        # Take the dead runner's lease, unless another process took it meanwhile.
+        # Take the dead runner's lease, unless another process took it meanwhile or it was
+        # only slow: a beat or checkpoint it committed while this waited for the row means it
+        # lives (and may be publishing its result), so this joins it on the next turn.
         taken = await conn.execute(
             update(jobs)
             .where(
                 jobs.c.tenant_id == tenant_id,
                 jobs.c.id == active.id,
                 jobs.c.runner == active.runner,
+                jobs.c.heartbeat_at == active.heartbeat_at,
                 jobs.c.state.in_(ACTIVE_STATES),
             )
             .values(runner=runner, heartbeat_at=now, attempts=active.attempts + 1)

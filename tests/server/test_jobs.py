@@ -4,12 +4,14 @@ whose runner died from its checkpoint, failures, and the /v1/jobs API."""
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from pydantic import BaseModel
-from sqlalchemy import insert, select
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from omnisdk.core.channels import Channel
 from omnisdk.core.problems import ProblemType
@@ -19,6 +21,7 @@ from server_stub.services import jobs
 from server_stub.storage.database import Database
 from server_stub.storage.tables import jobs as jobs_table
 from tests.server.conftest import Harness, ShopForTest
+from tests.server.interleave import interleaved
 
 # Test kinds: counting to `to` in steps, checkpointing each step with the progress made.
 STOPS: dict[str, asyncio.Event] = {}
@@ -229,3 +232,41 @@ def test_the_cli_runs_lists_and_shows_jobs(
     assert "there is no job kind 'test.nothing'" in capsys.readouterr().err
     assert cli.main(["jobs", "run", "--tenant", tenant, "test.count", "--param", "x", *url]) == 2
     assert cli.main(["jobs", "show", "--tenant", tenant, "job_nothing", *url]) == 2
+
+
+async def test_a_runner_that_beats_while_a_takeover_waits_keeps_its_job(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """A runner judged dead (its heartbeat old) commits a checkpoint while a takeover waits
+    for the job's row: it lives, so the takeover joins it instead of running it a second
+    time beside it (which published a rebuild's result twice)."""
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
+    STOPS[shop.id], REACHED[shop.id] = asyncio.Event(), asyncio.Event()
+    claim = await jobs.start(server.database, shop.id, "test.count", {"to": 3, "stop_at": 1})
+    runner = asyncio.create_task(jobs.execute(server.database, claim))
+    await REACHED[shop.id].wait()
+    this_job = (jobs_table.c.tenant_id == shop.id, jobs_table.c.id == claim.job.job_id)
+    async with server.database.transaction(write=True) as conn:
+        long_ago = utcnow() - timedelta(hours=1)
+        await conn.execute(update(jobs_table).where(*this_job).values(heartbeat_at=long_ago))
+    slow = jobs.JobContext(server.database, shop.id, claim.job.job_id, claim.runner or "")
+    spec = jobs._kind("test.count")
+
+    async def beat(conn: AsyncConnection) -> None:
+        await slow.checkpoint({"at": 1}, conn)
+
+    async def take_over(conn: AsyncConnection) -> jobs.Claim | None:
+        return await jobs._claim(conn, shop.id, spec, jobs._validated(spec, {"to": 3}), 60)
+
+    _, taken = await interleaved(server, beat, take_over)
+    assert taken is None  # not taken: the next turn of start() joins it
+    joined = await jobs.start(server.database, shop.id, "test.count", {"to": 3})
+    assert joined.runner is None and joined.job.job_id == claim.job.job_id
+    STOPS[shop.id].set()
+    ended = await runner
+    assert (ended.state, ended.attempts, ended.result) == (
+        "done",
+        1,
+        {"counted_to": 3, "started_from": 0},
+    )
