@@ -80,3 +80,13 @@ async def server(migrated_database_url: str) -> AsyncIterator[Harness]:
 @pytest.fixture
 async def shop(server: Harness) -> ShopForTest:
     return await server.shop()
+
+
+@pytest.fixture
+async def pg_server(migrated_database_url: str) -> AsyncIterator[Harness]:
+    """A server on PostgreSQL only (skipped on SQLite, which serialises every writer by
+    design): for the tests of what two transactions at once may do."""
+    if "postgresql" not in migrated_database_url:
+        pytest.skip("PostgreSQL only: SQLite serialises every writer by design")
+    async for harness in start_harness(migrated_database_url):
+        yield harness

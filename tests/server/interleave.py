@@ -49,13 +49,16 @@ async def interleaved(
         return list(await asyncio.gather(*tasks, return_exceptions=True))
 
 
-async def waiting_for_a_lock(server: Harness) -> int:
-    """Statements of this test's database waiting for a lock (other tests share the server)."""
+async def waiting_for_a_lock(server: Harness, locktype: str | None = None) -> int:
+    """Statements of this test's database waiting for a lock (of `locktype`, or any): other
+    tests run beside it on the same server."""
     async with server.database.transaction(write=False) as conn:
         found = await conn.scalar(
             text(
                 "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database()"
-            )
+                "WHERE NOT l.granted AND a.datname = current_database() "
+                "AND (CAST(:locktype AS text) IS NULL OR l.locktype = :locktype)"
+            ),
+            {"locktype": locktype},
         )
     return int(found or 0)

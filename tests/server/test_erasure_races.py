@@ -7,12 +7,10 @@ survivor is erased. PostgreSQL only: SQLite has one writer at a time, so nothing
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 
 from omnisdk.core.channels import Channel
 from omnisdk.core.problems import ProblemType
@@ -21,35 +19,16 @@ from server_stub.services import changes, identity, privacy
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.storage.tables import audit_log
 from server_stub.storage.tables import changes as changes_table
-from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
+from tests.server.conftest import TEST_SEALER, Harness, ShopForTest
+from tests.server.interleave import waiting_for_a_lock
 
 GUARD_SECONDS = 60  # a request still waiting after this fails the test instead of hanging it
-
-
-@pytest.fixture
-async def pg_server(migrated_database_url: str) -> AsyncIterator[Harness]:
-    if "postgresql" not in migrated_database_url:
-        pytest.skip("PostgreSQL only: SQLite serialises every writer by design")
-    async for harness in start_harness(migrated_database_url):
-        yield harness
 
 
 async def _identify(shop: ShopForTest, **body: str) -> str:
     answer = await shop.request("POST", "/v1/identity/identify", "web", json=body)
     assert answer.status_code == 200, answer.text
     return str(answer.json()["customer_id"])
-
-
-async def _waiting_for_a_lock(server: Harness) -> int:
-    """Requests of this test's database waiting for a lock (other tests share the server)."""
-    async with server.database.transaction(write=False) as conn:
-        found = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database()"
-            )
-        )
-    return int(found or 0)
 
 
 def _erasing(shop: ShopForTest, customer_id: str, **headers: str) -> asyncio.Task[Any]:
@@ -59,7 +38,7 @@ def _erasing(shop: ShopForTest, customer_id: str, **headers: str) -> asyncio.Tas
 
 async def _until_waiting(server: Harness, requests: list[asyncio.Task[Any]]) -> None:
     """Return once each of `requests` waits for a lock."""
-    while await _waiting_for_a_lock(server) < len(requests):
+    while await waiting_for_a_lock(server) < len(requests):
         assert not any(r.done() for r in requests), "an erasure did not wait for the locks"
         await asyncio.sleep(0.01)
 

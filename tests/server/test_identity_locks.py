@@ -5,10 +5,8 @@ identifier still take turns. PostgreSQL only: SQLite has one writer at a time by
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-from sqlalchemy import func, or_, select, text
+from sqlalchemy import func, or_, select
 from sqlalchemy.exc import DBAPIError
 
 from omnisdk.core.channels import Channel
@@ -20,17 +18,10 @@ from server_stub.routing import _lost_a_lock_race
 from server_stub.services import events, identity, privacy
 from server_stub.services.tenant_context import TenantContexts
 from server_stub.storage.tables import events as events_table
-from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
+from tests.server.conftest import TEST_SEALER, Harness, ShopForTest
+from tests.server.interleave import waiting_for_a_lock
 
 GUARD_SECONDS = 60  # a request still waiting after this fails the test instead of hanging it
-
-
-@pytest.fixture
-async def pg_server(migrated_database_url: str) -> AsyncIterator[Harness]:
-    if "postgresql" not in migrated_database_url:
-        pytest.skip("PostgreSQL only: SQLite serialises every writer by design")
-    async for harness in start_harness(migrated_database_url):
-        yield harness
 
 
 async def _identify(shop: ShopForTest, **body: str) -> dict[str, object]:
@@ -47,21 +38,6 @@ async def _email_key(server: Harness, shop: ShopForTest, email: str) -> Identifi
     async with server.database.transaction(write=False) as conn:
         context = await contexts.get(conn, shop.id)
     return context.key(IdentifierType.EMAIL, email)
-
-
-async def _waiting_for_a_lock(server: Harness, locktype: str | None = None) -> int:
-    """Requests of this test's database waiting for a lock (of `locktype`, or any): other
-    tests run beside it on the same server."""
-    async with server.database.transaction(write=False) as conn:
-        found = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database() "
-                "AND (CAST(:locktype AS text) IS NULL OR l.locktype = :locktype)"
-            ),
-            {"locktype": locktype},
-        )
-    return int(found or 0)
 
 
 async def test_a_sign_in_completes_while_another_customers_identifiers_are_locked(
@@ -108,7 +84,7 @@ async def test_two_sign_ins_naming_one_identifier_take_turns(pg_server: Harness)
         waiting = asyncio.create_task(
             _identify(shop, email="amy@example.com", anonymous_id="amy-tablet")
         )
-        while await _waiting_for_a_lock(pg_server, "advisory") == 0:
+        while await waiting_for_a_lock(pg_server, "advisory") == 0:
             assert not waiting.done(), "the second sign-in did not wait for the first"
             await asyncio.sleep(0.01)
         assert not waiting.done()
@@ -185,7 +161,7 @@ async def test_an_erasure_waits_for_events_being_stored_for_her_and_erases_them_
                 shop.request("POST", f"/v1/privacy/{amy}/erase", "admin"), GUARD_SECONDS
             )
         )
-        while await _waiting_for_a_lock(pg_server) == 0:
+        while await waiting_for_a_lock(pg_server) == 0:
             assert not erasing.done(), "the erasure did not wait for her events"
             await asyncio.sleep(0.01)
     receipt = await erasing
@@ -212,7 +188,7 @@ async def test_events_sent_while_she_is_being_erased_are_refused_not_stored(
                 shop.request("POST", "/v1/events/batch", "web", json=batch), GUARD_SECONDS
             )
         )
-        while await _waiting_for_a_lock(pg_server) == 0:
+        while await waiting_for_a_lock(pg_server) == 0:
             assert not sending.done(), "her events did not wait for her erasure"
             await asyncio.sleep(0.01)
     answer = await sending

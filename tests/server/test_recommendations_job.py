@@ -9,7 +9,7 @@ import random
 from typing import Any
 
 import pytest
-from sqlalchemy import delete, event, func, insert, select, text, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 from sqlalchemy.util import await_only
 
@@ -20,6 +20,7 @@ from server_stub.storage.database import Database
 from server_stub.storage.tables import events, recommendation_pair_deltas
 from server_stub.storage.tables import jobs as jobs_table
 from tests.server.conftest import Harness, ShopForTest
+from tests.server.interleave import waiting_for_a_lock
 
 SKUS = [f"sku-{n:02d}" for n in range(30)]
 
@@ -305,17 +306,6 @@ class StallAfterTheFold:
             await_only(self.resume.wait())  # in SQLAlchemy's greenlet: the loop runs on
 
 
-async def _waiting_for_a_lock(server: Harness) -> int:
-    async with server.database.transaction(write=False) as conn:
-        found = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database()"
-            )
-        )
-    return int(found or 0)
-
-
 async def _taken_over_while_folding(
     server: Harness,
     shop: ShopForTest,
@@ -357,7 +347,7 @@ async def _taken_over_while_folding(
                 await store(server.database, stored_meanwhile)
             second = asyncio.create_task(take_over())
             # The second runner waits for a lock the first holds, or is about to fold.
-            while not cutting.is_set() and await _waiting_for_a_lock(server) == 0:
+            while not cutting.is_set() and await waiting_for_a_lock(server) == 0:
                 assert not second.done(), "the second runner ended while the first stalled"
                 await asyncio.sleep(0.01)
             stall.resume.set()

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select, text, update
+from sqlalchemy import select, update
 
 from omnisdk.core.notifications import Skip
 from server_stub.alert_delivery import run_until_idle
@@ -23,6 +23,7 @@ from server_stub.services import alerts, messages
 from server_stub.storage.tables import alert_messages, alert_subscriptions
 from tests.server import test_alerts
 from tests.server.conftest import Harness, ShopForTest
+from tests.server.interleave import waiting_for_a_lock
 from tests.server.test_alerts import (
     ITEM,
     customer,
@@ -45,18 +46,6 @@ T = TypeVar("T")
 ONE_WRITER = "PostgreSQL only: SQLite has one writer, so the two transactions cannot overlap"
 
 
-async def _blocked(server: Harness) -> int:
-    """How many transactions of this database wait for a lock another one holds."""
-    async with server.database.transaction(write=False) as conn:
-        found = await conn.scalar(
-            text(
-                "SELECT count(*) FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
-                "WHERE NOT l.granted AND a.datname = current_database()"
-            )
-        )
-    return int(found or 0)
-
-
 async def _while_held(
     server: Harness, hold: Callable[[Any], Awaitable[object]], act: Callable[[], Awaitable[T]]
 ) -> T:
@@ -76,7 +65,7 @@ async def _while_held(
         async with asyncio.timeout(60):
             await held.wait()
             acting = asyncio.create_task(act())
-            while await _blocked(server) == 0:
+            while await waiting_for_a_lock(server) == 0:
                 assert not acting.done(), "it did not wait for the other transaction"
                 await asyncio.sleep(0.01)
             release.set()
