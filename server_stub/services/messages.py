@@ -743,45 +743,6 @@ async def _subscription(
     )
 
 
-async def sent(conn: AsyncConnection, claimed: Claimed, send: Send, now: datetime) -> bool:
-    """Record the message as sent, if its lease is still ours (False: it is not, and nothing
-    is written)."""
-    row = (
-        await conn.execute(
-            update(alert_messages)
-            .where(*_mine(claimed))
-            .values(
-                status="sent",
-                sent_at=now,
-                attempts=alert_messages.c.attempts + 1,
-                reason=None,
-                lease_token=None,
-                lease_until=None,
-            )
-            .returning(*_OUTCOME)
-        )
-    ).first()
-    if row is None:
-        return False
-    if row.subscription_id is not None:
-        await _subscription(conn, claimed.tenant_id, row.subscription_id, "notified", now)
-    await timeline_event(
-        conn,
-        claimed.tenant_id,
-        row.customer_id,
-        "message_sent",
-        row.id,
-        {
-            "kind": row.kind,
-            "channel": send.channel,
-            "consent_decision_id": send.consent_decision_id,
-            "sku": row.sku,
-        },
-        now,
-    )
-    return True
-
-
 async def sent_many(
     conn: AsyncConnection,
     tenant_id: str,
