@@ -224,8 +224,12 @@ def _spend_budget(runtime: Runtime, principal: Principal) -> None:
 # PostgreSQL ended the transaction to break a deadlock (40P01) or a serialization conflict
 # (40001): everything it did was undone, so the request runs again from the start. Writers
 # take locks in one order (services/identity.py), so this stays the rare race of an id that
-# was merged between being read and being locked.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001"})
+# was merged between being read and being locked. A unique violation (23505) is run again
+# too: a write that checks for a row and then inserts it takes a lock first
+# (services/named_locks.py), so one left is a race it did not foresee with a request that
+# inserted the same row and committed; run again, this request finds that row and answers as
+# it would have a moment later, rather than with a 500.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "23505"})
 TRANSACTION_ATTEMPTS = 3
 
 

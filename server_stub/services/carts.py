@@ -24,7 +24,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartLineView, CartOpIn, CartView
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import changes, orders
+from server_stub.services import changes, named_locks, orders
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import carts, ordered_carts
 
@@ -276,6 +276,7 @@ async def mark_ordered(
             f"the cart is at version {version}, not {if_match}: show the customer the current cart",
             cart=current.model_dump(mode="json"),
         )
+    await named_locks.take(conn, tenant_id, "ordered_cart", order_ref)  # two carts, one order
     placed = (
         await conn.execute(
             select(ordered_carts.c.customer_id).where(

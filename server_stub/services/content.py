@@ -27,7 +27,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import utcnow
-from server_stub.services import audit, changes
+from server_stub.services import audit, changes, named_locks
 from server_stub.storage.tables import content_rulesets, recommendation_models
 
 
@@ -76,6 +76,7 @@ async def publish(
             f"the ruleset has {len(errors)} problem(s); nothing was published",
             errors=errors,
         )
+    await named_locks.take(conn, tenant_id, "content_ruleset")  # publishes take turns
     latest = (
         await conn.execute(
             select(content_rulesets.c.version, content_rulesets.c.etag)

@@ -66,7 +66,14 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import consent, customer_codes, events, identity, segment_hook
+from server_stub.services import (
+    consent,
+    customer_codes,
+    events,
+    identity,
+    named_locks,
+    segment_hook,
+)
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import Prepared
 from server_stub.storage.tables import CENT, UtcDateTime, order_lines, order_refunds, orders
@@ -585,6 +592,7 @@ async def _give_back(
     """Record the refund (once per id) and raise the order's refunded amount and lines'
     returned units, each bounded by what was bought. The caller holds the order's row lock;
     a refusal leaves nothing changed (the request's transaction rolls back)."""
+    await named_locks.take(conn, tenant_id, "refund", refund_id)  # one id, maybe two orders
     earlier = (
         await conn.execute(
             select(order_refunds.c.order_id, order_refunds.c.amount, order_refunds.c.lines).where(

@@ -32,7 +32,7 @@ from omnisdk.models import (
 )
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import alerts, audit, events, identity, messages, orders
+from server_stub.services import alerts, audit, events, identity, messages, named_locks, orders
 from server_stub.services.signing_keys import SigningKey, SigningKeys, verification_keys
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.tables import (
@@ -61,7 +61,8 @@ async def _order(
     query = select(return_orders).where(
         return_orders.c.tenant_id == tenant_id, return_orders.c.order_ref == order_ref
     )
-    if lock:
+    if lock:  # its name first: an order not registered yet has no row to lock
+        await named_locks.take(conn, tenant_id, "return_order", order_ref)
         query = query.with_for_update()
     return (await conn.execute(query)).first()
 

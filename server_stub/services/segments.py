@@ -45,7 +45,7 @@ from omnisdk.core.profile import LifecycleThresholds
 from omnisdk.models import TenantSettings
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import audit, changes, profile
+from server_stub.services import audit, changes, named_locks, profile
 from server_stub.services.consent import _rule as consent_decision
 from server_stub.services.preferences import OBSERVED_DAYS, OBSERVED_SIGNALS
 from server_stub.storage.database import Database
@@ -818,6 +818,7 @@ async def create(
 ) -> SegmentRecord:
     """A new segment (its membership fills by a backfill, which the caller starts)."""
     _checked(name, condition)
+    await named_locks.take(conn, tenant_id, "segments")  # its name and the count: one at a time
     taken = await conn.execute(
         select(segments.c.id).where(segments.c.tenant_id == tenant_id, segments.c.name == name)
     )

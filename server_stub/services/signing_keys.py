@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,6 +23,7 @@ from omnisdk.core import tokens
 from omnisdk.models import PublishedKey, PublishedKeys
 from server_stub.ids import utcnow
 from server_stub.sealing import Sealer
+from server_stub.services import named_locks
 from server_stub.storage.tables import signing_keys
 
 
@@ -64,18 +66,14 @@ class SigningKeys:
         return SigningKey(kid, private)
 
     async def active(self, conn: AsyncConnection, tenant_id: str) -> SigningKey:
-        """The key that signs now (created the first time a tenant needs one)."""
-        now = utcnow()
-        row = (
-            await conn.execute(
-                select(signing_keys.c.kid, signing_keys.c.sealed_private_key)
-                .where(signing_keys.c.tenant_id == tenant_id, signing_keys.c.retires_at.is_(None))
-                .order_by(signing_keys.c.created_at.desc())
-                .limit(1)
-            )
-        ).first()
+        """The key that signs now (created the first time a tenant needs one, once: two
+        first needs at once take turns, and the second finds the first's key)."""
+        row = await self._current(conn, tenant_id)
         if row is None:
-            return await self.create(conn, tenant_id, now)
+            await named_locks.take(conn, tenant_id, "signing_keys")
+            row = await self._current(conn, tenant_id)
+            if row is None:
+                return await self.create(conn, tenant_id, utcnow())
         private = self._unsealed.get((tenant_id, row.kid))
         if private is None:
             raw = self._sealer.unseal(row.sealed_private_key, _context(tenant_id, row.kid))
@@ -83,8 +81,20 @@ class SigningKeys:
             self._unsealed[tenant_id, row.kid] = private
         return SigningKey(bytes.fromhex(row.kid), private)
 
+    async def _current(self, conn: AsyncConnection, tenant_id: str) -> Any:
+        return (
+            await conn.execute(
+                select(signing_keys.c.kid, signing_keys.c.sealed_private_key)
+                .where(signing_keys.c.tenant_id == tenant_id, signing_keys.c.retires_at.is_(None))
+                .order_by(signing_keys.c.created_at.desc())
+                .limit(1)
+            )
+        ).first()
+
     async def rotate(self, conn: AsyncConnection, tenant_id: str, grace: timedelta) -> SigningKey:
-        """A new signing key; the current ones retire after `grace`."""
+        """A new signing key; the current ones retire after `grace`. Two rotations at once
+        take turns: the second retires the first's key, one key is left current."""
+        await named_locks.take(conn, tenant_id, "signing_keys")
         now = utcnow()
         await conn.execute(
             update(signing_keys)

@@ -106,7 +106,8 @@ class TenantContexts:
         two patches take turns, and a patch never undoes one made through another process
         (which this process's cache may not have seen yet). Raises pydantic.ValidationError
         or ValueError for settings that are not valid."""
-        query = select(tenants.c.settings).where(tenants.c.id == tenant_id).with_for_update()
+        query = select(tenants.c.settings).where(tenants.c.id == tenant_id)
+        query = query.with_for_update(key_share=True)  # FOR NO KEY UPDATE: inserts go on
         stored = (await conn.execute(query)).scalar_one()
         current = TenantSettings.model_validate(stored or {}).model_dump(mode="json")
         wanted = TenantSettings.model_validate(merge_patch.apply(current, patch))
