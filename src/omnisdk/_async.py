@@ -22,7 +22,7 @@ from omnisdk._base import (
 )
 from omnisdk._delivery import AsyncDelivery
 from omnisdk._sync import Client
-from omnisdk.errors import ConfigurationError, OutboxWriteError
+from omnisdk.errors import ClientClosedError, ConfigurationError, OutboxWriteError
 from omnisdk.resources.alerts import Alerts
 from omnisdk.resources.carts import Carts
 from omnisdk.resources.changes import AsyncChanges
@@ -79,6 +79,7 @@ class AsyncClient(BaseClient):
         self._http: httpx.AsyncClient = http_client or httpx.AsyncClient(timeout=self.timeout)
         self._http_stale = False  # set in a forked child: the pool's sockets are the parent's
         self._delivery: AsyncDelivery | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop its connections are of
         self.system = System(self)
         self.keys = Keys(self)
         self.identity = Identity(self)
@@ -114,7 +115,28 @@ class AsyncClient(BaseClient):
             result: T = done.value
             return result
 
+    def _on_this_loop(self) -> None:
+        """The client's connections and courier task belong to the event loop that first
+        used them. Once that loop has ended (or stopped running) they move to the running one;
+        while it still runs, in another thread, this loop must have a client of its own."""
+        loop = asyncio.get_running_loop()
+        if self._loop is loop:
+            return
+        first = self._loop
+        if first is not None and first.is_running() and not first.is_closed():
+            raise ClientClosedError(
+                "this AsyncClient serves an event loop still running in another thread: make "
+                "one AsyncClient per event loop"
+            )
+        if first is not None:
+            self._http_stale = self._owns_http  # its sockets belong to the loop that ended
+            if self._delivery is not None:
+                self._delivery.release()  # its task ended with its loop; a new one starts here
+                self._delivery = None
+        self._loop = loop
+
     async def _send(self, request: PreparedRequest) -> Outcome:
+        self._on_this_loop()
         if self._http_stale:
             self._http = httpx.AsyncClient(timeout=self.timeout)
             self._http_stale = False
@@ -136,21 +158,31 @@ class AsyncClient(BaseClient):
     @property
     def delivery(self) -> AsyncDelivery:
         """The background courier of the outbox (started on the first deferred write)."""
+        with contextlib.suppress(RuntimeError):  # no running loop: the exit hook's twin asks
+            self._on_this_loop()
         if self._delivery is None:
-            self._delivery = AsyncDelivery(self, self.outbox)
+            with self._lazy:
+                if self._delivery is None:
+                    self._delivery = AsyncDelivery(self, self.outbox)
         return self._delivery
 
     async def close(self) -> None:
         """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
         release the connection pool. Raises OutboxWriteError if tracked items could not be
-        written to disk (after everything else is closed)."""
+        written to disk (after everything else is closed). Cut short (interrupted, or the async
+        close cancelled by a deadline), it still stops its courier and closes: what is left
+        stays on disk for the next client on that data_dir."""
+        self._on_this_loop()
+        self._closed = True
         _lifecycle.unregister(self)
         try:
             if self._delivery is not None:
                 await self._delivery.close(self.close_timeout)
         finally:
+            if self._delivery is not None:
+                self._delivery.stop()  # cut short mid-flush, the task would run on, closed
             await asyncio.to_thread(self._close_caches)
-            if self._owns_http:
+            if self._owns_http and not self._http_stale:  # a stale one's loop took its sockets
                 await self._http.aclose()
             if self._outbox is not None:  # last: its error, if any, after everything else closed
                 await asyncio.to_thread(self._outbox.close)
@@ -177,6 +209,7 @@ class AsyncClient(BaseClient):
             twin._discard()
 
     def _after_fork(self) -> None:
+        super()._after_fork()
         self._http_stale = self._owns_http
         self._delivery = None  # the parent's task, lease holder id and events stay behind
 

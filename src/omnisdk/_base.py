@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import random
+import threading
 import uuid
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.errors import (
     APIConnectionError,
     APITimeoutError,
+    ClientClosedError,
     ConfigurationError,
     InvalidRequestError,
     OutboxWriteError,
@@ -239,6 +241,10 @@ class BaseClient:
             "profile_max_age": profile_max_age,
         }
         self._content_cache: ContentCache | None = None
+        # What is opened on first use (outbox, courier, caches) is opened once, whichever of
+        # several threads asks first: two outboxes of one client lost what the second held.
+        self._lazy = threading.RLock()
+        self._closed = False
         self._outbox_options_checked()
         self._setup(http_client)
 
@@ -257,22 +263,29 @@ class BaseClient:
     def consent_cache(self) -> ConsentCache:
         """What `consent.check` answers from (kept true by the consent change feed)."""
         if self._consent_cache is None:
-            self._consent_cache = ConsentCache(
-                self.base_url, self._default_headers, **self._consent_options
-            )
+            with self._lazy:
+                if self._consent_cache is None:
+                    self._consent_cache = ConsentCache(
+                        self.base_url, self._default_headers, **self._consent_options
+                    )
         return self._consent_cache
 
     @property
     def content_cache(self) -> ContentCache:
         """The ruleset, recommendations and profiles `content.decide` works from."""
         if self._content_cache is None:
-            cache = ContentCache(
-                self.base_url, self._default_headers, self.data_dir, **self._content_options
-            )
-            feed = self.consent_cache
-            feed.listeners.append(cache.on_change)
-            feed.start()  # the feed tells of new rulesets and of customers' changes
-            self._content_cache = cache
+            with self._lazy:
+                if self._content_cache is None:
+                    cache = ContentCache(
+                        self.base_url,
+                        self._default_headers,
+                        self.data_dir,
+                        **self._content_options,
+                    )
+                    feed = self.consent_cache
+                    feed.listeners.append(cache.on_change)
+                    feed.start()  # the feed tells of new rulesets and of customers' changes
+                    self._content_cache = cache
         return self._content_cache
 
     def _close_caches(self) -> None:
@@ -285,10 +298,30 @@ class BaseClient:
     def outbox(self) -> Outbox:
         """The durable queue of deferred writes (opened on first use, in `data_dir`)."""
         if self._outbox is None:
-            self._outbox = Outbox(self.data_dir / "outbox.sqlite3", **self._outbox_options)
-            # Held until close(): its exit hook must find it (see _lifecycle).
-            _lifecycle.hold(cast("_lifecycle.Ending", self))
+            with self._lazy:
+                if self._outbox is None:
+                    self.raise_if_closed()  # opened again after close(), no one would send it
+                    self._outbox = Outbox(self.data_dir / "outbox.sqlite3", **self._outbox_options)
+                    # Held until close(): its exit hook must find it (see _lifecycle).
+                    _lifecycle.hold(cast("_lifecycle.Ending", self))
         return self._outbox
+
+    def raise_if_closed(self) -> None:
+        """Refuse a call on a closed client (ClientClosedError)."""
+        if self._closed:
+            raise ClientClosedError(
+                f"this {type(self).__name__} was closed: make a new one (on the same data_dir "
+                "it delivers what this one left)"
+            )
+
+    def _after_fork(self) -> None:
+        """In a forked child: what the parent's threads held stays with them. The caches'
+        feed and refresher threads did not come across the fork, so they start afresh (the
+        parent's would have been trusted with no feed behind them), and the lock is new (a
+        parent's thread may have held it at the fork)."""
+        self._lazy = threading.RLock()
+        self._consent_cache = None
+        self._content_cache = None
 
     def _outbox_to_disk(self, timeout: float) -> Outbox | None:
         """An exit hook's first step: what this process appended, on disk. Returns the outbox

@@ -504,6 +504,13 @@ class AsyncDelivery:
                 await asyncio.wait_for(self._probe.wait(), delay)
             self._probe.clear()
 
+    def stop(self) -> None:
+        """Stop the task now, delivering no more (a close cut short: what is left stays on
+        disk for the next client)."""
+        self._stopping = True
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+
     def release(self) -> None:
         """Give up the sender lease (at exit, when the loop that ran the task is gone)."""
         with contextlib.suppress(*DISK_ERRORS):

@@ -134,13 +134,18 @@ class Client(BaseClient):
     def delivery(self) -> Delivery:
         """The background courier of the outbox (started on the first deferred write)."""
         if self._delivery is None:
-            self._delivery = Delivery(self, self.outbox)
+            with self._lazy:
+                if self._delivery is None:
+                    self._delivery = Delivery(self, self.outbox)
         return self._delivery
 
     def close(self) -> None:
         """Deliver what the outbox holds (up to `close_timeout`; the rest stays on disk), then
         release the connection pool. Raises OutboxWriteError if tracked items could not be
-        written to disk (after everything else is closed)."""
+        written to disk (after everything else is closed). Cut short (interrupted, or the async
+        close cancelled by a deadline), it still stops its courier and closes: what is left
+        stays on disk for the next client on that data_dir."""
+        self._closed = True
         _lifecycle.unregister(self)
         try:
             if self._delivery is not None:
@@ -187,6 +192,7 @@ class Client(BaseClient):
             self._report_left(self.delivery.flush(max(deadline - time.monotonic(), 0.0)))
 
     def _after_fork(self) -> None:
+        super()._after_fork()
         self._http_stale = self._owns_http
 
     def __enter__(self) -> Client:

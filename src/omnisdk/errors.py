@@ -40,6 +40,12 @@ class ConfigurationError(OmnisdkError, ValueError):
     option): the message names it and says what it takes."""
 
 
+class ClientClosedError(OmnisdkError):
+    """The client was closed: make a new one (on the same `data_dir` it finds what the closed
+    one left undelivered). Also raised by an `AsyncClient` used from a second event loop
+    while the first still runs: make one client per loop."""
+
+
 class ReturnRefused(OmnisdkError):
     """A return cannot be taken: `verification.message` is what to tell the clerk."""
 

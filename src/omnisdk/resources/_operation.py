@@ -98,6 +98,7 @@ def refusal(error: Exception) -> InvalidRequestError:
 
 def run_sync(client: Client, flow: Flow[T]) -> T:
     """Drive an operation with blocking I/O."""
+    client.raise_if_closed()
     try:
         step = next(flow)
         while True:
@@ -118,6 +119,7 @@ def run_sync(client: Client, flow: Flow[T]) -> T:
 
 async def run_async(client: AsyncClient, flow: Flow[T]) -> T:
     """Drive an operation with asyncio."""
+    client.raise_if_closed()
     try:
         step = next(flow)
         while True:

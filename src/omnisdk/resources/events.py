@@ -214,5 +214,8 @@ class Events(Resource[C]):
     def flush(self, timeout: float | None = None) -> Flow[int]:
         """Wait until the outbox is delivered (or `timeout` seconds); return how many items
         are left (they stay safe on disk)."""
+        client = self._client
+        if client._outbox is None:  # opening its file may take a while: off the loop
+            yield Blocking(lambda: client.outbox)
         left: int = yield OnClient(lambda client: client.delivery.flush(timeout))
         return left
