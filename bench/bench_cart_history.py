@@ -28,9 +28,10 @@ BATCH = 100  # operations per request while building a history
 
 
 def _history(client: omnisdk.Client, customer: str, operations: int) -> None:
+    replica = f"history-{customer}"  # one replica's history, sent in order
     ops = [
         CartOpIn(
-            op_id=client.carts.ops.replica.next_id(customer),
+            op_id=f"{replica}:{n + 1}",
             type="add",
             line=LineRef(sku=f"SKU-{n % 7}"),
             delta=1 if (n // 7) % 2 == 0 else -1,

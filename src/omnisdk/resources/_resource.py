@@ -3,12 +3,16 @@ declared once (`@operation`), and one resource class serving both clients."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeGuard, TypeVar
 
 from pydantic import BaseModel
 
 from omnisdk._base import Call
+from omnisdk.core.events import MAX_CUSTOMER_ID
+from omnisdk.core.problems import ProblemType
+from omnisdk.errors import InvalidRequestError
 from omnisdk.resources._operation import (
     MISS,
     Append,
@@ -33,6 +37,31 @@ def model(cls: type[M]) -> Callable[[Any], M]:
     return cls.model_validate
 
 
+# Text of 1-40 characters without those that would send the request to another path than the
+# customer's: a separator, the start of a query or fragment, an escape the server decodes before
+# routing, a space.
+_CUSTOMER_ID = re.compile(rf"[^\s/?#%\\]{{1,{MAX_CUSTOMER_ID}}}")
+
+
+def is_customer_id(value: object) -> TypeGuard[str]:
+    """Whether `value` can name a customer (as `identify` returns it, `cus_…`)."""
+    return isinstance(value, str) and bool(_CUSTOMER_ID.fullmatch(value)) and value.isprintable()
+
+
+def checked_customer_id(customer_id: object) -> str:
+    """`customer_id` if it can name a customer, else InvalidRequestError: raised alike by both
+    clients, before a lookup or a request."""
+    if is_customer_id(customer_id):
+        return customer_id
+    shown = repr(customer_id)
+    raise InvalidRequestError(
+        ProblemType.VALIDATION_ERROR,
+        f"customer_id must be a customer's id as identify returns it (text of 1-"
+        f"{MAX_CUSTOMER_ID} characters, no spaces, '/', '?', '#', '%' or '\\'), "
+        f"not {shown if len(shown) <= 60 else shown[:57] + '...'}",
+    )
+
+
 class Resource(Generic[C]):
     """A group of operations on one domain, bound to the client that runs them: a resource of
     `Client` has blocking methods, the same resource of `AsyncClient` coroutine methods."""
@@ -52,6 +81,8 @@ __all__ = [
     "Flow",
     "OnClient",
     "Resource",
+    "checked_customer_id",
+    "is_customer_id",
     "local",
     "model",
     "operation",

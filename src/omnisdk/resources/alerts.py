@@ -23,7 +23,16 @@ from omnisdk.notification_models import (
     WebhookEndpointIn,
     WebhookEndpointList,
 )
-from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+    send,
+)
 
 MessageStatus = Literal["pending", "sending", "retry", "sent", "skipped", "failed"]
 
@@ -31,7 +40,7 @@ MessageStatus = Literal["pending", "sending", "retry", "sent", "skipped", "faile
 def subscribe_call(customer_id: str, body: SubscribeRequest) -> Call[Subscription]:
     return Call(
         "POST",
-        f"/v1/alerts/{customer_id}/subscriptions",
+        f"/v1/alerts/{checked_customer_id(customer_id)}/subscriptions",
         model(Subscription),
         json=body.model_dump(mode="json", exclude_none=True),
     )
@@ -71,7 +80,7 @@ class Alerts(Resource[C]):
             yield from send(
                 Call(
                     "DELETE",
-                    f"/v1/alerts/{customer_id}/subscriptions/{subscription_id}",
+                    f"/v1/alerts/{checked_customer_id(customer_id)}/subscriptions/{subscription_id}",
                     model(Subscription),
                 )
             )
@@ -81,7 +90,11 @@ class Alerts(Resource[C]):
     def list(self, customer_id: str) -> Flow[builtins.list[Subscription]]:
         """The customer's subscriptions, oldest first."""
         found = yield from send(
-            Call("GET", f"/v1/alerts/{customer_id}/subscriptions", model(SubscriptionList))
+            Call(
+                "GET",
+                f"/v1/alerts/{checked_customer_id(customer_id)}/subscriptions",
+                model(SubscriptionList),
+            )
         )
         return list(found.items)
 
@@ -90,7 +103,9 @@ class Alerts(Resource[C]):
         """Messages decided for the customer, newest first: sent (with the consent decision
         relied on), skipped (with the reason), or waiting."""
         found = yield from send(
-            Call("GET", f"/v1/alerts/{customer_id}/messages", model(MessageList))
+            Call(
+                "GET", f"/v1/alerts/{checked_customer_id(customer_id)}/messages", model(MessageList)
+            )
         )
         return list(found.items)
 

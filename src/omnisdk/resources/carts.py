@@ -1,9 +1,9 @@
 """The customer's shared cart: the same cart on every channel and device.
 
-Every change is an operation with its own id (this client's replica name and a counter), so a
-retry never applies twice. Quantities change by deltas: `set_quantity` sends the difference
+Every change is an operation with its own id (a replica name of this client and a counter), so
+a retry never applies twice. Quantities change by deltas: `set_quantity` sends the difference
 from the quantity the caller saw, and `remove` cancels only the adds the caller saw, so an add
-made meanwhile on another device survives.
+made meanwhile on another device, thread or task survives.
 """
 
 from __future__ import annotations
@@ -13,47 +13,91 @@ import os
 import threading
 import weakref
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from omnisdk.models import CartOpIn, CartOps, CartView, LineAttributes, LineRef, MarkOrdered
-from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+    send,
+)
 
-REPLICAS_KEPT = 10_000  # customers whose operation counters a client remembers
+REPLICAS_KEPT = 10_000  # replica names a client remembers: idle ones, and ones in flight
 _LIVE: weakref.WeakSet[Replica] = weakref.WeakSet()
 
 
-class Replica:
-    """This client's names in operation ids, one per customer, and their counters.
+class _Counter:
+    """One replica name of a customer's cart, and the number of its next operation."""
 
-    Each customer's cart gets its own replica name (this client's name and a random part), so
-    the sequence numbers a cart sees from it run 1, 2, 3, … without gaps: the server remembers
-    them as one watermark. A forked child process takes a new name (`os.register_at_fork`), so
-    its operations are never mistaken for its parent's.
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self._numbers = itertools.count(1)
+
+    def next_id(self) -> str:
+        return f"{self.name}:{next(self._numbers)}"
+
+
+class Replica:
+    """This client's replica names in operation ids, lent one operation at a time.
+
+    A remove cancels, per replica, the contributions numbered up to the highest it saw, which
+    is right only if a replica's operations reach the server in order (DESIGN: cart). Threads
+    and asyncio tasks sharing a client issue operations at once, so a name is lent to one
+    operation at a time: the next operation of a name is numbered only after the server's
+    answer named the previous one (`answered`). Concurrent operations take other names; an
+    operation still in flight, or whose answer was lost, keeps its name out of use. So a cart
+    holds as many of this client's names as operations were ever in flight on it at once, and
+    each name numbers its operations 1, 2, 3, … without gaps (one watermark on the server).
+
+    A forked child process takes new names (`os.register_at_fork`), so its operations are never
+    mistaken for its parent's.
     """
 
     def __init__(self, channel: str) -> None:
         self.channel = channel
-        self._lock = threading.Lock()
         self._renew()
         _LIVE.add(self)
 
     def _renew(self) -> None:
         self._lock = threading.Lock()
         self.name = f"{self.channel}-{os.urandom(6).hex()}"
-        self._carts: OrderedDict[str, tuple[str, itertools.count[int]]] = OrderedDict()
+        self._idle: OrderedDict[str, list[_Counter]] = OrderedDict()  # customer → free names
+        self._lent: OrderedDict[str, tuple[str, _Counter]] = OrderedDict()  # op id → name
 
     def next_id(self, customer_id: str) -> str:
+        """A new operation id for the customer's cart, under a name no operation in flight
+        holds. Give it back with `answered` once the server's answer names the operation."""
         with self._lock:
-            entry = self._carts.pop(customer_id, None)
-            if entry is None:
-                # A forgotten customer gets a new name: a counter never restarts under one.
-                entry = (f"{self.name}.{os.urandom(3).hex()}", itertools.count(1))
-            self._carts[customer_id] = entry
-            while len(self._carts) > REPLICAS_KEPT:
-                self._carts.popitem(last=False)
-        name, counter = entry
-        return f"{name}:{next(counter)}"
+            idle = self._idle.pop(customer_id, [])
+            # A forgotten name is never reused: a counter never restarts under one.
+            counter = idle.pop() if idle else _Counter(f"{self.name}.{os.urandom(3).hex()}")
+            if idle:
+                self._idle[customer_id] = idle
+            op_id = counter.next_id()
+            self._lent[op_id] = (customer_id, counter)
+            while len(self._lent) > REPLICAS_KEPT:  # never answered: the name stays unused
+                self._lent.popitem(last=False)
+        return op_id
+
+    def answered(self, op_ids: Iterable[str]) -> None:
+        """The server applied these operations (its answer listed them as applied or as
+        duplicates): their names may number the customer's next operations."""
+        with self._lock:
+            for op_id in op_ids:
+                lent = self._lent.pop(op_id, None)
+                if lent is None:
+                    continue  # not lent by this client, or already given back
+                customer_id, counter = lent
+                self._idle.setdefault(customer_id, []).append(counter)
+                self._idle.move_to_end(customer_id)
+            while len(self._idle) > REPLICAS_KEPT:
+                self._idle.popitem(last=False)
 
 
 def _renew_after_fork() -> None:
@@ -65,7 +109,7 @@ os.register_at_fork(after_in_child=_renew_after_fork)
 
 
 def get_call(customer_id: str) -> Call[CartView]:
-    return Call("GET", f"/v1/carts/{customer_id}", model(CartView))
+    return Call("GET", f"/v1/carts/{checked_customer_id(customer_id)}", model(CartView))
 
 
 def ops_call(customer_id: str, ops: Sequence[CartOpIn | Mapping[str, Any]]) -> Call[CartView]:
@@ -75,7 +119,7 @@ def ops_call(customer_id: str, ops: Sequence[CartOpIn | Mapping[str, Any]]) -> C
     key = "cart-" + ",".join(op.op_id for op in checked)
     return Call(
         "POST",
-        f"/v1/carts/{customer_id}/ops",
+        f"/v1/carts/{checked_customer_id(customer_id)}/ops",
         model(CartView),
         json=body,
         idempotency_key=key[:255],
@@ -85,7 +129,7 @@ def ops_call(customer_id: str, ops: Sequence[CartOpIn | Mapping[str, Any]]) -> C
 def ordered_call(customer_id: str, order_ref: str, version: int) -> Call[CartView]:
     return Call(
         "POST",
-        f"/v1/carts/{customer_id}/mark-ordered",
+        f"/v1/carts/{checked_customer_id(customer_id)}/mark-ordered",
         model(CartView),
         json=MarkOrdered(order_ref=order_ref).model_dump(),
         headers={"If-Match": f'"{version}"'},
@@ -115,7 +159,9 @@ def _seen(cart: CartView | Mapping[str, Any]) -> CartView:
 
 
 class CartOpsBuilder:
-    """The operations of the helpers below, built once for both clients."""
+    """The operations of the helpers below, built once for both clients. An operation built
+    here holds its replica name until an answer to this client names it (`carts.apply`);
+    until then, operations built meanwhile take other names."""
 
     def __init__(self, replica: Replica) -> None:
         self.replica = replica
@@ -129,7 +175,7 @@ class CartOpsBuilder:
         attributes: LineAttributes | None = None,
     ) -> CartOpIn:
         return CartOpIn(
-            op_id=self.replica.next_id(customer_id),
+            op_id=self.replica.next_id(checked_customer_id(customer_id)),
             type="add",
             line=_line(sku, options),
             delta=quantity,
@@ -170,6 +216,14 @@ class Carts(Resource[C]):
         super().__init__(client)
         self.ops = CartOpsBuilder(Replica(client.channel.value if client.channel else "sdk"))
 
+    def _sent(
+        self, customer_id: str, ops: Sequence[CartOpIn | Mapping[str, Any]]
+    ) -> Flow[CartView]:
+        """Send operations; once the answer names them, their replica names are free again."""
+        cart = yield from send(ops_call(customer_id, ops))
+        self.ops.replica.answered([*cart.applied, *cart.duplicates])
+        return cart
+
     @operation
     def get(self, customer_id: str) -> Flow[CartView]:
         """The customer's cart as every channel sees it, with its version."""
@@ -181,7 +235,7 @@ class Carts(Resource[C]):
     ) -> Flow[CartView]:
         """Apply operations (all or none; each at most once, so retries are safe). Build them
         with `carts.ops` or pass mappings of the same fields."""
-        return (yield from send(ops_call(customer_id, ops)))
+        return (yield from self._sent(customer_id, ops))
 
     @operation
     def add(
@@ -211,7 +265,7 @@ class Carts(Resource[C]):
             else None
         )
         op = self.ops.add(customer_id, sku, quantity, options, attributes)
-        return (yield from send(ops_call(customer_id, [op])))
+        return (yield from self._sent(customer_id, [op]))
 
     @operation
     def set_quantity(
@@ -225,7 +279,7 @@ class Carts(Resource[C]):
         """Make a line `quantity` relative to the cart the customer saw (`seen`, as `get` or a
         write returned it): sent as the difference, so units added meanwhile elsewhere stay."""
         op = self.ops.set_quantity(_seen(seen), sku, quantity, options)
-        return (yield from send(ops_call(customer_id, [op])))
+        return (yield from self._sent(customer_id, [op]))
 
     @operation
     def remove(
@@ -237,12 +291,12 @@ class Carts(Resource[C]):
     ) -> Flow[CartView]:
         """Remove a line as the customer saw it; adds made meanwhile elsewhere stay."""
         op = self.ops.remove(_seen(seen), sku, options)
-        return (yield from send(ops_call(customer_id, [op])))
+        return (yield from self._sent(customer_id, [op]))
 
     @operation
     def clear(self, customer_id: str, seen: CartView | Mapping[str, Any]) -> Flow[CartView]:
         """Empty the cart as the customer saw it; adds made meanwhile elsewhere stay."""
-        return (yield from send(ops_call(customer_id, [self.ops.clear(_seen(seen))])))
+        return (yield from self._sent(customer_id, [self.ops.clear(_seen(seen))]))
 
     @operation
     def mark_ordered(self, customer_id: str, order_ref: str, version: int) -> Flow[CartView]:

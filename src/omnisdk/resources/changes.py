@@ -34,6 +34,7 @@ import httpx
 from omnisdk._base import Answer, read_answer
 from omnisdk._sse import RESYNC, Change, ChangeData, OtherChange, SseParser
 from omnisdk.errors import APIError, RateLimitedError, ServerError
+from omnisdk.resources._resource import checked_customer_id
 
 if TYPE_CHECKING:
     from omnisdk._async import AsyncClient
@@ -57,7 +58,8 @@ class _FeedState:
         last_event_id: int | None,
         timeout: float | None,
     ) -> None:
-        self.url = f"{client.base_url}/v1/customers/{customer_id}/changes"
+        customer = checked_customer_id(customer_id)
+        self.url = f"{client.base_url}/v1/customers/{customer}/changes"
         self.headers = dict(client._default_headers)
         self.headers["Accept"] = "text/event-stream"
         self.last_event_id = last_event_id

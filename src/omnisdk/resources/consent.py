@@ -33,6 +33,7 @@ from omnisdk.resources._resource import (
     Call,
     Flow,
     Resource,
+    checked_customer_id,
     model,
     operation,
     send,
@@ -44,11 +45,13 @@ if TYPE_CHECKING:
 
 def state_call(customer_id: str, device_id: str | None) -> Call[ConsentState]:
     params = {"device_id": device_id} if device_id else None
-    return Call("GET", f"/v1/consent/{customer_id}", model(ConsentState), params=params)
+    path = f"/v1/consent/{checked_customer_id(customer_id)}"
+    return Call("GET", path, model(ConsentState), params=params)
 
 
 def history_call(customer_id: str) -> Call[ConsentHistory]:
-    return Call("GET", f"/v1/consent/{customer_id}/history", model(ConsentHistory))
+    path = f"/v1/consent/{checked_customer_id(customer_id)}/history"
+    return Call("GET", path, model(ConsentHistory))
 
 
 def decisions_of(
@@ -83,7 +86,7 @@ def record_call(customer_id: str, decisions: list[ConsentDecisionIn]) -> Call[Re
     body = RecordConsentRequest(decisions=decisions)
     return Call(
         "POST",
-        f"/v1/consent/{customer_id}",
+        f"/v1/consent/{checked_customer_id(customer_id)}",
         model(RecordConsentResult),
         json=body.model_dump(mode="json", exclude_none=True),
     )
@@ -101,7 +104,8 @@ def queued_item(customer_id: str, decisions: list[ConsentDecisionIn]) -> tuple[s
         for d in decisions
     ]
     body = RecordConsentRequest(decisions=decisions).model_dump(mode="json", exclude_none=True)
-    return f"consent-{uuid.uuid4().hex}", {"customer_id": customer_id, "request": body}
+    payload = {"customer_id": checked_customer_id(customer_id), "request": body}
+    return f"consent-{uuid.uuid4().hex}", payload
 
 
 def delivery_call(payload: dict[str, Any], key: str) -> Call[RecordConsentResult]:
@@ -329,7 +333,7 @@ class Consent(Resource[C]):
     def state(self, customer_id: str, device_id: str | None = None) -> Flow[ConsentState | None]:
         """The state from the cache, asking the server only when it is not known; None when
         the server cannot be asked (treat as nothing granted)."""
-        entry = self._client.consent_cache.get(customer_id, device_id)
+        entry = self._client.consent_cache.get(checked_customer_id(customer_id), device_id)
         if entry is not None:
             return entry.state
         try:
@@ -351,7 +355,7 @@ class Consent(Resource[C]):
         self, customer_id: str, purpose: str, device_id: str | None = None
     ) -> bool:
         cache = self._client._consent_cache or self._client.consent_cache
-        entry = cache.get(customer_id, device_id)
+        entry = cache.get(checked_customer_id(customer_id), device_id)
         return MISS if entry is None else purpose in entry.granted
 
     @operation

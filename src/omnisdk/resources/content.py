@@ -37,7 +37,18 @@ from omnisdk.models import (
     RulesetIn,
     RulesetVersion,
 )
-from omnisdk.resources._resource import Blocking, C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    Blocking,
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    is_customer_id,
+    model,
+    operation,
+    send,
+)
 from omnisdk.resources.consent import Consent, granted_in
 from omnisdk.resources.events import Events
 from omnisdk.resources.identity import profile_call
@@ -358,6 +369,8 @@ class Content(Resource[C]):
     ) -> Flow[ContentDecision]:
         """Decide `slots` (all when None) for a known customer or an anonymous visitor, from
         the cached ruleset; her profile is read only if she granted personalisation."""
+        if customer_id is not None and not isinstance(customer_id, str):
+            checked_customer_id(customer_id)  # the wrong type: refused as everywhere
         client = self._client
         cache = client.content_cache
         if cache.ruleset is None:
@@ -374,12 +387,13 @@ class Content(Resource[C]):
             extra=attributes,
         )
         facts = None
-        # A customer the server does not know (erased, another shop's id) gets the page of a
-        # visitor: a landing page must render, not fail.
+        # A customer the server does not know (erased, another shop's id, text that cannot be
+        # an id, as in a forged cookie) gets the page of a visitor: a landing page must render,
+        # not fail.
         with contextlib.suppress(NotFoundError):
             state = (
                 (yield from Consent.state.flow(client.consent, customer_id, device_id))
-                if customer_id
+                if is_customer_id(customer_id)
                 else None
             )
             if customer_id and _personalised(context, state):

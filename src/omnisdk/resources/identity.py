@@ -32,7 +32,16 @@ from omnisdk.models import (
     SharedIdentifierRequest,
     TimelinePage,
 )
-from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+    send,
+)
 
 
 def identify_call(
@@ -69,12 +78,17 @@ def resolve_call(type: IdentifierType | str, value: str) -> Call[Resolution]:
 
 
 def profile_call(customer_id: str) -> Call[Profile]:
-    return Call("GET", f"/v1/customers/{customer_id}/profile", model(Profile))
+    return Call("GET", f"/v1/customers/{checked_customer_id(customer_id)}/profile", model(Profile))
 
 
 def timeline_call(customer_id: str, limit: int, cursor: str | None) -> Call[TimelinePage]:
     params = {"limit": str(limit)} | ({"cursor": cursor} if cursor else {})
-    return Call("GET", f"/v1/customers/{customer_id}/timeline", model(TimelinePage), params=params)
+    return Call(
+        "GET",
+        f"/v1/customers/{checked_customer_id(customer_id)}/timeline",
+        model(TimelinePage),
+        params=params,
+    )
 
 
 def annotate_call(
@@ -96,7 +110,12 @@ def annotate_call(
         pinned=pinned,
         expires_at=expires_at,
     ).model_dump(mode="json", exclude_none=True)
-    return Call("POST", f"/v1/customers/{customer_id}/annotations", model(Annotation), json=body)
+    return Call(
+        "POST",
+        f"/v1/customers/{checked_customer_id(customer_id)}/annotations",
+        model(Annotation),
+        json=body,
+    )
 
 
 def annotations_call(
@@ -107,7 +126,7 @@ def annotations_call(
         params["department"] = department
     return Call(
         "GET",
-        f"/v1/customers/{customer_id}/annotations",
+        f"/v1/customers/{checked_customer_id(customer_id)}/annotations",
         lambda d: AnnotationList.model_validate(d).items,
         params=params,
     )
@@ -133,7 +152,9 @@ def revisions_call(annotation_id: str) -> Call[list[AnnotationRevision]]:
 
 def preferred_channel_call(customer_id: str) -> Call[PreferredChannelView]:
     return Call(
-        "GET", f"/v1/customers/{customer_id}/preferred-channel", model(PreferredChannelView)
+        "GET",
+        f"/v1/customers/{checked_customer_id(customer_id)}/preferred-channel",
+        model(PreferredChannelView),
     )
 
 
@@ -143,7 +164,7 @@ def declare_channel_call(
     body = PreferredChannelIn(channel=PreferredChannel(channel) if channel else None)
     return Call(
         "PUT",
-        f"/v1/customers/{customer_id}/preferred-channel",
+        f"/v1/customers/{checked_customer_id(customer_id)}/preferred-channel",
         model(PreferredChannelView),
         json=body.model_dump(mode="json"),
     )
@@ -151,7 +172,9 @@ def declare_channel_call(
 
 def merges_call(customer_id: str) -> Call[list[Merge]]:
     return Call(
-        "GET", f"/v1/customers/{customer_id}/merges", lambda d: MergeList.model_validate(d).items
+        "GET",
+        f"/v1/customers/{checked_customer_id(customer_id)}/merges",
+        lambda d: MergeList.model_validate(d).items,
     )
 
 

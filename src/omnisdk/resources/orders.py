@@ -30,7 +30,17 @@ from omnisdk.models import (
     RefundRequest,
     SaleLineIn,
 )
-from omnisdk.resources._resource import Append, Blocking, C, Call, Flow, Resource, model, operation
+from omnisdk.resources._resource import (
+    Append,
+    Blocking,
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+)
 from omnisdk.resources.returns import keys_call
 
 ORDER = "order"  # the outbox kind of an order recorded while offline
@@ -215,7 +225,7 @@ class Orders(Resource[C]):
         """Her orders on every channel, newest first (any current or merged id of hers)."""
         result: OrderList = yield Call(
             "GET",
-            f"/v1/customers/{customer_id}/orders",
+            f"/v1/customers/{checked_customer_id(customer_id)}/orders",
             model(OrderList),
             params={"limit": str(limit)},
         )
@@ -248,7 +258,7 @@ class Orders(Resource[C]):
         `omnisdk.qr`): no personal data in it, valid for `lifetime_seconds`."""
         result: CustomerCodeIssued = yield Call(
             "POST",
-            f"/v1/customers/{customer_id}/customer-code",
+            f"/v1/customers/{checked_customer_id(customer_id)}/customer-code",
             model(CustomerCodeIssued),
             params={"lifetime_seconds": str(lifetime_seconds)},
         )

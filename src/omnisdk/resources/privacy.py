@@ -3,15 +3,28 @@
 from __future__ import annotations
 
 from omnisdk.models import CustomerExport, ErasureReceipt
-from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+    send,
+)
 
 
 def export_call(customer_id: str) -> Call[CustomerExport]:
-    return Call("POST", f"/v1/privacy/{customer_id}/export", model(CustomerExport))
+    return Call(
+        "POST", f"/v1/privacy/{checked_customer_id(customer_id)}/export", model(CustomerExport)
+    )
 
 
 def erase_call(customer_id: str) -> Call[ErasureReceipt]:
-    return Call("POST", f"/v1/privacy/{customer_id}/erase", model(ErasureReceipt))
+    return Call(
+        "POST", f"/v1/privacy/{checked_customer_id(customer_id)}/erase", model(ErasureReceipt)
+    )
 
 
 class Privacy(Resource[C]):

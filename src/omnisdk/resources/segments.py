@@ -13,7 +13,16 @@ from omnisdk.models import (
     SegmentMemberPage,
     SegmentView,
 )
-from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+    send,
+)
 
 
 def create_call(name: str, condition: Mapping[str, Any], description: str) -> Call[SegmentView]:
@@ -53,7 +62,11 @@ def members_call(segment: str, after: str | None, limit: int) -> Call[SegmentMem
 
 
 def explain_call(segment: str, customer_id: str) -> Call[SegmentExplanation]:
-    return Call("GET", f"/v1/segments/{segment}/explain/{customer_id}", model(SegmentExplanation))
+    return Call(
+        "GET",
+        f"/v1/segments/{segment}/explain/{checked_customer_id(customer_id)}",
+        model(SegmentExplanation),
+    )
 
 
 class Segments(Resource[C]):

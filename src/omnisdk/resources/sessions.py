@@ -6,11 +6,20 @@ from __future__ import annotations
 from typing import Any
 
 from omnisdk.models import SessionView, SessionWrite
-from omnisdk.resources._resource import C, Call, Flow, Resource, model, operation, send
+from omnisdk.resources._resource import (
+    C,
+    Call,
+    Flow,
+    Resource,
+    checked_customer_id,
+    model,
+    operation,
+    send,
+)
 
 
 def get_call(customer_id: str) -> Call[SessionView]:
-    return Call("GET", f"/v1/sessions/{customer_id}", model(SessionView))
+    return Call("GET", f"/v1/sessions/{checked_customer_id(customer_id)}", model(SessionView))
 
 
 def write_call(
@@ -18,7 +27,10 @@ def write_call(
 ) -> Call[SessionView]:
     body = SessionWrite(entries=entries, **({"ttl_seconds": ttl_seconds} if ttl_seconds else {}))
     return Call(
-        "POST", f"/v1/sessions/{customer_id}", model(SessionView), json=body.model_dump(mode="json")
+        "POST",
+        f"/v1/sessions/{checked_customer_id(customer_id)}",
+        model(SessionView),
+        json=body.model_dump(mode="json"),
     )
 
 
