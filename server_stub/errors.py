@@ -14,6 +14,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
@@ -174,7 +175,24 @@ async def _on_unexpected(request: Request, exc: Exception) -> Response:
     )
 
 
+# What nginx logs for a request its client abandoned: no answer reaches anyone.
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _on_client_gone(request: Request, exc: Exception) -> Response:
+    # The client went away before its request was read (its body cut short by a bad chunk,
+    # the connection closed): no failure of the server, so neither logged as one nor counted
+    # as a 5xx (anyone could raise the error rate at will); nothing was changed.
+    route = request.scope.get("route")
+    log.info(
+        "the client went away before its request was read",
+        extra={"route": getattr(route, "path", "(no route)")},
+    )
+    return Response(status_code=CLIENT_CLOSED_REQUEST)
+
+
 def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_exception_handler(Problem, _on_problem)
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(StarletteHTTPException, _on_http_error)

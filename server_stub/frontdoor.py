@@ -129,8 +129,16 @@ class GuardedHttpProtocol(HttpToolsProtocol):
                 self._unsupported_upgrade_warning()
             return
         except httptools.HttpParserError as exc:
-            if not isinstance(exc.__context__, _Refused):
-                self.send_400_response("Invalid HTTP request received.")
+            if isinstance(exc.__context__, _Refused):
+                return
+            if self.cycle is not None and self.cycle.response_started:
+                self.transport.close()  # answered already: nothing more can be said
+            else:  # problem+json like every other answer, not uvicorn's plain text
+                self._refuse(
+                    ProblemType.MALFORMED_REQUEST,
+                    "the request is not valid HTTP/1.1 (a malformed header line, chunk size "
+                    "or framing)",
+                )
             return
         if self._waiting == _HEADERS and self._header_bytes > self._limits.max_header_bytes:
             self._refuse_headers()

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from datetime import date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 import pydantic
@@ -162,6 +162,9 @@ async def ingest(
             occurred_at = event.timestamp or now
             check_names(event.event_id, event.customer_id)
             extracted = check_event(event.name, event.properties, occurred_at, now)
+            # Stored in UTC: PostgreSQL's parser refuses offsets past ±15:59 (a 500 that sank
+            # the whole batch), where SQLite took them. Within three years of now: no overflow.
+            occurred_at = occurred_at.astimezone(UTC)
             customer_id, key = _identity_of(named, event)
         except InvalidEvent as error:
             rejected.append(_rejection(index, event_id, ProblemType.INVALID_EVENT, str(error)))

@@ -92,6 +92,9 @@ _BY_IDENTIFIER: dict[str, tuple[IdentifierType, LinkMethod]] = {
 NO_CURRENCY = "XXX"
 
 
+MAX_TOTAL = Decimal("999999999999.99")  # what the money columns hold (NUMERIC(14, 2))
+
+
 def money(value: float | Decimal | int | str) -> Decimal:
     """An amount as stored: a Decimal with two decimals (from a float by its shortest repr)."""
     return Decimal(str(value)).quantize(CENT)
@@ -336,6 +339,11 @@ async def record(
         if request.total is not None
         else sum((line.unit_price * line.quantity for line in lines), Decimal(0))
     )
+    if total > MAX_TOTAL:  # each price is bounded; their sum must fit the money column too
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"the order's total {total} is more than an order may hold ({MAX_TOTAL})",
+        )
     buyer, method, refused = await _buyer(conn, context, request, named, placed_at)
     if buyer is not None and sold_on == "pos":
         allowed = await consent.analytics_allowed(conn, context, [(buyer, placed_at)])

@@ -742,7 +742,7 @@ class OrderLineIn(WireModel):
         description="The product's name, shown to the clerk.", default=None, max_length=200
     )
     unit_price: Float | None = Field(
-        description="Price of one unit, in `currency`.", default=None, ge=0
+        description="Price of one unit, in `currency`.", default=None, ge=0, le=999_999_999_999
     )
 
 

@@ -270,3 +270,48 @@ async def test_a_large_body_sent_with_its_headers_at_once_is_not_taken_for_heade
     # The app read it all and judged the body: the message is over its 256 characters.
     assert status == 422
     assert problem["type"] == ProblemType.VALIDATION_ERROR
+
+
+MALFORMED = {
+    "a line break inside a header value": (
+        b"GET /healthz HTTP/1.1\r\nHost: x\r\nIdempotency-Key: a\rb\r\n\r\n"
+    ),
+    "a folded header line": b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\r\n b\r\n\r\n",
+    "both Content-Length and Transfer-Encoding": (
+        b"POST /v1/system/ping HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    ),
+}
+
+
+@pytest.mark.parametrize("request_bytes", MALFORMED.values(), ids=list(MALFORMED))
+async def test_malformed_http_is_refused_with_a_problem(
+    guarded_server: ServerProcess, request_bytes: bytes
+) -> None:
+    """uvicorn answered these in plain text ("Invalid HTTP request received.")."""
+    status, headers, problem = _problem(await _exchange(guarded_server, request_bytes))
+    assert (status, problem["type"]) == (400, ProblemType.MALFORMED_REQUEST)
+    assert headers["content-type"] == "application/problem+json"
+
+
+async def test_a_body_cut_short_by_a_bad_chunk_is_no_server_error(tmp_path: Path) -> None:
+    """The app was reading the body when the parser failed on a bad chunk size: the client
+    is gone, which the server logged as an unhandled error and counted as a 500."""
+    log = tmp_path / "log"
+    with ServerProcess(f"sqlite:///{tmp_path / 'db.sqlite3'}", log_path=log) as server:
+        key = server.create_tenant().key("web")
+        head = (
+            f"POST /v1/events HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {key}\r\n"
+            "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        ).encode()
+        status, _, problem = _problem(await _exchange(server, head + b'5\r\n{"a":\r\nzz\r\n'))
+        assert (status, problem["type"]) == (400, ProblemType.MALFORMED_REQUEST)
+        async with httpx.AsyncClient() as http:
+            for _ in range(100):  # until the app has seen its client go
+                metrics = (await http.get(f"{server.url}/metrics")).text
+                if 'route="/v1/events"' in metrics:
+                    break
+                await asyncio.sleep(0.1)
+    events = [line for line in metrics.splitlines() if 'route="/v1/events"' in line]
+    assert events and not any('status="5' in line for line in events), events
+    assert "unhandled error" not in log.read_text()

@@ -4,12 +4,15 @@ and stores nothing."""
 from __future__ import annotations
 
 import base64
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from omnisdk.core.problems import PROBLEM_CONTENT_TYPE, ProblemType
 from server_stub.sse import LARGEST_POSITION, resume_position
+from server_stub.storage.tables import events
 from tests.server.conftest import Harness, ShopForTest
 
 
@@ -173,3 +176,51 @@ async def test_an_inventory_read_of_no_item_key_is_422(shop: ShopForTest, key: s
         _assert_problem(answer, 422, ProblemType.VALIDATION_ERROR)
     fine = await shop.request("GET", "/v1/inventory", params={"item": ["TR2", "TR2|a=2;b=1"]})
     assert fine.status_code == 200, fine.text
+
+
+async def test_an_order_whose_total_outgrows_the_money_column_is_422_and_stores_nothing(
+    shop: ShopForTest,
+) -> None:
+    """Each price is bounded, their sum was not: a 500 on PostgreSQL (numeric overflow), and
+    on SQLite a total stored that PostgreSQL could not hold."""
+    line = {"sku": "TR2", "quantity": 9999, "unit_price": 999_999_999_999}
+    sale = {"reference": "BIG-1", "currency": "EUR", "lines": [line]}
+    answer = await shop.request("POST", "/v1/orders", "web", json=sale)
+    _assert_problem(answer, 422, ProblemType.VALIDATION_ERROR)
+    assert "more than an order may hold" in answer.json()["detail"]
+    assert (await shop.request("GET", "/v1/orders/BIG-1")).status_code == 404
+
+
+async def test_a_return_line_priced_beyond_any_amount_is_422(shop: ShopForTest) -> None:
+    """1e308 a unit was issued a code that no till could then redeem (a 500 computing it)."""
+    line = {"line_id": "1", "sku": "TR2", "quantity": 999, "unit_price": 1e308}
+    body = {"order_ref": "HO-1", "lines": [line], "currency": "EUR"}
+    answer = await shop.request("POST", "/v1/returns", "web", json=body)
+    _assert_problem(answer, 422, ProblemType.VALIDATION_ERROR)
+
+
+async def test_an_event_time_with_an_offset_past_15_59_is_stored_in_utc(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """PostgreSQL's parser refuses offsets past ±15:59: the whole batch was a 500 there, and
+    SQLite stored it. Both store the instant in UTC now, and the batch's other event too."""
+    at = datetime.now(UTC) - timedelta(days=1)
+    far = at.astimezone(timezone(timedelta(hours=23, minutes=59))).isoformat()
+    batch = {
+        "events": [
+            {"name": "product_viewed", "anonymous_id": "a", "event_id": "near"},
+            {"name": "product_viewed", "anonymous_id": "a", "event_id": "far", "timestamp": far},
+        ]
+    }
+    answer = await shop.request("POST", "/v1/events/batch", "web", json=batch)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["accepted"] == 2
+    async with server.database.transaction(write=False) as conn:
+        stored = (
+            await conn.execute(
+                select(events.c.occurred_at).where(
+                    events.c.tenant_id == shop.id, events.c.event_id == "far"
+                )
+            )
+        ).scalar_one()
+    assert stored == at

@@ -21,6 +21,7 @@ class ProblemType(StrEnum):
     NOT_FOUND = PROBLEM_BASE + "not-found"
     METHOD_NOT_ALLOWED = PROBLEM_BASE + "method-not-allowed"
     MALFORMED_JSON = PROBLEM_BASE + "malformed-json"
+    MALFORMED_REQUEST = PROBLEM_BASE + "malformed-request"
     UNSUPPORTED_MEDIA_TYPE = PROBLEM_BASE + "unsupported-media-type"
     VALIDATION_ERROR = PROBLEM_BASE + "validation-error"
     PAYLOAD_TOO_LARGE = PROBLEM_BASE + "payload-too-large"
@@ -70,6 +71,7 @@ _STATUS: dict[ProblemType, int] = {
     ProblemType.NOT_FOUND: 404,
     ProblemType.METHOD_NOT_ALLOWED: 405,
     ProblemType.MALFORMED_JSON: 400,
+    ProblemType.MALFORMED_REQUEST: 400,
     ProblemType.UNSUPPORTED_MEDIA_TYPE: 415,
     ProblemType.VALIDATION_ERROR: 422,
     ProblemType.PAYLOAD_TOO_LARGE: 413,
@@ -107,6 +109,7 @@ _TITLE: dict[ProblemType, str] = {
     ProblemType.NOT_FOUND: "Not found",
     ProblemType.METHOD_NOT_ALLOWED: "Method not allowed",
     ProblemType.MALFORMED_JSON: "The request body is not valid JSON",
+    ProblemType.MALFORMED_REQUEST: "The request is not valid HTTP",
     ProblemType.UNSUPPORTED_MEDIA_TYPE: "Unsupported media type",
     ProblemType.VALIDATION_ERROR: "The request is not valid",
     ProblemType.PAYLOAD_TOO_LARGE: "The request body is too large",
