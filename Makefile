@@ -57,8 +57,7 @@ POS := server_stub/pos
 pos-catalogue: $(STAMP)
 	cd $(POS) && ../../$(BIN)/pybabel extract -F babel.cfg -k words -k N_ -k UnreadablePhoto \
 		--no-location --omit-header --sort-output -o locale/pos.pot .
-	$(BIN)/pybabel update -D pos -i $(POS)/locale/pos.pot -d $(POS)/locale --no-location \
-		--omit-header --ignore-obsolete
+	$(BIN)/pybabel update -D pos -i $(POS)/locale/pos.pot -d $(POS)/locale --ignore-obsolete
 
 ## pos-screenshots: the return station's pages in English and Polish, for docs/pos.md
 pos-screenshots: $(STAMP)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hmac
+import json
 import re
 import secrets
 import time
@@ -184,6 +185,15 @@ class TillSigningIn:
     tenant_id: str
     client: omnisdk.AsyncClient
     offline: bool  # the network is down; the key signed this till in before
+
+
+@dataclass(frozen=True)
+class ConfirmAgain:
+    """A confirm that may or may not have reached the shop (its answer was lost), or that the
+    offline limit holds back: the review is shown again, so that pressing Confirm sends the
+    same till transaction, which the shop takes at most once."""
+
+    message: str
 
 
 class SignedOut(Exception):
@@ -470,9 +480,13 @@ class Station:
         status_code: int = 200,
     ) -> Response:
         assert session.client is not None
-        pending = session.client.returns.till.pending()  # the till's own file, read at once
+        till = session.client.returns.till
+        pending = till.pending()  # the till's own file, read at once
         if pending:  # left from before a restart, or taken through another station process
             self.keep_sending(session)
+        refused = [
+            (letter.payload, _refusal_kind(letter.error)) for letter in till.refused()
+        ]  # refunded offline, refused by the shop: for a manager to settle
         return self.page(
             request,
             session,
@@ -480,6 +494,7 @@ class Station:
             status_code,
             error=error,
             pending=pending,
+            refused=refused,
             scan_focus=True,
         )
 
@@ -643,6 +658,10 @@ class Station:
                 outcome = await self.take_back(session, review, words)
             except SignedOut:
                 return await self.signed_out(request)
+            if isinstance(outcome, ConfirmAgain):
+                return self.page(
+                    request, session, "review.html", 503, review=review, error=outcome.message
+                )
             if isinstance(outcome, str):
                 return await self.order_again(request, session, review, outcome)
             session.work.keep_receipt(outcome)
@@ -650,10 +669,13 @@ class Station:
             self.keep_sending(session)
         return self.go(request, f"/returns/receipt/{transaction}")
 
-    async def take_back(self, session: TillSession, review: Review, words: Words) -> Receipt | str:
+    async def take_back(
+        self, session: TillSession, review: Review, words: Words
+    ) -> Receipt | ConfirmAgain | str:
         assert session.client is not None
         returns = session.client.returns
         queue = self.config.data_dir is not None and review.refund is not None
+        sent = False  # whether the shop may have taken it, its answer lost on the way
         try:
             if queue and session.known_offline:  # do not wait for a network known to be gone
                 request = redeem_request(
@@ -665,6 +687,7 @@ class Station:
                 )
                 redemption = await asyncio.to_thread(returns.till.queue, request, review.refund)
             else:
+                sent = True
                 redemption = await self.guarded(
                     session,
                     returns.redeem(
@@ -684,13 +707,21 @@ class Station:
             return words(
                 "This return cannot be taken offline: units of it are already waiting to be sent."
             )
-        except omnisdk.OfflineLimitReached:
-            return words(
-                "The till is offline and has reached its limit of %(cap)s for refunds waiting "
-                "to be sent. Wait for the network, or ask a manager.",
-                cap=words.money(self.config.offline_cap, review.currency),
-            )
-        except omnisdk.APIConnectionError:
+        except (omnisdk.APIConnectionError, omnisdk.OfflineLimitReached) as error:
+            if sent:  # the answer, not the request, may be what was lost
+                return ConfirmAgain(
+                    words(
+                        "The shop's answer did not arrive, so this return may already be "
+                        "recorded. Give no refund yet: press Confirm again when the network is "
+                        "back. It is never refunded twice."
+                    )
+                )
+            if isinstance(error, omnisdk.OfflineLimitReached):  # nothing sent: back to the order
+                return words(
+                    "This refund would take the till over its limit of %(cap)s for refunds "
+                    "taken offline. Change the amount, wait for the network, or ask a manager.",
+                    cap=words.money(self.config.offline_cap, review.currency),
+                )
             return words(
                 "The shop's server cannot be reached and this till cannot take returns offline."
             )
@@ -759,6 +790,20 @@ class Station:
                 receipt.redemption = confirmed
                 receipt.repriced = repriced.get(redemption.till_transaction_id)
                 session.work.keep_receipt(receipt)
+        if outcome["refused"]:  # their receipts said PENDING, and nothing else ever would
+            self.mark_refused(session)
+
+    def mark_refused(self, session: TillSession) -> None:
+        """Mark the receipts of returns the shop refused when they were sent (dead letters of
+        the till's queue): the refund already went out, so the clerk must tell a manager."""
+        assert session.client is not None
+        for letter in session.client.returns.till.refused():
+            transaction = str(letter.payload.get("request", {}).get("till_transaction_id", ""))
+            receipt = session.work.receipt(transaction)
+            if receipt is None or receipt.refused is not None:
+                continue
+            receipt.refused = _refusal_kind(letter.error)
+            session.work.keep_receipt(receipt)
 
     def keep_sending(self, session: TillSession) -> None:
         """Send this till's queued returns in the background until none are left: pages never
@@ -853,6 +898,16 @@ def _redeem_conflict(words: Words, error: omnisdk.APIError, review: Review) -> s
     if error.type.endswith("/return-revoked"):
         return scans.withdrawn(words)
     return words("This return was changed meanwhile. Scan the code again.")
+
+
+def _refusal_kind(error: str) -> str:
+    """The last part of the problem type a dead letter's stored problem names."""
+    try:
+        problem = json.loads(error)
+    except ValueError:
+        return "refused"
+    kind = problem.get("type") if isinstance(problem, dict) else None
+    return str(kind).rsplit("/", 1)[-1] if kind else "refused"
 
 
 def _problem_words(words: Words, error: omnisdk.APIError) -> str:

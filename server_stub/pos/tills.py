@@ -101,6 +101,9 @@ class Receipt:
     review: Review
     redemption: Redemption
     repriced: Repriced | None = None
+    # Taken offline, then refused by the shop when sent (its problem type's last part:
+    # "already-returned", "return-revoked", ...): the refund went out, a manager settles it.
+    refused: str | None = None
 
 
 class TillWork:
@@ -223,6 +226,7 @@ def _receipt_json(receipt: Receipt) -> str:
             "repriced": None
             if repriced is None
             else [repriced.till_transaction_id, repriced.refunded, repriced.shop_value],
+            "refused": receipt.refused,
         }
     )
 
@@ -234,7 +238,10 @@ def _receipt_of(stored: dict[str, Any]) -> Receipt | None:
         repriced = Repriced(*stored["repriced"]) if stored.get("repriced") else None
     except (KeyError, TypeError, ValueError):
         return None
-    return Receipt(review, redemption, repriced) if review is not None else None
+    refused = stored.get("refused")
+    if review is None:
+        return None
+    return Receipt(review, redemption, repriced, refused if isinstance(refused, str) else None)
 
 
 def _is_pending(file: Path) -> bool:

@@ -592,3 +592,87 @@ def test_a_till_signs_in_again_offline_with_the_key_that_signed_it_in_before(
         scan(page, token)
         assert "Order F1" in page.inner_text("h1") and page.is_visible("#offline")
         page.close()
+
+
+def test_a_lost_answer_shows_the_review_again_and_its_second_confirm_refunds_once(
+    browser: Any, tmp_path: Path
+) -> None:
+    """The shop took the return but its answer was lost. The till said the server could not
+    be reached and sent the clerk back to the order, whose new review was a new transaction:
+    confirmed again, the unit was refunded twice."""
+    lost: list[str] = []
+
+    def first_redeem(method: str, path: str) -> bool:
+        if method == "POST" and path.startswith("/v1/returns/redeem") and not lost:
+            lost.append(path)
+            return True
+        return False
+
+    with ServerProcess(f"sqlite:///{tmp_path / 'shop.sqlite3'}") as server:
+        shop = server.create_tenant("Shoe Shop Leipzig")
+        token = issue(shop, "L1")  # type: ignore[arg-type]
+        with (
+            FaultProxy(server.url, first_redeem) as proxy,
+            pos_backend(proxy.url, None, timeout=5.0) as backend,  # type: ignore[arg-type]
+        ):
+            page = sign_in(browser, backend.url, shop.key("pos"))
+            scan(page, token)
+            page.fill("#qty-1", "1")
+            with page.expect_navigation():
+                page.click("#review")
+            transaction = page.input_value('input[name="transaction"]')
+            with page.expect_navigation():
+                page.click("#confirm")
+            assert lost, "the proxy lost no answer"
+            assert page.inner_text("h1").startswith("Review the return")
+            assert "may already be recorded" in page.inner_text("#problem")
+            assert page.input_value('input[name="transaction"]') == transaction
+            accessible(page, "review after a lost answer")
+            with page.expect_navigation():
+                page.click("#confirm")
+            page.wait_for_url(f"**/returns/receipt/{transaction}")
+            assert page.inner_text("#receipt-status") == "Confirmed by the shop."
+            page.close()
+        with shop.client("pos") as till:
+            status = till.returns.status(token)
+        assert [r.till_transaction_id for r in status.redemptions] == [transaction]
+        assert status.lines[0].remaining == 1
+
+
+def test_an_offline_return_the_shop_then_refuses_says_so_on_its_receipt_and_the_scan_page(
+    browser: Any, tmp_path: Path
+) -> None:
+    """Sent once the network was back and refused (the code withdrawn meanwhile), it stayed
+    PENDING on the receipt for good and vanished from the scan page: the refund given at the
+    till was never shown to anyone."""
+    with ServerProcess(f"sqlite:///{tmp_path / 'shop.sqlite3'}") as server:
+        shop = server.create_tenant("Shoe Shop Leipzig")
+        token = issue(shop, "W2")  # type: ignore[arg-type]
+        with (
+            FaultProxy(server.url) as proxy,
+            pos_backend(proxy.url, tmp_path / "tills", timeout=2.0) as backend,
+        ):
+            page = sign_in(browser, backend.url, shop.key("pos"))
+            proxy.blackhole.set()
+            scan(page, token)
+            assert page.is_visible("#offline")
+            page.fill("#qty-1", "1")
+            page.fill("#amount", "89")
+            with page.expect_navigation():
+                page.click("#review")
+            with page.expect_navigation():
+                page.click("#confirm")
+            assert page.inner_text("#receipt-status").startswith("PENDING")
+            with shop.client("admin") as admin:
+                admin.returns.revoke_order("W2")
+            proxy.blackhole.clear()
+            with page.expect_navigation():
+                page.click("#send-now")
+            status = page.inner_text("#receipt-status")
+            assert status.startswith("REFUSED") and "withdrawn" in status, status
+            assert not page.is_visible("#send-now")
+            page.goto(f"{backend.url}/pos/returns")
+            assert "Refused by the shop (1)" in page.inner_text("#refused-title")
+            assert "W2" in page.inner_text("section.refused")
+            accessible(page, "scan page with a refused return")
+            page.close()
