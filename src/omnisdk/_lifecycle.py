@@ -5,10 +5,10 @@
   `exit_timeout`; what is left stays on disk (logged) for the next client on that `data_dir`.
 - `multiprocessing` children (a `Process`, `Pool` workers) leave through `os._exit`, which
   skips `atexit`: a finaliser registered in each child does the same instead. `Pool.terminate()`
-  (and `with Pool()`) ends workers with SIGTERM: a handler in the child, installed only where
-  SIGTERM has its default action, writes the outbox to disk, then lets the signal end it.
-  A SIGTERM that reaches a process already in its exit hook (a worker leaving by itself as
-  `terminate()` signals it) only cuts the hook's delivery short: the hook is ending the process.
+  (and `with Pool()`) ends workers with SIGTERM: in a child where SIGTERM has its default
+  action, a thread of ours waits for it (`sigwait`, the signal blocked in every thread), writes
+  the outbox to disk, then lets the signal end the process. An exit hook running meanwhile on
+  the main thread (a worker leaving by itself as `terminate()` signals it) stops delivering.
 - `fork()`: every client forgets its parent's connections and threads (outbox, sender, HTTP
   connection pool) and opens its own on first use, so nothing is shared across the fork.
 - kill -9, a power loss, `os._exit` in your own code: nothing runs; what is on disk survives
@@ -46,12 +46,10 @@ _HOLDING: set[Ending] = set()
 # thread, SIGTERM or SIGINT would wait for the main thread to run Python code again, which a
 # main thread blocked in a lock (an idle Pool worker) never does: the process would hang.
 _MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
-# An exit hook is running in this process (or has run: the process is ending). A SIGTERM
-# handler runs on the main thread in the middle of whatever it was doing, possibly that hook
-# holding an outbox's lock; doing the hook's work again there would wait for that lock.
-_ending = False
-# SIGTERM arrived while the exit hook ran: it delivers no more (what is left stays on disk).
+# SIGTERM arrived while an exit hook ran: it delivers no more (what is left stays on disk).
 _cut_short = False
+# This process blocked SIGTERM in its main thread, for the thread that waits for it.
+_watched = False
 
 
 def cut_short() -> bool:
@@ -85,8 +83,6 @@ def unregister(client: Ending) -> None:
 
 
 def _end_all(deliver: bool) -> None:
-    global _ending
-    _ending = True
     for client in list({*_CLIENTS, *_HOLDING}):
         try:
             client._at_exit(deliver)
@@ -95,31 +91,44 @@ def _end_all(deliver: bool) -> None:
 
 
 def _forget_parent() -> None:
-    global _ending, _cut_short
-    _ending = _cut_short = False  # a child forked while a parent's thread ran an exit hook
+    global _cut_short, _watched
+    _cut_short = False
+    if _watched:  # the waiting thread stayed in the parent: SIGTERM acts here as by default
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+        _watched = False
     for client in list({*_CLIENTS, *_HOLDING}):
         client._after_fork()
 
 
-def _on_sigterm(signum: int, frame: object) -> None:
+def _take_sigterm() -> None:
+    """Wait for SIGTERM; then write every outbox to disk and let the signal end the process.
+
+    Not a Python signal handler: one runs only when the main thread next runs Python code,
+    and a signal that arrived just before the main thread blocked in a lock (an idle Pool
+    worker waiting for work) left its handler pending for good. The worker never ended and
+    `Pool.terminate()` waited in `join` (1 run in about 40 under load). A handler also ran in
+    the middle of whatever the main thread did, its exit hook included, and waited there for
+    the locks that frame held. This thread takes the locks in turn like any other."""
     global _cut_short
-    if _ending:
-        _cut_short = True  # the interrupted hook writes to disk, stops delivering, and ends
-        return
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.sigwait({signal.SIGTERM})
+    _cut_short = True  # an exit hook running on the main thread delivers no more
     _end_all(deliver=False)  # terminate() means now: to disk only; the lease holder sends
-    os.kill(os.getpid(), signal.SIGTERM)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # its default action: the end
 
 
 def _in_multiprocessing_child(_: object) -> None:
     # Run by multiprocessing in each child it starts, after it has cleared the finalisers the
     # child inherited; a high priority runs it before the finalisers of lower ones.
+    global _watched
     multiprocessing.util.Finalize(None, _end_all, args=(True,), exitpriority=10)
     if (
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     ):
-        signal.signal(signal.SIGTERM, _on_sigterm)
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        _watched = True
+        start_daemon(_take_sigterm, "omnisdk-sigterm")
 
 
 class _Hook:  # multiprocessing's after-fork registry holds its objects by weak reference
