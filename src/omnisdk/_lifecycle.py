@@ -5,10 +5,10 @@
   `exit_timeout`; what is left stays on disk (logged) for the next client on that `data_dir`.
 - `multiprocessing` children (a `Process`, `Pool` workers) leave through `os._exit`, which
   skips `atexit`: a finaliser registered in each child does the same instead. `Pool.terminate()`
-  (and `with Pool()`) ends workers with SIGTERM: in a child where SIGTERM has its default
-  action, a thread of ours waits for it (`sigwait`, the signal blocked in every thread), writes
-  the outbox to disk, then lets the signal end the process. An exit hook running meanwhile on
-  the main thread (a worker leaving by itself as `terminate()` signals it) stops delivering.
+  (and `with Pool()`) ends workers with SIGTERM: a handler in the child, installed only where
+  SIGTERM has its default action, writes the outbox to disk, then lets the signal end it; a
+  thread woken by the signal makes sure the handler runs (`_watch_sigterm`). A SIGTERM that
+  reaches a process already in its exit hook only cuts the hook's delivery short.
 - `fork()`: every client forgets its parent's connections and threads (outbox, sender, HTTP
   connection pool) and opens its own on first use, so nothing is shared across the fork.
 - kill -9, a power loss, `os._exit` in your own code: nothing runs; what is on disk survives
@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import multiprocessing.util
 import os
@@ -46,10 +47,16 @@ _HOLDING: set[Ending] = set()
 # thread, SIGTERM or SIGINT would wait for the main thread to run Python code again, which a
 # main thread blocked in a lock (an idle Pool worker) never does: the process would hang.
 _MAIN_THREAD_SIGNALS = {signal.SIGTERM, signal.SIGINT}
+# An exit hook has begun in this process (it ends the process): a SIGTERM handler that
+# interrupts it on the main thread must not run it again there, below the locks it holds.
+_ending = False
 # SIGTERM arrived while an exit hook ran: it delivers no more (what is left stays on disk).
 _cut_short = False
-# This process blocked SIGTERM in its main thread, for the thread that waits for it.
-_watched = False
+# The SIGTERM handler has begun: later SIGTERMs (the watcher's nudges, a second terminate())
+# return at once.
+_terminating = False
+# The signal wakeup pipe this process's SIGTERM watcher reads (read, write ends), or None.
+_wakeup: tuple[int, int] | None = None
 
 
 def cut_short() -> bool:
@@ -83,6 +90,8 @@ def unregister(client: Ending) -> None:
 
 
 def _end_all(deliver: bool) -> None:
+    global _ending
+    _ending = True
     for client in list({*_CLIENTS, *_HOLDING}):
         try:
             client._at_exit(deliver)
@@ -91,44 +100,69 @@ def _end_all(deliver: bool) -> None:
 
 
 def _forget_parent() -> None:
-    global _cut_short, _watched
-    _cut_short = False
-    if _watched:  # the waiting thread stayed in the parent: SIGTERM acts here as by default
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-        _watched = False
+    global _ending, _cut_short, _terminating, _wakeup
+    _ending = _cut_short = _terminating = False  # a child forked while a parent's hook ran
+    if _wakeup is not None:  # the watcher stayed in the parent
+        with contextlib.suppress(ValueError):  # not forked from the main thread
+            signal.set_wakeup_fd(-1)
+        for end in _wakeup:
+            os.close(end)
+        _wakeup = None
     for client in list({*_CLIENTS, *_HOLDING}):
         client._after_fork()
 
 
-def _take_sigterm() -> None:
-    """Wait for SIGTERM; then write every outbox to disk and let the signal end the process.
-
-    Not a Python signal handler: one runs only when the main thread next runs Python code,
-    and a signal that arrived just before the main thread blocked in a lock (an idle Pool
-    worker waiting for work) left its handler pending for good. The worker never ended and
-    `Pool.terminate()` waited in `join` (1 run in about 40 under load). A handler also ran in
-    the middle of whatever the main thread did, its exit hook included, and waited there for
-    the locks that frame held. This thread takes the locks in turn like any other."""
-    global _cut_short
-    signal.sigwait({signal.SIGTERM})
-    _cut_short = True  # an exit hook running on the main thread delivers no more
+def _on_sigterm(signum: int, frame: object) -> None:
+    global _cut_short, _terminating
+    if _terminating:  # already ending: a nudge of the watcher, or a second SIGTERM
+        return
+    _terminating = True
+    if _ending:
+        # It interrupted an exit hook on this thread, whose locks are held below this frame:
+        # that hook writes to disk, stops delivering (cut short) and ends the process.
+        _cut_short = True
+        return
     _end_all(deliver=False)  # terminate() means now: to disk only; the lease holder sends
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    signal.pthread_kill(threading.get_ident(), signal.SIGTERM)  # its default action: the end
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _watch_sigterm(wakeup: int) -> None:
+    """Make sure the handler runs once SIGTERM has come. A Python handler runs only when the
+    main thread next runs Python code: a signal that arrived just before an idle Pool worker
+    blocked in its task-queue lock left the handler pending for good, the worker never ended
+    and `Pool.terminate()` waited in `join` (1 run in about 45 under load). The signal's
+    wakeup byte reaches this thread; it then signals the main thread again, which interrupts
+    the blocked wait, until the handler has begun."""
+    while signal.SIGTERM not in os.read(wakeup, 512):
+        pass
+    main = threading.main_thread().ident
+    assert main is not None
+    while not _terminating:
+        signal.pthread_kill(main, signal.SIGTERM)
+        threading.Event().wait(0.05)
 
 
 def _in_multiprocessing_child(_: object) -> None:
     # Run by multiprocessing in each child it starts, after it has cleared the finalisers the
     # child inherited; a high priority runs it before the finalisers of lower ones.
-    global _watched
+    global _wakeup
     multiprocessing.util.Finalize(None, _end_all, args=(True,), exitpriority=10)
     if (
         threading.current_thread() is threading.main_thread()
         and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL
     ):
-        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
-        _watched = True
-        start_daemon(_take_sigterm, "omnisdk-sigterm")
+        signal.signal(signal.SIGTERM, _on_sigterm)
+        read, write = os.pipe()  # not inherited by subprocesses (PEP 446)
+        os.set_blocking(write, False)
+        theirs = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        if theirs != -1:  # someone else's (asyncio's): leave it theirs, and the handler alone
+            signal.set_wakeup_fd(theirs)
+            os.close(read)
+            os.close(write)
+            return
+        _wakeup = (read, write)
+        start_daemon(lambda: _watch_sigterm(read), "omnisdk-sigterm")
 
 
 class _Hook:  # multiprocessing's after-fork registry holds its objects by weak reference

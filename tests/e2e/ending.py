@@ -11,6 +11,7 @@ import gc
 import multiprocessing
 import os
 import signal
+import subprocess
 import sys
 from typing import Any
 
@@ -118,6 +119,20 @@ def terminated_in_exit_hook(url: str, key: str, data_dir: str, count: int) -> No
         assert later.events.flush(timeout=60) == 0
 
 
+def _sigterm_of_a_subprocess(_: int) -> bool:
+    """Whether SIGTERM reaches a program a Pool worker runs (not blocked, not ignored)."""
+    status = subprocess.run(["cat", "/proc/self/status"], capture_output=True, text=True).stdout
+    fields = dict(line.split(":\t", 1) for line in status.splitlines() if ":\t" in line)
+    bit = 1 << (signal.SIGTERM - 1)
+    return not (int(fields["SigBlk"], 16) & bit or int(fields["SigIgn"], 16) & bit)
+
+
+def subprocess_of_a_worker(count: int) -> None:
+    track("sub", 0, count)
+    with CONTEXT.Pool(1) as pool:
+        assert pool.map(_sigterm_of_a_subprocess, [0]) == [True], "SIGTERM blocked in a subprocess"
+
+
 async def _async_track(url: str, key: str, data_dir: str, count: int, prefix: str = "a") -> None:
     aclient = omnisdk.AsyncClient(
         url, key, channel="web", data_dir=data_dir, exit_timeout=EXIT_TIMEOUT
@@ -147,6 +162,7 @@ SCENARIOS = {
     "fork": fork_and_exit,
     "pool": pool_close_join,
     "terminate": pool_terminate,
+    "subprocess": subprocess_of_a_worker,
 }
 
 

@@ -85,6 +85,15 @@ def test_sigterm_in_a_childs_exit_hook_ends_it_at_once_with_nothing_lost(
     assert sorted(stored_event_ids(database, "hook-")) == sorted(f"hook-{n}" for n in range(500))
 
 
+def test_a_program_a_pool_worker_runs_can_be_ended_by_sigterm(shop_server, tmp_path: Path) -> None:
+    """A signal mask is inherited through exec: the SDK must not leave SIGTERM blocked in a
+    worker's main thread (one way of waiting for it did), or `Popen.terminate()` of anything
+    the worker starts does nothing."""
+    server, key, database = shop_server
+    run_scenario("subprocess", server, key, tmp_path / "out", 10)
+    assert len(set(stored_event_ids(database, "sub-"))) == 10
+
+
 def test_an_async_client_left_open_at_exit_delivers_everything(shop_server, tmp_path: Path) -> None:
     server, key, database = shop_server
     run_scenario("async", server, key, tmp_path / "out", 2_000)
