@@ -166,6 +166,11 @@ async def store(
     and a reused reference is not silently taken for another sale. The buyer's
     `order_completed` event is recorded with it, once (events.record_order; `source` says
     where the order came from: "order" or "cart")."""
+    if order.total > MAX_TOTAL:  # each price is bounded; their sum must fit the money column
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"the order's total {order.total} is more than an order may hold ({MAX_TOTAL})",
+        )
     order_id = new_id("ord", 10)
     now = utcnow()
     result = await conn.execute(
@@ -339,11 +344,6 @@ async def record(
         if request.total is not None
         else sum((line.unit_price * line.quantity for line in lines), Decimal(0))
     )
-    if total > MAX_TOTAL:  # each price is bounded; their sum must fit the money column too
-        raise Problem(
-            ProblemType.VALIDATION_ERROR,
-            f"the order's total {total} is more than an order may hold ({MAX_TOTAL})",
-        )
     buyer, method, refused = await _buyer(conn, context, request, named, placed_at)
     if buyer is not None and sold_on == "pos":
         allowed = await consent.analytics_allowed(conn, context, [(buyer, placed_at)])

@@ -397,7 +397,7 @@ async def _still_defined(
     query = (
         select(segments.c.id)
         .where(segments.c.tenant_id == tenant_id, segments.c.id.in_([s.id for s in defined]))
-        .with_for_update(key_share=True)
+        .with_for_update(read=True, key_share=True)  # FOR KEY SHARE
     )
     kept = set((await conn.execute(query)).scalars())
     return [segment for segment in defined if segment.id in kept]
@@ -719,9 +719,9 @@ async def _exit_gone(conn: AsyncConnection, tenant_id: str, segment: segment_rul
             )
         ).scalars()
     )
-    if gone:
-        await evaluate(conn, tenant_id, gone, only=[segment])
-    return len(gone)
+    if not gone:
+        return 0
+    return (await evaluate(conn, tenant_id, gone, only=[segment])).exited  # what it made
 
 
 # --- definitions ---------------------------------------------------------------------------
@@ -785,16 +785,17 @@ async def _record(conn: AsyncConnection, row: Any) -> SegmentRecord:
 
 
 async def get(
-    conn: AsyncConnection, tenant_id: str, segment: str, *, for_update: bool = False
+    conn: AsyncConnection, tenant_id: str, segment: str, *, lock: str | None = None
 ) -> SegmentRecord:
-    """A segment by id or by name; `for_update`: locked (and read as committed once the lock
-    is ours) for an edit or a deletion, which then take turns."""
+    """A segment by id or by name; `lock`: "edit" or "delete", the row locked (and read as
+    committed once the lock is ours): edits take turns with each other and with a deletion,
+    while evaluations (FOR KEY SHARE) go on beside an edit and hold a deletion back."""
     query = select(segments).where(
         segments.c.tenant_id == tenant_id,
         (segments.c.id == segment) | (segments.c.name == segment),
     )
-    if for_update:
-        query = query.with_for_update()
+    if lock is not None:
+        query = query.with_for_update(key_share=lock == "edit")  # FOR [NO KEY] UPDATE
     row = (await conn.execute(query)).first()
     if row is None:
         raise Problem(ProblemType.NOT_FOUND, f"this tenant has no segment {segment!r}")
@@ -859,7 +860,7 @@ async def edit(
     actor_key_id: str | None,
 ) -> tuple[SegmentRecord, bool]:
     """Change a segment's condition or description; (record, whether a backfill is due)."""
-    current = await get(conn, tenant_id, segment, for_update=True)
+    current = await get(conn, tenant_id, segment, lock="edit")
     values: dict[str, Any] = {"updated_at": utcnow()}
     changed = condition is not None and condition != current.condition
     if condition is not None:
@@ -886,7 +887,7 @@ async def remove(
     """Delete a segment; its members exit (published), its membership rows go. The segment
     is locked first: an evaluation holds it (`_still_defined`) until it commits, so none adds
     a member after, and the exits published are those of the rows deleted, as they were."""
-    current = await get(conn, tenant_id, segment, for_update=True)
+    current = await get(conn, tenant_id, segment, lock="delete")
     members = segment_members.c
     gone = await conn.execute(
         delete(segment_members)

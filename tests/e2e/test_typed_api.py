@@ -113,7 +113,9 @@ async def _refusal(call: Callable[[], Any]) -> omnisdk.InvalidRequestError:
     return refused.value
 
 
-@pytest.mark.parametrize("customer_id", [["cus_x"], None, 7, "", "cus_x/history", "x" * 41])
+@pytest.mark.parametrize(
+    "customer_id", [["cus_x"], None, 7, "", "cus_x/history", "x" * 41, ".", ".."]
+)
 async def test_a_customer_id_of_the_wrong_form_is_refused_alike_before_anything_is_sent(
     server_process: ServerProcess, customer_id: object
 ) -> None:

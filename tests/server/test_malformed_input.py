@@ -224,3 +224,31 @@ async def test_an_event_time_with_an_offset_past_15_59_is_stored_in_utc(
             )
         ).scalar_one()
     assert stored == at
+
+
+async def test_a_cart_checked_out_beyond_the_money_column_is_422(shop: ShopForTest) -> None:
+    """The bound on an order's total held for recorded orders only: a cart placed as an
+    order summed its lines unbounded (a 500 on PostgreSQL)."""
+    customer = await _customer(shop, "big-cart")
+    ops = [
+        {
+            "op_id": f"big-cart:{n}",
+            "type": "add",
+            "line": {"sku": f"GOLD-{n}"},
+            "attributes": {"unit_price": 999_999_999.0, "currency": "EUR"},
+            "delta": 999,
+        }
+        for n in (1, 2)
+    ]
+    added = await shop.request("POST", f"/v1/carts/{customer}/ops", "web", json={"ops": ops})
+    assert added.status_code == 200, added.text
+    placed = await shop.request(
+        "POST",
+        f"/v1/carts/{customer}/mark-ordered",
+        "web",
+        json={"order_ref": "BIG-CART"},
+        headers={"If-Match": f'"{added.json()["version"]}"'},
+    )
+    _assert_problem(placed, 422, ProblemType.VALIDATION_ERROR)
+    cart = (await shop.request("GET", f"/v1/carts/{customer}", "web")).json()
+    assert (cart["version"], len(cart["lines"])) == (added.json()["version"], 2)  # as it was

@@ -510,3 +510,29 @@ async def test_two_deletions_or_two_edits_of_one_segment_take_turns(
         "segment.edited",
         "segment.edited",
     ]
+
+
+async def test_evaluations_and_edits_of_one_segment_do_not_wait_for_each_other(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """An evaluation holds its segments FOR KEY SHARE (a deletion waits for it): it took FOR NO
+    KEY UPDATE, so every drain and backfill batch of a tenant waited for every other."""
+    if server.database.sqlite:
+        pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
+    await define(shop, "gold", {"traits.tier": "gold"})
+    await settle(server)
+    amy = await customer(shop, "amy", tier="gold")
+    bob = await customer(shop, "bob", tier="gold")
+    async with server.database.transaction(write=True) as held:
+        assert (await segments.evaluate(held, shop.id, [amy])).entered == 1
+        # Meanwhile, another process evaluates Bob and an admin edits the segment: neither
+        # waits for the transaction above (a guard of 30 s fails the test instead of hanging).
+        async with asyncio.timeout(30):
+            async with server.database.transaction(write=True) as conn:
+                assert (await segments.evaluate(conn, shop.id, [bob])).entered == 1
+            async with server.database.transaction(write=True) as conn:
+                edited, _ = await segments.edit(
+                    conn, shop.id, "gold", None, "customers of the gold tier", None
+                )
+    assert edited.description == "customers of the gold tier"
+    assert await members(server, shop, "gold") == {amy, bob}

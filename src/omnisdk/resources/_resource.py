@@ -45,7 +45,12 @@ _CUSTOMER_ID = re.compile(rf"[^\s/?#%\\]{{1,{MAX_CUSTOMER_ID}}}")
 
 def is_customer_id(value: object) -> TypeGuard[str]:
     """Whether `value` can name a customer (as `identify` returns it, `cus_…`)."""
-    return isinstance(value, str) and bool(_CUSTOMER_ID.fullmatch(value)) and value.isprintable()
+    return (
+        isinstance(value, str)
+        and bool(_CUSTOMER_ID.fullmatch(value))
+        and value.isprintable()
+        and value.strip(".") != ""  # "." and ".." would be path segments the URL collapses
+    )
 
 
 def checked_customer_id(customer_id: object) -> str:
