@@ -37,7 +37,6 @@ the logic is the same.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -60,7 +59,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CartMergeReport, IdentifierIn, IdentifyRequest, IdentifyResult, Merge
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import alerts, carts, consent, segment_hook, sessions
+from server_stub.services import alerts, carts, consent, named_locks, segment_hook, sessions
 from server_stub.services.tenant_context import TenantContext
 from server_stub.storage.prepared import ID_IN, Prepared, id_list
 from server_stub.storage.tables import (
@@ -172,12 +171,8 @@ _LOCK_CANDIDATES = {
 
 
 def identifier_lock_key(tenant_id: str, key: IdentifierKey) -> int:
-    """The advisory lock of one identifier of a tenant: a signed 64-bit hash (a collision
-    only makes two identifiers share a lock)."""
-    digest = hashlib.blake2b(
-        f"{tenant_id}\x00{key.type.value}\x00{key.value}".encode(), digest_size=8
-    ).digest()
-    return int.from_bytes(digest, "big", signed=True)
+    """The advisory lock of one identifier of a tenant."""
+    return named_locks.advisory_key(tenant_id, key.type.value, key.value)
 
 
 async def lock_identifiers(

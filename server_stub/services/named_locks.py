@@ -20,11 +20,16 @@ from server_stub.storage.prepared import Prepared
 _LOCK = Prepared(text("SELECT pg_advisory_xact_lock(CAST(:key AS bigint))"))
 
 
-def key_of(tenant_id: str, *name: str) -> int:
-    # "\x01" first: no identifier type starts so, so these never share identity's locks.
-    joined = "\x00".join(("\x01lock", tenant_id, *name))
-    digest = hashlib.blake2b(joined.encode(), digest_size=8).digest()
+def advisory_key(*parts: str) -> int:
+    """A PostgreSQL advisory lock key for `parts`: a signed 64-bit hash (a collision only
+    makes two of them share a lock)."""
+    digest = hashlib.blake2b("\x00".join(parts).encode(), digest_size=8).digest()
     return int.from_bytes(digest, "big", signed=True)
+
+
+def key_of(tenant_id: str, *name: str) -> int:
+    # "\x01" first: a tenant id never starts so, so these never share identity's locks.
+    return advisory_key("\x01lock", tenant_id, *name)
 
 
 async def take(conn: AsyncConnection, tenant_id: str, *name: str) -> None:

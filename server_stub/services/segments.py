@@ -376,11 +376,14 @@ class Outcome:
 
 
 async def _defined(
-    conn: AsyncConnection, tenant_id: str, segment_id: str | None = None
+    conn: AsyncConnection, tenant_id: str, segment_id: str | None = None, *, hold: bool = False
 ) -> list[segment_rules.Segment]:
+    """The tenant's segments (or one); `hold`: FOR KEY SHARE, as `_still_defined` holds them."""
     query = select(segments).where(segments.c.tenant_id == tenant_id)
     if segment_id is not None:
         query = query.where(segments.c.id == segment_id)
+    if hold:
+        query = query.with_for_update(read=True, key_share=True)
     return [
         segment_rules.Segment.of(row.id, row.name, row.version, row.condition)
         for row in await conn.execute(query.order_by(segments.c.name))
@@ -415,8 +418,10 @@ async def evaluate(
     """Bring these customers' memberships up to date (all segments, or `only` these):
     record entries and exits, publish them. A customer no longer live leaves every segment."""
     now = now or utcnow()
-    defined = only if only is not None else await _defined(conn, tenant_id)
-    defined = await _still_defined(conn, tenant_id, defined)
+    if only is None:
+        defined = await _defined(conn, tenant_id, hold=True)
+    else:
+        defined = await _still_defined(conn, tenant_id, only)
     ids = sorted(set(customer_ids))
     if not defined or not ids:
         return Outcome()

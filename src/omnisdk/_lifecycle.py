@@ -24,6 +24,7 @@ import multiprocessing.util
 import os
 import signal
 import threading
+import time
 import weakref
 from collections.abc import Callable
 from typing import Protocol
@@ -140,7 +141,7 @@ def _watch_sigterm(wakeup: int) -> None:
     assert main is not None
     while not _terminating:
         signal.pthread_kill(main, signal.SIGTERM)
-        threading.Event().wait(0.05)
+        time.sleep(0.05)
 
 
 def _in_multiprocessing_child(_: object) -> None:

@@ -27,6 +27,7 @@ from omnisdk.resources._operation import (
 if TYPE_CHECKING:
     from omnisdk._async import AsyncClient
     from omnisdk._sync import Client
+    from omnisdk.outbox import Outbox
 
 M = TypeVar("M", bound=BaseModel)
 C = TypeVar("C", bound="Client | AsyncClient")
@@ -76,6 +77,15 @@ class Resource(Generic[C]):
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} of {self._client!r}>"
+
+    def _open_outbox(self) -> Flow[Outbox]:
+        """The client's outbox: opening its file touches the disk, a worker thread's job on
+        AsyncClient (once open, no step at all)."""
+        client = self._client
+        if client._outbox is not None:
+            return client._outbox
+        opened: Outbox = yield Blocking(lambda: client.outbox)
+        return opened
 
 
 __all__ = [

@@ -28,7 +28,6 @@ from omnisdk.models import (
 from omnisdk.resources._resource import (
     MISS,
     Append,
-    Blocking,
     C,
     Call,
     Flow,
@@ -309,7 +308,7 @@ class Consent(Resource[C]):
         )
         key, payload = queued_item(customer_id, decisions)
         client = self._client
-        outbox = client._outbox or (yield Blocking(lambda: client.outbox))
+        outbox = yield from self._open_outbox()
         yield Append(outbox, CONSENT, key, payload)
         client.consent_cache.invalidate([customer_id])
         client.delivery.nudge()

@@ -17,7 +17,6 @@ from omnisdk.errors import InvalidRequestError
 from omnisdk.models import BatchResult, EventBatch, EventIn, IdentifierIn, TrackResult
 from omnisdk.resources._resource import (
     Append,
-    Blocking,
     C,
     Call,
     Flow,
@@ -173,8 +172,7 @@ class Events(Resource[C]):
             event_id=event_id,
         )
         client = self._client
-        # Opening the outbox touches the disk: a worker thread's job on AsyncClient.
-        outbox = client._outbox or (yield Blocking(lambda: client.outbox))
+        outbox = yield from self._open_outbox()
         yield Append(outbox, EVENT, event["event_id"], event)
         client.delivery.nudge()
         return str(event["event_id"])
@@ -214,8 +212,6 @@ class Events(Resource[C]):
     def flush(self, timeout: float | None = None) -> Flow[int]:
         """Wait until the outbox is delivered (or `timeout` seconds); return how many items
         are left (they stay safe on disk)."""
-        client = self._client
-        if client._outbox is None:  # opening its file may take a while: off the loop
-            yield Blocking(lambda: client.outbox)
+        yield from self._open_outbox()  # opened off the event loop first
         left: int = yield OnClient(lambda client: client.delivery.flush(timeout))
         return left

@@ -26,7 +26,6 @@ from omnisdk.notification_models import (
 )
 from omnisdk.resources._resource import (
     Append,
-    Blocking,
     C,
     Call,
     Flow,
@@ -186,7 +185,7 @@ class Inventory(Resource[C]):
         (a till counting stock with no network), each delta still applied once."""
         body = _write(levels, deltas, items)
         client = self._client
-        outbox = client._outbox or (yield Blocking(lambda: client.outbox))
+        outbox = yield from self._open_outbox()
         key = f"inventory-{uuid.uuid4().hex}"
         yield Append(outbox, INVENTORY, key, {"request": body.model_dump(mode="json")})
         client.delivery.nudge()

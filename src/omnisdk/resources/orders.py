@@ -208,7 +208,7 @@ class Orders(Resource[C]):
             ship_to_other_address=ship_to_other_address,
         )
         client = self._client
-        outbox = client._outbox or (yield Blocking(lambda: client.outbox))
+        outbox = yield from self._open_outbox()
         key = f"order-{request.reference}"
         yield Append(outbox, ORDER, key, request.model_dump(mode="json", exclude_none=True))
         client.delivery.nudge()
