@@ -23,7 +23,7 @@ demo: $(STAMP)
 ## (on TEST_WORKERS processes, each taking whole files; TEST_WORKERS=0 runs it in this one)
 TEST_WORKERS ?= 2
 test: lint typecheck docs-build
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile --max-worker-restart=0
 
 ## docs: serve the documentation site at http://127.0.0.1:8001 (rebuilds on change)
 docs: $(STAMP)

@@ -37,7 +37,17 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NamedTuple
 
-from sqlalchemy import bindparam, delete, func, insert, select, text, update
+from sqlalchemy import (
+    BigInteger,
+    bindparam,
+    column,
+    delete,
+    func,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -244,63 +254,36 @@ async def read_page(
     return FeedPage(Horizon(int(first.newest or 0), int(first.pruned_through or 0)), rows)
 
 
-# A watcher of some kinds, on PostgreSQL. Read in position order, a page of a rare kind (one
-# change in 250) is found among 25,000 others, a few hundred heap pages; read by the kind
-# index, its rows lie one on each of 100 pages. So the positions come from the kind index alone
-# (an index-only scan per kind, each cut at the page size), then the rows by a bitmap heap scan
-# that asks the disk for all their pages at once (`effective_io_concurrency`; an index scan
-# would wait for each in turn). At 10 M customers and 50 M changes, from random positions
-# after a restart with the OS cache dropped: 6.1-7.0 ms p50 and 11-19 ms p99, against
-# 10.3-10.5 and 15-31 in position order; with the pages cached, within 0.4 ms of it.
+# A watcher of some kinds, on PostgreSQL. `changes` is partitioned by kind (migration 0028),
+# so each kind's changes lie together in position order: a page of a rare kind is a few heap
+# pages of its partition, where in one table it lay one row on each of a hundred pages, found
+# among every other change after the watcher's position.
 #
 # One branch per kind, each kind a value of its own: the planner sees which kind it reads (every
-# statement is planned for its values, storage/database.py) and so how rare it is. A kind
-# reached through a join (`unnest(:kinds)`) is planned as one of average frequency, and then the
-# primary key read in position order, filtering, came out as cheap about as often as not: for a
-# rare kind, that reads every change after the watcher's position.
-def _kind_positions(count: int) -> Prepared:
+# statement is planned for its values, storage/database.py), so each branch reads only that
+# kind's partition, through its index, cut at the page size. A kind reached through a join
+# (`unnest(:kinds)`) is not known at planning time, and every partition would be read.
+def _rows_of_kinds_statement(count: int) -> Prepared:
+    columns = ", ".join(column.name for column in changes.columns)
     branches = " UNION ALL ".join(
-        f"(SELECT position FROM changes WHERE tenant_id = :tenant AND kind = :kind_{n} "
+        f"(SELECT {columns} FROM changes WHERE tenant_id = :tenant AND kind = :kind_{n} "
         "AND position > :after ORDER BY position LIMIT :limit)"
         for n in range(count)
     )
-    return Prepared(text(f"SELECT position FROM ({branches}) AS p ORDER BY position LIMIT :limit"))
-
-
-_KIND_POSITIONS: dict[int, Prepared] = {}
-
-
-async def _positions_of_kinds(
-    conn: AsyncConnection, tenant_id: str, after: int, kinds: list[str], limit: int
-) -> list[int]:
-    wanted = sorted(set(kinds))
-    statement = _KIND_POSITIONS.get(len(wanted))
-    if statement is None:
-        statement = _KIND_POSITIONS[len(wanted)] = _kind_positions(len(wanted))
-    parameters: dict[str, Any] = {"tenant": tenant_id, "after": after, "limit": limit}
-    parameters.update((f"kind_{n}", kind) for n, kind in enumerate(wanted))
-    return [position for (position,) in await statement.fetchall(conn, parameters)]
-
-
-# For the next statement of the transaction only (restored after it): a bitmap heap scan, and
-# at least PREFETCH_PAGES pages asked for ahead of it (unless the server cannot prefetch, 0).
-PREFETCH_PAGES = 128
-_PREFETCH = Prepared(
-    text(
-        "SELECT current_setting('enable_indexscan'), current_setting('effective_io_concurrency'), "
-        "set_config('enable_indexscan', 'off', true), "
-        "set_config('effective_io_concurrency', CASE "
-        "WHEN current_setting('effective_io_concurrency')::int > 0 "
-        f"THEN greatest(current_setting('effective_io_concurrency')::int, {PREFETCH_PAGES})::text "
-        "ELSE '0' END, true)"
+    return Prepared(
+        text(
+            f"SELECT p.*, h.position AS newest, h.pruned_through FROM ({branches}) AS p "
+            "LEFT JOIN change_positions AS h ON h.tenant_id = :tenant "
+            "ORDER BY p.position LIMIT :limit"
+        ).columns(
+            *(column(c.name, c.type) for c in changes.columns),
+            column("newest", BigInteger()),
+            column("pruned_through", BigInteger()),
+        )
     )
-)
-_RESTORE = Prepared(
-    text(
-        "SELECT set_config('enable_indexscan', :scan, true), "
-        "set_config('effective_io_concurrency', :io, true)"
-    )
-)
+
+
+_ROWS_OF_KINDS: dict[int, Prepared] = {}
 
 
 class _KindRow(NamedTuple):
@@ -314,31 +297,16 @@ class _KindRow(NamedTuple):
     pruned_through: int | None
 
 
-def _rows_at_positions() -> Prepared:
-    return Prepared(
-        select(changes, *_horizon_columns(bindparam("tenant")))
-        .where(
-            changes.c.tenant_id == bindparam("tenant"),
-            text("changes.position = ANY(CAST(:positions AS bigint[]))"),
-        )
-        .order_by(changes.c.position)
-    )
-
-
-_ROWS_AT_POSITIONS = _rows_at_positions()
-
-
 async def _rows_of_kinds(
     conn: AsyncConnection, tenant_id: str, after: int, kinds: list[str], limit: int
 ) -> list[Any]:
-    found = await _positions_of_kinds(conn, tenant_id, after, kinds, limit)
-    if not found:
-        return []
-    settings = await _PREFETCH.fetchone(conn, {})
-    assert settings is not None
-    rows = await _ROWS_AT_POSITIONS.fetchall(conn, {"tenant": tenant_id, "positions": found})
-    # (Had it failed, the transaction's end would undo the settings as well.)
-    await _RESTORE.fetchone(conn, {"scan": settings[0], "io": settings[1]})
+    wanted = sorted(set(kinds))
+    statement = _ROWS_OF_KINDS.get(len(wanted))
+    if statement is None:
+        statement = _ROWS_OF_KINDS[len(wanted)] = _rows_of_kinds_statement(len(wanted))
+    parameters: dict[str, Any] = {"tenant": tenant_id, "after": after, "limit": limit}
+    parameters.update((f"kind_{n}", kind) for n, kind in enumerate(wanted))
+    rows = await statement.fetchall(conn, parameters)
     return [_KindRow._make(row) for row in rows]
 
 

@@ -88,3 +88,42 @@ DEFAULT_MONTHS_SQL = (
     "SELECT DISTINCT date_trunc('month', occurred_at AT TIME ZONE 'UTC') "
     f"FROM {SCHEMA}.{DEFAULT_PARTITION}"
 )
+
+
+# --- the change feed: partitioned by kind -------------------------------------------------
+#
+# `changes` is a table partitioned by list of `kind` (migration 0028): each kind the server
+# publishes has a partition, `omnisdk_changes.changes_<kind>`, and a default partition takes a
+# kind published before a migration gives it one. A watcher of some kinds reads only their
+# partitions, where a page of changes lies on a few heap pages in position order; in one table
+# the page of a rare kind lay one row on each of a hundred pages.
+
+CHANGES_SCHEMA = "omnisdk_changes"
+CHANGE_KINDS = (
+    "annotation",
+    "cart",
+    "consent",
+    "content",
+    "preference",
+    "segment.entered",
+    "segment.exited",
+    "session",
+)
+
+
+def change_partition_name(kind: str | None) -> str:
+    """The partition of changes of `kind` (None: the default partition)."""
+    return "changes_default" if kind is None else "changes_" + kind.replace(".", "_")
+
+
+def create_change_partitions_sql() -> list[str]:
+    statements = [f"CREATE SCHEMA IF NOT EXISTS {CHANGES_SCHEMA}"]
+    for kind in CHANGE_KINDS:
+        statements.append(
+            f"CREATE TABLE {CHANGES_SCHEMA}.{change_partition_name(kind)} "
+            f"PARTITION OF changes FOR VALUES IN ('{kind}')"
+        )
+    statements.append(
+        f"CREATE TABLE {CHANGES_SCHEMA}.{change_partition_name(None)} PARTITION OF changes DEFAULT"
+    )
+    return statements

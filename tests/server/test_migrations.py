@@ -213,3 +213,94 @@ async def test_stored_contact_data_and_unstorable_text_are_scrubbed_by_0012(
     hashed = f"email#{keyed_hash(secret, IdentifierType.EMAIL, 'amy@x.io')}"
     assert traits == {"contact": hashed}
     assert stored == {"email": hashed, "sku": "TR2", "note": "\ufffd" if sqlite else "fine"}
+
+
+async def test_changes_written_before_0028_are_kept_in_their_kinds_partitions(
+    empty_database_url: str,
+) -> None:
+    """Migration 0028 partitions the change feed by kind (PostgreSQL): every change already
+    stored is kept, in its kind's partition (an unknown kind in the default one), and a change
+    published afterwards is numbered after them at commit, as before."""
+    if "postgresql" not in empty_database_url:
+        pytest.skip("PostgreSQL only: SQLite keeps one table")
+    from server_stub.services import changes as feed
+    from server_stub.storage.database import Database
+
+    await _upgrade_to(empty_database_url, "0027")
+    database = Database(empty_database_url)
+    try:
+        async with database.transaction(write=True) as conn:
+            for n, kind in enumerate(["cart", "consent", "segment.entered", "later", "cart"]):
+                await feed.publish(conn, "ten_old", f"cus_{n}", kind, {"n": n})
+    finally:
+        await database.dispose()
+    assert await upgrade(empty_database_url) == head_revision()
+    database = Database(empty_database_url)
+    try:
+        async with database.transaction(write=True) as conn:
+            await feed.publish(conn, "ten_old", "cus_5", "consent", {"n": 5})
+        async with database.transaction(write=False) as conn:
+            page = await feed.read_page(conn, "ten_old", 0)
+            placed = (
+                await conn.execute(
+                    text("SELECT tableoid::regclass::text, position FROM changes ORDER BY position")
+                )
+            ).all()
+    finally:
+        await database.dispose()
+    assert [(row.position, row.kind, row.payload) for row in page.rows] == [
+        (1, "cart", {"n": 0}),
+        (2, "consent", {"n": 1}),
+        (3, "segment.entered", {"n": 2}),
+        (4, "later", {"n": 3}),
+        (5, "cart", {"n": 4}),
+        (6, "consent", {"n": 5}),
+    ]
+    assert page.horizon.newest == 6
+    assert placed == [
+        ("omnisdk_changes.changes_cart", 1),
+        ("omnisdk_changes.changes_consent", 2),
+        ("omnisdk_changes.changes_segment_entered", 3),
+        ("omnisdk_changes.changes_default", 4),
+        ("omnisdk_changes.changes_cart", 5),
+        ("omnisdk_changes.changes_consent", 6),
+    ]
+
+
+async def test_0028_goes_down_to_one_table_again(empty_database_url: str) -> None:
+    if "postgresql" not in empty_database_url:
+        pytest.skip("PostgreSQL only: SQLite keeps one table")
+    from alembic import command
+
+    from server_stub.services import changes as feed
+    from server_stub.storage.database import Database, async_url
+    from server_stub.storage.migrate import _config
+
+    await upgrade(empty_database_url)
+    database = Database(empty_database_url)
+    try:
+        async with database.transaction(write=True) as conn:
+            await feed.publish(conn, "ten_old", "cus_1", "cart", {"n": 1})
+    finally:
+        await database.dispose()
+    engine = create_async_engine(async_url(empty_database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.run_sync(lambda sync: command.downgrade(_config(sync), "0027"))
+    finally:
+        await engine.dispose()
+    database = Database(empty_database_url)
+    try:
+        async with database.transaction(write=True) as conn:
+            await feed.publish(conn, "ten_old", "cus_2", "consent", {"n": 2})
+        async with database.transaction(write=False) as conn:
+            page = await feed.read_page(conn, "ten_old", 0)
+            kind = (
+                await conn.execute(
+                    text("SELECT relkind::text FROM pg_class WHERE oid = 'changes'::regclass")
+                )
+            ).scalar()
+    finally:
+        await database.dispose()
+    assert [(row.position, row.kind) for row in page.rows] == [(1, "cart"), (2, "consent")]
+    assert kind == "r"
