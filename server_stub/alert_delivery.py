@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator
 from datetime import datetime, timedelta
 
 import httpx
+from sqlalchemy.exc import DBAPIError
 
 from server_stub import tasks
 from server_stub.errors import Problem
@@ -27,7 +28,7 @@ from server_stub.observability import Metrics
 from server_stub.sealing import Sealer
 from server_stub.services import alerts, inventory, messages, webhooks
 from server_stub.services.tenant_context import TenantContexts
-from server_stub.storage.database import Database
+from server_stub.storage.database import TRANSACTION_ATTEMPTS, Database, lost_a_lock_race
 from server_stub.storage.tables import tenants
 
 log = logging.getLogger("omnisdk.server.alerts")
@@ -171,15 +172,16 @@ class AlertWorker:
 
     async def _deliver_batch(self, claimed: list[messages.Claimed]) -> None:
         """Decide a tenant's claimed messages in one transaction, post those to send at
-        once, and record the outcomes in one more."""
+        once, and record the outcomes in one more. Outcomes are counted once committed."""
         now = utcnow()
         tenant_id, token = claimed[0].tenant_id, claimed[0].token
+        kinds = {one.id: one.kind for one in claimed}
+        mine = {one.id: one for one in claimed}
+        decided_outcomes: list[tuple[str, str]] = []
         async with self.database.transaction(write=True) as conn:
             context = await self.contexts.get(conn, tenant_id)
             max_attempts = context.settings.notifications.max_attempts
             decided = await messages.decide_many(conn, context, claimed, now, self.lease)
-            kinds = {one.id: one.kind for one in claimed}
-            mine = {one.id: one for one in claimed}
             sends: list[tuple[str, messages.Send]] = []
             targets: dict[str, list[webhooks.Target]] = {}
             # `decided` holds only messages whose lease decide_many asserted again (and
@@ -187,17 +189,19 @@ class AlertWorker:
             for message_id, decision in decided.items():
                 if isinstance(decision, messages.Skipped):
                     if await messages.skip(conn, mine[message_id], decision.reason, now):
-                        self._count(kinds[message_id], f"skipped:{decision.reason}")
+                        decided_outcomes.append((message_id, f"skipped:{decision.reason}"))
                 elif isinstance(decision, messages.Delayed):
                     if await messages.delay(
                         conn, mine[message_id], decision.until, decision.reason, now
                     ):
-                        self._count(kinds[message_id], f"delayed:{decision.reason}")
+                        decided_outcomes.append((message_id, f"delayed:{decision.reason}"))
                 else:
                     kind = str(decision.payload["data"]["kind"])
                     if kind not in targets:
                         targets[kind] = await webhooks.targets(conn, self.sealer, tenant_id, kind)
                     sends.append((message_id, decision))
+        for message_id, outcome in decided_outcomes:
+            self._count(kinds[message_id], outcome)
         errors = await asyncio.gather(
             *(
                 self._post(message_id, targets[str(send.payload["data"]["kind"])], send.payload)
@@ -205,17 +209,36 @@ class AlertWorker:
             )
         )
         finished = utcnow()
-        async with self.database.transaction(write=True) as conn:
-            taken = [sent for sent, error in zip(sends, errors, strict=True) if error is None]
-            recorded = await messages.sent_many(conn, tenant_id, token, taken, finished)
-            for (message_id, _), error in zip(sends, errors, strict=True):
-                if error is None:
-                    if message_id in recorded:
-                        self._count(kinds[message_id], "sent")
-                elif await messages.failed(
-                    conn, mine[message_id], error, max_attempts, finished, self.retry_base_seconds
-                ):
-                    self._count(kinds[message_id], "delivery_failed")
+        taken = [sent for sent, error in zip(sends, errors, strict=True) if error is None]
+        # The shop has these messages now: recording them must not be lost to a lock race
+        # (a deadlock with pacing or a request), or they stay leased and are sent again
+        # when the lease runs out. So the recording runs again, as a request would.
+        for attempt in range(1, TRANSACTION_ATTEMPTS + 1):
+            recorded_outcomes: list[tuple[str, str]] = []
+            try:
+                async with self.database.transaction(write=True) as conn:
+                    recorded = await messages.sent_many(conn, tenant_id, token, taken, finished)
+                    for (message_id, _), error in zip(sends, errors, strict=True):
+                        if error is None:
+                            if message_id in recorded:
+                                recorded_outcomes.append((message_id, "sent"))
+                        elif await messages.failed(
+                            conn,
+                            mine[message_id],
+                            error,
+                            max_attempts,
+                            finished,
+                            self.retry_base_seconds,
+                        ):
+                            recorded_outcomes.append((message_id, "delivery_failed"))
+            except DBAPIError as exc:
+                if attempt == TRANSACTION_ATTEMPTS or not lost_a_lock_race(exc):
+                    raise
+                log.info("recording sent messages again after a lock race")
+                continue
+            break
+        for message_id, outcome in recorded_outcomes:
+            self._count(kinds[message_id], outcome)
 
     def _count(self, kind: str, outcome: str) -> None:
         if self.metrics is not None:

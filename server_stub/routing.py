@@ -38,7 +38,7 @@ from server_stub.errors import Problem
 from server_stub.runtime import Runtime, runtime_of
 from server_stub.services import idempotency
 from server_stub.services.changes import AFTER_COMMIT
-from server_stub.storage.database import Database
+from server_stub.storage.database import TRANSACTION_ATTEMPTS, Database, lost_a_lock_race
 
 MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 IDEMPOTENCY_HEADER = "idempotency-key"
@@ -141,7 +141,7 @@ class ApiRoute(APIRoute):
                         request.state.unit = unit
                         return await endpoint(request)
                 except DBAPIError as error:
-                    if attempt + 1 == TRANSACTION_ATTEMPTS or not _lost_a_lock_race(error):
+                    if attempt + 1 == TRANSACTION_ATTEMPTS or not lost_a_lock_race(error):
                         raise
             raise AssertionError("unreachable")
 
@@ -219,27 +219,6 @@ def _spend_budget(runtime: Runtime, principal: Principal) -> None:
             "a second; wait for Retry-After, then go on",
             headers={"Retry-After": retry_after_header(wait)},
         )
-
-
-# PostgreSQL ended the transaction to break a deadlock (40P01) or a serialization conflict
-# (40001): everything it did was undone, so the request runs again from the start. Writers
-# take locks in one order (services/identity.py), so this stays the rare race of an id that
-# was merged between being read and being locked. A unique violation (23505) is run again
-# too: a write that checks for a row and then inserts it takes a lock first
-# (services/named_locks.py), so one left is a race it did not foresee with a request that
-# inserted the same row and committed; run again, this request finds that row and answers as
-# it would have a moment later, rather than with a 500.
-RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "23505"})
-TRANSACTION_ATTEMPTS = 3
-
-
-def _lost_a_lock_race(error: DBAPIError) -> bool:
-    cause: BaseException | None = error.orig
-    while cause is not None:
-        if getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES:
-            return True
-        cause = cause.__cause__
-    return False
 
 
 def _idempotency_key(request: Request) -> str | None:

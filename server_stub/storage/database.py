@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import DisconnectionError, OperationalError
+from sqlalchemy.exc import DBAPIError, DisconnectionError, OperationalError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.util import await_only
 
@@ -342,3 +342,25 @@ class Database:
         await self.read_engine.dispose()
         if self.write_engine is not self.read_engine:
             await self.write_engine.dispose()
+
+
+# PostgreSQL ended the transaction to break a deadlock (40P01) or a serialization conflict
+# (40001): everything it did was undone, so the request (or a background task's transaction)
+# runs again from the start. Writers take locks in one order (services/identity.py), so this
+# stays the rare race of an id that was merged between being read and being locked. A unique
+# violation (23505) is run again too: a write that checks for a row and then inserts it takes
+# a lock first (services/named_locks.py), so one left is a race it did not foresee with a
+# request that inserted the same row and committed; run again, this request finds that row
+# and answers as it would have a moment later, rather than with a 500.
+RETRYABLE_SQLSTATES = frozenset({"40P01", "40001", "23505"})
+TRANSACTION_ATTEMPTS = 3
+
+
+def lost_a_lock_race(error: DBAPIError) -> bool:
+    """True when `error` ended its transaction in a lock race that running it again settles."""
+    cause: BaseException | None = error.orig
+    while cause is not None:
+        if getattr(cause, "sqlstate", None) in RETRYABLE_SQLSTATES:
+            return True
+        cause = cause.__cause__
+    return False

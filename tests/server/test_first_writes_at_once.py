@@ -16,8 +16,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import DBAPIError
 
-from server_stub.routing import _lost_a_lock_race
 from server_stub.services import segments
+from server_stub.storage.database import lost_a_lock_race
 from tests.server.conftest import Harness
 
 ROUNDS = 4  # each round a fresh pair; one was enough to fail before, almost every time
@@ -209,4 +209,4 @@ async def test_a_unique_violation_left_unforeseen_runs_the_request_again(
     with pytest.raises(DBAPIError) as stopped:
         async with pg_server.database.transaction(write=True) as conn:
             await conn.execute(text(insert), {**row, "id": "seg_second"})
-    assert _lost_a_lock_race(stopped.value)
+    assert lost_a_lock_race(stopped.value)

@@ -14,9 +14,9 @@ from omnisdk.core.identifiers import IdentifierKey, IdentifierType
 from omnisdk.core.problems import ProblemType
 from omnisdk.models import EventIn
 from omnisdk.testing import ATTRIBUTED_EVENTS
-from server_stub.routing import _lost_a_lock_race
 from server_stub.services import events, identity, privacy
 from server_stub.services.tenant_context import TenantContexts
+from server_stub.storage.database import lost_a_lock_race
 from server_stub.storage.tables import events as events_table
 from tests.server.conftest import TEST_SEALER, Harness, ShopForTest
 from tests.server.interleave import waiting_for_a_lock
@@ -122,7 +122,7 @@ async def test_a_deadlock_postgresql_breaks_is_known_as_one_to_run_again(
         GUARD_SECONDS,
     )
     assert len(errors) == 1
-    assert isinstance(errors[0], DBAPIError) and _lost_a_lock_race(errors[0])
+    assert isinstance(errors[0], DBAPIError) and lost_a_lock_race(errors[0])
 
 
 async def _events_of(server: Harness, shop: ShopForTest, customer_id: str) -> int:

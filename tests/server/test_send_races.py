@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 
 from omnisdk.core.notifications import Skip
 from server_stub.alert_delivery import run_until_idle
@@ -238,3 +238,52 @@ async def test_a_skip_on_a_lease_taken_over_meanwhile_writes_nothing(
     assert (message["status"], message["reason"]) == ("sending", None)
     assert await _subscription_status(server, sub["id"]) == "queued"
     assert "message_skipped" not in [name for name, _ in await timeline_names(shop, amy)]
+
+
+async def test_a_sent_message_whose_recording_loses_a_deadlock_is_recorded_not_sent_again(
+    server: Harness, receiver: WebhookReceiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The shop has taken the message; then PostgreSQL ends the transaction recording it to
+    break a deadlock (a real 40P01, raised by the server after the recording's own writes).
+    The recording ran once and was lost: the message stayed leased and was sent again when
+    the lease ran out. It now runs again, and the message is sent and counted once."""
+    if server.database.sqlite:
+        pytest.skip(ONE_WRITER)
+    shop, amy = await _due_message(server, receiver)
+    recordings = 0
+    real = messages.sent_many
+
+    async def loses_the_first_race(conn: Any, *args: Any) -> set[str]:
+        nonlocal recordings
+        recordings += 1
+        recorded = await real(conn, *args)
+        if recordings == 1:
+            await conn.execute(
+                text(
+                    "DO $$ BEGIN RAISE EXCEPTION 'deadlock detected' "
+                    "USING ERRCODE = 'deadlock_detected'; END $$"
+                )
+            )
+        return recorded
+
+    monkeypatch.setattr(messages, "sent_many", loses_the_first_race)
+    worker = worker_of(server)
+    await run_until_idle(worker)
+    assert recordings == 2
+    [message] = await messages_of(shop, amy)
+    assert message["status"] == "sent"
+    # Were it still leased, the next pass after the lease ran out would send it again.
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            update(alert_messages)
+            .where(alert_messages.c.tenant_id == shop.id)
+            .values(lease_until=datetime.now(UTC) - timedelta(seconds=1))
+        )
+    await run_until_idle(worker)
+    assert len(receiver.requests) == 1
+    sent = [p for name, p in await timeline_names(shop, amy) if name == "message_sent"]
+    assert len(sent) == 1
+    counted = server.app.state.runtime.metrics.registry.get_sample_value(
+        "omnisdk_alert_messages_total", {"kind": "back_in_stock", "outcome": "sent"}
+    )
+    assert counted == 1
