@@ -397,6 +397,10 @@ changes = Table(
     Column("kind", String(32), nullable=False),
     Column("payload", JSON, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
+    # On PostgreSQL the table is partitioned by list of `kind` (migration 0028,
+    # storage/partitions.py), so its primary key there is (tenant_id, position, kind);
+    # positions stay unique per tenant because the commit trigger hands them out from the
+    # tenant's counter (`change_positions`).
     Index("ix_changes_customer", "tenant_id", "customer_id", "position"),
     Index("ix_changes_kind", "tenant_id", "kind", "position"),
     Index("ix_changes_created_at", "created_at"),

@@ -220,7 +220,8 @@ async def test_changes_written_before_0028_are_kept_in_their_kinds_partitions(
 ) -> None:
     """Migration 0028 partitions the change feed by kind (PostgreSQL): every change already
     stored is kept, in its kind's partition (an unknown kind in the default one), and a change
-    published afterwards is numbered after them at commit, as before."""
+    published afterwards is numbered after them at commit, as before. An operator's own index
+    on the table is kept, and its autovacuum setting goes to every partition."""
     if "postgresql" not in empty_database_url:
         pytest.skip("PostgreSQL only: SQLite keeps one table")
     from server_stub.services import changes as feed
@@ -232,6 +233,11 @@ async def test_changes_written_before_0028_are_kept_in_their_kinds_partitions(
         async with database.transaction(write=True) as conn:
             for n, kind in enumerate(["cart", "consent", "segment.entered", "later", "cart"]):
                 await feed.publish(conn, "ten_old", f"cus_{n}", kind, {"n": n})
+        async with database.transaction(write=True) as conn:
+            await conn.execute(text("CREATE INDEX ix_mine ON changes (created_at, kind)"))
+            await conn.execute(
+                text("ALTER TABLE changes SET (autovacuum_vacuum_scale_factor = 0.01)")
+            )
     finally:
         await database.dispose()
     assert await upgrade(empty_database_url) == head_revision()
@@ -244,6 +250,20 @@ async def test_changes_written_before_0028_are_kept_in_their_kinds_partitions(
             placed = (
                 await conn.execute(
                     text("SELECT tableoid::regclass::text, position FROM changes ORDER BY position")
+                )
+            ).all()
+            mine = (
+                await conn.execute(
+                    text("SELECT indexdef FROM pg_indexes WHERE indexname = 'ix_mine'")
+                )
+            ).scalar()
+            settings = (
+                await conn.execute(
+                    text(
+                        "SELECT DISTINCT array_to_string(c.reloptions, ',') FROM pg_inherits i "
+                        "JOIN pg_class c ON c.oid = i.inhrelid "
+                        "WHERE i.inhparent = 'changes'::regclass"
+                    )
                 )
             ).all()
     finally:
@@ -265,6 +285,8 @@ async def test_changes_written_before_0028_are_kept_in_their_kinds_partitions(
         ("omnisdk_changes.changes_cart", 5),
         ("omnisdk_changes.changes_consent", 6),
     ]
+    assert mine is not None and "ON ONLY public.changes" in mine and "(created_at, kind)" in mine
+    assert settings == [("autovacuum_vacuum_scale_factor=0.01",)]
 
 
 async def test_0028_goes_down_to_one_table_again(empty_database_url: str) -> None:

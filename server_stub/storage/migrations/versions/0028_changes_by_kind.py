@@ -12,14 +12,17 @@ the same columns, the rows copied, the old table dropped. A partitioned table's 
 must contain the partition key, so the primary key becomes `(tenant_id, position, kind)`;
 positions stay unique per tenant because the commit trigger hands them out from the tenant's
 counter (0013). The trigger's function now names the kind, so numbering a change updates one
-partition. The copy took 6 s per million changes on the test machine; run it in a
-maintenance window on a large database. SQLite keeps one table.
+partition. An operator's own indexes on the table are made again on the new one, and its
+storage settings (autovacuum) given to each partition. The copy took 6 s per million changes
+on the test machine; run it in a maintenance window on a large database. SQLite keeps one
+table.
 
 Revision ID: 0028
 Revises: 0027
 Create Date: 2026-12-06
 """
 
+import sqlalchemy as sa
 from alembic import op
 
 from server_stub.storage import partitions
@@ -35,11 +38,12 @@ TRIGGER = (
     "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW WHEN (NEW.position < 0) "
     "EXECUTE FUNCTION omnisdk_number_change()"
 )
-INDEXES = (
-    "CREATE INDEX ix_changes_customer ON changes (tenant_id, customer_id, position)",
-    "CREATE INDEX ix_changes_kind ON changes (tenant_id, kind, position)",
-    "CREATE INDEX ix_changes_created_at ON changes (created_at)",
-)
+INDEXES = {
+    "ix_changes_customer": "CREATE INDEX ix_changes_customer ON changes "
+    "(tenant_id, customer_id, position)",
+    "ix_changes_kind": "CREATE INDEX ix_changes_kind ON changes (tenant_id, kind, position)",
+    "ix_changes_created_at": "CREATE INDEX ix_changes_created_at ON changes (created_at)",
+}
 
 
 def _number_change(where_kind: str) -> str:
@@ -60,28 +64,65 @@ $$
 """
 
 
-def _set_aside(key: str) -> None:
+def _set_aside(key: str) -> list[str]:
+    """Rename the table and its keys out of the way; the definitions of indexes that back no
+    constraint and are not ours (an operator's), to be made again on the new table."""
+    others = [
+        definition
+        for name, definition in op.get_bind().execute(
+            sa.text(
+                "SELECT i.relname, pg_get_indexdef(i.oid) FROM pg_index x "
+                "JOIN pg_class i ON i.oid = x.indexrelid "
+                "WHERE x.indrelid = 'changes'::regclass AND NOT EXISTS "
+                "(SELECT 1 FROM pg_constraint c WHERE c.conindid = i.oid)"
+            )
+        )
+        if name not in INDEXES
+    ]
     op.execute("DROP TRIGGER changes_numbered_at_commit ON changes")
     op.execute(f"ALTER TABLE changes RENAME TO {OLD}")
     op.execute(f"ALTER TABLE {OLD} RENAME CONSTRAINT {key} TO pk_{OLD}")
-    for name in ("ix_changes_customer", "ix_changes_kind", "ix_changes_created_at"):
+    for name in INDEXES:
         op.execute(f"ALTER INDEX {name} RENAME TO {name}_0028")
+    return others
+
+
+def _made_again(definitions: list[str]) -> None:
+    """An operator's own indexes, made again on the new table (their names are free once the
+    old table is dropped, so the old one is dropped first)."""
+    for definition in definitions:
+        op.execute(
+            definition.replace(" ON public.changes ", " ON changes ").replace(
+                " ON ONLY public.changes ", " ON changes "
+            )
+        )
 
 
 def upgrade() -> None:
-    if op.get_bind().dialect.name != "postgresql":
+    bind = op.get_bind()
+    if bind.dialect.name != "postgresql":
         return
-    _set_aside("pk_changes")
+    # Storage settings an operator gave the table (docs/scaling.md: autovacuum), for each
+    # partition: PostgreSQL takes none on a partitioned table.
+    options = bind.execute(
+        sa.text("SELECT reloptions FROM pg_class WHERE oid = 'changes'::regclass")
+    ).scalar()
+    others = _set_aside("pk_changes")
     op.execute(f"CREATE TABLE changes (LIKE {OLD} INCLUDING DEFAULTS) PARTITION BY LIST (kind)")
     op.execute(
         "ALTER TABLE changes ADD CONSTRAINT pk_changes PRIMARY KEY (tenant_id, position, kind)"
     )
-    for statement in INDEXES:
+    for statement in INDEXES.values():
         op.execute(statement)
     for statement in partitions.create_change_partitions_sql():
         op.execute(statement)
+    if options:
+        for kind in (*partitions.CHANGE_KINDS, None):
+            name = f"{partitions.CHANGES_SCHEMA}.{partitions.change_partition_name(kind)}"
+            op.execute(f"ALTER TABLE {name} SET ({', '.join(options)})")
     op.execute(f"INSERT INTO changes SELECT * FROM {OLD} ORDER BY tenant_id, position")
     op.execute(f"DROP TABLE {OLD}")
+    _made_again(others)
     op.execute(_number_change(" AND kind = NEW.kind"))
     op.execute(TRIGGER)
 
@@ -89,13 +130,14 @@ def upgrade() -> None:
 def downgrade() -> None:
     if op.get_bind().dialect.name != "postgresql":
         return
-    _set_aside("pk_changes")
+    others = _set_aside("pk_changes")
     op.execute(f"CREATE TABLE changes (LIKE {OLD} INCLUDING DEFAULTS)")
     op.execute("ALTER TABLE changes ADD CONSTRAINT pk_changes PRIMARY KEY (tenant_id, position)")
-    for statement in INDEXES:
+    for statement in INDEXES.values():
         op.execute(statement)
     op.execute(f"INSERT INTO changes SELECT * FROM {OLD} ORDER BY tenant_id, position")
     op.execute(f"DROP TABLE {OLD}")
+    _made_again(others)
     op.execute(f"DROP SCHEMA IF EXISTS {partitions.CHANGES_SCHEMA} CASCADE")
     op.execute(_number_change(""))
     op.execute(TRIGGER)
