@@ -83,12 +83,19 @@ async def list_annotations(
     customer_id: str,
     request: Request,
     conn: Connection,
-    department: Annotated[str | None, Query(pattern=r"^[a-z][a-z0-9_-]{0,31}$")] = None,
+    department: Annotated[
+        str | None,
+        Query(
+            pattern=r"^[a-z][a-z0-9_-]{0,31}$",
+            description="Ignored, kept for older clients: a staff key reads as her department, "
+            "an admin key every note, a shop backend's key the notes for all staff",
+        ),
+    ] = None,
     include_deleted: bool = False,
 ) -> AnnotationList:
     principal = principal_of(request)
     live = await profile.require_customer(conn, principal.tenant_id, customer_id)
-    reader = await notes.author_of(conn, principal, None, department)
+    reader = await notes.reader_of(conn, principal)
     items = await notes.listed(
         conn, principal.tenant_id, live, reader, include_deleted=include_deleted
     )
@@ -114,7 +121,7 @@ async def preferred_channel(
 @router.put(
     "/{customer_id}/preferred-channel",
     summary="Record the channel she says she prefers (null withdraws it)",
-    openapi_extra=needs(Scope.IDENTITY_WRITE),
+    openapi_extra=needs(Scope.PROFILE_ANNOTATE),
 )
 async def declare_preferred_channel(
     customer_id: str, body: PreferredChannelIn, request: Request, conn: Connection

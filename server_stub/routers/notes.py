@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Path, Request
+from fastapi import APIRouter, Path, Query, Request
 
 from omnisdk.core.channels import Scope
 from omnisdk.models import (
@@ -55,10 +55,15 @@ async def delete(
     openapi_extra=needs(Scope.PROFILE_READ),
 )
 async def revisions(
-    annotation_id: str, request: Request, conn: Connection, department: str | None = None
+    annotation_id: str,
+    request: Request,
+    conn: Connection,
+    department: Annotated[
+        str | None, Query(description="Ignored, kept for older clients (see the list of notes)")
+    ] = None,
 ) -> AnnotationRevisionList:
     principal = principal_of(request)
-    reader = await notes.author_of(conn, principal, None, department)
+    reader = await notes.reader_of(conn, principal)
     items = await notes.revisions(conn, principal.tenant_id, annotation_id, reader)
     return AnnotationRevisionList(items=items)
 

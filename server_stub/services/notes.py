@@ -69,6 +69,23 @@ async def author_of(
     return Author(name or principal.key_id, department, role, principal.key_id)
 
 
+# A shop backend's key reads as no department: it sees the notes for all staff. The
+# department a request names is who wrote a note, never who may read one (else any web key
+# read a department's private notes by naming it).
+BACKEND_READER = Author(name="", department=None, role=None, key_id=None)
+
+
+async def reader_of(conn: AsyncConnection, principal: Principal) -> Author:
+    """Who reads notes through this request: its key's staff member, an admin-channel key as
+    an admin, else a shop backend (the notes for all staff)."""
+    member = await staff.of_key(conn, principal.tenant_id, principal.key_id)
+    if member is not None:
+        return Author(member.name, member.department, member.role, member.key_id)
+    if principal.channel is Channel.ADMIN:
+        return Author(principal.key_id, None, Role.ADMIN, principal.key_id)
+    return BACKEND_READER
+
+
 def can_see(row: Any, reader: Author) -> bool:
     if row.visibility != AnnotationVisibility.DEPARTMENT:
         return True
@@ -144,7 +161,10 @@ async def _announce(
         "visibility": row.visibility,
         "revision": row.revision,
     }
-    await changes.publish(conn, tenant_id, row.customer_id, "annotation", payload)
+    # The customer's feed is read by any key of the shop: a note for one department is not
+    # announced there (other departments do not even learn that it exists).
+    if row.visibility != AnnotationVisibility.DEPARTMENT:
+        await changes.publish(conn, tenant_id, row.customer_id, "annotation", payload)
 
 
 async def create(

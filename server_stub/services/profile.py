@@ -430,7 +430,7 @@ async def _buyer_type(
     return rules.buyer_type([*recorded[:ORDERS_FOR_BUYER_TYPE], *from_events])
 
 
-BACKEND_READER = notes.Author(name="", department=None, role=None, key_id=None)
+BACKEND_READER = notes.BACKEND_READER
 
 
 async def annotate(

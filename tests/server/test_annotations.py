@@ -84,6 +84,37 @@ async def test_a_department_only_note_is_hidden_from_other_departments_and_backe
     assert {n["text"] for n in backend.json()["annotations"]} == {"for everyone"}
 
 
+async def test_a_backend_key_naming_a_department_does_not_read_its_notes(
+    server: Harness, shop: ShopForTest, people: dict[str, Staffer]
+) -> None:
+    """A shop backend's key names the department of a note it writes, never one it reads:
+    `?department=finance` gave a web key finance's private notes and their revisions, and the
+    customer's change feed (any key of the shop) announced each one."""
+    amy = await customer(shop)
+    secret = await note(people["kim"], amy, text="service only", visibility="department")
+    await note(people["kim"], amy, text="for everyone")
+    listed = await shop.request("GET", f"/v1/customers/{amy}/annotations?department=service", "web")
+    assert {n["text"] for n in listed.json()["items"]} == {"for everyone"}
+    revisions = await shop.request(
+        "GET", f"/v1/annotations/{secret['annotation_id']}/revisions?department=service", "web"
+    )
+    assert revisions.status_code == 404 or revisions.json()["items"] == [], revisions.text
+    async with server.database.transaction(write=False) as conn:
+        announced = [
+            row.payload["visibility"]
+            for row in await conn.execute(
+                select(changes.c.payload).where(
+                    changes.c.tenant_id == shop.id, changes.c.kind == "annotation"
+                )
+            )
+        ]
+    assert announced == ["staff"]
+    # Her own department still reads it, as does an admin.
+    for who in ("lou", "ada"):
+        seen = await people[who].request("GET", f"/v1/customers/{amy}/annotations")
+        assert "service only" in {n["text"] for n in seen.json()["items"]}
+
+
 async def test_the_author_edits_her_note_and_every_revision_is_kept(
     server: Harness, shop: ShopForTest, people: dict[str, Staffer]
 ) -> None:
@@ -255,3 +286,36 @@ async def test_notes_follow_a_merge_and_go_back_with_a_split(
         for who in (phone, laptop)
     }
     assert back == {phone: [], laptop: ["written on the laptop customer"]}
+
+
+async def test_a_staff_key_cannot_sign_return_codes_or_link_identifiers(
+    people: dict[str, Staffer], shop: ShopForTest
+) -> None:
+    """A staff key could issue a signed return code for an order of lines she made up (which
+    any till redeems) and identify her own device with a customer's e-mail (a merge). It
+    keeps what the console's people do through the API: read, annotate, declare a channel."""
+    amy = await customer(shop)
+    for who in (people["kim"], people["ada"]):
+        issued = await who.request(
+            "POST",
+            "/v1/returns",
+            json={
+                "order_ref": "made-up-1",
+                "customer_id": amy,
+                "lines": [{"sku": "TV-85", "quantity": 5, "unit_price": 2999.0}],
+            },
+        )
+        assert issued.status_code == 403, issued.text
+        assert issued.json()["type"].endswith("/insufficient-scope")
+        linked = await who.request(
+            "POST",
+            "/v1/identity/identify",
+            json={"anonymous_id": "kims-phone", "email": "amy@example.com"},
+        )
+        assert linked.status_code == 403, linked.text
+    declared = await people["kim"].request(
+        "PUT", f"/v1/customers/{amy}/preferred-channel", json={"channel": "sms"}
+    )
+    assert declared.status_code == 200, declared.text
+    assert declared.json()["channel"] == "sms"
+    assert (await people["kim"].request("GET", f"/v1/customers/{amy}/profile")).status_code == 200

@@ -326,3 +326,60 @@ async def test_0028_goes_down_to_one_table_again(empty_database_url: str) -> Non
         await database.dispose()
     assert [(row.position, row.kind) for row in page.rows] == [(1, "cart"), (2, "consent")]
     assert kind == "r"
+
+
+async def test_staff_keys_made_before_0029_lose_identify_and_return_codes(
+    empty_database_url: str,
+) -> None:
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from server_stub.storage.tables import api_keys, staff_members, tenants
+
+    await _upgrade_to(empty_database_url, "0028")
+    old_staff = ["carts:read", "consent:read", "identity:write", "profile:annotate"]
+    old_staff += ["profile:read", "returns:issue"]
+    backend = ["identity:write", "returns:issue"]
+    now = datetime.now(UTC)
+    engine = create_async_engine(async_url_of(empty_database_url))
+    try:
+        async with engine.begin() as connection:
+            await connection.execute(
+                insert(tenants).values(
+                    id="ten_old", name="a shop", created_at=now, settings={}, identifier_secret=b"x"
+                )
+            )
+            for key_id, scopes in (("key_kim", old_staff), ("key_web", backend)):
+                await connection.execute(
+                    insert(api_keys).values(
+                        key_id=key_id,
+                        tenant_id="ten_old",
+                        channel="admin" if key_id == "key_kim" else "web",
+                        name=key_id,
+                        scopes=scopes,
+                        secret_sha256="0" * 64,
+                        created_at=now,
+                    )
+                )
+            await connection.execute(
+                insert(staff_members).values(
+                    key_id="key_kim",
+                    tenant_id="ten_old",
+                    name="Kim",
+                    department="service",
+                    role="agent",
+                    created_at=now,
+                )
+            )
+        assert await upgrade(empty_database_url) == head_revision()
+        async with engine.begin() as connection:
+            stored = dict(
+                (await connection.execute(select(api_keys.c.key_id, api_keys.c.scopes))).all()
+            )
+    finally:
+        await engine.dispose()
+    assert stored == {
+        "key_kim": ["carts:read", "consent:read", "profile:annotate", "profile:read"],
+        "key_web": backend,  # not a staff key: left alone
+    }

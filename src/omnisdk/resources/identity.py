@@ -275,7 +275,9 @@ class Identity(Resource[C]):
     def annotations(
         self, customer_id: str, *, department: str | None = None, include_deleted: bool = False
     ) -> Flow[list[Annotation]]:
-        """The notes on the customer the caller may see: pinned first, then newest."""
+        """The notes on the customer the caller may see: pinned first, then newest. What a
+        key sees is decided by the key (a staff key: her department's and the notes for all
+        staff; a shop backend's key: the notes for all staff); `department` is ignored."""
         return (yield from send(annotations_call(customer_id, department, include_deleted)))
 
     @operation
