@@ -148,14 +148,22 @@ class Console:
         )
         return self.page(request, None, "error.html", status_code, error=text)
 
+    async def refused(self, request: Request, error: Exception) -> Response:
+        """A service's refusal reached the page (a bad cursor in the address, a customer
+        erased meanwhile): the console's error page with its status, never a 500."""
+        assert isinstance(error, Problem)
+        session = await self.session_of(request)
+        return self.page(request, session, "error.html", error.type.status, error=error.detail)
+
     # -- routes -----------------------------------------------------------------------------
 
     def route(self, app: FastAPI) -> None:
         app.add_exception_handler(StarletteHTTPException, self.http_error)
+        app.add_exception_handler(Problem, self.refused)
         app.get("/")(self.home)
         app.post("/sign-in")(self.sign_in)
         app.post("/sign-out")(self.sign_out)
-        app.get("/find")(self.find)
+        app.post("/find")(self.find)
         app.get("/customers/{customer_id}")(self.customer)
         app.post("/customers/{customer_id}/notes")(self.add_note)
         app.post("/customers/{customer_id}/preferred-channel")(self.declare)
@@ -204,10 +212,13 @@ class Console:
         response.delete_cookie(COOKIE, path=request.scope.get("root_path", "") or "/")
         return response
 
-    async def find(self, request: Request, by: str = "email", q: str = "") -> Response:
-        session = await self.session_of(request)
+    async def find(self, request: Request) -> Response:
+        """A form post, never a GET: what is searched for (an e-mail address, a phone number)
+        must not stand in an address, kept in the browser's history and proxies' logs."""
+        session, form = await self.checked(request)
         if session is None:
             return self.go(request, "/", words.EXPIRED)
+        by, q = str(form.get("by", "email")), str(form.get("q", ""))[:320]
         kind = by if by in words.SEARCH_KINDS else "email"
         runtime = self.runtime()
         async with runtime.database.transaction(write=False) as conn:

@@ -7,11 +7,17 @@ request's signature and returns the message; `SmtpRelay` is a ready receiver for
 plain e-mail: it verifies, drops a redelivered message by its `webhook-id`, asks the shop for the
 customer's address, renders the message with Jinja2 and hands it to an SMTP server.
 
+Templates may come from the content engine, written by anyone holding `content:write`, so they
+are rendered in Jinja2's immutable sandbox: an authored template must not run code on the host
+that holds the webhook secret and the SMTP password.
+
 Needs the `webhooks` extra (`pip install omnisdk[webhooks]`, the `standardwebhooks` library).
 """
 
 from __future__ import annotations
 
+import logging
+import re
 import smtplib
 import threading
 from collections import OrderedDict
@@ -20,9 +26,12 @@ from dataclasses import dataclass
 from email.message import EmailMessage
 from typing import Any
 
-from jinja2 import Environment, select_autoescape
+from jinja2 import select_autoescape
+from jinja2.sandbox import ImmutableSandboxedEnvironment
 
 from omnisdk.notification_models import MessagePayload
+
+logger = logging.getLogger(__name__)
 
 SUBJECTS = {
     "back_in_stock": "{{ data.sku }} is back in stock",
@@ -42,6 +51,16 @@ BODY = """Hello{% if data.first_name %} {{ data.first_name }}{% endif %},
 You left {{ (data.cart_items or []) | length }} item(s) in your cart.
 {%- endif %}
 """
+
+
+# C0 and C1 controls and the Unicode line and paragraph separators: a header value holding one
+# is refused by `EmailMessage` (CR, LF) or may be split into two header lines by a mail agent.
+_HEADER_BREAKS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def _one_line(text: str) -> str:
+    """A rendered header value (a Subject) on one line: control characters become spaces."""
+    return " ".join(_HEADER_BREAKS.sub(" ", text).split())
 
 
 class InvalidWebhook(ValueError):
@@ -91,9 +110,10 @@ class SmtpRelay:
 
     `address_of(customer_id)` returns the customer's e-mail address from the shop's own
     records (None: not sent, acknowledged). `handle(body, headers)` returns the HTTP status to
-    answer: 204 when handled (or a redelivery), 401 for a bad signature, 503 when the SMTP
-    server failed (the server then retries with backoff). Messages for other channels (sms,
-    push) are acknowledged and left to `other_channel`, if given.
+    answer: 204 when handled (or a redelivery), 401 for a bad signature, 503 when handling
+    failed in any way — SMTP server, address lookup, content engine, a template the sandbox
+    refuses — so the server retries with backoff. Messages for other channels (sms, push) are
+    acknowledged and left to `other_channel`, if given.
     """
 
     secret: str
@@ -114,7 +134,7 @@ class SmtpRelay:
 
     def __post_init__(self) -> None:
         self.seen = self.seen or SeenIds()
-        self._jinja = Environment(autoescape=select_autoescape(default=False))
+        self._jinja = ImmutableSandboxedEnvironment(autoescape=select_autoescape(default=False))
 
     def handle(self, body: bytes | str, headers: Mapping[str, str]) -> int:
         try:
@@ -127,9 +147,15 @@ class SmtpRelay:
             return 204
         try:
             self._handle(message)
-        except (smtplib.SMTPException, OSError):
-            self.seen.forget(webhook_id)  # not sent: the retry must be handled
+        except Exception as error:
+            # Not sent: the retry must be handled, not acknowledged as a redelivery. Only the
+            # error's type is logged; its text may hold her address or a template's secrets.
+            self.seen.forget(webhook_id)
+            logger.warning("webhook %s not handled: %s", webhook_id, type(error).__name__)
             return 503
+        except BaseException:
+            self.seen.forget(webhook_id)
+            raise
         return 204
 
     def _handle(self, message: MessagePayload) -> None:
@@ -153,7 +179,7 @@ class SmtpRelay:
         body = BODY
         slot = self._slot(data)
         subject, body = slot.get("subject", subject), slot.get("body", body)
-        email["Subject"] = self._jinja.from_string(str(subject)).render(data=data)
+        email["Subject"] = _one_line(self._jinja.from_string(str(subject)).render(data=data))
         email["Message-ID"] = f"<{data['message_id']}@omnisdk>"
         email.set_content(self._jinja.from_string(str(body)).render(data=data))
         return email

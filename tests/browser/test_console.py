@@ -165,6 +165,8 @@ def find_amy(page: Any) -> None:
     page.fill("#q", EMAIL)
     with page.expect_navigation():
         page.press("#q", "Enter")
+    # Posted, not in the address: it stays out of the history and proxies' logs.
+    assert "@" not in page.url and "q=" not in page.url, page.url
 
 
 def test_a_wrong_key_is_refused_and_the_sign_in_page_is_accessible(

@@ -173,3 +173,49 @@ async def test_another_customers_order_is_refused_and_queues_nothing(
             )
         ).all()
     assert queued == []
+
+
+async def test_a_refusal_on_a_console_page_is_its_error_page_not_a_500(
+    server: Harness, receiver: WebhookReceiver
+) -> None:
+    """A service's refusal (here a cursor in the address that is not one the console made)
+    reached the console's default handler: a plain 500."""
+    shop = await shop_with_webhook(server, receiver)
+    amy = await customer(shop, "amy-phone", first_name="Amy")
+    kim = await agent(server, shop)
+    answer = await server.http.get(f"/console/customers/{amy}?cursor=x", headers=kim.cookie)
+    assert answer.status_code == 422, answer.text
+    assert answer.headers["content-type"].startswith("text/html")
+    assert "cursor" in answer.text
+
+
+async def test_the_console_finds_a_customer_only_by_a_posted_form(
+    server: Harness, receiver: WebhookReceiver
+) -> None:
+    """The find bar sent her e-mail address in the address (GET /find?q=...), which browsers
+    keep in their history and proxies in their logs."""
+    shop = await shop_with_webhook(server, receiver)
+    amy = await customer(shop, "amy-phone", first_name="Amy")
+    linked = await shop.request(
+        "POST",
+        "/v1/identity/identify",
+        "web",
+        json={"anonymous_id": "amy-phone", "email": "amy@x.example"},
+    )
+    amy = linked.json()["customer_id"]
+    kim = await agent(server, shop)
+    await kim.page(amy)  # for the CSRF token
+    asked = await server.http.get("/console/find?by=email&q=amy@x.example", headers=kim.cookie)
+    assert asked.status_code == 405
+    found = await server.http.post(
+        "/console/find",
+        data={"csrf": kim.csrf, "by": "email", "q": "amy@x.example"},
+        headers={**SAME_SITE, **kim.cookie},
+    )
+    assert found.status_code == 303 and found.headers["location"].endswith(f"/customers/{amy}")
+    forged = await server.http.post(
+        "/console/find",
+        data={"csrf": "not-hers", "by": "email", "q": "amy@x.example"},
+        headers={**SAME_SITE, **kim.cookie},
+    )
+    assert forged.status_code == 303 and amy not in forged.headers["location"]
