@@ -49,19 +49,46 @@ class ProgressBar:
             self.stream.flush()
 
 
-def _when(text: str) -> datetime:
-    value = datetime.fromisoformat(text)
-    return value if value.tzinfo else value.replace(tzinfo=UTC)
+def _when(option: str, text: str) -> datetime:
+    """An ISO date or time in UTC (one without a zone is taken as UTC), within the bounds."""
+    from server_stub.cli import CommandError
+    from server_stub.services.analytics import bounded
+
+    try:
+        value = datetime.fromisoformat(text)
+    except ValueError:
+        raise CommandError(
+            f"{option} is an ISO 8601 date or time, like 2026-11-01 or 2026-11-01T00:00:00Z"
+        ) from None
+    try:
+        return bounded(option, value if value.tzinfo else value.replace(tzinfo=UTC))
+    except ValueError as bad:
+        raise CommandError(str(bad)) from None
 
 
 def _period(args: argparse.Namespace) -> tuple[datetime, datetime]:
-    until = _when(args.until) if args.until else datetime.now(UTC)
-    since = _when(args.since) if args.since else until - timedelta(days=30)
+    until = _when("--until", args.until) if args.until else datetime.now(UTC)
+    since = _when("--since", args.since) if args.since else until - timedelta(days=30)
     if not since < until:
         from server_stub.cli import CommandError
 
         raise CommandError("--since must be before --until")
     return since, until
+
+
+def _days(low: int, high: int) -> Callable[[str], int]:
+    """An argparse type: a whole number of days from `low` to `high`, as the API allows."""
+
+    def parse(text: str) -> int:
+        try:
+            days = int(text)
+        except ValueError:
+            days = low - 1
+        if not low <= days <= high:
+            raise argparse.ArgumentTypeError(f"give a whole number of days from {low} to {high}")
+        return days
+
+    return parse
 
 
 def _setup(args: argparse.Namespace) -> Any:
@@ -314,7 +341,7 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
         if journeys:
             p.add_argument("--since", help="ISO date/time (default: 30 days before --until)")
             p.add_argument("--until", help="ISO date/time, exclusive (default: now)")
-            p.add_argument("--lookback-days", type=int, default=30)
+            p.add_argument("--lookback-days", type=_days(1, 90), default=30)
             p.add_argument(
                 "--group",
                 action="append",
@@ -334,14 +361,14 @@ def add_commands(commands: Any, common: argparse.ArgumentParser) -> None:
     attribution.add_argument("--seed", type=int, default=18)
     command("ropo", cmd_ropo, "ROPO, reverse ROPO and store link coverage")
     ltv = command("ltv", cmd_ltv, "fit lifetime value and store the scores", journeys=False)
-    ltv.add_argument("--holdout-days", type=int)
+    ltv.add_argument("--holdout-days", type=_days(7, 365))
     ltv.add_argument("--months", type=int, default=12)
     ltv.add_argument("--discount-rate", type=float, default=0.10)
     refresh = command(
         "refresh", cmd_refresh, "add finished days to the journey aggregate", output=False
     )
-    refresh.add_argument("--days", type=int, default=30)
+    refresh.add_argument("--days", type=_days(1, 731), default=30)
     report = command("report", cmd_report, "write the HTML report", output=False)
     report.add_argument("--output", required=True)
-    report.add_argument("--holdout-days", type=int)
+    report.add_argument("--holdout-days", type=_days(7, 365))
     report.add_argument("--bootstrap", type=int, default=50)

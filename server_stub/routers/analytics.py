@@ -7,7 +7,7 @@ need `analytics:run`. Without the server's `analytics` extra every route answers
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request, Response
@@ -26,6 +26,7 @@ from server_stub.ids import utcnow
 from server_stub.routers.dependencies import Connection
 from server_stub.routers.jobs import run_and_wait
 from server_stub.routing import ApiRoute
+from server_stub.services import analytics
 from server_stub.services import analytics_reports as reports
 from server_stub.services.analytics_jobs import LTV_KIND, REFRESH_KIND, LtvParams, RefreshParams
 
@@ -55,6 +56,14 @@ def _numeric() -> None:
         raise Problem(ProblemType.ANALYTICS_UNAVAILABLE, str(missing)) from None
 
 
+def _invalid(name: str, message: str) -> Problem:
+    return Problem(
+        ProblemType.VALIDATION_ERROR,
+        message,
+        errors=[{"loc": ["query", name], "msg": message, "type": "value_error"}],
+    )
+
+
 def _instant(name: str, text: str | None) -> datetime | None:
     if text is None:
         return None
@@ -63,22 +72,24 @@ def _instant(name: str, text: str | None) -> datetime | None:
     except ValueError:
         value = None
     if value is None or value.tzinfo is None:
-        raise Problem(
-            ProblemType.VALIDATION_ERROR,
-            f"`{name}` is an ISO 8601 time with a time zone, like 2026-11-01T00:00:00Z",
+        raise _invalid(
+            name, f"`{name}` is an ISO 8601 time with a time zone, like 2026-11-01T00:00:00Z"
         )
-    return value
+    try:
+        return analytics.bounded(f"`{name}`", value)
+    except ValueError as bad:
+        raise _invalid(name, str(bad)) from None
 
 
 def _period(since_text: str | None, until_text: str | None) -> tuple[datetime, datetime]:
     until = _instant("until", until_text) or utcnow()
     since = _instant("since", since_text) or until - timedelta(days=30)
     if not since < until or until - since > MAX_PERIOD:
-        raise Problem(
-            ProblemType.VALIDATION_ERROR,
+        raise _invalid(
+            "since" if since_text is not None else "until",
             "`since` must be before `until`, and the period at most two years",
         )
-    return since.astimezone(UTC), until.astimezone(UTC)
+    return since, until
 
 
 def _setup(lookback_days: int, group: list[str], by_campaign: bool) -> reports.JourneySetup:

@@ -51,6 +51,20 @@ CUSTOMER_BATCH = 500
 SCORE_BATCH = 1000  # customers' scores written per statement (and per job step)
 STORE_CHANNEL = "pos"
 ONLINE_CHANNELS = ("web", "app")
+# The times a period may start or end at: the event store holds nothing older than 1970, and
+# reading reaches back two lookbacks before a period (and a day past it), which must stay
+# within the years a datetime holds (1 to 9999).
+EARLIEST = datetime(1970, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
+
+
+def bounded(name: str, value: datetime) -> datetime:
+    """`value` in UTC, or a ValueError naming `name` if it lies outside EARLIEST..LATEST."""
+    if not EARLIEST <= value <= LATEST:  # compared before converting: year 1 +01:00 overflows
+        raise ValueError(
+            f"{name} must be from {EARLIEST:%Y-%m-%d} to {LATEST:%Y-%m-%d} (UTC), inclusive"
+        )
+    return value.astimezone(UTC)
 
 
 @dataclass(frozen=True)
@@ -436,22 +450,23 @@ async def journeys_for(
                 counts.add(
                     labels, ages, conversions=row.conversions, nulls=row.nulls, value=row.value
                 )
-    # Compute from the first day not stored (a gap inside the period is computed too).
+    # Computed from the events: the part of the first day before `since` left it unfinished
+    # (never stored: a period from 14:23 lost 14:23 to midnight), and everything from the first
+    # day not stored (a gap inside the period is computed too).
     first_missing = next((d for d in finished if d not in stored), None)
     live_since = since
     if first_missing is not None:
         live_since = max(since, day_start(first_missing))
     elif finished:
         live_since = max(since, day_start(finished[-1] + timedelta(days=1)))
-    if live_since < until:
+    ranges = [(live_since, until)]
+    if finished and since < day_start(finished[0]) < live_since:
+        ranges.insert(0, (since, day_start(finished[0])))
+    for start, end in ranges:
+        if not start < end:
+            continue
         live = await collect_journeys(
-            conn,
-            tenant_id,
-            since=live_since,
-            until=until,
-            setup=setup,
-            as_of=as_of,
-            progress=progress,
+            conn, tenant_id, since=start, until=end, setup=setup, as_of=as_of, progress=progress
         )
         for day in sorted(live.days):
             if day not in stored:

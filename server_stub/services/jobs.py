@@ -17,7 +17,8 @@ is older than the stale limit belongs to a runner that died (process killed, mac
 and the next start of that kind takes it over and calls the function again with its last
 checkpoint. A runner that lost its lease stops. The database keeps one unfinished job per
 tenant and kind (a unique partial index), so no kind ever runs twice at once for a tenant: a
-second start joins the job that is already there.
+second start with the same parameters joins the job that is already there, and one with other
+parameters is a conflict (409) until that job has ended.
 """
 
 from __future__ import annotations
@@ -189,9 +190,12 @@ async def start(
     stale_seconds: float = DEFAULT_STALE_SECONDS,
 ) -> Claim:
     """Start a job of `kind`, or join the tenant's unfinished one (taking it over if its
-    runner died). The caller must `execute` the claim when it holds the lease."""
+    runner died) when it was started with the same `params`: one started with others is a
+    conflict, as its result would not answer this start. `params` None joins (or resumes)
+    whatever job of the kind is unfinished, or starts one with the kind's defaults. The
+    caller must `execute` the claim when it holds the lease."""
     spec = _kind(kind)
-    checked = _validated(spec, params or {})
+    checked = None if params is None else _validated(spec, params)
     for _ in range(5):
         try:
             async with database.transaction(write=True) as conn:
@@ -207,7 +211,7 @@ async def _claim(
     conn: AsyncConnection,
     tenant_id: str,
     spec: JobKind,
-    params: dict[str, Any],
+    params: dict[str, Any] | None,
     stale_seconds: float,
 ) -> Claim | None:
     now = utcnow()
@@ -223,6 +227,8 @@ async def _claim(
     runner = new_id("run", 8)
     if active is not None:
         job = view(active)
+        if params is not None and job.params != params:
+            raise _busy(job, is_stale(job, now, stale_seconds))
         if not is_stale(job, now, stale_seconds):
             return Claim(job, tenant_id)
         # Take the dead runner's lease, unless another process took it meanwhile or it was
@@ -245,6 +251,8 @@ async def _claim(
         resumed = job.model_copy(update={"heartbeat_at": now, "attempts": active.attempts + 1})
         return Claim(resumed, tenant_id, runner, active.checkpoint)
     job_id = new_id("job", 10)
+    if params is None:
+        params = _validated(spec, {})
     values: dict[str, Any] = {
         "tenant_id": tenant_id,
         "id": job_id,
@@ -263,6 +271,22 @@ async def _claim(
         await conn.execute(select(jobs).where(jobs.c.tenant_id == tenant_id, jobs.c.id == job_id))
     ).one()
     return Claim(view(row), tenant_id, runner)
+
+
+def _busy(job: Job, stale: bool) -> Problem:
+    # Joining answers with the running job's result, which would silently stand in for work
+    # with other parameters (a full recompute answered by a two-day refresh).
+    then = "retry when it has ended"
+    if stale:
+        then = "its runner stopped: start it with the same parameters to finish it, then retry"
+    return Problem(
+        ProblemType.CONFLICT,
+        f"job {job.job_id} of kind {job.kind} is unfinished with other parameters; {then} "
+        f"(follow it at /v1/jobs/{job.job_id})",
+        job_id=job.job_id,
+        kind=job.kind,
+        params=job.params,
+    )
 
 
 # --- running -----------------------------------------------------------------------------------

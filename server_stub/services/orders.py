@@ -232,7 +232,8 @@ async def _record_event(
     conn: AsyncConnection, tenant_id: str, order: NewOrder, source: str
 ) -> None:
     """Her `order_completed` event for the order: her timeline and the recommendations read
-    events, so a store sale shows there as an online order does."""
+    events, so a store sale shows there as an online order does. Its gift lines are marked
+    (`gift_skus`): the recommendations count only what she bought for herself."""
     assert order.customer_id is not None
     lines = [
         {
@@ -240,6 +241,7 @@ async def _record_event(
             "quantity": line.quantity,
             "unit_price": float(line.unit_price),
             "currency": order.currency,
+            "gift": line.gift,
         }
         for line in order.lines
     ]
@@ -306,6 +308,13 @@ async def record(
     sold_on = request.channel or (channel.value if channel is not Channel.ADMIN else None)
     if sold_on is None:
         raise Problem(ProblemType.VALIDATION_ERROR, "say on which channel it was sold: channel")
+    if channel is Channel.POS and sold_on != Channel.POS.value:
+        # A till sells in a store: what it records is a store sale, whatever the body says.
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            f"a till's key records sales at a till: channel {sold_on!r} is not 'pos' "
+            "(send 'pos' or leave channel out)",
+        )
     if sold_on == "pos" and request.store_id is None:
         raise Problem(ProblemType.VALIDATION_ERROR, "a sale at a till names its store: store_id")
     now = utcnow()
@@ -345,7 +354,7 @@ async def record(
         else sum((line.unit_price * line.quantity for line in lines), Decimal(0))
     )
     buyer, method, refused = await _buyer(conn, context, request, named, placed_at)
-    if buyer is not None and sold_on == "pos":
+    if buyer is not None and _needs_analytics_consent(method, sold_on):
         allowed = await consent.analytics_allowed(conn, context, [(buyer, placed_at)])
         if not allowed[buyer, placed_at]:
             buyer, refused = None, "consent"
@@ -363,6 +372,14 @@ async def record(
     )
     stored, created = await store(conn, context.tenant_id, order)
     return RecordedOrder(order=stored, created=created, link_refused=refused if created else None)
+
+
+def _needs_analytics_consent(method: LinkMethod, sold_on: str) -> bool:
+    """Whether linking the sale to her needs her `analytics` consent (docs/orders.md,
+    "Consent"): only an order she placed online, signed in to the shop's own account, is
+    hers by contract; one found by a code, card, address or number, or sold at a till, is
+    analysis of her behaviour, whatever channel the body names."""
+    return method != "checkout" or sold_on == Channel.POS.value
 
 
 async def _labelled(

@@ -17,17 +17,24 @@ limit and was taken for dead neither writes a window nor folds and publishes aft
 that took its place has begun.
 
 What a basket is does not change (omnisdk.core.recs): an order's SKUs; and a customer's
-added SKUs (by the customer id each event was recorded under). Each customer's cart basket as
-counted so far is kept (`recommendation_baskets`); when a window holds her cart adds, that
-basket is taken out of the counts and the basket grown by the new adds put in, so a build in
-many steps gives the very model one pass over everything would, and an incremental build reads
-one stored row per customer whose cart changed, never her history. A first build counts cart
-adds the same way, in the order they were stored (walking customers with cart adds in
-customer order read, at 10 M customers, every event of the partitions that held none, once per
-500 customers). (A basket is at most the
-MAX_BASKET first SKUs in order: those of the grown basket are all among the stored ones and
-the new adds.) Erasure deletes her stored basket; her adds stay in the counts (numbers per
-pair of products, nothing about a person) until a build with `full` recounts from nothing.
+added SKUs (by the customer id each event was recorded under). An order's SKUs are those she
+bought for herself: not those of its gift lines (`gift_skus`, omnisdk.core.events), nor any
+of an event sent as a gift (`"gift": true`). An order is one basket however many
+`order_completed` name its `order_id` (the server's for an order recorded through
+/v1/orders, and the shop's own): the first event of an order claims its id
+(`recommendation_orders`) in the transaction that adds its counts, and a later one, in this
+build or any other, adds nothing; an event with no `order_id` is a basket of its own.
+
+Each customer's cart basket as counted so far is kept (`recommendation_baskets`); when a
+window holds her cart adds, that basket is taken out of the counts and the basket grown by the
+new adds put in, so a build in many steps gives the very model one pass over everything would,
+and an incremental build reads one stored row per customer whose cart changed, never her
+history. A first build counts cart adds the same way, in the order they were stored (walking
+customers with cart adds in customer order read, at 10 M customers, every event of the
+partitions that held none, once per 500 customers). (A basket is at most the MAX_BASKET first
+SKUs in order: those of the grown basket are all among the stored ones and the new adds.)
+Erasure deletes her stored basket; her adds stay in the counts (numbers per pair of products,
+nothing about a person) until a build with `full` recounts from nothing.
 
 Which events are safe to count (PostgreSQL): `seq` is taken when a row is inserted, not when
 its transaction commits, so a row with a lower seq may still become visible after one with a
@@ -41,6 +48,7 @@ is counted by the next full build.)
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import logging
 import sys
@@ -67,6 +75,7 @@ from server_stub.storage.tables import (
     events,
     recommendation_baskets,
     recommendation_models,
+    recommendation_orders,
     recommendation_pair_deltas,
     recommendation_pairs,
     recommendation_progress,
@@ -80,6 +89,8 @@ BATCH_EVENTS = 5_000
 WINDOW_PAIRS = 200_000  # distinct pair counts held in memory before they are written
 ADD_ROWS = 20_000  # pairs added by one statement
 WINDOW_CUSTOMERS = 20_000  # customers whose cart baskets wait to be written
+WINDOW_ORDERS = 20_000  # orders whose baskets wait for their claim to be written
+CLAIM_ROWS = 1_000  # order ids claimed by one statement
 CUSTOMERS_PER_QUERY = 500
 # A window that stores this many baskets has the table analysed (PostgreSQL): a table grown
 # from nothing has no statistics, and the planner then reads every basket of the tenant for
@@ -88,6 +99,7 @@ ANALYZE_AFTER_BASKETS = 10_000
 SETTLE_LIMIT_SECONDS = 60.0  # the longest wait for transactions open when a build begins
 _pause = asyncio.sleep  # between looks at the writers still open
 MAX_SKU_LENGTH = 200  # longer is no product code (and would not fit the counts' key)
+MAX_ORDER_ID = 200  # what recommendation_orders holds; a longer id is kept by its hash
 PairKey = tuple[str, str]
 _SKU_TYPES = (str, int)  # what a product code may be sent as (bool is no int here: `type` is)
 # A window's counts are appended beside the counts (PostgreSQL, by COPY); baskets go as one
@@ -114,8 +126,13 @@ _STORE_BASKETS = text(
 )
 
 
-# The next batch of basket events after a mark, in stored order, with only the two properties
-# a basket is made of (the rest of an event is never decoded); prepared once per database.
+# Whether an event's `gift` is JSON true: SQLite's JSON path reads true back as 1.
+_SENT_AS_GIFT = {
+    "postgresql": "CAST(events.properties -> 'gift' AS text) = 'true'",
+    "sqlite": "coalesce(json_type(events.properties, '$.gift') = 'true', 0)",
+}
+# The next batch of basket events after a mark, in stored order, with only the properties a
+# basket is made of (the rest of an event is never decoded); prepared once per database.
 _BASKET_EVENTS = {
     dialect: Prepared(
         select(
@@ -123,6 +140,9 @@ _BASKET_EVENTS = {
             events.c.name,
             events.c.customer_id,
             events.c.properties["skus"],
+            events.c.properties["gift_skus"],
+            text(_SENT_AS_GIFT[dialect]),
+            events.c.properties["order_id"],
             events.c.properties["sku"],
         )
         .where(
@@ -162,6 +182,34 @@ def _items(skus: Iterable[Any]) -> list[str]:
     found = {sku if type(sku) is str else str(sku) for sku in skus if type(sku) in _SKU_TYPES}
     kept = sorted(sku for sku in found if sku and len(sku) <= MAX_SKU_LENGTH)
     return [sys.intern(sku) for sku in kept[: recs.MAX_BASKET]]
+
+
+def _order_items(skus: Any, gift_skus: Any, sent_as_gift: Any) -> list[str] | None:
+    """An order event's basket: the SKUs it lists less its gift lines' (all of them for an
+    order sent as a gift); None when it lists no product at all."""
+    listed = _items(skus) if isinstance(skus, list) else []
+    if not listed:
+        return None
+    if sent_as_gift:
+        return []
+    given = set(_items(gift_skus)) if isinstance(gift_skus, list) else set()
+    if not given:
+        return listed
+    # Cut at MAX_BASKET after the gifts are taken out, as a basket of only hers would be.
+    return _items(sku for sku in skus if _code(sku) not in given)
+
+
+def _code(sku: Any) -> str | None:
+    return sku if type(sku) is str else str(sku) if type(sku) in _SKU_TYPES else None
+
+
+def _order_key(order_id: Any) -> str | None:
+    """The key an order is claimed by: its id, or the SHA-256 of an id too long to store."""
+    if not isinstance(order_id, str) or not order_id:
+        return None
+    if len(order_id) <= MAX_ORDER_ID:
+        return order_id
+    return "sha256:" + hashlib.sha256(order_id.encode()).hexdigest()
 
 
 def _count(items: Sequence[str], into: Counter[PairKey]) -> None:
@@ -227,6 +275,7 @@ async def _reset(conn: AsyncConnection, tenant_id: str) -> None:
         recommendation_pair_deltas,
         recommendation_progress,
         recommendation_baskets,
+        recommendation_orders,
     ):
         await conn.execute(delete(table).where(table.c.tenant_id == tenant_id))
 
@@ -289,11 +338,30 @@ class _Window:
         self.baskets = 0
         self.added: dict[str, set[str]] = {}  # customer → SKUs she added in the window
         self.grown: dict[str, list[str]] = {}  # customer → her basket, to be stored
+        # order id → the basket of its first event here, counted if no build claimed it yet
+        self.orders: dict[str, list[str]] = {}
+        self.order_pairs = 0  # the pairs those baskets will count at most
 
     def full(self) -> bool:
         customers = max(len(self.added), len(self.grown))
-        pairs = len(self.delta) + len(self.removed)
-        return pairs >= WINDOW_PAIRS or customers >= WINDOW_CUSTOMERS
+        pairs = len(self.delta) + len(self.removed) + self.order_pairs
+        return (
+            pairs >= WINDOW_PAIRS
+            or customers >= WINDOW_CUSTOMERS
+            or len(self.orders) >= WINDOW_ORDERS
+        )
+
+    def order(self, order_id: Any, items: list[str]) -> None:
+        """An order event's basket: counted now if it names no order, else kept until its
+        order is claimed (one basket per order: the first event of it here)."""
+        key = _order_key(order_id)
+        if key is None:
+            if items:
+                self.baskets += 1
+                _count(items, self.delta)
+        elif key not in self.orders:
+            self.orders[key] = items
+            self.order_pairs += len(items) ** 2
 
     def changes(self) -> list[tuple[PairKey, int]]:
         """Each pair's net change, those that changed."""
@@ -315,24 +383,46 @@ async def _read_batch(
     rows = await _BASKET_EVENTS[conn.dialect.name].fetchall(
         conn, {"tenant": tenant_id, "after": after, "ceiling": ceiling, "limit": BATCH_EVENTS}
     )
-    for _, name, customer_id, skus, sku in rows:
+    for _, name, customer_id, skus, gift_skus, sent_as_gift, order_id, sku in rows:
         if name == "order_completed":
-            items = _items(skus) if isinstance(skus, list) else []
-            if items:
-                window.baskets += 1
-                _count(items, window.delta)
+            items = _order_items(skus, gift_skus, sent_as_gift)
+            if items is not None:
+                window.order(order_id, items)
         elif not is_anonymous(customer_id) and isinstance(sku, str):
             window.added.setdefault(customer_id, set()).add(sku)
     return (rows[-1][0] if len(rows) == BATCH_EVENTS else ceiling), len(rows)
 
 
 async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
-    """Grow the window's cart baskets, then add its counts, store the baskets and move the
-    mark to `through`, in the caller's transaction."""
-    baskets = window.baskets + await _grow_baskets(conn, tenant_id, window)
+    """Claim the window's orders and grow its cart baskets, then add its counts, store the
+    baskets and move the mark to `through`, in the caller's transaction."""
+    baskets = window.baskets + await _claim_orders(conn, tenant_id, window)
+    baskets += await _grow_baskets(conn, tenant_id, window)
     await _add(conn, tenant_id, window, through)
     await _store_baskets(conn, tenant_id, window.grown)
     await _advance(conn, tenant_id, through, baskets)
+
+
+async def _claim_orders(conn: AsyncConnection, tenant_id: str, window: _Window) -> int:
+    """Claim the window's order ids not claimed before and count their baskets in; return
+    how many baskets that counted. An order claimed by an earlier window or build, or by an
+    event sent again, adds nothing (the claim commits with the counts it stands for)."""
+    counted = 0
+    keys = sorted(window.orders)  # along the key: each index page visited once a statement
+    for start in range(0, len(keys), CLAIM_ROWS):
+        chunk = keys[start : start + CLAIM_ROWS]
+        claimed = await conn.scalars(
+            _insert(conn)(recommendation_orders)
+            .values([{"tenant_id": tenant_id, "order_id": key} for key in chunk])
+            .on_conflict_do_nothing(index_elements=["tenant_id", "order_id"])
+            .returning(recommendation_orders.c.order_id)
+        )
+        for key in claimed:
+            items = window.orders[key]
+            if items:
+                counted += 1
+                _count(items, window.delta)
+    return counted
 
 
 async def _grow_baskets(conn: AsyncConnection, tenant_id: str, window: _Window) -> int:

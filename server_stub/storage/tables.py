@@ -906,3 +906,15 @@ history_folds = Table(
     Column("queued_at", UtcDateTime(), nullable=False),
     Index("ix_history_folds_queued", "queued_at"),
 )
+
+recommendation_orders = Table(
+    "recommendation_orders",
+    metadata,
+    # The orders whose basket is in recommendation_pairs, one row per order id (migration
+    # 0030): the first `order_completed` of an order claims it in the transaction that adds
+    # its counts, so a second event of the same order (the shop's own beside the server's)
+    # adds nothing, however many builds read it. An id longer than the column is kept by its
+    # SHA-256 (services/recommendations.py).
+    Column("tenant_id", String(40), primary_key=True),
+    Column("order_id", String(200), primary_key=True),
+)

@@ -111,11 +111,15 @@ async def test_a_job_runs_to_its_end_with_its_progress_and_result(
 
 async def test_a_second_start_joins_the_unfinished_job(server: Harness, shop: ShopForTest) -> None:
     first = await jobs.start(server.database, shop.id, "test.count", {"to": 2})
-    second = await jobs.start(server.database, shop.id, "test.count", {"to": 9})
+    second = await jobs.start(server.database, shop.id, "test.count", {"to": 2})
     assert second.runner is None
     assert second.job.job_id == first.job.job_id
     with pytest.raises(ValueError):
         await jobs.execute(server.database, second)
+    # Other parameters would be answered by a job that did not do that work: a conflict.
+    with pytest.raises(Problem) as other:
+        await jobs.start(server.database, shop.id, "test.count", {"to": 9})
+    assert other.value.type is ProblemType.CONFLICT
     await jobs.execute(server.database, first)
     third = await jobs.start(server.database, shop.id, "test.count", {"to": 1})
     assert third.runner is not None and third.job.job_id != first.job.job_id
@@ -132,9 +136,12 @@ async def test_a_job_whose_runner_died_resumes_from_its_checkpoint(
     with pytest.raises(asyncio.CancelledError):
         await runner
     # While its heartbeat is fresh, a start joins it; once stale, a start takes it over.
-    joined = await jobs.start(server.database, shop.id, "test.count", {"to": 6})
+    started_with = {"to": 6, "stop_at": 3}
+    joined = await jobs.start(server.database, shop.id, "test.count", started_with)
     assert joined.runner is None and joined.job.state == "running"
-    resumed = await jobs.start(server.database, shop.id, "test.count", {"to": 6}, stale_seconds=0)
+    resumed = await jobs.start(
+        server.database, shop.id, "test.count", started_with, stale_seconds=0
+    )
     assert resumed.runner is not None and resumed.job.job_id == claim.job.job_id
     assert resumed.resumed_state == {"at": 3}
     # The dead runner, were it only slow, has lost its lease: it can save nothing more.
@@ -257,11 +264,12 @@ async def test_a_runner_that_beats_while_a_takeover_waits_keeps_its_job(
         await slow.checkpoint({"at": 1}, conn)
 
     async def take_over(conn: AsyncConnection) -> jobs.Claim | None:
-        return await jobs._claim(conn, shop.id, spec, jobs._validated(spec, {"to": 3}), 60)
+        started_with = jobs._validated(spec, {"to": 3, "stop_at": 1})
+        return await jobs._claim(conn, shop.id, spec, started_with, 60)
 
     _, taken = await interleaved(server, beat, take_over)
     assert taken is None  # not taken: the next turn of start() joins it
-    joined = await jobs.start(server.database, shop.id, "test.count", {"to": 3})
+    joined = await jobs.start(server.database, shop.id, "test.count", {"to": 3, "stop_at": 1})
     assert joined.runner is None and joined.job.job_id == claim.job.job_id
     STOPS[shop.id].set()
     ended = await runner

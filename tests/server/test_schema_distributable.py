@@ -52,6 +52,7 @@ CUSTOMER_SCOPED = {
 }
 # Scoped by tenant, not by customer.
 TENANT_SCOPED = {
+    "recommendation_orders",
     "idempotency_records",
     "signing_keys",
     "return_lines",

@@ -86,10 +86,16 @@ def cart_order_properties(
     order_ref: str, lines: list[dict[str, Any]], source: str = "cart"
 ) -> dict[str, Any]:
     """The `order_completed` properties of an order the server records (a cart turned into
-    an order, `source` "cart"; an order sent to /v1/orders, "order"): its skus and, when
-    every line carries a price in one currency, its value."""
+    an order, `source` "cart"; an order sent to /v1/orders, "order"): its skus (every
+    product bought), `gift_skus` (those bought only on gift lines, which say nothing of her
+    taste and stay out of the recommendations' baskets) and, when every line carries a price
+    in one currency, its value."""
     skus = list(dict.fromkeys(str(line["sku"]) for line in lines))
     properties: dict[str, Any] = {"order_id": order_ref, "skus": skus, "source": source}
+    for_herself = {str(line["sku"]) for line in lines if not line.get("gift")}
+    gift_skus = [sku for sku in skus if sku not in for_herself]
+    if gift_skus:
+        properties["gift_skus"] = gift_skus
     prices = [line.get("unit_price") for line in lines]
     currencies = {line.get("currency") for line in lines}
     if lines and None not in prices and len(currencies) == 1:
