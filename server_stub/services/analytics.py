@@ -41,6 +41,7 @@ from server_stub.analytics.touchpoints import (
     journeys,
 )
 from server_stub.ids import utcnow
+from server_stub.services import identity
 from server_stub.services.orders import stream_orders
 from server_stub.storage.tables import customer_scores, customers, events, journey_days, orders
 
@@ -756,16 +757,23 @@ def score_buyers(
 
 
 async def write_scores(conn: AsyncConnection, rows: list[dict[str, Any]]) -> None:
-    """Store these customers' scores in place of their earlier ones."""
+    """Store these customers' scores in place of their earlier ones: only of customers still
+    there, held (FOR KEY SHARE) until we commit. The job read its buyers long before; one
+    erased (or merged away) since is not given her scores back after her erasure deleted them."""
     if not rows:
         return
+    tenant_id = rows[0]["tenant_id"]
+    ids = [row["customer_id"] for row in rows]
+    present = await identity.lock_customers(conn, tenant_id, ids, mode="read")
+    live = {id for id, merged_into in present.items() if merged_into is None}
     await conn.execute(
         delete(customer_scores).where(
-            customer_scores.c.tenant_id == rows[0]["tenant_id"],
-            customer_scores.c.customer_id.in_([row["customer_id"] for row in rows]),
+            customer_scores.c.tenant_id == tenant_id, customer_scores.c.customer_id.in_(ids)
         )
     )
-    await conn.execute(insert(customer_scores), rows)
+    kept = [row for row in rows if row["customer_id"] in live]
+    if kept:
+        await conn.execute(insert(customer_scores), kept)
 
 
 async def drop_stale_scores(

@@ -251,6 +251,34 @@ async def test_lifetime_value_fit_stores_scores_for_every_buyer(
     assert fit.clv_total == pytest.approx(sum(row.clv for row in rows))
 
 
+async def test_scores_written_after_her_erasure_are_not_given_back_to_her(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """The job reads its buyers, then writes their scores batch after batch: a customer erased
+    in between had her scores deleted by the erasure, then written again by the next batch."""
+    await sixty_buyers(server, shop)
+    async with server.database.transaction(write=True) as conn:
+        await analytics.fit_lifetime_value(conn, shop.id, as_of=AS_OF)
+        computed = [
+            dict(row._mapping)
+            for row in await conn.execute(
+                select(customer_scores).where(customer_scores.c.tenant_id == shop.id)
+            )
+        ]
+    gone = computed[0]["customer_id"]
+    erased = await shop.request("POST", f"/v1/privacy/{gone}/erase", "admin")
+    assert erased.status_code == 200, erased.text
+    async with server.database.transaction(write=True) as conn:
+        await analytics.write_scores(conn, computed)  # the job's batch, read before
+        stored = {
+            row.customer_id
+            for row in await conn.execute(
+                select(customer_scores).where(customer_scores.c.tenant_id == shop.id)
+            )
+        }
+    assert gone not in stored and len(stored) == len(computed) - 1
+
+
 async def test_ropo_looks_back_across_an_earlier_order(server: Harness, shop: ShopForTest) -> None:
     # Fay researches online, buys online, then buys in the store a week later: the store sale's
     # journey is empty (the online order ended it), but her research still makes it ROPO.
