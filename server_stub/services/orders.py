@@ -558,7 +558,9 @@ async def refund(
     amount = (
         money(request.amount)
         if request.amount is not None
-        else sum((known[n].unit_price * line["quantity"] for n, line in lines.items()), Decimal(0))
+        else _lines_worth(
+            order, known.values(), [(known[n], line["quantity"]) for n, line in lines.items()]
+        )
     )
     await _give_back(
         conn, tenant_id, order, request.refund_id, "refund", amount, list(lines.values())
@@ -566,6 +568,19 @@ async def refund(
     view = await by_reference(conn, tenant_id, reference)
     assert view is not None
     return view
+
+
+def _lines_worth(order: Row[Any], rows: Iterable[Any], taken: Iterable[tuple[Any, int]]) -> Decimal:
+    """What units taken back are worth: their prices, scaled down as the order's total was
+    below its lines' sum (a discount on the whole order: two at 50 sold for 80 give back 40
+    each, where 50 each refused the second unit), and never more than is left to refund."""
+    worth = sum((row.unit_price * quantity for row, quantity in taken), Decimal(0))
+    listed = sum((row.unit_price * row.quantity for row in rows), Decimal(0))
+    total: Decimal = order.total
+    if 0 < total < listed:
+        worth = worth * total / listed
+    left: Decimal = total - order.refunded
+    return min(money(worth), left)
 
 
 async def apply_redemption(
@@ -585,7 +600,6 @@ async def apply_redemption(
         return False
     rows = await _line_rows(conn, tenant_id, [order.id])
     taken: list[dict[str, int]] = []
-    amount = Decimal(0)
     for sku, quantity in returned:
         left = quantity
         for row in rows:
@@ -596,11 +610,11 @@ async def apply_redemption(
             step = min(room, left)
             if step > 0:
                 taken.append({"line_no": row.line_no, "quantity": step})
-                amount += row.unit_price * step
                 left -= step
+    by_line = {row.line_no: row for row in rows}
+    amount = _lines_worth(order, rows, [(by_line[t["line_no"]], t["quantity"]) for t in taken])
     if value is not None:
-        amount = money(value)
-    amount = min(amount, order.total - order.refunded)
+        amount = min(money(value), order.total - order.refunded)
     await _give_back(conn, tenant_id, order, redemption_id, "till_return", amount, taken)
     return True
 

@@ -266,3 +266,30 @@ async def test_an_unlinked_store_sale_leaves_no_event(server: Harness, shop: Sho
             )
         )
         assert found.first() is None
+
+
+async def test_units_of_a_discounted_order_are_refunded_at_their_share_of_its_total(
+    shop: ShopForTest,
+) -> None:
+    """Two at 50 sold for 80 (a discount on the whole order): each unit taken back by its line
+    gives back 40. At 50 each, the second unit was refused (50 + 50 > 80), where the same
+    return at a till went through."""
+    sale = {
+        "reference": "S-discount",
+        "store_id": "warsaw-1",
+        "currency": "EUR",
+        "total": 80,
+        "lines": [{"sku": "TR2-38", "quantity": 2, "unit_price": 50}],
+    }
+    assert (await shop.request("POST", "/v1/orders", "pos", json=sale)).status_code in (200, 201)
+    for n in (1, 2):
+        unit = {"refund_id": f"unit-{n}", "lines": [{"line_no": 1, "quantity": 1}]}
+        answer = await shop.request("POST", "/v1/orders/S-discount/refunds", "pos", json=unit)
+        assert answer.status_code in (200, 201), answer.text
+        assert answer.json()["refunded"] == 40.0 * n
+    order = (await shop.request("GET", "/v1/orders/S-discount", "pos")).json()
+    assert (order["refunded"], order["net"], order["lines"][0]["returned_quantity"]) == (
+        80.0,
+        0.0,
+        2,
+    )
