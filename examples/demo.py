@@ -69,7 +69,12 @@ def main() -> int:
         )
         print("  $ omnisdk-server serve --port <free port>")
         log = Path(directory) / "server.log"
-        with ServerProcess(database_url, log_path=log, secret_key=SECRET_KEY) as server:
+        # The journey's webhook receiver listens on 127.0.0.1: a server posts to this
+        # machine only when its operator allows private networks.
+        allow_local_webhooks = {"OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS": "true"}
+        with ServerProcess(
+            database_url, env=allow_local_webhooks, log_path=log, secret_key=SECRET_KEY
+        ) as server:
             print(f"  the reference server is ready at {server.url}\n")
             env = {**os.environ, "OMNISDK_URL": server.url}
             env.update({f"OMNISDK_{c.upper()}_KEY": keys[c] for c in CHANNELS})

@@ -7,6 +7,14 @@ process holds, the others skip) and leased, so a process that dies mid-delivery 
 message to be claimed again once the lease runs out. On SQLite the loop is the single writer's
 own (one process serves a SQLite file). A webhook is posted outside any transaction, with the
 message id as its `webhook-id`: a redelivery after a crash is the same message to the receiver.
+
+A message's endpoints are posted at once, each within one deadline (`timeout`, in all: httpx's
+own timeouts are per phase and per read, and a receiver trickling its answer byte by byte never
+trips them), so the posting of a batch takes at most `timeout` and its lease outlasts it
+(`lease_for`). Unless private networks are allowed, each post resolves the endpoint's name,
+refuses it if any address is not public (webhooks.is_public), and connects to the address it
+checked, with the name kept in the Host header and TLS's SNI and certificate check: a DNS
+answer that changes after the check (rebinding) is never asked for.
 """
 
 from __future__ import annotations
@@ -14,9 +22,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import datetime, timedelta
+from ipaddress import ip_address
 
 import httpx
 from sqlalchemy.exc import DBAPIError
@@ -35,6 +45,27 @@ log = logging.getLogger("omnisdk.server.alerts")
 UNSERVABLE_BACKOFF = timedelta(minutes=10)  # a tenant this server cannot serve waits this long
 IDLE_BATCHES_PER_SCAN = 50  # abandoned-cart batches (alerts.CART_SCAN_BATCH carts each) per scan
 
+# What a name resolves to: (host, port) to its addresses, as getaddrinfo answers.
+Resolver = Callable[[str, int], Awaitable[list[webhooks.IPAddress]]]
+
+
+def lease_for(timeout: float) -> timedelta:
+    """How long a process holds the messages it claimed: longer than a delivery can take, so
+    that a lease runs out only when its process stalled or died. Posting takes at most
+    `timeout` (every endpoint at once, each within that deadline); three times that and 5 s
+    more leave the two transactions around it ample time."""
+    return timedelta(seconds=3 * timeout + 5)
+
+
+async def resolve(host: str, port: int) -> list[webhooks.IPAddress]:
+    """The addresses the system's resolver gives `host` (an address literal is its own)."""
+    answers = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    return [ip_address(str(sockaddr[0]).partition("%")[0]) for *_, sockaddr in answers]
+
+
+class RefusedAddress(Exception):
+    """The endpoint's name has an address that is not public, or none."""
+
 
 class AlertWorker:
     """One process's loop; `start()` in the app's lifespan, `close()` at shutdown."""
@@ -51,6 +82,9 @@ class AlertWorker:
         abandoned_scan_seconds: float,
         retry_base_seconds: float = messages.RETRY_BASE_SECONDS,
         metrics: Metrics | None = None,
+        allow_private_networks: bool | None = None,
+        resolver: Resolver = resolve,
+        transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.database = database
         self.contexts = contexts
@@ -60,10 +94,12 @@ class AlertWorker:
         self.abandoned_scan_seconds = abandoned_scan_seconds
         self.retry_base_seconds = retry_base_seconds
         self.metrics = metrics
-        # Longer than a delivery can take: a lease runs out only when its process stalled or
-        # died, and then another process (or this one, restarted) takes the message over.
-        self.lease = timedelta(seconds=3 * timeout + 5)
-        self._http = httpx.AsyncClient(timeout=timeout)
+        self.timeout = timeout
+        # None: as the process's settings say (OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS).
+        self.allow_private_networks = webhooks.private_networks_allowed(allow_private_networks)
+        self.resolver = resolver
+        self.lease = lease_for(timeout)
+        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_scan = 0.0
@@ -247,18 +283,57 @@ class AlertWorker:
     async def _post(
         self, message_id: str, targets: list[webhooks.Target], payload: dict[str, object]
     ) -> str | None:
-        """Post the signed message to every target; None if all took it, else what failed."""
+        """Post the signed message to every target at once; None if all took it, else what
+        failed (the first failing target's reason)."""
         if not targets:
             return "no webhook endpoint takes this kind of message"
-        for target in targets:
-            content, headers = webhooks.signed_request(target, message_id, payload, utcnow())
-            try:
-                response = await self._http.post(target.url, content=content, headers=headers)
-            except httpx.HTTPError as exc:
-                return f"{target.endpoint_id}: {type(exc).__name__}"
-            if not 200 <= response.status_code < 300:
-                return f"{target.endpoint_id}: HTTP {response.status_code}"
+        failures = await asyncio.gather(
+            *(self._post_one(message_id, target, payload) for target in targets)
+        )
+        return next((failure for failure in failures if failure is not None), None)
+
+    async def _post_one(
+        self, message_id: str, target: webhooks.Target, payload: dict[str, object]
+    ) -> str | None:
+        """Post to one target within `timeout` in all; None if it took the message."""
+        content, headers = webhooks.signed_request(target, message_id, payload, utcnow())
+        try:
+            async with asyncio.timeout(self.timeout):
+                request = await self._request(target.url, content, headers)
+                response = await self._http.send(request)
+        except RefusedAddress:
+            return f"{target.endpoint_id}: {webhooks.NOT_PUBLIC}"
+        except TimeoutError:
+            return f"{target.endpoint_id}: no answer within {self.timeout:g} s"
+        except httpx.HTTPError as exc:
+            return f"{target.endpoint_id}: {type(exc).__name__}"
+        if not 200 <= response.status_code < 300:
+            return f"{target.endpoint_id}: HTTP {response.status_code}"
         return None
+
+    async def _request(self, url: str, content: bytes, headers: dict[str, str]) -> httpx.Request:
+        """The POST to `url`; unless private networks are allowed, addressed to the public
+        address its name resolved to (the name stays the Host and the TLS server name)."""
+        if self.allow_private_networks:
+            return self._http.build_request("POST", url, content=content, headers=headers)
+        parsed = httpx.URL(url)
+        host = parsed.raw_host.decode("ascii")
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            addresses = await self.resolver(host, port)
+        except OSError as exc:  # socket.gaierror: said the same as a private answer
+            raise RefusedAddress from exc
+        if not addresses or not all(webhooks.is_public(address) for address in addresses):
+            raise RefusedAddress
+        # httpcore's `sni_hostname` extension: the TLS handshake names, and verifies the
+        # certificate against, the endpoint's name rather than the address connected to.
+        return self._http.build_request(
+            "POST",
+            parsed.copy_with(host=str(addresses[0])),
+            content=content,
+            headers={**headers, "host": parsed.netloc.decode("ascii")},
+            extensions={"sni_hostname": host},
+        )
 
 
 async def run_until_idle(worker: AlertWorker, passes: int = 50) -> None:

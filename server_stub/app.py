@@ -148,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             abandoned_scan_seconds=settings.alerts_abandoned_scan_seconds,
             retry_base_seconds=settings.alerts_retry_base_seconds,
             metrics=metrics,
+            allow_private_networks=settings.webhook_allow_private_networks,
         )
         if settings.alerts_delivery:
             worker.start()

@@ -467,8 +467,15 @@ def cmd_alerts_webhook_add(args: argparse.Namespace) -> None:
     async def work(database: Database) -> tuple[str, str | None]:
         async with database.transaction(write=True) as conn:
             await _require_tenant(conn, args.tenant)
-            sealer = sealer_from(settings_from_environment())
-            made = await webhooks.create(conn, sealer, args.tenant, body, utcnow())
+            settings = settings_from_environment()
+            made = await webhooks.create(
+                conn,
+                sealer_from(settings),
+                args.tenant,
+                body,
+                utcnow(),
+                allow_private_networks=settings.webhook_allow_private_networks,
+            )
             await audit.record(conn, args.tenant, None, "webhook.create", made.id, "cli")
             return made.id, made.secret
 
@@ -510,6 +517,7 @@ def cmd_alerts_deliver(args: argparse.Namespace) -> None:
             timeout=settings.alerts_webhook_timeout_seconds,
             abandoned_scan_seconds=0,
             retry_base_seconds=settings.alerts_retry_base_seconds,
+            allow_private_networks=settings.webhook_allow_private_networks,
         )
         try:
             await run_until_idle(worker)

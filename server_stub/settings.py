@@ -121,7 +121,18 @@ class Settings(BaseSettings):
         default=50, gt=0, le=1000, description="Messages a process claims and delivers at once."
     )
     alerts_webhook_timeout_seconds: float = Field(
-        default=10.0, gt=0, description="How long a webhook receiver has to answer."
+        default=10.0,
+        gt=0,
+        description="How long a webhook receiver has to answer, in all (connecting, sending "
+        "and reading its whole answer); a message's endpoints are posted at once.",
+    )
+    webhook_allow_private_networks: bool = Field(
+        default=False,
+        description="Let tenants' webhook endpoints be on this machine or the operator's "
+        "network (loopback, RFC 1918, unique-local, link-local addresses, names like "
+        "`localhost`). Off, such an endpoint is refused when it is added and when a message "
+        "is sent (its name is resolved and the address checked is the one connected to). "
+        "Only for a server all of whose tenants the operator trusts, or for tests.",
     )
     alerts_retry_base_seconds: float = Field(
         default=5.0,

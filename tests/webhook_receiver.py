@@ -2,14 +2,16 @@
 
 It verifies every request with the `standardwebhooks` library (the shop's side of the
 specification), keeps what it received, and can be told to fail the next answers (to test
-retries and dead letters). Receivers drop a redelivered message by its `webhook-id`: `unique`
-counts messages, `requests` counts deliveries.
+retries and dead letters), or to trickle its answers a byte at a time (a receiver that never
+stops answering, and never pauses long enough for a read timeout). Receivers drop a redelivered
+message by its `webhook-id`: `unique` counts messages, `requests` counts deliveries.
 """
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any
@@ -25,6 +27,7 @@ class WebhookReceiver:
         self.by_id: dict[str, dict[str, Any]] = {}
         self.refused = 0
         self.fail_next = 0  # answer this many requests with 503
+        self.trickle_seconds = 0.0  # if set, the pause before each byte of every answer
         self.received = threading.Condition(self.lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
@@ -38,9 +41,23 @@ class WebhookReceiver:
             def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers.get("content-length", "0")))
                 status = receiver.take(body, dict(self.headers.items()))
+                if receiver.trickle_seconds:
+                    self.trickle(status, receiver.trickle_seconds)
+                    return
                 self.send_response(status)
                 self.send_header("content-length", "0")
                 self.end_headers()
+
+            def trickle(self, status: int, pause: float) -> None:
+                answer = f"HTTP/1.1 {status} Trickled\r\ncontent-length: 0\r\n\r\n".encode()
+                self.close_connection = True
+                try:
+                    for byte in answer:
+                        time.sleep(pause)
+                        self.wfile.write(bytes([byte]))
+                        self.wfile.flush()
+                except OSError:
+                    pass  # the client gave up
 
             def log_message(self, *_: Any) -> None:
                 pass

@@ -81,9 +81,16 @@ async def add_webhook(
     body: WebhookEndpointIn, request: Request, conn: Connection
 ) -> WebhookEndpoint:
     principal = principal_of(request)
-    sealer = runtime_of(request).sealer
-    assert sealer is not None, "the app's lifespan sets the sealer"
-    endpoint = await webhooks.create(conn, sealer, principal.tenant_id, body, utcnow())
+    runtime = runtime_of(request)
+    assert runtime.sealer is not None, "the app's lifespan sets the sealer"
+    endpoint = await webhooks.create(
+        conn,
+        runtime.sealer,
+        principal.tenant_id,
+        body,
+        utcnow(),
+        allow_private_networks=runtime.settings.webhook_allow_private_networks,
+    )
     await audit.record(conn, principal.tenant_id, principal.key_id, "webhook.create", endpoint.id)
     return endpoint
 

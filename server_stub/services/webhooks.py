@@ -5,16 +5,26 @@ Messages reach the shop as webhooks signed by the Standard Webhooks specificatio
 the receiver drops a redelivery), `webhook-timestamp` and `webhook-signature` (HMAC-SHA-256 of
 `id.timestamp.body` with the endpoint's secret). The secret is shown once, when the endpoint
 is made, and stored sealed with the server's secret key.
+
+Unless the operator allows it (`OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS`), an endpoint must be on
+the public internet: a tenant could otherwise make the server post to its own machine or the
+operator's network, and read what answered there in its messages' failure reasons. An address
+is judged by `is_public`; a URL whose host plainly is not public is refused when it is added
+(`refuse_private_url`), and every send resolves the name and checks it again (alert_delivery).
 """
 
 from __future__ import annotations
 
 import base64
 import os
+import re
+import socket
 from dataclasses import dataclass
 from datetime import datetime
+from ipaddress import IPv4Address, IPv6Address, IPv6Network, ip_address
 from typing import Any
 
+import httpx
 import orjson
 from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -25,10 +35,106 @@ from omnisdk.notification_models import WebhookEndpoint, WebhookEndpointIn
 from server_stub.errors import Problem
 from server_stub.ids import new_id
 from server_stub.sealing import Sealer
+from server_stub.settings import settings_from_environment
 from server_stub.storage.tables import webhook_endpoints
 
 SECRET_PREFIX = "whsec_"
 SECRET_BYTES = 24
+# The one failure reason of a send refused for its address: it says nothing of what the name
+# resolved to, nor whether it resolved at all (either would map the operator's network).
+NOT_PUBLIC = "the endpoint's address is not a public one"
+NOT_PUBLIC_ERROR = "webhook_url_not_public"  # the field error's `type` in the 422 problem
+
+IPAddress = IPv4Address | IPv6Address
+# Names that never leave the machine or the site: RFC 6761 (localhost), RFC 6762 (.local),
+# RFC 8375 (home.arpa) and ICANN's private-use .internal.
+_LOCAL_NAMES = ("localhost", "local", "home.arpa", "internal")
+# What inet_aton reads as an IPv4 address besides the dotted quad: 127.1, 2130706433, 0x7f.1.
+_LEGACY_IPV4 = re.compile(r"[0-9a-fx.]+", re.IGNORECASE)
+_NAT64 = IPv6Network("64:ff9b::/96")  # RFC 6052: the low 32 bits are an IPv4 address
+
+
+def _embedded_ipv4(address: IPv6Address) -> IPv4Address | None:
+    """The IPv4 address an IPv6 one stands for (mapped, 6to4, NAT64), which a connection to it
+    may reach."""
+    if address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    if address.sixtofour is not None:
+        return address.sixtofour
+    if address in _NAT64:
+        return IPv4Address(int(address) & 0xFFFFFFFF)
+    return None
+
+
+def is_public(address: IPAddress) -> bool:
+    """Whether `address` is on the public internet: not loopback, private (RFC 1918, unique
+    local), shared, link-local, unspecified, reserved or multicast, nor an IPv6 form of one."""
+    if isinstance(address, IPv6Address):
+        embedded = _embedded_ipv4(address)
+        if embedded is not None and not is_public(embedded):
+            return False
+    return address.is_global and not (
+        address.is_multicast
+        or address.is_reserved
+        or address.is_loopback
+        or address.is_link_local
+        or address.is_unspecified
+    )
+
+
+def address_literal(host: str) -> IPAddress | None:
+    """The address a URL's host writes literally (in any form a resolver accepts), or None."""
+    try:
+        return ip_address(host)
+    except ValueError:
+        pass
+    if _LEGACY_IPV4.fullmatch(host):
+        try:
+            return IPv4Address(socket.inet_aton(host))
+        except OSError:
+            return None
+    return None
+
+
+def _plainly_private_name(host: str) -> bool:
+    name = host.lower().rstrip(".")
+    if "." not in name:  # a single label is resolved by the local search domains
+        return True
+    return any(name == local or name.endswith("." + local) for local in _LOCAL_NAMES)
+
+
+def private_networks_allowed(allowed: bool | None) -> bool:
+    """`allowed` if given, else the process's setting (OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS)."""
+    if allowed is None:
+        return settings_from_environment().webhook_allow_private_networks
+    return allowed
+
+
+def refuse_private_url(url: str) -> None:
+    """Raise a 422 problem when `url`'s host is an address that is not public, or a name
+    that never is (`localhost`, a single label); other names are checked at each send."""
+    try:
+        host = httpx.URL(url).host
+    except httpx.InvalidURL:
+        host = ""
+    literal = address_literal(host)
+    if (
+        not host
+        or (literal is not None and not is_public(literal))
+        or (literal is None and _plainly_private_name(host))
+    ):
+        raise Problem(
+            ProblemType.VALIDATION_ERROR,
+            "a webhook endpoint must be on the public internet: "
+            "give an https URL whose host has a public address",
+            errors=[
+                {
+                    "loc": ["body", "url"],
+                    "msg": "the endpoint's address is not a public one",
+                    "type": NOT_PUBLIC_ERROR,
+                }
+            ],
+        )
 
 
 def _context(tenant_id: str, endpoint_id: str) -> str:
@@ -46,8 +152,18 @@ def view(row: Any, secret: str | None = None) -> WebhookEndpoint:
 
 
 async def create(
-    conn: AsyncConnection, sealer: Sealer, tenant_id: str, body: WebhookEndpointIn, now: datetime
+    conn: AsyncConnection,
+    sealer: Sealer,
+    tenant_id: str,
+    body: WebhookEndpointIn,
+    now: datetime,
+    *,
+    allow_private_networks: bool | None = None,
 ) -> WebhookEndpoint:
+    """Add an endpoint; one on a private network only if allowed (None: as the process's
+    settings say)."""
+    if not private_networks_allowed(allow_private_networks):
+        refuse_private_url(body.url)
     endpoint_id = new_id("whe", 8)
     secret = new_secret()
     values = {

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +15,7 @@ from omnisdk.core.channels import Channel, Scope
 from server_stub.app import create_app
 from server_stub.sealing import Sealer
 from server_stub.services import keys, tenants
-from server_stub.settings import Settings
+from server_stub.settings import Settings, settings_from_environment
 from server_stub.storage.database import Database
 
 
@@ -60,6 +60,17 @@ class Harness:
 
 TEST_SECRET_KEY = base64.b64encode(b"test-secret-key-of-32-bytes-long").decode()
 TEST_SEALER = Sealer(base64.b64decode(TEST_SECRET_KEY))
+
+
+@pytest.fixture(autouse=True)
+def webhooks_may_reach_this_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The tests' webhook receivers listen on 127.0.0.1, which a server refuses unless its
+    operator allows private networks: these servers (and the CLI's commands) do.
+    tests/server/test_webhook_targets.py overrides this to test the refusals."""
+    monkeypatch.setenv("OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS", "true")
+    settings_from_environment.cache_clear()
+    yield
+    settings_from_environment.cache_clear()
 
 
 async def start_harness(database_url: str, **settings: Any) -> AsyncIterator[Harness]:
