@@ -99,7 +99,20 @@ class AlertWorker:
         self.allow_private_networks = webhooks.private_networks_allowed(allow_private_networks)
         self.resolver = resolver
         self.lease = lease_for(timeout)
-        self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        if self.allow_private_networks:
+            self._http = httpx.AsyncClient(timeout=timeout, transport=transport)
+        else:
+            # Each post goes to the address checked for its name (`_request`). A connection
+            # is never kept for the next post: a pool keys connections by address, so a post
+            # to another name at the same address would go over a TLS session made, and a
+            # certificate checked, for the first. No proxies from the environment either: a
+            # proxy would resolve the name itself, and its TLS tunnel names the address.
+            self._http = httpx.AsyncClient(
+                timeout=timeout,
+                transport=transport,
+                trust_env=False,
+                limits=httpx.Limits(max_keepalive_connections=0),
+            )
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_scan = 0.0
@@ -305,7 +318,7 @@ class AlertWorker:
             return f"{target.endpoint_id}: {webhooks.NOT_PUBLIC}"
         except TimeoutError:
             return f"{target.endpoint_id}: no answer within {self.timeout:g} s"
-        except httpx.HTTPError as exc:
+        except Exception as exc:  # httpx's errors, and any other: recorded, never a wedge
             return f"{target.endpoint_id}: {type(exc).__name__}"
         if not 200 <= response.status_code < 300:
             return f"{target.endpoint_id}: HTTP {response.status_code}"
@@ -321,7 +334,9 @@ class AlertWorker:
         port = parsed.port or (443 if parsed.scheme == "https" else 80)
         try:
             addresses = await self.resolver(host, port)
-        except OSError as exc:  # socket.gaierror: said the same as a private answer
+        # socket.gaierror, or a name IDNA cannot encode (a label over 63 characters): said
+        # the same as a private answer.
+        except (OSError, UnicodeError) as exc:
             raise RefusedAddress from exc
         if not addresses or not all(webhooks.is_public(address) for address in addresses):
             raise RefusedAddress

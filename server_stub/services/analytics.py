@@ -461,8 +461,12 @@ async def journeys_for(
     elif finished:
         live_since = max(since, day_start(finished[-1] + timedelta(days=1)))
     ranges = [(live_since, until)]
-    if finished and since < day_start(finished[0]) < live_since:
-        ranges.insert(0, (since, day_start(finished[0])))
+    head_end = day_start(finished[0]) if finished else since
+    if since < head_end:  # `since` falls inside a day
+        if live_since <= head_end:  # and the first whole day is not stored: one range
+            ranges = [(since, until)]
+        else:
+            ranges.insert(0, (since, head_end))
     for start, end in ranges:
         if not start < end:
             continue

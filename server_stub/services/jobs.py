@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -227,10 +228,36 @@ async def _claim(
     runner = new_id("run", 8)
     if active is not None:
         job = view(active)
+        stale = is_stale(job, now, stale_seconds)
         if params is not None and job.params != params:
-            raise _busy(job, is_stale(job, now, stale_seconds))
-        if not is_stale(job, now, stale_seconds):
+            if not stale:
+                raise _busy(job)
+            # Its runner died and this start asks for other work: the dead job is given up
+            # (failed, saying why), else it stood in the way of every start of its kind.
+            abandoned = await conn.execute(
+                update(jobs)
+                .where(
+                    jobs.c.tenant_id == tenant_id,
+                    jobs.c.id == active.id,
+                    jobs.c.runner == active.runner,
+                    jobs.c.heartbeat_at == active.heartbeat_at,
+                    jobs.c.state.in_(ACTIVE_STATES),
+                )
+                .values(
+                    state="failed",
+                    error="abandoned: its runner stopped, and a start with other parameters "
+                    "replaced it",
+                    runner=None,
+                    finished_at=now,
+                )
+            )
+            if abandoned.rowcount != 1:
+                return None  # it lives after all, or another start got there: next turn
+            log.info("gave up a job whose runner died", extra={"job_id": active.id})
+            active = None
+        elif not stale:
             return Claim(job, tenant_id)
+    if active is not None:
         # Take the dead runner's lease, unless another process took it meanwhile or it was
         # only slow: a beat or checkpoint it committed while this waited for the row means it
         # lives (and may be publishing its result), so this joins it on the next turn.
@@ -273,15 +300,13 @@ async def _claim(
     return Claim(view(row), tenant_id, runner)
 
 
-def _busy(job: Job, stale: bool) -> Problem:
+def _busy(job: Job) -> Problem:
     # Joining answers with the running job's result, which would silently stand in for work
     # with other parameters (a full recompute answered by a two-day refresh).
-    then = "retry when it has ended"
-    if stale:
-        then = "its runner stopped: start it with the same parameters to finish it, then retry"
     return Problem(
         ProblemType.CONFLICT,
-        f"job {job.job_id} of kind {job.kind} is unfinished with other parameters; {then} "
+        f"job {job.job_id} of kind {job.kind} is running with other parameters "
+        f"({json.dumps(job.params, sort_keys=True)}); retry when it has ended "
         f"(follow it at /v1/jobs/{job.job_id})",
         job_id=job.job_id,
         kind=job.kind,

@@ -9,7 +9,6 @@ from pathlib import Path
 import pytest
 
 from server_stub import cli
-from server_stub.errors import Problem
 from server_stub.services import analytics_jobs, jobs
 from tests.server.conftest import TEST_SECRET_KEY, Harness, ShopForTest, start_harness
 
@@ -140,16 +139,23 @@ async def test_a_start_with_the_same_parameters_joins_the_running_job(
         assert joined.runner is None and joined.job.job_id == daily.job.job_id
 
 
-async def test_a_dead_job_is_resumed_only_by_a_start_with_its_parameters(
+async def test_a_dead_job_is_resumed_by_its_parameters_and_given_up_for_others(
     server: Harness, shop: ShopForTest
 ) -> None:
+    """A job whose runner died goes on when started again with its parameters; a start with
+    others gives it up (failed, saying why) and runs its own, where it used to be refused as
+    long as the dead job stood (the daily two-day refresh failing every day after a crashed
+    full recompute)."""
     dead = await unfinished_refresh(server, shop, days=2)
-    with pytest.raises(Problem) as refused:
-        await jobs.start(
-            server.database, shop.id, analytics_jobs.REFRESH_KIND, {"days": 30}, stale_seconds=0
-        )
-    assert refused.value.type.status == 409 and "start it with the same" in refused.value.detail
     resumed = await jobs.start(
         server.database, shop.id, analytics_jobs.REFRESH_KIND, {"days": 2}, stale_seconds=0
     )
     assert resumed.runner is not None and resumed.job.job_id == dead.job.job_id
+    other = await jobs.start(
+        server.database, shop.id, analytics_jobs.REFRESH_KIND, {"days": 30}, stale_seconds=0
+    )
+    assert other.runner is not None and other.job.job_id != dead.job.job_id
+    assert other.job.params["days"] == 30
+    async with server.database.transaction(write=False) as conn:
+        gone = await jobs.get(conn, shop.id, dead.job.job_id)
+    assert gone is not None and gone.state == "failed" and "abandoned" in (gone.error or "")

@@ -182,21 +182,23 @@ async def test_a_period_from_the_middle_of_a_day_counts_that_days_rest_with_stor
     on and lost the journeys ending between 09:00 and midnight (Bob's, at 10:00)."""
     await amy_and_friends(server, shop)
     since = T0 + timedelta(days=2)  # 09:00 on the day of Bob's order at 10:00
-    async with server.database.transaction(write=True) as conn:
-        await analytics.refresh_days(
-            conn, shop.id, since=T0 - timedelta(hours=9), until=AS_OF, as_of=AS_OF
-        )
-    async with server.database.transaction(write=False) as conn:
-        combined, read_stored = await analytics.journeys_for(
-            conn, shop.id, since=since, until=AS_OF, as_of=AS_OF
-        )
-        live = await analytics.collect_journeys(
-            conn, shop.id, since=since, until=AS_OF, as_of=AS_OF
-        )
-    assert read_stored > 0
-    assert combined.freeze().rows() == live.paths().freeze().rows()
-    model = attribute(combined.freeze(), Model.LINEAR, Settings(bootstrap=0))
-    assert model.conversions == 2 and model.revenue == 200.0
+    for refreshed in (False, True):  # with no day stored yet (the usual report), then stored
+        if refreshed:
+            async with server.database.transaction(write=True) as conn:
+                await analytics.refresh_days(
+                    conn, shop.id, since=T0 - timedelta(hours=9), until=AS_OF, as_of=AS_OF
+                )
+        async with server.database.transaction(write=False) as conn:
+            combined, read_stored = await analytics.journeys_for(
+                conn, shop.id, since=since, until=AS_OF, as_of=AS_OF
+            )
+            live = await analytics.collect_journeys(
+                conn, shop.id, since=since, until=AS_OF, as_of=AS_OF
+            )
+        assert (read_stored > 0) is refreshed
+        assert combined.freeze().rows() == live.paths().freeze().rows()
+        model = attribute(combined.freeze(), Model.LINEAR, Settings(bootstrap=0))
+        assert model.conversions == 2 and model.revenue == 200.0
 
 
 async def test_lifetime_value_falls_back_to_rfm_with_few_repeat_buyers(

@@ -295,3 +295,23 @@ async def test_receivers_trickling_their_answers_fail_by_the_deadline_well_withi
     assert message["reason"].endswith(f": no answer within {TIMEOUT:g} s")
     assert took < TIMEOUT + 1.5  # both at once, each cut at the deadline
     assert took < worker.lease.total_seconds() / 3
+
+
+async def test_a_name_the_resolver_cannot_encode_is_a_refused_send_not_a_wedged_batch(
+    server: Harness, receiver: WebhookReceiver
+) -> None:
+    """A label over 63 characters passes the URL checks, then IDNA refuses it in the lookup
+    with a UnicodeError, which escaped the post: the batch stopped with the message leased,
+    posted again every lease and never recorded."""
+    shop = await server.shop()
+    long_name = "https://" + "a" * 64 + ".example.com/hook"
+    receiver.secret = await endpoint_added_when_allowed(server, shop, long_name)
+    amy = await amy_is_due_a_message(shop)
+    worker = worker_of(server, allow_private_networks=False, transport=OnlyThisMachine())
+    try:
+        await worker.tick()
+    finally:
+        await worker.close()
+    [message] = await messages_of(shop, amy)
+    assert message["status"] == "retry"
+    assert message["reason"].endswith(": " + webhooks.NOT_PUBLIC)
