@@ -236,13 +236,7 @@ async def _claim(
             # (failed, saying why), else it stood in the way of every start of its kind.
             abandoned = await conn.execute(
                 update(jobs)
-                .where(
-                    jobs.c.tenant_id == tenant_id,
-                    jobs.c.id == active.id,
-                    jobs.c.runner == active.runner,
-                    jobs.c.heartbeat_at == active.heartbeat_at,
-                    jobs.c.state.in_(ACTIVE_STATES),
-                )
+                .where(*_as_judged(tenant_id, active))
                 .values(
                     state="failed",
                     error="abandoned: its runner stopped, and a start with other parameters "
@@ -263,13 +257,7 @@ async def _claim(
         # lives (and may be publishing its result), so this joins it on the next turn.
         taken = await conn.execute(
             update(jobs)
-            .where(
-                jobs.c.tenant_id == tenant_id,
-                jobs.c.id == active.id,
-                jobs.c.runner == active.runner,
-                jobs.c.heartbeat_at == active.heartbeat_at,
-                jobs.c.state.in_(ACTIVE_STATES),
-            )
+            .where(*_as_judged(tenant_id, active))
             .values(runner=runner, heartbeat_at=now, attempts=active.attempts + 1)
         )
         if taken.rowcount != 1:
@@ -298,6 +286,18 @@ async def _claim(
         await conn.execute(select(jobs).where(jobs.c.tenant_id == tenant_id, jobs.c.id == job_id))
     ).one()
     return Claim(view(row), tenant_id, runner)
+
+
+def _as_judged(tenant_id: str, active: Row[Any]) -> tuple[Any, ...]:
+    """The job's row only as it was when judged dead: same runner, same last beat, unfinished
+    (a beat committed meanwhile means its runner lives)."""
+    return (
+        jobs.c.tenant_id == tenant_id,
+        jobs.c.id == active.id,
+        jobs.c.runner == active.runner,
+        jobs.c.heartbeat_at == active.heartbeat_at,
+        jobs.c.state.in_(ACTIVE_STATES),
+    )
 
 
 def _busy(job: Job) -> Problem:
