@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from ipaddress import ip_address
 from typing import Any
@@ -19,7 +19,8 @@ from omnisdk.notification_models import WebhookEndpointIn
 from server_stub.alert_delivery import AlertWorker
 from server_stub.services import webhooks
 from server_stub.settings import settings_from_environment
-from tests.server.conftest import TEST_SEALER, Harness, ShopForTest, start_harness
+from tests.server import test_alerts
+from tests.server.conftest import TEST_SEALER, Harness, ShopForTest
 from tests.server.test_alerts import customer, grant, level, messages_of, stock, subscribe
 from tests.webhook_receiver import WebhookReceiver
 
@@ -35,16 +36,9 @@ def webhooks_may_reach_this_machine(monkeypatch: pytest.MonkeyPatch) -> Iterator
     settings_from_environment.cache_clear()
 
 
-@pytest.fixture
-async def server(migrated_database_url: str) -> AsyncIterator[Harness]:
-    async for harness in start_harness(migrated_database_url, alerts_delivery=False):
-        yield harness
-
-
-@pytest.fixture
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver() as running:
-        yield running
+# The alerts tests' harness (no delivery loop of its own) and webhook receiver.
+server = test_alerts.server
+receiver = test_alerts.receiver
 
 
 class OnlyThisMachine(httpx.AsyncBaseTransport):
@@ -82,6 +76,16 @@ def worker_of(server: Harness, **options: Any) -> AlertWorker:
         abandoned_scan_seconds=3600.0,
         **options,
     )
+
+
+async def one_guarded_pass(server: Harness, transport: OnlyThisMachine) -> None:
+    """One delivery pass of a worker that refuses private networks, sending through
+    `transport`."""
+    worker = worker_of(server, allow_private_networks=False, transport=transport)
+    try:
+        await worker.tick()
+    finally:
+        await worker.close()
 
 
 async def endpoint_added_when_allowed(server: Harness, shop: ShopForTest, url: str) -> str:
@@ -194,11 +198,7 @@ async def test_a_send_to_a_private_address_is_refused_and_nothing_is_posted(
     receiver.secret = await endpoint_added_when_allowed(server, shop, url.format(port=port))
     amy = await amy_is_due_a_message(shop)
     transport = OnlyThisMachine()
-    worker = worker_of(server, allow_private_networks=False, transport=transport)
-    try:
-        await worker.tick()
-    finally:
-        await worker.close()
+    await one_guarded_pass(server, transport)
     assert receiver.requests == [] and transport.refused == []
     [message] = await messages_of(shop, amy)
     assert message["status"] == "retry"
@@ -227,11 +227,7 @@ async def test_a_dns_answer_that_changes_after_the_check_is_never_connected_to(
     receiver.secret = await endpoint_added_when_allowed(server, shop, url)
     amy = await amy_is_due_a_message(shop)
     transport = OnlyThisMachine()
-    worker = worker_of(server, allow_private_networks=False, transport=transport)
-    try:
-        await worker.tick()
-    finally:
-        await worker.close()
+    await one_guarded_pass(server, transport)
     assert receiver.requests == [] and asked == [PUBLIC]
     [sent] = transport.refused  # the transport stands in for the internet here
     assert (sent.url.host, sent.headers["host"]) == (PUBLIC, f"{name}:{port}")
@@ -258,11 +254,7 @@ async def test_an_answer_with_any_private_address_is_refused(
     await endpoint_added_when_allowed(server, shop, f"https://{name}/hooks")
     amy = await amy_is_due_a_message(shop)
     transport = OnlyThisMachine()
-    worker = worker_of(server, allow_private_networks=False, transport=transport)
-    try:
-        await worker.tick()
-    finally:
-        await worker.close()
+    await one_guarded_pass(server, transport)
     assert transport.refused == []
     [message] = await messages_of(shop, amy)
     assert message["reason"].endswith(": " + webhooks.NOT_PUBLIC)
@@ -307,11 +299,7 @@ async def test_a_name_the_resolver_cannot_encode_is_a_refused_send_not_a_wedged_
     long_name = "https://" + "a" * 64 + ".example.com/hook"
     receiver.secret = await endpoint_added_when_allowed(server, shop, long_name)
     amy = await amy_is_due_a_message(shop)
-    worker = worker_of(server, allow_private_networks=False, transport=OnlyThisMachine())
-    try:
-        await worker.tick()
-    finally:
-        await worker.close()
+    await one_guarded_pass(server, OnlyThisMachine())
     [message] = await messages_of(shop, amy)
     assert message["status"] == "retry"
     assert message["reason"].endswith(": " + webhooks.NOT_PUBLIC)
