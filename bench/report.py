@@ -16,6 +16,9 @@ def load_average() -> str:
     return f"load average {one:.2f} / {five:.2f} / {fifteen:.2f} on {os.cpu_count()} cores"
 
 
+BENCH_COMMAND = "python -m bench.run --write"
+
+
 @dataclass(frozen=True)
 class Figure:
     name: str
@@ -53,11 +56,13 @@ def page(sections: dict[str, list[Figure]], command: str) -> str:
     return "\n".join(lines)
 
 
-def section(title: str, figures: list[Figure], when: str | None = None) -> list[str]:
+def section(
+    title: str, figures: list[Figure], when: str | None = None, command: str = BENCH_COMMAND
+) -> list[str]:
     """A section's lines; `when`, the time of its run when it was not the page's."""
     lines = [f"## {title}", ""]
     if when:
-        lines += [f"Measured on its own, {when} UTC (`python -m bench.run --write`).", ""]
+        lines += [f"Measured on its own, {when} UTC (`{command}`).", ""]
     lines += [
         "| figure | omnisdk | peer / ceiling | ratio | goal | met |",
         "|---|---|---|---|---|---|",
@@ -68,13 +73,16 @@ def section(title: str, figures: list[Figure], when: str | None = None) -> list[
     return lines
 
 
-def replace_sections(text: str, sections: dict[str, list[Figure]]) -> str:
-    """The page with the given sections measured again (the others kept as they were)."""
+def replace_sections(
+    text: str, sections: dict[str, list[Figure]], command: str = BENCH_COMMAND
+) -> str:
+    """The page with the given sections measured again (the others kept as they were), by
+    `command`."""
     when = f"{datetime.now(UTC):%Y-%m-%d %H:%M}"
     head, *parts = text.split("\n## ")
     kept = {part.split("\n", 1)[0]: "## " + part for part in parts}
     for title, figures in sections.items():
-        kept[title] = "\n".join(section(title, figures, when))
+        kept[title] = "\n".join(section(title, figures, when, command))
     return "\n".join(
         [head.rstrip("\n") + "\n", *(body.rstrip("\n") + "\n" for body in kept.values())]
     )
