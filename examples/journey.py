@@ -2,7 +2,10 @@
 
 Each shop backend — the web shop on Amy's laptop, the app backend behind her phone, the till
 in the store — uses the SDK with its own channel's key. Run it with `make demo`, or against
-your own server with OMNISDK_URL and OMNISDK_{WEB,APP,POS,ADMIN}_KEY set.
+your own server with OMNISDK_URL and OMNISDK_{WEB,APP,POS,ADMIN}_KEY set. The stock alert step
+receives its webhook in this process, on 127.0.0.1: that server must then run with
+OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true (docs/notifications.md, "Where webhooks may go"),
+as `make demo`'s does; without it the endpoint is refused when the step adds it.
 """
 
 from __future__ import annotations

@@ -3,7 +3,9 @@ one line here: Amy's size is back, her preferred channel gets one signed webhook
 she bought the shoes no message reaches her.
 
 The shop's webhook receiver is a small HTTP server in this process; it checks every request's
-Standard Webhooks signature with `omnisdk.webhooks.verify`, as a shop's endpoint would.
+Standard Webhooks signature with `omnisdk.webhooks.verify`, as a shop's endpoint would. It
+listens on 127.0.0.1, which a server refuses as a webhook target unless it runs with
+OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true (docs/notifications.md): `make demo` sets it.
 """
 
 from __future__ import annotations
@@ -85,7 +87,13 @@ def _walk(
     endpoint: ShopEndpoint,
 ) -> None:
     step("Size 38 sold out; on her phone Amy asks to be told when it is back")
-    endpoint.secret = str(admin.alerts.add_webhook(endpoint.url).secret)
+    try:
+        endpoint.secret = str(admin.alerts.add_webhook(endpoint.url).secret)
+    except omnisdk.ValidationError as error:
+        raise SystemExit(
+            f"the server refused this example's local webhook endpoint ({error}): run it with "
+            "OMNISDK_WEBHOOK_ALLOW_PRIVATE_NETWORKS=true, as make demo does"
+        ) from error
     admin.inventory.write(
         levels=[{"sku": "TR2", "options": SIZE_38, "location": "online", "quantity": 0}],
         items=[{"sku": "TR2", "options": SIZE_38, "price": 89.0, "currency": "EUR"}],
