@@ -147,8 +147,15 @@ async def _revision(
 
 
 async def _announce(
-    conn: AsyncConnection, tenant_id: str, row: Any, action: str, actor: Author
+    conn: AsyncConnection,
+    tenant_id: str,
+    row: Any,
+    action: str,
+    actor: Author,
+    was_visible: str | None = None,
 ) -> None:
+    """Audit the change and publish it on her feed when the note is, or was until this
+    change (`was_visible`, an edit's former visibility), seen beyond its department."""
     detail = f"{action} annotation {row.id} ({row.department}, {row.kind}, rev {row.revision})"
     await audit.record(
         conn, tenant_id, actor.key_id, f"annotation.{action}", row.customer_id, detail
@@ -162,8 +169,10 @@ async def _announce(
         "revision": row.revision,
     }
     # The customer's feed is read by any key of the shop: a note for one department is not
-    # announced there (other departments do not even learn that it exists).
-    if row.visibility != AnnotationVisibility.DEPARTMENT:
+    # announced there (other departments do not even learn that it exists). One narrowed to
+    # its department is, once: its readers learn that they no longer see it.
+    department_only = AnnotationVisibility.DEPARTMENT.value
+    if row.visibility != department_only or was_visible not in (None, department_only):
         await changes.publish(conn, tenant_id, row.customer_id, "annotation", payload)
 
 
@@ -258,7 +267,7 @@ async def edit(
     )
     edited = _Row({**row._asdict(), **updates})
     await _revision(conn, tenant_id, edited, "edited", actor, None)
-    await _announce(conn, tenant_id, edited, "edited", actor)
+    await _announce(conn, tenant_id, edited, "edited", actor, was_visible=row.visibility)
     return view(edited)  # type: ignore[arg-type]
 
 

@@ -115,6 +115,35 @@ async def test_a_backend_key_naming_a_department_does_not_read_its_notes(
         assert "service only" in {n["text"] for n in seen.json()["items"]}
 
 
+async def test_a_note_narrowed_to_its_department_is_announced_once_then_no_more(
+    server: Harness, shop: ShopForTest, people: dict[str, Staffer]
+) -> None:
+    """Feed readers saw the note created for all staff: they learn it was narrowed (else they
+    keep showing it), and nothing of its later edits while it is the department's only."""
+    amy = await customer(shop)
+    written = await note(people["kim"], amy, text="for everyone")
+    path = f"/v1/annotations/{written['annotation_id']}"
+    for change in ({"visibility": "department"}, {"text": "service only now"}):
+        edited = await people["kim"].request("PATCH", path, json=change)
+        assert edited.status_code == 200, edited.text
+    widened = await people["kim"].request("PATCH", path, json={"visibility": "staff"})
+    assert widened.status_code == 200, widened.text
+    async with server.database.transaction(write=False) as conn:
+        announced = [
+            (row.payload["action"], row.payload["visibility"], row.payload["revision"])
+            for row in await conn.execute(
+                select(changes.c.payload)
+                .where(changes.c.tenant_id == shop.id, changes.c.kind == "annotation")
+                .order_by(changes.c.position)
+            )
+        ]
+    assert announced == [
+        ("created", "staff", 1),
+        ("edited", "department", 2),
+        ("edited", "staff", 4),
+    ]
+
+
 async def test_the_author_edits_her_note_and_every_revision_is_kept(
     server: Harness, shop: ShopForTest, people: dict[str, Staffer]
 ) -> None:
