@@ -22,6 +22,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -51,14 +52,26 @@ def _peak_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kilobytes
 
 
-def _events(tenant_id: str, count: int, start: datetime, days: float, seed: int) -> Any:
+def _shopper(rng: random.Random) -> str:
+    """One of this benchmark's CUSTOMERS (each has a customer row: _prepare)."""
+    return f"cus_{rng.randrange(CUSTOMERS):08d}"
+
+
+def _events(
+    tenant_id: str,
+    count: int,
+    start: datetime,
+    days: float,
+    seed: int,
+    shopper: Callable[[random.Random], str] = _shopper,
+) -> Any:
     rng = random.Random(seed)
     step = timedelta(days=days) / count
     # A few popular products and a long tail, as in a real catalogue.
     weights = [1 / (n + 1) for n in range(SKUS)]
     skus = [f"SKU-{n:05d}" for n in range(SKUS)]
     for n in range(count):
-        customer = f"cus_{rng.randrange(CUSTOMERS):08d}"
+        customer = shopper(rng)
         at = start + step * n
         roll = rng.random()
         if roll < 0.33:
@@ -83,8 +96,16 @@ def _events(tenant_id: str, count: int, start: datetime, days: float, seed: int)
 
 
 async def _load(
-    url: str, tenant_id: str, count: int, start: datetime, days: float, seed: int
+    url: str,
+    tenant_id: str,
+    count: int,
+    start: datetime,
+    days: float,
+    seed: int,
+    shopper: Callable[[random.Random], str] = _shopper,
 ) -> None:
+    """COPY `count` events over `days` from `start`, each of a customer `shopper` picks (one
+    with a customer row: a build keeps no basket of a customer who is not there)."""
     import asyncpg
 
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
@@ -101,7 +122,7 @@ async def _load(
             "properties",
         ]
         batch: list[tuple[Any, ...]] = []
-        for record in _events(tenant_id, count, start, days, seed):
+        for record in _events(tenant_id, count, start, days, seed, shopper):
             batch.append(record)
             if len(batch) == COPY_ROWS:
                 await conn.copy_records_to_table("events", records=batch, columns=columns)
@@ -109,6 +130,19 @@ async def _load(
         if batch:
             await conn.copy_records_to_table("events", records=batch, columns=columns)
         await conn.execute("ANALYZE events")
+    finally:
+        await conn.close()
+
+
+async def _customers(url: str, tenant_id: str, since: datetime) -> None:
+    """The rows of the CUSTOMERS customers the events name."""
+    import asyncpg
+
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        records = [(tenant_id, f"cus_{n:08d}", since, "{}") for n in range(CUSTOMERS)]
+        columns = ["tenant_id", "id", "created_at", "traits"]
+        await conn.copy_records_to_table("customers", records=records, columns=columns)
     finally:
         await conn.close()
 
@@ -127,6 +161,7 @@ async def _prepare(url: str) -> str:
     finally:
         await database.dispose()
     now = datetime.now(UTC)
+    await _customers(url, tenant.id, now - timedelta(days=DAYS + 2))
     await _load(url, tenant.id, EVENTS, now - timedelta(days=DAYS + 1), DAYS, 1)
     return tenant.id
 

@@ -294,12 +294,18 @@ class Rebuild:
     incremental_seconds: float
 
 
-def _rebuild(url: str, tenant_id: str, events: int) -> Rebuild:
+def _rebuild(url: str, tenant_id: str, events: int, customers: int) -> Rebuild:
     """The recommendations job, full then after a day's events (a sixtieth of the history,
-    loaded by COPY), each in a fresh process (bench/bench_scale_jobs.py) measuring its peak."""
+    loaded by COPY, of the shop's customers picked at random: most have a basket stored),
+    each in a fresh process (bench/bench_scale_jobs.py) measuring its peak."""
     full = _run_child("full", url, tenant_id)
     day = max(1, events // 60)
-    asyncio.run(_load(url, tenant_id, day, datetime.now(UTC) - timedelta(days=1), 1, 2))
+    yesterday = datetime.now(UTC) - timedelta(days=1)
+
+    def shopper(rng: random.Random) -> str:
+        return customer_id(rng.randrange(HEAVY, customers))
+
+    asyncio.run(_load(url, tenant_id, day, yesterday, 1, 2, shopper))
     incremental = _run_child("new", url, tenant_id)
     return Rebuild(
         max(full["peak_mb"], incremental["peak_mb"]),
@@ -488,7 +494,7 @@ def storms_and_rebuild(shop: Shop) -> None:
                 else ""
             )
             print(f"  {item.name}, {processes} processes: {item.per_second:,.0f} {item.unit}{wal}")
-    rebuild = _rebuild(shop.url, shop.tenant_id, shop.loaded.events)
+    rebuild = _rebuild(shop.url, shop.tenant_id, shop.loaded.events, shop.loaded.customers)
     print(
         f"  recommendations: full build {rebuild.full_seconds:.1f} s, a day's "
         f"{rebuild.day_events:,} events {rebuild.incremental_seconds:.1f} s, "
@@ -515,7 +521,7 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
     for processes in (2, 4):
         throughputs += _throughputs(url, shop.secret, keys, customers, processes)
     one_at_a_time = _one_at_a_time(url, shop.secret, keys, customers)
-    rebuild = _rebuild(url, shop.tenant_id, shop.loaded.events) if with_rebuild else None
+    rebuild = _rebuild(url, shop.tenant_id, shop.loaded.events, customers) if with_rebuild else None
     return Run(customers, shop.loaded, timings, feed, throughputs, rebuild, one_at_a_time)
 
 

@@ -17,7 +17,11 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from server_stub.storage.prepared import Prepared
 
+# Shared by every erasure, taken alone by a recommendations build while it writes a window
+# of baskets (services/recommendations.py): no basket is written back for one erased.
+ERASURES = "erasures"
 _LOCK = Prepared(text("SELECT pg_advisory_xact_lock(CAST(:key AS bigint))"))
+_SHARED_LOCK = Prepared(text("SELECT pg_advisory_xact_lock_shared(CAST(:key AS bigint))"))
 
 
 def advisory_key(*parts: str) -> int:
@@ -32,7 +36,8 @@ def key_of(tenant_id: str, *name: str) -> int:
     return advisory_key("\x01lock", tenant_id, *name)
 
 
-async def take(conn: AsyncConnection, tenant_id: str, *name: str) -> None:
-    """Hold the lock on `name` until this transaction ends."""
+async def take(conn: AsyncConnection, tenant_id: str, *name: str, shared: bool = False) -> None:
+    """Hold the lock on `name` until this transaction ends; `shared`: with any other shared
+    holders, only an exclusive one waits (and is waited for)."""
     if conn.dialect.name == "postgresql":
-        await _LOCK.fetchone(conn, {"key": key_of(tenant_id, *name)})
+        await (_SHARED_LOCK if shared else _LOCK).fetchone(conn, {"key": key_of(tenant_id, *name)})

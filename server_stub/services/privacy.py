@@ -26,7 +26,7 @@ from omnisdk.core.problems import ProblemType
 from omnisdk.models import CustomerExport, ErasureReceipt
 from server_stub.errors import Problem
 from server_stub.ids import new_id, utcnow
-from server_stub.services import alerts, consent, identity
+from server_stub.services import alerts, consent, identity, named_locks
 from server_stub.services import changes as change_feed
 from server_stub.services import orders as order_records
 from server_stub.services.identity import person_ids
@@ -216,6 +216,9 @@ async def _rekey(
 async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:
     """Erase the whole person `live` is (or, merged meanwhile, has become); NOT_FOUND if an
     erasure that went first left no one (_lock_person)."""
+    # Erasures go on side by side; a recommendations build writing baskets waits for them,
+    # and they for it (services/recommendations.py).
+    await named_locks.take(conn, tenant_id, named_locks.ERASURES, shared=True)
     ids = await _lock_person(conn, tenant_id, live)
     erasure_id = new_id("era", 10)
     now = utcnow()

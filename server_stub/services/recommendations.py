@@ -34,7 +34,12 @@ customers with cart adds in customer order read, at 10 M customers, every event 
 partitions that held none, once per 500 customers). (A basket is at most the MAX_BASKET first
 SKUs in order: those of the grown basket are all among the stored ones and the new adds.)
 Erasure deletes her stored basket; her adds stay in the counts (numbers per pair of products,
-nothing about a person) until a build with `full` recounts from nothing.
+nothing about a person) until a build with `full` recounts from nothing. A window that read
+her adds before she was erased may be written after: each window's transaction takes the lock
+erasures share (named_locks.ERASURES), so none is under way while it writes and none starts
+before it commits, then drops the adds of customers no longer there, so no basket is written
+back for her. (A customer-row lock on every adder, as lifetime-value scores take, would write a lock
+into each of up to a million rows per window; one advisory lock is one.)
 
 Which events are safe to count (PostgreSQL): `seq` is taken when a row is inserted, not when
 its transaction commits, so a row with a lower seq may still become visible after one with a
@@ -66,12 +71,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core import recs
 from server_stub import memory
 from server_stub.ids import utcnow
-from server_stub.services import changes, jobs
+from server_stub.services import changes, jobs, named_locks
 from server_stub.services.content import etag_of
 from server_stub.services.events import is_anonymous
 from server_stub.storage.database import Database
 from server_stub.storage.prepared import ID_IN, Prepared, copy_rows, id_list
 from server_stub.storage.tables import (
+    customers,
     events,
     recommendation_baskets,
     recommendation_models,
@@ -162,6 +168,17 @@ _STORED_BASKETS = {
         select(recommendation_baskets.c.customer_id, recommendation_baskets.c.skus).where(
             recommendation_baskets.c.tenant_id == bindparam("tenant"),
             text(ids.format(column="recommendation_baskets.customer_id")),
+        )
+    )
+    for dialect, ids in ID_IN.items()
+}
+
+
+# Which of some customers are still there (read from the index alone once vacuumed).
+_PRESENT = {
+    dialect: Prepared(
+        select(customers.c.id).where(
+            customers.c.tenant_id == bindparam("tenant"), text(ids.format(column="customers.id"))
         )
     )
     for dialect, ids in ID_IN.items()
@@ -396,11 +413,30 @@ async def _read_batch(
 async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
     """Claim the window's orders and grow its cart baskets, then add its counts, store the
     baskets and move the mark to `through`, in the caller's transaction."""
+    await named_locks.take(conn, tenant_id, named_locks.ERASURES)
+    await _forget_erased(conn, tenant_id, window)
     baskets = window.baskets + await _claim_orders(conn, tenant_id, window)
     baskets += await _grow_baskets(conn, tenant_id, window)
     await _add(conn, tenant_id, window, through)
     await _store_baskets(conn, tenant_id, window.grown)
     await _advance(conn, tenant_id, through, baskets)
+
+
+async def _forget_erased(conn: AsyncConnection, tenant_id: str, window: _Window) -> None:
+    """Drop the window's cart adds of customers erased since it read them (no erasure runs
+    while the caller holds ERASURES, so those present now stay until it commits)."""
+    adders = sorted(window.added)
+    for start in range(0, len(adders), CUSTOMERS_PER_QUERY):
+        chunk = adders[start : start + CUSTOMERS_PER_QUERY]
+        present = {
+            row[0]
+            for row in await _PRESENT[conn.dialect.name].fetchall(
+                conn, {"tenant": tenant_id, "ids": id_list(conn, chunk)}
+            )
+        }
+        for customer_id in chunk:
+            if customer_id not in present:
+                del window.added[customer_id]
 
 
 async def _claim_orders(conn: AsyncConnection, tenant_id: str, window: _Window) -> int:

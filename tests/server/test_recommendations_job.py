@@ -15,9 +15,14 @@ from sqlalchemy.util import await_only
 
 from omnisdk.core import recs
 from server_stub.ids import new_id, utcnow
-from server_stub.services import jobs, recommendations
+from server_stub.services import jobs, privacy, recommendations
 from server_stub.storage.database import Database
-from server_stub.storage.tables import events, recommendation_pair_deltas
+from server_stub.storage.tables import (
+    customers,
+    events,
+    recommendation_baskets,
+    recommendation_pair_deltas,
+)
 from server_stub.storage.tables import jobs as jobs_table
 from tests.server.conftest import Harness, ShopForTest
 from tests.server.interleave import waiting_for_a_lock
@@ -42,11 +47,27 @@ def reference_baskets(rows: list[dict[str, Any]]) -> list[list[str]]:
     return found + list(added.values())
 
 
+SHOPPERS = [f"cus_{n}" for n in range(12)]
+
+
+@pytest.fixture(autouse=True)
+async def shoppers(server: Harness, shop: ShopForTest) -> None:
+    """The customers random_events names (a build keeps baskets only of customers there)."""
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            insert(customers),
+            [
+                {"tenant_id": shop.id, "id": id, "created_at": utcnow(), "traits": {}}
+                for id in SHOPPERS
+            ],
+        )
+
+
 def random_events(rng: random.Random, tenant_id: str, count: int) -> list[dict[str, Any]]:
-    customers = [f"cus_{n}" for n in range(12)] + [""]  # "": anonymous
+    shoppers = [*SHOPPERS, ""]  # "": anonymous
     rows = []
     for _ in range(count):
-        customer = rng.choice(customers)
+        customer = rng.choice(shoppers)
         kind = rng.random()
         if kind < 0.3:
             name, properties = "order_completed", {"skus": rng.sample(SKUS, rng.randint(0, 5))}
@@ -150,6 +171,82 @@ async def test_a_full_build_recounts_after_events_were_erased(
     full = await build(server.database, shop.id, full=True)
     assert full.result is not None and full.result["events_counted"] > 0
     assert await stored_model(server, shop) == recs.build(reference_baskets(kept))
+
+
+async def baskets_of(database: Database, tenant_id: str) -> set[str]:
+    async with database.transaction(write=False) as conn:
+        found = await conn.scalars(
+            select(recommendation_baskets.c.customer_id).where(
+                recommendation_baskets.c.tenant_id == tenant_id
+            )
+        )
+        return set(found)
+
+
+async def erase(database: Database, tenant_id: str, customer_id: str) -> None:
+    async with database.transaction(write=True) as conn:
+        await privacy.erase(conn, tenant_id, customer_id)
+
+
+def adds_of(tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
+    rows = random_events(random.Random(5), tenant_id, 3)
+    return [
+        {**row, "customer_id": customer_id, "origin_customer_id": customer_id}
+        | {"name": "product_added", "properties": {"sku": sku}}
+        for row, sku in zip(rows, ("a", "b", "c"), strict=True)
+    ]
+
+
+async def test_a_customer_erased_after_a_window_read_her_adds_gets_no_basket_back(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The window read her cart adds, then her erasure deleted her events and basket and
+    committed, then the window wrote: it must not store her basket again."""
+    await store(server.database, adds_of(shop.id, "cus_3") + adds_of(shop.id, "cus_4"))
+    progress = jobs.JobContext.progress
+
+    async def erased_after_the_read(ctx: jobs.JobContext, *args: Any) -> None:
+        # Between the window's read and its write (no transaction open here).
+        await erase(server.database, shop.id, "cus_3")
+        await progress(ctx, *args)
+
+    monkeypatch.setattr(jobs.JobContext, "progress", erased_after_the_read)
+    job = await build(server.database, shop.id)
+    assert job.state == "done", job.error
+    assert await baskets_of(server.database, shop.id) == {"cus_4"}
+
+
+async def test_an_erasure_waits_for_the_window_writing_her_basket_then_deletes_it(
+    pg_server: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her erasure starts while a window is writing her basket: it waits for the window to
+    commit (each erasure shares a lock the window holds alone), then deletes what it wrote.
+    Without the lock it ran beside the window, deleted nothing yet written, and the basket
+    the window then committed outlived her."""
+    server = pg_server
+    shop = await server.shop()
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            insert(customers),
+            [{"tenant_id": shop.id, "id": "cus_3", "created_at": utcnow(), "traits": {}}],
+        )
+    await store(server.database, adds_of(shop.id, "cus_3"))
+    erasing: list[asyncio.Task[None]] = []
+    store_baskets = recommendations._store_baskets
+
+    async def erased_meanwhile(conn: AsyncConnection, *args: Any) -> None:
+        await store_baskets(conn, *args)
+        erasing.append(asyncio.create_task(erase(server.database, shop.id, "cus_3")))
+        for _ in range(100):  # until the erasure waits for this window (at most ~5 s)
+            if await waiting_for_a_lock(server, "advisory"):
+                break
+            await asyncio.sleep(0.05)
+
+    monkeypatch.setattr(recommendations, "_store_baskets", erased_meanwhile)
+    job = await build(server.database, shop.id)
+    await asyncio.wait_for(erasing[0], timeout=60)
+    assert job.state == "done", job.error
+    assert await baskets_of(server.database, shop.id) == set()
 
 
 @pytest.mark.usefixtures("small_batches")
