@@ -61,6 +61,39 @@ async def settle(dsn: dict[str, Any]) -> float:
     return time.perf_counter() - started
 
 
+# What requests read at random (a customer's row, identifiers, consent, cart, and this
+# month's events and their indexes), in the order `warm` reads it: ingestion's relations last,
+# so that they stay in shared_buffers; those read before it and larger than what is left of
+# it stay in the operating system's cache. Tables are read with all their indexes.
+HOT = ("identifiers", "carts", "{month}", "consent_decisions", "customers")
+
+
+async def warm(dsn: dict[str, Any], now: datetime | None = None) -> int:
+    """Read the HOT relations into memory (pg_prewarm), as hours of random requests leave
+    them in a database in service (or pg_prewarm's autoprewarm after a restart:
+    docs/scaling.md). Returns the bytes read; 0 where the extension is not installed."""
+    month = partitions.partition_name(partitions.month_start(now or datetime.now(UTC)))
+    conn = await asyncpg.connect(**dsn)
+    try:
+        try:
+            await conn.execute("CREATE EXTENSION IF NOT EXISTS pg_prewarm")
+        except asyncpg.PostgresError as error:
+            print(f"  not warmed: {error}", flush=True)
+            return 0
+        read = 0
+        for name in HOT:
+            table = name.format(month=f"{partitions.SCHEMA}.{month}")
+            read += await conn.fetchval(
+                "SELECT sum(pg_prewarm(r) * current_setting('block_size')::bigint) FROM "
+                "(SELECT CAST($1 AS regclass) AS r UNION ALL SELECT CAST(indexrelid AS regclass) "
+                "FROM pg_index WHERE indrelid = CAST($1 AS regclass)) AS relations",
+                table,
+            )
+        return read
+    finally:
+        await conn.close()
+
+
 def customer_id(n: int) -> str:
     return f"cus_s{n}"
 

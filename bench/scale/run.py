@@ -40,7 +40,7 @@ from bench.bench_content import ruleset
 from bench.bench_scale_jobs import _load, _run_child
 from bench.loadgen import http_request, send_all
 from bench.report import Figure, replace_sections
-from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load, settle
+from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load, settle, warm
 from omnisdk.resources.events import event_ids
 from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess, TestTenant
 from server_stub.storage.migrate import upgrade
@@ -96,6 +96,7 @@ class Run:
     throughputs: list[Throughput]
     rebuild: Rebuild | None
     one_at_a_time: OneAtATime | None = None
+    warmed_bytes: int = 0  # read into memory before measuring (generate.warm)
 
 
 def _percentiles(name: str, seconds: list[float]) -> Timing:
@@ -460,6 +461,16 @@ def _settled(shop: Shop) -> Shop:
     )
 
 
+def _warmed(shop: Shop) -> int:
+    """Read the shop's hot relations into memory (generate.warm), timed; the bytes read."""
+    where = make_url(shop.url)
+    dsn = {"host": where.host, "port": where.port, "user": where.username}
+    started = time.perf_counter()
+    read = asyncio.run(warm({**dsn, "database": where.database}))
+    print(f"  warmed {read / 2**20:,.0f} MB in {time.perf_counter() - started:.1f} s", flush=True)
+    return read
+
+
 def keep(shop: Shop) -> Path:
     """Write where `shop` is, so that `--reuse` measures it again without loading."""
     path = _kept(shop.loaded.customers)
@@ -482,6 +493,7 @@ def reused(customers: int) -> Shop:
 def storms_and_rebuild(shop: Shop) -> None:
     """Only the throughput storms and the recommendations rebuild, printed (`--storms-and-
     rebuild`): what a change to ingestion or to the job moves, without the whole run."""
+    _warmed(shop)
     with ServerProcess(shop.url, secret_key=shop.secret) as server:
         tenant = TestTenant(id=shop.tenant_id, name="scale", server=server)
         keys = {"web": tenant.key("web"), "admin": tenant.key("admin")}
@@ -506,6 +518,7 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
     """Every figure of one shop. The state it changes (merges, erasures, a day's events) is
     chosen afresh from what is left, so a kept shop can be measured again (`seed` differs)."""
     customers, url = shop.loaded.customers, shop.url
+    warmed = _warmed(shop)
     erasable = _unerased(url, shop.tenant_id)
     if not erasable:
         raise SystemExit(
@@ -522,7 +535,7 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
         throughputs += _throughputs(url, shop.secret, keys, customers, processes)
     one_at_a_time = _one_at_a_time(url, shop.secret, keys, customers)
     rebuild = _rebuild(url, shop.tenant_id, shop.loaded.events, customers) if with_rebuild else None
-    return Run(customers, shop.loaded, timings, feed, throughputs, rebuild, one_at_a_time)
+    return Run(customers, shop.loaded, timings, feed, throughputs, rebuild, one_at_a_time, warmed)
 
 
 def _unerased(url: str, tenant_id: str) -> list[int]:
@@ -607,8 +620,8 @@ def page(runs: list[Run]) -> str:
         "## Load",
         "",
         "| customers | identifiers | events | carts | consent decisions | changes | load time | "
-        "vacuum | size on disk | per customer |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "vacuum | size on disk | per customer | warmed |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for run in runs:
         size = run.loaded.bytes
@@ -616,7 +629,8 @@ def page(runs: list[Run]) -> str:
             f"| {run.customers:,} | {run.loaded.identifiers:,} | {run.loaded.events:,} | "
             f"{run.loaded.carts:,} | {run.loaded.decisions:,} | {run.loaded.changes:,} | "
             f"{run.loaded.seconds:.1f} s | {run.loaded.vacuum_seconds or 0:.1f} s | "
-            f"{size / 2**20:,.0f} MB | {size / run.customers / 1024:.1f} kB |"
+            f"{size / 2**20:,.0f} MB | {size / run.customers / 1024:.1f} kB | "
+            f"{run.warmed_bytes / 2**20:,.0f} MB |"
         )
     lines += ["", "## Each request (one client, sequential)", ""]
     lines += _timing_table("operation", runs, [r.timings for r in runs], 1)
@@ -808,7 +822,14 @@ def _timing_table(
 NOTE = (
     "Each load ends with VACUUM (ANALYZE) and a CHECKPOINT (generate.settle), the state of a "
     "database in service: otherwise autovacuum reads the whole load again while it is being "
-    "measured. On a machine shared with other work, a p99 is mostly other processes' time slices: "
+    "measured. Before it is measured, what requests read at random (customers, identifiers, "
+    "consent, carts, this month's events, each with its indexes: generate.HOT) is read into "
+    "memory with pg_prewarm, ingestion's relations last (the column warmed), as hours of "
+    "service leave a database, or autoprewarm after a restart (scaling.md, 'Memory'). Measured "
+    "cold instead, straight after its load, a shop larger than memory reads from disk what "
+    "each request needs: that is the cost of a cold cache, or of a hot set larger than memory "
+    "(scaling.md gives both). On a machine shared with other work, a p99 is mostly other "
+    "processes' time slices: "
     "compare figures of one run only, and re-run on a quiet machine before drawing limits "
     "from them. Each request's own cost is in the table of single requests."
 )
