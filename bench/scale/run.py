@@ -54,6 +54,9 @@ REBUILD_MB = 500.0
 INCREMENTAL_SECONDS = 60.0
 FLAT = 1.5  # p99 at the largest shop over p99 at the smallest
 SAMPLES = 200
+# Untimed calls before each operation's samples: a fresh server process opens its database
+# connections and prepares its statements on its first requests, at any size of shop.
+WARMUP = 5
 CONCURRENCY = 32
 INGEST_BATCH = 500  # omnisdk._delivery.MAX_EVENTS_PER_REQUEST
 SALE_BATCHES = 250  # batches of INGEST_BATCH per server process: a minute or so, sustained
@@ -105,12 +108,16 @@ def _percentiles(name: str, seconds: list[float]) -> Timing:
     return Timing(name, statistics.median(ordered) * 1000, p99 * 1000, len(ordered))
 
 
-def _time(name: str, samples: int, call: Callable[[int], httpx.Response]) -> Timing:
+def _time(
+    name: str, samples: int, call: Callable[[int], httpx.Response], warmup: int = WARMUP
+) -> Timing:
+    """`samples` calls timed after `warmup` untimed ones (each call `n` its own)."""
     taken = []
-    for n in range(samples):
+    for n in range(warmup + samples):
         started = time.perf_counter()
         response = call(n)
-        taken.append(time.perf_counter() - started)
+        if n >= warmup:
+            taken.append(time.perf_counter() - started)
         if response.status_code >= 300:
             raise RuntimeError(f"{name}: {response.status_code} {response.text[:300]}")
     return _percentiles(name, taken)
@@ -191,7 +198,7 @@ def _latencies(
             ),
             _time(
                 f"profile of a customer with {HEAVY_EVENTS:,} events",
-                SAMPLES // 4,
+                SAMPLES // 2,
                 lambda n: http.get(f"/v1/customers/{customer_id(0)}/profile", headers=admin),
             ),
             _time(
@@ -214,6 +221,7 @@ def _latencies(
                 f"erasure of a customer with {HEAVY_EVENTS:,} events",
                 min(ERASURES, len(erasable)),
                 lambda n: post(f"/v1/privacy/{customer_id(erasable[n])}/erase", None, admin),
+                warmup=0,  # each erases one of the few heavy customers
             ),
         ]
     return timings
@@ -260,11 +268,12 @@ def _feed_reads(url: str, tenant_id: str, customers: int, changes: int) -> list[
 
             async def timed(name: str, make: Callable[[], dict[str, Any]]) -> Timing:
                 taken = []
-                for _ in range(SAMPLES):
+                for n in range(WARMUP + SAMPLES):
                     where = make()
                     started = time.perf_counter()
                     await page(**where)
-                    taken.append(time.perf_counter() - started)
+                    if n >= WARMUP:
+                        taken.append(time.perf_counter() - started)
                 return _percentiles(name, taken)
 
             return [
@@ -822,16 +831,18 @@ def _timing_table(
 NOTE = (
     "Each load ends with VACUUM (ANALYZE) and a CHECKPOINT (generate.settle), the state of a "
     "database in service: otherwise autovacuum reads the whole load again while it is being "
-    "measured. Before it is measured, what requests read at random (customers, identifiers, "
-    "consent, carts, this month's events, each with its indexes: generate.HOT) is read into "
-    "memory with pg_prewarm, ingestion's relations last (the column warmed), as hours of "
-    "service leave a database, or autoprewarm after a restart (scaling.md, 'Memory'). Measured "
-    "cold instead, straight after its load, a shop larger than memory reads from disk what "
-    "each request needs: that is the cost of a cold cache, or of a hot set larger than memory "
-    "(scaling.md gives both). On a machine shared with other work, a p99 is mostly other "
-    "processes' time slices: "
-    "compare figures of one run only, and re-run on a quiet machine before drawing limits "
-    "from them. Each request's own cost is in the table of single requests."
+    "measured. Before a shop is measured, what requests read at random (customers, "
+    "identifiers, consent, carts, this month's events, each with its indexes: generate.HOT) "
+    "is read into memory with pg_prewarm, ingestion's relations last (the column warmed), as "
+    "hours of service leave a database, or autoprewarm after a restart (scaling.md, "
+    "'Memory'). Measured cold instead, straight after its load, a shop larger than memory "
+    "reads from disk what each request needs: that is the cost of a cold cache, or of a hot "
+    "set larger than memory (scaling.md gives both). Each operation is timed after "
+    f"{WARMUP} untimed calls (a fresh server process opens its connections and prepares its "
+    "statements on its first requests). On a machine shared with other work, a p99 is mostly "
+    "other processes' time slices: compare figures of one run only, and re-run on a quiet "
+    "machine before drawing limits from them. Each request's own cost is in the table of "
+    "single requests."
 )
 CLOSING = (
     "What to do with these figures: [scaling.md](scaling.md) (settings, pooling, partitions "
