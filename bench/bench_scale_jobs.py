@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -57,21 +58,27 @@ def _shopper(rng: random.Random) -> str:
     return f"cus_{rng.randrange(CUSTOMERS):08d}"
 
 
-def _events(
-    tenant_id: str,
-    count: int,
-    start: datetime,
-    days: float,
-    seed: int,
-    shopper: Callable[[random.Random], str] = _shopper,
-) -> Any:
+@dataclass(frozen=True)
+class History:
+    """`count` events over `days` from `start`, drawn with `seed`, each of the customer
+    `shopper` picks (one with a customer row: a build keeps no basket of one not there)."""
+
+    count: int
+    start: datetime
+    days: float
+    seed: int
+    shopper: Callable[[random.Random], str] = _shopper
+
+
+def _events(tenant_id: str, history: History) -> Any:
+    count, start, days, seed = history.count, history.start, history.days, history.seed
     rng = random.Random(seed)
     step = timedelta(days=days) / count
     # A few popular products and a long tail, as in a real catalogue.
     weights = [1 / (n + 1) for n in range(SKUS)]
     skus = [f"SKU-{n:05d}" for n in range(SKUS)]
     for n in range(count):
-        customer = shopper(rng)
+        customer = history.shopper(rng)
         at = start + step * n
         roll = rng.random()
         if roll < 0.33:
@@ -95,17 +102,8 @@ def _events(
         )
 
 
-async def _load(
-    url: str,
-    tenant_id: str,
-    count: int,
-    start: datetime,
-    days: float,
-    seed: int,
-    shopper: Callable[[random.Random], str] = _shopper,
-) -> None:
-    """COPY `count` events over `days` from `start`, each of a customer `shopper` picks (one
-    with a customer row: a build keeps no basket of a customer who is not there)."""
+async def _load(url: str, tenant_id: str, history: History) -> None:
+    """COPY the events of `history` into the tenant's events."""
     import asyncpg
 
     conn = await asyncpg.connect(url.replace("+asyncpg", ""))
@@ -122,7 +120,7 @@ async def _load(
             "properties",
         ]
         batch: list[tuple[Any, ...]] = []
-        for record in _events(tenant_id, count, start, days, seed, shopper):
+        for record in _events(tenant_id, history):
             batch.append(record)
             if len(batch) == COPY_ROWS:
                 await conn.copy_records_to_table("events", records=batch, columns=columns)
@@ -162,7 +160,7 @@ async def _prepare(url: str) -> str:
         await database.dispose()
     now = datetime.now(UTC)
     await _customers(url, tenant.id, now - timedelta(days=DAYS + 2))
-    await _load(url, tenant.id, EVENTS, now - timedelta(days=DAYS + 1), DAYS, 1)
+    await _load(url, tenant.id, History(EVENTS, now - timedelta(days=DAYS + 1), DAYS, 1))
     return tenant.id
 
 
@@ -265,7 +263,8 @@ def run() -> list[Figure]:
         if (old["baskets"], old["products"]) != (new["baskets"], new["products"]):
             raise RuntimeError(f"the job's model differs from the old rebuild's: {old} {new}")
         day = EVENTS // DAYS
-        asyncio.run(_load(url, tenant_id, day, datetime.now(UTC) - timedelta(days=1), 1, 2))
+        yesterday = datetime.now(UTC) - timedelta(days=1)
+        asyncio.run(_load(url, tenant_id, History(day, yesterday, 1, 2)))
         incremental = _run_child("new", url, tenant_id)
     finally:
         _drop(url)

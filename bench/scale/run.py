@@ -37,7 +37,7 @@ import omnisdk
 from bench.bench_cart_history import _drop
 from bench.bench_carts import POSTGRES, _postgres_database
 from bench.bench_content import ruleset
-from bench.bench_scale_jobs import _load, _run_child
+from bench.bench_scale_jobs import History, _load, _run_child
 from bench.loadgen import http_request, send_all
 from bench.report import Figure, replace_sections
 from bench.scale.generate import HEAVY, HEAVY_EVENTS, Loaded, customer_id, load, settle, warm
@@ -315,7 +315,7 @@ def _rebuild(url: str, tenant_id: str, events: int, customers: int) -> Rebuild:
     def shopper(rng: random.Random) -> str:
         return customer_id(rng.randrange(HEAVY, customers))
 
-    asyncio.run(_load(url, tenant_id, day, yesterday, 1, 2, shopper))
+    asyncio.run(_load(url, tenant_id, History(day, yesterday, 1, 2, shopper)))
     incremental = _run_child("new", url, tenant_id)
     return Rebuild(
         max(full["peak_mb"], incremental["peak_mb"]),
