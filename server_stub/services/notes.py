@@ -170,10 +170,15 @@ async def _announce(
     }
     # The customer's feed is read by any key of the shop: a note for one department is not
     # announced there (other departments do not even learn that it exists). One narrowed to
-    # its department is, once: its readers learn that they no longer see it.
+    # its department is, once, with only what they knew of it: its readers learn that they no
+    # longer see it, not what the narrowing edit changed (its kind, say).
     department_only = AnnotationVisibility.DEPARTMENT.value
-    if row.visibility != department_only or was_visible not in (None, department_only):
+    if row.visibility != department_only:
         await changes.publish(conn, tenant_id, row.customer_id, "annotation", payload)
+    elif was_visible not in (None, department_only):
+        withdrawn = {key: payload[key] for key in ("annotation_id", "action", "department")}
+        withdrawn |= {"visibility": department_only, "revision": row.revision}
+        await changes.publish(conn, tenant_id, row.customer_id, "annotation", withdrawn)
 
 
 async def create(

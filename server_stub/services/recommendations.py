@@ -413,8 +413,9 @@ async def _read_batch(
 async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through: int) -> None:
     """Claim the window's orders and grow its cart baskets, then add its counts, store the
     baskets and move the mark to `through`, in the caller's transaction."""
-    await named_locks.take(conn, tenant_id, named_locks.ERASURES)
-    await _forget_erased(conn, tenant_id, window)
+    if window.added:  # baskets to write: not while an erasure is under way (ERASURES)
+        await named_locks.take(conn, tenant_id, named_locks.ERASURES)
+        await _forget_erased(conn, tenant_id, window)
     baskets = window.baskets + await _claim_orders(conn, tenant_id, window)
     baskets += await _grow_baskets(conn, tenant_id, window)
     await _add(conn, tenant_id, window, through)

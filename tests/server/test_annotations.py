@@ -123,24 +123,32 @@ async def test_a_note_narrowed_to_its_department_is_announced_once_then_no_more(
     amy = await customer(shop)
     written = await note(people["kim"], amy, text="for everyone")
     path = f"/v1/annotations/{written['annotation_id']}"
-    for change in ({"visibility": "department"}, {"text": "service only now"}):
+    narrowing = {"visibility": "department", "kind": "warning"}
+    for change in (narrowing, {"text": "service only now"}):
         edited = await people["kim"].request("PATCH", path, json=change)
         assert edited.status_code == 200, edited.text
     widened = await people["kim"].request("PATCH", path, json={"visibility": "staff"})
     assert widened.status_code == 200, widened.text
     async with server.database.transaction(write=False) as conn:
         announced = [
-            (row.payload["action"], row.payload["visibility"], row.payload["revision"])
+            (
+                row.payload["action"],
+                row.payload["visibility"],
+                row.payload["revision"],
+                row.payload.get("kind"),
+            )
             for row in await conn.execute(
                 select(changes.c.payload)
                 .where(changes.c.tenant_id == shop.id, changes.c.kind == "annotation")
                 .order_by(changes.c.position)
             )
         ]
+    # The narrowing says what they knew (not that it became a warning): its kind is the
+    # department's until the note is widened again.
     assert announced == [
-        ("created", "staff", 1),
-        ("edited", "department", 2),
-        ("edited", "staff", 4),
+        ("created", "staff", 1, "note"),
+        ("edited", "department", 2, None),
+        ("edited", "staff", 4, "warning"),
     ]
 
 
