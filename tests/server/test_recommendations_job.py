@@ -216,6 +216,31 @@ async def test_a_customer_erased_after_a_window_read_her_adds_gets_no_basket_bac
     assert await baskets_of(server.database, shop.id) == {"cus_4"}
 
 
+async def test_adds_under_a_merged_away_id_get_no_basket_once_the_person_is_erased(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """cus_3 was merged into cus_4: her adds stay recorded under cus_3. Erasing the person
+    (cus_4) erases cus_3 too, so the window must keep no basket under either id."""
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            update(customers)
+            .where(customers.c.tenant_id == shop.id, customers.c.id == "cus_3")
+            .values(merged_into="cus_4", merged_at=utcnow())
+        )
+    rows = adds_of(shop.id, "cus_3") + adds_of(shop.id, "cus_4") + adds_of(shop.id, "cus_5")
+    await store(server.database, rows)
+    progress = jobs.JobContext.progress
+
+    async def erased_after_the_read(ctx: jobs.JobContext, *args: Any) -> None:
+        await erase(server.database, shop.id, "cus_4")
+        await progress(ctx, *args)
+
+    monkeypatch.setattr(jobs.JobContext, "progress", erased_after_the_read)
+    job = await build(server.database, shop.id)
+    assert job.state == "done", job.error
+    assert await baskets_of(server.database, shop.id) == {"cus_5"}
+
+
 async def test_an_erasure_waits_for_the_window_writing_her_basket_then_deletes_it(
     pg_server: Harness, monkeypatch: pytest.MonkeyPatch
 ) -> None:
