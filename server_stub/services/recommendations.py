@@ -71,13 +71,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core import recs
 from server_stub import memory
 from server_stub.ids import utcnow
-from server_stub.services import changes, jobs, named_locks
+from server_stub.services import changes, identity, jobs, named_locks
 from server_stub.services.content import etag_of
 from server_stub.services.events import is_anonymous
 from server_stub.storage.database import Database
 from server_stub.storage.prepared import ID_IN, Prepared, copy_rows, id_list
 from server_stub.storage.tables import (
-    customers,
     events,
     recommendation_baskets,
     recommendation_models,
@@ -168,17 +167,6 @@ _STORED_BASKETS = {
         select(recommendation_baskets.c.customer_id, recommendation_baskets.c.skus).where(
             recommendation_baskets.c.tenant_id == bindparam("tenant"),
             text(ids.format(column="recommendation_baskets.customer_id")),
-        )
-    )
-    for dialect, ids in ID_IN.items()
-}
-
-
-# Which of some customers are still there (read from the index alone once vacuumed).
-_PRESENT = {
-    dialect: Prepared(
-        select(customers.c.id).where(
-            customers.c.tenant_id == bindparam("tenant"), text(ids.format(column="customers.id"))
         )
     )
     for dialect, ids in ID_IN.items()
@@ -429,12 +417,7 @@ async def _forget_erased(conn: AsyncConnection, tenant_id: str, window: _Window)
     adders = sorted(window.added)
     for start in range(0, len(adders), CUSTOMERS_PER_QUERY):
         chunk = adders[start : start + CUSTOMERS_PER_QUERY]
-        present = {
-            row[0]
-            for row in await _PRESENT[conn.dialect.name].fetchall(
-                conn, {"tenant": tenant_id, "ids": id_list(conn, chunk)}
-            )
-        }
+        present = await identity.live_ids(conn, tenant_id, chunk)
         for customer_id in chunk:
             if customer_id not in present:
                 del window.added[customer_id]

@@ -197,21 +197,28 @@ def adds_of(tenant_id: str, customer_id: str) -> list[dict[str, Any]]:
     ]
 
 
+async def build_erasing_after_the_read(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch, customer_id: str
+) -> jobs.Job:
+    """A build during which `customer_id` is erased between each window's read and its write
+    (when the job reports progress, no transaction open)."""
+    progress = jobs.JobContext.progress
+
+    async def erased_after_the_read(ctx: jobs.JobContext, *args: Any) -> None:
+        await erase(server.database, shop.id, customer_id)
+        await progress(ctx, *args)
+
+    monkeypatch.setattr(jobs.JobContext, "progress", erased_after_the_read)
+    return await build(server.database, shop.id)
+
+
 async def test_a_customer_erased_after_a_window_read_her_adds_gets_no_basket_back(
     server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The window read her cart adds, then her erasure deleted her events and basket and
     committed, then the window wrote: it must not store her basket again."""
     await store(server.database, adds_of(shop.id, "cus_3") + adds_of(shop.id, "cus_4"))
-    progress = jobs.JobContext.progress
-
-    async def erased_after_the_read(ctx: jobs.JobContext, *args: Any) -> None:
-        # Between the window's read and its write (no transaction open here).
-        await erase(server.database, shop.id, "cus_3")
-        await progress(ctx, *args)
-
-    monkeypatch.setattr(jobs.JobContext, "progress", erased_after_the_read)
-    job = await build(server.database, shop.id)
+    job = await build_erasing_after_the_read(server, shop, monkeypatch, "cus_3")
     assert job.state == "done", job.error
     assert await baskets_of(server.database, shop.id) == {"cus_4"}
 
@@ -229,14 +236,7 @@ async def test_adds_under_a_merged_away_id_get_no_basket_once_the_person_is_eras
         )
     rows = adds_of(shop.id, "cus_3") + adds_of(shop.id, "cus_4") + adds_of(shop.id, "cus_5")
     await store(server.database, rows)
-    progress = jobs.JobContext.progress
-
-    async def erased_after_the_read(ctx: jobs.JobContext, *args: Any) -> None:
-        await erase(server.database, shop.id, "cus_4")
-        await progress(ctx, *args)
-
-    monkeypatch.setattr(jobs.JobContext, "progress", erased_after_the_read)
-    job = await build(server.database, shop.id)
+    job = await build_erasing_after_the_read(server, shop, monkeypatch, "cus_4")
     assert job.state == "done", job.error
     assert await baskets_of(server.database, shop.id) == {"cus_5"}
 
