@@ -236,7 +236,7 @@ class Delivery:
         self.outbox = outbox
         self._courier = Courier(outbox)
         self._thread: threading.Thread | None = None
-        self._pid = 0
+        self._pid = os.getpid()  # the process the courier, its events and its thread belong to
         self._events()
 
     def _events(self) -> None:
@@ -252,18 +252,34 @@ class Delivery:
 
     def nudge(self) -> None:
         """Something was appended: make sure the thread runs, and let it look soon."""
-        if self._pid != os.getpid() or self._thread is None or not self._thread.is_alive():
+        if not self._running():
             self._start()
         if not self._wake.is_set():
             self._wake.set()
 
+    def _running(self) -> bool:
+        thread = self._thread
+        return self._pid == os.getpid() and thread is not None and thread.is_alive()
+
     def _start(self) -> None:
+        # One sender per process. Threads making their first call at once each started one,
+        # with a lease holder of its own: the losers waited for the lease holding the send
+        # lock, which the winner then waited for until its lease ran out (15 s), sending
+        # nothing. Under the client's lock (new in a forked child) the others find it running.
+        with self._client._lazy:
+            if self._running():
+                return
+            self._own_process()
+            self._stop.clear()
+            self._thread = start_daemon(self._run, "omnisdk-delivery")
+
+    def _own_process(self) -> None:
+        """Called with the client's lock held: in a forked child, a courier of its own (a new
+        holder id) and new events (the parent's may have been locked at the fork)."""
         if self._pid != os.getpid():
-            self._courier = Courier(self.outbox)  # a new holder id in a forked child
+            self._courier = Courier(self.outbox)
             self._events()
             self._pid = os.getpid()
-        self._stop.clear()
-        self._thread = start_daemon(self._run, "omnisdk-delivery")
 
     def _run(self) -> None:
         courier = self._courier
@@ -350,8 +366,7 @@ class Delivery:
         self.outbox.sync(timeout)
         if not self.outbox.status().depth:
             return 0
-        running = self._pid == os.getpid() and self._thread is not None
-        if running and self._thread is not None and self._thread.is_alive():
+        if self._running():
             self._wake.set()  # out of an idle wait ...
             self._probe.set()  # ... and of a backoff: try now
             return self._wait_until_empty(deadline)
@@ -365,10 +380,8 @@ class Delivery:
             time.sleep(0.01)
 
     def _deliver_here(self, deadline: float | None) -> int:
-        if self._pid != os.getpid():
-            self._courier = Courier(self.outbox)  # a forked child's own holder id
-            self._events()
-            self._pid = os.getpid()
+        with self._client._lazy:
+            self._own_process()
         courier = self._courier
 
         def pause(seconds: float) -> None:
@@ -397,8 +410,7 @@ class Delivery:
         finally:
             if hasty is not None:
                 hasty._discard()
-            thread = self._thread
-            if thread is None or not thread.is_alive() or self._pid != os.getpid():
+            if not self._running():
                 with contextlib.suppress(*DISK_ERRORS):
                     self.outbox.release_lease(courier.holder)
 

@@ -8,12 +8,14 @@ import asyncio
 import os
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
 import omnisdk
+from omnisdk import _delivery as delivery_module
+from omnisdk import _lifecycle
 from omnisdk import outbox as outbox_module
 from omnisdk.testing import ATTRIBUTED_EVENTS, ServerProcess
 from tests.e2e.test_outbox_delivery import stored_event_ids
@@ -59,6 +61,43 @@ def test_threads_making_their_first_call_at_once_share_one_outbox(shop, tmp_path
         assert sorted(stored_event_ids(database, prefix)) == sorted(
             f"{prefix}{n}" for n in range(THREADS)
         )
+
+
+def test_threads_making_their_first_call_at_once_start_one_sender(
+    shop, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A thread that found no sender while another was starting one started its own, with a
+    lease holder of its own: waiting for the lease the first had taken, it held the send lock,
+    and the first waited for that lock until the lease ran out. close() gave up after 10 s
+    with all 8 events on disk (2 runs in 300). Here the second thread's track comes while the
+    first one's sender is being started."""
+    url, web, _, database = shop
+    starting, second_tracked = threading.Event(), threading.Event()
+    started: list[str] = []
+
+    def start_slowly(target: Callable[[], None], name: str) -> threading.Thread:
+        started.append(name)
+        if len(started) == 1:
+            starting.set()
+            second_tracked.wait(0.5)  # until the second track returns, or it waits for this
+        return _lifecycle.start_daemon(target, name)
+
+    monkeypatch.setattr(delivery_module, "start_daemon", start_slowly)
+    client = omnisdk.Client(url, web, channel="web", data_dir=tmp_path)
+
+    def second() -> None:
+        assert starting.wait(10)
+        client.events.track("product_viewed", anonymous_id="v", event_id="one-sender-2")
+        second_tracked.set()
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    client.events.track("product_viewed", anonymous_id="v", event_id="one-sender-1")
+    thread.join(10)
+    assert started == ["omnisdk-delivery"]
+    assert client.events.flush(timeout=10) == 0
+    client.close()
+    assert sorted(stored_event_ids(database, "one-sender-")) == ["one-sender-1", "one-sender-2"]
 
 
 def test_a_forked_child_asks_afresh_what_its_parent_had_cached(shop, tmp_path: Path) -> None:
