@@ -5,8 +5,9 @@ loyalty card);
 events with skew (HEAVY customers with 10,000 each, 5 % with 20, the rest 5; one in ten an
 order: 5.75 N events, so more than 50 M at 10 M); carts for one in ten; an analytics grant for
 every other one and a personalisation grant for every fourth; CHANGES_PER_CUSTOMER change-feed
-entries per customer (carts and sessions, one in CONSENT_EVERY customers a consent change: a
-rare kind for a watcher to look for). Rows go in chunks, so memory stays bounded whatever N.
+entries per customer, in rounds over all customers (carts and sessions, one in CONSENT_EVERY
+customers a consent change: a rare kind for a watcher to look for). Rows go in chunks, so
+memory stays bounded whatever N.
 """
 
 from __future__ import annotations
@@ -258,18 +259,19 @@ def _decisions(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[
 
 
 def _changes(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
+    """In rounds over every customer, in position order: a customer's changes lie far apart
+    in the log, as changes made days apart do (one heap page each), not side by side."""
     position = 0
-    for n in range(customers):
-        owner = customer_id(n)
-        for k in range(CHANGES_PER_CUSTOMER):
+    for k in range(CHANGES_PER_CUSTOMER):
+        for n in range(customers):
             position += 1
-            if k == CHANGES_PER_CUSTOMER - 1 and n % CONSENT_EVERY == 0:
+            if n % CONSENT_EVERY == 0 and k == n // CONSENT_EVERY % CHANGES_PER_CUSTOMER:
                 kind, payload = "consent", '{"purposes": {"analytics": "granted"}}'
             elif k % 2:
                 kind, payload = "session", f'{{"version": {k}}}'
             else:
                 kind, payload = "cart", f'{{"version": {k}}}'
-            yield (tenant_id, position, owner, kind, payload, now)
+            yield (tenant_id, position, customer_id(n), kind, payload, now)
 
 
 def _events(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
