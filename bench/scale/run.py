@@ -834,8 +834,9 @@ def figures(runs: list[Run]) -> list[Figure]:
                 ratio,
                 "< 1",
                 ratio < 1,
-                f"p50 {read.p50_ms:.1f} ms; at {first.customers:,} customers "
-                f"{small.p50_ms:.1f} / {small.p99_ms:.1f} ms",
+                f"p50 {read.p50_ms:.1f} ms, {read.pages or 0:.0f} of the log's pages a read, "
+                f"{read.pages_read or 0:.1f} of them from outside shared_buffers; at "
+                f"{first.customers:,} customers {small.p50_ms:.1f} / {small.p99_ms:.1f} ms",
             )
         )
     for item in last.throughputs:
