@@ -145,8 +145,15 @@ def _events(customers: int, count: int) -> list[dict[str, Any]]:
 
 
 def _latencies(
-    url: str, keys: dict[str, str], customers: int, seed: int, erasable: list[int]
+    url: str,
+    keys: dict[str, str],
+    customers: int,
+    seed: int,
+    erasable: list[int],
+    quiet: Callable[[], None],
 ) -> list[Timing]:
+    """Each operation's p50 and p99, each after `quiet` (what the ones before it wrote is
+    written out first)."""
     web = {"Authorization": f"Bearer {keys['web']}"}
     admin = {"Authorization": f"Bearer {keys['admin']}"}
     rng = random.Random(seed)
@@ -161,9 +168,19 @@ def _latencies(
         def anyone() -> str:
             return customer_id(rng.choice(ordinary))
 
+        def timed(
+            name: str, samples: int, call: Callable[[int], httpx.Response], warmup: int = WARMUP
+        ) -> Timing:
+            quiet()
+            return _time(name, samples, call, warmup)
+
+        def timed_cold() -> Timing:
+            quiet()
+            return _decide_cold(url, keys, customers)
+
         line = {"sku": "TR2", "options": {"size": "38"}}
         timings = [
-            _time(
+            timed(
                 "identify, known device",
                 SAMPLES,
                 lambda n: post(
@@ -171,12 +188,12 @@ def _latencies(
                     {"anonymous_id": f"dev-{rng.choice(ordinary)}-a"},
                 ),
             ),
-            _time(
+            timed(
                 "identify, new device",
                 SAMPLES,
                 lambda n: post("/v1/identity/identify", {"anonymous_id": uuid.uuid4().hex}),
             ),
-            _time(
+            timed(
                 "identify merging two customers",
                 SAMPLES // 2,
                 lambda n: post(
@@ -189,7 +206,7 @@ def _latencies(
                     },
                 ),
             ),
-            _time(
+            timed(
                 "cart add",
                 SAMPLES,
                 lambda n: post(
@@ -197,33 +214,33 @@ def _latencies(
                     {"ops": [{"op_id": f"bench:{n + 1}", "type": "add", "line": line, "delta": 1}]},
                 ),
             ),
-            _time(
+            timed(
                 "profile",
                 SAMPLES,
                 lambda n: http.get(f"/v1/customers/{anyone()}/profile", headers=admin),
             ),
-            _time(
+            timed(
                 f"profile of a customer with {HEAVY_EVENTS:,} events",
                 SAMPLES // 2,
                 lambda n: http.get(f"/v1/customers/{customer_id(0)}/profile", headers=admin),
             ),
-            _time(
+            timed(
                 "consent state",
                 SAMPLES,
                 lambda n: http.get(f"/v1/consent/{anyone()}", headers=web),
             ),
-            _time(
+            timed(
                 "batch ingest, 50 events",
                 SAMPLES // 2,
                 lambda n: post("/v1/events/batch", {"events": _events(customers, 50)}),
             ),
-            _decide_cold(url, keys, customers),
-            _time(
+            timed_cold(),
+            timed(
                 f"export of a customer with {HEAVY_EVENTS:,} events",
                 5,
                 lambda n: post(f"/v1/privacy/{customer_id(1)}/export", None, admin),
             ),
-            _time(
+            timed(
                 f"erasure of a customer with {HEAVY_EVENTS:,} events",
                 min(ERASURES, len(erasable)),
                 lambda n: post(f"/v1/privacy/{customer_id(erasable[n])}/erase", None, admin),
@@ -388,8 +405,8 @@ QUIET_WAIT = 600.0  # seconds, at most, for autovacuum's workers to finish
 
 def _quiet(database_url: str) -> None:
     """Write out what is dirty now (CHECKPOINT) and wait for autovacuum's workers to finish,
-    server-wide: each shop, and the feed's reads, are measured on a disk that is not still
-    writing for what was measured before them."""
+    server-wide: each shop, each operation and the feed's reads are measured on a disk that
+    is not still writing for what was measured before them."""
 
     async def settle() -> float:
         conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
@@ -609,7 +626,7 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
     with ServerProcess(url, secret_key=shop.secret) as server:
         tenant = TestTenant(id=shop.tenant_id, name="scale", server=server)
         keys = {"web": tenant.key("web"), "admin": tenant.key("admin")}
-        timings = _latencies(server.url, keys, customers, seed, erasable)
+        timings = _latencies(server.url, keys, customers, seed, erasable, lambda: _quiet(url))
     _quiet(url)
     feed = _feed_reads(url, shop.tenant_id, customers, shop.loaded.changes)
     throughputs = []
@@ -921,10 +938,11 @@ NOTE = (
     "hours of service leave a database, or autoprewarm after a restart (scaling.md, "
     "'Memory'). Measured cold instead, straight after its load, a shop larger than memory "
     "reads from disk what each request needs: that is the cost of a cold cache, or of a hot "
-    "set larger than memory (scaling.md gives both). Before each shop, and before the "
-    "feed's reads, PostgreSQL writes out what is dirty (CHECKPOINT) and autovacuum finishes "
-    "(run._quiet): a checkpoint otherwise spends the next 15 minutes writing what the shop "
-    "measured before wrote, and the reads that go to disk wait behind it. Each operation "
+    "set larger than memory (scaling.md gives both). Before each shop, each operation and "
+    "the feed's reads, PostgreSQL writes out what is dirty (CHECKPOINT) and autovacuum "
+    "finishes (run._quiet): a checkpoint otherwise spends the next 15 minutes writing what "
+    "was measured before (the shop before wrote gigabytes), and reads that go to disk wait "
+    "behind it. Each operation "
     "is timed after "
     f"{WARMUP} untimed calls (a fresh server process opens its connections and prepares its "
     "statements on its first requests). On a machine shared with other work, a p99 is mostly "
