@@ -24,7 +24,7 @@ import asyncpg
 from omnisdk.core.cart import Cart
 from server_stub.storage import partitions
 
-HEAVY = 11  # customers with HEAVY_EVENTS events each: s0 (profile), s1 (export), s2.. (erasure)
+HEAVY = 11  # customers with HEAVY_EVENTS events: s0 (profile; its copies erased), s1 (export)
 HEAVY_EVENTS = 10_000
 CHUNK = 50_000
 CHANGES_PER_CUSTOMER = 5

@@ -55,7 +55,7 @@ INGEST_FLOOR = 10_000.0  # events/s, sustained
 REBUILD_MB = 500.0
 INCREMENTAL_SECONDS = 60.0
 FLAT = 1.5  # p99 at the largest shop over p99 at the smallest
-SAMPLES = 1_000  # p99: the 10th slowest
+SAMPLES = 1_000  # p99: the 11th slowest (_percentiles)
 # Untimed calls before each operation's samples: a fresh server process opens its database
 # connections and prepares its statements on its first requests, at any size of shop.
 WARMUP = 5
@@ -320,6 +320,7 @@ def _feed_read(url: str, tenant_id: str, name: str, make: Callable[[], dict[str,
     async def measure() -> Timing:
         counter = await asyncpg.connect(url.replace("+asyncpg", ""))
         try:
+            await _alone(counter)  # the server's backends, stopped before, have reported
             before = await counter.fetchrow(_LOG_PAGES)
             database = Database(url)
             taken = []
@@ -333,10 +334,7 @@ def _feed_read(url: str, tenant_id: str, name: str, make: Callable[[], dict[str,
                         taken.append(time.perf_counter() - started)
             finally:
                 await database.dispose()
-            for _ in range(200):  # until their backends have ended, and so reported
-                if not await counter.fetchval(_OTHER_BACKENDS):
-                    break
-                await asyncio.sleep(0.05)
+            await _alone(counter)  # the reads' backends have ended, and so reported
             after = await counter.fetchrow(_LOG_PAGES)
         finally:
             await counter.close()
@@ -353,6 +351,16 @@ _OTHER_BACKENDS = (
     "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database() "
     "AND backend_type = 'client backend' AND pid <> pg_backend_pid()"
 )
+
+
+async def _alone(conn: asyncpg.Connection) -> None:
+    """Until `conn` is the only client of its database: a backend reports what it read when
+    it ends. Refuses to count beside another session (an operator's psql, say)."""
+    for _ in range(200):
+        if not await conn.fetchval(_OTHER_BACKENDS):
+            return
+        await asyncio.sleep(0.05)
+    raise RuntimeError("another session is using the shop's database: its pages would count")
 
 
 @dataclass(frozen=True)
@@ -412,10 +420,12 @@ QUIET_WAIT = 600.0  # seconds, at most, for autovacuum's workers to finish
 
 
 def _quiet(database_url: str, vacuum: str | None = None) -> None:
-    """Write out what is dirty now (CHECKPOINT) and wait for autovacuum's workers to finish,
-    server-wide: each shop, each operation and the feed's reads are measured on a disk that
-    is not still writing for what was measured before them. `vacuum` names a table to
-    vacuum first, as autovacuum would have over the time its new rows took to arrive."""
+    """Wait for autovacuum's running workers to finish, then write out what is dirty
+    (CHECKPOINT), server-wide: each shop, each operation and the feed's reads are measured on
+    a disk that is not still writing for what was measured before them. `vacuum` names a
+    table to vacuum first, as autovacuum would have over the time its new rows took to
+    arrive. (A worker the launcher starts later, up to `autovacuum_naptime` after the writes
+    that call for it, is not waited for: name the table instead.)"""
 
     async def settle() -> float:
         conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
@@ -423,11 +433,12 @@ def _quiet(database_url: str, vacuum: str | None = None) -> None:
         try:
             if vacuum is not None:
                 await conn.execute(f"VACUUM (ANALYZE) {vacuum}")
-            await conn.execute("CHECKPOINT")
-            while time.perf_counter() - started < QUIET_WAIT:
-                if not await conn.fetchval(_VACUUMING):
+            while await conn.fetchval(_VACUUMING):
+                if time.perf_counter() - started > QUIET_WAIT:
+                    print(f"  autovacuum still running after {QUIET_WAIT:.0f} s", flush=True)
                     break
                 await asyncio.sleep(1)
+            await conn.execute("CHECKPOINT")
         finally:
             await conn.close()
         return time.perf_counter() - started
@@ -626,9 +637,9 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
     """Every figure of one shop. The state it changes (merges, erasures, a day's events) is
     chosen afresh from what is left, so a kept shop can be measured again (`seed` differs)."""
     customers, url = shop.loaded.customers, shop.url
-    _quiet(url)
-    warmed = _warmed(shop)
     erasable = _heavy_copies(url, shop.tenant_id, ERASURES + 1, seed)
+    _quiet(url, vacuum="events")  # the copies, as autovacuum would over their hours
+    warmed = _warmed(shop)
     with ServerProcess(url, secret_key=shop.secret) as server:
         tenant = TestTenant(id=shop.tenant_id, name="scale", server=server)
         keys = {"web": tenant.key("web"), "admin": tenant.key("admin")}
@@ -660,17 +671,17 @@ def _heavy_copies(url: str, tenant_id: str, count: int, seed: int) -> list[str]:
                 tenant_id,
                 ids,
             )
-            await conn.execute(
-                "INSERT INTO events (tenant_id, event_id, customer_id, origin_customer_id, "
-                "name, channel, occurred_at, received_at, properties, category, value) "
-                "SELECT e.tenant_id, c.id || ':' || e.event_id, c.id, c.id, e.name, e.channel, "
-                "e.occurred_at, e.received_at, e.properties, e.category, e.value "
-                "FROM events AS e CROSS JOIN unnest($2::text[]) AS c(id) "
-                "WHERE e.tenant_id = $1 AND e.customer_id = $3",
-                tenant_id,
-                ids,
-                customer_id(0),
-            )
+            for copy in ids:  # each copy's rows together, as the original's are
+                await conn.execute(
+                    "INSERT INTO events (tenant_id, event_id, customer_id, origin_customer_id, "
+                    "name, channel, occurred_at, received_at, properties, category, value) "
+                    "SELECT tenant_id, $2 || ':' || event_id, $2, $2, name, channel, "
+                    "occurred_at, received_at, properties, category, value FROM events "
+                    "WHERE tenant_id = $1 AND customer_id = $3 ORDER BY seq",
+                    tenant_id,
+                    copy,
+                    customer_id(0),
+                )
         finally:
             await conn.close()
 

@@ -72,17 +72,25 @@ def test_threads_making_their_first_call_at_once_start_one_sender(
     with all 8 events on disk (2 runs in 300). Here the second thread's track comes while the
     first one's sender is being started."""
     url, web, _, database = shop
-    starting, second_tracked = threading.Event(), threading.Event()
+    starting, second_starting, second_tracked = (threading.Event() for _ in range(3))
     started: list[str] = []
+    start = delivery_module.Delivery._start
 
     def start_slowly(target: Callable[[], None], name: str) -> threading.Thread:
         started.append(name)
         if len(started) == 1:
             starting.set()
+            assert second_starting.wait(10)
             second_tracked.wait(0.5)  # until the second track returns, or it waits for this
         return _lifecycle.start_daemon(target, name)
 
+    def noted_start(delivery: delivery_module.Delivery) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            second_starting.set()  # the second thread found no sender running
+        start(delivery)
+
     monkeypatch.setattr(delivery_module, "start_daemon", start_slowly)
+    monkeypatch.setattr(delivery_module.Delivery, "_start", noted_start)
     client = omnisdk.Client(url, web, channel="web", data_dir=tmp_path)
 
     def second() -> None:
@@ -94,6 +102,7 @@ def test_threads_making_their_first_call_at_once_start_one_sender(
     thread.start()
     client.events.track("product_viewed", anonymous_id="v", event_id="one-sender-1")
     thread.join(10)
+    assert not thread.is_alive()
     assert started == ["omnisdk-delivery"]
     assert client.events.flush(timeout=10) == 0
     client.close()
