@@ -24,7 +24,7 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -318,8 +318,7 @@ def _feed_read(url: str, tenant_id: str, name: str, make: Callable[[], dict[str,
     from server_stub.storage.database import Database
 
     async def measure() -> Timing:
-        counter = await asyncpg.connect(url.replace("+asyncpg", ""))
-        try:
+        async with _connected(url) as counter:
             await _alone(counter)  # the server's backends, stopped before, have reported
             before = await counter.fetchrow(_LOG_PAGES)
             database = Database(url)
@@ -336,8 +335,6 @@ def _feed_read(url: str, tenant_id: str, name: str, make: Callable[[], dict[str,
                 await database.dispose()
             await _alone(counter)  # the reads' backends have ended, and so reported
             after = await counter.fetchrow(_LOG_PAGES)
-        finally:
-            await counter.close()
         hit, read = (int(after[i]) - int(before[i]) for i in range(2))
         reads = WARMUP + SAMPLES
         return dataclasses.replace(
@@ -428,9 +425,8 @@ def _quiet(database_url: str, vacuum: str | None = None) -> None:
     that call for it, is not waited for: name the table instead.)"""
 
     async def settle() -> float:
-        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
         started = time.perf_counter()
-        try:
+        async with _connected(database_url) as conn:
             if vacuum is not None:
                 await conn.execute(f"VACUUM (ANALYZE) {vacuum}")
             while await conn.fetchval(_VACUUMING):
@@ -439,8 +435,6 @@ def _quiet(database_url: str, vacuum: str | None = None) -> None:
                     break
                 await asyncio.sleep(1)
             await conn.execute("CHECKPOINT")
-        finally:
-            await conn.close()
         return time.perf_counter() - started
 
     print(f"  quiet after {asyncio.run(settle()):.1f} s", flush=True)
@@ -449,15 +443,22 @@ def _quiet(database_url: str, vacuum: str | None = None) -> None:
 _VACUUMING = "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker'"
 
 
+@contextlib.asynccontextmanager
+async def _connected(url: str) -> AsyncIterator[asyncpg.Connection]:
+    """A plain asyncpg connection to the database SQLAlchemy's `url` names, closed after."""
+    conn = await asyncpg.connect(url.replace("+asyncpg", ""))
+    try:
+        yield conn
+    finally:
+        await conn.close()
+
+
 def _wal(database_url: str) -> tuple[int, int]:
     """PostgreSQL's WAL so far: bytes and full-page images (pg_stat_wal, server-wide)."""
 
     async def read() -> tuple[int, int]:
-        conn = await asyncpg.connect(database_url.replace("+asyncpg", ""))
-        try:
+        async with _connected(database_url) as conn:
             row = await conn.fetchrow("SELECT wal_bytes, wal_fpi FROM pg_stat_wal")
-        finally:
-            await conn.close()
         return int(row["wal_bytes"]), int(row["wal_fpi"])
 
     return asyncio.run(read())
@@ -656,15 +657,13 @@ def measure(shop: Shop, with_rebuild: bool = True, seed: int = 21) -> Run:
 
 def _heavy_copies(url: str, tenant_id: str, count: int, seed: int) -> list[str]:
     """`count` new customers, each with a copy of the HEAVY_EVENTS events of the profile's
-    heavy customer (customer 0): customers for the erasure to erase. Just written, their
-    pages are in memory, at any size of shop, as the 10 k shop's are: the erasure's own cost.
-    Erasing a customer whose earlier months are on disk adds their reads (docs/scaling.md,
-    'Reads that go to disk')."""
+    heavy customer (customer 0), each copy's rows together: customers for the erasure to
+    erase. Made before the hot set is warmed, so that at 10 M their older months are out of
+    memory, as a customer's are in service (docs/scaling.md, 'Reads that go to disk')."""
     ids = [f"cus_erase{seed % 10**9}x{k}" for k in range(count)]
 
     async def copy() -> None:
-        conn = await asyncpg.connect(url.replace("+asyncpg", ""))
-        try:
+        async with _connected(url) as conn:
             await conn.execute(
                 "INSERT INTO customers (tenant_id, id, created_at, traits) "
                 "SELECT $1, id, now(), '{}' FROM unnest($2::text[]) AS id",
@@ -682,8 +681,6 @@ def _heavy_copies(url: str, tenant_id: str, count: int, seed: int) -> list[str]:
                     copy,
                     customer_id(0),
                 )
-        finally:
-            await conn.close()
 
     asyncio.run(copy())
     return ids
