@@ -20,6 +20,7 @@ from server_stub.errors import Problem
 from server_stub.sealing import Sealer
 from server_stub.services.junk_patterns import compile_patterns, compile_stored
 from server_stub.services.tenants import unseal_identifier_secret
+from server_stub.storage.database import after_commit
 from server_stub.storage.tables import tenants
 
 
@@ -122,5 +123,8 @@ class TenantContexts:
             .where(tenants.c.id == tenant_id)
             .values(settings=settings.model_dump(mode="json"))
         )
+        # Dropped now for this transaction's own reads, and again once it has committed: a
+        # request of this process reading in between caches the settings as they were.
         self._entries.pop(tenant_id, None)
+        after_commit(conn, lambda: self._entries.pop(tenant_id, None))
         return settings

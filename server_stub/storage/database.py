@@ -29,6 +29,7 @@ from server_stub.storage.inline_sqlite import InlineConnection, creator
 SQLITE_LOCK_WAIT_SECONDS = 15.0  # how long a writer waits for another process's write lock
 SQLITE_READER_BUSY_MS = 100  # readers wait only for the rare WAL recovery
 BEFORE_COMMIT = "omnisdk_before_commit"
+AFTER_COMMIT_ACTIONS = "omnisdk_after_commit_actions"
 
 
 class CommitStep(Protocol):
@@ -49,10 +50,20 @@ def before_commit(connection: AsyncConnection, key: str, make: Callable[[], Step
     return step
 
 
-async def _run_before_commit(connection: AsyncConnection) -> None:
+async def _run_before_commit(connection: AsyncConnection) -> list[Callable[[], object]]:
+    """Runs the transaction's last steps; returns what is to run once it has committed."""
     steps: dict[str, CommitStep] = connection.info.pop(BEFORE_COMMIT, {})
     for step in steps.values():
         await step(connection)
+    actions: list[Callable[[], object]] = connection.info.pop(AFTER_COMMIT_ACTIONS, [])
+    return actions
+
+
+def after_commit(connection: AsyncConnection, action: Callable[[], object]) -> None:
+    """`action` runs once this transaction has committed, never if it rolls back. A cache
+    dropped before the commit can be filled again, by another request, from the rows as
+    they were: drop it here as well."""
+    connection.info.setdefault(AFTER_COMMIT_ACTIONS, []).append(action)
 
 
 def _forget_before_commit(connection: AsyncConnection) -> None:
@@ -62,6 +73,7 @@ def _forget_before_commit(connection: AsyncConnection) -> None:
     # no pooled connection left to hold them, and `info` would reconnect to find one.
     if not connection.invalidated:
         connection.info.pop(BEFORE_COMMIT, None)
+        connection.info.pop(AFTER_COMMIT_ACTIONS, None)
 
 
 # A pooled PostgreSQL connection idle this long is pinged before use (see _ping_when_idle).
@@ -265,13 +277,15 @@ class Database:
                 _forget_before_commit(connection)
                 try:
                     yield connection
-                    await _run_before_commit(connection)
+                    actions = await _run_before_commit(connection)
                     await _commit_writer(connection)
                 except BaseException:
                     await self._abandon_writer(connection)
                     raise
                 finally:
                     _forget_before_commit(connection)
+            for action in actions:
+                action()
             return
         engine = self.write_engine if write else self.read_engine
         async with engine.connect() as connection:
@@ -279,9 +293,11 @@ class Database:
             try:
                 async with connection.begin():
                     yield connection
-                    await _run_before_commit(connection)
+                    actions = await _run_before_commit(connection)
             finally:
                 _forget_before_commit(connection)
+        for action in actions:
+            action()
 
     async def _begin_writer(self) -> AsyncConnection:
         """A connection in a `BEGIN IMMEDIATE` transaction. While another process holds the

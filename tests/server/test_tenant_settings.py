@@ -83,6 +83,22 @@ async def test_a_patch_keeps_what_another_process_changed_meanwhile(
     assert (after["carts"]["merge_policy"], after["profile"]["new_days"]) == ("sum", 45)
 
 
+async def test_a_read_before_a_patch_commits_does_not_keep_the_old_settings(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """The cache was dropped when a patch wrote, before it committed: another request of the
+    same process reading in between cached the settings as they were, and served them for the
+    cache's lifetime (a patch of new_days answered 200, then read back 30 in CI)."""
+    contexts = server.app.state.runtime.tenants
+    async with server.database.transaction(write=True) as conn:
+        await contexts.patch_settings(conn, shop.id, {"profile": {"new_days": 45}})
+        async with server.database.transaction(write=False) as other:
+            assert (await contexts.get(other, shop.id)).settings.profile.new_days == 30
+    async with server.database.transaction(write=False) as conn:
+        assert (await contexts.get(conn, shop.id)).settings.profile.new_days == 45
+    assert (await settings(shop))["profile"]["new_days"] == 45
+
+
 async def test_two_patches_at_once_both_land(server: Harness, shop: ShopForTest) -> None:
     if server.database.sqlite:
         pytest.skip("PostgreSQL only: SQLite has one writer, so two writes cannot overlap")
