@@ -415,6 +415,10 @@ class Delivery:
                     self.outbox.release_lease(courier.holder)
 
     def close(self, timeout: float) -> int:
+        # A forked child that sent nothing still holds its parent's events, which the parent's
+        # sender may have had locked at the fork: stopping must set events of its own.
+        with self._client._lazy:
+            self._own_process()
         try:
             left = self.flush(timeout)
         finally:

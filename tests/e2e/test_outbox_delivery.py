@@ -9,6 +9,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -256,6 +257,48 @@ def test_events_tracked_in_a_forked_child_are_delivered(tmp_path: Path) -> None:
         client.close()
         stored = stored_event_ids(database)
     assert sorted(stored) == sorted(["parent-0", *(f"child-{n}" for n in range(50))])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_that_tracked_nothing_closes_while_the_parents_sender_was_waking(
+    tmp_path: Path,
+) -> None:
+    # The parent's sender thread takes its events' locks whenever it waits or is woken; a
+    # fork in that moment leaves them locked in the child, where no thread will release them.
+    # A child that never tracked has taken nothing of its own: its close() must not wait on
+    # the parent's events.
+    database = tmp_path / "shop.sqlite3"
+    with ServerProcess(f"sqlite:///{database}") as server:
+        key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
+        client = omnisdk.Client(server.url, key, channel="web", data_dir=tmp_path / "pre")
+        client.events.track("product_viewed", anonymous_id="parent", event_id="parent-0")
+        assert client.events.flush(30) == 0
+        delivery = client.delivery
+        held = [delivery._wake._cond, delivery._probe._cond, delivery._stop._cond]
+        for lock in held:  # as the sender holds one for a moment
+            lock.acquire()
+        try:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    client.close()
+                finally:
+                    os._exit(0)
+        finally:
+            for lock in held:
+                lock.release()
+        ended = None
+        for _ in range(600):  # up to a minute; a deadlocked child never ends
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                ended = os.waitstatus_to_exitcode(status)
+                break
+            time.sleep(0.1)
+        if ended is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        client.close()
+    assert ended == 0, "the forked child hung in close() on its parent's locked events"
 
 
 def test_status_is_visible_to_operators(tmp_path: Path) -> None:
