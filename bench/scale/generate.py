@@ -260,14 +260,16 @@ def _decisions(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[
 
 def _changes(tenant_id: str, customers: int, now: datetime) -> Iterator[tuple[Any, ...]]:
     """In rounds over every customer, in position order: a customer's changes lie far apart
-    in the log, as changes made days apart do (one heap page each), not side by side."""
+    in the log, as changes made days apart do (one heap page each), not side by side; within
+    a round, carts and sessions alternate, so any stretch of the log mixes kinds as a real
+    one does."""
     position = 0
     for k in range(CHANGES_PER_CUSTOMER):
         for n in range(customers):
             position += 1
             if n % CONSENT_EVERY == 0 and k == n // CONSENT_EVERY % CHANGES_PER_CUSTOMER:
                 kind, payload = "consent", '{"purposes": {"analytics": "granted"}}'
-            elif k % 2:
+            elif (n + k) % 2:
                 kind, payload = "session", f'{{"version": {k}}}'
             else:
                 kind, payload = "cart", f'{{"version": {k}}}'
