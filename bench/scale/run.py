@@ -165,7 +165,8 @@ def _latencies(
     with httpx.Client(base_url=url, timeout=120) as http:
 
         def post(path: str, body: Any, headers: dict[str, str] = web) -> httpx.Response:
-            return http.post(path, json=body, headers=headers)
+            # Every write with an Idempotency-Key, as the SDK sends it: its answer is stored.
+            return http.post(path, json=body, headers={**headers, **_idempotent()})
 
         def anyone() -> str:
             return customer_id(rng.choice(ordinary))
@@ -404,8 +405,15 @@ async def _storm(
     a large part of the machine from the servers it measures)."""
     sent = {**headers, "Content-Type": "application/json"}
     host = urls[0].removeprefix("http://")
-    encoded = [http_request("POST", path, sent, body, host) for path, body in requests]
+    encoded = [
+        http_request("POST", path, {**sent, **_idempotent()}, body, host) for path, body in requests
+    ]
     return await send_all(urls, encoded, CONCURRENCY)
+
+
+def _idempotent() -> dict[str, str]:
+    """A new Idempotency-Key, as the SDK gives every write (omnisdk._base.prepare)."""
+    return {"Idempotency-Key": str(uuid.uuid4())}
 
 
 # What PostgreSQL is still writing for what came before (the shop measured before this one

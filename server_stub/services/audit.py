@@ -17,6 +17,9 @@ async def record(
     subject: str,
     detail: str = "",
 ) -> None:
+    """`subject` is what the action was done to: a customer's id where it was done to her,
+    which erasure replaces (through ix_audit_log_subject). `detail` never names a customer
+    (no id, no personal data): erasure does not look there."""
     await conn.execute(
         insert(audit_log).values(
             tenant_id=tenant_id,

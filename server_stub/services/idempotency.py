@@ -8,6 +8,7 @@ it simply runs again.
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -18,6 +19,9 @@ from server_stub.ids import utcnow
 from server_stub.storage.tables import idempotency_records
 
 REPLAYED_HEADERS = ("content-type", "etag", "location")
+# A customer id as the server makes them (identity.py: `cus_` and hex; the benchmark's loaded
+# shops use `cus_s<n>`), anywhere in a body.
+CUSTOMER_ID = re.compile(rb"cus_[0-9A-Za-z]+")
 
 
 @dataclass(frozen=True)
@@ -35,6 +39,11 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
         digest.update(part + b"\n")
     digest.update(body)
     return digest.hexdigest()
+
+
+def subjects(body: bytes) -> list[str]:
+    """The customer ids `body` names, each once: what erasure looks up (services/privacy.py)."""
+    return sorted({found.decode() for found in CUSTOMER_ID.findall(body)})
 
 
 async def find(
@@ -79,6 +88,7 @@ async def store(
             status_code=outcome.status_code,
             headers=outcome.headers,
             body=outcome.body,
+            subjects=subjects(outcome.body),
             created_at=utcnow(),
         )
     )

@@ -30,6 +30,7 @@ from sqlalchemy import (
     literal_column,
     text,
 )
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.sql.elements import ColumnElement
 
 
@@ -131,6 +132,15 @@ idempotency_records = Table(
     Column("body", LargeBinary, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_idempotency_records_created_at", "created_at"),
+    # The customer ids the body names (services/idempotency.subjects), for erasure to find
+    # them without reading a day's bodies: an array with a GIN index on PostgreSQL, a JSON
+    # list on SQLite (migration 0031 filled it for the records stored before it).
+    Column(
+        "subjects",
+        JSON().with_variant(postgresql.ARRAY(String(40)), "postgresql"),
+        nullable=True,
+    ),
+    Index("ix_idempotency_records_subjects", "subjects", postgresql_using="gin"),
 )
 
 audit_log = Table(
@@ -144,6 +154,7 @@ audit_log = Table(
     Column("detail", Text, nullable=False, default=""),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_audit_log_tenant", "tenant_id", "created_at"),
+    Index("ix_audit_log_subject", "tenant_id", "subject"),  # erasure: entries about her
 )
 
 # An autoincrementing 64-bit key (SQLite's INTEGER PRIMARY KEY is 64-bit already).
@@ -274,6 +285,7 @@ annotations_table = Table(
     Column("text", Text, nullable=False),
     Column("created_at", UtcDateTime(), nullable=False),
     Index("ix_annotations_customer", "tenant_id", "customer_id"),
+    Index("ix_annotations_origin", "tenant_id", "origin_customer_id"),
     # Issue 19 (migration 0018): department knowledge. kind: note | warning | preference |
     # promise; visibility: department | staff | customer (also in her export).
     Column("kind", String(16), nullable=False, server_default="note"),
@@ -310,6 +322,7 @@ return_orders = Table(
     Column("currency", String(3), nullable=True),
     Column("created_at", UtcDateTime(), nullable=False),
     Column("revoked_at", UtcDateTime(), nullable=True),
+    Index("ix_return_orders_customer", "tenant_id", "customer_id"),
 )
 
 return_lines = Table(
@@ -384,6 +397,7 @@ ordered_carts = Table(
     Column("version", Integer, nullable=False),
     Column("ordered_at", UtcDateTime(), nullable=False),
     UniqueConstraint("tenant_id", "order_ref", name="uq_ordered_carts_order"),
+    Index("ix_ordered_carts_customer", "tenant_id", "customer_id"),
 )
 
 changes = Table(
@@ -576,6 +590,7 @@ orders = Table(
     Column("created_at", UtcDateTime(), nullable=False),
     UniqueConstraint("tenant_id", "reference", name="uq_orders_tenant_reference"),
     Index("ix_orders_customer", "tenant_id", "customer_id", "placed_at"),
+    Index("ix_orders_origin", "tenant_id", "origin_customer_id"),
     Index("ix_orders_placed", "tenant_id", "placed_at", "id"),
 )
 
@@ -716,6 +731,7 @@ preference_declarations = Table(
     Column("actor", String(100), nullable=False),
     Column("declared_at", UtcDateTime(), nullable=False),
     Index("ix_preference_declarations_customer", "tenant_id", "customer_id", "declared_at"),
+    Index("ix_preference_declarations_origin", "tenant_id", "origin_customer_id"),
 )
 
 segments = Table(

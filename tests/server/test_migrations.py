@@ -383,3 +383,54 @@ async def test_staff_keys_made_before_0029_lose_identify_and_return_codes(
         "key_kim": ["carts:read", "consent:read", "profile:annotate", "profile:read"],
         "key_web": backend,  # not a staff key: left alone
     }
+
+
+async def test_answers_stored_before_0031_name_their_customers_for_erasure(
+    empty_database_url: str,
+) -> None:
+    """Migration 0031: erasure finds stored answers by the customer ids they name; the
+    answers already stored get theirs from their bodies."""
+    from datetime import UTC, datetime
+
+    from sqlalchemy import insert, select
+
+    from server_stub.storage.tables import idempotency_records
+
+    await _upgrade_to(empty_database_url, "0030")
+    now = datetime.now(UTC)
+    bodies = {
+        "merge": b'{"customer_id":"cus_1a2b","merged":["cus_9f","cus_1a2b"],"note":"caf\xc3\xa9"}',
+        "none": b'{"status":"ok"}',
+    }
+    engine = create_async_engine(async_url_of(empty_database_url))
+    try:
+        async with engine.begin() as connection:
+            for key, body in bodies.items():
+                await connection.execute(
+                    insert(idempotency_records).values(
+                        tenant_id="ten_old",
+                        idempotency_key=key,
+                        fingerprint="f",
+                        status_code=200,
+                        headers={},
+                        body=body,
+                        created_at=now,
+                    )
+                )
+        assert await upgrade(empty_database_url) == head_revision()
+        async with engine.begin() as connection:
+            named = dict(
+                (
+                    await connection.execute(
+                        select(
+                            idempotency_records.c.idempotency_key, idempotency_records.c.subjects
+                        )
+                    )
+                ).all()
+            )
+    finally:
+        await engine.dispose()
+    assert {key: sorted(subjects) for key, subjects in named.items()} == {
+        "merge": ["cus_1a2b", "cus_9f"],
+        "none": [],
+    }
