@@ -191,7 +191,11 @@ def _pooler_connect_args(pooler: str) -> dict[str, Any]:
         # database under sign-ins fell to a third of its speed), and one plan cannot suit a
         # tenant of ten customers and one of ten million. Planning these statements costs
         # microseconds. (Behind a pooler, statements are unnamed and always planned so.)
-        return {"server_settings": {"plan_cache_mode": "force_custom_plan"}}
+        # No JIT compilation: in a large shop the planner's estimates for a statement over
+        # every event partition pass `jit_above_cost`, and compiling it took 25 ms of an
+        # erasure that ran in 10 (docs/scaling.md). Every request's statements read a
+        # customer's rows through an index, where compiled expressions save nothing.
+        return {"server_settings": {"plan_cache_mode": "force_custom_plan", "jit": "off"}}
     if pooler != "transaction":
         raise ValueError(f"unknown pooler mode {pooler!r}: use 'none' or 'transaction'")
     return {
