@@ -22,6 +22,7 @@ REPLAYED_HEADERS = ("content-type", "etag", "location")
 # A customer id as the server makes them (identity.py: `cus_` and hex; the benchmark's loaded
 # shops use `cus_s<n>`), anywhere in a body.
 CUSTOMER_ID = re.compile(rb"cus_[0-9A-Za-z]+")
+ID_LENGTH = 40  # customers.id: a longer match (user text such as "focus_...") is no one's id
 
 
 @dataclass(frozen=True)
@@ -43,7 +44,8 @@ def fingerprint(method: str, path: str, query: str, body: bytes) -> str:
 
 def subjects(body: bytes) -> list[str]:
     """The customer ids `body` names, each once: what erasure looks up (services/privacy.py)."""
-    return sorted({found.decode() for found in CUSTOMER_ID.findall(body)})
+    named = {found.decode() for found in CUSTOMER_ID.findall(body) if len(found) <= ID_LENGTH}
+    return sorted(named)
 
 
 async def find(

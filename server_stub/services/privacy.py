@@ -344,11 +344,16 @@ async def _delete_answers_naming(conn: AsyncConnection, tenant_id: str, ids: lis
     """Stored idempotent answers (response bodies) that name one of the customer's ids: found
     by the ids each record's body names (its `subjects`), through an index on PostgreSQL, not
     by reading a day of bodies."""
-    named = idempotency_records.c.subjects
-    hit: ColumnElement[bool]
+    named, body = idempotency_records.c.subjects, idempotency_records.c.body
+    by_name: ColumnElement[bool]
     if conn.dialect.name == "postgresql":
-        hit = named.op("&&")(literal(ids, postgresql.ARRAY(String(40))))
+        by_name = named.bool_op("&&")(literal(ids, postgresql.ARRAY(String(40))))
+        in_body = [func.encode(body, "escape").contains(customer_id) for customer_id in ids]
     else:
         each = func.json_each(named).table_valued("value")
-        hit = exists(select(each.c.value).where(each.c.value.in_(ids)))
+        by_name = exists(select(each.c.value).where(each.c.value.in_(ids)))
+        in_body = [func.instr(body, customer_id.encode()) > 0 for customer_id in ids]
+    # A record without `subjects` was stored by a server older than migration 0031 (one still
+    # running through it): its body is read, as every body was before (ix_..._unnamed).
+    hit = or_(by_name, and_(named.is_(None), or_(*in_body)))
     return await _delete(conn, idempotency_records, tenant_id, hit)

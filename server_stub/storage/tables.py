@@ -134,13 +134,21 @@ idempotency_records = Table(
     Index("ix_idempotency_records_created_at", "created_at"),
     # The customer ids the body names (services/idempotency.subjects), for erasure to find
     # them without reading a day's bodies: an array with a GIN index on PostgreSQL, a JSON
-    # list on SQLite (migration 0031 filled it for the records stored before it).
+    # list on SQLite (migration 0031 filled it for the records stored before it; null for one
+    # stored by a server older than 0031 while it ran).
     Column(
         "subjects",
         JSON().with_variant(postgresql.ARRAY(String(40)), "postgresql"),
         nullable=True,
     ),
     Index("ix_idempotency_records_subjects", "subjects", postgresql_using="gin"),
+    # Records a server older than 0031 stored without subjects (erasure reads their bodies).
+    Index(
+        "ix_idempotency_records_unnamed",
+        "tenant_id",
+        postgresql_where=text("subjects IS NULL"),
+        sqlite_where=text("subjects IS NULL"),
+    ),
 )
 
 audit_log = Table(

@@ -279,6 +279,7 @@ class Delivery:
         if self._pid != os.getpid():
             self._courier = Courier(self.outbox)
             self._events()
+            self._thread = None  # the parent's: it does not run here
             self._pid = os.getpid()
 
     def _run(self) -> None:

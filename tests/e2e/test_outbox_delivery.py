@@ -280,10 +280,12 @@ def test_a_forked_child_that_tracked_nothing_closes_while_the_parents_sender_was
         try:
             pid = os.fork()
             if pid == 0:
+                code = 1
                 try:
                     client.close()
+                    code = 0
                 finally:
-                    os._exit(0)
+                    os._exit(code)
         finally:
             for lock in held:
                 lock.release()

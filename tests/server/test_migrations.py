@@ -401,6 +401,8 @@ async def test_answers_stored_before_0031_name_their_customers_for_erasure(
     bodies = {
         "merge": b'{"customer_id":"cus_1a2b","merged":["cus_9f","cus_1a2b"],"note":"caf\xc3\xa9"}',
         "none": b'{"status":"ok"}',
+        # User text that only looks like one: longer than any customer id.
+        "text": b'{"note":"focus_BlackFridayNewsletterSegmentWinter2026 for cus_77"}',
     }
     engine = create_async_engine(async_url_of(empty_database_url))
     try:
@@ -433,4 +435,5 @@ async def test_answers_stored_before_0031_name_their_customers_for_erasure(
     assert {key: sorted(subjects) for key, subjects in named.items()} == {
         "merge": ["cus_1a2b", "cus_9f"],
         "none": [],
+        "text": ["cus_77"],
     }

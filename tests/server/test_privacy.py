@@ -6,10 +6,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import null, select, update
 
 from omnisdk.core.channels import Channel, Scope
-from server_stub.storage.tables import audit_log, identifiers, metadata
+from server_stub.storage.tables import audit_log, idempotency_records, identifiers, metadata
 from tests.server.conftest import Harness, ShopForTest
 
 EMAIL = "amy.erasable@example.com"
@@ -203,6 +203,51 @@ async def test_erasure_leaves_no_trace_and_keeps_legal_records_anonymised(
         ("privacy.export", receipt["erasure_id"]),
         ("privacy.erase", receipt["erasure_id"]),
     ]
+
+
+async def test_erasure_deletes_the_stored_answers_naming_her_and_no_others(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """Answers kept for replaying idempotent requests are found by the customer ids their
+    bodies name; one stored by a server older than migration 0031 (no names kept) by its
+    body."""
+    amy = (await identify(shop, ("anonymous", "amy-kept-1"), **{"Idempotency-Key": "amy-1"}))[
+        "customer_id"
+    ]
+    decisions = {"decisions": [{"purpose": "analytics", "status": "granted"}]}
+    answer = await shop.request(
+        "POST", f"/v1/consent/{amy}", "web", json=decisions, headers={"Idempotency-Key": "amy-2"}
+    )
+    assert answer.status_code == 200, answer.text
+    other = (await identify(shop, ("anonymous", "bo-kept"), **{"Idempotency-Key": "bo-1"}))[
+        "customer_id"
+    ]
+    records = idempotency_records.c
+    async with server.database.transaction(write=True) as conn:
+        named = dict((await conn.execute(select(records.idempotency_key, records.subjects))).all())
+        await conn.execute(  # as a server older than 0031 stored it
+            update(idempotency_records)
+            .where(records.tenant_id == shop.id, records.idempotency_key == "amy-2")
+            .values(subjects=null())  # SQL NULL, as a server that knew no such column left it
+        )
+    assert {key: named[key] for key in ("amy-1", "amy-2", "bo-1")} == {
+        "amy-1": [amy],
+        "amy-2": [amy],
+        "bo-1": [other],
+    }
+
+    erased = await shop.request("POST", f"/v1/privacy/{amy}/erase")
+    assert erased.status_code == 200, erased.text
+    assert erased.json()["removed"]["stored_answers"] == 2
+    async with server.database.transaction(write=False) as conn:
+        left = set(
+            (
+                await conn.execute(
+                    select(records.idempotency_key).where(records.tenant_id == shop.id)
+                )
+            ).scalars()
+        )
+    assert {"amy-1", "amy-2"}.isdisjoint(left) and "bo-1" in left
 
 
 async def test_only_admin_keys_export_or_erase_and_never_across_tenants(

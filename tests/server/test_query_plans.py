@@ -110,8 +110,9 @@ SEED = [
               'banner', 'click', 1, now() - i * interval '1 second'
        FROM generate_series(1, 50000) AS i""",
     """INSERT INTO idempotency_records (tenant_id, idempotency_key, fingerprint, status_code,
-                                       headers, body, created_at)
-       SELECT :t, 'seed-' || i, 'f', 200, '{}', '\\x7b7d', now() - i * interval '1 second'
+                                       headers, body, created_at, subjects)
+       SELECT :t, 'seed-' || i, 'f', 200, '{}', '\\x7b7d', now() - i * interval '1 second',
+              ARRAY['cus_seed' || (i % 50000 + 1)]
        FROM generate_series(1, 20000) AS i""",
     # Four each for the 5,000 customers with order events: the segment of buyers the
     # background pass evaluates stays as large as the events alone make it.

@@ -42,8 +42,9 @@ INDEXES = (
     ),
     ("ix_audit_log_subject", "audit_log", ["tenant_id", "subject"]),
 )
-# As services/idempotency.CUSTOMER_ID (a migration keeps its own copy of what it applies).
+# As services/idempotency.CUSTOMER_ID and ID_LENGTH (a migration keeps its own copy).
 CUSTOMER_ID = "cus_[0-9A-Za-z]+"
+ID_LENGTH = 40
 
 
 def upgrade() -> None:
@@ -56,7 +57,8 @@ def upgrade() -> None:
     if postgres:
         op.execute(
             "UPDATE idempotency_records SET subjects = ARRAY(SELECT DISTINCT found[1] FROM "
-            f"regexp_matches(encode(body, 'escape'), '{CUSTOMER_ID}', 'g') AS found)"
+            f"regexp_matches(encode(body, 'escape'), '{CUSTOMER_ID}', 'g') AS found "
+            f"WHERE length(found[1]) <= {ID_LENGTH})"
         )
     else:
         pattern = re.compile(CUSTOMER_ID.encode())
@@ -71,7 +73,8 @@ def upgrade() -> None:
             sa.select(records.c.tenant_id, records.c.idempotency_key, records.c.body)
         ).all()
         for tenant_id, key, body in rows:
-            named = sorted({found.decode() for found in pattern.findall(bytes(body))})
+            found = pattern.findall(bytes(body))
+            named = sorted({name.decode() for name in found if len(name) <= ID_LENGTH})
             bind.execute(
                 records.update()
                 .where(records.c.tenant_id == tenant_id, records.c.idempotency_key == key)
@@ -83,9 +86,19 @@ def upgrade() -> None:
         ["subjects"],
         postgresql_using="gin",
     )
+    # A server older than this revision, still running while it ran, stores records without
+    # subjects: erasure reads those bodies, found through this (normally empty) index.
+    op.create_index(
+        "ix_idempotency_records_unnamed",
+        "idempotency_records",
+        ["tenant_id"],
+        postgresql_where=sa.text("subjects IS NULL"),
+        sqlite_where=sa.text("subjects IS NULL"),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_idempotency_records_unnamed", table_name="idempotency_records")
     op.drop_index("ix_idempotency_records_subjects", table_name="idempotency_records")
     with op.batch_alter_table("idempotency_records") as batch:
         batch.drop_column("subjects")
