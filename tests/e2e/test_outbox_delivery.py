@@ -3,6 +3,7 @@ fork(). Real server processes, real producer processes, real SIGKILL."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import signal
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -232,15 +234,22 @@ def test_two_processes_share_one_outbox(tmp_path: Path) -> None:
     assert len(stored) == 600 == len(set(stored))
 
 
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
-def test_events_tracked_in_a_forked_child_are_delivered(tmp_path: Path) -> None:
+@contextlib.contextmanager
+def _client_that_has_sent(tmp_path: Path) -> Iterator[tuple[Path, omnisdk.Client]]:
+    """A server on SQLite, and a client of it that has sent one event (`parent-0`): gunicorn
+    --preload style, the client exists (and has sent) before the fork."""
     database = tmp_path / "shop.sqlite3"
     with ServerProcess(f"sqlite:///{database}") as server:
         key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
-        # gunicorn --preload style: the client exists (and has sent) before the fork.
         client = omnisdk.Client(server.url, key, channel="web", data_dir=tmp_path / "pre")
         client.events.track("product_viewed", anonymous_id="parent", event_id="parent-0")
         assert client.events.flush(30) == 0
+        yield database, client
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_events_tracked_in_a_forked_child_are_delivered(tmp_path: Path) -> None:
+    with _client_that_has_sent(tmp_path) as (database, client):
         pid = os.fork()
         if pid == 0:  # the child: its own connection, committer and delivery thread
             code = 1
@@ -267,12 +276,7 @@ def test_a_forked_child_that_tracked_nothing_closes_while_the_parents_sender_was
     # fork in that moment leaves them locked in the child, where no thread will release them.
     # A child that never tracked has taken nothing of its own: its close() must not wait on
     # the parent's events.
-    database = tmp_path / "shop.sqlite3"
-    with ServerProcess(f"sqlite:///{database}") as server:
-        key = server.create_tenant(settings=ATTRIBUTED_EVENTS).key("web")
-        client = omnisdk.Client(server.url, key, channel="web", data_dir=tmp_path / "pre")
-        client.events.track("product_viewed", anonymous_id="parent", event_id="parent-0")
-        assert client.events.flush(30) == 0
+    with _client_that_has_sent(tmp_path) as (_, client):
         delivery = client.delivery
         held = [delivery._wake._cond, delivery._probe._cond, delivery._stop._cond]
         for lock in held:  # as the sender holds one for a moment
