@@ -199,14 +199,32 @@ def probability_alive(model: BgNbd, x: Any, t_x: Any, big_t: Any) -> FloatArray:
     return 1.0 / (1.0 + odds)
 
 
-def expected_purchases(model: BgNbd, t: float, x: Any, t_x: Any, big_t: Any) -> FloatArray:
-    """Expected purchases in the next `t` weeks given the history (FHL 2005, eq. 10)."""
+def _hyp2f1(a: Any, b: Any, c: Any, z: Any) -> FloatArray:
+    """Gauss's hypergeometric function; where SciPy gives no number (SciPy 1.17 answers NaN
+    for parameters in the millions, which a fit on few buyers can reach, with z near 0), its
+    series, summed until its terms no longer count (here 0 <= z < 1, where it converges)."""
     import numpy as np
     from scipy.special import hyp2f1
 
+    a, b, c, z = np.broadcast_arrays(*(np.asarray(v, np.float64) for v in (a, b, c, z)))
+    value = np.array(hyp2f1(a, b, c, z), np.float64)
+    for i in np.flatnonzero(~np.isfinite(value)):
+        total, term, n = 1.0, 1.0, 0
+        while abs(term) > 1e-17 * abs(total) and n < 100_000:
+            term *= (a.flat[i] + n) * (b.flat[i] + n) / ((c.flat[i] + n) * (n + 1)) * z.flat[i]
+            total += term
+            n += 1
+        value.flat[i] = total
+    return value
+
+
+def expected_purchases(model: BgNbd, t: float, x: Any, t_x: Any, big_t: Any) -> FloatArray:
+    """Expected purchases in the next `t` weeks given the history (FHL 2005, eq. 10)."""
+    import numpy as np
+
     r, alpha, a, b = model.r, model.alpha, model.a, model.b
     z = t / (alpha + big_t + t)
-    hyper = hyp2f1(r + x, b + x, a + b + x - 1, z)
+    hyper = _hyp2f1(r + x, b + x, a + b + x - 1, z)
     first = (
         (a + b + x - 1)
         / (a - 1)

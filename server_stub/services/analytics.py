@@ -637,7 +637,7 @@ async def calibrate(
         "split_at": split.isoformat(),
         "holdout_days": holdout.days,
         "customers": report.customers,
-        "mean_absolute_error": report.mean_absolute_error,
+        "mean_absolute_error": _number(report.mean_absolute_error),
         "rank_correlation": _number(report.rank_correlation),
         "top_decile_capture": report.top_decile_capture,
         "predicted_purchases": report.predicted_total,
