@@ -274,13 +274,15 @@ class Delivery:
             self._thread = start_daemon(self._run, "omnisdk-delivery")
 
     def _own_process(self) -> None:
-        """Called with the client's lock held: in a forked child, a courier of its own (a new
-        holder id) and new events (the parent's may have been locked at the fork)."""
-        if self._pid != os.getpid():
-            self._courier = Courier(self.outbox)
-            self._events()
-            self._thread = None  # the parent's: it does not run here
-            self._pid = os.getpid()
+        """In a forked child, a courier of its own (a new holder id) and new events (the
+        parent's may have been locked at the fork); under the client's lock (reentrant, new in
+        a forked child)."""
+        with self._client._lazy:
+            if self._pid != os.getpid():
+                self._courier = Courier(self.outbox)
+                self._events()
+                self._thread = None  # the parent's: it does not run here
+                self._pid = os.getpid()
 
     def _run(self) -> None:
         courier = self._courier
@@ -381,8 +383,7 @@ class Delivery:
             time.sleep(0.01)
 
     def _deliver_here(self, deadline: float | None) -> int:
-        with self._client._lazy:
-            self._own_process()
+        self._own_process()
         courier = self._courier
 
         def pause(seconds: float) -> None:
@@ -418,8 +419,7 @@ class Delivery:
     def close(self, timeout: float) -> int:
         # A forked child that sent nothing still holds its parent's events, which the parent's
         # sender may have had locked at the fork: stopping must set events of its own.
-        with self._client._lazy:
-            self._own_process()
+        self._own_process()
         try:
             left = self.flush(timeout)
         finally:
