@@ -43,7 +43,7 @@ def sse_stream(request: Request, topic: str, after: int, read: Reader) -> Stream
                 return  # the key was revoked (or its tenant removed) since the stream opened
             # Listen first, then read: a change committed in between still wakes us.
             async with runtime.changes.watching(topic) as woken:
-                async with runtime.database.transaction(write=False) as reader:
+                async with runtime.database.single_reads() as reader:
                     page = await read(reader, position)
                 rows = page.rows
                 if page.horizon.resync_needed(position):

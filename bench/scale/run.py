@@ -328,7 +328,7 @@ def _feed_read(url: str, tenant_id: str, name: str, make: Callable[[], dict[str,
                 for n in range(WARMUP + SAMPLES):
                     where = make()
                     started = time.perf_counter()
-                    async with database.transaction(write=False) as conn:
+                    async with database.single_reads() as conn:
                         await feed.read_page(conn, tenant_id, **where)
                     if n >= WARMUP:
                         taken.append(time.perf_counter() - started)

@@ -303,6 +303,21 @@ class Database:
         for action in actions:
             action()
 
+    @asynccontextmanager
+    async def single_reads(self) -> AsyncIterator[AsyncConnection]:
+        """A connection for reads that are each one statement, like a feed page: on PostgreSQL
+        every statement is its own transaction (autocommit), so a read is one round trip
+        rather than three (BEGIN, the read, COMMIT). Two statements read two snapshots; a
+        caller that needs one snapshot for several reads, or writes, uses `transaction`.
+        On SQLite, where a BEGIN costs no round trip, it is a reading transaction."""
+        if self.sqlite:
+            async with self.transaction(write=False) as connection:
+                yield connection
+            return
+        async with self.read_engine.connect() as connection:
+            await connection.execution_options(isolation_level="AUTOCOMMIT")
+            yield connection
+
     async def _begin_writer(self) -> AsyncConnection:
         """A connection in a `BEGIN IMMEDIATE` transaction. While another process holds the
         write lock, try again after a pause that does not block the loop."""

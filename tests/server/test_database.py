@@ -114,6 +114,29 @@ async def test_every_statement_is_planned_for_its_values_and_never_compiled(
     assert "server_settings" not in database._pooler_connect_args("transaction")
 
 
+async def test_single_reads_are_one_round_trip_each_and_return_the_connection_as_it_was(
+    migrated_database_url: str,
+) -> None:
+    """A feed page is one statement: read in autocommit it is one round trip, not BEGIN, the
+    read and COMMIT. The pooled connection goes back to transactions afterwards."""
+    url = migrated_database_url
+    if database.is_sqlite(url):
+        pytest.skip("PostgreSQL only: on SQLite a BEGIN costs no round trip")
+    transaction_id = text("SELECT txid_current()")
+    db = database.Database(url, pool_size=1)
+    try:
+        for _ in range(2):
+            async with db.single_reads() as conn:
+                # Each statement is a transaction of its own: no BEGIN was sent before it.
+                first = (await conn.execute(transaction_id)).scalar()
+                assert (await conn.execute(transaction_id)).scalar() != first
+            async with db.transaction(write=False) as conn:
+                first = (await conn.execute(transaction_id)).scalar()
+                assert (await conn.execute(transaction_id)).scalar() == first
+    finally:
+        await db.dispose()
+
+
 @pytest.mark.parametrize("first_statement", ["sqlalchemy", "prepared"])
 async def test_a_request_cancelled_as_its_transaction_begins_leaves_no_transaction_open(
     migrated_database_url: str, monkeypatch: pytest.MonkeyPatch, first_statement: str
