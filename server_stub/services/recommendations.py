@@ -161,6 +161,24 @@ _BASKET_EVENTS = {
     )
     for dialect in ID_IN
 }
+# Claim some orders' ids: those no build claimed before come back. One statement text per
+# database, prepared once (a multi-row INSERT built per chunk was compiled again each time:
+# a third of the job's own time in an incremental build).
+_CLAIM_ORDERS = {
+    dialect: Prepared(
+        text(
+            "INSERT INTO recommendation_orders (tenant_id, order_id) "
+            f"SELECT :tenant, {ids} "
+            "ON CONFLICT (tenant_id, order_id) DO NOTHING RETURNING order_id"
+        )
+    )
+    for dialect, ids in (
+        # Along the key: each index page is visited once a statement.
+        ("postgresql", "k FROM unnest(CAST(:ids AS text[])) AS k ORDER BY k"),
+        # WHERE: SQLite would read ON as a join's (its documented parsing ambiguity).
+        ("sqlite", "value FROM json_each(:ids) WHERE true"),
+    )
+}
 # The stored baskets of some customers, in one statement whatever their number.
 _STORED_BASKETS = {
     dialect: Prepared(
@@ -431,13 +449,10 @@ async def _claim_orders(conn: AsyncConnection, tenant_id: str, window: _Window) 
     keys = sorted(window.orders)  # along the key: each index page visited once a statement
     for start in range(0, len(keys), CLAIM_ROWS):
         chunk = keys[start : start + CLAIM_ROWS]
-        claimed = await conn.scalars(
-            _insert(conn)(recommendation_orders)
-            .values([{"tenant_id": tenant_id, "order_id": key} for key in chunk])
-            .on_conflict_do_nothing(index_elements=["tenant_id", "order_id"])
-            .returning(recommendation_orders.c.order_id)
+        claimed = await _CLAIM_ORDERS[conn.dialect.name].fetchall(
+            conn, {"tenant": tenant_id, "ids": id_list(conn, chunk)}
         )
-        for key in claimed:
+        for (key,) in claimed:
             items = window.orders[key]
             if items:
                 counted += 1
