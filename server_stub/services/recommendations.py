@@ -71,12 +71,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from omnisdk.core import recs
 from server_stub import memory
 from server_stub.ids import utcnow
-from server_stub.services import changes, identity, jobs, named_locks
+from server_stub.services import changes, jobs, named_locks
 from server_stub.services.content import etag_of
 from server_stub.services.events import is_anonymous
 from server_stub.storage.database import Database
 from server_stub.storage.prepared import ID_IN, Prepared, copy_rows, id_list
 from server_stub.storage.tables import (
+    customers,
     events,
     recommendation_baskets,
     recommendation_models,
@@ -179,12 +180,21 @@ _CLAIM_ORDERS = {
         ("sqlite", "value FROM json_each(:ids) WHERE true"),
     )
 }
-# The stored baskets of some customers, in one statement whatever their number.
-_STORED_BASKETS = {
+# Which of some customers are still there, each with her stored basket (none: NULL), in one
+# statement whatever their number: an erased customer has no row.
+_ADDERS = {
     dialect: Prepared(
-        select(recommendation_baskets.c.customer_id, recommendation_baskets.c.skus).where(
-            recommendation_baskets.c.tenant_id == bindparam("tenant"),
-            text(ids.format(column="recommendation_baskets.customer_id")),
+        select(customers.c.id, recommendation_baskets.c.skus)
+        .select_from(
+            customers.outerjoin(
+                recommendation_baskets,
+                (recommendation_baskets.c.tenant_id == customers.c.tenant_id)
+                & (recommendation_baskets.c.customer_id == customers.c.id),
+            )
+        )
+        .where(
+            customers.c.tenant_id == bindparam("tenant"),
+            text(ids.format(column="customers.id")),
         )
     )
     for dialect, ids in ID_IN.items()
@@ -421,24 +431,11 @@ async def _write(conn: AsyncConnection, tenant_id: str, window: _Window, through
     baskets and move the mark to `through`, in the caller's transaction."""
     if window.added:  # baskets to write: not while an erasure is under way (ERASURES)
         await named_locks.take(conn, tenant_id, named_locks.ERASURES)
-        await _forget_erased(conn, tenant_id, window)
     baskets = window.baskets + await _claim_orders(conn, tenant_id, window)
     baskets += await _grow_baskets(conn, tenant_id, window)
     await _add(conn, tenant_id, window, through)
     await _store_baskets(conn, tenant_id, window.grown)
     await _advance(conn, tenant_id, through, baskets)
-
-
-async def _forget_erased(conn: AsyncConnection, tenant_id: str, window: _Window) -> None:
-    """Drop the window's cart adds of customers erased since it read them (no erasure runs
-    while the caller holds ERASURES, so those present now stay until it commits)."""
-    adders = sorted(window.added)
-    for start in range(0, len(adders), CUSTOMERS_PER_QUERY):
-        chunk = adders[start : start + CUSTOMERS_PER_QUERY]
-        present = await identity.live_ids(conn, tenant_id, chunk)
-        for customer_id in chunk:
-            if customer_id not in present:
-                del window.added[customer_id]
 
 
 async def _claim_orders(conn: AsyncConnection, tenant_id: str, window: _Window) -> int:
@@ -462,19 +459,24 @@ async def _claim_orders(conn: AsyncConnection, tenant_id: str, window: _Window) 
 
 async def _grow_baskets(conn: AsyncConnection, tenant_id: str, window: _Window) -> int:
     """Each stored basket of the window's adders out of the counts, the basket grown by her
-    new adds in (into `window.grown`, to be stored); return how many baskets are new."""
+    new adds in (into `window.grown`, to be stored); return how many baskets are new. The
+    adds of a customer erased since the window read them are dropped: the caller holds
+    ERASURES, so one present now stays until it commits."""
     new_baskets = 0
-    customers = sorted(window.added)
-    for start in range(0, len(customers), CUSTOMERS_PER_QUERY):
-        chunk = customers[start : start + CUSTOMERS_PER_QUERY]
+    adders = sorted(window.added)
+    for start in range(0, len(adders), CUSTOMERS_PER_QUERY):
+        chunk = adders[start : start + CUSTOMERS_PER_QUERY]
         stored = {
             customer_id: list(skus or [])
-            for customer_id, skus in await _STORED_BASKETS[conn.dialect.name].fetchall(
+            for customer_id, skus in await _ADDERS[conn.dialect.name].fetchall(
                 conn, {"tenant": tenant_id, "ids": id_list(conn, chunk)}
             )
         }
         for customer_id in chunk:
-            was = stored.get(customer_id, [])
+            was = stored.get(customer_id)
+            if was is None:  # erased
+                del window.added[customer_id]
+                continue
             is_ = _items([*was, *window.added[customer_id]])
             if was == is_:
                 continue
