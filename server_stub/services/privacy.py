@@ -215,6 +215,31 @@ async def _rekey(
     return int((await conn.execute(statement)).rowcount or 0)
 
 
+# The kind of the tenant-wide change every erasure publishes as it commits (SDK caches drop
+# what they hold); `erased_since` looks for it.
+ERASURE_CHANGE = "consent"
+
+
+async def erased_since(conn: AsyncConnection, tenant_id: str, position: int) -> bool:
+    """Whether an erasure may have committed since the tenant's change feed stood at
+    `position` (its newest, read earlier): each erasure publishes a tenant-wide change, and
+    the feed numbers changes in commit order. True, to be safe, where changes after
+    `position` were pruned."""
+    if (await change_feed.horizon(conn, tenant_id)).pruned_through > position:
+        return True
+    found = await conn.scalar(
+        select(changes.c.position)
+        .where(
+            changes.c.tenant_id == tenant_id,
+            changes.c.customer_id == change_feed.TENANT_WIDE,
+            changes.c.kind == ERASURE_CHANGE,
+            changes.c.position > position,
+        )
+        .limit(1)
+    )
+    return found is not None
+
+
 async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:
     """Erase the whole person `live` is (or, merged meanwhile, has become); NOT_FOUND if an
     erasure that went first left no one (_lock_person)."""
@@ -299,7 +324,7 @@ async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureRece
     removed["customers"] = await _delete(conn, customers, t, customers.c.id.in_(ids))
     # Every SDK cache must forget her now; the change names no one, so caches drop everything.
     await change_feed.publish(
-        conn, t, change_feed.TENANT_WIDE, "consent", {"erasure_id": erasure_id}
+        conn, t, change_feed.TENANT_WIDE, ERASURE_CHANGE, {"erasure_id": erasure_id}
     )
     return ErasureReceipt(
         erasure_id=erasure_id,

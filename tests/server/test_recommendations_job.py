@@ -15,9 +15,11 @@ from sqlalchemy.util import await_only
 
 from omnisdk.core import recs
 from server_stub.ids import new_id, utcnow
-from server_stub.services import jobs, privacy, recommendations
+from server_stub.services import changes, jobs, privacy, recommendations
+from server_stub.storage import prepared
 from server_stub.storage.database import Database
 from server_stub.storage.tables import (
+    change_positions,
     customers,
     events,
     recommendation_baskets,
@@ -221,6 +223,55 @@ async def test_a_customer_erased_after_a_window_read_her_adds_gets_no_basket_bac
     job = await build_erasing_after_the_read(server, shop, monkeypatch, "cus_3")
     assert job.state == "done", job.error
     assert await baskets_of(server.database, shop.id) == {"cus_4"}
+
+
+async def test_a_window_with_no_erasure_since_its_read_looks_up_no_customer(
+    server: Harness, shop: ShopForTest
+) -> None:
+    """Every adder is there when no erasure committed since the window began reading: the
+    window reads only the baskets, not every adder's customer row (half its time at 10 M).
+    An erasure before the build leaves nothing of hers to read."""
+    await store(server.database, adds_of(shop.id, "cus_3") + adds_of(shop.id, "cus_5"))
+    await erase(server.database, shop.id, "cus_5")
+    await store(server.database, adds_of(shop.id, "cus_4"))
+    statements: list[str] = []
+    prepared.statement_observers.append(lambda sql, _values: statements.append(sql))
+    try:
+        job = await build(server.database, shop.id)
+    finally:
+        prepared.statement_observers.pop()
+    assert job.state == "done", job.error
+    assert await baskets_of(server.database, shop.id) == {"cus_3", "cus_4"}
+    assert [sql for sql in statements if "FROM recommendation_baskets" in sql]
+    assert not [sql for sql in statements if "customers" in sql]
+
+
+async def test_erased_since_sees_erasures_committed_after_the_position_and_only_those(
+    server: Harness, shop: ShopForTest
+) -> None:
+    async def newest() -> int:
+        async with server.database.transaction(write=False) as conn:
+            return (await changes.horizon(conn, shop.id)).newest
+
+    async def erased_since(position: int) -> bool:
+        async with server.database.transaction(write=False) as conn:
+            return await privacy.erased_since(conn, shop.id, position)
+
+    await store(server.database, adds_of(shop.id, "cus_3"))
+    before = await newest()
+    assert not await erased_since(before)
+    await erase(server.database, shop.id, "cus_3")
+    assert await erased_since(before)
+    after = await newest()
+    assert not await erased_since(after)
+    # Changes after the position were pruned: an erasure may be among them.
+    async with server.database.transaction(write=True) as conn:
+        await conn.execute(
+            update(change_positions)
+            .where(change_positions.c.tenant_id == shop.id)
+            .values(pruned_through=after + 1)
+        )
+    assert await erased_since(after)
 
 
 async def test_adds_under_a_merged_away_id_get_no_basket_once_the_person_is_erased(
