@@ -61,7 +61,7 @@ from server_stub.storage.tables import (
 )
 
 REFUSALS = (Status.DENIED.value, Status.WITHDRAWN.value)
-__all__ = ["erase", "export", "person_ids"]
+__all__ = ["ERASURE_CHANGE", "erase", "erased_since", "export", "person_ids"]
 
 
 def _plain(row: Row[Any], *drop: str) -> dict[str, Any]:
@@ -224,9 +224,8 @@ async def erased_since(conn: AsyncConnection, tenant_id: str, position: int) -> 
     """Whether an erasure may have committed since the tenant's change feed stood at
     `position` (its newest, read earlier): each erasure publishes a tenant-wide change, and
     the feed numbers changes in commit order. True, to be safe, where changes after
-    `position` were pruned."""
-    if (await change_feed.horizon(conn, tenant_id)).pruned_through > position:
-        return True
+    `position` were pruned: the horizon is read after the changes, so a prune that removed
+    one between the two reads shows in the second (two snapshots on PostgreSQL)."""
     found = await conn.scalar(
         select(changes.c.position)
         .where(
@@ -237,7 +236,9 @@ async def erased_since(conn: AsyncConnection, tenant_id: str, position: int) -> 
         )
         .limit(1)
     )
-    return found is not None
+    if found is not None:
+        return True
+    return (await change_feed.horizon(conn, tenant_id)).pruned_through > position
 
 
 async def erase(conn: AsyncConnection, tenant_id: str, live: str) -> ErasureReceipt:

@@ -291,7 +291,9 @@ async def rebuild(
         window = _Window()
         while at < ceiling and not window.full():
             async with database.transaction(write=False) as conn:
-                if window.read_from is None:  # before the read (READ COMMITTED: in order)
+                if window.read_from is None:
+                    # Before the batch, so an erasure this read misses has a later position
+                    # (each statement its own snapshot: an erasure may commit in between).
                     window.read_from = (await changes.horizon(conn, tenant_id)).newest
                 at, read = await _read_batch(conn, tenant_id, at, ceiling, window)
             counted += read
@@ -496,12 +498,10 @@ async def _grow_baskets(conn: AsyncConnection, tenant_id: str, window: _Window) 
             )
         }
         for customer_id in chunk:
-            # With no erasure since the read, every adder is there (an erasure deletes her
-            # events first): one with no stored basket starts one.
-            was = stored.get(customer_id, None if erasures else [])
-            if was is None:  # erased
+            if erasures and customer_id not in stored:  # erased since the window read her adds
                 del window.added[customer_id]
                 continue
+            was = stored.get(customer_id, [])  # none stored yet: she starts one
             is_ = _items([*was, *window.added[customer_id]])
             if was == is_:
                 continue

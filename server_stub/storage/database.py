@@ -242,6 +242,7 @@ class Database:
     ) -> None:
         self.url = async_url(url)
         self.sqlite = is_sqlite(self.url)
+        self.pooler = pooler
         # Direct connections (LISTEN, session advisory locks) bypass a transaction pooler.
         self.listen_url = async_url(listen_url) if listen_url else self.url
         self._sqlite_writer = asyncio.Lock()
@@ -309,8 +310,12 @@ class Database:
         every statement is its own transaction (autocommit), so a read is one round trip
         rather than three (BEGIN, the read, COMMIT). Two statements read two snapshots; a
         caller that needs one snapshot for several reads, or writes, uses `transaction`.
-        On SQLite, where a BEGIN costs no round trip, it is a reading transaction."""
-        if self.sqlite:
+
+        A reading transaction instead on SQLite, where a BEGIN costs no round trip, and
+        behind a transaction pooler: there asyncpg prepares a statement in one exchange and
+        runs it in the next, and outside a transaction PgBouncer may hand the second to
+        another server connection, which never saw the statement."""
+        if self.sqlite or self.pooler == "transaction":
             async with self.transaction(write=False) as connection:
                 yield connection
             return

@@ -114,7 +114,7 @@ async def test_every_statement_is_planned_for_its_values_and_never_compiled(
     assert "server_settings" not in database._pooler_connect_args("transaction")
 
 
-async def test_single_reads_are_one_round_trip_each_and_return_the_connection_as_it_was(
+async def test_single_reads_send_no_begin_but_behind_a_transaction_pooler(
     migrated_database_url: str,
 ) -> None:
     """A feed page is one statement: read in autocommit it is one round trip, not BEGIN, the
@@ -135,6 +135,15 @@ async def test_single_reads_are_one_round_trip_each_and_return_the_connection_as
                 assert (await conn.execute(transaction_id)).scalar() == first
     finally:
         await db.dispose()
+    # Behind a transaction pooler, a statement outside a transaction may be prepared on one
+    # server connection and run on another: there they stay in a transaction.
+    pooled = database.Database(url, pool_size=1, pooler="transaction")
+    try:
+        async with pooled.single_reads() as conn:
+            first = (await conn.execute(transaction_id)).scalar()
+            assert (await conn.execute(transaction_id)).scalar() == first
+    finally:
+        await pooled.dispose()
 
 
 @pytest.mark.parametrize("first_statement", ["sqlalchemy", "prepared"])

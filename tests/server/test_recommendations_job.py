@@ -225,6 +225,30 @@ async def test_a_customer_erased_after_a_window_read_her_adds_gets_no_basket_bac
     assert await baskets_of(server.database, shop.id) == {"cus_4"}
 
 
+async def test_a_customer_erased_just_after_the_batch_read_her_adds_gets_no_basket_back(
+    server: Harness, shop: ShopForTest, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Her erasure commits while the window's first read is still open, just after its batch
+    query found her adds. The window took the feed's position before that query, so the
+    erasure shows after it; taken after the query, the position would include the erasure
+    and the window would write her basket back."""
+    await store(server.database, adds_of(shop.id, "cus_3") + adds_of(shop.id, "cus_4"))
+    read_batch = recommendations._read_batch
+    erased: list[str] = []
+
+    async def erased_after_the_query(*args: Any) -> tuple[int, int]:
+        found = await read_batch(*args)
+        if not erased:
+            erased.append("cus_3")
+            await erase(server.database, shop.id, "cus_3")
+        return found
+
+    monkeypatch.setattr(recommendations, "_read_batch", erased_after_the_query)
+    job = await build(server.database, shop.id)
+    assert job.state == "done", job.error
+    assert erased and await baskets_of(server.database, shop.id) == {"cus_4"}
+
+
 async def test_a_window_with_no_erasure_since_its_read_looks_up_no_customer(
     server: Harness, shop: ShopForTest
 ) -> None:
