@@ -373,12 +373,17 @@ async def create_customers(
     return ids
 
 
-# PostgreSQL: a new customer and her identifiers in one statement (the sign-in of someone the
-# shop has not met): one round trip where there were two.
+# PostgreSQL: a new customer, her identifiers and her place in the segment queue where the
+# tenant has segments (segment_hook.profile_changed: a new id has no queued row to update) in
+# one statement (the sign-in of someone the shop has not met): one round trip where there
+# were three.
 _CREATE_LINKED = Prepared(
     text(
         "WITH created AS (INSERT INTO customers (tenant_id, id, created_at, traits) "
-        "VALUES (:tenant, :customer, CAST(:now AS timestamptz), CAST('{}' AS json))) "
+        "VALUES (:tenant, :customer, CAST(:now AS timestamptz), CAST('{}' AS json))), "
+        "queued AS (INSERT INTO segment_pending (tenant_id, customer_id, queued_at) "
+        "SELECT :tenant, :customer, CAST(:now AS timestamptz) "
+        "WHERE EXISTS (SELECT FROM segments WHERE tenant_id = :tenant)) "
         "INSERT INTO identifiers (tenant_id, type, value, customer_id, shared, linked_at) "
         "SELECT :tenant, key.type, key.value, :customer, false, CAST(:now AS timestamptz) "
         "FROM unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS key(type, value)"
@@ -405,7 +410,6 @@ async def _create_linked(
             "values": [key.value for key in keys],
         },
     )
-    await segment_hook.profile_changed(conn, tenant_id, [customer_id])  # a new customer
     return customer_id
 
 

@@ -21,7 +21,14 @@ from omnisdk.testing import ATTRIBUTED_EVENTS
 from server_stub.errors import Problem
 from server_stub.services import segments
 from server_stub.services.profile import get_profile
-from server_stub.storage.tables import audit_log, changes, customers, events, segment_members
+from server_stub.storage.tables import (
+    audit_log,
+    changes,
+    customers,
+    events,
+    segment_members,
+    segment_pending,
+)
 from server_stub.storage.tables import segments as segments_table
 from tests.server.conftest import Harness, ShopForTest, start_harness
 from tests.server.interleave import Step, interleaved
@@ -382,6 +389,25 @@ async def test_time_alone_moves_her_from_active_to_lapsing_at_the_periodic_refre
     assert refreshed == 1  # only the segment over time: "gold" is not evaluated again
     assert await members(server, shop, "lapsing") == {amy}
     assert await segments.backfill_due(server.database, refresh=timedelta(hours=24)) == 0
+
+
+@pytest.mark.parametrize("with_segments", [False, True])
+async def test_a_customer_new_at_sign_in_is_queued_only_when_the_shop_has_segments(
+    server: Harness, shop: ShopForTest, with_segments: bool
+) -> None:
+    """Her creation queues her for evaluation (on PostgreSQL in the statement that creates
+    her): a shop with no segment queues no one."""
+    if with_segments:
+        await define(shop, "gold", {"traits.tier": "gold"})
+        await settle(server)
+    zoe = await customer(shop, "zoe")  # a device alone: nothing but her creation changed
+    async with server.database.transaction(write=False) as conn:
+        queued = set(
+            await conn.scalars(
+                select(segment_pending.c.customer_id).where(segment_pending.c.tenant_id == shop.id)
+            )
+        )
+    assert queued == ({zoe} if with_segments else set())
 
 
 async def _evaluate_twice_at_once(server: Harness, shop: ShopForTest, who: str) -> list[int]:
