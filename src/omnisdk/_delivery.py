@@ -438,6 +438,16 @@ class Delivery:
         return left
 
 
+async def _until(event: asyncio.Event, seconds: float) -> None:
+    """Until `event` is set or `seconds` pass. Not `asyncio.wait_for`: on Python 3.11 a
+    cancellation that arrives as its wait times out is lost (it raises TimeoutError), and
+    the courier went on for ever, so the loop's end (asyncio.run cancelling every task and
+    waiting for them) never came. `asyncio.timeout` tells the two apart."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(seconds):
+            await event.wait()
+
+
 class AsyncDelivery:
     """The async client's courier: a task; every disk operation runs off the event loop."""
 
@@ -465,8 +475,7 @@ class AsyncDelivery:
 
     async def _wait(self, seconds: float) -> None:
         assert self._wake is not None
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), seconds)
+        await _until(self._wake, seconds)
         self._wake.clear()
 
     async def _run(self) -> None:
@@ -517,8 +526,7 @@ class AsyncDelivery:
     async def _backoff(self, delay: float) -> None:
         if delay:
             assert self._probe is not None
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._probe.wait(), delay)
+            await _until(self._probe, delay)
             self._probe.clear()
 
     def stop(self) -> None:

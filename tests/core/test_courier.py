@@ -3,9 +3,12 @@ only that one becomes a dead letter; batches stay under the body limit."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
-from omnisdk._delivery import Courier
+import pytest
+
+from omnisdk._delivery import Courier, _until
 from omnisdk.errors import APIConnectionError, ValidationError
 from omnisdk.models import BatchResult
 from omnisdk.outbox import Outbox
@@ -86,3 +89,18 @@ def test_an_unreachable_server_backs_off_and_buries_nothing(tmp_path: Path) -> N
     bury, delay = courier.failed(shipment, APIConnectionError("down"))
     assert bury == [] and delay > 0 and courier.status.breaker == "open"
     outbox.close()
+
+
+async def test_a_pause_cancelled_as_its_event_is_set_ends_cancelled() -> None:
+    """The async courier's waits end with the cancellation that arrives as they are woken.
+    `asyncio.wait_for` on Python 3.11 returned instead (the woken wait had finished first):
+    the courier went on, and asyncio.run, which cancels every task at its end and waits for
+    them, never returned."""
+    woken = asyncio.Event()
+    pause = asyncio.create_task(_until(woken, 30))
+    await asyncio.sleep(0)  # the pause is waiting
+    woken.set()
+    pause.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await pause
+    assert pause.cancelled()
