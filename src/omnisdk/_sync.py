@@ -152,7 +152,9 @@ class Client(BaseClient):
                 self._delivery.close(self.close_timeout)
         finally:
             self._close_caches()
-            if self._owns_http:
+            # Not a stale pool (a forked child's copy of its parent's): its lock may have been
+            # held by a parent's thread at the fork, and its sockets are the parent's.
+            if self._owns_http and not self._http_stale:
                 self._http.close()
             if self._outbox is not None:
                 self._outbox.close()  # last: its error, if any, after everything else closed

@@ -278,7 +278,9 @@ def test_a_forked_child_that_tracked_nothing_closes_while_the_parents_sender_was
     # the parent's events.
     with _client_that_has_sent(tmp_path) as (_, client):
         delivery = client.delivery
-        held = [delivery._wake._cond, delivery._probe._cond, delivery._stop._cond]
+        # And httpx's connection pool, which the sender holds while it sends or reads an answer.
+        pool = client._http._transport._pool._optional_thread_lock._lock
+        held = [delivery._wake._cond, delivery._probe._cond, delivery._stop._cond, pool]
         for lock in held:  # as the sender holds one for a moment
             lock.acquire()
         try:
