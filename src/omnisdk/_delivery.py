@@ -440,9 +440,9 @@ class Delivery:
 
 async def _until(event: asyncio.Event, seconds: float) -> None:
     """Until `event` is set or `seconds` pass. Not `asyncio.wait_for`: on Python 3.11 a
-    cancellation that arrives as its wait times out is lost (it raises TimeoutError), and
-    the courier went on for ever, so the loop's end (asyncio.run cancelling every task and
-    waiting for them) never came. `asyncio.timeout` tells the two apart."""
+    cancellation that arrives in the turn its wait ends (the event set) is lost, and the
+    courier went on for ever, so the loop's end (asyncio.run cancelling every task and
+    waiting for them) never came. `asyncio.timeout` keeps the cancellation."""
     with contextlib.suppress(TimeoutError):
         async with asyncio.timeout(seconds):
             await event.wait()
