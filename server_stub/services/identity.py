@@ -373,17 +373,14 @@ async def create_customers(
     return ids
 
 
-# PostgreSQL: a new customer, her identifiers and her place in the segment queue where the
-# tenant has segments (segment_hook.profile_changed: a new id has no queued row to update) in
-# one statement (the sign-in of someone the shop has not met): one round trip where there
-# were three.
+# PostgreSQL: a new customer, her identifiers and her place in the segment queue (where the
+# tenant has segments) in one statement (the sign-in of someone the shop has not met): one
+# round trip where there were two or three.
 _CREATE_LINKED = Prepared(
     text(
         "WITH created AS (INSERT INTO customers (tenant_id, id, created_at, traits) "
         "VALUES (:tenant, :customer, CAST(:now AS timestamptz), CAST('{}' AS json))), "
-        "queued AS (INSERT INTO segment_pending (tenant_id, customer_id, queued_at) "
-        "SELECT :tenant, :customer, CAST(:now AS timestamptz) "
-        "WHERE EXISTS (SELECT FROM segments WHERE tenant_id = :tenant)) "
+        f"queued AS ({segment_hook.QUEUE_NEW_CUSTOMER}) "
         "INSERT INTO identifiers (tenant_id, type, value, customer_id, shared, linked_at) "
         "SELECT :tenant, key.type, key.value, :customer, false, CAST(:now AS timestamptz) "
         "FROM unnest(CAST(:types AS text[]), CAST(:values AS text[])) AS key(type, value)"

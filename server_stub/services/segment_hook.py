@@ -22,6 +22,16 @@ _ANY_SEGMENT = Prepared(
 )
 
 
+# PostgreSQL, for a statement that creates the customer `:customer` of `:tenant` at `:now`
+# (identity's sign-in of someone new): her queued row, where the tenant has segments, as one
+# of its CTEs. A new id has no queued row for an evaluator to hold, so a plain insert.
+QUEUE_NEW_CUSTOMER = (
+    "INSERT INTO segment_pending (tenant_id, customer_id, queued_at) "
+    "SELECT :tenant, :customer, CAST(:now AS timestamptz) "
+    "WHERE EXISTS (SELECT FROM segments WHERE tenant_id = :tenant)"
+)
+
+
 async def profile_changed(
     conn: AsyncConnection, tenant_id: str, customer_ids: Iterable[str]
 ) -> None:
